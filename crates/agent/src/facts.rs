@@ -1,0 +1,1 @@
+//! Host facts reported in the `Hello` handshake.

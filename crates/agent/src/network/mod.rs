@@ -1,0 +1,1 @@
+//! Pod networking on a host: bridge, veth, routes, nftables, DNS.

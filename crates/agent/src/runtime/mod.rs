@@ -1,0 +1,1 @@
+//! The container runtime: namespaces, cgroups, overlay rootfs, capabilities, seccomp.

@@ -1,0 +1,1 @@
+//! Supervision: shims, restart policies, health checks, logs.

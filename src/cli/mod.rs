@@ -1,0 +1,129 @@
+//! The command line: global options (compatible with `docker compose`), one module per command,
+//! exit codes, and the one place output goes through.
+//!
+//! Exit codes: 0 success, 1 a user error (bad input, unschedulable, unreachable host), 2 a bug or a
+//! broken environment.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod config;
+pub mod graph;
+pub mod hosts;
+pub mod lab;
+pub mod output;
+pub mod pending;
+pub mod plan;
+
+/// Deploy a docker-compose project onto a fleet of SSH hosts — no Docker on the hosts.
+#[derive(Debug, Parser)]
+#[command(name = "compose-fleet", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands, spelled as `docker compose` spells them.
+#[derive(Debug, Clone, Args, Default)]
+pub struct GlobalArgs {
+    /// Compose configuration file(s); later files override earlier ones [env: COMPOSE_FILE]
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Project name [env: COMPOSE_PROJECT_NAME]
+    #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
+    pub project_name: Option<String>,
+    /// Working directory for relative paths (default: the first compose file's directory)
+    #[arg(long = "project-directory", global = true, value_name = "DIR")]
+    pub project_directory: Option<PathBuf>,
+    /// Environment file(s) for interpolation, instead of the project's `.env`
+    #[arg(long = "env-file", global = true, value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
+    /// Profile(s) to enable [env: COMPOSE_PROFILES]
+    #[arg(long = "profile", global = true, value_name = "NAME")]
+    pub profiles: Vec<String>,
+    /// Inventory of hosts (default: inventory.yaml beside the compose file)
+    #[arg(
+        short = 'i',
+        long = "inventory",
+        global = true,
+        env = "COMPOSE_FLEET_INVENTORY",
+        value_name = "FILE"
+    )]
+    pub inventory: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy the project onto the fleet (create, update, remove pods)
+    Up(pending::Args),
+    /// Show where every replica goes and what would change, without changing anything
+    Plan(plan::Args),
+    /// Validate the project and print it in canonical form
+    Config(config::Args),
+    /// Print the service dependency graph
+    Graph(graph::Args),
+    /// List the project's pods and containers on every host
+    Ps(pending::Args),
+    /// Show container logs
+    Logs(pending::Args),
+    /// Run a command in a running container
+    Exec(pending::Args),
+    /// Stop and remove the project's pods
+    Down(pending::Args),
+    /// Check every host in the inventory: reachability and facts
+    Hosts(hosts::Args),
+    /// Manage the lab fleet: hosts in network namespaces on this machine
+    Lab(lab::Args),
+}
+
+/// How a command failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The user's input is wrong; the message says what to do. Exit 1.
+    User(String),
+    /// A bug or a broken environment. Exit 2.
+    Internal(String),
+    /// Already reported to the user (e.g. rendered diagnostics); just exit with this code.
+    Reported(u8),
+}
+
+pub type CmdResult = Result<ExitCode, Failure>;
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Up(a) => pending::run("up", &cli.global, a),
+        Command::Plan(a) => plan::run(&cli.global, a),
+        Command::Config(a) => config::run(&cli.global, a),
+        Command::Graph(a) => graph::run(&cli.global, a),
+        Command::Ps(a) => pending::run("ps", &cli.global, a),
+        Command::Logs(a) => pending::run("logs", &cli.global, a),
+        Command::Exec(a) => pending::run("exec", &cli.global, a),
+        Command::Down(a) => pending::run("down", &cli.global, a),
+        Command::Hosts(a) => hosts::run(&cli.global, a),
+        Command::Lab(a) => lab::run(&cli.global, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::User(msg)) => {
+            output::error(&msg);
+            ExitCode::from(1)
+        }
+        Err(Failure::Internal(msg)) => {
+            output::error(&msg);
+            ExitCode::from(2)
+        }
+        Err(Failure::Reported(code)) => ExitCode::from(code),
+    }
+}

@@ -1,0 +1,1 @@
+//! The service dependency graph (petgraph): conditions, cycle reports, DOT/JSON output.

@@ -1,0 +1,19 @@
+//! compose-fleet: deploy a docker-compose project onto a fleet of SSH-reachable Linux hosts.
+//!
+//! Data flows one way: `compose::load` → `graph::build` → `schedule::place` → `plan::diff` →
+//! `deploy::apply`. Everything before `deploy` is pure (no I/O, no clocks, no randomness) and is
+//! tested exhaustively; `deploy`, `ssh` and `lab` are the thin effectful shell. The agent that runs
+//! on every host lives in `crates/agent`; the protocol both sides speak lives in `crates/proto`.
+
+pub mod cli;
+pub mod compose;
+pub mod deploy;
+pub mod diag;
+pub mod graph;
+pub mod inventory;
+pub mod lab;
+pub mod plan;
+pub mod schedule;
+pub mod ssh;
+
+pub use compose_fleet_proto as proto;

@@ -1,0 +1,1 @@
+//! The plan: desired placement diffed against observed state, as ordered actions per host.
