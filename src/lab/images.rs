@@ -79,13 +79,17 @@ pub fn build_all() -> Result<Vec<Image>, Error> {
             "cannot read {BUSYBOX}: {e}; run scripts/setup.sh (Debian package busybox-static)"
         ))
     })?;
+    build_from(&busybox)
+}
+
+fn build_from(busybox: &[u8]) -> Result<Vec<Image>, Error> {
     let applets = applets(Path::new(BUSYBOX))?;
     let shell = build(
         SHELL_IMAGE,
-        base_entries(&busybox, &applets),
+        base_entries(busybox, &applets),
         serde_json::json!({ "Env": [PATH_ENV], "Cmd": ["sh"], "WorkingDir": "/" }),
     )?;
-    let mut entries = base_entries(&busybox, &applets);
+    let mut entries = base_entries(busybox, &applets);
     entries.push(Entry::Dir("www/", 0o755));
     entries.push(Entry::File(
         "www/index.html".into(),
@@ -258,59 +262,127 @@ pub fn client() -> Client {
     })
 }
 
-/// Pushes the images the registry does not already hold with the same digests.
-/// Returns how many were pushed.
-pub fn seed(images: &[Image]) -> Result<usize, Error> {
+/// What the last seeding pushed, so that a warm `lab up` checks the registry without building.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    /// `sha256:` of the busybox binary the images were built from.
+    busybox: String,
+    /// (reference, config digest, layer digest) of each image.
+    images: Vec<(String, String, String)>,
+}
+
+/// Makes sure the lab registry holds the test images built from this machine's busybox; builds
+/// and pushes only what is missing or different. `stamp` is a file the lab owns. Returns how many
+/// images were pushed.
+pub fn ensure_seeded(stamp: &Path) -> Result<usize, Error> {
+    let busybox = std::fs::read(BUSYBOX).map_err(|e| {
+        Error::Env(format!(
+            "cannot read {BUSYBOX}: {e}; run scripts/setup.sh (Debian package busybox-static)"
+        ))
+    })?;
+    let busybox_digest = sha256(&busybox);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("cannot start an async runtime: {e}")))?;
-    runtime.block_on(async {
-        let client = client();
-        let auth = RegistryAuth::Anonymous;
-        let mut pushed = 0;
-        for image in images {
-            let reference: Reference = image.reference.parse().map_err(|e| {
-                Error::Internal(format!("bad image reference {}: {e}", image.reference))
-            })?;
-            if let Ok((there, _)) = client.pull_image_manifest(&reference, &auth).await {
-                if there.config.digest == image.config_digest()
-                    && there.layers.iter().map(|l| &l.digest).eq(image
-                        .manifest
-                        .layers
-                        .iter()
-                        .map(|l| &l.digest))
-                {
-                    continue;
+    let client = client();
+    let recorded = std::fs::read_to_string(stamp)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Stamp>(&t).ok())
+        .filter(|s| s.busybox == busybox_digest);
+    if let Some(recorded) = recorded {
+        let all_there = runtime.block_on(async {
+            for (reference, config, layer) in &recorded.images {
+                if !holds(&client, reference, config, std::slice::from_ref(layer)).await {
+                    return false;
                 }
             }
-            let layer = ImageLayer::new(
-                image.layer.clone(),
-                IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(),
-                None,
-            );
-            let config = Config::new(
-                image.config.clone(),
-                IMAGE_CONFIG_MEDIA_TYPE.to_string(),
-                None,
-            );
-            client
-                .push(
-                    &reference,
-                    &[layer],
-                    config,
-                    &auth,
-                    Some(image.manifest.clone()),
-                )
-                .await
-                .map_err(|e| {
-                    Error::Env(format!(
-                        "pushing {} to the lab registry: {e}",
-                        image.reference
-                    ))
-                })?;
-            pushed += 1;
+            !recorded.images.is_empty()
+        });
+        if all_there {
+            return Ok(0);
         }
-        Ok(pushed)
+    }
+    let images = build_from(&busybox)?;
+    let pushed = runtime.block_on(push_missing(&client, &images))?;
+    let stamp_text = serde_json::to_string_pretty(&Stamp {
+        busybox: busybox_digest,
+        images: images
+            .iter()
+            .map(|i| {
+                (
+                    i.reference.clone(),
+                    i.config_digest().to_string(),
+                    i.layer_digest().to_string(),
+                )
+            })
+            .collect(),
     })
+    .map_err(|e| Error::Internal(format!("image stamp: {e}")))?;
+    super::host::write(stamp, &stamp_text, 0o644)?;
+    Ok(pushed)
+}
+
+/// Whether the registry holds `reference` with exactly this config and these layers.
+async fn holds(client: &Client, reference: &str, config: &str, layers: &[String]) -> bool {
+    let Ok(parsed) = reference.parse::<Reference>() else {
+        return false;
+    };
+    match client
+        .pull_image_manifest(&parsed, &RegistryAuth::Anonymous)
+        .await
+    {
+        Ok((there, _)) => {
+            there.config.digest == config
+                && there.layers.iter().map(|l| &l.digest).eq(layers.iter())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Pushes the images the registry does not already hold with the same digests.
+async fn push_missing(client: &Client, images: &[Image]) -> Result<usize, Error> {
+    let auth = RegistryAuth::Anonymous;
+    let mut pushed = 0;
+    for image in images {
+        let layers: Vec<String> = image
+            .manifest
+            .layers
+            .iter()
+            .map(|l| l.digest.clone())
+            .collect();
+        if holds(client, &image.reference, image.config_digest(), &layers).await {
+            continue;
+        }
+        let reference: Reference = image.reference.parse().map_err(|e| {
+            Error::Internal(format!("bad image reference {}: {e}", image.reference))
+        })?;
+        let layer = ImageLayer::new(
+            image.layer.clone(),
+            IMAGE_LAYER_GZIP_MEDIA_TYPE.to_string(),
+            None,
+        );
+        let config = Config::new(
+            image.config.clone(),
+            IMAGE_CONFIG_MEDIA_TYPE.to_string(),
+            None,
+        );
+        client
+            .push(
+                &reference,
+                &[layer],
+                config,
+                &auth,
+                Some(image.manifest.clone()),
+            )
+            .await
+            .map_err(|e| {
+                Error::Env(format!(
+                    "pushing {} to the lab registry: {e}",
+                    image.reference
+                ))
+            })?;
+        pushed += 1;
+    }
+    Ok(pushed)
 }

@@ -11,7 +11,7 @@
 //! DIR/
 //!   inventory.yaml  id_ed25519  id_ed25519.pub  known_hosts      for `compose-fleet -i …`
 //!   lab.json                                                     how many hosts
-//!   registry.yml registry.pid registry.log registry/             the registry and its storage
+//!   registry.yml registry.pid registry.log registry/ images.json the registry, its storage, seeds
 //!   hosts/lab-N/{etc-ssh,state,run,tmp}/                         /etc/ssh, /var/lib/compose-fleet,
 //!                                                                /run, /tmp of host lab-N
 //! ```
@@ -264,8 +264,7 @@ impl Lab {
             }
         }
 
-        let images = images::build_all()?;
-        let pushed = images::seed(&images)?;
+        let pushed = images::ensure_seeded(&self.dir.join("images.json"))?;
         if pushed > 0 {
             output::status(&format!("lab: pushed {pushed} image(s) to {REGISTRY}"));
         }
