@@ -13,6 +13,11 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        "shim" => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let code = compose_fleet_agent::supervisor::shim::main(&args);
+            ExitCode::from(u8::try_from(code).unwrap_or(2))
+        }
         _ => {
             eprintln!("usage: compose-fleet-agent <version|rpc|daemon|shim|init>");
             ExitCode::from(2)
