@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{output, CmdResult, Failure, GlobalArgs};
+use crate::inventory;
 use crate::ssh::{self, HostReport, SshError, SshTarget, Totals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,18 +62,18 @@ struct Row {
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
-    let inventory = global
-        .inventory
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("inventory.yaml"));
-    if !inventory.is_file() {
-        return Err(Failure::User(format!(
-            "no inventory at {}\nhint: pass one with -i FILE (or COMPOSE_FLEET_INVENTORY); \
-             `compose-fleet lab up` writes one for a lab fleet",
-            inventory.display()
-        )));
-    }
-    let targets = ssh::target::from_inventory_file(&inventory).map_err(Failure::User)?;
+    let path = inventory::default_path(
+        global.inventory.as_deref(),
+        global.files.first().map(PathBuf::as_path),
+    );
+    let fleet = match inventory::load(&path) {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            eprintln!("{}", e.render());
+            return Err(Failure::Reported(1));
+        }
+    };
+    let targets = SshTarget::all(&fleet);
     let options = ssh::Options {
         connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
         command_timeout: Duration::from_secs(args.command_timeout.max(1)),
@@ -81,7 +82,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         agent_binary: args.agent_binary.clone(),
         ..ssh::Options::default()
     };
-    let reports = ssh::facts_blocking(&targets, &options).map_err(|e| match e.class {
+    let reports = ssh::facts_blocking(&fleet, &options).map_err(|e| match e.class {
         ssh::ErrorClass::Local => Failure::Internal(e.to_string()),
         _ => Failure::User(e.to_string()),
     })?;
@@ -157,9 +158,10 @@ fn table(rows: &[Row]) -> String {
         cells.push(vec![
             r.name.clone(),
             r.address.clone(),
+            // The class only; the full reason and its hint follow the table.
             match &r.error {
                 None => "ok".into(),
-                Some(e) => e.clone(),
+                Some(e) => e.split(':').next().unwrap_or(e).to_string(),
             },
             r.agent_version.clone().unwrap_or_else(dash),
             r.arch.clone().unwrap_or_else(dash),
@@ -170,7 +172,6 @@ fn table(rows: &[Row]) -> String {
             r.rtt_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_else(dash),
         ]);
     }
-    // The status column may be long (an error): keep it last in width computation but aligned.
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             cells

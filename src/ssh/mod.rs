@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::inventory::Fleet;
+
 pub mod agent;
 mod session;
 pub mod target;
@@ -266,8 +268,17 @@ pub async fn facts_with<T: Transport>(
     out
 }
 
-/// Every host's facts over real SSH (`plan` without `--offline` and `hosts` call this).
+/// Every host's facts over real SSH, by host name (`plan` without `--offline` and `hosts` call
+/// this). `Err` only for a local problem (no agent binary, no temp dir).
 pub async fn facts(
+    fleet: &Fleet,
+    options: &Options,
+) -> Result<BTreeMap<String, Result<HostReport, SshError>>, SshError> {
+    facts_of(&SshTarget::all(fleet), options).await
+}
+
+/// [`facts`] for explicit targets.
+pub async fn facts_of(
     targets: &[SshTarget],
     options: &Options,
 ) -> Result<BTreeMap<String, Result<HostReport, SshError>>, SshError> {
@@ -278,7 +289,7 @@ pub async fn facts(
 
 /// [`facts`] for synchronous callers (the CLI commands).
 pub fn facts_blocking(
-    targets: &[SshTarget],
+    fleet: &Fleet,
     options: &Options,
 ) -> Result<BTreeMap<String, Result<HostReport, SshError>>, SshError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -286,5 +297,5 @@ pub fn facts_blocking(
         .enable_all()
         .build()
         .map_err(|e| SshError::new("-", ErrorClass::Local, format!("tokio runtime: {e}")))?;
-    runtime.block_on(facts(targets, options))
+    runtime.block_on(facts(fleet, options))
 }

@@ -285,7 +285,10 @@ fn classify_connect(target: &SshTarget, e: &openssh::Error) -> SshError {
         .with_hint(format!(
             "check the host's key fingerprint and add it to {known_hosts} (e.g. `ssh-keyscan {}`), \
              or run with --accept-new-host-keys to trust and record first-seen keys",
-            target.address
+            match target.port {
+                Some(p) => format!("-p {p} {}", target.address),
+                None => target.address.clone(),
+            }
         ));
     }
     if lower.contains("permission denied") || lower.contains("too many authentication failures") {

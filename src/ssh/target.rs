@@ -1,10 +1,9 @@
-//! What the transport needs to know about a host: [`SshTarget`]. The inventory (`src/inventory`)
-//! owns the hosts file; [`from_inventory_file`] is a minimal reader of its SSH fields so the
-//! transport works and is tested on its own, until `inventory::Fleet` supplies targets.
+//! What the transport needs to know about a host: [`SshTarget`], taken from the inventory's
+//! [`Host`] (the inventory owns the hosts file).
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use crate::inventory::{Fleet, Host};
 
 /// How to reach one host over SSH. `None` fields fall back to the user's `~/.ssh/config` and ssh's
 /// defaults.
@@ -37,82 +36,46 @@ impl SshTarget {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct SshFields {
-    address: Option<String>,
-    user: Option<String>,
-    port: Option<u16>,
-    identity_file: Option<PathBuf>,
-    known_hosts: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-struct NamedHost {
-    name: String,
-    #[serde(flatten)]
-    ssh: SshFields,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Hosts {
-    Map(indexmap::IndexMap<String, Option<SshFields>>),
-    List(Vec<NamedHost>),
-}
-
-#[derive(Debug, Deserialize)]
-struct InventoryFile {
-    #[serde(default)]
-    defaults: Option<SshFields>,
-    hosts: Hosts,
-}
-
-/// Reads the SSH fields of an inventory (`hosts:` as a map by name or a list with `name:`, plus
-/// `defaults:`); other keys are ignored. Relative paths are relative to the inventory's directory.
-pub fn from_inventory_file(path: &Path) -> Result<Vec<SshTarget>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read inventory {}: {e}", path.display()))?;
-    parse_inventory(&text, path.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| format!("inventory {}: {e}", path.display()))
-}
-
-fn parse_inventory(text: &str, base: &Path) -> Result<Vec<SshTarget>, String> {
-    let file: InventoryFile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-    let defaults = file.defaults.unwrap_or_default();
-    let hosts: Vec<(String, SshFields)> = match file.hosts {
-        Hosts::Map(m) => m
-            .into_iter()
-            .map(|(k, v)| (k, v.unwrap_or_default()))
-            .collect(),
-        Hosts::List(l) => l.into_iter().map(|h| (h.name, h.ssh)).collect(),
-    };
-    let resolve = |p: PathBuf| {
-        if p.is_relative() {
-            base.join(p)
-        } else {
-            p
+impl SshTarget {
+    /// The SSH side of an inventory host. Relative `identity_file`/`known_hosts` paths are relative
+    /// to `base` (the inventory's directory); `~/` is the user's home. Port 22 is left to ssh (so
+    /// `~/.ssh/config` can set another for an alias).
+    pub fn from_host(host: &Host, base: &Path) -> SshTarget {
+        SshTarget {
+            name: host.name.clone(),
+            address: host.address.clone(),
+            user: host.user.clone(),
+            port: (host.port != 22).then_some(host.port),
+            identity_file: host.identity_file.as_deref().map(|p| resolve(p, base)),
+            known_hosts: host.known_hosts.as_deref().map(|p| resolve(p, base)),
         }
-    };
-    Ok(hosts
-        .into_iter()
-        .map(|(name, h)| SshTarget {
-            address: h
-                .address
-                .or_else(|| defaults.address.clone())
-                .unwrap_or_else(|| name.clone()),
-            user: h.user.or_else(|| defaults.user.clone()),
-            port: h.port.or(defaults.port),
-            identity_file: h
-                .identity_file
-                .or_else(|| defaults.identity_file.clone())
-                .map(resolve),
-            known_hosts: h
-                .known_hosts
-                .or_else(|| defaults.known_hosts.clone())
-                .map(resolve),
-            name,
-        })
-        .collect())
+    }
+
+    /// Every host of `fleet`, in inventory order.
+    pub fn all(fleet: &Fleet) -> Vec<SshTarget> {
+        let base = fleet
+            .source
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        fleet
+            .hosts
+            .iter()
+            .map(|h| SshTarget::from_host(h, base))
+            .collect()
+    }
+}
+
+fn resolve(p: &Path, base: &Path) -> PathBuf {
+    if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        return PathBuf::from(home).join(rest);
+    }
+    if p.is_relative() {
+        // Absolute, so messages (and `ssh-keygen -R … -f FILE` hints) work from any directory.
+        std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p))
+    } else {
+        p.to_path_buf()
+    }
 }
 
 #[cfg(test)]
@@ -120,19 +83,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn map_and_list_inventories_with_defaults() {
-        let map = "defaults:\n  user: root\n  identity_file: id_ed25519\n  known_hosts: /abs/known_hosts\n\
-                   hosts:\n  h1:\n    address: 10.250.0.11\n    labels: {zone: a}\n  h2:\n    address: 10.250.0.12\n    port: 2222\n    user: admin\n";
-        let t = parse_inventory(map, Path::new("/lab")).expect("parses");
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[0].name, "h1");
-        assert_eq!(t[0].user.as_deref(), Some("root"));
-        assert_eq!(t[0].identity_file, Some(PathBuf::from("/lab/id_ed25519")));
-        assert_eq!(t[0].known_hosts, Some(PathBuf::from("/abs/known_hosts")));
-        assert_eq!(t[1].destination(), "admin@10.250.0.12:2222");
-
-        let list = "hosts:\n  - name: a\n    address: 10.0.0.1\n  - name: b\n";
-        let t = parse_inventory(list, Path::new(".")).expect("parses");
-        assert_eq!(t[1].address, "b");
+    fn inventory_hosts_become_targets_with_paths_resolved() {
+        let mut h = Host::new("h1", "10.250.0.11");
+        h.identity_file = Some(PathBuf::from("id_ed25519"));
+        h.known_hosts = Some(PathBuf::from("/abs/known_hosts"));
+        h.user = Some("root".into());
+        let t = SshTarget::from_host(&h, Path::new("/lab"));
+        assert_eq!(t.identity_file, Some(PathBuf::from("/lab/id_ed25519")));
+        assert_eq!(t.known_hosts, Some(PathBuf::from("/abs/known_hosts")));
+        assert_eq!(t.port, None);
+        assert_eq!(t.destination(), "root@10.250.0.11");
+        h.port = 2222;
+        assert_eq!(SshTarget::from_host(&h, Path::new("/lab")).port, Some(2222));
     }
 }
