@@ -1089,7 +1089,7 @@ fn parse_volume(ctx: &Ctx<'_>, s: &str) -> Result<ServiceVolume, String> {
     if let Some(src) = source.filter(|s| !s.is_empty()) {
         if src.starts_with('.') || src.starts_with('/') || src.starts_with('~') {
             vol.kind = "bind".into();
-            vol.source = Some(host_path(ctx, &src));
+            vol.source = Some(host_path(ctx, src));
             vol.extra
                 .insert("bind".into(), serde_json::json!({"create_host_path": true}));
         } else {
