@@ -224,6 +224,8 @@ pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
         merge_keys: serde_saphyr::MergeKeyPolicy::Merge,
         // YAML 1.2 booleans, as docker compose (go-yaml v3) reads them: `y`, `no`, `on` are text.
         strict_booleans: true,
+        // `mode: 0440` is octal to docker compose (go-yaml parses integers with base prefix 0).
+        legacy_octal_numbers: true,
     };
     if text.trim().is_empty()
         || text
