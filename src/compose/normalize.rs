@@ -818,15 +818,19 @@ fn port_long(ctx: &mut Ctx<'_>, item: &Node) -> Option<Port> {
         ..Port::default()
     };
     let mut target = None;
+    let mut bad_target = false;
     for (k, name, v) in ctx.entries(item, "a port") {
         match name {
             "target" => match port_number(&v.scalar_text().unwrap_or_default()) {
                 Ok(t) => target = Some(t),
-                Err(e) => ctx.error_hint(
-                    v,
-                    format!("bad port: {e}"),
-                    "a port is a number from 1 to 65535",
-                ),
+                Err(e) => {
+                    bad_target = true;
+                    ctx.error_hint(
+                        v,
+                        format!("bad port: {e}"),
+                        "a port is a number from 1 to 65535",
+                    )
+                }
             },
             "published" => {
                 let s = v.scalar_text().unwrap_or_default();
@@ -873,7 +877,9 @@ fn port_long(ctx: &mut Ctx<'_>, item: &Node) -> Option<Port> {
             Some(p)
         }
         None => {
-            ctx.error(item, "a port in long syntax needs `target`");
+            if !bad_target {
+                ctx.error(item, "a port in long syntax needs `target`");
+            }
             None
         }
     }
@@ -1449,9 +1455,13 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
         match &item.value {
             Value::Map(_) => {
                 let mut r = FileReference::default();
+                let mut source_at = None;
                 for (k, name, fv) in ctx.entries(item, &format!("a {what} reference")) {
                     match name {
-                        "source" => r.source = ctx.string(fv, "`source`").unwrap_or_default(),
+                        "source" => {
+                            r.source = ctx.string(fv, "`source`").unwrap_or_default();
+                            source_at = Some(fv.loc.clone());
+                        }
                         "target" => r.target = ctx.string(fv, "`target`"),
                         "uid" => r.uid = ctx.string(fv, "`uid`"),
                         "gid" => r.gid = ctx.string(fv, "`gid`"),
@@ -1486,7 +1496,7 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
                     ctx.error(item, format!("a {what} reference needs `source`"));
                     continue;
                 }
-                out.push((r, item));
+                out.push((r, source_at.unwrap_or_else(|| item.loc.clone())));
             }
             _ => {
                 if let Some(s) = ctx.string(item, &format!("a {what} reference")) {
@@ -1495,14 +1505,14 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
                             source: s,
                             ..FileReference::default()
                         },
-                        item,
+                        item.loc.clone(),
                     ));
                 }
             }
         }
     }
-    for (r, item) in &out {
-        ctx.refs.push((what, r.source.clone(), item.loc.clone()));
+    for (r, at) in &out {
+        ctx.refs.push((what, r.source.clone(), at.clone()));
     }
     out.into_iter().map(|(r, _)| r).collect()
 }

@@ -211,7 +211,7 @@ impl<'de> Visitor<'de> for RawVisitor {
 
 /// Limits that stop an alias bomb (a few anchors expanding to billions of nodes) long before it
 /// costs memory: compose files are small, so these are generous for real files.
-const MAX_REPLAYED_EVENTS: usize = 200_000;
+const MAX_REPLAYED_EVENTS: usize = 100_000;
 
 /// Parses one YAML document into a [`Node`] tree. An empty document is a null node.
 pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
@@ -291,21 +291,35 @@ fn convert(file: &Arc<str>, text: &str, raw: Spanned<Raw>) -> Node {
 }
 
 fn yaml_error(file: &Arc<str>, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
-    let inner = e.without_snippet();
+    use serde_saphyr::Error as E;
+    let mut inner = e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
     let message = serde_saphyr::UserMessageFormatter.format_message(inner);
     let mut message = message.replace(['\n', '\r'], " ");
     let mut hint = None;
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("alias") && (lower.contains("limit") || lower.contains("depth")) {
-        message = format!("too many YAML alias expansions (alias bomb?): {message}");
-        hint = Some(format!(
-            "compose-fleet expands at most {MAX_REPLAYED_EVENTS} aliased YAML events; anchors that \
-             reference each other multiply: flatten them"
-        ));
-    } else if lower.contains("duplicate") {
-        hint = Some("a key may appear only once in a mapping: remove or rename one".to_string());
+    let mut prefix = "invalid YAML: ";
+    match inner {
+        E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. }
+        | E::Budget { .. } => {
+            message = format!("too many YAML alias expansions (alias bomb?): {message}");
+            prefix = "";
+            hint = Some(format!(
+                "compose-fleet expands at most {MAX_REPLAYED_EVENTS} aliased YAML events; anchors \
+                 that reference each other multiply: flatten them"
+            ));
+        }
+        E::DuplicateMappingKey { .. } => {
+            hint =
+                Some("a key may appear only once in a mapping: remove or rename one".to_string());
+        }
+        _ => {}
     }
-    let mut d = Diagnostic::error(format!("invalid YAML: {message}"));
+    let mut d = Diagnostic::error(format!("{prefix}{message}"));
     if let Some(l) = e.location() {
         d = d.at(location(file, text, &l));
     } else {
