@@ -161,6 +161,8 @@ pub struct ServiceSpans {
     pub ports: Vec<Location>,
     /// `deploy.placement.constraints` entries, in order.
     pub constraints: Vec<Location>,
+    /// Each entry of `volumes`, in order.
+    pub volumes: Vec<Location>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -338,7 +338,7 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
     };
     svc.spans.name = key.loc.clone();
     let place = format!("service `{name}`");
-    let mut env_files: Vec<(String, bool, Node)> = Vec::new();
+    let mut env_files: Vec<(String, bool, bool, Node)> = Vec::new();
     let mut environment: Option<&Node> = None;
     let mut networks_node: Option<&Node> = None;
     let mut network_mode_node: Option<&Node> = None;
@@ -500,8 +500,8 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
         }
     }
     // env_file first, `environment` wins.
-    for (path, required, at) in env_files {
-        read_env_file(ctx, &mut svc.environment, &path, required, &at);
+    for (path, required, raw, at) in env_files {
+        read_env_file(ctx, &mut svc.environment, &path, required, raw, &at);
     }
     if let Some(env_node) = environment {
         for (k, v, _) in ctx.dict(env_node, "`environment`") {
@@ -667,7 +667,7 @@ fn resolve_context(dir: &Path, c: &str) -> String {
     }
 }
 
-fn env_file_list(ctx: &mut Ctx<'_>, v: &Node) -> Vec<(String, bool, Node)> {
+fn env_file_list(ctx: &mut Ctx<'_>, v: &Node) -> Vec<(String, bool, bool, Node)> {
     let items: Vec<&Node> = match &v.value {
         Value::Seq(items) => items.iter().collect(),
         Value::Null => Vec::new(),
@@ -679,12 +679,14 @@ fn env_file_list(ctx: &mut Ctx<'_>, v: &Node) -> Vec<(String, bool, Node)> {
             Value::Map(_) => {
                 let mut path = None;
                 let mut required = true;
+                let mut raw = false;
                 for (k, name, fv) in ctx.entries(item, "an `env_file` entry") {
                     match name {
                         "path" => path = ctx.string(fv, "`env_file.path`"),
                         "required" => required = ctx.boolean(fv, "`env_file.required`"),
                         "format" => {
                             if let Some(f) = ctx.string(fv, "`env_file.format`") {
+                                raw = f == "raw";
                                 if f != "raw" && !f.is_empty() {
                                     ctx.error_hint(
                                         fv,
@@ -703,13 +705,13 @@ fn env_file_list(ctx: &mut Ctx<'_>, v: &Node) -> Vec<(String, bool, Node)> {
                     }
                 }
                 match path {
-                    Some(p) => out.push((p, required, item.clone())),
+                    Some(p) => out.push((p, required, raw, item.clone())),
                     None => ctx.error(item, "an `env_file` entry needs a `path`"),
                 }
             }
             _ => {
                 if let Some(p) = ctx.string(item, "an `env_file` entry") {
-                    out.push((p, true, item.clone()));
+                    out.push((p, true, false, item.clone()));
                 }
             }
         }
@@ -722,6 +724,7 @@ fn read_env_file(
     env: &mut BTreeMap<String, Option<String>>,
     path: &str,
     required: bool,
+    raw: bool,
     at: &Node,
 ) {
     let full = absolute(ctx.project_dir, Path::new(path));
@@ -740,6 +743,12 @@ fn read_env_file(
     };
     let name: std::sync::Arc<str> = full.display().to_string().into();
     ctx.sources.add(name.clone(), text.as_str().into());
+    if raw {
+        for (k, v) in dotenv::parse_raw(&text) {
+            env.insert(k, Some(v));
+        }
+        return;
+    }
     let lookup = |k: &str| ctx.env.get(k).cloned();
     match dotenv::parse(&text, &lookup) {
         Ok(vars) => {
@@ -1037,13 +1046,17 @@ fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                     vol.source = vol.source.map(|s| host_path(ctx, &s));
                 }
                 svc.volumes.push(vol);
+                svc.spans.volumes.push(item.loc.clone());
             }
             _ => {
                 let Some(s) = ctx.string(item, "a volume") else {
                     continue;
                 };
                 match parse_volume(ctx, &s) {
-                    Ok(vol) => svc.volumes.push(vol),
+                    Ok(vol) => {
+                        svc.volumes.push(vol);
+                        svc.spans.volumes.push(item.loc.clone());
+                    }
                     Err(m) => ctx.error_hint(
                         item,
                         m,
@@ -1517,15 +1530,51 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
     out.into_iter().map(|(r, _)| r).collect()
 }
 
+const NETWORK_KEYS: &[&str] = &[
+    "name",
+    "driver",
+    "driver_opts",
+    "ipam",
+    "external",
+    "internal",
+    "enable_ipv4",
+    "enable_ipv6",
+    "attachable",
+    "labels",
+];
+const VOLUME_KEYS: &[&str] = &["name", "driver", "driver_opts", "external", "labels"];
+const SECRET_KEYS: &[&str] = &[
+    "name",
+    "environment",
+    "file",
+    "external",
+    "labels",
+    "driver",
+    "driver_opts",
+    "template_driver",
+];
+const CONFIG_KEYS: &[&str] = &[
+    "name",
+    "content",
+    "environment",
+    "file",
+    "external",
+    "labels",
+    "template_driver",
+];
+
 /// Top-level `networks`.
 pub fn network(ctx: &mut Ctx<'_>, name: &str, v: &Node) -> Network {
     let mut n = Network::default();
-    for (_, k, fv) in ctx.entries(v, &format!("network `{name}`")) {
+    for (key, k, fv) in ctx.entries(v, &format!("network `{name}`")) {
         match k {
             "name" => n.name = ctx.string(fv, "`name`"),
             "driver" => n.driver = ctx.string(fv, "`driver`"),
             "external" => external(ctx, fv, &mut n.external, &mut n.name),
             "internal" => n.internal = ctx.boolean(fv, "`internal`"),
+            _ if !k.starts_with("x-") && !NETWORK_KEYS.contains(&k) => {
+                ctx.unknown_key(key, k, &format!("network `{name}`"), NETWORK_KEYS);
+            }
             _ => {
                 n.extra.insert(k.to_string(), fv.to_json());
             }
@@ -1549,11 +1598,14 @@ fn external(ctx: &mut Ctx<'_>, v: &Node, flag: &mut bool, name: &mut Option<Stri
 /// Top-level `volumes`.
 pub fn volume(ctx: &mut Ctx<'_>, name: &str, v: &Node) -> Volume {
     let mut vol = Volume::default();
-    for (_, k, fv) in ctx.entries(v, &format!("volume `{name}`")) {
+    for (key, k, fv) in ctx.entries(v, &format!("volume `{name}`")) {
         match k {
             "name" => vol.name = ctx.string(fv, "`name`"),
             "driver" => vol.driver = ctx.string(fv, "`driver`"),
             "external" => external(ctx, fv, &mut vol.external, &mut vol.name),
+            _ if !k.starts_with("x-") && !VOLUME_KEYS.contains(&k) => {
+                ctx.unknown_key(key, k, &format!("volume `{name}`"), VOLUME_KEYS);
+            }
             _ => {
                 vol.extra.insert(k.to_string(), fv.to_json());
             }
@@ -1565,13 +1617,21 @@ pub fn volume(ctx: &mut Ctx<'_>, name: &str, v: &Node) -> Volume {
 /// Top-level `secrets` and `configs`; `file` made absolute against the project directory.
 pub fn file_object(ctx: &mut Ctx<'_>, what: &str, name: &str, v: &Node) -> FileObject {
     let mut o = FileObject::default();
-    for (_, k, fv) in ctx.entries(v, &format!("{what} `{name}`")) {
+    let known = if what == "secret" {
+        SECRET_KEYS
+    } else {
+        CONFIG_KEYS
+    };
+    for (key, k, fv) in ctx.entries(v, &format!("{what} `{name}`")) {
         match k {
             "name" => o.name = ctx.string(fv, "`name`"),
             "file" => o.file = ctx.string(fv, "`file`").map(|f| host_path(ctx, &f)),
             "environment" => o.environment = ctx.string(fv, "`environment`"),
             "content" => o.content = ctx.string(fv, "`content`"),
             "external" => external(ctx, fv, &mut o.external, &mut o.name),
+            _ if !k.starts_with("x-") && !known.contains(&k) => {
+                ctx.unknown_key(key, k, &format!("{what} `{name}`"), known);
+            }
             _ => {
                 o.extra.insert(k.to_string(), fv.to_json());
             }

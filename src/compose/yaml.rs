@@ -213,6 +213,10 @@ impl<'de> Visitor<'de> for RawVisitor {
 /// costs memory: compose files are small, so these are generous for real files.
 const MAX_REPLAYED_EVENTS: usize = 100_000;
 
+/// Nesting limit for YAML collections: real compose files nest about 8 deep, and building the tree
+/// recursively in a 2 MiB thread stack (debug build) must stay safe.
+const MAX_DEPTH: usize = 32;
+
 /// Parses one YAML document into a [`Node`] tree. An empty document is a null node.
 pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
     let options = serde_saphyr::options! {
@@ -224,6 +228,11 @@ pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
         merge_keys: serde_saphyr::MergeKeyPolicy::Merge,
         // YAML 1.2 booleans, as docker compose (go-yaml v3) reads them: `y`, `no`, `on` are text.
         strict_booleans: true,
+        // Deep nesting is refused early: the tree is built recursively.
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
+        },
         // `mode: 0440` is octal to docker compose (go-yaml parses integers with base prefix 0).
         legacy_octal_numbers: true,
     };
@@ -301,6 +310,13 @@ fn yaml_error(file: &Arc<str>, text: &str, e: &serde_saphyr::Error) -> Diagnosti
     let mut hint = None;
     let mut prefix = "invalid YAML: ";
     match inner {
+        E::Budget {
+            breach: serde_saphyr::budget::BudgetBreach::Depth { .. },
+            ..
+        } => {
+            message = format!("the YAML is nested more than {MAX_DEPTH} levels deep");
+            hint = Some("compose files are shallow; this looks generated or corrupted".to_string());
+        }
         E::AliasReplayLimitExceeded { .. }
         | E::AliasExpansionLimitExceeded { .. }
         | E::AliasReplayStackDepthExceeded { .. }

@@ -1323,3 +1323,64 @@ fn cli_config_user_errors_exit_1_with_rendered_diagnostics() {
     assert_eq!(code, 1);
     assert!(err.contains("no compose file found"), "{err}");
 }
+
+#[test]
+fn include_with_its_own_env_file_and_project_directory() {
+    check_with(
+        &[
+            (
+                "compose.yaml",
+                r#"
+include:
+  - path: ../lib/db.yaml
+    env_file: ../lib/db.env
+    project_directory: ../lib
+services:
+  web: {image: "web:${TAG}"}
+"#,
+            ),
+            (".env", "TAG=1\n"),
+            (
+                "../lib/db.yaml",
+                "services:\n  db:\n    image: \"postgres:${PG}\"\n    env_file: conf.env\n",
+            ),
+            ("../lib/db.env", "PG=16\n"),
+            ("../lib/conf.env", "MODE=${TAG}\n"),
+        ],
+        &[],
+        &[],
+        r#"
+name: p
+services:
+  db:
+    environment:
+      MODE: "1"
+    image: postgres:16
+  web:
+    image: web:1
+"#,
+    );
+}
+
+#[test]
+fn env_file_in_raw_format_is_taken_literally() {
+    check_with(
+        &[
+            (
+                "compose.yaml",
+                "services:\n  web:\n    image: web\n    env_file: [{path: raw.env, format: raw}]\n",
+            ),
+            ("raw.env", "# comment\nA='quoted' ${NOT} # kept\n"),
+        ],
+        &[],
+        &[],
+        r#"
+name: p
+services:
+  web:
+    environment:
+      A: "'quoted' ${NOT} # kept"
+    image: web
+"#,
+    );
+}

@@ -281,3 +281,51 @@ fn never_a_panic_on_odd_input() {
         let _ = load_files(&[("compose.yaml", yaml)], &[], &[]);
     }
 }
+
+#[test]
+fn undefined_named_volume_and_network() {
+    check_errors(
+        "services:\n  web:\n    image: web\n    volumes: [\"data:/data\", \"./ok:/ok\"]\n    networks: [front]\n",
+        &[],
+        &[
+            "compose.yaml:2:3: error: service `web` uses network `front`, which is not defined",
+            "compose.yaml:4:15: error: service `web` uses volume `data`, which is not defined",
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_in_top_level_resources() {
+    check_errors(
+        "services:\n  web: {image: web}\nnetworks:\n  front: {drivr: bridge}\nvolumes:\n  data: {externl: true}\nsecrets:\n  key: {fil: ./k}\n",
+        &[],
+        &[
+            "compose.yaml:4:11: error: unknown key `drivr` in network `front`",
+            "compose.yaml:6:10: error: unknown key `externl` in volume `data`",
+            "compose.yaml:8:9: error: unknown key `fil` in secret `key`",
+            "compose.yaml:8:8: error: secret `key` says nowhere where its content comes from",
+        ],
+    );
+}
+
+#[test]
+fn deeply_nested_input_is_an_error_not_a_crash() {
+    for (open, close) in [("[", "]"), ("{a: ", "}")] {
+        for depth in [31, 33, 5000] {
+            let yaml = format!(
+                "x-deep: {}1{}\nservices:\n  web: {{image: web}}\n",
+                open.repeat(depth),
+                close.repeat(depth)
+            );
+            let result = load_files(&[("compose.yaml", &yaml)], &[], &[]);
+            if depth < 32 {
+                assert!(result.is_ok(), "{depth} levels of {open} load");
+            } else {
+                let f = result.expect_err("too deep");
+                let e = f.diagnostics.errors().next().expect("an error");
+                assert!(e.message.starts_with("invalid YAML"), "{}", e.message);
+                assert!(e.location.is_some());
+            }
+        }
+    }
+}
