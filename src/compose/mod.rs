@@ -509,13 +509,17 @@ impl Loader<'_> {
         project.name = self.project_name(opts, top_name);
 
         // Services by name, with the key's node; non-string names are errors.
-        let mut services: Vec<(String, Node, Node)> = Vec::new();
+        let mut services: Vec<(String, &Node)> = Vec::new();
+        let mut main_services = BTreeMap::new();
         if let Some(sn) = services_node {
             match &sn.value {
                 Value::Map(entries) => {
                     for (k, v) in entries {
                         match k.as_str() {
-                            Some(name) => services.push((name.to_string(), k.clone(), v.clone())),
+                            Some(name) => {
+                                services.push((name.to_string(), k));
+                                main_services.insert(name.to_string(), v.clone());
+                            }
                             None => self.diags.push(
                                 Diagnostic::error(format!(
                                     "a service name must be a string, found {}",
@@ -538,23 +542,34 @@ impl Loader<'_> {
                 ),
             }
         }
-        self.main_services = services
-            .iter()
-            .map(|(n, _, v)| (n.clone(), v.clone()))
-            .collect();
+        self.main_services = main_services;
 
         let active: BTreeSet<&str> = opts.profiles.iter().map(String::as_str).collect();
         let mut ctx_refs = Vec::new();
-        let mut normalized = Vec::new();
-        {
-            for (name, key, node) in &services {
-                let mut chain = Vec::new();
-                let Some(resolved) = self.resolve_extends(None, name, node, &mut chain) else {
-                    continue;
-                };
-                normalized.push((name.clone(), key.clone(), resolved));
+        // `extends` first: only services that use it get a new tree.
+        let mut extended: BTreeMap<String, Option<Node>> = BTreeMap::new();
+        for (name, _) in &services {
+            let Some(node) = self.main_services.get(name) else {
+                continue;
+            };
+            if node.get("extends").is_none() {
+                continue;
             }
+            let node = node.clone();
+            let mut chain = Vec::new();
+            let resolved = self.resolve_extends(None, name, &node, &mut chain);
+            extended.insert(name.clone(), resolved);
         }
+        let normalized: Vec<(&String, &Node, &Node)> = services
+            .iter()
+            .filter_map(|(name, key)| {
+                let node = match extended.get(name) {
+                    Some(resolved) => resolved.as_ref()?,
+                    None => self.main_services.get(name)?,
+                };
+                Some((name, *key, node))
+            })
+            .collect();
         let vars = self.vars.clone();
         let project_dir = self.project_dir.clone();
         let mut ctx = normalize::Ctx {
@@ -566,7 +581,7 @@ impl Loader<'_> {
             fs: self.fs,
             refs: Vec::new(),
         };
-        for (name, key, node) in &normalized {
+        for (name, key, node) in normalized {
             if !valid_service_name(name) {
                 ctx.diags.push(
                     Diagnostic::error(format!("`{name}` is not a valid service name"))

@@ -209,9 +209,9 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
 }
 
-/// Limits that stop an alias bomb (a few anchors expanding to billions of nodes) long before it
-/// costs memory: compose files are small, so these are generous for real files.
-const MAX_REPLAYED_EVENTS: usize = 100_000;
+/// Limits that stop an alias bomb (a few anchors expanding to billions of nodes) before it costs
+/// much memory (about 150 MB of tree at worst), while `<<: *default` in thousands of services fits.
+const MAX_REPLAYED_EVENTS: usize = 1_000_000;
 
 /// Nesting limit for YAML collections: real compose files nest about 8 deep, and building the tree
 /// recursively in a 2 MiB thread stack (debug build) must stay safe.
@@ -229,9 +229,17 @@ pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
         // YAML 1.2 booleans, as docker compose (go-yaml v3) reads them: `y`, `no`, `on` are text.
         strict_booleans: true,
         // Deep nesting is refused early: the tree is built recursively.
+        // Size limits fit projects of tens of thousands of services (and `<<: *default` in each
+        // of them); alias bombs are stopped by the replay limit above, not by these.
         budget: serde_saphyr::budget! {
             max_depth: MAX_DEPTH,
             flow_nesting_limit: MAX_DEPTH,
+            max_events: 20_000_000,
+            max_nodes: 10_000_000,
+            max_aliases: 1_000_000,
+            max_anchors: 1_000_000,
+            max_merge_keys: 1_000_000,
+            enforce_alias_anchor_ratio: false,
         },
         // `mode: 0440` is octal to docker compose (go-yaml parses integers with base prefix 0).
         legacy_octal_numbers: true,
