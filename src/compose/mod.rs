@@ -828,7 +828,12 @@ impl Loader<'_> {
                             "service `{}` uses network `{net}`, which is not defined",
                             svc.name
                         ))
-                        .at(svc.spans.name.clone())
+                        .at(svc
+                            .spans
+                            .networks
+                            .get(net)
+                            .cloned()
+                            .unwrap_or_else(|| svc.spans.name.clone()))
                         .hint(format!("add `{net}:` under the top-level `networks:` key")),
                     );
                 }

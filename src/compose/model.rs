@@ -163,6 +163,8 @@ pub struct ServiceSpans {
     pub constraints: Vec<Location>,
     /// Each entry of `volumes`, in order.
     pub volumes: Vec<Location>,
+    /// Each network the service joins, by name.
+    pub networks: BTreeMap<String, Location>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

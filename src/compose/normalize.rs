@@ -432,10 +432,26 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
                             .dependencies
                             .insert(target.to_string(), v.loc.clone());
                     } else if m.starts_with("container:") {
+                        retag(
+                            ctx,
+                            "network_mode",
+                            name,
+                            Status::Rejected,
+                            "containers outside the project do not exist on the hosts",
+                        );
                         ctx.error_hint(
                             v,
                             format!("`network_mode: {m}` in service `{name}` cannot run on the fleet"),
                             "containers outside the project do not exist on the hosts; use `network_mode: service:NAME`",
+                        );
+                    } else {
+                        let reason = "only `service:NAME` is honoured; the pod gets its own network namespace on the fleet network";
+                        retag(ctx, "network_mode", name, Status::Accepted, reason);
+                        ctx.diags.push(
+                            Diagnostic::warning(format!(
+                                "`network_mode: {m}` in service `{name}` is accepted but not honoured: {reason}"
+                            ))
+                            .at(v.loc.clone()),
                         );
                     }
                     svc.network_mode = Some(m);
@@ -550,6 +566,20 @@ fn record(ctx: &mut Ctx<'_>, key: &str, service: &str, rule: Rule, at: &Node) {
             ))
             .at(at.loc.clone()),
         ),
+    }
+}
+
+/// Changes the ledger entry of `key` in `service` (when a key is honoured only for some values).
+fn retag(ctx: &mut Ctx<'_>, key: &str, service: &str, status: Status, reason: &str) {
+    if let Some(e) = ctx
+        .ledger
+        .entries
+        .iter_mut()
+        .rev()
+        .find(|e| e.key == key && e.service.as_deref() == Some(service))
+    {
+        e.status = status;
+        e.reason = reason.to_string();
     }
 }
 
@@ -1415,12 +1445,14 @@ fn service_networks(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
         Value::Seq(items) => {
             for item in items {
                 if let Some(n) = ctx.string(item, "a network name") {
+                    svc.spans.networks.insert(n.clone(), item.loc.clone());
                     svc.networks.insert(n, None);
                 }
             }
         }
         _ => {
-            for (_, name, nv) in ctx.entries(v, "`networks`") {
+            for (key, name, nv) in ctx.entries(v, "`networks`") {
+                svc.spans.networks.insert(name.to_string(), key.loc.clone());
                 if nv.is_null() {
                     svc.networks.insert(name.to_string(), None);
                     continue;

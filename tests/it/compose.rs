@@ -1384,3 +1384,23 @@ services:
 "#,
     );
 }
+
+#[test]
+fn network_mode_other_than_service_is_accepted_but_not_honoured() {
+    let yaml = "services:\n  web:\n    image: web\n    network_mode: host\n";
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    assert_eq!(
+        lines(&loaded.warnings),
+        ["compose.yaml:4:19: warning: `network_mode: host` in service `web` is accepted but not honoured: only `service:NAME` is honoured; the pod gets its own network namespace on the fleet network"]
+    );
+    let entry = loaded
+        .ledger
+        .entries
+        .iter()
+        .find(|e| e.key == "network_mode")
+        .expect("in the ledger");
+    assert_eq!(
+        entry.status,
+        compose_fleet::compose::ledger::Status::Accepted
+    );
+}

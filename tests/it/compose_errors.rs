@@ -288,7 +288,7 @@ fn undefined_named_volume_and_network() {
         "services:\n  web:\n    image: web\n    volumes: [\"data:/data\", \"./ok:/ok\"]\n    networks: [front]\n",
         &[],
         &[
-            "compose.yaml:2:3: error: service `web` uses network `front`, which is not defined",
+            "compose.yaml:5:16: error: service `web` uses network `front`, which is not defined",
             "compose.yaml:4:15: error: service `web` uses volume `data`, which is not defined",
         ],
     );
