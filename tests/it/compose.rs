@@ -54,27 +54,42 @@ fn load_corpus(file: &Path) -> Loaded {
     }
 }
 
+/// The Compose Specification's JSON schema (draft-07), compiled once.
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let schema_path = shared().join("compose-corpus/spec/compose-spec.json");
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&schema_path).expect("read compose-spec.json"),
+        )
+        .expect("compose-spec.json is JSON");
+        jsonschema::draft7::new(&schema).expect("the schema compiles")
+    })
+}
+
+/// `config --format json` of a project validates against the schema.
+fn assert_valid(loaded: &Loaded) {
+    let json = render(&loaded.project, Format::Json).expect("renders");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("our JSON parses");
+    let errors: Vec<String> = validator()
+        .iter_errors(&value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "not valid against the schema: {errors:#?}\n{json}"
+    );
+}
+
 #[test]
 fn every_corpus_file_loads_and_validates_against_the_schema() {
-    let schema_path = shared().join("compose-corpus/spec/compose-spec.json");
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&schema_path).expect("read compose-spec.json"),
-    )
-    .expect("compose-spec.json is JSON");
-    let validator = jsonschema::draft7::new(&schema).expect("the schema compiles");
     let files = corpus_files();
     assert!(files.len() >= 39, "corpus has {} files", files.len());
     let mut services = 0;
     for file in &files {
         let loaded = load_corpus(file);
         services += loaded.project.services.len() + loaded.project.disabled.len();
-        let json = render(&loaded.project, Format::Json).expect("renders");
-        let value: serde_json::Value = serde_json::from_str(&json).expect("our JSON parses");
-        let errors: Vec<String> = validator
-            .iter_errors(&value)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        assert!(errors.is_empty(), "{}: {errors:#?}", file.display());
+        assert_valid(&loaded);
     }
     assert_eq!(services, 81, "FEATURE-COUNTS.md counts 81 services");
 }
@@ -158,6 +173,7 @@ pub fn check(yaml: &str, expected: &str) {
 pub fn check_with(files: &[(&str, &str)], env: &[(&str, &str)], profiles: &[&str], expected: &str) {
     match load_files(files, env, profiles) {
         Ok(loaded) => {
+            assert_valid(&loaded);
             let got = render(&loaded.project, Format::Yaml).expect("renders");
             assert_eq!(
                 got.trim(),
