@@ -1,2 +1,4 @@
 //! Integration tests: one binary, one module per feature area.
 mod inventory;
+mod compose;
+mod compose_errors;
