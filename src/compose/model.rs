@@ -368,6 +368,9 @@ pub struct ServiceNetwork {
     pub ipv4_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv6_address: Option<String>,
+    /// Other per-network options (`priority`, `link_local_ips`, `x-*` …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// A service's use of a top-level secret or config, in long syntax.
