@@ -91,6 +91,16 @@ pub fn parse(
     Ok(out)
 }
 
+/// `format: raw`: `KEY=VALUE` lines taken literally (no quotes, no interpolation); blank lines
+/// and `#` comment lines are skipped.
+pub fn parse_raw(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .collect()
+}
+
 fn check_key(key: &str, line: u32) -> Result<(), Error> {
     if key.is_empty()
         || key

@@ -8,6 +8,9 @@ use super::yaml::{Node, Value};
 
 /// Merges two whole compose files (`over` wins).
 pub fn merge_files(base: Node, over: Node) -> Node {
+    if over.is_null() {
+        return base;
+    }
     match (base.value, over.value) {
         (Value::Map(mut b), Value::Map(o)) => {
             for (k, v) in o {
@@ -31,6 +34,9 @@ pub fn merge_files(base: Node, over: Node) -> Node {
 }
 
 fn merge_services(base: Node, over: Node) -> Node {
+    if over.is_null() {
+        return base;
+    }
     match (base.value, over.value) {
         (Value::Map(mut b), Value::Map(o)) => {
             for (k, v) in o {
@@ -54,6 +60,9 @@ fn position(entries: &[(Node, Node)], key: &Node) -> Option<usize> {
 
 /// Merges one service definition over another.
 pub fn merge_service(base: Node, over: Node) -> Node {
+    if over.is_null() {
+        return base;
+    }
     let loc = over.loc.clone();
     match (base.value, over.value) {
         (Value::Map(mut b), Value::Map(o)) => {
@@ -202,4 +211,47 @@ pub fn to_map(n: Node, split: bool) -> Node {
         entries.push((Node::new(Value::Str(k), loc.clone()), Node::new(v, loc)));
     }
     Node::new(Value::Map(entries), n.loc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn parse(text: &str) -> Node {
+        crate::compose::yaml::parse(&Arc::from("t.yaml"), text).expect("parses")
+    }
+
+    #[test]
+    fn an_empty_override_keeps_the_base() {
+        let base = parse("services:\n  web:\n    image: web\n");
+        let merged = merge_files(base, parse("services:\n  web:\n"));
+        let web = merged.get("services").and_then(|s| s.get("web"));
+        assert_eq!(
+            web.and_then(|w| w.get("image")).and_then(Node::as_str),
+            Some("web")
+        );
+    }
+
+    #[test]
+    fn volumes_merge_by_target_and_secrets_by_source() {
+        let base =
+            parse("volumes: [\"a:/data\", \"./x:/x\"]\nsecrets: [s, {source: t, target: one}]\n");
+        let over = parse("volumes: [\"b:/data\"]\nsecrets: [{source: t, target: two}]\n");
+        let merged = merge_service(base, over);
+        let vols: Vec<String> = merged
+            .get("volumes")
+            .and_then(Node::as_seq)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Node::scalar_text)
+            .collect();
+        assert_eq!(vols, ["b:/data", "./x:/x"]);
+        let secrets = merged
+            .get("secrets")
+            .and_then(Node::as_seq)
+            .unwrap_or_default();
+        assert_eq!(secrets.len(), 2);
+        assert_eq!(secrets[1].get("target").and_then(Node::as_str), Some("two"));
+    }
 }

@@ -75,11 +75,12 @@ pub fn load(
         diags: Diagnostics::default(),
         sources: SourceMap::default(),
         vars: Environment::new(),
+        process_env: env.clone(),
         warned_unset: BTreeSet::new(),
         other_files: BTreeMap::new(),
         main_services: BTreeMap::new(),
     };
-    l.read_env_files(opts, env);
+    l.read_env_files(opts);
     let mut merged: Option<Node> = None;
     let mut stack = Vec::new();
     for f in &opts.files {
@@ -124,6 +125,8 @@ struct Loader<'a> {
     sources: SourceMap,
     /// Interpolation variables.
     vars: Environment,
+    /// The caller's environment (wins over every env file).
+    process_env: Environment,
     warned_unset: BTreeSet<String>,
     /// Files read for `extends: {file: …}`: their `services` after interpolation.
     other_files: BTreeMap<PathBuf, Option<Node>>,
@@ -139,16 +142,27 @@ impl Loader<'_> {
         }
     }
 
-    fn read_env_files(&mut self, opts: &LoadOptions, env: &Environment) {
-        let mut vars = Environment::new();
-        for f in &opts.env_files {
+    fn read_env_files(&mut self, opts: &LoadOptions) {
+        self.vars =
+            self.env_from_files(&opts.env_files, opts.env_files_required, Environment::new());
+    }
+
+    /// `base` with the variables of `files` over it, and the process environment over all.
+    fn env_from_files(
+        &mut self,
+        files: &[PathBuf],
+        required: bool,
+        base: Environment,
+    ) -> Environment {
+        let mut vars = base;
+        for f in files {
             let text = match self.fs.read(f) {
                 Ok(t) => t,
                 Err(e) => {
-                    if opts.env_files_required {
+                    if required {
                         self.diags.push(
                             Diagnostic::error(format!("cannot read env file {}: {e}", f.display()))
-                                .hint("check the path given with `--env-file`"),
+                                .hint("check the path given with `--env-file` or `env_file`"),
                         );
                     }
                     continue;
@@ -156,6 +170,7 @@ impl Loader<'_> {
             };
             let name = self.file_name(f);
             self.sources.add(name.clone(), text.as_str().into());
+            let env = &self.process_env;
             let lookup = |k: &str| vars.get(k).cloned().or_else(|| env.get(k).cloned());
             match dotenv::parse(&text, &lookup) {
                 Ok(pairs) => {
@@ -174,10 +189,10 @@ impl Loader<'_> {
                 })),
             }
         }
-        for (k, v) in env {
+        for (k, v) in &self.process_env {
             vars.insert(k.clone(), v.clone());
         }
-        self.vars = vars;
+        vars
     }
 
     /// Reads, parses and interpolates one compose file, makes its paths absolute against `base`
@@ -294,12 +309,20 @@ impl Loader<'_> {
         };
         let mut included: Vec<Node> = Vec::new();
         for item in items {
+            let mut env_files: Vec<String> = Vec::new();
             let (paths, project_dir) = match &item.value {
                 Value::Map(_) => {
                     let paths = match item.get("path") {
                         Some(p) => match &p.value {
                             Value::Seq(ps) => ps.iter().filter_map(Node::scalar_text).collect(),
                             _ => p.scalar_text().into_iter().collect(),
+                        },
+                        None => Vec::new(),
+                    };
+                    env_files = match item.get("env_file") {
+                        Some(e) => match &e.value {
+                            Value::Seq(es) => es.iter().filter_map(Node::scalar_text).collect(),
+                            _ => e.scalar_text().into_iter().collect(),
                         },
                         None => Vec::new(),
                     };
@@ -327,6 +350,25 @@ impl Loader<'_> {
                 );
                 continue;
             }
+            // The included files see their own env files (default: `.env` in their directory)
+            // over the including project's variables.
+            let first_path = source::absolute(&dir, Path::new(&paths[0]));
+            let include_dir = project_dir
+                .clone()
+                .unwrap_or_else(|| first_path.parent().unwrap_or(Path::new("/")).to_path_buf());
+            let (files, required) = if env_files.is_empty() {
+                (vec![include_dir.join(".env")], false)
+            } else {
+                (
+                    env_files
+                        .iter()
+                        .map(|f| source::absolute(&dir, Path::new(f)))
+                        .collect(),
+                    true,
+                )
+            };
+            let include_vars = self.env_from_files(&files, required, self.vars.clone());
+            let outer_vars = std::mem::replace(&mut self.vars, include_vars);
             let mut merged: Option<Node> = None;
             let mut first_dir = None;
             for p in paths {
@@ -365,6 +407,7 @@ impl Loader<'_> {
                     });
                 }
             }
+            self.vars = outer_vars;
             if let Some(m) = merged {
                 included.push(m);
             }
@@ -466,13 +509,17 @@ impl Loader<'_> {
         project.name = self.project_name(opts, top_name);
 
         // Services by name, with the key's node; non-string names are errors.
-        let mut services: Vec<(String, Node, Node)> = Vec::new();
+        let mut services: Vec<(String, &Node)> = Vec::new();
+        let mut main_services = BTreeMap::new();
         if let Some(sn) = services_node {
             match &sn.value {
                 Value::Map(entries) => {
                     for (k, v) in entries {
                         match k.as_str() {
-                            Some(name) => services.push((name.to_string(), k.clone(), v.clone())),
+                            Some(name) => {
+                                services.push((name.to_string(), k));
+                                main_services.insert(name.to_string(), v.clone());
+                            }
                             None => self.diags.push(
                                 Diagnostic::error(format!(
                                     "a service name must be a string, found {}",
@@ -495,23 +542,34 @@ impl Loader<'_> {
                 ),
             }
         }
-        self.main_services = services
-            .iter()
-            .map(|(n, _, v)| (n.clone(), v.clone()))
-            .collect();
+        self.main_services = main_services;
 
         let active: BTreeSet<&str> = opts.profiles.iter().map(String::as_str).collect();
         let mut ctx_refs = Vec::new();
-        let mut normalized = Vec::new();
-        {
-            for (name, key, node) in &services {
-                let mut chain = Vec::new();
-                let Some(resolved) = self.resolve_extends(None, name, node, &mut chain) else {
-                    continue;
-                };
-                normalized.push((name.clone(), key.clone(), resolved));
+        // `extends` first: only services that use it get a new tree.
+        let mut extended: BTreeMap<String, Option<Node>> = BTreeMap::new();
+        for (name, _) in &services {
+            let Some(node) = self.main_services.get(name) else {
+                continue;
+            };
+            if node.get("extends").is_none() {
+                continue;
             }
+            let node = node.clone();
+            let mut chain = Vec::new();
+            let resolved = self.resolve_extends(None, name, &node, &mut chain);
+            extended.insert(name.clone(), resolved);
         }
+        let normalized: Vec<(&String, &Node, &Node)> = services
+            .iter()
+            .filter_map(|(name, key)| {
+                let node = match extended.get(name) {
+                    Some(resolved) => resolved.as_ref()?,
+                    None => self.main_services.get(name)?,
+                };
+                Some((name, *key, node))
+            })
+            .collect();
         let vars = self.vars.clone();
         let project_dir = self.project_dir.clone();
         let mut ctx = normalize::Ctx {
@@ -523,7 +581,7 @@ impl Loader<'_> {
             fs: self.fs,
             refs: Vec::new(),
         };
-        for (name, key, node) in &normalized {
+        for (name, key, node) in normalized {
             if !valid_service_name(name) {
                 ctx.diags.push(
                     Diagnostic::error(format!("`{name}` is not a valid service name"))
@@ -770,8 +828,36 @@ impl Loader<'_> {
                             "service `{}` uses network `{net}`, which is not defined",
                             svc.name
                         ))
-                        .at(svc.spans.name.clone())
+                        .at(svc
+                            .spans
+                            .networks
+                            .get(net)
+                            .cloned()
+                            .unwrap_or_else(|| svc.spans.name.clone()))
                         .hint(format!("add `{net}:` under the top-level `networks:` key")),
+                    );
+                }
+            }
+            for (i, vol) in svc.volumes.iter().enumerate() {
+                let Some(source) = vol.source.as_deref() else {
+                    continue;
+                };
+                if vol.kind == "volume" && !project.volumes.contains_key(source) {
+                    let at = svc
+                        .spans
+                        .volumes
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| svc.spans.name.clone());
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "service `{}` uses volume `{source}`, which is not defined",
+                            svc.name
+                        ))
+                        .at(at)
+                        .hint(format!(
+                            "add `{source}:` under the top-level `volumes:` key, or write `./{source}` for a directory"
+                        )),
                     );
                 }
             }

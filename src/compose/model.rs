@@ -161,6 +161,10 @@ pub struct ServiceSpans {
     pub ports: Vec<Location>,
     /// `deploy.placement.constraints` entries, in order.
     pub constraints: Vec<Location>,
+    /// Each entry of `volumes`, in order.
+    pub volumes: Vec<Location>,
+    /// Each network the service joins, by name.
+    pub networks: BTreeMap<String, Location>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

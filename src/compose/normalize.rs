@@ -338,7 +338,7 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
     };
     svc.spans.name = key.loc.clone();
     let place = format!("service `{name}`");
-    let mut env_files: Vec<(String, bool, Node)> = Vec::new();
+    let mut env_files: Vec<(String, bool, bool, Node)> = Vec::new();
     let mut environment: Option<&Node> = None;
     let mut networks_node: Option<&Node> = None;
     let mut network_mode_node: Option<&Node> = None;
@@ -432,10 +432,26 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
                             .dependencies
                             .insert(target.to_string(), v.loc.clone());
                     } else if m.starts_with("container:") {
+                        retag(
+                            ctx,
+                            "network_mode",
+                            name,
+                            Status::Rejected,
+                            "containers outside the project do not exist on the hosts",
+                        );
                         ctx.error_hint(
                             v,
                             format!("`network_mode: {m}` in service `{name}` cannot run on the fleet"),
                             "containers outside the project do not exist on the hosts; use `network_mode: service:NAME`",
+                        );
+                    } else {
+                        let reason = "only `service:NAME` is honoured; the pod gets its own network namespace on the fleet network";
+                        retag(ctx, "network_mode", name, Status::Accepted, reason);
+                        ctx.diags.push(
+                            Diagnostic::warning(format!(
+                                "`network_mode: {m}` in service `{name}` is accepted but not honoured: {reason}"
+                            ))
+                            .at(v.loc.clone()),
                         );
                     }
                     svc.network_mode = Some(m);
@@ -500,8 +516,8 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
         }
     }
     // env_file first, `environment` wins.
-    for (path, required, at) in env_files {
-        read_env_file(ctx, &mut svc.environment, &path, required, &at);
+    for (path, required, raw, at) in env_files {
+        read_env_file(ctx, &mut svc.environment, &path, required, raw, &at);
     }
     if let Some(env_node) = environment {
         for (k, v, _) in ctx.dict(env_node, "`environment`") {
@@ -550,6 +566,20 @@ fn record(ctx: &mut Ctx<'_>, key: &str, service: &str, rule: Rule, at: &Node) {
             ))
             .at(at.loc.clone()),
         ),
+    }
+}
+
+/// Changes the ledger entry of `key` in `service` (when a key is honoured only for some values).
+fn retag(ctx: &mut Ctx<'_>, key: &str, service: &str, status: Status, reason: &str) {
+    if let Some(e) = ctx
+        .ledger
+        .entries
+        .iter_mut()
+        .rev()
+        .find(|e| e.key == key && e.service.as_deref() == Some(service))
+    {
+        e.status = status;
+        e.reason = reason.to_string();
     }
 }
 
@@ -667,7 +697,7 @@ fn resolve_context(dir: &Path, c: &str) -> String {
     }
 }
 
-fn env_file_list(ctx: &mut Ctx<'_>, v: &Node) -> Vec<(String, bool, Node)> {
+fn env_file_list(ctx: &mut Ctx<'_>, v: &Node) -> Vec<(String, bool, bool, Node)> {
     let items: Vec<&Node> = match &v.value {
         Value::Seq(items) => items.iter().collect(),
         Value::Null => Vec::new(),
@@ -679,12 +709,14 @@ fn env_file_list(ctx: &mut Ctx<'_>, v: &Node) -> Vec<(String, bool, Node)> {
             Value::Map(_) => {
                 let mut path = None;
                 let mut required = true;
+                let mut raw = false;
                 for (k, name, fv) in ctx.entries(item, "an `env_file` entry") {
                     match name {
                         "path" => path = ctx.string(fv, "`env_file.path`"),
                         "required" => required = ctx.boolean(fv, "`env_file.required`"),
                         "format" => {
                             if let Some(f) = ctx.string(fv, "`env_file.format`") {
+                                raw = f == "raw";
                                 if f != "raw" && !f.is_empty() {
                                     ctx.error_hint(
                                         fv,
@@ -703,13 +735,13 @@ fn env_file_list(ctx: &mut Ctx<'_>, v: &Node) -> Vec<(String, bool, Node)> {
                     }
                 }
                 match path {
-                    Some(p) => out.push((p, required, item.clone())),
+                    Some(p) => out.push((p, required, raw, item.clone())),
                     None => ctx.error(item, "an `env_file` entry needs a `path`"),
                 }
             }
             _ => {
                 if let Some(p) = ctx.string(item, "an `env_file` entry") {
-                    out.push((p, true, item.clone()));
+                    out.push((p, true, false, item.clone()));
                 }
             }
         }
@@ -722,6 +754,7 @@ fn read_env_file(
     env: &mut BTreeMap<String, Option<String>>,
     path: &str,
     required: bool,
+    raw: bool,
     at: &Node,
 ) {
     let full = absolute(ctx.project_dir, Path::new(path));
@@ -740,6 +773,12 @@ fn read_env_file(
     };
     let name: std::sync::Arc<str> = full.display().to_string().into();
     ctx.sources.add(name.clone(), text.as_str().into());
+    if raw {
+        for (k, v) in dotenv::parse_raw(&text) {
+            env.insert(k, Some(v));
+        }
+        return;
+    }
     let lookup = |k: &str| ctx.env.get(k).cloned();
     match dotenv::parse(&text, &lookup) {
         Ok(vars) => {
@@ -818,15 +857,19 @@ fn port_long(ctx: &mut Ctx<'_>, item: &Node) -> Option<Port> {
         ..Port::default()
     };
     let mut target = None;
+    let mut bad_target = false;
     for (k, name, v) in ctx.entries(item, "a port") {
         match name {
             "target" => match port_number(&v.scalar_text().unwrap_or_default()) {
                 Ok(t) => target = Some(t),
-                Err(e) => ctx.error_hint(
-                    v,
-                    format!("bad port: {e}"),
-                    "a port is a number from 1 to 65535",
-                ),
+                Err(e) => {
+                    bad_target = true;
+                    ctx.error_hint(
+                        v,
+                        format!("bad port: {e}"),
+                        "a port is a number from 1 to 65535",
+                    )
+                }
             },
             "published" => {
                 let s = v.scalar_text().unwrap_or_default();
@@ -873,7 +916,9 @@ fn port_long(ctx: &mut Ctx<'_>, item: &Node) -> Option<Port> {
             Some(p)
         }
         None => {
-            ctx.error(item, "a port in long syntax needs `target`");
+            if !bad_target {
+                ctx.error(item, "a port in long syntax needs `target`");
+            }
             None
         }
     }
@@ -1031,13 +1076,17 @@ fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                     vol.source = vol.source.map(|s| host_path(ctx, &s));
                 }
                 svc.volumes.push(vol);
+                svc.spans.volumes.push(item.loc.clone());
             }
             _ => {
                 let Some(s) = ctx.string(item, "a volume") else {
                     continue;
                 };
                 match parse_volume(ctx, &s) {
-                    Ok(vol) => svc.volumes.push(vol),
+                    Ok(vol) => {
+                        svc.volumes.push(vol);
+                        svc.spans.volumes.push(item.loc.clone());
+                    }
                     Err(m) => ctx.error_hint(
                         item,
                         m,
@@ -1396,12 +1445,14 @@ fn service_networks(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
         Value::Seq(items) => {
             for item in items {
                 if let Some(n) = ctx.string(item, "a network name") {
+                    svc.spans.networks.insert(n.clone(), item.loc.clone());
                     svc.networks.insert(n, None);
                 }
             }
         }
         _ => {
-            for (_, name, nv) in ctx.entries(v, "`networks`") {
+            for (key, name, nv) in ctx.entries(v, "`networks`") {
+                svc.spans.networks.insert(name.to_string(), key.loc.clone());
                 if nv.is_null() {
                     svc.networks.insert(name.to_string(), None);
                     continue;
@@ -1449,9 +1500,13 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
         match &item.value {
             Value::Map(_) => {
                 let mut r = FileReference::default();
+                let mut source_at = None;
                 for (k, name, fv) in ctx.entries(item, &format!("a {what} reference")) {
                     match name {
-                        "source" => r.source = ctx.string(fv, "`source`").unwrap_or_default(),
+                        "source" => {
+                            r.source = ctx.string(fv, "`source`").unwrap_or_default();
+                            source_at = Some(fv.loc.clone());
+                        }
                         "target" => r.target = ctx.string(fv, "`target`"),
                         "uid" => r.uid = ctx.string(fv, "`uid`"),
                         "gid" => r.gid = ctx.string(fv, "`gid`"),
@@ -1486,7 +1541,7 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
                     ctx.error(item, format!("a {what} reference needs `source`"));
                     continue;
                 }
-                out.push((r, item));
+                out.push((r, source_at.unwrap_or_else(|| item.loc.clone())));
             }
             _ => {
                 if let Some(s) = ctx.string(item, &format!("a {what} reference")) {
@@ -1495,27 +1550,63 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
                             source: s,
                             ..FileReference::default()
                         },
-                        item,
+                        item.loc.clone(),
                     ));
                 }
             }
         }
     }
-    for (r, item) in &out {
-        ctx.refs.push((what, r.source.clone(), item.loc.clone()));
+    for (r, at) in &out {
+        ctx.refs.push((what, r.source.clone(), at.clone()));
     }
     out.into_iter().map(|(r, _)| r).collect()
 }
 
+const NETWORK_KEYS: &[&str] = &[
+    "name",
+    "driver",
+    "driver_opts",
+    "ipam",
+    "external",
+    "internal",
+    "enable_ipv4",
+    "enable_ipv6",
+    "attachable",
+    "labels",
+];
+const VOLUME_KEYS: &[&str] = &["name", "driver", "driver_opts", "external", "labels"];
+const SECRET_KEYS: &[&str] = &[
+    "name",
+    "environment",
+    "file",
+    "external",
+    "labels",
+    "driver",
+    "driver_opts",
+    "template_driver",
+];
+const CONFIG_KEYS: &[&str] = &[
+    "name",
+    "content",
+    "environment",
+    "file",
+    "external",
+    "labels",
+    "template_driver",
+];
+
 /// Top-level `networks`.
 pub fn network(ctx: &mut Ctx<'_>, name: &str, v: &Node) -> Network {
     let mut n = Network::default();
-    for (_, k, fv) in ctx.entries(v, &format!("network `{name}`")) {
+    for (key, k, fv) in ctx.entries(v, &format!("network `{name}`")) {
         match k {
             "name" => n.name = ctx.string(fv, "`name`"),
             "driver" => n.driver = ctx.string(fv, "`driver`"),
             "external" => external(ctx, fv, &mut n.external, &mut n.name),
             "internal" => n.internal = ctx.boolean(fv, "`internal`"),
+            _ if !k.starts_with("x-") && !NETWORK_KEYS.contains(&k) => {
+                ctx.unknown_key(key, k, &format!("network `{name}`"), NETWORK_KEYS);
+            }
             _ => {
                 n.extra.insert(k.to_string(), fv.to_json());
             }
@@ -1539,11 +1630,14 @@ fn external(ctx: &mut Ctx<'_>, v: &Node, flag: &mut bool, name: &mut Option<Stri
 /// Top-level `volumes`.
 pub fn volume(ctx: &mut Ctx<'_>, name: &str, v: &Node) -> Volume {
     let mut vol = Volume::default();
-    for (_, k, fv) in ctx.entries(v, &format!("volume `{name}`")) {
+    for (key, k, fv) in ctx.entries(v, &format!("volume `{name}`")) {
         match k {
             "name" => vol.name = ctx.string(fv, "`name`"),
             "driver" => vol.driver = ctx.string(fv, "`driver`"),
             "external" => external(ctx, fv, &mut vol.external, &mut vol.name),
+            _ if !k.starts_with("x-") && !VOLUME_KEYS.contains(&k) => {
+                ctx.unknown_key(key, k, &format!("volume `{name}`"), VOLUME_KEYS);
+            }
             _ => {
                 vol.extra.insert(k.to_string(), fv.to_json());
             }
@@ -1555,13 +1649,21 @@ pub fn volume(ctx: &mut Ctx<'_>, name: &str, v: &Node) -> Volume {
 /// Top-level `secrets` and `configs`; `file` made absolute against the project directory.
 pub fn file_object(ctx: &mut Ctx<'_>, what: &str, name: &str, v: &Node) -> FileObject {
     let mut o = FileObject::default();
-    for (_, k, fv) in ctx.entries(v, &format!("{what} `{name}`")) {
+    let known = if what == "secret" {
+        SECRET_KEYS
+    } else {
+        CONFIG_KEYS
+    };
+    for (key, k, fv) in ctx.entries(v, &format!("{what} `{name}`")) {
         match k {
             "name" => o.name = ctx.string(fv, "`name`"),
             "file" => o.file = ctx.string(fv, "`file`").map(|f| host_path(ctx, &f)),
             "environment" => o.environment = ctx.string(fv, "`environment`"),
             "content" => o.content = ctx.string(fv, "`content`"),
             "external" => external(ctx, fv, &mut o.external, &mut o.name),
+            _ if !k.starts_with("x-") && !known.contains(&k) => {
+                ctx.unknown_key(key, k, &format!("{what} `{name}`"), known);
+            }
             _ => {
                 o.extra.insert(k.to_string(), fv.to_json());
             }

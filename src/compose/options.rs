@@ -100,6 +100,13 @@ pub fn resolve(
     } else {
         env_files
     };
+    // Once the project directory is known, its `.env` is the one that counts for the rest.
+    let settings = if project_dir == early_dir {
+        settings
+    } else {
+        settings_env(env, &env_files, fs)
+    };
+    let get = |k: &str| settings.get(k).filter(|v| !v.is_empty()).cloned();
     let mut profiles: Vec<String> = global.profiles.clone();
     if profiles.is_empty() {
         if let Some(p) = get("COMPOSE_PROFILES") {
@@ -261,6 +268,22 @@ mod tests {
         assert!(o.env_files_required);
         assert_eq!(o.profiles, vec!["debug".to_string()]);
         assert_eq!(o.project_name.as_deref(), Some("P"));
+    }
+
+    #[test]
+    fn the_project_directory_dotenv_sets_profiles_and_name() {
+        let fs = MemoryFs::new().with("/w/sub/compose.yaml", "").with(
+            "/w/sub/.env",
+            "COMPOSE_PROFILES=debug\nCOMPOSE_PROJECT_NAME=sub\n",
+        );
+        let g = GlobalArgs {
+            files: vec!["sub/compose.yaml".into()],
+            ..GlobalArgs::default()
+        };
+        let o = resolve(&g, &env(&[]), Path::new("/w"), &fs).unwrap();
+        assert_eq!(o.profiles, vec!["debug".to_string()]);
+        assert_eq!(o.project_name.as_deref(), Some("sub"));
+        assert_eq!(o.env_files, vec![PathBuf::from("/w/sub/.env")]);
     }
 
     #[test]

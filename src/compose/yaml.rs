@@ -209,9 +209,13 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
 }
 
-/// Limits that stop an alias bomb (a few anchors expanding to billions of nodes) long before it
-/// costs memory: compose files are small, so these are generous for real files.
-const MAX_REPLAYED_EVENTS: usize = 200_000;
+/// Limits that stop an alias bomb (a few anchors expanding to billions of nodes) before it costs
+/// much memory (about 150 MB of tree at worst), while `<<: *default` in thousands of services fits.
+const MAX_REPLAYED_EVENTS: usize = 1_000_000;
+
+/// Nesting limit for YAML collections: real compose files nest about 8 deep, and building the tree
+/// recursively in a 2 MiB thread stack (debug build) must stay safe.
+const MAX_DEPTH: usize = 32;
 
 /// Parses one YAML document into a [`Node`] tree. An empty document is a null node.
 pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
@@ -224,6 +228,21 @@ pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
         merge_keys: serde_saphyr::MergeKeyPolicy::Merge,
         // YAML 1.2 booleans, as docker compose (go-yaml v3) reads them: `y`, `no`, `on` are text.
         strict_booleans: true,
+        // Deep nesting is refused early: the tree is built recursively.
+        // Size limits fit projects of tens of thousands of services (and `<<: *default` in each
+        // of them); alias bombs are stopped by the replay limit above, not by these.
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
+            max_events: 20_000_000,
+            max_nodes: 10_000_000,
+            max_aliases: 1_000_000,
+            max_anchors: 1_000_000,
+            max_merge_keys: 1_000_000,
+            enforce_alias_anchor_ratio: false,
+        },
+        // `mode: 0440` is octal to docker compose (go-yaml parses integers with base prefix 0).
+        legacy_octal_numbers: true,
     };
     if text.trim().is_empty()
         || text
@@ -289,21 +308,42 @@ fn convert(file: &Arc<str>, text: &str, raw: Spanned<Raw>) -> Node {
 }
 
 fn yaml_error(file: &Arc<str>, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
-    let inner = e.without_snippet();
+    use serde_saphyr::Error as E;
+    let mut inner = e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
     let message = serde_saphyr::UserMessageFormatter.format_message(inner);
     let mut message = message.replace(['\n', '\r'], " ");
     let mut hint = None;
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("alias") && (lower.contains("limit") || lower.contains("depth")) {
-        message = format!("too many YAML alias expansions (alias bomb?): {message}");
-        hint = Some(format!(
-            "compose-fleet expands at most {MAX_REPLAYED_EVENTS} aliased YAML events; anchors that \
-             reference each other multiply: flatten them"
-        ));
-    } else if lower.contains("duplicate") {
-        hint = Some("a key may appear only once in a mapping: remove or rename one".to_string());
+    let mut prefix = "invalid YAML: ";
+    match inner {
+        E::Budget {
+            breach: serde_saphyr::budget::BudgetBreach::Depth { .. },
+            ..
+        } => {
+            message = format!("the YAML is nested more than {MAX_DEPTH} levels deep");
+            hint = Some("compose files are shallow; this looks generated or corrupted".to_string());
+        }
+        E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. }
+        | E::Budget { .. } => {
+            message = format!("too many YAML alias expansions (alias bomb?): {message}");
+            prefix = "";
+            hint = Some(format!(
+                "compose-fleet expands at most {MAX_REPLAYED_EVENTS} aliased YAML events; anchors \
+                 that reference each other multiply: flatten them"
+            ));
+        }
+        E::DuplicateMappingKey { .. } => {
+            hint =
+                Some("a key may appear only once in a mapping: remove or rename one".to_string());
+        }
+        _ => {}
     }
-    let mut d = Diagnostic::error(format!("invalid YAML: {message}"));
+    let mut d = Diagnostic::error(format!("{prefix}{message}"));
     if let Some(l) = e.location() {
         d = d.at(location(file, text, &l));
     } else {
