@@ -2,3 +2,5 @@
 mod inventory;
 mod compose;
 mod compose_errors;
+mod graph;
+mod load_props;
