@@ -1,2 +1,3 @@
 //! Integration tests: one binary, one module per feature area.
 mod inventory;
+mod schedule;
