@@ -188,7 +188,10 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
             let n = rs.len() as u64;
             rows.push([
                 s.to_string(),
-                rs.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+                rs.iter()
+                    .map(|r| format!("#{r}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 format_cpus(d.cpu_millis * n),
                 format_bytes(d.memory * n),
             ]);

@@ -524,8 +524,19 @@ impl<'a> Engine<'a> {
                     *state.counts.entry((pod, h as usize)).or_default() += 1;
                 }
             }
+            // Try each instance's greedy host first, so the result stays close to the greedy one.
+            let greedy: HashMap<(usize, u32), u32> = self
+                .placed
+                .iter()
+                .enumerate()
+                .flat_map(|(pod, list)| list.iter().map(move |&(r, h)| ((pod, r), h)))
+                .collect();
+            let prefer: Vec<Option<usize>> = insts
+                .iter()
+                .map(|i| greedy.get(&(i.pod, i.replica)).map(|&h| h as usize))
+                .collect();
             let mut choice = Vec::with_capacity(insts.len());
-            if self.search(&insts, &mut state, &mut choice) {
+            if self.search(&insts, &prefer, &mut state, &mut choice) {
                 self.free = free;
                 self.ports = ports;
                 self.placed = placed;
@@ -542,12 +553,23 @@ impl<'a> Engine<'a> {
     }
 
     /// Depth-first search for a host for every instance; `choice` gets the hosts in order.
-    fn search(&self, insts: &[Instance], st: &mut Search, choice: &mut Vec<usize>) -> bool {
-        let Some(&inst) = insts.get(choice.len()) else {
+    fn search(
+        &self,
+        insts: &[Instance],
+        prefer: &[Option<usize>],
+        st: &mut Search,
+        choice: &mut Vec<usize>,
+    ) -> bool {
+        let k = choice.len();
+        let Some(&inst) = insts.get(k) else {
             return true;
         };
         let shape = &self.units.shapes[inst.shape];
-        for h in 0..self.nodes.len() {
+        let first = prefer[k];
+        let order = first
+            .into_iter()
+            .chain((0..self.nodes.len()).filter(|&h| Some(h) != first));
+        for h in order {
             if st.budget == 0 {
                 return false;
             }
@@ -568,7 +590,7 @@ impl<'a> Engine<'a> {
             st.ports[h].extend(shape.ports.iter().cloned());
             *st.counts.entry((inst.pod, h)).or_default() += 1;
             choice.push(h);
-            if self.search(insts, st, choice) {
+            if self.search(insts, prefer, st, choice) {
                 return true;
             }
             choice.pop();

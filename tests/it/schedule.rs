@@ -699,3 +699,138 @@ fn inventory_to_plan_offline() {
     assert_eq!(nodes[0].arch.as_deref(), Some("aarch64"));
     assert_eq!(nodes[1].state, NodeState::Unreachable);
 }
+
+// ---- `compose-fleet plan` on real compose files and inventories ----
+
+/// Runs `compose-fleet -f DIR/compose.yaml plan ARGS` from the repository root.
+fn plan_cli(dir: &str, args: &[&str]) -> (String, String, i32) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_compose-fleet"))
+        .current_dir(root)
+        .env_remove("COMPOSE_FLEET_INVENTORY")
+        .env_remove("COMPOSE_FILE")
+        .env_remove("COMPOSE_PROFILES")
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("REGISTRY")
+        .args(["-f", &format!("{dir}/compose.yaml"), "plan"])
+        .args(args)
+        .output()
+        .expect("run compose-fleet");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn plan_voting_example() {
+    let (stdout, stderr, code) = plan_cli("examples/voting", &["--offline"]);
+    assert_eq!(code, 0, "{stderr}");
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn plan_shop_example() {
+    let (stdout, stderr, code) = plan_cli("examples/shop", &["--offline"]);
+    assert_eq!(code, 0, "{stderr}");
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn plan_shop_example_json_contract() {
+    let (stdout, stderr, code) = plan_cli("examples/shop", &["--offline", "--format", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let keys: Vec<&String> = v.as_object().expect("object").keys().collect();
+    assert_eq!(keys, ["hosts", "placements", "unschedulable"]);
+    for p in v["placements"].as_array().expect("placements") {
+        let keys: BTreeSet<&String> = p.as_object().expect("placement").keys().collect();
+        assert_eq!(
+            keys,
+            ["host", "pod", "replica", "service"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .iter()
+                .collect()
+        );
+    }
+    let h = &v["hosts"][0];
+    for k in [
+        "name",
+        "cpus",
+        "memory",
+        "cpus_reserved",
+        "memory_reserved",
+        "ports",
+    ] {
+        assert!(h.get(k).is_some(), "hosts[0] has no {k}: {h}");
+    }
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn plan_overfull_says_what_is_unschedulable_first_and_exits_1() {
+    let (stdout, stderr, code) = plan_cli("tests/fixtures/plan/overfull", &["--offline"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.starts_with("UNSCHEDULABLE"), "{stdout}");
+    assert!(
+        stderr.contains("3 replicas of the project cannot be placed"),
+        "{stderr}"
+    );
+    insta::assert_snapshot!(stdout);
+    let (json_out, _, code) = plan_cli(
+        "tests/fixtures/plan/overfull",
+        &["--offline", "--format", "json"],
+    );
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&json_out).expect("JSON on stdout");
+    let unschedulable = v["unschedulable"].as_array().expect("list");
+    assert_eq!(unschedulable.len(), 3);
+    assert_eq!(unschedulable[0]["service"], "db");
+    assert_eq!(unschedulable[0]["replica"], 3);
+    let reasons = unschedulable[0]["reasons"].as_array().expect("reasons");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.as_str().is_some_and(|r| r.contains("lack memory"))),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn plan_without_capacity_needs_offline_declarations_or_the_transport() {
+    let (_, stderr, code) = plan_cli("tests/fixtures/plan/facts", &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("hosts without a declared capacity (b)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`hosts` transport"), "{stderr}");
+    let (_, stderr, code) = plan_cli("tests/fixtures/plan/facts", &["--offline"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("1 host declares no capacity: b"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plan_reports_inventory_errors_with_location() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "services:\n  web: { image: busybox }\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        "hosts:\n  a: { capacity: { cpus: 2, memroy: 1g } }\n",
+    )
+    .expect("write");
+    let (_, stderr, code) = plan_cli(dir.path().to_str().expect("utf-8 path"), &["--offline"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("inventory.yaml:2:29"), "{stderr}");
+    assert!(stderr.contains("did you mean `memory`?"), "{stderr}");
+}
