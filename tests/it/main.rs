@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per feature area.
-mod inventory;
 mod compose;
 mod compose_errors;
 mod graph;
+mod inventory;
 mod load_props;
+mod schedule;
