@@ -51,7 +51,7 @@ pub const FENCED_CIDRS: [&str; 2] = ["10.250.0.0/16", "10.213.0.0/16"];
 /// Hosts get 10.250.0.11 and up; keep within the /24.
 pub const MAX_HOSTS: usize = 200;
 /// Records which directory the lab that is up lives in.
-const ACTIVE_MARKER: &str = "/run/compose-fleet-lab.dir";
+pub const ACTIVE_MARKER: &str = "/run/compose-fleet-lab.dir";
 /// How long `lab up` waits for the registry and every sshd to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -314,6 +314,7 @@ impl Lab {
                 "registry.yml",
                 "registry.pid",
                 "registry.log",
+                "images.json",
                 "lab.json",
                 "inventory.yaml",
                 "known_hosts",

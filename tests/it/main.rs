@@ -1,1 +1,5 @@
 //! Integration tests: one binary, one module per feature area.
+
+mod support;
+
+mod lab;
