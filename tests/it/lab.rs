@@ -131,6 +131,29 @@ fn lab_up_gives_hosts_with_own_sshd_state_and_registry_and_down_leaves_nothing()
             "missing {line:?} in\n{inventory}"
         );
     }
+    // … and the project's inventory loader reads it as the lab means it.
+    let fleet = compose_fleet::inventory::load(&lab.inventory())
+        .unwrap_or_else(|e| panic!("lab inventory does not load:\n{}", e.render()));
+    assert_eq!(fleet.hosts.len(), 3);
+    for host in &fleet.hosts {
+        assert_eq!(host.address, lab.address(&host.name));
+        assert_eq!(host.user.as_deref(), Some("root"));
+        assert_eq!(host.port, 22);
+        assert_eq!(
+            host.identity_file.as_deref(),
+            Some(lab.identity().as_path())
+        );
+        assert_eq!(
+            host.known_hosts.as_deref(),
+            Some(lab.known_hosts().as_path())
+        );
+        let capacity = host
+            .capacity
+            .as_ref()
+            .expect("lab hosts declare a capacity");
+        assert_eq!((capacity.cpus, capacity.memory), (2.0, 4 << 30));
+    }
+    assert!(fleet.registries["10.250.0.1:5000"].insecure);
     let known_hosts = std::fs::read_to_string(lab.known_hosts()).unwrap();
     assert_eq!(known_hosts.lines().count(), 3);
     assert!(known_hosts
