@@ -20,6 +20,9 @@ pub const PRIVATE_DIRS: [(&str, &str); 4] = [
     ("tmp", "/tmp"),
 ];
 
+/// How a lab host's listening sshd starts its command line (sessions are `sshd: USER@…`).
+const SSHD_LISTENER: &str = "/usr/sbin/sshd\0-D\0-f\0/etc/ssh/sshd_config\0";
+
 /// A lab host as the lab sees it from the root namespace.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -191,16 +194,27 @@ impl Host {
         // sshd's privilege separation directory, in the host's own /run.
         script.push_str("mkdir -p /run/sshd\nchmod 0755 /run/sshd\n");
         script.push_str("exec /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E /run/sshd.log\n");
+        debug_assert!(script.contains(&SSHD_LISTENER.replace('\0', " ")));
         script
     }
 
-    /// Stops sshd (by its pid file). Sessions and other processes of the host keep running.
+    /// Stops sshd: the one its pid file names, and any other listening lab sshd in the host's
+    /// namespace (one whose pid file was lost with an old lab directory). Sessions and other
+    /// processes of the host keep running.
     pub fn stop_sshd(&self) {
+        let mut pids: Vec<i32> = net::netns_pids(&self.name)
+            .into_iter()
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.starts_with(SSHD_LISTENER.as_bytes()))
+            })
+            .collect();
         if let Some(pid) = sys::read_pid(&self.pid_file()) {
             if same_netns(pid, &self.name) {
-                sys::terminate(&[pid]);
+                pids.push(pid);
             }
         }
+        sys::terminate(&pids);
     }
 
     /// Every process of the host: those in its network namespace and their descendants.
@@ -216,7 +230,7 @@ fn same_netns(pid: i32, netns: &str) -> bool {
     let ours = fs::metadata(Path::new("/run/netns").join(netns)).map(|m| (m.dev(), m.ino()));
     let theirs = fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()));
     match (ours, theirs) {
-        (Ok(a), Ok(b)) => a.1 == b.1,
+        (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
 }

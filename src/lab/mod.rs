@@ -52,6 +52,9 @@ pub const FENCED_CIDRS: [&str; 2] = ["10.250.0.0/16", "10.213.0.0/16"];
 pub const MAX_HOSTS: usize = 200;
 /// Records which directory the lab that is up lives in.
 pub const ACTIVE_MARKER: &str = "/run/compose-fleet-lab.dir";
+/// `lab up` and `lab down` hold an exclusive lock on this file, so that two never interleave.
+/// (Tests hold a different one, `/run/compose-fleet-lab.lock`, around a whole lab's lifetime.)
+const COMMAND_LOCK: &str = "/run/compose-fleet-lab.cmd.lock";
 /// How long `lab up` waits for the registry and every sshd to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -285,6 +288,7 @@ impl Lab {
     /// lab directory's contents. Idempotent.
     pub fn down(&self) -> Result<(), Error> {
         require_root()?;
+        let _lock = command_lock()?;
         self.check_not_other_lab()?;
         let mut hosts = self.hosts();
         // Namespaces of this lab's naming whose record is lost (a deleted directory).
@@ -477,6 +481,18 @@ impl Lab {
         }
         host::write(&self.inventory(), &text, 0o644)
     }
+}
+
+/// Waits for the exclusive command lock; released when dropped.
+fn command_lock() -> Result<nix::fcntl::Flock<fs::File>, Error> {
+    let file = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(COMMAND_LOCK)
+        .map_err(|e| Error::Env(format!("cannot open {COMMAND_LOCK}: {e}")))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::Env(format!("cannot lock {COMMAND_LOCK}: {e}")))
 }
 
 /// Kills every process of a host, then removes its namespace and veth pair.

@@ -29,6 +29,9 @@ use nix::fcntl::{Flock, FlockArg};
 /// Lab tests hold an exclusive lock on this file for their whole duration.
 pub const LOCK_FILE: &str = "/run/compose-fleet-lab.lock";
 
+/// The fixture's lab directories are temporary directories named `cf-lab-…`.
+const FIXTURE_PREFIX: &str = "cf-lab-";
+
 /// The built CLI.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_compose-fleet"))
@@ -85,7 +88,7 @@ impl Lab {
         let lock = lab_lock();
         clean_stale_lab();
         let dir = tempfile::Builder::new()
-            .prefix("cf-lab-")
+            .prefix(FIXTURE_PREFIX)
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
         let lab = Lab {
@@ -183,14 +186,18 @@ impl Drop for Lab {
     }
 }
 
-/// A lab left up by a crashed test run (its directory is a temporary one) is torn down; a lab
-/// someone brought up elsewhere makes the test fail with `lab up`'s message instead.
+/// A lab left up by a crashed run of this fixture (a temporary directory named `cf-lab-…`) is torn
+/// down; any other lab (someone's demo or benchmark) makes the test fail with `lab up`'s message.
 fn clean_stale_lab() {
     let Ok(active) = std::fs::read_to_string(compose_fleet::lab::ACTIVE_MARKER) else {
         return;
     };
     let active = PathBuf::from(active.trim());
-    if active.starts_with(std::env::temp_dir()) {
+    let ours = active.parent() == Some(std::env::temp_dir().as_path())
+        && active
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(FIXTURE_PREFIX));
+    if ours {
         eprintln!(
             "note: tearing down a stale test lab at {}",
             active.display()
