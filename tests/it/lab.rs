@@ -160,8 +160,10 @@ fn lab_up_gives_hosts_with_own_sshd_state_and_registry_and_down_leaves_nothing()
         .lines()
         .all(|l| l.starts_with("10.250.0.1") && l.contains(" ssh-ed25519 AAAA")));
 
-    // The registry serves both images with the digests this machine's busybox gives.
-    check_registry_images();
+    // The registry serves both images with the digests this machine's busybox gives, and they
+    // are usable root file systems: busybox `sh` runs, and the httpd image serves its page.
+    let layers = check_registry_images();
+    check_images_run(&layers);
 
     // `lab up` again reuses everything: same sshd processes, nothing pushed, same files.
     let pids_before: Vec<String> = lab
@@ -234,8 +236,64 @@ fn lab_up_gives_hosts_with_own_sshd_state_and_registry_and_down_leaves_nothing()
     assert!(!std::path::Path::new(compose_fleet::lab::ACTIVE_MARKER).exists());
 }
 
+/// Unpacks each image's layer and runs it with `chroot`: the shell image's `sh`, and the httpd
+/// image's default command inside host lab-1, fetched over the lab network.
+fn check_images_run(layers: &[(String, Vec<u8>)]) {
+    let rootfs = |reference: &str| {
+        let (_, tar) = layers
+            .iter()
+            .find(|(r, _)| r == reference)
+            .expect("layer pulled");
+        let dir = tempfile::tempdir().unwrap();
+        tar::Archive::new(tar.as_slice())
+            .unpack(dir.path())
+            .unwrap();
+        dir
+    };
+    let shell = rootfs(images::SHELL_IMAGE);
+    let out = Command::new("chroot")
+        .arg(shell.path())
+        .args(["/bin/sh", "-c", "echo $((40 + 2)) | tr 2 3"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "43", "{}", describe(&out));
+
+    let httpd = rootfs(images::HTTPD_IMAGE);
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", "lab-1", "chroot"])
+        .arg(httpd.path())
+        .args(["httpd", "-f", "-p", "80", "-h", "/www"])
+        .spawn()
+        .unwrap();
+    let mut page = String::new();
+    for _ in 0..100 {
+        if let Ok(mut conn) = std::net::TcpStream::connect("10.250.0.11:80") {
+            use std::io::Write;
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            conn.write_all(b"GET / HTTP/1.0\r\nHost: lab-1\r\n\r\n")
+                .unwrap();
+            conn.read_to_string(&mut page).unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        page.starts_with("HTTP/1.1 200") || page.starts_with("HTTP/1.0 200"),
+        "httpd answered: {page:?}"
+    );
+    assert!(
+        page.ends_with(images::HTTPD_INDEX),
+        "httpd answered: {page:?}"
+    );
+}
+
 /// Pulls both images' manifests, configs and layers with oci-client and checks every digest.
-fn check_registry_images() {
+/// Returns each image's uncompressed layer.
+fn check_registry_images() -> Vec<(String, Vec<u8>)> {
+    let mut layers = Vec::new();
     let expected = images::build_all().expect("images build");
     assert_eq!(
         expected
@@ -316,6 +374,7 @@ fn check_registry_images() {
                     image.reference
                 );
             }
+            layers.push((image.reference.clone(), tar.clone()));
             if image.reference == images::HTTPD_IMAGE {
                 assert!(paths.iter().any(|p| p == "www/index.html"));
                 assert_eq!(
@@ -327,6 +386,7 @@ fn check_registry_images() {
             }
         }
     });
+    layers
 }
 
 #[test]
