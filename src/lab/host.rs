@@ -194,7 +194,6 @@ impl Host {
         // sshd's privilege separation directory, in the host's own /run.
         script.push_str("mkdir -p /run/sshd\nchmod 0755 /run/sshd\n");
         script.push_str("exec /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E /run/sshd.log\n");
-        debug_assert!(script.contains(&SSHD_LISTENER.replace('\0', " ")));
         script
     }
 
@@ -293,4 +292,47 @@ pub fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
     fs::write(path, text)
         .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
         .map_err(|e| Error::Env(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mount lines of a host's start script, in order.
+    fn mount_targets(lab_dir: &str) -> Vec<String> {
+        let host = Host::new(Path::new(lab_dir), 1);
+        host.start_script(Path::new(lab_dir))
+            .lines()
+            .filter(|l| l.starts_with("mount --bind"))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_mount_over_the_lab_directory_comes_last() {
+        // A lab in /tmp (the test fixture's): mounting the host's /tmp first would hide the
+        // sources of the other mounts.
+        let targets = mount_targets("/tmp/no-such-lab-dir");
+        assert_eq!(targets.last().map(String::as_str), Some("/tmp"));
+        assert_eq!(targets.len(), PRIVATE_DIRS.len());
+        let targets = mount_targets("/run/no-such-lab-dir");
+        assert_eq!(targets.last().map(String::as_str), Some("/run"));
+        // Elsewhere (the default directory is not inside /var/lib/compose-fleet), declared order.
+        let declared: Vec<&str> = PRIVATE_DIRS.iter().map(|(_, t)| *t).collect();
+        assert_eq!(mount_targets(super::super::DEFAULT_DIR), declared);
+        assert_eq!(mount_targets("/var/lib/no-such-lab-dir"), declared);
+    }
+
+    #[test]
+    fn start_script_quotes_paths_and_execs_the_listener_it_looks_for() {
+        let host = Host::new(Path::new("/srv/it's a lab"), 2);
+        let script = host.start_script(Path::new("/srv/it's a lab"));
+        assert!(script.starts_with("set -e\nhostname lab-2\n"));
+        assert!(script.contains(
+            "mount --bind '/srv/it'\\''s a lab/hosts/lab-2/state' /var/lib/compose-fleet\n"
+        ));
+        assert!(script.contains(&SSHD_LISTENER.replace('\0', " ")));
+        assert_eq!(host.address, "10.250.0.12");
+        assert_eq!(host.ssh_addr().to_string(), "10.250.0.12:22");
+    }
 }

@@ -469,6 +469,30 @@ fn lab_fault_injection_status_and_exec() {
     faults.start_sshd("lab-2").unwrap();
     assert!(lab.ssh("lab-2", "true").status.success());
 
+    // `lab up` with another host count adds or removes hosts.
+    let out = lab.run_lab(&["up", "--hosts", "3"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = lab.ssh("lab-3", "hostname");
+    assert_eq!(stdout(&out), "lab-3", "{}", describe(&out));
+    let out = lab.run_lab(&["up", "--hosts", "2"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!stdout(&ip(&["netns", "list"]))
+        .lines()
+        .any(|l| l.starts_with("lab-3")));
+    assert!(!stdout(&ip(&["-o", "link"])).contains("cflab0-3"));
+    let inventory = std::fs::read_to_string(lab.inventory()).unwrap();
+    assert!(
+        inventory.contains("lab-2:") && !inventory.contains("lab-3:"),
+        "{inventory}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(lab.known_hosts())
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+
     // A changed host key is refused by strict checking against the lab's known_hosts.
     faults.change_host_key("lab-2").unwrap();
     let out = lab.ssh("lab-2", "true");
