@@ -83,6 +83,8 @@ pub fn run(_global: &GlobalArgs, args: Args) -> CmdResult {
 }
 
 fn status(lab: &Lab) -> CmdResult {
+    // Reading the namespaces of root's processes needs root too.
+    lab::require_root().map_err(failure)?;
     let status = lab.status().map_err(failure)?;
     if status.hosts.is_empty() {
         output::status(&format!("lab: no lab at {}", lab.dir().display()));
