@@ -237,6 +237,10 @@ impl Lab {
         for host in self.hosts() {
             net::ensure_host(&host.name, host.index, &host.address)?;
             host.prepare(&authorized)?;
+            // A frozen host (see `freeze`) is repaired too; SIGCONT is harmless to the running.
+            for pid in host.processes() {
+                sys::signal(pid, Signal::SIGCONT);
+            }
             if host.sshd_pid().is_some() && sys::ssh_answers(host.ssh_addr()) {
                 continue;
             }

@@ -189,12 +189,13 @@ fn lab_up_gives_hosts_with_own_sshd_state_and_registry_and_down_leaves_nothing()
     let out = lab.ssh("lab-1", "cat /var/lib/compose-fleet/marker");
     assert_eq!(stdout(&out), "one", "state survives a second `lab up`");
 
-    // `lab up` repairs: a killed sshd and a downed link come back.
+    // `lab up` repairs: a killed sshd, a downed link and a frozen host come back.
     lab.faults().kill_sshd("lab-2").unwrap();
     lab.faults().cut_off("lab-3").unwrap();
+    lab.faults().freeze("lab-1").unwrap();
     let out = lab.run_lab(&["up", "--hosts", "3"]);
     assert!(out.status.success(), "{}", describe(&out));
-    for host in ["lab-2", "lab-3"] {
+    for host in ["lab-1", "lab-2", "lab-3"] {
         let out = lab.ssh(host, "hostname");
         assert_eq!(
             stdout(&out),
