@@ -472,8 +472,8 @@ impl Lab {
              defaults: {{ user: root, port: 22, identity_file: {}, known_hosts: {} }}\n\
              registries: {{ \"{REGISTRY}\": {{ insecure: true }} }}\n\
              hosts:\n",
-            self.identity().display(),
-            self.known_hosts().display()
+            yaml_path(&self.identity()),
+            yaml_path(&self.known_hosts())
         );
         for host in self.hosts() {
             text.push_str(&format!(
@@ -484,6 +484,19 @@ impl Lab {
             ));
         }
         host::write(&self.inventory(), &text, 0o644)
+    }
+}
+
+/// A path as a YAML flow scalar: plain when that is unambiguous, else double-quoted.
+fn yaml_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let plain = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c));
+    if plain {
+        text.into_owned()
+    } else {
+        serde_json::Value::String(text.into_owned()).to_string()
     }
 }
 
@@ -508,4 +521,65 @@ fn remove_host(host: &Host) {
 
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_paths_are_quoted_only_when_yaml_needs_it() {
+        assert_eq!(
+            yaml_path(Path::new("/tmp/cf-lab-x1/id_ed25519")),
+            "/tmp/cf-lab-x1/id_ed25519"
+        );
+        assert_eq!(
+            yaml_path(Path::new("/srv/my lab, 2/k")),
+            "\"/srv/my lab, 2/k\""
+        );
+        assert_eq!(yaml_path(Path::new("/srv/a\"b")), "\"/srv/a\\\"b\"");
+    }
+
+    #[test]
+    fn the_inventory_is_written_in_the_agreed_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Lab::at(dir.path());
+        host::write(&lab.lab_file(), "{\"hosts\": 4}", 0o644).unwrap();
+        lab.write_inventory().unwrap();
+        let text = fs::read_to_string(lab.inventory()).unwrap();
+        let d = dir.path().display();
+        let expected = format!(
+            "# The lab fleet: written by `compose-fleet lab up`.\n\
+             defaults: {{ user: root, port: 22, identity_file: {d}/id_ed25519, known_hosts: {d}/known_hosts }}\n\
+             registries: {{ \"10.250.0.1:5000\": {{ insecure: true }} }}\n\
+             hosts:\n\
+             \x20 lab-1: {{ address: 10.250.0.11, labels: {{ zone: a }}, capacity: {{ cpus: 2, memory: 4GiB }} }}\n\
+             \x20 lab-2: {{ address: 10.250.0.12, labels: {{ zone: b }}, capacity: {{ cpus: 2, memory: 4GiB }} }}\n\
+             \x20 lab-3: {{ address: 10.250.0.13, labels: {{ zone: c }}, capacity: {{ cpus: 2, memory: 4GiB }} }}\n\
+             \x20 lab-4: {{ address: 10.250.0.14, labels: {{ zone: a }}, capacity: {{ cpus: 2, memory: 4GiB }} }}\n"
+        );
+        assert_eq!(text, expected);
+        let fleet =
+            crate::inventory::load(&lab.inventory()).unwrap_or_else(|e| panic!("{}", e.render()));
+        assert_eq!(fleet.hosts.len(), 4);
+
+        // A directory YAML would misread unquoted still loads to the right paths.
+        let odd = tempfile::Builder::new()
+            .prefix("lab, #1: ")
+            .tempdir()
+            .unwrap();
+        let lab = Lab::at(odd.path());
+        host::write(&lab.lab_file(), "{\"hosts\": 1}", 0o644).unwrap();
+        lab.write_inventory().unwrap();
+        let fleet =
+            crate::inventory::load(&lab.inventory()).unwrap_or_else(|e| panic!("{}", e.render()));
+        assert_eq!(
+            fleet.hosts[0].identity_file.as_deref(),
+            Some(lab.identity().as_path())
+        );
+        assert_eq!(
+            fleet.hosts[0].known_hosts.as_deref(),
+            Some(lab.known_hosts().as_path())
+        );
+    }
 }
