@@ -183,6 +183,7 @@ impl Lab {
                 "--hosts must be between 1 and {MAX_HOSTS}"
             )));
         }
+        let _lock = command_lock()?;
         self.check_not_other_lab()?;
         host::mkdir(&self.dir, 0o755)?;
         let previous = self.host_count();
