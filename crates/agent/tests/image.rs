@@ -530,3 +530,49 @@ async fn an_interrupted_download_resumes_and_a_bad_partial_is_discarded() {
     );
     assert!(image.layer_dirs[0].join("bin/busybox").is_file());
 }
+
+#[tokio::test]
+async fn concurrent_pulls_download_a_shared_layer_once() {
+    if !have_tools("concurrent_pulls_download_a_shared_layer_once") {
+        return;
+    }
+    let registry = Registry::start();
+    let (base, upper) = (busybox_layer(), whiteout_layer());
+    let one = push_image(
+        &registry,
+        "test/base:1",
+        "amd64",
+        std::slice::from_ref(&base),
+    )
+    .await;
+    let two = push_image(
+        &registry,
+        "test/upper:1",
+        "amd64",
+        &[base.clone(), upper.clone()],
+    )
+    .await;
+    let (_dir, store) = new_store();
+    let insecure = insecure(&registry);
+    let (a, b) = tokio::join!(
+        store.pull(&one.reference, None, &insecure),
+        store.pull(&two.reference, None, &insecure)
+    );
+    let (a, b) = (a.expect("pull 1"), b.expect("pull 2"));
+    assert_eq!(a.layer_dirs[0], b.layer_dirs[0]);
+    let stats = store.stats();
+    assert_eq!(
+        stats.blobs_fetched, 4,
+        "two configs, the base layer once, the upper layer"
+    );
+    assert_eq!(
+        stats.bytes_fetched,
+        (one.config_size + two.config_size + base.blob.len() + upper.blob.len()) as u64
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(store.root().join("layers"))
+        .expect("layers")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary unpack dirs remain");
+}

@@ -382,6 +382,12 @@ impl ImageStore {
                 if dir.is_dir() {
                     return Ok(());
                 }
+                // One unpack per layer at a time; whoever waited finds it done.
+                let lock = self.in_flight_lock(&format!("layer {diff_id}"));
+                let _guard = lock.lock().await;
+                if dir.is_dir() {
+                    return Ok(());
+                }
                 let compression = unpack::compression_for(&desc.media_type).map_err(|hint| {
                     ImageError::UnsupportedMediaType {
                         image: fetch.image.to_string(),
@@ -398,12 +404,14 @@ impl ImageStore {
     }
 
     async fn ensure_blob(&self, fetch: &Fetch<'_>, desc: &Descriptor) -> Result<(), ImageError> {
-        let lock = {
-            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(desc.digest.clone()).or_default().clone()
-        };
+        let lock = self.in_flight_lock(&format!("blob {}", desc.digest));
         let _guard = lock.lock().await;
         blobs::ensure_blob(&self.blobs, fetch, desc).await
+    }
+
+    fn in_flight_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.to_string()).or_default().clone()
     }
 
     async fn unpack(
@@ -416,11 +424,12 @@ impl ImageStore {
     ) -> Result<(), ImageError> {
         let blob = self.blobs.path(&desc.digest).unwrap_or_default();
         let tmp = self.layers.join(format!(
-            ".tmp-{}-{}",
+            ".tmp-{}-{}-{}",
             dir.file_name()
                 .map(|n| n.to_string_lossy())
                 .unwrap_or_default(),
-            std::process::id()
+            std::process::id(),
+            self.counters.unpacks.fetch_add(1, Ordering::Relaxed)
         ));
         let (dir, privileged) = (dir.to_path_buf(), self.privileged);
         let unpack_err = |reason: String| ImageError::Unpack {
