@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use compose_fleet_agent::image::{ImageError, ImageRef, ImageStore, Platform};
+use compose_fleet_agent::proto::RegistryAuth;
 use support::{
     busybox_layer, have_tools, push_image, push_index, small_layer, whiteout_layer, Registry,
 };
@@ -236,6 +237,14 @@ async fn an_image_pulled_twice_is_downloaded_once() {
         .await
         .expect("pull after restart");
     assert_eq!(store.stats().blobs_fetched, 0);
+    // By digest, a present image needs no registry at all (here: not even reachable over https).
+    let manifests = store.stats().manifests_fetched;
+    let pinned = store
+        .pull(&by_digest, None, &[])
+        .await
+        .expect("pull by digest, offline");
+    assert_eq!(pinned.manifest_digest, one.manifest_digest);
+    assert_eq!(store.stats().manifests_fetched, manifests);
 }
 
 #[tokio::test]
@@ -575,4 +584,56 @@ async fn concurrent_pulls_download_a_shared_layer_once() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "no temporary unpack dirs remain");
+}
+
+#[tokio::test]
+async fn registry_credentials_are_used_and_never_shown() {
+    if !have_tools("registry_credentials_are_used_and_never_shown") {
+        return;
+    }
+    let registry = Registry::start_with_auth();
+    let one = push_image(
+        &registry,
+        "test/private:1",
+        "amd64",
+        &[small_layer("private")],
+    )
+    .await;
+    let (_dir, store) = new_store();
+
+    let err = store
+        .pull(&one.reference, None, &insecure(&registry))
+        .await
+        .expect_err("anonymous is refused");
+    assert!(err.to_string().contains("needs credentials"), "{err}");
+
+    let wrong = RegistryAuth {
+        username: support::AUTH_USER.into(),
+        password: "not-the-password".into(),
+    };
+    let err = store
+        .pull(&one.reference, Some(&wrong), &insecure(&registry))
+        .await
+        .expect_err("wrong password");
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("refused the credentials"), "{shown}");
+    assert!(
+        !shown.contains("not-the-password"),
+        "the password never appears in errors: {shown}"
+    );
+
+    let right = RegistryAuth {
+        username: support::AUTH_USER.into(),
+        password: support::AUTH_PASSWORD.into(),
+    };
+    let image = store
+        .pull(&one.reference, Some(&right), &insecure(&registry))
+        .await
+        .expect("pull with credentials");
+    assert_eq!(image.manifest_digest, one.manifest_digest);
+    let index = std::fs::read_to_string(store.root().join("images/index.json")).expect("index");
+    assert!(
+        !index.contains(support::AUTH_PASSWORD),
+        "credentials are never written to disk"
+    );
 }

@@ -256,6 +256,12 @@ impl ImageStore {
         let image_ref = ImageRef::parse(reference)?;
         let canonical = image_ref.canonical();
         let _shared = self.gc_lock.read().await;
+        // A digest names immutable content: when it is all here, there is nothing to ask for.
+        if image_ref.digest().is_some() {
+            if let Some(image) = self.get(reference).await? {
+                return Ok(image);
+            }
+        }
 
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::new(ClientConfig {
@@ -441,7 +447,11 @@ impl ImageStore {
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
             let _ = std::fs::remove_dir_all(&tmp2);
             std::fs::create_dir(&tmp2)?;
-            unpack::unpack_layer(&blob, compression, &tmp2, privileged)
+            let diff_id = unpack::unpack_layer(&blob, compression, &tmp2, privileged)?;
+            // The rename below must not publish a layer whose files are still in the page cache
+            // only: after a power loss the layer would be there but torn.
+            nix::unistd::syncfs(std::fs::File::open(&tmp2)?)?;
+            Ok(diff_id)
         })
         .await
         .map_err(|e| unpack_err(format!("the unpack task failed: {e}")))?;
@@ -581,6 +591,28 @@ impl ImageStore {
     }
 }
 
+/// The credentials for `image`'s registry from `ApplyRequest.registry_auth`, keyed by registry
+/// host as users write it; Docker Hub is also found under its other usual names.
+pub fn auth_for<'a>(
+    auths: &'a std::collections::BTreeMap<String, RegistryAuth>,
+    image: &ImageRef,
+) -> Option<&'a RegistryAuth> {
+    let registry = image.registry();
+    auths.get(registry).or_else(|| {
+        (registry == "docker.io")
+            .then(|| {
+                [
+                    "index.docker.io",
+                    "registry-1.docker.io",
+                    "https://index.docker.io/v1/",
+                ]
+                .iter()
+                .find_map(|k| auths.get(*k))
+            })
+            .flatten()
+    })
+}
+
 /// Picks this host's entry of a manifest list.
 fn choose_platform(image: &str, entries: &[config::IndexEntry]) -> Result<String, ImageError> {
     let host = Platform::host();
@@ -639,5 +671,47 @@ fn registry_error(
         registry: registry.to_string(),
         source: Box::new(source),
         hint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_hub_credentials_are_found_under_its_usual_names() {
+        let auth = RegistryAuth {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let mut auths = std::collections::BTreeMap::new();
+        auths.insert("https://index.docker.io/v1/".to_string(), auth.clone());
+        auths.insert("ghcr.io".to_string(), auth.clone());
+        let hub = ImageRef::parse("busybox").expect("ref");
+        assert_eq!(auth_for(&auths, &hub), Some(&auth));
+        let ghcr = ImageRef::parse("ghcr.io/o/app:1").expect("ref");
+        assert_eq!(auth_for(&auths, &ghcr), Some(&auth));
+        let other = ImageRef::parse("quay.io/o/app:1").expect("ref");
+        assert_eq!(auth_for(&auths, &other), None);
+    }
+
+    #[test]
+    fn a_list_without_this_platform_says_what_it_has() {
+        let entry = |arch: &str| config::IndexEntry {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            platform: Some(config::IndexPlatform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: None,
+            }),
+        };
+        let err = choose_platform("img", &[entry("s390x-nope"), entry("mips-nope")])
+            .expect_err("no match");
+        let message = err.to_string();
+        assert!(
+            message.contains("linux/s390x-nope, linux/mips-nope"),
+            "{message}"
+        );
+        assert!(message.contains(&Platform::host().to_string()), "{message}");
     }
 }

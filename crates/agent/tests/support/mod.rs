@@ -23,6 +23,11 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
+/// The test registry's user, password and its bcrypt hash (a fixture, not a secret).
+pub const AUTH_USER: &str = "fleet";
+pub const AUTH_PASSWORD: &str = "test-password";
+const AUTH_BCRYPT: &str = "$2b$04$pk78afGG.YPiiIers/plGeOh5zTZ3mNsOcciwAr/JON/XLC1YnT72";
+
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -52,11 +57,30 @@ pub struct Registry {
     pub dir: tempfile::TempDir,
     /// `127.0.0.1:<port>`: the registry part of image references.
     pub addr: String,
+    authenticated: bool,
 }
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_with("")
+    }
+
+    /// A registry that requires HTTP basic auth as [`AUTH_USER`] / [`AUTH_PASSWORD`].
+    pub fn start_with_auth() -> Registry {
+        Registry::start_with(AUTH_USER)
+    }
+
+    fn start_with(auth_user: &str) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut auth = String::new();
+        if !auth_user.is_empty() {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{auth_user}:{AUTH_BCRYPT}\n")).expect("htpasswd");
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
@@ -65,7 +89,7 @@ impl Registry {
             format!(
                 "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: {addr}\n",
+                 http:\n  addr: {addr}\n{auth}",
                 dir.path().join("storage").display()
             ),
         )
@@ -79,7 +103,12 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("start docker-registry");
-        let registry = Registry { child, dir, addr };
+        let registry = Registry {
+            child,
+            dir,
+            addr,
+            authenticated: !auth_user.is_empty(),
+        };
         registry.wait_ready();
         registry
     }
@@ -91,7 +120,11 @@ impl Registry {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
                 let mut reply = String::new();
                 let _ = s.read_to_string(&mut reply);
-                if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") {
+                // 401 is ready too, when it requires auth.
+                if reply.starts_with("HTTP/1.0 200")
+                    || reply.starts_with("HTTP/1.1 200")
+                    || reply.contains(" 401 ")
+                {
                     return;
                 }
             }
@@ -121,6 +154,14 @@ impl Registry {
 
     pub fn reference(&self, repo_tag: &str) -> String {
         format!("{}/{repo_tag}", self.addr)
+    }
+
+    fn auth(&self) -> RegistryAuth {
+        if self.authenticated {
+            RegistryAuth::Basic(AUTH_USER.into(), AUTH_PASSWORD.into())
+        } else {
+            RegistryAuth::Anonymous
+        }
     }
 
     /// A client that pushes to this registry over plain http.
@@ -308,7 +349,7 @@ pub async fn push_image(
     let image: Reference = reference.parse().expect("reference");
     let client = registry.client();
     client
-        .store_auth_if_needed(image.resolve_registry(), &RegistryAuth::Anonymous)
+        .store_auth_if_needed(image.resolve_registry(), &registry.auth())
         .await;
     for layer in layers {
         client
@@ -358,7 +399,7 @@ pub async fn push_index(
     let image: Reference = reference.parse().expect("reference");
     let client = registry.client();
     client
-        .store_auth_if_needed(image.resolve_registry(), &RegistryAuth::Anonymous)
+        .store_auth_if_needed(image.resolve_registry(), &registry.auth())
         .await;
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
