@@ -54,6 +54,7 @@ async fn pull_unpacks_layers_and_honours_whiteouts() {
         .await
         .expect("pull base");
     assert_eq!(image.manifest_digest, one.manifest_digest);
+    assert_eq!(image.config_digest, one.config_digest);
     assert_eq!(image.layer_dirs.len(), 1);
     let l1 = &image.layer_dirs[0];
     assert_eq!(

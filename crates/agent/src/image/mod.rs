@@ -57,6 +57,8 @@ pub struct Image {
     pub reference: String,
     /// The platform-specific image manifest (`sha256:…`), also for references to a manifest list.
     pub manifest_digest: String,
+    /// The image config's digest: what Docker calls the image ID.
+    pub config_digest: String,
     pub config: ImageConfig,
     /// The unpacked layers, lowest first (overlayfs wants them reversed in `lowerdir=`).
     pub layer_dirs: Vec<PathBuf>,
@@ -210,6 +212,7 @@ impl ImageStore {
         Ok(Some(Image {
             reference: canonical.to_string(),
             manifest_digest: manifest_digest.to_string(),
+            config_digest: manifest.config.digest.clone(),
             config: config_file.image_config(),
             layer_dirs,
         }))
@@ -366,6 +369,7 @@ impl ImageStore {
         Ok(Image {
             reference: canonical,
             manifest_digest,
+            config_digest: manifest.config.digest.clone(),
             config: config_file.image_config(),
             layer_dirs,
         })
