@@ -506,13 +506,22 @@ fn exec_runs_in_the_containers_namespaces_with_its_exit_code() {
     assert_eq!(f["env"], "bar");
 
     // pid 1 of a pid namespace ignores signals it has no handler for (SIGTERM to `sleep`),
-    // which is why stopping ends with SIGKILL.
-    fx.rt.kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    let status = waitpid(pid, None).unwrap();
+    // so stop ends with SIGKILL after the grace period.
+    let t = Instant::now();
+    let status = fx
+        .rt
+        .stop(
+            &cfg,
+            pid,
+            nix::sys::signal::Signal::SIGTERM,
+            Duration::from_millis(300),
+        )
+        .unwrap();
     assert_eq!(
         status,
         WaitStatus::Signaled(pid, nix::sys::signal::Signal::SIGKILL, false)
     );
+    assert!(t.elapsed() >= Duration::from_millis(300));
 }
 
 #[test]

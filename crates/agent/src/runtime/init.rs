@@ -596,3 +596,193 @@ fn exec_inner(
         nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{ContainerSpec, Mount};
+    use crate::runtime::config::{ImageConfig, Placement, PodNamespaces};
+    use crate::runtime::kernel::Recording;
+
+    fn config(spec: ContainerSpec) -> ContainerConfig {
+        let image = ImageConfig {
+            cmd: Some(vec!["sh".into()]),
+            layers: vec!["/l/base".into(), "/l/top".into()],
+            ..Default::default()
+        };
+        let at = Placement {
+            project: "p",
+            pod: "pod",
+            hostname: "pod",
+            namespaces: PodNamespaces {
+                net: "/s/pods/p/pod/net".into(),
+                uts: "/s/pods/p/pod/uts".into(),
+                ipc: "/s/pods/p/pod/ipc".into(),
+            },
+            dir: "/s/c".into(),
+            volumes_dir: Path::new("/s/volumes/p"),
+        };
+        ContainerConfig::build(&spec, &image, at).unwrap()
+    }
+
+    #[test]
+    fn rootfs_plan_mounts_in_order_inside_the_root_then_pivots_and_hardens() {
+        let mut spec = ContainerSpec {
+            service: "web".into(),
+            read_only: true,
+            working_dir: Some("/srv/app".into()),
+            ..Default::default()
+        };
+        spec.sysctls
+            .insert("net.core.somaxconn".into(), "1024".into());
+        spec.mounts = vec![
+            Mount::Tmpfs {
+                target: "/data/cache".into(),
+                size: Some(1 << 20),
+            },
+            Mount::Bind {
+                source: "/etc/hosts".into(),
+                target: "/etc/hosts".into(),
+                read_only: true,
+            },
+            Mount::Volume {
+                name: "db".into(),
+                target: "/data".into(),
+                read_only: false,
+            },
+        ];
+        let cfg = config(spec);
+        let mut k = Recording::default();
+        k.existing.insert("/s/volumes/p/db".into());
+        k.existing.insert("/etc/hosts".into());
+        k.existing.insert("/proc/sys".into());
+        k.existing.insert("/sys/firmware".into());
+        // is_dir: `existing` doubles as "is a directory" in the fake; make /etc/hosts a file.
+        k.existing.remove(Path::new("/etc/hosts"));
+        k.files.insert("/etc/hosts".into(), String::new());
+        k.files.insert("/proc/keys".into(), String::new());
+        join_pod(&mut k, &cfg).unwrap();
+        setup_rootfs(&mut k, &cfg).unwrap();
+        let expected = [
+            "setns /s/pods/p/pod/net CloneFlags(CLONE_NEWNET)",
+            "setns /s/pods/p/pod/uts CloneFlags(CLONE_NEWUTS)",
+            "setns /s/pods/p/pod/ipc CloneFlags(CLONE_NEWIPC)",
+            "mount - / - rec,private -",
+            "mount overlay /s/c/rootfs overlay - lowerdir=/l/top:/l/base,upperdir=/s/c/upper,workdir=/s/c/work",
+            "mount proc <root>/proc proc nosuid,nodev,noexec -",
+            "mount tmpfs <root>/dev tmpfs nosuid,strictatime mode=755,size=65536k",
+            "mount /dev/null <root>/dev/null (file) - bind -",
+            "mount /dev/zero <root>/dev/zero (file) - bind -",
+            "mount /dev/full <root>/dev/full (file) - bind -",
+            "mount /dev/random <root>/dev/random (file) - bind -",
+            "mount /dev/urandom <root>/dev/urandom (file) - bind -",
+            "mount /dev/tty <root>/dev/tty (file) - bind -",
+            "mount devpts <root>/dev/pts devpts nosuid,noexec newinstance,ptmxmode=0666,mode=0620,gid=5",
+            "mount shm <root>/dev/shm tmpfs nosuid,nodev,noexec mode=1777,size=65536k",
+            "symlink <root>/dev/fd -> /proc/self/fd",
+            "symlink <root>/dev/stdin -> /proc/self/fd/0",
+            "symlink <root>/dev/stdout -> /proc/self/fd/1",
+            "symlink <root>/dev/stderr -> /proc/self/fd/2",
+            "symlink <root>/dev/ptmx -> pts/ptmx",
+            "mount sysfs <root>/sys sysfs ro,nosuid,nodev,noexec -",
+            // Shallow targets first (/data before /data/cache), otherwise as written.
+            "mount /s/volumes/p/db <root>/data - bind,rec -",
+            "mount tmpfs <root>/data/cache tmpfs nosuid,nodev,noexec mode=1777,size=1048576",
+            "mount /etc/hosts <root>/etc/hosts (file) - bind,rec -",
+            "mount - <root>/etc/hosts (file) - ro,remount,bind,rec -",
+            "mkdir <root>/srv/app",
+            "pivot_root /s/c/rootfs",
+            "write /proc/sys/net/core/somaxconn 1024",
+            "mount /proc/sys /proc/sys - bind,rec -",
+            "mount - /proc/sys - ro,nosuid,nodev,noexec,remount,bind -",
+            "mount /dev/null /proc/keys - bind -",
+            "mount tmpfs /sys/firmware tmpfs ro -",
+            "mount - / - ro,remount,bind -",
+        ];
+        assert_eq!(k.calls, expected);
+    }
+
+    #[test]
+    fn process_plan_for_root_keeps_the_set_and_seals_with_seccomp_last() {
+        let mut spec = ContainerSpec {
+            service: "web".into(),
+            ..Default::default()
+        };
+        spec.ulimits.insert("nofile".into(), (1024, 2048));
+        let cfg = config(spec);
+        let mut k = Recording::default();
+        k.files.insert(
+            "/etc/passwd".into(),
+            "root:x:0:0:root:/root:/bin/sh\n".into(),
+        );
+        k.files.insert("/bin/sh".into(), String::new());
+        let p = prepare_process(
+            &mut k,
+            &cfg,
+            &ExecProcess {
+                args: cfg.args.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            k.calls,
+            [
+                "setrlimit nofile 1024 2048",
+                "chdir /",
+                "bounding keep=0xa80425fb",
+                "identity 0:0 groups [0]",
+                "caps effective=0xa80425fb permitted=0xa80425fb",
+                "no_new_privs",
+                "seccomp 2 filters",
+            ]
+        );
+        assert_eq!(p.path.to_str().unwrap(), "/bin/sh");
+        assert!(p.env.iter().any(|e| e.to_str() == Ok("HOME=/root")));
+    }
+
+    #[test]
+    fn named_user_gets_its_groups_and_no_effective_capabilities() {
+        let cfg = config(ContainerSpec {
+            service: "web".into(),
+            user: Some("app:staff".into()),
+            ..Default::default()
+        });
+        let mut k = Recording::default();
+        k.files.insert(
+            "/etc/passwd".into(),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".into(),
+        );
+        k.files.insert(
+            "/etc/group".into(),
+            "staff:x:50:\nwheel:x:10:root,app\napp:x:1000:\n".into(),
+        );
+        let id = resolve_user(&mut k, cfg.user.as_deref()).unwrap();
+        assert_eq!(
+            id,
+            Identity {
+                uid: 1000,
+                gid: 50,
+                groups: vec![50, 10],
+                home: "/home/app".into()
+            }
+        );
+        // A numeric uid unknown to passwd is fine (gid 0), a name is not.
+        assert_eq!(resolve_user(&mut k, Some("4242")).unwrap().gid, 0);
+        assert!(resolve_user(&mut k, Some("ghost")).unwrap_err().user);
+
+        k.files.insert("/bin/sh".into(), String::new());
+        prepare_process(
+            &mut k,
+            &cfg,
+            &ExecProcess {
+                args: vec!["sh".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(k
+            .calls
+            .contains(&"caps effective=0x0 permitted=0x0".to_string()));
+    }
+}

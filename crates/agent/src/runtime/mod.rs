@@ -273,6 +273,39 @@ impl Runtime {
         }
     }
 
+    /// Docker's stop: `signal` to the container's pid 1, then SIGKILL to all its processes once
+    /// `grace` has passed. Reaps pid 1 and returns how it ended, so call it from pid 1's parent
+    /// (the shim) — and only when nothing else waits for that pid.
+    pub fn stop(
+        &self,
+        cfg: &ContainerConfig,
+        pid: Pid,
+        signal: Signal,
+        grace: Duration,
+    ) -> Result<WaitStatus> {
+        use nix::sys::wait::WaitPidFlag;
+        self.kill(pid, signal)?;
+        let deadline = std::time::Instant::now() + grace;
+        let mut killed = false;
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::EINTR) => {}
+                Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                    return Ok(status)
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e).with_context(|| format!("waiting for pid {pid}")),
+            }
+            if !killed && std::time::Instant::now() >= deadline {
+                // pid 1 ignores signals it has no handler for; SIGKILL always works.
+                self.kill_all(cfg, Signal::SIGKILL)?;
+                self.kill(pid, Signal::SIGKILL)?;
+                killed = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends a signal to every process of the container (its cgroup).
     pub fn kill_all(&self, cfg: &ContainerConfig, signal: Signal) -> Result<()> {
         for p in self.cgroups.pids(&mut kernel::Linux, &cfg.cgroup_path())? {
@@ -376,6 +409,43 @@ impl Runtime {
                 reap(pid);
                 Err(e)
             }
+        }
+    }
+}
+
+/// A compose `stop_signal` (`SIGTERM`, `TERM`, `15`) as a signal.
+pub fn parse_signal(name: &str) -> Result<Signal> {
+    let name = name.trim();
+    if let Ok(n) = name.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| Error::user(format!("unknown signal number {n}")));
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|_| Error::user(format!("unknown signal {name:?}; use a name like SIGTERM")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_parse_like_docker() {
+        assert_eq!(parse_signal("SIGQUIT").unwrap(), Signal::SIGQUIT);
+        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("SIGNOPE").unwrap_err().user);
+    }
+
+    #[test]
+    fn names_that_become_paths_are_checked() {
+        assert!(check_name("pod", "web-1").is_ok());
+        for bad in ["", "..", "a/b", "a b"] {
+            assert!(check_name("pod", bad).is_err(), "{bad:?}");
         }
     }
 }
