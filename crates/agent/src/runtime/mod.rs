@@ -429,27 +429,6 @@ pub fn parse_signal(name: &str) -> Result<Signal> {
         .map_err(|_| Error::user(format!("unknown signal {name:?}; use a name like SIGTERM")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_signals_parse_like_docker() {
-        assert_eq!(parse_signal("SIGQUIT").unwrap(), Signal::SIGQUIT);
-        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
-        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
-        assert!(parse_signal("SIGNOPE").unwrap_err().user);
-    }
-
-    #[test]
-    fn names_that_become_paths_are_checked() {
-        assert!(check_name("pod", "web-1").is_ok());
-        for bad in ["", "..", "a/b", "a b"] {
-            assert!(check_name("pod", bad).is_err(), "{bad:?}");
-        }
-    }
-}
-
 /// Writes a file atomically: temp file, fsync, rename.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -525,4 +504,25 @@ fn spawn_init(exe: &Path, flags: CloneFlags, stdio: Stdio, sync: &UnixStream) ->
         .with_context(|| format!("clone({flags:?}) for {}", exe.display()))?;
     drop((stdin, stdout, stderr));
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_parse_like_docker() {
+        assert_eq!(parse_signal("SIGQUIT").unwrap(), Signal::SIGQUIT);
+        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("SIGNOPE").unwrap_err().user);
+    }
+
+    #[test]
+    fn names_that_become_paths_are_checked() {
+        assert!(check_name("pod", "web-1").is_ok());
+        for bad in ["", "..", "a/b", "a b"] {
+            assert!(check_name("pod", bad).is_err(), "{bad:?}");
+        }
+    }
 }
