@@ -59,19 +59,25 @@ pub const READ_ONLY: [&str; 5] = [
 /// Entry point of `compose-fleet-agent init`: reads its request from fd 3 and never returns on
 /// success (the process is exec'ed). Returns the exit code on failure.
 pub fn main() -> u8 {
-    // SAFETY: the parent put the sync socket on fd 3 and nothing else in this process owns it.
-    let mut sock = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
     // Not inherited by the container's process: EOF tells the parent the execve happened.
-    if nix::fcntl::fcntl(
-        &sock,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )
-    .is_err()
-    {
+    // SAFETY: fcntl on an fd number; it fails harmlessly when fd 3 is not open.
+    if unsafe { libc::fcntl(SYNC_FD, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
         eprintln!("compose-fleet-agent init: fd 3 is not the sync socket; this mode is started by the agent only");
         return 2;
     }
+    // SAFETY: the parent put the sync socket on fd 3 and nothing else in this process owns it.
+    let mut sock = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
     reset_signals();
+    // No fd the agent may have inherited without close-on-exec reaches the container.
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags; older kernels fail harmlessly.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
     let request: Request = match sync::recv(&mut sock) {
         Ok(Some(r)) => r,
         Ok(None) => return 1, // The parent gave up before sending anything.
@@ -170,11 +176,20 @@ pub fn setup_rootfs(k: &mut dyn Kernel, cfg: &ContainerConfig) -> Result<()> {
         cfg.dir.join("upper").display(),
         cfg.dir.join("work").display()
     );
+    // `nodev` on every filesystem the container can write (rootfs, /dev, volumes): with
+    // CAP_MKNOD in the default set, a node made for the host's disk must not open. Docker gets
+    // the same from its device cgroup; this works alike on cgroup v1 and v2. The device nodes
+    // bound into /dev below are mounts of their own and keep working.
+    let nodev = if cfg.privileged {
+        F::empty()
+    } else {
+        F::MS_NODEV
+    };
     k.mount(
         Some("overlay"),
         &Target::Host(root.clone()),
         Some("overlay"),
-        F::empty(),
+        nodev,
         Some(&data),
     )?;
 
@@ -189,7 +204,7 @@ pub fn setup_rootfs(k: &mut dyn Kernel, cfg: &ContainerConfig) -> Result<()> {
         Some("tmpfs"),
         &inr("/dev", false),
         Some("tmpfs"),
-        F::MS_NOSUID | F::MS_STRICTATIME,
+        F::MS_NOSUID | F::MS_STRICTATIME | nodev,
         Some("mode=755,size=65536k"),
     )?;
     for dev in DEVICES {
@@ -252,12 +267,14 @@ pub fn setup_rootfs(k: &mut dyn Kernel, cfg: &ContainerConfig) -> Result<()> {
                     F::MS_BIND | F::MS_REC,
                     None,
                 )?;
-                if *read_only {
+                // A bind keeps its source's flags: add nodev (and ro) with a remount.
+                let ro = if *read_only { F::MS_RDONLY } else { F::empty() };
+                if !(ro | nodev).is_empty() {
                     k.mount(
                         None,
                         &inr(target, file),
                         None,
-                        F::MS_BIND | F::MS_REMOUNT | F::MS_RDONLY | F::MS_REC,
+                        F::MS_BIND | F::MS_REMOUNT | F::MS_REC | ro | nodev,
                         None,
                     )?;
                 }
@@ -668,9 +685,9 @@ mod tests {
             "setns /s/pods/p/pod/uts CloneFlags(CLONE_NEWUTS)",
             "setns /s/pods/p/pod/ipc CloneFlags(CLONE_NEWIPC)",
             "mount - / - rec,private -",
-            "mount overlay /s/c/rootfs overlay - lowerdir=/l/top:/l/base,upperdir=/s/c/upper,workdir=/s/c/work",
+            "mount overlay /s/c/rootfs overlay nodev lowerdir=/l/top:/l/base,upperdir=/s/c/upper,workdir=/s/c/work",
             "mount proc <root>/proc proc nosuid,nodev,noexec -",
-            "mount tmpfs <root>/dev tmpfs nosuid,strictatime mode=755,size=65536k",
+            "mount tmpfs <root>/dev tmpfs nosuid,nodev,strictatime mode=755,size=65536k",
             "mount /dev/null <root>/dev/null (file) - bind -",
             "mount /dev/zero <root>/dev/zero (file) - bind -",
             "mount /dev/full <root>/dev/full (file) - bind -",
@@ -687,9 +704,10 @@ mod tests {
             "mount sysfs <root>/sys sysfs ro,nosuid,nodev,noexec -",
             // Shallow targets first (/data before /data/cache), otherwise as written.
             "mount /s/volumes/p/db <root>/data - bind,rec -",
+            "mount - <root>/data - nodev,remount,bind,rec -",
             "mount tmpfs <root>/data/cache tmpfs nosuid,nodev,noexec mode=1777,size=1048576",
             "mount /etc/hosts <root>/etc/hosts (file) - bind,rec -",
-            "mount - <root>/etc/hosts (file) - ro,remount,bind,rec -",
+            "mount - <root>/etc/hosts (file) - ro,nodev,remount,bind,rec -",
             "mkdir <root>/srv/app",
             "pivot_root /s/c/rootfs",
             "write /proc/sys/net/core/somaxconn 1024",
