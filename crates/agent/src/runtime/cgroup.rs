@@ -27,8 +27,11 @@ pub trait Cgroups {
     fn pids(&self, k: &mut dyn Kernel, path: &str) -> Result<Vec<i32>>;
     /// How many times the kernel's OOM killer killed a process of this cgroup.
     fn oom_kills(&self, k: &mut dyn Kernel, path: &str) -> Result<u64>;
-    /// Removes the cgroup (it must be empty) and its parents that became empty.
+    /// Removes the cgroup (it must be empty). Parents stay (the next container of the pod
+    /// reuses them): remove those with [`Cgroups::remove_empty`].
     fn remove(&self, k: &mut dyn Kernel, path: &str) -> Result<()>;
+    /// Removes `path` and its ancestors while they are empty (pod and project removal).
+    fn remove_empty(&self, k: &mut dyn Kernel, path: &str);
 }
 
 /// Chooses v1 or v2 for this host.
@@ -86,9 +89,8 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// Removes `root/path` and then its parents up to (excluding) `root`, stopping at the first that
-/// is not empty. The leaf may take a moment to become removable after its last process died.
-fn remove_chain(k: &mut dyn Kernel, root: &Path, path: &str) -> Result<()> {
+/// Removes `root/path`. It may take a moment to become removable after its last process died.
+fn remove_leaf(k: &mut dyn Kernel, root: &Path, path: &str) -> Result<()> {
     let leaf = root.join(path);
     if !k.exists(&leaf) {
         return Ok(());
@@ -105,14 +107,18 @@ fn remove_chain(k: &mut dyn Kernel, root: &Path, path: &str) -> Result<()> {
             Err(e) => return Err(e).with_context(|| format!("removing cgroup {}", leaf.display())),
         }
     }
-    let mut p = Path::new(path).parent();
-    while let Some(parent) = p.filter(|p| !p.as_os_str().is_empty()) {
-        if k.rmdir(&root.join(parent)).is_err() {
-            break; // Not empty: another container or pod still uses it.
-        }
-        p = parent.parent();
-    }
     Ok(())
+}
+
+/// Removes `root/path` and its ancestors (below `root`) while they are empty.
+fn remove_chain(k: &mut dyn Kernel, root: &Path, path: &str) {
+    let mut p = Some(Path::new(path));
+    while let Some(dir) = p.filter(|p| !p.as_os_str().is_empty()) {
+        if k.rmdir(&root.join(dir)).is_err() {
+            break; // Not empty (or gone): another container or pod still uses it.
+        }
+        p = dir.parent();
+    }
 }
 
 /// cgroup v1: one directory per controller.
@@ -190,9 +196,15 @@ impl Cgroups for V1 {
 
     fn remove(&self, k: &mut dyn Kernel, path: &str) -> Result<()> {
         for root in self.roots() {
-            remove_chain(k, root, path)?;
+            remove_leaf(k, root, path)?;
         }
         Ok(())
+    }
+
+    fn remove_empty(&self, k: &mut dyn Kernel, path: &str) {
+        for root in self.roots() {
+            remove_chain(k, root, path);
+        }
     }
 }
 
@@ -262,6 +274,10 @@ impl Cgroups for V2 {
     }
 
     fn remove(&self, k: &mut dyn Kernel, path: &str) -> Result<()> {
+        remove_leaf(k, &self.root, path)
+    }
+
+    fn remove_empty(&self, k: &mut dyn Kernel, path: &str) {
         remove_chain(k, &self.root, path)
     }
 }

@@ -89,7 +89,7 @@ pub fn main() -> u8 {
             return 1;
         }
     };
-    let mut k = Linux;
+    let mut k = Linux::default();
     let err = match request {
         Request::Start(config) => match start(&mut k, &config, &mut sock) {
             Ok(never) => match never {},
@@ -171,7 +171,9 @@ pub fn setup_rootfs(k: &mut dyn Kernel, cfg: &ContainerConfig) -> Result<()> {
         None,
     )?;
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        // `volatile`: no sync of the upper filesystem at unmount (a container's writes do not
+        // outlive a crash anyway); `Runtime::start` guards the reuse of the upper dir.
+        "lowerdir={},upperdir={},workdir={},volatile",
         lowerdirs(cfg),
         cfg.dir.join("upper").display(),
         cfg.dir.join("work").display()
@@ -685,7 +687,7 @@ mod tests {
             "setns /s/pods/p/pod/uts CloneFlags(CLONE_NEWUTS)",
             "setns /s/pods/p/pod/ipc CloneFlags(CLONE_NEWIPC)",
             "mount - / - rec,private -",
-            "mount overlay /s/c/rootfs overlay nodev lowerdir=/l/top:/l/base,upperdir=/s/c/upper,workdir=/s/c/work",
+            "mount overlay /s/c/rootfs overlay nodev lowerdir=/l/top:/l/base,upperdir=/s/c/upper,workdir=/s/c/work,volatile",
             "mount proc <root>/proc proc nosuid,nodev,noexec -",
             "mount tmpfs <root>/dev tmpfs nosuid,nodev,strictatime mode=755,size=65536k",
             "mount /dev/null <root>/dev/null (file) - bind -",

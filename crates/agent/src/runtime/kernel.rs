@@ -81,20 +81,39 @@ pub trait Kernel {
     fn chdir(&mut self, path: &Path) -> Result<()>;
 }
 
-/// The real kernel.
+/// The real kernel. Keeps the last rootfs handle open: a container's mounts all resolve in it.
 #[derive(Debug, Default)]
-pub struct Linux;
+pub struct Linux {
+    root: Option<(PathBuf, pathrs::Root)>,
+}
 
 impl Linux {
     /// Resolves `path` inside `root` (creating it) and returns an `O_PATH` handle whose
     /// `/proc/self/fd` link is the mount target: the kernel never walks the path again.
-    fn resolve_in_root(root: &Path, path: &str, file: bool) -> Result<OwnedFd> {
-        Self::resolve_in_root_depth(root, path, file, 0)
+    fn open_root(&mut self, root: &Path) -> Result<&pathrs::Root> {
+        if self.root.as_ref().map(|(p, _)| p.as_path()) != Some(root) {
+            let r = pathrs::Root::open(root)
+                .with_context(|| format!("opening rootfs {}", root.display()))?;
+            self.root = Some((root.to_path_buf(), r));
+        }
+        match &self.root {
+            Some((_, r)) => Ok(r),
+            None => Err(Error::new("rootfs handle vanished")),
+        }
     }
 
-    fn resolve_in_root_depth(root: &Path, path: &str, file: bool, depth: u32) -> Result<OwnedFd> {
-        let r = pathrs::Root::open(root)
-            .with_context(|| format!("opening rootfs {}", root.display()))?;
+    fn resolve_in_root(&mut self, root: &Path, path: &str, file: bool) -> Result<OwnedFd> {
+        let r = self.open_root(root)?;
+        Self::resolve_in_root_depth(r, root, path, file, 0)
+    }
+
+    fn resolve_in_root_depth(
+        r: &pathrs::Root,
+        root: &Path,
+        path: &str,
+        file: bool,
+        depth: u32,
+    ) -> Result<OwnedFd> {
         let perm = fs::Permissions::from_mode(0o755);
         let handle = if file {
             match r.resolve(path) {
@@ -127,6 +146,7 @@ impl Linux {
                             Path::new(path).parent().unwrap_or(Path::new("/")).join(to)
                         };
                         return Self::resolve_in_root_depth(
+                            r,
                             root,
                             &next.to_string_lossy(),
                             file,
@@ -163,7 +183,9 @@ impl Kernel for Linux {
                 nix::mount::mount(source, p.as_path(), fstype, flags, data).with_context(what)
             }
             Target::InRoot { root, path, file } => {
-                let fd = Self::resolve_in_root(root, path, *file).map_err(|e| e.context(what()))?;
+                let fd = self
+                    .resolve_in_root(root, path, *file)
+                    .map_err(|e| e.context(what()))?;
                 let proc_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
                 nix::mount::mount(source, &proc_path, fstype, flags, data).with_context(what)
             }
@@ -176,8 +198,7 @@ impl Kernel for Linux {
     }
 
     fn symlink(&mut self, root: &Path, link: &str, to: &str) -> Result<()> {
-        let r = pathrs::Root::open(root)
-            .with_context(|| format!("opening rootfs {}", root.display()))?;
+        let r = self.open_root(root)?;
         if r.resolve_nofollow(link).is_ok() {
             return Ok(());
         }
@@ -186,10 +207,11 @@ impl Kernel for Linux {
     }
 
     fn mkdir_in_root(&mut self, root: &Path, path: &str) -> Result<()> {
-        Self::resolve_in_root(root, path, false).map(drop)
+        self.resolve_in_root(root, path, false).map(drop)
     }
 
     fn pivot_root(&mut self, new_root: &Path) -> Result<()> {
+        self.root = None;
         // runc's trick: pivot onto itself, then detach the old root stacked underneath, so no
         // directory for the old root is needed inside the (maybe read-only) rootfs.
         nix::unistd::chdir(new_root)

@@ -113,9 +113,15 @@ impl Runtime {
     /// A runtime keeping its state under `state_dir` (e.g. `/var/lib/compose-fleet`), using this
     /// very binary (`/proc/self/exe init`) as the containers' init.
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<Runtime> {
-        let cgroups = cgroup::detect(&mut kernel::Linux)?;
+        let cgroups = cgroup::detect(&mut kernel::Linux::default())?;
+        let state_dir: PathBuf = state_dir.into();
+        // Leftovers of deletions a previous process did not finish.
+        let trash = state_dir.join("trash");
+        if trash.exists() {
+            std::thread::spawn(move || fs::remove_dir_all(trash));
+        }
         Ok(Runtime {
-            state_dir: state_dir.into(),
+            state_dir,
             init_exe: PathBuf::from("/proc/self/exe"),
             cgroups,
         })
@@ -159,6 +165,11 @@ impl Runtime {
     /// Removes a pod's sandbox (its containers should be deleted first).
     pub fn remove_pod(&self, project: &str, pod: &str) -> Result<()> {
         pod::remove(&self.pod_dir(project, pod))?;
+        // The pod's cgroup and, when it was the last, the project's and `compose-fleet`'s.
+        self.cgroups.remove_empty(
+            &mut kernel::Linux::default(),
+            &format!("compose-fleet/{project}/{pod}"),
+        );
         let _ = fs::remove_dir(self.state_dir.join("pods").join(project));
         Ok(())
     }
@@ -194,7 +205,12 @@ impl Runtime {
                 cfg.project, cfg.pod, cfg.name
             )
         };
-        for sub in ["rootfs", "upper", "work", "empty"] {
+        let subs: &[&str] = if cfg.layers.is_empty() {
+            &["rootfs", "upper", "work", "empty"]
+        } else {
+            &["rootfs", "upper", "work"]
+        };
+        for sub in subs {
             let d = cfg.dir.join(sub);
             fs::create_dir_all(&d)
                 .with_context(|| format!("creating {}", d.display()))
@@ -208,10 +224,17 @@ impl Runtime {
                 }
             }
         }
+        // The boot the upper dir was made in: see `reuse_upper`.
+        let boot = fs::read_to_string(BOOT_ID).unwrap_or_default();
+        write_atomic(&cfg.dir.join("boot_id"), boot.as_bytes()).ctx(what)?;
         let json = serde_json::to_vec_pretty(cfg).context("serializing the config")?;
         write_atomic(&cfg.dir.join("config.json"), &json).ctx(what)?;
         self.cgroups
-            .create(&mut kernel::Linux, &cfg.cgroup_path(), &cfg.resources)
+            .create(
+                &mut kernel::Linux::default(),
+                &cfg.cgroup_path(),
+                &cfg.resources,
+            )
             .ctx(what)
     }
 
@@ -231,6 +254,7 @@ impl Runtime {
                 cfg.project, cfg.pod, cfg.name
             )
         };
+        reuse_upper(&cfg.dir).ctx(what)?;
         self.run_init(
             CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS,
             &cfg.cgroup_path(),
@@ -308,7 +332,10 @@ impl Runtime {
 
     /// Sends a signal to every process of the container (its cgroup).
     pub fn kill_all(&self, cfg: &ContainerConfig, signal: Signal) -> Result<()> {
-        for p in self.cgroups.pids(&mut kernel::Linux, &cfg.cgroup_path())? {
+        for p in self
+            .cgroups
+            .pids(&mut kernel::Linux::default(), &cfg.cgroup_path())?
+        {
             self.kill(Pid::from_raw(p), signal)?;
         }
         Ok(())
@@ -317,7 +344,7 @@ impl Runtime {
     /// Processes of the container killed by the OOM killer so far.
     pub fn oom_kills(&self, cfg: &ContainerConfig) -> Result<u64> {
         self.cgroups
-            .oom_kills(&mut kernel::Linux, &cfg.cgroup_path())
+            .oom_kills(&mut kernel::Linux::default(), &cfg.cgroup_path())
     }
 
     /// Kills whatever still runs in the container, removes its cgroup and directory. Idempotent.
@@ -328,21 +355,35 @@ impl Runtime {
                 cfg.project, cfg.pod, cfg.name
             )
         };
-        if let Ok(pids) = self.cgroups.pids(&mut kernel::Linux, &cfg.cgroup_path()) {
+        if let Ok(pids) = self
+            .cgroups
+            .pids(&mut kernel::Linux::default(), &cfg.cgroup_path())
+        {
             for p in pids {
                 let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
             }
         }
         self.cgroups
-            .remove(&mut kernel::Linux, &cfg.cgroup_path())
+            .remove(&mut kernel::Linux::default(), &cfg.cgroup_path())
             .ctx(what)?;
-        match fs::remove_dir_all(&cfg.dir) {
-            Ok(()) => {}
+        // Removing a directory tree costs milliseconds per entry on a busy disk: move it out of
+        // the way (one rename) and remove it on a background thread.
+        let trash = self.state_dir.join("trash");
+        let _ = fs::create_dir_all(&trash);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let doomed = trash.join(format!("{}-{}-{}-{nanos}", cfg.project, cfg.pod, cfg.name));
+        match fs::rename(&cfg.dir, &doomed) {
+            Ok(()) => {
+                std::thread::spawn(move || fs::remove_dir_all(doomed));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e)
+            Err(_) => {
+                fs::remove_dir_all(&cfg.dir)
                     .with_context(|| format!("removing {}", cfg.dir.display()))
-                    .ctx(what)
+                    .ctx(what)?;
             }
         }
         Ok(())
@@ -370,7 +411,7 @@ impl Runtime {
         };
         if let Err(e) = self
             .cgroups
-            .join(&mut kernel::Linux, cgroup_path, pid.as_raw())
+            .join(&mut kernel::Linux::default(), cgroup_path, pid.as_raw())
         {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             reap(pid);
@@ -429,13 +470,35 @@ pub fn parse_signal(name: &str) -> Result<Signal> {
         .map_err(|_| Error::user(format!("unknown signal {name:?}; use a name like SIGTERM")))
 }
 
-/// Writes a file atomically: temp file, fsync, rename.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Lets a restarted container mount its upper dir again. The overlay is `volatile`, which leaves
+/// `work/work/incompat/volatile` behind and refuses a second mount while it exists: safe to
+/// remove when no reboot (no crash) happened since the dir was made, otherwise the writes may be
+/// torn and the container must be recreated.
+fn reuse_upper(dir: &Path) -> Result<()> {
+    let marker = dir.join("work/work/incompat/volatile");
+    if !marker.exists() {
+        return Ok(());
+    }
+    let made_in = fs::read_to_string(dir.join("boot_id")).unwrap_or_default();
+    let now = fs::read_to_string(BOOT_ID).unwrap_or_default();
+    if made_in.is_empty() || made_in != now {
+        return Err(Error::new(format!(
+            "the container's filesystem in {} was not unmounted cleanly before a reboot; delete and create the container again",
+            dir.display()
+        )));
+    }
+    fs::remove_dir_all(&marker).with_context(|| format!("removing {}", marker.display()))
+}
+
+/// Writes a file atomically: temp file, rename. No fsync: the file describes a container, which
+/// a machine crash ends anyway (it is what lets a restarted daemon adopt it).
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(data)
-        .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
 }
