@@ -212,6 +212,7 @@ echo "keys=$(wc -c < /proc/keys)"
 echo "mknod=$(mknod /tmp/cfrt-null c 1 3 && echo x > /tmp/cfrt-null 2>/dev/null && echo opened || echo blocked)"
 echo "sysro=$(touch /sys/x 2>/dev/null && echo rw || echo ro)"
 echo "mount=$(mount -t tmpfs none /mnt 2>/dev/null && echo allowed || echo denied)"
+echo "userns=$(unshare -U true 2>/dev/null && echo allowed || echo denied)"
 i=0; while [ ! -e /shared/go ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
 echo "hostsubmount=$(test -e /shared/sub/under && echo invisible || echo visible)"
 "#,
@@ -272,6 +273,8 @@ echo "hostsubmount=$(test -e /shared/sub/under && echo invisible || echo visible
         "a node made with CAP_MKNOD opened: {text}"
     );
     assert_eq!(f["mount"], "denied", "{text}");
+    // No capability is needed for a user namespace: only the seccomp filter stops it.
+    assert_eq!(f["userns"], "denied", "{text}");
     assert_eq!(f["hostsubmount"], "invisible", "{text}");
 }
 
@@ -618,7 +621,7 @@ fn cap_add_sysctls_ulimits_and_privileged_apply() {
 
     let mut spec = sh(
         "priv",
-        "grep -E '^(CapEff|Seccomp|NoNewPrivs)' /proc/self/status | tr ':' '='",
+        "grep -E '^(CapEff|Seccomp|NoNewPrivs)' /proc/self/status | tr ':' '='; echo userns=$(unshare -U true 2>/dev/null && echo allowed || echo denied)",
     );
     spec.privileged = true;
     let (out, status, _) = fx.run("set", &spec);
@@ -635,6 +638,24 @@ fn cap_add_sysctls_ulimits_and_privileged_apply() {
     );
     assert_eq!(f["Seccomp"], "0");
     assert_eq!(f["NoNewPrivs"], "0");
+    assert_eq!(f["userns"], "allowed", "{out}");
+
+    // cap_add relaxes the seccomp rule Docker gates on that capability (syslog ← SYSLOG).
+    let mut spec = sh(
+        "syslog",
+        "dmesg >/dev/null 2>&1 && echo dmesg=allowed || echo dmesg=denied",
+    );
+    spec.cap_add = vec!["SYSLOG".into()];
+    let (out, _, _) = fx.run("set", &spec);
+    assert_eq!(facts(&out)["dmesg"], "allowed", "{out}");
+    let (out, _, _) = fx.run(
+        "set",
+        &sh(
+            "nosyslog",
+            "dmesg >/dev/null 2>&1 && echo dmesg=allowed || echo dmesg=denied",
+        ),
+    );
+    assert_eq!(facts(&out)["dmesg"], "denied", "{out}");
 }
 
 /// `cargo test -p compose-fleet-agent --release --test runtime -- --ignored --nocapture bench`

@@ -2,19 +2,24 @@
 //!
 //! Like Docker's default profile in effect, but written as a deny list (allow by default, `EPERM`
 //! for the dangerous calls) because `seccompiler` has one match action per filter:
-//! - always denied: kernel modules, kexec, reboot, swap, keyrings, bpf, perf_event_open,
-//!   userfaultfd, open_by_handle_at, clock/time setting, acct, syslog, quotactl, lookup_dcookie,
-//!   `personality` changes, ...;
-//! - denied unless the container has `CAP_SYS_ADMIN` (Docker gates them the same way): mount,
-//!   umount2, pivot_root, setns, unshare, fsopen & co, and any `clone`/`unshare` asking for a new
-//!   user namespace — plus `clone3` answers `ENOSYS` so that libcs fall back to `clone`, whose flags
+//! - always denied: keyrings (keyctl, add_key, request_key), userfaultfd, lookup_dcookie,
+//!   nfsservctl, uselib, ustat, sysfs, _sysctl;
+//! - denied unless the container holds the capability Docker's profile asks for: SYS_ADMIN for
+//!   mount, umount2, pivot_root, setns, unshare, the new mount API, swapon/off, quotactl,
+//!   fanotify_init, name_to_handle_at and `clone` with `CLONE_NEWUSER`; SYS_ADMIN or BPF for bpf;
+//!   SYS_ADMIN or PERFMON for perf_event_open; SYS_BOOT for reboot and kexec; SYS_MODULE for
+//!   modules; SYS_PACCT for acct; SYS_TIME for setting clocks; SYS_NICE for memory policies;
+//!   SYSLOG for syslog; DAC_READ_SEARCH for open_by_handle_at; SYS_TTY_CONFIG for vhangup;
+//!   SYS_RAWIO for iopl/ioperm;
+//! - without SYS_ADMIN, `clone3` answers `ENOSYS` so that libcs fall back to `clone`, whose flags
 //!   a filter can inspect (Docker does the same);
 //! - `ptrace` is allowed: Docker allows it on kernels ≥ 4.8, where seccomp can no longer be
 //!   bypassed through it, and it is what `strace`/debuggers in a container need. Without
 //!   `CAP_SYS_PTRACE` it only reaches the container's own processes of the same user anyway.
 //!
-//! Not covered: 32-bit (`int 0x80`/x32) entry points are killed by the architecture check rather
-//! than filtered like Docker does. `privileged` containers get no filter.
+//! 32-bit `int 0x80` calls fail the architecture check (the process is killed); x32 calls (same
+//! arch, bit 30 in the number) get the same denials plus their compat range. `privileged`
+//! containers get no filter.
 
 use std::collections::BTreeMap;
 
@@ -26,40 +31,15 @@ use seccompiler::{
 use super::caps;
 use super::error::{Context, Result};
 
-/// Syscalls always denied with `EPERM`.
+/// Syscalls denied with `EPERM` whatever the capabilities (Docker denies them too).
 fn always_denied() -> Vec<i64> {
     let mut v = vec![
-        libc::SYS_kexec_load,
-        libc::SYS_kexec_file_load,
-        libc::SYS_init_module,
-        libc::SYS_finit_module,
-        libc::SYS_delete_module,
-        libc::SYS_reboot,
-        libc::SYS_swapon,
-        libc::SYS_swapoff,
         libc::SYS_keyctl,
         libc::SYS_add_key,
         libc::SYS_request_key,
-        libc::SYS_bpf,
-        libc::SYS_perf_event_open,
         libc::SYS_userfaultfd,
-        libc::SYS_open_by_handle_at,
-        libc::SYS_clock_settime,
-        libc::SYS_settimeofday,
-        libc::SYS_clock_adjtime,
-        libc::SYS_adjtimex,
-        libc::SYS_acct,
-        libc::SYS_syslog,
-        libc::SYS_quotactl,
-        libc::SYS_lookup_dcookie,
-        libc::SYS_move_pages,
-        libc::SYS_mbind,
-        libc::SYS_set_mempolicy,
-        libc::SYS_get_mempolicy,
-        libc::SYS_name_to_handle_at,
         libc::SYS_nfsservctl,
-        libc::SYS_vhangup,
-        libc::SYS_fanotify_init,
+        libc::SYS_lookup_dcookie,
     ];
     #[cfg(target_arch = "x86_64")]
     v.extend([
@@ -67,29 +47,79 @@ fn always_denied() -> Vec<i64> {
         libc::SYS_ustat,
         libc::SYS_sysfs,
         libc::SYS__sysctl,
-        libc::SYS_iopl,
-        libc::SYS_ioperm,
     ]);
-    v.retain(|n| *n >= 0);
     v
 }
 
-/// Syscalls that need `CAP_SYS_ADMIN` in Docker's profile.
-fn sys_admin_only() -> Vec<i64> {
-    vec![
-        libc::SYS_mount,
-        libc::SYS_umount2,
-        libc::SYS_pivot_root,
-        libc::SYS_setns,
-        libc::SYS_unshare,
-        libc::SYS_fsopen,
-        libc::SYS_fsconfig,
-        libc::SYS_fsmount,
-        libc::SYS_fspick,
-        libc::SYS_open_tree,
-        libc::SYS_move_mount,
-        libc::SYS_mount_setattr,
-    ]
+/// Syscalls Docker's profile allows only with a capability (any of `caps`).
+fn cap_gated() -> Vec<(&'static [&'static str], Vec<i64>)> {
+    let mut v: Vec<(&'static [&'static str], Vec<i64>)> = vec![
+        (
+            &["SYS_ADMIN"],
+            vec![
+                libc::SYS_mount,
+                libc::SYS_umount2,
+                libc::SYS_pivot_root,
+                libc::SYS_setns,
+                libc::SYS_unshare,
+                libc::SYS_fsopen,
+                libc::SYS_fsconfig,
+                libc::SYS_fsmount,
+                libc::SYS_fspick,
+                libc::SYS_open_tree,
+                libc::SYS_move_mount,
+                libc::SYS_mount_setattr,
+                libc::SYS_swapon,
+                libc::SYS_swapoff,
+                libc::SYS_quotactl,
+                libc::SYS_fanotify_init,
+                libc::SYS_name_to_handle_at,
+            ],
+        ),
+        (&["SYS_ADMIN", "BPF"], vec![libc::SYS_bpf]),
+        (&["SYS_ADMIN", "PERFMON"], vec![libc::SYS_perf_event_open]),
+        (
+            &["SYS_BOOT"],
+            vec![
+                libc::SYS_reboot,
+                libc::SYS_kexec_load,
+                libc::SYS_kexec_file_load,
+            ],
+        ),
+        (
+            &["SYS_MODULE"],
+            vec![
+                libc::SYS_init_module,
+                libc::SYS_finit_module,
+                libc::SYS_delete_module,
+            ],
+        ),
+        (&["SYS_PACCT"], vec![libc::SYS_acct]),
+        (
+            &["SYS_TIME"],
+            vec![
+                libc::SYS_settimeofday,
+                libc::SYS_clock_settime,
+                libc::SYS_clock_adjtime,
+                libc::SYS_adjtimex,
+            ],
+        ),
+        (
+            &["SYS_NICE"],
+            vec![
+                libc::SYS_mbind,
+                libc::SYS_set_mempolicy,
+                libc::SYS_get_mempolicy,
+                libc::SYS_move_pages,
+            ],
+        ),
+        (&["SYSLOG"], vec![libc::SYS_syslog]),
+        (&["DAC_READ_SEARCH"], vec![libc::SYS_open_by_handle_at]),
+        (&["SYS_TTY_CONFIG"], vec![libc::SYS_vhangup]),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.push((&["SYS_RAWIO"], vec![libc::SYS_iopl, libc::SYS_ioperm]));
+    v
 }
 
 fn arch() -> Result<TargetArch> {
@@ -103,15 +133,20 @@ fn arch() -> Result<TargetArch> {
 
 /// The filters to install for a container with capability mask `capabilities`.
 pub fn default_filters(capabilities: u64) -> Result<Vec<BpfProgram>> {
-    let sys_admin = caps::bit("SYS_ADMIN").map(|b| capabilities & (1 << b) != 0) == Some(true);
+    let has = |name: &str| caps::bit(name).map(|b| capabilities & (1 << b) != 0) == Some(true);
+    let sys_admin = has("SYS_ADMIN");
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in always_denied() {
         rules.insert(nr, vec![]);
     }
-    if !sys_admin {
-        for nr in sys_admin_only() {
-            rules.insert(nr, vec![]);
+    for (needs, syscalls) in cap_gated() {
+        if !needs.iter().any(|c| has(c)) {
+            for nr in syscalls {
+                rules.insert(nr, vec![]);
+            }
         }
+    }
+    if !sys_admin {
         // A new user namespace through clone(2): arg 0 carries the flags.
         let new_user = SeccompCondition::new(
             0,
@@ -124,6 +159,18 @@ pub fn default_filters(capabilities: u64) -> Result<Vec<BpfProgram>> {
             libc::SYS_clone,
             vec![SeccompRule::new(vec![new_user]).context("seccomp: clone rule")?],
         );
+    }
+    // x32 syscalls share the x86_64 audit arch with bit 30 set in the number: deny the same
+    // calls there, and the x32-only compat range (512-547) outright.
+    #[cfg(target_arch = "x86_64")]
+    {
+        const X32: i64 = 0x4000_0000;
+        let native: Vec<(i64, Vec<SeccompRule>)> =
+            rules.iter().map(|(n, r)| (*n | X32, r.clone())).collect();
+        rules.extend(native);
+        for nr in 512..=547 {
+            rules.insert(nr | X32, vec![]);
+        }
     }
     let arch = arch()?;
     let eperm = SeccompFilter::new(
@@ -161,5 +208,9 @@ mod tests {
         .unwrap();
         assert_eq!(admin.len(), 1);
         assert!(admin[0].len() < plain[0].len());
+        let syslog =
+            default_filters(caps::mask(caps::DOCKER_DEFAULT) | 1 << caps::bit("SYSLOG").unwrap())
+                .unwrap();
+        assert!(syslog[0].len() < plain[0].len());
     }
 }
