@@ -261,6 +261,20 @@ pub async fn hello<S: HostSession>(
     agent: &AgentBinary,
     timeout: Duration,
 ) -> Result<HostReport, SshError> {
+    connect_agent(session, host, agent, timeout)
+        .await
+        .map(|(_, report)| report)
+}
+
+/// Opens a channel to the verified agent, pushing it first when missing or wrong, and completes
+/// the `Hello` handshake on it. The returned client is ready for further requests (ids from 1):
+/// a deploy pipelines its requests on this same channel.
+pub async fn connect_agent<S: HostSession>(
+    session: &S,
+    host: &str,
+    agent: &AgentBinary,
+    timeout: Duration,
+) -> Result<(AgentClient, HostReport), SshError> {
     let mut uploaded_bytes = 0;
     let mut commands = 0;
     for attempt in 0..2 {
@@ -306,14 +320,23 @@ pub async fn hello<S: HostSession>(
                     ),
                 ))
             }
+            // A daemon of another version answered (replaced between our check and connect):
+            // `agent rpc` replaces a daemon that runs another binary, so one retry settles it.
+            Reply::Frame(frame)
+                if attempt == 0
+                    && frame
+                        .err
+                        .as_ref()
+                        .is_some_and(|e| e.kind == crate::proto::ErrorKind::VersionMismatch) => {}
             Reply::Frame(frame) => {
                 let facts = hello_facts(host, *frame)?;
-                return Ok(HostReport {
+                let report = HostReport {
                     facts,
                     rtt,
                     uploaded_bytes,
                     commands,
-                });
+                };
+                return Ok((client, report));
             }
         }
     }
@@ -405,6 +428,18 @@ impl AgentClient {
         })
     }
 
+    /// The next reply frame (of any id); noise is skipped, the channel closing is an error.
+    pub async fn recv(&mut self) -> Result<ResponseFrame, SshError> {
+        match self.next_frame().await? {
+            Reply::Frame(frame) => Ok(*frame),
+            Reply::Missing => Err(SshError::new(
+                &self.host,
+                ErrorClass::Agent,
+                "the verified agent is missing on the host",
+            )),
+        }
+    }
+
     /// The next reply frame; banners and other noise are skipped.
     pub async fn next_frame(&mut self) -> Result<Reply, SshError> {
         let mut line = String::new();
@@ -447,6 +482,12 @@ mod tests {
     fn the_embedded_agent_is_static() {
         let agent = AgentBinary::locate(None).expect("an agent is embedded");
         assert_eq!(not_static(agent.bytes()), None);
+        // It is pushed to every host: the budget is 4 MiB (crun is ~1 MB, runc 14 MB).
+        assert!(
+            agent.bytes().len() <= 4 << 20,
+            "the agent is {} bytes",
+            agent.bytes().len()
+        );
         assert_eq!(agent.digest.len(), 64);
         assert!(agent.remote_path().ends_with(&agent.digest));
     }

@@ -31,7 +31,7 @@ pub mod agent;
 mod session;
 pub mod target;
 
-pub use agent::{AgentBinary, AgentClient, HostReport};
+pub use agent::{connect_agent, AgentBinary, AgentClient, HostReport};
 pub use session::OpenSsh;
 pub use target::SshTarget;
 
