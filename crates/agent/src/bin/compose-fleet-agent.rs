@@ -15,6 +15,11 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        "shim" => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let code = compose_fleet_agent::supervisor::shim::main(&args);
+            ExitCode::from(u8::try_from(code).unwrap_or(2))
+        }
         "rpc" => block_on(false, rpc::run(Paths::from_env())),
         "daemon" => block_on(true, async {
             match daemon::run(Paths::from_env()).await? {
