@@ -4,8 +4,10 @@
 mod compose;
 mod compose_errors;
 mod graph;
+mod hosts;
 mod inventory;
 mod lab;
 mod load_props;
 mod schedule;
 mod support;
+mod transport;
