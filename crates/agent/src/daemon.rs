@@ -21,9 +21,20 @@ use crate::proto::{
 use crate::store::{write_atomic, Paths};
 
 /// What every request handler can reach.
-#[derive(Debug)]
 pub struct Context {
     pub paths: Paths,
+    /// Serves everything but `Hello`; the error says why it could not be opened (the daemon
+    /// still starts and answers `Hello`: it never refuses to start because of its state).
+    pub supervisor: Result<crate::supervisor::Supervisor, String>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("paths", &self.paths)
+            .field("supervisor", &self.supervisor.as_ref().map(|_| "open"))
+            .finish()
+    }
 }
 
 /// The replies to one request. Streams send [`Replies::more`] frames, then exactly one final
@@ -91,7 +102,14 @@ pub async fn run(paths: Paths) -> io::Result<Result<(), AlreadyRunning>> {
         std::process::id()
     );
 
-    let ctx = Arc::new(Context { paths });
+    // Re-adopts the shims of containers that kept running while no daemon did.
+    let supervisor = crate::wiring::open_supervisor(&paths.state)
+        .await
+        .map_err(|e| {
+            eprintln!("daemon: cannot supervise pods: {e}");
+            e.to_string()
+        });
+    let ctx = Arc::new(Context { paths, supervisor });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -213,11 +231,34 @@ async fn read_line_limited<R: tokio::io::AsyncBufRead + Unpin>(
 pub async fn dispatch(ctx: Arc<Context>, request: Request, replies: Replies) {
     match request {
         Request::Hello { protocol_version } => hello(&ctx, protocol_version, replies).await,
-        Request::Apply(_) => not_yet("apply", replies).await,
-        Request::Status { .. } => not_yet("status", replies).await,
-        Request::Logs(_) => not_yet("logs", replies).await,
-        Request::Exec(_) => not_yet("exec", replies).await,
-        Request::Remove { .. } => not_yet("remove", replies).await,
+        request => supervise(&ctx, request, replies).await,
+    }
+}
+
+/// `Apply`, `Status`, `Logs`, `Exec`, `Remove`: the supervisor's, its frames forwarded as they
+/// come (the last one has `more: false`).
+async fn supervise(ctx: &Context, request: Request, replies: Replies) {
+    let supervisor = match &ctx.supervisor {
+        Ok(s) => s,
+        Err(why) => {
+            return replies
+                .err(AgentError {
+                    kind: ErrorKind::Host,
+                    message: "this agent could not open its pod supervisor".into(),
+                    causes: vec![why.clone()],
+                })
+                .await
+        }
+    };
+    let mut frames = supervisor.handle(RequestFrame {
+        id: replies.id,
+        request,
+    });
+    while let Some(frame) = frames.recv().await {
+        if replies.tx.send(frame).await.is_err() {
+            // The client is gone: dropping `frames` cancels a stream.
+            break;
+        }
     }
 }
 
@@ -247,16 +288,6 @@ async fn hello(ctx: &Context, protocol_version: u32, replies: Replies) {
                 .await
         }
     }
-}
-
-async fn not_yet(what: &str, replies: Replies) {
-    replies
-        .err(AgentError {
-            kind: ErrorKind::Host,
-            message: format!("`{what}` is not yet implemented by this agent"),
-            causes: vec![],
-        })
-        .await
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod rpc;
 pub mod runtime;
 pub mod store;
 pub mod supervisor;
+pub mod wiring;
 
 pub use compose_fleet_proto as proto;
 

@@ -130,6 +130,9 @@ pub trait ContainerRuntime: Send + Sync {
 pub fn runtime_by_name(name: &str) -> Option<Arc<dyn ContainerRuntime>> {
     match name {
         ProcessRuntime::NAME => Some(Arc::new(ProcessRuntime)),
+        crate::wiring::runtime::IsolatedRuntime::NAME => {
+            Some(Arc::new(crate::wiring::runtime::IsolatedRuntime::for_shim()))
+        }
         _ => None,
     }
 }
