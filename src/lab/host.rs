@@ -191,6 +191,10 @@ impl Host {
                 quote(&self.private(name).to_string_lossy())
             ));
         }
+        // `ip netns exec` put a fresh sysfs on /sys, hiding the machine's cgroup hierarchies:
+        // mount them again so that the host's agent can make cgroups, as on a real server.
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        script.push_str(&cgroup_mounts_script(&mounts));
         // sshd's privilege separation directory, in the host's own /run.
         script.push_str("mkdir -p /run/sshd\nchmod 0755 /run/sshd\n");
         script.push_str("exec /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E /run/sshd.log\n");
@@ -294,8 +298,60 @@ pub fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
         .map_err(|e| Error::Env(format!("cannot write {}: {e}", path.display())))
 }
 
+/// Shell lines mounting the cgroup hierarchies of `mounts` (`/proc/self/mounts` text) again under
+/// `/sys/fs/cgroup`: the same controllers, so the same hierarchies. A failure is reported, not
+/// fatal: the host then has no cgroups, as a broken server would.
+fn cgroup_mounts_script(mounts: &str) -> String {
+    let mut script = String::new();
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, target, fstype, opts, ..] = fields[..] else {
+            continue;
+        };
+        if target != "/sys/fs/cgroup" && !target.starts_with("/sys/fs/cgroup/") {
+            continue;
+        }
+        let mount = match fstype {
+            "tmpfs" => "mount -t tmpfs -o mode=755 cgroup".to_string(),
+            "cgroup2" => "mount -t cgroup2 cgroup2".to_string(),
+            "cgroup" => {
+                let controllers: Vec<&str> = opts
+                    .split(',')
+                    .filter(|o| {
+                        !matches!(*o, "rw" | "ro" | "relatime" | "nosuid" | "nodev" | "noexec")
+                    })
+                    .collect();
+                format!(
+                    "mount -t cgroup -o {} cgroup",
+                    quote(&controllers.join(","))
+                )
+            }
+            _ => continue,
+        };
+        let target = quote(target);
+        script.push_str(&format!(
+            "mkdir -p {target} && {mount} {target} || echo \"lab: cannot mount cgroup {target}\" >&2\n"
+        ));
+    }
+    script
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cgroup_hierarchies_are_mounted_again_with_their_controllers() {
+        let mounts = "sysfs /sys sysfs rw 0 0\n\
+                      tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,relatime,cpu,cpuacct 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
+        let script = cgroup_mounts_script(mounts);
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(lines.len(), 3, "{script}");
+        assert!(lines[0].contains("mount -t tmpfs -o mode=755 cgroup '/sys/fs/cgroup' "));
+        assert!(lines[1].contains("-o 'cpu,cpuacct' cgroup '/sys/fs/cgroup/cpu,cpuacct' "));
+        assert!(lines[2].contains("mount -t cgroup2 cgroup2 '/sys/fs/cgroup/unified' "));
+    }
     use super::*;
 
     /// The mount lines of a host's start script, in order.
