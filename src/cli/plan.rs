@@ -1,7 +1,8 @@
 //! `compose-fleet plan`: where every replica would go, and why some cannot go anywhere.
 //!
-//! Reads the project and the inventory, places every replica (`plan::plan_offline`, or
-//! `plan::plan_with_facts` once host facts are gathered), prints the report (text or the JSON
+//! Reads the project and the inventory, places every replica (`plan::plan_offline` with
+//! `--offline` or when every host declares its capacity; otherwise `plan::plan_with_facts` with
+//! every host's facts gathered over SSH), prints the report (text or the JSON
 //! contract) to stdout, and exits 1 when anything is unschedulable.
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use super::{output, CmdResult, Failure, GlobalArgs};
 use crate::compose::{options, Environment, RealFs};
 use crate::inventory;
 use crate::plan::{self, PlanError};
+use crate::ssh;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
@@ -42,25 +44,15 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         Failure::Reported(1)
     })?;
     let declared_everywhere = fleet.hosts.iter().all(|h| h.capacity.is_some());
-    if !args.offline && !declared_everywhere {
-        let missing: Vec<&str> = fleet
-            .hosts
-            .iter()
-            .filter(|h| h.capacity.is_none())
-            .map(|h| h.name.as_str())
-            .collect();
-        return Err(Failure::User(format!(
-            "hosts without a declared capacity ({}) need their facts, and facts-based planning \
-             needs the `hosts` transport, which this build does not have yet; declare \
-             `capacity: {{ cpus: N, memory: SIZE }}` for them in {}",
-            missing.join(", "),
-            fleet_path.display()
-        )));
-    }
-    // Without `--offline` the plan will use facts and observed state from the hosts (wired with
-    // the `hosts` transport: `plan::plan_with_facts`); until then, declared capacities on empty
-    // hosts are all there is, which is exactly the offline plan.
-    let placement = match plan::plan_offline(&loaded.project, &fleet) {
+    let placement = if args.offline || declared_everywhere {
+        plan::plan_offline(&loaded.project, &fleet)
+    } else {
+        // Hosts without a declared capacity are asked for theirs; every host is asked, so that
+        // one that cannot be reached gets nothing new.
+        let facts = gather_facts(&fleet)?;
+        plan::plan_with_facts(&loaded.project, &fleet, &facts, &[])
+    };
+    let placement = match placement {
         Ok(p) => p,
         Err(PlanError::Fleet(msg)) => return Err(Failure::User(msg)),
         Err(PlanError::Project(diags)) => {
@@ -91,6 +83,30 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         ));
         Ok(ExitCode::from(1))
     }
+}
+
+/// Every host's cpus, memory and arch over SSH (the `hosts` transport, all hosts in parallel);
+/// a host that cannot be reached is named on stderr and left out (placement treats it as
+/// unreachable).
+fn gather_facts(fleet: &inventory::Fleet) -> Result<plan::Facts, Failure> {
+    let reports =
+        ssh::facts_blocking(fleet, &ssh::Options::default()).map_err(|e| match e.class {
+            ssh::ErrorClass::Local => Failure::Internal(e.to_string()),
+            _ => Failure::User(e.to_string()),
+        })?;
+    let mut facts = plan::Facts::new();
+    for (name, report) in reports {
+        match report {
+            Ok(r) => {
+                facts.insert(
+                    name,
+                    (f64::from(r.facts.cpus), r.facts.memory, r.facts.arch),
+                );
+            }
+            Err(e) => output::error(&format!("planning without host {name}: {e}")),
+        }
+    }
+    Ok(facts)
 }
 
 /// `-i`/`COMPOSE_FLEET_INVENTORY`, else `inventory.yaml` beside the first compose file.

@@ -801,13 +801,8 @@ fn plan_overfull_says_what_is_unschedulable_first_and_exits_1() {
 
 #[test]
 fn plan_without_capacity_needs_offline_declarations_or_the_transport() {
-    let (_, stderr, code) = plan_cli("tests/fixtures/plan/facts", &[]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("hosts without a declared capacity (b)"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("`hosts` transport"), "{stderr}");
+    // Without `--offline`, `plan` asks the hosts over SSH: tested on the lab fleet
+    // (`plan_facts`), never against this fixture's addresses, which are not ours.
     let (_, stderr, code) = plan_cli("tests/fixtures/plan/facts", &["--offline"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
