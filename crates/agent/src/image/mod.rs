@@ -64,6 +64,21 @@ pub struct Image {
     pub layer_dirs: Vec<PathBuf>,
 }
 
+impl Image {
+    /// What the runtime needs to create a container from this image (`runtime::ImageConfig`:
+    /// entrypoint, cmd, env, user, working dir and the layer dirs, bottom first).
+    pub fn runtime_config(&self) -> crate::runtime::ImageConfig {
+        crate::runtime::ImageConfig {
+            entrypoint: self.config.entrypoint.clone(),
+            cmd: self.config.cmd.clone(),
+            env: self.config.env.clone(),
+            user: self.config.user.clone(),
+            working_dir: self.config.working_dir.clone(),
+            layers: self.layer_dirs.clone(),
+        }
+    }
+}
+
 /// What pulls fetched from registries since the store was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PullStats {
