@@ -20,8 +20,10 @@ pub const PRIVATE_DIRS: [(&str, &str); 4] = [
     ("tmp", "/tmp"),
 ];
 
-/// How a lab host's listening sshd starts its command line (sessions are `sshd: USER@…`).
-const SSHD_LISTENER: &str = "/usr/sbin/sshd\0-D\0-f\0/etc/ssh/sshd_config\0";
+/// What a lab host's listening sshd has in its command line, arguments joined by spaces: before
+/// and after sshd retitles itself (`sshd: /usr/sbin/sshd -D -f … [listener] …`); sessions are
+/// `sshd: USER@…`.
+pub const SSHD_LISTENER: &str = "/usr/sbin/sshd -D -f /etc/ssh/sshd_config";
 
 /// A lab host as the lab sees it from the root namespace.
 #[derive(Debug, Clone)]
@@ -204,8 +206,11 @@ impl Host {
         let mut pids: Vec<i32> = net::netns_pids(&self.name)
             .into_iter()
             .filter(|pid| {
-                fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.starts_with(SSHD_LISTENER.as_bytes()))
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(SSHD_LISTENER)
+                })
             })
             .collect();
         if let Some(pid) = sys::read_pid(&self.pid_file()) {
@@ -331,7 +336,7 @@ mod tests {
         assert!(script.contains(
             "mount --bind '/srv/it'\\''s a lab/hosts/lab-2/state' /var/lib/compose-fleet\n"
         ));
-        assert!(script.contains(&SSHD_LISTENER.replace('\0', " ")));
+        assert!(script.contains(&format!("exec {SSHD_LISTENER} ")));
         assert_eq!(host.address, "10.250.0.12");
         assert_eq!(host.ssh_addr().to_string(), "10.250.0.12:22");
     }
