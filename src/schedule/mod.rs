@@ -287,7 +287,30 @@ impl<'a> Engine<'a> {
     /// Stages 3–6: the ones that change as instances are placed.
     fn check_dynamic(&mut self, shape: &Shape, h: usize) -> Result<(), Reject> {
         // 3. max_replicas_per_node: instances of this pod already here.
-        filter::max_per_node(shape, self.count_on(shape.pod, h))?;
+        if !shape.limits.is_empty() {
+            let on_pod = self.count_on(shape.pod, h);
+            let pod = &self.units.pods[shape.pod];
+            let uniform = pod.shapes.iter().all(|&s| s == pod.shapes[0]);
+            let placed = &self.placed[shape.pod];
+            let shapes = &self.units.shapes;
+            // Every instance runs every service unless the pod's services differ in replicas.
+            filter::max_per_node(shape, |service| {
+                if uniform {
+                    on_pod
+                } else {
+                    placed
+                        .iter()
+                        .filter(|&&(r, x)| {
+                            x as usize == h
+                                && shapes[pod.shape_of(r)]
+                                    .services
+                                    .iter()
+                                    .any(|s| s == service)
+                        })
+                        .count() as u32
+                }
+            })?;
+        }
         // 4. Published ports, per (host IP, port, protocol).
         filter::ports(shape, &self.ports[h])?;
         // 5. Memory and 6. cpu: the demand fits in what is free.
@@ -523,8 +546,14 @@ impl<'a> Engine<'a> {
                 budget: SEARCH_BUDGET,
             };
             for (pod, list) in placed.iter().enumerate() {
-                for &(_, h) in list {
-                    *state.counts.entry((pod, h as usize)).or_default() += 1;
+                for &(r, h) in list {
+                    let shape = &self.units.shapes[self.units.pods[pod].shape_of(r)];
+                    for service in &shape.services {
+                        *state
+                            .counts
+                            .entry((service.clone(), h as usize))
+                            .or_default() += 1;
+                    }
                 }
             }
             // Try each instance's greedy host first, so the result stays close to the greedy one.
@@ -713,10 +742,15 @@ impl<'a> Engine<'a> {
             }
             st.budget -= 1;
             let node = &self.nodes[h];
-            let on_host = st.counts.get(&(inst.pod, h)).copied().unwrap_or(0);
             let fits = filter::host_ready(node).is_ok()
                 && filter::constraints(shape, node).is_ok()
-                && filter::max_per_node(shape, on_host).is_ok()
+                && filter::max_per_node(shape, |service| {
+                    st.counts
+                        .get(&(service.to_string(), h))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .is_ok()
                 && filter::ports(shape, &st.ports[h]).is_ok()
                 && filter::memory(shape.demand, st.free[h]).is_ok()
                 && filter::cpu(shape.demand, st.free[h]).is_ok();
@@ -726,13 +760,17 @@ impl<'a> Engine<'a> {
             let before = st.free[h];
             st.free[h] = before.saturating_sub(shape.demand);
             st.ports[h].extend(shape.ports.iter().cloned());
-            *st.counts.entry((inst.pod, h)).or_default() += 1;
+            for service in &shape.services {
+                *st.counts.entry((service.clone(), h)).or_default() += 1;
+            }
             choice.push(h);
             if self.search(insts, prefer, st, choice) {
                 return true;
             }
             choice.pop();
-            *st.counts.entry((inst.pod, h)).or_default() -= 1;
+            for service in &shape.services {
+                *st.counts.entry((service.clone(), h)).or_default() -= 1;
+            }
             let n = st.ports[h].len() - shape.ports.len();
             st.ports[h].truncate(n);
             st.free[h] = before;
@@ -972,7 +1010,8 @@ const CONSOLIDATE_MISSES: usize = 8;
 struct Search {
     free: Vec<Amount>,
     ports: Vec<Vec<PortKey>>,
-    counts: HashMap<(usize, usize), u32>,
+    /// Replicas per (service, host).
+    counts: HashMap<(String, usize), u32>,
     budget: u64,
 }
 
