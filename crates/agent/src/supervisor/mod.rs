@@ -225,6 +225,53 @@ impl Supervisor {
         rx
     }
 
+    /// **The daemon's seam**: answers one request (anything but `Hello`) through the daemon's
+    /// [`Replies`](crate::daemon::Replies). In `daemon::dispatch`:
+    /// `r @ (Request::Apply(_) | Request::Status { .. } | Request::Logs(_) | Request::Exec(_) |
+    /// Request::Remove { .. }) => ctx.supervisor.dispatch(r, replies).await`.
+    /// A client that goes away ends a followed log stream.
+    pub async fn dispatch(&self, request: Request, replies: crate::daemon::Replies) {
+        let mut rx = self.handle(RequestFrame { id: 0, request });
+        while let Some(frame) = rx.recv().await {
+            match (frame.more, frame.ok, frame.err) {
+                (true, Some(r), _) => {
+                    if !replies.more(r).await {
+                        return; // dropping `rx` cancels the stream
+                    }
+                }
+                (true, None, _) => {}
+                (false, Some(r), _) => return replies.ok(r).await,
+                (false, None, Some(e)) => return replies.err(e).await,
+                (false, None, None) => break,
+            }
+        }
+        replies
+            .err(AgentError {
+                kind: ErrorKind::Host,
+                message: "the supervisor ended a request without a reply (a bug)".into(),
+                causes: Vec::new(),
+            })
+            .await
+    }
+
+    /// Opens the supervisor the daemon runs: state under `paths.state`, images in the image store
+    /// at `<state>/images`, shims from this executable, containers through `runtime`.
+    pub async fn for_daemon(
+        paths: &crate::store::Paths,
+        runtime: Arc<dyn ContainerRuntime>,
+    ) -> io::Result<Supervisor> {
+        let images =
+            crate::image::ImageStore::open(paths.state.join("images")).map_err(io::Error::other)?;
+        let exe = std::env::current_exe()?;
+        Supervisor::open(SupervisorConfig::new(
+            &paths.state,
+            exe,
+            runtime,
+            Arc::new(images),
+        ))
+        .await
+    }
+
     /// Like [`handle`](Self::handle), sending into a channel the caller owns.
     pub async fn serve(&self, frame: RequestFrame, tx: mpsc::Sender<ResponseFrame>) {
         let id = frame.id;
@@ -293,13 +340,10 @@ impl Supervisor {
             if images.contains_key(&c.image) {
                 continue;
             }
-            let registry = registry_host(&c.image);
-            let auth = req.registry_auth.get(&registry);
-            let insecure = req.insecure_registries.contains(&registry);
             let image = inner
                 .cfg
                 .images
-                .pull(&c.image, auth, insecure)
+                .pull(&c.image, &req.registry_auth, &req.insecure_registries)
                 .await
                 .map_err(|e| {
                     Failure::host(
@@ -384,7 +428,9 @@ impl Supervisor {
                 &spec.files,
             )?);
             let mut stored = files::strip_secrets(spec);
+            // The image's STOPSIGNAL and HEALTHCHECK apply when the compose file sets none.
             stored.stop_signal = stored.stop_signal.or(image.config.stop_signal.clone());
+            stored.healthcheck = stored.healthcheck.or(image.config.healthcheck.clone());
             let launch = Launch {
                 id: format!("{project}.{}.{}-{}", pod.name, spec.service, spec.replica),
                 project: project.to_string(),
@@ -1122,17 +1168,6 @@ fn validate(req: &ApplyRequest) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The registry host of an image reference, as Docker reads it (`docker.io` when the first path
-/// component is not a host).
-pub fn registry_host(reference: &str) -> String {
-    match reference.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first.to_string()
-        }
-        _ => "docker.io".to_string(),
-    }
-}
-
 fn more(id: u64, r: Response) -> ResponseFrame {
     ResponseFrame {
         more: true,
@@ -1287,15 +1322,6 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn registry_hosts_follow_docker_rules() {
-        assert_eq!(registry_host("busybox"), "docker.io");
-        assert_eq!(registry_host("library/busybox:1"), "docker.io");
-        assert_eq!(registry_host("10.250.0.1:5000/busybox"), "10.250.0.1:5000");
-        assert_eq!(registry_host("ghcr.io/a/b"), "ghcr.io");
-        assert_eq!(registry_host("localhost/x"), "localhost");
-    }
 
     #[test]
     fn signals_parse_in_every_compose_spelling() {

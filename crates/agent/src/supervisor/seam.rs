@@ -26,7 +26,7 @@ use std::sync::Arc;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{ContainerSpec, RegistryAuth};
+use crate::proto::{ContainerSpec, Healthcheck, RegistryAuth};
 
 /// Everything a runtime needs to run one container, resolved by the supervisor. Written to
 /// `<container dir>/launch.json` (never with secret contents: secrets are files on a tmpfs,
@@ -135,7 +135,7 @@ pub fn runtime_by_name(name: &str) -> Option<Arc<dyn ContainerRuntime>> {
 }
 
 /// An image's config: the parts of the OCI image config the supervisor applies.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ImageConfig {
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
@@ -144,10 +144,12 @@ pub struct ImageConfig {
     pub user: Option<String>,
     pub working_dir: Option<String>,
     pub stop_signal: Option<String>,
+    /// The image's `HEALTHCHECK`, used when the compose file sets none.
+    pub healthcheck: Option<Healthcheck>,
 }
 
 /// An image present on the host.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PulledImage {
     /// The manifest digest, `sha256:…`.
     pub digest: String,
@@ -160,14 +162,58 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where images come from: the image store pulls (once, verified) and unpacks.
 pub trait ImageSource: Send + Sync {
-    /// Makes `reference` present on the host. `auth` is never logged or written to disk;
-    /// `insecure` allows plain http for this registry.
+    /// Makes `reference` present on the host. `auth` maps registry hosts to credentials (the
+    /// source picks the reference's own; never logged or written to disk); `insecure` lists the
+    /// registries reached over plain http.
     fn pull<'a>(
         &'a self,
         reference: &'a str,
-        auth: Option<&'a RegistryAuth>,
-        insecure: bool,
+        auth: &'a BTreeMap<String, RegistryAuth>,
+        insecure: &'a [String],
     ) -> BoxFuture<'a, io::Result<PulledImage>>;
+}
+
+/// The agent's image store (`crate::image`) as the supervisor's image source.
+impl ImageSource for crate::image::ImageStore {
+    fn pull<'a>(
+        &'a self,
+        reference: &'a str,
+        auth: &'a BTreeMap<String, RegistryAuth>,
+        insecure: &'a [String],
+    ) -> BoxFuture<'a, io::Result<PulledImage>> {
+        Box::pin(async move {
+            let registry = crate::image::ImageRef::parse(reference)
+                .map_err(io::Error::other)?
+                .registry()
+                .to_string();
+            let image =
+                crate::image::ImageStore::pull(self, reference, auth.get(&registry), insecure)
+                    .await
+                    .map_err(io::Error::other)?;
+            let c = image.config;
+            let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64).unwrap_or(0);
+            Ok(PulledImage {
+                digest: image.manifest_digest,
+                config: ImageConfig {
+                    entrypoint: c.entrypoint,
+                    cmd: c.cmd,
+                    env: c.env,
+                    user: c.user,
+                    working_dir: c.working_dir,
+                    stop_signal: c.stop_signal,
+                    healthcheck: c.healthcheck.map(|h| Healthcheck {
+                        test: h.test,
+                        interval_ms: ms(h.interval),
+                        timeout_ms: ms(h.timeout),
+                        retries: h.retries.unwrap_or(0),
+                        start_period_ms: ms(h.start_period),
+                        start_interval_ms: ms(h.start_interval),
+                    }),
+                },
+                layers: image.layer_dirs,
+            })
+        })
+    }
 }
 
 /// No image store: every image is the host itself (no layers, empty config). For running the
@@ -179,8 +225,8 @@ impl ImageSource for HostImages {
     fn pull<'a>(
         &'a self,
         _reference: &'a str,
-        _auth: Option<&'a RegistryAuth>,
-        _insecure: bool,
+        _auth: &'a BTreeMap<String, RegistryAuth>,
+        _insecure: &'a [String],
     ) -> BoxFuture<'a, io::Result<PulledImage>> {
         Box::pin(async {
             Ok(PulledImage {
