@@ -19,7 +19,12 @@ use compose_fleet_agent::supervisor::shim::{self, ExitRecord, ShimRecord};
 use compose_fleet_agent::supervisor::state::StateRoot;
 use compose_fleet_agent::supervisor::{HostImages, ProcessRuntime, Supervisor, SupervisorConfig};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_compose-fleet-agent");
+/// The agent binary whose `shim` mode the tests run; `COMPOSE_FLEET_TEST_AGENT` substitutes
+/// another build (the static release one, to measure a shim's RSS).
+fn agent() -> String {
+    std::env::var("COMPOSE_FLEET_TEST_AGENT")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_compose-fleet-agent").to_string())
+}
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A state root that, however the test ends, kills every shim and container it started and
@@ -42,7 +47,7 @@ impl Root {
     fn config(&self) -> SupervisorConfig {
         SupervisorConfig::new(
             self.path(),
-            AGENT,
+            agent(),
             Arc::new(ProcessRuntime),
             Arc::new(HostImages),
         )
@@ -395,7 +400,12 @@ async fn supervisor_child_process() {
     let Ok(root) = std::env::var("CF_SUPERVISOR_CHILD_ROOT") else {
         return;
     };
-    let cfg = SupervisorConfig::new(&root, AGENT, Arc::new(ProcessRuntime), Arc::new(HostImages));
+    let cfg = SupervisorConfig::new(
+        &root,
+        agent(),
+        Arc::new(ProcessRuntime),
+        Arc::new(HostImages),
+    );
     let sup = Supervisor::open(cfg).await.expect("open");
     apply(
         &sup,

@@ -32,7 +32,7 @@ pub mod state;
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -363,7 +363,7 @@ impl Supervisor {
         }
         stop_pods(stopping.iter()).await;
         for name in d.remove.iter().chain(&d.replace) {
-            remove_pod_dir(&inner.state.pod(&req.project, name));
+            remove_pod(inner, &req.project, name);
         }
 
         let desired = DesiredProject {
@@ -413,6 +413,10 @@ impl Supervisor {
         let inner = &self.inner;
         let pod_dir = inner.state.pod(project, &pod.name);
         std::fs::create_dir_all(&pod_dir)?;
+        inner
+            .cfg
+            .runtime
+            .create_pod(project, &pod.name, &pod.hostname)?;
         files::mount_secrets_tmpfs(&pod_dir, pod)?;
         let mut containers = Vec::new();
         for spec in &pod.containers {
@@ -564,38 +568,20 @@ impl Supervisor {
         if req.command.is_empty() {
             return Err(Failure::bad("exec needs a command"));
         }
-        let cmd = self
-            .inner
-            .cfg
-            .runtime
-            .exec(&c.launch, pid, &req.command, &req.env)
-            .map_err(|e| {
-                Failure::host(
-                    format!("entering service {} of pod {}", req.service, req.pod),
-                    e,
-                )
-            })?;
-        let mut child = tokio::process::Command::from(cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
+        let child =
+            start_exec(&self.inner, &c.launch, pid, &req.command, &req.env, true).map_err(|e| {
                 Failure::bad(format!(
-                    "running {:?} in service {}: {e}",
-                    req.command[0], req.service
+                    "running {:?} in service {} of pod {}: {e}",
+                    req.command[0], req.service, req.pod
                 ))
             })?;
         let out = child
             .stdout
-            .take()
             .map(|o| pump(id, Stream::Stdout, o, tx.clone()));
         let err = child
             .stderr
-            .take()
             .map(|e| pump(id, Stream::Stderr, e, tx.clone()));
-        let status = child.wait().await.map_err(|e| {
+        let code = wait_child(child.pid).await.map_err(|e| {
             Failure::host(format!("waiting for exec in service {}", req.service), e)
         })?;
         if let Some(o) = out {
@@ -604,11 +590,8 @@ impl Supervisor {
         if let Some(e) = err {
             let _ = e.await;
         }
-        Ok(Response::ExecExit {
-            code: exit_code(status),
-        })
+        Ok(Response::ExecExit { code })
     }
-
     /// Stops and deletes a project's pods (and its named volumes with `volumes`).
     pub async fn remove(&self, project: &str, volumes: bool) -> Result<Vec<String>, Failure> {
         if !files::valid_name(project) {
@@ -623,7 +606,7 @@ impl Supervisor {
         let names: Vec<String> = rt.pods.keys().cloned().collect();
         let pods_dir = inner.state.project(project).join("pods");
         for name in state::list_dirs(&pods_dir) {
-            remove_pod_dir(&pods_dir.join(name));
+            remove_pod(inner, project, &name);
         }
         let _ = std::fs::remove_dir_all(&pods_dir);
         let _ = std::fs::remove_file(inner.state.desired(project));
@@ -970,25 +953,90 @@ async fn run_health(inner: Arc<Inner>, c: Arc<ContainerRt>, probe: Probe, rec: S
 }
 
 async fn run_probe(inner: &Inner, launch: &Launch, pid: u32, probe: &Probe) -> bool {
-    let Ok(cmd) = inner
-        .cfg
-        .runtime
-        .exec(launch, pid, &probe.argv, &BTreeMap::new())
-    else {
+    let Ok(child) = start_exec(inner, launch, pid, &probe.argv, &BTreeMap::new(), false) else {
         return false;
     };
-    let Ok(mut child) = tokio::process::Command::from(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-    else {
-        return false;
+    match tokio::time::timeout(probe.timeout, wait_child(child.pid)).await {
+        Ok(Ok(code)) => code == 0,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            kill_exec(child.pid);
+            let _ = wait_child(child.pid).await;
+            false
+        }
+    }
+}
+
+/// A process started by [`ContainerRuntime::exec`]: our child, with its output pipes.
+struct ExecChild {
+    pid: u32,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+fn start_exec(
+    inner: &Inner,
+    launch: &Launch,
+    pid: u32,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    capture: bool,
+) -> io::Result<ExecChild> {
+    let null = |write: bool| -> io::Result<OwnedFd> {
+        Ok(OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open("/dev/null")?,
+        ))
     };
-    match tokio::time::timeout(probe.timeout, child.wait()).await {
-        Ok(Ok(status)) => status.success(),
-        _ => false,
+    let (out_r, out_w, err_r, err_w) = if capture {
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        (Some(out_r), out_w, Some(err_r), err_w)
+    } else {
+        (None, null(true)?, None, null(true)?)
+    };
+    let stdio = seam::ContainerStdio {
+        stdin: null(false)?,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    // `stdio` (our copies of the write ends) is dropped by the call, so the pipes see EOF when
+    // the command exits.
+    let pid = inner.cfg.runtime.exec(launch, pid, argv, env, stdio)?;
+    Ok(ExecChild {
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+/// Waits for our child `pid` to exit and reaps it: its exit code, 128 + signal when killed.
+async fn wait_child(pid: u32) -> io::Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let raw = nix::unistd::Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?);
+    if let Some(fd) = pidfd_open(pid) {
+        // SAFETY: an `OwnedFd` stays open and refers to the same pidfd until the `AsyncFd` drops it.
+        if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
+            let _ = afd.readable().await;
+        }
+    }
+    loop {
+        match waitpid(raw, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::other(format!("waiting for exec pid {pid}: {e}"))),
+        }
+    }
+}
+
+/// Kills an exec'ed command (and its process group, when it leads one).
+fn kill_exec(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-raw), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGKILL);
     }
 }
 
@@ -1133,7 +1181,14 @@ async fn stop_pods<'a>(pods: impl Iterator<Item = &'a PodRt>) {
     }
 }
 
-fn remove_pod_dir(dir: &Path) {
+/// Removes a stopped pod: its sandbox, its secrets tmpfs, its directory (not its volumes).
+fn remove_pod(inner: &Inner, project: &str, pod: &str) {
+    if let Err(e) = inner.cfg.runtime.remove_pod(project, pod) {
+        log(&format!(
+            "removing the sandbox of pod {pod} of project {project}: {e}"
+        ));
+    }
+    let dir = &inner.state.pod(project, pod);
     files::unmount_secrets_tmpfs(dir);
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != io::ErrorKind::NotFound {
@@ -1285,13 +1340,11 @@ async fn follow_log(
     }
 }
 
-fn pump(
-    id: u64,
-    stream: Stream,
-    mut r: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    tx: mpsc::Sender<ResponseFrame>,
-) -> JoinHandle<()> {
+fn pump(id: u64, stream: Stream, fd: OwnedFd, tx: mpsc::Sender<ResponseFrame>) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+            return;
+        };
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match r.read(&mut buf).await {
@@ -1309,14 +1362,6 @@ fn pump(
             }
         }
     })
-}
-
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(255)
 }
 
 #[cfg(test)]

@@ -92,8 +92,19 @@ pub trait ContainerRuntime: Send + Sync {
     /// The name recorded in `launch.json` and looked up by [`runtime_by_name`] in the shim.
     fn name(&self) -> &'static str;
 
+    /// In the daemon, before any container of the pod is created: the pod's sandbox (network,
+    /// uts and ipc namespaces with `hostname`). Idempotent.
+    fn create_pod(&self, _project: &str, _pod: &str, _hostname: &str) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// In the daemon, after every container of the pod was deleted: its sandbox.
+    fn remove_pod(&self, _project: &str, _pod: &str) -> io::Result<()> {
+        Ok(())
+    }
+
     /// In the daemon, before the shim is spawned: prepare what the container needs (rootfs,
-    /// cgroup, pod namespaces). Idempotent: called again before every restart.
+    /// cgroup). Idempotent: called again before every restart.
     fn create(&self, launch: &Launch) -> io::Result<()>;
 
     /// In the shim (single-threaded, before any async runtime; SIGCHLD is not yet blocked): start
@@ -102,27 +113,31 @@ pub trait ContainerRuntime: Send + Sync {
     /// descendant.
     fn start(&self, launch: &Launch, stdio: ContainerStdio) -> io::Result<u32>;
 
-    /// Sends `signal` to the container (all its processes where the runtime can).
+    /// Sends `signal` to the container's main process `pid`; SIGKILL goes to all its processes
+    /// where the runtime can.
     fn kill(&self, launch: &Launch, pid: u32, signal: Signal) -> io::Result<()>;
 
     /// In the daemon, after the process exited: release what `create` set up (not the volumes).
     fn delete(&self, launch: &Launch) -> io::Result<()>;
 
-    /// A command that runs `argv` inside the running container whose main process is `pid`
-    /// (healthchecks, `Exec`). The supervisor spawns it with piped output and reads its exit
-    /// code. An isolating runtime returns its own binary in an enter mode (setns must not run in
-    /// the threaded daemon).
+    /// In the daemon (threaded: an isolating runtime must enter the container from a fresh
+    /// process, never by `setns` here): runs `argv` with extra `env` inside the running container
+    /// whose main process is `pid`, with `stdio`. Returns the pid of a **child of the caller**
+    /// that exits with the command's exit code (128 + signal when killed) and that the caller
+    /// reaps; killing it kills the command. Used by health checks and `Exec`.
     fn exec(
         &self,
         launch: &Launch,
         pid: u32,
         argv: &[String],
         env: &BTreeMap<String, String>,
-    ) -> io::Result<std::process::Command>;
+        stdio: ContainerStdio,
+    ) -> io::Result<u32>;
 
-    /// In the shim, after the process was reaped: whether the kernel OOM-killed it.
-    fn oom_killed(&self, _launch: &Launch) -> bool {
-        false
+    /// How many times the kernel OOM-killed a process of this container so far (its cgroup's
+    /// counter). The shim reads it before start and after exit to record the OOM flag.
+    fn oom_kills(&self, _launch: &Launch) -> u64 {
+        0
     }
 }
 
@@ -313,10 +328,18 @@ impl ContainerRuntime for ProcessRuntime {
         _pid: u32,
         argv: &[String],
         env: &BTreeMap<String, String>,
-    ) -> io::Result<std::process::Command> {
+        stdio: ContainerStdio,
+    ) -> io::Result<u32> {
+        use std::os::unix::process::CommandExt;
         let mut all = launch.env.clone();
         all.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Self::command(argv, &all, launch.working_dir.as_deref())
+        let mut cmd = Self::command(argv, &all, launch.working_dir.as_deref())?;
+        cmd.process_group(0)
+            .stdin(stdio.stdin)
+            .stdout(stdio.stdout)
+            .stderr(stdio.stderr);
+        // The caller reaps it by pid; dropping `Child` neither waits nor kills.
+        Ok(cmd.spawn()?.id())
     }
 }
 

@@ -135,6 +135,7 @@ fn run(dir: &Path) -> io::Result<()> {
         stderr: err_w,
     };
     let _ = fs::remove_file(dir.join(EXIT_FILE));
+    let oom_before = runtime.oom_kills(&launch);
     let pid = runtime.start(&launch, stdio)?;
     let main_pid = Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?);
     let me = std::process::id();
@@ -235,7 +236,7 @@ fn run(dir: &Path) -> io::Result<()> {
     let record = ExitRecord {
         exit,
         finished_at_ms: unix_millis(),
-        oom_killed: runtime.oom_killed(&launch),
+        oom_killed: runtime.oom_kills(&launch) > oom_before,
     };
     write_json(&dir.join(EXIT_FILE), &record)
 }
