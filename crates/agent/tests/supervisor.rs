@@ -1012,3 +1012,63 @@ async fn secrets_live_on_a_tmpfs_0400_and_never_reach_disk_state() {
         "the tmpfs outlived the pod"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply needs root (mounts a tmpfs)");
+        return;
+    }
+    use base64::Engine;
+    let root = Root::new();
+    let sup = root.open().await;
+    let mut spec = sh("app", "exec sleep 1000", RestartPolicy::Always);
+    spec.files = vec![FileDelivery {
+        target: "/run/secrets/token".into(),
+        content_b64: base64::engine::general_purpose::STANDARD.encode("tok"),
+        mode: 0o400,
+        secret: true,
+        uid: None,
+        gid: None,
+    }];
+    let pods = vec![pod("app-1", "h1", vec![spec])];
+    apply(&sup, "p", pods.clone()).await;
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+
+    // A reboot: the daemon, the shim and the container are gone, and so is the tmpfs.
+    sup.detach().await;
+    let rec = root.shim_record("p", "app-1", "app");
+    for pid in [-(rec.pid as i32), rec.shim_pid as i32] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    while alive(rec.shim_pid, rec.shim_start) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secrets = StateRoot::new(root.path())
+        .pod("p", "app-1")
+        .join("secrets");
+    nix::mount::umount2(&secrets, nix::mount::MntFlags::MNT_DETACH).expect("unmount");
+
+    let sup = root.open().await;
+    let s = status(&sup, "p").await;
+    assert_eq!(
+        s.pods[0].spec_hash, "",
+        "the pod was not marked for recreation: {s:?}"
+    );
+    let r = apply(&sup, "p", pods).await;
+    assert_eq!(r.replaced, ["app-1"]);
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let files = find_files(&secrets, "0-token");
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read_to_string(&files[0]).expect("read"), "tok");
+    remove(&sup, "p", true).await;
+}

@@ -317,6 +317,27 @@ impl Supervisor {
     pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyReport, Failure> {
         let inner = &self.inner;
         validate(&req)?;
+        // Images first, and before taking the lock: a pull can take minutes and Status must stay
+        // answerable meanwhile; a pull that fails must not have stopped anything.
+        let present: BTreeMap<String, String> = {
+            let projects = inner.projects.lock().await;
+            projects
+                .get(&req.project)
+                .map(|p| {
+                    p.pods
+                        .iter()
+                        .map(|(n, pod)| (n.clone(), pod.spec_hash.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut images = BTreeMap::new();
+        let changed = req
+            .pods
+            .iter()
+            .filter(|p| present.get(&p.name) != Some(&p.spec_hash));
+        self.pull_missing(&req, changed, &mut images).await?;
+
         let mut projects = inner.projects.lock().await;
         let project = projects.entry(req.project.clone()).or_default();
         let d = diff::diff_pods(
@@ -334,25 +355,9 @@ impl Supervisor {
             .filter(|p| d.create.contains(&p.name) || d.replace.contains(&p.name))
             .collect();
 
-        // Images first: a pull that fails must not have stopped anything.
-        let mut images = BTreeMap::new();
-        for c in starting.iter().flat_map(|p| &p.containers) {
-            if images.contains_key(&c.image) {
-                continue;
-            }
-            let image = inner
-                .cfg
-                .images
-                .pull(&c.image, &req.registry_auth, &req.insecure_registries)
-                .await
-                .map_err(|e| {
-                    Failure::host(
-                        format!("pulling image {} for service {}", c.image, c.service),
-                        e,
-                    )
-                })?;
-            images.insert(c.image.clone(), image);
-        }
+        // Another Apply may have changed the project since the pulls: pull what is still missing.
+        self.pull_missing(&req, starting.iter().copied(), &mut images)
+            .await?;
 
         // Stop what goes away or is replaced, all at once.
         let mut stopping = Vec::new();
@@ -401,6 +406,34 @@ impl Supervisor {
             removed: d.remove,
             unchanged: d.unchanged,
         })
+    }
+
+    /// Pulls the images of `pods` not yet in `images`.
+    async fn pull_missing<'a>(
+        &self,
+        req: &ApplyRequest,
+        pods: impl Iterator<Item = &'a PodSpec>,
+        images: &mut BTreeMap<String, seam::PulledImage>,
+    ) -> Result<(), Failure> {
+        for c in pods.flat_map(|p| &p.containers) {
+            if images.contains_key(&c.image) {
+                continue;
+            }
+            let image = self
+                .inner
+                .cfg
+                .images
+                .pull(&c.image, &req.registry_auth, &req.insecure_registries)
+                .await
+                .map_err(|e| {
+                    Failure::host(
+                        format!("pulling image {} for service {}", c.image, c.service),
+                        e,
+                    )
+                })?;
+            images.insert(c.image.clone(), image);
+        }
+        Ok(())
     }
 
     /// Writes a pod's files and launch configs; does not start anything.
@@ -664,23 +697,51 @@ impl Supervisor {
                         obs.pid = Some(rec.pid);
                         obs.started_at_ms = Some(rec.started_at_ms);
                     }
-                    let c = ContainerRt::new(launch, obs);
-                    if let Some(step) = step {
-                        self.spawn_container(c.clone(), step);
+                    containers.push((ContainerRt::new(launch, obs), step));
+                }
+                // A pod whose containers could not all be read, or whose secrets tmpfs is gone
+                // (a reboot) with nothing running, cannot be restarted as it is: it keeps only
+                // what still runs, and an empty spec hash so that the next Apply replaces it.
+                let pod_dir = inner.state.pod(&pname, &pod.name);
+                let secrets_lost = pod
+                    .containers
+                    .iter()
+                    .flat_map(|c| &c.files)
+                    .any(|f| f.secret)
+                    && !files::secrets_mounted(&pod_dir)
+                    && !containers
+                        .iter()
+                        .any(|(_, step)| matches!(step, Some(Step::Watch(_))));
+                let broken = secrets_lost || containers.len() != pod.containers.len();
+                if broken {
+                    log(&format!(
+                        "project {pname} pod {}: {}; the next apply recreates it",
+                        pod.name,
+                        if secrets_lost {
+                            "its secrets tmpfs is gone"
+                        } else {
+                            "some of its containers' state is unreadable"
+                        }
+                    ));
+                }
+                for (c, step) in &containers {
+                    match step {
+                        Some(step @ Step::Watch(_)) => self.spawn_container(c.clone(), *step),
+                        Some(step) if !broken => self.spawn_container(c.clone(), *step),
+                        _ => {}
                     }
-                    containers.push(c);
                 }
-                // A pod whose containers could not all be read is dropped so that the next Apply
-                // sees it missing and recreates it.
-                if containers.len() == pod.containers.len() {
-                    rt.pods.insert(
-                        pod.name.clone(),
-                        PodRt {
-                            spec_hash: pod.spec_hash.clone(),
-                            containers,
+                rt.pods.insert(
+                    pod.name.clone(),
+                    PodRt {
+                        spec_hash: if broken {
+                            String::new()
+                        } else {
+                            pod.spec_hash.clone()
                         },
-                    );
-                }
+                        containers: containers.into_iter().map(|(c, _)| c).collect(),
+                    },
+                );
             }
             projects.insert(pname, rt);
         }
@@ -794,6 +855,7 @@ impl ContainerRt {
 }
 
 /// Where a container's task starts (fresh, or after a daemon restart).
+#[derive(Debug, Clone, Copy)]
 enum Step {
     /// Start a shim.
     Start,
