@@ -88,6 +88,12 @@ impl Drop for Root {
         for path in find_dirs(self.path(), "secrets") {
             let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
         }
+        // The isolating runtime's pod namespaces are bind-mounted files.
+        for ns in ["net", "uts", "ipc"] {
+            for path in find_files(self.path(), ns) {
+                let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
     }
 }
 
@@ -1071,4 +1077,133 @@ async fn a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply() {
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(std::fs::read_to_string(&files[0]).expect("read"), "tok");
     remove(&sup, "p", true).await;
+}
+
+/// One image layer: a busybox-static rootfs.
+struct BusyboxImage(PathBuf);
+
+impl compose_fleet_agent::supervisor::ImageSource for BusyboxImage {
+    fn pull<'a>(
+        &'a self,
+        _reference: &'a str,
+        _auth: &'a BTreeMap<String, compose_fleet_agent::proto::RegistryAuth>,
+        _insecure: &'a [String],
+    ) -> compose_fleet_agent::supervisor::seam::BoxFuture<
+        'a,
+        std::io::Result<compose_fleet_agent::supervisor::seam::PulledImage>,
+    > {
+        Box::pin(async move {
+            Ok(compose_fleet_agent::supervisor::seam::PulledImage {
+                digest: "busybox-layer".into(),
+                layers: vec![self.0.clone()],
+                ..Default::default()
+            })
+        })
+    }
+}
+
+fn busybox_layer(dir: &Path) -> std::io::Result<()> {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root", "proc", "sys", "dev",
+    ] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))?;
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list-full")
+        .output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = dir.join(applet);
+        if !link.exists() && applet != "bin/busybox" {
+            std::os::unix::fs::symlink("/bin/busybox", &link)?;
+        }
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(dir.join("etc/group"), "root:x:0:\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_runtime_runs_supervised_pods() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipped: isolated_runtime_runs_supervised_pods needs root and /bin/busybox (namespaces, cgroups)");
+        return;
+    }
+    let root = Root::new();
+    let layer = root.path().join("layer");
+    busybox_layer(&layer).expect("busybox layer");
+    let runtime =
+        compose_fleet_agent::supervisor::IsolatedRuntime::new(root.path(), Path::new(&agent()))
+            .expect("runtime");
+    let mut cfg = SupervisorConfig::new(
+        root.path(),
+        agent(),
+        Arc::new(runtime),
+        Arc::new(BusyboxImage(layer)),
+    );
+    cfg.log_max_files = 3;
+    let sup = Supervisor::open(cfg).await.expect("open");
+    let project = format!("svt-iso-{}", std::process::id());
+    let mut web = sh(
+        "web",
+        "echo hello from $(hostname) as pid $$; exec sleep 1000",
+        RestartPolicy::Always,
+    );
+    web.image = "busybox".into();
+    web.stop_grace_period_ms = Some(1000);
+    apply(&sup, &project, vec![pod("web-1", "h", vec![web])]).await;
+    let c = wait_for(&sup, &project, "web-1", "web", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+
+    // Its own pid namespace (the shell was pid 1), its pod's hostname, its logs captured.
+    let deadline = Instant::now() + WAIT;
+    let lines = loop {
+        let lines = logs(&sup, &project, None).await;
+        if !lines.is_empty() || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        lines.first().map(|l| l.line.as_str()),
+        Some("hello from web-1 as pid 1"),
+        "{lines:?}"
+    );
+
+    let frames = call(
+        &sup,
+        Request::Exec(ExecRequest {
+            project: project.clone(),
+            pod: "web-1".into(),
+            service: "web".into(),
+            command: vec!["hostname".into()],
+            env: BTreeMap::new(),
+        }),
+    )
+    .await;
+    let (last, out) = frames.split_last().expect("frames");
+    assert_eq!(last.ok, Some(Response::ExecExit { code: 0 }), "{frames:?}");
+    let text: String = out
+        .iter()
+        .filter_map(|f| match &f.ok {
+            Some(Response::ExecOutput { data, .. }) => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "web-1\n");
+
+    // A crash inside is restarted by the policy, isolated again.
+    let pid = c.pid.expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let c = wait_for(&sup, &project, "web-1", "web", "a restart", |c| {
+        c.restarts == 1 && c.state == "running"
+    })
+    .await;
+    assert_ne!(c.pid, Some(pid));
+    remove(&sup, &project, true).await;
 }

@@ -23,6 +23,7 @@
 pub mod diff;
 pub mod files;
 pub mod health;
+pub mod isolated;
 pub mod logfile;
 pub mod restart;
 pub mod seam;
@@ -44,6 +45,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub use isolated::IsolatedRuntime;
 pub use seam::{ContainerRuntime, HostImages, ImageSource, Launch, ProcessRuntime};
 
 use crate::proto::{
@@ -487,6 +489,7 @@ impl Supervisor {
                 mounts,
                 spec: stored,
                 runtime: inner.cfg.runtime.name().to_string(),
+                state_root: inner.state.root().to_path_buf(),
                 log_max_bytes: inner.cfg.log_max_bytes,
                 log_max_files: inner.cfg.log_max_files,
             };

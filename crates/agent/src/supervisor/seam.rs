@@ -10,8 +10,9 @@
 //! built elsewhere.
 //!
 //! **Plugging in the isolating runtime** (`crate::runtime`): implement [`ContainerRuntime`] for it,
-//! give it a [`name`](ContainerRuntime::name), and add it to [`runtime_by_name`] — the shim is a
-//! separate process that finds its runtime by the name recorded in `launch.json`. Then construct
+//! give it a [`name`](ContainerRuntime::name), and add it to [`runtime_for`] — the shim is a
+//! separate process that finds its runtime by the name recorded in `launch.json`. (Done for
+//! `crate::runtime`: see [`super::isolated`].) Then construct
 //! the [`Supervisor`](super::Supervisor) with it. **Plugging in the image store** (`crate::image`):
 //! implement [`ImageSource`] and pass it to the supervisor.
 
@@ -58,6 +59,9 @@ pub struct Launch {
     pub spec: ContainerSpec,
     /// Which [`ContainerRuntime`] the shim uses, by [`ContainerRuntime::name`].
     pub runtime: String,
+    /// The agent's state root (runtimes keep their own state under it).
+    #[serde(default)]
+    pub state_root: PathBuf,
     /// Log rotation: bytes per file and number of files kept (the current one included).
     pub log_max_bytes: u64,
     pub log_max_files: u32,
@@ -89,7 +93,7 @@ pub struct ContainerStdio {
 /// How the supervisor drives containers. Implementations must be cheap to call from both the
 /// daemon (threaded, async) and the shim (single-threaded, no async runtime).
 pub trait ContainerRuntime: Send + Sync {
-    /// The name recorded in `launch.json` and looked up by [`runtime_by_name`] in the shim.
+    /// The name recorded in `launch.json` and looked up by [`runtime_for`] in the shim.
     fn name(&self) -> &'static str;
 
     /// In the daemon, before any container of the pod is created: the pod's sandbox (network,
@@ -141,11 +145,21 @@ pub trait ContainerRuntime: Send + Sync {
     }
 }
 
-/// The runtimes the shim can find by name. Add the isolating runtime here.
-pub fn runtime_by_name(name: &str) -> Option<Arc<dyn ContainerRuntime>> {
-    match name {
-        ProcessRuntime::NAME => Some(Arc::new(ProcessRuntime)),
-        _ => None,
+/// The runtime the shim (a separate process) uses for `launch`, by the name recorded in it.
+/// Every [`ContainerRuntime`] must be listed here.
+pub fn runtime_for(launch: &Launch) -> io::Result<Arc<dyn ContainerRuntime>> {
+    match launch.runtime.as_str() {
+        ProcessRuntime::NAME => Ok(Arc::new(ProcessRuntime)),
+        super::isolated::IsolatedRuntime::NAME => {
+            let exe = std::env::current_exe()?;
+            Ok(Arc::new(super::isolated::IsolatedRuntime::new(
+                &launch.state_root,
+                &exe,
+            )?))
+        }
+        other => Err(io::Error::other(format!(
+            "this agent has no container runtime named {other:?}"
+        ))),
     }
 }
 

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::logfile::{LineSplitter, LogWriter};
 use super::restart::Exit;
-use super::seam::{runtime_by_name, ContainerStdio, Launch};
+use super::seam::{runtime_for, ContainerStdio, Launch};
 use super::state::{read_json, unix_millis, write_json};
 use crate::proto::Stream;
 
@@ -119,12 +119,7 @@ fn run(dir: &Path) -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)?;
     let launch: Launch = read_json(&dir.join(LAUNCH_FILE))
         .ok_or_else(|| io::Error::other(format!("no readable {LAUNCH_FILE}")))?;
-    let runtime = runtime_by_name(&launch.runtime).ok_or_else(|| {
-        io::Error::other(format!(
-            "this agent has no container runtime named {:?}",
-            launch.runtime
-        ))
-    })?;
+    let runtime = runtime_for(&launch)?;
     let mut log = LogWriter::open(dir, launch.log_max_bytes, launch.log_max_files)?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
