@@ -1207,3 +1207,37 @@ async fn isolated_runtime_runs_supervised_pods() {
     assert_ne!(c.pid, Some(pid));
     remove(&sup, &project, true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_outlives_its_timeout_fails_and_is_killed() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let marker = root.path().join("probe-ran");
+    let mut spec = sh("db", "exec sleep 1000", RestartPolicy::No);
+    spec.healthcheck = Some(Healthcheck {
+        test: vec![
+            "CMD-SHELL".into(),
+            format!("echo $$ >> {}; exec sleep 30", marker.display()),
+        ],
+        interval_ms: 200,
+        timeout_ms: 300,
+        retries: 1,
+        start_period_ms: 0,
+        start_interval_ms: 0,
+    });
+    apply(&sup, "p", vec![pod("db-1", "h", vec![spec])]).await;
+    let c = wait_for(&sup, "p", "db-1", "db", "unhealthy", |c| {
+        c.health.as_deref() == Some("unhealthy")
+    })
+    .await;
+    assert_eq!(c.state, "running");
+    remove(&sup, "p", true).await;
+    // Every probe that timed out was killed, not left behind.
+    let pids = std::fs::read_to_string(&marker).expect("the probe ran");
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.contains("sleep"))
+            .unwrap_or(false);
+        assert!(!alive, "probe {pid} outlived its timeout");
+    }
+}

@@ -1021,13 +1021,28 @@ async fn run_probe(inner: &Inner, launch: &Launch, pid: u32, probe: &Probe) -> b
     let Ok(child) = start_exec(inner, launch, pid, &probe.argv, &BTreeMap::new(), false) else {
         return false;
     };
-    match tokio::time::timeout(probe.timeout, wait_child(child.pid)).await {
-        Ok(Ok(code)) => code == 0,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            kill_exec(child.pid);
-            let _ = wait_child(child.pid).await;
-            false
+    // Killed and reaped if this probe is abandoned (timeout, or the health task aborted when the
+    // container stops): a probe never outlives its check.
+    let mut guard = ProbeGuard(Some(child.pid));
+    let result = tokio::time::timeout(probe.timeout, wait_child(child.pid)).await;
+    if result.is_ok() {
+        guard.0 = None; // exited and reaped: its pid is no longer ours to signal
+    }
+    matches!(result, Ok(Ok(0)))
+}
+
+struct ProbeGuard(Option<u32>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            kill_exec(pid);
+            if let Ok(raw) = i32::try_from(pid) {
+                // Reaping blocks until the kill lands; not on the async runtime's threads.
+                std::thread::spawn(move || {
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(raw), None);
+                });
+            }
         }
     }
 }
@@ -1081,20 +1096,26 @@ fn start_exec(
 async fn wait_child(pid: u32) -> io::Result<i32> {
     use nix::sys::wait::{waitpid, WaitStatus};
     let raw = nix::unistd::Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?);
-    if let Some(fd) = pidfd_open(pid) {
-        // SAFETY: an `OwnedFd` stays open and refers to the same pidfd until the `AsyncFd` drops it.
-        if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
-            let _ = afd.readable().await;
-        }
-    }
-    loop {
+    let reap = move || loop {
         match waitpid(raw, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(io::Error::other(format!("waiting for exec pid {pid}: {e}"))),
         }
+    };
+    if let Some(fd) = pidfd_open(pid) {
+        // SAFETY: an `OwnedFd` stays open and refers to the same pidfd until the `AsyncFd` drops it.
+        if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
+            let _ = afd.readable().await;
+            // It has exited: this waitpid returns at once.
+            return reap();
+        }
     }
+    // No pidfd: wait where blocking is allowed.
+    tokio::task::spawn_blocking(reap)
+        .await
+        .map_err(io::Error::other)?
 }
 
 /// Kills an exec'ed command (and its process group, when it leads one).
