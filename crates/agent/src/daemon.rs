@@ -103,7 +103,7 @@ pub async fn run(paths: Paths) -> io::Result<Result<(), AlreadyRunning>> {
     );
 
     // Re-adopts the shims of containers that kept running while no daemon did.
-    let supervisor = crate::wiring::open_supervisor(&paths.state)
+    let supervisor = crate::wiring::open_supervisor(&paths)
         .await
         .map_err(|e| {
             eprintln!("daemon: cannot supervise pods: {e}");

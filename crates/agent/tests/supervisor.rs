@@ -19,7 +19,12 @@ use compose_fleet_agent::supervisor::shim::{self, ExitRecord, ShimRecord};
 use compose_fleet_agent::supervisor::state::StateRoot;
 use compose_fleet_agent::supervisor::{HostImages, ProcessRuntime, Supervisor, SupervisorConfig};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_compose-fleet-agent");
+/// The agent binary whose `shim` mode the tests run; `COMPOSE_FLEET_TEST_AGENT` substitutes
+/// another build (the static release one, to measure a shim's RSS).
+fn agent() -> String {
+    std::env::var("COMPOSE_FLEET_TEST_AGENT")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_compose-fleet-agent").to_string())
+}
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A state root that, however the test ends, kills every shim and container it started and
@@ -42,7 +47,7 @@ impl Root {
     fn config(&self) -> SupervisorConfig {
         SupervisorConfig::new(
             self.path(),
-            AGENT,
+            agent(),
             Arc::new(ProcessRuntime),
             Arc::new(HostImages),
         )
@@ -82,6 +87,12 @@ impl Drop for Root {
         }
         for path in find_dirs(self.path(), "secrets") {
             let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        }
+        // The isolating runtime's pod namespaces are bind-mounted files.
+        for ns in ["net", "uts", "ipc"] {
+            for path in find_files(self.path(), ns) {
+                let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            }
         }
     }
 }
@@ -395,7 +406,12 @@ async fn supervisor_child_process() {
     let Ok(root) = std::env::var("CF_SUPERVISOR_CHILD_ROOT") else {
         return;
     };
-    let cfg = SupervisorConfig::new(&root, AGENT, Arc::new(ProcessRuntime), Arc::new(HostImages));
+    let cfg = SupervisorConfig::new(
+        &root,
+        agent(),
+        Arc::new(ProcessRuntime),
+        Arc::new(HostImages),
+    );
     let sup = Supervisor::open(cfg).await.expect("open");
     apply(
         &sup,
@@ -1001,4 +1017,227 @@ async fn secrets_live_on_a_tmpfs_0400_and_never_reach_disk_state() {
         !mountinfo.contains(&canonical.display().to_string()),
         "the tmpfs outlived the pod"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply needs root (mounts a tmpfs)");
+        return;
+    }
+    use base64::Engine;
+    let root = Root::new();
+    let sup = root.open().await;
+    let mut spec = sh("app", "exec sleep 1000", RestartPolicy::Always);
+    spec.files = vec![FileDelivery {
+        target: "/run/secrets/token".into(),
+        content_b64: base64::engine::general_purpose::STANDARD.encode("tok"),
+        mode: 0o400,
+        secret: true,
+        uid: None,
+        gid: None,
+    }];
+    let pods = vec![pod("app-1", "h1", vec![spec])];
+    apply(&sup, "p", pods.clone()).await;
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+
+    // A reboot: the daemon, the shim and the container are gone, and so is the tmpfs.
+    sup.detach().await;
+    let rec = root.shim_record("p", "app-1", "app");
+    for pid in [-(rec.pid as i32), rec.shim_pid as i32] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    while alive(rec.shim_pid, rec.shim_start) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secrets = StateRoot::new(root.path())
+        .pod("p", "app-1")
+        .join("secrets");
+    nix::mount::umount2(&secrets, nix::mount::MntFlags::MNT_DETACH).expect("unmount");
+
+    let sup = root.open().await;
+    let s = status(&sup, "p").await;
+    assert_eq!(
+        s.pods[0].spec_hash, "",
+        "the pod was not marked for recreation: {s:?}"
+    );
+    let r = apply(&sup, "p", pods).await;
+    assert_eq!(r.replaced, ["app-1"]);
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let files = find_files(&secrets, "0-token");
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read_to_string(&files[0]).expect("read"), "tok");
+    remove(&sup, "p", true).await;
+}
+
+/// One image layer: a busybox-static rootfs.
+struct BusyboxImage(PathBuf);
+
+impl compose_fleet_agent::supervisor::ImageSource for BusyboxImage {
+    fn pull<'a>(
+        &'a self,
+        _reference: &'a str,
+        _auth: &'a BTreeMap<String, compose_fleet_agent::proto::RegistryAuth>,
+        _insecure: &'a [String],
+    ) -> compose_fleet_agent::supervisor::seam::BoxFuture<
+        'a,
+        std::io::Result<compose_fleet_agent::supervisor::seam::PulledImage>,
+    > {
+        Box::pin(async move {
+            Ok(compose_fleet_agent::supervisor::seam::PulledImage {
+                digest: "busybox-layer".into(),
+                layers: vec![self.0.clone()],
+                ..Default::default()
+            })
+        })
+    }
+}
+
+fn busybox_layer(dir: &Path) -> std::io::Result<()> {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root", "proc", "sys", "dev",
+    ] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))?;
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list-full")
+        .output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = dir.join(applet);
+        if !link.exists() && applet != "bin/busybox" {
+            std::os::unix::fs::symlink("/bin/busybox", &link)?;
+        }
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(dir.join("etc/group"), "root:x:0:\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_runtime_runs_supervised_pods() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipped: isolated_runtime_runs_supervised_pods needs root and /bin/busybox (namespaces, cgroups)");
+        return;
+    }
+    let root = Root::new();
+    let layer = root.path().join("layer");
+    busybox_layer(&layer).expect("busybox layer");
+    let runtime =
+        compose_fleet_agent::supervisor::IsolatedRuntime::new(root.path(), Path::new(&agent()))
+            .expect("runtime");
+    let mut cfg = SupervisorConfig::new(
+        root.path(),
+        agent(),
+        Arc::new(runtime),
+        Arc::new(BusyboxImage(layer)),
+    );
+    cfg.log_max_files = 3;
+    let sup = Supervisor::open(cfg).await.expect("open");
+    let project = format!("svt-iso-{}", std::process::id());
+    let mut web = sh(
+        "web",
+        "echo hello from $(hostname) as pid $$; exec sleep 1000",
+        RestartPolicy::Always,
+    );
+    web.image = "busybox".into();
+    web.stop_grace_period_ms = Some(1000);
+    apply(&sup, &project, vec![pod("web-1", "h", vec![web])]).await;
+    let c = wait_for(&sup, &project, "web-1", "web", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+
+    // Its own pid namespace (the shell was pid 1), its pod's hostname, its logs captured.
+    let deadline = Instant::now() + WAIT;
+    let lines = loop {
+        let lines = logs(&sup, &project, None).await;
+        if !lines.is_empty() || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        lines.first().map(|l| l.line.as_str()),
+        Some("hello from web-1 as pid 1"),
+        "{lines:?}"
+    );
+
+    let frames = call(
+        &sup,
+        Request::Exec(ExecRequest {
+            project: project.clone(),
+            pod: "web-1".into(),
+            service: "web".into(),
+            command: vec!["hostname".into()],
+            env: BTreeMap::new(),
+        }),
+    )
+    .await;
+    let (last, out) = frames.split_last().expect("frames");
+    assert_eq!(last.ok, Some(Response::ExecExit { code: 0 }), "{frames:?}");
+    let text: String = out
+        .iter()
+        .filter_map(|f| match &f.ok {
+            Some(Response::ExecOutput { data, .. }) => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "web-1\n");
+
+    // A crash inside is restarted by the policy, isolated again.
+    let pid = c.pid.expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let c = wait_for(&sup, &project, "web-1", "web", "a restart", |c| {
+        c.restarts == 1 && c.state == "running"
+    })
+    .await;
+    assert_ne!(c.pid, Some(pid));
+    remove(&sup, &project, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_outlives_its_timeout_fails_and_is_killed() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let marker = root.path().join("probe-ran");
+    let mut spec = sh("db", "exec sleep 1000", RestartPolicy::No);
+    spec.healthcheck = Some(Healthcheck {
+        test: vec![
+            "CMD-SHELL".into(),
+            format!("echo $$ >> {}; exec sleep 30", marker.display()),
+        ],
+        interval_ms: 200,
+        timeout_ms: 300,
+        retries: 1,
+        start_period_ms: 0,
+        start_interval_ms: 0,
+    });
+    apply(&sup, "p", vec![pod("db-1", "h", vec![spec])]).await;
+    let c = wait_for(&sup, "p", "db-1", "db", "unhealthy", |c| {
+        c.health.as_deref() == Some("unhealthy")
+    })
+    .await;
+    assert_eq!(c.state, "running");
+    remove(&sup, "p", true).await;
+    // Every probe that timed out was killed, not left behind.
+    let pids = std::fs::read_to_string(&marker).expect("the probe ran");
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.contains("sleep"))
+            .unwrap_or(false);
+        assert!(!alive, "probe {pid} outlived its timeout");
+    }
 }

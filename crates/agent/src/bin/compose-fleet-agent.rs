@@ -31,12 +31,8 @@ fn main() -> ExitCode {
             }
         }),
         "init" => ExitCode::from(compose_fleet_agent::runtime::init::main()),
-        "enter" => {
-            let args: Vec<String> = std::env::args().skip(2).collect();
-            ExitCode::from(compose_fleet_agent::wiring::runtime::enter_main(&args))
-        }
         _ => {
-            eprintln!("usage: compose-fleet-agent <version|rpc|daemon|shim|init|enter>");
+            eprintln!("usage: compose-fleet-agent <version|rpc|daemon|shim|init>");
             ExitCode::from(2)
         }
     }
