@@ -103,12 +103,10 @@ pub async fn run(paths: Paths) -> io::Result<Result<(), AlreadyRunning>> {
     );
 
     // Re-adopts the shims of containers that kept running while no daemon did.
-    let supervisor = crate::wiring::open_supervisor(&paths)
-        .await
-        .map_err(|e| {
-            eprintln!("daemon: cannot supervise pods: {e}");
-            e.to_string()
-        });
+    let supervisor = crate::wiring::open_supervisor(&paths).await.map_err(|e| {
+        eprintln!("daemon: cannot supervise pods: {e}");
+        e.to_string()
+    });
     let ctx = Arc::new(Context { paths, supervisor });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
