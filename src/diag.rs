@@ -157,7 +157,14 @@ impl SourceMap {
             self.render_snippet(&mut out, loc, Some(text));
         }
         if let Some(hint) = &d.hint {
-            let _ = writeln!(out, "   = hint: {hint}");
+            // Aligned with the `|` gutter of the quoted lines.
+            let width = std::iter::once(&d.location)
+                .flatten()
+                .chain(d.notes.iter().map(|(l, _)| l))
+                .map(|l| l.line.to_string().len())
+                .max()
+                .unwrap_or(1);
+            let _ = writeln!(out, " {} = hint: {hint}", " ".repeat(width));
         }
         out
     }

@@ -16,6 +16,7 @@ pub mod lab;
 pub mod output;
 pub mod pending;
 pub mod plan;
+pub mod project;
 
 /// Deploy a docker-compose project onto a fleet of SSH hosts — no Docker on the hosts.
 #[derive(Debug, Parser)]

@@ -30,3 +30,9 @@ pub fn status(message: &str) {
 pub fn interactive() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
 }
+
+/// Prints rendered diagnostics (already formatted, rustc style) for a human.
+pub fn diagnostic(rendered: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(rendered.as_bytes());
+}

@@ -1,6 +1,1125 @@
 //! The Compose Specification front end: YAML, interpolation, merging, extends, include, profiles,
 //! validation, and the normalized [`model::Project`] with source locations kept for errors.
 //!
-//! `compose` knows nothing about hosts, SSH or placement.
+//! `compose` knows nothing about hosts, SSH or placement, and does no I/O of its own: files are
+//! read through a [`FileSource`] and the environment is a map the caller passes in.
+//!
+//! The stages of [`load`], in order:
+//! 1. the interpolation variables: the env files (`.env` or `--env-file`), then the process
+//!    environment over them;
+//! 2. each file: read, parse ([`yaml`]), interpolate values ([`interpolate`]), make its relative
+//!    paths absolute, splice its `include`s in;
+//! 3. merge the files in order ([`merge`]);
+//! 4. resolve `extends` (same file, other files, chains; cycles are errors);
+//! 5. profiles: services whose profiles are all inactive go to [`model::Project::disabled`];
+//! 6. normalize into the [`model`] ([`normalize`]), classify every key ([`ledger`]);
+//! 7. cross-checks (undefined secrets, configs, networks; no image and no build).
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub mod dotenv;
+pub mod interpolate;
+pub mod ledger;
+pub mod merge;
 pub mod model;
+pub mod normalize;
+pub mod options;
+pub mod source;
+pub mod yaml;
+
+pub use ledger::Ledger;
+pub use options::LoadOptions;
+pub use source::{FileSource, MemoryFs, RealFs};
+
+use crate::diag::{Diagnostic, Diagnostics, SourceMap};
+use model::{Location, Project};
+use yaml::{Node, Value};
+
+/// Variables for interpolation and for `environment` entries without a value.
+pub type Environment = BTreeMap<String, String>;
+
+/// A loaded project and everything said about it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub project: Project,
+    /// Warnings (accepted-but-not-honoured keys, unset variables, …); never errors.
+    pub warnings: Diagnostics,
+    /// The text of every file read, to render diagnostics.
+    pub sources: SourceMap,
+    /// Every key used, classified.
+    pub ledger: Ledger,
+}
+
+/// Loading failed: every problem found, with the sources to render them.
+#[derive(Debug, Clone)]
+pub struct LoadFailure {
+    /// Errors and warnings, in the order found.
+    pub diagnostics: Diagnostics,
+    pub sources: SourceMap,
+}
+
+/// `include` and `extends` across files nest at most this deep.
+const MAX_FILE_DEPTH: usize = 32;
+
+/// Loads a compose project. Pure apart from reading through `fs`.
+pub fn load(
+    opts: &LoadOptions,
+    env: &Environment,
+    fs: &dyn FileSource,
+) -> Result<Loaded, LoadFailure> {
+    let mut l = Loader {
+        fs,
+        project_dir: opts.project_dir.clone(),
+        diags: Diagnostics::default(),
+        sources: SourceMap::default(),
+        vars: Environment::new(),
+        process_env: env.clone(),
+        warned_unset: BTreeSet::new(),
+        other_files: BTreeMap::new(),
+        main_services: BTreeMap::new(),
+    };
+    l.read_env_files(opts);
+    let mut merged: Option<Node> = None;
+    let mut stack = Vec::new();
+    for f in &opts.files {
+        let Some(node) = l.read_compose(f, &opts.project_dir, &mut stack) else {
+            continue;
+        };
+        merged = Some(match merged {
+            None => node,
+            Some(base) => merge::merge_files(base, node),
+        });
+    }
+    let mut ledger = Ledger::default();
+    let project = match merged {
+        Some(root) => l.build(opts, root, &mut ledger),
+        None => {
+            if !l.diags.has_errors() {
+                l.diags.push(
+                    Diagnostic::error("no compose file given").hint("pass one with `-f FILE`"),
+                );
+            }
+            Project::default()
+        }
+    };
+    if l.diags.has_errors() {
+        return Err(LoadFailure {
+            diagnostics: l.diags,
+            sources: l.sources,
+        });
+    }
+    Ok(Loaded {
+        project,
+        warnings: l.diags,
+        sources: l.sources,
+        ledger,
+    })
+}
+
+struct Loader<'a> {
+    fs: &'a dyn FileSource,
+    project_dir: PathBuf,
+    diags: Diagnostics,
+    sources: SourceMap,
+    /// Interpolation variables.
+    vars: Environment,
+    /// The caller's environment (wins over every env file).
+    process_env: Environment,
+    warned_unset: BTreeSet<String>,
+    /// Files read for `extends: {file: …}`: their `services` after interpolation.
+    other_files: BTreeMap<PathBuf, Option<Node>>,
+    /// The merged main files' services, for same-file `extends`.
+    main_services: BTreeMap<String, Node>,
+}
+
+impl Loader<'_> {
+    fn file_name(&self, path: &Path) -> Arc<str> {
+        match path.strip_prefix(&self.project_dir) {
+            Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string().into(),
+            _ => path.display().to_string().into(),
+        }
+    }
+
+    fn read_env_files(&mut self, opts: &LoadOptions) {
+        self.vars =
+            self.env_from_files(&opts.env_files, opts.env_files_required, Environment::new());
+    }
+
+    /// `base` with the variables of `files` over it, and the process environment over all.
+    fn env_from_files(
+        &mut self,
+        files: &[PathBuf],
+        required: bool,
+        base: Environment,
+    ) -> Environment {
+        let mut vars = base;
+        for f in files {
+            let text = match self.fs.read(f) {
+                Ok(t) => t,
+                Err(e) => {
+                    if required {
+                        self.diags.push(
+                            Diagnostic::error(format!("cannot read env file {}: {e}", f.display()))
+                                .hint("check the path given with `--env-file` or `env_file`"),
+                        );
+                    }
+                    continue;
+                }
+            };
+            let name = self.file_name(f);
+            self.sources.add(name.clone(), text.as_str().into());
+            let env = &self.process_env;
+            let lookup = |k: &str| vars.get(k).cloned().or_else(|| env.get(k).cloned());
+            match dotenv::parse(&text, &lookup) {
+                Ok(pairs) => {
+                    for (k, v) in pairs {
+                        if let Some(v) = v.or_else(|| env.get(&k).cloned()) {
+                            vars.insert(k, v);
+                        }
+                    }
+                }
+                Err(e) => self.diags.push(Diagnostic::error(e.message).at(Location {
+                    file: name,
+                    line: e.line,
+                    column: 1,
+                    offset: 0,
+                    len: 1,
+                })),
+            }
+        }
+        for (k, v) in &self.process_env {
+            vars.insert(k.clone(), v.clone());
+        }
+        vars
+    }
+
+    /// Reads, parses and interpolates one compose file, makes its paths absolute against `base`
+    /// and splices its `include`s in.
+    fn read_compose(&mut self, path: &Path, base: &Path, stack: &mut Vec<PathBuf>) -> Option<Node> {
+        if stack.len() >= MAX_FILE_DEPTH {
+            self.diags.push(Diagnostic::error(format!(
+                "files include each other more than {MAX_FILE_DEPTH} levels deep at {}",
+                path.display()
+            )));
+            return None;
+        }
+        let text = match self.fs.read(path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.diags.push(
+                    Diagnostic::error(format!("cannot read compose file {}: {e}", path.display()))
+                        .hint("check the path given with `-f`, `COMPOSE_FILE` or `include`"),
+                );
+                return None;
+            }
+        };
+        let name = self.file_name(path);
+        self.sources.add(name.clone(), text.as_str().into());
+        let mut root = match yaml::parse(&name, &text) {
+            Ok(n) => n,
+            Err(d) => {
+                self.diags.push(*d);
+                return None;
+            }
+        };
+        match &root.value {
+            Value::Map(_) => {}
+            Value::Null => root.value = Value::Map(Vec::new()),
+            _ => {
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "a compose file must be a mapping, found {}",
+                        root.kind()
+                    ))
+                    .at(root.loc.clone()),
+                );
+                return None;
+            }
+        }
+        self.interpolate(&mut root, &text);
+        absolutize(&mut root, base, self.vars.get("HOME").map(String::as_str));
+        stack.push(path.to_path_buf());
+        let root = self.splice_includes(root, path, stack);
+        stack.pop();
+        Some(root)
+    }
+
+    fn interpolate(&mut self, node: &mut Node, text: &str) {
+        match &mut node.value {
+            Value::Str(s) if interpolate::needs_interpolation(s) => {
+                let vars = &self.vars;
+                let lookup = |k: &str| vars.get(k).cloned();
+                match interpolate::interpolate(s, &lookup) {
+                    Ok(out) => {
+                        for name in out.unset {
+                            if self.warned_unset.insert(name.clone()) {
+                                self.diags.push(
+                                    Diagnostic::warning(format!(
+                                        "variable `{name}` is not set; using an empty string"
+                                    ))
+                                    .at(node.loc.clone())
+                                    .hint(format!("set `{name}` in the environment or in `.env`, or write `${{{name}:-default}}`")),
+                                );
+                            }
+                        }
+                        *s = out.text;
+                    }
+                    Err(e) => {
+                        let loc = refine(&node.loc, s, e.offset, e.len, text);
+                        let mut d = Diagnostic::error(e.message).at(loc);
+                        if let Some(h) = e.hint {
+                            d = d.hint(h);
+                        }
+                        self.diags.push(d);
+                    }
+                }
+            }
+            Value::Seq(items) => {
+                for i in items {
+                    self.interpolate(i, text);
+                }
+            }
+            Value::Map(entries) => {
+                for (_, v) in entries {
+                    self.interpolate(v, text);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn splice_includes(&mut self, mut root: Node, path: &Path, stack: &mut Vec<PathBuf>) -> Node {
+        let Value::Map(entries) = &mut root.value else {
+            return root;
+        };
+        let Some(i) = entries
+            .iter()
+            .position(|(k, _)| k.as_str() == Some("include"))
+        else {
+            return root;
+        };
+        let (_, inc) = entries.remove(i);
+        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let items: Vec<Node> = match inc.value {
+            Value::Seq(items) => items,
+            Value::Null => Vec::new(),
+            _ => vec![inc],
+        };
+        let mut included: Vec<Node> = Vec::new();
+        for item in items {
+            let mut env_files: Vec<String> = Vec::new();
+            let (paths, project_dir) = match &item.value {
+                Value::Map(_) => {
+                    let paths = match item.get("path") {
+                        Some(p) => match &p.value {
+                            Value::Seq(ps) => ps.iter().filter_map(Node::scalar_text).collect(),
+                            _ => p.scalar_text().into_iter().collect(),
+                        },
+                        None => Vec::new(),
+                    };
+                    env_files = match item.get("env_file") {
+                        Some(e) => match &e.value {
+                            Value::Seq(es) => es.iter().filter_map(Node::scalar_text).collect(),
+                            _ => e.scalar_text().into_iter().collect(),
+                        },
+                        None => Vec::new(),
+                    };
+                    let pd = item
+                        .get("project_directory")
+                        .and_then(Node::scalar_text)
+                        .map(|d| source::absolute(&dir, Path::new(&d)));
+                    for (k, _) in item.as_map().unwrap_or_default() {
+                        let name = k.as_str().unwrap_or("");
+                        if !matches!(name, "path" | "project_directory" | "env_file") {
+                            self.diags.push(
+                                Diagnostic::error(format!("unknown key `{name}` in an `include` entry"))
+                                    .at(k.loc.clone())
+                                    .hint("an include entry has `path`, `project_directory` and `env_file`"),
+                            );
+                        }
+                    }
+                    (paths, pd)
+                }
+                _ => (item.scalar_text().into_iter().collect::<Vec<_>>(), None),
+            };
+            if paths.is_empty() {
+                self.diags.push(
+                    Diagnostic::error("an `include` entry names no file").at(item.loc.clone()),
+                );
+                continue;
+            }
+            // The included files see their own env files (default: `.env` in their directory)
+            // over the including project's variables.
+            let first_path = source::absolute(&dir, Path::new(&paths[0]));
+            let include_dir = project_dir
+                .clone()
+                .unwrap_or_else(|| first_path.parent().unwrap_or(Path::new("/")).to_path_buf());
+            let (files, required) = if env_files.is_empty() {
+                (vec![include_dir.join(".env")], false)
+            } else {
+                (
+                    env_files
+                        .iter()
+                        .map(|f| source::absolute(&dir, Path::new(f)))
+                        .collect(),
+                    true,
+                )
+            };
+            let include_vars = self.env_from_files(&files, required, self.vars.clone());
+            let outer_vars = std::mem::replace(&mut self.vars, include_vars);
+            let mut merged: Option<Node> = None;
+            let mut first_dir = None;
+            for p in paths {
+                let full = source::absolute(&dir, Path::new(&p));
+                if stack.contains(&full) {
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "`include` cycle: {} includes itself",
+                            full.display()
+                        ))
+                        .at(item.loc.clone()),
+                    );
+                    continue;
+                }
+                if !self.fs.is_file(&full) {
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "included file {} does not exist",
+                            full.display()
+                        ))
+                        .at(item.loc.clone()),
+                    );
+                    continue;
+                }
+                let base = project_dir.clone().unwrap_or_else(|| {
+                    first_dir
+                        .get_or_insert_with(|| {
+                            full.parent().unwrap_or(Path::new("/")).to_path_buf()
+                        })
+                        .clone()
+                });
+                if let Some(n) = self.read_compose(&full, &base, stack) {
+                    merged = Some(match merged {
+                        None => n,
+                        Some(b) => merge::merge_files(b, n),
+                    });
+                }
+            }
+            self.vars = outer_vars;
+            if let Some(m) = merged {
+                included.push(m);
+            }
+        }
+        // Included resources join the including file; defining the same one twice is an error.
+        for inc in included {
+            for (k, v) in inc.as_map().unwrap_or_default() {
+                let Some(section) = k.as_str() else { continue };
+                if section == "name" || section == "version" {
+                    continue;
+                }
+                let Value::Map(root_entries) = &mut root.value else {
+                    break;
+                };
+                let Some(pos) = root_entries
+                    .iter()
+                    .position(|(rk, _)| rk.as_str() == Some(section))
+                else {
+                    root_entries.push((k.clone(), v.clone()));
+                    continue;
+                };
+                let target = &mut root_entries[pos].1;
+                if target.is_null() {
+                    *target = v.clone();
+                    continue;
+                }
+                let (Value::Map(existing), Some(new)) = (&mut target.value, v.as_map()) else {
+                    continue;
+                };
+                for (nk, nv) in new {
+                    if let Some((ek, _)) = existing.iter().find(|(ek, _)| ek.value == nk.value) {
+                        self.diags.push(
+                            Diagnostic::error(format!(
+                                "`{}` is defined both here and in an included file",
+                                nk.scalar_text().unwrap_or_default()
+                            ))
+                            .at(ek.loc.clone())
+                            .note(nk.loc.clone(), "also defined here")
+                            .hint("rename one of them; included files cannot be overridden"),
+                        );
+                    } else {
+                        existing.push((nk.clone(), nv.clone()));
+                    }
+                }
+            }
+        }
+        root
+    }
+
+    /// Builds the project from the merged tree.
+    fn build(&mut self, opts: &LoadOptions, mut root: Node, ledger: &mut Ledger) -> Project {
+        let mut project = Project::default();
+        // The services are moved out of the tree (they are big); the rest is read in place.
+        let mut services_owned = None;
+        if let Value::Map(entries) = &mut root.value {
+            if let Some(i) = entries
+                .iter()
+                .position(|(k, _)| k.as_str() == Some("services"))
+            {
+                let placeholder = Node::new(Value::Null, entries[i].1.loc.clone());
+                services_owned = Some(std::mem::replace(&mut entries[i].1, placeholder));
+            }
+        }
+        let mut services_node = None;
+        let mut sections: Vec<(&str, &Node)> = Vec::new();
+        let mut top_name = None;
+        for (k, v) in root.as_map().unwrap_or_default() {
+            let Some(key) = k.as_str() else {
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "a top-level key must be a string, found {}",
+                        k.kind()
+                    ))
+                    .at(k.loc.clone()),
+                );
+                continue;
+            };
+            if key.starts_with("x-") {
+                project.extensions.insert(key.to_string(), v.to_json());
+                continue;
+            }
+            let Some(rule) = ledger::top_key(key) else {
+                let mut d =
+                    Diagnostic::error(format!("unknown top-level key `{key}`")).at(k.loc.clone());
+                if let Some(s) = ledger::suggest(key, ledger::TOP_KEYS) {
+                    d = d.label(format!("did you mean `{s}`?"));
+                } else {
+                    d = d.hint("extension fields start with `x-`");
+                }
+                self.diags.push(d);
+                continue;
+            };
+            ledger.record(key, None, rule, &k.loc);
+            if rule.status == ledger::Status::Accepted && key != "version" {
+                self.diags.push(
+                    Diagnostic::warning(format!(
+                        "top-level `{key}` is accepted but not honoured: {}",
+                        rule.reason
+                    ))
+                    .at(k.loc.clone()),
+                );
+            }
+            match key {
+                "services" => services_node = services_owned.take(),
+                "name" => top_name = v.scalar_text().map(|n| (n, v)),
+                "networks" | "volumes" | "secrets" | "configs" => sections.push((key, v)),
+                _ => {}
+            }
+        }
+        project.name = self.project_name(opts, top_name);
+
+        // Services by name, with the key's node; non-string names are errors.
+        let mut services: Vec<(String, Node)> = Vec::new();
+        let mut main_services = BTreeMap::new();
+        if let Some(sn) = services_node {
+            match sn.value {
+                Value::Map(entries) => {
+                    for (k, v) in entries {
+                        match k.as_str() {
+                            Some(name) => {
+                                main_services.insert(name.to_string(), v);
+                                services.push((name.to_string(), k));
+                            }
+                            None => self.diags.push(
+                                Diagnostic::error(format!(
+                                    "a service name must be a string, found {}",
+                                    k.kind()
+                                ))
+                                .at(k.loc.clone())
+                                .hint(match &k.value {
+                                    Value::Int(i) => format!("quote it: `\"{i}\":`"),
+                                    _ => "service names are plain words like `web` or `db`"
+                                        .to_string(),
+                                }),
+                            ),
+                        }
+                    }
+                }
+                Value::Null => {}
+                _ => self.diags.push(
+                    Diagnostic::error(format!("`services` must be a mapping, found {}", sn.kind()))
+                        .at(sn.loc.clone()),
+                ),
+            }
+        }
+        self.main_services = main_services;
+
+        let active: BTreeSet<&str> = opts.profiles.iter().map(String::as_str).collect();
+        let mut ctx_refs = Vec::new();
+        // `extends` first: only services that use it get a new tree.
+        let mut extended: BTreeMap<String, Option<Node>> = BTreeMap::new();
+        for (name, _) in &services {
+            let Some(node) = self.main_services.get(name) else {
+                continue;
+            };
+            if node.get("extends").is_none() {
+                continue;
+            }
+            let node = node.clone();
+            let mut chain = Vec::new();
+            let resolved = self.resolve_extends(None, name, &node, &mut chain);
+            extended.insert(name.clone(), resolved);
+        }
+        let normalized: Vec<(&String, &Node, &Node)> = services
+            .iter()
+            .filter_map(|(name, key)| {
+                let node = match extended.get(name) {
+                    Some(resolved) => resolved.as_ref()?,
+                    None => self.main_services.get(name)?,
+                };
+                Some((name, key, node))
+            })
+            .collect();
+        let vars = self.vars.clone();
+        let project_dir = self.project_dir.clone();
+        let mut ctx = normalize::Ctx {
+            diags: &mut self.diags,
+            ledger,
+            sources: &mut self.sources,
+            project_dir: &project_dir,
+            env: &vars,
+            fs: self.fs,
+            refs: Vec::new(),
+        };
+        for (name, key, node) in normalized {
+            if !valid_service_name(name) {
+                ctx.diags.push(
+                    Diagnostic::error(format!("`{name}` is not a valid service name"))
+                        .at(key.loc.clone())
+                        .hint("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
+                );
+            }
+            let svc = normalize::service(&mut ctx, name, key, node);
+            let enabled = svc.profiles.is_empty()
+                || active.contains("*")
+                || svc.profiles.iter().any(|p| active.contains(p.as_str()));
+            if enabled {
+                project.services.insert(name.clone(), svc);
+            } else {
+                project.disabled.insert(name.clone(), svc);
+            }
+        }
+        for (section, v) in sections {
+            let entries = ctx_entries(&mut ctx, v, section);
+            for (name, node) in entries {
+                match section {
+                    "networks" => {
+                        let n = normalize::network(&mut ctx, &name, &node);
+                        project.networks.insert(name, n);
+                    }
+                    "volumes" => {
+                        let n = normalize::volume(&mut ctx, &name, &node);
+                        project.volumes.insert(name, n);
+                    }
+                    "secrets" => {
+                        let n = normalize::file_object(&mut ctx, "secret", &name, &node);
+                        project.secrets.insert(name, n);
+                    }
+                    _ => {
+                        let n = normalize::file_object(&mut ctx, "config", &name, &node);
+                        project.configs.insert(name, n);
+                    }
+                }
+            }
+        }
+        ctx_refs.append(&mut ctx.refs);
+        drop(ctx);
+        self.cross_check(&project, &ctx_refs, ledger);
+        project
+    }
+
+    fn project_name(&mut self, opts: &LoadOptions, top: Option<(String, &Node)>) -> String {
+        let (raw, at) = match (&opts.project_name, top) {
+            (Some(n), _) => (n.clone(), None),
+            (None, Some((n, node))) => (n, Some(node.loc.clone())),
+            (None, None) => (
+                self.project_dir
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                None,
+            ),
+        };
+        let name = options::normalize_project_name(&raw);
+        if name.is_empty() {
+            let mut d = Diagnostic::error(format!("`{raw}` cannot be made into a project name"))
+                .hint(
+                    "set one with `-p NAME` or a top-level `name:` of letters, digits, `-` and `_`",
+                );
+            if let Some(l) = at {
+                d = d.at(l);
+            }
+            self.diags.push(d);
+        }
+        name
+    }
+
+    /// The service with its `extends` chain merged in. `file` is `None` for the main files.
+    fn resolve_extends(
+        &mut self,
+        file: Option<&Path>,
+        name: &str,
+        node: &Node,
+        chain: &mut Vec<(Option<PathBuf>, String, Location)>,
+    ) -> Option<Node> {
+        let Some((ext_key, ext)) = node.get_entry("extends") else {
+            return Some(node.clone());
+        };
+        let here = (file.map(Path::to_path_buf), name.to_string());
+        if chain.iter().any(|(f, n, _)| (f, n) == (&here.0, &here.1)) {
+            let mut names: Vec<&str> = chain.iter().map(|(_, n, _)| n.as_str()).collect();
+            names.push(name);
+            let start = names.iter().position(|n| *n == name).unwrap_or(0);
+            let shown = names[start..].join(" → ");
+            let mut d = Diagnostic::error(format!("`extends` cycle: {shown}"))
+                .at(ext_key.loc.clone())
+                .hint("a service cannot extend itself, directly or through others");
+            for (_, n, loc) in chain.iter().skip(start) {
+                d = d.note(loc.clone(), format!("`{n}` extends here"));
+            }
+            self.diags.push(d);
+            return None;
+        }
+        let (target, target_file) = match &ext.value {
+            Value::Str(s) => (s.clone(), None),
+            Value::Map(_) => {
+                for (k, _) in ext.as_map().unwrap_or_default() {
+                    let kn = k.as_str().unwrap_or("");
+                    if kn != "service" && kn != "file" {
+                        self.diags.push(
+                            Diagnostic::error(format!("unknown key `{kn}` in `extends`"))
+                                .at(k.loc.clone())
+                                .hint("`extends` has `service` and `file`"),
+                        );
+                    }
+                }
+                let Some(s) = ext.get("service").and_then(Node::scalar_text) else {
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "`extends` in service `{name}` names no service"
+                        ))
+                        .at(ext.loc.clone()),
+                    );
+                    return None;
+                };
+                (
+                    s,
+                    ext.get("file")
+                        .and_then(Node::scalar_text)
+                        .map(PathBuf::from),
+                )
+            }
+            _ => {
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "`extends` must be a service name or a mapping, found {}",
+                        ext.kind()
+                    ))
+                    .at(ext.loc.clone()),
+                );
+                return None;
+            }
+        };
+        let target_file: Option<PathBuf> = match target_file {
+            Some(p) => Some(p),
+            None => file.map(Path::to_path_buf),
+        };
+        let base_node = match &target_file {
+            None => self.main_services.get(&target).cloned(),
+            Some(p) => {
+                let services = self.other_file(p, &ext.loc)?;
+                services.get(&target).cloned()
+            }
+        };
+        let Some(base_node) = base_node else {
+            let where_ = target_file
+                .as_ref()
+                .map_or_else(|| "the project".to_string(), |p| p.display().to_string());
+            self.diags.push(
+                Diagnostic::error(format!(
+                    "service `{name}` extends `{target}`, which is not defined in {where_}"
+                ))
+                .at(ext.loc.clone()),
+            );
+            return None;
+        };
+        if chain.len() >= MAX_FILE_DEPTH {
+            self.diags
+                .push(Diagnostic::error("`extends` chain too long").at(ext.loc.clone()));
+            return None;
+        }
+        chain.push((here.0, here.1, ext_key.loc.clone()));
+        let base = self.resolve_extends(target_file.as_deref(), &target, &base_node, chain);
+        chain.pop();
+        let base = base?;
+        Some(merge::merge_service(
+            without(base, "extends"),
+            without(node.clone(), "extends"),
+        ))
+    }
+
+    /// The services of a file named by `extends: {file: …}`, read once.
+    fn other_file(&mut self, path: &Path, at: &Location) -> Option<Node> {
+        if let Some(cached) = self.other_files.get(path) {
+            return cached.clone();
+        }
+        if !self.fs.is_file(path) {
+            self.diags.push(
+                Diagnostic::error(format!(
+                    "`extends` names {}, which does not exist",
+                    path.display()
+                ))
+                .at(at.clone()),
+            );
+            self.other_files.insert(path.to_path_buf(), None);
+            return None;
+        }
+        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let mut stack = Vec::new();
+        let services = self
+            .read_compose(path, &dir, &mut stack)
+            .and_then(|root| root.get("services").cloned());
+        let map = services.map(|s| {
+            let mut out = BTreeMap::new();
+            for (k, v) in s.as_map().unwrap_or_default() {
+                if let Some(n) = k.as_str() {
+                    out.insert(n.to_string(), v.clone());
+                }
+            }
+            Node::new(
+                Value::Map(
+                    out.into_iter()
+                        .map(|(k, v)| (Node::new(Value::Str(k), s.loc.clone()), v))
+                        .collect(),
+                ),
+                s.loc.clone(),
+            )
+        });
+        self.other_files.insert(path.to_path_buf(), map.clone());
+        map
+    }
+
+    fn cross_check(
+        &mut self,
+        project: &Project,
+        refs: &[(&'static str, String, Location)],
+        ledger: &mut Ledger,
+    ) {
+        for (kind, source, loc) in refs {
+            let defined = match *kind {
+                "secret" => project.secrets.contains_key(source),
+                _ => project.configs.contains_key(source),
+            };
+            if !defined {
+                self.diags.push(
+                    Diagnostic::error(format!("undefined {kind} `{source}`"))
+                        .at(loc.clone())
+                        .hint(format!(
+                            "define it under the top-level `{kind}s:` key, e.g. `{source}: {{file: ./{source}.txt}}`"
+                        )),
+                );
+            }
+        }
+        for svc in project.services.values().chain(project.disabled.values()) {
+            for net in svc.networks.keys() {
+                if net != "default" && !project.networks.contains_key(net) {
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "service `{}` uses network `{net}`, which is not defined",
+                            svc.name
+                        ))
+                        .at(svc
+                            .spans
+                            .networks
+                            .get(net)
+                            .cloned()
+                            .unwrap_or_else(|| svc.spans.name.clone()))
+                        .hint(format!("add `{net}:` under the top-level `networks:` key")),
+                    );
+                }
+            }
+            for (i, vol) in svc.volumes.iter().enumerate() {
+                let Some(source) = vol.source.as_deref() else {
+                    continue;
+                };
+                if vol.kind == "volume" && !project.volumes.contains_key(source) {
+                    let at = svc
+                        .spans
+                        .volumes
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| svc.spans.name.clone());
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "service `{}` uses volume `{source}`, which is not defined",
+                            svc.name
+                        ))
+                        .at(at)
+                        .hint(format!(
+                            "add `{source}:` under the top-level `volumes:` key, or write `./{source}` for a directory"
+                        )),
+                    );
+                }
+            }
+            match (&svc.image, &svc.build) {
+                (None, None) => self.diags.push(
+                    Diagnostic::error(format!(
+                        "service `{}` has neither `image` nor `build`",
+                        svc.name
+                    ))
+                    .at(svc.spans.name.clone())
+                    .hint("add `image: NAME:TAG` so compose-fleet knows what to run"),
+                ),
+                (None, Some(_)) => {
+                    let rule = ledger::Rule {
+                        status: ledger::Status::Accepted,
+                        reason: "no `image`: compose-fleet never builds, so this service cannot be deployed until an image is given",
+                    };
+                    retag_build(ledger, &svc.name, rule);
+                    self.diags.push(
+                        Diagnostic::warning(format!(
+                            "service `{}` has only `build:`; it cannot be deployed until it has an `image`",
+                            svc.name
+                        ))
+                        .at(svc.spans.name.clone())
+                        .hint("build the image, push it to a registry the hosts can reach, and add `image:` with its name"),
+                    );
+                }
+                (Some(_), Some(_)) => {
+                    let rule = ledger::Rule {
+                        status: ledger::Status::Accepted,
+                        reason: "the service runs `image`, pulled from its registry; `build` is not used",
+                    };
+                    retag_build(ledger, &svc.name, rule);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn retag_build(ledger: &mut Ledger, service: &str, rule: ledger::Rule) {
+    for e in &mut ledger.entries {
+        if e.key == "build" && e.service.as_deref() == Some(service) {
+            e.status = rule.status;
+            e.reason = rule.reason.to_string();
+        }
+    }
+}
+
+fn ctx_entries(ctx: &mut normalize::Ctx<'_>, v: &Node, section: &str) -> Vec<(String, Node)> {
+    let mut out = Vec::new();
+    match &v.value {
+        Value::Map(entries) => {
+            for (k, nv) in entries {
+                match k.as_str() {
+                    Some(n) if n.starts_with("x-") => {}
+                    Some(n) => out.push((n.to_string(), nv.clone())),
+                    None => ctx.diags.push(
+                        Diagnostic::error(format!(
+                            "a name under `{section}` must be a string, found {}",
+                            k.kind()
+                        ))
+                        .at(k.loc.clone()),
+                    ),
+                }
+            }
+        }
+        Value::Null => {}
+        _ => ctx.diags.push(
+            Diagnostic::error(format!("`{section}` must be a mapping, found {}", v.kind()))
+                .at(v.loc.clone()),
+        ),
+    }
+    out
+}
+
+fn valid_service_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn without(mut node: Node, key: &str) -> Node {
+    if let Value::Map(entries) = &mut node.value {
+        entries.retain(|(k, _)| k.as_str() != Some(key));
+    }
+    node
+}
+
+/// Points inside a scalar when the scalar is written plainly (or quoted) on one line, so that an
+/// interpolation error's caret sits under the `${…}` itself.
+fn refine(loc: &Location, raw: &str, offset: usize, len: usize, text: &str) -> Location {
+    let Some(at) = text.get(loc.offset..) else {
+        return loc.clone();
+    };
+    let delta = if at.starts_with(raw) {
+        0
+    } else if (at.starts_with('"') || at.starts_with('\'')) && at[1..].starts_with(raw) {
+        1
+    } else {
+        return loc.clone();
+    };
+    let Some(before) = raw.get(..offset) else {
+        return loc.clone();
+    };
+    if before.contains('\n') {
+        return loc.clone();
+    }
+    let shown_len = raw.get(offset..offset + len).map_or(1, |s| {
+        s.lines().next().map_or(1, |l| l.chars().count().max(1))
+    });
+    Location {
+        file: loc.file.clone(),
+        line: loc.line,
+        column: loc.column + delta as u32 + before.chars().count() as u32,
+        offset: loc.offset + delta + offset,
+        len: shown_len,
+    }
+}
+
+/// Makes the relative paths of one file absolute against `base` (its directory, or the project
+/// directory for the main files), so that files from elsewhere (`include`, `extends: {file}`)
+/// keep pointing where their author meant.
+fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
+    let abs = |s: &str| -> String {
+        if let Some(rest) = s.strip_prefix('~') {
+            if rest.is_empty() || rest.starts_with('/') {
+                // Without a home directory in the environment, `~` stays for the runtime to see.
+                return home.map_or_else(|| s.to_string(), |h| format!("{h}{rest}"));
+            }
+        }
+        if s.contains("://") || s.starts_with("git@") {
+            return s.to_string();
+        }
+        source::absolute(base, Path::new(s)).display().to_string()
+    };
+    let Value::Map(top) = &mut root.value else {
+        return;
+    };
+    for (k, section) in top.iter_mut() {
+        match k.as_str() {
+            Some("services") => {
+                let Value::Map(services) = &mut section.value else {
+                    continue;
+                };
+                for (_, svc) in services.iter_mut() {
+                    let Value::Map(keys) = &mut svc.value else {
+                        continue;
+                    };
+                    for (sk, v) in keys.iter_mut() {
+                        match sk.as_str() {
+                            Some("build") => match &mut v.value {
+                                Value::Str(s) => *s = abs(s),
+                                Value::Map(b) => {
+                                    for (bk, bv) in b.iter_mut() {
+                                        if bk.as_str() == Some("context") {
+                                            if let Value::Str(s) = &mut bv.value {
+                                                *s = abs(s);
+                                            }
+                                        }
+                                    }
+                                }
+                                _ => {}
+                            },
+                            Some("env_file") => {
+                                let items: Vec<&mut Node> = match &mut v.value {
+                                    Value::Seq(items) => items.iter_mut().collect(),
+                                    _ => vec![v],
+                                };
+                                for item in items {
+                                    match &mut item.value {
+                                        Value::Str(s) => *s = abs(s),
+                                        Value::Map(m) => {
+                                            for (mk, mv) in m.iter_mut() {
+                                                if mk.as_str() == Some("path") {
+                                                    if let Value::Str(s) = &mut mv.value {
+                                                        *s = abs(s);
+                                                    }
+                                                }
+                                            }
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            Some("volumes") => {
+                                let Value::Seq(items) = &mut v.value else {
+                                    continue;
+                                };
+                                for item in items {
+                                    match &mut item.value {
+                                        Value::Str(s) => {
+                                            if let Some((src, rest)) = s.split_once(':') {
+                                                if src.starts_with('.') || src.starts_with('~') {
+                                                    *s = format!("{}:{rest}", abs(src));
+                                                }
+                                            }
+                                        }
+                                        Value::Map(m) => {
+                                            let is_bind = m.iter().any(|(mk, mv)| {
+                                                mk.as_str() == Some("type")
+                                                    && mv.as_str() == Some("bind")
+                                            });
+                                            if is_bind {
+                                                for (mk, mv) in m.iter_mut() {
+                                                    if mk.as_str() == Some("source") {
+                                                        if let Value::Str(s) = &mut mv.value {
+                                                            *s = abs(s);
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            Some("extends") => {
+                                if let Value::Map(m) = &mut v.value {
+                                    for (mk, mv) in m.iter_mut() {
+                                        if mk.as_str() == Some("file") {
+                                            if let Value::Str(s) = &mut mv.value {
+                                                *s = abs(s);
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Some("secrets") | Some("configs") => {
+                let Value::Map(items) = &mut section.value else {
+                    continue;
+                };
+                for (_, item) in items.iter_mut() {
+                    let Value::Map(m) = &mut item.value else {
+                        continue;
+                    };
+                    for (mk, mv) in m.iter_mut() {
+                        if mk.as_str() == Some("file") {
+                            if let Value::Str(s) = &mut mv.value {
+                                *s = abs(s);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

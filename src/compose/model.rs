@@ -161,6 +161,10 @@ pub struct ServiceSpans {
     pub ports: Vec<Location>,
     /// `deploy.placement.constraints` entries, in order.
     pub constraints: Vec<Location>,
+    /// Each entry of `volumes`, in order.
+    pub volumes: Vec<Location>,
+    /// Each network the service joins, by name.
+    pub networks: BTreeMap<String, Location>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -368,6 +372,9 @@ pub struct ServiceNetwork {
     pub ipv4_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv6_address: Option<String>,
+    /// Other per-network options (`priority`, `link_local_ips`, `x-*` …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// A service's use of a top-level secret or config, in long syntax.

@@ -1,0 +1,257 @@
+//! Merging compose documents (several `-f` files, `extends`) by the Compose Specification's rules:
+//! mappings merge by key; most sequences are appended without duplicates; `command`,
+//! `entrypoint` and `healthcheck.test` are replaced; `environment`, `labels` & co. merge by
+//! variable name whichever syntax each side uses; `ports` append; `volumes` merge by target;
+//! `secrets`/`configs` by source; `depends_on` and `networks` by service/network name.
+
+use super::yaml::{Node, Value};
+
+/// Merges two whole compose files (`over` wins).
+pub fn merge_files(base: Node, over: Node) -> Node {
+    if over.is_null() {
+        return base;
+    }
+    match (base.value, over.value) {
+        (Value::Map(mut b), Value::Map(o)) => {
+            for (k, v) in o {
+                match position(&b, &k) {
+                    Some(i) => {
+                        let (bk, bv) = b.remove(i);
+                        let merged = if k.as_str() == Some("services") {
+                            merge_services(bv, v)
+                        } else {
+                            merge_generic(bv, v, &[])
+                        };
+                        b.insert(i, (bk, merged));
+                    }
+                    None => b.push((k, v)),
+                }
+            }
+            Node::new(Value::Map(b), base.loc)
+        }
+        (_, v) => Node::new(v, over.loc),
+    }
+}
+
+fn merge_services(base: Node, over: Node) -> Node {
+    if over.is_null() {
+        return base;
+    }
+    match (base.value, over.value) {
+        (Value::Map(mut b), Value::Map(o)) => {
+            for (k, v) in o {
+                match position(&b, &k) {
+                    Some(i) => {
+                        let (bk, bv) = b.remove(i);
+                        b.insert(i, (bk, merge_service(bv, v)));
+                    }
+                    None => b.push((k, v)),
+                }
+            }
+            Node::new(Value::Map(b), base.loc)
+        }
+        (_, v) => Node::new(v, over.loc),
+    }
+}
+
+fn position(entries: &[(Node, Node)], key: &Node) -> Option<usize> {
+    entries.iter().position(|(k, _)| k.value == key.value)
+}
+
+/// Merges one service definition over another.
+pub fn merge_service(base: Node, over: Node) -> Node {
+    if over.is_null() {
+        return base;
+    }
+    let loc = over.loc.clone();
+    match (base.value, over.value) {
+        (Value::Map(mut b), Value::Map(o)) => {
+            for (k, v) in o {
+                let Some(i) = position(&b, &k) else {
+                    b.push((k, v));
+                    continue;
+                };
+                let (bk, bv) = b.remove(i);
+                let name = k.as_str().unwrap_or("");
+                let merged = match name {
+                    "command" | "entrypoint" => v,
+                    "environment" | "labels" | "sysctls" | "annotations" | "extra_hosts" => {
+                        merge_generic(to_map(bv, true), to_map(v, true), &[])
+                    }
+                    "depends_on" | "networks" => {
+                        merge_generic(to_map(bv, false), to_map(v, false), &[])
+                    }
+                    "volumes" => merge_keyed(bv, v, volume_target),
+                    "secrets" | "configs" => merge_keyed(bv, v, file_ref_source),
+                    "build" => {
+                        // `build: dir` is `build: {context: dir}`.
+                        merge_generic(build_map(bv), build_map(v), &["build"])
+                    }
+                    _ => merge_generic(bv, v, &[name]),
+                };
+                b.insert(i, (bk, merged));
+            }
+            Node::new(Value::Map(b), loc)
+        }
+        (_, v) => Node::new(v, loc),
+    }
+}
+
+/// Mappings merge recursively, sequences append without duplicates (except where replaced),
+/// scalars are replaced.
+fn merge_generic(base: Node, over: Node, path: &[&str]) -> Node {
+    let loc = over.loc.clone();
+    match (base.value, over.value) {
+        (Value::Map(mut b), Value::Map(o)) => {
+            for (k, v) in o {
+                match position(&b, &k) {
+                    Some(i) => {
+                        let (bk, bv) = b.remove(i);
+                        let name = k.as_str().unwrap_or("");
+                        let merged = if name == "test" && path == ["healthcheck"] {
+                            v
+                        } else if name == "args" && path == ["build"] {
+                            merge_generic(to_map(bv, true), to_map(v, true), &[])
+                        } else {
+                            let mut p: Vec<&str> = path.to_vec();
+                            p.push(name);
+                            merge_generic(bv, v, &p)
+                        };
+                        b.insert(i, (bk, merged));
+                    }
+                    None => b.push((k, v)),
+                }
+            }
+            Node::new(Value::Map(b), loc)
+        }
+        (Value::Seq(mut b), Value::Seq(o)) => {
+            for item in o {
+                if !b.iter().any(|x| x.value == item.value) {
+                    b.push(item);
+                }
+            }
+            Node::new(Value::Seq(b), loc)
+        }
+        (_, v) => Node::new(v, loc),
+    }
+}
+
+/// Merges two sequences where an entry of `over` replaces the entry of `base` with the same key.
+fn merge_keyed(base: Node, over: Node, key: fn(&Node) -> Option<String>) -> Node {
+    let loc = over.loc.clone();
+    match (base.value, over.value) {
+        (Value::Seq(mut b), Value::Seq(o)) => {
+            for item in o {
+                let k = key(&item);
+                match b.iter().position(|x| k.is_some() && key(x) == k) {
+                    Some(i) => b[i] = item,
+                    None => {
+                        if !b.iter().any(|x| x.value == item.value) {
+                            b.push(item);
+                        }
+                    }
+                }
+            }
+            Node::new(Value::Seq(b), loc)
+        }
+        (_, v) => Node::new(v, loc),
+    }
+}
+
+fn volume_target(n: &Node) -> Option<String> {
+    match &n.value {
+        Value::Str(s) => {
+            let parts: Vec<&str> = s.split(':').collect();
+            match parts.len() {
+                1 => Some(parts[0].to_string()),
+                _ => parts.get(1).map(|t| t.to_string()),
+            }
+        }
+        Value::Map(_) => n.get("target").and_then(Node::scalar_text),
+        _ => None,
+    }
+}
+
+fn file_ref_source(n: &Node) -> Option<String> {
+    match &n.value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Map(_) => n.get("source").and_then(Node::scalar_text),
+        _ => None,
+    }
+}
+
+fn build_map(n: Node) -> Node {
+    match n.value {
+        Value::Str(_) => {
+            let key = Node::new(Value::Str("context".into()), n.loc.clone());
+            let loc = n.loc.clone();
+            Node::new(Value::Map(vec![(key, n)]), loc)
+        }
+        _ => n,
+    }
+}
+
+/// A list (`KEY=VALUE` when `split`, else plain names) as a mapping, so both syntaxes merge.
+pub fn to_map(n: Node, split: bool) -> Node {
+    let Value::Seq(items) = n.value else {
+        return n;
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let loc = item.loc.clone();
+        let text = item.scalar_text().unwrap_or_default();
+        let (k, v) = if split {
+            match text.split_once('=') {
+                Some((k, v)) => (k.to_string(), Value::Str(v.to_string())),
+                None => (text.clone(), Value::Null),
+            }
+        } else {
+            (text.clone(), Value::Null)
+        };
+        entries.push((Node::new(Value::Str(k), loc.clone()), Node::new(v, loc)));
+    }
+    Node::new(Value::Map(entries), n.loc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn parse(text: &str) -> Node {
+        crate::compose::yaml::parse(&Arc::from("t.yaml"), text).expect("parses")
+    }
+
+    #[test]
+    fn an_empty_override_keeps_the_base() {
+        let base = parse("services:\n  web:\n    image: web\n");
+        let merged = merge_files(base, parse("services:\n  web:\n"));
+        let web = merged.get("services").and_then(|s| s.get("web"));
+        assert_eq!(
+            web.and_then(|w| w.get("image")).and_then(Node::as_str),
+            Some("web")
+        );
+    }
+
+    #[test]
+    fn volumes_merge_by_target_and_secrets_by_source() {
+        let base =
+            parse("volumes: [\"a:/data\", \"./x:/x\"]\nsecrets: [s, {source: t, target: one}]\n");
+        let over = parse("volumes: [\"b:/data\"]\nsecrets: [{source: t, target: two}]\n");
+        let merged = merge_service(base, over);
+        let vols: Vec<String> = merged
+            .get("volumes")
+            .and_then(Node::as_seq)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Node::scalar_text)
+            .collect();
+        assert_eq!(vols, ["b:/data", "./x:/x"]);
+        let secrets = merged
+            .get("secrets")
+            .and_then(Node::as_seq)
+            .unwrap_or_default();
+        assert_eq!(secrets.len(), 2);
+        assert_eq!(secrets[1].get("target").and_then(Node::as_str), Some("two"));
+    }
+}

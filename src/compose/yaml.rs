@@ -1,0 +1,392 @@
+//! YAML → a generic tree whose every node keeps its position ([`Node`]).
+//!
+//! This is the one place that knows the YAML library (`serde-saphyr`): anchors, aliases, merge keys
+//! (`<<`, also a sequence of mappings), duplicate-key errors and the alias-bomb budget all happen
+//! here. Everything after works on [`Node`]s, so swapping the library means rewriting this file only.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::{MessageFormatter as _, Spanned};
+
+use super::model::Location;
+use crate::diag::Diagnostic;
+
+/// A YAML node with where it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub loc: Location,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Entries in document order; keys are nodes because YAML allows any key (we reject non-string
+    /// keys where they matter, with their position).
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    pub fn new(value: Value, loc: Location) -> Self {
+        Node { value, loc }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Node, Node)]> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.value {
+            Value::Seq(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self.value, Value::Null)
+    }
+
+    /// Looks a key up in a mapping node.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    /// The key of a mapping entry (`get_entry`), to point at the key rather than the value.
+    pub fn get_entry(&self, key: &str) -> Option<(&Node, &Node)> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(k, v)| (k, v))
+    }
+
+    /// The scalar as text (numbers and booleans printed as YAML would), for fields the spec
+    /// types as strings; `None` for null and collections.
+    pub fn scalar_text(&self) -> Option<String> {
+        match &self.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(format_float(*f)),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    /// What kind of node this is, for messages ("expected a mapping, found a sequence").
+    pub fn kind(&self) -> &'static str {
+        match self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a sequence",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// Converts to JSON (for keys kept verbatim, e.g. `x-*` fields and keys we do not model).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Str(s) => J::String(s.clone()),
+            Value::Seq(s) => J::Array(s.iter().map(Node::to_json).collect()),
+            Value::Map(m) => J::Object(
+                m.iter()
+                    .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+pub fn format_float(f: f64) -> String {
+    if f.fract() == 0.0 && f.abs() < 1e15 {
+        format!("{f:.1}")
+    } else {
+        f.to_string()
+    }
+}
+
+/// The intermediate tree serde-saphyr fills; converted to [`Node`] with our own [`Location`]s.
+enum Raw {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Spanned<Raw>>),
+    Map(Vec<(Spanned<Raw>, Spanned<Raw>)>),
+}
+
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RawVisitor)
+    }
+}
+
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Raw;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw, E> {
+        Ok(Raw::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw, E> {
+        Ok(Raw::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
+        Ok(i64::try_from(v).map_or(Raw::Float(v as f64), Raw::Int))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Raw, E> {
+        Ok(i64::try_from(v).map_or(Raw::Str(v.to_string()), Raw::Int))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Raw, E> {
+        Ok(i64::try_from(v).map_or(Raw::Str(v.to_string()), Raw::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Raw, E> {
+        Ok(Raw::Float(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
+        Ok(Raw::Str(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Raw, E> {
+        Ok(Raw::Str(v))
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Raw, E> {
+        Ok(Raw::Str(String::from_utf8_lossy(v).into_owned()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Raw, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Raw, E> {
+        Ok(Raw::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Raw, D::Error> {
+        Raw::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<Raw>>()? {
+            items.push(item);
+        }
+        Ok(Raw::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(k) = map.next_key::<Spanned<Raw>>()? {
+            let v = map.next_value::<Spanned<Raw>>()?;
+            entries.push((k, v));
+        }
+        Ok(Raw::Map(entries))
+    }
+}
+
+/// Limits that stop an alias bomb (a few anchors expanding to billions of nodes) before it costs
+/// much memory (about 150 MB of tree at worst), while `<<: *default` in thousands of services fits.
+const MAX_REPLAYED_EVENTS: usize = 1_000_000;
+
+/// Nesting limit for YAML collections: real compose files nest about 8 deep, and building the tree
+/// recursively in a 2 MiB thread stack (debug build) must stay safe.
+const MAX_DEPTH: usize = 32;
+
+/// Parses one YAML document into a [`Node`] tree. An empty document is a null node.
+pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
+    let options = serde_saphyr::options! {
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_REPLAYED_EVENTS,
+            max_replay_stack_depth: 64,
+        },
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+        merge_keys: serde_saphyr::MergeKeyPolicy::Merge,
+        // YAML 1.2 booleans, as docker compose (go-yaml v3) reads them: `y`, `no`, `on` are text.
+        strict_booleans: true,
+        // Comments are never needed (values only), and collecting them costs a tenth of the time.
+        emit_comments: false,
+        // Deep nesting is refused early: the tree is built recursively.
+        // Size limits fit projects of tens of thousands of services (and `<<: *default` in each
+        // of them); alias bombs are stopped by the replay limit above, not by these.
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
+            max_events: 20_000_000,
+            max_nodes: 10_000_000,
+            max_aliases: 1_000_000,
+            max_anchors: 1_000_000,
+            max_merge_keys: 1_000_000,
+            enforce_alias_anchor_ratio: false,
+        },
+        // `mode: 0440` is octal to docker compose (go-yaml parses integers with base prefix 0).
+        legacy_octal_numbers: true,
+    };
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Ok(Node::new(Value::Null, start_of(file)));
+    }
+    match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
+        Ok(raw) => Ok(convert(file, text, raw)),
+        Err(e) => Err(Box::new(yaml_error(file, text, &e))),
+    }
+}
+
+fn start_of(file: &Arc<str>) -> Location {
+    Location {
+        file: file.clone(),
+        line: 1,
+        column: 1,
+        offset: 0,
+        len: 0,
+    }
+}
+
+fn location(file: &Arc<str>, text: &str, l: &serde_saphyr::Location) -> Location {
+    let span = l.span();
+    let offset = span
+        .byte_offset()
+        .map(|o| o as usize)
+        .unwrap_or_else(|| char_to_byte(text, span.offset() as usize));
+    Location {
+        file: file.clone(),
+        line: u32::try_from(l.line()).unwrap_or(u32::MAX),
+        column: u32::try_from(l.column()).unwrap_or(u32::MAX),
+        offset: offset.min(text.len()),
+        len: span.len() as usize,
+    }
+}
+
+fn char_to_byte(text: &str, chars: usize) -> usize {
+    text.char_indices()
+        .nth(chars)
+        .map_or(text.len(), |(i, _)| i)
+}
+
+fn convert(file: &Arc<str>, text: &str, raw: Spanned<Raw>) -> Node {
+    let loc = location(file, text, &raw.referenced);
+    let value = match raw.value {
+        Raw::Null => Value::Null,
+        Raw::Bool(b) => Value::Bool(b),
+        Raw::Int(i) => Value::Int(i),
+        Raw::Float(f) => Value::Float(f),
+        Raw::Str(s) => Value::Str(s),
+        Raw::Seq(items) => Value::Seq(items.into_iter().map(|i| convert(file, text, i)).collect()),
+        Raw::Map(entries) => Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (convert(file, text, k), convert(file, text, v)))
+                .collect(),
+        ),
+    };
+    Node { value, loc }
+}
+
+fn yaml_error(file: &Arc<str>, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
+    use serde_saphyr::Error as E;
+    let mut inner = e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    let message = serde_saphyr::UserMessageFormatter.format_message(inner);
+    let mut message = message.replace(['\n', '\r'], " ");
+    let mut hint = None;
+    let mut prefix = "invalid YAML: ";
+    match inner {
+        E::Budget {
+            breach: serde_saphyr::budget::BudgetBreach::Depth { .. },
+            ..
+        } => {
+            message = format!("the YAML is nested more than {MAX_DEPTH} levels deep");
+            hint = Some("compose files are shallow; this looks generated or corrupted".to_string());
+        }
+        E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. }
+        | E::Budget { .. } => {
+            message = format!("too many YAML alias expansions (alias bomb?): {message}");
+            prefix = "";
+            hint = Some(format!(
+                "compose-fleet expands at most {MAX_REPLAYED_EVENTS} aliased YAML events; anchors \
+                 that reference each other multiply: flatten them"
+            ));
+        }
+        E::DuplicateMappingKey { .. } => {
+            hint =
+                Some("a key may appear only once in a mapping: remove or rename one".to_string());
+        }
+        _ => {}
+    }
+    let mut d = Diagnostic::error(format!("{prefix}{message}"));
+    if let Some(l) = e.location() {
+        d = d.at(location(file, text, &l));
+    } else {
+        d = d.at(start_of(file));
+    }
+    if let Some(h) = hint {
+        d = d.hint(h);
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Node, Box<Diagnostic>> {
+        parse(&Arc::from("c.yaml"), text)
+    }
+
+    #[test]
+    fn keeps_positions_and_merges() {
+        let n = p("base: &b\n  a: 1\nx:\n  <<: *b\n  c: \"two\"\n").unwrap();
+        let x = n.get("x").unwrap();
+        assert_eq!(x.get("a").unwrap().value, Value::Int(1));
+        let c = x.get("c").unwrap();
+        assert_eq!(c.as_str(), Some("two"));
+        assert_eq!((c.loc.line, c.loc.column), (5, 6));
+    }
+
+    #[test]
+    fn merges_a_sequence_of_maps() {
+        let n = p("a: &a {x: 1}\nb: &b {y: 2}\nc:\n  <<: [*a, *b]\n  z: 3\n").unwrap();
+        let c = n.get("c").unwrap();
+        assert!(c.get("x").is_some() && c.get("y").is_some() && c.get("z").is_some());
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let e = p("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert!(e.message.contains("duplicate"), "{}", e.message);
+        let l = e.location.unwrap();
+        assert_eq!(l.line, 3);
+    }
+}

@@ -1,0 +1,1422 @@
+//! The compose loader on real-world files: every corpus file loads, its canonical form validates
+//! against the Compose Specification's JSON schema, and a handful are pinned by snapshots.
+
+use std::path::{Path, PathBuf};
+
+use compose_fleet::cli::config::{render, Format};
+use compose_fleet::compose::{self, Environment, LoadOptions, Loaded, RealFs};
+
+/// `../shared` beside the repository (CI clones it there); `COMPOSE_FLEET_SHARED` overrides it, and
+/// `../../shared` covers a git worktree kept one level deeper (`wt/NAME`).
+fn shared() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates: Vec<PathBuf> = std::env::var_os("COMPOSE_FLEET_SHARED")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([root.join("../shared"), root.join("../../shared")])
+        .collect();
+    match candidates.iter().find(|d| d.join("compose-corpus").is_dir()) {
+        Some(d) => d.clone(),
+        None => panic!(
+            "the shared corpus is missing: looked for compose-corpus/ in {candidates:?}; clone `shared/` beside the repository or set COMPOSE_FLEET_SHARED"
+        ),
+    }
+}
+
+fn corpus_files() -> Vec<PathBuf> {
+    let dir = shared().join("compose-corpus/real-world");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Loads a corpus file with `<name>.env` beside it as its `.env` (read in place, not copied).
+fn load_corpus(file: &Path) -> Loaded {
+    let mut opts = LoadOptions::for_file(file);
+    opts.env_files = vec![file.with_extension("env")];
+    // A fixed home directory, so `~/…` paths print the same everywhere.
+    let env: Environment = [("HOME".to_string(), "/home/user".to_string())].into();
+    match compose::load(&opts, &env, &RealFs) {
+        Ok(l) => l,
+        Err(f) => {
+            let text: Vec<String> = f
+                .diagnostics
+                .0
+                .iter()
+                .map(|d| f.sources.render(d))
+                .collect();
+            panic!("{} does not load:\n{}", file.display(), text.join(""))
+        }
+    }
+}
+
+/// The Compose Specification's JSON schema (draft-07), compiled once.
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let schema_path = shared().join("compose-corpus/spec/compose-spec.json");
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&schema_path).expect("read compose-spec.json"),
+        )
+        .expect("compose-spec.json is JSON");
+        jsonschema::draft7::new(&schema).expect("the schema compiles")
+    })
+}
+
+/// `config --format json` of a project validates against the schema.
+fn assert_valid(loaded: &Loaded) {
+    let json = render(&loaded.project, Format::Json).expect("renders");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("our JSON parses");
+    let errors: Vec<String> = validator()
+        .iter_errors(&value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "not valid against the schema: {errors:#?}\n{json}"
+    );
+}
+
+#[test]
+fn every_corpus_file_loads_and_validates_against_the_schema() {
+    let files = corpus_files();
+    assert!(files.len() >= 39, "corpus has {} files", files.len());
+    let mut services = 0;
+    for file in &files {
+        let loaded = load_corpus(file);
+        services += loaded.project.services.len() + loaded.project.disabled.len();
+        assert_valid(&loaded);
+    }
+    assert_eq!(services, 81, "FEATURE-COUNTS.md counts 81 services");
+}
+
+fn snapshot(name: &str) -> String {
+    let file = shared().join("compose-corpus/real-world").join(name);
+    let loaded = load_corpus(&file);
+    let text = render(&loaded.project, Format::Yaml).expect("renders");
+    // Absolute paths differ between machines.
+    let root = compose::source::normalize(&shared().join("compose-corpus/real-world"));
+    text.replace(&root.display().to_string(), "$CORPUS")
+}
+
+#[test]
+fn snapshot_pihole_interpolates_from_its_env_file() {
+    insta::assert_snapshot!(snapshot("pihole-cloudflared-DoH.yaml"));
+}
+
+#[test]
+fn snapshot_react_express_mysql_with_secrets_and_builds() {
+    insta::assert_snapshot!(snapshot("react-express-mysql.yaml"));
+}
+
+#[test]
+fn snapshot_minecraft_memory_limit_in_bytes() {
+    insta::assert_snapshot!(snapshot("minecraft.yaml"));
+}
+
+#[test]
+fn snapshot_postgresql_pgadmin_ignores_variables_in_comments() {
+    insta::assert_snapshot!(snapshot("postgresql-pgadmin.yaml"));
+}
+
+#[test]
+fn snapshot_nginx_golang_mysql_healthcheck_and_dollar_escapes() {
+    insta::assert_snapshot!(snapshot("nginx-golang-mysql.yaml"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Features, one test each: a fixture and the canonical output (or the diagnostics) it gives.
+
+use compose_fleet::compose::{LoadFailure, MemoryFs};
+
+/// Loads in-memory files under `/p` (the first one is the compose file) with `env` as the process
+/// environment and `profiles` active.
+pub fn load_files(
+    files: &[(&str, &str)],
+    env: &[(&str, &str)],
+    profiles: &[&str],
+) -> Result<Loaded, LoadFailure> {
+    let mut fs = MemoryFs::new();
+    for (path, text) in files {
+        fs.insert(Path::new("/p").join(path), *text);
+    }
+    let mut opts = LoadOptions::for_file(Path::new("/p").join(files[0].0));
+    // Further `*.yaml` files are more `-f` files, in order.
+    opts.files.extend(
+        files[1..]
+            .iter()
+            .filter(|(p, _)| p.ends_with(".yaml") && !p.contains('/'))
+            .map(|(p, _)| Path::new("/p").join(p)),
+    );
+    opts.profiles = profiles.iter().map(|p| p.to_string()).collect();
+    let env: Environment = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    compose::load(&opts, &env, &fs)
+}
+
+/// Every diagnostic in its one-line form: `compose.yaml:3:5: error: …`.
+pub fn lines(diags: &compose_fleet::diag::Diagnostics) -> Vec<String> {
+    diags.0.iter().map(|d| d.to_string()).collect()
+}
+
+/// Loads `yaml` as `/p/compose.yaml` and compares the canonical YAML with `expected`.
+pub fn check(yaml: &str, expected: &str) {
+    check_with(&[("compose.yaml", yaml)], &[], &[], expected)
+}
+
+pub fn check_with(files: &[(&str, &str)], env: &[(&str, &str)], profiles: &[&str], expected: &str) {
+    match load_files(files, env, profiles) {
+        Ok(loaded) => {
+            assert_valid(&loaded);
+            let got = render(&loaded.project, Format::Yaml).expect("renders");
+            assert_eq!(
+                got.trim(),
+                expected.trim(),
+                "\n--- got ---\n{got}\n--- warnings ---\n{:#?}",
+                lines(&loaded.warnings)
+            );
+        }
+        Err(f) => panic!("does not load: {:#?}", lines(&f.diagnostics)),
+    }
+}
+
+#[test]
+fn anchors_aliases_and_merge_keys_including_a_sequence_of_maps() {
+    check(
+        r#"
+x-base: &base
+  image: busybox
+  restart: always
+x-env: &env
+  environment: {A: "1"}
+services:
+  web:
+    <<: [*base, *env]
+    restart: "no"
+  worker: *base
+"#,
+        r#"
+name: p
+services:
+  web:
+    environment:
+      A: "1"
+    image: busybox
+    restart: "no"
+  worker:
+    image: busybox
+    restart: always
+x-base:
+  image: busybox
+  restart: always
+x-env:
+  environment:
+    A: "1"
+"#,
+    );
+}
+
+#[test]
+fn extension_fields_anywhere_are_kept() {
+    check(
+        r#"
+x-top: {a: 1}
+services:
+  web:
+    image: busybox
+    x-owner: team-a
+    deploy:
+      x-tier: gold
+"#,
+        r#"
+name: p
+services:
+  web:
+    deploy:
+      x-tier: gold
+    image: busybox
+    x-owner: team-a
+x-top:
+  a: 1
+"#,
+    );
+}
+
+#[test]
+fn interpolation_in_every_form() {
+    check_with(
+        &[(
+            "compose.yaml",
+            r#"
+services:
+  web:
+    image: "busybox:${TAG}"
+    # a comment mentioning ${NOT_INTERPOLATED:?never}
+    environment:
+      PLAIN: $NAME
+      BRACED: "${NAME}"
+      DEFAULT: ${UNSET:-fallback}
+      DEFAULT_IF_UNSET: "${EMPTY-kept-empty}"
+      DEFAULT_IF_EMPTY: "${EMPTY:-was-empty}"
+      ALT: ${NAME:+alternative}
+      ALT_UNSET: "${UNSET+alternative}"
+      NESTED: ${UNSET:-${ALSO_UNSET:-deep}}
+      REQUIRED: ${NAME:?must be set}
+      DOLLAR: "$$NAME costs $$5"
+"#,
+        )],
+        &[("TAG", "1.36"), ("NAME", "web"), ("EMPTY", "")],
+        &[],
+        r#"
+name: p
+services:
+  web:
+    environment:
+      ALT: alternative
+      ALT_UNSET: ""
+      BRACED: web
+      DEFAULT: fallback
+      DEFAULT_IF_EMPTY: was-empty
+      DEFAULT_IF_UNSET: ""
+      DOLLAR: $NAME costs $5
+      NESTED: deep
+      PLAIN: web
+      REQUIRED: web
+    image: busybox:1.36
+"#,
+    );
+}
+
+#[test]
+fn dotenv_provides_variables_and_the_process_environment_wins() {
+    check_with(
+        &[
+            (
+                "compose.yaml",
+                "services:\n  web:\n    image: \"busybox:${TAG}\"\n    environment: [\"WHO=${WHO}\"]\n",
+            ),
+            (".env", "TAG=from-dotenv\nWHO=dotenv\n"),
+        ],
+        &[("WHO", "process")],
+        &[],
+        r#"
+name: p
+services:
+  web:
+    environment:
+      WHO: process
+    image: busybox:from-dotenv
+"#,
+    );
+}
+
+#[test]
+fn env_file_short_and_long_syntax_and_optional_files() {
+    check_with(
+        &[
+            (
+                "compose.yaml",
+                r#"
+services:
+  short:
+    image: busybox
+    env_file: common.env
+  long:
+    image: busybox
+    env_file:
+      - path: common.env
+      - path: missing.env
+        required: false
+      - path: override.env
+    environment:
+      B: from-environment
+"#,
+            ),
+            ("common.env", "A=common\nB=common\n"),
+            ("override.env", "A=override\n"),
+        ],
+        &[],
+        &[],
+        r#"
+name: p
+services:
+  long:
+    environment:
+      A: override
+      B: from-environment
+    image: busybox
+  short:
+    environment:
+      A: common
+      B: common
+    image: busybox
+"#,
+    );
+}
+
+#[test]
+fn environment_as_list_or_map_with_values_from_the_environment() {
+    check_with(
+        &[(
+            "compose.yaml",
+            r#"
+services:
+  list:
+    image: busybox
+    environment: [A=1, FROM_ENV, NOT_SET, "EMPTY="]
+  map:
+    image: busybox
+    environment:
+      A: 1
+      FROM_ENV:
+      NOT_SET:
+      T: true
+"#,
+        )],
+        &[("FROM_ENV", "hello")],
+        &[],
+        r#"
+name: p
+services:
+  list:
+    environment:
+      A: "1"
+      EMPTY: ""
+      FROM_ENV: hello
+      NOT_SET: null
+    image: busybox
+  map:
+    environment:
+      A: "1"
+      FROM_ENV: hello
+      NOT_SET: null
+      T: "true"
+    image: busybox
+"#,
+    );
+}
+
+#[test]
+fn later_files_override_earlier_ones_by_the_merge_rules() {
+    check_with(
+        &[
+            (
+                "compose.yaml",
+                r#"
+services:
+  web:
+    image: web:1
+    command: ["serve", "--port", "80"]
+    environment: [A=1, B=1]
+    labels: {team: a}
+    ports: ["80:80"]
+    expose: ["9000"]
+    volumes: ["data:/data", "./conf:/etc/conf"]
+    depends_on: [db]
+    healthcheck:
+      test: ["CMD", "true"]
+      interval: 10s
+  db:
+    image: postgres
+volumes:
+  data:
+"#,
+            ),
+            (
+                "override.yaml",
+                r#"
+services:
+  web:
+    image: web:2
+    command: serve --debug
+    environment: {B: 2, C: 3}
+    labels: [tier=front]
+    ports: ["80:80", "443:443"]
+    expose: ["9000", "9001"]
+    volumes: ["other:/data"]
+    depends_on:
+      cache: {condition: service_healthy}
+    healthcheck:
+      test: ["CMD", "false"]
+  cache:
+    image: redis
+volumes:
+  other:
+"#,
+            ),
+        ],
+        &[],
+        &[],
+        r#"
+name: p
+services:
+  cache:
+    image: redis
+  db:
+    image: postgres
+  web:
+    command:
+    - serve
+    - --debug
+    depends_on:
+      cache:
+        condition: service_healthy
+        required: true
+      db:
+        condition: service_started
+        required: true
+    environment:
+      A: "1"
+      B: "2"
+      C: "3"
+    expose:
+    - "9000"
+    - "9001"
+    healthcheck:
+      interval: 10s
+      test:
+      - CMD
+      - "false"
+    image: web:2
+    labels:
+      team: a
+      tier: front
+    ports:
+    - mode: ingress
+      protocol: tcp
+      published: "80"
+      target: 80
+    - mode: ingress
+      protocol: tcp
+      published: "443"
+      target: 443
+    volumes:
+    - source: other
+      target: /data
+      type: volume
+      volume: {}
+    - bind:
+        create_host_path: true
+      source: /p/conf
+      target: /etc/conf
+      type: bind
+volumes:
+  data: {}
+  other: {}
+"#,
+    );
+}
+
+#[test]
+fn extends_in_the_same_file_in_other_files_and_in_chains() {
+    check_with(
+        &[
+            (
+                "compose.yaml",
+                r#"
+services:
+  base:
+    image: busybox
+    environment: [LEVEL=base]
+    labels: {from: base}
+  middle:
+    extends: base
+    environment: [LEVEL=middle]
+  web:
+    extends: {service: middle}
+    command: httpd -f
+  remote:
+    extends:
+      file: lib/common.yaml
+      service: common
+    environment: {LOCAL: "yes"}
+"#,
+            ),
+            (
+                "lib/common.yaml",
+                r#"
+services:
+  root:
+    image: alpine
+    volumes: ["./data:/data"]
+  common:
+    extends: root
+    environment: {COMMON: "yes"}
+"#,
+            ),
+        ],
+        &[],
+        &[],
+        r#"
+name: p
+services:
+  base:
+    environment:
+      LEVEL: base
+    image: busybox
+    labels:
+      from: base
+  middle:
+    environment:
+      LEVEL: middle
+    image: busybox
+    labels:
+      from: base
+  remote:
+    environment:
+      COMMON: "yes"
+      LOCAL: "yes"
+    image: alpine
+    volumes:
+    - bind:
+        create_host_path: true
+      source: /p/lib/data
+      target: /data
+      type: bind
+  web:
+    command:
+    - httpd
+    - -f
+    environment:
+      LEVEL: middle
+    image: busybox
+    labels:
+      from: base
+"#,
+    );
+}
+
+#[test]
+fn include_adds_the_services_of_other_files_with_their_own_directory() {
+    check_with(
+        &[
+            (
+                "compose.yaml",
+                r#"
+include:
+  - db/compose.yaml
+  - path: [cache/compose.yaml]
+services:
+  web:
+    image: web
+    depends_on: [db, cache]
+"#,
+            ),
+            (
+                "db/compose.yaml",
+                "services:\n  db:\n    image: postgres\n    volumes: [\"./init:/docker-entrypoint-initdb.d\"]\n",
+            ),
+            ("cache/compose.yaml", "services:\n  cache:\n    image: redis\n"),
+        ],
+        &[],
+        &[],
+        r#"
+name: p
+services:
+  cache:
+    image: redis
+  db:
+    image: postgres
+    volumes:
+    - bind:
+        create_host_path: true
+      source: /p/db/init
+      target: /docker-entrypoint-initdb.d
+      type: bind
+  web:
+    depends_on:
+      cache:
+        condition: service_started
+        required: true
+      db:
+        condition: service_started
+        required: true
+    image: web
+"#,
+    );
+}
+
+#[test]
+fn profiles_disable_services_unless_active() {
+    let files = [(
+        "compose.yaml",
+        r#"
+services:
+  web: {image: web}
+  debug: {image: busybox, profiles: [debug]}
+  tools: {image: busybox, profiles: [tools, debug]}
+"#,
+    )];
+    let off = load_files(&files, &[], &[]).expect("loads");
+    assert_eq!(off.project.services.keys().collect::<Vec<_>>(), ["web"]);
+    assert_eq!(
+        off.project.disabled.keys().collect::<Vec<_>>(),
+        ["debug", "tools"]
+    );
+    let on = load_files(&files, &[], &["tools"]).expect("loads");
+    assert_eq!(
+        on.project.services.keys().collect::<Vec<_>>(),
+        ["tools", "web"]
+    );
+    assert_eq!(on.project.disabled.keys().collect::<Vec<_>>(), ["debug"]);
+    let all = load_files(&files, &[], &["*"]).expect("loads");
+    assert!(all.project.disabled.is_empty());
+}
+
+#[test]
+fn ports_short_and_long_syntax_with_ranges_host_ips_and_protocols() {
+    check(
+        r#"
+services:
+  web:
+    image: web
+    ports:
+      - 80
+      - "8080:80"
+      - "127.0.0.1:8443:443"
+      - "[::1]:5353:53/udp"
+      - "9000-9001:7000-7001"
+      - "6000-6005:6000"
+      - target: 5000
+        published: "5000"
+        protocol: sctp
+        mode: host
+        host_ip: 0.0.0.0
+        name: api
+        app_protocol: http
+"#,
+        r#"
+name: p
+services:
+  web:
+    image: web
+    ports:
+    - mode: ingress
+      protocol: tcp
+      target: 80
+    - mode: ingress
+      protocol: tcp
+      published: "8080"
+      target: 80
+    - host_ip: "127.0.0.1"
+      mode: ingress
+      protocol: tcp
+      published: "8443"
+      target: 443
+    - host_ip: "::1"
+      mode: ingress
+      protocol: udp
+      published: "5353"
+      target: 53
+    - mode: ingress
+      protocol: tcp
+      published: "9000"
+      target: 7000
+    - mode: ingress
+      protocol: tcp
+      published: "9001"
+      target: 7001
+    - mode: ingress
+      protocol: tcp
+      published: 6000-6005
+      target: 6000
+    - app_protocol: http
+      host_ip: "0.0.0.0"
+      mode: host
+      name: api
+      protocol: sctp
+      published: "5000"
+      target: 5000
+"#,
+    );
+}
+
+#[test]
+fn volumes_short_and_long_syntax() {
+    check(
+        r#"
+services:
+  web:
+    image: web
+    volumes:
+      - /anonymous
+      - named:/data:ro
+      - ./relative:/src:rw,z
+      - /abs/path:/abs
+      - type: tmpfs
+        target: /tmp
+        tmpfs: {size: 1000}
+      - type: bind
+        source: ../up
+        target: /up
+        read_only: true
+volumes:
+  named:
+"#,
+        r#"
+name: p
+services:
+  web:
+    image: web
+    volumes:
+    - target: /anonymous
+      type: volume
+    - read_only: true
+      source: named
+      target: /data
+      type: volume
+      volume: {}
+    - bind:
+        create_host_path: true
+        selinux: z
+      source: /p/relative
+      target: /src
+      type: bind
+    - bind:
+        create_host_path: true
+      source: /abs/path
+      target: /abs
+      type: bind
+    - target: /tmp
+      tmpfs:
+        size: 1000
+      type: tmpfs
+    - read_only: true
+      source: /up
+      target: /up
+      type: bind
+volumes:
+  named: {}
+"#,
+    );
+}
+
+#[test]
+fn depends_on_list_and_map_with_conditions_required_and_restart() {
+    check(
+        r#"
+services:
+  web:
+    image: web
+    depends_on:
+      db: {condition: service_healthy, restart: true}
+      migrate: {condition: service_completed_successfully}
+      cache: {condition: service_started, required: false}
+  worker:
+    image: web
+    depends_on: [db]
+  db: {image: postgres}
+  migrate: {image: web}
+  cache: {image: redis}
+"#,
+        r#"
+name: p
+services:
+  cache:
+    image: redis
+  db:
+    image: postgres
+  migrate:
+    image: web
+  web:
+    depends_on:
+      cache:
+        condition: service_started
+        required: false
+      db:
+        condition: service_healthy
+        required: true
+        restart: true
+      migrate:
+        condition: service_completed_successfully
+        required: true
+    image: web
+  worker:
+    depends_on:
+      db:
+        condition: service_started
+        required: true
+    image: web
+"#,
+    );
+}
+
+#[test]
+fn healthcheck_durations_and_string_test() {
+    check(
+        r#"
+services:
+  web:
+    image: web
+    healthcheck:
+      test: curl -f http://localhost/ || exit 1
+      interval: 1m30s
+      timeout: 500ms
+      retries: 3
+      start_period: 90s
+      start_interval: 2s
+  db:
+    image: postgres
+    healthcheck: {test: ["CMD", "pg_isready"], interval: 10}
+  off:
+    image: busybox
+    healthcheck: {disable: true}
+"#,
+        r#"
+name: p
+services:
+  db:
+    healthcheck:
+      interval: 10s
+      test:
+      - CMD
+      - pg_isready
+    image: postgres
+  "off":
+    healthcheck:
+      disable: true
+    image: busybox
+  web:
+    healthcheck:
+      interval: 1m30s
+      retries: 3
+      start_interval: 2s
+      start_period: 1m30s
+      test:
+      - CMD-SHELL
+      - curl -f http://localhost/ || exit 1
+      timeout: 500ms
+    image: web
+"#,
+    );
+}
+
+#[test]
+fn deploy_resources_placement_and_policies() {
+    check(
+        r#"
+services:
+  web:
+    image: web
+    deploy:
+      mode: replicated
+      replicas: 3
+      resources:
+        limits: {cpus: "0.5", memory: 512m, pids: 100}
+        reservations: {cpus: 0.25, memory: 1gb}
+      placement:
+        constraints: [node.labels.zone == eu, node.role != manager]
+        preferences: [{spread: node.labels.zone}]
+        max_replicas_per_node: 2
+      restart_policy: {condition: on-failure, delay: 5s, max_attempts: 3, window: 2m}
+      update_config: {parallelism: 2, delay: 10s, order: start-first, failure_action: rollback, monitor: 30s, max_failure_ratio: 0.1}
+      rollback_config: {parallelism: 1}
+"#,
+        r#"
+name: p
+services:
+  web:
+    deploy:
+      mode: replicated
+      placement:
+        constraints:
+        - node.labels.zone == eu
+        - node.role != manager
+        max_replicas_per_node: 2
+        preferences:
+        - spread: node.labels.zone
+      replicas: 3
+      resources:
+        limits:
+          cpus: 0.5
+          memory: "536870912"
+          pids: 100
+        reservations:
+          cpus: 0.25
+          memory: "1073741824"
+      restart_policy:
+        condition: on-failure
+        delay: 5s
+        max_attempts: 3
+        window: 2m0s
+      rollback_config:
+        parallelism: 1
+      update_config:
+        delay: 10s
+        failure_action: rollback
+        max_failure_ratio: 0.1
+        monitor: 30s
+        order: start-first
+        parallelism: 2
+    image: web
+"#,
+    );
+}
+
+#[test]
+fn legacy_mem_limit_cpus_and_scale_feed_deploy() {
+    check(
+        r#"
+services:
+  web:
+    image: web
+    mem_limit: 1.5G
+    mem_reservation: 256m
+    cpus: 1.5
+    pids_limit: 64
+    scale: 2
+"#,
+        r#"
+name: p
+services:
+  web:
+    cpus: 1.5
+    deploy:
+      replicas: 2
+      resources:
+        limits:
+          cpus: 1.5
+          memory: "1610612736"
+          pids: 64
+        reservations:
+          memory: "268435456"
+    image: web
+    mem_limit: "1610612736"
+    mem_reservation: "268435456"
+    pids_limit: 64
+    scale: 2
+"#,
+    );
+}
+
+#[test]
+fn secrets_and_configs_short_and_long_syntax_with_absolute_files() {
+    check(
+        r#"
+services:
+  web:
+    image: web
+    secrets:
+      - db_password
+      - source: api_key
+        target: /run/keys/api
+        uid: "1000"
+        gid: "1000"
+        mode: 0440
+    configs:
+      - nginx
+      - {source: app, target: /etc/app.conf, mode: 292}
+secrets:
+  db_password: {file: ./secrets/db.txt}
+  api_key: {environment: API_KEY}
+configs:
+  nginx: {file: conf/nginx.conf}
+  app: {content: "debug = true"}
+"#,
+        r#"
+configs:
+  app:
+    content: debug = true
+  nginx:
+    file: /p/conf/nginx.conf
+name: p
+secrets:
+  api_key:
+    environment: API_KEY
+  db_password:
+    file: /p/secrets/db.txt
+services:
+  web:
+    configs:
+    - source: nginx
+    - mode: 292
+      source: app
+      target: /etc/app.conf
+    image: web
+    secrets:
+    - source: db_password
+    - gid: "1000"
+      mode: 288
+      source: api_key
+      target: /run/keys/api
+      uid: "1000"
+"#,
+    );
+}
+
+#[test]
+fn networks_with_aliases_and_network_mode_service() {
+    check(
+        r#"
+services:
+  web:
+    image: web
+    networks:
+      front:
+        aliases: [www, site]
+      back:
+  api:
+    image: api
+    networks: [back]
+  sidecar:
+    image: envoy
+    network_mode: service:web
+networks:
+  front:
+  back: {driver: bridge, internal: true}
+"#,
+        r#"
+name: p
+networks:
+  back:
+    driver: bridge
+    internal: true
+  front: {}
+services:
+  api:
+    image: api
+    networks:
+      back: null
+  sidecar:
+    image: envoy
+    network_mode: service:web
+  web:
+    image: web
+    networks:
+      back: null
+      front:
+        aliases:
+        - www
+        - site
+"#,
+    );
+}
+
+#[test]
+fn spans_point_at_service_names_dependency_edges_ports_and_constraints() {
+    let yaml = r#"services:
+  web:
+    image: web
+    depends_on: [db]
+    links: ["cache:redis"]
+    volumes_from: [store]
+    ports: ["80:80", "443:443"]
+    deploy:
+      placement:
+        constraints: [node.labels.zone == eu]
+  sidecar:
+    image: envoy
+    network_mode: service:web
+  db: {image: postgres}
+  cache: {image: redis}
+  store: {image: busybox}
+"#;
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    let at = |l: &compose_fleet::compose::model::Location| format!("{l}");
+    let web = &loaded.project.services["web"];
+    assert_eq!(at(&web.spans.name), "compose.yaml:2:3");
+    let deps: Vec<(String, String)> = web
+        .spans
+        .dependencies
+        .iter()
+        .map(|(k, l)| (k.clone(), at(l)))
+        .collect();
+    assert_eq!(
+        deps,
+        [
+            ("cache".to_string(), "compose.yaml:5:13".to_string()),
+            ("db".to_string(), "compose.yaml:4:18".to_string()),
+            ("store".to_string(), "compose.yaml:6:20".to_string()),
+        ]
+    );
+    let ports: Vec<String> = web.spans.ports.iter().map(at).collect();
+    assert_eq!(ports, ["compose.yaml:7:13", "compose.yaml:7:22"]);
+    let constraints: Vec<String> = web.spans.constraints.iter().map(at).collect();
+    assert_eq!(constraints, ["compose.yaml:10:23"]);
+    let sidecar = &loaded.project.services["sidecar"];
+    assert_eq!(at(&sidecar.spans.dependencies["web"]), "compose.yaml:13:19");
+}
+
+#[test]
+fn a_service_with_only_build_loads_and_the_ledger_says_it_cannot_be_deployed_yet() {
+    let yaml = "services:\n  app:\n    build: .\n  web:\n    image: web\n    build: ./web\n";
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    assert!(loaded.project.services["app"].build.is_some());
+    let build: Vec<(String, String)> = loaded
+        .ledger
+        .entries
+        .iter()
+        .filter(|e| e.key == "build")
+        .map(|e| (e.service.clone().unwrap_or_default(), e.reason.clone()))
+        .collect();
+    assert_eq!(build.len(), 2);
+    assert!(
+        build[0]
+            .1
+            .contains("cannot be deployed until an image is given"),
+        "{build:?}"
+    );
+    assert!(build[1].1.contains("`build` is not used"), "{build:?}");
+    let warnings = lines(&loaded.warnings);
+    assert_eq!(
+        warnings,
+        ["compose.yaml:2:3: warning: service `app` has only `build:`; it cannot be deployed until it has an `image`"]
+    );
+    let hint = loaded.warnings.0[0].hint.clone().unwrap_or_default();
+    assert!(
+        hint.contains("push it to a registry") || hint.contains("push it"),
+        "{hint}"
+    );
+}
+
+#[test]
+fn keys_accepted_but_not_honoured_are_warnings_naming_key_and_service() {
+    let yaml =
+        "services:\n  web:\n    image: web\n    logging: {driver: json-file}\n    dns: [1.1.1.1]\n";
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    assert_eq!(
+        lines(&loaded.warnings),
+        [
+            "compose.yaml:4:5: warning: `logging` in service `web` is accepted but not honoured: the agent keeps logs itself; logging drivers are not used",
+            "compose.yaml:5:5: warning: `dns` in service `web` is accepted but not honoured: pods use the agent's DNS server",
+        ]
+    );
+    // Nothing is dropped: the keys are still in the canonical output.
+    let web = &loaded.project.services["web"];
+    assert!(web.extra.contains_key("logging") && web.extra.contains_key("dns"));
+}
+
+#[test]
+fn the_ledger_classifies_every_key_of_the_spec() {
+    use compose_fleet::compose::ledger;
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared().join("compose-corpus/spec/compose-spec.json"))
+            .expect("read the schema"),
+    )
+    .expect("JSON");
+    let keys = |path: &str| -> Vec<String> {
+        schema
+            .pointer(path)
+            .and_then(|v| v.as_object())
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    for k in keys("/definitions/service/properties") {
+        assert!(
+            ledger::service_key(&k).is_some(),
+            "service key `{k}` is not classified"
+        );
+        assert!(
+            ledger::SERVICE_KEYS.contains(&k.as_str()),
+            "`{k}` missing from SERVICE_KEYS"
+        );
+    }
+    for k in keys("/properties") {
+        assert!(
+            ledger::top_key(&k).is_some(),
+            "top-level key `{k}` is not classified"
+        );
+    }
+    for k in keys("/definitions/deployment/properties") {
+        assert!(
+            ledger::deploy_key(&k).is_some(),
+            "deploy key `{k}` is not classified"
+        );
+    }
+}
+
+// The CLI: `config` and its flags, through the real binary.
+
+fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_compose-fleet"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("COMPOSE_FILE")
+        .env_remove("COMPOSE_PROFILES")
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .output()
+        .expect("runs compose-fleet");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn project_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, text) in files {
+        let p = dir.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(p, text).expect("write fixture");
+    }
+    dir
+}
+
+#[test]
+fn cli_config_prints_yaml_json_services_and_profiles() {
+    let dir = project_dir(&[
+        ("compose.yaml", "name: Demo App\nservices:\n  web: {image: web}\n  dbg: {image: busybox, profiles: [debug]}\n"),
+        ("compose.override.yaml", "services:\n  web: {environment: [A=1]}\n"),
+    ]);
+    let (code, out, err) = cli(dir.path(), &["config"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "name: demoapp\nservices:\n  web:\n    environment:\n      A: \"1\"\n    image: web\n"
+    );
+    let (code, out, _) = cli(dir.path(), &["config", "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["services"]["web"]["image"], "web");
+    let (_, out, _) = cli(dir.path(), &["--profile", "debug", "config", "--services"]);
+    assert_eq!(out, "dbg\nweb\n");
+    let (_, out, _) = cli(dir.path(), &["config", "--profiles"]);
+    assert_eq!(out, "debug\n");
+    let (_, out, _) = cli(dir.path(), &["-p", "other", "-f", "compose.yaml", "config"]);
+    assert!(out.starts_with("name: other\n"), "{out}");
+    assert!(
+        !out.contains("A: "),
+        "-f replaces the default discovery: {out}"
+    );
+}
+
+#[test]
+fn cli_config_check_prints_the_ledger_and_strict_fails_on_warnings() {
+    let dir = project_dir(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: web\n    logging: {driver: syslog}\n",
+    )]);
+    let (code, out, err) = cli(dir.path(), &["config", "--check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("honoured                (top level)  services"),
+        "{out}"
+    );
+    assert!(
+        out.contains("accepted, not honoured  web          logging   compose.yaml:4:5"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("2 honoured, 1 accepted but not honoured, 0 rejected\n"),
+        "{out}"
+    );
+    assert!(err.contains("warning: `logging` in service `web`"), "{err}");
+    let (code, _, err) = cli(dir.path(), &["config", "--strict"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("error: `logging` in service `web` is accepted but not honoured"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--strict: 1 warning treated as error"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_config_user_errors_exit_1_with_rendered_diagnostics() {
+    let dir = project_dir(&[("compose.yaml", "services:\n  web:\n    imgae: nginx\n")]);
+    let (code, out, err) = cli(dir.path(), &["config"]);
+    assert_eq!(code, 1);
+    assert_eq!(out, "");
+    assert!(
+        err.contains(
+            "error: unknown key `imgae` in service `web`\n  --> compose.yaml:3:5\n   |\n 3 |     imgae: nginx\n   |     ^^^^^ did you mean `image`?\n"
+        ),
+        "{err}"
+    );
+    let empty = tempfile::tempdir().expect("temp dir");
+    let (code, _, err) = cli(empty.path(), &["config"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no compose file found"), "{err}");
+}
+
+#[test]
+fn include_with_its_own_env_file_and_project_directory() {
+    check_with(
+        &[
+            (
+                "compose.yaml",
+                r#"
+include:
+  - path: ../lib/db.yaml
+    env_file: ../lib/db.env
+    project_directory: ../lib
+services:
+  web: {image: "web:${TAG}"}
+"#,
+            ),
+            (".env", "TAG=1\n"),
+            (
+                "../lib/db.yaml",
+                "services:\n  db:\n    image: \"postgres:${PG}\"\n    env_file: conf.env\n",
+            ),
+            ("../lib/db.env", "PG=16\n"),
+            ("../lib/conf.env", "MODE=${TAG}\n"),
+        ],
+        &[],
+        &[],
+        r#"
+name: p
+services:
+  db:
+    environment:
+      MODE: "1"
+    image: postgres:16
+  web:
+    image: web:1
+"#,
+    );
+}
+
+#[test]
+fn env_file_in_raw_format_is_taken_literally() {
+    check_with(
+        &[
+            (
+                "compose.yaml",
+                "services:\n  web:\n    image: web\n    env_file: [{path: raw.env, format: raw}]\n",
+            ),
+            ("raw.env", "# comment\nA='quoted' ${NOT} # kept\n"),
+        ],
+        &[],
+        &[],
+        r#"
+name: p
+services:
+  web:
+    environment:
+      A: "'quoted' ${NOT} # kept"
+    image: web
+"#,
+    );
+}
+
+#[test]
+fn network_mode_other_than_service_is_accepted_but_not_honoured() {
+    let yaml = "services:\n  web:\n    image: web\n    network_mode: host\n";
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    assert_eq!(
+        lines(&loaded.warnings),
+        ["compose.yaml:4:19: warning: `network_mode: host` in service `web` is accepted but not honoured: only `service:NAME` is honoured; the pod gets its own network namespace on the fleet network"]
+    );
+    let entry = loaded
+        .ledger
+        .entries
+        .iter()
+        .find(|e| e.key == "network_mode")
+        .expect("in the ledger");
+    assert_eq!(
+        entry.status,
+        compose_fleet::compose::ledger::Status::Accepted
+    );
+}

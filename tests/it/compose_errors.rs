@@ -1,0 +1,331 @@
+//! The loader's invalid cases: each fixture and the exact diagnostics (`file:line:column`, message)
+//! it gives. All problems of a file come out in one run.
+
+use super::compose::{lines, load_files};
+
+/// Loads `yaml` as `/p/compose.yaml` with `env`, expects failure, and compares the errors (in
+/// their one-line form) with `expected`.
+fn check_errors(yaml: &str, env: &[(&str, &str)], expected: &[&str]) {
+    match load_files(&[("compose.yaml", yaml)], env, &[]) {
+        Ok(l) => panic!(
+            "loaded, but expected errors {expected:#?}; warnings: {:#?}",
+            lines(&l.warnings)
+        ),
+        Err(f) => {
+            let errors: Vec<String> = f.diagnostics.errors().map(|d| d.to_string()).collect();
+            assert_eq!(errors, expected);
+        }
+    }
+}
+
+/// The first error's hint.
+fn hint(yaml: &str) -> String {
+    match load_files(&[("compose.yaml", yaml)], &[], &[]) {
+        Ok(_) => panic!("loaded"),
+        Err(f) => f
+            .diagnostics
+            .errors()
+            .next()
+            .and_then(|d| d.hint.clone())
+            .unwrap_or_default(),
+    }
+}
+
+#[test]
+fn required_variable_unset_or_empty() {
+    let yaml = "services:\n  web:\n    image: \"db:${TAG:?set TAG}\"\n    environment:\n      A: ${EMPTY:?}\n      B: x-${GONE?needed}\n      C: ${EMPTY?}\n";
+    check_errors(
+        yaml,
+        &[("EMPTY", "")],
+        &[
+            "compose.yaml:3:16: error: required variable `TAG` is not set: set TAG",
+            "compose.yaml:5:10: error: required variable `EMPTY` is empty",
+            "compose.yaml:6:12: error: required variable `GONE` is not set: needed",
+        ],
+    );
+}
+
+#[test]
+fn bad_interpolation_syntax() {
+    check_errors(
+        "services:\n  web:\n    image: busybox\n    command: echo ${A\n    environment: [\"X=${A B}\", \"Y=$1\"]\n",
+        &[],
+        &[
+            "compose.yaml:4:19: error: invalid interpolation format: `${A` has no closing `}`",
+            "compose.yaml:5:22: error: invalid interpolation format: unexpected ` ` in `${A B}`",
+            "compose.yaml:5:34: error: invalid interpolation format: `$1` is neither `$NAME` nor `${NAME}`",
+        ],
+    );
+}
+
+#[test]
+fn bad_port() {
+    check_errors(
+        "services:\n  web:\n    image: web\n    ports:\n      - \"70000:80\"\n      - \"80:80:80:80\"\n      - {target: 0}\n      - \"8000-8002:80-81\"\n",
+        &[],
+        &[
+            "compose.yaml:5:9: error: bad port `70000:80`: `70000` is out of range 1-65535",
+            "compose.yaml:6:9: error: bad port `80:80:80:80`: too many `:`",
+            "compose.yaml:7:18: error: bad port: `0` is out of range 1-65535",
+            "compose.yaml:8:9: error: bad port `8000-8002:80-81`: the host and container ranges differ in length",
+        ],
+    );
+}
+
+#[test]
+fn bad_protocol() {
+    check_errors(
+        "services:\n  web:\n    image: web\n    ports:\n      - \"53:53/udpx\"\n      - {target: 80, protocol: http}\n",
+        &[],
+        &[
+            "compose.yaml:5:9: error: bad protocol `udpx` in port `53:53/udpx`",
+            "compose.yaml:6:32: error: bad protocol `http`",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    check_errors(
+        "services:\n  web:\n    image: web\n    image: other\n",
+        &[],
+        &["compose.yaml:4:5: error: invalid YAML: duplicate mapping key `image` is not allowed here"],
+    );
+}
+
+#[test]
+fn alias_bomb_is_stopped_with_a_clear_error() {
+    let mut yaml = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        yaml.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    yaml.push_str("services:\n  web: {image: web}\n");
+    match load_files(&[("compose.yaml", &yaml)], &[], &[]) {
+        Ok(_) => panic!("an alias bomb loaded"),
+        Err(f) => {
+            let e = f.diagnostics.errors().next().expect("an error").clone();
+            assert!(
+                e.message
+                    .starts_with("too many YAML alias expansions (alias bomb?)"),
+                "{}",
+                e.message
+            );
+            assert!(e.location.is_some());
+            assert!(e.hint.unwrap_or_default().contains("flatten"));
+        }
+    }
+}
+
+#[test]
+fn scale_and_deploy_replicas_in_conflict() {
+    check_errors(
+        "services:\n  web:\n    image: web\n    scale: 2\n    deploy: {replicas: 3}\n  ok:\n    image: web\n    scale: 2\n    deploy: {replicas: 2}\n",
+        &[],
+        &["compose.yaml:4:12: error: service `web` sets `scale: 2` and `deploy.replicas: 3`"],
+    );
+}
+
+#[test]
+fn undefined_secret_and_config() {
+    check_errors(
+        "services:\n  web:\n    image: web\n    secrets: [db_password, {source: api_key}]\n    configs: [nginx]\nsecrets:\n  db_password: {file: ./db.txt}\n",
+        &[],
+        &[
+            "compose.yaml:4:37: error: undefined secret `api_key`",
+            "compose.yaml:5:15: error: undefined config `nginx`",
+        ],
+    );
+}
+
+#[test]
+fn network_mode_together_with_networks() {
+    check_errors(
+        "services:\n  web:\n    image: web\n  side:\n    image: envoy\n    network_mode: service:web\n    networks: [default]\n",
+        &[],
+        &["compose.yaml:7:5: error: service `side` sets both `network_mode` and `networks`"],
+    );
+}
+
+#[test]
+fn no_image_and_no_build() {
+    check_errors(
+        "services:\n  web:\n    command: [sleep, \"1\"]\n  empty:\n",
+        &[],
+        &[
+            "compose.yaml:4:3: error: service `empty` has neither `image` nor `build`",
+            "compose.yaml:2:3: error: service `web` has neither `image` nor `build`",
+        ],
+    );
+    assert!(hint("services:\n  web: {}\n").contains("add `image:"));
+}
+
+#[test]
+fn a_non_string_service_name() {
+    check_errors(
+        "services:\n  1:\n    image: web\n  ? [a, b]\n  : {image: web}\n",
+        &[],
+        &[
+            "compose.yaml:2:3: error: a service name must be a string, found an integer",
+            "compose.yaml:4:5: error: a service name must be a string, found a sequence",
+        ],
+    );
+    assert_eq!(hint("services:\n  1: {image: web}\n"), "quote it: `\"1\":`");
+}
+
+#[test]
+fn extends_cycle_names_the_chain() {
+    check_errors(
+        "services:\n  a:\n    image: web\n    extends: b\n  b:\n    extends: c\n  c:\n    extends: {service: a}\n",
+        &[],
+        &[
+            "compose.yaml:4:5: error: `extends` cycle: a → b → c → a",
+            "compose.yaml:6:5: error: `extends` cycle: b → c → a → b",
+            "compose.yaml:8:5: error: `extends` cycle: c → a → b → c",
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_get_did_you_mean() {
+    let yaml = "servces: {}\nservices:\n  web:\n    imgae: web\n    healthcheck: {intervall: 5s}\n    deploy:\n      replica: 2\n      resources: {limits: {memroy: 1g}}\n    ports: [{target: 80, publshed: 80}]\n    depends_on: {db: {condtion: service_healthy}}\n  db: {image: db}\n";
+    match load_files(&[("compose.yaml", yaml)], &[], &[]) {
+        Ok(_) => panic!("loaded"),
+        Err(f) => {
+            let got: Vec<(String, Option<String>)> = f
+                .diagnostics
+                .errors()
+                .map(|d| (d.to_string(), d.label.clone()))
+                .collect();
+            let want = [
+                ("compose.yaml:1:1: error: unknown top-level key `servces`", "services"),
+                ("compose.yaml:4:5: error: unknown key `imgae` in service `web`", "image"),
+                (
+                    "compose.yaml:5:19: error: unknown key `intervall` in the healthcheck of service `web`",
+                    "interval",
+                ),
+                (
+                    "compose.yaml:7:7: error: unknown key `replica` in `deploy` of service `web`",
+                    "replicas",
+                ),
+                (
+                    "compose.yaml:8:28: error: unknown key `memroy` in `deploy.resources.limits`",
+                    "memory",
+                ),
+                ("compose.yaml:9:26: error: unknown key `publshed` in a port", "published"),
+                (
+                    "compose.yaml:10:23: error: unknown key `condtion` in a `depends_on` entry",
+                    "condition",
+                ),
+            ];
+            let mut want: Vec<(String, Option<String>)> = want
+                .iter()
+                .map(|(m, s)| (m.to_string(), Some(format!("did you mean `{s}`?"))))
+                .collect();
+            // The misspelt `image` leaves `web` without one, which is reported too.
+            want.push((
+                "compose.yaml:3:3: error: service `web` has neither `image` nor `build`".into(),
+                None,
+            ));
+            assert_eq!(got, want);
+        }
+    }
+}
+
+#[test]
+fn all_problems_are_reported_in_one_run() {
+    check_errors(
+        "services:\n  web:\n    image: web\n    ports: [\"99999:80\"]\n    restart: sometimes\n    deploy: {resources: {limits: {memory: 12 parsecs}}}\n    stop_grace_period: forever\n",
+        &[],
+        &[
+            "compose.yaml:4:13: error: bad port `99999:80`: `99999` is out of range 1-65535",
+            "compose.yaml:5:14: error: `restart: sometimes` is not a restart policy",
+            "compose.yaml:6:43: error: `memory`: `12 parsecs` has an unknown size unit `parsecs` (use b, k, m, g or t)",
+            "compose.yaml:7:24: error: `stop_grace_period`: `forever` is not a duration (expected e.g. `30s`, `1m30s` or `500ms`)",
+        ],
+    );
+}
+
+#[test]
+fn rendered_like_rustc_with_caret_and_hint() {
+    let yaml = "services:\n  web:\n    image: \"web:${TAG:?}\"\n";
+    let f = load_files(&[("compose.yaml", yaml)], &[], &[]).expect_err("fails");
+    let d = f.diagnostics.errors().next().expect("an error");
+    assert_eq!(
+        f.sources.render(d),
+        "error: required variable `TAG` is not set\n  --> compose.yaml:3:17\n   |\n 3 |     image: \"web:${TAG:?}\"\n   |                 ^^^^^^^^\n   = hint: set `TAG` in the environment, in the project's `.env` file or in a file given with `--env-file`\n"
+    );
+}
+
+#[test]
+fn never_a_panic_on_odd_input() {
+    for yaml in [
+        "",
+        "---\n",
+        "[]",
+        "services: 3",
+        "services: [web]",
+        "services:\n  web: [1, 2]\n",
+        "services:\n  web:\n    ports: 80\n    volumes: {a: b}\n    environment: 3\n    depends_on: 7\n",
+        "services:\n  web:\n    image: web\n    deploy: []\n    healthcheck: x\n",
+        "\u{feff}services:\n  wéb:\n    image: \"ünï${Ä}\"\n",
+        "services:\n  web:\n    image: \"$\"\n    command: \"${}\"\n",
+        "services:\n  web:\n    image: web\n    extends: {file: /nope.yaml, service: x}\n",
+        "include: [/p/compose.yaml]\nservices: {}\n",
+        "a: &a [*a]\n",
+        "{{{",
+        "services:\n  web:\n    image: web\n    ports: [\"[::1\", \"1-:2\", \":\", \"/\", \"-\"]\n",
+    ] {
+        let _ = load_files(&[("compose.yaml", yaml)], &[], &[]);
+    }
+}
+
+#[test]
+fn undefined_named_volume_and_network() {
+    check_errors(
+        "services:\n  web:\n    image: web\n    volumes: [\"data:/data\", \"./ok:/ok\"]\n    networks: [front]\n",
+        &[],
+        &[
+            "compose.yaml:5:16: error: service `web` uses network `front`, which is not defined",
+            "compose.yaml:4:15: error: service `web` uses volume `data`, which is not defined",
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_in_top_level_resources() {
+    check_errors(
+        "services:\n  web: {image: web}\nnetworks:\n  front: {drivr: bridge}\nvolumes:\n  data: {externl: true}\nsecrets:\n  key: {fil: ./k}\n",
+        &[],
+        &[
+            "compose.yaml:4:11: error: unknown key `drivr` in network `front`",
+            "compose.yaml:6:10: error: unknown key `externl` in volume `data`",
+            "compose.yaml:8:9: error: unknown key `fil` in secret `key`",
+            "compose.yaml:8:8: error: secret `key` says nowhere where its content comes from",
+        ],
+    );
+}
+
+#[test]
+fn deeply_nested_input_is_an_error_not_a_crash() {
+    for (open, close) in [("[", "]"), ("{a: ", "}")] {
+        for depth in [31, 33, 5000] {
+            let yaml = format!(
+                "x-deep: {}1{}\nservices:\n  web: {{image: web}}\n",
+                open.repeat(depth),
+                close.repeat(depth)
+            );
+            let result = load_files(&[("compose.yaml", &yaml)], &[], &[]);
+            if depth < 32 {
+                assert!(result.is_ok(), "{depth} levels of {open} load");
+            } else {
+                let f = result.expect_err("too deep");
+                let e = f.diagnostics.errors().next().expect("an error");
+                assert!(e.message.starts_with("invalid YAML"), "{}", e.message);
+                assert!(e.location.is_some());
+            }
+        }
+    }
+}
