@@ -793,3 +793,90 @@ fn bench_create_start_delete_true_vs_crun() {
         p50(&mut block_crun),
     );
 }
+
+#[test]
+fn the_supervisor_seam_runs_an_isolated_container_and_execs_into_it() {
+    use compose_fleet_agent::runtime::seam::Isolated;
+    use compose_fleet_agent::supervisor::seam::{ContainerRuntime, ContainerStdio, Launch};
+    if !is_root("the_supervisor_seam_runs_an_isolated_container_and_execs_into_it") {
+        return;
+    }
+    let fx = Fixture::new("seam");
+    let iso = Isolated::new(&fx.state).unwrap().with_init_exe(agent());
+    let launch = Launch {
+        id: format!("{}.web.web-1", fx.project),
+        project: fx.project.clone(),
+        pod: "web".into(),
+        service: "web".into(),
+        replica: 1,
+        dir: fx.state.join("launches/web-1"),
+        argv: vec!["sh".into(), "-c".into(), "echo up; exec sleep 30".into()],
+        env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+        user: None,
+        working_dir: None,
+        hostname: "web".into(),
+        layers: vec![fx.state.join("layer")],
+        mounts: vec![],
+        spec: ContainerSpec {
+            service: "web".into(),
+            replica: 1,
+            image: "busybox".into(),
+            ..Default::default()
+        },
+        runtime: Isolated::NAME.into(),
+        log_max_bytes: 1 << 20,
+        log_max_files: 2,
+    };
+    fs::create_dir_all(&launch.dir).unwrap();
+    iso.create(&launch).unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let stdin = fs::File::open("/dev/null").unwrap();
+    let pid = iso
+        .start(
+            &launch,
+            ContainerStdio {
+                stdin: stdin.into(),
+                stdout: w.try_clone().unwrap(),
+                stderr: w,
+            },
+        )
+        .unwrap();
+    let mut out = fs::File::from(r);
+    let mut up = [0u8; 3];
+    out.read_exact(&mut up).unwrap();
+    assert_eq!(&up, b"up\n");
+
+    let mut cmd = iso
+        .exec(
+            &launch,
+            pid,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo $GREETING $EXTRA $(hostname) $(tr '\\0' ' ' < /proc/1/cmdline); exit 4"
+                    .into(),
+            ],
+            &BTreeMap::from([("EXTRA".into(), "there".into())]),
+        )
+        .unwrap();
+    let output = cmd.output().unwrap();
+    assert_eq!(output.status.code(), Some(4), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "hi there web sleep 30"
+    );
+    assert!(!iso.oom_killed(&launch));
+
+    iso.kill(&launch, pid, nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let pid = Pid::from_raw(pid as i32);
+    assert_eq!(
+        waitpid(pid, None).unwrap(),
+        WaitStatus::Signaled(pid, nix::sys::signal::Signal::SIGKILL, false)
+    );
+    iso.delete(&launch).unwrap();
+    assert!(
+        !iso.runtime().pod_dir(&fx.project, "web").exists(),
+        "the pod outlived its last container"
+    );
+}
