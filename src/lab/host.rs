@@ -20,8 +20,10 @@ pub const PRIVATE_DIRS: [(&str, &str); 4] = [
     ("tmp", "/tmp"),
 ];
 
-/// How a lab host's listening sshd starts its command line (sessions are `sshd: USER@…`).
-const SSHD_LISTENER: &str = "/usr/sbin/sshd\0-D\0-f\0/etc/ssh/sshd_config\0";
+/// What a lab host's listening sshd has in its command line, arguments joined by spaces: before
+/// and after sshd retitles itself (`sshd: /usr/sbin/sshd -D -f … [listener] …`); sessions are
+/// `sshd: USER@…`.
+pub const SSHD_LISTENER: &str = "/usr/sbin/sshd -D -f /etc/ssh/sshd_config";
 
 /// A lab host as the lab sees it from the root namespace.
 #[derive(Debug, Clone)]
@@ -34,6 +36,48 @@ pub struct Host {
     pub address: String,
     /// `DIR/hosts/NAME`.
     pub root: PathBuf,
+}
+
+/// Shell lines that mount, under a fresh `/sys`, the cgroup hierarchies that `mountinfo` (the
+/// machine's) shows under `/sys/fs/cgroup`: the v2 tree, or v1's tmpfs with one mount per
+/// controller set (mounting a v1 controller set again attaches the existing hierarchy).
+fn cgroup_mount_script(mountinfo: &str) -> String {
+    let mut script = String::new();
+    for line in mountinfo.lines() {
+        // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS`
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = left.split(' ').nth(4).unwrap_or_default();
+        if mount_point != "/sys/fs/cgroup" && !mount_point.starts_with("/sys/fs/cgroup/") {
+            continue;
+        }
+        let mut right = right.split(' ');
+        let fstype = right.next().unwrap_or_default();
+        let _source = right.next();
+        let super_options = right.next().unwrap_or_default();
+        let command = match fstype {
+            "tmpfs" => "mount -t tmpfs -o mode=755 cgroup_root".to_string(),
+            "cgroup2" => "mount -t cgroup2 cgroup2".to_string(),
+            "cgroup" => {
+                let controllers: Vec<&str> = super_options
+                    .split(',')
+                    .filter(|o| *o != "rw" && *o != "ro" && !o.starts_with("name="))
+                    .collect();
+                // Named hierarchies without controllers (systemd's) are not needed by the agent.
+                if controllers.is_empty() {
+                    continue;
+                }
+                format!("mount -t cgroup -o {} cgroup", controllers.join(","))
+            }
+            _ => continue,
+        };
+        let target = quote(mount_point);
+        script.push_str(&format!(
+            "mkdir -p {target} 2>/dev/null; {command} {target} || echo 'lab: cannot mount {fstype} on {mount_point}' >&2\n"
+        ));
+    }
+    script
 }
 
 impl Host {
@@ -191,6 +235,12 @@ impl Host {
                 quote(&self.private(name).to_string_lossy())
             ));
         }
+        // `ip netns exec` mounted a fresh /sys for the namespace, without the machine's cgroup
+        // hierarchies under it: mount them again so the agent on a lab host can set limits, as
+        // on a real server. A failure is logged and not fatal: sshd must still come up.
+        script.push_str(&cgroup_mount_script(
+            &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        ));
         // sshd's privilege separation directory, in the host's own /run.
         script.push_str("mkdir -p /run/sshd\nchmod 0755 /run/sshd\n");
         script.push_str("exec /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E /run/sshd.log\n");
@@ -204,8 +254,11 @@ impl Host {
         let mut pids: Vec<i32> = net::netns_pids(&self.name)
             .into_iter()
             .filter(|pid| {
-                fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.starts_with(SSHD_LISTENER.as_bytes()))
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(SSHD_LISTENER)
+                })
             })
             .collect();
         if let Some(pid) = sys::read_pid(&self.pid_file()) {
@@ -331,8 +384,42 @@ mod tests {
         assert!(script.contains(
             "mount --bind '/srv/it'\\''s a lab/hosts/lab-2/state' /var/lib/compose-fleet\n"
         ));
-        assert!(script.contains(&SSHD_LISTENER.replace('\0', " ")));
+        assert!(script.contains(&format!("exec {SSHD_LISTENER} ")));
         assert_eq!(host.address, "10.250.0.12");
         assert_eq!(host.ssh_addr().to_string(), "10.250.0.12:22");
+    }
+
+    #[test]
+    fn cgroup_hierarchies_of_the_machine_are_mounted_again_in_a_host() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+22 1 0:20 / /proc rw,nosuid - proc proc rw
+";
+        let script = cgroup_mount_script(mountinfo);
+        let commands: Vec<&str> = script
+            .lines()
+            .map(|l| l.split("; ").nth(1).unwrap_or_default())
+            .map(|l| l.split(" || ").next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                "mount -t tmpfs -o mode=755 cgroup_root '/sys/fs/cgroup'",
+                "mount -t cgroup -o cpu,cpuacct cgroup '/sys/fs/cgroup/cpu,cpuacct'",
+                "mount -t cgroup -o memory cgroup '/sys/fs/cgroup/memory'",
+                "mount -t cgroup2 cgroup2 '/sys/fs/cgroup/unified'",
+            ]
+        );
+        assert_eq!(
+            cgroup_mount_script("25 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+                .split("; ")
+                .nth(1)
+                .and_then(|l| l.split(" || ").next()),
+            Some("mount -t cgroup2 cgroup2 '/sys/fs/cgroup'")
+        );
     }
 }

@@ -260,7 +260,9 @@ impl Lab {
             )));
         }
         for host in self.hosts() {
-            if !sys::wait_until(remaining(deadline), || sys::ssh_answers(host.ssh_addr())) {
+            // Ours answers (it wrote its pid file), not a stale one holding the address.
+            let ready = || host.sshd_pid().is_some() && sys::ssh_answers(host.ssh_addr());
+            if !sys::wait_until(remaining(deadline), ready) {
                 return Err(Error::Env(format!(
                     "sshd of lab host {} did not answer on {}:22 within {}s; see {} and {}",
                     host.name,
@@ -387,9 +389,11 @@ impl Lab {
     pub fn start_sshd(&self, name: &str) -> Result<(), Error> {
         let host = self.host(name)?;
         if host.sshd_pid().is_none() {
+            host.stop_sshd();
             host.start_sshd(&self.dir)?;
         }
-        if sys::wait_until(READY_TIMEOUT, || sys::ssh_answers(host.ssh_addr())) {
+        let ready = || host.sshd_pid().is_some() && sys::ssh_answers(host.ssh_addr());
+        if sys::wait_until(READY_TIMEOUT, ready) {
             Ok(())
         } else {
             Err(Error::Env(format!(

@@ -55,12 +55,15 @@ pub fn constraints(shape: &Shape, node: &Node) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Stage 3, `max_replicas_per_node`: instances of this pod already on the host.
-pub fn max_per_node(shape: &Shape, on_host: u32) -> Result<(), Reject> {
-    match shape.max_per_node {
-        Some(max) if on_host >= max => Err(Reject::MaxPerNode(max)),
-        _ => Ok(()),
+/// Stage 3, `max_replicas_per_node`: `on_host(service)` counts that service's replicas already
+/// on the host.
+pub fn max_per_node(shape: &Shape, on_host: impl Fn(&str) -> u32) -> Result<(), Reject> {
+    for (service, max) in &shape.limits {
+        if on_host(service) >= *max {
+            return Err(Reject::MaxPerNode(*max));
+        }
     }
+    Ok(())
 }
 
 /// Stage 4, published ports: per (host IP, port, protocol); binding every address conflicts
@@ -128,7 +131,7 @@ mod tests {
                 .iter()
                 .map(|c| parse_constraint(c).unwrap())
                 .collect(),
-            max_per_node: max,
+            limits: max.map(|m| ("s".to_string(), m)).into_iter().collect(),
         }
     }
 
@@ -197,7 +200,11 @@ mod tests {
             (Some(1), 0, true),
         ] {
             let s = shape(&[], &[], max);
-            assert_eq!(max_per_node(&s, on_host).is_ok(), ok, "{max:?} {on_host}");
+            assert_eq!(
+                max_per_node(&s, |_| on_host).is_ok(),
+                ok,
+                "{max:?} {on_host}"
+            );
         }
     }
 

@@ -196,7 +196,8 @@ pub struct Shape {
     /// Two of the pod's own ports collide: it fits nowhere.
     pub self_conflict: Option<PortKey>,
     pub constraints: Vec<Constraint>,
-    pub max_per_node: Option<u32>,
+    /// `max_replicas_per_node` of the services in this shape that set it.
+    pub limits: Vec<(String, u32)>,
 }
 
 /// The placement problem derived from a project.
@@ -358,10 +359,12 @@ pub fn build(project: &Project) -> Result<Units, Diagnostics> {
             .map(|s| if global { 1 } else { replicas(s) })
             .collect();
         let count = service_replicas.iter().copied().max().unwrap_or(0);
-        let mut constraints = BTreeSet::new();
+        // Constraints per service: an instance obeys those of the services it runs.
+        let mut constraints_of: Vec<BTreeSet<Constraint>> = vec![BTreeSet::new(); members.len()];
         let mut spread = Vec::new();
-        let mut max_per_node: Option<u32> = None;
-        for (name, s) in members.iter().zip(&services) {
+        let mut limit_of: BTreeMap<&str, u32> = BTreeMap::new();
+        for (m, (name, s)) in members.iter().zip(&services).enumerate() {
+            let constraints = &mut constraints_of[m];
             let placement = s.deploy.as_ref().map(|d| &d.placement);
             for (k, text) in placement
                 .map(|p| &p.constraints[..])
@@ -422,10 +425,9 @@ pub fn build(project: &Project) -> Result<Units, Diagnostics> {
                 }
             }
             if let Some(m) = placement.and_then(|p| p.max_replicas_per_node) {
-                max_per_node = Some(max_per_node.map_or(m, |x| x.min(m)));
+                limit_of.insert(name, m);
             }
         }
-        let constraints: Vec<Constraint> = constraints.into_iter().collect();
         // One shape per distinct set of running services (usually just one).
         let mut shapes_of_pod: BTreeMap<Vec<usize>, usize> = BTreeMap::new();
         let mut instance_shapes = Vec::new();
@@ -452,8 +454,20 @@ pub fn build(project: &Project) -> Result<Units, Diagnostics> {
                     demand: demand_sum,
                     ports: port_list,
                     self_conflict,
-                    constraints: constraints.clone(),
-                    max_per_node,
+                    constraints: running
+                        .iter()
+                        .flat_map(|&i| constraints_of[i].iter().cloned())
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
+                    limits: running
+                        .iter()
+                        .filter_map(|&i| {
+                            limit_of
+                                .get(members[i].as_str())
+                                .map(|&m| (members[i].clone(), m))
+                        })
+                        .collect(),
                 });
                 units.shapes.len() - 1
             });

@@ -15,7 +15,7 @@ use crate::transport::TestLab;
 fn hosts(lab: &TestLab, args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_compose-fleet"))
         .arg("-i")
-        .arg(lab.lab.inventory())
+        .arg(lab.lab().inventory())
         .arg("hosts")
         .args(args)
         .stdout(Stdio::piped())
@@ -185,8 +185,8 @@ fn a_dead_host_is_named_with_its_reason_and_the_others_report() {
     let Some(lab) = TestLab::up("a_dead_host_is_named", 3) else {
         return;
     };
-    lab.lab.kill_sshd("lab-2").expect("kill sshd");
-    lab.lab.cut_off("lab-3").expect("cut off");
+    lab.lab().kill_sshd("lab-2").expect("kill sshd");
+    lab.lab().cut_off("lab-3").expect("cut off");
     let out = hosts(&lab, &["--format", "json", "--connect-timeout", "3"]);
     assert_eq!(
         out.status.code(),
@@ -226,7 +226,7 @@ fn a_dead_host_is_named_with_its_reason_and_the_others_report() {
 }
 
 #[test]
-fn a_changed_host_key_is_refused_before_any_command_runs() {
+fn unknown_and_changed_host_keys_are_refused_before_any_command_runs() {
     let Some(lab) = TestLab::up("a_changed_host_key_is_refused", 1) else {
         return;
     };
@@ -235,6 +235,35 @@ fn a_changed_host_key_is_refused_before_any_command_runs() {
     let sshrc = "printf '%s\\n' 'echo \"Welcome to lab-1 (motd noise)\"; touch /tmp/session-ran' > /etc/ssh/sshrc";
     let marker = lab.host_path("lab-1", "tmp", "session-ran");
     lab.sh("lab-1", sshrc);
+
+    // Unknown key: refused by default; --accept-new-host-keys records it, then strict works.
+    let known_hosts = lab.lab().known_hosts();
+    let recorded = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    std::fs::write(&known_hosts, "").expect("forget the host keys");
+    let unknown = hosts(&lab, &["--format", "json"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let reason = row(&json_rows(&unknown), "lab-1")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(reason.starts_with("host key unknown:"), "{reason}");
+    assert!(
+        !marker.exists(),
+        "a command ran on a host with an unknown key"
+    );
+    let accepted = hosts(&lab, &["--accept-new-host-keys"]);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    let learned = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    assert!(
+        !learned.trim().is_empty(),
+        "the first-seen key was not recorded"
+    );
+    std::fs::write(&known_hosts, recorded).expect("restore known_hosts");
+
     let first = hosts(&lab, &[]);
     assert!(
         first.status.success(),
@@ -244,7 +273,7 @@ fn a_changed_host_key_is_refused_before_any_command_runs() {
     assert!(marker.exists(), "the marker must show a session ran");
     std::fs::remove_file(&marker).expect("reset the marker");
 
-    lab.lab.change_host_key("lab-1").expect("new host key");
+    lab.lab().change_host_key("lab-1").expect("new host key");
     lab.sh("lab-1", sshrc);
     for args in [&[][..], &["--accept-new-host-keys"][..]] {
         let out = hosts(&lab, &[args, &["--format", "json"]].concat());
@@ -258,7 +287,7 @@ fn a_changed_host_key_is_refused_before_any_command_runs() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let fix = format!(
             "ssh-keygen -R 10.250.0.11 -f {}",
-            lab.lab.known_hosts().display()
+            lab.lab().known_hosts().display()
         );
         assert!(stderr.contains(&fix), "{stderr}");
         assert!(

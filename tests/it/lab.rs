@@ -38,8 +38,8 @@ fn live_processes(needle: &str) -> Vec<String> {
     found
 }
 
-/// The command line of every lab sshd (paths as the host sees them).
-const LAB_SSHD: &str = "sshd -D -f /etc/ssh/sshd_config -E /run/sshd.log";
+/// In the command line of every listening lab sshd.
+const LAB_SSHD: &str = compose_fleet::lab::host::SSHD_LISTENER;
 
 fn ip(args: &[&str]) -> std::process::Output {
     Command::new("ip").args(args).output().expect("ip runs")
@@ -540,4 +540,61 @@ fn lab_images_are_deterministic() {
         assert_eq!(a.diff_id, b.diff_id);
     }
     assert_ne!(a[0].layer_digest(), a[1].layer_digest());
+}
+
+#[test]
+fn a_lab_whose_directory_was_lost_is_replaced_by_the_next_lab_up() {
+    let test = "a_lab_whose_directory_was_lost_is_replaced_by_the_next_lab_up";
+    let Some(lab) = Lab::up(test, 2) else { return };
+    // The directory disappears under a running lab (its pid files with it).
+    let lost = lab.dir().with_extension("lost");
+    std::fs::rename(lab.dir(), &lost).unwrap();
+    let next = tempfile::Builder::new()
+        .prefix("cf-lab-next-")
+        .tempdir()
+        .unwrap();
+    let up = |args: &[&str]| {
+        Command::new(support::bin())
+            .arg("lab")
+            .args(args)
+            .arg("--dir")
+            .arg(next.path())
+            .output()
+            .unwrap()
+    };
+    let out = up(&["up", "--hosts", "2"]);
+    let _ = std::fs::remove_dir_all(&lost);
+    assert!(out.status.success(), "{}", describe(&out));
+    // The hosts answer with the new lab's host keys: the old sshd and registry were replaced.
+    for host in ["lab-1", "lab-2"] {
+        let out = Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
+            .arg("-i")
+            .arg(next.path().join("id_ed25519"))
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                next.path().join("known_hosts").display()
+            ))
+            .arg(format!("root@{}", lab.address(host)))
+            .arg("hostname")
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&out), host, "{}", describe(&out));
+    }
+    assert_eq!(live_processes(LAB_SSHD).len(), 2, "one sshd per host");
+    let registries = live_processes("/usr/bin/docker-registry serve");
+    assert_eq!(registries.len(), 1, "{registries:?}");
+    assert!(registries[0].contains(&next.path().to_string_lossy().to_string()));
+    let out = up(&["down"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(live_processes(LAB_SSHD), Vec::<String>::new());
+    // The fixture's own `lab down` now finds nothing to do.
 }

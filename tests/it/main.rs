@@ -1,6 +1,5 @@
 //! Integration tests: one binary, one module per feature area.
 
-
 mod compose;
 mod compose_errors;
 mod graph;

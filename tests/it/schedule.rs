@@ -834,3 +834,32 @@ fn plan_reports_inventory_errors_with_location() {
     assert!(stderr.contains("inventory.yaml:2:29"), "{stderr}");
     assert!(stderr.contains("did you mean `memory`?"), "{stderr}");
 }
+
+/// Regression (found by the brute-force property): in a pod whose services differ in replicas,
+/// an instance obeys only the constraints and `max_replicas_per_node` of the services it runs.
+#[test]
+fn pod_instances_obey_only_the_rules_of_services_they_run() {
+    let p = project(json!({
+        "s0": svc(0.25, "256m", 2, json!({})),
+        "s1": svc(0.25, "256m", 1, json!({"network_mode": "service:s0",
+            "deploy": {"placement": {"max_replicas_per_node": 1, "constraints": ["node.labels.zone == a"]}}})),
+    }));
+    let pl = place(&p, &[node("h", 1.0, "1g", &[("zone", "a")])]);
+    assert!(pl.unschedulable.is_empty(), "{:?}", explanations(&pl));
+    assert_eq!(hosts_of(&pl, "s0"), ["h", "h"]);
+    let p = project(json!({
+        "s0": svc(0.25, "1g", 2, json!({})),
+        "s1": svc(0.25, "768m", 1, json!({"network_mode": "service:s0",
+            "deploy": {"placement": {"constraints": ["node.labels.zone != a"]}}})),
+    }));
+    let pl = place(
+        &p,
+        &[
+            node("b", 1.0, "2g", &[("zone", "b")]),
+            node("a", 1.0, "1g", &[("zone", "a")]),
+        ],
+    );
+    assert!(pl.unschedulable.is_empty(), "{:?}", explanations(&pl));
+    assert_eq!(hosts_of(&pl, "s1"), ["b"]);
+    assert_eq!(hosts_of(&pl, "s0"), ["b", "a"]);
+}

@@ -1,58 +1,40 @@
 //! The SSH transport on a real lab host: bounded channels per connection, commands with stdin,
 //! and the lab fixture the transport and `hosts` tests share.
 
-use std::fs::File;
 use std::time::Duration;
 
 use compose_fleet::lab::Lab;
 use compose_fleet::ssh::{HostSession, OpenSsh, Options, SshTarget, Transport};
-use nix::fcntl::{Flock, FlockArg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A lab fleet for one test: up on creation (holding the machine-wide lab lock, so test runs never
-/// share or tear down each other's lab), down on drop, even when the test fails.
+use crate::support;
+
+/// The shared lab fixture (`support::Lab`: root check, the machine-wide lab lock, `lab down` on
+/// drop) with the helpers the transport and `hosts` tests use.
 pub struct TestLab {
-    pub lab: Lab,
-    _lock: Flock<File>,
-    _dir: tempfile::TempDir,
+    fixture: support::Lab,
 }
 
 impl TestLab {
     /// `None` (with a printed reason) when not root.
     pub fn up(test: &str, hosts: usize) -> Option<TestLab> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: {test} needs root (it starts a lab fleet: netns, sshd)");
-            return None;
-        }
-        let file = File::create("/run/compose-fleet-lab.lock").expect("open the lab lock");
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .expect("take the lab lock");
-        let dir = tempfile::Builder::new()
-            .prefix("cf-transport-lab")
-            .tempdir()
-            .expect("lab dir");
-        let lab = Lab::at(dir.path());
-        if let Err(e) = lab.up(hosts) {
-            let _ = lab.down();
-            panic!("lab up failed: {e}");
-        }
-        Some(TestLab {
-            lab,
-            _lock: lock,
-            _dir: dir,
-        })
+        support::Lab::up(test, hosts).map(|fixture| TestLab { fixture })
+    }
+
+    /// The lab itself: paths and fault injection.
+    pub fn lab(&self) -> &Lab {
+        self.fixture.faults()
     }
 
     /// The SSH targets of the lab's inventory.
     pub fn targets(&self) -> Vec<SshTarget> {
-        let fleet = compose_fleet::inventory::load(&self.lab.inventory()).expect("lab inventory");
+        let fleet = compose_fleet::inventory::load(&self.lab().inventory()).expect("lab inventory");
         SshTarget::all(&fleet)
     }
 
     /// A file inside a lab host's private `/var/lib/compose-fleet`, `/tmp`, … (as seen from here).
     pub fn host_path(&self, host: &str, private_dir: &str, rest: &str) -> std::path::PathBuf {
-        self.lab
+        self.lab()
             .dir()
             .join("hosts")
             .join(host)
@@ -63,20 +45,12 @@ impl TestLab {
     /// Runs a shell command inside a lab host (its namespaces); panics if it fails.
     pub fn sh(&self, host: &str, script: &str) {
         let status = self
-            .lab
+            .lab()
             .exec(host, &["sh".into(), "-c".into(), script.into()])
             .expect("lab exec")
             .status()
             .expect("run lab exec");
         assert!(status.success(), "`{script}` failed on {host}");
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        if let Err(e) = self.lab.down() {
-            eprintln!("lab down failed: {e}");
-        }
     }
 }
 

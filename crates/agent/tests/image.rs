@@ -96,6 +96,14 @@ async fn pull_unpacks_layers_and_honours_whiteouts() {
     assert_eq!(c.working_dir.as_deref(), Some("/tmp"));
     assert_eq!(c.user.as_deref(), Some("0:0"));
     assert_eq!(c.exposed_ports, vec!["8080/tcp".to_string()]);
+    // What the runtime receives: the same config, the layers bottom first.
+    let rt = image.runtime_config();
+    assert_eq!(rt.layers, image.layer_dirs);
+    assert_eq!(
+        (&rt.entrypoint, &rt.cmd, &rt.env),
+        (&c.entrypoint, &c.cmd, &c.env)
+    );
+    assert_eq!((&rt.user, &rt.working_dir), (&c.user, &c.working_dir));
     let hc = c.healthcheck.as_ref().expect("healthcheck");
     assert_eq!(hc.test, vec!["CMD".to_string(), "true".to_string()]);
     assert_eq!(hc.interval, Some(std::time::Duration::from_secs(2)));
@@ -118,6 +126,11 @@ async fn pull_unpacks_layers_and_honours_whiteouts() {
         "the shared base layer was not downloaded again"
     );
     assert_eq!(image2.layer_dirs.len(), 2);
+    assert_eq!(
+        image2.runtime_config().layers,
+        image2.layer_dirs,
+        "bottom layer first"
+    );
     assert_eq!(
         &image2.layer_dirs[0], l1,
         "the base layer directory is shared"

@@ -64,6 +64,21 @@ pub struct Image {
     pub layer_dirs: Vec<PathBuf>,
 }
 
+impl Image {
+    /// What the runtime needs to create a container from this image (`runtime::ImageConfig`:
+    /// entrypoint, cmd, env, user, working dir and the layer dirs, bottom first).
+    pub fn runtime_config(&self) -> crate::runtime::ImageConfig {
+        crate::runtime::ImageConfig {
+            entrypoint: self.config.entrypoint.clone(),
+            cmd: self.config.cmd.clone(),
+            env: self.config.env.clone(),
+            user: self.config.user.clone(),
+            working_dir: self.config.working_dir.clone(),
+            layers: self.layer_dirs.clone(),
+        }
+    }
+}
+
 /// What pulls fetched from registries since the store was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PullStats {
@@ -393,8 +408,7 @@ impl ImageStore {
                     return Ok(());
                 }
                 // One unpack per layer at a time; whoever waited finds it done.
-                let lock = self.in_flight_lock(&format!("layer {diff_id}"));
-                let _guard = lock.lock().await;
+                let _guard = self.in_flight(format!("layer {diff_id}")).await;
                 if dir.is_dir() {
                     return Ok(());
                 }
@@ -414,14 +428,21 @@ impl ImageStore {
     }
 
     async fn ensure_blob(&self, fetch: &Fetch<'_>, desc: &Descriptor) -> Result<(), ImageError> {
-        let lock = self.in_flight_lock(&format!("blob {}", desc.digest));
-        let _guard = lock.lock().await;
+        let _guard = self.in_flight(format!("blob {}", desc.digest)).await;
         blobs::ensure_blob(&self.blobs, fetch, desc).await
     }
 
-    fn in_flight_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key.to_string()).or_default().clone()
+    /// Waits until no other task works on `key`, then holds it until the guard drops.
+    async fn in_flight(&self, key: String) -> InFlight<'_> {
+        let lock = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        InFlight {
+            map: &self.in_flight,
+            key,
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
     async fn unpack(
@@ -595,6 +616,28 @@ impl ImageStore {
     }
 }
 
+/// Holds one key of [`ImageStore::in_flight`]; the last holder removes the entry, so the map
+/// does not grow with every blob a long-running daemon ever pulled.
+struct InFlight<'a> {
+    map: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map holds it: nobody waits. (Clones are made only under this lock.)
+        if map
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// The credentials for `image`'s registry from `ApplyRequest.registry_auth`, keyed by registry
 /// host as users write it; Docker Hub is also found under its other usual names.
 pub fn auth_for<'a>(
@@ -681,6 +724,22 @@ fn registry_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn in_flight_entries_are_removed_by_their_last_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let first = store.in_flight("blob x".into()).await;
+        let waiter = store.in_flight("blob x".into());
+        let (_, second) = tokio::join!(async move { drop(first) }, waiter);
+        assert_eq!(
+            store.in_flight.lock().expect("map").len(),
+            1,
+            "held by the second"
+        );
+        drop(second);
+        assert!(store.in_flight.lock().expect("map").is_empty());
+    }
 
     #[test]
     fn docker_hub_credentials_are_found_under_its_usual_names() {
