@@ -59,6 +59,10 @@ pub const READ_ONLY: [&str; 5] = [
 /// Entry point of `compose-fleet-agent init`: reads its request from fd 3 and never returns on
 /// success (the process is exec'ed). Returns the exit code on failure.
 pub fn main() -> u8 {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    if args.first().map(String::as_str) == Some("enter") {
+        return enter_main(&args[1..]);
+    }
     // Not inherited by the container's process: EOF tells the parent the execve happened.
     // SAFETY: fcntl on an fd number; it fails harmlessly when fd 3 is not open.
     if unsafe { libc::fcntl(SYNC_FD, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
@@ -130,7 +134,7 @@ fn start(
         cwd: None,
     };
     let prepared = prepare_process(k, cfg, &process)?;
-    exec_now(sock, prepared)
+    exec_now(Some(sock), prepared)
 }
 
 /// Joins the pod's net, uts and ipc namespaces.
@@ -531,8 +535,10 @@ fn find_executable(k: &mut dyn Kernel, args: &[String], env: &[String]) -> Resul
 }
 
 /// Tells the parent setup is over and becomes the process.
-fn exec_now(sock: &mut UnixStream, p: Prepared) -> Result<std::convert::Infallible> {
-    sync::send(sock, &Reply::Exec).context("telling the parent the process starts")?;
+fn exec_now(sock: Option<&mut UnixStream>, p: Prepared) -> Result<std::convert::Infallible> {
+    if let Some(sock) = sock {
+        sync::send(sock, &Reply::Exec).context("telling the parent the process starts")?;
+    }
     let err = nix::unistd::execve(&p.path, &p.argv, &p.env).unwrap_err();
     Err(Error {
         message: "starting the container's process".into(),
@@ -551,7 +557,7 @@ fn exec(
     process: &ExecProcess,
     mut sock: UnixStream,
 ) -> u8 {
-    match exec_inner(k, cfg, pid, process, &mut sock) {
+    match exec_inner(k, cfg, pid, process, Some(&mut sock)) {
         Ok(Some(child)) => {
             // Only the child's copy of the socket may keep the parent's read open.
             drop(sock);
@@ -562,6 +568,60 @@ fn exec(
             let _ = sync::send(&mut sock, &Reply::Error(e));
             1
         }
+    }
+}
+
+/// `compose-fleet-agent init enter <container-dir> <pid> [--env K=V]... -- <argv>...`: the
+/// supervisor's exec (health checks, `compose-fleet exec`) as a plain command. Joins the
+/// container's cgroup and namespaces like [`Runtime::exec`](super::Runtime::exec); exits with
+/// the process's code, or 127 with the cause on stderr when entering fails.
+fn enter_main(args: &[String]) -> u8 {
+    let fail = |e: Error| {
+        eprintln!("compose-fleet-agent: {e}");
+        127
+    };
+    let (Some(dir), Some(pid)) = (
+        args.first(),
+        args.get(1).and_then(|p| p.parse::<i32>().ok()),
+    ) else {
+        return fail(Error::new(
+            "usage: compose-fleet-agent init enter <container-dir> <pid> [--env K=V]... -- <argv>...",
+        ));
+    };
+    let mut env = Vec::new();
+    let mut rest = args[2..].iter();
+    let mut argv = Vec::new();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--env" => env.extend(rest.next().cloned()),
+            "--" => {
+                argv = rest.cloned().collect();
+                break;
+            }
+            other => return fail(Error::new(format!("unexpected argument {other:?}"))),
+        }
+    }
+    reset_signals();
+    let cfg = match super::Runtime::load(Path::new(dir)) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let mut k = Linux::default();
+    let joined = super::cgroup::detect(&mut k)
+        .and_then(|cg| cg.join(&mut k, &cfg.cgroup_path(), std::process::id() as i32));
+    if let Err(e) = joined {
+        return fail(e.context("joining the container's cgroup"));
+    }
+    let process = ExecProcess {
+        args: argv,
+        env,
+        user: None,
+        cwd: None,
+    };
+    match exec_inner(&mut k, &cfg, pid, &process, None) {
+        Ok(Some(child)) => wait_exit_code(child),
+        Ok(None) => 1,
+        Err(e) => fail(e),
     }
 }
 
@@ -585,7 +645,7 @@ fn exec_inner(
     cfg: &ContainerConfig,
     pid: i32,
     process: &ExecProcess,
-    sock: &mut UnixStream,
+    mut sock: Option<&mut UnixStream>,
 ) -> Result<Option<nix::unistd::Pid>> {
     // The mount namespace goes last: after it, /proc is the container's.
     for (ns, kind) in [
@@ -603,12 +663,18 @@ fn exec_inner(
         nix::unistd::ForkResult::Child => {
             // Never outlive the intermediate the caller waits for (health check timeouts).
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-            let result = prepare_process(k, cfg, process).and_then(|p| exec_now(sock, p));
+            let result =
+                prepare_process(k, cfg, process).and_then(|p| exec_now(sock.as_deref_mut(), p));
             let err = match result {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
-            let _ = sync::send(sock, &Reply::Error(err));
+            match sock {
+                Some(sock) => {
+                    let _ = sync::send(sock, &Reply::Error(err));
+                }
+                None => eprintln!("compose-fleet-agent: {err}"),
+            }
             // SAFETY: leaving the forked child without running the parent's destructors.
             unsafe { libc::_exit(1) }
         }

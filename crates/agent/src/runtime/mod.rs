@@ -25,6 +25,7 @@ pub mod error;
 pub mod init;
 pub mod kernel;
 pub mod pod;
+pub mod seam;
 pub mod seccomp;
 pub mod sync;
 
@@ -131,6 +132,11 @@ impl Runtime {
     pub fn with_init_exe(mut self, exe: impl Into<PathBuf>) -> Runtime {
         self.init_exe = exe.into();
         self
+    }
+
+    /// The binary re-executed as the containers' init.
+    pub fn init_exe(&self) -> &Path {
+        &self.init_exe
     }
 
     /// `v1` or `v2`.
