@@ -15,5 +15,7 @@ pub mod lab;
 pub mod plan;
 pub mod schedule;
 pub mod ssh;
+#[doc(hidden)]
+pub mod testgen;
 
 pub use compose_fleet_proto as proto;
