@@ -1446,3 +1446,17 @@ fn env_files_given_replace_the_project_dotenv_and_must_exist() {
         ["error: cannot read env file /p/missing.env: no such file"]
     );
 }
+
+#[test]
+fn unset_variables_are_warned_about_once_and_become_empty() {
+    let yaml = "services:\n  web:\n    image: \"web:${TAG}\"\n    environment: [\"A=$TAG\", \"B=${OTHER:-x}\"]\n";
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    assert_eq!(
+        loaded.project.services["web"].image.as_deref(),
+        Some("web:")
+    );
+    assert_eq!(
+        lines(&loaded.warnings),
+        ["compose.yaml:3:12: warning: variable `TAG` is not set; using an empty string"]
+    );
+}
