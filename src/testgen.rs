@@ -102,9 +102,30 @@ pub fn service_name(i: usize) -> String {
     format!("{}-{i:05}", ROLES[i % ROLES.len()].name)
 }
 
-/// Generates a project of `services` services from `seed`.
+/// Generates a project of `services` services from `seed`, sharing defaults through anchors and
+/// merge keys as real files do.
 pub fn generate(services: usize, seed: u64) -> Generated {
+    generate_with(services, seed, true)
+}
+
+/// As [`generate`]; with `merge_keys: false` every service spells out the defaults instead of
+/// merging them from anchors (same project once loaded, no aliases in the text).
+pub fn generate_with(services: usize, seed: u64, merge_keys: bool) -> Generated {
     let mut rng = Rng(seed);
+    // The same defaults, merged from an anchor or written out in place.
+    let merge = |out: &mut String, anchor: &str, indent: &str| {
+        if merge_keys {
+            let _ = writeln!(out, "{indent}<<: *{anchor}");
+        } else {
+            let block = HEADER
+                .split("\nx-")
+                .find_map(|b| b.strip_prefix(&format!("{anchor}: &{anchor}\n")))
+                .unwrap_or("");
+            for line in block.lines() {
+                let _ = writeln!(out, "{indent}{}", line.strip_prefix("  ").unwrap_or(line));
+            }
+        }
+    };
     let mut out = String::with_capacity(services * 900 + 1024);
     let mut dependencies = 0;
     out.push_str(HEADER);
@@ -115,7 +136,7 @@ pub fn generate(services: usize, seed: u64) -> Generated {
         // A few leaf services live behind a profile: nothing depends on them (see below).
         let debug_only = i % 97 == 96;
         let _ = writeln!(out, "  {name}:");
-        let _ = writeln!(out, "    <<: *service-defaults");
+        merge(&mut out, "service-defaults", "    ");
         let _ = writeln!(out, "    image: \"{}\"", role.image);
         if debug_only {
             out.push_str("    profiles: [\"debug\"]\n");
@@ -195,13 +216,13 @@ pub fn generate(services: usize, seed: u64) -> Generated {
             }
         }
         out.push_str("    healthcheck:\n");
-        out.push_str("      <<: *healthcheck-defaults\n");
+        merge(&mut out, "healthcheck-defaults", "      ");
         let _ = writeln!(out, "      test: {}", role.health);
         out.push_str("    deploy:\n");
         let _ = writeln!(out, "      replicas: {}", 1 + rng.below(3));
         out.push_str("      resources:\n");
         if rng.chance(50) {
-            out.push_str("        <<: *small-resources\n");
+            merge(&mut out, "small-resources", "        ");
         } else {
             let cpus = [0.25, 0.5, 1.0, 2.0][rng.below(4)];
             let mem = ["128M", "256m", "512m", "1g", "1.5G"][rng.below(5)];
@@ -281,6 +302,18 @@ mod tests {
     fn same_seed_same_bytes_other_seed_other_bytes() {
         assert_eq!(generate(50, 7), generate(50, 7));
         assert_ne!(generate(50, 7).compose, generate(50, 8).compose);
+    }
+
+    #[test]
+    fn inlined_defaults_have_no_aliases() {
+        let g = generate_with(30, 5, false);
+        assert!(!g.compose.contains("<<:") && !g.compose.contains(": *"));
+        assert_eq!(
+            g.compose.matches("restart: unless-stopped").count(),
+            // The header's anchor, plus one per service.
+            31
+        );
+        assert_eq!(g.dependencies, generate(30, 5).dependencies);
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub const PRIVATE_DIRS: [(&str, &str); 4] = [
     ("tmp", "/tmp"),
 ];
 
+/// What a lab host's listening sshd has in its command line, arguments joined by spaces: before
+/// and after sshd retitles itself (`sshd: /usr/sbin/sshd -D -f … [listener] …`); sessions are
+/// `sshd: USER@…`.
+pub const SSHD_LISTENER: &str = "/usr/sbin/sshd -D -f /etc/ssh/sshd_config";
+
 /// A lab host as the lab sees it from the root namespace.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -194,13 +199,26 @@ impl Host {
         script
     }
 
-    /// Stops sshd (by its pid file). Sessions and other processes of the host keep running.
+    /// Stops sshd: the one its pid file names, and any other listening lab sshd in the host's
+    /// namespace (one whose pid file was lost with an old lab directory). Sessions and other
+    /// processes of the host keep running.
     pub fn stop_sshd(&self) {
+        let mut pids: Vec<i32> = net::netns_pids(&self.name)
+            .into_iter()
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(SSHD_LISTENER)
+                })
+            })
+            .collect();
         if let Some(pid) = sys::read_pid(&self.pid_file()) {
             if same_netns(pid, &self.name) {
-                sys::terminate(&[pid]);
+                pids.push(pid);
             }
         }
+        sys::terminate(&pids);
     }
 
     /// Every process of the host: those in its network namespace and their descendants.
@@ -216,7 +234,7 @@ fn same_netns(pid: i32, netns: &str) -> bool {
     let ours = fs::metadata(Path::new("/run/netns").join(netns)).map(|m| (m.dev(), m.ino()));
     let theirs = fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()));
     match (ours, theirs) {
-        (Ok(a), Ok(b)) => a.1 == b.1,
+        (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
 }
@@ -279,4 +297,47 @@ pub fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
     fs::write(path, text)
         .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
         .map_err(|e| Error::Env(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mount lines of a host's start script, in order.
+    fn mount_targets(lab_dir: &str) -> Vec<String> {
+        let host = Host::new(Path::new(lab_dir), 1);
+        host.start_script(Path::new(lab_dir))
+            .lines()
+            .filter(|l| l.starts_with("mount --bind"))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_mount_over_the_lab_directory_comes_last() {
+        // A lab in /tmp (the test fixture's): mounting the host's /tmp first would hide the
+        // sources of the other mounts.
+        let targets = mount_targets("/tmp/no-such-lab-dir");
+        assert_eq!(targets.last().map(String::as_str), Some("/tmp"));
+        assert_eq!(targets.len(), PRIVATE_DIRS.len());
+        let targets = mount_targets("/run/no-such-lab-dir");
+        assert_eq!(targets.last().map(String::as_str), Some("/run"));
+        // Elsewhere (the default directory is not inside /var/lib/compose-fleet), declared order.
+        let declared: Vec<&str> = PRIVATE_DIRS.iter().map(|(_, t)| *t).collect();
+        assert_eq!(mount_targets(super::super::DEFAULT_DIR), declared);
+        assert_eq!(mount_targets("/var/lib/no-such-lab-dir"), declared);
+    }
+
+    #[test]
+    fn start_script_quotes_paths_and_execs_the_listener_it_looks_for() {
+        let host = Host::new(Path::new("/srv/it's a lab"), 2);
+        let script = host.start_script(Path::new("/srv/it's a lab"));
+        assert!(script.starts_with("set -e\nhostname lab-2\n"));
+        assert!(script.contains(
+            "mount --bind '/srv/it'\\''s a lab/hosts/lab-2/state' /var/lib/compose-fleet\n"
+        ));
+        assert!(script.contains(&format!("exec {SSHD_LISTENER} ")));
+        assert_eq!(host.address, "10.250.0.12");
+        assert_eq!(host.ssh_addr().to_string(), "10.250.0.12:22");
+    }
 }

@@ -250,6 +250,22 @@ impl Supervisor {
         let _ = tx.send(last).await;
     }
 
+    /// Stops supervising without stopping any container, as a daemon exit or upgrade does:
+    /// the shims keep the containers, and the next [`open`](Self::open) re-adopts them.
+    pub async fn detach(&self) {
+        let projects = self.inner.projects.lock().await;
+        for c in projects
+            .values()
+            .flat_map(|p| p.pods.values())
+            .flat_map(|p| &p.containers)
+        {
+            if let Some(task) = c.task.lock().ok().and_then(|mut t| t.take()) {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+
     /// Reconciles a project to exactly `req.pods`.
     pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyReport, Failure> {
         let inner = &self.inner;
@@ -611,8 +627,14 @@ impl Supervisor {
                         ));
                         continue;
                     };
-                    let obs: Observed = read_json(&dir.join(OBSERVED_FILE)).unwrap_or_default();
+                    let mut obs: Observed = read_json(&dir.join(OBSERVED_FILE)).unwrap_or_default();
                     let step = self.adopt_step(&launch, &obs);
+                    if let Some(Step::Watch(rec)) = &step {
+                        // Known at once, so that a Status right after start is already right.
+                        obs.state = RunState::Running;
+                        obs.pid = Some(rec.pid);
+                        obs.started_at_ms = Some(rec.started_at_ms);
+                    }
                     let c = ContainerRt::new(launch, obs);
                     if let Some(step) = step {
                         self.spawn_container(c.clone(), step);
@@ -791,8 +813,10 @@ async fn run_container(inner: Arc<Inner>, c: Arc<ContainerRt>, mut step: Step) {
                     o.started_at_ms = Some(rec.started_at_ms);
                     o.error = None;
                 });
-                let health = probe_of(&c)
-                    .map(|p| tokio::spawn(run_health(inner.clone(), c.clone(), p, rec)));
+                // Aborted when this run ends, and also when this task itself is aborted.
+                let health = probe_of(&c).map(|p| {
+                    AbortOnDrop(tokio::spawn(run_health(inner.clone(), c.clone(), p, rec)))
+                });
                 let stopped_by_user = tokio::select! {
                     _ = wait_exit(rec.shim_pid, rec.shim_start) => false,
                     _ = stop_requested(&mut stop_rx) => {
@@ -800,9 +824,7 @@ async fn run_container(inner: Arc<Inner>, c: Arc<ContainerRt>, mut step: Step) {
                         true
                     }
                 };
-                if let Some(h) = health {
-                    h.abort();
-                }
+                drop(health);
                 let exit =
                     read_json::<ExitRecord>(&c.launch.dir.join(EXIT_FILE)).unwrap_or(ExitRecord {
                         exit: Exit::Signal { signal: 9 },
@@ -854,6 +876,15 @@ async fn run_container(inner: Arc<Inner>, c: Arc<ContainerRt>, mut step: Step) {
                 }
             }
         };
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -114,6 +114,7 @@ fn report(line: &str) {
 }
 
 fn run(dir: &Path) -> io::Result<()> {
+    close_inherited_fds();
     nix::unistd::setsid()?;
     nix::sys::prctl::set_child_subreaper(true)?;
     let launch: Launch = read_json(&dir.join(LAUNCH_FILE))
@@ -237,6 +238,16 @@ fn run(dir: &Path) -> io::Result<()> {
         oom_killed: runtime.oom_killed(&launch),
     };
     write_json(&dir.join(EXIT_FILE), &record)
+}
+
+/// Closes every descriptor but stdio: the shim outlives its spawner and must not keep the
+/// daemon's sockets, pipes or a build tool's jobserver open for the container's lifetime.
+fn close_inherited_fds() {
+    // SAFETY: close_range only closes descriptors; none above 2 is in use by this process yet
+    // (the shim mode runs before opening anything).
+    unsafe {
+        nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
 }
 
 /// Reaps every exited child (we are a subreaper: orphans of the container land here) and returns
