@@ -349,3 +349,16 @@ fn include_conflicts_and_missing_extends_targets() {
         ]
     );
 }
+
+/// Regression (found by `load_props`): a YAML error at the very end of the text had a span past it.
+#[test]
+fn yaml_error_spans_stay_inside_the_text() {
+    for yaml in ["%0", "a: [", "services:\n  web: {", "'"] {
+        let f = load_files(&[("compose.yaml", yaml)], &[], &[]).expect_err("invalid YAML");
+        for d in f.diagnostics.errors() {
+            let loc = d.location.as_ref().expect("located");
+            assert!(loc.offset + loc.len <= yaml.len(), "{yaml:?}: {loc:?}");
+            let _ = f.sources.render(d);
+        }
+    }
+}
