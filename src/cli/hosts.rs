@@ -1,15 +1,222 @@
-//! `compose-fleet hosts`.
+//! `compose-fleet hosts`: every host of the inventory, reached in parallel over SSH, with the facts
+//! its agent reports (the agent is pushed where missing). Exit 1 if any host is unreachable.
 
-use super::{CmdResult, Failure, GlobalArgs};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{output, CmdResult, Failure, GlobalArgs};
+use crate::inventory;
+use crate::ssh::{self, HostReport, SshError, SshTarget, Totals};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Trust and record host keys seen for the first time (a changed key is still refused)
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// The agent binary to push (default: next to this executable, else the embedded one)
+    #[arg(long, value_name = "PATH")]
+    pub agent_binary: Option<PathBuf>,
+    /// Seconds to wait for each host's SSH connection
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// Seconds to wait for each remote command
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub command_timeout: u64,
+    /// SSH handshakes in flight at once (sshd drops beyond ~10 by default)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        env = "COMPOSE_FLEET_MAX_HANDSHAKES"
+    )]
+    pub max_handshakes: usize,
 }
 
-pub fn run(_global: &GlobalArgs, _args: Args) -> CmdResult {
-    Err(Failure::Internal(
-        "`compose-fleet hosts` is not yet implemented".into(),
-    ))
+/// One row of `hosts --format json`; the field set is a contract.
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    address: String,
+    reachable: bool,
+    error: Option<String>,
+    agent_version: Option<String>,
+    arch: Option<String>,
+    cpus: Option<u32>,
+    memory: Option<u64>,
+    kernel: Option<String>,
+    cgroup: Option<String>,
+    rtt_ms: Option<f64>,
+}
+
+pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
+    let path = inventory::default_path(
+        global.inventory.as_deref(),
+        global.files.first().map(PathBuf::as_path),
+    );
+    let fleet = match inventory::load(&path) {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            eprintln!("{}", e.render());
+            return Err(Failure::Reported(1));
+        }
+    };
+    let targets = SshTarget::all(&fleet);
+    let options = ssh::Options {
+        connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
+        command_timeout: Duration::from_secs(args.command_timeout.max(1)),
+        max_handshakes: args.max_handshakes.max(1),
+        accept_new_host_keys: args.accept_new_host_keys,
+        agent_binary: args.agent_binary.clone(),
+        ..ssh::Options::default()
+    };
+    let reports = ssh::facts_blocking(&fleet, &options).map_err(|e| match e.class {
+        ssh::ErrorClass::Local => Failure::Internal(e.to_string()),
+        _ => Failure::User(e.to_string()),
+    })?;
+
+    let rows = rows(&targets, &reports);
+    match args.format {
+        Format::Json => output::data(
+            &serde_json::to_string_pretty(&rows)
+                .map_err(|e| Failure::Internal(format!("serializing hosts: {e}")))?,
+        ),
+        Format::Text => output::data(&table(&rows)),
+    }
+    for result in reports.values() {
+        if let Err(e) = result {
+            output::error(&e.to_string());
+        }
+    }
+    let totals = Totals::of(&reports);
+    output::status(&totals.line());
+    Ok(if totals.unreachable > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn rows(
+    targets: &[SshTarget],
+    reports: &BTreeMap<String, Result<HostReport, SshError>>,
+) -> Vec<Row> {
+    targets
+        .iter()
+        .map(|t| {
+            let mut row = Row {
+                name: t.name.clone(),
+                address: t.address.clone(),
+                reachable: false,
+                error: None,
+                agent_version: None,
+                arch: None,
+                cpus: None,
+                memory: None,
+                kernel: None,
+                cgroup: None,
+                rtt_ms: None,
+            };
+            match reports.get(&t.name) {
+                Some(Ok(r)) => {
+                    row.reachable = true;
+                    row.agent_version = Some(r.facts.agent_version.clone());
+                    row.arch = Some(r.facts.arch.clone());
+                    row.cpus = Some(r.facts.cpus);
+                    row.memory = Some(r.facts.memory);
+                    row.kernel = Some(r.facts.kernel.clone());
+                    row.cgroup = Some(r.facts.cgroup.clone());
+                    row.rtt_ms = Some((r.rtt.as_secs_f64() * 10_000.0).round() / 10.0);
+                }
+                Some(Err(e)) => row.error = Some(e.reason()),
+                None => row.error = Some("not contacted".into()),
+            }
+            row
+        })
+        .collect()
+}
+
+fn table(rows: &[Row]) -> String {
+    let header = [
+        "HOST", "ADDRESS", "STATUS", "AGENT", "ARCH", "CPUS", "MEMORY", "KERNEL", "CGROUP", "RTT",
+    ];
+    let dash = || "-".to_string();
+    let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for r in rows {
+        cells.push(vec![
+            r.name.clone(),
+            r.address.clone(),
+            // The class only; the full reason and its hint follow the table.
+            match &r.error {
+                None => "ok".into(),
+                Some(e) => e.split(':').next().unwrap_or(e).to_string(),
+            },
+            r.agent_version.clone().unwrap_or_else(dash),
+            r.arch.clone().unwrap_or_else(dash),
+            r.cpus.map(|c| c.to_string()).unwrap_or_else(dash),
+            r.memory.map(human_bytes).unwrap_or_else(dash),
+            r.kernel.clone().unwrap_or_else(dash),
+            r.cgroup.clone().unwrap_or_else(dash),
+            r.rtt_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_else(dash),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &cells {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Binary units, as compose writes memory (`512m` = 512 MiB).
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_shown_in_binary_units() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(24 * 1024 * 1024 * 1024), "24.0GiB");
+    }
 }

@@ -94,7 +94,7 @@ pub fn load(
     }
     let mut ledger = Ledger::default();
     let project = match merged {
-        Some(root) => l.build(opts, &root, &mut ledger),
+        Some(root) => l.build(opts, root, &mut ledger),
         None => {
             if !l.diags.has_errors() {
                 l.diags.push(
@@ -458,8 +458,19 @@ impl Loader<'_> {
     }
 
     /// Builds the project from the merged tree.
-    fn build(&mut self, opts: &LoadOptions, root: &Node, ledger: &mut Ledger) -> Project {
+    fn build(&mut self, opts: &LoadOptions, mut root: Node, ledger: &mut Ledger) -> Project {
         let mut project = Project::default();
+        // The services are moved out of the tree (they are big); the rest is read in place.
+        let mut services_owned = None;
+        if let Value::Map(entries) = &mut root.value {
+            if let Some(i) = entries
+                .iter()
+                .position(|(k, _)| k.as_str() == Some("services"))
+            {
+                let placeholder = Node::new(Value::Null, entries[i].1.loc.clone());
+                services_owned = Some(std::mem::replace(&mut entries[i].1, placeholder));
+            }
+        }
         let mut services_node = None;
         let mut sections: Vec<(&str, &Node)> = Vec::new();
         let mut top_name = None;
@@ -500,7 +511,7 @@ impl Loader<'_> {
                 );
             }
             match key {
-                "services" => services_node = Some(v),
+                "services" => services_node = services_owned.take(),
                 "name" => top_name = v.scalar_text().map(|n| (n, v)),
                 "networks" | "volumes" | "secrets" | "configs" => sections.push((key, v)),
                 _ => {}
@@ -509,16 +520,16 @@ impl Loader<'_> {
         project.name = self.project_name(opts, top_name);
 
         // Services by name, with the key's node; non-string names are errors.
-        let mut services: Vec<(String, &Node)> = Vec::new();
+        let mut services: Vec<(String, Node)> = Vec::new();
         let mut main_services = BTreeMap::new();
         if let Some(sn) = services_node {
-            match &sn.value {
+            match sn.value {
                 Value::Map(entries) => {
                     for (k, v) in entries {
                         match k.as_str() {
                             Some(name) => {
+                                main_services.insert(name.to_string(), v);
                                 services.push((name.to_string(), k));
-                                main_services.insert(name.to_string(), v.clone());
                             }
                             None => self.diags.push(
                                 Diagnostic::error(format!(
@@ -567,7 +578,7 @@ impl Loader<'_> {
                     Some(resolved) => resolved.as_ref()?,
                     None => self.main_services.get(name)?,
                 };
-                Some((name, *key, node))
+                Some((name, key, node))
             })
             .collect();
         let vars = self.vars.clone();

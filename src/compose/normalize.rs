@@ -236,28 +236,28 @@ impl Ctx<'_> {
     }
 
     /// A mapping or a list of `KEY=VALUE` (`KEY` alone → `None`).
-    fn dict(&mut self, node: &Node, what: &str) -> Vec<(String, Option<String>, Node)> {
+    fn dict(&mut self, node: &Node, what: &str) -> Vec<(String, Option<String>)> {
         match &node.value {
             Value::Seq(items) => items
                 .iter()
                 .filter_map(|i| {
                     let s = self.string(i, what)?;
                     Some(match s.split_once('=') {
-                        Some((k, v)) => (k.to_string(), Some(v.to_string()), i.clone()),
-                        None => (s, None, i.clone()),
+                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                        None => (s, None),
                     })
                 })
                 .collect(),
             _ => self
                 .entries(node, what)
                 .into_iter()
-                .map(|(k, name, v)| {
+                .map(|(_, name, v)| {
                     let value = if v.is_null() {
                         None
                     } else {
                         self.string(v, what)
                     };
-                    (name.to_string(), value, k.clone())
+                    (name.to_string(), value)
                 })
                 .collect(),
         }
@@ -520,7 +520,7 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
         read_env_file(ctx, &mut svc.environment, &path, required, raw, &at);
     }
     if let Some(env_node) = environment {
-        for (k, v, _) in ctx.dict(env_node, "`environment`") {
+        for (k, v) in ctx.dict(env_node, "`environment`") {
             let value = match v {
                 Some(v) => Some(v),
                 None => ctx.env.get(&k).cloned(),
@@ -659,7 +659,7 @@ fn build(ctx: &mut Ctx<'_>, v: &Node) -> Option<Build> {
                         let args: BTreeMap<String, serde_json::Value> = ctx
                             .dict(bv, "`build.args`")
                             .into_iter()
-                            .map(|(k, v, _)| {
+                            .map(|(k, v)| {
                                 (
                                     k,
                                     v.map_or(serde_json::Value::Null, serde_json::Value::String),
@@ -800,7 +800,7 @@ fn read_env_file(
 fn labels(ctx: &mut Ctx<'_>, v: &Node, what: &str) -> BTreeMap<String, String> {
     ctx.dict(v, what)
         .into_iter()
-        .map(|(k, v, _)| (k, v.unwrap_or_default()))
+        .map(|(k, v)| (k, v.unwrap_or_default()))
         .collect()
 }
 

@@ -1,2 +1,301 @@
 //! SSH transport: one multiplexed OpenSSH master per host, bounded fan-out, host-key checking,
 //! and the content-addressed agent upload.
+//!
+//! - [`Transport`] / [`HostSession`]: the small seam the rest of the CLI uses; [`OpenSsh`] is the
+//!   real one (system `ssh` through the `openssh` crate: the user's `~/.ssh/config`, ProxyJump and
+//!   ssh-agent for free). Handshakes in flight are bounded (sshd's `MaxStartups` drops beyond ~10)
+//!   and so are channels per connection (`MaxSessions`).
+//! - Host keys are always verified: strict against the inventory's `known_hosts` (else the user's);
+//!   `--accept-new-host-keys` records first-seen keys; a changed key is refused before any command
+//!   runs on the host.
+//! - [`agent`]: the agent binary (located, digested), pushed to
+//!   `/var/lib/compose-fleet/bin/agent-<sha256>` only when missing or wrong, and the one-round-trip
+//!   `check digest && exec agent rpc` + `Hello`.
+//! - [`facts`]: every host's [`HostFacts`](crate::proto::HostFacts), all hosts in parallel.
+//!
+//! Nothing here knows about compose, placement or plans.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::inventory::Fleet;
+
+pub mod agent;
+mod session;
+pub mod target;
+
+pub use agent::{AgentBinary, AgentClient, HostReport};
+pub use session::OpenSsh;
+pub use target::SshTarget;
+
+/// How to reach hosts and how long to wait for them.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// TCP connect + SSH handshake, per host.
+    pub connect_timeout: Duration,
+    /// One remote command (check, upload, hello), per host.
+    pub command_timeout: Duration,
+    /// SSH handshakes in flight at once across the fleet.
+    pub max_handshakes: usize,
+    /// Channels open at once on one connection (sshd's `MaxSessions` is 10).
+    pub max_channels: usize,
+    /// Trust and record host keys seen for the first time (`StrictHostKeyChecking=accept-new`);
+    /// a *changed* key is refused either way.
+    pub accept_new_host_keys: bool,
+    /// The agent to push instead of the one found next to the CLI or embedded in it.
+    pub agent_binary: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(60),
+            max_handshakes: 8,
+            max_channels: 8,
+            accept_new_host_keys: false,
+            agent_binary: None,
+        }
+    }
+}
+
+/// Why a host could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// No route, connection refused, name not resolved, connection lost.
+    Unreachable,
+    /// Connect or command took longer than its timeout.
+    Timeout,
+    /// The server refused our credentials.
+    AuthRefused,
+    /// The host presented a key different from the recorded one: possible attack, refused.
+    HostKeyChanged,
+    /// No key recorded for the host and first-seen keys are not accepted.
+    HostKeyUnknown,
+    /// The agent could not be pushed, started or understood.
+    Agent,
+    /// A local problem (the agent binary, the ssh program, a temp dir).
+    Local,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Unreachable => "unreachable",
+            ErrorClass::Timeout => "timed out",
+            ErrorClass::AuthRefused => "authentication refused",
+            ErrorClass::HostKeyChanged => "host key changed",
+            ErrorClass::HostKeyUnknown => "host key unknown",
+            ErrorClass::Agent => "agent failure",
+            ErrorClass::Local => "local error",
+        }
+    }
+}
+
+/// A failure on one host: the class, what happened, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshError {
+    pub host: String,
+    pub class: ErrorClass,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl SshError {
+    pub fn new(host: &str, class: ErrorClass, message: impl Into<String>) -> Self {
+        SshError {
+            host: host.to_string(),
+            class,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// `class: message` on one line (the `error` field of `hosts --format json`).
+    pub fn reason(&self) -> String {
+        format!("{}: {}", self.class.as_str(), self.message)
+    }
+}
+
+impl fmt::Display for SshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "host `{}`: {}", self.host, self.reason())?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\nhint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SshError {}
+
+/// What a remote command returned.
+#[derive(Debug, Clone, Default)]
+pub struct CommandOutput {
+    /// `None` when the remote process was killed by a signal or the connection dropped.
+    pub status: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// A long-lived remote process (e.g. `agent rpc`): write to its stdin, read its stdout.
+pub struct Channel {
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    pub stderr: Pin<Box<dyn AsyncRead + Send>>,
+    /// Keeps the remote process and its slot on the connection alive while the channel is used.
+    pub(crate) _guard: Box<dyn Send + Sync>,
+}
+
+/// Connects to hosts. The real one is [`OpenSsh`]; tests of the deployer may use their own.
+pub trait Transport: Send + Sync + 'static {
+    type Session: HostSession;
+    /// Opens (and authenticates, host key verified) a connection to one host.
+    fn connect(
+        &self,
+        target: &SshTarget,
+    ) -> impl Future<Output = Result<Self::Session, SshError>> + Send;
+}
+
+/// One connection to one host, shared by many channels (bounded per connection).
+pub trait HostSession: Send + Sync + 'static {
+    /// Runs a shell command line to completion, feeding it `stdin`.
+    fn run(
+        &self,
+        command: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<CommandOutput, SshError>> + Send;
+    /// Starts a shell command line and returns its stdio.
+    fn open(&self, command: &str) -> impl Future<Output = Result<Channel, SshError>> + Send;
+    /// Closes the connection (and its master process).
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// Counters over a fan-out, for logs, tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub reachable: usize,
+    pub unreachable: usize,
+    /// Agent bytes uploaded to all hosts.
+    pub uploaded_bytes: u64,
+    /// Remote commands (SSH channels) run on all hosts.
+    pub commands: u64,
+}
+
+impl Totals {
+    pub fn of(reports: &BTreeMap<String, Result<HostReport, SshError>>) -> Totals {
+        let mut t = Totals::default();
+        for r in reports.values() {
+            match r {
+                Ok(r) => {
+                    t.reachable += 1;
+                    t.uploaded_bytes += r.uploaded_bytes;
+                    t.commands += u64::from(r.commands);
+                }
+                Err(_) => t.unreachable += 1,
+            }
+        }
+        t
+    }
+
+    /// One line with stable `key=value` fields (tests and benchmarks read it).
+    pub fn line(&self) -> String {
+        format!(
+            "hosts: reachable={} unreachable={} uploaded_bytes={} commands={}",
+            self.reachable, self.unreachable, self.uploaded_bytes, self.commands
+        )
+    }
+}
+
+/// Every host's facts, all hosts in parallel through `transport`; the agent is pushed where it is
+/// missing or wrong. One entry per target, keyed by host name.
+pub async fn facts_with<T: Transport>(
+    transport: Arc<T>,
+    targets: &[SshTarget],
+    agent: Arc<AgentBinary>,
+    options: &Options,
+) -> BTreeMap<String, Result<HostReport, SshError>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for target in targets {
+        let transport = transport.clone();
+        let agent = agent.clone();
+        let target = target.clone();
+        let command_timeout = options.command_timeout;
+        tasks.spawn(async move {
+            let result = async {
+                let session = transport.connect(&target).await?;
+                let report = agent::hello(&session, &target.name, &agent, command_timeout).await;
+                session.close().await;
+                report
+            }
+            .await;
+            (target.name, result)
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, result)) => {
+                out.insert(name, result);
+            }
+            Err(e) => {
+                // A panic in one host's task is a bug; the others still report.
+                crate::cli::output::error(&format!("bug: a host task failed: {e}"));
+            }
+        }
+    }
+    for t in targets {
+        out.entry(t.name.clone()).or_insert_with(|| {
+            Err(SshError::new(
+                &t.name,
+                ErrorClass::Local,
+                "the host's task failed",
+            ))
+        });
+    }
+    out
+}
+
+/// Every host's facts over real SSH, by host name (`plan` without `--offline` and `hosts` call
+/// this). `Err` only for a local problem (no agent binary, no temp dir).
+pub async fn facts(
+    fleet: &Fleet,
+    options: &Options,
+) -> Result<BTreeMap<String, Result<HostReport, SshError>>, SshError> {
+    facts_of(&SshTarget::all(fleet), options).await
+}
+
+/// [`facts`] for explicit targets.
+pub async fn facts_of(
+    targets: &[SshTarget],
+    options: &Options,
+) -> Result<BTreeMap<String, Result<HostReport, SshError>>, SshError> {
+    let agent = Arc::new(AgentBinary::locate(options.agent_binary.as_deref())?);
+    let transport = Arc::new(OpenSsh::new(options)?);
+    Ok(facts_with(transport, targets, agent, options).await)
+}
+
+/// [`facts`] for synchronous callers (the CLI commands).
+pub fn facts_blocking(
+    fleet: &Fleet,
+    options: &Options,
+) -> Result<BTreeMap<String, Result<HostReport, SshError>>, SshError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| SshError::new("-", ErrorClass::Local, format!("tokio runtime: {e}")))?;
+    runtime.block_on(facts(fleet, options))
+}

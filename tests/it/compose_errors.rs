@@ -329,3 +329,23 @@ fn deeply_nested_input_is_an_error_not_a_crash() {
         }
     }
 }
+
+#[test]
+fn include_conflicts_and_missing_extends_targets() {
+    let files = [
+        (
+            "compose.yaml",
+            "include: [other.yaml]\nservices:\n  db: {image: mine}\n  web:\n    extends: nothere\n",
+        ),
+        ("other.yaml", "services:\n  db: {image: theirs}\n"),
+    ];
+    let f = load_files(&files, &[], &[]).expect_err("fails");
+    let errors: Vec<String> = f.diagnostics.errors().map(|d| d.to_string()).collect();
+    assert_eq!(
+        errors,
+        [
+            "compose.yaml:3:3: error: `db` is defined both here and in an included file",
+            "compose.yaml:5:14: error: service `web` extends `nothere`, which is not defined in the project",
+        ]
+    );
+}

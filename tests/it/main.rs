@@ -2,4 +2,5 @@
 mod compose;
 mod compose_errors;
 mod graph;
+mod inventory;
 mod load_props;

@@ -1,1 +1,112 @@
-//! Host facts reported in the `Hello` handshake.
+//! Host facts reported in the `Hello` handshake: what the host is (arch, cpus, memory, kernel,
+//! cgroup version, hostname, free disk), read from the kernel each time it is asked.
+
+use std::path::Path;
+
+use crate::proto::{HostFacts, PROTOCOL_VERSION};
+
+/// Collects this host's facts. `state_dir` is where free disk is measured (the filesystem that
+/// will hold images and volumes); missing or unreadable sources give zero/`unknown`, never fail.
+pub fn collect(state_dir: &Path) -> HostFacts {
+    HostFacts {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: crate::AGENT_VERSION.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        cpus: cpus(),
+        memory: std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| mem_total(&s))
+            .unwrap_or(0),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        cgroup: cgroup_version(Path::new("/sys/fs/cgroup")).to_string(),
+        hostname: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".into()),
+        free_disk: free_disk(state_dir),
+    }
+}
+
+/// CPUs this process may run on (what a container could use), not the machine's total.
+fn cpus() -> u32 {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    if let Ok(set) = sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        let n = (0..CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .count();
+        if n > 0 {
+            return n as u32;
+        }
+    }
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("processor")).count() as u32)
+        .unwrap_or(0)
+}
+
+/// `MemTotal` from `/proc/meminfo`, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `v2` only when the unified hierarchy is mounted at `root` *and* has controllers: hosts in hybrid
+/// mode have an empty v2 mount (`/sys/fs/cgroup/unified`) beside the v1 controllers.
+pub fn cgroup_version(root: &Path) -> &'static str {
+    match std::fs::read_to_string(root.join("cgroup.controllers")) {
+        Ok(s) if !s.trim().is_empty() => "v2",
+        _ if root.join("memory").is_dir() || root.join("cpu").is_dir() => "v1",
+        Ok(_) => "v2",
+        Err(_) => "none",
+    }
+}
+
+/// Free bytes (for unprivileged use) on the filesystem holding `dir`, or its nearest existing
+/// ancestor (the state dir may not exist before the first deploy).
+fn free_disk(dir: &Path) -> u64 {
+    let mut dir = Some(dir);
+    while let Some(d) = dir {
+        if let Ok(st) = nix::sys::statvfs::statvfs(d) {
+            #[allow(clippy::unnecessary_cast)] // the field types differ between libcs
+            return st.blocks_available() as u64 * st.fragment_size() as u64;
+        }
+        dir = d.parent();
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_is_read_in_bytes() {
+        let meminfo = "MemTotal:       24551236 kB\nMemFree:         1000 kB\n";
+        assert_eq!(mem_total(meminfo), Some(24551236 * 1024));
+        assert_eq!(mem_total("nothing"), None);
+    }
+
+    #[test]
+    fn hybrid_cgroup_with_empty_unified_mount_is_v1() {
+        let dir = std::env::temp_dir().join(format!("cf-cgroup-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("memory")).expect("mkdir");
+        assert_eq!(cgroup_version(&dir), "v1");
+        std::fs::write(dir.join("cgroup.controllers"), "").expect("write");
+        assert_eq!(cgroup_version(&dir), "v1");
+        std::fs::write(dir.join("cgroup.controllers"), "cpu memory pids\n").expect("write");
+        assert_eq!(cgroup_version(&dir), "v2");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn this_host_has_facts() {
+        let facts = collect(Path::new("/tmp"));
+        assert!(facts.cpus >= 1);
+        assert!(facts.memory > 0);
+        assert!(!facts.kernel.is_empty() && facts.kernel != "unknown");
+        assert!(facts.free_disk > 0);
+    }
+}

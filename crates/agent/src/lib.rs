@@ -9,10 +9,13 @@
 //!
 //! The agent links only this crate and `compose-fleet-proto`: no CLI-only crates.
 
+pub mod daemon;
 pub mod facts;
 pub mod image;
 pub mod network;
+pub mod rpc;
 pub mod runtime;
+pub mod store;
 pub mod supervisor;
 
 pub use compose_fleet_proto as proto;

@@ -79,9 +79,18 @@ pub enum Response {
     Applied(ApplyReport),
     Status(StatusReport),
     LogLine(LogLine),
-    ExecOutput { stream: Stream, data: String },
-    ExecExit { code: i32 },
-    Removed { pods: Vec<String> },
+    ExecOutput {
+        stream: Stream,
+        data: String,
+    },
+    ExecExit {
+        code: i32,
+    },
+    Removed {
+        pods: Vec<String>,
+    },
+    /// The last frame of a stream that may carry no items (`Logs`), sent without `more`.
+    End,
 }
 
 /// A failure on the agent's side, with the chain of causes (outermost first).

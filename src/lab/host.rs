@@ -1,0 +1,282 @@
+//! One lab host: its private directories, its host key, and its sshd, started inside the host's
+//! network namespace in a private mount and UTS namespace so that every SSH session on it sees
+//! the host's own hostname, `/var/lib/compose-fleet`, `/run`, `/tmp` and `/etc/ssh`.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::sys::{self, run};
+use super::{net, Error};
+
+/// Directories of a host that are bind-mounted over the machine's, in its own mount namespace:
+/// (name under `DIR/hosts/HOST/`, mount point).
+pub const PRIVATE_DIRS: [(&str, &str); 4] = [
+    ("etc-ssh", "/etc/ssh"),
+    ("state", "/var/lib/compose-fleet"),
+    ("run", "/run"),
+    ("tmp", "/tmp"),
+];
+
+/// A lab host as the lab sees it from the root namespace.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// `lab-N`: the host's name, hostname and network namespace.
+    pub name: String,
+    /// N, from 1.
+    pub index: usize,
+    /// Its address on the lab bridge.
+    pub address: String,
+    /// `DIR/hosts/NAME`.
+    pub root: PathBuf,
+}
+
+impl Host {
+    pub fn new(dir: &Path, index: usize) -> Host {
+        let name = format!("lab-{index}");
+        Host {
+            address: format!("10.250.0.{}", 10 + index),
+            root: dir.join("hosts").join(&name),
+            name,
+            index,
+        }
+    }
+
+    pub fn ssh_addr(&self) -> SocketAddr {
+        // The address is built from a number, so it always parses.
+        SocketAddr::from(([10, 250, 0, (10 + self.index) as u8], 22))
+    }
+
+    /// The host's private directory for `name` (see [`PRIVATE_DIRS`]).
+    pub fn private(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// sshd's pid file, as the root namespace sees it (sshd writes `/run/sshd.pid`).
+    pub fn pid_file(&self) -> PathBuf {
+        self.private("run").join("sshd.pid")
+    }
+
+    pub fn host_key(&self) -> PathBuf {
+        self.private("etc-ssh").join("ssh_host_ed25519_key")
+    }
+
+    /// The running sshd's pid, when its pid file names a live process in the host's namespace.
+    pub fn sshd_pid(&self) -> Option<i32> {
+        let pid = sys::read_pid(&self.pid_file())?;
+        (sys::alive(pid) && same_netns(pid, &self.name)).then_some(pid)
+    }
+
+    /// The `known_hosts` line for this host (`ADDRESS ssh-ed25519 AAAA…`).
+    pub fn known_hosts_line(&self) -> Result<String, Error> {
+        let path = self.host_key().with_extension("pub");
+        let text = fs::read_to_string(&path)
+            .map_err(|e| Error::Env(format!("cannot read {}: {e}", path.display())))?;
+        let mut fields = text.split_whitespace();
+        match (fields.next(), fields.next()) {
+            (Some(kind), Some(key)) => Ok(format!("{} {kind} {key}", self.address)),
+            _ => Err(Error::Env(format!(
+                "{} is not a public key",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Directories, host key, sshd_config and authorized_keys. Idempotent; keeps an existing key.
+    pub fn prepare(&self, authorized_key: &str) -> Result<(), Error> {
+        for (name, _) in PRIVATE_DIRS {
+            mkdir(
+                &self.private(name),
+                if name == "tmp" { 0o1777 } else { 0o755 },
+            )?;
+        }
+        if !self.host_key().exists() {
+            let key = self.host_key();
+            let _ = fs::remove_file(key.with_extension("pub"));
+            run(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    &self.name,
+                    "-f",
+                    &key.to_string_lossy(),
+                ],
+            )?;
+        }
+        write(
+            &self.private("etc-ssh").join("sshd_config"),
+            &self.sshd_config(),
+            0o644,
+        )?;
+        write(
+            &self.private("etc-ssh").join("authorized_keys"),
+            authorized_key,
+            0o644,
+        )?;
+        Ok(())
+    }
+
+    /// Paths are as the host sees them (after its bind mounts).
+    fn sshd_config(&self) -> String {
+        format!(
+            "# lab host {name}: written by `compose-fleet lab up`\n\
+             ListenAddress {addr}:22\n\
+             HostKey /etc/ssh/ssh_host_ed25519_key\n\
+             PidFile /run/sshd.pid\n\
+             AuthorizedKeysFile /etc/ssh/authorized_keys\n\
+             PermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             UsePAM no\n\
+             PrintMotd no\n\
+             PrintLastLog no\n\
+             Subsystem sftp /usr/lib/openssh/sftp-server\n",
+            name = self.name,
+            addr = self.address,
+        )
+    }
+
+    /// Starts sshd detached (`setsid -f`), in the host's network namespace, a new mount and UTS
+    /// namespace with the host's bind mounts and hostname. Does not wait for it to answer.
+    pub fn start_sshd(&self, lab_dir: &Path) -> Result<(), Error> {
+        // The mount point must exist on the machine; the mount itself stays in the host.
+        let point = Path::new("/var/lib/compose-fleet");
+        if !point.exists() {
+            mkdir(point, 0o755)?;
+        }
+        let _ = fs::remove_file(self.pid_file());
+        let script = self.start_script(lab_dir);
+        let log = self.root.join("sshd.err");
+        let stderr = fs::File::create(&log)
+            .map_err(|e| Error::Env(format!("cannot create {}: {e}", log.display())))?;
+        let status = Command::new("setsid")
+            .args(["-f", "ip", "netns", "exec", &self.name])
+            .args(["unshare", "--mount", "--uts", "--propagation", "private"])
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .status()
+            .map_err(|e| Error::Env(format!("cannot run setsid: {e}")))?;
+        if !status.success() {
+            return Err(Error::Env(format!(
+                "starting sshd of {} failed ({status}); see {}",
+                self.name,
+                log.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn start_script(&self, lab_dir: &Path) -> String {
+        // A bind mount over an ancestor of the lab directory (a lab in /tmp) hides the sources of
+        // the mounts after it: do that one last.
+        let lab_dir = fs::canonicalize(lab_dir).unwrap_or_else(|_| lab_dir.to_path_buf());
+        let mut mounts: Vec<(&str, &str)> = PRIVATE_DIRS.to_vec();
+        mounts.sort_by_key(|(_, target)| lab_dir.starts_with(target));
+        let mut script = format!("set -e\nhostname {}\n", self.name);
+        for (name, target) in mounts {
+            script.push_str(&format!(
+                "mount --bind {} {target}\n",
+                quote(&self.private(name).to_string_lossy())
+            ));
+        }
+        // sshd's privilege separation directory, in the host's own /run.
+        script.push_str("mkdir -p /run/sshd\nchmod 0755 /run/sshd\n");
+        script.push_str("exec /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E /run/sshd.log\n");
+        script
+    }
+
+    /// Stops sshd (by its pid file). Sessions and other processes of the host keep running.
+    pub fn stop_sshd(&self) {
+        if let Some(pid) = sys::read_pid(&self.pid_file()) {
+            if same_netns(pid, &self.name) {
+                sys::terminate(&[pid]);
+            }
+        }
+    }
+
+    /// Every process of the host: those in its network namespace and their descendants.
+    pub fn processes(&self) -> Vec<i32> {
+        let roots = net::netns_pids(&self.name);
+        with_descendants(&roots)
+    }
+}
+
+/// Whether `pid` lives in the named network namespace.
+fn same_netns(pid: i32, netns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ours = fs::metadata(Path::new("/run/netns").join(netns)).map(|m| (m.dev(), m.ino()));
+    let theirs = fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()));
+    match (ours, theirs) {
+        (Ok(a), Ok(b)) => a.1 == b.1,
+        _ => false,
+    }
+}
+
+/// `roots` plus every process whose parent chain reaches one of them.
+fn with_descendants(roots: &[i32]) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut all: Vec<i32> = roots.to_vec();
+    loop {
+        let before = all.len();
+        for (pid, ppid) in &parent_of {
+            if all.contains(ppid) && !all.contains(pid) {
+                all.push(*pid);
+            }
+        }
+        if all.len() == before {
+            break;
+        }
+    }
+    all.sort_unstable();
+    all.dedup();
+    all.retain(|p| *p > 1);
+    all
+}
+
+/// Quotes a string for `sh`.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+pub fn mkdir(path: &Path, mode: u32) -> Result<(), Error> {
+    fs::create_dir_all(path)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
+        .map_err(|e| Error::Env(format!("cannot create directory {}: {e}", path.display())))
+}
+
+/// Writes a file (replacing it) with the given mode.
+pub fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
+    fs::write(path, text)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
+        .map_err(|e| Error::Env(format!("cannot write {}: {e}", path.display())))
+}

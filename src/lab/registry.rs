@@ -1,0 +1,101 @@
+//! The lab's OCI registry: Debian's `docker-registry` (distribution v2) with filesystem storage
+//! under the lab directory, serving plain http on the bridge address.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::host::{mkdir, write};
+use super::sys;
+use super::{Error, REGISTRY};
+
+const BINARY: &str = "/usr/bin/docker-registry";
+
+pub struct Registry {
+    dir: PathBuf,
+}
+
+impl Registry {
+    pub fn new(lab_dir: &Path) -> Registry {
+        Registry {
+            dir: lab_dir.to_path_buf(),
+        }
+    }
+
+    pub fn addr() -> SocketAddr {
+        SocketAddr::from(([10, 250, 0, 1], 5000))
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("registry.pid")
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.dir.join("registry.yml")
+    }
+
+    /// The running registry's pid, when its pid file names a live registry process.
+    pub fn pid(&self) -> Option<i32> {
+        let pid = sys::read_pid(&self.pid_file())?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        (sys::alive(pid) && cmdline.starts_with(BINARY.as_bytes())).then_some(pid)
+    }
+
+    /// Whether it accepts connections.
+    pub fn answers() -> bool {
+        sys::port_open(Self::addr())
+    }
+
+    /// Starts the registry detached unless it is already running. Does not wait for it.
+    pub fn ensure_started(&self) -> Result<(), Error> {
+        if self.pid().is_some() {
+            return Ok(());
+        }
+        if !Path::new(BINARY).exists() {
+            return Err(Error::Env(format!(
+                "{BINARY} is missing; run scripts/setup.sh (Debian package docker-registry)"
+            )));
+        }
+        let storage = self.dir.join("registry");
+        mkdir(&storage, 0o755)?;
+        let config = format!(
+            "# written by `compose-fleet lab up`\n\
+             version: 0.1\n\
+             log:\n  level: warn\n\
+             storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {REGISTRY}\n",
+            storage = storage.display()
+        );
+        write(&self.config_file(), &config, 0o644)?;
+        let log = self.dir.join("registry.log");
+        let stderr = fs::File::create(&log)
+            .map_err(|e| Error::Env(format!("cannot create {}: {e}", log.display())))?;
+        // `sh` records its own pid, then becomes the registry: the pid file names the registry.
+        let script = "echo $$ > \"$1\"; exec \"$2\" serve \"$3\"";
+        let status = Command::new("setsid")
+            .args(["-f", "sh", "-c", script, "sh"])
+            .arg(self.pid_file())
+            .arg(BINARY)
+            .arg(self.config_file())
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().map_err(|e| Error::Env(e.to_string()))?)
+            .stderr(stderr)
+            .status()
+            .map_err(|e| Error::Env(format!("cannot run setsid: {e}")))?;
+        if !status.success() {
+            return Err(Error::Env(format!(
+                "starting the registry failed ({status}); see {}",
+                log.display()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn stop(&self) {
+        if let Some(pid) = self.pid() {
+            sys::terminate(&[pid]);
+        }
+        let _ = fs::remove_file(self.pid_file());
+    }
+}

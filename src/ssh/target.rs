@@ -1,0 +1,99 @@
+//! What the transport needs to know about a host: [`SshTarget`], taken from the inventory's
+//! [`Host`] (the inventory owns the hosts file).
+
+use std::path::{Path, PathBuf};
+
+use crate::inventory::{Fleet, Host};
+
+/// How to reach one host over SSH. `None` fields fall back to the user's `~/.ssh/config` and ssh's
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    /// The host's name in the inventory (what errors and reports say).
+    pub name: String,
+    /// Address or ssh_config alias.
+    pub address: String,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity_file: Option<PathBuf>,
+    /// Host keys to check against instead of the user's `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl SshTarget {
+    /// `user@address:port` for messages.
+    pub fn destination(&self) -> String {
+        let mut s = String::new();
+        if let Some(u) = &self.user {
+            s.push_str(u);
+            s.push('@');
+        }
+        s.push_str(&self.address);
+        if let Some(p) = self.port {
+            s.push_str(&format!(":{p}"));
+        }
+        s
+    }
+}
+
+impl SshTarget {
+    /// The SSH side of an inventory host. Relative `identity_file`/`known_hosts` paths are relative
+    /// to `base` (the inventory's directory); `~/` is the user's home. Port 22 is left to ssh (so
+    /// `~/.ssh/config` can set another for an alias).
+    pub fn from_host(host: &Host, base: &Path) -> SshTarget {
+        SshTarget {
+            name: host.name.clone(),
+            address: host.address.clone(),
+            user: host.user.clone(),
+            port: (host.port != 22).then_some(host.port),
+            identity_file: host.identity_file.as_deref().map(|p| resolve(p, base)),
+            known_hosts: host.known_hosts.as_deref().map(|p| resolve(p, base)),
+        }
+    }
+
+    /// Every host of `fleet`, in inventory order.
+    pub fn all(fleet: &Fleet) -> Vec<SshTarget> {
+        let base = fleet
+            .source
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        fleet
+            .hosts
+            .iter()
+            .map(|h| SshTarget::from_host(h, base))
+            .collect()
+    }
+}
+
+fn resolve(p: &Path, base: &Path) -> PathBuf {
+    if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        return PathBuf::from(home).join(rest);
+    }
+    if p.is_relative() {
+        // Absolute, so messages (and `ssh-keygen -R … -f FILE` hints) work from any directory.
+        std::path::absolute(base.join(p)).unwrap_or_else(|_| base.join(p))
+    } else {
+        p.to_path_buf()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_hosts_become_targets_with_paths_resolved() {
+        let mut h = Host::new("h1", "10.250.0.11");
+        h.identity_file = Some(PathBuf::from("id_ed25519"));
+        h.known_hosts = Some(PathBuf::from("/abs/known_hosts"));
+        h.user = Some("root".into());
+        let t = SshTarget::from_host(&h, Path::new("/lab"));
+        assert_eq!(t.identity_file, Some(PathBuf::from("/lab/id_ed25519")));
+        assert_eq!(t.known_hosts, Some(PathBuf::from("/abs/known_hosts")));
+        assert_eq!(t.port, None);
+        assert_eq!(t.destination(), "root@10.250.0.11");
+        h.port = 2222;
+        assert_eq!(SshTarget::from_host(&h, Path::new("/lab")).port, Some(2222));
+    }
+}
