@@ -824,6 +824,7 @@ fn the_supervisor_seam_runs_an_isolated_container_and_execs_into_it() {
             ..Default::default()
         },
         runtime: Isolated::NAME.into(),
+        state_root: fx.state.clone(),
         log_max_bytes: 1 << 20,
         log_max_files: 2,
     };
@@ -846,7 +847,8 @@ fn the_supervisor_seam_runs_an_isolated_container_and_execs_into_it() {
     out.read_exact(&mut up).unwrap();
     assert_eq!(&up, b"up\n");
 
-    let mut cmd = iso
+    let (exec_r, exec_w) = nix::unistd::pipe().unwrap();
+    let exec_pid = iso
         .exec(
             &launch,
             pid,
@@ -857,15 +859,22 @@ fn the_supervisor_seam_runs_an_isolated_container_and_execs_into_it() {
                     .into(),
             ],
             &BTreeMap::from([("EXTRA".into(), "there".into())]),
+            ContainerStdio {
+                stdin: fs::File::open("/dev/null").unwrap().into(),
+                stdout: exec_w.try_clone().unwrap(),
+                stderr: exec_w,
+            },
         )
         .unwrap();
-    let output = cmd.output().unwrap();
-    assert_eq!(output.status.code(), Some(4), "{output:?}");
+    let mut stdout = String::new();
+    fs::File::from(exec_r).read_to_string(&mut stdout).unwrap();
+    let exec_pid = Pid::from_raw(exec_pid as i32);
     assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        "hi there web sleep 30"
+        waitpid(exec_pid, None).unwrap(),
+        WaitStatus::Exited(exec_pid, 4)
     );
-    assert!(!iso.oom_killed(&launch));
+    assert_eq!(stdout.trim(), "hi there web sleep 30");
+    assert_eq!(iso.oom_kills(&launch), 0);
 
     iso.kill(&launch, pid, nix::sys::signal::Signal::SIGKILL)
         .unwrap();

@@ -188,7 +188,8 @@ impl ContainerRuntime for Isolated {
         pid: u32,
         argv: &[String],
         env: &BTreeMap<String, String>,
-    ) -> io::Result<std::process::Command> {
+        stdio: ContainerStdio,
+    ) -> io::Result<u32> {
         let mut cmd = std::process::Command::new(self.rt.init_exe());
         cmd.arg("init")
             .arg("enter")
@@ -197,19 +198,22 @@ impl ContainerRuntime for Isolated {
         for (k, v) in env {
             cmd.arg("--env").arg(format!("{k}={v}"));
         }
-        cmd.arg("--").args(argv).env_clear();
-        Ok(cmd)
+        cmd.arg("--")
+            .args(argv)
+            .env_clear()
+            .stdin(stdio.stdin)
+            .stdout(stdio.stdout)
+            .stderr(stdio.stderr);
+        // The caller reaps it by pid; dropping `Child` neither waits nor kills.
+        Ok(cmd.spawn()?.id())
     }
 
-    fn oom_killed(&self, launch: &Launch) -> bool {
-        let Ok(cfg) = Self::loaded(launch) else {
-            return false;
-        };
-        let base: u64 = std::fs::read_to_string(Self::oom_base_file(launch))
+    fn oom_kills(&self, launch: &Launch) -> u64 {
+        // The shim compares the counter before start and after exit.
+        Self::loaded(launch)
             .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        self.rt.oom_kills(&cfg).map(|n| n > base).unwrap_or(false)
+            .and_then(|cfg| self.rt.oom_kills(&cfg).ok())
+            .unwrap_or(0)
     }
 }
 
