@@ -117,7 +117,12 @@ fn version_mismatch_and_unknown_requests_are_structured_errors() {
         vec![
             (0, Some(ErrorKind::BadRequest)),
             (1, Some(ErrorKind::VersionMismatch)),
-            (2, Some(ErrorKind::Host)),
+            // Served by the supervisor now: an (empty) status, not an error.
+            (2, None),
         ]
     );
+    assert!(matches!(
+        replies[2].ok,
+        Some(compose_fleet_agent::proto::Response::Status(_))
+    ));
 }
