@@ -67,7 +67,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     let project = &loaded.project;
     if args.services {
         let names: Vec<&str> = project.services.keys().map(String::as_str).collect();
-        output::data(&names.join("\n"));
+        print_lines(&names);
     } else if args.profiles {
         let profiles: BTreeSet<&str> = project
             .services
@@ -76,7 +76,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             .flat_map(|s| s.profiles.iter().map(String::as_str))
             .collect();
         let list: Vec<&str> = profiles.into_iter().collect();
-        output::data(&list.join("\n"));
+        print_lines(&list);
     } else if args.check {
         match args.format {
             Format::Json => output::data(&to_json(&loaded.ledger)?),
@@ -86,6 +86,13 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         output::data(&render(project, args.format)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One item per line; nothing at all for an empty list.
+fn print_lines(items: &[&str]) {
+    if !items.is_empty() {
+        output::data(&items.join("\n"));
+    }
 }
 
 fn plural(n: usize) -> &'static str {

@@ -275,12 +275,14 @@ fn location(file: &Arc<str>, text: &str, l: &serde_saphyr::Location) -> Location
         .byte_offset()
         .map(|o| o as usize)
         .unwrap_or_else(|| char_to_byte(text, span.offset() as usize));
+    let offset = offset.min(text.len());
     Location {
         file: file.clone(),
         line: u32::try_from(l.line()).unwrap_or(u32::MAX),
         column: u32::try_from(l.column()).unwrap_or(u32::MAX),
-        offset: offset.min(text.len()),
-        len: span.len() as usize,
+        offset,
+        // A span never runs past the end of the text (errors at the end of input have one).
+        len: (span.len() as usize).min(text.len() - offset),
     }
 }
 

@@ -1420,3 +1420,43 @@ fn network_mode_other_than_service_is_accepted_but_not_honoured() {
         compose_fleet::compose::ledger::Status::Accepted
     );
 }
+
+#[test]
+fn env_files_given_replace_the_project_dotenv_and_must_exist() {
+    let fs = MemoryFs::new()
+        .with(
+            "/p/compose.yaml",
+            "services:\n  web: {image: \"web:${TAG:-none}\"}\n",
+        )
+        .with("/p/.env", "TAG=dotenv\n")
+        .with("/p/a.env", "TAG=a\n")
+        .with("/p/b.env", "TAG=b\n");
+    let mut opts = LoadOptions::for_file("/p/compose.yaml");
+    opts.env_files = vec!["/p/a.env".into(), "/p/b.env".into()];
+    opts.env_files_required = true;
+    let loaded = compose::load(&opts, &Environment::new(), &fs).expect("loads");
+    assert_eq!(
+        loaded.project.services["web"].image.as_deref(),
+        Some("web:b")
+    );
+    opts.env_files = vec!["/p/missing.env".into()];
+    let failure = compose::load(&opts, &Environment::new(), &fs).expect_err("missing env file");
+    assert_eq!(
+        lines(&failure.diagnostics),
+        ["error: cannot read env file /p/missing.env: no such file"]
+    );
+}
+
+#[test]
+fn unset_variables_are_warned_about_once_and_become_empty() {
+    let yaml = "services:\n  web:\n    image: \"web:${TAG}\"\n    environment: [\"A=$TAG\", \"B=${OTHER:-x}\"]\n";
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    assert_eq!(
+        loaded.project.services["web"].image.as_deref(),
+        Some("web:")
+    );
+    assert_eq!(
+        lines(&loaded.warnings),
+        ["compose.yaml:3:12: warning: variable `TAG` is not set; using an empty string"]
+    );
+}

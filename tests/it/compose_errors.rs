@@ -329,3 +329,36 @@ fn deeply_nested_input_is_an_error_not_a_crash() {
         }
     }
 }
+
+#[test]
+fn include_conflicts_and_missing_extends_targets() {
+    let files = [
+        (
+            "compose.yaml",
+            "include: [other.yaml]\nservices:\n  db: {image: mine}\n  web:\n    extends: nothere\n",
+        ),
+        ("other.yaml", "services:\n  db: {image: theirs}\n"),
+    ];
+    let f = load_files(&files, &[], &[]).expect_err("fails");
+    let errors: Vec<String> = f.diagnostics.errors().map(|d| d.to_string()).collect();
+    assert_eq!(
+        errors,
+        [
+            "compose.yaml:3:3: error: `db` is defined both here and in an included file",
+            "compose.yaml:5:14: error: service `web` extends `nothere`, which is not defined in the project",
+        ]
+    );
+}
+
+/// Regression (found by `load_props`): a YAML error at the very end of the text had a span past it.
+#[test]
+fn yaml_error_spans_stay_inside_the_text() {
+    for yaml in ["%0", "a: [", "services:\n  web: {", "'"] {
+        let f = load_files(&[("compose.yaml", yaml)], &[], &[]).expect_err("invalid YAML");
+        for d in f.diagnostics.errors() {
+            let loc = d.location.as_ref().expect("located");
+            assert!(loc.offset + loc.len <= yaml.len(), "{yaml:?}: {loc:?}");
+            let _ = f.sources.render(d);
+        }
+    }
+}
