@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# The main job on the built-in lab fleet: set up this machine, build, and run compose-fleet on an
-# example app. Needs root (the lab creates network namespaces).
+# The main job on the built-in lab fleet: set up this machine, build, start the lab fleet (hosts
+# with sshd in network namespaces, and a registry), and run compose-fleet on an example app.
+# Needs root (the lab creates network namespaces, a bridge and mounts).
+# The lab stays up afterwards; remove it with: compose-fleet lab down --dir "$COMPOSE_FLEET_LAB_DIR"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -eq 0 ]; then
-  scripts/setup.sh
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: the demo starts the lab fleet, which needs root" >&2
+  echo "hint: sudo $0" >&2
+  exit 1
 fi
+scripts/setup.sh
 cargo build --release --locked
 bin=target/release/compose-fleet
 example=examples/voting
+lab_dir=${COMPOSE_FLEET_LAB_DIR:-/var/lib/compose-fleet-lab}
 
+echo "==> compose-fleet lab up --hosts 3 --dir $lab_dir"
+"$bin" lab up --hosts 3 --dir "$lab_dir"
+"$bin" lab status --dir "$lab_dir"
 echo "==> compose-fleet config ($example)"
 "$bin" -f "$example/compose.yaml" config
 echo "==> compose-fleet graph ($example)"
 "$bin" -f "$example/compose.yaml" graph
+echo "==> compose-fleet plan --offline ($example on the lab fleet)"
+"$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" plan --offline

@@ -83,6 +83,8 @@ pub fn run(_global: &GlobalArgs, args: Args) -> CmdResult {
 }
 
 fn status(lab: &Lab) -> CmdResult {
+    // Reading the namespaces of root's processes needs root too.
+    lab::require_root().map_err(failure)?;
     let status = lab.status().map_err(failure)?;
     if status.hosts.is_empty() {
         output::status(&format!("lab: no lab at {}", lab.dir().display()));
@@ -98,7 +100,7 @@ fn status(lab: &Lab) -> CmdResult {
         let up = h.sshd_pid.is_some() && h.sshd_answers;
         all_up &= up && h.netns;
         text.push_str(&format!(
-            "{:<10} {:<14} {:<6} {:<8}\n",
+            "{:<10} {:<16} {:<6} {}\n",
             h.name,
             h.address,
             if h.netns { "yes" } else { "no" },
@@ -106,8 +108,10 @@ fn status(lab: &Lab) -> CmdResult {
         ));
     }
     text.push_str(&format!(
-        "registry {} {}\n",
+        "{:<10} {:<16} {:<6} {}\n",
+        "registry",
         lab::REGISTRY,
+        "-",
         yes_no(status.registry_answers && status.registry_pid.is_some())
     ));
     output::data(&text);

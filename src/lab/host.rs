@@ -20,6 +20,11 @@ pub const PRIVATE_DIRS: [(&str, &str); 4] = [
     ("tmp", "/tmp"),
 ];
 
+/// What a lab host's listening sshd has in its command line, arguments joined by spaces: before
+/// and after sshd retitles itself (`sshd: /usr/sbin/sshd -D -f … [listener] …`); sessions are
+/// `sshd: USER@…`.
+pub const SSHD_LISTENER: &str = "/usr/sbin/sshd -D -f /etc/ssh/sshd_config";
+
 /// A lab host as the lab sees it from the root namespace.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -31,6 +36,48 @@ pub struct Host {
     pub address: String,
     /// `DIR/hosts/NAME`.
     pub root: PathBuf,
+}
+
+/// Shell lines that mount, under a fresh `/sys`, the cgroup hierarchies that `mountinfo` (the
+/// machine's) shows under `/sys/fs/cgroup`: the v2 tree, or v1's tmpfs with one mount per
+/// controller set (mounting a v1 controller set again attaches the existing hierarchy).
+fn cgroup_mount_script(mountinfo: &str) -> String {
+    let mut script = String::new();
+    for line in mountinfo.lines() {
+        // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS`
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = left.split(' ').nth(4).unwrap_or_default();
+        if mount_point != "/sys/fs/cgroup" && !mount_point.starts_with("/sys/fs/cgroup/") {
+            continue;
+        }
+        let mut right = right.split(' ');
+        let fstype = right.next().unwrap_or_default();
+        let _source = right.next();
+        let super_options = right.next().unwrap_or_default();
+        let command = match fstype {
+            "tmpfs" => "mount -t tmpfs -o mode=755 cgroup_root".to_string(),
+            "cgroup2" => "mount -t cgroup2 cgroup2".to_string(),
+            "cgroup" => {
+                let controllers: Vec<&str> = super_options
+                    .split(',')
+                    .filter(|o| *o != "rw" && *o != "ro" && !o.starts_with("name="))
+                    .collect();
+                // Named hierarchies without controllers (systemd's) are not needed by the agent.
+                if controllers.is_empty() {
+                    continue;
+                }
+                format!("mount -t cgroup -o {} cgroup", controllers.join(","))
+            }
+            _ => continue,
+        };
+        let target = quote(mount_point);
+        script.push_str(&format!(
+            "mkdir -p {target} 2>/dev/null; {command} {target} || echo 'lab: cannot mount {fstype} on {mount_point}' >&2\n"
+        ));
+    }
+    script
 }
 
 impl Host {
@@ -188,19 +235,38 @@ impl Host {
                 quote(&self.private(name).to_string_lossy())
             ));
         }
+        // `ip netns exec` mounted a fresh /sys for the namespace, without the machine's cgroup
+        // hierarchies under it: mount them again so the agent on a lab host can set limits, as
+        // on a real server. A failure is logged and not fatal: sshd must still come up.
+        script.push_str(&cgroup_mount_script(
+            &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        ));
         // sshd's privilege separation directory, in the host's own /run.
         script.push_str("mkdir -p /run/sshd\nchmod 0755 /run/sshd\n");
         script.push_str("exec /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E /run/sshd.log\n");
         script
     }
 
-    /// Stops sshd (by its pid file). Sessions and other processes of the host keep running.
+    /// Stops sshd: the one its pid file names, and any other listening lab sshd in the host's
+    /// namespace (one whose pid file was lost with an old lab directory). Sessions and other
+    /// processes of the host keep running.
     pub fn stop_sshd(&self) {
+        let mut pids: Vec<i32> = net::netns_pids(&self.name)
+            .into_iter()
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(SSHD_LISTENER)
+                })
+            })
+            .collect();
         if let Some(pid) = sys::read_pid(&self.pid_file()) {
             if same_netns(pid, &self.name) {
-                sys::terminate(&[pid]);
+                pids.push(pid);
             }
         }
+        sys::terminate(&pids);
     }
 
     /// Every process of the host: those in its network namespace and their descendants.
@@ -216,7 +282,7 @@ fn same_netns(pid: i32, netns: &str) -> bool {
     let ours = fs::metadata(Path::new("/run/netns").join(netns)).map(|m| (m.dev(), m.ino()));
     let theirs = fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()));
     match (ours, theirs) {
-        (Ok(a), Ok(b)) => a.1 == b.1,
+        (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
 }
@@ -279,4 +345,81 @@ pub fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
     fs::write(path, text)
         .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
         .map_err(|e| Error::Env(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mount lines of a host's start script, in order.
+    fn mount_targets(lab_dir: &str) -> Vec<String> {
+        let host = Host::new(Path::new(lab_dir), 1);
+        host.start_script(Path::new(lab_dir))
+            .lines()
+            .filter(|l| l.starts_with("mount --bind"))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_mount_over_the_lab_directory_comes_last() {
+        // A lab in /tmp (the test fixture's): mounting the host's /tmp first would hide the
+        // sources of the other mounts.
+        let targets = mount_targets("/tmp/no-such-lab-dir");
+        assert_eq!(targets.last().map(String::as_str), Some("/tmp"));
+        assert_eq!(targets.len(), PRIVATE_DIRS.len());
+        let targets = mount_targets("/run/no-such-lab-dir");
+        assert_eq!(targets.last().map(String::as_str), Some("/run"));
+        // Elsewhere (the default directory is not inside /var/lib/compose-fleet), declared order.
+        let declared: Vec<&str> = PRIVATE_DIRS.iter().map(|(_, t)| *t).collect();
+        assert_eq!(mount_targets(super::super::DEFAULT_DIR), declared);
+        assert_eq!(mount_targets("/var/lib/no-such-lab-dir"), declared);
+    }
+
+    #[test]
+    fn start_script_quotes_paths_and_execs_the_listener_it_looks_for() {
+        let host = Host::new(Path::new("/srv/it's a lab"), 2);
+        let script = host.start_script(Path::new("/srv/it's a lab"));
+        assert!(script.starts_with("set -e\nhostname lab-2\n"));
+        assert!(script.contains(
+            "mount --bind '/srv/it'\\''s a lab/hosts/lab-2/state' /var/lib/compose-fleet\n"
+        ));
+        assert!(script.contains(&format!("exec {SSHD_LISTENER} ")));
+        assert_eq!(host.address, "10.250.0.12");
+        assert_eq!(host.ssh_addr().to_string(), "10.250.0.12:22");
+    }
+
+    #[test]
+    fn cgroup_hierarchies_of_the_machine_are_mounted_again_in_a_host() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+22 1 0:20 / /proc rw,nosuid - proc proc rw
+";
+        let script = cgroup_mount_script(mountinfo);
+        let commands: Vec<&str> = script
+            .lines()
+            .map(|l| l.split("; ").nth(1).unwrap_or_default())
+            .map(|l| l.split(" || ").next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                "mount -t tmpfs -o mode=755 cgroup_root '/sys/fs/cgroup'",
+                "mount -t cgroup -o cpu,cpuacct cgroup '/sys/fs/cgroup/cpu,cpuacct'",
+                "mount -t cgroup -o memory cgroup '/sys/fs/cgroup/memory'",
+                "mount -t cgroup2 cgroup2 '/sys/fs/cgroup/unified'",
+            ]
+        );
+        assert_eq!(
+            cgroup_mount_script("25 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+                .split("; ")
+                .nth(1)
+                .and_then(|l| l.split(" || ").next()),
+            Some("mount -t cgroup2 cgroup2 '/sys/fs/cgroup'")
+        );
+    }
 }

@@ -51,7 +51,10 @@ pub const FENCED_CIDRS: [&str; 2] = ["10.250.0.0/16", "10.213.0.0/16"];
 /// Hosts get 10.250.0.11 and up; keep within the /24.
 pub const MAX_HOSTS: usize = 200;
 /// Records which directory the lab that is up lives in.
-const ACTIVE_MARKER: &str = "/run/compose-fleet-lab.dir";
+pub const ACTIVE_MARKER: &str = "/run/compose-fleet-lab.dir";
+/// `lab up` and `lab down` hold an exclusive lock on this file, so that two never interleave.
+/// (Tests hold a different one, `/run/compose-fleet-lab.lock`, around a whole lab's lifetime.)
+const COMMAND_LOCK: &str = "/run/compose-fleet-lab.cmd.lock";
 /// How long `lab up` waits for the registry and every sshd to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -180,6 +183,7 @@ impl Lab {
                 "--hosts must be between 1 and {MAX_HOSTS}"
             )));
         }
+        let _lock = command_lock()?;
         self.check_not_other_lab()?;
         host::mkdir(&self.dir, 0o755)?;
         let previous = self.host_count();
@@ -234,6 +238,10 @@ impl Lab {
         for host in self.hosts() {
             net::ensure_host(&host.name, host.index, &host.address)?;
             host.prepare(&authorized)?;
+            // A frozen host (see `freeze`) is repaired too; SIGCONT is harmless to the running.
+            for pid in host.processes() {
+                sys::signal(pid, Signal::SIGCONT);
+            }
             if host.sshd_pid().is_some() && sys::ssh_answers(host.ssh_addr()) {
                 continue;
             }
@@ -252,7 +260,9 @@ impl Lab {
             )));
         }
         for host in self.hosts() {
-            if !sys::wait_until(remaining(deadline), || sys::ssh_answers(host.ssh_addr())) {
+            // Ours answers (it wrote its pid file), not a stale one holding the address.
+            let ready = || host.sshd_pid().is_some() && sys::ssh_answers(host.ssh_addr());
+            if !sys::wait_until(remaining(deadline), ready) {
                 return Err(Error::Env(format!(
                     "sshd of lab host {} did not answer on {}:22 within {}s; see {} and {}",
                     host.name,
@@ -285,6 +295,7 @@ impl Lab {
     /// lab directory's contents. Idempotent.
     pub fn down(&self) -> Result<(), Error> {
         require_root()?;
+        let _lock = command_lock()?;
         self.check_not_other_lab()?;
         let mut hosts = self.hosts();
         // Namespaces of this lab's naming whose record is lost (a deleted directory).
@@ -314,6 +325,7 @@ impl Lab {
                 "registry.yml",
                 "registry.pid",
                 "registry.log",
+                "images.json",
                 "lab.json",
                 "inventory.yaml",
                 "known_hosts",
@@ -377,9 +389,11 @@ impl Lab {
     pub fn start_sshd(&self, name: &str) -> Result<(), Error> {
         let host = self.host(name)?;
         if host.sshd_pid().is_none() {
+            host.stop_sshd();
             host.start_sshd(&self.dir)?;
         }
-        if sys::wait_until(READY_TIMEOUT, || sys::ssh_answers(host.ssh_addr())) {
+        let ready = || host.sshd_pid().is_some() && sys::ssh_answers(host.ssh_addr());
+        if sys::wait_until(READY_TIMEOUT, ready) {
             Ok(())
         } else {
             Err(Error::Env(format!(
@@ -463,8 +477,8 @@ impl Lab {
              defaults: {{ user: root, port: 22, identity_file: {}, known_hosts: {} }}\n\
              registries: {{ \"{REGISTRY}\": {{ insecure: true }} }}\n\
              hosts:\n",
-            self.identity().display(),
-            self.known_hosts().display()
+            yaml_path(&self.identity()),
+            yaml_path(&self.known_hosts())
         );
         for host in self.hosts() {
             text.push_str(&format!(
@@ -478,6 +492,31 @@ impl Lab {
     }
 }
 
+/// A path as a YAML flow scalar: plain when that is unambiguous, else double-quoted.
+fn yaml_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let plain = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c));
+    if plain {
+        text.into_owned()
+    } else {
+        serde_json::Value::String(text.into_owned()).to_string()
+    }
+}
+
+/// Waits for the exclusive command lock; released when dropped.
+fn command_lock() -> Result<nix::fcntl::Flock<fs::File>, Error> {
+    let file = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(COMMAND_LOCK)
+        .map_err(|e| Error::Env(format!("cannot open {COMMAND_LOCK}: {e}")))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::Env(format!("cannot lock {COMMAND_LOCK}: {e}")))
+}
+
 /// Kills every process of a host, then removes its namespace and veth pair.
 fn remove_host(host: &Host) {
     host.stop_sshd();
@@ -487,4 +526,65 @@ fn remove_host(host: &Host) {
 
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_paths_are_quoted_only_when_yaml_needs_it() {
+        assert_eq!(
+            yaml_path(Path::new("/tmp/cf-lab-x1/id_ed25519")),
+            "/tmp/cf-lab-x1/id_ed25519"
+        );
+        assert_eq!(
+            yaml_path(Path::new("/srv/my lab, 2/k")),
+            "\"/srv/my lab, 2/k\""
+        );
+        assert_eq!(yaml_path(Path::new("/srv/a\"b")), "\"/srv/a\\\"b\"");
+    }
+
+    #[test]
+    fn the_inventory_is_written_in_the_agreed_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Lab::at(dir.path());
+        host::write(&lab.lab_file(), "{\"hosts\": 4}", 0o644).unwrap();
+        lab.write_inventory().unwrap();
+        let text = fs::read_to_string(lab.inventory()).unwrap();
+        let d = dir.path().display();
+        let expected = format!(
+            "# The lab fleet: written by `compose-fleet lab up`.\n\
+             defaults: {{ user: root, port: 22, identity_file: {d}/id_ed25519, known_hosts: {d}/known_hosts }}\n\
+             registries: {{ \"10.250.0.1:5000\": {{ insecure: true }} }}\n\
+             hosts:\n\
+             \x20 lab-1: {{ address: 10.250.0.11, labels: {{ zone: a }}, capacity: {{ cpus: 2, memory: 4GiB }} }}\n\
+             \x20 lab-2: {{ address: 10.250.0.12, labels: {{ zone: b }}, capacity: {{ cpus: 2, memory: 4GiB }} }}\n\
+             \x20 lab-3: {{ address: 10.250.0.13, labels: {{ zone: c }}, capacity: {{ cpus: 2, memory: 4GiB }} }}\n\
+             \x20 lab-4: {{ address: 10.250.0.14, labels: {{ zone: a }}, capacity: {{ cpus: 2, memory: 4GiB }} }}\n"
+        );
+        assert_eq!(text, expected);
+        let fleet =
+            crate::inventory::load(&lab.inventory()).unwrap_or_else(|e| panic!("{}", e.render()));
+        assert_eq!(fleet.hosts.len(), 4);
+
+        // A directory YAML would misread unquoted still loads to the right paths.
+        let odd = tempfile::Builder::new()
+            .prefix("lab, #1: ")
+            .tempdir()
+            .unwrap();
+        let lab = Lab::at(odd.path());
+        host::write(&lab.lab_file(), "{\"hosts\": 1}", 0o644).unwrap();
+        lab.write_inventory().unwrap();
+        let fleet =
+            crate::inventory::load(&lab.inventory()).unwrap_or_else(|e| panic!("{}", e.render()));
+        assert_eq!(
+            fleet.hosts[0].identity_file.as_deref(),
+            Some(lab.identity().as_path())
+        );
+        assert_eq!(
+            fleet.hosts[0].known_hosts.as_deref(),
+            Some(lab.known_hosts().as_path())
+        );
+    }
 }

@@ -52,6 +52,8 @@ impl Registry {
         if self.pid().is_some() {
             return Ok(());
         }
+        // Only a lab registry listens on the lab bridge's address; one not ours is stale.
+        sys::terminate(&stale_listeners());
         if !Path::new(BINARY).exists() {
             return Err(Error::Env(format!(
                 "{BINARY} is missing; run scripts/setup.sh (Debian package docker-registry)"
@@ -92,10 +94,20 @@ impl Registry {
         Ok(())
     }
 
+    /// Stops the registry: the one the pid file names, and whatever else listens on the lab
+    /// registry's address (a registry whose lab directory was deleted: it would keep the port).
     pub fn stop(&self) {
-        if let Some(pid) = self.pid() {
-            sys::terminate(&[pid]);
-        }
+        let mut pids = stale_listeners();
+        pids.extend(self.pid());
+        sys::terminate(&pids);
         let _ = fs::remove_file(self.pid_file());
     }
+}
+
+/// Processes listening on the lab registry's address, whatever their pid files say.
+fn stale_listeners() -> Vec<i32> {
+    sys::listeners(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(10, 250, 0, 1),
+        5000,
+    ))
 }

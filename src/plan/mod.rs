@@ -1,1 +1,275 @@
-//! The plan: desired placement diffed against observed state, as ordered actions per host.
+//! The plan: the fleet as placement sees it (declared capacity or host facts), the placement of
+//! every replica, and its two renderings — the text report `compose-fleet plan` prints and the
+//! JSON contract. Pure: facts and observed state come in as values.
+//!
+//! The JSON is a stable contract (documented in the README):
+//!
+//! ```json
+//! {"placements":   [{"service": "web", "replica": 1, "host": "web-1", "pod": "web"}],
+//!  "unschedulable":[{"service": "db", "replica": 2, "reasons": ["3 lack memory (needs 4 GiB, most free 2.5 GiB)"]}],
+//!  "hosts":        [{"name": "web-1", "cpus": 4.0, "memory": 8589934592,
+//!                    "cpus_reserved": 0.5, "memory_reserved": 268435456, "ports": ["8080/tcp"]}]}
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use crate::compose::model::Project;
+use crate::diag::Diagnostics;
+use crate::inventory::{normalize_arch, Fleet};
+use crate::schedule::units::{self, Amount};
+use crate::schedule::{self, format_bytes, format_cpus, Node, NodeState, Observed, Placement};
+
+/// What a host reports about itself (from the `hosts` transport): cpus, memory bytes, arch.
+pub type Facts = BTreeMap<String, (f64, u64, String)>;
+
+/// Why no plan could be made.
+#[derive(Debug)]
+pub enum PlanError {
+    /// The project cannot be placed as written (e.g. an unreadable constraint).
+    Project(Diagnostics),
+    /// The fleet lacks something placement needs; the message says what to do.
+    Fleet(String),
+}
+
+/// Hosts with their declared capacity only: what `plan --offline` uses. Every host must declare
+/// `capacity`.
+pub fn nodes_offline(fleet: &Fleet) -> Result<Vec<Node>, PlanError> {
+    let missing: Vec<&str> = fleet
+        .hosts
+        .iter()
+        .filter(|h| h.capacity.is_none())
+        .map(|h| h.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(PlanError::Fleet(format!(
+            "{} declare{} no capacity: {} (planning offline needs `capacity: {{ cpus: N, memory: SIZE }}` \
+             on every host in the inventory, or host facts from the `hosts` transport)",
+            plural(missing.len(), "host"),
+            if missing.len() == 1 { "s" } else { "" },
+            missing.join(", ")
+        )));
+    }
+    Ok(nodes_with_facts(fleet, None))
+}
+
+/// Hosts with capacity and arch from the inventory where declared, else from `facts`. With
+/// facts given, a host without facts is unreachable (it gets nothing new).
+pub fn nodes_with_facts(fleet: &Fleet, facts: Option<&Facts>) -> Vec<Node> {
+    fleet
+        .hosts
+        .iter()
+        .map(|h| {
+            let fact = facts.and_then(|f| f.get(&h.name));
+            let capacity = h
+                .capacity
+                .map(|c| Amount::from_cpus(c.cpus, c.memory))
+                .or_else(|| fact.map(|f| Amount::from_cpus(f.0, f.1)))
+                .unwrap_or_default();
+            let reserved = Amount::from_cpus(h.reserved.cpus, h.reserved.memory);
+            let state = if facts.is_some() && fact.is_none() {
+                NodeState::Unreachable
+            } else if h.drain {
+                NodeState::Draining
+            } else {
+                NodeState::Ready
+            };
+            Node {
+                name: h.name.clone(),
+                labels: h.labels.clone(),
+                arch: h
+                    .arch
+                    .clone()
+                    .or_else(|| fact.map(|f| normalize_arch(&f.2))),
+                allocatable: capacity.saturating_sub(reserved),
+                state,
+            }
+        })
+        .collect()
+}
+
+/// Plans onto empty hosts with declared capacities, contacting nobody.
+pub fn plan_offline(project: &Project, fleet: &Fleet) -> Result<Placement, PlanError> {
+    let nodes = nodes_offline(fleet)?;
+    schedule::place(project, &nodes, &[]).map_err(PlanError::Project)
+}
+
+/// Plans with facts gathered from the hosts and the replicas running now (sticky).
+pub fn plan_with_facts(
+    project: &Project,
+    fleet: &Fleet,
+    facts: &Facts,
+    observed: &[Observed],
+) -> Result<Placement, PlanError> {
+    let nodes = nodes_with_facts(fleet, Some(facts));
+    schedule::place(project, &nodes, observed).map_err(PlanError::Project)
+}
+
+/// Per-replica demand of every service, for the report.
+pub fn demands(project: &Project) -> BTreeMap<String, Amount> {
+    project
+        .services
+        .iter()
+        .map(|(n, s)| (n.clone(), units::demand(s)))
+        .collect()
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "-".into()
+    } else {
+        format!("{}%", (part as f64 * 100.0 / whole as f64).round() as u64)
+    }
+}
+
+/// The text report: unschedulable replicas first, then a table per host, then a summary.
+pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) -> String {
+    let mut out = String::new();
+    if !placement.unschedulable.is_empty() {
+        let _ = writeln!(
+            out,
+            "UNSCHEDULABLE: {} cannot be placed",
+            plural(placement.unschedulable.len(), "replica")
+        );
+        for u in &placement.unschedulable {
+            let _ = writeln!(out, "  {}", u.explain());
+        }
+        out.push('\n');
+    }
+    for h in &placement.hosts {
+        let state = match h.state {
+            NodeState::Ready => "",
+            NodeState::Draining => " (draining)",
+            NodeState::Unreachable => " (unreachable)",
+        };
+        let _ = write!(
+            out,
+            "{}{state}: cpu {}/{} ({}), memory {}/{} ({})",
+            h.name,
+            format_cpus(h.used.cpu_millis),
+            format_cpus(h.allocatable.cpu_millis),
+            percent(h.used.cpu_millis, h.allocatable.cpu_millis),
+            format_bytes(h.used.memory),
+            format_bytes(h.allocatable.memory),
+            percent(h.used.memory, h.allocatable.memory),
+        );
+        if !h.ports.is_empty() {
+            let ports: Vec<String> = h.ports.iter().map(ToString::to_string).collect();
+            let _ = write!(out, ", ports {}", ports.join(" "));
+        }
+        out.push('\n');
+        if h.replicas.is_empty() {
+            let _ = writeln!(out, "  (nothing)");
+            out.push('\n');
+            continue;
+        }
+        let mut by_service: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for (s, r) in &h.replicas {
+            by_service.entry(s).or_default().push(*r);
+        }
+        let mut rows = vec![[
+            "SERVICE".to_string(),
+            "REPLICAS".to_string(),
+            "CPU".to_string(),
+            "MEMORY".to_string(),
+        ]];
+        for (s, rs) in &by_service {
+            let d = demands.get(*s).copied().unwrap_or_default();
+            let n = rs.len() as u64;
+            rows.push([
+                s.to_string(),
+                rs.iter()
+                    .map(|r| format!("#{r}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                format_cpus(d.cpu_millis * n),
+                format_bytes(d.memory * n),
+            ]);
+        }
+        let widths: Vec<usize> = (0..4)
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        for r in &rows {
+            let line = format!(
+                "  {:w0$}  {:w1$}  {:w2$}  {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            );
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+        out.push('\n');
+    }
+    let used = placement
+        .hosts
+        .iter()
+        .filter(|h| !h.replicas.is_empty())
+        .count();
+    let services: std::collections::BTreeSet<&str> = placement
+        .assignments
+        .iter()
+        .map(|a| a.service.as_str())
+        .collect();
+    let _ = write!(
+        out,
+        "{} of {} on {} of {}",
+        plural(placement.assignments.len(), "replica"),
+        plural(services.len(), "service"),
+        used,
+        plural(placement.hosts.len(), "host"),
+    );
+    if placement.unschedulable.is_empty() {
+        out.push_str("; everything is placed\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "; {} unschedulable",
+            plural(placement.unschedulable.len(), "replica")
+        );
+    }
+    out
+}
+
+/// The JSON contract (see the module documentation).
+pub fn to_json(placement: &Placement) -> serde_json::Value {
+    let placements: Vec<_> = placement
+        .assignments
+        .iter()
+        .map(|a| json!({"service": a.service, "replica": a.replica, "host": a.host, "pod": a.pod}))
+        .collect();
+    let mut unschedulable = Vec::new();
+    for u in &placement.unschedulable {
+        for s in &u.services {
+            unschedulable.push(json!({"service": s, "replica": u.replica, "reasons": u.reasons}));
+        }
+    }
+    let hosts: Vec<_> = placement
+        .hosts
+        .iter()
+        .map(|h| {
+            json!({
+                "name": h.name,
+                "cpus": h.allocatable.cpu_millis as f64 / 1000.0,
+                "memory": h.allocatable.memory,
+                "cpus_reserved": h.used.cpu_millis as f64 / 1000.0,
+                "memory_reserved": h.used.memory,
+                "ports": h.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"placements": placements, "unschedulable": unschedulable, "hosts": hosts})
+}

@@ -71,7 +71,10 @@ impl AgentBinary {
         if let Some(beside) = beside_exe() {
             // In a cargo target dir this name is the host build of the agent (dynamically
             // linked): only a static binary is worth pushing.
-            if let Ok(bytes) = std::fs::read(&beside) {
+            if let Some(bytes) = may_be_static(&beside)
+                .then(|| std::fs::read(&beside).ok())
+                .flatten()
+            {
                 if not_static(&bytes).is_none() {
                     return Ok(Self::from_bytes(
                         Cow::Owned(bytes),
@@ -159,20 +162,32 @@ fn beside_exe() -> Option<PathBuf> {
 
 /// `None` when `elf` is an executable that needs no loader and no shared library; otherwise why.
 pub fn not_static(elf: &[u8]) -> Option<String> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    check_static(elf).err()
+}
+
+fn check_static(elf: &[u8]) -> Result<(), String> {
+    let truncated = || "truncated ELF headers".to_string();
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .ok_or_else(truncated)
+    };
     let u32_at = |o: usize| {
         elf.get(o..o + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(truncated)
     };
     let u64_at = |o: usize| {
-        elf.get(o..o + 8).map(|b| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            u64::from_le_bytes(a)
-        })
+        elf.get(o..o + 8)
+            .map(|b| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                u64::from_le_bytes(a)
+            })
+            .ok_or_else(truncated)
     };
     if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
-        return Some("not a 64-bit little-endian ELF file".into());
+        return Err("not a 64-bit little-endian ELF file".into());
     }
     let phoff = u64_at(0x20)? as usize;
     let phentsize = u16_at(0x36)? as usize;
@@ -184,13 +199,13 @@ pub fn not_static(elf: &[u8]) -> Option<String> {
         let size = u64_at(ph + 32)? as usize;
         match p_type {
             // PT_INTERP: needs a dynamic loader.
-            3 => return Some("it has a program interpreter (PT_INTERP)".into()),
+            3 => return Err("it has a program interpreter (PT_INTERP)".into()),
             // PT_DYNAMIC: a static-pie has one for self-relocation, but no DT_NEEDED entry.
             2 => {
                 for entry in (offset..offset + size).step_by(16) {
-                    match u64_at(entry) {
-                        Some(1) => return Some("it needs shared libraries (DT_NEEDED)".into()),
-                        Some(0) | None => break,
+                    match u64_at(entry)? {
+                        1 => return Err("it needs shared libraries (DT_NEEDED)".into()),
+                        0 => break,
                         _ => {}
                     }
                 }
@@ -198,7 +213,21 @@ pub fn not_static(elf: &[u8]) -> Option<String> {
             _ => {}
         }
     }
-    None
+    Ok(())
+}
+
+/// Whether the file at `path` is worth reading whole: its first page has no `PT_INTERP` (a
+/// dynamically linked debug build can be tens of megabytes).
+fn may_be_static(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    let read = std::fs::File::open(path).and_then(|f| f.take(4096).read_to_end(&mut head));
+    match read {
+        Ok(_) => {
+            !matches!(not_static(&head), Some(why) if why.contains("PT_INTERP") || why.contains("not a"))
+        }
+        Err(_) => false,
+    }
 }
 
 /// `'…'` for sh.
@@ -261,6 +290,20 @@ pub async fn hello<S: HostSession>(
     agent: &AgentBinary,
     timeout: Duration,
 ) -> Result<HostReport, SshError> {
+    connect_agent(session, host, agent, timeout)
+        .await
+        .map(|(_, report)| report)
+}
+
+/// Opens a channel to the verified agent, pushing it first when missing or wrong, and completes
+/// the `Hello` handshake on it. The returned client is ready for further requests (ids from 1):
+/// a deploy pipelines its requests on this same channel.
+pub async fn connect_agent<S: HostSession>(
+    session: &S,
+    host: &str,
+    agent: &AgentBinary,
+    timeout: Duration,
+) -> Result<(AgentClient, HostReport), SshError> {
     let mut uploaded_bytes = 0;
     let mut commands = 0;
     for attempt in 0..2 {
@@ -306,14 +349,23 @@ pub async fn hello<S: HostSession>(
                     ),
                 ))
             }
+            // A daemon of another version answered (replaced between our check and connect):
+            // `agent rpc` replaces a daemon that runs another binary, so one retry settles it.
+            Reply::Frame(frame)
+                if attempt == 0
+                    && frame
+                        .err
+                        .as_ref()
+                        .is_some_and(|e| e.kind == crate::proto::ErrorKind::VersionMismatch) => {}
             Reply::Frame(frame) => {
                 let facts = hello_facts(host, *frame)?;
-                return Ok(HostReport {
+                let report = HostReport {
                     facts,
                     rtt,
                     uploaded_bytes,
                     commands,
-                });
+                };
+                return Ok((client, report));
             }
         }
     }
@@ -405,6 +457,18 @@ impl AgentClient {
         })
     }
 
+    /// The next reply frame (of any id); noise is skipped, the channel closing is an error.
+    pub async fn recv(&mut self) -> Result<ResponseFrame, SshError> {
+        match self.next_frame().await? {
+            Reply::Frame(frame) => Ok(*frame),
+            Reply::Missing => Err(SshError::new(
+                &self.host,
+                ErrorClass::Agent,
+                "the verified agent is missing on the host",
+            )),
+        }
+    }
+
     /// The next reply frame; banners and other noise are skipped.
     pub async fn next_frame(&mut self) -> Result<Reply, SshError> {
         let mut line = String::new();
@@ -447,6 +511,12 @@ mod tests {
     fn the_embedded_agent_is_static() {
         let agent = AgentBinary::locate(None).expect("an agent is embedded");
         assert_eq!(not_static(agent.bytes()), None);
+        // It is pushed to every host: the budget is 4 MiB (crun is ~1 MB, runc 14 MB).
+        assert!(
+            agent.bytes().len() <= 4 << 20,
+            "the agent is {} bytes",
+            agent.bytes().len()
+        );
         assert_eq!(agent.digest.len(), 64);
         assert!(agent.remote_path().ends_with(&agent.digest));
     }
@@ -456,6 +526,11 @@ mod tests {
         let sh = std::fs::read("/bin/sh").expect("/bin/sh");
         assert!(not_static(&sh).is_some());
         assert!(not_static(b"#!/bin/sh\n").is_some());
+        let agent = AgentBinary::locate(None).expect("agent");
+        assert_eq!(
+            not_static(&agent.bytes()[..100]).as_deref(),
+            Some("truncated ELF headers")
+        );
     }
 
     #[test]

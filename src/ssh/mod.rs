@@ -31,7 +31,7 @@ pub mod agent;
 mod session;
 pub mod target;
 
-pub use agent::{AgentBinary, AgentClient, HostReport};
+pub use agent::{connect_agent, AgentBinary, AgentClient, HostReport};
 pub use session::OpenSsh;
 pub use target::SshTarget;
 
@@ -157,6 +157,24 @@ pub struct Channel {
     pub stderr: Pin<Box<dyn AsyncRead + Send>>,
     /// Keeps the remote process and its slot on the connection alive while the channel is used.
     pub(crate) _guard: Box<dyn Send + Sync>,
+}
+
+impl Channel {
+    /// A channel from its parts (a test transport builds its channels with this). `guard` lives
+    /// as long as the channel: the remote process handle, a permit, …
+    pub fn from_parts(
+        stdin: impl AsyncWrite + Send + 'static,
+        stdout: impl AsyncRead + Send + 'static,
+        stderr: impl AsyncRead + Send + 'static,
+        guard: impl Send + Sync + 'static,
+    ) -> Channel {
+        Channel {
+            stdin: Box::pin(stdin),
+            stdout: Box::pin(stdout),
+            stderr: Box::pin(stderr),
+            _guard: Box::new(guard),
+        }
+    }
 }
 
 /// Connects to hosts. The real one is [`OpenSsh`]; tests of the deployer may use their own.
@@ -298,4 +316,183 @@ pub fn facts_blocking(
         .build()
         .map_err(|e| SshError::new("-", ErrorClass::Local, format!("tokio runtime: {e}")))?;
     runtime.block_on(facts(fleet, options))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fan-out and the push-then-retry handshake against a recording fake transport (pure
+    //! logic; the real transport is tested on the lab fleet in `tests/it`).
+
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::proto::{HostFacts, Response, ResponseFrame};
+
+    /// Per host: whether the agent is installed; records every command.
+    #[derive(Default)]
+    struct Fake {
+        installed: Mutex<BTreeMap<String, bool>>,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    struct FakeSession {
+        host: String,
+        fake: Arc<Fake>,
+    }
+
+    impl Transport for Arc<Fake> {
+        type Session = FakeSession;
+        async fn connect(&self, target: &SshTarget) -> Result<FakeSession, SshError> {
+            if target.address == "dead" {
+                return Err(SshError::new(
+                    &target.name,
+                    ErrorClass::Unreachable,
+                    "refused",
+                ));
+            }
+            Ok(FakeSession {
+                host: target.name.clone(),
+                fake: self.clone(),
+            })
+        }
+    }
+
+    impl HostSession for FakeSession {
+        async fn run(
+            &self,
+            command: &str,
+            stdin: Option<Vec<u8>>,
+        ) -> Result<CommandOutput, SshError> {
+            self.fake.log.lock().unwrap().push(format!(
+                "{}: run {} bytes",
+                self.host,
+                stdin.as_ref().map_or(0, Vec::len)
+            ));
+            assert!(
+                command.contains("sha256sum"),
+                "uploads verify the digest on the host"
+            );
+            self.fake
+                .installed
+                .lock()
+                .unwrap()
+                .insert(self.host.clone(), true);
+            Ok(CommandOutput {
+                status: Some(0),
+                stdout: b"ok\n".to_vec(),
+                stderr: vec![],
+            })
+        }
+
+        async fn open(&self, command: &str) -> Result<Channel, SshError> {
+            self.fake
+                .log
+                .lock()
+                .unwrap()
+                .push(format!("{}: open", self.host));
+            assert!(command.contains("exec \"$b\" rpc"));
+            let installed = self
+                .fake
+                .installed
+                .lock()
+                .unwrap()
+                .get(&self.host)
+                .copied()
+                .unwrap_or(false);
+            let out = if installed {
+                let facts = HostFacts {
+                    protocol_version: crate::proto::PROTOCOL_VERSION,
+                    agent_version: "0.1.0".into(),
+                    arch: "x86_64".into(),
+                    cpus: 4,
+                    memory: 8 << 30,
+                    kernel: "6.1.0".into(),
+                    cgroup: "v2".into(),
+                    hostname: self.host.clone(),
+                    free_disk: 1 << 30,
+                };
+                format!(
+                    "Welcome to {} (motd)\n{}\n",
+                    self.host,
+                    ResponseFrame::ok(0, Response::Hello(facts)).to_line()
+                )
+            } else {
+                "compose-fleet: agent missing\n".to_string()
+            };
+            Ok(Channel::from_parts(
+                tokio::io::sink(),
+                std::io::Cursor::new(out.into_bytes()),
+                tokio::io::empty(),
+                (),
+            ))
+        }
+
+        async fn close(self) {}
+    }
+
+    fn target(name: &str, address: &str) -> SshTarget {
+        SshTarget {
+            name: name.into(),
+            address: address.into(),
+            user: None,
+            port: None,
+            identity_file: None,
+            known_hosts: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_agents_are_pushed_once_and_dead_hosts_do_not_stop_the_others() {
+        let fake = Arc::new(Fake::default());
+        fake.installed.lock().unwrap().insert("b".into(), true);
+        let agent = Arc::new(AgentBinary::from_bytes(
+            std::borrow::Cow::Borrowed(b"agent!"),
+            "test".into(),
+        ));
+        let targets = [
+            target("a", "10.0.0.1"),
+            target("b", "10.0.0.2"),
+            target("c", "dead"),
+        ];
+        let reports = facts_with(
+            Arc::new(fake.clone()),
+            &targets,
+            agent.clone(),
+            &Options::default(),
+        )
+        .await;
+
+        let a = reports["a"].as_ref().expect("a answers after the push");
+        assert_eq!((a.uploaded_bytes, a.commands), (6, 3));
+        assert_eq!(a.facts.hostname, "a", "noise before the frame is skipped");
+        let b = reports["b"].as_ref().expect("b answers");
+        assert_eq!(
+            (b.uploaded_bytes, b.commands),
+            (0, 1),
+            "warm: one command, nothing uploaded"
+        );
+        assert_eq!(
+            reports["c"].as_ref().err().map(|e| e.class),
+            Some(ErrorClass::Unreachable)
+        );
+        let totals = Totals::of(&reports);
+        assert_eq!(
+            totals.line(),
+            "hosts: reachable=2 unreachable=1 uploaded_bytes=6 commands=4"
+        );
+
+        // Second run: everything installed, nothing uploaded.
+        fake.log.lock().unwrap().clear();
+        let again = facts_with(
+            Arc::new(fake.clone()),
+            &targets[..2],
+            agent,
+            &Options::default(),
+        )
+        .await;
+        assert_eq!(Totals::of(&again).uploaded_bytes, 0);
+        let mut log = fake.log.lock().unwrap().clone();
+        log.sort();
+        assert_eq!(log, vec!["a: open", "b: open"]);
+    }
 }

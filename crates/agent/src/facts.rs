@@ -20,7 +20,11 @@ pub fn collect(state_dir: &Path) -> HostFacts {
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into()),
-        cgroup: cgroup_version(Path::new("/sys/fs/cgroup")).to_string(),
+        cgroup: cgroup_version(
+            Path::new("/sys/fs/cgroup"),
+            &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        )
+        .to_string(),
         hostname: nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -53,13 +57,34 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 }
 
 /// `v2` only when the unified hierarchy is mounted at `root` *and* has controllers: hosts in hybrid
-/// mode have an empty v2 mount (`/sys/fs/cgroup/unified`) beside the v1 controllers.
-pub fn cgroup_version(root: &Path) -> &'static str {
+/// mode have an empty v2 mount (`/sys/fs/cgroup/unified`) beside the v1 controllers. When nothing
+/// is mounted at `root` (a fresh sysfs in a network namespace), the kernel's view of this process
+/// (`/proc/self/cgroup`) decides: a v1 hierarchy lists its controllers, v2 is the single `0::` line.
+pub fn cgroup_version(root: &Path, proc_self_cgroup: &str) -> &'static str {
     match std::fs::read_to_string(root.join("cgroup.controllers")) {
-        Ok(s) if !s.trim().is_empty() => "v2",
-        _ if root.join("memory").is_dir() || root.join("cpu").is_dir() => "v1",
-        Ok(_) => "v2",
-        Err(_) => "none",
+        Ok(s) if !s.trim().is_empty() => return "v2",
+        _ if root.join("memory").is_dir() || root.join("cpu").is_dir() => return "v1",
+        _ => {}
+    }
+    let mut v2 = false;
+    for line in proc_self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if id != "0"
+            && controllers
+                .split(',')
+                .any(|c| !c.is_empty() && !c.starts_with("name="))
+        {
+            return "v1";
+        }
+        v2 |= id == "0" && controllers.is_empty();
+    }
+    if v2 {
+        "v2"
+    } else {
+        "none"
     }
 }
 
@@ -93,12 +118,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cf-cgroup-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("memory")).expect("mkdir");
-        assert_eq!(cgroup_version(&dir), "v1");
+        assert_eq!(cgroup_version(&dir, ""), "v1");
         std::fs::write(dir.join("cgroup.controllers"), "").expect("write");
-        assert_eq!(cgroup_version(&dir), "v1");
+        assert_eq!(cgroup_version(&dir, ""), "v1");
         std::fs::write(dir.join("cgroup.controllers"), "cpu memory pids\n").expect("write");
-        assert_eq!(cgroup_version(&dir), "v2");
+        assert_eq!(cgroup_version(&dir, ""), "v2");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn without_a_cgroup_mount_the_process_view_decides() {
+        let nothing = Path::new("/nonexistent-cgroup-root");
+        let v1 =
+            "12:memory:/user.slice\n4:cpu,cpuacct:/\n1:name=systemd:/init.scope\n0::/init.scope\n";
+        assert_eq!(cgroup_version(nothing, v1), "v1");
+        assert_eq!(
+            cgroup_version(nothing, "0::/user.slice/session-1.scope\n"),
+            "v2"
+        );
+        assert_eq!(cgroup_version(nothing, ""), "none");
     }
 
     #[test]

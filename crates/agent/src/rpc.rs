@@ -153,6 +153,8 @@ fn start_daemon(paths: &Paths, me: &Path) -> io::Result<()> {
         .open(log_dir.join("agent.log"))?;
     let mut cmd = std::process::Command::new(me);
     cmd.arg("daemon")
+        // Do not pin the SSH user's home (or whatever mount it is on) for the daemon's lifetime.
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

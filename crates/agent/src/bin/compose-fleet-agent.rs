@@ -30,6 +30,7 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        "init" => ExitCode::from(compose_fleet_agent::runtime::init::main()),
         _ => {
             eprintln!("usage: compose-fleet-agent <version|rpc|daemon|shim|init>");
             ExitCode::from(2)

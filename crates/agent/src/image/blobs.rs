@@ -29,6 +29,8 @@ pub(crate) struct Counters {
     pub blobs: AtomicU64,
     pub bytes: AtomicU64,
     pub manifests: AtomicU64,
+    /// Unpacks started: makes temporary directory names unique.
+    pub unpacks: AtomicU64,
 }
 
 pub(crate) struct BlobStore {

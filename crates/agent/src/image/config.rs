@@ -27,8 +27,6 @@ pub(crate) struct Descriptor {
     pub media_type: String,
     pub digest: String,
     pub size: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub urls: Option<Vec<String>>,
 }
 
 impl Descriptor {
@@ -37,7 +35,9 @@ impl Descriptor {
             media_type: self.media_type.clone(),
             digest: self.digest.clone(),
             size: self.size,
-            urls: self.urls.clone(),
+            // Foreign-layer URLs are not followed (as containerd does by default): every blob
+            // comes from the registry the user named, over the protocol the inventory allows.
+            urls: None,
             ..Default::default()
         }
     }

@@ -19,8 +19,8 @@ pub enum ImageError {
     },
 
     #[error(
-        "pulling {image}: {what} {expected} failed verification: expected digest {expected}, \
-         got {actual}; the registry served corrupted or tampered content (nothing was stored)"
+        "pulling {image}: {what} failed verification: expected digest {expected}, got {actual}; \
+         the registry served corrupted or tampered content (nothing was stored)"
     )]
     DigestMismatch {
         image: String,

@@ -57,9 +57,26 @@ pub struct Image {
     pub reference: String,
     /// The platform-specific image manifest (`sha256:…`), also for references to a manifest list.
     pub manifest_digest: String,
+    /// The image config's digest: what Docker calls the image ID.
+    pub config_digest: String,
     pub config: ImageConfig,
     /// The unpacked layers, lowest first (overlayfs wants them reversed in `lowerdir=`).
     pub layer_dirs: Vec<PathBuf>,
+}
+
+impl Image {
+    /// What the runtime needs to create a container from this image (`runtime::ImageConfig`:
+    /// entrypoint, cmd, env, user, working dir and the layer dirs, bottom first).
+    pub fn runtime_config(&self) -> crate::runtime::ImageConfig {
+        crate::runtime::ImageConfig {
+            entrypoint: self.config.entrypoint.clone(),
+            cmd: self.config.cmd.clone(),
+            env: self.config.env.clone(),
+            user: self.config.user.clone(),
+            working_dir: self.config.working_dir.clone(),
+            layers: self.layer_dirs.clone(),
+        }
+    }
 }
 
 /// What pulls fetched from registries since the store was opened.
@@ -210,6 +227,7 @@ impl ImageStore {
         Ok(Some(Image {
             reference: canonical.to_string(),
             manifest_digest: manifest_digest.to_string(),
+            config_digest: manifest.config.digest.clone(),
             config: config_file.image_config(),
             layer_dirs,
         }))
@@ -256,6 +274,12 @@ impl ImageStore {
         let image_ref = ImageRef::parse(reference)?;
         let canonical = image_ref.canonical();
         let _shared = self.gc_lock.read().await;
+        // A digest names immutable content: when it is all here, there is nothing to ask for.
+        if image_ref.digest().is_some() {
+            if let Some(image) = self.get(reference).await? {
+                return Ok(image);
+            }
+        }
 
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::new(ClientConfig {
@@ -360,6 +384,7 @@ impl ImageStore {
         Ok(Image {
             reference: canonical,
             manifest_digest,
+            config_digest: manifest.config.digest.clone(),
             config: config_file.image_config(),
             layer_dirs,
         })
@@ -382,6 +407,11 @@ impl ImageStore {
                 if dir.is_dir() {
                     return Ok(());
                 }
+                // One unpack per layer at a time; whoever waited finds it done.
+                let _guard = self.in_flight(format!("layer {diff_id}")).await;
+                if dir.is_dir() {
+                    return Ok(());
+                }
                 let compression = unpack::compression_for(&desc.media_type).map_err(|hint| {
                     ImageError::UnsupportedMediaType {
                         image: fetch.image.to_string(),
@@ -398,12 +428,21 @@ impl ImageStore {
     }
 
     async fn ensure_blob(&self, fetch: &Fetch<'_>, desc: &Descriptor) -> Result<(), ImageError> {
+        let _guard = self.in_flight(format!("blob {}", desc.digest)).await;
+        blobs::ensure_blob(&self.blobs, fetch, desc).await
+    }
+
+    /// Waits until no other task works on `key`, then holds it until the guard drops.
+    async fn in_flight(&self, key: String) -> InFlight<'_> {
         let lock = {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(desc.digest.clone()).or_default().clone()
+            map.entry(key.clone()).or_default().clone()
         };
-        let _guard = lock.lock().await;
-        blobs::ensure_blob(&self.blobs, fetch, desc).await
+        InFlight {
+            map: &self.in_flight,
+            key,
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
     async fn unpack(
@@ -416,11 +455,12 @@ impl ImageStore {
     ) -> Result<(), ImageError> {
         let blob = self.blobs.path(&desc.digest).unwrap_or_default();
         let tmp = self.layers.join(format!(
-            ".tmp-{}-{}",
+            ".tmp-{}-{}-{}",
             dir.file_name()
                 .map(|n| n.to_string_lossy())
                 .unwrap_or_default(),
-            std::process::id()
+            std::process::id(),
+            self.counters.unpacks.fetch_add(1, Ordering::Relaxed)
         ));
         let (dir, privileged) = (dir.to_path_buf(), self.privileged);
         let unpack_err = |reason: String| ImageError::Unpack {
@@ -432,7 +472,11 @@ impl ImageStore {
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
             let _ = std::fs::remove_dir_all(&tmp2);
             std::fs::create_dir(&tmp2)?;
-            unpack::unpack_layer(&blob, compression, &tmp2, privileged)
+            let diff_id = unpack::unpack_layer(&blob, compression, &tmp2, privileged)?;
+            // The rename below must not publish a layer whose files are still in the page cache
+            // only: after a power loss the layer would be there but torn.
+            nix::unistd::syncfs(std::fs::File::open(&tmp2)?)?;
+            Ok(diff_id)
         })
         .await
         .map_err(|e| unpack_err(format!("the unpack task failed: {e}")))?;
@@ -572,6 +616,50 @@ impl ImageStore {
     }
 }
 
+/// Holds one key of [`ImageStore::in_flight`]; the last holder removes the entry, so the map
+/// does not grow with every blob a long-running daemon ever pulled.
+struct InFlight<'a> {
+    map: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map holds it: nobody waits. (Clones are made only under this lock.)
+        if map
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// The credentials for `image`'s registry from `ApplyRequest.registry_auth`, keyed by registry
+/// host as users write it; Docker Hub is also found under its other usual names.
+pub fn auth_for<'a>(
+    auths: &'a std::collections::BTreeMap<String, RegistryAuth>,
+    image: &ImageRef,
+) -> Option<&'a RegistryAuth> {
+    let registry = image.registry();
+    auths.get(registry).or_else(|| {
+        (registry == "docker.io")
+            .then(|| {
+                [
+                    "index.docker.io",
+                    "registry-1.docker.io",
+                    "https://index.docker.io/v1/",
+                ]
+                .iter()
+                .find_map(|k| auths.get(*k))
+            })
+            .flatten()
+    })
+}
+
 /// Picks this host's entry of a manifest list.
 fn choose_platform(image: &str, entries: &[config::IndexEntry]) -> Result<String, ImageError> {
     let host = Platform::host();
@@ -630,5 +718,63 @@ fn registry_error(
         registry: registry.to_string(),
         source: Box::new(source),
         hint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_flight_entries_are_removed_by_their_last_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let first = store.in_flight("blob x".into()).await;
+        let waiter = store.in_flight("blob x".into());
+        let (_, second) = tokio::join!(async move { drop(first) }, waiter);
+        assert_eq!(
+            store.in_flight.lock().expect("map").len(),
+            1,
+            "held by the second"
+        );
+        drop(second);
+        assert!(store.in_flight.lock().expect("map").is_empty());
+    }
+
+    #[test]
+    fn docker_hub_credentials_are_found_under_its_usual_names() {
+        let auth = RegistryAuth {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let mut auths = std::collections::BTreeMap::new();
+        auths.insert("https://index.docker.io/v1/".to_string(), auth.clone());
+        auths.insert("ghcr.io".to_string(), auth.clone());
+        let hub = ImageRef::parse("busybox").expect("ref");
+        assert_eq!(auth_for(&auths, &hub), Some(&auth));
+        let ghcr = ImageRef::parse("ghcr.io/o/app:1").expect("ref");
+        assert_eq!(auth_for(&auths, &ghcr), Some(&auth));
+        let other = ImageRef::parse("quay.io/o/app:1").expect("ref");
+        assert_eq!(auth_for(&auths, &other), None);
+    }
+
+    #[test]
+    fn a_list_without_this_platform_says_what_it_has() {
+        let entry = |arch: &str| config::IndexEntry {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            platform: Some(config::IndexPlatform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: None,
+            }),
+        };
+        let err = choose_platform("img", &[entry("s390x-nope"), entry("mips-nope")])
+            .expect_err("no match");
+        let message = err.to_string();
+        assert!(
+            message.contains("linux/s390x-nope, linux/mips-nope"),
+            "{message}"
+        );
+        assert!(message.contains(&Platform::host().to_string()), "{message}");
     }
 }

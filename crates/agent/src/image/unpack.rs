@@ -131,9 +131,9 @@ pub(crate) fn unpack_layer(
             continue;
         }
         let xattrs = archive_xattrs(&mut entry);
-        entry
-            .unpack_in(dest)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", rel.display())))?;
+        entry.unpack_in(dest).map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: {}", rel.display(), with_causes(&e)))
+        })?;
         if !kind.is_symlink() {
             for (key, value) in xattrs {
                 if let Err(e) = xattr::set(&target, &key, &value) {
@@ -248,6 +248,18 @@ fn archive_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(OsString, Vec<
             ))
         })
         .collect()
+}
+
+/// An error and its causes, `a: b: c` (the `tar` crate puts the real reason in the source).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    msg
 }
 
 #[cfg(test)]

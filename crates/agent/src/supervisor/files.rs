@@ -125,6 +125,19 @@ pub fn mount_secrets_tmpfs(pod_dir: &Path, pod: &PodSpec) -> io::Result<()> {
     })
 }
 
+/// Whether the pod's secrets tmpfs is mounted (its directory is on another device than the pod
+/// directory).
+pub fn secrets_mounted(pod_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        fs::metadata(pod_dir),
+        fs::metadata(pod_dir.join(SECRETS_DIR)),
+    ) {
+        (Ok(pod), Ok(secrets)) => pod.dev() != secrets.dev(),
+        _ => false,
+    }
+}
+
 /// Unmounts the pod's secrets tmpfs if it is mounted (a no-op otherwise).
 pub fn unmount_secrets_tmpfs(pod_dir: &Path) {
     let dir = pod_dir.join(SECRETS_DIR);

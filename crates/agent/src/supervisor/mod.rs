@@ -23,6 +23,7 @@
 pub mod diff;
 pub mod files;
 pub mod health;
+pub mod isolated;
 pub mod logfile;
 pub mod restart;
 pub mod seam;
@@ -32,7 +33,7 @@ pub mod state;
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +45,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub use isolated::IsolatedRuntime;
 pub use seam::{ContainerRuntime, HostImages, ImageSource, Launch, ProcessRuntime};
 
 use crate::proto::{
@@ -225,6 +227,53 @@ impl Supervisor {
         rx
     }
 
+    /// **The daemon's seam**: answers one request (anything but `Hello`) through the daemon's
+    /// [`Replies`](crate::daemon::Replies). In `daemon::dispatch`:
+    /// `r @ (Request::Apply(_) | Request::Status { .. } | Request::Logs(_) | Request::Exec(_) |
+    /// Request::Remove { .. }) => ctx.supervisor.dispatch(r, replies).await`.
+    /// A client that goes away ends a followed log stream.
+    pub async fn dispatch(&self, request: Request, replies: crate::daemon::Replies) {
+        let mut rx = self.handle(RequestFrame { id: 0, request });
+        while let Some(frame) = rx.recv().await {
+            match (frame.more, frame.ok, frame.err) {
+                (true, Some(r), _) => {
+                    if !replies.more(r).await {
+                        return; // dropping `rx` cancels the stream
+                    }
+                }
+                (true, None, _) => {}
+                (false, Some(r), _) => return replies.ok(r).await,
+                (false, None, Some(e)) => return replies.err(e).await,
+                (false, None, None) => break,
+            }
+        }
+        replies
+            .err(AgentError {
+                kind: ErrorKind::Host,
+                message: "the supervisor ended a request without a reply (a bug)".into(),
+                causes: Vec::new(),
+            })
+            .await
+    }
+
+    /// Opens the supervisor the daemon runs: state under `paths.state`, images in the image store
+    /// at `<state>/images`, shims from this executable, containers through `runtime`.
+    pub async fn for_daemon(
+        paths: &crate::store::Paths,
+        runtime: Arc<dyn ContainerRuntime>,
+    ) -> io::Result<Supervisor> {
+        let images =
+            crate::image::ImageStore::open(paths.state.join("images")).map_err(io::Error::other)?;
+        let exe = std::env::current_exe()?;
+        Supervisor::open(SupervisorConfig::new(
+            &paths.state,
+            exe,
+            runtime,
+            Arc::new(images),
+        ))
+        .await
+    }
+
     /// Like [`handle`](Self::handle), sending into a channel the caller owns.
     pub async fn serve(&self, frame: RequestFrame, tx: mpsc::Sender<ResponseFrame>) {
         let id = frame.id;
@@ -250,10 +299,47 @@ impl Supervisor {
         let _ = tx.send(last).await;
     }
 
+    /// Stops supervising without stopping any container, as a daemon exit or upgrade does:
+    /// the shims keep the containers, and the next [`open`](Self::open) re-adopts them.
+    pub async fn detach(&self) {
+        let projects = self.inner.projects.lock().await;
+        for c in projects
+            .values()
+            .flat_map(|p| p.pods.values())
+            .flat_map(|p| &p.containers)
+        {
+            if let Some(task) = c.task.lock().ok().and_then(|mut t| t.take()) {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+
     /// Reconciles a project to exactly `req.pods`.
     pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyReport, Failure> {
         let inner = &self.inner;
         validate(&req)?;
+        // Images first, and before taking the lock: a pull can take minutes and Status must stay
+        // answerable meanwhile; a pull that fails must not have stopped anything.
+        let present: BTreeMap<String, String> = {
+            let projects = inner.projects.lock().await;
+            projects
+                .get(&req.project)
+                .map(|p| {
+                    p.pods
+                        .iter()
+                        .map(|(n, pod)| (n.clone(), pod.spec_hash.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut images = BTreeMap::new();
+        let changed = req
+            .pods
+            .iter()
+            .filter(|p| present.get(&p.name) != Some(&p.spec_hash));
+        self.pull_missing(&req, changed, &mut images).await?;
+
         let mut projects = inner.projects.lock().await;
         let project = projects.entry(req.project.clone()).or_default();
         let d = diff::diff_pods(
@@ -271,28 +357,9 @@ impl Supervisor {
             .filter(|p| d.create.contains(&p.name) || d.replace.contains(&p.name))
             .collect();
 
-        // Images first: a pull that fails must not have stopped anything.
-        let mut images = BTreeMap::new();
-        for c in starting.iter().flat_map(|p| &p.containers) {
-            if images.contains_key(&c.image) {
-                continue;
-            }
-            let registry = registry_host(&c.image);
-            let auth = req.registry_auth.get(&registry);
-            let insecure = req.insecure_registries.contains(&registry);
-            let image = inner
-                .cfg
-                .images
-                .pull(&c.image, auth, insecure)
-                .await
-                .map_err(|e| {
-                    Failure::host(
-                        format!("pulling image {} for service {}", c.image, c.service),
-                        e,
-                    )
-                })?;
-            images.insert(c.image.clone(), image);
-        }
+        // Another Apply may have changed the project since the pulls: pull what is still missing.
+        self.pull_missing(&req, starting.iter().copied(), &mut images)
+            .await?;
 
         // Stop what goes away or is replaced, all at once.
         let mut stopping = Vec::new();
@@ -303,7 +370,7 @@ impl Supervisor {
         }
         stop_pods(stopping.iter()).await;
         for name in d.remove.iter().chain(&d.replace) {
-            remove_pod_dir(&inner.state.pod(&req.project, name));
+            remove_pod(inner, &req.project, name);
         }
 
         let desired = DesiredProject {
@@ -343,6 +410,34 @@ impl Supervisor {
         })
     }
 
+    /// Pulls the images of `pods` not yet in `images`.
+    async fn pull_missing<'a>(
+        &self,
+        req: &ApplyRequest,
+        pods: impl Iterator<Item = &'a PodSpec>,
+        images: &mut BTreeMap<String, seam::PulledImage>,
+    ) -> Result<(), Failure> {
+        for c in pods.flat_map(|p| &p.containers) {
+            if images.contains_key(&c.image) {
+                continue;
+            }
+            let image = self
+                .inner
+                .cfg
+                .images
+                .pull(&c.image, &req.registry_auth, &req.insecure_registries)
+                .await
+                .map_err(|e| {
+                    Failure::host(
+                        format!("pulling image {} for service {}", c.image, c.service),
+                        e,
+                    )
+                })?;
+            images.insert(c.image.clone(), image);
+        }
+        Ok(())
+    }
+
     /// Writes a pod's files and launch configs; does not start anything.
     fn prepare_pod(
         &self,
@@ -353,6 +448,10 @@ impl Supervisor {
         let inner = &self.inner;
         let pod_dir = inner.state.pod(project, &pod.name);
         std::fs::create_dir_all(&pod_dir)?;
+        inner
+            .cfg
+            .runtime
+            .create_pod(project, &pod.name, &pod.hostname)?;
         files::mount_secrets_tmpfs(&pod_dir, pod)?;
         let mut containers = Vec::new();
         for spec in &pod.containers {
@@ -368,7 +467,9 @@ impl Supervisor {
                 &spec.files,
             )?);
             let mut stored = files::strip_secrets(spec);
+            // The image's STOPSIGNAL and HEALTHCHECK apply when the compose file sets none.
             stored.stop_signal = stored.stop_signal.or(image.config.stop_signal.clone());
+            stored.healthcheck = stored.healthcheck.or(image.config.healthcheck.clone());
             let launch = Launch {
                 id: format!("{project}.{}.{}-{}", pod.name, spec.service, spec.replica),
                 project: project.to_string(),
@@ -388,6 +489,7 @@ impl Supervisor {
                 mounts,
                 spec: stored,
                 runtime: inner.cfg.runtime.name().to_string(),
+                state_root: inner.state.root().to_path_buf(),
                 log_max_bytes: inner.cfg.log_max_bytes,
                 log_max_files: inner.cfg.log_max_files,
             };
@@ -502,38 +604,20 @@ impl Supervisor {
         if req.command.is_empty() {
             return Err(Failure::bad("exec needs a command"));
         }
-        let cmd = self
-            .inner
-            .cfg
-            .runtime
-            .exec(&c.launch, pid, &req.command, &req.env)
-            .map_err(|e| {
-                Failure::host(
-                    format!("entering service {} of pod {}", req.service, req.pod),
-                    e,
-                )
-            })?;
-        let mut child = tokio::process::Command::from(cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
+        let child =
+            start_exec(&self.inner, &c.launch, pid, &req.command, &req.env, true).map_err(|e| {
                 Failure::bad(format!(
-                    "running {:?} in service {}: {e}",
-                    req.command[0], req.service
+                    "running {:?} in service {} of pod {}: {e}",
+                    req.command[0], req.service, req.pod
                 ))
             })?;
         let out = child
             .stdout
-            .take()
             .map(|o| pump(id, Stream::Stdout, o, tx.clone()));
         let err = child
             .stderr
-            .take()
             .map(|e| pump(id, Stream::Stderr, e, tx.clone()));
-        let status = child.wait().await.map_err(|e| {
+        let code = wait_child(child.pid).await.map_err(|e| {
             Failure::host(format!("waiting for exec in service {}", req.service), e)
         })?;
         if let Some(o) = out {
@@ -542,11 +626,8 @@ impl Supervisor {
         if let Some(e) = err {
             let _ = e.await;
         }
-        Ok(Response::ExecExit {
-            code: exit_code(status),
-        })
+        Ok(Response::ExecExit { code })
     }
-
     /// Stops and deletes a project's pods (and its named volumes with `volumes`).
     pub async fn remove(&self, project: &str, volumes: bool) -> Result<Vec<String>, Failure> {
         if !files::valid_name(project) {
@@ -561,7 +642,7 @@ impl Supervisor {
         let names: Vec<String> = rt.pods.keys().cloned().collect();
         let pods_dir = inner.state.project(project).join("pods");
         for name in state::list_dirs(&pods_dir) {
-            remove_pod_dir(&pods_dir.join(name));
+            remove_pod(inner, project, &name);
         }
         let _ = std::fs::remove_dir_all(&pods_dir);
         let _ = std::fs::remove_file(inner.state.desired(project));
@@ -611,25 +692,59 @@ impl Supervisor {
                         ));
                         continue;
                     };
-                    let obs: Observed = read_json(&dir.join(OBSERVED_FILE)).unwrap_or_default();
+                    let mut obs: Observed = read_json(&dir.join(OBSERVED_FILE)).unwrap_or_default();
                     let step = self.adopt_step(&launch, &obs);
-                    let c = ContainerRt::new(launch, obs);
-                    if let Some(step) = step {
-                        self.spawn_container(c.clone(), step);
+                    if let Some(Step::Watch(rec)) = &step {
+                        // Known at once, so that a Status right after start is already right.
+                        obs.state = RunState::Running;
+                        obs.pid = Some(rec.pid);
+                        obs.started_at_ms = Some(rec.started_at_ms);
                     }
-                    containers.push(c);
+                    containers.push((ContainerRt::new(launch, obs), step));
                 }
-                // A pod whose containers could not all be read is dropped so that the next Apply
-                // sees it missing and recreates it.
-                if containers.len() == pod.containers.len() {
-                    rt.pods.insert(
-                        pod.name.clone(),
-                        PodRt {
-                            spec_hash: pod.spec_hash.clone(),
-                            containers,
+                // A pod whose containers could not all be read, or whose secrets tmpfs is gone
+                // (a reboot) with nothing running, cannot be restarted as it is: it keeps only
+                // what still runs, and an empty spec hash so that the next Apply replaces it.
+                let pod_dir = inner.state.pod(&pname, &pod.name);
+                let secrets_lost = pod
+                    .containers
+                    .iter()
+                    .flat_map(|c| &c.files)
+                    .any(|f| f.secret)
+                    && !files::secrets_mounted(&pod_dir)
+                    && !containers
+                        .iter()
+                        .any(|(_, step)| matches!(step, Some(Step::Watch(_))));
+                let broken = secrets_lost || containers.len() != pod.containers.len();
+                if broken {
+                    log(&format!(
+                        "project {pname} pod {}: {}; the next apply recreates it",
+                        pod.name,
+                        if secrets_lost {
+                            "its secrets tmpfs is gone"
+                        } else {
+                            "some of its containers' state is unreadable"
+                        }
+                    ));
+                }
+                for (c, step) in &containers {
+                    match step {
+                        Some(step @ Step::Watch(_)) => self.spawn_container(c.clone(), *step),
+                        Some(step) if !broken => self.spawn_container(c.clone(), *step),
+                        _ => {}
+                    }
+                }
+                rt.pods.insert(
+                    pod.name.clone(),
+                    PodRt {
+                        spec_hash: if broken {
+                            String::new()
+                        } else {
+                            pod.spec_hash.clone()
                         },
-                    );
-                }
+                        containers: containers.into_iter().map(|(c, _)| c).collect(),
+                    },
+                );
             }
             projects.insert(pname, rt);
         }
@@ -743,6 +858,7 @@ impl ContainerRt {
 }
 
 /// Where a container's task starts (fresh, or after a daemon restart).
+#[derive(Debug, Clone, Copy)]
 enum Step {
     /// Start a shim.
     Start,
@@ -791,8 +907,10 @@ async fn run_container(inner: Arc<Inner>, c: Arc<ContainerRt>, mut step: Step) {
                     o.started_at_ms = Some(rec.started_at_ms);
                     o.error = None;
                 });
-                let health = probe_of(&c)
-                    .map(|p| tokio::spawn(run_health(inner.clone(), c.clone(), p, rec)));
+                // Aborted when this run ends, and also when this task itself is aborted.
+                let health = probe_of(&c).map(|p| {
+                    AbortOnDrop(tokio::spawn(run_health(inner.clone(), c.clone(), p, rec)))
+                });
                 let stopped_by_user = tokio::select! {
                     _ = wait_exit(rec.shim_pid, rec.shim_start) => false,
                     _ = stop_requested(&mut stop_rx) => {
@@ -800,9 +918,7 @@ async fn run_container(inner: Arc<Inner>, c: Arc<ContainerRt>, mut step: Step) {
                         true
                     }
                 };
-                if let Some(h) = health {
-                    h.abort();
-                }
+                drop(health);
                 let exit =
                     read_json::<ExitRecord>(&c.launch.dir.join(EXIT_FILE)).unwrap_or(ExitRecord {
                         exit: Exit::Signal { signal: 9 },
@@ -857,6 +973,15 @@ async fn run_container(inner: Arc<Inner>, c: Arc<ContainerRt>, mut step: Step) {
     }
 }
 
+/// A task that ends with its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Resolves once a stop was requested (holding no borrow of the channel across awaits).
 async fn stop_requested(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -893,25 +1018,111 @@ async fn run_health(inner: Arc<Inner>, c: Arc<ContainerRt>, probe: Probe, rec: S
 }
 
 async fn run_probe(inner: &Inner, launch: &Launch, pid: u32, probe: &Probe) -> bool {
-    let Ok(cmd) = inner
-        .cfg
-        .runtime
-        .exec(launch, pid, &probe.argv, &BTreeMap::new())
-    else {
+    let Ok(child) = start_exec(inner, launch, pid, &probe.argv, &BTreeMap::new(), false) else {
         return false;
     };
-    let Ok(mut child) = tokio::process::Command::from(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-    else {
-        return false;
+    // Killed and reaped if this probe is abandoned (timeout, or the health task aborted when the
+    // container stops): a probe never outlives its check.
+    let mut guard = ProbeGuard(Some(child.pid));
+    let result = tokio::time::timeout(probe.timeout, wait_child(child.pid)).await;
+    if result.is_ok() {
+        guard.0 = None; // exited and reaped: its pid is no longer ours to signal
+    }
+    matches!(result, Ok(Ok(0)))
+}
+
+struct ProbeGuard(Option<u32>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            kill_exec(pid);
+            if let Ok(raw) = i32::try_from(pid) {
+                // Reaping blocks until the kill lands; not on the async runtime's threads.
+                std::thread::spawn(move || {
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(raw), None);
+                });
+            }
+        }
+    }
+}
+
+/// A process started by [`ContainerRuntime::exec`]: our child, with its output pipes.
+struct ExecChild {
+    pid: u32,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+fn start_exec(
+    inner: &Inner,
+    launch: &Launch,
+    pid: u32,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    capture: bool,
+) -> io::Result<ExecChild> {
+    let null = |write: bool| -> io::Result<OwnedFd> {
+        Ok(OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open("/dev/null")?,
+        ))
     };
-    match tokio::time::timeout(probe.timeout, child.wait()).await {
-        Ok(Ok(status)) => status.success(),
-        _ => false,
+    let (out_r, out_w, err_r, err_w) = if capture {
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        (Some(out_r), out_w, Some(err_r), err_w)
+    } else {
+        (None, null(true)?, None, null(true)?)
+    };
+    let stdio = seam::ContainerStdio {
+        stdin: null(false)?,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    // `stdio` (our copies of the write ends) is dropped by the call, so the pipes see EOF when
+    // the command exits.
+    let pid = inner.cfg.runtime.exec(launch, pid, argv, env, stdio)?;
+    Ok(ExecChild {
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+/// Waits for our child `pid` to exit and reaps it: its exit code, 128 + signal when killed.
+async fn wait_child(pid: u32) -> io::Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let raw = nix::unistd::Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?);
+    let reap = move || loop {
+        match waitpid(raw, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::other(format!("waiting for exec pid {pid}: {e}"))),
+        }
+    };
+    if let Some(fd) = pidfd_open(pid) {
+        // SAFETY: an `OwnedFd` stays open and refers to the same pidfd until the `AsyncFd` drops it.
+        if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
+            let _ = afd.readable().await;
+            // It has exited: this waitpid returns at once.
+            return reap();
+        }
+    }
+    // No pidfd: wait where blocking is allowed.
+    tokio::task::spawn_blocking(reap)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Kills an exec'ed command (and its process group, when it leads one).
+fn kill_exec(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-raw), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGKILL);
     }
 }
 
@@ -1056,7 +1267,14 @@ async fn stop_pods<'a>(pods: impl Iterator<Item = &'a PodRt>) {
     }
 }
 
-fn remove_pod_dir(dir: &Path) {
+/// Removes a stopped pod: its sandbox, its secrets tmpfs, its directory (not its volumes).
+fn remove_pod(inner: &Inner, project: &str, pod: &str) {
+    if let Err(e) = inner.cfg.runtime.remove_pod(project, pod) {
+        log(&format!(
+            "removing the sandbox of pod {pod} of project {project}: {e}"
+        ));
+    }
+    let dir = &inner.state.pod(project, pod);
     files::unmount_secrets_tmpfs(dir);
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != io::ErrorKind::NotFound {
@@ -1089,17 +1307,6 @@ fn validate(req: &ApplyRequest) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-/// The registry host of an image reference, as Docker reads it (`docker.io` when the first path
-/// component is not a host).
-pub fn registry_host(reference: &str) -> String {
-    match reference.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first.to_string()
-        }
-        _ => "docker.io".to_string(),
-    }
 }
 
 fn more(id: u64, r: Response) -> ResponseFrame {
@@ -1219,13 +1426,11 @@ async fn follow_log(
     }
 }
 
-fn pump(
-    id: u64,
-    stream: Stream,
-    mut r: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    tx: mpsc::Sender<ResponseFrame>,
-) -> JoinHandle<()> {
+fn pump(id: u64, stream: Stream, fd: OwnedFd, tx: mpsc::Sender<ResponseFrame>) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+            return;
+        };
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match r.read(&mut buf).await {
@@ -1245,26 +1450,9 @@ fn pump(
     })
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(255)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn registry_hosts_follow_docker_rules() {
-        assert_eq!(registry_host("busybox"), "docker.io");
-        assert_eq!(registry_host("library/busybox:1"), "docker.io");
-        assert_eq!(registry_host("10.250.0.1:5000/busybox"), "10.250.0.1:5000");
-        assert_eq!(registry_host("ghcr.io/a/b"), "ghcr.io");
-        assert_eq!(registry_host("localhost/x"), "localhost");
-    }
 
     #[test]
     fn signals_parse_in_every_compose_spelling() {

@@ -10,8 +10,9 @@
 //! built elsewhere.
 //!
 //! **Plugging in the isolating runtime** (`crate::runtime`): implement [`ContainerRuntime`] for it,
-//! give it a [`name`](ContainerRuntime::name), and add it to [`runtime_by_name`] — the shim is a
-//! separate process that finds its runtime by the name recorded in `launch.json`. Then construct
+//! give it a [`name`](ContainerRuntime::name), and add it to [`runtime_for`] — the shim is a
+//! separate process that finds its runtime by the name recorded in `launch.json`. (Done for
+//! `crate::runtime`: see [`super::isolated`].) Then construct
 //! the [`Supervisor`](super::Supervisor) with it. **Plugging in the image store** (`crate::image`):
 //! implement [`ImageSource`] and pass it to the supervisor.
 
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{ContainerSpec, RegistryAuth};
+use crate::proto::{ContainerSpec, Healthcheck, RegistryAuth};
 
 /// Everything a runtime needs to run one container, resolved by the supervisor. Written to
 /// `<container dir>/launch.json` (never with secret contents: secrets are files on a tmpfs,
@@ -58,6 +59,9 @@ pub struct Launch {
     pub spec: ContainerSpec,
     /// Which [`ContainerRuntime`] the shim uses, by [`ContainerRuntime::name`].
     pub runtime: String,
+    /// The agent's state root (runtimes keep their own state under it).
+    #[serde(default)]
+    pub state_root: PathBuf,
     /// Log rotation: bytes per file and number of files kept (the current one included).
     pub log_max_bytes: u64,
     pub log_max_files: u32,
@@ -89,11 +93,22 @@ pub struct ContainerStdio {
 /// How the supervisor drives containers. Implementations must be cheap to call from both the
 /// daemon (threaded, async) and the shim (single-threaded, no async runtime).
 pub trait ContainerRuntime: Send + Sync {
-    /// The name recorded in `launch.json` and looked up by [`runtime_by_name`] in the shim.
+    /// The name recorded in `launch.json` and looked up by [`runtime_for`] in the shim.
     fn name(&self) -> &'static str;
 
+    /// In the daemon, before any container of the pod is created: the pod's sandbox (network,
+    /// uts and ipc namespaces with `hostname`). Idempotent.
+    fn create_pod(&self, _project: &str, _pod: &str, _hostname: &str) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// In the daemon, after every container of the pod was deleted: its sandbox.
+    fn remove_pod(&self, _project: &str, _pod: &str) -> io::Result<()> {
+        Ok(())
+    }
+
     /// In the daemon, before the shim is spawned: prepare what the container needs (rootfs,
-    /// cgroup, pod namespaces). Idempotent: called again before every restart.
+    /// cgroup). Idempotent: called again before every restart.
     fn create(&self, launch: &Launch) -> io::Result<()>;
 
     /// In the shim (single-threaded, before any async runtime; SIGCHLD is not yet blocked): start
@@ -102,40 +117,54 @@ pub trait ContainerRuntime: Send + Sync {
     /// descendant.
     fn start(&self, launch: &Launch, stdio: ContainerStdio) -> io::Result<u32>;
 
-    /// Sends `signal` to the container (all its processes where the runtime can).
+    /// Sends `signal` to the container's main process `pid`; SIGKILL goes to all its processes
+    /// where the runtime can.
     fn kill(&self, launch: &Launch, pid: u32, signal: Signal) -> io::Result<()>;
 
     /// In the daemon, after the process exited: release what `create` set up (not the volumes).
     fn delete(&self, launch: &Launch) -> io::Result<()>;
 
-    /// A command that runs `argv` inside the running container whose main process is `pid`
-    /// (healthchecks, `Exec`). The supervisor spawns it with piped output and reads its exit
-    /// code. An isolating runtime returns its own binary in an enter mode (setns must not run in
-    /// the threaded daemon).
+    /// In the daemon (threaded: an isolating runtime must enter the container from a fresh
+    /// process, never by `setns` here): runs `argv` with extra `env` inside the running container
+    /// whose main process is `pid`, with `stdio`. Returns the pid of a **child of the caller**
+    /// that exits with the command's exit code (128 + signal when killed) and that the caller
+    /// reaps; killing it kills the command. Used by health checks and `Exec`.
     fn exec(
         &self,
         launch: &Launch,
         pid: u32,
         argv: &[String],
         env: &BTreeMap<String, String>,
-    ) -> io::Result<std::process::Command>;
+        stdio: ContainerStdio,
+    ) -> io::Result<u32>;
 
-    /// In the shim, after the process was reaped: whether the kernel OOM-killed it.
-    fn oom_killed(&self, _launch: &Launch) -> bool {
-        false
+    /// How many times the kernel OOM-killed a process of this container so far (its cgroup's
+    /// counter). The shim reads it before start and after exit to record the OOM flag.
+    fn oom_kills(&self, _launch: &Launch) -> u64 {
+        0
     }
 }
 
-/// The runtimes the shim can find by name. Add the isolating runtime here.
-pub fn runtime_by_name(name: &str) -> Option<Arc<dyn ContainerRuntime>> {
-    match name {
-        ProcessRuntime::NAME => Some(Arc::new(ProcessRuntime)),
-        _ => None,
+/// The runtime the shim (a separate process) uses for `launch`, by the name recorded in it.
+/// Every [`ContainerRuntime`] must be listed here.
+pub fn runtime_for(launch: &Launch) -> io::Result<Arc<dyn ContainerRuntime>> {
+    match launch.runtime.as_str() {
+        ProcessRuntime::NAME => Ok(Arc::new(ProcessRuntime)),
+        super::isolated::IsolatedRuntime::NAME => {
+            let exe = std::env::current_exe()?;
+            Ok(Arc::new(super::isolated::IsolatedRuntime::new(
+                &launch.state_root,
+                &exe,
+            )?))
+        }
+        other => Err(io::Error::other(format!(
+            "this agent has no container runtime named {other:?}"
+        ))),
     }
 }
 
 /// An image's config: the parts of the OCI image config the supervisor applies.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ImageConfig {
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
@@ -144,10 +173,12 @@ pub struct ImageConfig {
     pub user: Option<String>,
     pub working_dir: Option<String>,
     pub stop_signal: Option<String>,
+    /// The image's `HEALTHCHECK`, used when the compose file sets none.
+    pub healthcheck: Option<Healthcheck>,
 }
 
 /// An image present on the host.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PulledImage {
     /// The manifest digest, `sha256:…`.
     pub digest: String,
@@ -160,14 +191,58 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where images come from: the image store pulls (once, verified) and unpacks.
 pub trait ImageSource: Send + Sync {
-    /// Makes `reference` present on the host. `auth` is never logged or written to disk;
-    /// `insecure` allows plain http for this registry.
+    /// Makes `reference` present on the host. `auth` maps registry hosts to credentials (the
+    /// source picks the reference's own; never logged or written to disk); `insecure` lists the
+    /// registries reached over plain http.
     fn pull<'a>(
         &'a self,
         reference: &'a str,
-        auth: Option<&'a RegistryAuth>,
-        insecure: bool,
+        auth: &'a BTreeMap<String, RegistryAuth>,
+        insecure: &'a [String],
     ) -> BoxFuture<'a, io::Result<PulledImage>>;
+}
+
+/// The agent's image store (`crate::image`) as the supervisor's image source.
+impl ImageSource for crate::image::ImageStore {
+    fn pull<'a>(
+        &'a self,
+        reference: &'a str,
+        auth: &'a BTreeMap<String, RegistryAuth>,
+        insecure: &'a [String],
+    ) -> BoxFuture<'a, io::Result<PulledImage>> {
+        Box::pin(async move {
+            let registry = crate::image::ImageRef::parse(reference)
+                .map_err(io::Error::other)?
+                .registry()
+                .to_string();
+            let image =
+                crate::image::ImageStore::pull(self, reference, auth.get(&registry), insecure)
+                    .await
+                    .map_err(io::Error::other)?;
+            let c = image.config;
+            let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64).unwrap_or(0);
+            Ok(PulledImage {
+                digest: image.manifest_digest,
+                config: ImageConfig {
+                    entrypoint: c.entrypoint,
+                    cmd: c.cmd,
+                    env: c.env,
+                    user: c.user,
+                    working_dir: c.working_dir,
+                    stop_signal: c.stop_signal,
+                    healthcheck: c.healthcheck.map(|h| Healthcheck {
+                        test: h.test,
+                        interval_ms: ms(h.interval),
+                        timeout_ms: ms(h.timeout),
+                        retries: h.retries.unwrap_or(0),
+                        start_period_ms: ms(h.start_period),
+                        start_interval_ms: ms(h.start_interval),
+                    }),
+                },
+                layers: image.layer_dirs,
+            })
+        })
+    }
 }
 
 /// No image store: every image is the host itself (no layers, empty config). For running the
@@ -179,8 +254,8 @@ impl ImageSource for HostImages {
     fn pull<'a>(
         &'a self,
         _reference: &'a str,
-        _auth: Option<&'a RegistryAuth>,
-        _insecure: bool,
+        _auth: &'a BTreeMap<String, RegistryAuth>,
+        _insecure: &'a [String],
     ) -> BoxFuture<'a, io::Result<PulledImage>> {
         Box::pin(async {
             Ok(PulledImage {
@@ -267,10 +342,18 @@ impl ContainerRuntime for ProcessRuntime {
         _pid: u32,
         argv: &[String],
         env: &BTreeMap<String, String>,
-    ) -> io::Result<std::process::Command> {
+        stdio: ContainerStdio,
+    ) -> io::Result<u32> {
+        use std::os::unix::process::CommandExt;
         let mut all = launch.env.clone();
         all.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Self::command(argv, &all, launch.working_dir.as_deref())
+        let mut cmd = Self::command(argv, &all, launch.working_dir.as_deref())?;
+        cmd.process_group(0)
+            .stdin(stdio.stdin)
+            .stdout(stdio.stdout)
+            .stderr(stdio.stderr);
+        // The caller reaps it by pid; dropping `Child` neither waits nor kills.
+        Ok(cmd.spawn()?.id())
     }
 }
 

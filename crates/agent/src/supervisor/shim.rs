@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::logfile::{LineSplitter, LogWriter};
 use super::restart::Exit;
-use super::seam::{runtime_by_name, ContainerStdio, Launch};
+use super::seam::{runtime_for, ContainerStdio, Launch};
 use super::state::{read_json, unix_millis, write_json};
 use crate::proto::Stream;
 
@@ -114,16 +114,12 @@ fn report(line: &str) {
 }
 
 fn run(dir: &Path) -> io::Result<()> {
+    close_inherited_fds();
     nix::unistd::setsid()?;
     nix::sys::prctl::set_child_subreaper(true)?;
     let launch: Launch = read_json(&dir.join(LAUNCH_FILE))
         .ok_or_else(|| io::Error::other(format!("no readable {LAUNCH_FILE}")))?;
-    let runtime = runtime_by_name(&launch.runtime).ok_or_else(|| {
-        io::Error::other(format!(
-            "this agent has no container runtime named {:?}",
-            launch.runtime
-        ))
-    })?;
+    let runtime = runtime_for(&launch)?;
     let mut log = LogWriter::open(dir, launch.log_max_bytes, launch.log_max_files)?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -134,6 +130,7 @@ fn run(dir: &Path) -> io::Result<()> {
         stderr: err_w,
     };
     let _ = fs::remove_file(dir.join(EXIT_FILE));
+    let oom_before = runtime.oom_kills(&launch);
     let pid = runtime.start(&launch, stdio)?;
     let main_pid = Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?);
     let me = std::process::id();
@@ -234,9 +231,19 @@ fn run(dir: &Path) -> io::Result<()> {
     let record = ExitRecord {
         exit,
         finished_at_ms: unix_millis(),
-        oom_killed: runtime.oom_killed(&launch),
+        oom_killed: runtime.oom_kills(&launch) > oom_before,
     };
     write_json(&dir.join(EXIT_FILE), &record)
+}
+
+/// Closes every descriptor but stdio: the shim outlives its spawner and must not keep the
+/// daemon's sockets, pipes or a build tool's jobserver open for the container's lifetime.
+fn close_inherited_fds() {
+    // SAFETY: close_range only closes descriptors; none above 2 is in use by this process yet
+    // (the shim mode runs before opening anything).
+    unsafe {
+        nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
 }
 
 /// Reaps every exited child (we are a subreaper: orphans of the container land here) and returns

@@ -1,0 +1,1243 @@
+//! Supervision on real processes: shims, restart policies, health checks, logs, exec, re-adoption
+//! after `kill -9` of the supervising process, state files. Containers run through the plain
+//! process runtime (no isolation: that is the runtime's own tests), from the real agent binary's
+//! `shim` mode.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use compose_fleet_agent::proto::{
+    ApplyReport, ApplyRequest, ContainerSpec, ContainerStatus, ExecRequest, FileDelivery,
+    Healthcheck, LogLine, LogsRequest, Mount, PodSpec, Request, RequestFrame, Response,
+    ResponseFrame, RestartPolicy, StatusReport, Stream,
+};
+use compose_fleet_agent::supervisor::restart::Exit;
+use compose_fleet_agent::supervisor::shim::{self, ExitRecord, ShimRecord};
+use compose_fleet_agent::supervisor::state::StateRoot;
+use compose_fleet_agent::supervisor::{HostImages, ProcessRuntime, Supervisor, SupervisorConfig};
+
+/// The agent binary whose `shim` mode the tests run; `COMPOSE_FLEET_TEST_AGENT` substitutes
+/// another build (the static release one, to measure a shim's RSS).
+fn agent() -> String {
+    std::env::var("COMPOSE_FLEET_TEST_AGENT")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_compose-fleet-agent").to_string())
+}
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A state root that, however the test ends, kills every shim and container it started and
+/// unmounts the secret tmpfs mounts under it.
+struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    fn new() -> Root {
+        Root {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config(&self) -> SupervisorConfig {
+        SupervisorConfig::new(
+            self.path(),
+            agent(),
+            Arc::new(ProcessRuntime),
+            Arc::new(HostImages),
+        )
+    }
+
+    async fn open(&self) -> Supervisor {
+        Supervisor::open(self.config()).await.expect("open")
+    }
+
+    fn container_dir(&self, project: &str, pod: &str, service: &str) -> PathBuf {
+        StateRoot::new(self.path()).container(project, pod, service, 1)
+    }
+
+    fn shim_record(&self, project: &str, pod: &str, service: &str) -> ShimRecord {
+        let path = self
+            .container_dir(project, pod, service)
+            .join(shim::SHIM_FILE);
+        serde_json::from_slice(&std::fs::read(&path).expect("shim.json")).expect("parses")
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        for path in find_files(self.path(), "shim.json") {
+            if let Ok(rec) =
+                serde_json::from_slice::<ShimRecord>(&std::fs::read(&path).unwrap_or_default())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(-(rec.pid as i32)),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(rec.shim_pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        for path in find_dirs(self.path(), "secrets") {
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        }
+        // The isolating runtime's pod namespaces are bind-mounted files.
+        for ns in ["net", "uts", "ipc"] {
+            for path in find_files(self.path(), ns) {
+                let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(find_files(&p, name));
+            } else if e.file_name() == name {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn find_dirs(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                if e.file_name() == name {
+                    out.push(p.clone());
+                }
+                out.extend(find_dirs(&p, name));
+            }
+        }
+    }
+    out
+}
+
+fn sh(service: &str, script: &str, restart: RestartPolicy) -> ContainerSpec {
+    ContainerSpec {
+        service: service.into(),
+        replica: 1,
+        image: "host".into(),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+        restart,
+        stop_grace_period_ms: Some(2000),
+        ..ContainerSpec::default()
+    }
+}
+
+fn pod(name: &str, hash: &str, containers: Vec<ContainerSpec>) -> PodSpec {
+    PodSpec {
+        name: name.into(),
+        hostname: name.into(),
+        spec_hash: hash.into(),
+        containers,
+        ports: Vec::new(),
+    }
+}
+
+async fn call(sup: &Supervisor, request: Request) -> Vec<ResponseFrame> {
+    let mut rx = sup.handle(RequestFrame { id: 7, request });
+    let mut frames = Vec::new();
+    while let Some(f) = rx.recv().await {
+        assert_eq!(f.id, 7);
+        let last = !f.more;
+        frames.push(f);
+        if last {
+            break;
+        }
+    }
+    frames
+}
+
+async fn apply(sup: &Supervisor, project: &str, pods: Vec<PodSpec>) -> ApplyReport {
+    let frames = call(
+        sup,
+        Request::Apply(ApplyRequest {
+            project: project.into(),
+            pods,
+            registry_auth: BTreeMap::new(),
+            insecure_registries: Vec::new(),
+        }),
+    )
+    .await;
+    match frames.as_slice() {
+        [ResponseFrame {
+            ok: Some(Response::Applied(r)),
+            ..
+        }] => r.clone(),
+        other => panic!("apply answered {other:?}"),
+    }
+}
+
+async fn status(sup: &Supervisor, project: &str) -> StatusReport {
+    match call(
+        sup,
+        Request::Status {
+            project: Some(project.into()),
+        },
+    )
+    .await
+    .as_slice()
+    {
+        [ResponseFrame {
+            ok: Some(Response::Status(s)),
+            ..
+        }] => s.clone(),
+        other => panic!("status answered {other:?}"),
+    }
+}
+
+async fn container(sup: &Supervisor, project: &str, pod: &str, service: &str) -> ContainerStatus {
+    let s = status(sup, project).await;
+    s.pods
+        .iter()
+        .find(|p| p.name == pod)
+        .and_then(|p| p.containers.iter().find(|c| c.service == service))
+        .cloned()
+        .unwrap_or_else(|| panic!("no container {pod}/{service} in {s:?}"))
+}
+
+/// Polls the container's status until `done` holds, failing after [`WAIT`] with the last state.
+async fn wait_for(
+    sup: &Supervisor,
+    project: &str,
+    pod: &str,
+    service: &str,
+    what: &str,
+    done: impl Fn(&ContainerStatus) -> bool,
+) -> ContainerStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let c = container(sup, project, pod, service).await;
+        if done(&c) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn remove(sup: &Supervisor, project: &str, volumes: bool) -> Vec<String> {
+    match call(
+        sup,
+        Request::Remove {
+            project: project.into(),
+            volumes,
+        },
+    )
+    .await
+    .as_slice()
+    {
+        [ResponseFrame {
+            ok: Some(Response::Removed { pods }),
+            ..
+        }] => pods.clone(),
+        other => panic!("remove answered {other:?}"),
+    }
+}
+
+async fn logs(sup: &Supervisor, project: &str, tail: Option<u64>) -> Vec<LogLine> {
+    let frames = call(
+        sup,
+        Request::Logs(LogsRequest {
+            project: project.into(),
+            services: Vec::new(),
+            tail,
+            follow: false,
+            since: None,
+        }),
+    )
+    .await;
+    let (last, lines) = frames.split_last().expect("a final frame");
+    assert_eq!(last.ok, Some(Response::End), "{last:?}");
+    lines
+        .iter()
+        .map(|f| match &f.ok {
+            Some(Response::LogLine(l)) => l.clone(),
+            other => panic!("not a log line: {other:?}"),
+        })
+        .collect()
+}
+
+fn alive(pid: u32, start: u64) -> bool {
+    shim::is_same_process(pid, start)
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_failure_2_restarts_exactly_twice_then_stops() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let policy = RestartPolicy::OnFailure {
+        max_retries: Some(2),
+    };
+    apply(
+        &sup,
+        "p",
+        vec![pod(
+            "app-1",
+            "h",
+            vec![sh("app", "echo run; exit 3", policy)],
+        )],
+    )
+    .await;
+    let c = wait_for(&sup, "p", "app-1", "app", "the final exit", |c| {
+        c.state == "exited"
+    })
+    .await;
+    assert_eq!((c.restarts, c.exit_code), (2, Some(3)), "{c:?}");
+    // Nothing restarts it later.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = container(&sup, "p", "app-1", "app").await;
+    assert_eq!((c.state.as_str(), c.restarts), ("exited", 2));
+    let runs = logs(&sup, "p", None).await;
+    assert_eq!(
+        runs.iter().filter(|l| l.line == "run").count(),
+        3,
+        "{runs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_restarts_with_growing_backoff() {
+    let root = Root::new();
+    let sup = root.open().await;
+    apply(
+        &sup,
+        "p",
+        vec![pod(
+            "app-1",
+            "h",
+            vec![sh("app", "echo start", RestartPolicy::Always)],
+        )],
+    )
+    .await;
+    wait_for(&sup, "p", "app-1", "app", "five restarts", |c| {
+        c.restarts >= 5
+    })
+    .await;
+    let starts: Vec<u64> = find_log_times(&root, "p", "app-1", "app");
+    remove(&sup, "p", true).await;
+    assert!(starts.len() >= 5, "{starts:?}");
+    let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("gaps between starts (ms): {gaps:?}");
+    for (i, gap) in gaps.iter().take(4).enumerate() {
+        let backoff = 100u64 << i;
+        assert!(
+            *gap >= backoff,
+            "restart {i} came after {gap} ms, before its {backoff} ms backoff: {gaps:?}"
+        );
+    }
+    assert!(gaps[3] > gaps[0], "backoff did not grow: {gaps:?}");
+}
+
+fn find_log_times(root: &Root, project: &str, pod: &str, service: &str) -> Vec<u64> {
+    let dir = root.container_dir(project, pod, service);
+    compose_fleet_agent::supervisor::logfile::read_all(&dir, 3)
+        .into_iter()
+        .map(|r| r.time_ms)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_drives_starting_healthy_unhealthy() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let flag = root.path().join("ok");
+    let mut spec = sh("db", "exec sleep 1000", RestartPolicy::No);
+    spec.healthcheck = Some(Healthcheck {
+        test: vec!["CMD-SHELL".into(), format!("test -e {}", flag.display())],
+        interval_ms: 200,
+        timeout_ms: 2000,
+        retries: 2,
+        start_period_ms: 60_000,
+        start_interval_ms: 100,
+    });
+    apply(&sup, "p", vec![pod("db-1", "h", vec![spec])]).await;
+    wait_for(&sup, "p", "db-1", "db", "starting", |c| {
+        c.health.as_deref() == Some("starting")
+    })
+    .await;
+    // Failures in the start period do not make it unhealthy.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let c = container(&sup, "p", "db-1", "db").await;
+    assert_eq!(c.health.as_deref(), Some("starting"));
+    std::fs::write(&flag, b"").expect("flag");
+    wait_for(&sup, "p", "db-1", "db", "healthy", |c| {
+        c.health.as_deref() == Some("healthy")
+    })
+    .await;
+    std::fs::remove_file(&flag).expect("unflag");
+    let c = wait_for(&sup, "p", "db-1", "db", "unhealthy", |c| {
+        c.health.as_deref() == Some("unhealthy")
+    })
+    .await;
+    assert_eq!(c.state, "running");
+    remove(&sup, "p", true).await;
+}
+
+/// Not a test on its own: the supervising process that `kill_9_...` starts and kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process of kill_9_of_the_supervisor_leaves_containers_running_and_they_are_readopted"]
+async fn supervisor_child_process() {
+    let Ok(root) = std::env::var("CF_SUPERVISOR_CHILD_ROOT") else {
+        return;
+    };
+    let cfg = SupervisorConfig::new(
+        &root,
+        agent(),
+        Arc::new(ProcessRuntime),
+        Arc::new(HostImages),
+    );
+    let sup = Supervisor::open(cfg).await.expect("open");
+    apply(
+        &sup,
+        "p",
+        vec![
+            pod(
+                "a-1",
+                "h",
+                vec![sh("a", "exec sleep 1000", RestartPolicy::Always)],
+            ),
+            pod(
+                "b-1",
+                "h",
+                vec![sh("b", "exec sleep 1000", RestartPolicy::Always)],
+            ),
+        ],
+    )
+    .await;
+    wait_for(&sup, "p", "a-1", "a", "running", |c| c.state == "running").await;
+    wait_for(&sup, "p", "b-1", "b", "running", |c| c.state == "running").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("READY");
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_supervisor_leaves_containers_running_and_they_are_readopted() {
+    let root = Root::new();
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test exe"))
+        .args([
+            "--exact",
+            "supervisor_child_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CF_SUPERVISOR_CHILD_ROOT", root.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the supervising process");
+    let stdout = child.stdout.take().expect("stdout");
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim_end().ends_with("READY"));
+    assert!(ready, "the supervising process did not get ready");
+
+    let before: Vec<ShimRecord> = ["a", "b"]
+        .iter()
+        .map(|s| root.shim_record("p", &format!("{s}-1"), s))
+        .collect();
+    let supervisor_rss = vm_rss_kib(child.id());
+    let shim_rss: Vec<Option<u64>> = before.iter().map(|r| vm_rss_kib(r.shim_pid)).collect();
+    eprintln!(
+        "measured: supervising test process (tokio + supervisor + 2 containers, debug build) VmRSS {supervisor_rss:?} KiB; shims VmRSS {shim_rss:?} KiB"
+    );
+
+    child.kill().expect("kill -9 the supervisor");
+    child.wait().expect("reap it");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for r in &before {
+        assert!(
+            alive(r.pid, r.pid_start),
+            "container {} died with its supervisor",
+            r.pid
+        );
+        assert!(
+            alive(r.shim_pid, r.shim_start),
+            "shim {} died with its supervisor",
+            r.shim_pid
+        );
+    }
+
+    // A new supervisor adopts them: same pids, same start times, nothing restarted.
+    let sup = root.open().await;
+    for (s, r) in ["a", "b"].iter().zip(&before) {
+        let c = container(&sup, "p", &format!("{s}-1"), s).await;
+        assert_eq!(
+            (c.state.as_str(), c.pid, c.restarts),
+            ("running", Some(r.pid), 0),
+            "{c:?}"
+        );
+        assert_eq!(
+            root.shim_record("p", &format!("{s}-1"), s),
+            *r,
+            "the shim was replaced"
+        );
+        assert!(alive(r.pid, r.pid_start));
+    }
+
+    // And keeps supervising them: a crash is restarted by the policy.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before[0].pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill a container");
+    let c = wait_for(&sup, "p", "a-1", "a", "a restart", |c| {
+        c.restarts == 1 && c.state == "running"
+    })
+    .await;
+    assert_ne!(c.pid, Some(before[0].pid));
+    assert_eq!(
+        container(&sup, "p", "b-1", "b").await.pid,
+        Some(before[1].pid)
+    );
+
+    let removed = remove(&sup, "p", true).await;
+    assert_eq!(removed, ["a-1", "b-1"]);
+    assert!(
+        !alive(before[1].pid, before[1].pid_start),
+        "remove left a container running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_captured_with_rotation() {
+    let root = Root::new();
+    let mut cfg = root.config();
+    cfg.log_max_bytes = 4096;
+    cfg.log_max_files = 3;
+    let sup = Supervisor::open(cfg).await.expect("open");
+    let script = "i=0; while [ $i -lt 500 ]; do echo \"line $i\"; i=$((i+1)); done; echo oops >&2; printf 'no newline'";
+    apply(
+        &sup,
+        "p",
+        vec![pod(
+            "app-1",
+            "h",
+            vec![sh("app", script, RestartPolicy::No)],
+        )],
+    )
+    .await;
+    wait_for(&sup, "p", "app-1", "app", "exit", |c| c.state == "exited").await;
+    let dir = root.container_dir("p", "app-1", "app");
+    for n in 0..3 {
+        let name = if n == 0 {
+            "container.log".to_string()
+        } else {
+            format!("container.log.{n}")
+        };
+        let size = std::fs::metadata(dir.join(&name)).expect(&name).len();
+        assert!(size <= 4096, "{name} has {size} bytes");
+    }
+    assert!(
+        !dir.join("container.log.3").exists(),
+        "more than 3 files kept"
+    );
+
+    let tail = logs(&sup, "p", Some(3)).await;
+    let tail: Vec<(Stream, &str)> = tail.iter().map(|l| (l.stream, l.line.as_str())).collect();
+    assert_eq!(
+        tail,
+        [
+            (Stream::Stdout, "line 499"),
+            (Stream::Stderr, "oops"),
+            (Stream::Stdout, "no newline")
+        ]
+    );
+    let all = logs(&sup, "p", None).await;
+    assert!(all.len() < 500, "rotation dropped the oldest lines");
+    assert!(all.iter().all(|l| l.pod == "app-1" && l.service == "app"));
+    remove(&sup, "p", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_streams_new_lines() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let script = "i=0; while :; do echo \"tick $i\"; i=$((i+1)); sleep 0.1; done";
+    apply(
+        &sup,
+        "p",
+        vec![pod(
+            "app-1",
+            "h",
+            vec![sh("app", script, RestartPolicy::No)],
+        )],
+    )
+    .await;
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let mut rx = sup.handle(RequestFrame {
+        id: 1,
+        request: Request::Logs(LogsRequest {
+            project: "p".into(),
+            services: vec!["app".into()],
+            tail: Some(0),
+            follow: true,
+            since: None,
+        }),
+    });
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let f = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("a followed line in time")
+            .expect("stream open");
+        assert!(f.more);
+        let Some(Response::LogLine(l)) = f.ok else {
+            panic!("{f:?}")
+        };
+        got.push(l.line);
+    }
+    let n: Vec<u64> = got
+        .iter()
+        .map(|l| l.trim_start_matches("tick ").parse().expect("number"))
+        .collect();
+    assert!(
+        n.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines lost or repeated: {got:?}"
+    );
+    drop(rx);
+    remove(&sup, "p", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_statuses_are_recorded() {
+    let root = Root::new();
+    let sup = root.open().await;
+    apply(
+        &sup,
+        "p",
+        vec![pod(
+            "x-1",
+            "h",
+            vec![
+                sh("code", "exit 7", RestartPolicy::No),
+                sh("signal", "kill -9 $$", RestartPolicy::No),
+                {
+                    let mut c = sh("missing", "", RestartPolicy::No);
+                    c.command = Some(vec!["/nonexistent/binary".into()]);
+                    c
+                },
+            ],
+        )],
+    )
+    .await;
+    let c = wait_for(&sup, "p", "x-1", "code", "exit", |c| c.state == "exited").await;
+    assert_eq!(c.exit_code, Some(7));
+    let c = wait_for(&sup, "p", "x-1", "signal", "exit", |c| c.state == "exited").await;
+    assert_eq!(c.exit_code, Some(137));
+    let rec: ExitRecord = serde_json::from_slice(
+        &std::fs::read(
+            root.container_dir("p", "x-1", "signal")
+                .join(shim::EXIT_FILE),
+        )
+        .expect("exit.json"),
+    )
+    .expect("parses");
+    assert_eq!(rec.exit, Exit::Signal { signal: 9 });
+    assert!(!rec.oom_killed);
+    let c = wait_for(&sup, "p", "x-1", "missing", "failure", |c| {
+        c.state == "failed"
+    })
+    .await;
+    assert_eq!(c.exit_code, Some(127));
+    remove(&sup, "p", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_with_changed_spec_hash_replaces_only_that_pod() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let with_volume = |script: &str| {
+        let mut c = sh("b", script, RestartPolicy::Always);
+        c.mounts = vec![Mount::Volume {
+            name: "data".into(),
+            target: "/data".into(),
+            read_only: false,
+        }];
+        c
+    };
+    let pods = |hash_b: &str| {
+        vec![
+            pod(
+                "a-1",
+                "ha",
+                vec![sh("a", "exec sleep 1000", RestartPolicy::Always)],
+            ),
+            pod("b-1", hash_b, vec![with_volume("exec sleep 1000")]),
+        ]
+    };
+    let r = apply(&sup, "p", pods("hb1")).await;
+    assert_eq!(r.created, ["a-1", "b-1"]);
+    let a = wait_for(&sup, "p", "a-1", "a", "running", |c| c.state == "running").await;
+    let b = wait_for(&sup, "p", "b-1", "b", "running", |c| c.state == "running").await;
+    let volume = StateRoot::new(root.path()).volume("p", "data");
+    std::fs::write(volume.join("kept"), b"1").expect("write into the volume");
+    let b_rec = root.shim_record("p", "b-1", "b");
+
+    let r = apply(&sup, "p", pods("hb1")).await;
+    assert_eq!(
+        (r.unchanged.len(), r.created.len(), r.replaced.len()),
+        (2, 0, 0)
+    );
+
+    let r = apply(&sup, "p", pods("hb2")).await;
+    assert_eq!(r.replaced, ["b-1"]);
+    assert_eq!(r.unchanged, ["a-1"]);
+    let b2 = wait_for(&sup, "p", "b-1", "b", "running", |c| c.state == "running").await;
+    assert_ne!(b2.pid, b.pid, "b was not replaced");
+    assert_eq!(b2.restarts, 0);
+    assert_eq!(
+        container(&sup, "p", "a-1", "a").await.pid,
+        a.pid,
+        "a was touched"
+    );
+    assert!(
+        volume.join("kept").exists(),
+        "the named volume did not survive replacement"
+    );
+    assert!(
+        !alive(b_rec.pid, b_rec.pid_start),
+        "the old b is still running"
+    );
+
+    let r = apply(&sup, "p", vec![pods("hb2").remove(0)]).await;
+    assert_eq!(
+        (r.removed.as_slice(), r.unchanged.as_slice()),
+        (&["b-1".to_string()][..], &["a-1".to_string()][..])
+    );
+    assert_eq!(status(&sup, "p").await.pods.len(), 1);
+
+    remove(&sup, "p", false).await;
+    assert!(
+        volume.join("kept").exists(),
+        "remove without volumes deleted a volume"
+    );
+    assert!(status(&sup, "p").await.pods.is_empty());
+    remove(&sup, "p", true).await;
+    assert!(!volume.exists(), "remove with volumes kept a volume");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_state_files_do_not_prevent_start() {
+    let root = Root::new();
+    let state = StateRoot::new(root.path());
+    std::fs::create_dir_all(state.project("p")).expect("mkdir");
+    std::fs::write(state.desired("p"), b"{\"pods\": [ torn").expect("write");
+    let sup = root.open().await;
+    assert!(status(&sup, "p").await.pods.is_empty());
+    assert!(!state.desired("p").exists());
+    let aside: Vec<_> = std::fs::read_dir(state.project("p"))
+        .expect("read_dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        aside.iter().any(|n| n.starts_with("desired.json.corrupt-")),
+        "{aside:?}"
+    );
+
+    // A corrupt per-container file is survived too: the container is re-adopted regardless.
+    apply(
+        &sup,
+        "p",
+        vec![pod(
+            "a-1",
+            "h",
+            vec![sh("a", "exec sleep 1000", RestartPolicy::No)],
+        )],
+    )
+    .await;
+    let c = wait_for(&sup, "p", "a-1", "a", "running", |c| c.state == "running").await;
+    sup.detach().await;
+    let dir = root.container_dir("p", "a-1", "a");
+    std::fs::write(dir.join("observed.json"), b"\0\0garbage").expect("write");
+    let sup = root.open().await;
+    let again = container(&sup, "p", "a-1", "a").await;
+    assert_eq!((again.state.as_str(), again.pid), ("running", c.pid));
+    remove(&sup, "p", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sends_stop_signal_then_sigkill_after_grace() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let out = root.path().join("polite-got");
+    let mut polite = sh(
+        "polite",
+        &format!(
+            "trap 'echo usr1 > {}; exit 0' USR1; while :; do sleep 0.05; done",
+            out.display()
+        ),
+        RestartPolicy::Always,
+    );
+    polite.stop_signal = Some("USR1".into());
+    polite.stop_grace_period_ms = Some(30_000);
+    let mut stubborn = sh(
+        "stubborn",
+        "trap '' TERM; while :; do sleep 0.05; done",
+        RestartPolicy::Always,
+    );
+    stubborn.stop_grace_period_ms = Some(1000);
+    apply(
+        &sup,
+        "p",
+        vec![
+            pod("s-1", "h", vec![polite]),
+            pod("t-1", "h", vec![stubborn]),
+        ],
+    )
+    .await;
+    wait_for(&sup, "p", "s-1", "polite", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    wait_for(&sup, "p", "t-1", "stubborn", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let polite_rec = root.shim_record("p", "s-1", "polite");
+    let stubborn_rec = root.shim_record("p", "t-1", "stubborn");
+
+    // The polite one exits on its stop signal, long before its 30 s grace.
+    let started = Instant::now();
+    let r = apply(&sup, "p", vec![pod("t-1", "h", vec![])]).await;
+    assert_eq!(r.removed, ["s-1"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "waited for the grace period"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("the stop signal was not delivered"),
+        "usr1\n"
+    );
+    assert!(!alive(polite_rec.pid, polite_rec.pid_start));
+
+    // The stubborn one ignores SIGTERM: SIGKILL follows after its 1 s grace, not before.
+    let started = Instant::now();
+    remove(&sup, "p", true).await;
+    let took = started.elapsed();
+    eprintln!("stop of a TERM-ignoring container with 1 s grace took {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "killed before the grace period: {took:?}"
+    );
+    assert!(
+        !alive(stubborn_rec.pid, stubborn_rec.pid_start),
+        "still running after SIGKILL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_streams_output_and_exit_code() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let mut spec = sh("app", "exec sleep 1000", RestartPolicy::No);
+    spec.env
+        .insert("GREETING".into(), "hello from the container env".into());
+    apply(&sup, "p", vec![pod("app-1", "h", vec![spec])]).await;
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let frames = call(
+        &sup,
+        Request::Exec(ExecRequest {
+            project: "p".into(),
+            pod: "app-1".into(),
+            service: "app".into(),
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo $GREETING; echo err >&2; exit 5".into(),
+            ],
+            env: BTreeMap::new(),
+        }),
+    )
+    .await;
+    let (last, output) = frames.split_last().expect("frames");
+    assert_eq!(last.ok, Some(Response::ExecExit { code: 5 }));
+    let mut out = String::new();
+    let mut err = String::new();
+    for f in output {
+        assert!(f.more);
+        match &f.ok {
+            Some(Response::ExecOutput {
+                stream: Stream::Stdout,
+                data,
+            }) => out.push_str(data),
+            Some(Response::ExecOutput {
+                stream: Stream::Stderr,
+                data,
+            }) => err.push_str(data),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        (out.as_str(), err.as_str()),
+        ("hello from the container env\n", "err\n")
+    );
+
+    let frames = call(
+        &sup,
+        Request::Exec(ExecRequest {
+            project: "p".into(),
+            pod: "nope".into(),
+            service: "app".into(),
+            command: vec!["true".into()],
+            env: BTreeMap::new(),
+        }),
+    )
+    .await;
+    assert!(
+        frames[0]
+            .err
+            .as_ref()
+            .is_some_and(|e| e.message.contains("no pod nope")),
+        "{frames:?}"
+    );
+    remove(&sup, "p", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_live_on_a_tmpfs_0400_and_never_reach_disk_state() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: secrets_live_on_a_tmpfs_0400_and_never_reach_disk_state needs root (mounts a tmpfs)");
+        return;
+    }
+    use base64::Engine;
+    let root = Root::new();
+    let sup = root.open().await;
+    let secret = "s3cr3t-value-do-not-leak";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    let mut spec = sh("app", "exec sleep 1000", RestartPolicy::No);
+    spec.files = vec![
+        FileDelivery {
+            target: "/run/secrets/db_password".into(),
+            content_b64: b64.clone(),
+            mode: 0o444,
+            secret: true,
+            uid: None,
+            gid: None,
+        },
+        FileDelivery {
+            target: "/etc/app/app.conf".into(),
+            content_b64: base64::engine::general_purpose::STANDARD.encode("port=80\n"),
+            mode: 0o640,
+            secret: false,
+            uid: None,
+            gid: None,
+        },
+    ];
+    apply(&sup, "p", vec![pod("app-1", "h", vec![spec])]).await;
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+
+    let pod_dir = StateRoot::new(root.path()).pod("p", "app-1");
+    let secrets = pod_dir.join("secrets");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let canonical = secrets.canonicalize().expect("canonical");
+    assert!(
+        mountinfo
+            .lines()
+            .any(|l| l.contains(&format!(" {} ", canonical.display())) && l.contains(" - tmpfs ")),
+        "no tmpfs on {}",
+        canonical.display()
+    );
+    let files = find_files(&secrets, "0-db_password");
+    let [file] = files.as_slice() else {
+        panic!("secret file not found: {files:?}")
+    };
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::read_to_string(file).expect("read"), secret);
+    assert_eq!(
+        std::fs::metadata(file).expect("meta").permissions().mode() & 0o7777,
+        0o400
+    );
+    let conf = find_files(&pod_dir.join("configs"), "1-app.conf");
+    assert_eq!(
+        std::fs::metadata(&conf[0])
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o640
+    );
+
+    // No state file on disk holds the secret, in plain or base64.
+    for path in find_files(root.path(), "desired.json")
+        .into_iter()
+        .chain(find_files(root.path(), "launch.json"))
+        .chain(find_files(root.path(), "observed.json"))
+    {
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            !text.contains(secret) && !text.contains(&b64),
+            "{} holds the secret",
+            path.display()
+        );
+    }
+
+    remove(&sup, "p", true).await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mountinfo.contains(&canonical.display().to_string()),
+        "the tmpfs outlived the pod"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply needs root (mounts a tmpfs)");
+        return;
+    }
+    use base64::Engine;
+    let root = Root::new();
+    let sup = root.open().await;
+    let mut spec = sh("app", "exec sleep 1000", RestartPolicy::Always);
+    spec.files = vec![FileDelivery {
+        target: "/run/secrets/token".into(),
+        content_b64: base64::engine::general_purpose::STANDARD.encode("tok"),
+        mode: 0o400,
+        secret: true,
+        uid: None,
+        gid: None,
+    }];
+    let pods = vec![pod("app-1", "h1", vec![spec])];
+    apply(&sup, "p", pods.clone()).await;
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+
+    // A reboot: the daemon, the shim and the container are gone, and so is the tmpfs.
+    sup.detach().await;
+    let rec = root.shim_record("p", "app-1", "app");
+    for pid in [-(rec.pid as i32), rec.shim_pid as i32] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    while alive(rec.shim_pid, rec.shim_start) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secrets = StateRoot::new(root.path())
+        .pod("p", "app-1")
+        .join("secrets");
+    nix::mount::umount2(&secrets, nix::mount::MntFlags::MNT_DETACH).expect("unmount");
+
+    let sup = root.open().await;
+    let s = status(&sup, "p").await;
+    assert_eq!(
+        s.pods[0].spec_hash, "",
+        "the pod was not marked for recreation: {s:?}"
+    );
+    let r = apply(&sup, "p", pods).await;
+    assert_eq!(r.replaced, ["app-1"]);
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let files = find_files(&secrets, "0-token");
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read_to_string(&files[0]).expect("read"), "tok");
+    remove(&sup, "p", true).await;
+}
+
+/// One image layer: a busybox-static rootfs.
+struct BusyboxImage(PathBuf);
+
+impl compose_fleet_agent::supervisor::ImageSource for BusyboxImage {
+    fn pull<'a>(
+        &'a self,
+        _reference: &'a str,
+        _auth: &'a BTreeMap<String, compose_fleet_agent::proto::RegistryAuth>,
+        _insecure: &'a [String],
+    ) -> compose_fleet_agent::supervisor::seam::BoxFuture<
+        'a,
+        std::io::Result<compose_fleet_agent::supervisor::seam::PulledImage>,
+    > {
+        Box::pin(async move {
+            Ok(compose_fleet_agent::supervisor::seam::PulledImage {
+                digest: "busybox-layer".into(),
+                layers: vec![self.0.clone()],
+                ..Default::default()
+            })
+        })
+    }
+}
+
+fn busybox_layer(dir: &Path) -> std::io::Result<()> {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root", "proc", "sys", "dev",
+    ] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))?;
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list-full")
+        .output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = dir.join(applet);
+        if !link.exists() && applet != "bin/busybox" {
+            std::os::unix::fs::symlink("/bin/busybox", &link)?;
+        }
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(dir.join("etc/group"), "root:x:0:\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_runtime_runs_supervised_pods() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipped: isolated_runtime_runs_supervised_pods needs root and /bin/busybox (namespaces, cgroups)");
+        return;
+    }
+    let root = Root::new();
+    let layer = root.path().join("layer");
+    busybox_layer(&layer).expect("busybox layer");
+    let runtime =
+        compose_fleet_agent::supervisor::IsolatedRuntime::new(root.path(), Path::new(&agent()))
+            .expect("runtime");
+    let mut cfg = SupervisorConfig::new(
+        root.path(),
+        agent(),
+        Arc::new(runtime),
+        Arc::new(BusyboxImage(layer)),
+    );
+    cfg.log_max_files = 3;
+    let sup = Supervisor::open(cfg).await.expect("open");
+    let project = format!("svt-iso-{}", std::process::id());
+    let mut web = sh(
+        "web",
+        "echo hello from $(hostname) as pid $$; exec sleep 1000",
+        RestartPolicy::Always,
+    );
+    web.image = "busybox".into();
+    web.stop_grace_period_ms = Some(1000);
+    apply(&sup, &project, vec![pod("web-1", "h", vec![web])]).await;
+    let c = wait_for(&sup, &project, "web-1", "web", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+
+    // Its own pid namespace (the shell was pid 1), its pod's hostname, its logs captured.
+    let deadline = Instant::now() + WAIT;
+    let lines = loop {
+        let lines = logs(&sup, &project, None).await;
+        if !lines.is_empty() || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        lines.first().map(|l| l.line.as_str()),
+        Some("hello from web-1 as pid 1"),
+        "{lines:?}"
+    );
+
+    let frames = call(
+        &sup,
+        Request::Exec(ExecRequest {
+            project: project.clone(),
+            pod: "web-1".into(),
+            service: "web".into(),
+            command: vec!["hostname".into()],
+            env: BTreeMap::new(),
+        }),
+    )
+    .await;
+    let (last, out) = frames.split_last().expect("frames");
+    assert_eq!(last.ok, Some(Response::ExecExit { code: 0 }), "{frames:?}");
+    let text: String = out
+        .iter()
+        .filter_map(|f| match &f.ok {
+            Some(Response::ExecOutput { data, .. }) => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "web-1\n");
+
+    // A crash inside is restarted by the policy, isolated again.
+    let pid = c.pid.expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let c = wait_for(&sup, &project, "web-1", "web", "a restart", |c| {
+        c.restarts == 1 && c.state == "running"
+    })
+    .await;
+    assert_ne!(c.pid, Some(pid));
+    remove(&sup, &project, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_outlives_its_timeout_fails_and_is_killed() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let marker = root.path().join("probe-ran");
+    let mut spec = sh("db", "exec sleep 1000", RestartPolicy::No);
+    spec.healthcheck = Some(Healthcheck {
+        test: vec![
+            "CMD-SHELL".into(),
+            format!("echo $$ >> {}; exec sleep 30", marker.display()),
+        ],
+        interval_ms: 200,
+        timeout_ms: 300,
+        retries: 1,
+        start_period_ms: 0,
+        start_interval_ms: 0,
+    });
+    apply(&sup, "p", vec![pod("db-1", "h", vec![spec])]).await;
+    let c = wait_for(&sup, "p", "db-1", "db", "unhealthy", |c| {
+        c.health.as_deref() == Some("unhealthy")
+    })
+    .await;
+    assert_eq!(c.state, "running");
+    remove(&sup, "p", true).await;
+    // Every probe that timed out was killed, not left behind.
+    let pids = std::fs::read_to_string(&marker).expect("the probe ran");
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.contains("sleep"))
+            .unwrap_or(false);
+        assert!(!alive, "probe {pid} outlived its timeout");
+    }
+}
