@@ -25,7 +25,6 @@ pub mod error;
 pub mod init;
 pub mod kernel;
 pub mod pod;
-pub mod seam;
 pub mod seccomp;
 pub mod sync;
 
