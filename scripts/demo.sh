@@ -20,9 +20,11 @@ lab_dir=${COMPOSE_FLEET_LAB_DIR:-/var/lib/compose-fleet-lab}
 echo "==> compose-fleet lab up --hosts 3 --dir $lab_dir"
 "$bin" lab up --hosts 3 --dir "$lab_dir"
 "$bin" lab status --dir "$lab_dir"
+echo "==> compose-fleet hosts (SSH to every lab host, push the agent, read its facts)"
+"$bin" -i "$lab_dir/inventory.yaml" hosts
 echo "==> compose-fleet config ($example)"
 "$bin" -f "$example/compose.yaml" config
 echo "==> compose-fleet graph ($example)"
 "$bin" -f "$example/compose.yaml" graph
-echo "==> compose-fleet plan --offline ($example on the lab fleet)"
-"$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" plan --offline
+echo "==> compose-fleet plan ($example on the lab fleet)"
+"$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" plan
