@@ -500,12 +500,9 @@ fn reuse_upper(dir: &Path) -> Result<()> {
 /// Writes a file atomically: temp file, rename. No fsync: the file describes a container, which
 /// a machine crash ends anyway (it is what lets a restarted daemon adopt it).
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+    // 0600: a container's config holds its environment, which may carry credentials.
+    crate::store::write_atomic(path, data, 0o600)
+        .with_context(|| "saving container state".to_string())
 }
 
 /// Clones a child running `exe init` with stdio on 0-2 and the sync socket on fd 3.

@@ -15,8 +15,8 @@
 //! read or parsed is moved aside to `<name>.corrupt-<unix seconds>` with a log line and treated as
 //! absent.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -92,30 +92,11 @@ pub fn list_dirs(dir: &Path) -> Vec<String> {
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the
 /// directory. A reader sees the old content or the new one, never a torn file, even after a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other(format!("{} has no parent directory", path.display())))?;
     fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+    crate::store::write_atomic(path, bytes, mode)
 }
 
 /// Serializes `value` as pretty JSON and writes it atomically (mode 0600).
