@@ -294,7 +294,7 @@ fn ffd(items: &[Amount], nodes: &[Node]) -> usize {
     hosts.iter().zip(&full).filter(|(h, f)| h != f).count()
 }
 
-fn quality(anti: bool, seeds: u64, n: usize) {
+fn quality(anti: bool, base: u64, seeds: u64, n: usize) {
     let kind = if anti {
         "anti-correlated"
     } else {
@@ -307,7 +307,7 @@ fn quality(anti: bool, seeds: u64, n: usize) {
     let mut worse = 0;
     let mut lines: BTreeMap<u64, String> = BTreeMap::new();
     for seed in 0..seeds {
-        let (project, nodes) = quality_instance(1000 + seed, n, anti);
+        let (project, nodes) = quality_instance(base + seed, n, anti);
         let it = items(&project);
         let lb = lower_bound(&it, &nodes);
         let pl = schedule::place(&project, &nodes, &[]).expect("quality project");
@@ -345,6 +345,16 @@ fn main() {
     if !quick {
         time_it("100k/10k", 43, 10_000, 100_000, 5);
     }
-    quality(false, 20, 1_000);
-    quality(true, 20, 1_000);
+    // `--seeds N`: a second set of instances (seeds N.., default 1000..), to check that a change
+    // helps in general rather than on the seeds it was measured with.
+    let args: Vec<String> = std::env::args().collect();
+    let base = args
+        .iter()
+        .position(|a| a == "--seeds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    println!("quality seeds {base}..{}", base + 20);
+    quality(false, base, 20, 1_000);
+    quality(true, base, 20, 1_000);
 }
