@@ -173,7 +173,7 @@ impl SourceMap {
         let _ = writeln!(out, "  --> {loc}");
         let Some(line_text) = self
             .get(&loc.file)
-            .and_then(|t| t.lines().nth(loc.line.saturating_sub(1) as usize))
+            .and_then(|t| source_lines(t).nth(loc.line.saturating_sub(1) as usize))
         else {
             if let Some(label) = label {
                 let _ = writeln!(out, "   = {label}");
@@ -194,6 +194,44 @@ impl SourceMap {
         }
         out.push('\n');
     }
+}
+
+/// The lines of a source text as YAML counts them: `\r\n`, a lone `\r` and `\n` each end a
+/// line (a file saved with old Mac line endings is one "line" to `str::lines`, but not to the
+/// YAML parser whose positions we print).
+pub fn source_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match t.find(['\r', '\n']) {
+            Some(i) => {
+                let skip = if t[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&t[i + skip..]);
+                Some(&t[..i])
+            }
+            None => {
+                rest = None;
+                Some(t)
+            }
+        }
+    })
+}
+
+/// The 1-based line, as [`source_lines`] counts them, on which byte `offset` of `text` stands.
+pub fn line_of_offset(text: &str, offset: usize) -> u32 {
+    let before = text
+        .get(..offset.min(text.len()))
+        .unwrap_or(text)
+        .as_bytes();
+    let mut line = 1u32;
+    for (i, b) in before.iter().enumerate() {
+        match b {
+            b'\n' => line += 1,
+            b'\r' if before.get(i + 1) != Some(&b'\n') => line += 1,
+            _ => {}
+        }
+    }
+    line
 }
 
 #[cfg(test)]
@@ -221,5 +259,16 @@ mod tests {
             text,
             "error: unknown key `imgae` in service `web`\n  --> compose.yaml:3:5\n   |\n 3 |     imgae: nginx\n   |     ^^^^^ did you mean `image`?\n"
         );
+    }
+
+    #[test]
+    fn lines_end_at_crlf_lone_cr_and_lf_as_in_yaml() {
+        let text = "a\r\nb\rc\nd";
+        assert_eq!(source_lines(text).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+        assert_eq!(line_of_offset(text, 0), 1);
+        assert_eq!(line_of_offset(text, 3), 2);
+        assert_eq!(line_of_offset(text, 5), 3);
+        assert_eq!(line_of_offset(text, 7), 4);
+        assert_eq!(source_lines("x\n").count(), 2);
     }
 }

@@ -32,7 +32,7 @@ fn check(loc: &Location, sources: &SourceMap) {
         loc.len,
         text.len()
     );
-    let lines = text.split('\n').count() as u32;
+    let lines = compose_fleet::diag::source_lines(text).count() as u32;
     assert!(loc.line <= lines, "{loc}: line past the end ({lines} lines)");
 }
 

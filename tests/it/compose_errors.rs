@@ -362,3 +362,27 @@ fn yaml_error_spans_stay_inside_the_text() {
         }
     }
 }
+
+/// Regression (found by the fuzzer): YAML ends a line at a lone `\r` (old Mac line endings), so
+/// positions count such lines; the rendered snippet must quote the same line.
+#[test]
+fn carriage_return_line_endings_point_at_and_quote_the_right_line() {
+    let yaml = "services:\r  web:\r    imgae: nginx\r";
+    check_errors(
+        yaml,
+        &[],
+        &[
+            "compose.yaml:3:5: error: unknown key `imgae` in service `web`",
+            "compose.yaml:2:3: error: service `web` has neither `image` nor `build`",
+        ],
+    );
+    let Err(f) = load_files(&[("compose.yaml", yaml)], &[], &[]) else {
+        panic!("loaded");
+    };
+    let first = f.diagnostics.errors().next().expect("an error");
+    let shown = f.sources.render(first);
+    assert!(
+        shown.contains(" 3 |     imgae: nginx\n"),
+        "the snippet quotes line 3:\n{shown}"
+    );
+}

@@ -67,7 +67,7 @@ fn check_location(loc: &Location, text: &str, message: &str) -> Result<(), TestC
         return Ok(());
     }
     prop_assert!(loc.line >= 1 && loc.column >= 1, "{loc}: {message}");
-    let lines = text.split('\n').count() as u32;
+    let lines = compose_fleet::diag::source_lines(text).count() as u32;
     prop_assert!(
         loc.line <= lines,
         "{loc}: line past the end ({lines} lines): {message}"
@@ -80,7 +80,7 @@ fn check_location(loc: &Location, text: &str, message: &str) -> Result<(), TestC
         text.len()
     );
     // The byte offset and the line agree.
-    let line_of_offset = text[..loc.offset.min(text.len())].matches('\n').count() as u32 + 1;
+    let line_of_offset = compose_fleet::diag::line_of_offset(text, loc.offset);
     prop_assert_eq!(
         line_of_offset,
         loc.line,
