@@ -12,6 +12,7 @@ pub mod diag;
 pub mod graph;
 pub mod inventory;
 pub mod lab;
+pub mod limits;
 pub mod plan;
 pub mod schedule;
 pub mod ssh;
