@@ -1,0 +1,334 @@
+//! From the merged, interpolated YAML tree to the typed [`model`](super::model): every short
+//! syntax expanded, sizes in bytes, durations parsed, every key checked against the spec (unknown
+//! keys get a "did you mean") and classified in the fidelity ledger.
+//!
+//! One file per part of the spec: [`service`] (the service keys, and the per-key helpers),
+//! [`ports`], [`volumes`], [`deploy`], [`environment`] (`env_file`, `environment`), [`build`],
+//! [`toplevel`] (networks, volumes, secrets, configs) and [`shell`] (command words). This file
+//! holds [`Ctx`], the typed readers of scalars every part shares.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::ledger::{self, Ledger, Rule, Status};
+use super::model::{self, *};
+use super::source::FileSource;
+use super::yaml::{Node, Value};
+use super::Environment;
+use crate::diag::{Diagnostic, Diagnostics, SourceMap};
+
+mod build;
+mod deploy;
+mod environment;
+mod ports;
+mod service;
+mod shell;
+mod toplevel;
+mod volumes;
+
+pub use ports::parse_port;
+pub use service::service;
+pub use shell::shell_split;
+pub use toplevel::{file_object, network, volume};
+
+/// What normalization needs besides the tree.
+pub struct Ctx<'a> {
+    pub diags: &'a mut Diagnostics,
+    pub ledger: &'a mut Ledger,
+    pub sources: &'a mut SourceMap,
+    pub project_dir: &'a Path,
+    /// Variables for `environment` entries without a value and for `env_file` interpolation.
+    pub env: &'a Environment,
+    pub fs: &'a dyn FileSource,
+    /// Every secret/config reference (`secret`/`config`, source, where), checked against the
+    /// top-level definitions once all services are read.
+    pub refs: Vec<(&'static str, String, Location)>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, at: &Node, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::error(msg).at(at.loc.clone()));
+    }
+
+    fn error_hint(&mut self, at: &Node, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::error(msg).at(at.loc.clone()).hint(hint));
+    }
+
+    fn unknown_key(&mut self, key: &Node, name: &str, place: &str, known: &[&str]) {
+        let mut d =
+            Diagnostic::error(format!("unknown key `{name}` in {place}")).at(key.loc.clone());
+        if let Some(s) = ledger::suggest(name, known) {
+            d = d.label(format!("did you mean `{s}`?"));
+        } else {
+            d = d.hint(
+                "the Compose Specification has no such key here; extension fields start with `x-`",
+            );
+        }
+        self.diags.push(d);
+    }
+
+    /// Iterates a mapping's string keys; reports non-string keys and non-mappings.
+    fn entries<'n>(&mut self, node: &'n Node, what: &str) -> Vec<(&'n Node, &'n str, &'n Node)> {
+        match &node.value {
+            Value::Map(m) => {
+                let mut out = Vec::with_capacity(m.len());
+                for (k, v) in m {
+                    match k.as_str() {
+                        Some(name) => out.push((k, name, v)),
+                        None => self.error_hint(
+                            k,
+                            format!("a key in {what} must be a string, found {}", k.kind()),
+                            "quote the key",
+                        ),
+                    }
+                }
+                out
+            }
+            Value::Null => Vec::new(),
+            _ => {
+                self.error(
+                    node,
+                    format!("{what} must be a mapping, found {}", node.kind()),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match node.scalar_text() {
+            Some(s) => Some(s),
+            None => {
+                self.error(
+                    node,
+                    format!("{what} must be a string, found {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_string(&mut self, node: &Node, what: &str) -> Option<String> {
+        if node.is_null() {
+            None
+        } else {
+            self.string(node, what)
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> bool {
+        match &node.value {
+            Value::Bool(b) => *b,
+            Value::Str(s) if s.eq_ignore_ascii_case("true") => true,
+            Value::Str(s) if s.eq_ignore_ascii_case("false") => false,
+            Value::Null => false,
+            _ => {
+                self.error(
+                    node,
+                    format!("{what} must be `true` or `false`, found {}", node.kind()),
+                );
+                false
+            }
+        }
+    }
+
+    fn integer(&mut self, node: &Node, what: &str) -> Option<i64> {
+        match &node.value {
+            Value::Int(i) => Some(*i),
+            Value::Str(s) => match s.trim().parse::<i64>() {
+                Ok(i) => Some(i),
+                Err(_) => {
+                    self.error(node, format!("{what} must be an integer, found `{s}`"));
+                    None
+                }
+            },
+            Value::Float(f) if f.fract() == 0.0 && f.abs() < 9e15 => Some(*f as i64),
+            _ => {
+                self.error(
+                    node,
+                    format!("{what} must be an integer, found {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn unsigned(&mut self, node: &Node, what: &str) -> Option<u64> {
+        let i = self.integer(node, what)?;
+        match u64::try_from(i) {
+            Ok(u) => Some(u),
+            Err(_) => {
+                self.error(node, format!("{what} must not be negative, found {i}"));
+                None
+            }
+        }
+    }
+
+    fn u32(&mut self, node: &Node, what: &str) -> Option<u32> {
+        let u = self.unsigned(node, what)?;
+        match u32::try_from(u) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.error(node, format!("{what} is too large: {u}"));
+                None
+            }
+        }
+    }
+
+    fn float(&mut self, node: &Node, what: &str) -> Option<f64> {
+        let v = match &node.value {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Str(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        match v {
+            Some(f) if f.is_finite() && f >= 0.0 => Some(f),
+            _ => {
+                self.error(
+                    node,
+                    format!(
+                        "{what} must be a non-negative number, found {}",
+                        shown(node)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, what: &str) -> Option<model::Duration> {
+        let text = match &node.value {
+            Value::Int(i) => format!("{i}s"),
+            _ => self.string(node, what)?,
+        };
+        match parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(node, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn bytes(&mut self, node: &Node, what: &str) -> Option<Bytes> {
+        let text = match &node.value {
+            Value::Int(i) if *i >= 0 => return Some(Bytes(*i as u64)),
+            _ => self.string(node, what)?,
+        };
+        match parse_bytes(&text) {
+            Ok(b) => Some(Bytes(b)),
+            Err(e) => {
+                self.error(node, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A string or a list of strings.
+    fn string_list(&mut self, node: &Node, what: &str) -> Vec<String> {
+        match &node.value {
+            Value::Seq(items) => items.iter().filter_map(|i| self.string(i, what)).collect(),
+            Value::Null => Vec::new(),
+            _ => self.string(node, what).into_iter().collect(),
+        }
+    }
+
+    /// `command`/`entrypoint`: a list, or a string split like a shell would.
+    fn command(&mut self, node: &Node, what: &str) -> Option<Vec<String>> {
+        match &node.value {
+            Value::Null => None,
+            Value::Seq(_) => Some(self.string_list(node, what)),
+            _ => {
+                let s = self.string(node, what)?;
+                match shell_split(&s) {
+                    Ok(words) => Some(words),
+                    Err(e) => {
+                        self.error(node, format!("{what}: {e}"));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// A mapping or a list of `KEY=VALUE` (`KEY` alone → `None`).
+    fn dict(&mut self, node: &Node, what: &str) -> Vec<(String, Option<String>)> {
+        match &node.value {
+            Value::Seq(items) => items
+                .iter()
+                .filter_map(|i| {
+                    let s = self.string(i, what)?;
+                    Some(match s.split_once('=') {
+                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                        None => (s, None),
+                    })
+                })
+                .collect(),
+            _ => self
+                .entries(node, what)
+                .into_iter()
+                .map(|(_, name, v)| {
+                    let value = if v.is_null() {
+                        None
+                    } else {
+                        self.string(v, what)
+                    };
+                    (name.to_string(), value)
+                })
+                .collect(),
+        }
+    }
+}
+
+pub(super) fn shown(node: &Node) -> String {
+    node.scalar_text()
+        .map_or_else(|| node.kind().to_string(), |s| format!("`{s}`"))
+}
+
+fn record(ctx: &mut Ctx<'_>, key: &str, service: &str, rule: Rule, at: &Node) {
+    ctx.ledger.record(key, Some(service), rule, &at.loc);
+    match rule.status {
+        Status::Honoured => {}
+        Status::Accepted => {
+            if key != "build" {
+                ctx.diags.push(
+                    Diagnostic::warning(format!(
+                        "`{key}` in service `{service}` is accepted but not honoured: {}",
+                        rule.reason
+                    ))
+                    .at(at.loc.clone()),
+                );
+            }
+        }
+        Status::Rejected => ctx.diags.push(
+            Diagnostic::error(format!(
+                "`{key}` in service `{service}` is not supported: {}",
+                rule.reason
+            ))
+            .at(at.loc.clone()),
+        ),
+    }
+}
+
+/// Changes the ledger entry of `key` in `service` (when a key is honoured only for some values).
+fn retag(ctx: &mut Ctx<'_>, key: &str, service: &str, status: Status, reason: &str) {
+    if let Some(e) = ctx
+        .ledger
+        .entries
+        .iter_mut()
+        .rev()
+        .find(|e| e.key == key && e.service.as_deref() == Some(service))
+    {
+        e.status = status;
+        e.reason = reason.to_string();
+    }
+}
+
+pub(super) fn labels(ctx: &mut Ctx<'_>, v: &Node, what: &str) -> BTreeMap<String, String> {
+    ctx.dict(v, what)
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect()
+}

@@ -1,0 +1,526 @@
+//! One service: its keys dispatched to the readers of each part, the relations to other
+//! services (`depends_on`, `links`, `volumes_from`, `network_mode`), healthchecks, networks,
+//! secret and config references, and the legacy keys folded into `deploy`.
+
+use std::collections::BTreeMap;
+
+use super::build::build;
+use super::deploy::deploy;
+use super::environment::{env_file_list, read_env_file};
+use super::ports::ports;
+use super::volumes::volumes;
+use super::{labels, record, retag, shown, Ctx};
+use crate::compose::ledger::{self, Status};
+use crate::compose::model::*;
+use crate::compose::yaml::{Node, Value};
+use crate::diag::Diagnostic;
+
+/// Keys whose meaning depends on others, read after the loop over the service's keys.
+#[derive(Default)]
+struct Deferred<'n> {
+    env_files: Vec<(String, bool, bool, Node)>,
+    environment: Option<&'n Node>,
+    networks: Option<&'n Node>,
+    network_mode: Option<&'n Node>,
+    scale: Option<&'n Node>,
+}
+
+/// Normalizes one service. `key` is its name's node under `services:`.
+pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Service {
+    let mut svc = Service {
+        name: name.to_string(),
+        ..Service::default()
+    };
+    svc.spans.name = key.loc.clone();
+    let place = format!("service `{name}`");
+    let mut later = Deferred::default();
+    for (k, kname, v) in ctx.entries(node, &place) {
+        if kname.starts_with("x-") {
+            svc.extra.insert(kname.to_string(), v.to_json());
+            continue;
+        }
+        let Some(rule) = ledger::service_key(kname) else {
+            ctx.unknown_key(k, kname, &place, ledger::SERVICE_KEYS);
+            continue;
+        };
+        record(ctx, kname, name, rule, k);
+        key_value(ctx, &mut svc, &mut later, k, kname, v);
+    }
+    // env_file first, `environment` wins.
+    for (path, required, raw, at) in &later.env_files {
+        read_env_file(ctx, &mut svc.environment, path, *required, *raw, at);
+    }
+    if let Some(env_node) = later.environment {
+        for (k, v) in ctx.dict(env_node, "`environment`") {
+            let value = match v {
+                Some(v) => Some(v),
+                None => ctx.env.get(&k).cloned(),
+            };
+            svc.environment.insert(k, value);
+        }
+    }
+    if let (Some(nm), Some(nets)) = (later.network_mode, later.networks) {
+        ctx.diags.push(
+            Diagnostic::error(format!(
+                "service `{name}` sets both `network_mode` and `networks`"
+            ))
+            .at(nets.loc.clone())
+            .note(nm.loc.clone(), "`network_mode` is set here")
+            .hint(
+                "a service either joins networks or shares another namespace: remove one of them",
+            ),
+        );
+    }
+    fold_legacy(ctx, &mut svc, later.scale);
+    svc
+}
+
+/// Reads one known service key into `svc` (or into `later`, for keys read after the loop).
+fn key_value<'n>(
+    ctx: &mut Ctx<'_>,
+    svc: &mut Service,
+    later: &mut Deferred<'n>,
+    k: &'n Node,
+    kname: &str,
+    v: &'n Node,
+) {
+    match kname {
+        "image" => svc.image = ctx.opt_string(v, "`image`"),
+        "build" => svc.build = build(ctx, v),
+        "command" => svc.command = ctx.command(v, "`command`"),
+        "entrypoint" => svc.entrypoint = ctx.command(v, "`entrypoint`"),
+        "environment" => later.environment = Some(v),
+        "env_file" => later.env_files = env_file_list(ctx, v),
+        "ports" => ports(ctx, svc, v),
+        "expose" => {
+            svc.expose = match &v.value {
+                Value::Seq(items) => items
+                    .iter()
+                    .filter_map(|i| ctx.string(i, "an `expose` entry"))
+                    .collect(),
+                _ => ctx.string_list(v, "`expose`"),
+            }
+        }
+        "volumes" => volumes(ctx, svc, v),
+        "volumes_from" => {
+            for (s, at) in service_refs(ctx, v, "a `volumes_from` entry") {
+                if !s.starts_with("container:") {
+                    let target = s.split(':').next().unwrap_or("").to_string();
+                    svc.spans.dependencies.entry(target).or_insert(at);
+                }
+                svc.volumes_from.push(s);
+            }
+        }
+        "links" => {
+            for (s, at) in service_refs(ctx, v, "a `links` entry") {
+                let target = s.split(':').next().unwrap_or("").to_string();
+                svc.spans.dependencies.entry(target).or_insert(at);
+                svc.links.push(s);
+            }
+        }
+        "depends_on" => depends_on(ctx, svc, v),
+        "healthcheck" => svc.healthcheck = healthcheck(ctx, &svc.name, v),
+        "deploy" => svc.deploy = deploy(ctx, &mut svc.spans, &svc.name, v),
+        "restart" => svc.restart = restart(ctx, v),
+        "networks" => {
+            later.networks = Some(k);
+            service_networks(ctx, svc, v);
+        }
+        "network_mode" => {
+            later.network_mode = Some(k);
+            svc.network_mode = network_mode(ctx, svc, v);
+        }
+        "secrets" => svc.secrets = file_refs(ctx, v, "secret"),
+        "configs" => svc.configs = file_refs(ctx, v, "config"),
+        "profiles" => svc.profiles = ctx.string_list(v, "`profiles`"),
+        "labels" => svc.labels = labels(ctx, v, "`labels`"),
+        "container_name" => svc.container_name = ctx.opt_string(v, "`container_name`"),
+        "hostname" => svc.hostname = ctx.opt_string(v, "`hostname`"),
+        "user" => svc.user = ctx.opt_string(v, "`user`"),
+        "working_dir" => svc.working_dir = ctx.opt_string(v, "`working_dir`"),
+        "read_only" => svc.read_only = ctx.boolean(v, "`read_only`"),
+        "privileged" => svc.privileged = ctx.boolean(v, "`privileged`"),
+        "tmpfs" => svc.tmpfs = ctx.string_list(v, "`tmpfs`"),
+        "ulimits" => svc.ulimits = ulimits(ctx, v),
+        "sysctls" => svc.sysctls = labels(ctx, v, "`sysctls`"),
+        "cap_add" => svc.cap_add = ctx.string_list(v, "`cap_add`"),
+        "cap_drop" => svc.cap_drop = ctx.string_list(v, "`cap_drop`"),
+        "stop_signal" => svc.stop_signal = ctx.opt_string(v, "`stop_signal`"),
+        "stop_grace_period" => svc.stop_grace_period = ctx.duration(v, "`stop_grace_period`"),
+        "platform" => svc.platform = ctx.opt_string(v, "`platform`"),
+        "mem_limit" => svc.mem_limit = ctx.bytes(v, "`mem_limit`"),
+        "mem_reservation" => svc.mem_reservation = ctx.bytes(v, "`mem_reservation`"),
+        "cpus" => svc.cpus = ctx.float(v, "`cpus`"),
+        "pids_limit" => svc.pids_limit = ctx.integer(v, "`pids_limit`"),
+        "scale" => {
+            later.scale = Some(v);
+            svc.scale = ctx.u32(v, "`scale`");
+        }
+        // `extends` is resolved before normalization.
+        "extends" => {}
+        _ => {
+            if !v.is_null() {
+                svc.extra.insert(kname.to_string(), v.to_json());
+            }
+        }
+    }
+}
+
+/// `links` and `volumes_from`: strings naming other services, each with where it is written.
+fn service_refs(ctx: &mut Ctx<'_>, v: &Node, what: &str) -> Vec<(String, Location)> {
+    v.as_seq()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|item| Some((ctx.string(item, what)?, item.loc.clone())))
+        .collect()
+}
+
+fn restart(ctx: &mut Ctx<'_>, v: &Node) -> Option<String> {
+    let r = ctx.opt_string(v, "`restart`")?;
+    let ok = matches!(
+        r.as_str(),
+        "no" | "always" | "unless-stopped" | "on-failure"
+    ) || r
+        .strip_prefix("on-failure:")
+        .is_some_and(|n| n.parse::<u32>().is_ok());
+    if ok {
+        return Some(r);
+    }
+    ctx.error_hint(
+        v,
+        format!("`restart: {r}` is not a restart policy"),
+        "use `no`, `always`, `on-failure[:N]` or `unless-stopped`",
+    );
+    None
+}
+
+/// `service:NAME` is a dependency; `container:…` cannot run on the fleet; the other modes are
+/// accepted with a warning.
+fn network_mode(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) -> Option<String> {
+    let name = svc.name.clone();
+    let m = ctx.opt_string(v, "`network_mode`")?;
+    if let Some(target) = m.strip_prefix("service:") {
+        svc.spans
+            .dependencies
+            .insert(target.to_string(), v.loc.clone());
+    } else if m.starts_with("container:") {
+        retag(
+            ctx,
+            "network_mode",
+            &name,
+            Status::Rejected,
+            "containers outside the project do not exist on the hosts",
+        );
+        ctx.error_hint(
+            v,
+            format!("`network_mode: {m}` in service `{name}` cannot run on the fleet"),
+            "containers outside the project do not exist on the hosts; use `network_mode: service:NAME`",
+        );
+    } else {
+        let reason = "only `service:NAME` is honoured; the pod gets its own network namespace on the fleet network";
+        retag(ctx, "network_mode", &name, Status::Accepted, reason);
+        ctx.diags.push(
+            Diagnostic::warning(format!(
+                "`network_mode: {m}` in service `{name}` is accepted but not honoured: {reason}"
+            ))
+            .at(v.loc.clone()),
+        );
+    }
+    Some(m)
+}
+
+fn ulimits(ctx: &mut Ctx<'_>, v: &Node) -> BTreeMap<String, Ulimit> {
+    let mut out = BTreeMap::new();
+    for (_, lname, lv) in ctx.entries(v, "`ulimits`") {
+        let u = match &lv.value {
+            Value::Map(_) => {
+                let soft = lv.get("soft").and_then(|n| ctx.integer(n, "`soft`"));
+                let hard = lv.get("hard").and_then(|n| ctx.integer(n, "`hard`"));
+                match (soft, hard) {
+                    (Some(soft), Some(hard)) => Some(Ulimit::Range { soft, hard }),
+                    _ => {
+                        ctx.error(lv, format!("ulimit `{lname}` needs `soft` and `hard`"));
+                        None
+                    }
+                }
+            }
+            _ => ctx.integer(lv, "a ulimit").map(Ulimit::Single),
+        };
+        if let Some(u) = u {
+            out.insert(lname.to_string(), u);
+        }
+    }
+    out
+}
+
+/// Legacy keys also feed `deploy`, which is what placement reads; conflicts are errors.
+fn fold_legacy(ctx: &mut Ctx<'_>, svc: &mut Service, scale_node: Option<&Node>) {
+    let needs = svc.scale.is_some()
+        || svc.mem_limit.is_some()
+        || svc.mem_reservation.is_some()
+        || svc.cpus.is_some()
+        || svc.pids_limit.is_some();
+    if !needs {
+        return;
+    }
+    let deploy = svc.deploy.get_or_insert_with(Deploy::default);
+    if let Some(scale) = svc.scale {
+        match deploy.replicas {
+            Some(r) if r != scale => {
+                let d = Diagnostic::error(format!(
+                    "service `{}` sets `scale: {scale}` and `deploy.replicas: {r}`",
+                    svc.name
+                ))
+                .hint("keep one of them (`deploy.replicas` is the current spelling)");
+                let d = match scale_node {
+                    Some(n) => d.at(n.loc.clone()),
+                    None => d.at(svc.spans.name.clone()),
+                };
+                ctx.diags.push(d);
+            }
+            _ => deploy.replicas = Some(scale),
+        }
+    }
+    let limits = deploy
+        .resources
+        .limits
+        .get_or_insert_with(ResourceAmounts::default);
+    if limits.memory.is_none() {
+        limits.memory = svc.mem_limit;
+    }
+    if limits.cpus.is_none() {
+        limits.cpus = svc.cpus;
+    }
+    if limits.pids.is_none() {
+        limits.pids = svc.pids_limit;
+    }
+    if limits.memory.is_none()
+        && limits.cpus.is_none()
+        && limits.pids.is_none()
+        && limits.extra.is_empty()
+    {
+        deploy.resources.limits = None;
+    }
+    if let Some(m) = svc.mem_reservation {
+        let r = deploy
+            .resources
+            .reservations
+            .get_or_insert_with(ResourceAmounts::default);
+        if r.memory.is_none() {
+            r.memory = Some(m);
+        }
+    }
+}
+
+fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
+    match &v.value {
+        Value::Seq(items) => {
+            for item in items {
+                if let Some(s) = ctx.string(item, "a `depends_on` entry") {
+                    svc.spans.dependencies.insert(s.clone(), item.loc.clone());
+                    svc.depends_on.insert(
+                        s,
+                        Dependency {
+                            condition: Condition::ServiceStarted,
+                            required: true,
+                            restart: false,
+                        },
+                    );
+                }
+            }
+        }
+        _ => {
+            for (k, name, dv) in ctx.entries(v, "`depends_on`") {
+                let mut dep = Dependency {
+                    condition: Condition::ServiceStarted,
+                    required: true,
+                    restart: false,
+                };
+                for (fk, fname, fv) in ctx.entries(dv, "a `depends_on` entry") {
+                    match fname {
+                        "condition" => match fv.as_str() {
+                            Some("service_started") => dep.condition = Condition::ServiceStarted,
+                            Some("service_healthy") => dep.condition = Condition::ServiceHealthy,
+                            Some("service_completed_successfully") => {
+                                dep.condition = Condition::ServiceCompletedSuccessfully
+                            }
+                            _ => ctx.error_hint(
+                                fv,
+                                format!("unknown condition {}", shown(fv)),
+                                "use `service_started`, `service_healthy` or `service_completed_successfully`",
+                            ),
+                        },
+                        "required" => dep.required = ctx.boolean(fv, "`required`"),
+                        "restart" => dep.restart = ctx.boolean(fv, "`restart`"),
+                        other if other.starts_with("x-") => {}
+                        other => ctx.unknown_key(fk, other, "a `depends_on` entry", &["condition", "required", "restart"]),
+                    }
+                }
+                svc.spans
+                    .dependencies
+                    .insert(name.to_string(), k.loc.clone());
+                svc.depends_on.insert(name.to_string(), dep);
+            }
+        }
+    }
+}
+
+const HEALTHCHECK_KEYS: &[&str] = &[
+    "disable",
+    "interval",
+    "retries",
+    "test",
+    "timeout",
+    "start_period",
+    "start_interval",
+];
+
+fn healthcheck(ctx: &mut Ctx<'_>, service: &str, v: &Node) -> Option<Healthcheck> {
+    let mut h = Healthcheck::default();
+    let place = format!("the healthcheck of service `{service}`");
+    for (k, name, hv) in ctx.entries(v, &place) {
+        match name {
+            "test" => {
+                h.test = match &hv.value {
+                    Value::Seq(_) => ctx.string_list(hv, "`test`"),
+                    _ => match ctx.string(hv, "`test`") {
+                        Some(s) if s == "NONE" => vec!["NONE".into()],
+                        Some(s) => vec!["CMD-SHELL".into(), s],
+                        None => Vec::new(),
+                    },
+                }
+            }
+            "interval" => h.interval = ctx.duration(hv, "`interval`"),
+            "timeout" => h.timeout = ctx.duration(hv, "`timeout`"),
+            "start_period" => h.start_period = ctx.duration(hv, "`start_period`"),
+            "start_interval" => h.start_interval = ctx.duration(hv, "`start_interval`"),
+            "retries" => h.retries = ctx.unsigned(hv, "`retries`"),
+            "disable" => h.disable = ctx.boolean(hv, "`disable`"),
+            other if other.starts_with("x-") => {}
+            other => ctx.unknown_key(k, other, &place, HEALTHCHECK_KEYS),
+        }
+    }
+    Some(h)
+}
+
+fn service_networks(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
+    match &v.value {
+        Value::Seq(items) => {
+            for item in items {
+                if let Some(n) = ctx.string(item, "a network name") {
+                    svc.spans.networks.insert(n.clone(), item.loc.clone());
+                    svc.networks.insert(n, None);
+                }
+            }
+        }
+        _ => {
+            for (key, name, nv) in ctx.entries(v, "`networks`") {
+                svc.spans.networks.insert(name.to_string(), key.loc.clone());
+                if nv.is_null() {
+                    svc.networks.insert(name.to_string(), None);
+                    continue;
+                }
+                let mut sn = ServiceNetwork::default();
+                for (k, fname, fv) in ctx.entries(nv, "a service network") {
+                    match fname {
+                        "aliases" => sn.aliases = ctx.string_list(fv, "`aliases`"),
+                        "ipv4_address" => sn.ipv4_address = ctx.string(fv, "`ipv4_address`"),
+                        "ipv6_address" => sn.ipv6_address = ctx.string(fv, "`ipv6_address`"),
+                        "link_local_ips" | "mac_address" | "driver_opts" | "priority"
+                        | "gw_priority" | "interface_name" => {
+                            sn.extra.insert(fname.to_string(), fv.to_json());
+                        }
+                        other if other.starts_with("x-") => {
+                            sn.extra.insert(fname.to_string(), fv.to_json());
+                        }
+                        other => ctx.unknown_key(
+                            k,
+                            other,
+                            "a service network",
+                            &[
+                                "aliases",
+                                "ipv4_address",
+                                "ipv6_address",
+                                "link_local_ips",
+                                "mac_address",
+                                "driver_opts",
+                                "priority",
+                                "gw_priority",
+                                "interface_name",
+                            ],
+                        ),
+                    }
+                }
+                svc.networks.insert(name.to_string(), Some(sn));
+            }
+        }
+    }
+}
+
+fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReference> {
+    let mut out = Vec::new();
+    for item in v.as_seq().unwrap_or_default() {
+        match &item.value {
+            Value::Map(_) => {
+                let mut r = FileReference::default();
+                let mut source_at = None;
+                for (k, name, fv) in ctx.entries(item, &format!("a {what} reference")) {
+                    match name {
+                        "source" => {
+                            r.source = ctx.string(fv, "`source`").unwrap_or_default();
+                            source_at = Some(fv.loc.clone());
+                        }
+                        "target" => r.target = ctx.string(fv, "`target`"),
+                        "uid" => r.uid = ctx.string(fv, "`uid`"),
+                        "gid" => r.gid = ctx.string(fv, "`gid`"),
+                        "mode" => {
+                            r.mode = match &fv.value {
+                                Value::Int(i) => u32::try_from(*i).ok(),
+                                Value::Str(s) => {
+                                    u32::from_str_radix(s.trim_start_matches("0o"), 8).ok()
+                                }
+                                _ => None,
+                            };
+                            if r.mode.is_none() {
+                                ctx.error(
+                                    fv,
+                                    format!(
+                                        "`mode` must be a file mode like `0440`, found {}",
+                                        shown(fv)
+                                    ),
+                                );
+                            }
+                        }
+                        other if other.starts_with("x-") => {}
+                        other => ctx.unknown_key(
+                            k,
+                            other,
+                            &format!("a {what} reference"),
+                            &["source", "target", "uid", "gid", "mode"],
+                        ),
+                    }
+                }
+                if r.source.is_empty() {
+                    ctx.error(item, format!("a {what} reference needs `source`"));
+                    continue;
+                }
+                out.push((r, source_at.unwrap_or_else(|| item.loc.clone())));
+            }
+            _ => {
+                if let Some(s) = ctx.string(item, &format!("a {what} reference")) {
+                    out.push((
+                        FileReference {
+                            source: s,
+                            ..FileReference::default()
+                        },
+                        item.loc.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    for (r, at) in &out {
+        ctx.refs.push((what, r.source.clone(), at.clone()));
+    }
+    out.into_iter().map(|(r, _)| r).collect()
+}

@@ -1,0 +1,155 @@
+//! Service `volumes`: short and long syntax, bind sources resolved (`~`, relative paths).
+
+use std::path::Path;
+
+use super::Ctx;
+use crate::compose::model::*;
+use crate::compose::source::absolute;
+use crate::compose::yaml::{Node, Value};
+
+pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
+    let Some(items) = v.as_seq() else {
+        ctx.error(
+            v,
+            format!("`volumes` must be a sequence, found {}", v.kind()),
+        );
+        return;
+    };
+    for item in items {
+        match &item.value {
+            Value::Map(_) => {
+                let mut vol = ServiceVolume::default();
+                for (k, name, fv) in ctx.entries(item, "a volume") {
+                    match name {
+                        "type" => vol.kind = ctx.string(fv, "`type`").unwrap_or_default(),
+                        "source" => vol.source = ctx.string(fv, "`source`"),
+                        "target" => vol.target = ctx.string(fv, "`target`").unwrap_or_default(),
+                        "read_only" => vol.read_only = ctx.boolean(fv, "`read_only`"),
+                        "bind" | "volume" | "tmpfs" | "image" | "consistency" => {
+                            vol.extra.insert(name.to_string(), fv.to_json());
+                        }
+                        other if other.starts_with("x-") => {}
+                        other => ctx.unknown_key(
+                            k,
+                            other,
+                            "a volume",
+                            &[
+                                "type",
+                                "source",
+                                "target",
+                                "read_only",
+                                "bind",
+                                "volume",
+                                "tmpfs",
+                                "image",
+                                "consistency",
+                            ],
+                        ),
+                    }
+                }
+                if vol.target.is_empty() {
+                    ctx.error(item, "a volume in long syntax needs `target`");
+                    continue;
+                }
+                if vol.kind.is_empty() {
+                    vol.kind = "volume".into();
+                }
+                if vol.kind == "bind" {
+                    vol.source = vol.source.map(|s| host_path(ctx, &s));
+                }
+                svc.volumes.push(vol);
+                svc.spans.volumes.push(item.loc.clone());
+            }
+            _ => {
+                let Some(s) = ctx.string(item, "a volume") else {
+                    continue;
+                };
+                match parse_volume(ctx, &s) {
+                    Ok(vol) => {
+                        svc.volumes.push(vol);
+                        svc.spans.volumes.push(item.loc.clone());
+                    }
+                    Err(m) => ctx.error_hint(
+                        item,
+                        m,
+                        "write `TARGET`, `SOURCE:TARGET` or `SOURCE:TARGET:ro`",
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// A host path: `~` expanded when the home directory is known, then made absolute against the
+/// project directory (a `~` path without a known home is kept as written).
+pub(super) fn host_path(ctx: &Ctx<'_>, s: &str) -> String {
+    let expanded = expand_home(ctx, s);
+    if expanded.starts_with('~') {
+        return expanded;
+    }
+    absolute(ctx.project_dir, Path::new(&expanded))
+        .display()
+        .to_string()
+}
+
+fn expand_home(ctx: &Ctx<'_>, s: &str) -> String {
+    match (s.strip_prefix('~'), ctx.env.get("HOME")) {
+        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
+            format!("{home}{rest}")
+        }
+        _ => s.to_string(),
+    }
+}
+
+fn parse_volume(ctx: &Ctx<'_>, s: &str) -> Result<ServiceVolume, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (source, target, mode) = match parts.as_slice() {
+        [t] => (None, *t, None),
+        [src, t] => (Some(*src), *t, None),
+        [src, t, m] => (Some(*src), *t, Some(*m)),
+        _ => return Err(format!("bad volume `{s}`: too many `:`")),
+    };
+    if target.is_empty() {
+        return Err(format!("bad volume `{s}`: no target path"));
+    }
+    let mut vol = ServiceVolume {
+        kind: "volume".into(),
+        target: target.to_string(),
+        ..ServiceVolume::default()
+    };
+    if let Some(src) = source.filter(|s| !s.is_empty()) {
+        if src.starts_with('.') || src.starts_with('/') || src.starts_with('~') {
+            vol.kind = "bind".into();
+            vol.source = Some(host_path(ctx, src));
+            vol.extra
+                .insert("bind".into(), serde_json::json!({"create_host_path": true}));
+        } else {
+            vol.source = Some(src.to_string());
+            vol.extra.insert("volume".into(), serde_json::json!({}));
+        }
+    }
+    if let Some(m) = mode {
+        for flag in m.split(',') {
+            match flag {
+                "ro" => vol.read_only = true,
+                "rw" | "" => {}
+                "z" | "Z" => {
+                    vol.extra.insert(
+                        "bind".into(),
+                        serde_json::json!({"create_host_path": true, "selinux": flag}),
+                    );
+                }
+                "nocopy" => {
+                    vol.extra
+                        .insert("volume".into(), serde_json::json!({"nocopy": true}));
+                }
+                "cached" | "delegated" | "consistent" => {
+                    vol.extra
+                        .insert("consistency".into(), serde_json::json!(flag));
+                }
+                _ => return Err(format!("bad volume `{s}`: unknown mode `{flag}`")),
+            }
+        }
+    }
+    Ok(vol)
+}
