@@ -234,6 +234,22 @@ pub fn line_of_offset(text: &str, offset: usize) -> u32 {
     line
 }
 
+/// The 1-based line and column (in characters) of byte `offset` of `text`, lines counted as
+/// [`source_lines`] counts them.
+pub fn line_column(text: &str, offset: usize) -> (u32, u32) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind(['\n', '\r']).map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (
+        line_of_offset(text, end),
+        u32::try_from(column).unwrap_or(u32::MAX),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Variable interpolation in compose values, as `docker compose` does it: `$VAR`, `${VAR}`,
 //! `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}`, `${VAR?message}`, `${VAR:+alt}`,
-//! `${VAR+alt}`, nesting in the default/alternative/message, and `$$` for a literal `$`.
+//! `${VAR+alt}`, nesting in the default/alternative/message, `$$` for a literal `$`, and a `$` that
+//! starts neither a name nor `{` (`$(hostname)`, `$5`, `$#`) kept as text, as compose keeps it.
 //!
 //! Pure string work: the caller supplies the variables and turns an [`Error`] into a diagnostic
 //! pointing at the scalar.
@@ -88,7 +89,11 @@ impl Parser<'_> {
                     let close = self.matching_brace(i + 2, end).ok_or_else(|| Error {
                         message: format!(
                             "invalid interpolation format: `{}` has no closing `}}`",
-                            &self.text[dollar..end]
+                            self.text[dollar..end]
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                                .trim_end()
                         ),
                         hint: Some("write `${NAME}`, or `$$` for a literal `$`".into()),
                         offset: dollar,
@@ -106,20 +111,11 @@ impl Parser<'_> {
                     out.push_str(&self.value_or_empty(name));
                     i = j;
                 }
+                // `$(hostname)`, `$5`, `$#`, `$ `, a `$` at the end: docker compose keeps the
+                // `$` as text (shell snippets in `command:` rely on it).
                 _ => {
-                    let shown_end = self.text[dollar..end]
-                        .char_indices()
-                        .nth(2)
-                        .map_or(end, |(k, _)| dollar + k);
-                    return Err(Error {
-                        message: format!(
-                            "invalid interpolation format: `{}` is neither `$NAME` nor `${{NAME}}`",
-                            &self.text[dollar..shown_end]
-                        ),
-                        hint: Some("write `$$` for a literal `$`".into()),
-                        offset: dollar,
-                        len: shown_end - dollar,
-                    });
+                    out.push('$');
+                    i += 1;
                 }
             }
             literal_from = i;
@@ -298,8 +294,20 @@ mod tests {
         assert_eq!(e.offset, 2);
         assert!(run("${A B}").is_err());
         assert!(run("${}").is_err());
-        assert!(run("$1").is_err());
-        assert!(run("end $").is_err());
-        assert!(run("é$é").is_err());
+    }
+
+    #[test]
+    fn a_dollar_that_starts_no_name_stays_text() {
+        for (input, want) in [
+            ("$(hostname)", "$(hostname)"),
+            ("$5 $# $@ $- $! $? $*", "$5 $# $@ $- $! $? $*"),
+            ("end $", "end $"),
+            ("$ x", "$ x"),
+            ("é$é", "é$é"),
+            ("$1$A", "$1a"),
+            ("${B-}}", "}"),
+        ] {
+            assert_eq!(run(input).as_deref(), Ok(want), "{input}");
+        }
     }
 }

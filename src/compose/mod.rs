@@ -958,33 +958,31 @@ fn without(mut node: Node, key: &str) -> Node {
     node
 }
 
-/// Points inside a scalar when the scalar is written plainly (or quoted) on one line, so that an
-/// interpolation error's caret sits under the `${…}` itself.
+/// Points at the offending `$` itself, wherever the scalar is written: plain, quoted, a block
+/// scalar (`|`, `>`) or inside a flow collection. The value and its source text differ (quotes,
+/// indentation, folding), but each `$` of the value is a `$` of the source, in order, so the
+/// error's `$` is the n-th `$` from the scalar's start.
 fn refine(loc: &Location, raw: &str, offset: usize, len: usize, text: &str) -> Location {
-    let Some(at) = text.get(loc.offset..) else {
-        return loc.clone();
-    };
-    let delta = if at.starts_with(raw) {
-        0
-    } else if (at.starts_with('"') || at.starts_with('\'')) && at[1..].starts_with(raw) {
-        1
-    } else {
-        return loc.clone();
-    };
     let Some(before) = raw.get(..offset) else {
         return loc.clone();
     };
-    if before.contains('\n') {
+    let nth = before.matches('$').count();
+    let Some(pos) = text
+        .get(loc.offset..)
+        .and_then(|src| src.match_indices('$').nth(nth))
+        .map(|(i, _)| loc.offset + i)
+    else {
         return loc.clone();
-    }
+    };
+    let (line, column) = crate::diag::line_column(text, pos);
     let shown_len = raw.get(offset..offset + len).map_or(1, |s| {
         s.lines().next().map_or(1, |l| l.chars().count().max(1))
     });
     Location {
         file: loc.file.clone(),
-        line: loc.line,
-        column: loc.column + delta as u32 + before.chars().count() as u32,
-        offset: loc.offset + delta + offset,
+        line,
+        column,
+        offset: pos,
         len: shown_len,
     }
 }

@@ -1460,3 +1460,25 @@ fn unset_variables_are_warned_about_once_and_become_empty() {
         ["compose.yaml:3:12: warning: variable `TAG` is not set; using an empty string"]
     );
 }
+
+/// Loads `yaml` as `/p/compose.yaml` with `env`; panics with the diagnostics if it fails.
+pub fn loaded(yaml: &str, env: &[(&str, &str)]) -> Loaded {
+    match load_files(&[("compose.yaml", yaml)], env, &[]) {
+        Ok(l) => l,
+        Err(f) => panic!("does not load: {:#?}", lines(&f.diagnostics)),
+    }
+}
+
+#[test]
+fn a_dollar_that_starts_no_variable_stays_text_as_in_docker_compose() {
+    let l = loaded(
+        "services:\n  web:\n    image: busybox\n    command: [\"sh\", \"-c\", \"echo $(hostname) $5 $# $ $@ $$1 $A\"]\n    environment:\n      END: \"cost 5$\"\n",
+        &[("A", "a")],
+    );
+    let web = &l.project.services["web"];
+    assert_eq!(
+        web.command.as_deref().unwrap()[2],
+        "echo $(hostname) $5 $# $ $@ $1 a"
+    );
+    assert_eq!(web.environment["END"].as_deref(), Some("cost 5$"));
+}

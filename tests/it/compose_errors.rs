@@ -48,12 +48,12 @@ fn required_variable_unset_or_empty() {
 #[test]
 fn bad_interpolation_syntax() {
     check_errors(
-        "services:\n  web:\n    image: busybox\n    command: echo ${A\n    environment: [\"X=${A B}\", \"Y=$1\"]\n",
+        "services:\n  web:\n    image: busybox\n    command: echo ${A\n    environment: [\"X=${A B}\", \"Y=${}\"]\n",
         &[],
         &[
             "compose.yaml:4:19: error: invalid interpolation format: `${A` has no closing `}`",
             "compose.yaml:5:22: error: invalid interpolation format: unexpected ` ` in `${A B}`",
-            "compose.yaml:5:34: error: invalid interpolation format: `$1` is neither `$NAME` nor `${NAME}`",
+            "compose.yaml:5:34: error: invalid interpolation format: `${}` has no valid variable name",
         ],
     );
 }
@@ -384,5 +384,20 @@ fn carriage_return_line_endings_point_at_and_quote_the_right_line() {
     assert!(
         shown.contains(" 3 |     imgae: nginx\n"),
         "the snippet quotes line 3:\n{shown}"
+    );
+}
+
+#[test]
+fn interpolation_errors_point_at_the_dollar_inside_block_scalars_and_flow_collections() {
+    let yaml = "services:\n  web:\n    image: busybox\n    command: |\n      echo start\n      echo ${A:?need A} $(hostname)\n    entrypoint: >\n      sh -c\n        'x ${B'\n    environment: {X: \"$$y\", Y: \"${C:?}\"}\n    labels: [\"a=$5\", \"b=${D:?no D}\"]\n";
+    check_errors(
+        yaml,
+        &[],
+        &[
+            "compose.yaml:6:12: error: required variable `A` is not set: need A",
+            "compose.yaml:9:12: error: invalid interpolation format: `${B'` has no closing `}`",
+            "compose.yaml:10:33: error: required variable `C` is not set",
+            "compose.yaml:11:25: error: required variable `D` is not set: no D",
+        ],
     );
 }
