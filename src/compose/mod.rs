@@ -81,12 +81,21 @@ pub fn load(
         main_services: BTreeMap::new(),
     };
     l.read_env_files(opts);
+    // The main files are parsed first: the project's name (from `-p`, `name:` or the
+    // directory) is the variable `COMPOSE_PROJECT_NAME` while they are interpolated.
+    let mut parsed = Vec::new();
+    for f in &opts.files {
+        if let Some(p) = l.parse_compose(f) {
+            parsed.push((f, p));
+        }
+    }
+    let name = l.project_name(opts, &parsed);
+    l.vars
+        .insert("COMPOSE_PROJECT_NAME".to_string(), name.clone());
     let mut merged: Option<Node> = None;
     let mut stack = Vec::new();
-    for f in &opts.files {
-        let Some(node) = l.read_compose(f, &opts.project_dir, &mut stack) else {
-            continue;
-        };
+    for (f, (root, text)) in parsed {
+        let node = l.finish_compose(root, &text, f, &opts.project_dir, &mut stack);
         merged = Some(match merged {
             None => node,
             Some(base) => merge::merge_files(base, node),
@@ -94,7 +103,7 @@ pub fn load(
     }
     let mut ledger = Ledger::default();
     let project = match merged {
-        Some(root) => l.build(opts, root, &mut ledger),
+        Some(root) => l.build(opts, root, name, &mut ledger),
         None => {
             if !l.diags.has_errors() {
                 l.diags.push(
@@ -205,6 +214,12 @@ impl Loader<'_> {
             )));
             return None;
         }
+        let (root, text) = self.parse_compose(path)?;
+        Some(self.finish_compose(root, &text, path, base, stack))
+    }
+
+    /// Reads and parses one compose file: a mapping (an empty file is an empty one), and its text.
+    fn parse_compose(&mut self, path: &Path) -> Option<(Node, Arc<str>)> {
         let text = match self.fs.read(path) {
             Ok(t) => t,
             Err(e) => {
@@ -216,7 +231,8 @@ impl Loader<'_> {
             }
         };
         let name = self.file_name(path);
-        self.sources.add(name.clone(), text.as_str().into());
+        let text: Arc<str> = text.as_str().into();
+        self.sources.add(name.clone(), text.clone());
         let mut root = match yaml::parse(&name, &text) {
             Ok(n) => n,
             Err(d) => {
@@ -238,12 +254,25 @@ impl Loader<'_> {
                 return None;
             }
         }
-        self.interpolate(&mut root, &text);
+        Some((root, text))
+    }
+
+    /// Interpolates a parsed file, makes its paths absolute against `base` and splices its
+    /// `include`s in.
+    fn finish_compose(
+        &mut self,
+        mut root: Node,
+        text: &str,
+        path: &Path,
+        base: &Path,
+        stack: &mut Vec<PathBuf>,
+    ) -> Node {
+        self.interpolate(&mut root, text);
         absolutize(&mut root, base, self.vars.get("HOME").map(String::as_str));
         stack.push(path.to_path_buf());
         let root = self.splice_includes(root, path, stack);
         stack.pop();
-        Some(root)
+        root
     }
 
     fn interpolate(&mut self, node: &mut Node, text: &str) {
@@ -458,7 +487,13 @@ impl Loader<'_> {
     }
 
     /// Builds the project from the merged tree.
-    fn build(&mut self, opts: &LoadOptions, mut root: Node, ledger: &mut Ledger) -> Project {
+    fn build(
+        &mut self,
+        opts: &LoadOptions,
+        mut root: Node,
+        name: String,
+        ledger: &mut Ledger,
+    ) -> Project {
         let mut project = Project::default();
         // The services are moved out of the tree (they are big); the rest is read in place.
         let mut services_owned = None;
@@ -473,7 +508,6 @@ impl Loader<'_> {
         }
         let mut services_node = None;
         let mut sections: Vec<(&str, &Node)> = Vec::new();
-        let mut top_name = None;
         for (k, v) in root.as_map().unwrap_or_default() {
             let Some(key) = k.as_str() else {
                 self.diags.push(
@@ -512,12 +546,11 @@ impl Loader<'_> {
             }
             match key {
                 "services" => services_node = services_owned.take(),
-                "name" => top_name = v.scalar_text().map(|n| (n, v)),
                 "networks" | "volumes" | "secrets" | "configs" => sections.push((key, v)),
                 _ => {}
             }
         }
-        project.name = self.project_name(opts, top_name);
+        project.name = name;
 
         // Services by name, with the key's node; non-string names are errors.
         let mut services: Vec<(String, Node)> = Vec::new();
@@ -639,11 +672,47 @@ impl Loader<'_> {
         project
     }
 
-    fn project_name(&mut self, opts: &LoadOptions, top: Option<(String, &Node)>) -> String {
-        let (raw, at) = match (&opts.project_name, top) {
-            (Some(n), _) => (n.clone(), None),
-            (None, Some((n, node))) => (n, Some(node.loc.clone())),
-            (None, None) => (
+    /// The project's name, as docker compose finds it: `-p` or `COMPOSE_PROJECT_NAME` (which must
+    /// already be a valid name), else the last main file's `name:` (interpolated), else the
+    /// project directory's name; the last two are normalized as compose-go does.
+    fn project_name(
+        &mut self,
+        opts: &LoadOptions,
+        parsed: &[(&PathBuf, (Node, Arc<str>))],
+    ) -> String {
+        if let Some(n) = opts.project_name.as_deref().filter(|n| !n.is_empty()) {
+            if !is_valid_project_name(n) {
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "invalid project name `{n}`: it must consist only of lowercase letters, digits, `-` and `_`, and start with a letter or digit"
+                    ))
+                    .hint("give `-p` (or `COMPOSE_PROJECT_NAME`) a name such as `my-app`; a top-level `name:` or the directory name is made lower case, but these are taken as written"),
+                );
+            }
+            return n.to_string();
+        }
+        let from_file = parsed.iter().rev().find_map(|(_, (root, text))| {
+            let (k, v) = root.get_entry("name")?;
+            Some((k.loc.clone(), v.clone(), text.clone()))
+        });
+        let (raw, at) = match from_file {
+            Some((key_at, mut v, text)) => {
+                self.interpolate(&mut v, &text);
+                match v.scalar_text() {
+                    Some(n) => (n, Some(v.loc)),
+                    None => {
+                        self.diags.push(
+                            Diagnostic::error(format!(
+                                "`name` must be a string, found {}",
+                                v.kind()
+                            ))
+                            .at(key_at),
+                        );
+                        return String::new();
+                    }
+                }
+            }
+            None => (
                 self.project_dir
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
@@ -653,10 +722,15 @@ impl Loader<'_> {
         };
         let name = options::normalize_project_name(&raw);
         if name.is_empty() {
-            let mut d = Diagnostic::error(format!("`{raw}` cannot be made into a project name"))
-                .hint(
-                    "set one with `-p NAME` or a top-level `name:` of letters, digits, `-` and `_`",
-                );
+            let what = if at.is_some() {
+                "the top-level `name:`"
+            } else {
+                "the project directory's name"
+            };
+            let mut d = Diagnostic::error(format!(
+                "the project name is empty: {what} `{raw}` has no letter, digit, `-` or `_` to keep"
+            ))
+            .hint("set one with `-p NAME` or a top-level `name:` of lowercase letters, digits, `-` and `_`");
             if let Some(l) = at {
                 d = d.at(l);
             }
@@ -943,6 +1017,14 @@ fn ctx_entries(ctx: &mut normalize::Ctx<'_>, v: &Node, section: &str) -> Vec<(St
         ),
     }
     out
+}
+
+/// Whether `name` is a project name as docker compose takes it from `-p` or
+/// `COMPOSE_PROJECT_NAME` without rewriting it: `[a-z0-9][a-z0-9_-]*`.
+fn is_valid_project_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn valid_service_name(name: &str) -> bool {

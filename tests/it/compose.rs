@@ -1482,3 +1482,53 @@ fn a_dollar_that_starts_no_variable_stays_text_as_in_docker_compose() {
     );
     assert_eq!(web.environment["END"].as_deref(), Some("cost 5$"));
 }
+
+/// Loads `/p/compose.yaml` with `-p name` (when given) and the project directory `dir`.
+fn load_named(yaml: &str, dir: &str, p: Option<&str>) -> Result<Loaded, LoadFailure> {
+    let mut fs = MemoryFs::new();
+    let file = Path::new(dir).join("compose.yaml");
+    fs.insert(file.clone(), yaml);
+    let mut opts = LoadOptions::for_file(file);
+    opts.project_name = p.map(String::from);
+    compose::load(&opts, &Environment::new(), &fs)
+}
+
+#[test]
+fn compose_project_name_is_the_project_name_during_interpolation() {
+    let body =
+        "services:\n  web:\n    image: busybox\n    container_name: ${COMPOSE_PROJECT_NAME}-api\n";
+    // (top-level name, directory, -p) → the name compose gives the project.
+    for (name, dir, p, want) in [
+        (None, "/srv/My App.v2", None, "myappv2"),
+        (Some("\"${X:-Shop}-Front\""), "/srv/x", None, "shop-front"),
+        (Some("_Bad Name/../x"), "/srv/x", None, "badnamex"),
+        (Some("ignored"), "/srv/x", Some("from-p_1"), "from-p_1"),
+    ] {
+        let yaml = match name {
+            Some(n) => format!("name: {n}\n{body}"),
+            None => body.to_string(),
+        };
+        let l = load_named(&yaml, dir, p)
+            .unwrap_or_else(|f| panic!("{name:?} {dir}: {:#?}", lines(&f.diagnostics)));
+        assert_eq!(l.project.name, want);
+        assert_eq!(
+            l.project.services["web"].container_name.as_deref(),
+            Some(format!("{want}-api").as_str())
+        );
+    }
+}
+
+#[test]
+fn a_project_name_compose_rejects_is_an_error() {
+    let yaml = "services:\n  web:\n    image: busybox\n";
+    let f = load_named(yaml, "/srv/x", Some("My-Proj")).unwrap_err();
+    assert_eq!(
+        lines(&f.diagnostics),
+        ["error: invalid project name `My-Proj`: it must consist only of lowercase letters, digits, `-` and `_`, and start with a letter or digit"]
+    );
+    let f = load_named(&format!("name: \"ÄÖ\"\n{yaml}"), "/srv/x", None).unwrap_err();
+    assert_eq!(
+        lines(&f.diagnostics),
+        ["compose.yaml:1:7: error: the project name is empty: the top-level `name:` `ÄÖ` has no letter, digit, `-` or `_` to keep"]
+    );
+}
