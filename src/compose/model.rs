@@ -165,6 +165,10 @@ pub struct ServiceSpans {
     pub volumes: Vec<Location>,
     /// Each network the service joins, by name.
     pub networks: BTreeMap<String, Location>,
+    /// The replica count's value (`deploy.replicas`, else `scale`), when written.
+    pub replicas: Option<Location>,
+    /// The value of `container_name`, when written.
+    pub container_name: Option<Location>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -42,7 +42,10 @@ pub(super) fn deploy(
                     d.mode = Some(m);
                 }
             }
-            "replicas" => d.replicas = ctx.u32(dv, "`deploy.replicas`"),
+            "replicas" => {
+                d.replicas = ctx.u32(dv, "`deploy.replicas`");
+                spans.replicas = Some(dv.loc.clone());
+            }
             "resources" => {
                 for (rk, rname, rv) in ctx.entries(dv, "`deploy.resources`") {
                     match rname {

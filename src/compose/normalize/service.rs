@@ -72,7 +72,30 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
         );
     }
     fold_legacy(ctx, &mut svc, later.scale);
+    unique_container_name(ctx, &svc);
     svc
+}
+
+/// A container name is unique on a host, so docker compose refuses it with more than one
+/// replica.
+fn unique_container_name(ctx: &mut Ctx<'_>, svc: &Service) {
+    let (Some(cname), Some(at)) = (&svc.container_name, &svc.spans.container_name) else {
+        return;
+    };
+    let replicas = svc.deploy.as_ref().and_then(|d| d.replicas).or(svc.scale);
+    let Some(n) = replicas.filter(|&n| n > 1) else {
+        return;
+    };
+    let mut d = Diagnostic::error(format!(
+        "service `{}` sets `container_name: {cname}` and {n} replicas, but a container name must be unique",
+        svc.name
+    ))
+    .at(at.clone())
+    .hint("remove `container_name` (compose-fleet names each replica), or run one replica");
+    if let Some(r) = &svc.spans.replicas {
+        d = d.note(r.clone(), "the replicas are set here");
+    }
+    ctx.diags.push(d);
 }
 
 /// Reads one known service key into `svc` (or into `later`, for keys read after the loop).
@@ -134,7 +157,10 @@ fn key_value<'n>(
         "configs" => svc.configs = file_refs(ctx, v, "config"),
         "profiles" => svc.profiles = ctx.string_list(v, "`profiles`"),
         "labels" => svc.labels = labels(ctx, v, "`labels`"),
-        "container_name" => svc.container_name = ctx.opt_string(v, "`container_name`"),
+        "container_name" => {
+            svc.container_name = ctx.opt_string(v, "`container_name`");
+            svc.spans.container_name = Some(v.loc.clone());
+        }
         "hostname" => svc.hostname = ctx.opt_string(v, "`hostname`"),
         "user" => svc.user = ctx.opt_string(v, "`user`"),
         "working_dir" => svc.working_dir = ctx.opt_string(v, "`working_dir`"),
@@ -155,6 +181,7 @@ fn key_value<'n>(
         "scale" => {
             later.scale = Some(v);
             svc.scale = ctx.u32(v, "`scale`");
+            svc.spans.replicas.get_or_insert_with(|| v.loc.clone());
         }
         // `extends` is resolved before normalization.
         "extends" => {}
