@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod cast;
 pub mod dotenv;
 pub mod interpolate;
 pub mod ledger;
@@ -268,6 +269,11 @@ impl Loader<'_> {
         stack: &mut Vec<PathBuf>,
     ) -> Node {
         self.interpolate(&mut root, text);
+        let mut typed = Vec::new();
+        cast::cast(&mut root, &mut typed);
+        for d in typed {
+            self.diags.push(d);
+        }
         absolutize(&mut root, base, self.vars.get("HOME").map(String::as_str));
         stack.push(path.to_path_buf());
         let root = self.splice_includes(root, path, stack);

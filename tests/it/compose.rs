@@ -1532,3 +1532,26 @@ fn a_project_name_compose_rejects_is_an_error() {
         ["compose.yaml:1:7: error: the project name is empty: the top-level `name:` `ÄÖ` has no letter, digit, `-` or `_` to keep"]
     );
 }
+
+#[test]
+fn interpolated_values_are_typed_by_field_as_compose_types_them() {
+    let l = loaded(
+        "services:\n  web:\n    image: busybox\n    tty: ${TTY}\n    stdin_open: \"yes\"\n    init: ${OFF}\n    cpu_shares: ${N}\n    cpus: ${CPUS}\n    ports:\n      - target: ${N}\n        published: ${N}\n    deploy:\n      replicas: ${N}\n      resources:\n        reservations:\n          devices:\n            - {driver: nvidia, count: \"${GPUS}\", capabilities: [gpu]}\n            - {driver: nvidia, count: all, capabilities: [gpu]}\n    environment:\n      KEPT: ${TTY}\n",
+        &[("TTY", "true"), ("OFF", "off"), ("N", "3"), ("CPUS", "1.5"), ("GPUS", "2")],
+    );
+    let web = &l.project.services["web"];
+    assert_eq!(web.extra["tty"], serde_json::json!(true));
+    assert_eq!(web.extra["stdin_open"], serde_json::json!(true));
+    assert_eq!(web.extra["init"], serde_json::json!(false));
+    assert_eq!(web.extra["cpu_shares"], serde_json::json!(3));
+    assert_eq!(web.cpus, Some(1.5));
+    assert_eq!(web.ports[0].target, 3);
+    assert_eq!(web.ports[0].published.as_deref(), Some("3"));
+    let deploy = web.deploy.as_ref().unwrap();
+    assert_eq!(deploy.replicas, Some(3));
+    let devices = &deploy.resources.reservations.as_ref().unwrap().extra["devices"];
+    assert_eq!(devices[0]["count"], serde_json::json!(2));
+    assert_eq!(devices[1]["count"], serde_json::json!("all"));
+    // Fields the spec types as strings stay strings.
+    assert_eq!(web.environment["KEPT"].as_deref(), Some("true"));
+}

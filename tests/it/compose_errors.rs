@@ -413,3 +413,15 @@ fn container_name_with_more_than_one_replica() {
         ],
     );
 }
+
+#[test]
+fn a_typed_field_whose_variable_is_not_of_its_type() {
+    check_errors(
+        "services:\n  web:\n    image: busybox\n    tty: ${TTY}\n    deploy:\n      replicas: ${N}\n",
+        &[("TTY", "1"), ("N", "many")],
+        &[
+            "compose.yaml:4:10: error: `services.web.tty` must be a boolean, found `1`",
+            "compose.yaml:6:17: error: `services.web.deploy.replicas` must be an integer, found `many`",
+        ],
+    );
+}
