@@ -1555,3 +1555,30 @@ fn interpolated_values_are_typed_by_field_as_compose_types_them() {
     // Fields the spec types as strings stay strings.
     assert_eq!(web.environment["KEPT"].as_deref(), Some("true"));
 }
+
+#[test]
+fn replicas_zero_and_scale_zero_turn_a_service_off() {
+    let l = loaded(
+        "services:\n  off:\n    image: busybox\n    deploy:\n      replicas: 0\n  scaled_off:\n    image: busybox\n    scale: 0\n  on:\n    image: busybox\n",
+        &[],
+    );
+    let replicas = |s: &str| {
+        l.project.services[s]
+            .deploy
+            .as_ref()
+            .and_then(|d| d.replicas)
+    };
+    assert_eq!(
+        (replicas("off"), replicas("scaled_off")),
+        (Some(0), Some(0))
+    );
+    let nodes = vec![super::schedule::node("h1", 4.0, "4g", &[])];
+    let placement = compose_fleet::schedule::place(&l.project, &nodes, &[]).expect("places");
+    let placed: Vec<&str> = placement
+        .assignments
+        .iter()
+        .map(|a| a.service.as_str())
+        .collect();
+    assert_eq!(placed, ["on"]);
+    assert!(placement.unschedulable.is_empty());
+}
