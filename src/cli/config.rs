@@ -8,6 +8,7 @@ use clap::ValueEnum;
 
 use super::project::{load_project_quiet, print_diagnostics};
 use super::{output, CmdResult, Failure, GlobalArgs};
+use crate::compose::canonical::{canonical, in_compose_order};
 use crate::compose::ledger::{Ledger, Status};
 use crate::compose::model::Project;
 use crate::diag::{Diagnostics, Severity};
@@ -103,16 +104,13 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// The project in canonical form.
+/// The project in canonical form: what `docker compose config` prints.
 pub fn render(project: &Project, format: Format) -> Result<String, Failure> {
+    let value = in_compose_order(canonical(project));
     match format {
-        Format::Json => to_json(project),
-        Format::Yaml => {
-            let value = serde_json::to_value(project)
-                .map_err(|e| Failure::Internal(format!("cannot serialize the project: {e}")))?;
-            serde_saphyr::to_string(&value)
-                .map_err(|e| Failure::Internal(format!("cannot print the project as YAML: {e}")))
-        }
+        Format::Json => to_json(&value),
+        Format::Yaml => serde_saphyr::to_string(&value)
+            .map_err(|e| Failure::Internal(format!("cannot print the project as YAML: {e}"))),
     }
 }
 

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod canonical;
 mod cast;
 pub mod dotenv;
 pub mod interpolate;
@@ -639,7 +640,8 @@ impl Loader<'_> {
                         .hint("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
                 );
             }
-            let svc = normalize::service(&mut ctx, name, key, node);
+            let mut svc = normalize::service(&mut ctx, name, key, node);
+            svc.written = canonical::written(node);
             let enabled = svc.profiles.is_empty()
                 || active.contains("*")
                 || svc.profiles.iter().any(|p| active.contains(p.as_str()));

@@ -147,6 +147,22 @@ pub struct Service {
     /// Where things were written, for diagnostics of later stages.
     #[serde(skip)]
     pub spans: ServiceSpans,
+    /// Which `deploy` values the user wrote (the others were folded in from legacy keys): the
+    /// canonical form prints what was written ([`super::canonical`]).
+    #[serde(skip)]
+    pub written: Written,
+}
+
+/// What the user wrote under `deploy`, as opposed to what normalization folded in from the legacy
+/// keys `mem_limit`, `cpus`, `pids_limit` and `mem_reservation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Written {
+    /// `deploy` itself.
+    pub deploy: bool,
+    pub limits_memory: bool,
+    pub limits_cpus: bool,
+    pub limits_pids: bool,
+    pub reservations_memory: bool,
 }
 
 /// Source positions of a service's parts that later stages report on.

@@ -165,16 +165,24 @@ pub fn lines(diags: &compose_fleet::diag::Diagnostics) -> Vec<String> {
     diags.0.iter().map(|d| d.to_string()).collect()
 }
 
-/// Loads `yaml` as `/p/compose.yaml` and compares the canonical YAML with `expected`.
+/// Loads `yaml` as `/p/compose.yaml` and compares the normalized model, as YAML, with `expected`.
+/// The model is what placement reads (legacy keys folded into `deploy`, no implicit network); the
+/// canonical form `config` prints is checked against docker compose by `differential.rs`.
 pub fn check(yaml: &str, expected: &str) {
     check_with(&[("compose.yaml", yaml)], &[], &[], expected)
+}
+
+/// The normalized model as YAML (field names are the Compose Specification's).
+pub fn model_yaml(project: &compose_fleet::compose::model::Project) -> String {
+    let value = serde_json::to_value(project).expect("the model serializes");
+    serde_saphyr::to_string(&value).expect("the model prints as YAML")
 }
 
 pub fn check_with(files: &[(&str, &str)], env: &[(&str, &str)], profiles: &[&str], expected: &str) {
     match load_files(files, env, profiles) {
         Ok(loaded) => {
             assert_valid(&loaded);
-            let got = render(&loaded.project, Format::Yaml).expect("renders");
+            let got = model_yaml(&loaded.project);
             assert_eq!(
                 got.trim(),
                 expected.trim(),
@@ -1271,7 +1279,7 @@ fn cli_config_prints_yaml_json_services_and_profiles() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,
-        "name: demoapp\nservices:\n  web:\n    environment:\n      A: \"1\"\n    image: web\n"
+        "name: demoapp\nservices:\n  web:\n    environment:\n      A: \"1\"\n    image: web\n    networks:\n      default: null\nnetworks:\n  default:\n    name: demoapp_default\n"
     );
     let (code, out, _) = cli(dir.path(), &["config", "--format", "json"]);
     assert_eq!(code, 0);

@@ -1,0 +1,470 @@
+//! The canonical form: the project as `docker compose config` prints it (v2.40), built from the
+//! normalized [`Project`].
+//!
+//! The model is free to fold things for placement (legacy `mem_limit`, `cpus`, `pids_limit` into
+//! `deploy.resources`); this module prints what compose prints instead: the legacy keys where
+//! they were written ([`Written`]), the implicit `default` network, project-scoped resource names,
+//! the defaults compose fills in (`build.dockerfile`, secret targets, the dependencies implied by
+//! `links`, `volumes_from` and `network_mode: service:…`), only the top-level resources that an
+//! enabled service uses, and every `$` escaped as `$$` so that the output, loaded again, gives the
+//! same values. `tests/it/differential.rs` holds it to docker compose on every project we have.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Map, Value};
+
+use super::model::{parse_bytes, Project, Service, Written};
+use super::yaml::Node;
+
+/// The project as `docker compose config --format json` prints it (after the normalizations the
+/// differential test documents: fields Go's encoder always prints empty are left out, as
+/// compose's YAML output leaves them out).
+pub fn canonical(project: &Project) -> Value {
+    let mut root = Map::new();
+    root.insert("name".into(), Value::String(project.name.clone()));
+
+    let mut services = Map::new();
+    for (name, svc) in &project.services {
+        services.insert(name.clone(), service(svc));
+    }
+
+    // Only the resources some enabled service uses are printed.
+    let mut networks = BTreeSet::new();
+    let mut volumes = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    let mut configs = BTreeSet::new();
+    for svc in services.values() {
+        if let Some(nets) = svc.get("networks").and_then(Value::as_object) {
+            networks.extend(nets.keys().cloned());
+        }
+        for v in svc
+            .get("volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if v.get("type").and_then(Value::as_str) == Some("volume") {
+                if let Some(src) = v.get("source").and_then(Value::as_str) {
+                    volumes.insert(src.to_string());
+                }
+            }
+        }
+        for (key, set) in [("secrets", &mut secrets), ("configs", &mut configs)] {
+            for r in svc.get(key).and_then(Value::as_array).into_iter().flatten() {
+                if let Some(src) = r.get("source").and_then(Value::as_str) {
+                    set.insert(src.to_string());
+                }
+            }
+        }
+    }
+    let project_name = &project.name;
+    let section = |used: &BTreeSet<String>, declared: Map<String, Value>| -> Map<String, Value> {
+        let mut out = Map::new();
+        for name in used {
+            let mut entry = match declared.get(name) {
+                Some(Value::Object(m)) => m.clone(),
+                // Only `default` may be used without being declared (the loader checks).
+                _ => Map::new(),
+            };
+            scope_name(&mut entry, project_name, name);
+            labels_as_map(&mut entry);
+            out.insert(name.clone(), Value::Object(entry));
+        }
+        out
+    };
+    let top = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let networks = section(&networks, top(to_value(&project.networks)));
+    let volumes = section(&volumes, top(to_value(&project.volumes)));
+    let secrets = section(&secrets, top(to_value(&project.secrets)));
+    let configs = section(&configs, top(to_value(&project.configs)));
+
+    root.insert("services".into(), Value::Object(services));
+    for (key, m) in [
+        ("networks", networks),
+        ("volumes", volumes),
+        ("secrets", secrets),
+        ("configs", configs),
+    ] {
+        if !m.is_empty() {
+            root.insert(key.into(), Value::Object(m));
+        }
+    }
+    for (k, v) in &project.extensions {
+        root.insert(k.clone(), v.clone());
+    }
+    let mut root = Value::Object(root);
+    escape_dollars(&mut root);
+    root
+}
+
+/// The top-level keys in the order compose prints them: `name`, `services`, `networks`,
+/// `volumes`, `secrets`, `configs`, then extensions (nested mappings stay sorted by key).
+pub fn in_compose_order(value: Value) -> indexmap::IndexMap<String, Value> {
+    let Value::Object(mut m) = value else {
+        return indexmap::IndexMap::new();
+    };
+    let mut out = indexmap::IndexMap::new();
+    for key in [
+        "name", "services", "networks", "volumes", "secrets", "configs",
+    ] {
+        if let Some(v) = m.remove(key) {
+            out.insert(key.to_string(), v);
+        }
+    }
+    out.extend(m);
+    out
+}
+
+/// What the user wrote under `deploy` (after `extends`), recorded by the loader so that
+/// [`canonical`] can tell the user's `deploy` values from those folded in from legacy keys.
+pub fn written(service: &Node) -> Written {
+    let deploy = service.get("deploy").filter(|d| !d.is_null());
+    let resources = deploy.and_then(|d| d.get("resources"));
+    let has = |which: &str, key: &str| {
+        resources
+            .and_then(|r| r.get(which))
+            .and_then(|l| l.get(key))
+            .is_some_and(|v| !v.is_null())
+    };
+    Written {
+        deploy: deploy.is_some(),
+        limits_memory: has("limits", "memory"),
+        limits_cpus: has("limits", "cpus"),
+        limits_pids: has("limits", "pids"),
+        reservations_memory: has("reservations", "memory"),
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    // The model serializes to JSON by construction (string keys, finite numbers).
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// `name`: as written, or the key for an external resource, or `<project>_<key>`.
+fn scope_name(entry: &mut Map<String, Value>, project: &str, key: &str) {
+    if entry.get("name").is_some_and(|n| !n.is_null()) {
+        return;
+    }
+    let external = entry.get("external").and_then(Value::as_bool) == Some(true);
+    let name = if external {
+        key.to_string()
+    } else {
+        format!("{project}_{key}")
+    };
+    entry.insert("name".into(), Value::String(name));
+}
+
+/// `labels` in list form (`["a=b"]`) become a mapping, as compose prints them.
+fn labels_as_map(entry: &mut Map<String, Value>) {
+    if let Some(Value::Array(items)) = entry.get("labels") {
+        let map: Map<String, Value> = items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|s| match s.split_once('=') {
+                Some((k, v)) => (k.to_string(), Value::String(v.to_string())),
+                None => (s.to_string(), Value::String(String::new())),
+            })
+            .collect();
+        entry.insert("labels".into(), Value::Object(map));
+    }
+}
+
+fn service(svc: &Service) -> Value {
+    let mut out = match to_value(svc) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    unfold_legacy(svc, &mut out);
+
+    // The implicit `default` network of a service that names none and shares no namespace.
+    if svc.networks.is_empty() && svc.network_mode.is_none() {
+        out.insert("networks".into(), json!({"default": null}));
+    }
+
+    // `links`, `volumes_from` and `network_mode: service:X` imply a dependency (restarted with X).
+    let implied: Vec<&str> = svc
+        .links
+        .iter()
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .chain(
+            svc.volumes_from
+                .iter()
+                .filter(|v| !v.starts_with("container:"))
+                .map(|v| v.split(':').next().unwrap_or("")),
+        )
+        .chain(
+            svc.network_mode
+                .as_deref()
+                .and_then(|m| m.strip_prefix("service:")),
+        )
+        .filter(|t| !t.is_empty())
+        .collect();
+    if !implied.is_empty() {
+        let deps = out
+            .entry("depends_on")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(deps) = deps {
+            for t in implied {
+                deps.entry(t.to_string()).or_insert_with(
+                    || json!({"condition": "service_started", "restart": true, "required": true}),
+                );
+            }
+        }
+    }
+
+    if let Some(Value::Object(build)) = out.get_mut("build") {
+        if !build.contains_key("dockerfile") && !build.contains_key("dockerfile_inline") {
+            build.insert("dockerfile".into(), json!("Dockerfile"));
+        }
+    }
+
+    if let Some(Value::Array(secrets)) = out.get_mut("secrets") {
+        for s in secrets.iter_mut().filter_map(Value::as_object_mut) {
+            if !s.contains_key("target") {
+                let source = s.get("source").and_then(Value::as_str).unwrap_or("");
+                let target = format!("/run/secrets/{source}");
+                s.insert("target".into(), Value::String(target));
+            }
+        }
+    }
+
+    if let Some(Value::Array(volumes)) = out.get_mut("volumes") {
+        for v in volumes.iter_mut().filter_map(Value::as_object_mut) {
+            mount(v);
+        }
+    }
+
+    if let Some(Value::Array(devices)) = out.get_mut("devices") {
+        for d in devices.iter_mut() {
+            if let Some(s) = d.as_str() {
+                *d = device(s);
+            }
+        }
+    }
+
+    for key in ["dns", "dns_search", "dns_opt"] {
+        if let Some(v @ Value::String(_)) = out.get_mut(key) {
+            *v = Value::Array(vec![v.take()]);
+        }
+    }
+
+    if let Some(hosts) = out.get_mut("extra_hosts") {
+        *hosts = extra_hosts(hosts);
+    }
+    Value::Object(out)
+}
+
+/// Legacy keys print where they were written; `deploy` only what the user wrote there (and
+/// `replicas` from `scale` when there is a `deploy`, as compose does).
+fn unfold_legacy(svc: &Service, out: &mut Map<String, Value>) {
+    let w = svc.written;
+    if !w.deploy {
+        out.remove("deploy");
+        return;
+    }
+    let Some(Value::Object(deploy)) = out.get_mut("deploy") else {
+        return;
+    };
+    let Some(Value::Object(resources)) = deploy.get_mut("resources") else {
+        return;
+    };
+    for (which, fields) in [
+        (
+            "limits",
+            vec![
+                ("memory", svc.mem_limit.is_some() && !w.limits_memory),
+                ("cpus", svc.cpus.is_some() && !w.limits_cpus),
+                ("pids", svc.pids_limit.is_some() && !w.limits_pids),
+            ],
+        ),
+        (
+            "reservations",
+            vec![(
+                "memory",
+                svc.mem_reservation.is_some() && !w.reservations_memory,
+            )],
+        ),
+    ] {
+        let Some(Value::Object(amounts)) = resources.get_mut(which) else {
+            continue;
+        };
+        let mut removed = false;
+        for (key, folded) in fields {
+            if folded {
+                amounts.remove(key);
+                removed = true;
+            }
+        }
+        if removed && amounts.is_empty() {
+            resources.remove(which);
+        }
+    }
+    if resources.is_empty() {
+        deploy.remove("resources");
+    }
+}
+
+/// A mount as compose prints it: the target cleaned, `volume: {}` on a short-syntax volume, no
+/// `create_host_path` on a named volume, tmpfs sizes in bytes.
+fn mount(v: &mut Map<String, Value>) {
+    if let Some(Value::String(t)) = v.get_mut("target") {
+        *t = clean_path(t);
+    }
+    let kind = v
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if kind == "volume" {
+        if let Some(Value::Object(bind)) = v.get_mut("bind") {
+            bind.remove("create_host_path");
+            if bind.is_empty() {
+                v.remove("bind");
+            }
+        }
+        // A short-syntax anonymous volume (`/data`) prints its empty options like a named one.
+        if !v.contains_key("source") && !v.contains_key("volume") {
+            v.insert("volume".into(), json!({}));
+        }
+    }
+    if let Some(Value::Object(tmpfs)) = v.get_mut("tmpfs") {
+        if let Some(size) = tmpfs.get_mut("size") {
+            let bytes = match &*size {
+                Value::String(s) => parse_bytes(s).ok(),
+                Value::Number(n) => n.as_u64(),
+                _ => None,
+            };
+            if let Some(b) = bytes {
+                *size = Value::String(b.to_string());
+            }
+        }
+    }
+}
+
+/// Go's `path.Clean` for the absolute paths mount targets are: no empty or `.` segments, `..`
+/// applied, no trailing slash.
+fn clean_path(p: &str) -> String {
+    if !p.starts_with('/') {
+        return p.to_string();
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `SOURCE[:TARGET[:PERMISSIONS]]` in long form.
+fn device(s: &str) -> Value {
+    let parts: Vec<&str> = s.splitn(3, ':').collect();
+    let (source, target, permissions) = match parts.as_slice() {
+        [s] => (*s, *s, "rwm"),
+        [s, t] => (*s, *t, "rwm"),
+        [s, t, p] => (*s, *t, *p),
+        _ => (s, s, "rwm"),
+    };
+    json!({"source": source, "target": target, "permissions": permissions})
+}
+
+/// `extra_hosts` as a list of `HOST=ADDRESS`, from a mapping or from `HOST:ADDRESS` entries.
+fn extra_hosts(v: &Value) -> Value {
+    let entry = |host: &str, addr: &Value| match addr {
+        Value::String(a) => format!("{host}={a}"),
+        Value::Array(a) => {
+            let all: Vec<String> = a
+                .iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), String::from))
+                .collect();
+            format!("{host}={}", all.join(","))
+        }
+        other => format!("{host}={other}"),
+    };
+    match v {
+        Value::Object(m) => {
+            Value::Array(m.iter().map(|(h, a)| Value::String(entry(h, a))).collect())
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| match i.as_str() {
+                    Some(s) if !s.contains('=') => match s.split_once(':') {
+                        Some((h, a)) => Value::String(format!("{h}={a}")),
+                        None => i.clone(),
+                    },
+                    _ => i.clone(),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Every `$` in every string (keys too) doubled: loaded again, `$$` is a literal `$`.
+fn escape_dollars(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('$') => *s = s.replace('$', "$$"),
+        Value::Array(items) => items.iter_mut().for_each(escape_dollars),
+        Value::Object(m) => {
+            if m.keys().any(|k| k.contains('$')) {
+                let entries: Vec<(String, Value)> = std::mem::take(m).into_iter().collect();
+                for (k, mut val) in entries {
+                    escape_dollars(&mut val);
+                    m.insert(k.replace('$', "$$"), val);
+                }
+            } else {
+                m.values_mut().for_each(escape_dollars);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_targets_are_cleaned_like_go() {
+        assert_eq!(clean_path("/data/"), "/data");
+        assert_eq!(clean_path("/a//b/./c/"), "/a/b/c");
+        assert_eq!(clean_path("/a/../b"), "/b");
+        assert_eq!(clean_path("/"), "/");
+    }
+
+    #[test]
+    fn devices_in_long_form() {
+        assert_eq!(
+            device("/dev/kmsg"),
+            json!({"source": "/dev/kmsg", "target": "/dev/kmsg", "permissions": "rwm"})
+        );
+        assert_eq!(
+            device("/dev/x:/dev/y:r"),
+            json!({"source": "/dev/x", "target": "/dev/y", "permissions": "r"})
+        );
+    }
+
+    #[test]
+    fn extra_hosts_print_as_host_equals_address() {
+        assert_eq!(
+            extra_hosts(&json!(["a:::1", "b=1.2.3.4", "c:10.0.0.1"])),
+            json!(["a=::1", "b=1.2.3.4", "c=10.0.0.1"])
+        );
+        assert_eq!(extra_hosts(&json!({"h": "1.2.3.4"})), json!(["h=1.2.3.4"]));
+    }
+
+    #[test]
+    fn dollars_are_escaped_in_values_and_keys() {
+        let mut v = json!({"k$": ["a$b", {"c": "$$"}]});
+        escape_dollars(&mut v);
+        assert_eq!(v, json!({"k$$": ["a$$b", {"c": "$$$$"}]}));
+    }
+}
