@@ -10,10 +10,13 @@ pub mod compose;
 pub mod deploy;
 pub mod diag;
 pub mod graph;
+pub mod human;
 pub mod inventory;
 pub mod lab;
 pub mod limits;
+pub mod output;
 pub mod plan;
+pub mod pods;
 pub mod schedule;
 pub mod ssh;
 #[doc(hidden)]

@@ -375,11 +375,10 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
             "volumes_from" => {
                 for item in v.as_seq().unwrap_or_default() {
                     if let Some(s) = ctx.string(item, "a `volumes_from` entry") {
-                        if !s.starts_with("container:") {
-                            let target = s.split(':').next().unwrap_or("").to_string();
+                        if let Some(target) = super::model::volumes_from_service(&s) {
                             svc.spans
                                 .dependencies
-                                .entry(target)
+                                .entry(target.to_string())
                                 .or_insert(item.loc.clone());
                         }
                         svc.volumes_from.push(s);
@@ -427,7 +426,7 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
             "network_mode" => {
                 network_mode_node = Some(k);
                 if let Some(m) = ctx.opt_string(v, "`network_mode`") {
-                    if let Some(target) = m.strip_prefix("service:") {
+                    if let Some(target) = super::model::service_ref(&m) {
                         svc.spans
                             .dependencies
                             .insert(target.to_string(), v.loc.clone());

@@ -9,6 +9,7 @@ mod inventory;
 mod lab;
 mod load_props;
 mod plan_facts;
+mod pods;
 mod schedule;
 mod support;
 mod transport;
