@@ -12,4 +12,5 @@ mod plan_facts;
 mod pods;
 mod schedule;
 mod support;
+mod tidy;
 mod transport;
