@@ -196,6 +196,20 @@ impl SourceMap {
     }
 }
 
+/// How alike (Jaro-Winkler, 0 to 1) a misspelt name must be to a known one to be suggested.
+pub const SUGGEST_THRESHOLD: f64 = 0.8;
+
+/// The one "did you mean" helper: the known name closest to a misspelt one, when it is close
+/// enough ([`SUGGEST_THRESHOLD`]) to be a likely typo. Ties go to the alphabetically first.
+pub fn did_you_mean<'a>(wrong: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
+        .map(|k| (strsim::jaro_winkler(wrong, k), k))
+        .filter(|(score, _)| *score >= SUGGEST_THRESHOLD)
+        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, k)| k)
+}
+
 /// The lines of a source text as YAML counts them: `\r\n`, a lone `\r` and `\n` each end a
 /// line (a file saved with old Mac line endings is one "line" to `str::lines`, but not to the
 /// YAML parser whose positions we print).

@@ -6,21 +6,27 @@
 //! `volumes_from` or `network_mode: service:X`. Every problem (unknown, self, disabled dependency,
 //! cycles) is reported in one run, each at the location of the edge that causes it.
 //!
-//! `graph` does no I/O and knows nothing about hosts: the scheduler reads [`ServiceGraph::pods`],
-//! the deployer reads [`ServiceGraph::order`] and [`ServiceGraph::dependencies`].
+//! Pods (services sharing a network namespace) and colocations come from [`crate::pods`], the one
+//! pod model placement reads too, so `graph` and `plan` name every pod alike.
+//!
+//! `graph` does no I/O and knows nothing about hosts. Every command that loads a project checks
+//! its graph ([`build`]) before going further; the deployer will read [`ServiceGraph::order`] and
+//! [`ServiceGraph::dependencies`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use petgraph::algo::{astar, tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
-use petgraph::unionfind::UnionFind;
 use petgraph::visit::NodeFiltered;
 use petgraph::Direction;
 use serde::Serialize;
 
-use crate::compose::model::{Condition, Location, Project, Service};
-use crate::diag::{Diagnostic, Diagnostics};
+use crate::compose::model::{
+    link_service, volumes_from_service, Condition, Location, Project, Service,
+};
+use crate::diag::{did_you_mean, Diagnostic, Diagnostics};
+use crate::pods::{self, Pod, Pods};
 
 /// How an edge was declared. Only `depends_on` carries a condition of the user's choosing; the
 /// implicit kinds wait for `service_started`, as docker compose does.
@@ -75,16 +81,6 @@ pub struct Edge {
     pub location: Location,
 }
 
-/// Services that share one network namespace: `members` joined `root`'s namespace with
-/// `network_mode: service:<root>` (directly or through a chain). A service alone is a pod of one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Pod {
-    /// The service whose network namespace the others share (it has no `network_mode: service:`).
-    pub root: String,
-    /// All services of the pod, sorted by name, `root` included.
-    pub members: Vec<String>,
-}
-
 /// The dependency graph of a project's enabled services. Built by [`build`]; acyclic by
 /// construction.
 #[derive(Debug, Clone)]
@@ -94,9 +90,7 @@ pub struct ServiceGraph {
     index: HashMap<String, NodeIndex>,
     /// Topological order, dependencies first.
     order: Vec<NodeIndex>,
-    pods: Vec<Pod>,
-    /// Service name → index in `pods`.
-    pod_of: HashMap<String, usize>,
+    pods: Pods,
     /// Optional (`required: false`) edges that were dropped, with a warning saying why.
     warnings: Diagnostics,
 }
@@ -146,13 +140,11 @@ pub fn build(project: &Project) -> Result<ServiceGraph, Diagnostics> {
         }
     };
 
-    let (pods, pod_of) = pods(project, &graph, &index);
     Ok(ServiceGraph {
         graph,
         index,
         order,
-        pods,
-        pod_of,
+        pods: pods::of(project),
         warnings,
     })
 }
@@ -182,7 +174,7 @@ fn declared_edges(name: &str, service: &Service) -> Vec<Edge> {
         })
         .collect();
     let mut implicit: Vec<(String, EdgeKind)> = Vec::new();
-    if let Some(to) = network_mode_service(service) {
+    if let Some(to) = service.network_mode_service() {
         implicit.push((to.to_string(), EdgeKind::NetworkMode));
     }
     for entry in &service.volumes_from {
@@ -208,29 +200,6 @@ fn declared_edges(name: &str, service: &Service) -> Vec<Edge> {
         });
     }
     edges
-}
-
-/// `network_mode: service:X` → `X`.
-pub fn network_mode_service(service: &Service) -> Option<&str> {
-    service
-        .network_mode
-        .as_deref()
-        .and_then(|m| m.strip_prefix("service:"))
-}
-
-/// `volumes_from` entry → the service it names: `db`, `db:ro`, `service:db`, `service:db:rw`;
-/// `container:x` names a container outside the project, not a service.
-pub fn volumes_from_service(entry: &str) -> Option<&str> {
-    if entry.starts_with("container:") {
-        return None;
-    }
-    let rest = entry.strip_prefix("service:").unwrap_or(entry);
-    Some(rest.split(':').next().unwrap_or(rest))
-}
-
-/// `links` entry → the service it names: `db` or `db:alias`.
-pub fn link_service(entry: &str) -> &str {
-    entry.split(':').next().unwrap_or(entry)
 }
 
 enum Check {
@@ -327,15 +296,6 @@ fn check_edge(project: &Project, edge: &Edge) -> Check {
     Check::Reject(d)
 }
 
-/// The closest known name to `wrong`, if one is close enough to be a likely typo.
-fn did_you_mean<'a>(wrong: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    known
-        .map(|k| (strsim::jaro_winkler(wrong, k), k))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
-        .map(|(_, k)| k)
-}
-
 /// One concrete cycle (as a node list, first node not repeated) per strongly connected component
 /// with more than one service. Self-edges never reach the graph.
 fn cycles(graph: &DiGraph<String, Edge>) -> Vec<Vec<NodeIndex>> {
@@ -386,58 +346,6 @@ fn cycle_diagnostic(graph: &DiGraph<String, Edge>, cycle: &[NodeIndex]) -> Diagn
         }
     }
     d.hint("services cannot start until the services they depend on have; remove one of these dependencies to break the cycle")
-}
-
-fn pods(
-    project: &Project,
-    graph: &DiGraph<String, Edge>,
-    index: &HashMap<String, NodeIndex>,
-) -> (Vec<Pod>, HashMap<String, usize>) {
-    let mut sets = UnionFind::<usize>::new(graph.node_count());
-    for (name, service) in &project.services {
-        if let Some(root) = network_mode_service(service) {
-            if let (Some(a), Some(b)) = (index.get(name), index.get(root)) {
-                sets.union(a.index(), b.index());
-            }
-        }
-    }
-    let mut groups: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
-    for name in project.services.keys() {
-        groups
-            .entry(sets.find(index[name].index()))
-            .or_default()
-            .push(name);
-    }
-    let mut pods: Vec<Pod> = groups
-        .into_values()
-        .map(|members| {
-            // The root is the one member that joins no other namespace; with a valid (acyclic)
-            // graph every pod has exactly one.
-            let root = members
-                .iter()
-                .find(|m| {
-                    project
-                        .services
-                        .get(m.as_str())
-                        .is_some_and(|s| network_mode_service(s).is_none())
-                })
-                .or(members.first())
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            Pod {
-                root,
-                members: members.into_iter().cloned().collect(),
-            }
-        })
-        .collect();
-    pods.sort_by(|a, b| a.members.cmp(&b.members));
-    let mut pod_of = HashMap::with_capacity(project.services.len());
-    for (i, pod) in pods.iter().enumerate() {
-        for m in &pod.members {
-            pod_of.insert(m.clone(), i);
-        }
-    }
-    (pods, pod_of)
 }
 
 impl ServiceGraph {
@@ -493,19 +401,24 @@ impl ServiceGraph {
         edges
     }
 
-    /// Every pod, each service in exactly one; sorted by members.
+    /// Every pod, each service in exactly one; sorted by name.
     pub fn pods(&self) -> &[Pod] {
+        &self.pods.pods
+    }
+
+    /// The pods and the colocations (pods that must share a host) of the project.
+    pub fn pod_model(&self) -> &Pods {
         &self.pods
     }
 
-    /// Pods of more than one service: the groups the scheduler must place together.
+    /// Pods of more than one service.
     pub fn shared_pods(&self) -> impl Iterator<Item = &Pod> {
-        self.pods.iter().filter(|p| p.members.len() > 1)
+        self.pods.pods.iter().filter(|p| p.is_shared())
     }
 
     /// The pod `service` belongs to.
     pub fn pod_of(&self, service: &str) -> Option<&Pod> {
-        self.pod_of.get(service).map(|i| &self.pods[*i])
+        self.pods.pod_of(service)
     }
 
     /// Optional dependencies (`required: false`) on services that are disabled or not defined:
@@ -561,6 +474,7 @@ impl ServiceGraph {
     ///   waits for api: service_started
     ///   waits for cache: service_started (links)
     /// pod web: web, web-proxy
+    /// same host: pods backup, db
     /// ```
     pub fn to_text(&self) -> String {
         let mut out = String::new();
@@ -585,7 +499,15 @@ impl ServiceGraph {
             }
         }
         for pod in self.shared_pods() {
-            let _ = writeln!(out, "pod {}: {}", pod.root, pod.members.join(", "));
+            let _ = writeln!(out, "pod {}: {}", pod.name, pod.services.join(", "));
+        }
+        for c in self.colocations() {
+            let pods: Vec<&str> = c
+                .pods
+                .iter()
+                .map(|&p| self.pods.pods[p].name.as_str())
+                .collect();
+            let _ = writeln!(out, "same host: pods {}", pods.join(", "));
         }
         out
     }
@@ -598,15 +520,15 @@ impl ServiceGraph {
         let _ = writeln!(out, "  node [shape=box];");
         for (i, pod) in self.shared_pods().enumerate() {
             let _ = writeln!(out, "  subgraph cluster_pod_{i} {{");
-            let _ = writeln!(out, "    label={};", dot_id(&format!("pod {}", pod.root)));
+            let _ = writeln!(out, "    label={};", dot_id(&format!("pod {}", pod.name)));
             let _ = writeln!(out, "    style=rounded;");
-            for m in &pod.members {
+            for m in &pod.services {
                 let _ = writeln!(out, "    {};", dot_id(m));
             }
             let _ = writeln!(out, "  }}");
         }
         for name in self.services() {
-            if self.pod_of(name).is_none_or(|p| p.members.len() == 1) {
+            if self.pod_of(name).is_none_or(|p| !p.is_shared()) {
                 let _ = writeln!(out, "  {};", dot_id(name));
             }
         }
@@ -638,26 +560,33 @@ impl ServiceGraph {
     ///   "edges": [{"from": "web", "to": "api", "condition": "service_started",
     ///              "required": true, "restart": false, "kind": "depends_on"}],
     ///   "order": ["db", "api", "web"],
-    ///   "pods": [["web", "web-proxy"]]
+    ///   "pods": [{"name": "api", "services": ["api"]}, {"name": "db", "services": ["db"]},
+    ///            {"name": "web", "services": ["web", "web-proxy"]}],
+    ///   "colocations": [{"name": "api", "pods": ["api", "db"]}]
     /// }
     /// ```
     ///
     /// `services` sorted; `edges` sorted by (from, to), `from` waits for `to`, `kind` one of
     /// `depends_on`, `network_mode`, `volumes_from`, `links`; `order` dependencies first; `pods`
-    /// lists only pods of two or more services (members sorted, the shared namespace's owner
-    /// first) — every other service is a pod of its own.
+    /// lists every pod by name (the service owning the shared network namespace), each service
+    /// in exactly one, its services sorted; `colocations` lists the groups of two or more pods
+    /// that must share a host (`volumes_from`, a shared local volume), named after their first
+    /// pod. `plan --format json` names every replica's pod the same way.
     pub fn to_json(&self) -> serde_json::Value {
-        let pods: Vec<Vec<&str>> = self
-            .shared_pods()
-            .map(|p| {
-                let mut v = vec![p.root.as_str()];
-                v.extend(
-                    p.members
-                        .iter()
-                        .map(String::as_str)
-                        .filter(|m| *m != p.root),
-                );
-                v
+        let pods: Vec<serde_json::Value> = self
+            .pods()
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "services": p.services}))
+            .collect();
+        let colocations: Vec<serde_json::Value> = self
+            .colocations()
+            .map(|c| {
+                let pods: Vec<&str> = c
+                    .pods
+                    .iter()
+                    .map(|&p| self.pods.pods[p].name.as_str())
+                    .collect();
+                serde_json::json!({"name": c.name, "pods": pods})
             })
             .collect();
         serde_json::json!({
@@ -665,7 +594,13 @@ impl ServiceGraph {
             "edges": self.edges(),
             "order": self.order(),
             "pods": pods,
+            "colocations": colocations,
         })
+    }
+
+    /// Colocations of two or more pods.
+    pub fn colocations(&self) -> impl Iterator<Item = &pods::Colocation> {
+        self.pods.colocations.iter().filter(|c| c.pods.len() > 1)
     }
 }
 
@@ -1166,8 +1101,8 @@ mod tests {
             .iter()
             .map(|p| {
                 (
-                    p.root.as_str(),
-                    p.members.iter().map(String::as_str).collect(),
+                    p.name.as_str(),
+                    p.services.iter().map(String::as_str).collect(),
                 )
             })
             .collect();
@@ -1179,8 +1114,8 @@ mod tests {
                 ("web", vec!["metrics", "sidecar", "web"]),
             ]
         );
-        assert_eq!(g.pod_of("metrics").map(|p| p.root.as_str()), Some("web"));
-        assert_eq!(g.pod_of("db").map(|p| p.members.len()), Some(1));
+        assert_eq!(g.pod_of("metrics").map(|p| p.name.as_str()), Some("web"));
+        assert_eq!(g.pod_of("db").map(|p| p.services.len()), Some(1));
         assert_eq!(g.pod_of("nope"), None);
         assert_eq!(g.shared_pods().count(), 1);
         assert_valid_order(&g);
@@ -1252,7 +1187,9 @@ mod tests {
                      "required": true, "restart": false, "kind": "depends_on"},
                 ],
                 "order": ["db", "web", "proxy"],
-                "pods": [["web", "proxy"]],
+                "pods": [{"name": "db", "services": ["db"]},
+                         {"name": "web", "services": ["proxy", "web"]}],
+                "colocations": [],
             })
         );
     }

@@ -6,12 +6,13 @@ use std::process::ExitCode;
 
 use clap::ValueEnum;
 
-use super::project::{load_project_quiet, print_diagnostics};
-use super::{output, CmdResult, Failure, GlobalArgs};
+use super::project::{self, print_diagnostics};
+use super::{CmdResult, Failure, GlobalArgs};
 use crate::compose::canonical::{canonical, in_compose_order};
 use crate::compose::ledger::{Ledger, Status};
 use crate::compose::model::Project;
 use crate::diag::{Diagnostics, Severity};
+use crate::output;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
@@ -41,7 +42,8 @@ pub struct Args {
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
-    let loaded = load_project_quiet(global)?;
+    let checked = project::resolve(global)?.project_quiet()?;
+    let loaded = &checked.loaded;
     let warnings = &loaded.warnings;
     if args.strict && !warnings.is_empty() {
         let as_errors = Diagnostics(

@@ -1,12 +1,13 @@
 //! `compose-fleet graph`: load the project, build its dependency graph, print it as text, DOT or
 //! JSON (the formats are [`crate::graph::ServiceGraph`]'s). Graph errors are rendered against the
-//! files read, like load errors, and exit 1.
+//! files read, like load errors, and exit 1 (as for every command that loads a project:
+//! [`super::project::Workspace::project`]).
 
 use std::process::ExitCode;
 
-use super::project::{load_project, print_diagnostics};
-use super::{output, CmdResult, Failure, GlobalArgs};
-use crate::graph;
+use super::project;
+use super::{CmdResult, Failure, GlobalArgs};
+use crate::output;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,21 +27,7 @@ pub enum Format {
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
-    let loaded = load_project(global)?;
-    let graph = match graph::build(&loaded.project) {
-        Ok(graph) => graph,
-        Err(problems) => {
-            print_diagnostics(&problems, &loaded.sources);
-            let n = problems.errors().count();
-            output::error(&format!(
-                "the dependency graph of project `{}` has {n} error{}",
-                loaded.project.name,
-                if n == 1 { "" } else { "s" }
-            ));
-            return Err(Failure::Reported(1));
-        }
-    };
-    print_diagnostics(graph.warnings(), &loaded.sources);
+    let project::Checked { loaded, graph } = project::resolve(global)?.project()?;
     let text = match args.format {
         Format::Text => graph.to_text(),
         Format::Dot => graph.to_dot(&loaded.project.name),

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{output, CmdResult, Failure, GlobalArgs};
-use crate::inventory;
+use super::project;
+use super::{CmdResult, Failure, GlobalArgs};
+use crate::human::format_bytes;
+use crate::output;
 use crate::ssh::{self, HostReport, SshError, SshTarget, Totals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,17 +64,7 @@ struct Row {
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
-    let path = inventory::default_path(
-        global.inventory.as_deref(),
-        global.files.first().map(PathBuf::as_path),
-    );
-    let fleet = match inventory::load(&path) {
-        Ok(fleet) => fleet,
-        Err(e) => {
-            eprintln!("{}", e.render());
-            return Err(Failure::Reported(1));
-        }
-    };
+    let fleet = project::resolve(global)?.fleet()?;
     let targets = SshTarget::all(&fleet);
     let options = ssh::Options {
         connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
@@ -166,7 +158,7 @@ fn table(rows: &[Row]) -> String {
             r.agent_version.clone().unwrap_or_else(dash),
             r.arch.clone().unwrap_or_else(dash),
             r.cpus.map(|c| c.to_string()).unwrap_or_else(dash),
-            r.memory.map(human_bytes).unwrap_or_else(dash),
+            r.memory.map(format_bytes).unwrap_or_else(dash),
             r.kernel.clone().unwrap_or_else(dash),
             r.cgroup.clone().unwrap_or_else(dash),
             r.rtt_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_else(dash),
@@ -192,31 +184,4 @@ fn table(rows: &[Row]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Binary units, as compose writes memory (`512m` = 512 MiB).
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_is_shown_in_binary_units() {
-        assert_eq!(human_bytes(512), "512B");
-        assert_eq!(human_bytes(24 * 1024 * 1024 * 1024), "24.0GiB");
-    }
 }

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{output, CmdResult, Failure, GlobalArgs};
+use super::{CmdResult, Failure, GlobalArgs};
 use crate::lab::{self, Lab};
+use crate::output;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -1,5 +1,5 @@
 //! The command line: global options (compatible with `docker compose`), one module per command,
-//! exit codes, and the one place output goes through.
+//! and exit codes. Output goes through [`crate::output`], the one printer.
 //!
 //! Exit codes: 0 success, 1 a user error (bad input, unschedulable, unreachable host), 2 a bug or a
 //! broken environment.
@@ -9,11 +9,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::compose::options::Flags;
+use crate::output;
+
 pub mod config;
 pub mod graph;
 pub mod hosts;
 pub mod lab;
-pub mod output;
 pub mod pending;
 pub mod plan;
 pub mod project;
@@ -55,6 +57,19 @@ pub struct GlobalArgs {
         value_name = "FILE"
     )]
     pub inventory: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    /// The compose loader's own view of the flags it understands.
+    pub fn compose_flags(&self) -> Flags {
+        Flags {
+            files: self.files.clone(),
+            project_name: self.project_name.clone(),
+            project_directory: self.project_directory.clone(),
+            env_files: self.env_files.clone(),
+            profiles: self.profiles.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

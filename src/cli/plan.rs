@@ -5,16 +5,15 @@
 //! every host's facts gathered over SSH), prints the report (text or the JSON
 //! contract) to stdout, and exits 1 when anything is unschedulable.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
 
-use super::project::{load_project, print_diagnostics};
-use super::{output, CmdResult, Failure, GlobalArgs};
-use crate::compose::{options, Environment, RealFs};
+use super::project::{self, print_diagnostics};
+use super::{CmdResult, Failure, GlobalArgs};
 use crate::inventory;
-use crate::plan::{self, PlanError};
+use crate::output;
+use crate::plan::{self, HostFacts, PlanError};
 use crate::ssh;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -35,14 +34,10 @@ pub struct Args {
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
-    let loaded = load_project(global)?;
-    let fleet_path = inventory_path(global);
-    let fleet = inventory::load(&fleet_path).map_err(|e| {
-        for d in &e.diagnostics.0 {
-            output::diagnostic(&e.sources.render(d));
-        }
-        Failure::Reported(1)
-    })?;
+    let workspace = project::resolve(global)?;
+    // A project whose graph is broken is refused here, before any host is asked anything.
+    let loaded = workspace.project()?.loaded;
+    let fleet = workspace.fleet()?;
     let declared_everywhere = fleet.hosts.iter().all(|h| h.capacity.is_some());
     let placement = if args.offline || declared_everywhere {
         plan::plan_offline(&loaded.project, &fleet)
@@ -100,21 +95,15 @@ fn gather_facts(fleet: &inventory::Fleet) -> Result<plan::Facts, Failure> {
             Ok(r) => {
                 facts.insert(
                     name,
-                    (f64::from(r.facts.cpus), r.facts.memory, r.facts.arch),
+                    HostFacts {
+                        cpus: f64::from(r.facts.cpus),
+                        memory: r.facts.memory,
+                        arch: r.facts.arch,
+                    },
                 );
             }
             Err(e) => output::error(&format!("planning without host {name}: {e}")),
         }
     }
     Ok(facts)
-}
-
-/// `-i`/`COMPOSE_FLEET_INVENTORY`, else `inventory.yaml` beside the first compose file.
-fn inventory_path(global: &GlobalArgs) -> PathBuf {
-    let env: Environment = std::env::vars().collect();
-    let first = std::env::current_dir()
-        .ok()
-        .and_then(|cwd| options::resolve(global, &env, &cwd, &RealFs).ok())
-        .and_then(|o| o.files.first().cloned());
-    inventory::default_path(global.inventory.as_deref(), first.as_deref())
 }

@@ -295,12 +295,7 @@ pub const DEPLOY_KEYS: &[&str] = &[
 
 /// The closest known key, when one is close enough to be a typo.
 pub fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(key, k), *k))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
+    crate::diag::did_you_mean(key, known.iter().copied())
 }
 
 #[cfg(test)]

@@ -165,6 +165,35 @@ pub struct Written {
     pub reservations_memory: bool,
 }
 
+/// The one parser of a reference to another service by `service:NAME`, as `network_mode`, `ipc`
+/// and `pid` write it: `service:db` → `db`. Anything else (`host`, `container:x`, a bare name) is
+/// not a service reference.
+pub fn service_ref(value: &str) -> Option<&str> {
+    value.strip_prefix("service:")
+}
+
+/// The service a `volumes_from` entry names: `db`, `db:ro`, `service:db`, `service:db:rw` → `db`;
+/// `container:x` names a container outside the project, not a service.
+pub fn volumes_from_service(entry: &str) -> Option<&str> {
+    if entry.starts_with("container:") {
+        return None;
+    }
+    let rest = service_ref(entry).unwrap_or(entry);
+    Some(rest.split(':').next().unwrap_or(rest))
+}
+
+/// The service a `links` entry names: `db` or `db:alias` → `db`.
+pub fn link_service(entry: &str) -> &str {
+    entry.split(':').next().unwrap_or(entry)
+}
+
+impl Service {
+    /// `network_mode: service:X` → `X`: the service whose network namespace this one joins.
+    pub fn network_mode_service(&self) -> Option<&str> {
+        self.network_mode.as_deref().and_then(service_ref)
+    }
+}
+
 /// Source positions of a service's parts that later stages report on.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ServiceSpans {

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use super::dotenv;
 use super::source::{absolute, FileSource};
 use super::Environment;
-use crate::cli::GlobalArgs;
 
 /// The file names `docker compose` looks for, in order of preference.
 pub const DEFAULT_FILES: [&str; 4] = [
@@ -16,6 +15,23 @@ pub const DEFAULT_FILES: [&str; 4] = [
     "docker-compose.yaml",
     "docker-compose.yml",
 ];
+
+/// What the user asked for, as `docker compose` spells it on the command line (`-f`, `-p`,
+/// `--project-directory`, `--env-file`, `--profile`). The CLI fills it from its flags; the loader
+/// never sees the CLI's types.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Flags {
+    /// `-f FILE`, in order; relative to the working directory.
+    pub files: Vec<PathBuf>,
+    /// `-p NAME`.
+    pub project_name: Option<String>,
+    /// `--project-directory DIR`.
+    pub project_directory: Option<PathBuf>,
+    /// `--env-file FILE`, in order.
+    pub env_files: Vec<PathBuf>,
+    /// `--profile NAME`, in order.
+    pub profiles: Vec<String>,
+}
 
 /// Everything [`super::load`] needs to know besides the environment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -48,17 +64,17 @@ impl LoadOptions {
     }
 }
 
-/// Computes [`LoadOptions`] from the global flags, the process environment and the working
+/// Computes [`LoadOptions`] from the command-line flags, the process environment and the working
 /// directory, as `docker compose` does. Variables in the project's `.env` also count as a source
 /// of `COMPOSE_*` settings (the process environment wins).
 pub fn resolve(
-    global: &GlobalArgs,
+    flags: &Flags,
     env: &Environment,
     cwd: &Path,
     fs: &dyn FileSource,
 ) -> Result<LoadOptions, String> {
-    let explicit_dir = global.project_directory.as_ref().map(|d| absolute(cwd, d));
-    let env_files: Vec<PathBuf> = global.env_files.iter().map(|f| absolute(cwd, f)).collect();
+    let explicit_dir = flags.project_directory.as_ref().map(|d| absolute(cwd, d));
+    let env_files: Vec<PathBuf> = flags.env_files.iter().map(|f| absolute(cwd, f)).collect();
     let env_files_required = !env_files.is_empty();
 
     // `.env` is looked up before the files are known, in the project directory or working dir.
@@ -71,8 +87,8 @@ pub fn resolve(
     let settings = settings_env(env, &dotenv_files, fs);
     let get = |k: &str| settings.get(k).filter(|v| !v.is_empty()).cloned();
 
-    let files: Vec<PathBuf> = if !global.files.is_empty() {
-        global.files.iter().map(|f| absolute(cwd, f)).collect()
+    let files: Vec<PathBuf> = if !flags.files.is_empty() {
+        flags.files.iter().map(|f| absolute(cwd, f)).collect()
     } else if let Some(list) = get("COMPOSE_FILE") {
         let sep = get("COMPOSE_PATH_SEPARATOR").unwrap_or_else(|| ":".into());
         list.split(sep.as_str())
@@ -107,7 +123,7 @@ pub fn resolve(
         settings_env(env, &env_files, fs)
     };
     let get = |k: &str| settings.get(k).filter(|v| !v.is_empty()).cloned();
-    let mut profiles: Vec<String> = global.profiles.clone();
+    let mut profiles: Vec<String> = flags.profiles.clone();
     if profiles.is_empty() {
         if let Some(p) = get("COMPOSE_PROFILES") {
             profiles = p
@@ -118,7 +134,7 @@ pub fn resolve(
                 .collect();
         }
     }
-    let project_name = global
+    let project_name = flags
         .project_name
         .clone()
         .or_else(|| get("COMPOSE_PROJECT_NAME"));
@@ -207,7 +223,7 @@ mod tests {
             .with("/p/compose.yaml", "")
             .with("/p/compose.override.yaml", "")
             .with("/p/docker-compose.yml", "");
-        let o = resolve(&GlobalArgs::default(), &env(&[]), Path::new("/p/sub"), &fs).unwrap();
+        let o = resolve(&Flags::default(), &env(&[]), Path::new("/p/sub"), &fs).unwrap();
         assert_eq!(
             o.files,
             vec![
@@ -226,7 +242,7 @@ mod tests {
             "COMPOSE_FILE=a.yml;b.yml\nCOMPOSE_PATH_SEPARATOR=;\nCOMPOSE_PROFILES=x, y\nCOMPOSE_PROJECT_NAME=fromdotenv\n",
         );
         let o = resolve(
-            &GlobalArgs::default(),
+            &Flags::default(),
             &env(&[("COMPOSE_PROJECT_NAME", "fromenv")]),
             Path::new("/w"),
             &fs,
@@ -242,12 +258,12 @@ mod tests {
 
     #[test]
     fn flags_win_over_env() {
-        let g = GlobalArgs {
+        let g = Flags {
             files: vec!["x/one.yaml".into(), "/abs/two.yaml".into()],
             project_name: Some("P".into()),
             env_files: vec!["e.env".into()],
             profiles: vec!["debug".into()],
-            ..GlobalArgs::default()
+            ..Flags::default()
         };
         let o = resolve(
             &g,
@@ -276,9 +292,9 @@ mod tests {
             "/w/sub/.env",
             "COMPOSE_PROFILES=debug\nCOMPOSE_PROJECT_NAME=sub\n",
         );
-        let g = GlobalArgs {
+        let g = Flags {
             files: vec!["sub/compose.yaml".into()],
-            ..GlobalArgs::default()
+            ..Flags::default()
         };
         let o = resolve(&g, &env(&[]), Path::new("/w"), &fs).unwrap();
         assert_eq!(o.profiles, vec!["debug".to_string()]);
@@ -289,7 +305,7 @@ mod tests {
     #[test]
     fn no_file_is_a_clear_error() {
         let e = resolve(
-            &GlobalArgs::default(),
+            &Flags::default(),
             &env(&[]),
             Path::new("/w"),
             &MemoryFs::new(),

@@ -255,12 +255,7 @@ pub fn parse(name: &str, text: &str) -> Result<Fleet, LoadError> {
 
 /// The closest known name to a misspelt one, for "did you mean" hints.
 pub(crate) fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(word, k), *k))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
+    crate::diag::did_you_mean(word, known.iter().copied())
 }
 
 /// Parses a size the way compose does (binary units), for `memory:` values.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::cli::output;
+use crate::output;
 
 pub mod host;
 pub mod images;

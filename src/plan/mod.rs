@@ -18,12 +18,23 @@ use serde_json::json;
 
 use crate::compose::model::Project;
 use crate::diag::Diagnostics;
+use crate::human::{format_bytes, format_cpus};
 use crate::inventory::{normalize_arch, Fleet};
 use crate::schedule::units::{self, Amount};
-use crate::schedule::{self, format_bytes, format_cpus, Node, NodeState, Observed, Placement};
+use crate::schedule::{self, Node, NodeState, Observed, Placement};
 
-/// What a host reports about itself (from the `hosts` transport): cpus, memory bytes, arch.
-pub type Facts = BTreeMap<String, (f64, u64, String)>;
+/// What a host reports about itself (from the `hosts` transport).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostFacts {
+    pub cpus: f64,
+    /// Bytes.
+    pub memory: u64,
+    /// As `uname -m` spells it.
+    pub arch: String,
+}
+
+/// Every host's facts, by host name.
+pub type Facts = BTreeMap<String, HostFacts>;
 
 /// Why no plan could be made.
 #[derive(Debug)]
@@ -66,7 +77,7 @@ pub fn nodes_with_facts(fleet: &Fleet, facts: Option<&Facts>) -> Vec<Node> {
             let capacity = h
                 .capacity
                 .map(|c| Amount::from_cpus(c.cpus, c.memory))
-                .or_else(|| fact.map(|f| Amount::from_cpus(f.0, f.1)))
+                .or_else(|| fact.map(|f| Amount::from_cpus(f.cpus, f.memory)))
                 .unwrap_or_default();
             let reserved = Amount::from_cpus(h.reserved.cpus, h.reserved.memory);
             let state = if facts.is_some() && fact.is_none() {
@@ -82,7 +93,7 @@ pub fn nodes_with_facts(fleet: &Fleet, facts: Option<&Facts>) -> Vec<Node> {
                 arch: h
                     .arch
                     .clone()
-                    .or_else(|| fact.map(|f| normalize_arch(&f.2))),
+                    .or_else(|| fact.map(|f| normalize_arch(&f.arch))),
                 allocatable: capacity.saturating_sub(reserved),
                 state,
             }

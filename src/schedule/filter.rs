@@ -122,7 +122,7 @@ mod tests {
 
     fn shape(constraints: &[&str], ports: &[PortKey], max: Option<u32>) -> Shape {
         Shape {
-            pod: 0,
+            group: 0,
             services: vec!["s".into()],
             demand: Amount::default(),
             ports: ports.to_vec(),

@@ -41,10 +41,10 @@ pub mod units;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
-use std::fmt::Write as _;
 
 use crate::compose::model::Project;
 use crate::diag::Diagnostics;
+use crate::human::{format_bytes, format_cpus};
 use filter::Reject;
 use units::{Amount, PortKey, Shape, Units};
 
@@ -68,8 +68,14 @@ pub enum NodeState {
     Unreachable,
 }
 
-/// A replica that is running now: (service, replica, host). Replicas are numbered from 1.
-pub type Observed = (String, u32, String);
+/// A replica that is running now.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Observed {
+    pub service: String,
+    /// Numbered from 1.
+    pub replica: u32,
+    pub host: String,
+}
 
 /// The result: where every replica goes, and which could not be placed and why.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -87,14 +93,15 @@ pub struct Assignment {
     pub service: String,
     pub replica: u32,
     pub host: String,
-    /// The pod the replica runs in (its first service's name).
+    /// The pod the replica runs in, as [`crate::pods`] names it (and `graph` prints it).
     pub pod: String,
 }
 
-/// A pod instance no host could take.
+/// A group instance (one replica of each service of a colocation) no host could take.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unplaced {
-    pub pod: String,
+    /// The colocation's name.
+    pub group: String,
     pub services: Vec<String>,
     pub replica: u32,
     /// Replicas wanted in all (for a global pod: eligible hosts).
@@ -156,7 +163,7 @@ pub fn place_changed(
 ) -> Result<Placement, Diagnostics> {
     let units = units::build(project)?;
     let first = Engine::new(&units, nodes, Order::SumOfShares).run(observed, changed);
-    let instances: u32 = units.pods.iter().map(|p| p.replicas).sum();
+    let instances: u32 = units.groups.iter().map(|p| p.replicas).sum();
     if instances as usize > SECOND_ORDER_MAX_INSTANCES {
         return Ok(first);
     }
@@ -299,7 +306,7 @@ impl<'a> Engine<'a> {
             class_hosts,
             size,
             eligible: vec![None; units.shapes.len()],
-            placed: vec![Vec::new(); units.pods.len()],
+            placed: vec![Vec::new(); units.groups.len()],
             counts: vec![0; nodes.len()],
             counts_pod: None,
             zones: HashMap::new(),
@@ -323,10 +330,10 @@ impl<'a> Engine<'a> {
     fn check_dynamic(&mut self, shape: &Shape, h: usize) -> Result<(), Reject> {
         // 3. max_replicas_per_node: instances of this pod already here.
         if !shape.limits.is_empty() {
-            let on_pod = self.count_on(shape.pod, h);
-            let pod = &self.units.pods[shape.pod];
+            let on_pod = self.count_on(shape.group, h);
+            let pod = &self.units.groups[shape.group];
             let uniform = pod.shapes.iter().all(|&s| s == pod.shapes[0]);
-            let placed = &self.placed[shape.pod];
+            let placed = &self.placed[shape.group];
             let shapes = &self.units.shapes;
             // Every instance runs every service unless the pod's services differ in replicas.
             filter::max_per_node(shape, |service| {
@@ -355,8 +362,8 @@ impl<'a> Engine<'a> {
 
     /// The scorer pipeline for one host that passed every filter.
     fn score(&mut self, shape: &Shape, h: usize) -> f64 {
-        let pod = &self.units.pods[shape.pod];
-        let replicas = pod.replicas.max(self.placed[shape.pod].len() as u32 + 1);
+        let pod = &self.units.groups[shape.group];
+        let replicas = pod.replicas.max(self.placed[shape.group].len() as u32 + 1);
         // Bin-packing: fill hosts in use, where what is free best matches what is needed.
         let mut s = score::binpack(
             shape.demand,
@@ -366,12 +373,12 @@ impl<'a> Engine<'a> {
             self.size[h],
         );
         // Spread: fewer instances of this pod on the host is better.
-        s += score::spread(self.count_on(shape.pod, h), replicas);
+        s += score::spread(self.count_on(shape.group, h), replicas);
         // Spread preferences: fewer instances in the host's group (zone) is better.
         if !pod.spread.is_empty() {
-            let placed = self.placed[shape.pod].len();
-            if self.zone_counts.0 != Some((shape.pod, placed)) {
-                self.zone_counts = (Some((shape.pod, placed)), self.count_zones(shape.pod));
+            let placed = self.placed[shape.group].len();
+            if self.zone_counts.0 != Some((shape.group, placed)) {
+                self.zone_counts = (Some((shape.group, placed)), self.count_zones(shape.group));
             }
             for (k, key) in pod.spread.iter().enumerate() {
                 let per_zone = &self.zone_counts.1[k];
@@ -385,7 +392,7 @@ impl<'a> Engine<'a> {
 
     /// Instances of `pod` per group, for each of its spread labels.
     fn count_zones(&self, pod: usize) -> Vec<Vec<u32>> {
-        self.units.pods[pod]
+        self.units.groups[pod]
             .spread
             .iter()
             .map(|key| {
@@ -429,7 +436,7 @@ impl<'a> Engine<'a> {
     }
 
     fn run(mut self, observed: &[Observed], changed: &BTreeSet<String>) -> Placement {
-        for key in self.units.pods.iter().flat_map(|p| p.spread.iter()) {
+        for key in self.units.groups.iter().flat_map(|p| p.spread.iter()) {
             if !self.zones.contains_key(key) {
                 let mut ids: BTreeMap<Option<&String>, u32> = BTreeMap::new();
                 let zone_of = self
@@ -445,7 +452,7 @@ impl<'a> Engine<'a> {
         }
         let mut done: Vec<Vec<bool>> = self
             .units
-            .pods
+            .groups
             .iter()
             .map(|p| vec![false; p.replicas as usize + 1])
             .collect();
@@ -459,15 +466,20 @@ impl<'a> Engine<'a> {
             .collect();
         let mut pinned: HashSet<(usize, u32)> = HashSet::new();
         let mut sticky: Vec<&Observed> = observed.iter().collect();
-        sticky.sort_by_key(|o| (changed.contains(&o.0), *o));
-        for (service, replica, host) in sticky {
+        sticky.sort_by_key(|o| (changed.contains(&o.service), *o));
+        for Observed {
+            service,
+            replica,
+            host,
+        } in sticky
+        {
             let (Some(&pod), Some(&h)) = (
-                self.units.pod_of.get(service),
+                self.units.group_of.get(service),
                 host_index.get(host.as_str()),
             ) else {
                 continue;
             };
-            let p = &self.units.pods[pod];
+            let p = &self.units.groups[pod];
             if p.global || *replica == 0 || *replica > p.replicas || done[pod][*replica as usize] {
                 continue;
             }
@@ -485,8 +497,8 @@ impl<'a> Engine<'a> {
         }
 
         // Global pods: one instance on every host that passes the host-only stages.
-        for pod in 0..self.units.pods.len() {
-            if self.units.pods[pod].global {
+        for pod in 0..self.units.groups.len() {
+            if self.units.groups[pod].global {
                 self.place_global(pod);
             }
         }
@@ -517,7 +529,7 @@ impl<'a> Engine<'a> {
             }
         };
         let mut queue: Vec<(f64, Instance)> = Vec::new();
-        for (pod, p) in self.units.pods.iter().enumerate() {
+        for (pod, p) in self.units.groups.iter().enumerate() {
             if p.global {
                 continue;
             }
@@ -586,7 +598,7 @@ impl<'a> Engine<'a> {
             };
             for (pod, list) in placed.iter().enumerate() {
                 for &(r, h) in list {
-                    let shape = &self.units.shapes[self.units.pods[pod].shape_of(r)];
+                    let shape = &self.units.shapes[self.units.groups[pod].shape_of(r)];
                     for service in &shape.services {
                         *state
                             .counts
@@ -627,7 +639,7 @@ impl<'a> Engine<'a> {
 
     /// Takes one instance off host `h` (the inverse of [`Engine::commit`]).
     fn uncommit(&mut self, pod: usize, replica: u32, h: usize) {
-        let shape = &self.units.shapes[self.units.pods[pod].shape_of(replica)];
+        let shape = &self.units.shapes[self.units.groups[pod].shape_of(replica)];
         self.free[h] = self.free[h].plus(shape.demand);
         for p in &shape.ports {
             if let Some(i) = self.ports[h].iter().position(|q| q == p) {
@@ -671,13 +683,13 @@ impl<'a> Engine<'a> {
                 if p2 == inst.pod || !movable(p2, r2) {
                     continue;
                 }
-                let s2 = units.pods[p2].shape_of(r2);
+                let s2 = units.groups[p2].shape_of(r2);
                 let d2 = units.shapes[s2].demand;
                 if !shape.demand.fits_in(self.free[t].plus(d2)) {
                     continue;
                 }
                 self.uncommit(p2, r2, t);
-                let even = self.count_on(inst.pod, t) < fair(units.pods[inst.pod].replicas);
+                let even = self.count_on(inst.pod, t) < fair(units.groups[inst.pod].replicas);
                 if even && self.check(shape, t).is_ok() {
                     self.commit(inst, t);
                     let shape2 = &units.shapes[s2];
@@ -687,7 +699,7 @@ impl<'a> Engine<'a> {
                             continue;
                         }
                         *budget = budget.saturating_sub(1);
-                        let even = self.count_on(p2, u) < fair(units.pods[p2].replicas);
+                        let even = self.count_on(p2, u) < fair(units.groups[p2].replicas);
                         if even && self.check(shape2, u).is_ok() {
                             let sc = Scored(self.score(shape2, u), Reverse(u as u32));
                             if best.as_ref().is_none_or(|b| sc > *b) {
@@ -745,7 +757,7 @@ impl<'a> Engine<'a> {
         let movable = |list: &[(usize, u32)]| {
             !list.is_empty()
                 && list.iter().all(|&(pod, r)| {
-                    let p = &units.pods[pod];
+                    let p = &units.groups[pod];
                     !p.global && p.spread.is_empty() && !pinned.contains(&(pod, r))
                 })
         };
@@ -756,7 +768,7 @@ impl<'a> Engine<'a> {
             f(used.cpu_millis, cap.cpu_millis) + f(used.memory, cap.memory)
         };
         let movable1 = |pod: usize, r: u32| {
-            let p = &units.pods[pod];
+            let p = &units.groups[pod];
             !p.global && p.spread.is_empty() && !pinned.contains(&(pod, r))
         };
         let mut order: Vec<usize> = (0..n).filter(|&h| movable(&on_host[h])).collect();
@@ -777,7 +789,7 @@ impl<'a> Engine<'a> {
             }
             let mut moving = std::mem::take(&mut on_host[h]);
             let size = |&(pod, r): &(usize, u32)| {
-                let d = units.shapes[units.pods[pod].shape_of(r)].demand;
+                let d = units.shapes[units.groups[pod].shape_of(r)].demand;
                 (Reverse(d.cpu_millis + d.memory / (1 << 20)), pod, r)
             };
             moving.sort_by_key(size);
@@ -796,13 +808,13 @@ impl<'a> Engine<'a> {
                 let inst = Instance {
                     pod,
                     replica: r,
-                    shape: units.pods[pod].shape_of(r),
+                    shape: units.groups[pod].shape_of(r),
                 };
                 let shape = &units.shapes[inst.shape];
                 let mut best: Option<Scored> = None;
                 for &t in &targets {
                     budget = budget.saturating_sub(1);
-                    let even = self.count_on(pod, t) < fair(units.pods[pod].replicas);
+                    let even = self.count_on(pod, t) < fair(units.groups[pod].replicas);
                     if even && self.check(shape, t).is_ok() {
                         let sc = Scored(self.score(shape, t), Reverse(t as u32));
                         if best.as_ref().is_none_or(|b| sc > *b) {
@@ -856,7 +868,7 @@ impl<'a> Engine<'a> {
                                 Instance {
                                     pod: p2,
                                     replica: r2,
-                                    shape: units.pods[p2].shape_of(r2),
+                                    shape: units.groups[p2].shape_of(r2),
                                 },
                                 from,
                             );
@@ -865,7 +877,7 @@ impl<'a> Engine<'a> {
                     }
                 }
                 for &(pod, r) in &moving {
-                    let shape = units.pods[pod].shape_of(r);
+                    let shape = units.groups[pod].shape_of(r);
                     self.commit(
                         Instance {
                             pod,
@@ -991,7 +1003,7 @@ impl<'a> Engine<'a> {
         let units = self.units;
         let shape = &units.shapes[run[0].shape];
         let eligible = self.eligible(run[0].shape);
-        let zoned = !units.pods[shape.pod].spread.is_empty();
+        let zoned = !units.groups[shape.group].spread.is_empty();
         let mut heap: BinaryHeap<Scored> = BinaryHeap::new();
         let mut first = true;
         for &inst in run {
@@ -1052,7 +1064,7 @@ impl<'a> Engine<'a> {
     }
 
     fn place_global(&mut self, pod: usize) {
-        let shape_index = self.units.pods[pod].shape_of(1);
+        let shape_index = self.units.groups[pod].shape_of(1);
         let shape = &self.units.shapes[shape_index];
         let eligible: Vec<usize> = (0..self.nodes.len())
             .filter(|&h| {
@@ -1070,11 +1082,11 @@ impl<'a> Engine<'a> {
             match self.check_dynamic(shape, h) {
                 Ok(()) => self.commit(inst, h),
                 Err(why) => {
-                    let p = &self.units.pods[pod];
+                    let p = &self.units.groups[pod];
                     let mut hist = Histogram::default();
                     hist.add(&why);
                     self.unplaced.push(Unplaced {
-                        pod: p.name.clone(),
+                        group: p.name.clone(),
                         services: shape.services.clone(),
                         replica: inst.replica,
                         of,
@@ -1100,9 +1112,9 @@ impl<'a> Engine<'a> {
                 hist.add(&why);
             }
         }
-        let p = &self.units.pods[inst.pod];
+        let p = &self.units.groups[inst.pod];
         self.unplaced.push(Unplaced {
-            pod: p.name.clone(),
+            group: p.name.clone(),
             services: shape.services.clone(),
             replica: inst.replica,
             of: p.replicas,
@@ -1116,7 +1128,7 @@ impl<'a> Engine<'a> {
         let mut assignments = Vec::new();
         let mut per_host: Vec<Vec<(String, u32)>> = vec![Vec::new(); self.nodes.len()];
         for (pod, placed) in self.placed.iter().enumerate() {
-            let p = &self.units.pods[pod];
+            let p = &self.units.groups[pod];
             for &(replica, h) in placed {
                 let shape = &self.units.shapes[p.shape_of(replica)];
                 for service in &shape.services {
@@ -1124,7 +1136,7 @@ impl<'a> Engine<'a> {
                         service: service.clone(),
                         replica,
                         host: self.nodes[h as usize].name.clone(),
-                        pod: p.name.clone(),
+                        pod: p.pod_of(service).unwrap_or(&p.name).to_string(),
                     });
                     per_host[h as usize].push((service.clone(), replica));
                 }
@@ -1132,7 +1144,7 @@ impl<'a> Engine<'a> {
         }
         assignments.sort();
         let mut unschedulable = self.unplaced;
-        unschedulable.sort_by(|a, b| a.pod.cmp(&b.pod).then(a.replica.cmp(&b.replica)));
+        unschedulable.sort_by(|a, b| a.group.cmp(&b.group).then(a.replica.cmp(&b.replica)));
         let hosts = self
             .nodes
             .iter()
@@ -1255,52 +1267,5 @@ impl Histogram {
         }
         lines.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         lines.into_iter().map(|l| l.2).collect()
-    }
-}
-
-/// `4 GiB`, `2.5 GiB`, `512 MiB`, `100 B`: binary units, at most one decimal.
-pub fn format_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    let mut s = String::new();
-    let rounded = (v * 10.0).round() / 10.0;
-    if rounded.fract() == 0.0 {
-        let _ = write!(s, "{} {}", rounded as u64, UNITS[u]);
-    } else {
-        let _ = write!(s, "{rounded:.1} {}", UNITS[u]);
-    }
-    s
-}
-
-/// `2`, `0.25`, `1.5`: cpus from thousandths, without trailing zeros.
-pub fn format_cpus(millis: u64) -> String {
-    let whole = millis / 1000;
-    let frac = millis % 1000;
-    if frac == 0 {
-        whole.to_string()
-    } else {
-        let f = format!("{frac:03}");
-        format!("{whole}.{}", f.trim_end_matches('0'))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_and_cpus_print_short() {
-        assert_eq!(format_bytes(4 << 30), "4 GiB");
-        assert_eq!(format_bytes(5 << 29), "2.5 GiB");
-        assert_eq!(format_bytes(512 << 20), "512 MiB");
-        assert_eq!(format_bytes(100), "100 B");
-        assert_eq!(format_cpus(2000), "2");
-        assert_eq!(format_cpus(250), "0.25");
-        assert_eq!(format_cpus(1500), "1.5");
     }
 }

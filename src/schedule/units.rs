@@ -1,11 +1,13 @@
-//! What has to be placed: services grouped into pods, replica counts, resource demand, published
-//! ports and placement constraints, read from the compose model. Nothing here looks at hosts.
+//! What has to be placed: one [`Group`] per colocation of the pod model ([`crate::pods`]), with
+//! replica counts, resource demand, published ports and placement constraints read from the
+//! compose model. Nothing here looks at hosts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::compose::model::{Project, Service};
 use crate::diag::{Diagnostic, Diagnostics};
+use crate::pods;
 
 /// Demand assumed for a service that declares neither reservations nor limits: a tenth of a
 /// cpu and 64 MiB, so that such services still count and a fleet cannot be overfilled with them.
@@ -149,13 +151,17 @@ pub fn parse_constraint(text: &str) -> Result<Constraint, String> {
     })
 }
 
-/// One pod: services that run together on one host (joined by `network_mode: service:X`,
-/// `volumes_from`, or a shared named local volume). Named after its first service in
-/// alphabetical order; displayed as its services joined with `+`.
+/// What placement puts on one host as a unit: one colocation of the pod model (pods tied to one
+/// host by `volumes_from` or a shared local volume; usually a single pod). Instance `r` of a group
+/// runs replica `r` of each of its services. Displayed as its services joined with `+`.
 #[derive(Debug, Clone)]
-pub struct Pod {
+pub struct Group {
+    /// The colocation's name (its first pod's).
     pub name: String,
+    /// Every service of every pod of the colocation, sorted by name.
     pub services: Vec<String>,
+    /// The pod of each service (in `services` order), as [`crate::pods`] names it.
+    pub pods: Vec<String>,
     /// How many instances: one per eligible host when `global`.
     pub replicas: u32,
     pub global: bool,
@@ -163,13 +169,19 @@ pub struct Pod {
     /// services whose count is at least `r`.
     pub service_replicas: Vec<u32>,
     /// Per instance (index r-1): the shape it has. Empty for global pods (they use shape 0...
-    /// see [`Pod::shape_of`]).
+    /// see [`Group::shape_of`]).
     pub shapes: Vec<usize>,
     /// Label keys from `preferences: - spread: node.labels.KEY`.
     pub spread: Vec<String>,
 }
 
-impl Pod {
+impl Group {
+    /// The pod `service` runs in, if it is one of the group's.
+    pub fn pod_of(&self, service: &str) -> Option<&str> {
+        let i = self.services.iter().position(|s| s == service)?;
+        self.pods.get(i).map(String::as_str)
+    }
+
     /// The shape of instance `replica` (1-based).
     pub fn shape_of(&self, replica: u32) -> usize {
         let i = (replica.max(1) - 1) as usize;
@@ -185,10 +197,11 @@ impl Pod {
     }
 }
 
-/// Everything the filters need about one kind of pod instance.
+/// Everything the filters need about one kind of group instance.
 #[derive(Debug, Clone)]
 pub struct Shape {
-    pub pod: usize,
+    /// Index into [`Units::groups`].
+    pub group: usize,
     /// Services running in instances of this shape.
     pub services: Vec<String>,
     pub demand: Amount,
@@ -203,10 +216,10 @@ pub struct Shape {
 /// The placement problem derived from a project.
 #[derive(Debug, Clone, Default)]
 pub struct Units {
-    pub pods: Vec<Pod>,
+    pub groups: Vec<Group>,
     pub shapes: Vec<Shape>,
-    /// service → pod index.
-    pub pod_of: BTreeMap<String, usize>,
+    /// service → group index.
+    pub group_of: BTreeMap<String, usize>,
 }
 
 /// A service's demand per replica: reservations, else limits, else the legacy keys, else
@@ -277,81 +290,22 @@ pub fn ports(s: &Service) -> Vec<PortKey> {
     out
 }
 
-/// Groups services into pods (union-find over the three joining relations).
-pub fn pods(project: &Project) -> Vec<Vec<String>> {
-    let names: Vec<&String> = project.services.keys().collect();
-    let index: BTreeMap<&str, usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
-    let mut parent: Vec<usize> = (0..names.len()).collect();
-    fn find(p: &mut [usize], mut x: usize) -> usize {
-        while p[x] != x {
-            p[x] = p[p[x]];
-            x = p[x];
-        }
-        x
-    }
-    let mut union = |a: usize, b: usize| {
-        let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
-        if ra != rb {
-            parent[ra.max(rb)] = ra.min(rb);
-        }
-    };
-    let mut volume_users: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, (_, s)) in project.services.iter().enumerate() {
-        if let Some(target) = s
-            .network_mode
-            .as_deref()
-            .and_then(|m| m.strip_prefix("service:"))
-        {
-            if let Some(&j) = index.get(target) {
-                union(i, j);
-            }
-        }
-        for from in &s.volumes_from {
-            if from.starts_with("container:") {
-                continue;
-            }
-            let name = from.split(':').next().unwrap_or(from);
-            if let Some(&j) = index.get(name) {
-                union(i, j);
-            }
-        }
-        for v in &s.volumes {
-            let Some(src) = v.source.as_deref() else {
-                continue;
-            };
-            let local = v.kind == "volume"
-                && project.volumes.get(src).is_some_and(|vol| {
-                    !vol.external && vol.driver.as_deref().unwrap_or("local") == "local"
-                });
-            if local {
-                volume_users.entry(src).or_default().push(i);
-            }
-        }
-    }
-    for users in volume_users.values() {
-        for w in users.windows(2) {
-            union(w[0], w[1]);
-        }
-    }
-    let mut groups: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for (i, name) in names.iter().enumerate() {
-        let r = find(&mut parent, i);
-        groups.entry(r).or_default().push((*name).clone());
-    }
-    // Roots are the smallest index, so groups come out ordered by their first service's name.
-    groups.into_values().collect()
-}
-
 /// Builds the pods and shapes of a project; constraint errors point at the compose file.
 pub fn build(project: &Project) -> Result<Units, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut units = Units::default();
-    for members in pods(project) {
-        let pod_index = units.pods.len();
+    let model = pods::of(project);
+    for colocation in &model.colocations {
+        let members = model.services_of(colocation);
+        let pod_names: Vec<String> = members
+            .iter()
+            .map(|m| {
+                model
+                    .pod_of(m)
+                    .map_or_else(|| m.clone(), |p| p.name.clone())
+            })
+            .collect();
+        let pod_index = units.groups.len();
         let services: Vec<&Service> = members.iter().map(|m| &project.services[m]).collect();
         let global = services.iter().any(|s| is_global(s));
         let service_replicas: Vec<u32> = services
@@ -449,7 +403,7 @@ pub fn build(project: &Project) -> Result<Units, Diagnostics> {
                     }
                 }
                 units.shapes.push(Shape {
-                    pod: pod_index,
+                    group: pod_index,
                     services: running.iter().map(|&i| members[i].clone()).collect(),
                     demand: demand_sum,
                     ports: port_list,
@@ -474,11 +428,12 @@ pub fn build(project: &Project) -> Result<Units, Diagnostics> {
             instance_shapes.push(shape);
         }
         for m in &members {
-            units.pod_of.insert(m.clone(), pod_index);
+            units.group_of.insert(m.clone(), pod_index);
         }
-        units.pods.push(Pod {
-            name: members[0].clone(),
+        units.groups.push(Group {
+            name: colocation.name.clone(),
             services: members,
+            pods: pod_names,
             replicas: if global { 0 } else { count },
             global,
             service_replicas,

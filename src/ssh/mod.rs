@@ -270,7 +270,7 @@ pub async fn facts_with<T: Transport>(
             }
             Err(e) => {
                 // A panic in one host's task is a bug; the others still report.
-                crate::cli::output::error(&format!("bug: a host task failed: {e}"));
+                crate::output::error(&format!("bug: a host task failed: {e}"));
             }
         }
     }

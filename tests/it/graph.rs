@@ -73,7 +73,16 @@ fn graph_json_has_the_documented_structure() {
         v["services"],
         serde_json::json!(["api", "cache", "db", "migrate", "web", "web-proxy"])
     );
-    assert_eq!(v["pods"], serde_json::json!([["web", "web-proxy"]]));
+    assert_eq!(
+        v["pods"],
+        serde_json::json!([
+            {"name": "api", "services": ["api"]},
+            {"name": "cache", "services": ["cache"]},
+            {"name": "db", "services": ["db"]},
+            {"name": "migrate", "services": ["migrate"]},
+            {"name": "web", "services": ["web", "web-proxy"]},
+        ])
+    );
     assert_eq!(v["order"].as_array().map(Vec::len), Some(6));
     let edges = v["edges"].as_array().expect("edges");
     assert_eq!(edges.len(), 6);

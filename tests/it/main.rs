@@ -10,6 +10,8 @@ mod inventory;
 mod lab;
 mod load_props;
 mod plan_facts;
+mod pods;
 mod schedule;
 mod support;
+mod tidy;
 mod transport;

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use compose_fleet::compose::model::Project;
 use compose_fleet::inventory;
 use compose_fleet::plan;
+use compose_fleet::pods;
 use compose_fleet::schedule::units::{self, Amount};
-use compose_fleet::schedule::{self, Node, NodeState, Placement};
+use compose_fleet::schedule::{self, Node, NodeState, Observed, Placement};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -128,16 +129,43 @@ fn pods_are_placed_together() {
         }),
         json!({"data": {}, "shared": {"external": true}}),
     );
-    let pods = units::pods(&p);
+    let model = pods::of(&p);
+    let pods: Vec<(&str, Vec<&str>)> = model
+        .pods
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.services.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
     assert_eq!(
         pods,
+        [
+            ("app", vec!["app", "sidecar"]),
+            ("backup", vec!["backup"]),
+            ("db", vec!["db"]),
+            ("dbtool", vec!["dbtool"]),
+            ("ext", vec!["ext"]),
+            ("ext2", vec!["ext2"]),
+        ],
+        "only network_mode shares a network namespace"
+    );
+    let colocations: Vec<Vec<String>> = model
+        .colocations
+        .iter()
+        .map(|c| model.services_of(c))
+        .collect();
+    assert_eq!(
+        colocations,
         vec![
             vec!["app".to_string(), "sidecar".into()],
             vec!["backup".into(), "db".into(), "dbtool".into()],
             vec!["ext".into()],
             vec!["ext2".into()],
         ],
-        "network_mode, volumes_from and shared local volumes join; external volumes do not"
+        "volumes_from and shared local volumes put pods on one host; external volumes do not"
     );
     let nodes: Vec<Node> = (1..=4)
         .map(|i| node(&format!("h{i}"), 2.0, "2g", &[]))
@@ -153,7 +181,10 @@ fn pods_are_placed_together() {
         .map(|a| (a.service.as_str(), a.pod.as_str()))
         .collect();
     assert_eq!(pod_of["sidecar"], "app");
-    assert_eq!(pod_of["dbtool"], "backup");
+    assert_eq!(
+        pod_of["dbtool"], "dbtool",
+        "a colocated pod keeps its own name"
+    );
 }
 
 #[test]
@@ -339,11 +370,16 @@ fn stickiness_keeps_running_replicas_in_place() {
     let nodes: Vec<Node> = (1..=3)
         .map(|i| node(&format!("h{i}"), 4.0, "4g", &[]))
         .collect();
+    let running = |service: &str, replica, host: &str| Observed {
+        service: service.into(),
+        replica,
+        host: host.into(),
+    };
     let observed = vec![
-        ("web".to_string(), 1, "h3".to_string()),
-        ("web".to_string(), 2, "h2".to_string()),
-        ("db".to_string(), 1, "h2".to_string()),
-        ("gone".to_string(), 1, "h1".to_string()),
+        running("web", 1, "h3"),
+        running("web", 2, "h2"),
+        running("db", 1, "h2"),
+        running("gone", 1, "h1"),
     ];
     let pl = schedule::place(&p, &nodes, &observed).unwrap();
     assert_eq!(hosts_of(&pl, "web"), ["h3", "h2"]);
@@ -380,7 +416,11 @@ fn replanning_with_one_service_changed_moves_only_that_service() {
     let observed: Vec<_> = before
         .assignments
         .iter()
-        .map(|a| (a.service.clone(), a.replica, a.host.clone()))
+        .map(|a| Observed {
+            service: a.service.clone(),
+            replica: a.replica,
+            host: a.host.clone(),
+        })
         .collect();
     let mut changed = services.clone();
     changed["api"] = svc(1.5, "3g", 4, json!({}));
@@ -590,18 +630,21 @@ fn check_rules(p: &Project, nodes: &[Node], pl: &Placement) -> Result<(), String
 
 /// Whether some placement puts every pod instance on a host (brute force).
 fn exists_complete(p: &Project, nodes: &[Node]) -> bool {
-    let pods = units::pods(p);
+    let model = pods::of(p);
     let mut insts = Vec::new();
-    for members in &pods {
+    for colocation in &model.colocations {
+        let members = model.services_of(colocation);
         let count = members
             .iter()
             .map(|m| units::replicas(&p.services[m]))
             .max()
             .unwrap_or(0);
         for r in 1..=count {
+            // Borrowed from the project, which outlives the search.
             let running: Vec<&String> = members
                 .iter()
                 .filter(|m| units::replicas(&p.services[*m]) >= r)
+                .filter_map(|m| p.services.get_key_value(m).map(|(k, _)| k))
                 .collect();
             insts.push((members[0].clone(), running));
         }
@@ -693,7 +736,14 @@ fn inventory_to_plan_offline() {
         other => panic!("{other:?}"),
     }
     let mut facts = plan::Facts::new();
-    facts.insert("a".into(), (4.0, 8 << 30, "arm64".into()));
+    facts.insert(
+        "a".into(),
+        plan::HostFacts {
+            cpus: 4.0,
+            memory: 8 << 30,
+            arch: "arm64".into(),
+        },
+    );
     let nodes = plan::nodes_with_facts(&no_cap, Some(&facts));
     assert_eq!(nodes[0].allocatable, Amount::from_cpus(4.0, 8 << 30));
     assert_eq!(nodes[0].arch.as_deref(), Some("aarch64"));

@@ -127,16 +127,18 @@ fn key_value<'n>(
         "volumes" => volumes(ctx, svc, v),
         "volumes_from" => {
             for (s, at) in service_refs(ctx, v, "a `volumes_from` entry") {
-                if !s.starts_with("container:") {
-                    let target = s.split(':').next().unwrap_or("").to_string();
-                    svc.spans.dependencies.entry(target).or_insert(at);
+                if let Some(target) = crate::compose::model::volumes_from_service(&s) {
+                    svc.spans
+                        .dependencies
+                        .entry(target.to_string())
+                        .or_insert(at);
                 }
                 svc.volumes_from.push(s);
             }
         }
         "links" => {
             for (s, at) in service_refs(ctx, v, "a `links` entry") {
-                let target = s.split(':').next().unwrap_or("").to_string();
+                let target = crate::compose::model::link_service(&s).to_string();
                 svc.spans.dependencies.entry(target).or_insert(at);
                 svc.links.push(s);
             }
@@ -226,7 +228,7 @@ fn restart(ctx: &mut Ctx<'_>, v: &Node) -> Option<String> {
 fn network_mode(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) -> Option<String> {
     let name = svc.name.clone();
     let m = ctx.opt_string(v, "`network_mode`")?;
-    if let Some(target) = m.strip_prefix("service:") {
+    if let Some(target) = crate::compose::model::service_ref(&m) {
         svc.spans
             .dependencies
             .insert(target.to_string(), v.loc.clone());

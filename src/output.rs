@@ -1,4 +1,6 @@
-//! The one printer: data goes to stdout (so it pipes), everything for humans to stderr.
+//! The one printer: data goes to stdout (so it pipes), everything for humans to stderr. Every
+//! module that prints (the CLI's commands, `ssh`, `lab`) prints through it; the pure core prints
+//! nothing.
 
 use std::io::{IsTerminal, Write};
 
