@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::limits::Limits;
+
 pub mod config;
 pub mod graph;
 pub mod hosts;
@@ -55,6 +57,24 @@ pub struct GlobalArgs {
         value_name = "FILE"
     )]
     pub inventory: Option<PathBuf>,
+    /// Raise (or lower) one input bound, e.g. `--limit replicas-per-service=50000`; repeatable.
+    /// The limits and their COMPOSE_FLEET_MAX_* variables are listed in the README
+    #[arg(long = "limit", global = true, value_name = "NAME=VALUE", value_parser = limit_arg)]
+    pub limits: Vec<String>,
+}
+
+impl GlobalArgs {
+    /// The limits in force: defaults, then the `COMPOSE_FLEET_MAX_*` variables, then `--limit`.
+    pub fn limits(&self) -> Result<Limits, Failure> {
+        Limits::resolve(&self.limits, |k| std::env::var(k).ok()).map_err(Failure::User)
+    }
+}
+
+/// Checks one `--limit NAME=VALUE` when the command line is parsed (so that every command refuses
+/// a misspelt limit, not only those that read files).
+fn limit_arg(arg: &str) -> Result<String, String> {
+    Limits::default().apply_arg(arg)?;
+    Ok(arg.to_string())
 }
 
 #[derive(Debug, Subcommand)]

@@ -25,6 +25,8 @@ pub struct Ctx<'a> {
     /// Every secret/config reference (`secret`/`config`, source, where), checked against the
     /// top-level definitions once all services are read.
     pub refs: Vec<(&'static str, String, Location)>,
+    /// The input bounds in force ([`super::bounds`] checks replicas against them).
+    pub limits: &'a crate::limits::Limits,
 }
 
 impl Ctx<'_> {
@@ -504,7 +506,9 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
             "pids_limit" => svc.pids_limit = ctx.integer(v, "`pids_limit`"),
             "scale" => {
                 scale_node = Some(v);
-                svc.scale = ctx.u32(v, "`scale`");
+                svc.scale = ctx
+                    .u32(v, "`scale`")
+                    .and_then(|n| super::bounds::replicas(ctx, v, n, "`scale`"));
             }
             // `extends` is resolved before normalization; `profiles` above.
             "extends" => {}
@@ -761,11 +765,15 @@ fn read_env_file(
     let text = match ctx.fs.read(&full) {
         Ok(t) => t,
         Err(e) => {
-            if required {
+            // Only a missing optional file is skipped (as compose-go): a too-large one is not.
+            if required || e.kind() != std::io::ErrorKind::NotFound {
                 ctx.error_hint(
                     at,
                     format!("cannot read env_file {}: {e}", full.display()),
-                    "create the file, or mark it optional with `required: false` (long syntax)",
+                    super::source::read_hint(
+                        &e,
+                        "create the file, or mark it optional with `required: false` (long syntax)",
+                    ),
                 );
             }
             return;
@@ -1295,7 +1303,11 @@ fn deploy(ctx: &mut Ctx<'_>, spans: &mut ServiceSpans, service: &str, v: &Node) 
                     d.mode = Some(m);
                 }
             }
-            "replicas" => d.replicas = ctx.u32(dv, "`deploy.replicas`"),
+            "replicas" => {
+                d.replicas = ctx
+                    .u32(dv, "`deploy.replicas`")
+                    .and_then(|n| super::bounds::replicas(ctx, dv, n, "`deploy.replicas`"))
+            }
             "resources" => {
                 for (rk, rname, rv) in ctx.entries(dv, "`deploy.resources`") {
                     match rname {

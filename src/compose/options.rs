@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use super::dotenv;
-use super::source::{absolute, FileSource};
+use super::source::{absolute, Bounded, FileSource};
 use super::Environment;
 use crate::cli::GlobalArgs;
+use crate::limits::{Limit, Limits};
 
 /// The file names `docker compose` looks for, in order of preference.
 pub const DEFAULT_FILES: [&str; 4] = [
@@ -32,6 +33,8 @@ pub struct LoadOptions {
     pub profiles: Vec<String>,
     /// `-p` or `COMPOSE_PROJECT_NAME`; otherwise the loader uses `name:` or the directory name.
     pub project_name: Option<String>,
+    /// The input bounds in force (`--limit`, `COMPOSE_FLEET_MAX_*`); the loader enforces them.
+    pub limits: Limits,
 }
 
 impl LoadOptions {
@@ -57,6 +60,10 @@ pub fn resolve(
     cwd: &Path,
     fs: &dyn FileSource,
 ) -> Result<LoadOptions, String> {
+    // Resolved first: even reading `.env` is bounded by them.
+    let limits = Limits::resolve(&global.limits, |k| env.get(k).cloned())?;
+    let bounded = Bounded::new(fs, limits.get(Limit::FileBytes));
+    let fs: &dyn FileSource = &bounded;
     let explicit_dir = global.project_directory.as_ref().map(|d| absolute(cwd, d));
     let env_files: Vec<PathBuf> = global.env_files.iter().map(|f| absolute(cwd, f)).collect();
     let env_files_required = !env_files.is_empty();
@@ -129,6 +136,7 @@ pub fn resolve(
         env_files_required,
         profiles,
         project_name,
+        limits,
     })
 }
 
