@@ -166,6 +166,19 @@ impl Limits {
         Ok(limits)
     }
 
+    /// The limits for one command: the defaults, then the `COMPOSE_FLEET_MAX_*` variables `lookup`
+    /// returns, then the `--limit NAME=VALUE` arguments (the command line wins).
+    pub fn resolve(
+        args: &[String],
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Limits, String> {
+        let mut limits = Limits::from_lookup(lookup)?;
+        for arg in args {
+            limits.apply_arg(arg)?;
+        }
+        Ok(limits)
+    }
+
     /// Applies one `--limit NAME=VALUE` argument.
     pub fn apply_arg(&mut self, arg: &str) -> Result<(), String> {
         let Some((name, raw)) = arg.split_once('=') else {
@@ -223,6 +236,15 @@ mod tests {
         let mut limits = limits;
         limits.apply_arg("replicas-per-service=5").unwrap();
         assert_eq!(limits.get(Limit::ReplicasPerService), 5);
+    }
+
+    #[test]
+    fn flags_win_over_the_environment() {
+        let limits = Limits::resolve(&["file-bytes=1_024".to_string()], |k| {
+            (k == "COMPOSE_FLEET_MAX_FILE_BYTES").then(|| "10".to_string())
+        })
+        .unwrap();
+        assert_eq!(limits.get(Limit::FileBytes), 1024);
     }
 
     #[test]

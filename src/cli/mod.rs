@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::compose::options::Flags;
+use crate::limits::Limits;
 use crate::output;
 
 pub mod config;
@@ -57,6 +58,24 @@ pub struct GlobalArgs {
         value_name = "FILE"
     )]
     pub inventory: Option<PathBuf>,
+    /// Raise (or lower) one input bound, e.g. `--limit replicas-per-service=50000`; repeatable.
+    /// The limits and their COMPOSE_FLEET_MAX_* variables are listed in the README
+    #[arg(long = "limit", global = true, value_name = "NAME=VALUE", value_parser = limit_arg)]
+    pub limits: Vec<String>,
+}
+
+impl GlobalArgs {
+    /// The limits in force: defaults, then the `COMPOSE_FLEET_MAX_*` variables, then `--limit`.
+    pub fn limits(&self) -> Result<Limits, Failure> {
+        Limits::resolve(&self.limits, |k| std::env::var(k).ok()).map_err(Failure::User)
+    }
+}
+
+/// Checks one `--limit NAME=VALUE` when the command line is parsed (so that every command refuses
+/// a misspelt limit, not only those that read files).
+fn limit_arg(arg: &str) -> Result<String, String> {
+    Limits::default().apply_arg(arg)?;
+    Ok(arg.to_string())
 }
 
 impl GlobalArgs {
@@ -68,6 +87,7 @@ impl GlobalArgs {
             project_directory: self.project_directory.clone(),
             env_files: self.env_files.clone(),
             profiles: self.profiles.clone(),
+            limits: self.limits.clone(),
         }
     }
 }

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod bounds;
 pub mod canonical;
 mod cast;
 pub mod dotenv;
@@ -71,6 +72,9 @@ pub fn load(
     env: &Environment,
     fs: &dyn FileSource,
 ) -> Result<Loaded, LoadFailure> {
+    // Every read of this load (compose files, env files, `env_file`s) is bounded by the limit.
+    let bounded = source::Bounded::new(fs, opts.limits.get(crate::limits::Limit::FileBytes));
+    let fs: &dyn FileSource = &bounded;
     let mut l = Loader {
         fs,
         project_dir: opts.project_dir.clone(),
@@ -102,6 +106,9 @@ pub fn load(
             None => node,
             Some(base) => merge::merge_files(base, node),
         });
+    }
+    if let Some(root) = &merged {
+        bounds::names(root, &opts.limits, &mut l.diags);
     }
     let mut ledger = Ledger::default();
     let project = match merged {
@@ -170,10 +177,15 @@ impl Loader<'_> {
             let text = match self.fs.read(f) {
                 Ok(t) => t,
                 Err(e) => {
-                    if required {
+                    // As compose-go: only a missing optional file is skipped; one that exists
+                    // but cannot be read (too large, a directory, not UTF-8) is an error.
+                    if required || e.kind() != std::io::ErrorKind::NotFound {
                         self.diags.push(
                             Diagnostic::error(format!("cannot read env file {}: {e}", f.display()))
-                                .hint("check the path given with `--env-file` or `env_file`"),
+                                .hint(source::read_hint(
+                                    &e,
+                                    "check the path given with `--env-file` or `env_file`",
+                                )),
                         );
                     }
                     continue;
@@ -227,7 +239,10 @@ impl Loader<'_> {
             Err(e) => {
                 self.diags.push(
                     Diagnostic::error(format!("cannot read compose file {}: {e}", path.display()))
-                        .hint("check the path given with `-f`, `COMPOSE_FILE` or `include`"),
+                        .hint(source::read_hint(
+                            &e,
+                            "check the path given with `-f`, `COMPOSE_FILE` or `include`",
+                        )),
                 );
                 return None;
             }
@@ -631,6 +646,7 @@ impl Loader<'_> {
             env: &vars,
             fs: self.fs,
             refs: Vec::new(),
+            limits: &opts.limits,
         };
         for (name, key, node) in normalized {
             if !valid_service_name(name) {
@@ -651,6 +667,7 @@ impl Loader<'_> {
                 project.disabled.insert(name.clone(), svc);
             }
         }
+        bounds::total_replicas(&project, &opts.limits, ctx.diags);
         for (section, v) in sections {
             let entries = ctx_entries(&mut ctx, v, section);
             for (name, node) in entries {

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use super::dotenv;
-use super::source::{absolute, FileSource};
+use super::source::{absolute, Bounded, FileSource};
 use super::Environment;
+use crate::limits::{Limit, Limits};
 
 /// The file names `docker compose` looks for, in order of preference.
 pub const DEFAULT_FILES: [&str; 4] = [
@@ -31,6 +32,8 @@ pub struct Flags {
     pub env_files: Vec<PathBuf>,
     /// `--profile NAME`, in order.
     pub profiles: Vec<String>,
+    /// `--limit NAME=VALUE`, in order (over the `COMPOSE_FLEET_MAX_*` variables).
+    pub limits: Vec<String>,
 }
 
 /// Everything [`super::load`] needs to know besides the environment.
@@ -48,6 +51,8 @@ pub struct LoadOptions {
     pub profiles: Vec<String>,
     /// `-p` or `COMPOSE_PROJECT_NAME`; otherwise the loader uses `name:` or the directory name.
     pub project_name: Option<String>,
+    /// The input bounds in force (`--limit`, `COMPOSE_FLEET_MAX_*`); the loader enforces them.
+    pub limits: Limits,
 }
 
 impl LoadOptions {
@@ -73,6 +78,10 @@ pub fn resolve(
     cwd: &Path,
     fs: &dyn FileSource,
 ) -> Result<LoadOptions, String> {
+    // Resolved first: even reading `.env` is bounded by them.
+    let limits = Limits::resolve(&flags.limits, |k| env.get(k).cloned())?;
+    let bounded = Bounded::new(fs, limits.get(Limit::FileBytes));
+    let fs: &dyn FileSource = &bounded;
     let explicit_dir = flags.project_directory.as_ref().map(|d| absolute(cwd, d));
     let env_files: Vec<PathBuf> = flags.env_files.iter().map(|f| absolute(cwd, f)).collect();
     let env_files_required = !env_files.is_empty();
@@ -145,6 +154,7 @@ pub fn resolve(
         env_files_required,
         profiles,
         project_name,
+        limits,
     })
 }
 

@@ -8,6 +8,7 @@ mod graph;
 mod hosts;
 mod inventory;
 mod lab;
+mod limits;
 mod load_props;
 mod plan_facts;
 mod pods;

@@ -43,7 +43,9 @@ pub(super) fn deploy(
                 }
             }
             "replicas" => {
-                d.replicas = ctx.u32(dv, "`deploy.replicas`");
+                d.replicas = ctx.u32(dv, "`deploy.replicas`").and_then(|n| {
+                    crate::compose::bounds::replicas(ctx, dv, n, "`deploy.replicas`")
+                });
                 spans.replicas = Some(dv.loc.clone());
             }
             "resources" => {

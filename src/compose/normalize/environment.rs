@@ -74,11 +74,15 @@ pub(super) fn read_env_file(
     let text = match ctx.fs.read(&full) {
         Ok(t) => t,
         Err(e) => {
-            if required {
+            // Only a missing optional file is skipped (as compose-go): a too-large one is not.
+            if required || e.kind() != std::io::ErrorKind::NotFound {
                 ctx.error_hint(
                     at,
                     format!("cannot read env_file {}: {e}", full.display()),
-                    "create the file, or mark it optional with `required: false` (long syntax)",
+                    crate::compose::source::read_hint(
+                        &e,
+                        "create the file, or mark it optional with `required: false` (long syntax)",
+                    ),
                 );
             }
             return;

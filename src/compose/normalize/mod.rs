@@ -43,6 +43,8 @@ pub struct Ctx<'a> {
     /// Every secret/config reference (`secret`/`config`, source, where), checked against the
     /// top-level definitions once all services are read.
     pub refs: Vec<(&'static str, String, Location)>,
+    /// The input bounds in force ([`super::bounds`] checks replicas against them).
+    pub limits: &'a crate::limits::Limits,
 }
 
 impl Ctx<'_> {

@@ -182,7 +182,9 @@ fn key_value<'n>(
         "pids_limit" => svc.pids_limit = ctx.integer(v, "`pids_limit`"),
         "scale" => {
             later.scale = Some(v);
-            svc.scale = ctx.u32(v, "`scale`");
+            svc.scale = ctx
+                .u32(v, "`scale`")
+                .and_then(|n| crate::compose::bounds::replicas(ctx, v, n, "`scale`"));
             svc.spans.replicas.get_or_insert_with(|| v.loc.clone());
         }
         // `extends` is resolved before normalization.
