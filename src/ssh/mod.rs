@@ -410,6 +410,7 @@ mod tests {
                     cgroup: "v2".into(),
                     hostname: self.host.clone(),
                     free_disk: 1 << 30,
+                    pod_subnet: None,
                 };
                 format!(
                     "Welcome to {} (motd)\n{}\n",

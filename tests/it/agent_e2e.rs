@@ -48,6 +48,7 @@ fn pods(other_hash: &str) -> Vec<PodSpec> {
                 ),
             ],
             ports: Vec::new(),
+            network: Default::default(),
         },
         PodSpec {
             name: "other-1".into(),
@@ -59,6 +60,7 @@ fn pods(other_hash: &str) -> Vec<PodSpec> {
                 Some(&["sleep", &format!("36{}", other_hash.len())]),
             )],
             ports: Vec::new(),
+            network: Default::default(),
         },
     ]
 }
@@ -69,6 +71,7 @@ fn apply(other_hash: &str) -> Request {
         pods: pods(other_hash),
         registry_auth: BTreeMap::new(),
         insecure_registries: vec!["10.250.0.1:5000".into()],
+        network: None,
     })
 }
 

@@ -30,6 +30,7 @@ pub fn collect(state_dir: &Path) -> HostFacts {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "unknown".into()),
         free_disk: free_disk(state_dir),
+        pod_subnet: crate::network::recorded_subnet(state_dir),
     }
 }
 

@@ -147,6 +147,7 @@ fn pod(name: &str, hash: &str, containers: Vec<ContainerSpec>) -> PodSpec {
         spec_hash: hash.into(),
         containers,
         ports: Vec::new(),
+        network: Default::default(),
     }
 }
 
@@ -172,6 +173,7 @@ async fn apply(sup: &Supervisor, project: &str, pods: Vec<PodSpec>) -> ApplyRepo
             pods,
             registry_auth: BTreeMap::new(),
             insecure_registries: Vec::new(),
+            network: None,
         }),
     )
     .await;

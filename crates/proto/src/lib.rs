@@ -18,13 +18,15 @@
 //! Lines that do not parse as a [`ResponseFrame`] (login banners, motd, shell noise) are skipped by
 //! the reader, never treated as errors.
 
+pub mod net;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change. The CLI refuses to talk to an agent of another version and
 /// upgrades it instead.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The longest line either side accepts, so a broken peer cannot make the other buffer forever.
 pub const MAX_LINE_BYTES: usize = 64 << 20;
@@ -140,6 +142,10 @@ pub struct HostFacts {
     pub hostname: String,
     /// Free bytes on the filesystem holding the agent's state directory.
     pub free_disk: u64,
+    /// The pod subnet recorded on this host, if it has one: the CLI keeps it (see
+    /// [`net::assign_subnets`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_subnet: Option<net::Ipv4Net>,
 }
 
 /// The desired state of one project on one host.
@@ -153,6 +159,51 @@ pub struct ApplyRequest {
     /// Registries reached over plain http (the inventory marks them insecure).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
+    /// This host's place in the fleet network. `None` keeps what the host has recorded (pods get
+    /// no fleet network on a host that never had a subnet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<HostNetwork>,
+}
+
+/// A host's pod subnet, decided by the CLI and recorded by the agent, and how to reach the other
+/// hosts' pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNetwork {
+    /// The fleet CIDR; pod traffic leaving it is masqueraded.
+    pub fleet: net::Ipv4Net,
+    /// This host's pod subnet (a `/24` of `fleet`).
+    pub subnet: net::Ipv4Net,
+    /// Every other host's pod subnet and the address to route it through (host-gw: the peer
+    /// must be on this host's L2 segment). The agent's routes become exactly this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerSubnet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSubnet {
+    pub host: String,
+    pub subnet: net::Ipv4Net,
+    pub via: std::net::Ipv4Addr,
+}
+
+/// How a pod joins the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PodNetwork {
+    #[serde(default)]
+    pub mode: NetworkMode,
+    /// The compose networks the pod is on; empty means the project's default network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// A veth on the host's bridge, an address from the host's pod subnet.
+    #[default]
+    Fleet,
+    /// Only loopback (compose `network_mode: none`).
+    None,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +233,8 @@ pub struct PodSpec {
     /// Published ports of the pod, DNAT'ed on the host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortMapping>,
+    #[serde(default)]
+    pub network: PodNetwork,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -331,6 +384,10 @@ pub struct ApplyReport {
     pub replaced: Vec<String>,
     pub removed: Vec<String>,
     pub unchanged: Vec<String>,
+    /// Problems that did not stop the apply but will bite (a host firewall dropping forwarded
+    /// pod traffic), one sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -463,7 +520,7 @@ mod tests {
             },
         };
         let line = frame.to_line();
-        assert_eq!(line, r#"{"id":0,"type":"hello","protocol_version":1}"#);
+        assert_eq!(line, r#"{"id":0,"type":"hello","protocol_version":2}"#);
         let back: RequestFrame = serde_json::from_str(&line).expect("parses");
         assert_eq!(back, frame);
     }

@@ -1,1 +1,486 @@
-//! Pod networking on a host: bridge, veth, routes, nftables, DNS.
+//! Pod networking on a host: the pod subnet and addresses, one bridge, a veth per pod, routes to
+//! other hosts' pods, and our nftables table (masquerade, published ports). All through netlink
+//! in-process: hosts have no `ip`, `nft` or `wg`, and the agent runs none.
+//!
+//! Map:
+//! - [`ipam`]: the address book (subnet, pod → address), pure.
+//! - [`nft`]: our table as nf_tables netlink messages, pure.
+//! - [`kernel`]: the [`NetKernel`] trait, its netlink implementation and a recording fake.
+//! - [`netlink`]: the blocking netlink socket both families use.
+//!
+//! ```text
+//!  Apply(network: subnet, peers) ─▶ Network::configure ─▶ network.json, routes
+//!  pod sandbox created ───────────▶ Network::attach ──▶ address, veth, nft table
+//!  pod removed ───────────────────▶ Network::detach ──▶ veth gone, address freed;
+//!                                                       last pod: table and bridge gone
+//! ```
+//!
+//! The supervisor knows none of this beyond those calls.
+
+pub mod ipam;
+pub mod kernel;
+pub mod netlink;
+pub mod nft;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+pub use ipam::{AddressBook, AddressError};
+pub use kernel::{NetKernel, PeerRoute, PodLink};
+
+use crate::proto::net::Ipv4Net;
+use crate::proto::{HostNetwork, PortMapping};
+use crate::store::write_atomic;
+
+/// The host's bridge; every pod's veth is its port, and it holds the subnet's `.1`.
+pub const BRIDGE: &str = "cfbr0";
+/// The pod's end of its veth, inside the pod.
+pub const POD_IF: &str = "eth0";
+const STATE_FILE: &str = "network.json";
+
+/// A failure of pod networking, worded for the user.
+#[derive(Debug)]
+pub enum NetError {
+    Address(AddressError),
+    /// A published port is not something we can publish.
+    BadPort(String),
+    /// A kernel call failed.
+    Kernel(io::Error),
+    /// Saving the address book failed.
+    State(PathBuf, io::Error),
+}
+
+impl std::fmt::Display for NetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetError::Address(e) => e.fmt(f),
+            NetError::BadPort(m) => f.write_str(m),
+            NetError::Kernel(e) => e.fmt(f),
+            NetError::State(p, e) => write!(f, "saving {}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for NetError {}
+
+impl From<AddressError> for NetError {
+    fn from(e: AddressError) -> Self {
+        NetError::Address(e)
+    }
+}
+
+impl From<io::Error> for NetError {
+    fn from(e: io::Error) -> Self {
+        NetError::Kernel(e)
+    }
+}
+
+/// What survives the agent: the address book and each pod's published ports (the nftables table
+/// is rebuilt from them after a restart).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Saved {
+    #[serde(flatten)]
+    book: AddressBook,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    ports: BTreeMap<String, Vec<PortMapping>>,
+}
+
+/// The host's pod network.
+pub struct Network {
+    kernel: Arc<dyn NetKernel>,
+    file: PathBuf,
+    saved: Mutex<Saved>,
+}
+
+fn key(project: &str, pod: &str) -> String {
+    format!("{project}/{pod}")
+}
+
+/// The host end of a pod's veth: named after the address's host part, so it is unique on the
+/// host, fits IFNAMSIZ, and is found again from the address book alone.
+pub fn host_if(addr: Ipv4Addr) -> String {
+    let o = addr.octets();
+    format!("cfp{}", o[3])
+}
+
+/// The published ports of one pod, checked.
+fn published(pod: Ipv4Addr, ports: &[PortMapping]) -> Result<Vec<nft::Published>, NetError> {
+    ports
+        .iter()
+        .map(|p| {
+            let proto = nft::Proto::parse(&p.protocol).ok_or_else(|| {
+                NetError::BadPort(format!(
+                    "port {}:{} has protocol {:?}; only tcp and udp can be published",
+                    p.published, p.target, p.protocol
+                ))
+            })?;
+            let host_ip = match p.host_ip.as_deref() {
+                None | Some("") | Some("0.0.0.0") => None,
+                Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
+                    NetError::BadPort(format!(
+                        "port {}:{} is published on {ip:?}, which is not an IPv4 address",
+                        p.published, p.target
+                    ))
+                })?),
+            };
+            if p.published == 0 || p.target == 0 {
+                return Err(NetError::BadPort(format!(
+                    "port {}:{}: port 0 cannot be published",
+                    p.published, p.target
+                )));
+            }
+            Ok(nft::Published {
+                host_ip,
+                proto,
+                port: p.published,
+                pod,
+                target: p.target,
+            })
+        })
+        .collect()
+}
+
+/// The pod subnet recorded under `state_dir`, for `Hello` (without opening the network).
+pub fn recorded_subnet(state_dir: &Path) -> Option<Ipv4Net> {
+    let bytes = std::fs::read(state_dir.join(STATE_FILE)).ok()?;
+    serde_json::from_slice::<Saved>(&bytes).ok()?.book.subnet
+}
+
+impl Network {
+    /// Opens the host's network state under `state_dir` (`network.json`), creating nothing.
+    pub fn open(state_dir: &Path, kernel: Arc<dyn NetKernel>) -> io::Result<Network> {
+        let file = state_dir.join(STATE_FILE);
+        let saved = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is not valid: {e}", file.display()),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Saved::default(),
+            Err(e) => return Err(e),
+        };
+        Ok(Network {
+            kernel,
+            file,
+            saved: Mutex::new(saved),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
+        // A panic while holding the lock leaves plain data behind; keep using it.
+        self.saved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, saved: &Saved) -> Result<(), NetError> {
+        let bytes = serde_json::to_vec_pretty(saved)
+            .map_err(|e| NetError::State(self.file.clone(), io::Error::other(e)))?;
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| NetError::State(self.file.clone(), e))?;
+        }
+        write_atomic(&self.file, &bytes, 0o600).map_err(|e| NetError::State(self.file.clone(), e))
+    }
+
+    /// The recorded pod subnet.
+    pub fn subnet(&self) -> Option<Ipv4Net> {
+        self.lock().book.subnet
+    }
+
+    /// The address pod `project/pod` holds.
+    pub fn address_of(&self, project: &str, pod: &str) -> Option<Ipv4Addr> {
+        self.lock().book.pods.get(&key(project, pod)).copied()
+    }
+
+    /// Records the host's subnet (persisted before anything else) and sets the routes to the
+    /// other hosts' pods. Returns warnings for the user: host firewalls that drop forwarded
+    /// traffic.
+    pub fn configure(&self, net: &HostNetwork) -> Result<Vec<String>, NetError> {
+        {
+            let mut saved = self.lock();
+            let mut next = saved.clone();
+            if next.book.set_subnet(net.fleet, net.subnet)? {
+                self.save(&next)?;
+                *saved = next;
+            }
+        }
+        let routes: Vec<PeerRoute> = net
+            .peers
+            .iter()
+            .filter(|p| p.subnet != net.subnet)
+            .map(|p| PeerRoute {
+                subnet: p.subnet,
+                via: p.via,
+            })
+            .collect();
+        self.kernel.set_routes(&routes)?;
+        self.warnings()
+    }
+
+    /// Forward-chain drops by other firewalls, as sentences.
+    pub fn warnings(&self) -> Result<Vec<String>, NetError> {
+        Ok(self
+            .kernel
+            .forward_drops()?
+            .into_iter()
+            .map(|d| {
+                format!(
+                    "{d} drops forwarded packets: pods on this host cannot be reached from other \
+                     hosts or reach them until it accepts traffic to and from the pod network"
+                )
+            })
+            .collect())
+    }
+
+    /// Gives pod `project/pod` an address and a veth in its namespace `netns`, and publishes its
+    /// ports. `None` when the host has no subnet (no fleet network yet).
+    pub fn attach(
+        &self,
+        project: &str,
+        pod: &str,
+        netns: &Path,
+        ports: &[PortMapping],
+    ) -> Result<Option<Ipv4Addr>, NetError> {
+        let mut saved = self.lock();
+        let Some(subnet) = saved.book.subnet else {
+            return Ok(None);
+        };
+        let fleet = saved.book.fleet.unwrap_or(subnet);
+        let gateway = subnet.gateway().ok_or(AddressError::BadSubnet(subnet))?;
+        let k = key(project, pod);
+        let mut next = saved.clone();
+        let addr = next.book.allocate(&k)?;
+        // Check the ports before the first side effect.
+        published(addr, ports)?;
+        if ports.is_empty() {
+            next.ports.remove(&k);
+        } else {
+            next.ports.insert(k.clone(), ports.to_vec());
+        }
+        // The address is recorded before the kernel sees it: a crash in between leaves an
+        // address held by a pod being created, which its removal releases.
+        self.save(&next)?;
+        *saved = next;
+        let result = (|| -> Result<(), NetError> {
+            self.kernel.ensure_bridge(BRIDGE, gateway, subnet)?;
+            self.kernel.enable_forwarding()?;
+            self.kernel.attach_pod(&PodLink {
+                netns: netns.to_path_buf(),
+                host_if: host_if(addr),
+                pod_if: POD_IF.to_string(),
+                bridge: BRIDGE.to_string(),
+                addr,
+                subnet,
+                gateway,
+            })?;
+            self.kernel.replace_rules(&ruleset(fleet, &saved)?)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            drop(saved);
+            let _ = self.detach(project, pod);
+            return Err(e);
+        }
+        Ok(Some(addr))
+    }
+
+    /// Removes pod `project/pod`'s veth, frees its address and unpublishes its ports; with the
+    /// last pod gone, our nftables table and the bridge go too. A pod never attached is fine.
+    pub fn detach(&self, project: &str, pod: &str) -> Result<(), NetError> {
+        let mut saved = self.lock();
+        let k = key(project, pod);
+        let Some(addr) = saved.book.pods.get(&k).copied() else {
+            return Ok(());
+        };
+        // Deleting the host end deletes the pair, whether or not the namespace still exists.
+        self.kernel.remove_link(&host_if(addr))?;
+        let mut next = saved.clone();
+        next.book.release(&k);
+        next.ports.remove(&k);
+        self.save(&next)?;
+        *saved = next;
+        if saved.book.pods.is_empty() {
+            self.kernel.remove_rules()?;
+            self.kernel.remove_link(BRIDGE)?;
+        } else if let Some(subnet) = saved.book.subnet {
+            let fleet = saved.book.fleet.unwrap_or(subnet);
+            self.kernel.replace_rules(&ruleset(fleet, &saved)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn ruleset(fleet: Ipv4Net, saved: &Saved) -> Result<nft::Ruleset, NetError> {
+    let mut all = Vec::new();
+    for (k, ports) in &saved.ports {
+        if let Some(addr) = saved.book.pods.get(k) {
+            all.extend(published(*addr, ports)?);
+        }
+    }
+    Ok(nft::Ruleset {
+        fleet,
+        published: all,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel::Recording;
+    use super::*;
+    use crate::proto::PeerSubnet;
+
+    fn setup() -> (tempfile::TempDir, Arc<Recording>, Network) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kernel = Arc::new(Recording::default());
+        let net = Network::open(dir.path(), kernel.clone()).expect("opens");
+        (dir, kernel, net)
+    }
+
+    fn host_network() -> HostNetwork {
+        HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![
+                PeerSubnet {
+                    host: "h1".into(),
+                    subnet: "10.213.1.0/24".parse().unwrap(),
+                    via: "10.250.0.11".parse().unwrap(),
+                },
+                PeerSubnet {
+                    host: "h2".into(),
+                    subnet: "10.213.2.0/24".parse().unwrap(),
+                    via: "10.250.0.12".parse().unwrap(),
+                },
+            ],
+        }
+    }
+
+    fn port(published: u16, target: u16, protocol: &str) -> PortMapping {
+        PortMapping {
+            host_ip: None,
+            published,
+            target,
+            protocol: protocol.into(),
+        }
+    }
+
+    #[test]
+    fn without_a_subnet_pods_get_no_network() {
+        let (_d, kernel, net) = setup();
+        assert_eq!(
+            net.attach("p", "web-1", Path::new("/x"), &[]).unwrap(),
+            None
+        );
+        assert!(kernel.take().is_empty());
+    }
+
+    #[test]
+    fn configure_records_the_subnet_and_routes_to_the_other_hosts_only() {
+        let (dir, kernel, net) = setup();
+        net.configure(&host_network()).expect("configures");
+        assert_eq!(kernel.take(), ["routes [10.213.2.0/24 via 10.250.0.12]"]);
+        // Recorded on the host: a new agent process (or another laptop's Hello) sees it.
+        let again = Network::open(dir.path(), kernel.clone()).unwrap();
+        assert_eq!(again.subnet(), Some("10.213.1.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn attach_then_detach_sets_up_and_tears_down_in_order() {
+        let (_d, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        kernel.take();
+        let a = net
+            .attach("p", "web-1", Path::new("/ns/web"), &[port(8080, 80, "tcp")])
+            .unwrap();
+        assert_eq!(a, Some("10.213.1.2".parse().unwrap()));
+        let b = net
+            .attach("p", "db-1", Path::new("/ns/db"), &[port(5353, 53, "udp")])
+            .unwrap();
+        assert_eq!(b, Some("10.213.1.3".parse().unwrap()));
+        assert_eq!(
+            kernel.take(),
+            [
+                "bridge cfbr0 10.213.1.1/24",
+                "forwarding on",
+                "veth cfp2:eth0 master cfbr0 addr 10.213.1.2/24 via 10.213.1.1",
+                "nft replace masq 10.213.0.0/16 [fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80]",
+                "bridge cfbr0 10.213.1.1/24",
+                "forwarding on",
+                "veth cfp3:eth0 master cfbr0 addr 10.213.1.3/24 via 10.213.1.1",
+                "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53, fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80]",
+            ]
+        );
+        net.detach("p", "web-1").unwrap();
+        net.detach("p", "web-1").unwrap();
+        assert_eq!(
+            kernel.take(),
+            [
+                "del link cfp2",
+                "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53]",
+            ]
+        );
+        net.detach("p", "db-1").unwrap();
+        assert_eq!(
+            kernel.take(),
+            ["del link cfp3", "nft delete table", "del link cfbr0"]
+        );
+        assert_eq!(net.address_of("p", "db-1"), None);
+    }
+
+    #[test]
+    fn a_failed_attach_releases_the_address() {
+        let (_d, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        *kernel.fail.lock().unwrap() = Some("veth".into());
+        assert!(net.attach("p", "web-1", Path::new("/ns"), &[]).is_err());
+        assert_eq!(net.address_of("p", "web-1"), None);
+        *kernel.fail.lock().unwrap() = None;
+        kernel.take();
+        let again = net.attach("p", "web-1", Path::new("/ns"), &[]).unwrap();
+        assert_eq!(again, Some("10.213.1.3".parse().unwrap()), "round robin");
+    }
+
+    #[test]
+    fn bad_ports_are_refused_before_any_kernel_call() {
+        let (_d, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        kernel.take();
+        let err = net
+            .attach("p", "web-1", Path::new("/ns"), &[port(80, 80, "sctp")])
+            .expect_err("sctp");
+        assert!(err.to_string().contains("only tcp and udp"), "{err}");
+        let mut bad_ip = port(80, 80, "tcp");
+        bad_ip.host_ip = Some("::1".into());
+        assert!(net
+            .attach("p", "web-1", Path::new("/ns"), &[bad_ip])
+            .is_err());
+        assert!(kernel.take().is_empty());
+    }
+
+    #[test]
+    fn forward_drops_become_warnings_naming_the_firewall() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Recording {
+            drops: vec![nft::ForwardDrop {
+                family: "ip",
+                table: "filter".into(),
+                chain: "FORWARD".into(),
+                owner: "ufw",
+                how: "policy drop",
+            }],
+            ..Default::default()
+        });
+        let net = Network::open(dir.path(), kernel).unwrap();
+        let w = net.configure(&host_network()).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("ufw (table ip filter, chain FORWARD: policy drop) drops forwarded"),
+            "{}",
+            w[0]
+        );
+    }
+}

@@ -72,6 +72,10 @@ impl ContainerRuntime for IsolatedRuntime {
             .map_err(io::Error::other)
     }
 
+    fn pod_netns(&self, project: &str, pod: &str) -> Option<PathBuf> {
+        Some(runtime::pod::namespaces_in(&self.rt.pod_dir(project, pod)).net)
+    }
+
     fn remove_pod(&self, project: &str, pod: &str) -> io::Result<()> {
         self.rt.remove_pod(project, pod).map_err(io::Error::other)
     }

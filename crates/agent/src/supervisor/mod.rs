@@ -73,6 +73,8 @@ pub struct SupervisorConfig {
     pub images: Arc<dyn ImageSource>,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    /// The host's pod network; `None` leaves pods with loopback only (tests, plain processes).
+    pub network: Option<Arc<crate::network::Network>>,
 }
 
 impl SupervisorConfig {
@@ -89,6 +91,7 @@ impl SupervisorConfig {
             images,
             log_max_bytes: logfile::DEFAULT_MAX_BYTES,
             log_max_files: logfile::DEFAULT_MAX_FILES,
+            network: None,
         }
     }
 }
@@ -265,13 +268,12 @@ impl Supervisor {
         let images =
             crate::image::ImageStore::open(paths.state.join("images")).map_err(io::Error::other)?;
         let exe = std::env::current_exe()?;
-        Supervisor::open(SupervisorConfig::new(
+        let mut cfg = SupervisorConfig::new(&paths.state, exe, runtime, Arc::new(images));
+        cfg.network = Some(Arc::new(crate::network::Network::open(
             &paths.state,
-            exe,
-            runtime,
-            Arc::new(images),
-        ))
-        .await
+            Arc::new(crate::network::kernel::Netlink),
+        )?));
+        Supervisor::open(cfg).await
     }
 
     /// Like [`handle`](Self::handle), sending into a channel the caller owns.
@@ -319,6 +321,12 @@ impl Supervisor {
     pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyReport, Failure> {
         let inner = &self.inner;
         validate(&req)?;
+        let warnings = match (&inner.cfg.network, &req.network) {
+            (Some(network), Some(host)) => network
+                .configure(host)
+                .map_err(|e| Failure::host("configuring the pod network", e))?,
+            _ => Vec::new(),
+        };
         // Images first, and before taking the lock: a pull can take minutes and Status must stay
         // answerable meanwhile; a pull that fails must not have stopped anything.
         let present: BTreeMap<String, String> = {
@@ -407,6 +415,7 @@ impl Supervisor {
             replaced: d.replace,
             removed: d.remove,
             unchanged: d.unchanged,
+            warnings,
         })
     }
 
@@ -452,6 +461,7 @@ impl Supervisor {
             .cfg
             .runtime
             .create_pod(project, &pod.name, &pod.hostname)?;
+        attach_network(inner, project, pod)?;
         files::mount_secrets_tmpfs(&pod_dir, pod)?;
         let mut containers = Vec::new();
         for spec in &pod.containers {
@@ -516,7 +526,13 @@ impl Supervisor {
                     project: pname.clone(),
                     name: name.clone(),
                     spec_hash: pod.spec_hash.clone(),
-                    ip: None,
+                    ip: self
+                        .inner
+                        .cfg
+                        .network
+                        .as_ref()
+                        .and_then(|n| n.address_of(pname, name))
+                        .map(|ip| ip.to_string()),
                     containers: pod.containers.iter().map(|c| c.status()).collect(),
                 });
             }
@@ -1267,8 +1283,33 @@ async fn stop_pods<'a>(pods: impl Iterator<Item = &'a PodRt>) {
     }
 }
 
+/// Gives the pod its fleet address and veth (when the host has a pod network and the runtime a
+/// network namespace); the pod's containers join that namespace.
+fn attach_network(inner: &Inner, project: &str, pod: &PodSpec) -> io::Result<()> {
+    let (Some(network), Some(netns)) = (
+        &inner.cfg.network,
+        inner.cfg.runtime.pod_netns(project, &pod.name),
+    ) else {
+        return Ok(());
+    };
+    if pod.network.mode != crate::proto::NetworkMode::Fleet {
+        return Ok(());
+    }
+    network
+        .attach(project, &pod.name, &netns, &pod.ports)
+        .map(|_| ())
+        .map_err(|e| io::Error::other(format!("attaching the pod to the network: {e}")))
+}
+
 /// Removes a stopped pod: its sandbox, its secrets tmpfs, its directory (not its volumes).
 fn remove_pod(inner: &Inner, project: &str, pod: &str) {
+    if let Some(network) = &inner.cfg.network {
+        if let Err(e) = network.detach(project, pod) {
+            log(&format!(
+                "removing the network of pod {pod} of project {project}: {e}"
+            ));
+        }
+    }
     if let Err(e) = inner.cfg.runtime.remove_pod(project, pod) {
         log(&format!(
             "removing the sandbox of pod {pod} of project {project}: {e}"

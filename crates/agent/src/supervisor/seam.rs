@@ -102,6 +102,12 @@ pub trait ContainerRuntime: Send + Sync {
         Ok(())
     }
 
+    /// The pod's network namespace file, where the pod network puts its veth; `None` for a
+    /// runtime without one (pods then get no fleet network).
+    fn pod_netns(&self, _project: &str, _pod: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// In the daemon, after every container of the pod was deleted: its sandbox.
     fn remove_pod(&self, _project: &str, _pod: &str) -> io::Result<()> {
         Ok(())

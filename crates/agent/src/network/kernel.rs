@@ -1,0 +1,535 @@
+//! The kernel calls pod networking makes, behind one trait: [`Netlink`] does them for real over
+//! rtnetlink and nf_tables sockets (never `ip` or `nft`); [`Recording`] records them so the
+//! order of operations is unit-tested without root.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_netfilter::nftables::{
+    ChainAttribute, ExpressionAttribute, Expressions, Hook, HookNumber, Immediate, InetHookNumber,
+    ListAttribute, NfTablesMessage, RuleAttribute, Verdict, VerdictAttribute,
+};
+use netlink_packet_netfilter::nftables::{ChainMessage, DataAttribute, RuleMessage};
+use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
+use netlink_sys::constants::{NETLINK_NETFILTER, NETLINK_ROUTE};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::{
+    AddressMessageBuilder, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
+
+use super::netlink::{is_errno, Netlink as Socket};
+use super::nft::{self, ForwardDrop, Ruleset};
+use crate::proto::net::Ipv4Net;
+
+/// One pod's link: a veth whose host end joins the bridge and whose pod end is `eth0` in the
+/// pod's network namespace, with the pod's address and a default route via the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLink {
+    /// The pod's bind-mounted network namespace file.
+    pub netns: PathBuf,
+    pub host_if: String,
+    pub pod_if: String,
+    pub bridge: String,
+    pub addr: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// A route to another host's pod subnet (host-gw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerRoute {
+    pub subnet: Ipv4Net,
+    pub via: Ipv4Addr,
+}
+
+/// Every kernel call of pod networking. Implementations must be idempotent where the doc says
+/// "ensure" and tolerate missing objects on removal, so a retried or half-done step converges.
+pub trait NetKernel: Send + Sync {
+    /// Ensures bridge `name` exists, is up and holds `gateway/subnet.prefix`.
+    fn ensure_bridge(&self, name: &str, gateway: Ipv4Addr, subnet: Ipv4Net) -> io::Result<()>;
+    /// `net.ipv4.ip_forward = 1`.
+    fn enable_forwarding(&self) -> io::Result<()>;
+    /// Creates the pod's veth pair and configures its pod end; replaces a stale pair of the same
+    /// host name.
+    fn attach_pod(&self, link: &PodLink) -> io::Result<()>;
+    /// Deletes link `name` (both ends of a veth); fine if it does not exist.
+    fn remove_link(&self, name: &str) -> io::Result<()>;
+    /// Replaces our nftables table with exactly `rules`.
+    fn replace_rules(&self, rules: &Ruleset) -> io::Result<()>;
+    /// Deletes our nftables table; fine if it does not exist.
+    fn remove_rules(&self) -> io::Result<()>;
+    /// Makes our routes to other hosts' pod subnets exactly `routes`.
+    fn set_routes(&self, routes: &[PeerRoute]) -> io::Result<()>;
+    /// Base chains of other tables that drop forwarded packets.
+    fn forward_drops(&self) -> io::Result<Vec<ForwardDrop>>;
+}
+
+/// Routes we install carry this protocol number, so ours are told from the host's own.
+pub const ROUTE_PROTOCOL: u8 = 213;
+
+/// The real kernel, over netlink.
+#[derive(Debug, Default)]
+pub struct Netlink;
+
+fn route_socket() -> io::Result<Socket> {
+    Socket::open(NETLINK_ROUTE)
+}
+
+/// The index of link `name`, `None` if it does not exist.
+fn link_index(sock: &mut Socket, name: &str) -> io::Result<Option<u32>> {
+    // A dump filtered by name would need strict checking; one GETLINK by name is one round trip.
+    let msg = LinkUnspec::new_with_name(name).build();
+    match sock.get(
+        RouteNetlinkMessage::GetLink(msg),
+        &format!("looking up link {name}"),
+    ) {
+        Ok(Some(RouteNetlinkMessage::NewLink(link))) => Ok(Some(link.header.index)),
+        Ok(_) => Ok(None),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn add_address(
+    sock: &mut Socket,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+    on: &str,
+) -> io::Result<()> {
+    let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(index)
+        .address(addr, prefix)
+        .build();
+    match sock.request(
+        RouteNetlinkMessage::NewAddress(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+        &format!("adding address {addr}/{prefix} to {on}"),
+    ) {
+        Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+        r => r,
+    }
+}
+
+fn set_up(sock: &mut Socket, index: u32, name: &str) -> io::Result<()> {
+    let msg = LinkUnspec::new_with_index(index).up().build();
+    sock.request(
+        RouteNetlinkMessage::SetLink(msg),
+        0,
+        &format!("bringing {name} up"),
+    )
+}
+
+fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
+    match std::fs::read_to_string(path) {
+        Ok(v) if v.trim() == value => return Ok(()),
+        _ => {}
+    }
+    std::fs::write(path, value)
+        .map_err(|e| io::Error::new(e.kind(), format!("writing {path}: {e}")))
+}
+
+/// Runs `f` on a short thread inside the network namespace `netns`, so the caller (maybe a tokio
+/// worker) never changes namespace.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let file = File::open(netns)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", netns.display())))?;
+    std::thread::Builder::new()
+        .name("pod-net".into())
+        .spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+            f()
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the pod network thread panicked")))
+}
+
+impl NetKernel for Netlink {
+    fn ensure_bridge(&self, name: &str, gateway: Ipv4Addr, subnet: Ipv4Net) -> io::Result<()> {
+        let mut sock = route_socket()?;
+        let index = match link_index(&mut sock, name)? {
+            Some(i) => i,
+            None => {
+                let msg = LinkBridge::new(name).up().build();
+                match sock.request(
+                    RouteNetlinkMessage::NewLink(msg),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    &format!("creating bridge {name}"),
+                ) {
+                    Err(e) if is_errno(&e, libc::EEXIST) => {}
+                    r => r?,
+                }
+                link_index(&mut sock, name)?.ok_or_else(|| {
+                    io::Error::other(format!("bridge {name} vanished right after its creation"))
+                })?
+            }
+        };
+        // The bridge's own link-local address needs no DAD either.
+        let _ = write_sysctl(&format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
+        add_address(&mut sock, index, gateway, subnet.prefix(), name)?;
+        set_up(&mut sock, index, name)
+    }
+
+    fn enable_forwarding(&self) -> io::Result<()> {
+        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    }
+
+    fn attach_pod(&self, link: &PodLink) -> io::Result<()> {
+        let mut sock = route_socket()?;
+        let bridge = link_index(&mut sock, &link.bridge)?
+            .ok_or_else(|| io::Error::other(format!("bridge {} does not exist", link.bridge)))?;
+        let netns = File::open(&link.netns).map_err(|e| {
+            io::Error::new(e.kind(), format!("opening {}: {e}", link.netns.display()))
+        })?;
+        // The pod end is created straight inside the pod's namespace, already named eth0.
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(link.pod_if.clone())
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let veth = || -> LinkMessage {
+            LinkVeth::new(&link.host_if, &link.pod_if)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.clone())))
+                .controller(bridge)
+                .up()
+                .build()
+        };
+        let what = format!("creating veth {} for {}", link.host_if, link.addr);
+        match sock.request(
+            RouteNetlinkMessage::NewLink(veth()),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &what,
+        ) {
+            Err(e) if is_errno(&e, libc::EEXIST) => {
+                // A pair left by a crashed agent, or the pod end's name taken in the namespace.
+                self.remove_link(&link.host_if)?;
+                sock.request(
+                    RouteNetlinkMessage::NewLink(veth()),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    &what,
+                )?;
+            }
+            r => r?,
+        }
+        drop(netns);
+        let (pod_if, addr, prefix, gateway) = (
+            link.pod_if.clone(),
+            link.addr,
+            link.subnet.prefix(),
+            link.gateway,
+        );
+        in_netns(&link.netns, move || {
+            // Before the link goes up: DAD would hold the pod's IPv6 link-local for 1-3 s.
+            let _ = write_sysctl(&format!("/proc/sys/net/ipv6/conf/{pod_if}/accept_dad"), "0");
+            let mut sock = route_socket()?;
+            let index = link_index(&mut sock, &pod_if)?
+                .ok_or_else(|| io::Error::other(format!("{pod_if} did not arrive in the pod")))?;
+            add_address(&mut sock, index, addr, prefix, &pod_if)?;
+            set_up(&mut sock, index, &pod_if)?;
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gateway)
+                .output_interface(index)
+                .build();
+            match sock.request(
+                RouteNetlinkMessage::NewRoute(route),
+                NLM_F_CREATE | NLM_F_EXCL,
+                &format!("adding the pod's default route via {gateway}"),
+            ) {
+                Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+                r => r,
+            }
+        })
+    }
+
+    fn remove_link(&self, name: &str) -> io::Result<()> {
+        let mut sock = route_socket()?;
+        let msg = LinkUnspec::new_with_name(name).build();
+        match sock.request(
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+            &format!("deleting link {name}"),
+        ) {
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn replace_rules(&self, rules: &Ruleset) -> io::Result<()> {
+        nft_batch(nft::replace_batch(rules))
+    }
+
+    fn remove_rules(&self) -> io::Result<()> {
+        nft_batch(nft::delete_batch())
+    }
+
+    fn set_routes(&self, routes: &[PeerRoute]) -> io::Result<()> {
+        let mut sock = route_socket()?;
+        let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let present: Vec<RouteMessage> = sock
+            .dump(RouteNetlinkMessage::GetRoute(dump), "listing routes")?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r)
+                    if r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) =>
+                {
+                    Some(r)
+                }
+                _ => None,
+            })
+            .collect();
+        for route in routes {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(route.subnet.network(), route.subnet.prefix())
+                .gateway(route.via)
+                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                .build();
+            sock.request(
+                RouteNetlinkMessage::NewRoute(msg),
+                NLM_F_CREATE | NLM_F_REPLACE,
+                &format!("routing {} via {}", route.subnet, route.via),
+            )?;
+        }
+        for old in present {
+            let dst = old.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(
+                    rtnetlink::packet_route::route::RouteAddress::Inet(ip),
+                ) => Some(*ip),
+                _ => None,
+            });
+            let wanted = dst.is_some_and(|ip| {
+                routes.iter().any(|r| {
+                    r.subnet.network() == ip
+                        && r.subnet.prefix() == old.header.destination_prefix_length
+                })
+            });
+            if !wanted {
+                match sock.request(
+                    RouteNetlinkMessage::DelRoute(old),
+                    0,
+                    "removing a stale pod route",
+                ) {
+                    Err(e) if is_errno(&e, libc::ESRCH) => {}
+                    r => r?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn forward_drops(&self) -> io::Result<Vec<ForwardDrop>> {
+        let mut sock = Socket::open(NETLINK_NETFILTER)?;
+        let any = || NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0);
+        let chains = sock.dump(
+            NetfilterMessage::new(
+                any(),
+                NfTablesMessage::GetChain(ChainMessage { attributes: vec![] }),
+            ),
+            "listing nftables chains",
+        )?;
+        let rules = sock.dump(
+            NetfilterMessage::new(
+                any(),
+                NfTablesMessage::GetRule(RuleMessage { attributes: vec![] }),
+            ),
+            "listing nftables rules",
+        )?;
+        Ok(find_forward_drops(&chains, &rules))
+    }
+}
+
+/// Forward-hook base chains outside our table whose policy drops, or that hold a rule ending in
+/// drop or reject.
+pub fn find_forward_drops(
+    chains: &[NetfilterMessage],
+    rules: &[NetfilterMessage],
+) -> Vec<ForwardDrop> {
+    use netlink_packet_netfilter::NetfilterMessageInner;
+    let mut names_by_table: std::collections::BTreeMap<(u8, String), Vec<String>> =
+        Default::default();
+    let mut forward = Vec::new();
+    for m in chains {
+        let NetfilterMessageInner::NfTables(NfTablesMessage::NewChain(c)) = &m.inner else {
+            continue;
+        };
+        let family = u8::from(m.header.family);
+        let (mut table, mut name, mut is_forward, mut policy) =
+            (String::new(), String::new(), false, None);
+        for a in &c.attributes {
+            match a {
+                ChainAttribute::Table(t) => table = t.clone(),
+                ChainAttribute::Name(n) => name = n.clone(),
+                ChainAttribute::Hook(h) => {
+                    is_forward = h.iter().any(|h| {
+                        matches!(h, Hook::Number(HookNumber::Inet(InetHookNumber::Forward)))
+                    })
+                }
+                ChainAttribute::Policy(p) => policy = Some(*p),
+                _ => {}
+            }
+        }
+        names_by_table
+            .entry((family, table.clone()))
+            .or_default()
+            .push(name.clone());
+        if is_forward && table != nft::TABLE {
+            forward.push((family, table, name, policy));
+        }
+    }
+    let mut out = Vec::new();
+    for (family, table, chain, policy) in forward {
+        let how = if policy == Some(0) {
+            Some("policy drop")
+        } else if rules.iter().any(|m| rule_drops(m, family, &table, &chain)) {
+            Some("a rule drops or rejects")
+        } else {
+            None
+        };
+        if let Some(how) = how {
+            let names = names_by_table
+                .get(&(family, table.clone()))
+                .cloned()
+                .unwrap_or_default();
+            out.push(ForwardDrop {
+                family: nft::family_name(family),
+                owner: nft::owner_of(&table, &names),
+                table,
+                chain,
+                how,
+            });
+        }
+    }
+    out
+}
+
+fn rule_drops(m: &NetfilterMessage, family: u8, table: &str, chain: &str) -> bool {
+    use netlink_packet_netfilter::NetfilterMessageInner;
+    let NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r)) = &m.inner else {
+        return false;
+    };
+    if u8::from(m.header.family) != family {
+        return false;
+    }
+    let mut here = (false, false);
+    let mut drops = false;
+    for a in &r.attributes {
+        match a {
+            RuleAttribute::Table(t) => here.0 = t == table,
+            RuleAttribute::Chain(c) => here.1 = c == chain,
+            RuleAttribute::Expressions(list) => drops = list.iter().any(expression_drops),
+            _ => {}
+        }
+    }
+    here.0 && here.1 && drops
+}
+
+fn expression_drops(e: &ListAttribute<ExpressionAttribute>) -> bool {
+    let ListAttribute::Element(attrs) = e else {
+        return false;
+    };
+    attrs.iter().any(|a| match a {
+        ExpressionAttribute::Name(n) => n == "reject",
+        ExpressionAttribute::Data(Expressions::Immediate(imm)) => imm.iter().any(|i| {
+            matches!(i, Immediate::Data(DataAttribute::Verdict(v))
+                if v.iter().any(|v| matches!(v, VerdictAttribute::Code(Verdict::Other(0)))))
+        }),
+        _ => false,
+    })
+}
+
+fn nft_batch(steps: Vec<nft::Step>) -> io::Result<()> {
+    let mut sock = Socket::open(NETLINK_NETFILTER)?;
+    let names: Vec<String> = steps.iter().map(|s| s.2.clone()).collect();
+    let messages = steps.into_iter().map(|(m, flags, _)| (m, flags)).collect();
+    sock.transact(messages, Some(nft::framing()), &|i| {
+        format!(
+            "nftables: {}",
+            names.get(i).map(String::as_str).unwrap_or("batch")
+        )
+    })
+}
+
+/// A fake kernel that records each call as one line, for unit tests of the call order.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub calls: Mutex<Vec<String>>,
+    /// Calls whose line starts with this fail with an error.
+    pub fail: Mutex<Option<String>>,
+    pub drops: Vec<ForwardDrop>,
+}
+
+impl Recording {
+    fn record(&self, line: String) -> io::Result<()> {
+        let fail = self.fail.lock().map(|f| f.clone()).unwrap_or(None);
+        let failing = fail.is_some_and(|f| line.starts_with(&f));
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(line.clone());
+        }
+        if failing {
+            return Err(io::Error::other(format!("injected failure: {line}")));
+        }
+        Ok(())
+    }
+
+    /// The calls so far, and forgets them.
+    pub fn take(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+}
+
+impl NetKernel for Recording {
+    fn ensure_bridge(&self, name: &str, gateway: Ipv4Addr, subnet: Ipv4Net) -> io::Result<()> {
+        self.record(format!("bridge {name} {gateway}/{}", subnet.prefix()))
+    }
+    fn enable_forwarding(&self) -> io::Result<()> {
+        self.record("forwarding on".into())
+    }
+    fn attach_pod(&self, l: &PodLink) -> io::Result<()> {
+        self.record(format!(
+            "veth {}:{} master {} addr {}/{} via {}",
+            l.host_if,
+            l.pod_if,
+            l.bridge,
+            l.addr,
+            l.subnet.prefix(),
+            l.gateway
+        ))
+    }
+    fn remove_link(&self, name: &str) -> io::Result<()> {
+        self.record(format!("del link {name}"))
+    }
+    fn replace_rules(&self, rules: &Ruleset) -> io::Result<()> {
+        let published: Vec<String> = rules.published.iter().map(nft::describe).collect();
+        self.record(format!(
+            "nft replace masq {} [{}]",
+            rules.fleet,
+            published.join(", ")
+        ))
+    }
+    fn remove_rules(&self) -> io::Result<()> {
+        self.record("nft delete table".into())
+    }
+    fn set_routes(&self, routes: &[PeerRoute]) -> io::Result<()> {
+        let r: Vec<String> = routes
+            .iter()
+            .map(|r| format!("{} via {}", r.subnet, r.via))
+            .collect();
+        self.record(format!("routes [{}]", r.join(", ")))
+    }
+    fn forward_drops(&self) -> io::Result<Vec<ForwardDrop>> {
+        Ok(self.drops.clone())
+    }
+}

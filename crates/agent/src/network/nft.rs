@@ -1,0 +1,535 @@
+//! Our nf_tables rules as netlink messages: one `ip compose_fleet` table holding masquerade for
+//! pod traffic leaving the fleet CIDR and DNAT for published ports. Pure: builds messages, sends
+//! nothing.
+//!
+//! `netlink-packet-netfilter` types tables, chains, rules and the payload/cmp/meta/immediate
+//! expressions; `nat`, `masq` and `fib` it does not know, so they are encoded here from the
+//! kernel's `include/uapi/linux/netfilter/nf_tables.h`. What the kernel makes of them is checked
+//! by the root tests against `nft -j list ruleset`.
+//!
+//! ```text
+//! table ip compose_fleet {
+//!   chain prerouting  { type nat hook prerouting priority dstnat; jump published }
+//!   chain output      { type nat hook output priority dstnat; ip daddr != 127.0.0.0/8 jump published }
+//!   chain published   { fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80 ... }
+//!   chain postrouting { type nat hook postrouting priority srcnat;
+//!                       ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade }
+//! }
+//! ```
+//!
+//! The whole table is replaced in one atomic batch (create, delete, create, fill), so a change
+//! never leaves a half-written table, and removed in one batch when the last pod goes.
+
+use std::net::Ipv4Addr;
+
+use netlink_packet_core::{DefaultNla, NLA_F_NESTED, NLM_F_APPEND, NLM_F_CREATE};
+use netlink_packet_netfilter::nftables::{
+    ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions, Hook,
+    HookNumber, Immediate, InetHookNumber, ListAttribute, Meta, MetaKey, NfTablesMessage, Operator,
+    Payload, Register, RuleAttribute, RuleMessage, TableAttribute, TableMessage, Verdict,
+    VerdictAttribute,
+};
+use netlink_packet_netfilter::none::ControlMessage;
+use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
+
+use crate::proto::net::Ipv4Net;
+
+/// The one table the agent owns; nothing else of the host's ruleset is touched.
+pub const TABLE: &str = "compose_fleet";
+
+/// `NF_IP_PRI_NAT_DST` and `NF_IP_PRI_NAT_SRC`: nft's `dstnat` and `srcnat`.
+const PRIORITY_DSTNAT: i32 = -100;
+const PRIORITY_SRCNAT: i32 = 100;
+
+// nf_tables.h
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFT_NAT_DNAT: u32 = 1;
+const NFPROTO_IPV4: u32 = 2;
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+/// `RTN_LOCAL`: the address is one of this host's.
+const RTN_LOCAL: u32 = 2;
+const NFT_REG_1: u32 = 1;
+const NFT_REG_2: u32 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NF_ACCEPT: u32 = 1;
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Proto> {
+        match s {
+            "tcp" | "" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// One published port: `[host_ip:]port/proto` on this host goes to `pod:target`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Published {
+    /// Only this host address; every local address when `None` (compose's default `0.0.0.0`).
+    pub host_ip: Option<Ipv4Addr>,
+    pub proto: Proto,
+    pub port: u16,
+    pub pod: Ipv4Addr,
+    pub target: u16,
+}
+
+/// Everything our table holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Pod traffic whose destination is outside this prefix is masqueraded.
+    pub fleet: Ipv4Net,
+    pub published: Vec<Published>,
+}
+
+fn header() -> NetfilterHeader {
+    NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0)
+}
+
+fn nft(msg: NfTablesMessage) -> NetfilterMessage {
+    NetfilterMessage::new(header(), msg)
+}
+
+/// Batch begin and end: nf_tables applies everything between them atomically, or nothing.
+pub fn framing() -> (NetfilterMessage, NetfilterMessage) {
+    let h = || {
+        NetfilterHeader::new(
+            NetfilterProtoFamily::Unspec,
+            0,
+            libc::NFNL_SUBSYS_NFTABLES as u16,
+        )
+    };
+    (
+        NetfilterMessage::new(h(), ControlMessage::BatchBegin),
+        NetfilterMessage::new(h(), ControlMessage::BatchEnd),
+    )
+}
+
+/// One message of a batch, its netlink flags, and what it does (for error messages).
+pub type Step = (NetfilterMessage, u16, String);
+
+fn table(msg: fn(TableMessage) -> NfTablesMessage) -> NetfilterMessage {
+    nft(msg(TableMessage {
+        attributes: vec![TableAttribute::Name(TABLE.to_string())],
+    }))
+}
+
+/// Removes our table if it exists (creating it first makes the delete never fail).
+pub fn delete_batch() -> Vec<Step> {
+    vec![
+        (
+            table(NfTablesMessage::NewTable),
+            NLM_F_CREATE,
+            format!("creating table ip {TABLE}"),
+        ),
+        (
+            table(NfTablesMessage::DeleteTable),
+            0,
+            format!("deleting table ip {TABLE}"),
+        ),
+    ]
+}
+
+/// Replaces our table with exactly `rules`.
+pub fn replace_batch(rules: &Ruleset) -> Vec<Step> {
+    let mut steps = delete_batch();
+    steps.push((
+        table(NfTablesMessage::NewTable),
+        NLM_F_CREATE,
+        format!("creating table ip {TABLE}"),
+    ));
+    steps.push(chain(
+        "prerouting",
+        Some((InetHookNumber::PreRouting, PRIORITY_DSTNAT)),
+    ));
+    steps.push(chain(
+        "output",
+        Some((InetHookNumber::LocalOut, PRIORITY_DSTNAT)),
+    ));
+    steps.push(chain("published", None));
+    steps.push(chain(
+        "postrouting",
+        Some((InetHookNumber::PostRouting, PRIORITY_SRCNAT)),
+    ));
+    steps.push(rule(
+        "prerouting",
+        vec![jump("published")],
+        "jump published",
+    ));
+    let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or(rules.fleet);
+    // Locally generated traffic to a published port on the host's own address is DNAT'ed too;
+    // loopback is left alone (a DNAT from 127.0.0.1 to a pod would need route_localnet).
+    steps.push(rule(
+        "output",
+        [
+            match_prefix(16, loopback, Operator::NotEqual),
+            vec![jump("published")],
+        ]
+        .concat(),
+        "ip daddr != 127.0.0.0/8 jump published",
+    ));
+    let mut published = rules.published.clone();
+    published.sort();
+    published.dedup();
+    for p in &published {
+        steps.push(rule("published", dnat(p), &describe(p)));
+    }
+    steps.push(rule(
+        "postrouting",
+        [
+            match_prefix(12, rules.fleet, Operator::Equal),
+            match_prefix(16, rules.fleet, Operator::NotEqual),
+            vec![masquerade()],
+        ]
+        .concat(),
+        &format!("ip saddr {0} ip daddr != {0} masquerade", rules.fleet),
+    ));
+    steps
+}
+
+/// `p` as nft prints it.
+pub fn describe(p: &Published) -> String {
+    let daddr = match p.host_ip {
+        Some(ip) => format!("ip daddr {ip}"),
+        None => "fib daddr type local".to_string(),
+    };
+    format!(
+        "{daddr} {proto} dport {port} dnat to {pod}:{target}",
+        proto = p.proto.name(),
+        port = p.port,
+        pod = p.pod,
+        target = p.target
+    )
+}
+
+fn chain(name: &str, hook: Option<(InetHookNumber, i32)>) -> Step {
+    let mut attributes = vec![
+        ChainAttribute::Table(TABLE.to_string()),
+        ChainAttribute::Name(name.to_string()),
+    ];
+    if let Some((number, priority)) = hook {
+        attributes.push(ChainAttribute::Hook(vec![
+            Hook::Number(HookNumber::Inet(number)),
+            Hook::Priority(priority as u32),
+        ]));
+        attributes.push(ChainAttribute::Policy(NF_ACCEPT));
+        attributes.push(ChainAttribute::Type("nat".to_string()));
+    }
+    (
+        nft(NfTablesMessage::NewChain(ChainMessage { attributes })),
+        NLM_F_CREATE,
+        format!("creating chain {name}"),
+    )
+}
+
+type Expr = ListAttribute<ExpressionAttribute>;
+
+fn rule(chain: &str, expressions: Vec<Expr>, what: &str) -> Step {
+    (
+        nft(NfTablesMessage::NewRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(TABLE.to_string()),
+                RuleAttribute::Chain(chain.to_string()),
+                RuleAttribute::Expressions(expressions),
+            ],
+        })),
+        NLM_F_CREATE | NLM_F_APPEND,
+        format!("adding rule `{what}` to chain {chain}"),
+    )
+}
+
+fn u32_be(kind: u16, v: u32) -> DefaultNla {
+    DefaultNla::new(kind, v.to_be_bytes().to_vec())
+}
+
+/// A nested attribute from already-encoded attributes.
+fn nested(kind: u16, inner: &[DefaultNla]) -> DefaultNla {
+    use netlink_packet_core::Emitable;
+    let mut buf = vec![0; inner.buffer_len()];
+    inner.emit(&mut buf);
+    DefaultNla::new(kind | NLA_F_NESTED, buf)
+}
+
+fn other(name: &str, attributes: Vec<DefaultNla>) -> Expr {
+    if attributes.is_empty() {
+        // An expression without parameters has no data attribute at all (as nft sends it).
+        return ListAttribute::Element(vec![ExpressionAttribute::Name(name.to_string())]);
+    }
+    Expressions::Other {
+        expression_type: name.to_string(),
+        attributes,
+    }
+    .into()
+}
+
+fn payload(base: u32, offset: u32, len: u32) -> Expr {
+    Expressions::Payload(vec![
+        Payload::DestinationRegister(Register::Reg1),
+        Payload::Base(base),
+        Payload::Offset(offset),
+        Payload::Len(len),
+    ])
+    .into()
+}
+
+fn cmp(op: Operator, value: Vec<u8>) -> Expr {
+    Expressions::Cmp(vec![
+        Cmp::SourceRegister(Register::Reg1),
+        Cmp::Op(op),
+        Cmp::Data(DataAttribute::Value(value)),
+    ])
+    .into()
+}
+
+/// `ip saddr|daddr [!=] prefix` (`offset` 12 for the source, 16 for the destination): load the
+/// address, mask it, compare with the network (what nft emits for a prefix).
+fn match_prefix(offset: u32, net: Ipv4Net, op: Operator) -> Vec<Expr> {
+    let mask = if net.prefix() == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(net.prefix()))
+    };
+    // NFTA_BITWISE_MASK / _XOR each hold one NFTA_DATA_VALUE.
+    let data = |kind: u16, v: u32| {
+        nested(
+            kind,
+            &[DefaultNla::new(NFTA_DATA_VALUE, v.to_be_bytes().to_vec())],
+        )
+    };
+    vec![
+        payload(NFT_PAYLOAD_NETWORK_HEADER, offset, 4),
+        other(
+            "bitwise",
+            vec![
+                u32_be(NFTA_BITWISE_SREG, NFT_REG_1),
+                u32_be(NFTA_BITWISE_DREG, NFT_REG_1),
+                u32_be(NFTA_BITWISE_LEN, 4),
+                data(NFTA_BITWISE_MASK, mask),
+                data(NFTA_BITWISE_XOR, 0),
+            ],
+        ),
+        cmp(op, net.network().octets().to_vec()),
+    ]
+}
+
+fn jump(chain: &str) -> Expr {
+    Expressions::Immediate(vec![
+        Immediate::DestinationRegister(Register::Verdict),
+        Immediate::Data(DataAttribute::Verdict(vec![
+            VerdictAttribute::Code(Verdict::Jump),
+            VerdictAttribute::Chain(chain.to_string()),
+        ])),
+    ])
+    .into()
+}
+
+fn load(register: Register, value: Vec<u8>) -> Expr {
+    Expressions::Immediate(vec![
+        Immediate::DestinationRegister(register),
+        Immediate::Data(DataAttribute::Value(value)),
+    ])
+    .into()
+}
+
+fn masquerade() -> Expr {
+    other("masq", vec![])
+}
+
+/// `fib daddr type local`: the destination is one of this host's addresses.
+fn fib_daddr_local() -> Vec<Expr> {
+    vec![
+        other(
+            "fib",
+            vec![
+                u32_be(NFTA_FIB_DREG, NFT_REG_1),
+                u32_be(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE),
+                u32_be(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR),
+            ],
+        ),
+        // The fib expression stores the address type in host byte order.
+        cmp(Operator::Equal, RTN_LOCAL.to_ne_bytes().to_vec()),
+    ]
+}
+
+fn dnat(p: &Published) -> Vec<Expr> {
+    let mut e = match p.host_ip {
+        Some(ip) => vec![
+            payload(NFT_PAYLOAD_NETWORK_HEADER, 16, 4),
+            cmp(Operator::Equal, ip.octets().to_vec()),
+        ],
+        None => fib_daddr_local(),
+    };
+    e.push(
+        Expressions::Meta(vec![
+            Meta::DestinationRegister(Register::Reg1),
+            Meta::Key(MetaKey::L4Proto),
+        ])
+        .into(),
+    );
+    e.push(cmp(Operator::Equal, vec![p.proto.number()]));
+    e.push(payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2));
+    e.push(cmp(Operator::Equal, p.port.to_be_bytes().to_vec()));
+    e.push(load(Register::Reg1, p.pod.octets().to_vec()));
+    e.push(load(Register::Reg2, p.target.to_be_bytes().to_vec()));
+    e.push(other(
+        "nat",
+        vec![
+            u32_be(NFTA_NAT_TYPE, NFT_NAT_DNAT),
+            u32_be(NFTA_NAT_FAMILY, NFPROTO_IPV4),
+            u32_be(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1),
+            u32_be(NFTA_NAT_REG_PROTO_MIN, NFT_REG_2),
+        ],
+    ));
+    e
+}
+
+/// A chain of another table that drops forwarded traffic: ours cannot override it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardDrop {
+    pub family: &'static str,
+    pub table: String,
+    pub chain: String,
+    /// Who most likely made it, from the table and chain names.
+    pub owner: &'static str,
+    /// `policy drop`, or a rule that drops or rejects.
+    pub how: &'static str,
+}
+
+impl std::fmt::Display for ForwardDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (table {} {}, chain {}: {})",
+            self.owner, self.family, self.table, self.chain, self.how
+        )
+    }
+}
+
+/// The family name nft prints.
+pub fn family_name(family: u8) -> &'static str {
+    match family {
+        1 => "inet",
+        2 => "ip",
+        3 => "arp",
+        5 => "netdev",
+        7 => "bridge",
+        10 => "ip6",
+        _ => "unknown",
+    }
+}
+
+/// Guesses which firewall made a table, for the report.
+pub fn owner_of(table: &str, chains: &[String]) -> &'static str {
+    let any = |s: &str| chains.iter().any(|c| c.to_ascii_lowercase().contains(s));
+    if table.contains("firewalld") {
+        "firewalld"
+    } else if any("ufw") {
+        "ufw"
+    } else if any("docker") {
+        "Docker"
+    } else if table == "filter" {
+        "iptables"
+    } else {
+        "another nftables table"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Ruleset {
+        Ruleset {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            published: vec![
+                Published {
+                    host_ip: None,
+                    proto: Proto::Tcp,
+                    port: 8080,
+                    pod: "10.213.1.2".parse().unwrap(),
+                    target: 80,
+                },
+                Published {
+                    host_ip: Some("10.250.0.11".parse().unwrap()),
+                    proto: Proto::Udp,
+                    port: 53,
+                    pod: "10.213.1.3".parse().unwrap(),
+                    target: 5353,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_batch_replaces_the_whole_table_and_names_every_rule() {
+        let steps: Vec<String> = replace_batch(&rules()).into_iter().map(|s| s.2).collect();
+        assert_eq!(
+            steps,
+            [
+                "creating table ip compose_fleet",
+                "deleting table ip compose_fleet",
+                "creating table ip compose_fleet",
+                "creating chain prerouting",
+                "creating chain output",
+                "creating chain published",
+                "creating chain postrouting",
+                "adding rule `jump published` to chain prerouting",
+                "adding rule `ip daddr != 127.0.0.0/8 jump published` to chain output",
+                "adding rule `fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80` to chain published",
+                "adding rule `ip daddr 10.250.0.11 udp dport 53 dnat to 10.213.1.3:5353` to chain published",
+                "adding rule `ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade` to chain postrouting",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_message_serializes() {
+        use netlink_packet_core::{NetlinkMessage, NetlinkSerializable};
+        for (msg, _, what) in replace_batch(&rules()) {
+            let mut m = NetlinkMessage::from(msg);
+            m.finalize();
+            let mut buf = vec![0; m.buffer_len()];
+            m.serialize(&mut buf);
+            assert_eq!(buf.len() % 4, 0, "{what}");
+            let _ = m.payload.message_type();
+            assert!(buf.len() > 20, "{what}");
+        }
+        let (b, _) = framing();
+        assert_eq!(b.buffer_len(), 4);
+    }
+}
