@@ -190,18 +190,23 @@ pub enum FailureKind {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match (&self.replica, &self.pod) {
-            (Some(r), _) => format!("`{}` replica {}", r.service, r.replica),
-            (None, Some(p)) => format!("pod `{p}`"),
-            (None, None) => String::new(),
+        let on = |h: &String| format!(" on `{h}`");
+        let place = match (&self.replica, &self.pod, &self.host) {
+            (Some(r), _, h) => Some(format!(
+                "`{}` replica {}{}",
+                r.service,
+                r.replica,
+                h.as_ref().map(on).unwrap_or_default()
+            )),
+            (None, Some(p), h) => Some(format!(
+                "pod `{p}`{}",
+                h.as_ref().map(on).unwrap_or_default()
+            )),
+            (None, None, Some(h)) => Some(format!("host `{h}`")),
+            (None, None, None) => None,
         };
-        let on = self
-            .host
-            .as_ref()
-            .map(|h| format!(" on `{h}`"))
-            .unwrap_or_default();
-        if !what.is_empty() || !on.is_empty() {
-            write!(f, "{}{on}: ", what.trim())?;
+        if let Some(place) = place {
+            write!(f, "{place}: ")?;
         }
         let waits = |w: &Option<(String, Condition)>| match w {
             Some((s, c)) => format!("; `{s}` waits for it ({})", condition_str(*c)),
@@ -216,7 +221,7 @@ impl fmt::Display for Failure {
                 write!(f, "exited with code {code}{}", waits(waiter))
             }
             FailureKind::Unhealthy { waiter } => write!(f, "unhealthy{}", waits(waiter)),
-            FailureKind::HostLost { reason } => write!(f, "host lost: {reason}"),
+            FailureKind::HostLost { reason } => write!(f, "unreachable: {reason}"),
             FailureKind::Aborted { reason } => write!(f, "stopped: {reason}"),
         }
     }

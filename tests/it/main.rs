@@ -3,6 +3,7 @@
 mod agent_e2e;
 mod compose;
 mod compose_errors;
+mod deploy;
 mod graph;
 mod hosts;
 mod inventory;
