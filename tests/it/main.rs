@@ -4,6 +4,7 @@ mod agent_e2e;
 mod compose;
 mod compose_errors;
 mod deploy;
+mod deploy_props;
 mod graph;
 mod hosts;
 mod inventory;
