@@ -441,7 +441,9 @@ impl Flow {
 
     fn add_pod(&mut self, pod: &super::desired::DesiredPod, diff: &Diff) {
         let hd = diff.hosts.get(&pod.host);
-        let has = |list: Option<&Vec<String>>| list.is_some_and(|l| l.contains(&pod.name));
+        // The diff's lists are sorted by name.
+        let has =
+            |list: Option<&Vec<String>>| list.is_some_and(|l| l.binary_search(&pod.name).is_ok());
         let op = if has(hd.map(|d| &d.create)) {
             Op::Create
         } else if has(hd.map(|d| &d.replace)) {
