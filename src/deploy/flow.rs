@@ -227,6 +227,26 @@ impl fmt::Display for Failure {
     }
 }
 
+/// One change of the plan, as `plan` and `up --dry-run` print it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub host: String,
+    pub pod: String,
+    pub change: Change,
+    /// What it waits for before it starts: the `depends_on` edges leaving its services for
+    /// services outside the pod, sorted by dependency (empty for a remove).
+    pub waits_for: Vec<Dependency>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Create,
+    Replace,
+    /// A kept pod restarted because a `restart: true` dependency is updated.
+    Restart,
+    Remove(RemoveReason),
+}
+
 /// The outcome, with the `Done` action.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Summary {
@@ -758,6 +778,43 @@ impl Flow {
     /// Whether `Done` was returned.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// Every change this flow will make if nothing fails, by host then pod: what `plan` and
+    /// `up --dry-run` print. Empty when there is nothing to do (`plan --detailed-exitcode` 0).
+    pub fn plan(&self) -> Vec<Step> {
+        let mut steps: Vec<Step> = Vec::new();
+        for pod in &self.pods {
+            let change = match pod.op {
+                Op::Keep => continue,
+                Op::Create => Change::Create,
+                Op::Replace => Change::Replace,
+                Op::Restart => Change::Restart,
+            };
+            let mut waits_for: Vec<Dependency> = pod
+                .gate
+                .iter()
+                .filter(|e| !self.ignored.contains(e))
+                .map(|e| self.deps[*e].clone())
+                .collect();
+            waits_for.sort_by(|a, b| (&a.to, &a.from).cmp(&(&b.to, &b.from)));
+            steps.push(Step {
+                host: pod.host.clone(),
+                pod: pod.name.clone(),
+                change,
+                waits_for,
+            });
+        }
+        for r in &self.removes {
+            steps.push(Step {
+                host: r.host.clone(),
+                pod: r.pod.clone(),
+                change: Change::Remove(r.reason.clone()),
+                waits_for: Vec::new(),
+            });
+        }
+        steps.sort_by(|a, b| (&a.host, &a.pod).cmp(&(&b.host, &b.pod)));
+        steps
     }
 
     fn set_phase(&mut self, p: usize, phase: Phase) {

@@ -17,7 +17,9 @@ use std::path::Path;
 use compose_fleet::compose::{self, Environment, LoadOptions, MemoryFs};
 use compose_fleet::deploy::desired::{self, Desired, PodInput};
 use compose_fleet::deploy::diff::{self, Diff, ObservedPod, RemoveReason};
-use compose_fleet::deploy::flow::{Action, At, Dependency, Event, Flow, FlowError, Options};
+use compose_fleet::deploy::flow::{
+    Action, At, Change, Dependency, Event, Flow, FlowError, Options,
+};
 use compose_fleet::deploy::sim::{self, Script};
 use compose_fleet::graph;
 use compose_fleet::proto::{self, ContainerSpec, PodSpec};
@@ -1277,6 +1279,60 @@ fn events_the_flow_did_not_ask_for_are_ignored() {
          > started b.1@h2
          > abort",
     );
+}
+
+fn plan_text(f: &Fixture) -> String {
+    let (_, flow) = f.flow().expect("flow");
+    let mut out = String::new();
+    for step in flow.plan() {
+        let change = match &step.change {
+            Change::Create => "create".to_string(),
+            Change::Replace => "replace".to_string(),
+            Change::Restart => "restart".to_string(),
+            Change::Remove(RemoveReason::Moved { to }) => format!("remove (moved to {to})"),
+            Change::Remove(RemoveReason::NotDesired) => "remove (not desired)".to_string(),
+            Change::Remove(RemoveReason::Orphan) => "remove (orphan)".to_string(),
+        };
+        out.push_str(&format!("{} {}: {change}", step.host, step.pod));
+        for d in &step.waits_for {
+            out.push_str(&format!(
+                ", after {} {}{}",
+                d.to,
+                graph::condition_str(d.condition),
+                if d.required { "" } else { " (optional)" }
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn the_plan_lists_every_change_per_host_with_what_it_waits_for() {
+    let f = Fixture::new(&yaml(
+        "services:
+           db: {image: db, HEALTH}
+           migrate: {image: app, depends_on: {db: {condition: service_healthy}}}
+           api: {image: app, depends_on: {db: {condition: service_healthy, restart: true}, migrate: {condition: service_completed_successfully}}}
+           web: {image: web, depends_on: {api: {condition: service_started, required: false}}}
+           cache: {image: cache}",
+    ))
+    .place("db-1@h2 cache-1@h2")
+    .runs("api-1@h1 web-1@h1 cache-1@h1")
+    .runs_changed("db-1@h2")
+    .runs_other("old-1@h3", &["old"])
+    .remove_orphans();
+    assert_eq!(
+        plan_text(&f),
+        "h1 api-1: restart, after db service_healthy, after migrate service_completed_successfully\n\
+         h1 cache-1: remove (moved to h2)\n\
+         h1 migrate-1: create, after db service_healthy\n\
+         h2 cache-1: create\n\
+         h2 db-1: replace\n\
+         h3 old-1: remove (orphan)\n"
+    );
+    let f = Fixture::new("services: {web: {image: web}}").runs("web-1@h1");
+    assert_eq!(plan_text(&f), "", "nothing to do, nothing planned");
 }
 
 // ------------------------------------------------------------ wall time: the critical path
