@@ -19,7 +19,10 @@
 //! - `restart: true`: a kept dependent is restarted (once its conditions hold again) when the
 //!   dependency is created or replaced; restarts cascade along `restart: true` edges.
 //!
-//! Edges between services of the same pod do not gate: a pod's containers start together.
+//! Edges between services of the same pod do not gate: a pod's containers start together. A
+//! container nobody waits for that turns unhealthy or exits non-zero is a warning; with
+//! [`Options::wait`] (`up --wait`) it fails the deploy, and the flow ends only once every
+//! container it started is healthy, running, or exited 0.
 //!
 //! Failures: a pull or pod action that fails, a lost host with work on it, an [`Event::Abort`],
 //! or a required condition that can never hold is *fatal*: the flow says [`Action::Fail`] at once,
@@ -31,6 +34,19 @@
 //! by `Removed`, `ActionFailed` or `HostLost`. Waits without an end (a health check that never
 //! reports, a job that never exits) end with the executor's deadline, sent as [`Event::Abort`].
 //! `Exited` means the container stopped for good (its restart policy will not restart it).
+//!
+//! [`Flow::plan`] lists the changes before anything runs, for `plan` and `up --dry-run`.
+//!
+//! ```text
+//!  executor                               Flow
+//!   │ Flow::new(desired, diff, deps, opts) ─▶ │   gates, restarts, pulls computed
+//!   │ start() ──────────────────────────────▶ │
+//!   │ ◀── Pull ×N, Remove (orphans, scale-down), Create (pods with nothing to wait for)
+//!   │ on(PullDone) / on(Started) / on(Healthy) / on(Exited) ─▶ │
+//!   │ ◀── Create / Replace / Restart as conditions hold, Remove of moved pods' old copies
+//!   │ ...                                                        (Fail at the first failure)
+//!   │ ◀── Done(Summary)                                          nothing more after it
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
