@@ -13,6 +13,7 @@ use compose_fleet::compose::model::Condition;
 use compose_fleet::deploy::desired::{self, Desired, PodInput};
 use compose_fleet::deploy::diff::{self, ObservedPod};
 use compose_fleet::deploy::flow::{Action, At, Dependency, Event, Flow, Options};
+use compose_fleet::deploy::sim;
 use compose_fleet::proto::{self, ContainerSpec, PodSpec};
 use proptest::prelude::*;
 
@@ -553,5 +554,93 @@ proptest! {
         let first = drive(&case)?;
         let second = drive(&case)?;
         prop_assert_eq!(first, second);
+    }
+}
+
+/// A random DAG (edges from higher to lower index, so `s0, s1, …` is a valid order) where every
+/// wait can be answered, with random durations and nothing failing.
+fn timed() -> impl Strategy<Value = (Case, sim::Script)> {
+    (2usize..=10, 1usize..=4).prop_flat_map(|(n, hosts)| {
+        (
+            proptest::collection::vec((0..n, 0..n, any::<u8>(), any::<bool>()), 0..=n * 2),
+            proptest::collection::vec((1u32..=3, 0u64..2000, 0u64..500, 0u64..3000, 0u64..2000), n),
+            proptest::collection::vec(0..hosts, n * 3),
+        )
+            .prop_map(move |(edges, times, placement)| {
+                let mut deps: BTreeMap<(usize, usize), Dependency> = BTreeMap::new();
+                for (a, b, c, required) in edges {
+                    if a != b {
+                        let (from, to) = (a.max(b), a.min(b));
+                        deps.entry((from, to)).or_insert(Dependency {
+                            from: name(from),
+                            to: name(to),
+                            condition: condition(c),
+                            required,
+                            restart: false,
+                        });
+                    }
+                }
+                let waited = |cond: Condition, s: usize| {
+                    deps.values()
+                        .any(|d| d.to == name(s) && d.condition == cond)
+                };
+                let mut script = sim::Script::default();
+                let mut services = Vec::new();
+                for (s, &(replicas, pull, start, health, run)) in times.iter().enumerate() {
+                    let healthcheck = waited(Condition::ServiceHealthy, s);
+                    let job = waited(Condition::ServiceCompletedSuccessfully, s);
+                    services.push(Service {
+                        replicas,
+                        healthcheck,
+                        unhealthy: false,
+                        job: job.then_some(0),
+                    });
+                    // Images are shared by services s, s+3, …: one pull may serve several.
+                    script.pull.insert(image(s), pull);
+                    script.start.insert(name(s), start);
+                    script.health.insert(name(s), health);
+                    if job {
+                        // A job waited for healthy exits after its health check passed.
+                        let after = if healthcheck { health + 1 } else { 0 };
+                        script.exit.insert(name(s), (after + run, 0));
+                    }
+                }
+                let mut pods = BTreeMap::new();
+                for (s, svc) in services.iter().enumerate() {
+                    for r in 1..=svc.replicas {
+                        pods.insert((s, r), (placement[s * 3 + (r as usize - 1)], 0u8));
+                    }
+                }
+                let case = Case {
+                    services,
+                    deps: deps.into_values().collect(),
+                    pods,
+                    failing_images: BTreeSet::new(),
+                    refused: BTreeSet::new(),
+                    lose: None,
+                    wait: false,
+                    choices: Vec::new(),
+                };
+                (case, script)
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Unbounded parallelism and no failure: the flow's simulated wall time is exactly the
+    /// critical path, whatever the graph and the durations.
+    #[test]
+    fn flow_wall_time_is_the_critical_path((case, script) in timed()) {
+        let (desired, mut flow) = build(&case);
+        let run = sim::run(&mut flow, &desired, &script);
+        let summary = run.summary.clone().expect("done");
+        prop_assert!(summary.ok(), "{:?}", summary.failures);
+        let order: Vec<String> = (0..case.services.len()).map(name).collect();
+        let order: Vec<&str> = order.iter().map(String::as_str).collect();
+        let critical = sim::critical_path(&order, &desired, &case.deps, &script);
+        prop_assert_eq!(run.wall, critical);
+        prop_assert!(sim::waves(&order, &desired, &case.deps, &script) >= critical);
     }
 }
