@@ -1156,6 +1156,33 @@ fn a_moved_pod_is_removed_from_its_old_host_once_it_runs_on_the_new_one() {
 }
 
 #[test]
+fn a_stale_copy_of_a_kept_pod_is_removed_at_once() {
+    let f = Fixture::new("services: {db: {image: db}}")
+        .place("db-1@h2")
+        .runs("db-1@h1 db-1@h2");
+    check(
+        &f,
+        "remove h1 db-1 (moved to h2)
+         > removed h1 db-1
+         done: created 0, replaced 0, restarted 0, removed 1, kept 1",
+    );
+}
+
+#[test]
+fn a_failed_remove_fails_the_deploy() {
+    let f = Fixture::new("services: {web: {image: web}}")
+        .runs("web-1@h1")
+        .runs_other("web-2@h1", &["web"]);
+    check(
+        &f,
+        "remove h1 web-2 (not desired)
+         > failed h1 web-2
+         fail: pod `web-2` on `h1`: removing failed: no space left on device
+         done: created 0, replaced 0, restarted 0, removed 0, kept 1, FAILED (1)",
+    );
+}
+
+#[test]
 fn orphans_are_removed_with_remove_orphans_and_left_otherwise() {
     let f = Fixture::new("services: {web: {image: web}}")
         .runs("web-1@h1")
