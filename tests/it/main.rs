@@ -3,6 +3,8 @@
 mod agent_e2e;
 mod compose;
 mod compose_errors;
+mod deploy;
+mod deploy_props;
 mod differential;
 mod graph;
 mod hosts;
