@@ -79,6 +79,7 @@ fn build(g: &Graph) -> (Desired, Vec<Dependency>, Vec<String>) {
                         ..ContainerSpec::default()
                     }],
                     ports: Vec::new(),
+                    network: Default::default(),
                 },
                 networks: Vec::new(),
             });

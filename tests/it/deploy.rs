@@ -115,12 +115,12 @@ impl Fixture {
         let graph = graph::build(&self.project).expect("fixture graph");
         let mut out = Vec::new();
         for pod in graph.pods() {
-            let root = &self.project.services[&pod.root];
+            let root = &self.project.services[&pod.name];
             let replicas = root.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1);
             for n in 1..=replicas {
-                let name = format!("{}-{n}", pod.root);
+                let name = format!("{}-{n}", pod.name);
                 let containers = pod
-                    .members
+                    .services
                     .iter()
                     .map(|m| container(&self.project.services[m], m, n))
                     .collect();
@@ -132,6 +132,7 @@ impl Fixture {
                         spec_hash: String::new(),
                         containers,
                         ports: Vec::new(),
+                        network: Default::default(),
                     },
                     networks: vec!["default".into()],
                 });
@@ -381,6 +382,7 @@ fn base_spec() -> PodSpec {
             ..ContainerSpec::default()
         }],
         ports: Vec::new(),
+        network: Default::default(),
     }
 }
 

@@ -192,6 +192,7 @@ fn build(case: &Case) -> (Desired, Flow) {
                     ..ContainerSpec::default()
                 }],
                 ports: Vec::new(),
+                network: Default::default(),
             },
             networks: Vec::new(),
         });
