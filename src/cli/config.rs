@@ -8,7 +8,7 @@ use clap::ValueEnum;
 
 use super::project::{load_project_quiet, print_diagnostics};
 use super::{output, CmdResult, Failure, GlobalArgs};
-use crate::compose::canonical::{canonical, in_compose_order};
+use crate::compose::canonical::{canonical, in_compose_order, Form};
 use crate::compose::ledger::{Ledger, Status};
 use crate::compose::model::Project;
 use crate::diag::{Diagnostics, Severity};
@@ -106,7 +106,11 @@ fn plural(n: usize) -> &'static str {
 
 /// The project in canonical form: what `docker compose config` prints.
 pub fn render(project: &Project, format: Format) -> Result<String, Failure> {
-    let value = in_compose_order(canonical(project));
+    let form = match format {
+        Format::Json => Form::Json,
+        Format::Yaml => Form::Yaml,
+    };
+    let value = in_compose_order(canonical(project, form));
     match format {
         Format::Json => to_json(&value),
         Format::Yaml => serde_saphyr::to_string(&value)

@@ -16,16 +16,30 @@ use serde_json::{json, Map, Value};
 use super::model::{parse_bytes, Project, Service, Written};
 use super::yaml::Node;
 
-/// The project as `docker compose config --format json` prints it (after the normalizations the
-/// differential test documents: fields Go's encoder always prints empty are left out, as
-/// compose's YAML output leaves them out).
-pub fn canonical(project: &Project) -> Value {
+/// Which of compose's two outputs to match: they differ in what they leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `config` (YAML): everything below.
+    Yaml,
+    /// `config --format json`: compose's JSON encoder drops the `x-*` fields of services.
+    Json,
+}
+
+/// The project as `docker compose config` prints it in `form` (less the fields Go's JSON encoder
+/// always prints empty, which compose's YAML leaves out too: see `tests/it/differential.rs`).
+pub fn canonical(project: &Project, form: Form) -> Value {
     let mut root = Map::new();
     root.insert("name".into(), Value::String(project.name.clone()));
 
     let mut services = Map::new();
     for (name, svc) in &project.services {
-        services.insert(name.clone(), service(svc));
+        let mut out = service(svc);
+        if form == Form::Json {
+            if let Value::Object(m) = &mut out {
+                m.retain(|k, _| !k.starts_with("x-"));
+            }
+        }
+        services.insert(name.clone(), out);
     }
 
     // Only the resources some enabled service uses are printed.
@@ -184,33 +198,39 @@ fn service(svc: &Service) -> Value {
         out.insert("networks".into(), json!({"default": null}));
     }
 
-    // `links`, `volumes_from` and `network_mode: service:X` imply a dependency (restarted with X).
-    let implied: Vec<&str> = svc
+    // `links` and `network_mode: service:X` imply a dependency restarted with X; `volumes_from`
+    // one that is not (compose's order: links, volumes_from, network_mode; the first one wins).
+    let implied: Vec<(&str, bool)> = svc
         .links
         .iter()
-        .map(|l| l.split(':').next().unwrap_or(""))
+        .map(|l| (l.split(':').next().unwrap_or(""), true))
         .chain(
             svc.volumes_from
                 .iter()
                 .filter(|v| !v.starts_with("container:"))
-                .map(|v| v.split(':').next().unwrap_or("")),
+                .map(|v| (v.split(':').next().unwrap_or(""), false)),
         )
         .chain(
             svc.network_mode
                 .as_deref()
-                .and_then(|m| m.strip_prefix("service:")),
+                .and_then(|m| m.strip_prefix("service:"))
+                .map(|t| (t, true)),
         )
-        .filter(|t| !t.is_empty())
+        .filter(|(t, _)| !t.is_empty())
         .collect();
     if !implied.is_empty() {
         let deps = out
             .entry("depends_on")
             .or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(deps) = deps {
-            for t in implied {
-                deps.entry(t.to_string()).or_insert_with(
-                    || json!({"condition": "service_started", "restart": true, "required": true}),
-                );
+            for (t, restart) in implied {
+                deps.entry(t.to_string()).or_insert_with(|| {
+                    if restart {
+                        json!({"condition": "service_started", "restart": true, "required": true})
+                    } else {
+                        json!({"condition": "service_started", "required": true})
+                    }
+                });
             }
         }
     }
@@ -218,6 +238,25 @@ fn service(svc: &Service) -> Value {
     if let Some(Value::Object(build)) = out.get_mut("build") {
         if !build.contains_key("dockerfile") && !build.contains_key("dockerfile_inline") {
             build.insert("dockerfile".into(), json!("Dockerfile"));
+        }
+        if let Some(size) = build.get_mut("shm_size") {
+            in_bytes(size);
+        }
+    }
+    if let Some(size) = out.get_mut("shm_size") {
+        in_bytes(size);
+    }
+
+    // File modes print in octal, as strings (`0440`).
+    for key in ["secrets", "configs"] {
+        if let Some(Value::Array(refs)) = out.get_mut(key) {
+            for r in refs.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(mode) = r.get_mut("mode") {
+                    if let Some(m) = mode.as_u64() {
+                        *mode = Value::String(format!("0{m:o}"));
+                    }
+                }
+            }
         }
     }
 
@@ -253,6 +292,9 @@ fn service(svc: &Service) -> Value {
 
     if let Some(hosts) = out.get_mut("extra_hosts") {
         *hosts = extra_hosts(hosts);
+        if let Value::Array(items) = hosts {
+            items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        }
     }
     Value::Object(out)
 }
@@ -330,17 +372,28 @@ fn mount(v: &mut Map<String, Value>) {
             v.insert("volume".into(), json!({}));
         }
     }
+    if let Some(Value::Object(bind)) = v.get_mut("bind") {
+        // Go leaves a false boolean out.
+        if bind.get("create_host_path") == Some(&Value::Bool(false)) {
+            bind.remove("create_host_path");
+        }
+    }
     if let Some(Value::Object(tmpfs)) = v.get_mut("tmpfs") {
         if let Some(size) = tmpfs.get_mut("size") {
-            let bytes = match &*size {
-                Value::String(s) => parse_bytes(s).ok(),
-                Value::Number(n) => n.as_u64(),
-                _ => None,
-            };
-            if let Some(b) = bytes {
-                *size = Value::String(b.to_string());
-            }
+            in_bytes(size);
         }
+    }
+}
+
+/// A size (`64m`, `1024`) as compose prints it: a string of bytes.
+fn in_bytes(size: &mut Value) {
+    let bytes = match &*size {
+        Value::String(s) => parse_bytes(s).ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    };
+    if let Some(b) = bytes {
+        *size = Value::String(b.to_string());
     }
 }
 
