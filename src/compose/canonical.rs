@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Map, Value};
 
 use super::model::{parse_bytes, Project, Service, Written};
+use super::normalize::shell_split;
 use super::yaml::Node;
 
 /// Which of compose's two outputs to match: they differ in what they leave out.
@@ -37,6 +38,18 @@ pub fn canonical(project: &Project, form: Form) -> Value {
         if form == Form::Json {
             if let Value::Object(m) = &mut out {
                 m.retain(|k, _| !k.starts_with("x-"));
+                // Go's throttle and weight devices have no JSON field names: `Path`, `Rate`.
+                if let Some(Value::Object(blkio)) = m.get_mut("blkio_config") {
+                    for devices in blkio.values_mut().filter_map(Value::as_array_mut) {
+                        for d in devices.iter_mut().filter_map(Value::as_object_mut) {
+                            let entries: Vec<(String, Value)> =
+                                std::mem::take(d).into_iter().collect();
+                            for (k, v) in entries {
+                                d.insert(capitalized(&k), v);
+                            }
+                        }
+                    }
+                }
             }
         }
         services.insert(name.clone(), out);
@@ -290,6 +303,40 @@ fn service(svc: &Service) -> Value {
         }
     }
 
+    for key in ["memswap_limit", "mem_swappiness"] {
+        if let Some(size) = out.get_mut(key) {
+            in_bytes(size);
+        }
+    }
+    if let Some(Value::Object(blkio)) = out.get_mut("blkio_config") {
+        for devices in blkio.values_mut().filter_map(Value::as_array_mut) {
+            for d in devices.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(rate) = d.get_mut("rate") {
+                    in_bytes(rate);
+                }
+            }
+        }
+    }
+    // `gpus: all` is every device.
+    if out.get("gpus").and_then(Value::as_str) == Some("all") {
+        out.insert("gpus".into(), json!([{"count": -1}]));
+    }
+    if out.get("pull_policy").and_then(Value::as_str) == Some("if_not_present") {
+        out.insert("pull_policy".into(), json!("missing"));
+    }
+    // Lifecycle hooks: a string command is split as `command` is.
+    for key in ["post_start", "pre_stop"] {
+        if let Some(Value::Array(hooks)) = out.get_mut(key) {
+            for h in hooks.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(Value::String(cmd)) = h.get("command") {
+                    if let Ok(words) = shell_split(cmd) {
+                        h.insert("command".into(), json!(words));
+                    }
+                }
+            }
+        }
+    }
+
     if let Some(hosts) = out.get_mut("extra_hosts") {
         *hosts = extra_hosts(hosts);
         if let Value::Array(items) = hosts {
@@ -382,6 +429,14 @@ fn mount(v: &mut Map<String, Value>) {
         if let Some(size) = tmpfs.get_mut("size") {
             in_bytes(size);
         }
+    }
+}
+
+fn capitalized(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
