@@ -95,6 +95,11 @@ pub fn canonical(project: &Project, form: Form) -> Value {
             };
             scope_name(&mut entry, project_name, name);
             labels_as_map(&mut entry);
+            for key in ["labels", "driver_opts"] {
+                if let Some(m) = entry.get_mut(key) {
+                    scalars_as_strings(m);
+                }
+            }
             out.insert(name.clone(), Value::Object(entry));
         }
         out
@@ -182,6 +187,20 @@ fn scope_name(entry: &mut Map<String, Value>, project: &str, key: &str) {
         format!("{project}_{key}")
     };
     entry.insert("name".into(), Value::String(name));
+}
+
+/// The values of a string-to-string mapping (`driver_opts`, `labels`, logging `options`) as
+/// strings: `mtu: 1400` prints `"1400"`.
+fn scalars_as_strings(m: &mut Value) {
+    if let Value::Object(m) = m {
+        for v in m.values_mut() {
+            match v {
+                Value::Number(n) => *v = Value::String(n.to_string()),
+                Value::Bool(b) => *v = Value::String(b.to_string()),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// `labels` in list form (`["a=b"]`) become a mapping, as compose prints them.
@@ -303,6 +322,9 @@ fn service(svc: &Service) -> Value {
         }
     }
 
+    if let Some(options) = out.get_mut("logging").and_then(|l| l.get_mut("options")) {
+        scalars_as_strings(options);
+    }
     for key in ["memswap_limit", "mem_swappiness"] {
         if let Some(size) = out.get_mut(key) {
             in_bytes(size);

@@ -105,6 +105,56 @@ const KNOWN: &[Known] = &[
         "loader: `develop.watch` paths are not made absolute",
     ),
     (
+        "fixtures/differential/invalid-depends-on-disabled-service",
+        "",
+        "loader: `config` does not check the dependency graph (a dependency on a service disabled by its profile)",
+    ),
+    (
+        "fixtures/differential/invalid-network-mode-unknown-service",
+        "",
+        "loader: `config` does not check the dependency graph (`network_mode: service:` names no service)",
+    ),
+    (
+        "fixtures/differential/invalid-links-unknown-service",
+        "",
+        "loader: `config` does not check the dependency graph (`links` names no service)",
+    ),
+    (
+        "fixtures/differential/invalid-volumes-from-unknown-service",
+        "",
+        "loader: `config` does not check the dependency graph (`volumes_from` names no service)",
+    ),
+    (
+        "fixtures/differential/invalid-cpus-conflicts-with-deploy",
+        "",
+        "loader: legacy `cpus` different from `deploy.resources.limits.cpus` is not an error (`deploy` wins); compose rejects it",
+    ),
+    (
+        "fixtures/differential/invalid-mem-limit-conflicts-with-deploy",
+        "",
+        "loader: legacy `mem_limit` different from `deploy.resources.limits.memory` is not an error (`deploy` wins); compose rejects it",
+    ),
+    (
+        "fixtures/differential/invalid-image-not-a-string",
+        "",
+        "loader: a number where the schema wants a string (`image: 123`) is accepted",
+    ),
+    (
+        "fixtures/differential/invalid-environment-list-of-numbers",
+        "",
+        "loader: a number where the schema wants a string (`environment: [1, 2]`) is accepted",
+    ),
+    (
+        "fixtures/differential/invalid-logging-option-boolean",
+        "",
+        "loader: a boolean where the schema wants a string or number (logging `options`) is accepted",
+    ),
+    (
+        "fixtures/differential/restart-policy-compose-accepts",
+        "",
+        "loader: an unknown `restart` policy is an error for us; compose accepts it (issue 8: accept, and warn in the ledger)",
+    ),
+    (
         "fixtures/graph/cycle",
         "",
         "loader: `config` does not check the dependency graph (a cycle); `graph` and compose reject it",
