@@ -76,8 +76,15 @@ pub fn canonical(project: &Project, form: Form) -> Value {
                 }
             }
         }
+        let build_secrets = svc.get("build").and_then(|b| b.get("secrets"));
         for (key, set) in [("secrets", &mut secrets), ("configs", &mut configs)] {
-            for r in svc.get(key).and_then(Value::as_array).into_iter().flatten() {
+            let refs = svc.get(key).and_then(Value::as_array).into_iter().flatten();
+            let from_build = build_secrets
+                .filter(|_| key == "secrets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
+            for r in refs.chain(from_build) {
                 if let Some(src) = r.get("source").and_then(Value::as_str) {
                     set.insert(src.to_string());
                 }
@@ -273,6 +280,23 @@ fn service(svc: &Service) -> Value {
         }
         if let Some(size) = build.get_mut("shm_size") {
             in_bytes(size);
+        }
+        if let Some(Value::Array(secrets)) = build.get_mut("secrets") {
+            for s in secrets.iter_mut() {
+                if let Value::String(source) = s {
+                    *s = json!({"source": source});
+                }
+            }
+        }
+        if let Some(hosts) = build.get_mut("extra_hosts") {
+            *hosts = extra_hosts(hosts);
+        }
+    }
+    if let Some(Value::Object(networks)) = out.get_mut("networks") {
+        for n in networks.values_mut().filter_map(Value::as_object_mut) {
+            if let Some(opts) = n.get_mut("driver_opts") {
+                scalars_as_strings(opts);
+            }
         }
     }
     if let Some(size) = out.get_mut("shm_size") {

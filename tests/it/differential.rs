@@ -155,6 +155,11 @@ const KNOWN: &[Known] = &[
         "loader: an unknown `restart` policy is an error for us; compose accepts it (issue 8: accept, and warn in the ledger)",
     ),
     (
+        "fixtures/differential/build-secrets-and-network-options",
+        "services.a.build.additional_contexts",
+        "loader: `build.additional_contexts` paths are not made absolute",
+    ),
+    (
         "fixtures/graph/cycle",
         "",
         "loader: `config` does not check the dependency graph (a cycle); `graph` and compose reject it",
