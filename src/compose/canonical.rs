@@ -3,7 +3,7 @@
 //!
 //! The model is free to fold things for placement (legacy `mem_limit`, `cpus`, `pids_limit` into
 //! `deploy.resources`); this module prints what compose prints instead: the legacy keys where
-//! they were written ([`Written`]), the implicit `default` network, project-scoped resource names,
+//! they were written ([`Folded`]), the implicit `default` network, project-scoped resource names,
 //! the defaults compose fills in (`build.dockerfile`, secret targets, the dependencies implied by
 //! `links`, `volumes_from` and `network_mode: service:…`), only the top-level resources that an
 //! enabled service uses, and every `$` escaped as `$$` so that the output, loaded again, gives the
@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
-use super::model::{parse_bytes, Project, Service, Written};
+use super::model::{parse_bytes, Folded, Project, Service};
 use super::normalize::shell_split;
 use super::yaml::Node;
 
@@ -36,21 +36,7 @@ pub fn canonical(project: &Project, form: Form) -> Value {
     for (name, svc) in &project.services {
         let mut out = service(svc);
         if form == Form::Json {
-            if let Value::Object(m) = &mut out {
-                m.retain(|k, _| !k.starts_with("x-"));
-                // Go's throttle and weight devices have no JSON field names: `Path`, `Rate`.
-                if let Some(Value::Object(blkio)) = m.get_mut("blkio_config") {
-                    for devices in blkio.values_mut().filter_map(Value::as_array_mut) {
-                        for d in devices.iter_mut().filter_map(Value::as_object_mut) {
-                            let entries: Vec<(String, Value)> =
-                                std::mem::take(d).into_iter().collect();
-                            for (k, v) in entries {
-                                d.insert(capitalized(&k), v);
-                            }
-                        }
-                    }
-                }
-            }
+            json_only(&mut out);
         }
         services.insert(name.clone(), out);
     }
@@ -157,23 +143,42 @@ pub fn in_compose_order(value: Value) -> indexmap::IndexMap<String, Value> {
     out
 }
 
-/// What the user wrote under `deploy` (after `extends`), recorded by the loader so that
-/// [`canonical`] can tell the user's `deploy` values from those folded in from legacy keys.
-pub fn written(service: &Node) -> Written {
-    let deploy = service.get("deploy").filter(|d| !d.is_null());
+/// What compose's JSON encoder does to a service and its YAML encoder does not: it drops the
+/// `x-*` fields, and prints block-I/O devices with Go's field names (`Path`, `Rate`, `Weight`).
+fn json_only(service: &mut Value) {
+    let Value::Object(m) = service else {
+        return;
+    };
+    m.retain(|k, _| !k.starts_with("x-"));
+    if let Some(Value::Object(blkio)) = m.get_mut("blkio_config") {
+        for devices in blkio.values_mut().filter_map(Value::as_array_mut) {
+            for d in devices.iter_mut().filter_map(Value::as_object_mut) {
+                let entries: Vec<(String, Value)> = std::mem::take(d).into_iter().collect();
+                for (k, v) in entries {
+                    d.insert(capitalized(&k), v);
+                }
+            }
+        }
+    }
+}
+
+/// Which of `service`'s `deploy` values normalization folded in from legacy keys, given the
+/// service as written (after `extends`): what [`canonical`] leaves out of `deploy` again.
+pub fn folded(written: &Node, service: &Service) -> Folded {
+    let deploy = written.get("deploy").filter(|d| !d.is_null());
     let resources = deploy.and_then(|d| d.get("resources"));
-    let has = |which: &str, key: &str| {
+    let wrote = |which: &str, key: &str| {
         resources
             .and_then(|r| r.get(which))
             .and_then(|l| l.get(key))
             .is_some_and(|v| !v.is_null())
     };
-    Written {
-        deploy: deploy.is_some(),
-        limits_memory: has("limits", "memory"),
-        limits_cpus: has("limits", "cpus"),
-        limits_pids: has("limits", "pids"),
-        reservations_memory: has("reservations", "memory"),
+    Folded {
+        deploy: deploy.is_none() && service.deploy.is_some(),
+        limits_memory: service.mem_limit.is_some() && !wrote("limits", "memory"),
+        limits_cpus: service.cpus.is_some() && !wrote("limits", "cpus"),
+        limits_pids: service.pids_limit.is_some() && !wrote("limits", "pids"),
+        reservations_memory: service.mem_reservation.is_some() && !wrote("reservations", "memory"),
     }
 }
 
@@ -395,8 +400,8 @@ fn service(svc: &Service) -> Value {
 /// Legacy keys print where they were written; `deploy` only what the user wrote there (and
 /// `replicas` from `scale` when there is a `deploy`, as compose does).
 fn unfold_legacy(svc: &Service, out: &mut Map<String, Value>) {
-    let w = svc.written;
-    if !w.deploy {
+    let f = svc.folded;
+    if f.deploy {
         out.remove("deploy");
         return;
     }
@@ -410,18 +415,12 @@ fn unfold_legacy(svc: &Service, out: &mut Map<String, Value>) {
         (
             "limits",
             vec![
-                ("memory", svc.mem_limit.is_some() && !w.limits_memory),
-                ("cpus", svc.cpus.is_some() && !w.limits_cpus),
-                ("pids", svc.pids_limit.is_some() && !w.limits_pids),
+                ("memory", f.limits_memory),
+                ("cpus", f.limits_cpus),
+                ("pids", f.limits_pids),
             ],
         ),
-        (
-            "reservations",
-            vec![(
-                "memory",
-                svc.mem_reservation.is_some() && !w.reservations_memory,
-            )],
-        ),
+        ("reservations", vec![("memory", f.reservations_memory)]),
     ] {
         let Some(Value::Object(amounts)) = resources.get_mut(which) else {
             continue;

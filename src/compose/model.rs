@@ -147,17 +147,17 @@ pub struct Service {
     /// Where things were written, for diagnostics of later stages.
     #[serde(skip)]
     pub spans: ServiceSpans,
-    /// Which `deploy` values the user wrote (the others were folded in from legacy keys): the
-    /// canonical form prints what was written ([`super::canonical`]).
+    /// Which `deploy` values normalization folded in from legacy keys (the user did not write
+    /// them there): the canonical form prints them where they were written
+    /// ([`super::canonical`]). All false for a service built in code.
     #[serde(skip)]
-    pub written: Written,
+    pub folded: Folded,
 }
 
-/// What the user wrote under `deploy`, as opposed to what normalization folded in from the legacy
-/// keys `mem_limit`, `cpus`, `pids_limit` and `mem_reservation`.
+/// The `deploy` values that normalization took from the legacy keys `mem_limit`, `cpus`,
+/// `pids_limit` and `mem_reservation` (and `deploy` itself, when only they made it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Written {
-    /// `deploy` itself.
+pub struct Folded {
     pub deploy: bool,
     pub limits_memory: bool,
     pub limits_cpus: bool,
