@@ -160,6 +160,16 @@ const KNOWN: &[Known] = &[
         "loader: `build.additional_contexts` paths are not made absolute",
     ),
     (
+        "fixtures/differential/loader-dotenv-edge-cases",
+        "services.app.environment.E",
+        "loader: `\\$` in a double-quoted `.env` value is not a literal `$`",
+    ),
+    (
+        "fixtures/differential/loader-utf16-file",
+        "",
+        "loader: a compose file in UTF-16 (with its byte order mark) is not read; compose reads it",
+    ),
+    (
         "fixtures/graph/cycle",
         "",
         "loader: `config` does not check the dependency graph (a cycle); `graph` and compose reject it",
