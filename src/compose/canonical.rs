@@ -22,7 +22,8 @@ use super::yaml::Node;
 pub enum Form {
     /// `config` (YAML): everything below.
     Yaml,
-    /// `config --format json`: compose's JSON encoder drops the `x-*` fields of services.
+    /// `config --format json`: compose's JSON encoder drops the `x-*` fields of everything but
+    /// the project itself.
     Json,
 }
 
@@ -101,10 +102,15 @@ pub fn canonical(project: &Project, form: Form) -> Value {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    let networks = section(&networks, top(to_value(&project.networks)));
-    let volumes = section(&volumes, top(to_value(&project.volumes)));
-    let secrets = section(&secrets, top(to_value(&project.secrets)));
-    let configs = section(&configs, top(to_value(&project.configs)));
+    let mut networks = section(&networks, top(to_value(&project.networks)));
+    let mut volumes = section(&volumes, top(to_value(&project.volumes)));
+    let mut secrets = section(&secrets, top(to_value(&project.secrets)));
+    let mut configs = section(&configs, top(to_value(&project.configs)));
+    if form == Form::Json {
+        for m in [&mut networks, &mut volumes, &mut secrets, &mut configs] {
+            m.values_mut().for_each(without_extensions);
+        }
+    }
 
     root.insert("services".into(), Value::Object(services));
     for (key, m) in [
@@ -144,12 +150,13 @@ pub fn in_compose_order(value: Value) -> indexmap::IndexMap<String, Value> {
 }
 
 /// What compose's JSON encoder does to a service and its YAML encoder does not: it drops the
-/// `x-*` fields, and prints block-I/O devices with Go's field names (`Path`, `Rate`, `Weight`).
+/// `x-*` fields (of the service and of everything in it), and prints block-I/O devices with Go's
+/// field names (`Path`, `Rate`, `Weight`).
 fn json_only(service: &mut Value) {
+    without_extensions(service);
     let Value::Object(m) = service else {
         return;
     };
-    m.retain(|k, _| !k.starts_with("x-"));
     if let Some(Value::Object(blkio)) = m.get_mut("blkio_config") {
         for devices in blkio.values_mut().filter_map(Value::as_array_mut) {
             for d in devices.iter_mut().filter_map(Value::as_object_mut) {
@@ -159,6 +166,35 @@ fn json_only(service: &mut Value) {
                 }
             }
         }
+    }
+}
+
+/// Mappings whose keys are the user's data, not field names: an `x-` key there is kept.
+const FREE_FORM: &[&str] = &[
+    "labels",
+    "environment",
+    "annotations",
+    "sysctls",
+    "driver_opts",
+    "options",
+    "args",
+    "storage_opt",
+    "additional_contexts",
+];
+
+/// `value` without its `x-*` fields, at every depth (but not inside [`FREE_FORM`] mappings).
+fn without_extensions(value: &mut Value) {
+    match value {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with("x-"));
+            for (k, v) in m.iter_mut() {
+                if !FREE_FORM.contains(&k.as_str()) {
+                    without_extensions(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_extensions),
+        _ => {}
     }
 }
 
