@@ -622,6 +622,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_project_built_in_code_prints_its_deploy_the_default_network_and_used_resources_only() {
+        use crate::compose::model::{Deploy, Volume};
+        let mut project = Project {
+            name: "demo".into(),
+            ..Project::default()
+        };
+        project.volumes.insert("data".into(), Volume::default());
+        project.volumes.insert("spare".into(), Volume::default());
+        let svc = Service {
+            name: "web".into(),
+            image: Some("nginx".into()),
+            deploy: Some(Deploy {
+                replicas: Some(2),
+                ..Deploy::default()
+            }),
+            volumes: vec![crate::compose::model::ServiceVolume {
+                kind: "volume".into(),
+                source: Some("data".into()),
+                target: "/data/".into(),
+                ..Default::default()
+            }],
+            ..Service::default()
+        };
+        project.services.insert("web".into(), svc);
+        let v = canonical(&project, Form::Json);
+        assert_eq!(v["services"]["web"]["deploy"], json!({"replicas": 2}));
+        assert_eq!(v["services"]["web"]["networks"], json!({"default": null}));
+        assert_eq!(v["services"]["web"]["volumes"][0]["target"], "/data");
+        assert_eq!(v["networks"], json!({"default": {"name": "demo_default"}}));
+        assert_eq!(v["volumes"], json!({"data": {"name": "demo_data"}}));
+    }
+
+    #[test]
     fn mount_targets_are_cleaned_like_go() {
         assert_eq!(clean_path("/data/"), "/data");
         assert_eq!(clean_path("/a//b/./c/"), "/a/b/c");
