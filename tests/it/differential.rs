@@ -27,6 +27,9 @@ use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
 
+/// The docker compose release the test, its recordings and [`KNOWN`] are written against.
+const REFERENCE_VERSION: &str = "2.40.3";
+
 /// A known difference: the project, the JSON path prefix, the reason.
 type Known = (&'static str, &'static str, &'static str);
 
@@ -247,6 +250,18 @@ fn reference() -> Option<PathBuf> {
         ),
     };
     if path.is_file() {
+        // Compose's output changes between releases: the recordings and `KNOWN` are for this one.
+        let version = Command::new(&path)
+            .args(["version", "--short"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|e| format!("(cannot run it: {e})"));
+        assert_eq!(
+            version,
+            REFERENCE_VERSION,
+            "{} is docker compose {version}; the differential test is written against {REFERENCE_VERSION} (scripts/setup.sh installs it)",
+            path.display()
+        );
         return Some(path);
     }
     let why = format!(
