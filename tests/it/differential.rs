@@ -7,7 +7,8 @@
 //! (multi-file overrides, `include`, `extends` across files, profiles, `.env` quoting, every
 //! interpolation form, every short and long syntax). Both programs run on the same files with the
 //! same environment (only `HOME`, and the case's variables); they must print the same project after
-//! [`normalize`], and reject the same invalid projects.
+//! [`normalize`], and reject the same invalid projects. On our own corpus the YAML outputs, read
+//! back as data, must be equal too.
 //!
 //! The reference is `.reference/bin/docker-compose` (installed by `scripts/setup.sh`, pinned) or
 //! the binary `COMPOSE_FLEET_REFERENCE_COMPOSE` names. Without it the test skips with a printed
@@ -171,6 +172,21 @@ const KNOWN: &[Known] = &[
         "fixtures/differential/loader-utf16-file",
         "",
         "loader: a compose file in UTF-16 (with its byte order mark) is not read; compose reads it",
+    ),
+    (
+        "fixtures/differential/extensions-everywhere",
+        "services.a.healthcheck.x-hc",
+        "loader: `x-*` fields of a healthcheck are dropped (compose's YAML keeps them; its JSON drops them)",
+    ),
+    (
+        "fixtures/differential/extensions-everywhere",
+        "services.a.ports.0.x-port",
+        "loader: `x-*` fields of a port are dropped (compose's YAML keeps them; its JSON drops them)",
+    ),
+    (
+        "fixtures/differential/extensions-everywhere",
+        "services.a.volumes.0.x-vol",
+        "loader: `x-*` fields of a mount are dropped (compose's YAML keeps them; its JSON drops them)",
     ),
     (
         "fixtures/graph/cycle",
@@ -478,6 +494,24 @@ fn copy_tree(from: &Path, to: &Path) {
 /// Runs `program FLAGS config --format json` in the case's directory with only the case's
 /// environment: `Ok(json)` or `Err(stderr)` when it exits non-zero.
 fn run(program: &Path, case: &Case) -> Result<Result<Value, String>, String> {
+    run_as(program, case, Format::Json)
+}
+
+/// The two outputs of `config`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+/// Runs `program FLAGS config --format FORMAT` in the case's directory with only the case's
+/// environment: `Ok(value)` (YAML read into the same data model) or `Err(stderr)` when it exits
+/// non-zero.
+fn run_as(program: &Path, case: &Case, format: Format) -> Result<Result<Value, String>, String> {
+    let name = match format {
+        Format::Json => "json",
+        Format::Yaml => "yaml",
+    };
     let out = Command::new(program)
         .current_dir(&case.dir)
         .env_clear()
@@ -485,15 +519,21 @@ fn run(program: &Path, case: &Case) -> Result<Result<Value, String>, String> {
         .env("HOME", "/home/user")
         .envs(case.env.iter().map(|(k, v)| (k, v)))
         .args(&case.flags)
-        .args(["config", "--format", "json"])
+        .args(["config", "--format", name])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
     if !out.status.success() {
         return Ok(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
     }
-    serde_json::from_slice(&out.stdout).map(Ok).map_err(|e| {
+    let parsed = match format {
+        Format::Json => serde_json::from_slice(&out.stdout).map_err(|e| e.to_string()),
+        Format::Yaml => {
+            serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).map_err(|e| e.to_string())
+        }
+    };
+    parsed.map(Ok).map_err(|e| {
         format!(
-            "{} printed something that is not JSON: {e}",
+            "{} printed something that is not {name}: {e}",
             program.display()
         )
     })
@@ -577,6 +617,8 @@ fn diff(path: &str, ours: Option<&Value>, reference: Option<&Value>, out: &mut V
 }
 
 fn known(case: &str, path: &str) -> Option<&'static Known> {
+    // A difference of the YAML output is known where the same path of the JSON one is.
+    let path = path.strip_prefix("(yaml) ").unwrap_or(path);
     KNOWN.iter().find(|(c, prefix, _)| {
         *c == case
             && (prefix.is_empty() || path == *prefix || path.starts_with(&format!("{prefix}.")))
@@ -658,7 +700,7 @@ fn reference_output(
 
 fn compare(
     ours_bin: &Path,
-    reference: Option<&Path>,
+    reference_bin: Option<&Path>,
     case: &Case,
     stale: &Mutex<Vec<String>>,
 ) -> Outcome {
@@ -666,7 +708,7 @@ fn compare(
         Ok(r) => r,
         Err(e) => return Outcome::Broken(e),
     };
-    let reference = match reference_output(reference, case, stale) {
+    let reference = match reference_output(reference_bin, case, stale) {
         Ok(r) => r,
         Err(e) => return Outcome::Broken(e),
     };
@@ -686,6 +728,24 @@ fn compare(
         (Ok(ours), Ok(reference)) => {
             let mut diffs = Vec::new();
             diff("", Some(&ours), Some(&reference), &mut diffs);
+            // Our own corpus: the YAML (the default output) too, read back as data.
+            if let (Some(bin), Some(_)) = (reference_bin, &case.recorded) {
+                let yaml = |program: &Path| run_as(program, case, Format::Yaml);
+                match (yaml(ours_bin), yaml(bin)) {
+                    (Ok(Ok(ours)), Ok(Ok(reference))) => {
+                        let mut yaml_diffs = Vec::new();
+                        diff("", Some(&ours), Some(&reference), &mut yaml_diffs);
+                        for mut d in yaml_diffs {
+                            if !diffs.iter().any(|j| j.path == d.path) {
+                                d.path = format!("(yaml) {}", d.path);
+                                diffs.push(d);
+                            }
+                        }
+                    }
+                    (Err(e), _) | (_, Err(e)) => return Outcome::Broken(e),
+                    _ => return Outcome::Broken("only one side rejects the YAML form".into()),
+                }
+            }
             if diffs.is_empty() {
                 Outcome::Equal
             } else {
