@@ -895,7 +895,9 @@ fn config_json_equals_docker_compose_config_on_every_project() {
         summary.push_str(&format!("  {:<44} {line}\n", case.name));
     }
     for (c, p, why) in KNOWN {
-        let ran = cases.iter().any(|case| case.name == *c);
+        // The recordings hold the JSON output only: a known difference of the YAML output shows
+        // only against the live reference, which is where stale entries are looked for (CI).
+        let ran = reference.is_some() && cases.iter().any(|case| case.name == *c);
         if ran && !used_known.contains(&(*c, *p)) {
             failures.push(format!(
                 "{c}: the known difference at `{p}` ({why}) no longer occurs: remove it from KNOWN and the README"
