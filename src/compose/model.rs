@@ -1,10 +1,11 @@
 //! The normalized compose project: what `compose::load` returns and everything downstream reads.
 //!
 //! Every short syntax has been expanded to its long form, every size is in bytes, every duration is
-//! a [`Duration`], interpolation and merging are done. Serializing a [`Project`] gives the canonical
-//! form `docker compose config` prints (same field names), which validates against the Compose JSON
-//! schema. Source positions are kept beside the values (never serialized) so that later stages
-//! (graph, schedule) can point at the user's text.
+//! a [`Duration`], interpolation and merging are done; legacy keys are also folded into `deploy`.
+//! Serializing a [`Project`] gives this model with the Compose Specification's field names; the
+//! form `docker compose config` prints is built from it by [`super::canonical`]. Source positions
+//! are kept beside the values (never serialized) so that later stages (graph, schedule) can point
+//! at the user's text.
 
 use std::collections::BTreeMap;
 use std::fmt;
