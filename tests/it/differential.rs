@@ -828,9 +828,20 @@ fn config_json_equals_docker_compose_config_on_every_project() {
     let mut failures = stale.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut used_known = std::collections::BTreeSet::new();
     let mut equal = 0;
+    // Equal projects and all projects, per group (`real-world`, `real-world-2`, `fixtures`, …).
+    let mut groups: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut summary = String::new();
     for (i, outcome) in &outcomes {
         let case = &cases[*i];
+        let group = groups
+            .entry(case.name.split('/').next().unwrap_or(""))
+            .or_default();
+        group.1 += 1;
+        if matches!(outcome, Outcome::Equal)
+            || (case.invalid && matches!(outcome, Outcome::BothRejected))
+        {
+            group.0 += 1;
+        }
         let line = match outcome {
             Outcome::Equal => {
                 equal += 1;
@@ -907,13 +918,18 @@ fn config_json_equals_docker_compose_config_on_every_project() {
     // Straight to stderr, past the test harness's capture: the summary is the point of the test.
     let _ = writeln!(
         std::io::stderr(),
-        "differential test against {}:\n{summary}equal: {equal}/{} projects",
+        "differential test against {}:\n{summary}equal: {equal}/{} projects ({})",
         reference.as_deref().map_or_else(
             || "docker compose's recorded outputs (tests/fixtures/differential/*/reference.json)"
                 .to_string(),
             |r| r.display().to_string()
         ),
-        cases.len()
+        cases.len(),
+        groups
+            .iter()
+            .map(|(g, (e, t))| format!("{g} {e}/{t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let own = cases
         .iter()
