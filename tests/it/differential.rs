@@ -11,13 +11,14 @@
 //! back as data, must be equal too.
 //!
 //! The reference is `.reference/bin/docker-compose` (installed by `scripts/setup.sh`, pinned) or
-//! the binary `COMPOSE_FLEET_REFERENCE_COMPOSE` names. Without it the test skips with a printed
-//! reason, unless `COMPOSE_FLEET_REQUIRE_REFERENCE=1` (CI). Without `../shared` the corpus
-//! projects are skipped with a printed reason, unless `COMPOSE_FLEET_REQUIRE_SHARED=1`.
+//! the binary `COMPOSE_FLEET_REFERENCE_COMPOSE` names. Without it the test says so and checks only
+//! our own corpus, against docker compose's output recorded beside each case (`reference.json`),
+//! unless `COMPOSE_FLEET_REQUIRE_REFERENCE=1` (CI) makes that a failure. Without `../shared` the
+//! corpus projects are skipped with a printed reason, unless `COMPOSE_FLEET_REQUIRE_SHARED=1`.
 //!
-//! A difference that is not fixed is listed in [`KNOWN`] with its reason (the README's table
-//! "where compose-fleet deliberately differs"); a listed difference that no longer occurs fails
-//! the test too, so that the list only shrinks.
+//! A difference that is not fixed yet is listed in [`KNOWN`] with its reason (differences kept on
+//! purpose are normalized away and listed in the README's table "where compose-fleet deliberately
+//! differs"); a listed difference that no longer occurs fails the test, so the list only shrinks.
 
 use std::collections::BTreeMap;
 use std::io::Write;
