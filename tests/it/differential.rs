@@ -52,7 +52,7 @@ const KNOWN: &[Known] = &[
     (
         "real-world-2/kong",
         "services.kong-migrations-up.command",
-        "loader: compose's split of a string `command` stops at a shell operator (`a && b` runs `a`); we keep every word",
+        "deliberate for now (README table): compose's split of a string `command` stops at a shell operator (`a && b` runs `a`); we keep every word",
     ),
     (
         "real-world-2/rocketchat",
