@@ -8,7 +8,7 @@ use clap::ValueEnum;
 
 use super::project::{self, print_diagnostics};
 use super::{CmdResult, Failure, GlobalArgs};
-use crate::compose::canonical::{canonical, in_compose_order};
+use crate::compose::canonical::{canonical, in_compose_order, Form};
 use crate::compose::ledger::{Ledger, Status};
 use crate::compose::model::Project;
 use crate::diag::{Diagnostics, Severity};
@@ -108,11 +108,23 @@ fn plural(n: usize) -> &'static str {
 
 /// The project in canonical form: what `docker compose config` prints.
 pub fn render(project: &Project, format: Format) -> Result<String, Failure> {
-    let value = in_compose_order(canonical(project));
+    let form = match format {
+        Format::Json => Form::Json,
+        Format::Yaml => Form::Yaml,
+    };
+    let value = in_compose_order(canonical(project, form));
     match format {
         Format::Json => to_json(&value),
-        Format::Yaml => serde_saphyr::to_string(&value)
-            .map_err(|e| Failure::Internal(format!("cannot print the project as YAML: {e}"))),
+        Format::Yaml => {
+            // As compose prints it: sequences indented under their key, long lines never folded
+            // (multi-line strings stay literal blocks).
+            let options = serde_saphyr::ser_options! {
+                compact_list_indent: false,
+                folded_wrap_chars: 1 << 20,
+            };
+            serde_saphyr::to_string_with_options(&value, options)
+                .map_err(|e| Failure::Internal(format!("cannot print the project as YAML: {e}")))
+        }
     }
 }
 

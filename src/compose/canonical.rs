@@ -3,7 +3,7 @@
 //!
 //! The model is free to fold things for placement (legacy `mem_limit`, `cpus`, `pids_limit` into
 //! `deploy.resources`); this module prints what compose prints instead: the legacy keys where
-//! they were written ([`Written`]), the implicit `default` network, project-scoped resource names,
+//! they were written ([`Folded`]), the implicit `default` network, project-scoped resource names,
 //! the defaults compose fills in (`build.dockerfile`, secret targets, the dependencies implied by
 //! `links`, `volumes_from` and `network_mode: service:…`), only the top-level resources that an
 //! enabled service uses, and every `$` escaped as `$$` so that the output, loaded again, gives the
@@ -13,19 +13,33 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
-use super::model::{parse_bytes, Project, Service, Written};
+use super::model::{parse_bytes, Folded, Project, Service};
+use super::normalize::shell_split;
 use super::yaml::Node;
 
-/// The project as `docker compose config --format json` prints it (after the normalizations the
-/// differential test documents: fields Go's encoder always prints empty are left out, as
-/// compose's YAML output leaves them out).
-pub fn canonical(project: &Project) -> Value {
+/// Which of compose's two outputs to match: they differ in what they leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `config` (YAML): everything below.
+    Yaml,
+    /// `config --format json`: compose's JSON encoder drops the `x-*` fields of everything but
+    /// the project itself.
+    Json,
+}
+
+/// The project as `docker compose config` prints it in `form` (less the fields Go's JSON encoder
+/// always prints empty, which compose's YAML leaves out too: see `tests/it/differential.rs`).
+pub fn canonical(project: &Project, form: Form) -> Value {
     let mut root = Map::new();
     root.insert("name".into(), Value::String(project.name.clone()));
 
     let mut services = Map::new();
     for (name, svc) in &project.services {
-        services.insert(name.clone(), service(svc));
+        let mut out = service(svc);
+        if form == Form::Json {
+            json_only(&mut out);
+        }
+        services.insert(name.clone(), out);
     }
 
     // Only the resources some enabled service uses are printed.
@@ -49,8 +63,15 @@ pub fn canonical(project: &Project) -> Value {
                 }
             }
         }
+        let build_secrets = svc.get("build").and_then(|b| b.get("secrets"));
         for (key, set) in [("secrets", &mut secrets), ("configs", &mut configs)] {
-            for r in svc.get(key).and_then(Value::as_array).into_iter().flatten() {
+            let refs = svc.get(key).and_then(Value::as_array).into_iter().flatten();
+            let from_build = build_secrets
+                .filter(|_| key == "secrets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
+            for r in refs.chain(from_build) {
                 if let Some(src) = r.get("source").and_then(Value::as_str) {
                     set.insert(src.to_string());
                 }
@@ -68,6 +89,11 @@ pub fn canonical(project: &Project) -> Value {
             };
             scope_name(&mut entry, project_name, name);
             labels_as_map(&mut entry);
+            for key in ["labels", "driver_opts"] {
+                if let Some(m) = entry.get_mut(key) {
+                    scalars_as_strings(m);
+                }
+            }
             out.insert(name.clone(), Value::Object(entry));
         }
         out
@@ -76,10 +102,15 @@ pub fn canonical(project: &Project) -> Value {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    let networks = section(&networks, top(to_value(&project.networks)));
-    let volumes = section(&volumes, top(to_value(&project.volumes)));
-    let secrets = section(&secrets, top(to_value(&project.secrets)));
-    let configs = section(&configs, top(to_value(&project.configs)));
+    let mut networks = section(&networks, top(to_value(&project.networks)));
+    let mut volumes = section(&volumes, top(to_value(&project.volumes)));
+    let mut secrets = section(&secrets, top(to_value(&project.secrets)));
+    let mut configs = section(&configs, top(to_value(&project.configs)));
+    if form == Form::Json {
+        for m in [&mut networks, &mut volumes, &mut secrets, &mut configs] {
+            m.values_mut().for_each(without_extensions);
+        }
+    }
 
     root.insert("services".into(), Value::Object(services));
     for (key, m) in [
@@ -118,23 +149,72 @@ pub fn in_compose_order(value: Value) -> indexmap::IndexMap<String, Value> {
     out
 }
 
-/// What the user wrote under `deploy` (after `extends`), recorded by the loader so that
-/// [`canonical`] can tell the user's `deploy` values from those folded in from legacy keys.
-pub fn written(service: &Node) -> Written {
-    let deploy = service.get("deploy").filter(|d| !d.is_null());
+/// What compose's JSON encoder does to a service and its YAML encoder does not: it drops the
+/// `x-*` fields (of the service and of everything in it), and prints block-I/O devices with Go's
+/// field names (`Path`, `Rate`, `Weight`).
+fn json_only(service: &mut Value) {
+    without_extensions(service);
+    let Value::Object(m) = service else {
+        return;
+    };
+    if let Some(Value::Object(blkio)) = m.get_mut("blkio_config") {
+        for devices in blkio.values_mut().filter_map(Value::as_array_mut) {
+            for d in devices.iter_mut().filter_map(Value::as_object_mut) {
+                let entries: Vec<(String, Value)> = std::mem::take(d).into_iter().collect();
+                for (k, v) in entries {
+                    d.insert(capitalized(&k), v);
+                }
+            }
+        }
+    }
+}
+
+/// Mappings whose keys are the user's data, not field names: an `x-` key there is kept.
+const FREE_FORM: &[&str] = &[
+    "labels",
+    "environment",
+    "annotations",
+    "sysctls",
+    "driver_opts",
+    "options",
+    "args",
+    "storage_opt",
+    "additional_contexts",
+];
+
+/// `value` without its `x-*` fields, at every depth (but not inside [`FREE_FORM`] mappings).
+fn without_extensions(value: &mut Value) {
+    match value {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with("x-"));
+            for (k, v) in m.iter_mut() {
+                if !FREE_FORM.contains(&k.as_str()) {
+                    without_extensions(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_extensions),
+        _ => {}
+    }
+}
+
+/// Which of `service`'s `deploy` values normalization folded in from legacy keys, given the
+/// service as written (after `extends`): what [`canonical`] leaves out of `deploy` again.
+pub fn folded(written: &Node, service: &Service) -> Folded {
+    let deploy = written.get("deploy").filter(|d| !d.is_null());
     let resources = deploy.and_then(|d| d.get("resources"));
-    let has = |which: &str, key: &str| {
+    let wrote = |which: &str, key: &str| {
         resources
             .and_then(|r| r.get(which))
             .and_then(|l| l.get(key))
             .is_some_and(|v| !v.is_null())
     };
-    Written {
-        deploy: deploy.is_some(),
-        limits_memory: has("limits", "memory"),
-        limits_cpus: has("limits", "cpus"),
-        limits_pids: has("limits", "pids"),
-        reservations_memory: has("reservations", "memory"),
+    Folded {
+        deploy: deploy.is_none() && service.deploy.is_some(),
+        limits_memory: service.mem_limit.is_some() && !wrote("limits", "memory"),
+        limits_cpus: service.cpus.is_some() && !wrote("limits", "cpus"),
+        limits_pids: service.pids_limit.is_some() && !wrote("limits", "pids"),
+        reservations_memory: service.mem_reservation.is_some() && !wrote("reservations", "memory"),
     }
 }
 
@@ -155,6 +235,20 @@ fn scope_name(entry: &mut Map<String, Value>, project: &str, key: &str) {
         format!("{project}_{key}")
     };
     entry.insert("name".into(), Value::String(name));
+}
+
+/// The values of a string-to-string mapping (`driver_opts`, `labels`, logging `options`) as
+/// strings: `mtu: 1400` prints `"1400"`.
+fn scalars_as_strings(m: &mut Value) {
+    if let Value::Object(m) = m {
+        for v in m.values_mut() {
+            match v {
+                Value::Number(n) => *v = Value::String(n.to_string()),
+                Value::Bool(b) => *v = Value::String(b.to_string()),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// `labels` in list form (`["a=b"]`) become a mapping, as compose prints them.
@@ -184,33 +278,39 @@ fn service(svc: &Service) -> Value {
         out.insert("networks".into(), json!({"default": null}));
     }
 
-    // `links`, `volumes_from` and `network_mode: service:X` imply a dependency (restarted with X).
-    let implied: Vec<&str> = svc
+    // `links` and `network_mode: service:X` imply a dependency restarted with X; `volumes_from`
+    // one that is not (compose's order: links, volumes_from, network_mode; the first one wins).
+    let implied: Vec<(&str, bool)> = svc
         .links
         .iter()
-        .map(|l| l.split(':').next().unwrap_or(""))
+        .map(|l| (l.split(':').next().unwrap_or(""), true))
         .chain(
             svc.volumes_from
                 .iter()
                 .filter(|v| !v.starts_with("container:"))
-                .map(|v| v.split(':').next().unwrap_or("")),
+                .map(|v| (v.split(':').next().unwrap_or(""), false)),
         )
         .chain(
             svc.network_mode
                 .as_deref()
-                .and_then(|m| m.strip_prefix("service:")),
+                .and_then(|m| m.strip_prefix("service:"))
+                .map(|t| (t, true)),
         )
-        .filter(|t| !t.is_empty())
+        .filter(|(t, _)| !t.is_empty())
         .collect();
     if !implied.is_empty() {
         let deps = out
             .entry("depends_on")
             .or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(deps) = deps {
-            for t in implied {
-                deps.entry(t.to_string()).or_insert_with(
-                    || json!({"condition": "service_started", "restart": true, "required": true}),
-                );
+            for (t, restart) in implied {
+                deps.entry(t.to_string()).or_insert_with(|| {
+                    if restart {
+                        json!({"condition": "service_started", "restart": true, "required": true})
+                    } else {
+                        json!({"condition": "service_started", "required": true})
+                    }
+                });
             }
         }
     }
@@ -218,6 +318,42 @@ fn service(svc: &Service) -> Value {
     if let Some(Value::Object(build)) = out.get_mut("build") {
         if !build.contains_key("dockerfile") && !build.contains_key("dockerfile_inline") {
             build.insert("dockerfile".into(), json!("Dockerfile"));
+        }
+        if let Some(size) = build.get_mut("shm_size") {
+            in_bytes(size);
+        }
+        if let Some(Value::Array(secrets)) = build.get_mut("secrets") {
+            for s in secrets.iter_mut() {
+                if let Value::String(source) = s {
+                    *s = json!({"source": source});
+                }
+            }
+        }
+        if let Some(hosts) = build.get_mut("extra_hosts") {
+            *hosts = extra_hosts(hosts);
+        }
+    }
+    if let Some(Value::Object(networks)) = out.get_mut("networks") {
+        for n in networks.values_mut().filter_map(Value::as_object_mut) {
+            if let Some(opts) = n.get_mut("driver_opts") {
+                scalars_as_strings(opts);
+            }
+        }
+    }
+    if let Some(size) = out.get_mut("shm_size") {
+        in_bytes(size);
+    }
+
+    // File modes print in octal, as strings (`0440`).
+    for key in ["secrets", "configs"] {
+        if let Some(Value::Array(refs)) = out.get_mut(key) {
+            for r in refs.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(mode) = r.get_mut("mode") {
+                    if let Some(m) = mode.as_u64() {
+                        *mode = Value::String(format!("0{m:o}"));
+                    }
+                }
+            }
         }
     }
 
@@ -251,8 +387,48 @@ fn service(svc: &Service) -> Value {
         }
     }
 
+    if let Some(options) = out.get_mut("logging").and_then(|l| l.get_mut("options")) {
+        scalars_as_strings(options);
+    }
+    for key in ["memswap_limit", "mem_swappiness"] {
+        if let Some(size) = out.get_mut(key) {
+            in_bytes(size);
+        }
+    }
+    if let Some(Value::Object(blkio)) = out.get_mut("blkio_config") {
+        for devices in blkio.values_mut().filter_map(Value::as_array_mut) {
+            for d in devices.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(rate) = d.get_mut("rate") {
+                    in_bytes(rate);
+                }
+            }
+        }
+    }
+    // `gpus: all` is every device.
+    if out.get("gpus").and_then(Value::as_str) == Some("all") {
+        out.insert("gpus".into(), json!([{"count": -1}]));
+    }
+    if out.get("pull_policy").and_then(Value::as_str) == Some("if_not_present") {
+        out.insert("pull_policy".into(), json!("missing"));
+    }
+    // Lifecycle hooks: a string command is split as `command` is.
+    for key in ["post_start", "pre_stop"] {
+        if let Some(Value::Array(hooks)) = out.get_mut(key) {
+            for h in hooks.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(Value::String(cmd)) = h.get("command") {
+                    if let Ok(words) = shell_split(cmd) {
+                        h.insert("command".into(), json!(words));
+                    }
+                }
+            }
+        }
+    }
+
     if let Some(hosts) = out.get_mut("extra_hosts") {
         *hosts = extra_hosts(hosts);
+        if let Value::Array(items) = hosts {
+            items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        }
     }
     Value::Object(out)
 }
@@ -260,8 +436,8 @@ fn service(svc: &Service) -> Value {
 /// Legacy keys print where they were written; `deploy` only what the user wrote there (and
 /// `replicas` from `scale` when there is a `deploy`, as compose does).
 fn unfold_legacy(svc: &Service, out: &mut Map<String, Value>) {
-    let w = svc.written;
-    if !w.deploy {
+    let f = svc.folded;
+    if f.deploy {
         out.remove("deploy");
         return;
     }
@@ -275,18 +451,12 @@ fn unfold_legacy(svc: &Service, out: &mut Map<String, Value>) {
         (
             "limits",
             vec![
-                ("memory", svc.mem_limit.is_some() && !w.limits_memory),
-                ("cpus", svc.cpus.is_some() && !w.limits_cpus),
-                ("pids", svc.pids_limit.is_some() && !w.limits_pids),
+                ("memory", f.limits_memory),
+                ("cpus", f.limits_cpus),
+                ("pids", f.limits_pids),
             ],
         ),
-        (
-            "reservations",
-            vec![(
-                "memory",
-                svc.mem_reservation.is_some() && !w.reservations_memory,
-            )],
-        ),
+        ("reservations", vec![("memory", f.reservations_memory)]),
     ] {
         let Some(Value::Object(amounts)) = resources.get_mut(which) else {
             continue;
@@ -330,17 +500,36 @@ fn mount(v: &mut Map<String, Value>) {
             v.insert("volume".into(), json!({}));
         }
     }
+    if let Some(Value::Object(bind)) = v.get_mut("bind") {
+        // Go leaves a false boolean out.
+        if bind.get("create_host_path") == Some(&Value::Bool(false)) {
+            bind.remove("create_host_path");
+        }
+    }
     if let Some(Value::Object(tmpfs)) = v.get_mut("tmpfs") {
         if let Some(size) = tmpfs.get_mut("size") {
-            let bytes = match &*size {
-                Value::String(s) => parse_bytes(s).ok(),
-                Value::Number(n) => n.as_u64(),
-                _ => None,
-            };
-            if let Some(b) = bytes {
-                *size = Value::String(b.to_string());
-            }
+            in_bytes(size);
         }
+    }
+}
+
+fn capitalized(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// A size (`64m`, `1024`) as compose prints it: a string of bytes.
+fn in_bytes(size: &mut Value) {
+    let bytes = match &*size {
+        Value::String(s) => parse_bytes(s).ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    };
+    if let Some(b) = bytes {
+        *size = Value::String(b.to_string());
     }
 }
 
@@ -431,6 +620,39 @@ fn escape_dollars(v: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_project_built_in_code_prints_its_deploy_the_default_network_and_used_resources_only() {
+        use crate::compose::model::{Deploy, Volume};
+        let mut project = Project {
+            name: "demo".into(),
+            ..Project::default()
+        };
+        project.volumes.insert("data".into(), Volume::default());
+        project.volumes.insert("spare".into(), Volume::default());
+        let svc = Service {
+            name: "web".into(),
+            image: Some("nginx".into()),
+            deploy: Some(Deploy {
+                replicas: Some(2),
+                ..Deploy::default()
+            }),
+            volumes: vec![crate::compose::model::ServiceVolume {
+                kind: "volume".into(),
+                source: Some("data".into()),
+                target: "/data/".into(),
+                ..Default::default()
+            }],
+            ..Service::default()
+        };
+        project.services.insert("web".into(), svc);
+        let v = canonical(&project, Form::Json);
+        assert_eq!(v["services"]["web"]["deploy"], json!({"replicas": 2}));
+        assert_eq!(v["services"]["web"]["networks"], json!({"default": null}));
+        assert_eq!(v["services"]["web"]["volumes"][0]["target"], "/data");
+        assert_eq!(v["networks"], json!({"default": {"name": "demo_default"}}));
+        assert_eq!(v["volumes"], json!({"data": {"name": "demo_data"}}));
+    }
 
     #[test]
     fn mount_targets_are_cleaned_like_go() {

@@ -657,7 +657,7 @@ impl Loader<'_> {
                 );
             }
             let mut svc = normalize::service(&mut ctx, name, key, node);
-            svc.written = canonical::written(node);
+            svc.folded = canonical::folded(node, &svc);
             let enabled = svc.profiles.is_empty()
                 || active.contains("*")
                 || svc.profiles.iter().any(|p| active.contains(p.as_str()));

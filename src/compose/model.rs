@@ -1,10 +1,11 @@
 //! The normalized compose project: what `compose::load` returns and everything downstream reads.
 //!
 //! Every short syntax has been expanded to its long form, every size is in bytes, every duration is
-//! a [`Duration`], interpolation and merging are done. Serializing a [`Project`] gives the canonical
-//! form `docker compose config` prints (same field names), which validates against the Compose JSON
-//! schema. Source positions are kept beside the values (never serialized) so that later stages
-//! (graph, schedule) can point at the user's text.
+//! a [`Duration`], interpolation and merging are done; legacy keys are also folded into `deploy`.
+//! Serializing a [`Project`] gives this model with the Compose Specification's field names; the
+//! form `docker compose config` prints is built from it by [`super::canonical`]. Source positions
+//! are kept beside the values (never serialized) so that later stages (graph, schedule) can point
+//! at the user's text.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -147,17 +148,17 @@ pub struct Service {
     /// Where things were written, for diagnostics of later stages.
     #[serde(skip)]
     pub spans: ServiceSpans,
-    /// Which `deploy` values the user wrote (the others were folded in from legacy keys): the
-    /// canonical form prints what was written ([`super::canonical`]).
+    /// Which `deploy` values normalization folded in from legacy keys (the user did not write
+    /// them there): the canonical form prints them where they were written
+    /// ([`super::canonical`]). All false for a service built in code.
     #[serde(skip)]
-    pub written: Written,
+    pub folded: Folded,
 }
 
-/// What the user wrote under `deploy`, as opposed to what normalization folded in from the legacy
-/// keys `mem_limit`, `cpus`, `pids_limit` and `mem_reservation`.
+/// The `deploy` values that normalization took from the legacy keys `mem_limit`, `cpus`,
+/// `pids_limit` and `mem_reservation` (and `deploy` itself, when only they made it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Written {
-    /// `deploy` itself.
+pub struct Folded {
     pub deploy: bool,
     pub limits_memory: bool,
     pub limits_cpus: bool,
