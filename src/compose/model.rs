@@ -173,14 +173,14 @@ pub fn service_ref(value: &str) -> Option<&str> {
     value.strip_prefix("service:")
 }
 
-/// The service a `volumes_from` entry names: `db`, `db:ro`, `service:db`, `service:db:rw` → `db`;
-/// `container:x` names a container outside the project, not a service.
+/// The service a `volumes_from` entry names: `db`, `db:ro` → `db`; `container:x` names a
+/// container outside the project, not a service. As in compose, the first field is the service:
+/// `service:db` names a service called `service` (which compose then rejects as undefined).
 pub fn volumes_from_service(entry: &str) -> Option<&str> {
     if entry.starts_with("container:") {
         return None;
     }
-    let rest = service_ref(entry).unwrap_or(entry);
-    Some(rest.split(':').next().unwrap_or(rest))
+    Some(entry.split(':').next().unwrap_or(entry))
 }
 
 /// The service a `links` entry names: `db` or `db:alias` → `db`.

@@ -55,29 +55,9 @@ const KNOWN: &[Known] = &[
         "deliberate for now (README table): compose's split of a string `command` stops at a shell operator (`a && b` runs `a`); we keep every word",
     ),
     (
-        "real-world-2/rocketchat",
-        "",
-        "loader: a `$` that starts neither a name nor `{` (`$(…)`) is an error for us; compose keeps it as text",
-    ),
-    (
-        "fixtures/differential/loader-dollar-not-a-variable",
-        "",
-        "loader: a `$` that starts neither a name nor `{` (`$(…)`, `$#`, `$5`, `$1`) is an error for us; compose keeps it as text",
-    ),
-    (
-        "fixtures/differential/loader-compose-project-name",
-        "services.api",
-        "loader: `COMPOSE_PROJECT_NAME` is not the project's name during interpolation",
-    ),
-    (
         "fixtures/differential/loader-reset-and-override",
         "services.app",
         "loader: the `!reset` and `!override` tags of override files are ignored",
-    ),
-    (
-        "fixtures/differential/loader-typed-interpolation",
-        "services.app",
-        "loader: interpolated values are not typed by field (`tty: ${TTY}` stays the string \"true\")",
     ),
     (
         "fixtures/differential/build-forms",
@@ -108,26 +88,6 @@ const KNOWN: &[Known] = &[
         "fixtures/differential/every-other-service-key",
         "services.worker.develop.watch.0.path",
         "loader: `develop.watch` paths are not made absolute",
-    ),
-    (
-        "fixtures/differential/invalid-depends-on-disabled-service",
-        "",
-        "loader: `config` does not check the dependency graph (a dependency on a service disabled by its profile)",
-    ),
-    (
-        "fixtures/differential/invalid-network-mode-unknown-service",
-        "",
-        "loader: `config` does not check the dependency graph (`network_mode: service:` names no service)",
-    ),
-    (
-        "fixtures/differential/invalid-links-unknown-service",
-        "",
-        "loader: `config` does not check the dependency graph (`links` names no service)",
-    ),
-    (
-        "fixtures/differential/invalid-volumes-from-unknown-service",
-        "",
-        "loader: `config` does not check the dependency graph (`volumes_from` names no service)",
     ),
     (
         "fixtures/differential/invalid-cpus-conflicts-with-deploy",
@@ -188,16 +148,6 @@ const KNOWN: &[Known] = &[
         "fixtures/differential/extensions-everywhere",
         "services.a.volumes.0.x-vol",
         "loader: `x-*` fields of a mount are dropped (compose's YAML keeps them; its JSON drops them)",
-    ),
-    (
-        "fixtures/graph/cycle",
-        "",
-        "loader: `config` does not check the dependency graph (a cycle); `graph` and compose reject it",
-    ),
-    (
-        "fixtures/graph/problems",
-        "",
-        "loader: `config` does not check the dependency graph (unknown services); `graph` and compose reject it",
     ),
 ];
 
