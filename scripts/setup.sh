@@ -13,6 +13,7 @@ packages=(
   crun                            # benchmark baseline for container start
   docker-compose                  # benchmark baseline for `config`
   jq curl ca-certificates
+  python3-venv                    # the reference implementations' virtual environment
 )
 
 missing=()
@@ -40,4 +41,19 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed | grep -q '^clippy' || rustup component add clippy
   rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 fi
+# Reference implementations for the differential tests, in the project's own virtual environment
+# (.reference/, ignored by git): pinned, installed only when missing.
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$repo/.reference/venv"
+if [ ! -x "$venv/bin/python3" ]; then
+  echo "setup: creating $venv"
+  python3 -m venv "$venv"
+fi
+# ansible-core: `ansible-inventory --list` is the reference for reading Ansible inventories.
+ANSIBLE_CORE_VERSION=2.19.14
+if ! "$venv/bin/ansible-inventory" --version 2>/dev/null | grep -q "core $ANSIBLE_CORE_VERSION\]"; then
+  echo "setup: installing ansible-core==$ANSIBLE_CORE_VERSION into $venv"
+  "$venv/bin/pip" install -q "ansible-core==$ANSIBLE_CORE_VERSION"
+fi
+
 echo "setup: ok"

@@ -6,6 +6,7 @@ mod compose_errors;
 mod graph;
 mod hosts;
 mod inventory;
+mod inventory_differential;
 mod lab;
 mod load_props;
 mod plan_facts;
