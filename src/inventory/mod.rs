@@ -37,7 +37,8 @@
 //! `ansible-inventory --list` prints them (`true`, `1.0`, `web`); null, lists and mappings are
 //! not labels; variables starting with `ansible_` are not labels; `compose_fleet_cpus`,
 //! `compose_fleet_memory`, `compose_fleet_reserved_cpus`, `compose_fleet_reserved_memory`,
-//! `compose_fleet_arch`, `compose_fleet_drain` set capacity, reserved, arch and drain.
+//! `compose_fleet_arch`, `compose_fleet_drain` set capacity, reserved, arch and drain, and
+//! `compose_fleet_known_hosts` the host keys to check against.
 //! Dynamic inventories (scripts, plugin configurations, TOML) are refused with the command
 //! that exports them to a static file.
 //!

@@ -731,3 +731,229 @@ fn the_inventory_command_prints_json_and_origins() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `web2`?"));
 }
+
+// ------------------------------------------------------------------------------------------
+// Never a panic, whatever the input (the fuzz target `fuzz/fuzz_targets/inventory.rs` does the
+// same with coverage guidance): random INI/YAML-ish lines and mutations of the fixtures, read
+// as every format; every diagnostic points inside its file.
+
+mod props {
+    use compose_fleet::inventory;
+    use compose_fleet::limits::{Limit, Limits};
+    use proptest::prelude::*;
+
+    const FRAGMENTS: &[&str] = &[
+        "[web]",
+        "[web:vars]",
+        "[web:children]",
+        "[db:hosts]  # c",
+        "[a:b]",
+        "[",
+        "]",
+        "web",
+        "h[1:3]",
+        "h[a:9]",
+        "h[0:99999999]",
+        "[A:C][0:2].x:22",
+        "[::1]:22",
+        "h:2222",
+        "x=1",
+        "x='q'",
+        "x={'a': [1, 2]}",
+        "x={[1]: 2}",
+        "x=False # c",
+        "x=\"a b",
+        "#",
+        ";",
+        "all:",
+        "  hosts:",
+        "    h1:",
+        "      ansible_host: -x",
+        "  children:",
+        "    web:",
+        "  vars:",
+        "    v: yes",
+        "    v: 0777",
+        "hosts: h1",
+        "plugin: x",
+        "- a",
+        "{a: [b",
+        "&a x",
+        "*a",
+        "<<: *a",
+        "ansible_port=http",
+        "ansible_user=-oX",
+        "ansible_connection=local",
+        "ansible_group_priority=x",
+        "\t",
+        "\u{feff}",
+        "é",
+        "\\",
+        "'",
+        "\"",
+        ":",
+        "---",
+    ];
+
+    fn check(name: &str, text: &str) -> Result<(), TestCaseError> {
+        let mut limits = Limits::default();
+        limits.set(Limit::Hosts, 5_000);
+        match inventory::parse_with(name, text, &limits) {
+            Ok(fleet) => {
+                prop_assert!(fleet.hosts.len() <= 5_000);
+                for h in &fleet.hosts {
+                    prop_assert!(!h.address.starts_with('-'), "{h:?}");
+                }
+            }
+            Err(e) => {
+                for d in &e.diagnostics.0 {
+                    if let Some(loc) = &d.location {
+                        if let Some(src) = e.sources.get(&loc.file) {
+                            prop_assert!(loc.line >= 1 && loc.column >= 1, "{loc}");
+                            prop_assert!(
+                                loc.offset + loc.len <= src.len().max(1),
+                                "{loc} in {src:?}"
+                            );
+                        }
+                    }
+                }
+                let _ = e.render();
+            }
+        }
+        Ok(())
+    }
+
+    fn fixtures() -> Vec<String> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inventories");
+        let mut out = Vec::new();
+        for case in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(case.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(t) = std::fs::read_to_string(f.path()) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_lines_never_panic(lines in prop::collection::vec(
+            (prop::sample::select(FRAGMENTS), prop::sample::select(FRAGMENTS), 0usize..4), 0..12)
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(a, b, indent)| format!("{}{a} {b}\n", "  ".repeat(*indent)))
+                .collect();
+            for name in ["hosts.ini", "hosts.yml", "hosts", "inventory.yaml"] {
+                check(name, &text)?;
+            }
+        }
+
+        #[test]
+        fn mutated_fixtures_never_panic(
+            pick in any::<prop::sample::Index>(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), prop::sample::select(FRAGMENTS)), 1..4),
+        ) {
+            let all = fixtures();
+            let mut text = pick.get(&all).clone();
+            for (at, frag) in edits {
+                let mut i = at.index(text.len() + 1);
+                while !text.is_char_boundary(i) {
+                    i -= 1;
+                }
+                text.insert_str(i, frag);
+            }
+            for name in ["hosts.ini", "hosts.yml", "hosts"] {
+                check(name, &text)?;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// On the lab fleet (root): `group_vars/all.yml` beside an Ansible inventory decides the user
+// `compose-fleet hosts` logs in as.
+
+fn hosts_json(inventory: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_compose-fleet"))
+        .arg("-i")
+        .arg(inventory)
+        .args(["hosts", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run compose-fleet hosts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("`compose-fleet hosts` hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    rows.as_array().expect("a list").clone()
+}
+
+#[test]
+fn group_vars_all_sets_the_user_hosts_logs_in_with() {
+    let Some(lab) = crate::support::Lab::up("group_vars_all_sets_the_user", 2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut ini = String::from("[lab]\n");
+    for h in lab.host_names() {
+        ini.push_str(&format!("{h} ansible_host={}\n", lab.address(&h)));
+    }
+    // A user that exists on no host: the inventory's own choice, which group_vars/all.yml
+    // overrides (Ansible's precedence: group_vars files beat the inventory's group variables).
+    ini.push_str(&format!(
+        "[lab:vars]\nansible_user=ghost\nansible_ssh_private_key_file={}\ncompose_fleet_known_hosts={}\n",
+        lab.identity().display(),
+        lab.known_hosts().display()
+    ));
+    let inventory = dir.path().join("hosts");
+    std::fs::write(&inventory, ini).unwrap();
+    let rows = hosts_json(&inventory);
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r["reachable"], false, "{r}");
+        let error = r["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("authentication refused"),
+            "logged in as `ghost`? {r}"
+        );
+    }
+    std::fs::create_dir(dir.path().join("group_vars")).unwrap();
+    std::fs::write(
+        dir.path().join("group_vars/all.yml"),
+        "ansible_user: root\n",
+    )
+    .unwrap();
+    let fleet = inventory::load(&inventory).unwrap_or_else(|e| panic!("{}", e.render()));
+    let lab1 = host(&fleet, "lab-1");
+    assert_eq!(lab1.user.as_deref(), Some("root"));
+    assert!(lab1.origins["user"]
+        .to_string()
+        .ends_with("group_vars/all.yml:1:15"));
+    let rows = hosts_json(&inventory);
+    for r in &rows {
+        assert_eq!(r["reachable"], true, "{r}");
+        assert!(r["agent_version"].is_string(), "{r}");
+    }
+}

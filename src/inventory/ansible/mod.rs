@@ -579,6 +579,13 @@ fn to_host(
                 Some(a) => host.arch = Some(normalize_arch(&a)),
                 None => diags.push(bad(var, key, "an architecture such as `x86_64`")),
             },
+            "compose_fleet_known_hosts" => match text_of(var) {
+                Some(p) => {
+                    host.known_hosts = Some(PathBuf::from(p));
+                    host.origins.insert("known_hosts".into(), var.at.clone());
+                }
+                None => diags.push(bad(var, key, "a path")),
+            },
             "compose_fleet_drain" => match ansible_bool(&var.value) {
                 Some(b) => host.drain = b,
                 None => diags.push(bad(var, key, "true or false")),
