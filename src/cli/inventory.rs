@@ -208,8 +208,17 @@ fn host_text(r: &Row) -> String {
             .unwrap_or_default()
     };
     let mut out = format!("host {}{}\n", r.name, from("name"));
+    // Field names line up, label keys included.
+    let width = r
+        .labels
+        .keys()
+        .map(|k| k.chars().count() + "labels.".len())
+        .chain(["identity_file".len()])
+        .max()
+        .unwrap_or(0)
+        + 2;
     let mut line = |field: &str, value: String| {
-        out.push_str(&format!("  {field:<14}{value}{}\n", from(field)));
+        out.push_str(&format!("  {field:<width$}{value}{}\n", from(field)));
     };
     line("address", r.address.clone());
     line("connection", r.connection.to_string());
