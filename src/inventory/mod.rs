@@ -20,22 +20,35 @@
 //! from the host's facts. `reserved` (either or both) is kept free for the system. Sizes are binary
 //! (`512m` = 512 MiB), as in compose. Unknown keys are errors.
 //!
+//! A host may also say `connection: local` (compose-fleet runs on this machine, no SSH) and
+//! `become: true` / `become_user: NAME` (commands run through privilege escalation).
+//!
 //! # Ansible inventories
 //!
-//! YAML (`all:` / `children:` / `hosts:` / `vars:`) and INI (`[group]`, `[group:vars]`,
-//! `[group:children]`, `host key=value ...`) are read unchanged. Per host:
-//! `ansible_host` → address (default: the inventory name), `ansible_user` → user, `ansible_port`
-//! → port, `ansible_ssh_private_key_file` → identity file (the older `ansible_ssh_host`,
-//! `ansible_ssh_user`, `ansible_ssh_port` too). Every group a host belongs to (directly or through
-//! `children`, except `all` and `ungrouped`) becomes the label `group.<name>` = `"true"`, so
-//! `node.labels.group.web == true` constrains a service to the `web` group. Other variables whose
-//! value is a scalar become labels as written (`zone=a` → `zone: a`), except those starting with
-//! `ansible_` and the compose-fleet variables `compose_fleet_cpus`, `compose_fleet_memory`,
-//! `compose_fleet_reserved_cpus`, `compose_fleet_reserved_memory`, `compose_fleet_arch`,
-//! `compose_fleet_drain`, which set capacity, reserved, arch and drain. Host variables override
-//! group variables; a child group's variables override its parent's.
+//! Read exactly as `ansible-inventory` (ansible-core 2.19) reads them: the INI and YAML
+//! formats (see [`ansible`]), a directory of inventory files, and the `group_vars/` and
+//! `host_vars/` directories beside the inventory. Per host: `ansible_host` → address (default:
+//! the inventory name), `ansible_user` → user, `ansible_port` → port,
+//! `ansible_ssh_private_key_file` → identity file (the older `ansible_ssh_*` spellings win when
+//! both are set, as in Ansible), `ansible_connection: local` → run here without SSH,
+//! `ansible_become`/`ansible_become_user` → privilege escalation. Every group a host belongs to
+//! (directly or through `children`, except `all` and `ungrouped`) becomes the label
+//! `group.<name>` = `"true"`. Other variables whose value is a scalar become labels spelled as
+//! `ansible-inventory --list` prints them (`true`, `1.0`, `web`); null, lists and mappings are
+//! not labels; variables starting with `ansible_` are not labels; `compose_fleet_cpus`,
+//! `compose_fleet_memory`, `compose_fleet_reserved_cpus`, `compose_fleet_reserved_memory`,
+//! `compose_fleet_arch`, `compose_fleet_drain` set capacity, reserved, arch and drain, and
+//! `compose_fleet_known_hosts` the host keys to check against.
+//! Dynamic inventories (scripts, plugin configurations, TOML) are refused with the command
+//! that exports them to a static file.
+//!
+//! # Strictness and bounds
+//!
+//! Addresses must be host names, IPv4 or IPv6 addresses; users and identity files are checked;
+//! nothing that starts with `-` is accepted where it would reach `ssh`. File sizes, the number
+//! of hosts (after ranges are expanded) and name lengths are bounded by [`Limits`].
 
-mod ansible;
+pub mod ansible;
 mod own;
 pub mod tree;
 
@@ -46,6 +59,7 @@ use std::sync::Arc;
 
 use crate::compose::model::Location;
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
+use crate::limits::{Limit, Limits};
 
 /// All the hosts a project can be placed on, in inventory order.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -53,8 +67,29 @@ pub struct Fleet {
     pub hosts: Vec<Host>,
     /// Registries by `host[:port]`, with how to talk to them.
     pub registries: BTreeMap<String, Registry>,
-    /// The file the fleet was read from (for messages).
+    /// The file (or directory) the fleet was read from (for messages).
     pub source: Option<PathBuf>,
+    /// Warnings found while reading (rendered), e.g. keys Ansible skips too.
+    pub warnings: Vec<String>,
+}
+
+/// How compose-fleet reaches a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Connection {
+    /// Over SSH (the default).
+    #[default]
+    Ssh,
+    /// The host is this machine: commands run here, without SSH (`ansible_connection: local`).
+    Local,
+}
+
+impl Connection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Connection::Ssh => "ssh",
+            Connection::Local => "local",
+        }
+    }
 }
 
 /// One machine: how to reach it over SSH and what it offers to placement.
@@ -80,6 +115,15 @@ pub struct Host {
     pub drain: bool,
     /// Where the host is defined (for messages).
     pub location: Option<Location>,
+    /// How to reach it: SSH, or this machine.
+    pub connection: Connection,
+    /// Run commands through privilege escalation (`ansible_become`, `become: true`).
+    pub use_become: bool,
+    /// The user to become (`ansible_become_user`); `None` means root.
+    pub become_user: Option<String>,
+    /// Where each value was set, by field (`address`, `user`, `port`, `identity_file`,
+    /// `connection`, `become`, `become_user`, `labels.<key>`): for `inventory --host`.
+    pub origins: BTreeMap<String, Location>,
 }
 
 /// An amount of cpu (cores, fractional) and memory (bytes).
@@ -112,6 +156,10 @@ impl Host {
             arch: None,
             drain: false,
             location: None,
+            connection: Connection::Ssh,
+            use_become: false,
+            become_user: None,
+            origins: BTreeMap::new(),
         }
     }
 }
@@ -130,6 +178,13 @@ pub struct LoadError {
 }
 
 impl LoadError {
+    fn one(d: Diagnostic, sources: SourceMap) -> LoadError {
+        LoadError {
+            diagnostics: Diagnostics(vec![d]),
+            sources,
+        }
+    }
+
     /// Every problem rendered with its quoted line and caret.
     pub fn render(&self) -> String {
         self.diagnostics
@@ -160,25 +215,234 @@ pub fn default_path(explicit: Option<&Path>, first_compose_file: Option<&Path>) 
     dir.join("inventory.yaml")
 }
 
-/// Reads and parses an inventory file (any of the three formats).
+/// Reads and parses an inventory (a file in any of the three formats, or a directory of
+/// Ansible inventories), with the limits of the environment (`COMPOSE_FLEET_MAX_*`).
 pub fn load(path: &Path) -> Result<Fleet, LoadError> {
+    let limits = Limits::from_lookup(|k| std::env::var(k).ok()).unwrap_or_default();
+    load_with(path, &limits)
+}
+
+/// [`load`] within explicit limits.
+pub fn load_with(path: &Path, limits: &Limits) -> Result<Fleet, LoadError> {
     let name: Arc<str> = path.display().to_string().into();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
         Err(e) => {
             let d = Diagnostic::error(format!("cannot read inventory `{name}`: {e}")).hint(
                 "pass the hosts file with `-i FILE` (or COMPOSE_FLEET_INVENTORY), or create \
                  `inventory.yaml` beside the compose file",
             );
-            return Err(LoadError {
-                diagnostics: Diagnostics(vec![d]),
-                sources: SourceMap::default(),
-            });
+            return Err(LoadError::one(d, SourceMap::default()));
         }
     };
-    let mut fleet = parse(&name, &text)?;
+    let mut sources = Vec::new();
+    let base = if meta.is_dir() {
+        inventory_dir(path, limits, &mut sources)
+            .map_err(|d| LoadError::one(*d, SourceMap::default()))?;
+        path.to_path_buf()
+    } else {
+        let text = read_bounded(path, limits)?;
+        sources.push((name.clone(), text));
+        path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let own_only = sources.len() == 1
+        && matches!(
+            classify(&sources[0].0, &sources[0].1, limits).0,
+            Format::Own
+        );
+    let files = if own_only {
+        ansible::VarsFiles::default()
+    } else {
+        vars_files(&base, limits)?
+    };
+    let mut fleet = build(&sources, &files, limits, meta.is_dir())?;
     fleet.source = Some(path.to_path_buf());
     Ok(fleet)
+}
+
+/// Reads at most the file-size limit from `path`, as UTF-8 (a leading BOM is dropped).
+fn read_bounded(path: &Path, limits: &Limits) -> Result<Arc<str>, LoadError> {
+    use std::io::Read as _;
+    let name: Arc<str> = path.display().to_string().into();
+    let max = limits.get(Limit::FileBytes);
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path)
+        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        let d = Diagnostic::error(format!("cannot read `{name}`: {e}"))
+            .hint("check that the file exists and is readable");
+        return Err(LoadError::one(d, SourceMap::default()));
+    }
+    if bytes.len() as u64 > max {
+        let d = Diagnostic::error(format!("`{name}` is larger than {max} bytes"))
+            .at(Location {
+                file: name.clone(),
+                line: 1,
+                column: 1,
+                offset: 0,
+                len: 0,
+            })
+            .hint(Limit::FileBytes.hint(max));
+        return Err(LoadError::one(d, SourceMap::default()));
+    }
+    match String::from_utf8(bytes) {
+        Ok(mut text) => {
+            if text.starts_with('\u{feff}') {
+                text.drain(..3);
+            }
+            Ok(text.into())
+        }
+        Err(e) => {
+            let good = e.utf8_error().valid_up_to();
+            let bytes = e.into_bytes();
+            let before = String::from_utf8_lossy(&bytes[..good]).into_owned();
+            let line = crate::diag::line_of_offset(&before, good);
+            let line_start = before.rfind(['\n', '\r']).map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
+            let mut sources = SourceMap::default();
+            sources.add(name.clone(), before.clone().into());
+            let d = Diagnostic::error(format!(
+                "`{name}` is not valid UTF-8 (byte {good} is not part of a character)"
+            ))
+            .at(Location {
+                file: name,
+                line,
+                column: u32::try_from(column).unwrap_or(u32::MAX),
+                offset: good,
+                len: 0,
+            })
+            .hint("save the inventory as UTF-8");
+            Err(LoadError::one(d, sources))
+        }
+    }
+}
+
+/// The files of a directory inventory, as Ansible lists them: sorted, recursively, skipping
+/// hidden files, `group_vars`, `host_vars`, `vars_plugins` and the extensions Ansible ignores.
+fn inventory_dir(
+    dir: &Path,
+    limits: &Limits,
+    out: &mut Vec<(Arc<str>, Arc<str>)>,
+) -> Result<(), Box<Diagnostic>> {
+    const IGNORED_EXTS: &[&str] = &[
+        ".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst", ".orig", ".cfg",
+        ".retry",
+    ];
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| {
+            Box::new(Diagnostic::error(format!(
+                "cannot list `{}`: {e}",
+                dir.display()
+            )))
+        })?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        if n.starts_with('.')
+            || matches!(n.as_str(), "host_vars" | "group_vars" | "vars_plugins")
+            || IGNORED_EXTS.iter().any(|x| n.ends_with(x))
+        {
+            continue;
+        }
+        let path = dir.join(&n);
+        if path.is_dir() {
+            inventory_dir(&path, limits, out)?;
+        } else {
+            let text = read_bounded(&path, limits).map_err(|e| {
+                Box::new(
+                    e.diagnostics
+                        .0
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| Diagnostic::error("cannot read")),
+                )
+            })?;
+            out.push((path.display().to_string().into(), text));
+        }
+    }
+    Ok(())
+}
+
+/// `group_vars/` and `host_vars/` beside the inventory: for each name, the file Ansible picks
+/// (`NAME`, else `NAME.yml`, `NAME.yaml`, `NAME.json`; a directory gives all its files, sorted).
+fn vars_files(base: &Path, limits: &Limits) -> Result<ansible::VarsFiles, LoadError> {
+    let mut files = ansible::VarsFiles::default();
+    for (sub, map) in [
+        ("group_vars", &mut files.groups),
+        ("host_vars", &mut files.hosts),
+    ] {
+        let dir = base.join(sub);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut best: BTreeMap<String, (usize, PathBuf)> = BTreeMap::new();
+        for e in entries.filter_map(|e| e.ok()) {
+            let file_name = e.file_name().to_string_lossy().into_owned();
+            for (rank, ext) in ["", ".yml", ".yaml", ".json"].iter().enumerate() {
+                let entity = if ext.is_empty() {
+                    Some(file_name.as_str())
+                } else {
+                    file_name.strip_suffix(ext)
+                };
+                let Some(entity) = entity.filter(|e| !e.is_empty()) else {
+                    continue;
+                };
+                let slot = best
+                    .entry(entity.to_string())
+                    .or_insert((usize::MAX, PathBuf::new()));
+                if rank < slot.0 {
+                    *slot = (rank, e.path());
+                }
+            }
+        }
+        for (entity, (_, path)) in best {
+            let mut list = Vec::new();
+            if path.is_dir() {
+                vars_dir(&path, &mut list);
+            } else {
+                list.push(path);
+            }
+            let mut texts = Vec::new();
+            for p in list {
+                let text = read_bounded(&p, limits)?;
+                texts.push((Arc::<str>::from(p.display().to_string()), text));
+            }
+            map.insert(entity, texts);
+        }
+    }
+    Ok(files)
+}
+
+/// The variables files in a `group_vars/NAME/` directory, as Ansible finds them.
+fn vars_dir(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        if n.starts_with('.') || n.ends_with('~') {
+            continue;
+        }
+        let path = dir.join(&n);
+        let ext = Path::new(&n)
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()));
+        if path.is_dir() && ext.is_none() {
+            vars_dir(&path, out);
+        } else if path.is_file()
+            && ext
+                .as_deref()
+                .is_none_or(|e| matches!(e, ".yml" | ".yaml" | ".json"))
+        {
+            out.push(path);
+        }
+    }
 }
 
 /// The formats an inventory can be in.
@@ -187,58 +451,175 @@ pub enum Format {
     Own,
     AnsibleYaml,
     AnsibleIni,
+    /// Something Ansible runs a script or a plugin for: refused.
+    Dynamic(&'static str),
 }
 
-/// Guesses the format: `.ini`/`.cfg` files and files whose first line that is not a comment
-/// is a `[section]` (YAML inventories never start with a list) are INI; YAML with a top-level
-/// `hosts`, `defaults` or `registries` key is ours; other YAML is Ansible's.
+/// Which format `text` is, the way Ansible picks its plugins: a script (`#!`) or a `.toml`
+/// file is dynamic; a file named `.yml`, `.yaml`, `.json` or with no extension that is a YAML
+/// mapping is YAML (ours when it has `defaults`/`registries`, or `hosts` naming hosts; a
+/// plugin configuration when it has `plugin`); anything else is INI.
 pub fn detect(name: &str, text: &str) -> Format {
-    let lower = name.to_ascii_lowercase();
-    if lower.ends_with(".ini") || lower.ends_with(".cfg") {
-        return Format::AnsibleIni;
+    classify(name, text, &Limits::default()).0
+}
+
+type Parsed = Option<Result<tree::Node, tree::YamlError>>;
+
+fn classify(name: &str, text: &str, limits: &Limits) -> (Format, Parsed) {
+    let ext = Path::new(name)
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if ext.as_deref() == Some("toml") {
+        return (
+            Format::Dynamic("TOML inventories need Ansible's `toml` plugin"),
+            None,
+        );
     }
-    let first = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'));
-    match first {
-        Some(l) if l.starts_with('[') => return Format::AnsibleIni,
-        // A bare host name on its own line (no `:`) is an ungrouped INI host.
-        Some(l) if !l.contains(':') && !l.starts_with('{') && !l.starts_with("---") => {
-            return Format::AnsibleIni
-        }
-        _ => {}
+    if text.starts_with("#!") {
+        return (
+            Format::Dynamic("this inventory is a script (it starts with `#!`)"),
+            None,
+        );
     }
-    match tree::parse(text) {
+    if !matches!(ext.as_deref(), None | Some("yml" | "yaml" | "json")) {
+        return (Format::AnsibleIni, None);
+    }
+    let parsed = tree::parse_mode(text, tree::Mode::Ansible, limits);
+    let format = match &parsed {
         Ok(tree::Node {
             value: tree::Value::Map(entries),
             ..
-        }) if entries
-            .iter()
-            .any(|(k, _)| matches!(k.text.as_str(), "hosts" | "defaults" | "registries")) =>
-        {
-            Format::Own
+        }) if !entries.is_empty() => {
+            let get = |k: &str| {
+                entries
+                    .iter()
+                    .find(|(key, _)| key.text == k)
+                    .map(|(_, v)| v)
+            };
+            if get("plugin").is_some_and(|v| !matches!(v.value, tree::Value::Null)) {
+                Format::Dynamic("this YAML file configures an inventory plugin (`plugin:`)")
+            } else if get("defaults").is_some() || get("registries").is_some() {
+                Format::Own
+            } else {
+                match get("hosts").map(|v| &v.value) {
+                    Some(tree::Value::Map(hosts)) => {
+                        if hosts.is_empty()
+                            || hosts.iter().any(|(k, _)| {
+                                !matches!(k.text.as_str(), "hosts" | "children" | "vars")
+                            })
+                        {
+                            Format::Own
+                        } else {
+                            Format::AnsibleYaml
+                        }
+                    }
+                    Some(tree::Value::Null) if entries.len() == 1 => Format::Own,
+                    _ => Format::AnsibleYaml,
+                }
+            }
         }
-        Ok(tree::Node {
-            value: tree::Value::Map(_),
-            ..
-        }) => Format::AnsibleYaml,
-        _ => Format::Own,
-    }
+        _ => Format::AnsibleIni,
+    };
+    (format, Some(parsed))
 }
 
 /// Parses inventory text; `name` is the file name used in messages.
 pub fn parse(name: &str, text: &str) -> Result<Fleet, LoadError> {
-    let file: Arc<str> = name.into();
-    let mut sources = SourceMap::default();
-    sources.add(file.clone(), text.into());
+    parse_with(name, text, &Limits::default())
+}
+
+/// [`parse`] within explicit limits. Reads no `group_vars/`: that is [`load`]'s job.
+pub fn parse_with(name: &str, text: &str, limits: &Limits) -> Result<Fleet, LoadError> {
+    let source = vec![(Arc::<str>::from(name), Arc::<str>::from(text))];
+    build(&source, &ansible::VarsFiles::default(), limits, false)
+}
+
+/// The fleet of already-read inventory sources and variables files.
+fn build(
+    sources: &[(Arc<str>, Arc<str>)],
+    files: &ansible::VarsFiles,
+    limits: &Limits,
+    is_dir: bool,
+) -> Result<Fleet, LoadError> {
+    let mut map = SourceMap::default();
+    for (n, t) in sources {
+        map.add(n.clone(), t.clone());
+    }
+    for list in files.groups.values().chain(files.hosts.values()) {
+        for (n, t) in list {
+            map.add(n.clone(), t.clone());
+        }
+    }
     let mut diags = Diagnostics::default();
-    let fleet = match detect(name, text) {
-        Format::Own => own::parse(&file, text, &mut diags),
-        Format::AnsibleYaml => ansible::parse_yaml(&file, text, &mut diags),
-        Format::AnsibleIni => ansible::parse_ini(&file, text, &mut diags),
-    };
+    let mut fleet = Fleet::default();
+    let mut inv = ansible::Inventory::new(limits);
+    let mut ansible_sources = 0;
+    for (file, text) in sources {
+        let (format, parsed) = classify(file, text, limits);
+        match format {
+            Format::Own if sources.len() == 1 && !is_dir => {
+                fleet = own::parse(file, text, &mut diags);
+            }
+            Format::Own => diags.push(
+                Diagnostic::error(format!(
+                    "`{file}` is in compose-fleet's own format, which cannot be combined with \
+                     other inventory files"
+                ))
+                .at(tree::Pos::start().in_file(file))
+                .hint("give that file alone with `-i FILE`"),
+            ),
+            Format::Dynamic(why) => diags.push(
+                Diagnostic::error(format!(
+                    "`{file}` is a dynamic inventory, which compose-fleet does not run: {why}"
+                ))
+                .at(tree::Pos::start().in_file(file))
+                .hint(
+                    "export it to a static file with `ansible-inventory -i SOURCE --list -y > \
+                     inventory.yaml` and pass that file with `-i`",
+                ),
+            ),
+            Format::AnsibleYaml => {
+                ansible_sources += 1;
+                if let Some(Ok(root)) = &parsed {
+                    ansible::yaml::parse(&mut inv, file, text, root);
+                }
+            }
+            Format::AnsibleIni => {
+                ansible_sources += 1;
+                let before = inv.diags.0.len();
+                ansible::ini::parse(&mut inv, file, text);
+                // A `.yml` file that is neither YAML nor INI: the YAML error says more.
+                let failed = inv.diags.0[before..].iter().any(Diagnostic::is_error);
+                let yaml_named = Path::new(file.as_ref())
+                    .extension()
+                    .is_some_and(|e| matches!(e.to_str(), Some("yml" | "yaml" | "json")));
+                if let (true, true, Some(Err(e))) = (failed, yaml_named, &parsed) {
+                    inv.diags.0.truncate(before);
+                    let mut d =
+                        Diagnostic::error(format!("invalid YAML in inventory: {}", e.message))
+                            .at(e.pos.unwrap_or_else(tree::Pos::start).in_file(file));
+                    if let Some(h) = &e.hint {
+                        d = d.hint(h.clone());
+                    }
+                    inv.error(d);
+                }
+            }
+        }
+    }
+    if ansible_sources > 0 {
+        let hosts = ansible::finish(inv, files, limits, &mut diags);
+        fleet.hosts.extend(hosts.hosts);
+    } else {
+        diags.extend(inv.diags);
+    }
+    for host in &fleet.hosts {
+        check_host(host, limits, &mut diags);
+    }
     if fleet.hosts.is_empty() && !diags.has_errors() {
+        let file = sources
+            .first()
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default();
         diags.push(
             Diagnostic::error(format!("inventory `{file}` lists no hosts"))
                 .hint("add at least one host under `hosts:`"),
@@ -247,10 +628,133 @@ pub fn parse(name: &str, text: &str) -> Result<Fleet, LoadError> {
     if diags.has_errors() {
         return Err(LoadError {
             diagnostics: diags,
-            sources,
+            sources: map,
         });
     }
+    fleet.warnings = diags.warnings().map(|d| map.render(d)).collect();
     Ok(fleet)
+}
+
+/// The strict checks every host passes, whatever the format: what reaches `ssh` must be an
+/// address, a user name or a path, never an option.
+fn check_host(host: &Host, limits: &Limits, diags: &mut Diagnostics) {
+    let at = |field: &str| host.origins.get(field).or(host.location.as_ref()).cloned();
+    let mut report = |field: &str, message: String, hint: &str| {
+        let mut d = Diagnostic::error(format!("host `{}`: {message}", host.name)).hint(hint);
+        if let Some(l) = at(field) {
+            d = d.at(l);
+        }
+        diags.push(d);
+    };
+    let max = limits.get(Limit::NameLength);
+    if host.name.chars().count() as u64 > max {
+        report(
+            "name",
+            format!("the name is longer than {max} characters"),
+            &Limit::NameLength.hint(max),
+        );
+    }
+    if host.connection == Connection::Ssh {
+        if let Err(why) = check_address(&host.address) {
+            report(
+                "address",
+                format!("`{}` is not a host name or IP address: {why}", host.address),
+                "give a DNS name, an IPv4 address or an IPv6 address (`ansible_host` or \
+                 `address:`)",
+            );
+        }
+    }
+    for (field, value) in [("user", &host.user), ("become_user", &host.become_user)] {
+        if let Some(user) = value {
+            if let Err(why) = check_word(user) {
+                report(
+                    field,
+                    format!("user `{user}` {why}"),
+                    "give a plain user name, e.g. `deploy`",
+                );
+            }
+        }
+    }
+    if let Some(key) = &host.identity_file {
+        let text = key.to_string_lossy();
+        if let Err(why) = check_word(&text).or_else(|e| {
+            // Paths may contain spaces; nothing else changes.
+            if e.contains("space") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }) {
+            report(
+                "identity_file",
+                format!("identity file `{text}` {why}"),
+                "give the path of a private key file",
+            );
+        }
+    }
+}
+
+/// A user name or path: not empty, not an option, no control characters or spaces, no
+/// unrendered template.
+fn check_word(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is empty".into());
+    }
+    if s.starts_with('-') {
+        return Err("starts with `-`, which ssh would read as an option".into());
+    }
+    if s.contains("{{") || s.contains("{%") {
+        return Err(
+            "is a Jinja template, which compose-fleet does not render (export the inventory \
+             with `ansible-inventory --list -y` to get rendered values)"
+                .into(),
+        );
+    }
+    if s.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    if s.chars().any(char::is_whitespace) {
+        return Err("contains a space".into());
+    }
+    Ok(())
+}
+
+/// A DNS name, an IPv4 address or an IPv6 address (with an optional `%zone`).
+fn check_address(s: &str) -> Result<(), String> {
+    check_word(s)?;
+    if s.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let (v6, zone) = s.split_once('%').unwrap_or((s, ""));
+    if v6.parse::<std::net::Ipv6Addr>().is_ok() {
+        return if zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            Ok(())
+        } else {
+            Err("the IPv6 zone is not an interface name".into())
+        };
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.len() > 253 {
+        return Err("a DNS name has at most 253 characters".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated part must have 1 to 63 characters".into());
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a part of a DNS name cannot start or end with `-`".into());
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!("`{c}` cannot appear in a DNS name"));
+        }
+    }
+    Ok(())
 }
 
 /// The closest known name to a misspelt one, for "did you mean" hints.

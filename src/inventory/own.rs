@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::tree::{self, Key, Node, Value};
 use super::{
-    did_you_mean, normalize_arch, parse_cpus, parse_size, Capacity, Fleet, Host, Registry,
+    did_you_mean, normalize_arch, parse_cpus, parse_size, Capacity, Connection, Fleet, Host,
+    Registry,
 };
 use crate::diag::{Diagnostic, Diagnostics};
 
@@ -23,6 +24,9 @@ const HOST_KEYS: &[&str] = &[
     "reserved",
     "arch",
     "drain",
+    "connection",
+    "become",
+    "become_user",
 ];
 const CAPACITY_KEYS: &[&str] = &["cpus", "memory"];
 const REGISTRY_KEYS: &[&str] = &["insecure"];
@@ -243,8 +247,12 @@ fn parse_host(cx: &mut Ctx<'_>, key: &Key, node: &Node, defaults: &Defaults) -> 
     host.identity_file = defaults.identity_file.clone();
     host.known_hosts = defaults.known_hosts.clone();
     host.location = Some(key.at.in_file(cx.file));
+    host.origins.insert("name".into(), key.at.in_file(cx.file));
     let mut address = None;
     for (k, v) in cx.map(node, &what) {
+        if !matches!(k.text.as_str(), "labels" | "capacity" | "reserved") {
+            host.origins.insert(k.text.clone(), v.at.in_file(cx.file));
+        }
         match k.text.as_str() {
             "address" => address = cx.string(v, "`address`"),
             "user" => host.user = cx.string(v, "`user`"),
@@ -254,6 +262,8 @@ fn parse_host(cx: &mut Ctx<'_>, key: &Key, node: &Node, defaults: &Defaults) -> 
             "labels" => {
                 for (lk, lv) in cx.map(v, &format!("labels of {what}")) {
                     if let Some(val) = cx.string(lv, &format!("label `{}`", lk.text)) {
+                        host.origins
+                            .insert(format!("labels.{}", lk.text), lv.at.in_file(cx.file));
                         host.labels.insert(lk.text.clone(), val);
                     }
                 }
@@ -262,6 +272,18 @@ fn parse_host(cx: &mut Ctx<'_>, key: &Key, node: &Node, defaults: &Defaults) -> 
             "reserved" => host.reserved = capacity(cx, v, &what, false).unwrap_or_default(),
             "arch" => host.arch = cx.string(v, "`arch`").map(|a| normalize_arch(&a)),
             "drain" => host.drain = cx.boolean(v, "`drain`").unwrap_or(false),
+            "become" => host.use_become = cx.boolean(v, "`become`").unwrap_or(false),
+            "become_user" => host.become_user = cx.string(v, "`become_user`"),
+            "connection" => match cx.string(v, "`connection`").as_deref() {
+                Some("ssh") | None => host.connection = Connection::Ssh,
+                Some("local") => host.connection = Connection::Local,
+                Some(other) => {
+                    let d = cx
+                        .error(v.at, format!("unknown connection `{other}`"))
+                        .label("expected `ssh` or `local`");
+                    cx.push(d);
+                }
+            },
             _ => cx.unknown_key(k, HOST_KEYS, &what),
         }
     }

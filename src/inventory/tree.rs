@@ -12,6 +12,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use crate::compose::model::Location;
+use crate::limits::{Limit, Limits};
 
 /// A scalar, sequence or mapping, with its position in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +50,16 @@ pub struct Key {
 }
 
 impl Pos {
+    /// The start of a file.
+    pub fn start() -> Pos {
+        Pos {
+            line: 1,
+            column: 1,
+            offset: 0,
+            len: 0,
+        }
+    }
+
     /// The position in a named file, as diagnostics want it.
     pub fn in_file(&self, file: &Arc<str>) -> Location {
         Location {
@@ -103,28 +114,104 @@ impl Value {
     }
 }
 
-/// Parses YAML text into a tree. The error is `serde-saphyr`'s message and position.
+/// Which reader a document is for: ours refuses duplicate keys; Ansible's keeps the last one
+/// (as PyYAML does, with a warning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Own,
+    Ansible,
+}
+
+/// Why a document is not valid YAML, in our words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct YamlError {
+    pub message: String,
+    pub pos: Option<Pos>,
+    pub hint: Option<String>,
+}
+
+/// Parses YAML text into a tree (our own format's rules, default limits).
 pub fn parse(text: &str) -> Result<Node, (String, Option<Pos>)> {
-    if text.trim().is_empty() {
+    parse_mode(text, Mode::Own, &Limits::default()).map_err(|e| (e.message, e.pos))
+}
+
+/// Parses YAML text into a tree, within `limits` (nesting depth, alias expansion).
+pub fn parse_mode(text: &str, mode: Mode, limits: &Limits) -> Result<Node, YamlError> {
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Ok(Node {
             value: Value::Null,
-            at: Pos {
-                line: 1,
-                column: 1,
-                offset: 0,
-                len: 1,
-            },
+            at: Pos::start(),
         });
     }
-    serde_saphyr::from_str::<Node>(text).map_err(|e| {
+    let depth = limits.get_usize(Limit::Depth);
+    let replay = limits.get_usize(Limit::AliasEvents);
+    let options = serde_saphyr::options! {
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: replay,
+            max_replay_stack_depth: 64,
+        },
+        duplicate_keys: match mode {
+            Mode::Own => serde_saphyr::DuplicateKeyPolicy::Error,
+            Mode::Ansible => serde_saphyr::DuplicateKeyPolicy::LastWins,
+        },
+        merge_keys: serde_saphyr::MergeKeyPolicy::Merge,
+        emit_comments: false,
+        // Inventories of 100k hosts have a few million nodes; the host limit bounds them.
+        budget: serde_saphyr::budget! {
+            max_depth: depth,
+            flow_nesting_limit: depth,
+            max_events: 100_000_000,
+            max_nodes: 100_000_000,
+            max_aliases: 1_000_000,
+            max_anchors: 1_000_000,
+            max_merge_keys: 1_000_000,
+            enforce_alias_anchor_ratio: false,
+        },
+        legacy_octal_numbers: true,
+    };
+    serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
+        use serde_saphyr::Error as E;
+        use serde_saphyr::MessageFormatter as _;
         let pos = e.location().map(Pos::from_saphyr);
-        let opts = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
-        let mut msg = e.render_with_options(opts);
-        // The plain rendering appends " at line L column C"; we print the position ourselves.
-        if let Some(i) = msg.find(" at line ") {
-            msg.truncate(i);
+        let mut inner = &e;
+        while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+            inner = error;
         }
-        (msg, pos)
+        let mut message = serde_saphyr::UserMessageFormatter
+            .format_message(inner)
+            .replace(['\n', '\r'], " ");
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        let mut hint = None;
+        match inner {
+            E::Budget {
+                breach: serde_saphyr::budget::BudgetBreach::Depth { .. },
+                ..
+            } => {
+                message = format!("the YAML is nested more than {depth} levels deep");
+                hint = Some(Limit::Depth.hint(limits.get(Limit::Depth)));
+            }
+            E::AliasReplayLimitExceeded { .. }
+            | E::AliasExpansionLimitExceeded { .. }
+            | E::AliasReplayStackDepthExceeded { .. }
+            | E::AliasReplayCounterOverflow { .. }
+            | E::Budget { .. } => {
+                message = "too many YAML alias expansions (anchors that reference each other \
+                           multiply)"
+                    .to_string();
+                hint = Some(Limit::AliasEvents.hint(limits.get(Limit::AliasEvents)));
+            }
+            E::DuplicateMappingKey { .. } => {
+                hint = Some("a key may appear only once in a mapping: remove or rename one".into());
+            }
+            _ => {}
+        }
+        YamlError { message, pos, hint }
     })
 }
 

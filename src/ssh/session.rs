@@ -71,6 +71,9 @@ impl Transport for OpenSsh {
     type Session = OpenSshSession;
 
     async fn connect(&self, target: &SshTarget) -> Result<OpenSshSession, SshError> {
+        // The `openssh` crate puts the destination last with no `--` before it: nothing that
+        // ssh could read as an option may get there.
+        target.argv_safe()?;
         let _permit = self
             .handshakes
             .acquire()

@@ -1,5 +1,9 @@
 //! What the transport needs to know about a host: [`SshTarget`], taken from the inventory's
 //! [`Host`] (the inventory owns the hosts file).
+//!
+//! Every value of a target ends up in `ssh`'s argument list. The inventory refuses values that
+//! start with `-`; [`SshTarget::argv_safe`] checks again right before a connection, so that no
+//! value, however a target was built, is ever read by `ssh` as an option.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +25,52 @@ pub struct SshTarget {
 }
 
 impl SshTarget {
+    /// Refuses a target whose address, user or paths `ssh` could take for an option (a leading
+    /// `-`) or split (whitespace or control characters in the address or user).
+    pub fn argv_safe(&self) -> Result<(), super::SshError> {
+        let refuse = |what: &str, value: &str, why: &str| {
+            Err(super::SshError::new(
+                &self.name,
+                super::ErrorClass::Local,
+                format!("refusing to pass {what} `{value}` to ssh: {why}"),
+            )
+            .with_hint("fix this host in the inventory (`compose-fleet inventory --host NAME` shows where it is set)"))
+        };
+        let word = |s: &str| s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if self.address.is_empty() || self.address.starts_with('-') || word(&self.address) {
+            return refuse(
+                "the address",
+                &self.address,
+                "it is empty, starts with `-` or contains spaces",
+            );
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() || u.starts_with('-') || word(u) {
+                return refuse(
+                    "the user",
+                    u,
+                    "it is empty, starts with `-` or contains spaces",
+                );
+            }
+        }
+        for (what, p) in [
+            ("the identity file", &self.identity_file),
+            ("the known_hosts file", &self.known_hosts),
+        ] {
+            if let Some(p) = p {
+                let text = p.to_string_lossy();
+                if text.starts_with('-') || text.chars().any(char::is_control) {
+                    return refuse(
+                        what,
+                        &text,
+                        "it starts with `-` or contains control characters",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `user@address:port` for messages.
     pub fn destination(&self) -> String {
         let mut s = String::new();
@@ -81,6 +131,32 @@ fn resolve(p: &Path, base: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_ssh_would_read_as_options_are_refused() {
+        let ok = SshTarget::from_host(&Host::new("h1", "10.0.0.1"), Path::new("/lab"));
+        assert!(ok.argv_safe().is_ok());
+        for (address, user) in [
+            ("-oProxyCommand=touch x", None),
+            ("a b c", None),
+            ("10.0.0.1", Some("-oProxyCommand=x")),
+            ("10.0.0.1", Some("")),
+        ] {
+            let mut h = Host::new("h1", address);
+            h.user = user.map(String::from);
+            let t = SshTarget::from_host(&h, Path::new("/lab"));
+            let e = t.argv_safe().unwrap_err();
+            assert!(e.message.starts_with("refusing to pass"), "{e}");
+        }
+        let mut h = Host::new("h1", "10.0.0.1");
+        h.identity_file = Some(PathBuf::from("/-i"));
+        assert!(SshTarget::from_host(&h, Path::new("/")).argv_safe().is_ok());
+        let t = SshTarget {
+            identity_file: Some(PathBuf::from("-oX")),
+            ..SshTarget::from_host(&Host::new("h1", "10.0.0.1"), Path::new("/"))
+        };
+        assert!(t.argv_safe().is_err());
+    }
 
     #[test]
     fn inventory_hosts_become_targets_with_paths_resolved() {

@@ -9,6 +9,7 @@ mod differential;
 mod graph;
 mod hosts;
 mod inventory;
+mod inventory_differential;
 mod lab;
 mod limits;
 mod load_props;
