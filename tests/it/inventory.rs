@@ -725,7 +725,7 @@ fn the_inventory_command_prints_json_and_origins() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_compose-fleet"))
         .arg("-i")
         .arg(fixture("group-vars"))
-        .args(["inventory", "--host", "web3"])
+        .args(["inventory", "--host", "wbe2"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
