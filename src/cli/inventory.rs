@@ -3,7 +3,6 @@
 //! host with where each of its values was set.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -88,11 +87,10 @@ fn row(h: &Host, with_origins: bool) -> Row {
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
-    let path = inventory::default_path(
-        global.inventory.as_deref(),
-        global.files.first().map(PathBuf::as_path),
-    );
-    let fleet = match inventory::load(&path) {
+    // Found as every command finds it (`-i`, COMPOSE_FLEET_INVENTORY, beside the compose files).
+    let workspace = super::project::resolve(global)?;
+    let path = workspace.inventory_path().to_path_buf();
+    let fleet = match inventory::load_with(&path, workspace.limits()) {
         Ok(fleet) => fleet,
         Err(e) => {
             output::diagnostic(&format!("{}\n", e.render()));

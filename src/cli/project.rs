@@ -11,6 +11,7 @@ use crate::compose::{self, options, Environment, LoadOptions, Loaded, RealFs};
 use crate::diag::{Diagnostics, SourceMap};
 use crate::graph::{self, ServiceGraph};
 use crate::inventory::{self, Fleet};
+use crate::limits::Limits;
 use crate::output;
 
 use super::{Failure, GlobalArgs};
@@ -25,6 +26,8 @@ pub struct Workspace {
     /// `-i`/`COMPOSE_FLEET_INVENTORY`, else `inventory.yaml` beside the first compose file (as
     /// `-f`, `COMPOSE_FILE` or discovery found it), else in the working directory.
     inventory: PathBuf,
+    /// The input bounds in force (defaults, `COMPOSE_FLEET_MAX_*`, `--limit`).
+    limits: Limits,
 }
 
 /// A loaded project whose dependency graph holds.
@@ -43,14 +46,21 @@ pub fn resolve(global: &GlobalArgs) -> Result<Workspace, Failure> {
     let first = options.as_ref().ok().and_then(|o| o.files.first());
     let inventory =
         inventory::default_path(global.inventory.as_deref(), first.map(PathBuf::as_path));
+    let limits = global.limits()?;
     Ok(Workspace {
         env,
         options,
         inventory,
+        limits,
     })
 }
 
 impl Workspace {
+    /// The input bounds in force for this command.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The inventory file this command uses.
     pub fn inventory_path(&self) -> &Path {
         &self.inventory
@@ -90,7 +100,7 @@ impl Workspace {
 
     /// Loads the inventory; its problems are printed and fail with exit code 1.
     pub fn fleet(&self) -> Result<Fleet, Failure> {
-        inventory::load(&self.inventory).map_err(|e| {
+        inventory::load_with(&self.inventory, &self.limits).map_err(|e| {
             print_diagnostics(&e.diagnostics, &e.sources);
             Failure::Reported(1)
         })
