@@ -190,13 +190,9 @@ impl Loader<'_> {
                         }
                     }
                 }
-                Err(e) => self.diags.push(Diagnostic::error(e.message).at(Location {
-                    file: name,
-                    line: e.line,
-                    column: 1,
-                    offset: 0,
-                    len: 1,
-                })),
+                Err(e) => self.diags.push(
+                    Diagnostic::error(e.message).at(dotenv::error_location(&name, &text, e.line)),
+                ),
             }
         }
         for (k, v) in &self.process_env {

@@ -140,6 +140,9 @@ pub struct Service {
     pub pids_limit: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<u32>,
+    /// `shm_size` in bytes (compose prints it as a string of bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<Bytes>,
     /// Every other key the spec allows (and `x-*` fields), kept verbatim so that nothing is dropped;
     /// the fidelity ledger says which of these compose-fleet honours.
     #[serde(flatten)]

@@ -1582,3 +1582,33 @@ fn replicas_zero_and_scale_zero_turn_a_service_off() {
     assert_eq!(placed, ["on"]);
     assert!(placement.unschedulable.is_empty());
 }
+
+#[test]
+fn shm_size_in_bytes_build_args_from_the_environment_and_home_in_bind_sources() {
+    let files = [
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: busybox\n    shm_size: 256m\n    env_file: web.env\n    build:\n      context: .\n      args: [FROM_ENV, UNSET_ARG, GIVEN=1]\n    volumes:\n      - ~/data:/data\n      - {type: bind, source: ~/x, target: /x}\n",
+        ),
+        ("web.env", "SET=1\nUNSET_IN_ENV_FILE\nFROM_ENV\n"),
+    ];
+    let l = load_files(&files, &[("FROM_ENV", "v"), ("HOME", "/home/u")], &[])
+        .unwrap_or_else(|f| panic!("{:#?}", lines(&f.diagnostics)));
+    let web = &l.project.services["web"];
+    assert_eq!(web.shm_size.map(|b| b.0), Some(256 * 1024 * 1024));
+    let args = &web.build.as_ref().unwrap().extra["args"];
+    assert_eq!(args, &serde_json::json!({"FROM_ENV": "v", "GIVEN": "1"}));
+    // An env_file name without a value takes the environment's, or is dropped when unset.
+    let env: Vec<(&str, Option<&str>)> = web
+        .environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
+    assert_eq!(env, [("FROM_ENV", Some("v")), ("SET", Some("1"))]);
+    let sources: Vec<&str> = web
+        .volumes
+        .iter()
+        .filter_map(|v| v.source.as_deref())
+        .collect();
+    assert_eq!(sources, ["/home/u/data", "/home/u/x"]);
+}

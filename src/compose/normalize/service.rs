@@ -174,6 +174,7 @@ fn key_value<'n>(
         "stop_signal" => svc.stop_signal = ctx.opt_string(v, "`stop_signal`"),
         "stop_grace_period" => svc.stop_grace_period = ctx.duration(v, "`stop_grace_period`"),
         "platform" => svc.platform = ctx.opt_string(v, "`platform`"),
+        "shm_size" => svc.shm_size = ctx.bytes(v, "`shm_size`"),
         "mem_limit" => svc.mem_limit = ctx.bytes(v, "`mem_limit`"),
         "mem_reservation" => svc.mem_reservation = ctx.bytes(v, "`mem_reservation`"),
         "cpus" => svc.cpus = ctx.float(v, "`cpus`"),
