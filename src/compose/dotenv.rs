@@ -279,7 +279,8 @@ mod tests {
     /// variable is not set), with `A=1` in the environment.
     #[test]
     fn reads_env_files_exactly_as_docker_compose() {
-        let cases: &[(&str, &[(&str, Option<&str>)])] = &[
+        type Read<'a> = &'a [(&'a str, Option<&'a str>)];
+        let cases: &[(&str, Read)] = &[
             ("A=1\n", &[("A", Some("1"))]),
             (" B = spaced  \n", &[("B", Some("spaced"))]),
             (
