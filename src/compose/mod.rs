@@ -102,6 +102,10 @@ pub fn load(
             Some(base) => merge::merge_files(base, node),
         });
     }
+    // What `!reset` marks goes once every file is merged (in one file, it just removes the key).
+    if let Some(m) = &mut merged {
+        yaml::drop_reset(m);
+    }
     let mut ledger = Ledger::default();
     let project = match merged {
         Some(root) => l.build(opts, root, name, &mut ledger),
@@ -865,7 +869,10 @@ impl Loader<'_> {
         let mut stack = Vec::new();
         let services = self
             .read_compose(path, &dir, &mut stack)
-            .and_then(|root| root.get("services").cloned());
+            .and_then(|mut root| {
+                yaml::drop_reset(&mut root);
+                root.get("services").cloned()
+            });
         let map = services.map(|s| {
             let mut out = BTreeMap::new();
             for (k, v) in s.as_map().unwrap_or_default() {

@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::{MessageFormatter as _, Spanned};
+use serde_saphyr::{MessageFormatter as _, Spanned, Tagged};
 
 use super::model::Location;
 use crate::diag::Diagnostic;
@@ -18,6 +18,19 @@ use crate::diag::Diagnostic;
 pub struct Node {
     pub value: Value,
     pub loc: Location,
+    /// The compose merge tag written on it (`!reset`, `!override`), if any.
+    pub tag: Tag,
+}
+
+/// The YAML tags compose gives a meaning to when files are merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tag {
+    #[default]
+    None,
+    /// `!reset`: the key is removed (also what earlier files gave it).
+    Reset,
+    /// `!override`: the value replaces the earlier files' instead of merging with it.
+    Override,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +48,11 @@ pub enum Value {
 
 impl Node {
     pub fn new(value: Value, loc: Location) -> Self {
-        Node { value, loc }
+        Node {
+            value,
+            loc,
+            tag: Tag::None,
+        }
     }
 
     pub fn as_str(&self) -> Option<&str> {
@@ -138,8 +155,8 @@ enum Raw {
     Int(i64),
     Float(f64),
     Str(String),
-    Seq(Vec<Spanned<Raw>>),
-    Map(Vec<(Spanned<Raw>, Spanned<Raw>)>),
+    Seq(Vec<Spanned<Tagged<Raw>>>),
+    Map(Vec<(Spanned<Raw>, Spanned<Tagged<Raw>>)>),
 }
 
 impl<'de> Deserialize<'de> for Raw {
@@ -194,7 +211,7 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Raw>>()? {
+        while let Some(item) = seq.next_element::<Spanned<Tagged<Raw>>>()? {
             items.push(item);
         }
         Ok(Raw::Seq(items))
@@ -202,7 +219,7 @@ impl<'de> Visitor<'de> for RawVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
         let mut entries = Vec::new();
         while let Some(k) = map.next_key::<Spanned<Raw>>()? {
-            let v = map.next_value::<Spanned<Raw>>()?;
+            let v = map.next_value::<Spanned<Tagged<Raw>>>()?;
             entries.push((k, v));
         }
         Ok(Raw::Map(entries))
@@ -294,21 +311,60 @@ fn char_to_byte(text: &str, chars: usize) -> usize {
 
 fn convert(file: &Arc<str>, text: &str, raw: Spanned<Raw>) -> Node {
     let loc = location(file, text, &raw.referenced);
-    let value = match raw.value {
+    convert_value(file, text, raw.value, loc, Tag::None)
+}
+
+fn convert_tagged(file: &Arc<str>, text: &str, raw: Spanned<Tagged<Raw>>) -> Node {
+    let loc = location(file, text, &raw.referenced);
+    let Tagged(value, tag) = raw.value;
+    let tag = match tag.as_deref() {
+        Some("!reset") => Tag::Reset,
+        Some("!override") => Tag::Override,
+        _ => Tag::None,
+    };
+    convert_value(file, text, value, loc, tag)
+}
+
+fn convert_value(file: &Arc<str>, text: &str, raw: Raw, loc: Location, tag: Tag) -> Node {
+    let value = match raw {
         Raw::Null => Value::Null,
         Raw::Bool(b) => Value::Bool(b),
         Raw::Int(i) => Value::Int(i),
         Raw::Float(f) => Value::Float(f),
         Raw::Str(s) => Value::Str(s),
-        Raw::Seq(items) => Value::Seq(items.into_iter().map(|i| convert(file, text, i)).collect()),
+        Raw::Seq(items) => Value::Seq(
+            items
+                .into_iter()
+                .map(|i| convert_tagged(file, text, i))
+                .collect(),
+        ),
         Raw::Map(entries) => Value::Map(
             entries
                 .into_iter()
-                .map(|(k, v)| (convert(file, text, k), convert(file, text, v)))
+                .map(|(k, v)| (convert(file, text, k), convert_tagged(file, text, v)))
                 .collect(),
         ),
     };
-    Node { value, loc }
+    Node { value, loc, tag }
+}
+
+/// Removes what `!reset` marks (in a single file, or left after merging), recursively.
+pub fn drop_reset(node: &mut Node) {
+    match &mut node.value {
+        Value::Map(entries) => {
+            entries.retain(|(_, v)| v.tag != Tag::Reset);
+            for (_, v) in entries {
+                drop_reset(v);
+            }
+        }
+        Value::Seq(items) => {
+            items.retain(|v| v.tag != Tag::Reset);
+            for v in items {
+                drop_reset(v);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn yaml_error(file: &Arc<str>, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
@@ -382,6 +438,18 @@ mod tests {
         let n = p("a: &a {x: 1}\nb: &b {y: 2}\nc:\n  <<: [*a, *b]\n  z: 3\n").unwrap();
         let c = n.get("c").unwrap();
         assert!(c.get("x").is_some() && c.get("y").is_some() && c.get("z").is_some());
+    }
+
+    #[test]
+    fn reset_and_override_tags_are_kept() {
+        let n = p("a: !reset []\nb: !override {x: 1}\nc: !custom 1\nd: [!reset 1, 2]\n").unwrap();
+        let tag = |k: &str| n.get(k).unwrap().tag;
+        assert_eq!(
+            (tag("a"), tag("b"), tag("c")),
+            (Tag::Reset, Tag::Override, Tag::None)
+        );
+        assert_eq!(n.get("b").unwrap().get("x").unwrap().value, Value::Int(1));
+        assert_eq!(n.get("d").unwrap().as_seq().unwrap()[0].tag, Tag::Reset);
     }
 
     #[test]

@@ -1612,3 +1612,27 @@ fn shm_size_in_bytes_build_args_from_the_environment_and_home_in_bind_sources() 
         .collect();
     assert_eq!(sources, ["/home/u/data", "/home/u/x"]);
 }
+
+#[test]
+fn reset_and_override_tags_in_override_files() {
+    let files = [
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: busybox\n    ports: [\"80:80\", \"81:81\"]\n    environment: {A: \"1\", B: \"2\"}\n    command: echo hi\n    labels: {a: \"1\"}\n    depends_on: [db]\n  db:\n    image: busybox\n    ports: !reset [\"5432:5432\"]\n",
+        ),
+        (
+            "override.yaml",
+            "services:\n  web:\n    ports: !override [\"90:90\"]\n    environment: !reset {}\n    command: !reset null\n    labels: !override\n      b: \"2\"\n    depends_on: !reset []\n",
+        ),
+    ];
+    let l = load_files(&files, &[], &[]).unwrap_or_else(|f| panic!("{:#?}", lines(&f.diagnostics)));
+    let web = &l.project.services["web"];
+    let published: Vec<u16> = web.ports.iter().flat_map(|p| p.published_ports()).collect();
+    assert_eq!(published, [90]);
+    assert!(web.environment.is_empty());
+    assert_eq!(web.command, None);
+    assert_eq!(web.labels.keys().collect::<Vec<_>>(), ["b"]);
+    assert!(web.depends_on.is_empty());
+    // In a single file, `!reset` removes the key.
+    assert!(l.project.services["db"].ports.is_empty());
+}
