@@ -90,6 +90,14 @@ pub fn load(
             parsed.push((f, p));
         }
     }
+    // A file that does not parse stops here: the others alone would give follow-on errors
+    // (an override's services without their `image`).
+    if l.diags.has_errors() {
+        return Err(LoadFailure {
+            diagnostics: l.diags,
+            sources: l.sources,
+        });
+    }
     let name = l.project_name(opts, &parsed);
     l.vars
         .insert("COMPOSE_PROJECT_NAME".to_string(), name.clone());
@@ -955,7 +963,10 @@ impl Loader<'_> {
                     );
                 }
             }
+            // An `image` or `build` that was written but not valid has its own error already.
+            let written = svc.spans.image.is_some() || svc.spans.build.is_some();
             match (&svc.image, &svc.build) {
+                (None, None) if written => {}
                 (None, None) => self.diags.push(
                     Diagnostic::error(format!(
                         "service `{}` has neither `image` nor `build`",

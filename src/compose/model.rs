@@ -172,6 +172,9 @@ pub struct ServiceSpans {
     pub replicas: Option<Location>,
     /// The value of `container_name`, when written.
     pub container_name: Option<Location>,
+    /// The values of `image` and `build`, when written (even when they were not valid).
+    pub image: Option<Location>,
+    pub build: Option<Location>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -425,3 +425,31 @@ fn a_typed_field_whose_variable_is_not_of_its_type() {
         ],
     );
 }
+
+#[test]
+fn no_follow_on_errors_after_a_duplicate_key_or_a_bad_image() {
+    // The base file does not parse: the override alone must not add "has neither image nor build".
+    let files = [
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: busybox\n    image: nginx\n",
+        ),
+        (
+            "override.yaml",
+            "services:\n  web:\n    environment: {A: \"1\"}\n",
+        ),
+    ];
+    let f = load_files(&files, &[], &[]).unwrap_err();
+    let errors: Vec<String> = f.diagnostics.errors().map(|d| d.to_string()).collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("compose.yaml:4:5: error: "),
+        "{errors:#?}"
+    );
+    assert!(errors[0].contains("duplicate"), "{errors:#?}");
+    check_errors(
+        "services:\n  web:\n    image: [busybox]\n",
+        &[],
+        &["compose.yaml:3:12: error: `image` must be a string, found a sequence"],
+    );
+}

@@ -108,8 +108,14 @@ fn key_value<'n>(
     v: &'n Node,
 ) {
     match kname {
-        "image" => svc.image = ctx.opt_string(v, "`image`"),
-        "build" => svc.build = build(ctx, v),
+        "image" => {
+            svc.image = ctx.opt_string(v, "`image`");
+            svc.spans.image = Some(v.loc.clone());
+        }
+        "build" => {
+            svc.build = build(ctx, v);
+            svc.spans.build = Some(v.loc.clone());
+        }
         "command" => svc.command = ctx.command(v, "`command`"),
         "entrypoint" => svc.entrypoint = ctx.command(v, "`entrypoint`"),
         "environment" => later.environment = Some(v),
