@@ -35,6 +35,7 @@ pub use options::LoadOptions;
 pub use source::{FileSource, MemoryFs, RealFs};
 
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
+use crate::limits::Limits;
 use model::{Location, Project};
 use yaml::{Node, Value};
 
@@ -70,7 +71,18 @@ pub fn load(
     env: &Environment,
     fs: &dyn FileSource,
 ) -> Result<Loaded, LoadFailure> {
+    load_with_limits(opts, env, fs, &Limits::default())
+}
+
+/// [`load`] with the input bounds in force (YAML nesting depth and alias expansion).
+pub fn load_with_limits(
+    opts: &LoadOptions,
+    env: &Environment,
+    fs: &dyn FileSource,
+    limits: &Limits,
+) -> Result<Loaded, LoadFailure> {
     let mut l = Loader {
+        limits: limits.clone(),
         fs,
         project_dir: opts.project_dir.clone(),
         diags: Diagnostics::default(),
@@ -142,6 +154,7 @@ pub fn load(
 
 struct Loader<'a> {
     fs: &'a dyn FileSource,
+    limits: Limits,
     project_dir: PathBuf,
     diags: Diagnostics,
     sources: SourceMap,
@@ -231,6 +244,16 @@ impl Loader<'_> {
     fn parse_compose(&mut self, path: &Path) -> Option<(Node, Arc<str>)> {
         let text = match self.fs.read(path) {
             Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                self.diags.push(
+                    Diagnostic::error(format!(
+                        "cannot read compose file {}: it is not UTF-8 text",
+                        path.display()
+                    ))
+                    .hint("save it as UTF-8 (docker compose also reads UTF-16 that starts with a byte-order mark)"),
+                );
+                return None;
+            }
             Err(e) => {
                 self.diags.push(
                     Diagnostic::error(format!("cannot read compose file {}: {e}", path.display()))
@@ -242,7 +265,26 @@ impl Loader<'_> {
         let name = self.file_name(path);
         let text: Arc<str> = text.as_str().into();
         self.sources.add(name.clone(), text.clone());
-        let mut root = match yaml::parse(&name, &text) {
+        // docker compose refuses a file with nothing in it ("empty compose file").
+        if text
+            .trim_start_matches('\u{feff}')
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            self.diags.push(
+                Diagnostic::error(format!("the compose file {} is empty", path.display()))
+                    .at(Location {
+                        file: name,
+                        line: 1,
+                        column: 1,
+                        offset: 0,
+                        len: 0,
+                    })
+                    .hint("give it a `services:` section, or leave it out of `-f`/`COMPOSE_FILE`/`include`"),
+            );
+            return None;
+        }
+        let root = match yaml::parse_with(&name, &text, &self.limits) {
             Ok(n) => n,
             Err(d) => {
                 self.diags.push(*d);
@@ -251,7 +293,6 @@ impl Loader<'_> {
         };
         match &root.value {
             Value::Map(_) => {}
-            Value::Null => root.value = Value::Map(Vec::new()),
             _ => {
                 self.diags.push(
                     Diagnostic::error(format!(
