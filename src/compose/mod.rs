@@ -679,6 +679,7 @@ impl Loader<'_> {
             env: &vars,
             fs: self.fs,
             refs: Vec::new(),
+            unrunnable: Vec::new(),
         };
         for (name, key, node) in normalized {
             if !valid_service_name(name) {
@@ -722,6 +723,7 @@ impl Loader<'_> {
             }
         }
         ctx_refs.append(&mut ctx.refs);
+        project.unrunnable = std::mem::take(&mut ctx.unrunnable);
         drop(ctx);
         self.cross_check(&project, &ctx_refs, ledger);
         project

@@ -49,6 +49,10 @@ pub struct Project {
     /// Services defined but disabled because none of their profiles is active.
     #[serde(skip)]
     pub disabled: BTreeMap<String, Service>,
+    /// Errors for what docker compose accepts but the fleet cannot run (`network_mode:
+    /// container:…`, `provider`): `config` prints them as warnings, placement refuses the project.
+    #[serde(skip)]
+    pub unrunnable: Vec<crate::diag::Diagnostic>,
 }
 
 /// One service after normalization. Field names are the Compose Specification's.

@@ -348,7 +348,8 @@ pub fn pods(project: &Project) -> Vec<Vec<String>> {
 
 /// Builds the pods and shapes of a project; constraint errors point at the compose file.
 pub fn build(project: &Project) -> Result<Units, Diagnostics> {
-    let mut diags = Diagnostics::default();
+    // What compose accepts but the fleet cannot run stops placement (`config` only warns).
+    let mut diags = Diagnostics(project.unrunnable.clone());
     let mut units = Units::default();
     for members in pods(project) {
         let pod_index = units.pods.len();

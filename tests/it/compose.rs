@@ -1636,3 +1636,28 @@ fn reset_and_override_tags_in_override_files() {
     // In a single file, `!reset` removes the key.
     assert!(l.project.services["db"].ports.is_empty());
 }
+
+#[test]
+fn what_compose_accepts_but_the_fleet_cannot_run_loads_with_a_warning_and_placement_refuses_it() {
+    let l = loaded(
+        "services:\n  web:\n    image: busybox\n    network_mode: container:abc\n    ipc: service:db\n  db:\n    image: busybox\n",
+        &[],
+    );
+    let warnings = lines(&l.warnings);
+    assert!(
+        warnings.contains(&"compose.yaml:4:19: warning: `network_mode: container:abc` in service `web` cannot run on the fleet".to_string()),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "compose.yaml:5:5: warning: `ipc` in service `web` is accepted but not honoured"
+        )),
+        "{warnings:#?}"
+    );
+    let nodes = vec![super::schedule::node("h1", 4.0, "4g", &[])];
+    let errors = compose_fleet::schedule::place(&l.project, &nodes, &[]).expect_err("refused");
+    assert_eq!(
+        lines(&errors),
+        ["compose.yaml:4:19: error: `network_mode: container:abc` in service `web` cannot run on the fleet"]
+    );
+}

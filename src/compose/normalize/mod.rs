@@ -43,6 +43,8 @@ pub struct Ctx<'a> {
     /// Every secret/config reference (`secret`/`config`, source, where), checked against the
     /// top-level definitions once all services are read.
     pub refs: Vec<(&'static str, String, Location)>,
+    /// What compose accepts but the fleet cannot run (see [`Ctx::cannot_run`]).
+    pub unrunnable: Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
@@ -302,13 +304,29 @@ fn record(ctx: &mut Ctx<'_>, key: &str, service: &str, rule: Rule, at: &Node) {
                 );
             }
         }
-        Status::Rejected => ctx.diags.push(
-            Diagnostic::error(format!(
-                "`{key}` in service `{service}` is not supported: {}",
+        Status::Rejected => ctx.cannot_run(
+            format!(
+                "`{key}` in service `{service}` cannot run on the fleet: {}",
                 rule.reason
-            ))
-            .at(at.loc.clone()),
+            ),
+            &at.loc,
+            None,
         ),
+    }
+}
+
+impl Ctx<'_> {
+    /// Something compose accepts but the fleet cannot run: `config` succeeds with a warning
+    /// (an error under `--strict`); placement refuses the project with the same text as an error.
+    fn cannot_run(&mut self, msg: String, at: &Location, hint: Option<&str>) {
+        let mut warning = Diagnostic::warning(msg.clone()).at(at.clone());
+        let mut error = Diagnostic::error(msg).at(at.clone());
+        if let Some(h) = hint {
+            warning = warning.hint(h);
+            error = error.hint(h);
+        }
+        self.diags.push(warning);
+        self.unrunnable.push(error);
     }
 }
 

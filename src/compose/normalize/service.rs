@@ -245,10 +245,10 @@ fn network_mode(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) -> Option<String
             Status::Rejected,
             "containers outside the project do not exist on the hosts",
         );
-        ctx.error_hint(
-            v,
+        ctx.cannot_run(
             format!("`network_mode: {m}` in service `{name}` cannot run on the fleet"),
-            "containers outside the project do not exist on the hosts; use `network_mode: service:NAME`",
+            &v.loc,
+            Some("containers outside the project do not exist on the hosts; use `network_mode: service:NAME`"),
         );
     } else {
         let reason = "only `service:NAME` is honoured; the pod gets its own network namespace on the fleet network";
