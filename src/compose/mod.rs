@@ -122,9 +122,19 @@ pub fn load_with_limits(
             Some(base) => merge::merge_files(base, node),
         });
     }
-    // What `!reset` marks goes once every file is merged (in one file, it just removes the key).
-    if let Some(m) = &mut merged {
-        yaml::drop_reset(m);
+    // What `!reset` marks goes once every file is merged (in one file, it just removes the key);
+    // in services, only once `extends` is resolved too (a `!reset` also drops what is extended).
+    if let Some(Value::Map(top)) = merged.as_mut().map(|m| &mut m.value) {
+        top.retain(|(_, v)| v.tag != yaml::Tag::Reset);
+        for (k, v) in top.iter_mut() {
+            if k.as_str() == Some("services") {
+                if let Value::Map(services) = &mut v.value {
+                    services.retain(|(_, s)| s.tag != yaml::Tag::Reset);
+                }
+            } else {
+                yaml::drop_reset(v);
+            }
+        }
     }
     let mut ledger = Ledger::default();
     let project = match merged {
@@ -658,6 +668,13 @@ impl Loader<'_> {
             let mut chain = Vec::new();
             let resolved = self.resolve_extends(None, name, &node, &mut chain);
             extended.insert(name.clone(), resolved);
+        }
+        for node in self
+            .main_services
+            .values_mut()
+            .chain(extended.values_mut().flatten())
+        {
+            yaml::drop_reset(node);
         }
         let normalized: Vec<(&String, &Node, &Node)> = services
             .iter()

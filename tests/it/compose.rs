@@ -1635,6 +1635,13 @@ fn reset_and_override_tags_in_override_files() {
     assert!(web.depends_on.is_empty());
     // In a single file, `!reset` removes the key.
     assert!(l.project.services["db"].ports.is_empty());
+    // In a service that extends another, `!reset` also drops what it extends.
+    let l = loaded(
+        "services:\n  base:\n    image: busybox\n    ports: [\"80:80\"]\n  web:\n    extends: base\n    ports: !reset []\n",
+        &[],
+    );
+    assert!(l.project.services["web"].ports.is_empty());
+    assert_eq!(l.project.services["base"].ports.len(), 1);
 }
 
 #[test]
