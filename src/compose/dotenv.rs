@@ -44,7 +44,7 @@ pub fn error_location(file: &Arc<str>, text: &str, line: u32) -> Location {
     }
 }
 
-/// Parses `text`; `lookup` resolves `${VAR}` in values (earlier lines of the same file first).
+/// Parses `text`; `lookup` resolves `${VAR}` in values (before the earlier lines of the file).
 /// A line `KEY` without `=` yields `(KEY, None)`: the value comes from the environment.
 ///
 /// The rules, as compose-go's dotenv reader applies them (checked against docker compose v2.40):
@@ -255,13 +255,16 @@ fn expand(
     if !interpolate::needs_interpolation(value) {
         return Ok(value.to_string());
     }
+    // The environment first, then the file's earlier lines: compose-go resolves `B=${A}` to the
+    // process's `A` even when the file set `A` just before.
     let local = |name: &str| {
-        earlier
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
-            .or_else(|| lookup(name))
+        lookup(name).or_else(|| {
+            earlier
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.clone())
+        })
     };
     interpolate::interpolate(value, &local)
         .map(|i| i.text)
@@ -364,6 +367,14 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn the_environment_wins_over_earlier_lines_in_interpolation() {
+        let lookup = |k: &str| (k == "A").then(|| "env".to_string());
+        let got = parse("A=file\nB=${A}\nC=x\nD=${C}\n", &lookup).unwrap();
+        assert_eq!(got[1], ("B".to_string(), Some("env".to_string())));
+        assert_eq!(got[3], ("D".to_string(), Some("x".to_string())));
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl Loader<'_> {
             let name = self.file_name(f);
             self.sources.add(name.clone(), text.as_str().into());
             let env = &self.process_env;
-            let lookup = |k: &str| vars.get(k).cloned().or_else(|| env.get(k).cloned());
+            let lookup = |k: &str| env.get(k).cloned().or_else(|| vars.get(k).cloned());
             match dotenv::parse(&text, &lookup) {
                 Ok(pairs) => {
                     for (k, v) in pairs {
