@@ -161,7 +161,7 @@ fn key_value<'n>(
         }
         "secrets" => svc.secrets = file_refs(ctx, v, "secret"),
         "configs" => svc.configs = file_refs(ctx, v, "config"),
-        "profiles" => svc.profiles = ctx.string_list(v, "`profiles`"),
+        "profiles" => svc.profiles = profiles(ctx, v),
         "labels" => svc.labels = labels(ctx, v, "`labels`"),
         "container_name" => {
             svc.container_name = ctx.opt_string(v, "`container_name`");
@@ -198,6 +198,35 @@ fn key_value<'n>(
             }
         }
     }
+}
+
+/// `profiles`: a list of strings only, as compose requires (a lone `profiles: dev` or
+/// `profiles: 5` is an error there, not a service that silently disappears).
+fn profiles(ctx: &mut Ctx<'_>, v: &Node) -> Vec<String> {
+    let Some(items) = v.as_seq() else {
+        if !v.is_null() {
+            ctx.error_hint(
+                v,
+                format!("`profiles` must be a list of names, found {}", v.kind()),
+                "write `profiles: [NAME]`",
+            );
+        }
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match &item.value {
+            Value::Str(s) => Some(s.clone()),
+            _ => {
+                ctx.error_hint(
+                    item,
+                    format!("a profile must be a name, found {}", item.kind()),
+                    "quote it if it is meant as a name: `\"5\"`",
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 /// `links` and `volumes_from`: strings naming other services, each with where it is written.
