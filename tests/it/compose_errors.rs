@@ -540,3 +540,16 @@ fn profiles_must_be_a_list_of_names() {
         ],
     );
 }
+
+#[test]
+fn container_names_compose_refuses() {
+    check_errors(
+        "services:\n  a:\n    image: x\n    container_name: \"a\"\n  b:\n    image: x\n    container_name: \"-c\"\n  c:\n    image: x\n    container_name: \"é\"\n  ok:\n    image: x\n    container_name: x.y_z-1\n",
+        &[],
+        &[
+            "compose.yaml:4:21: error: `a` is not a valid container name",
+            "compose.yaml:7:21: error: `-c` is not a valid container name",
+            "compose.yaml:10:21: error: `é` is not a valid container name",
+        ],
+    );
+}

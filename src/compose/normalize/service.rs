@@ -166,6 +166,17 @@ fn key_value<'n>(
         "container_name" => {
             svc.container_name = ctx.opt_string(v, "`container_name`");
             svc.spans.container_name = Some(v.loc.clone());
+            if let Some(c) = svc
+                .container_name
+                .as_deref()
+                .filter(|c| !container_name_ok(c))
+            {
+                ctx.error_hint(
+                    v,
+                    format!("`{c}` is not a valid container name"),
+                    "write a letter or digit followed by letters, digits, `_`, `.` or `-`",
+                );
+            }
         }
         "hostname" => svc.hostname = ctx.opt_string(v, "`hostname`"),
         "user" => svc.user = ctx.opt_string(v, "`user`"),
@@ -198,6 +209,14 @@ fn key_value<'n>(
             }
         }
     }
+}
+
+/// The spec's pattern `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, which compose applies unanchored: some
+/// letter or digit followed by one more allowed character, anywhere in the name.
+fn container_name_ok(c: &str) -> bool {
+    c.as_bytes().windows(2).any(|w| {
+        w[0].is_ascii_alphanumeric() && (w[1].is_ascii_alphanumeric() || b"_.-".contains(&w[1]))
+    })
 }
 
 /// `profiles`: a list of strings only, as compose requires (a lone `profiles: dev` or
