@@ -40,7 +40,7 @@ pub fn error_location(file: &Arc<str>, text: &str, line: u32) -> Location {
         line,
         column: 1,
         offset: text.len(),
-        len: 1,
+        len: 0,
     }
 }
 

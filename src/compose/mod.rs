@@ -1145,7 +1145,8 @@ fn refine(loc: &Location, raw: &str, offset: usize, len: usize, text: &str) -> L
         line,
         column,
         offset: pos,
-        len: shown_len,
+        // The value may hold more than its source (escapes): never mark past the end.
+        len: shown_len.min(text.len() - pos),
     }
 }
 
