@@ -411,11 +411,11 @@ fn interpolation_errors_point_at_the_dollar_inside_block_scalars_and_flow_collec
 #[test]
 fn container_name_with_more_than_one_replica() {
     check_errors(
-        "services:\n  web:\n    image: busybox\n    container_name: fixed\n    deploy:\n      replicas: 2\n  worker:\n    image: busybox\n    scale: 3\n    container_name: w\n  one:\n    image: busybox\n    container_name: single\n    deploy: {replicas: 1}\n",
+        "services:\n  web:\n    image: busybox\n    container_name: fixed\n    deploy:\n      replicas: 2\n  worker:\n    image: busybox\n    scale: 3\n    container_name: wk\n  one:\n    image: busybox\n    container_name: single\n    deploy: {replicas: 1}\n",
         &[],
         &[
             "compose.yaml:4:21: error: service `web` sets `container_name: fixed` and 2 replicas, but a container name must be unique",
-            "compose.yaml:10:21: error: service `worker` sets `container_name: w` and 3 replicas, but a container name must be unique",
+            "compose.yaml:10:21: error: service `worker` sets `container_name: wk` and 3 replicas, but a container name must be unique",
         ],
     );
 }
