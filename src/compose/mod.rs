@@ -255,13 +255,31 @@ impl Loader<'_> {
         let text = match self.fs.read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                self.diags.push(
-                    Diagnostic::error(format!(
+                let hint = "save it as UTF-8 (docker compose also reads UTF-16 that starts with a byte-order mark)";
+                // `yaml::text_from_bytes` puts the position first: `LINE:COLUMN: message`.
+                let text = e.to_string();
+                let at = text.split_once(": ").and_then(|(pos, msg)| {
+                    let (l, c) = pos.split_once(':')?;
+                    Some((
+                        l.parse::<u32>().ok()?,
+                        c.parse::<u32>().ok()?,
+                        msg.to_string(),
+                    ))
+                });
+                let d = match at {
+                    Some((line, column, msg)) => Diagnostic::error(msg).at(Location {
+                        file: self.file_name(path),
+                        line,
+                        column,
+                        offset: 0,
+                        len: 0,
+                    }),
+                    None => Diagnostic::error(format!(
                         "cannot read compose file {}: it is not UTF-8 text",
                         path.display()
-                    ))
-                    .hint("save it as UTF-8 (docker compose also reads UTF-16 that starts with a byte-order mark)"),
-                );
+                    )),
+                };
+                self.diags.push(d.hint(hint));
                 return None;
             }
             Err(e) => {

@@ -280,6 +280,17 @@ pub fn parse_with(file: &Arc<str>, text: &str, limits: &Limits) -> Result<Node, 
     }
 }
 
+/// [`decode`] for a [`super::FileSource`]: invalid UTF-8 is an `InvalidData` error whose text
+/// starts with `LINE:COLUMN: `, which the loader turns back into a location.
+pub fn text_from_bytes(bytes: &[u8]) -> std::io::Result<String> {
+    decode(bytes).map_err(|(line, column, msg)| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{line}:{column}: {msg}"),
+        )
+    })
+}
+
 /// A file's bytes as text, as docker compose reads them: UTF-8 (a byte-order mark is skipped),
 /// or UTF-16 when it starts with a byte-order mark. Invalid UTF-8 is an error at the first bad
 /// byte, as `(line, column, message)`; the caller names the file.
@@ -567,6 +578,16 @@ mod tests {
         assert_eq!(
             e,
             (2, 17, "the file is not UTF-8 text: byte 0xff at offset 26 cannot start or continue a character".to_string())
+        );
+    }
+
+    #[test]
+    fn text_from_bytes_puts_the_position_first() {
+        let e = text_from_bytes(b"a: 1\nb: \xc3\n").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            e.to_string().starts_with("2:4: the file is not UTF-8 text"),
+            "{e}"
         );
     }
 

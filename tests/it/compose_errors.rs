@@ -553,3 +553,40 @@ fn container_names_compose_refuses() {
         ],
     );
 }
+
+/// A file source that reads bytes as the real one is meant to (`yaml::text_from_bytes`).
+struct BytesFs(std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>);
+
+impl compose_fleet::compose::FileSource for BytesFs {
+    fn read(&self, path: &std::path::Path) -> std::io::Result<String> {
+        match self.0.get(path) {
+            Some(b) => compose_fleet::compose::yaml::text_from_bytes(b),
+            None => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        }
+    }
+    fn is_file(&self, path: &std::path::Path) -> bool {
+        self.0.contains_key(path)
+    }
+}
+
+#[test]
+fn invalid_utf8_is_reported_at_its_line_and_column_and_utf16_with_a_bom_loads() {
+    use compose_fleet::compose::{self, Environment, LoadOptions};
+    let file = std::path::PathBuf::from("/p/compose.yaml");
+    let load = |bytes: Vec<u8>| {
+        let fs = BytesFs([(file.clone(), bytes)].into());
+        compose::load(&LoadOptions::for_file(&file), &Environment::new(), &fs)
+    };
+    let f = load(b"services:\n  web:\n    image: x\xff\n".to_vec()).expect_err("invalid UTF-8");
+    let errors: Vec<String> = f.diagnostics.errors().map(|d| d.to_string()).collect();
+    assert_eq!(
+        errors,
+        ["compose.yaml:3:13: error: the file is not UTF-8 text: byte 0xff at offset 29 cannot start or continue a character"]
+    );
+    let mut utf16 = vec![0xFF, 0xFE];
+    for u in "services:\n  web:\n    image: x\n".encode_utf16() {
+        utf16.extend_from_slice(&u.to_le_bytes());
+    }
+    let l = load(utf16).unwrap_or_else(|f| panic!("{:#?}", super::compose::lines(&f.diagnostics)));
+    assert_eq!(l.project.services["web"].image.as_deref(), Some("x"));
+}
