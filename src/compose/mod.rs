@@ -367,11 +367,20 @@ impl Loader<'_> {
                     Ok(out) => {
                         for name in out.unset {
                             if self.warned_unset.insert(name.clone()) {
+                                // At the first `${NAME` or `$NAME` of the value (a `$NAMEX` or
+                                // `$$NAME` would be found too: the scalar is close enough then).
+                                let at = s
+                                    .find(&format!("${{{name}"))
+                                    .or_else(|| s.find(&format!("${name}")))
+                                    .map_or_else(
+                                        || node.loc.clone(),
+                                        |i| refine(&node.loc, s, i, name.len() + 1, text),
+                                    );
                                 self.diags.push(
                                     Diagnostic::warning(format!(
                                         "variable `{name}` is not set; using an empty string"
                                     ))
-                                    .at(node.loc.clone())
+                                    .at(at)
                                     .hint(format!("set `{name}` in the environment or in `.env`, or write `${{{name}:-default}}`")),
                                 );
                             }

@@ -1457,7 +1457,14 @@ fn unset_variables_are_warned_about_once_and_become_empty() {
     );
     assert_eq!(
         lines(&loaded.warnings),
-        ["compose.yaml:3:12: warning: variable `TAG` is not set; using an empty string"]
+        ["compose.yaml:3:17: warning: variable `TAG` is not set; using an empty string"]
+    );
+    // Inside a block scalar, the warning points at the variable's line.
+    let yaml = "services:\n  web:\n    image: web\n    command: |\n      echo start\n      echo $$HOME $GONE\n";
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    assert_eq!(
+        lines(&loaded.warnings),
+        ["compose.yaml:6:19: warning: variable `GONE` is not set; using an empty string"]
     );
 }
 
