@@ -7,13 +7,15 @@
 //! The stages of [`load`], in order:
 //! 1. the interpolation variables: the env files (`.env` or `--env-file`), then the process
 //!    environment over them;
-//! 2. each file: read, parse ([`yaml`]), interpolate values ([`interpolate`]), make its relative
-//!    paths absolute, splice its `include`s in;
-//! 3. merge the files in order ([`merge`]);
-//! 4. resolve `extends` (same file, other files, chains; cycles are errors);
-//! 5. profiles: services whose profiles are all inactive go to [`model::Project::disabled`];
-//! 6. normalize into the [`model`] ([`normalize`]), classify every key ([`ledger`]);
-//! 7. cross-checks (undefined secrets, configs, networks; no image and no build).
+//! 2. the main files are read and parsed ([`yaml`]); the project's name is found (`-p`, the
+//!    last `name:`, the directory) and is `COMPOSE_PROJECT_NAME` from here on;
+//! 3. each file: interpolate values ([`interpolate`]), type them by field (`cast.rs`), make its
+//!    relative paths absolute, splice its `include`s in;
+//! 4. merge the files in order ([`merge`]; `!reset` and `!override` honoured);
+//! 5. resolve `extends` (same file, other files, chains; cycles are errors);
+//! 6. profiles: services whose profiles are all inactive go to [`model::Project::disabled`];
+//! 7. normalize into the [`model`] ([`normalize`]), classify every key ([`ledger`]);
+//! 8. cross-checks (undefined secrets, configs, networks; no image and no build).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
