@@ -558,6 +558,10 @@ mod tests {
         );
         assert_eq!(n.get("b").unwrap().get("x").unwrap().value, Value::Int(1));
         assert_eq!(n.get("d").unwrap().as_seq().unwrap()[0].tag, Tag::Reset);
+        // Core tags keep their meaning.
+        let n = p("a: !!str 5\nb: !!int \"7\"\n").unwrap();
+        assert_eq!(n.get("a").unwrap().value, Value::Str("5".into()));
+        assert_eq!(n.get("b").unwrap().value, Value::Int(7));
     }
 
     #[test]
