@@ -590,3 +590,17 @@ fn invalid_utf8_is_reported_at_its_line_and_column_and_utf16_with_a_bom_loads() 
     let l = load(utf16).unwrap_or_else(|f| panic!("{:#?}", super::compose::lines(&f.diagnostics)));
     assert_eq!(l.project.services["web"].image.as_deref(), Some("x"));
 }
+
+#[test]
+fn legacy_limits_and_their_deploy_spelling_in_conflict() {
+    check_errors(
+        "services:\n  web:\n    image: x\n    mem_limit: 1g\n    cpus: 1\n    pids_limit: 5\n    mem_reservation: 1g\n    deploy:\n      resources:\n        limits: {memory: 2g, cpus: 2, pids: 6}\n        reservations: {memory: 2g}\n  same:\n    image: x\n    mem_limit: 1g\n    deploy: {resources: {limits: {memory: 1024m}}}\n",
+        &[],
+        &[
+            "compose.yaml:4:16: error: service `web` sets `mem_limit` and `deploy.resources.limits.memory` to different values",
+            "compose.yaml:5:11: error: service `web` sets `cpus` and `deploy.resources.limits.cpus` to different values",
+            "compose.yaml:6:17: error: service `web` sets `pids_limit` and `deploy.resources.limits.pids` to different values",
+            "compose.yaml:7:22: error: service `web` sets `mem_reservation` and `deploy.resources.reservations.memory` to different values",
+        ],
+    );
+}

@@ -23,6 +23,8 @@ struct Deferred<'n> {
     networks: Option<&'n Node>,
     network_mode: Option<&'n Node>,
     scale: Option<&'n Node>,
+    /// `mem_limit`, `cpus`, `pids_limit`, `mem_reservation`: where each is written.
+    legacy: Vec<(&'static str, &'n Node)>,
 }
 
 /// Normalizes one service. `key` is its name's node under `services:`.
@@ -71,7 +73,7 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
             ),
         );
     }
-    fold_legacy(ctx, &mut svc, later.scale);
+    fold_legacy(ctx, &mut svc, later.scale, &later.legacy);
     unique_container_name(ctx, &svc);
     svc
 }
@@ -192,10 +194,22 @@ fn key_value<'n>(
         "stop_grace_period" => svc.stop_grace_period = ctx.duration(v, "`stop_grace_period`"),
         "platform" => svc.platform = ctx.opt_string(v, "`platform`"),
         "shm_size" => svc.shm_size = ctx.bytes(v, "`shm_size`"),
-        "mem_limit" => svc.mem_limit = ctx.bytes(v, "`mem_limit`"),
-        "mem_reservation" => svc.mem_reservation = ctx.bytes(v, "`mem_reservation`"),
-        "cpus" => svc.cpus = ctx.float(v, "`cpus`"),
-        "pids_limit" => svc.pids_limit = ctx.integer(v, "`pids_limit`"),
+        "mem_limit" => {
+            svc.mem_limit = ctx.bytes(v, "`mem_limit`");
+            later.legacy.push(("mem_limit", v));
+        }
+        "mem_reservation" => {
+            svc.mem_reservation = ctx.bytes(v, "`mem_reservation`");
+            later.legacy.push(("mem_reservation", v));
+        }
+        "cpus" => {
+            svc.cpus = ctx.float(v, "`cpus`");
+            later.legacy.push(("cpus", v));
+        }
+        "pids_limit" => {
+            svc.pids_limit = ctx.integer(v, "`pids_limit`");
+            later.legacy.push(("pids_limit", v));
+        }
         "scale" => {
             later.scale = Some(v);
             svc.scale = ctx.u32(v, "`scale`");
@@ -336,7 +350,12 @@ fn ulimits(ctx: &mut Ctx<'_>, v: &Node) -> BTreeMap<String, Ulimit> {
 }
 
 /// Legacy keys also feed `deploy`, which is what placement reads; conflicts are errors.
-fn fold_legacy(ctx: &mut Ctx<'_>, svc: &mut Service, scale_node: Option<&Node>) {
+fn fold_legacy(
+    ctx: &mut Ctx<'_>,
+    svc: &mut Service,
+    scale_node: Option<&Node>,
+    legacy: &[(&'static str, &Node)],
+) {
     let needs = svc.scale.is_some()
         || svc.mem_limit.is_some()
         || svc.mem_reservation.is_some()
@@ -345,13 +364,21 @@ fn fold_legacy(ctx: &mut Ctx<'_>, svc: &mut Service, scale_node: Option<&Node>) 
     if !needs {
         return;
     }
+    let name = svc.name.clone();
+    let at = |key: &str| {
+        legacy
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or_else(|| svc.spans.name.clone(), |(_, n)| n.loc.clone())
+    };
+    // Compose refuses a legacy key and its `deploy` spelling with different values.
+    let mut conflicts: Vec<(&str, &str, Location)> = Vec::new();
     let deploy = svc.deploy.get_or_insert_with(Deploy::default);
     if let Some(scale) = svc.scale {
         match deploy.replicas {
             Some(r) if r != scale => {
                 let d = Diagnostic::error(format!(
-                    "service `{}` sets `scale: {scale}` and `deploy.replicas: {r}`",
-                    svc.name
+                    "service `{name}` sets `scale: {scale}` and `deploy.replicas: {r}`"
                 ))
                 .hint("keep one of them (`deploy.replicas` is the current spelling)");
                 let d = match scale_node {
@@ -367,14 +394,30 @@ fn fold_legacy(ctx: &mut Ctx<'_>, svc: &mut Service, scale_node: Option<&Node>) 
         .resources
         .limits
         .get_or_insert_with(ResourceAmounts::default);
-    if limits.memory.is_none() {
-        limits.memory = svc.mem_limit;
+    match (limits.memory, svc.mem_limit) {
+        (Some(a), Some(b)) if a != b => conflicts.push((
+            "mem_limit",
+            "deploy.resources.limits.memory",
+            at("mem_limit"),
+        )),
+        (None, m) => limits.memory = m,
+        _ => {}
     }
-    if limits.cpus.is_none() {
-        limits.cpus = svc.cpus;
+    match (limits.cpus, svc.cpus) {
+        (Some(a), Some(b)) if a != b => {
+            conflicts.push(("cpus", "deploy.resources.limits.cpus", at("cpus")))
+        }
+        (None, c) => limits.cpus = c,
+        _ => {}
     }
-    if limits.pids.is_none() {
-        limits.pids = svc.pids_limit;
+    match (limits.pids, svc.pids_limit) {
+        (Some(a), Some(b)) if a != b => conflicts.push((
+            "pids_limit",
+            "deploy.resources.limits.pids",
+            at("pids_limit"),
+        )),
+        (None, p) => limits.pids = p,
+        _ => {}
     }
     if limits.memory.is_none()
         && limits.cpus.is_none()
@@ -388,9 +431,25 @@ fn fold_legacy(ctx: &mut Ctx<'_>, svc: &mut Service, scale_node: Option<&Node>) 
             .resources
             .reservations
             .get_or_insert_with(ResourceAmounts::default);
-        if r.memory.is_none() {
-            r.memory = Some(m);
+        match r.memory {
+            Some(x) if x != m => conflicts.push((
+                "mem_reservation",
+                "deploy.resources.reservations.memory",
+                at("mem_reservation"),
+            )),
+            _ => r.memory = Some(m),
         }
+    }
+    for (legacy_key, deploy_key, loc) in conflicts {
+        ctx.diags.push(
+            Diagnostic::error(format!(
+                "service `{name}` sets `{legacy_key}` and `{deploy_key}` to different values"
+            ))
+            .at(loc)
+            .hint(format!(
+                "keep one of them (`{deploy_key}` is the current spelling)"
+            )),
+        );
     }
 }
 
