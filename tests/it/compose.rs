@@ -1654,7 +1654,7 @@ fn reset_and_override_tags_in_override_files() {
 #[test]
 fn what_compose_accepts_but_the_fleet_cannot_run_loads_with_a_warning_and_placement_refuses_it() {
     let l = loaded(
-        "services:\n  web:\n    image: busybox\n    network_mode: container:abc\n    ipc: service:db\n  db:\n    image: busybox\n",
+        "services:\n  web:\n    image: busybox\n    network_mode: container:abc\n    ipc: service:db\n  db:\n    image: busybox\n    restart: sometimes\n    deploy: {mode: bogus}\n",
         &[],
     );
     let warnings = lines(&l.warnings);
@@ -1672,6 +1672,10 @@ fn what_compose_accepts_but_the_fleet_cannot_run_loads_with_a_warning_and_placem
     let errors = compose_fleet::schedule::place(&l.project, &nodes, &[]).expect_err("refused");
     assert_eq!(
         lines(&errors),
-        ["compose.yaml:4:19: error: `network_mode: container:abc` in service `web` cannot run on the fleet"]
+        [
+            "compose.yaml:4:19: error: `network_mode: container:abc` in service `web` cannot run on the fleet",
+            "compose.yaml:8:14: error: `restart: sometimes` is not a restart policy",
+            "compose.yaml:9:20: error: unknown deploy mode `bogus`",
+        ]
     );
 }

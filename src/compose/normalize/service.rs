@@ -282,12 +282,13 @@ fn restart(ctx: &mut Ctx<'_>, v: &Node) -> Option<String> {
     if ok {
         return Some(r);
     }
-    ctx.error_hint(
-        v,
+    // docker compose prints any text here; the fleet cannot run it.
+    ctx.cannot_run(
         format!("`restart: {r}` is not a restart policy"),
-        "use `no`, `always`, `on-failure[:N]` or `unless-stopped`",
+        &v.loc,
+        Some("use `no`, `always`, `on-failure[:N]` or `unless-stopped`"),
     );
-    None
+    Some(r)
 }
 
 /// `service:NAME` is a dependency; `container:…` cannot run on the fleet; the other modes are
