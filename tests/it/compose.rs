@@ -863,7 +863,7 @@ services:
       start_interval: 2s
   db:
     image: postgres
-    healthcheck: {test: ["CMD", "pg_isready"], interval: 10}
+    healthcheck: {test: ["CMD", "pg_isready"], interval: 10s}
   off:
     image: busybox
     healthcheck: {disable: true}

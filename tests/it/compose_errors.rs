@@ -603,3 +603,16 @@ fn legacy_limits_and_their_deploy_spelling_in_conflict() {
         ],
     );
 }
+
+#[test]
+fn string_fields_refuse_numbers_as_compose_does() {
+    check_errors(
+        "services:\n  web:\n    image: x\n    user: 1000\n    command: [echo, 5]\n    healthcheck: {test: [CMD, \"true\"], interval: 10}\n    environment: {PORT: 80, DEBUG: true}\n    expose: [80]\n",
+        &[],
+        &[
+            "compose.yaml:4:11: error: `user` must be a string, found an integer",
+            "compose.yaml:5:21: error: `command` must be a string, found an integer",
+            "compose.yaml:6:50: error: `interval` must be a string, found an integer",
+        ],
+    );
+}

@@ -98,7 +98,32 @@ impl Ctx<'_> {
         }
     }
 
+    /// A string, and only a string: docker compose refuses `user: 1000` or `command: [5]` (its
+    /// schema types these fields as strings).
     fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                self.error_hint(
+                    node,
+                    format!("{what} must be a string, found {}", node.kind()),
+                    format!("quote it: `\"{}\"`", node.scalar_text().unwrap_or_default()),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    node,
+                    format!("{what} must be a string, found {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string, or a number or boolean taken as its text: where compose's schema allows them
+    /// (`environment` and `labels` values, `expose` entries).
+    fn scalar(&mut self, node: &Node, what: &str) -> Option<String> {
         match node.scalar_text() {
             Some(s) => Some(s),
             None => {
@@ -201,10 +226,8 @@ impl Ctx<'_> {
     }
 
     fn duration(&mut self, node: &Node, what: &str) -> Option<model::Duration> {
-        let text = match &node.value {
-            Value::Int(i) => format!("{i}s"),
-            _ => self.string(node, what)?,
-        };
+        // A bare number is refused, as compose refuses it (`30` is not `30s` there).
+        let text = self.string(node, what)?;
         match parse_duration(&text) {
             Ok(d) => Some(d),
             Err(e) => {
@@ -275,7 +298,7 @@ impl Ctx<'_> {
                     let value = if v.is_null() {
                         None
                     } else {
-                        self.string(v, what)
+                        self.scalar(v, what)
                     };
                     (name.to_string(), value)
                 })

@@ -127,7 +127,7 @@ fn key_value<'n>(
             svc.expose = match &v.value {
                 Value::Seq(items) => items
                     .iter()
-                    .filter_map(|i| ctx.string(i, "an `expose` entry"))
+                    .filter_map(|i| ctx.scalar(i, "an `expose` entry"))
                     .collect(),
                 _ => ctx.string_list(v, "`expose`"),
             }
