@@ -1679,3 +1679,21 @@ fn what_compose_accepts_but_the_fleet_cannot_run_loads_with_a_warning_and_placem
         ]
     );
 }
+
+#[test]
+fn host_port_zero_loads_with_a_warning_and_placement_refuses_it() {
+    let l = loaded(
+        "services:\n  web:\n    image: busybox\n    ports: [\"0:80\", {target: 81, published: 0}]\n",
+        &[],
+    );
+    assert_eq!(
+        lines(&l.warnings),
+        [
+            "compose.yaml:4:13: warning: port 80 of service `web` is published on host port 0 (one the engine picks), which the fleet cannot do",
+            "compose.yaml:4:21: warning: port 81 of service `web` is published on host port 0 (one the engine picks), which the fleet cannot do",
+        ]
+    );
+    let nodes = vec![super::schedule::node("h1", 4.0, "4g", &[])];
+    let errors = compose_fleet::schedule::place(&l.project, &nodes, &[]).expect_err("refused");
+    assert_eq!(errors.0.len(), 2);
+}
