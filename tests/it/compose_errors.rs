@@ -529,13 +529,14 @@ fn a_byte_order_mark_is_read_and_utf16_without_one_is_refused() {
 #[test]
 fn profiles_must_be_a_list_of_names() {
     check_errors(
-        "services:\n  a:\n    image: x\n    profiles: 5\n  b:\n    image: x\n    profiles: {x: 1}\n  c:\n    image: x\n    profiles: dev\n  d:\n    image: x\n    profiles: [dev, 5]\n",
+        "services:\n  a:\n    image: x\n    profiles: 5\n  b:\n    image: x\n    profiles: {x: 1}\n  c:\n    image: x\n    profiles: dev\n  d:\n    image: x\n    profiles: [dev, 5]\n    cap_add: ALL\n",
         &[],
         &[
             "compose.yaml:4:15: error: `profiles` must be a list of names, found an integer",
             "compose.yaml:7:15: error: `profiles` must be a list of names, found a mapping",
             "compose.yaml:10:15: error: `profiles` must be a list of names, found a string",
             "compose.yaml:13:21: error: a profile must be a name, found an integer",
+            "compose.yaml:14:14: error: `cap_add` must be a list of names, found a string",
         ],
     );
 }

@@ -163,7 +163,7 @@ fn key_value<'n>(
         }
         "secrets" => svc.secrets = file_refs(ctx, v, "secret"),
         "configs" => svc.configs = file_refs(ctx, v, "config"),
-        "profiles" => svc.profiles = profiles(ctx, v),
+        "profiles" => svc.profiles = names(ctx, v, "profiles", "a profile"),
         "labels" => svc.labels = labels(ctx, v, "`labels`"),
         "container_name" => {
             svc.container_name = ctx.opt_string(v, "`container_name`");
@@ -188,8 +188,8 @@ fn key_value<'n>(
         "tmpfs" => svc.tmpfs = ctx.string_list(v, "`tmpfs`"),
         "ulimits" => svc.ulimits = ulimits(ctx, v),
         "sysctls" => svc.sysctls = labels(ctx, v, "`sysctls`"),
-        "cap_add" => svc.cap_add = ctx.string_list(v, "`cap_add`"),
-        "cap_drop" => svc.cap_drop = ctx.string_list(v, "`cap_drop`"),
+        "cap_add" => svc.cap_add = names(ctx, v, "cap_add", "a capability"),
+        "cap_drop" => svc.cap_drop = names(ctx, v, "cap_drop", "a capability"),
         "stop_signal" => svc.stop_signal = ctx.opt_string(v, "`stop_signal`"),
         "stop_grace_period" => svc.stop_grace_period = ctx.duration(v, "`stop_grace_period`"),
         "platform" => svc.platform = ctx.opt_string(v, "`platform`"),
@@ -233,15 +233,15 @@ fn container_name_ok(c: &str) -> bool {
     })
 }
 
-/// `profiles`: a list of strings only, as compose requires (a lone `profiles: dev` or
-/// `profiles: 5` is an error there, not a service that silently disappears).
-fn profiles(ctx: &mut Ctx<'_>, v: &Node) -> Vec<String> {
+/// `profiles`, `cap_add`, `cap_drop`: a list of strings only, as compose requires (a lone
+/// `profiles: dev` or `profiles: 5` is an error there, not a service that silently disappears).
+fn names(ctx: &mut Ctx<'_>, v: &Node, key: &str, one: &str) -> Vec<String> {
     let Some(items) = v.as_seq() else {
         if !v.is_null() {
             ctx.error_hint(
                 v,
-                format!("`profiles` must be a list of names, found {}", v.kind()),
-                "write `profiles: [NAME]`",
+                format!("`{key}` must be a list of names, found {}", v.kind()),
+                format!("write `{key}: [NAME]`"),
             );
         }
         return Vec::new();
@@ -253,7 +253,7 @@ fn profiles(ctx: &mut Ctx<'_>, v: &Node) -> Vec<String> {
             _ => {
                 ctx.error_hint(
                     item,
-                    format!("a profile must be a name, found {}", item.kind()),
+                    format!("{one} must be a name, found {}", item.kind()),
                     "quote it if it is meant as a name: `\"5\"`",
                 );
                 None
