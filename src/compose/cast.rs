@@ -2,6 +2,9 @@
 //! boolean `true`, `count: ${GPUS}` the integer `2`. A string at one of these places (whether it
 //! came from a variable or was quoted) becomes the field's type, or is an error naming the field.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use super::yaml::{Node, Value};
 use crate::diag::Diagnostic;
 
@@ -133,28 +136,38 @@ const TYPED: &[(&[&str], Kind)] = &[
     ),
 ];
 
+/// [`TYPED`] as a tree of path segments, built once: one walk of the file follows all paths.
+#[derive(Default)]
+struct Trie {
+    kind: Option<Kind>,
+    children: HashMap<&'static str, Trie>,
+}
+
+fn trie() -> &'static Trie {
+    static TRIE: OnceLock<Trie> = OnceLock::new();
+    TRIE.get_or_init(|| {
+        let mut root = Trie::default();
+        for (path, kind) in TYPED {
+            let mut t = &mut root;
+            for seg in *path {
+                t = t.children.entry(seg).or_default();
+            }
+            t.kind = Some(*kind);
+        }
+        root
+    })
+}
+
 /// Types every string at a typed field of `root` (one file's tree, interpolated).
 pub fn cast(root: &mut Node, diags: &mut Vec<Diagnostic>) {
-    // Most files have none of these keys outside `services`; the walk only follows the paths.
-    for (path, kind) in TYPED {
-        let mut at = Vec::with_capacity(path.len());
-        walk(root, path, *kind, &mut at, diags);
-    }
+    let mut at = Vec::new();
+    walk(root, trie(), &mut at, diags);
 }
 
 /// Returns whether `node` is a typed field whose text is not of its type: the caller removes
 /// it, so that the one error about it is not followed by others from normalization.
-fn walk(
-    node: &mut Node,
-    path: &[&str],
-    kind: Kind,
-    at: &mut Vec<String>,
-    diags: &mut Vec<Diagnostic>,
-) -> bool {
-    let Some((first, rest)) = path.split_first() else {
-        let Value::Str(s) = &node.value else {
-            return false;
-        };
+fn walk(node: &mut Node, t: &Trie, at: &mut Vec<String>, diags: &mut Vec<Diagnostic>) -> bool {
+    if let (Some(kind), Value::Str(s)) = (t.kind, &node.value) {
         return match convert(s, kind) {
             Ok(Some(v)) => {
                 node.value = v;
@@ -173,28 +186,38 @@ fn walk(
                 true
             }
         };
-    };
-    match (&mut node.value, *first) {
-        (Value::Seq(items), "[]") => {
+    }
+    if t.children.is_empty() {
+        return false;
+    }
+    match &mut node.value {
+        Value::Seq(items) => {
+            let Some(item_trie) = t.children.get("[]") else {
+                return false;
+            };
             let mut i = 0;
             items.retain_mut(|item| {
                 at.push(format!("[{i}]"));
                 i += 1;
-                let bad = walk(item, rest, kind, at, diags);
+                let bad = walk(item, item_trie, at, diags);
                 at.pop();
                 !bad
             });
         }
-        (Value::Map(entries), key) => entries.retain_mut(|(k, v)| {
-            let Some(name) = k.as_str() else { return true };
-            if key != "*" && key != name {
-                return true;
-            }
-            at.push(name.to_string());
-            let bad = walk(v, rest, kind, at, diags);
-            at.pop();
-            !bad
-        }),
+        Value::Map(entries) => {
+            let any = t.children.get("*");
+            entries.retain_mut(|(k, v)| {
+                let Some(name) = k.as_str() else { return true };
+                // A path names either one key or any key at a level, never both.
+                let Some(next) = t.children.get(name).or(any) else {
+                    return true;
+                };
+                at.push(name.to_string());
+                let bad = walk(v, next, at, diags);
+                at.pop();
+                !bad
+            });
+        }
         _ => {}
     }
     false

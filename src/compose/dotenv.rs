@@ -2,7 +2,10 @@
 //! compose reads: `KEY=VALUE` lines, `export ` prefixes, `#` comments, single quotes (literal),
 //! double quotes (escapes, interpolation) and interpolation of unquoted values.
 
+use std::sync::Arc;
+
 use super::interpolate;
+use super::model::Location;
 
 /// One problem in an env file: the 1-based line and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,84 +14,159 @@ pub struct Error {
     pub message: String,
 }
 
-/// Parses `text`; `lookup` resolves `${VAR}` in values (earlier lines of the same file first).
+/// Where an [`Error`] of `text` (the file `file`) is: the start of its line.
+pub fn error_location(file: &Arc<str>, text: &str, line: u32) -> Location {
+    let mut offset = 0;
+    for (i, l) in crate::diag::source_lines(text).enumerate() {
+        if i + 1 == line as usize {
+            return Location {
+                file: file.clone(),
+                line,
+                column: 1,
+                offset,
+                len: l.chars().count().max(1),
+            };
+        }
+        // `source_lines` drops the line end: one or two bytes.
+        offset += l.len();
+        offset += if text[offset..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+    }
+    Location {
+        file: file.clone(),
+        line,
+        column: 1,
+        offset: text.len(),
+        len: 0,
+    }
+}
+
+/// Parses `text`; `lookup` resolves `${VAR}` in values (before the earlier lines of the file).
 /// A line `KEY` without `=` yields `(KEY, None)`: the value comes from the environment.
+///
+/// The rules, as compose-go's dotenv reader applies them (checked against docker compose v2.40):
+/// - a UTF-8 BOM at the start is skipped; `\r\n` ends a line like `\n`;
+/// - `export ` before a key is ignored, and so is a line `export` alone;
+/// - a key may hold letters, digits, `_`, `.` and `-`; a space in it is an error;
+/// - unquoted values are trimmed, end at ` #` (a comment), keep backslashes, and are interpolated;
+/// - `'…'` is literal and may span lines;
+/// - `"…"` may span lines, turns `\n \r \t \a \b \f \v` into control characters, `\\` into
+///   `\`, `\"` into `"`, `\$` into a `$` that is not interpolated (and `\0` into `\`), keeps
+///   any other backslash, then is interpolated;
+/// - after a closing quote, the rest of the line is read as if it started a new line (so
+///   `A="x" # note` is a comment, and `A="x"junk` also names a variable `junk`).
 pub fn parse(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<(String, Option<String>)>, Error> {
+    let mut r = Reader {
+        s: text.strip_prefix('\u{feff}').unwrap_or(text),
+        pos: 0,
+        line: 1,
+    };
     let mut out: Vec<(String, Option<String>)> = Vec::new();
-    let mut lines = text.lines().enumerate();
-    while let Some((n, raw)) = lines.next() {
-        let line_no = u32::try_from(n + 1).unwrap_or(u32::MAX);
-        let line = raw.trim_start_matches('\u{feff}').trim();
-        if line.is_empty() || line.starts_with('#') {
+    loop {
+        r.skip(|c| c.is_whitespace());
+        if r.rest().is_empty() {
+            break;
+        }
+        if r.rest().starts_with('#') {
+            r.skip(|c| c != '\n');
             continue;
         }
-        let line = line.strip_prefix("export ").map_or(line, str::trim_start);
-        let Some((key, rest)) = line.split_once('=') else {
-            let key = line.trim();
+        let line_no = r.line;
+        let line = r.rest().split('\n').next().unwrap_or("");
+        if let Some(after) = line.strip_prefix("export") {
+            if after.trim().is_empty() {
+                r.skip(|c| c != '\n');
+                continue;
+            }
+            if after.starts_with([' ', '\t']) {
+                r.advance("export".len());
+                r.skip(|c| c == ' ' || c == '\t');
+            }
+        }
+        let line = r.rest().split('\n').next().unwrap_or("");
+        let Some(eq) = line.find('=') else {
+            let key = line.trim_end_matches('\r').trim();
             check_key(key, line_no)?;
+            r.advance(line.len());
             out.push((key.to_string(), None));
             continue;
         };
-        let key = key.trim();
+        let key = line[..eq].trim();
         check_key(key, line_no)?;
-        let rest = rest.trim_start();
-        let value = if let Some(body) = rest.strip_prefix('\'') {
-            // Single quotes: literal, may span lines.
-            let mut acc = body.to_string();
-            loop {
-                if let Some(end) = acc.find('\'') {
-                    acc.truncate(end);
-                    break acc;
-                }
-                match lines.next() {
-                    Some((_, more)) => {
-                        acc.push('\n');
-                        acc.push_str(more);
-                    }
-                    None => {
-                        return Err(Error {
-                            line: line_no,
-                            message: format!("the value of `{key}` has no closing `'`"),
-                        })
-                    }
+        r.advance(eq + 1);
+        r.skip(|c| c == ' ' || c == '\t');
+        let value = match r.rest().chars().next() {
+            Some(q @ ('\'' | '"')) => {
+                r.advance(1);
+                let body_start = r.pos;
+                let end = if q == '\'' {
+                    r.rest().find('\'')
+                } else {
+                    closing_double_quote(r.rest())
+                };
+                let Some(end) = end else {
+                    return Err(Error {
+                        line: line_no,
+                        message: format!("the value of `{key}` has no closing `{q}`"),
+                    });
+                };
+                r.advance(end + 1);
+                let body = &r.s[body_start..body_start + end];
+                let body = body.replace("\r\n", "\n");
+                if q == '\'' {
+                    body
+                } else {
+                    expand(&unescape(&body), &out, lookup, line_no)?
                 }
             }
-        } else if let Some(body) = rest.strip_prefix('"') {
-            let mut acc = body.to_string();
-            let raw_value = loop {
-                if let Some(end) = closing_double_quote(&acc) {
-                    acc.truncate(end);
-                    break acc;
-                }
-                match lines.next() {
-                    Some((_, more)) => {
-                        acc.push('\n');
-                        acc.push_str(more);
-                    }
-                    None => {
-                        return Err(Error {
-                            line: line_no,
-                            message: format!("the value of `{key}` has no closing `\"`"),
-                        })
-                    }
-                }
-            };
-            expand(&unescape(&raw_value), &out, lookup, line_no)?
-        } else {
-            // Unquoted: an inline comment starts at ` #`.
-            let v = match rest.find(" #").or_else(|| rest.find("\t#")) {
-                Some(i) => &rest[..i],
-                None => rest,
-            };
-            expand(v.trim(), &out, lookup, line_no)?
+            _ => {
+                let line = r.rest().split('\n').next().unwrap_or("");
+                r.advance(line.len());
+                let v = line.find(" #").map_or(line, |i| &line[..i]);
+                expand(v.trim(), &out, lookup, line_no)?
+            }
         };
         out.retain(|(k, _)| k != key);
         out.push((key.to_string(), Some(value)));
     }
     Ok(out)
+}
+
+/// A cursor over an env file that counts lines.
+struct Reader<'a> {
+    s: &'a str,
+    pos: usize,
+    line: u32,
+}
+
+impl<'a> Reader<'a> {
+    fn rest(&self) -> &'a str {
+        &self.s[self.pos..]
+    }
+
+    fn advance(&mut self, bytes: usize) {
+        let end = (self.pos + bytes).min(self.s.len());
+        let newlines = self.s[self.pos..end].matches('\n').count();
+        self.line = self
+            .line
+            .saturating_add(u32::try_from(newlines).unwrap_or(u32::MAX));
+        self.pos = end;
+    }
+
+    fn skip(&mut self, keep_going: impl Fn(char) -> bool) {
+        let n = self
+            .rest()
+            .char_indices()
+            .find(|&(_, c)| !keep_going(c))
+            .map_or(self.rest().len(), |(i, _)| i);
+        self.advance(n);
+    }
 }
 
 /// `format: raw`: `KEY=VALUE` lines taken literally (no quotes, no interpolation); blank lines
@@ -102,14 +180,25 @@ pub fn parse_raw(text: &str) -> Vec<(String, String)> {
 }
 
 fn check_key(key: &str, line: u32) -> Result<(), Error> {
-    if key.is_empty()
-        || key
-            .chars()
-            .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+    if key.is_empty() {
+        return Err(Error {
+            line,
+            message: "a line starts with `=`: the variable has no name".to_string(),
+        });
+    }
+    if key.contains(char::is_whitespace) {
+        return Err(Error {
+            line,
+            message: format!("`{key}` is not a variable name: a name cannot contain a space"),
+        });
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
         return Err(Error {
             line,
-            message: format!("`{key}` is not a variable name"),
+            message: format!("`{key}` is not a variable name: it contains `{c}`"),
         });
     }
     Ok(())
@@ -127,6 +216,7 @@ fn closing_double_quote(s: &str) -> Option<usize> {
     None
 }
 
+/// The escapes of a double-quoted value; `\$` becomes `$$`, which interpolation keeps as `$`.
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -139,7 +229,17 @@ fn unescape(s: &str) -> String {
             Some('n') => out.push('\n'),
             Some('t') => out.push('\t'),
             Some('r') => out.push('\r'),
-            Some(other) => out.push(other),
+            Some('a') => out.push('\u{7}'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some('0') => out.push('\\'),
+            Some('$') => out.push_str("$$"),
+            Some(c @ ('\\' | '"')) => out.push(c),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
             None => out.push('\\'),
         }
     }
@@ -155,13 +255,16 @@ fn expand(
     if !interpolate::needs_interpolation(value) {
         return Ok(value.to_string());
     }
+    // The environment first, then the file's earlier lines: compose-go resolves `B=${A}` to the
+    // process's `A` even when the file set `A` just before.
     let local = |name: &str| {
-        earlier
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
-            .or_else(|| lookup(name))
+        lookup(name).or_else(|| {
+            earlier
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.clone())
+        })
     };
     interpolate::interpolate(value, &local)
         .map(|i| i.text)
@@ -174,6 +277,127 @@ fn expand(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each case: the env file, and what docker compose v2.40.3 reads from it (`None`: the
+    /// variable is not set), with `A=1` in the environment.
+    #[test]
+    fn reads_env_files_exactly_as_docker_compose() {
+        type Read<'a> = &'a [(&'a str, Option<&'a str>)];
+        let cases: &[(&str, Read)] = &[
+            ("A=1\n", &[("A", Some("1"))]),
+            (" B = spaced  \n", &[("B", Some("spaced"))]),
+            (
+                "export C=exported\nexport  X = y\n",
+                &[("C", Some("exported")), ("X", Some("y"))],
+            ),
+            (
+                "D='single $A # not comment'\n",
+                &[("D", Some("single $A # not comment"))],
+            ),
+            (
+                r#"E="double $A \n newline \t tab \" quote \\ bs \$A dollar""#,
+                &[(
+                    "E",
+                    Some("double 1 \n newline \t tab \" quote \\ bs $A dollar"),
+                )],
+            ),
+            (
+                "F=unquoted # comment\nG=unquoted#nocomment\n",
+                &[("F", Some("unquoted")), ("G", Some("unquoted#nocomment"))],
+            ),
+            ("H=\"quoted\" # comment after\n", &[("H", Some("quoted"))]),
+            (
+                "I='quoted' trailing\n",
+                &[("I", Some("quoted")), ("trailing", None)],
+            ),
+            ("J=\nK\n", &[("J", Some("")), ("K", None)]),
+            (
+                "L=\"multi\nline\"\nM='multi\r\nsingle'\n",
+                &[("L", Some("multi\nline")), ("M", Some("multi\nsingle"))],
+            ),
+            (
+                "N=${A}-${UNSET:-def}\nO=a=b=c\n",
+                &[("N", Some("1-def")), ("O", Some("a=b=c"))],
+            ),
+            (r#"P="un \' x""#, &[("P", Some(r"un \' x"))]),
+            (r#"Q=\"lit\""#, &[("Q", Some(r#"\"lit\""#))]),
+            ("R=  \"lead\"  \n", &[("R", Some("lead"))]),
+            (r"S=x\ny", &[("S", Some(r"x\ny"))]),
+            (
+                "T=\"${A:+alt}\"\nU='$A'\nV=$A$A\n",
+                &[("T", Some("alt")), ("U", Some("$A")), ("V", Some("11"))],
+            ),
+            (
+                "Z=#hash\nAA= #just comment\n",
+                &[("Z", Some("#hash")), ("AA", Some("#just comment"))],
+            ),
+            (
+                "AB=\"a#b\" #c\nAC=tab\t#tabcomment\n",
+                &[("AB", Some("a#b")), ("AC", Some("tab\t#tabcomment"))],
+            ),
+            (
+                r#"B="x\ry\az\x41\u00e9\\n\b\f\v\0""#,
+                &[("B", Some("x\ry\u{7}z\\x41\\u00e9\\n\u{8}\u{c}\u{b}\\"))],
+            ),
+            (r"E=\$A", &[("E", Some(r"\1"))]),
+            (
+                "\u{feff}A=1\r\nB=2\r\n",
+                &[("A", Some("1")), ("B", Some("2"))],
+            ),
+            (
+                "1G=digit\nC.D=dot\nE-F=dash\n",
+                &[
+                    ("1G", Some("digit")),
+                    ("C.D", Some("dot")),
+                    ("E-F", Some("dash")),
+                ],
+            ),
+            (
+                "H=\"v\"junk\nexport\n# c\n",
+                &[("H", Some("v")), ("junk", None)],
+            ),
+            ("I=last\nI=again\n", &[("I", Some("again"))]),
+        ];
+        let lookup = |k: &str| (k == "A").then(|| "1".to_string());
+        for (text, want) in cases {
+            let got = parse(text, &lookup).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+            let want: Vec<(String, Option<String>)> = want
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(String::from)))
+                .collect();
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_environment_wins_over_earlier_lines_in_interpolation() {
+        let lookup = |k: &str| (k == "A").then(|| "env".to_string());
+        let got = parse("A=file\nB=${A}\nC=x\nD=${C}\n", &lookup).unwrap();
+        assert_eq!(got[1], ("B".to_string(), Some("env".to_string())));
+        assert_eq!(got[3], ("D".to_string(), Some("x".to_string())));
+    }
+
+    #[test]
+    fn refuses_what_docker_compose_refuses() {
+        let e = parse("A=1\nA B=1\n", &|_| None).unwrap_err();
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (
+                2,
+                "`A B` is not a variable name: a name cannot contain a space"
+            )
+        );
+        let e = parse("K='it''s'\n", &|_| None).unwrap_err();
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (1, "`'s'` is not a variable name: it contains `'`")
+        );
+        let e = parse("\nA='open\n", &|_| None).unwrap_err();
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (2, "the value of `A` has no closing `'`")
+        );
+    }
 
     #[test]
     fn reads_docker_compose_env_syntax() {

@@ -4,7 +4,7 @@
 //! variable name whichever syntax each side uses; `ports` append; `volumes` merge by target;
 //! `secrets`/`configs` by source; `depends_on` and `networks` by service/network name.
 
-use super::yaml::{Node, Value};
+use super::yaml::{Node, Tag, Value};
 
 /// Merges two whole compose files (`over` wins).
 pub fn merge_files(base: Node, over: Node) -> Node {
@@ -13,20 +13,13 @@ pub fn merge_files(base: Node, over: Node) -> Node {
     }
     match (base.value, over.value) {
         (Value::Map(mut b), Value::Map(o)) => {
-            for (k, v) in o {
-                match position(&b, &k) {
-                    Some(i) => {
-                        let (bk, bv) = b.remove(i);
-                        let merged = if k.as_str() == Some("services") {
-                            merge_services(bv, v)
-                        } else {
-                            merge_generic(bv, v, &[])
-                        };
-                        b.insert(i, (bk, merged));
-                    }
-                    None => b.push((k, v)),
+            merge_entries(&mut b, o, |name, bv, v| {
+                if name == "services" {
+                    merge_services(bv, v)
+                } else {
+                    merge_generic(bv, v, &[])
                 }
-            }
+            });
             Node::new(Value::Map(b), base.loc)
         }
         (_, v) => Node::new(v, over.loc),
@@ -39,18 +32,37 @@ fn merge_services(base: Node, over: Node) -> Node {
     }
     match (base.value, over.value) {
         (Value::Map(mut b), Value::Map(o)) => {
-            for (k, v) in o {
-                match position(&b, &k) {
-                    Some(i) => {
-                        let (bk, bv) = b.remove(i);
-                        b.insert(i, (bk, merge_service(bv, v)));
-                    }
-                    None => b.push((k, v)),
-                }
-            }
+            merge_entries(&mut b, o, |_, bv, v| merge_service(bv, v));
             Node::new(Value::Map(b), base.loc)
         }
         (_, v) => Node::new(v, over.loc),
+    }
+}
+
+/// Merges the entries of an overriding mapping into `b`, key by key: `merge(name, base, over)`
+/// where both have the key, except that `!reset` removes the key and `!override` replaces the
+/// value whole.
+fn merge_entries(
+    b: &mut Vec<(Node, Node)>,
+    o: Vec<(Node, Node)>,
+    mut merge: impl FnMut(&str, Node, Node) -> Node,
+) {
+    for (k, v) in o {
+        let i = position(b, &k);
+        match (v.tag, i) {
+            (Tag::Reset, Some(i)) => {
+                b.remove(i);
+            }
+            // Kept, so that a later file's `!reset` or the final pass drops it.
+            (Tag::Reset, None) => b.push((k, v)),
+            (Tag::Override, Some(i)) => b[i].1 = v,
+            (_, None) => b.push((k, v)),
+            (_, Some(i)) => {
+                let (bk, bv) = b.remove(i);
+                let merged = merge(k.as_str().unwrap_or(""), bv, v);
+                b.insert(i, (bk, merged));
+            }
+        }
     }
 }
 
@@ -66,31 +78,22 @@ pub fn merge_service(base: Node, over: Node) -> Node {
     let loc = over.loc.clone();
     match (base.value, over.value) {
         (Value::Map(mut b), Value::Map(o)) => {
-            for (k, v) in o {
-                let Some(i) = position(&b, &k) else {
-                    b.push((k, v));
-                    continue;
-                };
-                let (bk, bv) = b.remove(i);
-                let name = k.as_str().unwrap_or("");
-                let merged = match name {
-                    "command" | "entrypoint" => v,
-                    "environment" | "labels" | "sysctls" | "annotations" | "extra_hosts" => {
-                        merge_generic(to_map(bv, true), to_map(v, true), &[])
-                    }
-                    "depends_on" | "networks" => {
-                        merge_generic(to_map(bv, false), to_map(v, false), &[])
-                    }
-                    "volumes" => merge_keyed(bv, v, volume_target),
-                    "secrets" | "configs" => merge_keyed(bv, v, file_ref_source),
-                    "build" => {
-                        // `build: dir` is `build: {context: dir}`.
-                        merge_generic(build_map(bv), build_map(v), &["build"])
-                    }
-                    _ => merge_generic(bv, v, &[name]),
-                };
-                b.insert(i, (bk, merged));
-            }
+            merge_entries(&mut b, o, |name, bv, v| match name {
+                "command" | "entrypoint" => v,
+                "environment" | "labels" | "sysctls" | "annotations" | "extra_hosts" => {
+                    merge_generic(to_map(bv, true), to_map(v, true), &[])
+                }
+                "depends_on" | "networks" => {
+                    merge_generic(to_map(bv, false), to_map(v, false), &[])
+                }
+                "volumes" => merge_keyed(bv, v, volume_target),
+                "secrets" | "configs" => merge_keyed(bv, v, file_ref_source),
+                "build" => {
+                    // `build: dir` is `build: {context: dir}`.
+                    merge_generic(build_map(bv), build_map(v), &["build"])
+                }
+                _ => merge_generic(bv, v, &[name]),
+            });
             Node::new(Value::Map(b), loc)
         }
         (_, v) => Node::new(v, loc),
@@ -103,25 +106,17 @@ fn merge_generic(base: Node, over: Node, path: &[&str]) -> Node {
     let loc = over.loc.clone();
     match (base.value, over.value) {
         (Value::Map(mut b), Value::Map(o)) => {
-            for (k, v) in o {
-                match position(&b, &k) {
-                    Some(i) => {
-                        let (bk, bv) = b.remove(i);
-                        let name = k.as_str().unwrap_or("");
-                        let merged = if name == "test" && path == ["healthcheck"] {
-                            v
-                        } else if name == "args" && path == ["build"] {
-                            merge_generic(to_map(bv, true), to_map(v, true), &[])
-                        } else {
-                            let mut p: Vec<&str> = path.to_vec();
-                            p.push(name);
-                            merge_generic(bv, v, &p)
-                        };
-                        b.insert(i, (bk, merged));
-                    }
-                    None => b.push((k, v)),
+            merge_entries(&mut b, o, |name, bv, v| {
+                if name == "test" && path == ["healthcheck"] {
+                    v
+                } else if name == "args" && path == ["build"] {
+                    merge_generic(to_map(bv, true), to_map(v, true), &[])
+                } else {
+                    let mut p: Vec<&str> = path.to_vec();
+                    p.push(name);
+                    merge_generic(bv, v, &p)
                 }
-            }
+            });
             Node::new(Value::Map(b), loc)
         }
         (Value::Seq(mut b), Value::Seq(o)) => {

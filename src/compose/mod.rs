@@ -7,13 +7,15 @@
 //! The stages of [`load`], in order:
 //! 1. the interpolation variables: the env files (`.env` or `--env-file`), then the process
 //!    environment over them;
-//! 2. each file: read, parse ([`yaml`]), interpolate values ([`interpolate`]), make its relative
-//!    paths absolute, splice its `include`s in;
-//! 3. merge the files in order ([`merge`]);
-//! 4. resolve `extends` (same file, other files, chains; cycles are errors);
-//! 5. profiles: services whose profiles are all inactive go to [`model::Project::disabled`];
-//! 6. normalize into the [`model`] ([`normalize`]), classify every key ([`ledger`]);
-//! 7. cross-checks (undefined secrets, configs, networks; no image and no build).
+//! 2. the main files are read and parsed ([`yaml`]); the project's name is found (`-p`, the
+//!    last `name:`, the directory) and is `COMPOSE_PROJECT_NAME` from here on;
+//! 3. each file: interpolate values ([`interpolate`]), type them by field (`cast.rs`), make its
+//!    relative paths absolute, splice its `include`s in;
+//! 4. merge the files in order ([`merge`]; `!reset` and `!override` honoured);
+//! 5. resolve `extends` (same file, other files, chains; cycles are errors);
+//! 6. profiles: services whose profiles are all inactive go to [`model::Project::disabled`];
+//! 7. normalize into the [`model`] ([`normalize`]), classify every key ([`ledger`]);
+//! 8. cross-checks (undefined secrets, configs, networks; no image and no build).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -37,6 +39,7 @@ pub use options::LoadOptions;
 pub use source::{FileSource, MemoryFs, RealFs};
 
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
+use crate::limits::Limits;
 use model::{Location, Project};
 use yaml::{Node, Value};
 
@@ -76,6 +79,7 @@ pub fn load(
     let bounded = source::Bounded::new(fs, opts.limits.get(crate::limits::Limit::FileBytes));
     let fs: &dyn FileSource = &bounded;
     let mut l = Loader {
+        limits: opts.limits.clone(),
         fs,
         project_dir: opts.project_dir.clone(),
         diags: Diagnostics::default(),
@@ -95,6 +99,14 @@ pub fn load(
             parsed.push((f, p));
         }
     }
+    // A file that does not parse stops here: the others alone would give follow-on errors
+    // (an override's services without their `image`).
+    if l.diags.has_errors() {
+        return Err(LoadFailure {
+            diagnostics: l.diags,
+            sources: l.sources,
+        });
+    }
     let name = l.project_name(opts, &parsed);
     l.vars
         .insert("COMPOSE_PROJECT_NAME".to_string(), name.clone());
@@ -106,6 +118,20 @@ pub fn load(
             None => node,
             Some(base) => merge::merge_files(base, node),
         });
+    }
+    // What `!reset` marks goes once every file is merged (in one file, it just removes the key);
+    // in services, only once `extends` is resolved too (a `!reset` also drops what is extended).
+    if let Some(Value::Map(top)) = merged.as_mut().map(|m| &mut m.value) {
+        top.retain(|(_, v)| v.tag != yaml::Tag::Reset);
+        for (k, v) in top.iter_mut() {
+            if k.as_str() == Some("services") {
+                if let Value::Map(services) = &mut v.value {
+                    services.retain(|(_, s)| s.tag != yaml::Tag::Reset);
+                }
+            } else {
+                yaml::drop_reset(v);
+            }
+        }
     }
     if let Some(root) = &merged {
         bounds::names(root, &opts.limits, &mut l.diags);
@@ -138,6 +164,7 @@ pub fn load(
 
 struct Loader<'a> {
     fs: &'a dyn FileSource,
+    limits: Limits,
     project_dir: PathBuf,
     diags: Diagnostics,
     sources: SourceMap,
@@ -194,7 +221,7 @@ impl Loader<'_> {
             let name = self.file_name(f);
             self.sources.add(name.clone(), text.as_str().into());
             let env = &self.process_env;
-            let lookup = |k: &str| vars.get(k).cloned().or_else(|| env.get(k).cloned());
+            let lookup = |k: &str| env.get(k).cloned().or_else(|| vars.get(k).cloned());
             match dotenv::parse(&text, &lookup) {
                 Ok(pairs) => {
                     for (k, v) in pairs {
@@ -203,13 +230,9 @@ impl Loader<'_> {
                         }
                     }
                 }
-                Err(e) => self.diags.push(Diagnostic::error(e.message).at(Location {
-                    file: name,
-                    line: e.line,
-                    column: 1,
-                    offset: 0,
-                    len: 1,
-                })),
+                Err(e) => self.diags.push(
+                    Diagnostic::error(e.message).at(dotenv::error_location(&name, &text, e.line)),
+                ),
             }
         }
         for (k, v) in &self.process_env {
@@ -236,6 +259,34 @@ impl Loader<'_> {
     fn parse_compose(&mut self, path: &Path) -> Option<(Node, Arc<str>)> {
         let text = match self.fs.read(path) {
             Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let hint = "save it as UTF-8 (docker compose also reads UTF-16 that starts with a byte-order mark)";
+                // `yaml::text_from_bytes` puts the position first: `LINE:COLUMN: message`.
+                let text = e.to_string();
+                let at = text.split_once(": ").and_then(|(pos, msg)| {
+                    let (l, c) = pos.split_once(':')?;
+                    Some((
+                        l.parse::<u32>().ok()?,
+                        c.parse::<u32>().ok()?,
+                        msg.to_string(),
+                    ))
+                });
+                let d = match at {
+                    Some((line, column, msg)) => Diagnostic::error(msg).at(Location {
+                        file: self.file_name(path),
+                        line,
+                        column,
+                        offset: 0,
+                        len: 0,
+                    }),
+                    None => Diagnostic::error(format!(
+                        "cannot read compose file {}: it is not UTF-8 text",
+                        path.display()
+                    )),
+                };
+                self.diags.push(d.hint(hint));
+                return None;
+            }
             Err(e) => {
                 self.diags.push(
                     Diagnostic::error(format!("cannot read compose file {}: {e}", path.display()))
@@ -250,7 +301,26 @@ impl Loader<'_> {
         let name = self.file_name(path);
         let text: Arc<str> = text.as_str().into();
         self.sources.add(name.clone(), text.clone());
-        let mut root = match yaml::parse(&name, &text) {
+        // docker compose refuses a file with nothing in it ("empty compose file").
+        if text
+            .trim_start_matches('\u{feff}')
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            self.diags.push(
+                Diagnostic::error(format!("the compose file {} is empty", path.display()))
+                    .at(Location {
+                        file: name,
+                        line: 1,
+                        column: 1,
+                        offset: 0,
+                        len: 0,
+                    })
+                    .hint("give it a `services:` section, or leave it out of `-f`/`COMPOSE_FILE`/`include`"),
+            );
+            return None;
+        }
+        let root = match yaml::parse_with(&name, &text, &self.limits) {
             Ok(n) => n,
             Err(d) => {
                 self.diags.push(*d);
@@ -259,7 +329,6 @@ impl Loader<'_> {
         };
         match &root.value {
             Value::Map(_) => {}
-            Value::Null => root.value = Value::Map(Vec::new()),
             _ => {
                 self.diags.push(
                     Diagnostic::error(format!(
@@ -306,11 +375,20 @@ impl Loader<'_> {
                     Ok(out) => {
                         for name in out.unset {
                             if self.warned_unset.insert(name.clone()) {
+                                // At the first `${NAME` or `$NAME` of the value (a `$NAMEX` or
+                                // `$$NAME` would be found too: the scalar is close enough then).
+                                let at = s
+                                    .find(&format!("${{{name}"))
+                                    .or_else(|| s.find(&format!("${name}")))
+                                    .map_or_else(
+                                        || node.loc.clone(),
+                                        |i| refine(&node.loc, s, i, name.len() + 1, text),
+                                    );
                                 self.diags.push(
                                     Diagnostic::warning(format!(
                                         "variable `{name}` is not set; using an empty string"
                                     ))
-                                    .at(node.loc.clone())
+                                    .at(at)
                                     .hint(format!("set `{name}` in the environment or in `.env`, or write `${{{name}:-default}}`")),
                                 );
                             }
@@ -626,6 +704,13 @@ impl Loader<'_> {
             let resolved = self.resolve_extends(None, name, &node, &mut chain);
             extended.insert(name.clone(), resolved);
         }
+        for node in self
+            .main_services
+            .values_mut()
+            .chain(extended.values_mut().flatten())
+        {
+            yaml::drop_reset(node);
+        }
         let normalized: Vec<(&String, &Node, &Node)> = services
             .iter()
             .filter_map(|(name, key)| {
@@ -647,6 +732,7 @@ impl Loader<'_> {
             fs: self.fs,
             refs: Vec::new(),
             limits: &opts.limits,
+            unrunnable: Vec::new(),
         };
         for (name, key, node) in normalized {
             if !valid_service_name(name) {
@@ -692,6 +778,7 @@ impl Loader<'_> {
             }
         }
         ctx_refs.append(&mut ctx.refs);
+        project.unrunnable = std::mem::take(&mut ctx.unrunnable);
         drop(ctx);
         self.cross_check(&project, &ctx_refs, ledger);
         project
@@ -888,7 +975,10 @@ impl Loader<'_> {
         let mut stack = Vec::new();
         let services = self
             .read_compose(path, &dir, &mut stack)
-            .and_then(|root| root.get("services").cloned());
+            .and_then(|mut root| {
+                yaml::drop_reset(&mut root);
+                root.get("services").cloned()
+            });
         let map = services.map(|s| {
             let mut out = BTreeMap::new();
             for (k, v) in s.as_map().unwrap_or_default() {
@@ -971,7 +1061,10 @@ impl Loader<'_> {
                     );
                 }
             }
+            // An `image` or `build` that was written but not valid has its own error already.
+            let written = svc.spans.image.is_some() || svc.spans.build.is_some();
             match (&svc.image, &svc.build) {
+                (None, None) if written => {}
                 (None, None) => self.diags.push(
                     Diagnostic::error(format!(
                         "service `{}` has neither `image` nor `build`",
@@ -1090,7 +1183,8 @@ fn refine(loc: &Location, raw: &str, offset: usize, len: usize, text: &str) -> L
         line,
         column,
         offset: pos,
-        len: shown_len,
+        // The value may hold more than its source (escapes): never mark past the end.
+        len: shown_len.min(text.len() - pos),
     }
 }
 

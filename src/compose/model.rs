@@ -50,6 +50,10 @@ pub struct Project {
     /// Services defined but disabled because none of their profiles is active.
     #[serde(skip)]
     pub disabled: BTreeMap<String, Service>,
+    /// Errors for what docker compose accepts but the fleet cannot run (`network_mode:
+    /// container:…`, `provider`): `config` prints them as warnings, placement refuses the project.
+    #[serde(skip)]
+    pub unrunnable: Vec<crate::diag::Diagnostic>,
 }
 
 /// One service after normalization. Field names are the Compose Specification's.
@@ -141,6 +145,9 @@ pub struct Service {
     pub pids_limit: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<u32>,
+    /// `shm_size` in bytes (compose prints it as a string of bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<Bytes>,
     /// Every other key the spec allows (and `x-*` fields), kept verbatim so that nothing is dropped;
     /// the fidelity ledger says which of these compose-fleet honours.
     #[serde(flatten)]
@@ -215,6 +222,9 @@ pub struct ServiceSpans {
     pub replicas: Option<Location>,
     /// The value of `container_name`, when written.
     pub container_name: Option<Location>,
+    /// The values of `image` and `build`, when written (even when they were not valid).
+    pub image: Option<Location>,
+    pub build: Option<Location>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -33,18 +33,11 @@ pub trait FileSource {
         self.read_bytes_limited(path, self.max_bytes())
     }
 
-    /// The whole file as UTF-8 text, bounded by [`FileSource::max_bytes`].
+    /// The whole file as text, bounded by [`FileSource::max_bytes`]: UTF-8, or UTF-16 with a
+    /// byte-order mark (as docker compose reads them); invalid UTF-8 is an error the loader
+    /// reports at its line and column ([`super::yaml::text_from_bytes`]).
     fn read(&self, path: &Path) -> io::Result<String> {
-        let bytes = self.read_bytes(path)?;
-        String::from_utf8(bytes).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "it is not valid UTF-8 (at byte {})",
-                    e.utf8_error().valid_up_to()
-                ),
-            )
-        })
+        super::yaml::text_from_bytes(&self.read_bytes(path)?)
     }
 }
 

@@ -8,16 +8,30 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::{MessageFormatter as _, Spanned};
+use serde_saphyr::{MessageFormatter as _, Spanned, Tagged};
 
 use super::model::Location;
 use crate::diag::Diagnostic;
+use crate::limits::{Limit, Limits};
 
 /// A YAML node with where it was written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub value: Value,
     pub loc: Location,
+    /// The compose merge tag written on it (`!reset`, `!override`), if any.
+    pub tag: Tag,
+}
+
+/// The YAML tags compose gives a meaning to when files are merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tag {
+    #[default]
+    None,
+    /// `!reset`: the key is removed (also what earlier files gave it).
+    Reset,
+    /// `!override`: the value replaces the earlier files' instead of merging with it.
+    Override,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +49,11 @@ pub enum Value {
 
 impl Node {
     pub fn new(value: Value, loc: Location) -> Self {
-        Node { value, loc }
+        Node {
+            value,
+            loc,
+            tag: Tag::None,
+        }
     }
 
     pub fn as_str(&self) -> Option<&str> {
@@ -138,8 +156,8 @@ enum Raw {
     Int(i64),
     Float(f64),
     Str(String),
-    Seq(Vec<Spanned<Raw>>),
-    Map(Vec<(Spanned<Raw>, Spanned<Raw>)>),
+    Seq(Vec<Spanned<Tagged<Raw>>>),
+    Map(Vec<(Spanned<Raw>, Spanned<Tagged<Raw>>)>),
 }
 
 impl<'de> Deserialize<'de> for Raw {
@@ -194,7 +212,7 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Raw>>()? {
+        while let Some(item) = seq.next_element::<Spanned<Tagged<Raw>>>()? {
             items.push(item);
         }
         Ok(Raw::Seq(items))
@@ -202,27 +220,30 @@ impl<'de> Visitor<'de> for RawVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
         let mut entries = Vec::new();
         while let Some(k) = map.next_key::<Spanned<Raw>>()? {
-            let v = map.next_value::<Spanned<Raw>>()?;
+            let v = map.next_value::<Spanned<Tagged<Raw>>>()?;
             entries.push((k, v));
         }
         Ok(Raw::Map(entries))
     }
 }
 
-/// Limits that stop an alias bomb (a few anchors expanding to billions of nodes) before it costs
-/// much memory (about 150 MB of tree at worst), while `<<: *default` in thousands of services fits.
-const MAX_REPLAYED_EVENTS: usize = 1_000_000;
-
-/// Nesting limit for YAML collections: real compose files nest about 8 deep, and building the tree
-/// recursively in a 2 MiB thread stack (debug build) must stay safe.
-const MAX_DEPTH: usize = 32;
+/// Parses one YAML document into a [`Node`] tree, with the default [`Limits`].
+pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
+    parse_with(file, text, &Limits::default())
+}
 
 /// Parses one YAML document into a [`Node`] tree. An empty document is a null node.
-pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
+///
+/// Two [`Limits`] apply: [`Limit::Depth`] (the tree is built recursively, and real compose files
+/// nest about 8 deep) and [`Limit::AliasEvents`], which stops an alias bomb (a few anchors
+/// expanding to billions of nodes) while `<<: *default` in thousands of services fits.
+pub fn parse_with(file: &Arc<str>, text: &str, limits: &Limits) -> Result<Node, Box<Diagnostic>> {
+    let depth = limits.get_usize(Limit::Depth);
+    let replayed = limits.get_usize(Limit::AliasEvents);
     let options = serde_saphyr::options! {
         alias_limits: serde_saphyr::alias_limits! {
-            max_total_replayed_events: MAX_REPLAYED_EVENTS,
-            max_replay_stack_depth: 64,
+            max_total_replayed_events: replayed,
+            max_replay_stack_depth: depth.saturating_mul(2),
         },
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
         merge_keys: serde_saphyr::MergeKeyPolicy::Merge,
@@ -230,17 +251,17 @@ pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
         strict_booleans: true,
         // Comments are never needed (values only), and collecting them costs a tenth of the time.
         emit_comments: false,
-        // Deep nesting is refused early: the tree is built recursively.
         // Size limits fit projects of tens of thousands of services (and `<<: *default` in each
         // of them); alias bombs are stopped by the replay limit above, not by these.
         budget: serde_saphyr::budget! {
-            max_depth: MAX_DEPTH,
-            flow_nesting_limit: MAX_DEPTH,
+            max_depth: depth,
+            flow_nesting_limit: depth,
             max_events: 20_000_000,
             max_nodes: 10_000_000,
             max_aliases: 1_000_000,
             max_anchors: 1_000_000,
             max_merge_keys: 1_000_000,
+            max_recorded_anchor_events: replayed,
             enforce_alias_anchor_ratio: false,
         },
         // `mode: 0440` is octal to docker compose (go-yaml parses integers with base prefix 0).
@@ -255,7 +276,62 @@ pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
     }
     match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
         Ok(raw) => Ok(convert(file, text, raw)),
-        Err(e) => Err(Box::new(yaml_error(file, text, &e))),
+        Err(e) => Err(Box::new(yaml_error(file, text, &e, limits))),
+    }
+}
+
+/// [`decode`] for a [`super::FileSource`]: invalid UTF-8 is an `InvalidData` error whose text
+/// starts with `LINE:COLUMN: `, which the loader turns back into a location.
+pub fn text_from_bytes(bytes: &[u8]) -> std::io::Result<String> {
+    decode(bytes).map_err(|(line, column, msg)| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{line}:{column}: {msg}"),
+        )
+    })
+}
+
+/// A file's bytes as text, as docker compose reads them: UTF-8 (a byte-order mark is skipped),
+/// or UTF-16 when it starts with a byte-order mark. Invalid UTF-8 is an error at the first bad
+/// byte, as `(line, column, message)`; the caller names the file.
+///
+/// UTF-16 without a byte-order mark is not guessed (compose refuses it too: as UTF-8 it holds
+/// NUL characters, which the YAML parser reports).
+pub fn decode(bytes: &[u8]) -> Result<String, (u32, u32, String)> {
+    let utf16 = |be: bool| {
+        let units = bytes[2..].chunks(2).map(|c| match (c, be) {
+            ([a, b], true) => u16::from_be_bytes([*a, *b]),
+            ([a, b], false) => u16::from_le_bytes([*a, *b]),
+            _ => 0xFFFD,
+        });
+        char::decode_utf16(units)
+            .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect::<String>()
+    };
+    match bytes {
+        [0xFF, 0xFE, ..] => Ok(utf16(false)),
+        [0xFE, 0xFF, ..] => Ok(utf16(true)),
+        _ => {
+            let body = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
+            match std::str::from_utf8(body) {
+                Ok(t) => Ok(t.to_string()),
+                Err(e) => {
+                    let good = &body[..e.valid_up_to()];
+                    // Valid up to here, so this is text.
+                    let before = std::str::from_utf8(good).unwrap_or("");
+                    let (line, column) = crate::diag::line_column(before, before.len());
+                    Err((
+                        line,
+                        column,
+                        format!(
+                            "the file is not UTF-8 text: byte 0x{:02x} at offset {} cannot start or continue a character",
+                            body[e.valid_up_to()],
+                            e.valid_up_to() + (bytes.len() - body.len())
+                        ),
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -294,60 +370,148 @@ fn char_to_byte(text: &str, chars: usize) -> usize {
 
 fn convert(file: &Arc<str>, text: &str, raw: Spanned<Raw>) -> Node {
     let loc = location(file, text, &raw.referenced);
-    let value = match raw.value {
+    convert_value(file, text, raw.value, loc, Tag::None)
+}
+
+fn convert_tagged(file: &Arc<str>, text: &str, raw: Spanned<Tagged<Raw>>) -> Node {
+    let loc = location(file, text, &raw.referenced);
+    let Tagged(value, tag) = raw.value;
+    let tag = match tag.as_deref() {
+        Some("!reset") => Tag::Reset,
+        Some("!override") => Tag::Override,
+        _ => Tag::None,
+    };
+    convert_value(file, text, value, loc, tag)
+}
+
+fn convert_value(file: &Arc<str>, text: &str, raw: Raw, loc: Location, tag: Tag) -> Node {
+    let value = match raw {
         Raw::Null => Value::Null,
         Raw::Bool(b) => Value::Bool(b),
         Raw::Int(i) => Value::Int(i),
         Raw::Float(f) => Value::Float(f),
         Raw::Str(s) => Value::Str(s),
-        Raw::Seq(items) => Value::Seq(items.into_iter().map(|i| convert(file, text, i)).collect()),
+        Raw::Seq(items) => Value::Seq(
+            items
+                .into_iter()
+                .map(|i| convert_tagged(file, text, i))
+                .collect(),
+        ),
         Raw::Map(entries) => Value::Map(
             entries
                 .into_iter()
-                .map(|(k, v)| (convert(file, text, k), convert(file, text, v)))
+                .map(|(k, v)| (convert(file, text, k), convert_tagged(file, text, v)))
                 .collect(),
         ),
     };
-    Node { value, loc }
+    Node { value, loc, tag }
 }
 
-fn yaml_error(file: &Arc<str>, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
+/// Removes what `!reset` marks (in a single file, or left after merging), recursively.
+pub fn drop_reset(node: &mut Node) {
+    match &mut node.value {
+        Value::Map(entries) => {
+            entries.retain(|(_, v)| v.tag != Tag::Reset);
+            for (_, v) in entries {
+                drop_reset(v);
+            }
+        }
+        Value::Seq(items) => {
+            items.retain(|v| v.tag != Tag::Reset);
+            for v in items {
+                drop_reset(v);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The parser's error in our words: what went wrong, where, what to do. serde-saphyr's own
+/// texts are used only where they already say that in plain words; its internal names (budget
+/// fields, option names) never reach the user.
+fn yaml_error(file: &Arc<str>, text: &str, e: &serde_saphyr::Error, limits: &Limits) -> Diagnostic {
+    use serde_saphyr::budget::BudgetBreach as B;
     use serde_saphyr::Error as E;
     let mut inner = e;
     while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
         inner = error;
     }
-    let message = serde_saphyr::UserMessageFormatter.format_message(inner);
-    let mut message = message.replace(['\n', '\r'], " ");
-    let mut hint = None;
-    let mut prefix = "invalid YAML: ";
-    match inner {
-        E::Budget {
-            breach: serde_saphyr::budget::BudgetBreach::Depth { .. },
-            ..
-        } => {
-            message = format!("the YAML is nested more than {MAX_DEPTH} levels deep");
-            hint = Some("compose files are shallow; this looks generated or corrupted".to_string());
-        }
+    let plain = serde_saphyr::UserMessageFormatter
+        .format_message(inner)
+        .replace(['\n', '\r'], " ");
+    let depth = limits.get(Limit::Depth);
+    let aliases = limits.get(Limit::AliasEvents);
+    let too_deep = (
+        format!("the YAML is nested more than {depth} levels deep"),
+        Some(Limit::Depth.hint(depth)),
+    );
+    let bomb = (
+        format!(
+            "the YAML's aliases expand to more than {aliases} events: anchors that reference each other multiply (an alias bomb?)"
+        ),
+        Some(Limit::AliasEvents.hint(aliases)),
+    );
+    let too_big = |what: &str| {
+        (
+            format!("the YAML is too large: it has more {what} than compose-fleet reads in one file"),
+            Some("a compose file of this size is not a real project; split it, or check that it is not generated in a loop".to_string()),
+        )
+    };
+    let (message, hint): (String, Option<String>) = match inner {
+        E::Budget { breach, .. } => match breach {
+            B::Depth { .. } => too_deep,
+            B::RecordedAnchorEvents { .. }
+            | B::RecordedAnchorBytes { .. }
+            | B::Aliases { .. }
+            | B::AliasAnchorRatio { .. } => bomb,
+            B::Anchors { .. } => too_big("anchors"),
+            B::MergeKeys { .. } => too_big("merge keys (`<<`)"),
+            B::Documents { .. } => too_big("documents"),
+            B::Events { .. } | B::Nodes { .. } => too_big("nodes"),
+            B::ScalarBytes { .. } | B::InputBytes { .. } => too_big("text"),
+            _ => too_big("structure"),
+        },
         E::AliasReplayLimitExceeded { .. }
         | E::AliasExpansionLimitExceeded { .. }
-        | E::AliasReplayStackDepthExceeded { .. }
-        | E::AliasReplayCounterOverflow { .. }
-        | E::Budget { .. } => {
-            message = format!("too many YAML alias expansions (alias bomb?): {message}");
-            prefix = "";
-            hint = Some(format!(
-                "compose-fleet expands at most {MAX_REPLAYED_EVENTS} aliased YAML events; anchors \
-                 that reference each other multiply: flatten them"
-            ));
-        }
-        E::DuplicateMappingKey { .. } => {
-            hint =
-                Some("a key may appear only once in a mapping: remove or rename one".to_string());
-        }
-        _ => {}
-    }
-    let mut d = Diagnostic::error(format!("{prefix}{message}"));
+        | E::AliasReplayCounterOverflow { .. } => bomb,
+        E::AliasReplayStackDepthExceeded { .. } => too_deep,
+        E::DuplicateMappingKey { .. } => (
+            format!("invalid YAML: {plain}"),
+            Some("a key may appear only once in a mapping: remove or rename one".to_string()),
+        ),
+        E::MultipleDocuments { .. } => (
+            "a compose file holds one YAML document, this one has several (`---`)".to_string(),
+            Some("remove the `---` line, or put each document in its own file and pass each with `-f`".to_string()),
+        ),
+        E::UnknownAnchor { .. } => (
+            "invalid YAML: an alias (`*name`) refers to an anchor (`&name`) that is not defined".to_string(),
+            Some("define the anchor before the alias that uses it, or fix the alias's spelling".to_string()),
+        ),
+        E::MergeValueNotMapOrSeqOfMaps { .. } => (
+            "invalid YAML: a merge key (`<<`) takes a mapping or a list of mappings".to_string(),
+            Some("write `<<: *anchor` or `<<: [*a, *b]` with anchors of mappings".to_string()),
+        ),
+        _ if plain.contains("recursion limit") => too_deep,
+        _ if plain.contains("tabs disallowed") => (
+            format!("invalid YAML: {plain}"),
+            Some("YAML indents with spaces: replace the tab with spaces".to_string()),
+        ),
+        _ if plain.contains("unexpected character: `\\u{0}") => (
+            "invalid YAML: the file contains a NUL character".to_string(),
+            Some("a file saved as UTF-16 needs its byte-order mark; save it as UTF-8 instead".to_string()),
+        ),
+        _ if plain.contains("unclosed") => (
+            format!("invalid YAML: {plain}"),
+            Some("close it on the same value, or quote the whole value".to_string()),
+        ),
+        // Text that names serde-saphyr's types or options is not for users.
+        _ if plain.contains(" { ") || plain.contains("Options") || plain.contains("budget") => (
+            "invalid YAML: the parser gave up here".to_string(),
+            Some("check the YAML syntax around this place (indentation, quotes, brackets)".to_string()),
+        ),
+        _ => (format!("invalid YAML: {plain}"), None),
+    };
+    let mut d = Diagnostic::error(message);
     if let Some(l) = e.location() {
         d = d.at(location(file, text, &l));
     } else {
@@ -382,6 +546,53 @@ mod tests {
         let n = p("a: &a {x: 1}\nb: &b {y: 2}\nc:\n  <<: [*a, *b]\n  z: 3\n").unwrap();
         let c = n.get("c").unwrap();
         assert!(c.get("x").is_some() && c.get("y").is_some() && c.get("z").is_some());
+    }
+
+    #[test]
+    fn reset_and_override_tags_are_kept() {
+        let n = p("a: !reset []\nb: !override {x: 1}\nc: !custom 1\nd: [!reset 1, 2]\n").unwrap();
+        let tag = |k: &str| n.get(k).unwrap().tag;
+        assert_eq!(
+            (tag("a"), tag("b"), tag("c")),
+            (Tag::Reset, Tag::Override, Tag::None)
+        );
+        assert_eq!(n.get("b").unwrap().get("x").unwrap().value, Value::Int(1));
+        assert_eq!(n.get("d").unwrap().as_seq().unwrap()[0].tag, Tag::Reset);
+        // Core tags keep their meaning.
+        let n = p("a: !!str 5\nb: !!int \"7\"\n").unwrap();
+        assert_eq!(n.get("a").unwrap().value, Value::Str("5".into()));
+        assert_eq!(n.get("b").unwrap().value, Value::Int(7));
+    }
+
+    #[test]
+    fn decodes_as_docker_compose_reads_files() {
+        let text = "services:\n  web: {image: é}\n";
+        let mut bom8 = vec![0xEF, 0xBB, 0xBF];
+        bom8.extend_from_slice(text.as_bytes());
+        assert_eq!(decode(&bom8).unwrap(), text);
+        let mut le = vec![0xFF, 0xFE];
+        let mut be = vec![0xFE, 0xFF];
+        for u in text.encode_utf16() {
+            le.extend_from_slice(&u.to_le_bytes());
+            be.extend_from_slice(&u.to_be_bytes());
+        }
+        assert_eq!(decode(&le).unwrap(), text);
+        assert_eq!(decode(&be).unwrap(), text);
+        let e = decode(b"services:\n  web: {image: x\xff}\n").unwrap_err();
+        assert_eq!(
+            e,
+            (2, 17, "the file is not UTF-8 text: byte 0xff at offset 26 cannot start or continue a character".to_string())
+        );
+    }
+
+    #[test]
+    fn text_from_bytes_puts_the_position_first() {
+        let e = text_from_bytes(b"a: 1\nb: \xc3\n").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            e.to_string().starts_with("2:4: the file is not UTF-8 text"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -292,7 +292,8 @@ pub fn ports(s: &Service) -> Vec<PortKey> {
 
 /// Builds the pods and shapes of a project; constraint errors point at the compose file.
 pub fn build(project: &Project) -> Result<Units, Diagnostics> {
-    let mut diags = Diagnostics::default();
+    // What compose accepts but the fleet cannot run stops placement (`config` only warns).
+    let mut diags = Diagnostics(project.unrunnable.clone());
     let mut units = Units::default();
     let model = pods::of(project);
     for colocation in &model.colocations {

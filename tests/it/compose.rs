@@ -871,7 +871,7 @@ services:
       start_interval: 2s
   db:
     image: postgres
-    healthcheck: {test: ["CMD", "pg_isready"], interval: 10}
+    healthcheck: {test: ["CMD", "pg_isready"], interval: 10s}
   off:
     image: busybox
     healthcheck: {disable: true}
@@ -1465,7 +1465,14 @@ fn unset_variables_are_warned_about_once_and_become_empty() {
     );
     assert_eq!(
         lines(&loaded.warnings),
-        ["compose.yaml:3:12: warning: variable `TAG` is not set; using an empty string"]
+        ["compose.yaml:3:17: warning: variable `TAG` is not set; using an empty string"]
+    );
+    // Inside a block scalar, the warning points at the variable's line.
+    let yaml = "services:\n  web:\n    image: web\n    command: |\n      echo start\n      echo $$HOME $GONE\n";
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    assert_eq!(
+        lines(&loaded.warnings),
+        ["compose.yaml:6:19: warning: variable `GONE` is not set; using an empty string"]
     );
 }
 
@@ -1589,4 +1596,112 @@ fn replicas_zero_and_scale_zero_turn_a_service_off() {
         .collect();
     assert_eq!(placed, ["on"]);
     assert!(placement.unschedulable.is_empty());
+}
+
+#[test]
+fn shm_size_in_bytes_build_args_from_the_environment_and_home_in_bind_sources() {
+    let files = [
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: busybox\n    shm_size: 256m\n    env_file: web.env\n    build:\n      context: .\n      args: [FROM_ENV, UNSET_ARG, GIVEN=1]\n    volumes:\n      - ~/data:/data\n      - {type: bind, source: ~/x, target: /x}\n",
+        ),
+        ("web.env", "SET=1\nUNSET_IN_ENV_FILE\nFROM_ENV\n"),
+    ];
+    let l = load_files(&files, &[("FROM_ENV", "v"), ("HOME", "/home/u")], &[])
+        .unwrap_or_else(|f| panic!("{:#?}", lines(&f.diagnostics)));
+    let web = &l.project.services["web"];
+    assert_eq!(web.shm_size.map(|b| b.0), Some(256 * 1024 * 1024));
+    let args = &web.build.as_ref().unwrap().extra["args"];
+    assert_eq!(args, &serde_json::json!({"FROM_ENV": "v", "GIVEN": "1"}));
+    // An env_file name without a value takes the environment's, or is dropped when unset.
+    let env: Vec<(&str, Option<&str>)> = web
+        .environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
+    assert_eq!(env, [("FROM_ENV", Some("v")), ("SET", Some("1"))]);
+    let sources: Vec<&str> = web
+        .volumes
+        .iter()
+        .filter_map(|v| v.source.as_deref())
+        .collect();
+    assert_eq!(sources, ["/home/u/data", "/home/u/x"]);
+}
+
+#[test]
+fn reset_and_override_tags_in_override_files() {
+    let files = [
+        (
+            "compose.yaml",
+            "services:\n  web:\n    image: busybox\n    ports: [\"80:80\", \"81:81\"]\n    environment: {A: \"1\", B: \"2\"}\n    command: echo hi\n    labels: {a: \"1\"}\n    depends_on: [db]\n  db:\n    image: busybox\n    ports: !reset [\"5432:5432\"]\n",
+        ),
+        (
+            "override.yaml",
+            "services:\n  web:\n    ports: !override [\"90:90\"]\n    environment: !reset {}\n    command: !reset null\n    labels: !override\n      b: \"2\"\n    depends_on: !reset []\n",
+        ),
+    ];
+    let l = load_files(&files, &[], &[]).unwrap_or_else(|f| panic!("{:#?}", lines(&f.diagnostics)));
+    let web = &l.project.services["web"];
+    let published: Vec<u16> = web.ports.iter().flat_map(|p| p.published_ports()).collect();
+    assert_eq!(published, [90]);
+    assert!(web.environment.is_empty());
+    assert_eq!(web.command, None);
+    assert_eq!(web.labels.keys().collect::<Vec<_>>(), ["b"]);
+    assert!(web.depends_on.is_empty());
+    // In a single file, `!reset` removes the key.
+    assert!(l.project.services["db"].ports.is_empty());
+    // In a service that extends another, `!reset` also drops what it extends.
+    let l = loaded(
+        "services:\n  base:\n    image: busybox\n    ports: [\"80:80\"]\n  web:\n    extends: base\n    ports: !reset []\n",
+        &[],
+    );
+    assert!(l.project.services["web"].ports.is_empty());
+    assert_eq!(l.project.services["base"].ports.len(), 1);
+}
+
+#[test]
+fn what_compose_accepts_but_the_fleet_cannot_run_loads_with_a_warning_and_placement_refuses_it() {
+    let l = loaded(
+        "services:\n  web:\n    image: busybox\n    network_mode: container:abc\n    ipc: service:db\n  db:\n    image: busybox\n    restart: sometimes\n    deploy: {mode: bogus}\n",
+        &[],
+    );
+    let warnings = lines(&l.warnings);
+    assert!(
+        warnings.contains(&"compose.yaml:4:19: warning: `network_mode: container:abc` in service `web` cannot run on the fleet".to_string()),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "compose.yaml:5:5: warning: `ipc` in service `web` is accepted but not honoured"
+        )),
+        "{warnings:#?}"
+    );
+    let nodes = vec![super::schedule::node("h1", 4.0, "4g", &[])];
+    let errors = compose_fleet::schedule::place(&l.project, &nodes, &[]).expect_err("refused");
+    assert_eq!(
+        lines(&errors),
+        [
+            "compose.yaml:4:19: error: `network_mode: container:abc` in service `web` cannot run on the fleet",
+            "compose.yaml:8:14: error: `restart: sometimes` is not a restart policy",
+            "compose.yaml:9:20: error: unknown deploy mode `bogus`",
+        ]
+    );
+}
+
+#[test]
+fn host_port_zero_loads_with_a_warning_and_placement_refuses_it() {
+    let l = loaded(
+        "services:\n  web:\n    image: busybox\n    ports: [\"0:80\", {target: 81, published: 0}]\n",
+        &[],
+    );
+    assert_eq!(
+        lines(&l.warnings),
+        [
+            "compose.yaml:4:13: warning: port 80 of service `web` is published on host port 0 (one the engine picks), which the fleet cannot do",
+            "compose.yaml:4:21: warning: port 81 of service `web` is published on host port 0 (one the engine picks), which the fleet cannot do",
+        ]
+    );
+    let nodes = vec![super::schedule::node("h1", 4.0, "4g", &[])];
+    let errors = compose_fleet::schedule::place(&l.project, &nodes, &[]).expect_err("refused");
+    assert_eq!(errors.0.len(), 2);
 }

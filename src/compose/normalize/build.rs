@@ -1,6 +1,5 @@
 //! `build`: the context made absolute (URLs kept), `args` read as a dictionary.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::Ctx;
@@ -21,21 +20,19 @@ pub(super) fn build(ctx: &mut Ctx<'_>, v: &Node) -> Option<Build> {
                             .map(|c| resolve_context(ctx.project_dir, &c))
                     }
                     "dockerfile" => b.dockerfile = ctx.string(bv, "`build.dockerfile`"),
+                    // An argument without a value takes the environment's; unset there,
+                    // compose drops it.
                     "args" => {
-                        let args: BTreeMap<String, serde_json::Value> = ctx
+                        let args: serde_json::Map<String, serde_json::Value> = ctx
                             .dict(bv, "`build.args`")
                             .into_iter()
-                            .map(|(k, v)| {
-                                (
-                                    k,
-                                    v.map_or(serde_json::Value::Null, serde_json::Value::String),
-                                )
+                            .filter_map(|(k, v)| {
+                                let v = v.or_else(|| ctx.env.get(&k).cloned())?;
+                                Some((k, serde_json::Value::String(v)))
                             })
                             .collect();
-                        b.extra.insert(
-                            "args".into(),
-                            serde_json::Value::Object(args.into_iter().collect()),
-                        );
+                        b.extra
+                            .insert("args".into(), serde_json::Value::Object(args));
                     }
                     _ => {
                         b.extra.insert(k.to_string(), bv.to_json());

@@ -33,10 +33,11 @@ pub(super) fn deploy(
                         m.as_str(),
                         "replicated" | "global" | "replicated-job" | "global-job"
                     ) {
-                        ctx.error_hint(
-                            dv,
+                        // docker compose prints any text here; the fleet cannot run it.
+                        ctx.cannot_run(
                             format!("unknown deploy mode `{m}`"),
-                            "use `replicated` or `global`",
+                            &dv.loc,
+                            Some("use `replicated` or `global`"),
                         );
                     }
                     d.mode = Some(m);

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use super::Ctx;
 use crate::compose::dotenv;
-use crate::compose::model::Location;
 use crate::compose::source::absolute;
 use crate::compose::yaml::{Node, Value};
 use crate::diag::Diagnostic;
@@ -99,17 +98,15 @@ pub(super) fn read_env_file(
     let lookup = |k: &str| ctx.env.get(k).cloned();
     match dotenv::parse(&text, &lookup) {
         Ok(vars) => {
+            // A name without a value takes the environment's; unset there, compose drops it.
             for (k, v) in vars {
-                let v = v.or_else(|| ctx.env.get(&k).cloned());
-                env.insert(k, v);
+                if let Some(v) = v.or_else(|| ctx.env.get(&k).cloned()) {
+                    env.insert(k, Some(v));
+                }
             }
         }
-        Err(e) => ctx.diags.push(Diagnostic::error(e.message).at(Location {
-            file: name,
-            line: e.line,
-            column: 1,
-            offset: 0,
-            len: 1,
-        })),
+        Err(e) => ctx
+            .diags
+            .push(Diagnostic::error(e.message).at(dotenv::error_location(&name, &text, e.line))),
     }
 }

@@ -45,6 +45,8 @@ pub struct Ctx<'a> {
     pub refs: Vec<(&'static str, String, Location)>,
     /// The input bounds in force ([`super::bounds`] checks replicas against them).
     pub limits: &'a crate::limits::Limits,
+    /// What compose accepts but the fleet cannot run (see [`Ctx::cannot_run`]).
+    pub unrunnable: Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
@@ -98,7 +100,32 @@ impl Ctx<'_> {
         }
     }
 
+    /// A string, and only a string: docker compose refuses `user: 1000` or `command: [5]` (its
+    /// schema types these fields as strings).
     fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                self.error_hint(
+                    node,
+                    format!("{what} must be a string, found {}", node.kind()),
+                    format!("quote it: `\"{}\"`", node.scalar_text().unwrap_or_default()),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    node,
+                    format!("{what} must be a string, found {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string, or a number or boolean taken as its text: where compose's schema allows them
+    /// (`environment` and `labels` values, `expose` entries).
+    fn scalar(&mut self, node: &Node, what: &str) -> Option<String> {
         match node.scalar_text() {
             Some(s) => Some(s),
             None => {
@@ -201,10 +228,8 @@ impl Ctx<'_> {
     }
 
     fn duration(&mut self, node: &Node, what: &str) -> Option<model::Duration> {
-        let text = match &node.value {
-            Value::Int(i) => format!("{i}s"),
-            _ => self.string(node, what)?,
-        };
+        // A bare number is refused, as compose refuses it (`30` is not `30s` there).
+        let text = self.string(node, what)?;
         match parse_duration(&text) {
             Ok(d) => Some(d),
             Err(e) => {
@@ -275,7 +300,7 @@ impl Ctx<'_> {
                     let value = if v.is_null() {
                         None
                     } else {
-                        self.string(v, what)
+                        self.scalar(v, what)
                     };
                     (name.to_string(), value)
                 })
@@ -304,13 +329,29 @@ fn record(ctx: &mut Ctx<'_>, key: &str, service: &str, rule: Rule, at: &Node) {
                 );
             }
         }
-        Status::Rejected => ctx.diags.push(
-            Diagnostic::error(format!(
-                "`{key}` in service `{service}` is not supported: {}",
+        Status::Rejected => ctx.cannot_run(
+            format!(
+                "`{key}` in service `{service}` cannot run on the fleet: {}",
                 rule.reason
-            ))
-            .at(at.loc.clone()),
+            ),
+            &at.loc,
+            None,
         ),
+    }
+}
+
+impl Ctx<'_> {
+    /// Something compose accepts but the fleet cannot run: `config` succeeds with a warning
+    /// (an error under `--strict`); placement refuses the project with the same text as an error.
+    fn cannot_run(&mut self, msg: String, at: &Location, hint: Option<&str>) {
+        let mut warning = Diagnostic::warning(msg.clone()).at(at.clone());
+        let mut error = Diagnostic::error(msg).at(at.clone());
+        if let Some(h) = hint {
+            warning = warning.hint(h);
+            error = error.hint(h);
+        }
+        self.diags.push(warning);
+        self.unrunnable.push(error);
     }
 }
 

@@ -44,6 +44,16 @@ pub(super) fn ports(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
             }
         };
         for p in parsed.unwrap_or_default() {
+            if p.published.as_deref() == Some("0") {
+                ctx.cannot_run(
+                    format!(
+                        "port {} of service `{}` is published on host port 0 (one the engine picks), which the fleet cannot do",
+                        p.target, svc.name
+                    ),
+                    &item.loc,
+                    Some("publish a fixed host port, e.g. `8080:80`, or leave the host port out to only expose it"),
+                );
+            }
             svc.ports.push(p);
             svc.spans.ports.push(item.loc.clone());
         }
@@ -73,7 +83,9 @@ fn port_long(ctx: &mut Ctx<'_>, item: &Node) -> Option<Port> {
             },
             "published" => {
                 let s = v.scalar_text().unwrap_or_default();
-                if let Err(e) = port_range(&s) {
+                if s == "0" {
+                    p.published = Some(s);
+                } else if let Err(e) = port_range(&s) {
                     ctx.error_hint(
                         v,
                         format!("bad port: {e}"),
@@ -193,6 +205,9 @@ pub fn parse_port(spec: &str) -> Result<Vec<Port>, (String, String)> {
     let (t0, t1) = port_range(target).map_err(bad)?;
     let published = match published {
         Some("") | None => None,
+        // `0`: a host port the engine picks (compose accepts it; the loader's caller says
+        // the fleet cannot run it).
+        Some("0") if t0 == t1 => Some((0, 0)),
         Some(h) => Some(port_range(h).map_err(bad)?),
     };
     let mk = |target: u16, published: Option<String>| Port {

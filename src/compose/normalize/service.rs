@@ -23,6 +23,8 @@ struct Deferred<'n> {
     networks: Option<&'n Node>,
     network_mode: Option<&'n Node>,
     scale: Option<&'n Node>,
+    /// `mem_limit`, `cpus`, `pids_limit`, `mem_reservation`: where each is written.
+    legacy: Vec<(&'static str, &'n Node)>,
 }
 
 /// Normalizes one service. `key` is its name's node under `services:`.
@@ -71,7 +73,7 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
             ),
         );
     }
-    fold_legacy(ctx, &mut svc, later.scale);
+    fold_legacy(ctx, &mut svc, later.scale, &later.legacy);
     unique_container_name(ctx, &svc);
     svc
 }
@@ -108,8 +110,14 @@ fn key_value<'n>(
     v: &'n Node,
 ) {
     match kname {
-        "image" => svc.image = ctx.opt_string(v, "`image`"),
-        "build" => svc.build = build(ctx, v),
+        "image" => {
+            svc.image = ctx.opt_string(v, "`image`");
+            svc.spans.image = Some(v.loc.clone());
+        }
+        "build" => {
+            svc.build = build(ctx, v);
+            svc.spans.build = Some(v.loc.clone());
+        }
         "command" => svc.command = ctx.command(v, "`command`"),
         "entrypoint" => svc.entrypoint = ctx.command(v, "`entrypoint`"),
         "environment" => later.environment = Some(v),
@@ -119,7 +127,7 @@ fn key_value<'n>(
             svc.expose = match &v.value {
                 Value::Seq(items) => items
                     .iter()
-                    .filter_map(|i| ctx.string(i, "an `expose` entry"))
+                    .filter_map(|i| ctx.scalar(i, "an `expose` entry"))
                     .collect(),
                 _ => ctx.string_list(v, "`expose`"),
             }
@@ -157,11 +165,22 @@ fn key_value<'n>(
         }
         "secrets" => svc.secrets = file_refs(ctx, v, "secret"),
         "configs" => svc.configs = file_refs(ctx, v, "config"),
-        "profiles" => svc.profiles = ctx.string_list(v, "`profiles`"),
+        "profiles" => svc.profiles = names(ctx, v, "profiles", "a profile"),
         "labels" => svc.labels = labels(ctx, v, "`labels`"),
         "container_name" => {
             svc.container_name = ctx.opt_string(v, "`container_name`");
             svc.spans.container_name = Some(v.loc.clone());
+            if let Some(c) = svc
+                .container_name
+                .as_deref()
+                .filter(|c| !container_name_ok(c))
+            {
+                ctx.error_hint(
+                    v,
+                    format!("`{c}` is not a valid container name"),
+                    "write a letter or digit followed by letters, digits, `_`, `.` or `-`",
+                );
+            }
         }
         "hostname" => svc.hostname = ctx.opt_string(v, "`hostname`"),
         "user" => svc.user = ctx.opt_string(v, "`user`"),
@@ -171,15 +190,28 @@ fn key_value<'n>(
         "tmpfs" => svc.tmpfs = ctx.string_list(v, "`tmpfs`"),
         "ulimits" => svc.ulimits = ulimits(ctx, v),
         "sysctls" => svc.sysctls = labels(ctx, v, "`sysctls`"),
-        "cap_add" => svc.cap_add = ctx.string_list(v, "`cap_add`"),
-        "cap_drop" => svc.cap_drop = ctx.string_list(v, "`cap_drop`"),
+        "cap_add" => svc.cap_add = names(ctx, v, "cap_add", "a capability"),
+        "cap_drop" => svc.cap_drop = names(ctx, v, "cap_drop", "a capability"),
         "stop_signal" => svc.stop_signal = ctx.opt_string(v, "`stop_signal`"),
         "stop_grace_period" => svc.stop_grace_period = ctx.duration(v, "`stop_grace_period`"),
         "platform" => svc.platform = ctx.opt_string(v, "`platform`"),
-        "mem_limit" => svc.mem_limit = ctx.bytes(v, "`mem_limit`"),
-        "mem_reservation" => svc.mem_reservation = ctx.bytes(v, "`mem_reservation`"),
-        "cpus" => svc.cpus = ctx.float(v, "`cpus`"),
-        "pids_limit" => svc.pids_limit = ctx.integer(v, "`pids_limit`"),
+        "shm_size" => svc.shm_size = ctx.bytes(v, "`shm_size`"),
+        "mem_limit" => {
+            svc.mem_limit = ctx.bytes(v, "`mem_limit`");
+            later.legacy.push(("mem_limit", v));
+        }
+        "mem_reservation" => {
+            svc.mem_reservation = ctx.bytes(v, "`mem_reservation`");
+            later.legacy.push(("mem_reservation", v));
+        }
+        "cpus" => {
+            svc.cpus = ctx.float(v, "`cpus`");
+            later.legacy.push(("cpus", v));
+        }
+        "pids_limit" => {
+            svc.pids_limit = ctx.integer(v, "`pids_limit`");
+            later.legacy.push(("pids_limit", v));
+        }
         "scale" => {
             later.scale = Some(v);
             svc.scale = ctx
@@ -195,6 +227,43 @@ fn key_value<'n>(
             }
         }
     }
+}
+
+/// The spec's pattern `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, which compose applies unanchored: some
+/// letter or digit followed by one more allowed character, anywhere in the name.
+fn container_name_ok(c: &str) -> bool {
+    c.as_bytes().windows(2).any(|w| {
+        w[0].is_ascii_alphanumeric() && (w[1].is_ascii_alphanumeric() || b"_.-".contains(&w[1]))
+    })
+}
+
+/// `profiles`, `cap_add`, `cap_drop`: a list of strings only, as compose requires (a lone
+/// `profiles: dev` or `profiles: 5` is an error there, not a service that silently disappears).
+fn names(ctx: &mut Ctx<'_>, v: &Node, key: &str, one: &str) -> Vec<String> {
+    let Some(items) = v.as_seq() else {
+        if !v.is_null() {
+            ctx.error_hint(
+                v,
+                format!("`{key}` must be a list of names, found {}", v.kind()),
+                format!("write `{key}: [NAME]`"),
+            );
+        }
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match &item.value {
+            Value::Str(s) => Some(s.clone()),
+            _ => {
+                ctx.error_hint(
+                    item,
+                    format!("{one} must be a name, found {}", item.kind()),
+                    "quote it if it is meant as a name: `\"5\"`",
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 /// `links` and `volumes_from`: strings naming other services, each with where it is written.
@@ -217,12 +286,13 @@ fn restart(ctx: &mut Ctx<'_>, v: &Node) -> Option<String> {
     if ok {
         return Some(r);
     }
-    ctx.error_hint(
-        v,
+    // docker compose prints any text here; the fleet cannot run it.
+    ctx.cannot_run(
         format!("`restart: {r}` is not a restart policy"),
-        "use `no`, `always`, `on-failure[:N]` or `unless-stopped`",
+        &v.loc,
+        Some("use `no`, `always`, `on-failure[:N]` or `unless-stopped`"),
     );
-    None
+    Some(r)
 }
 
 /// `service:NAME` is a dependency; `container:…` cannot run on the fleet; the other modes are
@@ -242,10 +312,10 @@ fn network_mode(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) -> Option<String
             Status::Rejected,
             "containers outside the project do not exist on the hosts",
         );
-        ctx.error_hint(
-            v,
+        ctx.cannot_run(
             format!("`network_mode: {m}` in service `{name}` cannot run on the fleet"),
-            "containers outside the project do not exist on the hosts; use `network_mode: service:NAME`",
+            &v.loc,
+            Some("containers outside the project do not exist on the hosts; use `network_mode: service:NAME`"),
         );
     } else {
         let reason = "only `service:NAME` is honoured; the pod gets its own network namespace on the fleet network";
@@ -285,7 +355,12 @@ fn ulimits(ctx: &mut Ctx<'_>, v: &Node) -> BTreeMap<String, Ulimit> {
 }
 
 /// Legacy keys also feed `deploy`, which is what placement reads; conflicts are errors.
-fn fold_legacy(ctx: &mut Ctx<'_>, svc: &mut Service, scale_node: Option<&Node>) {
+fn fold_legacy(
+    ctx: &mut Ctx<'_>,
+    svc: &mut Service,
+    scale_node: Option<&Node>,
+    legacy: &[(&'static str, &Node)],
+) {
     let needs = svc.scale.is_some()
         || svc.mem_limit.is_some()
         || svc.mem_reservation.is_some()
@@ -294,13 +369,21 @@ fn fold_legacy(ctx: &mut Ctx<'_>, svc: &mut Service, scale_node: Option<&Node>) 
     if !needs {
         return;
     }
+    let name = svc.name.clone();
+    let at = |key: &str| {
+        legacy
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or_else(|| svc.spans.name.clone(), |(_, n)| n.loc.clone())
+    };
+    // Compose refuses a legacy key and its `deploy` spelling with different values.
+    let mut conflicts: Vec<(&str, &str, Location)> = Vec::new();
     let deploy = svc.deploy.get_or_insert_with(Deploy::default);
     if let Some(scale) = svc.scale {
         match deploy.replicas {
             Some(r) if r != scale => {
                 let d = Diagnostic::error(format!(
-                    "service `{}` sets `scale: {scale}` and `deploy.replicas: {r}`",
-                    svc.name
+                    "service `{name}` sets `scale: {scale}` and `deploy.replicas: {r}`"
                 ))
                 .hint("keep one of them (`deploy.replicas` is the current spelling)");
                 let d = match scale_node {
@@ -316,14 +399,30 @@ fn fold_legacy(ctx: &mut Ctx<'_>, svc: &mut Service, scale_node: Option<&Node>) 
         .resources
         .limits
         .get_or_insert_with(ResourceAmounts::default);
-    if limits.memory.is_none() {
-        limits.memory = svc.mem_limit;
+    match (limits.memory, svc.mem_limit) {
+        (Some(a), Some(b)) if a != b => conflicts.push((
+            "mem_limit",
+            "deploy.resources.limits.memory",
+            at("mem_limit"),
+        )),
+        (None, m) => limits.memory = m,
+        _ => {}
     }
-    if limits.cpus.is_none() {
-        limits.cpus = svc.cpus;
+    match (limits.cpus, svc.cpus) {
+        (Some(a), Some(b)) if a != b => {
+            conflicts.push(("cpus", "deploy.resources.limits.cpus", at("cpus")))
+        }
+        (None, c) => limits.cpus = c,
+        _ => {}
     }
-    if limits.pids.is_none() {
-        limits.pids = svc.pids_limit;
+    match (limits.pids, svc.pids_limit) {
+        (Some(a), Some(b)) if a != b => conflicts.push((
+            "pids_limit",
+            "deploy.resources.limits.pids",
+            at("pids_limit"),
+        )),
+        (None, p) => limits.pids = p,
+        _ => {}
     }
     if limits.memory.is_none()
         && limits.cpus.is_none()
@@ -337,9 +436,25 @@ fn fold_legacy(ctx: &mut Ctx<'_>, svc: &mut Service, scale_node: Option<&Node>) 
             .resources
             .reservations
             .get_or_insert_with(ResourceAmounts::default);
-        if r.memory.is_none() {
-            r.memory = Some(m);
+        match r.memory {
+            Some(x) if x != m => conflicts.push((
+                "mem_reservation",
+                "deploy.resources.reservations.memory",
+                at("mem_reservation"),
+            )),
+            _ => r.memory = Some(m),
         }
+    }
+    for (legacy_key, deploy_key, loc) in conflicts {
+        ctx.diags.push(
+            Diagnostic::error(format!(
+                "service `{name}` sets `{legacy_key}` and `{deploy_key}` to different values"
+            ))
+            .at(loc)
+            .hint(format!(
+                "keep one of them (`{deploy_key}` is the current spelling)"
+            )),
+        );
     }
 }
 
