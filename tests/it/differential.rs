@@ -55,16 +55,6 @@ const KNOWN: &[Known] = &[
         "deliberate for now (README table): compose's split of a string `command` stops at a shell operator (`a && b` runs `a`); we keep every word",
     ),
     (
-        "fixtures/differential/loader-reset-and-override",
-        "services.app",
-        "loader: the `!reset` and `!override` tags of override files are ignored",
-    ),
-    (
-        "fixtures/differential/build-forms",
-        "services.long.build.args.FROM_ENV",
-        "loader: a `build.args` entry without a value is not taken from the environment",
-    ),
-    (
         "fixtures/differential/multi-file-explicit",
         "services.api.dns",
         "loader (merge): a string `dns` in an override replaces the base's list; compose appends it",
@@ -90,49 +80,14 @@ const KNOWN: &[Known] = &[
         "loader: `develop.watch` paths are not made absolute",
     ),
     (
-        "fixtures/differential/invalid-cpus-conflicts-with-deploy",
-        "",
-        "loader: legacy `cpus` different from `deploy.resources.limits.cpus` is not an error (`deploy` wins); compose rejects it",
-    ),
-    (
-        "fixtures/differential/invalid-mem-limit-conflicts-with-deploy",
-        "",
-        "loader: legacy `mem_limit` different from `deploy.resources.limits.memory` is not an error (`deploy` wins); compose rejects it",
-    ),
-    (
-        "fixtures/differential/invalid-image-not-a-string",
-        "",
-        "loader: a number where the schema wants a string (`image: 123`) is accepted",
-    ),
-    (
-        "fixtures/differential/invalid-environment-list-of-numbers",
-        "",
-        "loader: a number where the schema wants a string (`environment: [1, 2]`) is accepted",
-    ),
-    (
         "fixtures/differential/invalid-logging-option-boolean",
         "",
         "loader: a boolean where the schema wants a string or number (logging `options`) is accepted",
     ),
     (
-        "fixtures/differential/restart-policy-compose-accepts",
-        "",
-        "loader: an unknown `restart` policy is an error for us; compose accepts it (issue 8: accept, and warn in the ledger)",
-    ),
-    (
         "fixtures/differential/build-secrets-and-network-options",
         "services.a.build.additional_contexts",
         "loader: `build.additional_contexts` paths are not made absolute",
-    ),
-    (
-        "fixtures/differential/loader-dotenv-edge-cases",
-        "services.app.environment.E",
-        "loader: `\\$` in a double-quoted `.env` value is not a literal `$`",
-    ),
-    (
-        "fixtures/differential/loader-utf16-file",
-        "",
-        "loader: a compose file in UTF-16 (with its byte order mark) is not read; compose reads it",
     ),
     (
         "fixtures/differential/extensions-everywhere",

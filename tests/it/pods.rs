@@ -107,6 +107,11 @@ fn graph_and_plan_agree_on_every_pod_of_every_fixture_and_example() {
             assert!(plan.stdout.is_empty(), "{}", plan.stdout);
             continue;
         }
+        if plan.code == Some(1) && plan.stdout.is_empty() && plan.stderr.contains("error:") {
+            // Compose accepts it but the fleet cannot run it (`restart: sometimes`, …): `config`
+            // and `graph` warn, placement refuses the whole project, so there are no pods to compare.
+            continue;
+        }
         let g: Value = serde_json::from_str(&graph.stdout).expect("graph JSON");
         let p: Value = serde_json::from_str(&plan.stdout)
             .unwrap_or_else(|e| panic!("{}: {e}: {}", compose.display(), plan.stderr));
