@@ -105,7 +105,7 @@ impl Engine<'_> {
         let n = self.nodes.len();
         let mut on_host: Vec<Vec<(usize, u32)>> = vec![Vec::new(); n];
         for (pod, list) in self.placed.iter().enumerate() {
-            for &(r, h) in list {
+            for (r, h) in list.iter() {
                 on_host[h as usize].push((pod, r));
             }
         }

@@ -20,6 +20,59 @@ pub(super) struct Instance {
     pub(super) shape: usize,
 }
 
+/// The instances of one group placed so far, by host: each host's replica numbers in the order
+/// they were placed. Counting a group's instances on a host, or taking one off, costs the
+/// host's share rather than a scan of every replica of the group.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Placed {
+    by_host: BTreeMap<u32, Vec<u32>>,
+    len: usize,
+}
+
+impl Placed {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn push(&mut self, replica: u32, host: u32) {
+        self.by_host.entry(host).or_default().push(replica);
+        self.len += 1;
+    }
+
+    /// Takes `replica` off `host`; whether it was there.
+    pub(super) fn remove(&mut self, replica: u32, host: u32) -> bool {
+        let Some(list) = self.by_host.get_mut(&host) else {
+            return false;
+        };
+        let Some(i) = list.iter().position(|&r| r == replica) else {
+            return false;
+        };
+        list.remove(i);
+        if list.is_empty() {
+            self.by_host.remove(&host);
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// Every (replica, host), host by host.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.by_host
+            .iter()
+            .flat_map(|(&h, list)| list.iter().map(move |&r| (r, h)))
+    }
+
+    /// Each host with how many instances it runs.
+    pub(super) fn hosts(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.by_host.iter().map(|(&h, list)| (h, list.len() as u32))
+    }
+
+    /// The replicas on `host`.
+    pub(super) fn on(&self, host: u32) -> &[u32] {
+        self.by_host.get(&host).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Where a shape may go before anything is placed (filters 1 and 2, which depend only on the
 /// host).
 #[derive(Debug, Clone)]
@@ -47,7 +100,7 @@ pub(crate) struct Engine<'a> {
     pub(super) size: Vec<f64>,
     pub(super) eligible: Vec<Option<Eligible>>,
     /// (replica, host) placed so far, per pod.
-    pub(super) placed: Vec<Vec<(u32, u32)>>,
+    pub(super) placed: Vec<Placed>,
     /// Instances of `counts_pod` on each host.
     pub(super) counts: Vec<u32>,
     pub(super) counts_pod: Option<usize>,
@@ -123,7 +176,7 @@ impl<'a> Engine<'a> {
             class_hosts,
             size,
             eligible: vec![None; units.shapes.len()],
-            placed: vec![Vec::new(); units.groups.len()],
+            placed: vec![Placed::default(); units.groups.len()],
             counts: vec![0; nodes.len()],
             counts_pod: None,
             zones: HashMap::new(),
@@ -167,7 +220,7 @@ impl<'a> Engine<'a> {
         if !shape.limits.is_empty() {
             let on_pod = self.count_on(shape.group, h);
             let pod = &self.units.groups[shape.group];
-            let uniform = pod.shapes.iter().all(|&s| s == pod.shapes[0]);
+            let uniform = pod.uniform();
             let placed = &self.placed[shape.group];
             let shapes = &self.units.shapes;
             // Every instance runs every service unless the pod's services differ in replicas.
@@ -176,13 +229,13 @@ impl<'a> Engine<'a> {
                     on_pod
                 } else {
                     placed
+                        .on(h as u32)
                         .iter()
-                        .filter(|&&(r, x)| {
-                            x as usize == h
-                                && shapes[pod.shape_of(r)]
-                                    .services
-                                    .iter()
-                                    .any(|s| s == service)
+                        .filter(|&&r| {
+                            shapes[pod.shape_of(r)]
+                                .services
+                                .iter()
+                                .any(|s| s == service)
                         })
                         .count() as u32
                 }
@@ -233,8 +286,8 @@ impl<'a> Engine<'a> {
             .map(|key| {
                 let (zone_of, zones) = &self.zones[key];
                 let mut per_zone = vec![0u32; *zones];
-                for &(_, host) in &self.placed[pod] {
-                    per_zone[zone_of[host as usize] as usize] += 1;
+                for (host, n) in self.placed[pod].hosts() {
+                    per_zone[zone_of[host as usize] as usize] += n;
                 }
                 per_zone
             })
@@ -245,12 +298,12 @@ impl<'a> Engine<'a> {
     pub(super) fn count_on(&mut self, pod: usize, h: usize) -> u32 {
         if self.counts_pod != Some(pod) {
             if let Some(old) = self.counts_pod {
-                for &(_, host) in &self.placed[old] {
+                for (host, _) in self.placed[old].hosts() {
                     self.counts[host as usize] = 0;
                 }
             }
-            for &(_, host) in &self.placed[pod] {
-                self.counts[host as usize] += 1;
+            for (host, n) in self.placed[pod].hosts() {
+                self.counts[host as usize] += n;
             }
             self.counts_pod = Some(pod);
         }
@@ -267,7 +320,7 @@ impl<'a> Engine<'a> {
             self.used[h] = true;
             self.in_use.push(h as u32);
         }
-        self.placed[inst.group].push((inst.replica, h as u32));
+        self.placed[inst.group].push(inst.replica, h as u32);
     }
 
     /// Takes one instance off host `h` (the inverse of [`Engine::commit`]).
@@ -279,12 +332,7 @@ impl<'a> Engine<'a> {
                 self.ports[h].swap_remove(i);
             }
         }
-        if let Some(i) = self.placed[pod]
-            .iter()
-            .position(|&(r, x)| r == replica && x as usize == h)
-        {
-            self.placed[pod].remove(i);
-        }
+        self.placed[pod].remove(replica, h as u32);
         if self.counts_pod == Some(pod) {
             self.counts[h] -= 1;
         }
@@ -296,7 +344,7 @@ impl<'a> Engine<'a> {
         let mut per_host: Vec<Vec<(String, u32)>> = vec![Vec::new(); self.nodes.len()];
         for (pod, placed) in self.placed.iter().enumerate() {
             let p = &self.units.groups[pod];
-            for &(replica, h) in placed {
+            for (replica, h) in placed.iter() {
                 let shape = &self.units.shapes[p.shape_of(replica)];
                 for service in &shape.services {
                     assignments.push(Assignment {

@@ -208,7 +208,7 @@ impl Engine<'_> {
         // 2. Global groups: one instance on every host that passes the host-only filters.
         self.place_globals();
         // 3. Order: everything else, largest first.
-        let queue = self.queue(&sticky.done);
+        let queue = self.queue(&sticky.pinned);
         let before = self.snapshot();
         // 4. Select: each instance to its best-scoring host.
         self.place_greedy(&queue);

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::engine::{Engine, Instance};
+use super::engine::{Engine, Instance, Placed};
 use super::filter;
 use super::order::Queue;
 use super::units::{Amount, PortKey};
@@ -26,7 +26,7 @@ struct Search {
 pub(super) struct Snapshot {
     free: Vec<Amount>,
     ports: Vec<Vec<PortKey>>,
-    placed: Vec<Vec<(u32, u32)>>,
+    placed: Vec<Placed>,
     unplaced: usize,
 }
 
@@ -44,8 +44,7 @@ impl Engine<'_> {
     /// Searches for a complete placement of `queue` from `before` when the greedy pass left
     /// something unplaced on a small problem.
     pub(super) fn repair(&mut self, queue: &Queue, before: Snapshot) {
-        let queue = &queue.instances;
-        if self.unplaced.len() <= before.unplaced || queue.len() > SEARCH_MAX_INSTANCES {
+        if self.unplaced.len() <= before.unplaced || queue.len > SEARCH_MAX_INSTANCES {
             return;
         }
         let Snapshot {
@@ -54,7 +53,7 @@ impl Engine<'_> {
             placed,
             unplaced: unplaced_before,
         } = before;
-        let insts: Vec<Instance> = queue.clone();
+        let insts: Vec<Instance> = queue.instances().collect();
         let mut state = Search {
             free: free.clone(),
             ports: ports.clone(),
@@ -62,7 +61,7 @@ impl Engine<'_> {
             budget: SEARCH_BUDGET,
         };
         for (pod, list) in placed.iter().enumerate() {
-            for &(r, h) in list {
+            for (r, h) in list.iter() {
                 let shape = &self.units.shapes[self.units.groups[pod].shape_of(r)];
                 for service in &shape.services {
                     *state
@@ -77,7 +76,7 @@ impl Engine<'_> {
             .placed
             .iter()
             .enumerate()
-            .flat_map(|(pod, list)| list.iter().map(move |&(r, h)| ((pod, r), h)))
+            .flat_map(|(pod, list)| list.iter().map(move |(r, h)| ((pod, r), h)))
             .collect();
         let prefer: Vec<Option<usize>> = insts
             .iter()

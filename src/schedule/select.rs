@@ -13,22 +13,21 @@ use super::units::{self, Amount, Shape};
 use super::Node;
 
 impl Engine<'_> {
-    /// Places the queue greedily, one run of same-shape instances at a time.
+    /// Places the queue greedily, one stretch of same-shape runs at a time.
     pub(super) fn place_greedy(&mut self, queue: &Queue) {
-        let q = &queue.instances;
+        let runs = &queue.runs;
         let mut i = 0;
-        while i < q.len() {
+        while i < runs.len() {
             let mut j = i + 1;
-            while j < q.len() && q[j].shape == q[i].shape {
+            while j < runs.len() && runs[j].shape == runs[i].shape {
                 j += 1;
             }
             self.prune(queue.least[i]);
-            self.place_run(&q[i..j]);
+            self.place_run(runs[i].shape, runs[i..j].iter().flat_map(|r| r.instances()));
             i = j;
         }
     }
 
-    /// Drops from `in_use` the hosts that can no longer take even the smallest demand to come.
     pub(super) fn prune(&mut self, least: Amount) {
         let free = &self.free;
         self.in_use.retain(|&h| least.fits_in(free[h as usize]));
@@ -74,14 +73,14 @@ impl Engine<'_> {
     }
 
     /// Select: places consecutive instances of one shape, each on the best-scoring host.
-    pub(super) fn place_run(&mut self, run: &[Instance]) {
+    pub(super) fn place_run(&mut self, shape: usize, run: impl Iterator<Item = Instance>) {
         let units = self.units;
-        let shape = &units.shapes[run[0].shape];
-        let eligible = self.eligible(run[0].shape);
+        let eligible = self.eligible(shape);
+        let shape = &units.shapes[shape];
         let zoned = !units.groups[shape.group].spread.is_empty();
         let mut heap: BinaryHeap<Scored> = BinaryHeap::new();
         let mut first = true;
-        for &inst in run {
+        for inst in run {
             // Zone spreading changes the score of every host in a zone: gather afresh each time.
             if first || zoned {
                 heap.clear();

@@ -8,11 +8,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::engine::{Engine, Instance};
 use super::Observed;
 
-/// What stickiness placed: the instances pinned to their hosts (consolidation never moves them),
-/// and, per group and replica, whether it is placed already.
+/// What stickiness placed: the instances (group, replica) pinned to their hosts. Consolidation
+/// never moves them, and the later stages leave them out. As many as the observed replicas, not
+/// as the project's.
 pub(super) struct Sticky {
     pub(super) pinned: HashSet<(usize, u32)>,
-    pub(super) done: Vec<Vec<bool>>,
 }
 
 impl Engine<'_> {
@@ -21,12 +21,6 @@ impl Engine<'_> {
         observed: &[Observed],
         changed: &BTreeSet<String>,
     ) -> Sticky {
-        let mut done: Vec<Vec<bool>> = self
-            .units
-            .groups
-            .iter()
-            .map(|p| vec![false; p.replicas as usize + 1])
-            .collect();
         let host_index: HashMap<&str, usize> = self
             .nodes
             .iter()
@@ -49,7 +43,10 @@ impl Engine<'_> {
                 continue;
             };
             let p = &self.units.groups[group];
-            if p.global || *replica == 0 || *replica > p.replicas || done[group][*replica as usize]
+            if p.global
+                || *replica == 0
+                || *replica > p.replicas
+                || pinned.contains(&(group, *replica))
             {
                 continue;
             }
@@ -62,9 +59,8 @@ impl Engine<'_> {
             if self.check(shape, h).is_ok() {
                 self.commit(inst, h);
                 pinned.insert((group, *replica));
-                done[group][*replica as usize] = true;
             }
         }
-        Sticky { pinned, done }
+        Sticky { pinned }
     }
 }
