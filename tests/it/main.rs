@@ -14,3 +14,4 @@ mod schedule;
 mod support;
 mod tidy;
 mod transport;
+mod workspace;
