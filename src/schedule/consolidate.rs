@@ -143,6 +143,14 @@ impl Engine<'_> {
             if !movable(&on_host[h]) {
                 continue;
             }
+            // An attempt checks every instance against every other open host: with none, or more
+            // checks than a whole budget, it cannot succeed, and taking a host of a million
+            // instances off only to put them back would cost more than all of placement.
+            let others = (0..n).filter(|&t| open[t] && t != h).count() as u64;
+            if others == 0 || on_host[h].len() as u64 * others > CONSOLIDATE_BUDGET {
+                misses += 1;
+                continue;
+            }
             let mut moving = std::mem::take(&mut on_host[h]);
             let size = |&(pod, r): &(usize, u32)| {
                 let d = units.shapes[units.groups[pod].shape_of(r)].demand;

@@ -20,8 +20,7 @@ pub(super) struct Instance {
     pub(super) shape: usize,
 }
 
-/// The instances of one group placed so far, by host: each host's replica numbers in the order
-/// they were placed. Counting a group's instances on a host, or taking one off, costs the
+/// The instances of one group placed so far, by host: each host's replica numbers. Counting a group's instances on a host, or taking one off, costs the
 /// host's share rather than a scan of every replica of the group.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Placed {
@@ -47,7 +46,10 @@ impl Placed {
         let Some(i) = list.iter().position(|&r| r == replica) else {
             return false;
         };
-        list.remove(i);
+        // Order within a host does not matter (every reader counts or sorts), and shifting the
+        // rest would make emptying a host of k instances cost k² (measured: 98% of placing 10^6
+        // replicas).
+        list.swap_remove(i);
         if list.is_empty() {
             self.by_host.remove(&host);
         }

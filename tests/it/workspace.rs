@@ -44,10 +44,7 @@ fn hosts_finds_the_inventory_beside_compose_file_from_the_environment() {
     assert_eq!(code, Some(1), "{stderr}");
     let expected = project_dir.path().join("inventory.yaml");
     assert!(
-        stderr.contains(&format!(
-            "inventory `{}`",
-            expected.display()
-        )),
+        stderr.contains(&format!("inventory `{}`", expected.display())),
         "{stderr}"
     );
 }
@@ -62,10 +59,7 @@ fn hosts_finds_the_inventory_beside_the_discovered_compose_file() {
     assert_eq!(code, Some(1), "{stderr}");
     let expected = project_dir.path().join("inventory.yaml");
     assert!(
-        stderr.contains(&format!(
-            "inventory `{}`",
-            expected.display()
-        )),
+        stderr.contains(&format!("inventory `{}`", expected.display())),
         "{stderr}"
     );
 }
