@@ -2,8 +2,12 @@
 //! bound and against first-fit decreasing. Prints figures; asserts nothing.
 //!
 //! `cargo bench --bench placement` (release). Instances are generated from fixed seeds.
+//! `-- --memory` also measures the peak heap of placing 10^6 identical replicas of one service
+//! (a counting allocator wraps the system one; its cost is the same for every figure).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use compose_fleet::compose::model::{
@@ -12,6 +16,73 @@ use compose_fleet::compose::model::{
 };
 use compose_fleet::schedule::units::Amount;
 use compose_fleet::schedule::{self, Node, NodeState};
+
+/// The system allocator, counting live bytes and their peak.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Peak heap of placing `replicas` identical replicas of one service on `hosts` hosts, and of
+/// the placement kept afterwards.
+fn memory(replicas: u32, hosts: usize) {
+    let mut project = Project {
+        name: "memory".into(),
+        ..Project::default()
+    };
+    project
+        .services
+        .insert("web".into(), service("web", 0.001, MIB, replicas));
+    let nodes: Vec<Node> = (0..hosts)
+        .map(|i| node(format!("h{i:05}"), 1e6, 1 << 50, &[], "x86_64"))
+        .collect();
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let t = Instant::now();
+    let pl = schedule::place(&project, &nodes, &[]).expect("memory project");
+    let secs = t.elapsed().as_secs_f64();
+    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let kept = LIVE.load(Ordering::Relaxed).saturating_sub(base);
+    println!(
+        "memory: {replicas} replicas of one service on {hosts} hosts: peak {:.1} MiB ({:.0} B per replica), \
+         the placement kept {:.1} MiB, {:.2} s; {} placed",
+        peak as f64 / MIB as f64,
+        peak as f64 / f64::from(replicas),
+        kept as f64 / MIB as f64,
+        secs,
+        pl.assignments.len(),
+    );
+}
 
 /// splitmix64: a small seeded generator, so instances are the same on every run.
 struct Rng(u64);
@@ -341,6 +412,10 @@ fn quality(anti: bool, base: u64, seeds: u64, n: usize) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     println!("placement benchmark (single thread)");
+    if std::env::args().any(|a| a == "--memory") {
+        memory(1_000_000, 100);
+        memory(100_000, 100);
+    }
     time_it("10k/1k", 42, 1_000, 10_000, if quick { 3 } else { 21 });
     if !quick {
         time_it("100k/10k", 43, 10_000, 100_000, 5);

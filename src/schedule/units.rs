@@ -168,9 +168,11 @@ pub struct Group {
     /// Replica counts of each service (in `services` order): a pod instance `r` runs the
     /// services whose count is at least `r`.
     pub service_replicas: Vec<u32>,
-    /// Per instance (index r-1): the shape it has. Empty for global pods (they use shape 0...
-    /// see [`Group::shape_of`]).
-    pub shapes: Vec<usize>,
+    /// The shapes of the instances, as runs: `(first replica, shape)`, by first replica; a run
+    /// lasts until the next one starts. One entry per distinct set of running services (usually
+    /// one in all), so that a service of a million identical replicas costs one entry, not a
+    /// million.
+    pub shape_runs: Vec<(u32, usize)>,
     /// Label keys from `preferences: - spread: node.labels.KEY`.
     pub spread: Vec<String>,
 }
@@ -184,12 +186,17 @@ impl Group {
 
     /// The shape of instance `replica` (1-based).
     pub fn shape_of(&self, replica: u32) -> usize {
-        let i = (replica.max(1) - 1) as usize;
-        self.shapes
-            .get(i)
-            .or(self.shapes.last())
-            .copied()
-            .unwrap_or(0)
+        let after = self
+            .shape_runs
+            .partition_point(|&(first, _)| first <= replica);
+        self.shape_runs
+            .get(after.saturating_sub(1))
+            .map_or(0, |&(_, shape)| shape)
+    }
+
+    /// Whether every instance has the same shape (runs the same services).
+    pub fn uniform(&self) -> bool {
+        self.shape_runs.len() <= 1
     }
 
     pub fn display(&self) -> String {
@@ -385,8 +392,21 @@ pub fn build(project: &Project) -> Result<Units, Diagnostics> {
         }
         // One shape per distinct set of running services (usually just one).
         let mut shapes_of_pod: BTreeMap<Vec<usize>, usize> = BTreeMap::new();
-        let mut instance_shapes = Vec::new();
-        for r in 1..=count.max(1) {
+        let mut shape_runs = Vec::new();
+        // The set of running services changes only after the last replica of a service: one run
+        // per such point, never one entry per replica.
+        let last = count.max(1);
+        let mut starts: Vec<u32> = std::iter::once(1)
+            .chain(
+                service_replicas
+                    .iter()
+                    .map(|&n| n.saturating_add(1))
+                    .filter(|&r| r > 1 && r <= last),
+            )
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        for r in starts {
             let running: Vec<usize> = (0..members.len())
                 .filter(|&i| service_replicas[i] >= r || global)
                 .collect();
@@ -426,7 +446,7 @@ pub fn build(project: &Project) -> Result<Units, Diagnostics> {
                 });
                 units.shapes.len() - 1
             });
-            instance_shapes.push(shape);
+            shape_runs.push((r, shape));
         }
         for m in &members {
             units.group_of.insert(m.clone(), pod_index);
@@ -438,7 +458,7 @@ pub fn build(project: &Project) -> Result<Units, Diagnostics> {
             replicas: if global { 0 } else { count },
             global,
             service_replicas,
-            shapes: instance_shapes,
+            shape_runs,
             spread,
         });
     }

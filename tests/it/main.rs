@@ -19,3 +19,4 @@ mod schedule;
 mod support;
 mod tidy;
 mod transport;
+mod workspace;

@@ -1,0 +1,174 @@
+//! `Exec`: a command run in a container through the runtime, its output streamed back as frames,
+//! killed with its process group when the client goes away.
+
+use super::*;
+
+impl Supervisor {
+    /// Runs a command in a running container, streaming its output, then its exit code.
+    pub(super) async fn exec(
+        &self,
+        id: u64,
+        req: ExecRequest,
+        tx: &mpsc::Sender<ResponseFrame>,
+    ) -> Result<Response, Failure> {
+        let c = {
+            let projects = self.inner.projects.lock().await;
+            let pod = projects
+                .get(&req.project)
+                .and_then(|p| p.pods.get(&req.pod))
+                .ok_or_else(|| {
+                    Failure::bad(format!(
+                        "project {} has no pod {} on this host",
+                        req.project, req.pod
+                    ))
+                })?;
+            pod.containers
+                .iter()
+                .find(|c| c.launch.service == req.service)
+                .cloned()
+                .ok_or_else(|| {
+                    Failure::bad(format!("pod {} has no service {}", req.pod, req.service))
+                })?
+        };
+        let pid = c.running_pid().ok_or_else(|| {
+            Failure::bad(format!(
+                "service {} of pod {} is not running; see `ps` for its state",
+                req.service, req.pod
+            ))
+        })?;
+        if req.command.is_empty() {
+            return Err(Failure::bad("exec needs a command"));
+        }
+        let child =
+            start_exec(&self.inner, &c.launch, pid, &req.command, &req.env, true).map_err(|e| {
+                Failure::bad(format!(
+                    "running {:?} in service {} of pod {}: {e}",
+                    req.command[0], req.service, req.pod
+                ))
+            })?;
+        let out = child
+            .stdout
+            .map(|o| pump(id, Stream::Stdout, o, tx.clone()));
+        let err = child
+            .stderr
+            .map(|e| pump(id, Stream::Stderr, e, tx.clone()));
+        let code = wait_child(child.pid).await.map_err(|e| {
+            Failure::host(format!("waiting for exec in service {}", req.service), e)
+        })?;
+        if let Some(o) = out {
+            let _ = o.await;
+        }
+        if let Some(e) = err {
+            let _ = e.await;
+        }
+        Ok(Response::ExecExit { code })
+    }
+}
+
+/// A process started by [`ContainerRuntime::exec`]: our child, with its output pipes.
+pub(super) struct ExecChild {
+    pub(super) pid: u32,
+    pub(super) stdout: Option<OwnedFd>,
+    pub(super) stderr: Option<OwnedFd>,
+}
+
+pub(super) fn start_exec(
+    inner: &Inner,
+    launch: &Launch,
+    pid: u32,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    capture: bool,
+) -> io::Result<ExecChild> {
+    let null = |write: bool| -> io::Result<OwnedFd> {
+        Ok(OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open("/dev/null")?,
+        ))
+    };
+    let (out_r, out_w, err_r, err_w) = if capture {
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        (Some(out_r), out_w, Some(err_r), err_w)
+    } else {
+        (None, null(true)?, None, null(true)?)
+    };
+    let stdio = seam::ContainerStdio {
+        stdin: null(false)?,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    // `stdio` (our copies of the write ends) is dropped by the call, so the pipes see EOF when
+    // the command exits.
+    let pid = inner.cfg.runtime.exec(launch, pid, argv, env, stdio)?;
+    Ok(ExecChild {
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+/// Waits for our child `pid` to exit and reaps it: its exit code, 128 + signal when killed.
+pub(super) async fn wait_child(pid: u32) -> io::Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let raw = nix::unistd::Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?);
+    let reap = move || loop {
+        match waitpid(raw, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io::Error::other(format!("waiting for exec pid {pid}: {e}"))),
+        }
+    };
+    if let Some(fd) = pidfd_open(pid) {
+        // SAFETY: an `OwnedFd` stays open and refers to the same pidfd until the `AsyncFd` drops it.
+        if let Ok(afd) = unsafe { AsyncFd::register(fd) } {
+            let _ = afd.readable().await;
+            // It has exited: this waitpid returns at once.
+            return reap();
+        }
+    }
+    // No pidfd: wait where blocking is allowed.
+    tokio::task::spawn_blocking(reap)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Kills an exec'ed command (and its process group, when it leads one).
+pub(super) fn kill_exec(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-raw), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGKILL);
+    }
+}
+
+pub(super) fn pump(
+    id: u64,
+    stream: Stream,
+    fd: OwnedFd,
+    tx: mpsc::Sender<ResponseFrame>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+            return;
+        };
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if tx
+                        .send(more(id, Response::ExecOutput { stream, data }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
