@@ -260,9 +260,14 @@ mod tests {
         let taken = [record("a", 8, 2, 1), record("lab", 0, 1, 1)];
         assert_eq!(allocate("b", 1, &taken), Some(10));
         assert_eq!(allocate("b", 3, &taken), Some(10));
-        // The default lab's range taken: the lowest free run elsewhere.
+        // The default lab's place taken: the lowest free run after it.
         let taken = [record("x", 0, 1, 1)];
-        assert_eq!(allocate("lab", 2, &taken), Some(8));
+        assert_eq!(allocate("lab", 2, &taken), Some(1));
+        // Other labs fill the low /24s only when all above are taken.
+        let high: Vec<Record> = (8..=255)
+            .map(|k| record(&format!("l{k}"), k, 1, 1))
+            .collect();
+        assert_eq!(allocate("y", 1, &high), Some(0));
         // Full: every /24 held.
         let full: Vec<Record> = (0..=255)
             .map(|k| record(&format!("l{k}"), k, 1, 1))
