@@ -429,7 +429,9 @@ impl Lab {
                 )))
             }
             None => {
-                let others: Vec<Record> = all.into_iter().filter(|r| r.name != self.name).collect();
+                let mut others: Vec<Record> =
+                    all.into_iter().filter(|r| r.name != self.name).collect();
+                others.extend(unrecorded_lab(&others));
                 index::allocate(&self.name, sites, &others).ok_or_else(|| {
                     Error::User(format!(
                         "no room for {sites} more /24(s) in 10.250.0.0/16: {} labs are up; see `compose-fleet lab list`",
@@ -695,6 +697,20 @@ impl Lab {
         }
         host::write(&self.inventory(), &text, 0o644)
     }
+}
+
+/// A lab on 10.250.0.0/24 that a checkout from before labs had names brought up: it is in no
+/// record, but [`ACTIVE_MARKER`] names its directory and its bridge exists. Its /24 is taken.
+fn unrecorded_lab(recorded: &[Record]) -> Option<Record> {
+    let dir = PathBuf::from(fs::read_to_string(ACTIVE_MARKER).ok()?.trim());
+    let up = dir.join("lab.json").exists() && net::link_exists("cflab0");
+    (up && !recorded.iter().any(|r| r.dir == dir)).then(|| Record {
+        name: String::new(),
+        dir,
+        base: 0,
+        sites: 1,
+        hosts: 0,
+    })
 }
 
 /// The record kept in a lab directory (`DIR/lab.json`).
