@@ -14,6 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::Error;
+use crate::cli::output;
 
 /// One file per lab, `NAME.json`, plus the per-lab lock files `NAME.lock`.
 pub const INDEX_DIR: &str = "/run/compose-fleet-labs";
@@ -162,7 +163,7 @@ pub fn list() -> Vec<Record> {
             match parsed {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    crate::cli::output::warning(&format!(
+                    output::warning(&format!(
                         "ignoring the lab record {}: {e}; remove it if no lab of that name is up",
                         p.display()
                     ));

@@ -797,6 +797,33 @@ mod tests {
     }
 
     #[test]
+    fn a_lab_is_found_by_name_or_by_the_record_in_its_directory() {
+        let name = format!("unit-{}", std::process::id());
+        let lab = Lab::find(Some(&name), None).unwrap();
+        assert_eq!(lab.dir(), index::default_dir(&name));
+        assert_eq!(
+            index::default_dir(&name),
+            Path::new(&format!("{DEFAULT_DIR}-{name}"))
+        );
+        assert_eq!(Lab::find(None, None).unwrap().name(), DEFAULT_NAME);
+        // By directory alone: the name comes from the record in it.
+        let dir = tempfile::tempdir().unwrap();
+        recorded(&name, dir.path(), 30, 1, 1);
+        let found = Lab::find(None, Some(dir.path())).unwrap();
+        assert_eq!((found.name(), found.dir()), (name.as_str(), dir.path()));
+        assert_eq!(found.registry().as_deref(), Some("10.250.30.1:5000"));
+        // A directory with no record: the default lab there.
+        let empty = tempfile::tempdir().unwrap();
+        let found = Lab::find(None, Some(empty.path())).unwrap();
+        assert_eq!((found.name(), found.dir()), (DEFAULT_NAME, empty.path()));
+        assert_eq!(found.record(), None);
+        assert!(matches!(
+            Lab::find(Some("Bad_Name"), None),
+            Err(Error::User(_))
+        ));
+    }
+
+    #[test]
     fn the_inventory_is_written_in_the_agreed_format() {
         let dir = tempfile::tempdir().unwrap();
         let lab = recorded("lab", dir.path(), 0, 1, 4);
