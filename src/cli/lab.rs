@@ -21,7 +21,8 @@ pub enum LabCommand {
     Down(Which),
     /// Show a lab's hosts and whether each sshd and the registry answer
     Status(Which),
-    /// Run a command inside a lab host's namespaces: `lab exec lab-1 -- hostname`
+    /// Run a command inside a lab host's namespaces: `lab exec lab-1 -- hostname` (the host's
+    /// name finds its lab)
     Exec(ExecArgs),
     /// List the labs on this machine: name, directory, subnets, hosts, and whether each is up
     List,
@@ -87,7 +88,13 @@ pub fn run(_global: &GlobalArgs, args: Args) -> CmdResult {
         LabCommand::Status(a) => status(&a.find()?),
         LabCommand::Exec(a) => {
             lab::require_root().map_err(failure)?;
-            let mut cmd = a.which.find()?.exec(&a.host, &a.command).map_err(failure)?;
+            // Without --name or --dir, the host's name says which lab it is in.
+            let named = a.which.name.is_some() || a.which.dir.is_some();
+            let lab = match (!named).then(|| lab::lab_of_host(&a.host)).flatten() {
+                Some(lab) => lab,
+                None => a.which.find()?,
+            };
+            let mut cmd = lab.exec(&a.host, &a.command).map_err(failure)?;
             let status = cmd
                 .status()
                 .map_err(|e| Failure::Internal(format!("cannot run nsenter: {e}")))?;

@@ -355,7 +355,7 @@ pub fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    /// The mount lines of a host's start script, in order.
+    /// A one-site lab `lab` in `dir`.
     fn record(dir: &str) -> Record {
         Record {
             name: "lab".into(),
@@ -366,6 +366,7 @@ mod tests {
         }
     }
 
+    /// The mount lines of a host's start script, in order.
     fn mount_targets(lab_dir: &str) -> Vec<String> {
         let host = Host::new(&record(lab_dir), 1);
         host.start_script(Path::new(lab_dir))

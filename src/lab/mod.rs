@@ -145,6 +145,17 @@ pub fn list() -> Vec<Listing> {
         .collect()
 }
 
+/// The recorded lab that has a host of this name (host names are unique across labs).
+pub fn lab_of_host(host: &str) -> Option<Lab> {
+    index::list()
+        .into_iter()
+        .find(|r| (1..=r.hosts).any(|i| r.host_name(i) == host))
+        .map(|r| Lab {
+            name: r.name,
+            dir: r.dir,
+        })
+}
+
 fn absolute(dir: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }

@@ -454,9 +454,9 @@ fn lab_fault_injection_status_and_exec() {
         describe(&out)
     );
 
-    // `lab exec` runs in the host's namespaces.
+    // `lab exec` runs in the host's namespaces; the host's name finds its lab.
     let out = Command::new(support::bin())
-        .args(["lab", "exec", "--name", lab.name()])
+        .args(["lab", "exec"])
         .args([
             h2.as_str(),
             "--",
@@ -468,6 +468,8 @@ fn lab_fault_injection_status_and_exec() {
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(stdout(&out), format!("{h2}\n1"));
+    let out = lab.run_lab(&["exec", &h1, "--", "hostname"]);
+    assert_eq!(stdout(&out), h1, "{}", describe(&out));
 
     // Cut off: connections time out; reconnect: it answers again.
     faults.cut_off(&h1).unwrap();
