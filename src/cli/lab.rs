@@ -71,6 +71,10 @@ pub struct ExecArgs {
 }
 
 pub fn run(_global: &GlobalArgs, args: Args) -> CmdResult {
+    // Say what is missing before looking any lab up (`list` only reads the index).
+    if !matches!(args.command, LabCommand::List) {
+        lab::require_root().map_err(failure)?;
+    }
     match args.command {
         LabCommand::Up(a) => {
             let started = std::time::Instant::now();
@@ -87,7 +91,6 @@ pub fn run(_global: &GlobalArgs, args: Args) -> CmdResult {
         }
         LabCommand::Status(a) => status(&a.find()?),
         LabCommand::Exec(a) => {
-            lab::require_root().map_err(failure)?;
             // Without --name or --dir, the host's name says which lab it is in.
             let named = a.which.name.is_some() || a.which.dir.is_some();
             let lab = match (!named).then(|| lab::lab_of_host(&a.host)).flatten() {
@@ -131,8 +134,6 @@ fn list() -> CmdResult {
 }
 
 fn status(lab: &Lab) -> CmdResult {
-    // Reading the namespaces of root's processes needs root too.
-    lab::require_root().map_err(failure)?;
     let status = lab.status().map_err(failure)?;
     let yes_no = |b: bool| if b { "up" } else { "down" };
     let mut text = format!(

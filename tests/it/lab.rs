@@ -561,18 +561,30 @@ fn lab_refuses_to_run_without_root() {
     if !support::is_root(test, "switching to an unprivileged user") {
         return;
     }
-    let out = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-        .arg(support::bin())
-        .args(["lab", "up", "--dir", "/nonexistent/cf-lab"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        stderr(&out).contains("the lab needs root"),
-        "{}",
-        describe(&out)
-    );
+    // Every command that changes or enters a lab says so first, even for a lab that is up (the
+    // default lab `lab` may be: the demo leaves it up) and without touching it.
+    let name = support::lab_name();
+    for args in [
+        vec!["up", "--name", &name, "--dir", "/nonexistent/cf-lab"],
+        vec!["up"],
+        vec!["down"],
+        vec!["status"],
+        vec!["exec", "lab-1", "--", "true"],
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(support::bin())
+            .arg("lab")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains("the lab needs root"),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
 }
 
 #[test]
