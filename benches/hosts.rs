@@ -53,9 +53,11 @@ fn bench_fleet(n: usize) -> Result<(), String> {
         .prefix("cf-bench-lab")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let lab = Lab::at(dir.path());
+    // A lab of its own name, beside any lab the user has up.
+    let lab = Lab::new(&format!("bench-{}", std::process::id()), dir.path())
+        .map_err(|e| e.to_string())?;
     let result = (|| {
-        lab.up(n).map_err(|e| e.to_string())?;
+        lab.up(n, None).map_err(|e| e.to_string())?;
         let (cold, totals) = run_hosts(&lab)?;
         print_row(n, "cold", &[cold], &totals, n);
         let mut warm = Vec::new();
@@ -109,6 +111,11 @@ fn run_hosts(lab: &Lab) -> Result<(Duration, String), String> {
 }
 
 fn plain_ssh(lab: &Lab) -> Result<Duration, String> {
+    let first = lab
+        .hosts()
+        .into_iter()
+        .next()
+        .ok_or("the lab has no hosts")?;
     let started = Instant::now();
     let status = Command::new("ssh")
         .args([
@@ -124,7 +131,8 @@ fn plain_ssh(lab: &Lab) -> Result<Duration, String> {
         ))
         .arg("-i")
         .arg(lab.identity())
-        .args(["root@10.250.0.11", "true"])
+        .arg(format!("root@{}", first.address))
+        .arg("true")
         .status()
         .map_err(|e| e.to_string())?;
     if !status.success() {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the built-in lab fleet: set up this machine, build, start the lab fleet (hosts
-# with sshd in network namespaces, and a registry), and run compose-fleet on an example app.
-# Needs root (the lab creates network namespaces, a bridge and mounts).
-# The lab stays up afterwards; remove it with: compose-fleet lab down --dir "$COMPOSE_FLEET_LAB_DIR"
+# The main job on the built-in lab fleet: set up this machine, build, start the default lab
+# (`lab`: hosts with sshd in network namespaces, and a registry), and run compose-fleet on an
+# example app. Needs root (the lab creates network namespaces, a bridge and mounts).
+# The lab stays up afterwards (scripts/test.sh runs beside it: its labs have names of their own);
+# remove it with: target/debug/compose-fleet lab down
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,8 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 scripts/setup.sh
-cargo build --release --locked
-bin=target/release/compose-fleet
+# The debug build: the one scripts/test.sh builds too, so the README's two commands compile once.
+cargo build --locked
+bin=target/debug/compose-fleet
 example=examples/voting
 lab_dir=${COMPOSE_FLEET_LAB_DIR:-/var/lib/compose-fleet-lab}
 
@@ -28,3 +30,5 @@ echo "==> compose-fleet graph ($example)"
 "$bin" -f "$example/compose.yaml" graph
 echo "==> compose-fleet plan ($example on the lab fleet)"
 "$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" plan
+echo "==> compose-fleet lab list"
+"$bin" lab list

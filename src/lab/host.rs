@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::index::Record;
 use super::sys::{self, run};
 use super::{net, Error};
 
@@ -28,12 +29,13 @@ pub const SSHD_LISTENER: &str = "/usr/sbin/sshd -D -f /etc/ssh/sshd_config";
 /// A lab host as the lab sees it from the root namespace.
 #[derive(Debug, Clone)]
 pub struct Host {
-    /// `lab-N`: the host's name, hostname and network namespace.
+    /// `LAB-N`: the host's name, hostname and network namespace.
     pub name: String,
     /// N, from 1.
     pub index: usize,
-    /// Its address on the lab bridge.
+    /// Its address on its site's bridge.
     pub address: String,
+    ip: std::net::Ipv4Addr,
     /// `DIR/hosts/NAME`.
     pub root: PathBuf,
 }
@@ -81,19 +83,21 @@ fn cgroup_mount_script(mountinfo: &str) -> String {
 }
 
 impl Host {
-    pub fn new(dir: &Path, index: usize) -> Host {
-        let name = format!("lab-{index}");
+    /// Host N (from 1) of a lab.
+    pub fn new(lab: &Record, index: usize) -> Host {
+        let name = lab.host_name(index);
+        let ip = std::net::Ipv4Addr::from(lab.host_address(index));
         Host {
-            address: format!("10.250.0.{}", 10 + index),
-            root: dir.join("hosts").join(&name),
+            address: ip.to_string(),
+            ip,
+            root: lab.dir.join("hosts").join(&name),
             name,
             index,
         }
     }
 
     pub fn ssh_addr(&self) -> SocketAddr {
-        // The address is built from a number, so it always parses.
-        SocketAddr::from(([10, 250, 0, (10 + self.index) as u8], 22))
+        SocketAddr::from((self.ip, 22))
     }
 
     /// The host's private directory for `name` (see [`PRIVATE_DIRS`]).
@@ -288,7 +292,7 @@ fn same_netns(pid: i32, netns: &str) -> bool {
 }
 
 /// `roots` plus every process whose parent chain reaches one of them.
-fn with_descendants(roots: &[i32]) -> Vec<i32> {
+pub fn with_descendants(roots: &[i32]) -> Vec<i32> {
     let mut parent_of = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -351,9 +355,20 @@ pub fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
 mod tests {
     use super::*;
 
+    /// A one-site lab `lab` in `dir`.
+    fn record(dir: &str) -> Record {
+        Record {
+            name: "lab".into(),
+            dir: PathBuf::from(dir),
+            base: 0,
+            sites: 1,
+            hosts: 2,
+        }
+    }
+
     /// The mount lines of a host's start script, in order.
     fn mount_targets(lab_dir: &str) -> Vec<String> {
-        let host = Host::new(Path::new(lab_dir), 1);
+        let host = Host::new(&record(lab_dir), 1);
         host.start_script(Path::new(lab_dir))
             .lines()
             .filter(|l| l.starts_with("mount --bind"))
@@ -378,7 +393,7 @@ mod tests {
 
     #[test]
     fn start_script_quotes_paths_and_execs_the_listener_it_looks_for() {
-        let host = Host::new(Path::new("/srv/it's a lab"), 2);
+        let host = Host::new(&record("/srv/it's a lab"), 2);
         let script = host.start_script(Path::new("/srv/it's a lab"));
         assert!(script.starts_with("set -e\nhostname lab-2\n"));
         assert!(script.contains(

@@ -19,12 +19,24 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
-use super::{Error, REGISTRY};
+use super::Error;
 
-/// The shell image: busybox with a link for every applet in `/bin`; default command `sh`.
-pub const SHELL_IMAGE: &str = "10.250.0.1:5000/lab/busybox:latest";
-/// The HTTP server image: busybox `httpd` serving `/www/index.html` on port 80.
-pub const HTTPD_IMAGE: &str = "10.250.0.1:5000/lab/httpd:latest";
+/// The shell image, in each lab's registry: busybox with a link for every applet in `/bin`;
+/// default command `sh`.
+pub const SHELL_REPOSITORY: &str = "lab/busybox:latest";
+/// The HTTP server image, in each lab's registry: busybox `httpd` serving `/www/index.html` on
+/// port 80.
+pub const HTTPD_REPOSITORY: &str = "lab/httpd:latest";
+
+/// The shell image in the registry at `registry` (`HOST:PORT`, see `Lab::registry`).
+pub fn shell_image(registry: &str) -> String {
+    format!("{registry}/{SHELL_REPOSITORY}")
+}
+
+/// The HTTP server image in the registry at `registry`.
+pub fn httpd_image(registry: &str) -> String {
+    format!("{registry}/{HTTPD_REPOSITORY}")
+}
 /// What the HTTP server image serves at `/`.
 pub const HTTPD_INDEX: &str = "hello from the compose-fleet lab\n";
 
@@ -72,20 +84,20 @@ impl Entry {
     }
 }
 
-/// Builds both test images from the machine's busybox-static.
-pub fn build_all() -> Result<Vec<Image>, Error> {
+/// Builds both test images from the machine's busybox-static, named for `registry`.
+pub fn build_all(registry: &str) -> Result<Vec<Image>, Error> {
     let busybox = std::fs::read(BUSYBOX).map_err(|e| {
         Error::Env(format!(
             "cannot read {BUSYBOX}: {e}; run scripts/setup.sh (Debian package busybox-static)"
         ))
     })?;
-    build_from(&busybox)
+    build_from(&busybox, registry)
 }
 
-fn build_from(busybox: &[u8]) -> Result<Vec<Image>, Error> {
+fn build_from(busybox: &[u8], registry: &str) -> Result<Vec<Image>, Error> {
     let applets = applets(Path::new(BUSYBOX))?;
     let shell = build(
-        SHELL_IMAGE,
+        &shell_image(registry),
         base_entries(busybox, &applets),
         serde_json::json!({ "Env": [PATH_ENV], "Cmd": ["sh"], "WorkingDir": "/" }),
     )?;
@@ -97,7 +109,7 @@ fn build_from(busybox: &[u8]) -> Result<Vec<Image>, Error> {
         HTTPD_INDEX.into(),
     ));
     let httpd = build(
-        HTTPD_IMAGE,
+        &httpd_image(registry),
         entries,
         serde_json::json!({
             "Env": [PATH_ENV],
@@ -254,10 +266,10 @@ pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// An `oci-client` client that speaks plain http to the lab registry only.
-pub fn client() -> Client {
+/// An `oci-client` client that speaks plain http to the lab registry at `registry` only.
+pub fn client(registry: &str) -> Client {
     Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(vec![REGISTRY.to_string()]),
+        protocol: ClientProtocol::HttpsExcept(vec![registry.to_string()]),
         ..Default::default()
     })
 }
@@ -274,7 +286,7 @@ struct Stamp {
 /// Makes sure the lab registry holds the test images built from this machine's busybox; builds
 /// and pushes only what is missing or different. `stamp` is a file the lab owns. Returns how many
 /// images were pushed.
-pub fn ensure_seeded(stamp: &Path) -> Result<usize, Error> {
+pub fn ensure_seeded(stamp: &Path, registry: &str) -> Result<usize, Error> {
     let busybox = std::fs::read(BUSYBOX).map_err(|e| {
         Error::Env(format!(
             "cannot read {BUSYBOX}: {e}; run scripts/setup.sh (Debian package busybox-static)"
@@ -285,7 +297,7 @@ pub fn ensure_seeded(stamp: &Path) -> Result<usize, Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("cannot start an async runtime: {e}")))?;
-    let client = client();
+    let client = client(registry);
     let recorded = std::fs::read_to_string(stamp)
         .ok()
         .and_then(|t| serde_json::from_str::<Stamp>(&t).ok())
@@ -303,7 +315,7 @@ pub fn ensure_seeded(stamp: &Path) -> Result<usize, Error> {
             return Ok(0);
         }
     }
-    let images = build_from(&busybox)?;
+    let images = build_from(&busybox, registry)?;
     let pushed = runtime.block_on(push_missing(&client, &images))?;
     let stamp_text = serde_json::to_string_pretty(&Stamp {
         busybox: busybox_digest,

@@ -1,30 +1,34 @@
-//! The lab's OCI registry: Debian's `docker-registry` (distribution v2) with filesystem storage
-//! under the lab directory, serving plain http on the bridge address.
+//! A lab's OCI registry: Debian's `docker-registry` (distribution v2) with filesystem storage
+//! under the lab directory, serving plain http on the lab's first gateway address (each lab its
+//! own address, so every registry can use port 5000).
 
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::host::{mkdir, write};
+use super::index::Record;
 use super::sys;
-use super::{Error, REGISTRY};
+use super::Error;
 
 const BINARY: &str = "/usr/bin/docker-registry";
 
 pub struct Registry {
     dir: PathBuf,
+    addr: SocketAddrV4,
 }
 
 impl Registry {
-    pub fn new(lab_dir: &Path) -> Registry {
+    pub fn new(lab: &Record) -> Registry {
         Registry {
-            dir: lab_dir.to_path_buf(),
+            dir: lab.dir.clone(),
+            addr: SocketAddrV4::new(lab.gateway(0).into(), 5000),
         }
     }
 
-    pub fn addr() -> SocketAddr {
-        SocketAddr::from(([10, 250, 0, 1], 5000))
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::V4(self.addr)
     }
 
     pub fn pid_file(&self) -> PathBuf {
@@ -43,8 +47,8 @@ impl Registry {
     }
 
     /// Whether it accepts connections.
-    pub fn answers() -> bool {
-        sys::port_open(Self::addr())
+    pub fn answers(&self) -> bool {
+        sys::port_open(self.addr())
     }
 
     /// Starts the registry detached unless it is already running. Does not wait for it.
@@ -52,8 +56,8 @@ impl Registry {
         if self.pid().is_some() {
             return Ok(());
         }
-        // Only a lab registry listens on the lab bridge's address; one not ours is stale.
-        sys::terminate(&stale_listeners());
+        // Only this lab's registry listens on the lab's gateway address; one not ours is stale.
+        sys::terminate(&sys::listeners(self.addr));
         if !Path::new(BINARY).exists() {
             return Err(Error::Env(format!(
                 "{BINARY} is missing; run scripts/setup.sh (Debian package docker-registry)"
@@ -66,8 +70,9 @@ impl Registry {
              version: 0.1\n\
              log:\n  level: warn\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {REGISTRY}\n",
-            storage = storage.display()
+             http:\n  addr: {addr}\n",
+            storage = storage.display(),
+            addr = self.addr
         );
         write(&self.config_file(), &config, 0o644)?;
         let log = self.dir.join("registry.log");
@@ -97,17 +102,9 @@ impl Registry {
     /// Stops the registry: the one the pid file names, and whatever else listens on the lab
     /// registry's address (a registry whose lab directory was deleted: it would keep the port).
     pub fn stop(&self) {
-        let mut pids = stale_listeners();
+        let mut pids = sys::listeners(self.addr);
         pids.extend(self.pid());
         sys::terminate(&pids);
         let _ = fs::remove_file(self.pid_file());
     }
-}
-
-/// Processes listening on the lab registry's address, whatever their pid files say.
-fn stale_listeners() -> Vec<i32> {
-    sys::listeners(std::net::SocketAddrV4::new(
-        std::net::Ipv4Addr::new(10, 250, 0, 1),
-        5000,
-    ))
 }

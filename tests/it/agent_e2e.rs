@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use compose_fleet::lab::images::{HTTPD_IMAGE, HTTPD_INDEX, SHELL_IMAGE};
+use compose_fleet::lab::images::{self, HTTPD_INDEX};
 use compose_fleet::proto::{
     ApplyReport, ApplyRequest, ContainerSpec, ExecRequest, PodSpec, Request, Response,
     ResponseFrame, StatusReport, Stream,
@@ -15,7 +15,6 @@ use compose_fleet::ssh::{connect_agent, AgentBinary, OpenSsh, Options, SshTarget
 use crate::support::Lab;
 
 const PROJECT: &str = "e2e";
-const HOST: &str = "lab-1";
 /// How long anything may take before the test gives up (not a timing assertion).
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -29,17 +28,18 @@ fn container(service: &str, image: &str, command: Option<&[&str]>) -> ContainerS
     }
 }
 
-fn pods(other_hash: &str) -> Vec<PodSpec> {
+fn pods(registry: &str, other_hash: &str) -> Vec<PodSpec> {
+    let (httpd, shell) = (images::httpd_image(registry), images::shell_image(registry));
     vec![
         PodSpec {
             name: "web-1".into(),
             hostname: "web-1".into(),
             spec_hash: "web-v1".into(),
             containers: vec![
-                container("web", HTTPD_IMAGE, None),
+                container("web", &httpd, None),
                 container(
                     "probe",
-                    SHELL_IMAGE,
+                    &shell,
                     Some(&[
                         "sh",
                         "-c",
@@ -56,7 +56,7 @@ fn pods(other_hash: &str) -> Vec<PodSpec> {
             spec_hash: other_hash.into(),
             containers: vec![container(
                 "other",
-                SHELL_IMAGE,
+                &shell,
                 Some(&["sleep", &format!("36{}", other_hash.len())]),
             )],
             ports: Vec::new(),
@@ -65,12 +65,12 @@ fn pods(other_hash: &str) -> Vec<PodSpec> {
     ]
 }
 
-fn apply(other_hash: &str) -> Request {
+fn apply(registry: &str, other_hash: &str) -> Request {
     Request::Apply(ApplyRequest {
         project: PROJECT.into(),
-        pods: pods(other_hash),
+        pods: pods(registry, other_hash),
         registry_auth: BTreeMap::new(),
-        insecure_registries: vec!["10.250.0.1:5000".into()],
+        insecure_registries: vec![registry.into()],
         network: None,
     })
 }
@@ -199,7 +199,7 @@ fn blobs(lab: &Lab) -> BTreeMap<String, (u64, i64)> {
     let dir = lab
         .dir()
         .join("hosts")
-        .join(HOST)
+        .join(lab.host(1))
         .join("state/images/blobs/sha256");
     std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -218,7 +218,7 @@ fn kill_daemon(lab: &Lab) -> u32 {
     let pid_file = lab
         .dir()
         .join("hosts")
-        .join(HOST)
+        .join(lab.host(1))
         .join("run/compose-fleet/agent.pid");
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap_or_else(|e| panic!("reading {}: {e}", pid_file.display()))
@@ -227,7 +227,7 @@ fn kill_daemon(lab: &Lab) -> u32 {
         .expect("a pid in the daemon's pid file");
     let status = lab
         .faults()
-        .exec(HOST, &["kill".into(), "-9".into(), pid.to_string()])
+        .exec(&lab.host(1), &["kill".into(), "-9".into(), pid.to_string()])
         .expect("lab exec")
         .status()
         .expect("run kill");
@@ -243,6 +243,7 @@ fn the_agent_runs_isolated_pods_and_survives_its_own_kill() {
     let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
     let target = SshTarget::all(&fleet).remove(0);
     let agent = AgentBinary::locate(None).expect("the agent binary");
+    let registry = lab.registry();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -252,7 +253,7 @@ fn the_agent_runs_isolated_pods_and_survives_its_own_kill() {
         let (target, agent) = (&target, &agent);
 
         // Apply: two pods, three containers from the lab registry.
-        let report = match last_ok(&rpc(target, agent, apply("other-v1")).await) {
+        let report = match last_ok(&rpc(target, agent, apply(&registry, "other-v1")).await) {
             Response::Applied(r) => r,
             other => panic!("unexpected reply to Apply: {other:?}"),
         };
@@ -325,7 +326,7 @@ fn the_agent_runs_isolated_pods_and_survives_its_own_kill() {
 
         // A one-pod change replaces only that pod; its images are already here: no download.
         let blobs_before = blobs(&lab);
-        let report = match last_ok(&rpc(target, agent, apply("other-v2")).await) {
+        let report = match last_ok(&rpc(target, agent, apply(&registry, "other-v2")).await) {
             Response::Applied(r) => r,
             other => panic!("unexpected reply to Apply: {other:?}"),
         };

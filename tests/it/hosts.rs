@@ -109,8 +109,8 @@ fn hosts_reports_every_lab_host_and_pushes_the_agent_only_when_missing_or_wrong(
         let mut keys = keys.clone();
         keys.sort_unstable();
         assert_eq!(keys, expected);
-        assert_eq!(r["name"], format!("lab-{}", i + 1));
-        assert_eq!(r["address"], format!("10.250.0.{}", 11 + i));
+        assert_eq!(r["name"], lab.host(i + 1));
+        assert_eq!(r["address"], lab.address(&lab.host(i + 1)));
         assert_eq!(r["reachable"], true);
         assert_eq!(r["error"], Value::Null);
         assert_eq!(r["agent_version"], env!("CARGO_PKG_VERSION"));
@@ -122,13 +122,13 @@ fn hosts_reports_every_lab_host_and_pushes_the_agent_only_when_missing_or_wrong(
             "{r}"
         );
         assert!(r["rtt_ms"].as_f64().is_some());
-        let bin = lab.host_path(&format!("lab-{}", i + 1), "state", &installed);
+        let bin = lab.host_path(&lab.host(i + 1), "state", &installed);
         assert_eq!(
             sha256_file(&bin),
             agent.digest,
-            "{} on lab-{}",
+            "{} on {}",
             bin.display(),
-            i + 1
+            lab.host(i + 1)
         );
     }
     assert_eq!(total(&cold, "uploaded_bytes"), 3 * size);
@@ -149,8 +149,8 @@ fn hosts_reports_every_lab_host_and_pushes_the_agent_only_when_missing_or_wrong(
         "{table}"
     );
 
-    // Tampered on lab-2: a binary with the right name but other content is replaced, never run.
-    let bin = lab.host_path("lab-2", "state", &installed);
+    // Tampered on host 2: a binary with the right name but other content is replaced, never run.
+    let bin = lab.host_path(&lab.host(2), "state", &installed);
     std::fs::remove_file(&bin).expect("remove the agent");
     std::fs::write(&bin, "#!/bin/sh\ntouch /tmp/tampered-agent-ran\n").expect("tamper");
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -171,11 +171,12 @@ fn hosts_reports_every_lab_host_and_pushes_the_agent_only_when_missing_or_wrong(
     assert_eq!(
         total(&after, "uploaded_bytes"),
         size,
-        "only lab-2 gets a fresh copy"
+        "only host 2 gets a fresh copy"
     );
     assert_eq!(sha256_file(&bin), agent.digest);
     assert!(
-        !lab.host_path("lab-2", "tmp", "tampered-agent-ran").exists(),
+        !lab.host_path(&lab.host(2), "tmp", "tampered-agent-ran")
+            .exists(),
         "the tampered agent was executed"
     );
 }
@@ -185,8 +186,8 @@ fn a_dead_host_is_named_with_its_reason_and_the_others_report() {
     let Some(lab) = TestLab::up("a_dead_host_is_named", 3) else {
         return;
     };
-    lab.lab().kill_sshd("lab-2").expect("kill sshd");
-    lab.lab().cut_off("lab-3").expect("cut off");
+    lab.lab().kill_sshd(&lab.host(2)).expect("kill sshd");
+    lab.lab().cut_off(&lab.host(3)).expect("cut off");
     let out = hosts(&lab, &["--format", "json", "--connect-timeout", "3"]);
     assert_eq!(
         out.status.code(),
@@ -195,8 +196,8 @@ fn a_dead_host_is_named_with_its_reason_and_the_others_report() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rows = json_rows(&out);
-    assert_eq!(row(&rows, "lab-1")["reachable"], true);
-    let dead = row(&rows, "lab-2");
+    assert_eq!(row(&rows, &lab.host(1))["reachable"], true);
+    let dead = row(&rows, &lab.host(2));
     assert_eq!(dead["reachable"], false);
     let reason = dead["error"].as_str().unwrap_or("");
     assert!(
@@ -204,7 +205,7 @@ fn a_dead_host_is_named_with_its_reason_and_the_others_report() {
         "{reason}"
     );
     assert_eq!(dead["agent_version"], Value::Null);
-    let cut = row(&rows, "lab-3");
+    let cut = row(&rows, &lab.host(3));
     assert!(
         cut["error"]
             .as_str()
@@ -218,7 +219,7 @@ fn a_dead_host_is_named_with_its_reason_and_the_others_report() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("host `lab-2`") && stderr.contains("hint:"),
+        stderr.contains(&format!("host `{}`", lab.host(2))) && stderr.contains("hint:"),
         "{stderr}"
     );
     assert_eq!(total(&out, "reachable"), 1);
@@ -233,8 +234,8 @@ fn unknown_and_changed_host_keys_are_refused_before_any_command_runs() {
     // sshd runs /etc/ssh/sshrc at the start of every session, before the command: the marker
     // proves whether anything ran. Its output is also noise on the channel the reader skips.
     let sshrc = "printf '%s\\n' 'echo \"Welcome to lab-1 (motd noise)\"; touch /tmp/session-ran' > /etc/ssh/sshrc";
-    let marker = lab.host_path("lab-1", "tmp", "session-ran");
-    lab.sh("lab-1", sshrc);
+    let marker = lab.host_path(&lab.host(1), "tmp", "session-ran");
+    lab.sh(&lab.host(1), sshrc);
 
     // Unknown key: refused by default; --accept-new-host-keys records it, then strict works.
     let known_hosts = lab.lab().known_hosts();
@@ -242,7 +243,7 @@ fn unknown_and_changed_host_keys_are_refused_before_any_command_runs() {
     std::fs::write(&known_hosts, "").expect("forget the host keys");
     let unknown = hosts(&lab, &["--format", "json"]);
     assert_eq!(unknown.status.code(), Some(1));
-    let reason = row(&json_rows(&unknown), "lab-1")["error"]
+    let reason = row(&json_rows(&unknown), &lab.host(1))["error"]
         .as_str()
         .unwrap_or("")
         .to_string();
@@ -273,20 +274,23 @@ fn unknown_and_changed_host_keys_are_refused_before_any_command_runs() {
     assert!(marker.exists(), "the marker must show a session ran");
     std::fs::remove_file(&marker).expect("reset the marker");
 
-    lab.lab().change_host_key("lab-1").expect("new host key");
-    lab.sh("lab-1", sshrc);
+    lab.lab()
+        .change_host_key(&lab.host(1))
+        .expect("new host key");
+    lab.sh(&lab.host(1), sshrc);
     for args in [&[][..], &["--accept-new-host-keys"][..]] {
         let out = hosts(&lab, &[args, &["--format", "json"]].concat());
         assert_eq!(out.status.code(), Some(1));
         let rows = json_rows(&out);
-        let reason = row(&rows, "lab-1")["error"]
+        let reason = row(&rows, &lab.host(1))["error"]
             .as_str()
             .unwrap_or("")
             .to_string();
         assert!(reason.starts_with("host key changed:"), "{reason}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let fix = format!(
-            "ssh-keygen -R 10.250.0.11 -f {}",
+            "ssh-keygen -R {} -f {}",
+            lab.address(&lab.host(1)),
             lab.lab().known_hosts().display()
         );
         assert!(stderr.contains(&fix), "{stderr}");

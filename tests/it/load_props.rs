@@ -379,11 +379,16 @@ fn seeds() -> &'static [Seed] {
             dotenv: Some(generated.env),
         }];
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let corpus = crate::support::shared(
+            "the corpus seeds of loader_never_panics_on_mutated_real_files and every_seed_loads_without_mutation",
+        )
+        .map(|shared| shared.join("compose-corpus/real-world"));
         let dirs = [
             manifest.join("tests/fixtures/graph/shop"),
             manifest.join("tests/fixtures/graph/cycle"),
-            Path::new("/work/shared/compose-corpus/real-world").to_path_buf(),
-        ];
+        ]
+        .into_iter()
+        .chain(corpus);
         for dir in dirs {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;

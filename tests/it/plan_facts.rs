@@ -28,8 +28,11 @@ fn plan_without_offline_uses_the_hosts_real_capacity() {
     let compose = lab.dir().join("compose.yaml");
     std::fs::write(
         &compose,
-        "name: facts\nservices:\n  web:\n    image: 10.250.0.1:5000/lab/httpd:latest\n    \
-         deploy:\n      replicas: 2\n      resources:\n        reservations: { cpus: \"0.5\", memory: 64M }\n",
+        format!(
+            "name: facts\nservices:\n  web:\n    image: {}\n    \
+             deploy:\n      replicas: 2\n      resources:\n        reservations: {{ cpus: \"0.5\", memory: 64M }}\n",
+            lab.httpd_image()
+        ),
     )
     .expect("write compose.yaml");
 

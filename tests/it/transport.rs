@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support;
 
-/// The shared lab fixture (`support::Lab`: root check, the machine-wide lab lock, `lab down` on
+/// The shared lab fixture (`support::Lab`: root check, a lab of its own name, `lab down` on
 /// drop) with the helpers the transport and `hosts` tests use.
 pub struct TestLab {
     fixture: support::Lab,
@@ -24,6 +24,16 @@ impl TestLab {
     /// The lab itself: paths and fault injection.
     pub fn lab(&self) -> &Lab {
         self.fixture.faults()
+    }
+
+    /// Host N's name (`NAME-N`, from 1).
+    pub fn host(&self, index: usize) -> String {
+        self.fixture.host(index)
+    }
+
+    /// A host's address.
+    pub fn address(&self, host: &str) -> String {
+        self.fixture.address(host)
     }
 
     /// The SSH targets of the lab's inventory.

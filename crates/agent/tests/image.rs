@@ -12,10 +12,6 @@ use support::{
     busybox_layer, have_tools, push_image, push_index, small_layer, whiteout_layer, Registry,
 };
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 fn new_store() -> (tempfile::TempDir, ImageStore) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = ImageStore::open(dir.path().join("images")).expect("open store");
@@ -144,8 +140,10 @@ async fn pull_unpacks_layers_and_honours_whiteouts() {
         std::fs::read_to_string(l2.join("hello.txt")).expect("hello"),
         "hello from the upper layer\n"
     );
-    if !is_root() {
-        eprintln!("skipped: whiteout checks of pull_unpacks_layers_and_honours_whiteouts need root (mknod, trusted xattrs)");
+    if !support::is_root(
+        "the whiteout checks of pull_unpacks_layers_and_honours_whiteouts",
+        "mknod, trusted xattrs",
+    ) {
         return;
     }
     let wh = std::fs::symlink_metadata(l2.join("etc/motd")).expect("whiteout");

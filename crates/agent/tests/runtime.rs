@@ -5,6 +5,8 @@
 //! Every kernel object is named `cfrt-<pid>-...` and removed by `Fixture`'s `Drop`, even when an
 //! assertion fails.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -28,11 +30,7 @@ fn agent() -> PathBuf {
 }
 
 fn is_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: {test} needs root (namespaces, mounts, cgroups)");
-    false
+    support::is_root(test, "namespaces, mounts, cgroups")
 }
 
 /// A busybox-static rootfs as one image layer, in `dir`.

@@ -3,6 +3,8 @@
 //! process runtime (no isolation: that is the runtime's own tests), from the real agent binary's
 //! `shim` mode.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -934,8 +936,10 @@ async fn exec_streams_output_and_exit_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_live_on_a_tmpfs_0400_and_never_reach_disk_state() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: secrets_live_on_a_tmpfs_0400_and_never_reach_disk_state needs root (mounts a tmpfs)");
+    if !support::is_root(
+        "secrets_live_on_a_tmpfs_0400_and_never_reach_disk_state",
+        "mounts a tmpfs",
+    ) {
         return;
     }
     use base64::Engine;
@@ -1023,8 +1027,10 @@ async fn secrets_live_on_a_tmpfs_0400_and_never_reach_disk_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply needs root (mounts a tmpfs)");
+    if !support::is_root(
+        "a_pod_whose_secrets_tmpfs_vanished_is_recreated_by_the_next_apply",
+        "mounts a tmpfs",
+    ) {
         return;
     }
     use base64::Engine;
@@ -1126,8 +1132,12 @@ fn busybox_layer(dir: &Path) -> std::io::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_runtime_runs_supervised_pods() {
-    if !nix::unistd::geteuid().is_root() || !Path::new("/bin/busybox").exists() {
-        eprintln!("skipped: isolated_runtime_runs_supervised_pods needs root and /bin/busybox (namespaces, cgroups)");
+    let test = "isolated_runtime_runs_supervised_pods";
+    if !support::is_root(test, "namespaces, cgroups") {
+        return;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("skipped: {test} needs /bin/busybox (scripts/setup.sh installs it)");
         return;
     }
     let root = Root::new();

@@ -1,4 +1,4 @@
-//! Shared test support for tests that need root and the lab fleet.
+//! Shared test support: what a test may skip (root, the shared corpus) and the lab fleet fixture.
 //!
 //! ```ignore
 //! use crate::support::{self, Lab};
@@ -7,26 +7,38 @@
 //! fn something_on_the_lab() {
 //!     // Prints `skipped: … needs root (…)` and returns None when not root.
 //!     let Some(lab) = Lab::up("something_on_the_lab", 3) else { return };
-//!     let out = lab.ssh("lab-1", "hostname");           // system ssh, strict host keys
+//!     let out = lab.ssh(&lab.host(1), "hostname");      // system ssh, strict host keys
 //!     let hosts = lab.cli().arg("hosts").output();       // compose-fleet -i DIR/inventory.yaml
-//!     lab.faults().kill_sshd("lab-2").unwrap();          // fault injection: see compose_fleet::lab::Lab
-//! }   // dropping `lab` runs `lab down`, then releases the lock
+//!     lab.faults().kill_sshd(&lab.host(2)).unwrap();     // fault injection: see compose_fleet::lab::Lab
+//! }   // dropping `lab` runs `lab down`
 //! ```
 //!
-//! - [`is_root`]: the root check with the printed skip reason.
-//! - [`lab_lock`]: the exclusive `flock` on [`LOCK_FILE`] that every lab test holds for its whole
-//!   duration (the lab's addresses and names are fixed, so only one lab can exist at a time).
-//! - [`Lab`]: a lab fleet in a temporary directory, up for the fixture's lifetime.
+//! - [`is_root`] and [`shared`]: a test that cannot run here skips with a printed reason, unless
+//!   `COMPOSE_FLEET_REQUIRE_ROOT=1` / `COMPOSE_FLEET_REQUIRE_SHARED=1` (CI) make that a failure.
+//! - [`Lab`]: a lab fleet of its own name (`t-PID-N`) in a temporary directory, up for the
+//!   fixture's lifetime. Labs of different names live side by side, so lab tests run
+//!   concurrently, beside any lab the user has up.
 
 #![allow(dead_code)] // each test module uses a different part
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::fcntl::{Flock, FlockArg};
 
-/// Lab tests hold an exclusive lock on this file for their whole duration.
+/// Set to 1, a test that needs root fails instead of skipping when not root.
+pub const REQUIRE_ROOT: &str = "COMPOSE_FLEET_REQUIRE_ROOT";
+/// Set to 1, a test that needs the shared corpus fails instead of skipping when it is missing.
+pub const REQUIRE_SHARED: &str = "COMPOSE_FLEET_REQUIRE_SHARED";
+/// Where the shared corpus is, when not `../shared` beside the repository.
+pub const SHARED_DIR: &str = "COMPOSE_FLEET_SHARED";
+
+/// Every lab test holds a shared lock on this file for its lab's lifetime. Labs of different
+/// names coexist, so tests share it; a test that must see the machine without test labs (or a
+/// checkout from before labs had names) takes it exclusively.
 pub const LOCK_FILE: &str = "/run/compose-fleet-lab.lock";
 
 /// The fixture's lab directories are temporary directories named `cf-lab-…`.
@@ -37,71 +49,145 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_compose-fleet"))
 }
 
-/// Whether we run as root; when not, prints `skipped: TEST needs root (WHY)` to stderr.
-pub fn is_root(test: &str, why: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("skipped: {test} needs root ({why})");
-        false
+/// A test cannot run here because of `reason`: prints `skipped: TEST: REASON` and returns, or,
+/// when the variable `require` is `1`, fails the test. The line goes straight to stderr (not
+/// through the test harness's capture) so that a skip is seen in every run.
+pub fn skip(test: &str, require: &str, reason: &str) {
+    if std::env::var(require).is_ok_and(|v| v == "1") {
+        panic!("{test}: {reason}, and {require}=1 forbids skipping it");
     }
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "skipped: {test}: {reason} (set {require}=1 to make this a failure)"
+    );
 }
 
-/// The exclusive lab lock; released when dropped.
+/// Whether we run as root; when not, the test skips (see [`skip`]) with `why` it needs root.
+pub fn is_root(test: &str, why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip(test, REQUIRE_ROOT, &format!("needs root ({why})"));
+    false
+}
+
+/// The shared corpus (`compose-corpus/`, …): `$COMPOSE_FLEET_SHARED`, else `../shared` beside the
+/// repository, else `../../shared` (a git worktree kept one level deeper, `wt/NAME`). `None`,
+/// the test skipping (see [`skip`]), when it is not there.
+pub fn shared(test: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates: Vec<PathBuf> = std::env::var_os(SHARED_DIR)
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([root.join("../shared"), root.join("../../shared")])
+        .collect();
+    if let Some(found) = candidates
+        .iter()
+        .find(|d| d.join("compose-corpus").is_dir())
+    {
+        return Some(found.clone());
+    }
+    skip(
+        test,
+        REQUIRE_SHARED,
+        &format!(
+            "needs the shared corpus, not found: no compose-corpus/ in {}; clone `shared/` beside the repository or set {SHARED_DIR}",
+            candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    None
+}
+
+/// A shared or exclusive hold of [`LOCK_FILE`]; released when dropped.
 pub struct LabLock(#[allow(dead_code)] Flock<File>);
 
-/// Blocks until this test holds the exclusive lab lock (tests of other runs and threads wait).
-pub fn lab_lock() -> LabLock {
+/// Blocks until this test holds [`LOCK_FILE`], shared (lab tests) or exclusive (a test that must
+/// see no test lab come or go).
+pub fn lab_lock(exclusive: bool) -> LabLock {
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(LOCK_FILE)
         .unwrap_or_else(|e| panic!("cannot open {LOCK_FILE}: {e}"));
-    match Flock::lock(file, FlockArg::LockExclusive) {
+    let how = if exclusive {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockShared
+    };
+    match Flock::lock(file, how) {
         Ok(lock) => LabLock(lock),
         Err((_, e)) => panic!("cannot lock {LOCK_FILE}: {e}"),
     }
 }
 
-/// A lab fleet brought up by `compose-fleet lab up --hosts N --dir <tempdir>` with the built
-/// binary; `lab down` runs when it is dropped (also when the test panics). Holds the lab lock.
+/// A lab name of this test process: `t-PID-N`.
+pub fn lab_name() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    format!(
+        "t-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A lab fleet brought up by `compose-fleet lab up --name t-PID-N --hosts N --dir <tempdir>` with
+/// the built binary; `lab down` runs when it is dropped (also when the test panics).
 pub struct Lab {
-    /// Library handle on the same directory, for fault injection.
+    /// Library handle on the same lab, for fault injection.
     lab: compose_fleet::lab::Lab,
-    hosts: usize,
     // Dropped after `Drop::drop` ran `lab down`: the directory, then the lock.
     _dir: tempfile::TempDir,
     _lock: LabLock,
 }
 
 impl Lab {
-    /// Brings up a lab of `hosts` hosts (`lab-1..lab-N` at 10.250.0.11…). Returns `None`, having
-    /// printed why, when not root. Panics with `lab up`'s output when it fails.
+    /// Brings up a lab of `hosts` hosts (`NAME-1..NAME-N`). Returns `None`, having printed why,
+    /// when not root. Panics with `lab up`'s output when it fails.
     pub fn up(test: &str, hosts: usize) -> Option<Lab> {
+        Lab::up_on_sites(test, hosts, 1)
+    }
+
+    /// Like [`Lab::up`], with the hosts spread over `sites` L2 segments.
+    pub fn up_on_sites(test: &str, hosts: usize, sites: usize) -> Option<Lab> {
         if !is_root(
             test,
             "the lab creates network namespaces, a bridge and mounts",
         ) {
             return None;
         }
-        let lock = lab_lock();
-        clean_stale_lab();
+        let lock = lab_lock(false);
+        clean_stale_labs();
         let dir = tempfile::Builder::new()
             .prefix(FIXTURE_PREFIX)
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        let name = lab_name();
         let lab = Lab {
-            lab: compose_fleet::lab::Lab::at(dir.path()),
-            hosts,
+            lab: compose_fleet::lab::Lab::new(&name, dir.path())
+                .unwrap_or_else(|e| panic!("lab name {name}: {e}")),
             _dir: dir,
             _lock: lock,
         };
-        let out = lab.run_lab(&["up", "--hosts", &hosts.to_string()]);
+        let out = lab.run_lab(&[
+            "up",
+            "--hosts",
+            &hosts.to_string(),
+            "--sites",
+            &sites.to_string(),
+        ]);
         assert!(out.status.success(), "lab up failed: {}", describe(&out));
         Some(lab)
     }
 
+    /// The lab's name (`t-PID-N`).
+    pub fn name(&self) -> &str {
+        self.lab.name()
+    }
     /// The lab directory.
     pub fn dir(&self) -> &Path {
         self.lab.dir()
@@ -118,17 +204,32 @@ impl Lab {
     pub fn known_hosts(&self) -> PathBuf {
         self.lab.known_hosts()
     }
-    /// Host names, `lab-1..lab-N`.
-    pub fn host_names(&self) -> Vec<String> {
-        (1..=self.hosts).map(|i| format!("lab-{i}")).collect()
+    /// Host N's name (`NAME-N`, from 1).
+    pub fn host(&self, index: usize) -> String {
+        format!("{}-{index}", self.name())
     }
-    /// A host's address: `lab-N` is 10.250.0.(10+N).
+    /// Host names, `NAME-1..NAME-N`.
+    pub fn host_names(&self) -> Vec<String> {
+        self.lab.hosts().into_iter().map(|h| h.name).collect()
+    }
+    /// A host's address.
     pub fn address(&self, host: &str) -> String {
-        let index: usize = host
-            .strip_prefix("lab-")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("not a lab host name: {host}"));
-        format!("10.250.0.{}", 10 + index)
+        self.lab
+            .host(host)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .address
+    }
+    /// The lab's registry, `10.250.K.1:5000`.
+    pub fn registry(&self) -> String {
+        self.lab.registry().expect("the lab is up")
+    }
+    /// The lab's shell image (busybox `sh`).
+    pub fn shell_image(&self) -> String {
+        compose_fleet::lab::images::shell_image(&self.registry())
+    }
+    /// The lab's HTTP server image (busybox `httpd` on port 80).
+    pub fn httpd_image(&self) -> String {
+        compose_fleet::lab::images::httpd_image(&self.registry())
     }
 
     /// Fault injection and `exec` in a host: `cut_off`/`reconnect`, `kill_sshd`/`start_sshd`,
@@ -165,13 +266,18 @@ impl Lab {
         cmd
     }
 
-    /// Runs `compose-fleet lab ARGS… --dir DIR`.
+    /// `compose-fleet lab SUBCOMMAND --name NAME --dir DIR` (add further arguments).
+    pub fn lab_command(&self, subcommand: &str) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.args(["lab", subcommand, "--name", self.name(), "--dir"])
+            .arg(self.dir());
+        cmd
+    }
+
+    /// Runs `compose-fleet lab ARGS… --name NAME --dir DIR`.
     pub fn run_lab(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .arg("lab")
-            .args(args)
-            .arg("--dir")
-            .arg(self.dir())
+        self.lab_command(args[0])
+            .args(&args[1..])
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin().display()))
     }
@@ -186,27 +292,31 @@ impl Drop for Lab {
     }
 }
 
-/// A lab left up by a crashed run of this fixture (a temporary directory named `cf-lab-…`) is torn
-/// down; any other lab (someone's demo or benchmark) makes the test fail with `lab up`'s message.
-fn clean_stale_lab() {
-    let Ok(active) = std::fs::read_to_string(compose_fleet::lab::ACTIVE_MARKER) else {
-        return;
-    };
-    let active = PathBuf::from(active.trim());
-    let ours = active.parent() == Some(std::env::temp_dir().as_path())
-        && active
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(FIXTURE_PREFIX));
-    if ours {
-        eprintln!(
-            "note: tearing down a stale test lab at {}",
-            active.display()
-        );
-        let _ = Command::new(bin())
-            .args(["lab", "down", "--dir"])
-            .arg(&active)
-            .output();
-    }
+/// Labs of this fixture left up by a crashed test run (named `t-PID-N` after a process that is
+/// gone) are torn down, once per run. Any other lab (someone's demo) is left alone.
+fn clean_stale_labs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for record in compose_fleet::lab::index::list() {
+            let pid = record
+                .name
+                .strip_prefix("t-")
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<i32>().ok());
+            let Some(pid) = pid else { continue };
+            if pid as u32 == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            eprintln!(
+                "note: tearing down the stale test lab {} at {}",
+                record.name,
+                record.dir.display()
+            );
+            let _ = Command::new(bin())
+                .args(["lab", "down", "--name", &record.name])
+                .output();
+        }
+    });
 }
 
 /// Exit status, stdout and stderr of a finished command, for assertion messages.

@@ -1,5 +1,7 @@
-//! Test support for the image store: a real registry (Debian's `docker-registry`) on loopback,
-//! and small test images built from `/bin/busybox`, pushed with `oci-client`.
+//! Test support for the agent's tests: [`is_root`], the one root check (a test that needs root
+//! skips with a printed reason, or fails under `COMPOSE_FLEET_REQUIRE_ROOT=1`, as CI sets); and
+//! for the image store, a real registry (Debian's `docker-registry`) on loopback and small test
+//! images built from `/bin/busybox`, pushed with `oci-client`.
 
 #![allow(dead_code)]
 
@@ -27,6 +29,31 @@ pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const AUTH_USER: &str = "fleet";
 pub const AUTH_PASSWORD: &str = "test-password";
 const AUTH_BCRYPT: &str = "$2b$04$pk78afGG.YPiiIers/plGeOh5zTZ3mNsOcciwAr/JON/XLC1YnT72";
+
+/// Set to 1, a test that needs root fails instead of skipping when not root.
+pub const REQUIRE_ROOT: &str = "COMPOSE_FLEET_REQUIRE_ROOT";
+
+/// A test cannot run here because of `reason`: prints `skipped: TEST: REASON` and returns, or,
+/// when the variable `require` is `1`, fails the test. The line goes straight to stderr (not
+/// through the test harness's capture) so that a skip is seen in every run.
+pub fn skip(test: &str, require: &str, reason: &str) {
+    if std::env::var(require).is_ok_and(|v| v == "1") {
+        panic!("{test}: {reason}, and {require}=1 forbids skipping it");
+    }
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "skipped: {test}: {reason} (set {require}=1 to make this a failure)"
+    );
+}
+
+/// Whether we run as root; when not, the test skips (see [`skip`]) with `why` it needs root.
+pub fn is_root(test: &str, why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip(test, REQUIRE_ROOT, &format!("needs root ({why})"));
+    false
+}
 
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
