@@ -20,7 +20,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{Channel, ErrorClass, HostSession, SshError};
 use crate::proto::{
-    AgentError, HostFacts, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION,
+    AgentError, HostFacts, LineBuffer, Request, RequestFrame, Response, ResponseFrame,
+    MAX_LINE_BYTES, PROTOCOL_VERSION,
 };
 
 /// Where agents live on a host, one file per digest.
@@ -442,7 +443,21 @@ impl AgentClient {
     }
 
     pub async fn send(&mut self, id: u64, request: Request) -> Result<(), SshError> {
+        let what = request.name();
         let mut line = RequestFrame { id, request }.to_line();
+        // The agent would close the connection on a longer line; say why instead.
+        if line.len() > MAX_LINE_BYTES {
+            return Err(SshError::new(
+                &self.host,
+                ErrorClass::Local,
+                format!(
+                    "the `{what}` request is {} bytes, over the protocol's {MAX_LINE_BYTES}-byte \
+                     line bound",
+                    line.len()
+                ),
+            )
+            .with_hint("fewer pods per host, or smaller secret and config files, keep it under"));
+        }
         line.push('\n');
         let sent = async {
             self.channel.stdin.write_all(line.as_bytes()).await?;
@@ -460,6 +475,15 @@ impl AgentClient {
     /// The next reply frame (of any id); noise is skipped, the channel closing is an error.
     pub async fn recv(&mut self) -> Result<ResponseFrame, SshError> {
         match self.next_frame().await? {
+            // No id: a protocol error about the connection itself, which the agent then closes.
+            Reply::Frame(frame) if frame.id.is_none() => Err(SshError::new(
+                &self.host,
+                ErrorClass::Agent,
+                match &frame.err {
+                    Some(err) => format!("the agent closed the connection: {err}"),
+                    None => "the agent sent a reply without an id".to_string(),
+                },
+            )),
             Reply::Frame(frame) => Ok(*frame),
             Reply::Missing => Err(SshError::new(
                 &self.host,
@@ -471,17 +495,9 @@ impl AgentClient {
 
     /// The next reply frame; banners and other noise are skipped.
     pub async fn next_frame(&mut self) -> Result<Reply, SshError> {
-        let mut line = String::new();
         loop {
-            line.clear();
-            let n = self.reader.read_line(&mut line).await.map_err(|e| {
-                SshError::new(
-                    &self.host,
-                    ErrorClass::Unreachable,
-                    format!("reading from the agent: {e}"),
-                )
-            })?;
-            if n == 0 {
+            let line = self.read_line().await?;
+            let Some(line) = line else {
                 let mut stderr = String::new();
                 let _ = self.channel.stderr.read_to_string(&mut stderr).await;
                 return Err(SshError::new(
@@ -492,12 +508,46 @@ impl AgentClient {
                         stderr.trim()
                     ),
                 ));
-            }
+            };
+            let line = String::from_utf8_lossy(&line);
             if line.trim() == MISSING_MARKER {
                 return Ok(Reply::Missing);
             }
             if let Some(frame) = ResponseFrame::parse_line(&line) {
                 return Ok(Reply::Frame(Box::new(frame)));
+            }
+        }
+    }
+
+    /// One line from the agent, bounded by [`MAX_LINE_BYTES`] before it is buffered; `None` at
+    /// the end of the channel.
+    async fn read_line(&mut self) -> Result<Option<Vec<u8>>, SshError> {
+        let mut lines = LineBuffer::new(MAX_LINE_BYTES);
+        loop {
+            let buf = self.reader.fill_buf().await.map_err(|e| {
+                SshError::new(
+                    &self.host,
+                    ErrorClass::Unreachable,
+                    format!("reading from the agent: {e}"),
+                )
+            })?;
+            if buf.is_empty() {
+                return Ok(lines.finish());
+            }
+            match lines.feed(buf) {
+                Ok((used, line)) => {
+                    self.reader.consume(used);
+                    if line.is_some() {
+                        return Ok(line);
+                    }
+                }
+                Err(e) => {
+                    return Err(SshError::new(
+                        &self.host,
+                        ErrorClass::Agent,
+                        format!("the agent sent {e}; the connection is not usable"),
+                    ))
+                }
             }
         }
     }
