@@ -9,6 +9,7 @@ mod inventory;
 mod lab;
 mod limits;
 mod load_props;
+mod memory;
 mod plan_facts;
 mod schedule;
 mod support;
