@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{Channel, ErrorClass, HostSession, SshError};
+use crate::compose::source::read_file_limited;
 use crate::proto::{
     AgentError, HostFacts, LineBuffer, Request, RequestFrame, Response, ResponseFrame,
     MAX_LINE_BYTES, PROTOCOL_VERSION,
@@ -29,6 +30,10 @@ pub const REMOTE_BIN_DIR: &str = "/var/lib/compose-fleet/bin";
 
 /// What the check script prints when the verified agent is not there.
 const MISSING_MARKER: &str = "compose-fleet: agent missing";
+
+/// The largest agent binary read (`--agent-binary /dev/zero` must not fill memory): the agent's
+/// budget is 6 MB; 64 MiB leaves room for an unstripped debug build.
+const MAX_AGENT_BYTES: u64 = 64 << 20;
 
 /// The agent embedded in this CLI at build time (see `build.rs`).
 static EMBEDDED: &[u8] = include_bytes!(env!("COMPOSE_FLEET_AGENT_EMBEDDED"));
@@ -48,11 +53,17 @@ impl AgentBinary {
     /// executable, else the copy embedded at build time.
     pub fn locate(explicit: Option<&Path>) -> Result<AgentBinary, SshError> {
         if let Some(path) = explicit {
-            let bytes = std::fs::read(path).map_err(|e| {
+            let bytes = read_file_limited(path, MAX_AGENT_BYTES).map_err(|e| {
+                let why = match crate::compose::source::TooLarge::of(&e) {
+                    Some(_) => format!(
+                        "it holds more than {MAX_AGENT_BYTES} bytes (an agent is about 4 MB)"
+                    ),
+                    None => e.to_string(),
+                };
                 SshError::new(
                     "-",
                     ErrorClass::Local,
-                    format!("cannot read the agent binary {}: {e}", path.display()),
+                    format!("cannot read the agent binary {}: {why}", path.display()),
                 )
                 .with_hint("pass the path of a compose-fleet-agent built for the hosts")
             })?;
@@ -73,7 +84,7 @@ impl AgentBinary {
             // In a cargo target dir this name is the host build of the agent (dynamically
             // linked): only a static binary is worth pushing.
             if let Some(bytes) = may_be_static(&beside)
-                .then(|| std::fs::read(&beside).ok())
+                .then(|| read_file_limited(&beside, MAX_AGENT_BYTES).ok())
                 .flatten()
             {
                 if not_static(&bytes).is_none() {

@@ -272,3 +272,16 @@ fn plan_text_of_a_host_with_fifteen_thousand_replicas_does_not_panic() {
         &text[..text.len().min(500)]
     );
 }
+
+/// `--agent-binary` is read whole to be pushed: a device must not fill memory either.
+#[test]
+fn agent_binary_dev_zero_is_refused_at_its_bound() {
+    let dir = project("services:\n  web:\n    image: nginx\n");
+    let out = cli(dir.path(), &["hosts", "--agent-binary", "/dev/zero"], &[]);
+    let err = stderr(&out);
+    assert!(out.status.code().is_some(), "killed: {err}");
+    assert!(
+        err.contains("cannot read the agent binary /dev/zero: it holds more than 67108864 bytes"),
+        "{err}"
+    );
+}
