@@ -35,9 +35,10 @@ use serde::{Deserialize, Serialize};
 /// Bumped on every incompatible change. The CLI refuses to talk to an agent of another version and
 /// upgrades it instead.
 ///
-/// 2: a protocol error frame carries no id (`ResponseFrame::id` is optional) and has the kind
+/// 2: the host network, pod networks and subnets (the network work).
+/// 3: a protocol error frame carries no id (`ResponseFrame::id` is optional) and has the kind
 /// `protocol`; the agent closes the connection after it and after a version mismatch.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The longest line either side accepts, so a broken peer cannot make the other buffer forever.
 ///
@@ -725,7 +726,10 @@ mod tests {
             },
         };
         let line = frame.to_line();
-        assert_eq!(line, r#"{"id":0,"type":"hello","protocol_version":2}"#);
+        assert_eq!(
+            line,
+            format!(r#"{{"id":0,"type":"hello","protocol_version":{PROTOCOL_VERSION}}}"#)
+        );
         let back: RequestFrame = serde_json::from_str(&line).expect("parses");
         assert_eq!(back, frame);
     }
