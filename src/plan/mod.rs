@@ -211,16 +211,14 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
             .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
             .collect();
         for r in &rows {
-            let line = format!(
-                "  {:w0$}  {:w1$}  {:w2$}  {}",
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2]
-            );
+            // Padded by hand: a `{:w$}` width over 65535 panics, and the replica column of
+            // a host with 10,000 replicas is wider than that.
+            let mut line = String::from("  ");
+            for (cell, width) in r.iter().zip(&widths).take(3) {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', width - cell.len() + 2));
+            }
+            line.push_str(&r[3]);
             let _ = writeln!(out, "{}", line.trim_end());
         }
         out.push('\n');

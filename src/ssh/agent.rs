@@ -19,8 +19,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::{Channel, ErrorClass, HostSession, SshError};
+use crate::compose::source::read_file_limited;
 use crate::proto::{
-    AgentError, HostFacts, Request, RequestFrame, Response, ResponseFrame, PROTOCOL_VERSION,
+    AgentError, HostFacts, LineBuffer, Request, RequestFrame, Response, ResponseFrame,
+    MAX_LINE_BYTES, PROTOCOL_VERSION,
 };
 
 /// Where agents live on a host, one file per digest.
@@ -28,6 +30,10 @@ pub const REMOTE_BIN_DIR: &str = "/var/lib/compose-fleet/bin";
 
 /// What the check script prints when the verified agent is not there.
 const MISSING_MARKER: &str = "compose-fleet: agent missing";
+
+/// The largest agent binary read (`--agent-binary /dev/zero` must not fill memory): the agent's
+/// budget is 6 MB; 64 MiB leaves room for an unstripped debug build.
+const MAX_AGENT_BYTES: u64 = 64 << 20;
 
 /// The agent embedded in this CLI at build time (see `build.rs`).
 static EMBEDDED: &[u8] = include_bytes!(env!("COMPOSE_FLEET_AGENT_EMBEDDED"));
@@ -47,11 +53,17 @@ impl AgentBinary {
     /// executable, else the copy embedded at build time.
     pub fn locate(explicit: Option<&Path>) -> Result<AgentBinary, SshError> {
         if let Some(path) = explicit {
-            let bytes = std::fs::read(path).map_err(|e| {
+            let bytes = read_file_limited(path, MAX_AGENT_BYTES).map_err(|e| {
+                let why = match crate::compose::source::TooLarge::of(&e) {
+                    Some(_) => format!(
+                        "it holds more than {MAX_AGENT_BYTES} bytes (an agent is about 4 MB)"
+                    ),
+                    None => e.to_string(),
+                };
                 SshError::new(
                     "-",
                     ErrorClass::Local,
-                    format!("cannot read the agent binary {}: {e}", path.display()),
+                    format!("cannot read the agent binary {}: {why}", path.display()),
                 )
                 .with_hint("pass the path of a compose-fleet-agent built for the hosts")
             })?;
@@ -72,7 +84,7 @@ impl AgentBinary {
             // In a cargo target dir this name is the host build of the agent (dynamically
             // linked): only a static binary is worth pushing.
             if let Some(bytes) = may_be_static(&beside)
-                .then(|| std::fs::read(&beside).ok())
+                .then(|| read_file_limited(&beside, MAX_AGENT_BYTES).ok())
                 .flatten()
             {
                 if not_static(&bytes).is_none() {
@@ -442,7 +454,21 @@ impl AgentClient {
     }
 
     pub async fn send(&mut self, id: u64, request: Request) -> Result<(), SshError> {
+        let what = request.name();
         let mut line = RequestFrame { id, request }.to_line();
+        // The agent would close the connection on a longer line; say why instead.
+        if line.len() > MAX_LINE_BYTES {
+            return Err(SshError::new(
+                &self.host,
+                ErrorClass::Local,
+                format!(
+                    "the `{what}` request is {} bytes, over the protocol's {MAX_LINE_BYTES}-byte \
+                     line bound",
+                    line.len()
+                ),
+            )
+            .with_hint("fewer pods per host, or smaller secret and config files, keep it under"));
+        }
         line.push('\n');
         let sent = async {
             self.channel.stdin.write_all(line.as_bytes()).await?;
@@ -460,6 +486,15 @@ impl AgentClient {
     /// The next reply frame (of any id); noise is skipped, the channel closing is an error.
     pub async fn recv(&mut self) -> Result<ResponseFrame, SshError> {
         match self.next_frame().await? {
+            // No id: a protocol error about the connection itself, which the agent then closes.
+            Reply::Frame(frame) if frame.id.is_none() => Err(SshError::new(
+                &self.host,
+                ErrorClass::Agent,
+                match &frame.err {
+                    Some(err) => format!("the agent closed the connection: {err}"),
+                    None => "the agent sent a reply without an id".to_string(),
+                },
+            )),
             Reply::Frame(frame) => Ok(*frame),
             Reply::Missing => Err(SshError::new(
                 &self.host,
@@ -471,17 +506,9 @@ impl AgentClient {
 
     /// The next reply frame; banners and other noise are skipped.
     pub async fn next_frame(&mut self) -> Result<Reply, SshError> {
-        let mut line = String::new();
         loop {
-            line.clear();
-            let n = self.reader.read_line(&mut line).await.map_err(|e| {
-                SshError::new(
-                    &self.host,
-                    ErrorClass::Unreachable,
-                    format!("reading from the agent: {e}"),
-                )
-            })?;
-            if n == 0 {
+            let line = self.read_line().await?;
+            let Some(line) = line else {
                 let mut stderr = String::new();
                 let _ = self.channel.stderr.read_to_string(&mut stderr).await;
                 return Err(SshError::new(
@@ -492,12 +519,46 @@ impl AgentClient {
                         stderr.trim()
                     ),
                 ));
-            }
+            };
+            let line = String::from_utf8_lossy(&line);
             if line.trim() == MISSING_MARKER {
                 return Ok(Reply::Missing);
             }
             if let Some(frame) = ResponseFrame::parse_line(&line) {
                 return Ok(Reply::Frame(Box::new(frame)));
+            }
+        }
+    }
+
+    /// One line from the agent, bounded by [`MAX_LINE_BYTES`] before it is buffered; `None` at
+    /// the end of the channel.
+    async fn read_line(&mut self) -> Result<Option<Vec<u8>>, SshError> {
+        let mut lines = LineBuffer::new(MAX_LINE_BYTES);
+        loop {
+            let buf = self.reader.fill_buf().await.map_err(|e| {
+                SshError::new(
+                    &self.host,
+                    ErrorClass::Unreachable,
+                    format!("reading from the agent: {e}"),
+                )
+            })?;
+            if buf.is_empty() {
+                return Ok(lines.finish());
+            }
+            match lines.feed(buf) {
+                Ok((used, line)) => {
+                    self.reader.consume(used);
+                    if line.is_some() {
+                        return Ok(line);
+                    }
+                }
+                Err(e) => {
+                    return Err(SshError::new(
+                        &self.host,
+                        ErrorClass::Agent,
+                        format!("the agent sent {e}; the connection is not usable"),
+                    ))
+                }
             }
         }
     }

@@ -245,3 +245,43 @@ fn long_names_and_image_references_are_refused_where_written() {
         ]
     );
 }
+
+/// Found by the memory benchmark: the text plan padded its columns with `{:w$}`, which panics
+/// (exit 101) over a width of 65535 — the replica list of a host with ~12,000 replicas.
+#[test]
+fn plan_text_of_a_host_with_fifteen_thousand_replicas_does_not_panic() {
+    let dir = project(
+        "services:\n  web:\n    image: nginx\n    deploy:\n      replicas: 15000\n      \
+         resources: { reservations: { cpus: \"0.001\", memory: 1M } }\n",
+    );
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        "hosts:\n  a: { address: 10.0.0.1, capacity: { cpus: 256, memory: 1TiB } }\n",
+    )
+    .expect("write inventory.yaml");
+    let out = cli(
+        dir.path(),
+        &["--limit", "replicas-per-service=15000", "plan", "--offline"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("#14999 #15000"),
+        "{}",
+        &text[..text.len().min(500)]
+    );
+}
+
+/// `--agent-binary` is read whole to be pushed: a device must not fill memory either.
+#[test]
+fn agent_binary_dev_zero_is_refused_at_its_bound() {
+    let dir = project("services:\n  web:\n    image: nginx\n");
+    let out = cli(dir.path(), &["hosts", "--agent-binary", "/dev/zero"], &[]);
+    let err = stderr(&out);
+    assert!(out.status.code().is_some(), "killed: {err}");
+    assert!(
+        err.contains("cannot read the agent binary /dev/zero: it holds more than 67108864 bytes"),
+        "{err}"
+    );
+}

@@ -13,6 +13,7 @@ mod inventory_differential;
 mod lab;
 mod limits;
 mod load_props;
+mod memory;
 mod plan_facts;
 mod pods;
 mod schedule;

@@ -2,21 +2,26 @@
 //! requests on a unix socket (`/run/compose-fleet/agent.sock`). One per host, guaranteed by an
 //! exclusive `flock` on `agent.lock`; `agent rpc` connects to it (and starts it when needed).
 //!
-//! Each connection is a sequence of request lines; each request is answered by [`dispatch`] in its
-//! own task, so a streaming request (logs, exec) does not block the others. `dispatch` is the seam
-//! where the supervisor plugs in `Apply`/`Status`/`Logs`/`Exec`/`Remove`.
+//! Each connection is a sequence of request lines under the protocol's rules
+//! ([`crate::proto::ServerConnection`]): `hello` first and answered before anything else is read;
+//! a version mismatch, a request before `hello`, a line that does not parse or is too long is
+//! answered with one error frame and the connection is closed. After the handshake each request
+//! is answered by [`dispatch`] in its own task, so a streaming request (logs, exec) does not block
+//! the others. `dispatch` is the seam where the supervisor plugs in
+//! `Apply`/`Status`/`Logs`/`Exec`/`Remove`.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::proto::{
-    AgentError, ErrorKind, Request, RequestFrame, Response, ResponseFrame, MAX_LINE_BYTES,
-    PROTOCOL_VERSION,
+    AgentError, ErrorKind, LineBuffer, LineTooLong, Request, RequestFrame, Response, ResponseFrame,
+    ServerConnection, Step,
 };
 use crate::store::{write_atomic, Paths};
 
@@ -42,7 +47,7 @@ impl std::fmt::Debug for Context {
 #[derive(Debug, Clone)]
 pub struct Replies {
     id: u64,
-    tx: mpsc::Sender<ResponseFrame>,
+    tx: mpsc::Sender<Outgoing>,
 }
 
 impl Replies {
@@ -50,15 +55,21 @@ impl Replies {
     pub async fn more(&self, response: Response) -> bool {
         let mut frame = ResponseFrame::ok(self.id, response);
         frame.more = true;
-        self.tx.send(frame).await.is_ok()
+        self.tx.send(Outgoing::Frame(frame)).await.is_ok()
     }
 
     pub async fn ok(self, response: Response) {
-        let _ = self.tx.send(ResponseFrame::ok(self.id, response)).await;
+        let _ = self
+            .tx
+            .send(Outgoing::Frame(ResponseFrame::ok(self.id, response)))
+            .await;
     }
 
     pub async fn err(self, error: AgentError) {
-        let _ = self.tx.send(ResponseFrame::err(self.id, error)).await;
+        let _ = self
+            .tx
+            .send(Outgoing::Frame(ResponseFrame::err(self.id, error)))
+            .await;
     }
 }
 
@@ -128,57 +139,79 @@ fn with_path(e: io::Error, path: &std::path::Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-/// Serves one connection: request lines in, reply lines out, until the client closes its side and
-/// every request has had its final reply.
+/// How long a new connection may take to say `hello`. The CLI sends it at once; a peer that
+/// says nothing holds a connection (and a task) for no more than this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the writer task sends: a reply, or the last frame before the connection closes.
+#[derive(Debug)]
+enum Outgoing {
+    Frame(ResponseFrame),
+    Last(ResponseFrame),
+}
+
+/// Serves one connection under the rules of [`ServerConnection`]: request lines in, reply lines
+/// out, until the client closes its side and every request has had its final reply — or until a
+/// rule is broken, when the error frame is the last thing written and the connection closes (the
+/// requests still running lose their connection, which cancels streams).
 async fn serve(ctx: Arc<Context>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<ResponseFrame>(64);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(64);
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
+        while let Some(out) = rx.recv().await {
+            let (frame, last) = match out {
+                Outgoing::Frame(f) => (f, false),
+                Outgoing::Last(f) => (f, true),
+            };
             let mut line = frame.to_line();
             line.push('\n');
-            if write.write_all(line.as_bytes()).await.is_err() {
+            if write.write_all(line.as_bytes()).await.is_err() || last {
                 break;
             }
         }
         let _ = write.shutdown().await;
     });
 
+    let mut conn = ServerConnection::new(crate::AGENT_VERSION);
     let mut reader = BufReader::new(read);
-    let mut line = Vec::new();
+    let mut lines = LineBuffer::new(conn.max_line_bytes());
     loop {
-        line.clear();
-        match read_line_limited(&mut reader, &mut line).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                let _ = tx
-                    .send(bad_request(0, format!("reading request: {e}")))
-                    .await;
-                break;
+        lines.set_max(conn.max_line_bytes());
+        let read = if conn.is_ready() {
+            read_line(&mut reader, &mut lines).await
+        } else {
+            match tokio::time::timeout(HELLO_TIMEOUT, read_line(&mut reader, &mut lines)).await {
+                Ok(read) => read,
+                Err(_) => Ok(Read::HelloTimeout),
             }
-        }
-        let text = String::from_utf8_lossy(&line);
-        if text.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<RequestFrame>(text.trim()) {
-            Ok(frame) => {
+        };
+        let step = match read {
+            Ok(Read::Line(line)) => conn.on_line(&line),
+            Ok(Read::TooLong(e)) => conn.on_line_too_long(e),
+            Ok(Read::HelloTimeout) => conn.on_hello_timeout(HELLO_TIMEOUT),
+            // The client is gone (EOF or a broken socket): finish what was asked.
+            Ok(Read::Eof) | Err(_) => break,
+        };
+        match step {
+            Step::Skip => {}
+            // Answered before the next line is read: nothing is served before the handshake.
+            Step::Hello { id } => {
+                let replies = Replies { id, tx: tx.clone() };
+                hello(&ctx, replies).await;
+            }
+            Step::Serve(frame) => {
                 let replies = Replies {
                     id: frame.id,
                     tx: tx.clone(),
                 };
                 tokio::spawn(dispatch(ctx.clone(), frame.request, replies));
             }
-            Err(e) => {
-                // Recover the id if the line at least has one, so the client can match the error.
-                let id = serde_json::from_str::<serde_json::Value>(text.trim())
-                    .ok()
-                    .and_then(|v| v.get("id").and_then(|i| i.as_u64()))
-                    .unwrap_or(0);
-                let _ = tx
-                    .send(bad_request(id, format!("malformed request: {e}")))
-                    .await;
+            Step::Close(frame) => {
+                if let Some(err) = &frame.err {
+                    eprintln!("daemon: closing a connection: {err}");
+                }
+                let _ = tx.send(Outgoing::Last(frame)).await;
+                break;
             }
         }
     }
@@ -186,41 +219,33 @@ async fn serve(ctx: Arc<Context>, stream: UnixStream) {
     let _ = writer.await;
 }
 
-fn bad_request(id: u64, message: String) -> ResponseFrame {
-    ResponseFrame::err(
-        id,
-        AgentError {
-            kind: ErrorKind::BadRequest,
-            message,
-            causes: vec![],
-        },
-    )
+/// One read from a connection.
+#[derive(Debug)]
+enum Read {
+    Line(Vec<u8>),
+    TooLong(LineTooLong),
+    HelloTimeout,
+    Eof,
 }
 
-/// Reads one `\n`-terminated line of at most [`MAX_LINE_BYTES`]; returns the bytes read (0 at EOF).
-async fn read_line_limited<R: tokio::io::AsyncBufRead + Unpin>(
+/// Reads one line through `lines` (which refuses an over-long line before buffering it).
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
-    line: &mut Vec<u8>,
-) -> io::Result<usize> {
+    lines: &mut LineBuffer,
+) -> io::Result<Read> {
     loop {
         let buf = reader.fill_buf().await?;
         if buf.is_empty() {
-            return Ok(line.len());
+            return Ok(lines.finish().map_or(Read::Eof, Read::Line));
         }
-        let (used, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (buf.len(), false),
-        };
-        line.extend_from_slice(&buf[..used]);
-        reader.consume(used);
-        if line.len() > MAX_LINE_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("line longer than {MAX_LINE_BYTES} bytes"),
-            ));
-        }
-        if done {
-            return Ok(line.len());
+        match lines.feed(buf) {
+            Ok((used, line)) => {
+                reader.consume(used);
+                if let Some(line) = line {
+                    return Ok(Read::Line(line));
+                }
+            }
+            Err(e) => return Ok(Read::TooLong(e)),
         }
     }
 }
@@ -228,7 +253,16 @@ async fn read_line_limited<R: tokio::io::AsyncBufRead + Unpin>(
 /// Answers one request. **The seam**: the supervisor's requests are wired in here, one arm each.
 pub async fn dispatch(ctx: Arc<Context>, request: Request, replies: Replies) {
     match request {
-        Request::Hello { protocol_version } => hello(&ctx, protocol_version, replies).await,
+        // The connection answers `hello` itself (`serve`); one that arrives here was not first.
+        Request::Hello { .. } => {
+            replies
+                .err(AgentError {
+                    kind: ErrorKind::Protocol,
+                    message: "`hello` is answered once, first, by the connection".into(),
+                    causes: vec![],
+                })
+                .await
+        }
         request => supervise(&ctx, request, replies).await,
     }
 }
@@ -253,25 +287,15 @@ async fn supervise(ctx: &Context, request: Request, replies: Replies) {
         request,
     });
     while let Some(frame) = frames.recv().await {
-        if replies.tx.send(frame).await.is_err() {
+        if replies.tx.send(Outgoing::Frame(frame)).await.is_err() {
             // The client is gone: dropping `frames` cancels a stream.
             break;
         }
     }
 }
 
-async fn hello(ctx: &Context, protocol_version: u32, replies: Replies) {
-    if protocol_version != PROTOCOL_VERSION {
-        return replies
-            .err(AgentError {
-                kind: ErrorKind::VersionMismatch,
-                message: format!(
-                    "the agent speaks protocol {PROTOCOL_VERSION}, the client {protocol_version}"
-                ),
-                causes: vec![format!("agent version {}", crate::AGENT_VERSION)],
-            })
-            .await;
-    }
+/// The answer to a `hello` whose version matches ([`ServerConnection`] checked it): the facts.
+async fn hello(ctx: &Context, replies: Replies) {
     let state = ctx.paths.state.clone();
     // Reading /proc and statvfs may block briefly; keep it off the reactor.
     match tokio::task::spawn_blocking(move || crate::facts::collect(&state)).await {
@@ -291,38 +315,32 @@ async fn hello(ctx: &Context, protocol_version: u32, replies: Replies) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::MAX_LINE_BYTES;
 
     #[tokio::test]
     async fn lines_longer_than_the_limit_are_refused() {
         let data = vec![b'x'; MAX_LINE_BYTES + 10];
         let mut reader = BufReader::new(&data[..]);
-        let mut line = Vec::new();
-        assert!(read_line_limited(&mut reader, &mut line).await.is_err());
+        let mut lines = LineBuffer::new(MAX_LINE_BYTES);
+        assert!(matches!(
+            read_line(&mut reader, &mut lines).await,
+            Ok(Read::TooLong(_))
+        ));
     }
 
     #[tokio::test]
     async fn reads_lines_one_at_a_time() {
         let data = b"{\"a\":1}\n{\"b\":2}\nrest";
         let mut reader = BufReader::new(&data[..]);
-        let mut line = Vec::new();
-        assert_eq!(
-            read_line_limited(&mut reader, &mut line).await.ok(),
-            Some(8)
-        );
-        line.clear();
-        assert_eq!(
-            read_line_limited(&mut reader, &mut line).await.ok(),
-            Some(8)
-        );
-        line.clear();
-        assert_eq!(
-            read_line_limited(&mut reader, &mut line).await.ok(),
-            Some(4)
-        );
-        line.clear();
-        assert_eq!(
-            read_line_limited(&mut reader, &mut line).await.ok(),
-            Some(0)
-        );
+        let mut lines = LineBuffer::new(100);
+        let mut got = Vec::new();
+        loop {
+            match read_line(&mut reader, &mut lines).await {
+                Ok(Read::Line(l)) => got.push(String::from_utf8(l).unwrap()),
+                Ok(Read::Eof) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, ["{\"a\":1}", "{\"b\":2}", "rest"]);
     }
 }

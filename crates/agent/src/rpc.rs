@@ -6,6 +6,9 @@
 //!   the CLI verified by digest is the version that answers.
 //!
 //! Pods survive a daemon restart: their processes are held by per-container shims.
+//!
+//! The bridge copies bytes and enforces nothing itself: the daemon applies the protocol's rules
+//! (`proto::ServerConnection`) and closes the connection when one is broken; the bridge then ends.
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -40,7 +43,13 @@ pub async fn run(paths: Paths) -> io::Result<()> {
         let mut stdout = tokio::io::stdout();
         let copied = tokio::io::copy(&mut from_daemon, &mut stdout).await;
         let _ = stdout.flush().await;
-        copied.map(|_| ())
+        match copied {
+            // The daemon closes a connection that broke the protocol's rules while the client may
+            // still be sending; the kernel then reports a reset instead of the end of the stream,
+            // after every byte the daemon wrote (its error frame) has been copied.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(()),
+            other => other.map(|_| ()),
+        }
     };
     tokio::select! {
         _ = upstream => Ok(()),

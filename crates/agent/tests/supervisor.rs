@@ -157,7 +157,7 @@ async fn call(sup: &Supervisor, request: Request) -> Vec<ResponseFrame> {
     let mut rx = sup.handle(RequestFrame { id: 7, request });
     let mut frames = Vec::new();
     while let Some(f) = rx.recv().await {
-        assert_eq!(f.id, 7);
+        assert_eq!(f.id, Some(7));
         let last = !f.more;
         frames.push(f);
         if last {

@@ -1,4 +1,5 @@
-//! The agent protocol: the one definition of every message between the CLI and the agent.
+//! The agent protocol: the one definition of every message between the CLI and the agent, and
+//! the rules of a connection ([`ServerConnection`]).
 //!
 //! Both binaries compile this crate; nothing else defines a message. Messages are JSON, one per
 //! line, over the stdin/stdout of `compose-fleet-agent rpc` run through SSH (which the agent bridges
@@ -8,15 +9,24 @@
 //!  CLI                                   agent rpc / daemon
 //!   │ ── {"id":0,"type":"hello",...} ──────▶ │   handshake first, always
 //!   │ ◀── {"id":0,"ok":{"type":"hello",...}} │   carries PROTOCOL_VERSION and host facts
-//!   │      (version differs → CLI pushes the matching agent and reconnects)
+//!   │      (version differs → the agent answers version_mismatch and closes; the CLI pushes
+//!   │       the matching agent and reconnects)
 //!   │ ── {"id":1,"type":"apply",...} ──────▶ │
 //!   │ ◀── {"id":1,"more":true,"ok":{...}} ── │   streaming replies (logs, exec) set `more`
 //!   │ ◀── {"id":1,"ok":{...}} ────────────── │   the last reply for an id has no `more`
 //!   │ ◀── {"id":2,"err":{...}} ───────────── │   failures carry their cause chain
+//!   │ ── not json ─────────────────────────▶ │
+//!   │ ◀── {"err":{"kind":"protocol",...}} ── │   a broken rule: no id, and the agent closes
 //! ```
 //!
+//! The rules the agent enforces, in [`ServerConnection`]: `hello` comes first (anything else is
+//! answered with a `protocol` error and the connection is closed); after a version mismatch nothing
+//! else is served; a line that does not parse is answered with a `protocol` error that carries no
+//! id (there is no request to match it to) and the connection is closed; a line longer than
+//! [`ServerConnection::max_line_bytes`] is refused before it is buffered ([`LineBuffer`]).
+//!
 //! Lines that do not parse as a [`ResponseFrame`] (login banners, motd, shell noise) are skipped by
-//! the reader, never treated as errors.
+//! the CLI's reader, never treated as errors.
 
 pub mod net;
 
@@ -26,10 +36,24 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change. The CLI refuses to talk to an agent of another version and
 /// upgrades it instead.
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// 2: the host network, pod networks and subnets (the network work).
+/// 3: a protocol error frame carries no id (`ResponseFrame::id` is optional) and has the kind
+/// `protocol`; the agent closes the connection after it and after a version mismatch.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The longest line either side accepts, so a broken peer cannot make the other buffer forever.
+///
+/// Why 64 MiB: the largest line is an `Apply`, which carries every pod of one project on one host
+/// with its secret and config files (base64). Docker caps a secret at 500 KB and Kubernetes a
+/// Secret or ConfigMap at 1 MiB; 64 MiB holds ~40 such files, or ~30,000 pods of ~2 KB without
+/// files, while bounding what one connection can make the daemon or the CLI hold. The CLI refuses
+/// to send a longer request with a message instead of letting the agent close the connection.
 pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// The longest line before the handshake: a `hello` is ~50 bytes, so nothing larger is buffered
+/// from a peer that has not yet shown it speaks the protocol.
+pub const MAX_HELLO_LINE_BYTES: usize = 64 << 10;
 
 /// A request with the id its replies will carry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +88,10 @@ pub enum Request {
 /// One reply. Exactly one of `ok` and `err` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResponseFrame {
-    pub id: u64,
+    /// The request this answers; `None` only on a `protocol` error about a line that is not a
+    /// request (the connection closes after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
     /// More replies follow for this id (streams: logs, exec output).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more: bool,
@@ -113,6 +140,9 @@ pub enum ErrorKind {
     VersionMismatch,
     /// Something on the host failed (kernel, disk, registry).
     Host,
+    /// The client broke a rule of the protocol (no `hello` first, a line that does not parse, a
+    /// line too long); the agent closes the connection after this error.
+    Protocol,
 }
 
 impl std::fmt::Display for AgentError {
@@ -477,7 +507,7 @@ impl RequestFrame {
 impl ResponseFrame {
     pub fn ok(id: u64, response: Response) -> Self {
         ResponseFrame {
-            id,
+            id: Some(id),
             more: false,
             ok: Some(response),
             err: None,
@@ -486,10 +516,24 @@ impl ResponseFrame {
 
     pub fn err(id: u64, error: AgentError) -> Self {
         ResponseFrame {
-            id,
+            id: Some(id),
             more: false,
             ok: None,
             err: Some(error),
+        }
+    }
+
+    /// A `protocol` error about a line that is not a request: it carries no id.
+    pub fn protocol_error(message: impl Into<String>) -> Self {
+        ResponseFrame {
+            id: None,
+            more: false,
+            ok: None,
+            err: Some(AgentError {
+                kind: ErrorKind::Protocol,
+                message: message.into(),
+                causes: vec![],
+            }),
         }
     }
 
@@ -507,6 +551,225 @@ impl ResponseFrame {
     }
 }
 
+/// A line over its bound: refused as soon as its byte `max + 1` arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineTooLong {
+    pub max: usize,
+}
+
+impl std::fmt::Display for LineTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a line is longer than {} bytes", self.max)
+    }
+}
+
+impl std::error::Error for LineTooLong {}
+
+/// Splits a byte stream into lines of at most `max` bytes (the `\n` not counted), without I/O:
+/// the reader feeds it what it has, and a line over the bound is refused before it is buffered.
+#[derive(Debug, Clone)]
+pub struct LineBuffer {
+    line: Vec<u8>,
+    max: usize,
+}
+
+impl LineBuffer {
+    pub fn new(max: usize) -> Self {
+        LineBuffer {
+            line: Vec::new(),
+            max,
+        }
+    }
+
+    /// Changes the bound (e.g. once the handshake is done).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// Takes bytes from `input` up to and including the first `\n`. Returns how many it took and,
+    /// when that ended a line, the line (without `\n`).
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Vec<u8>>), LineTooLong> {
+        let newline = input.iter().position(|&b| b == b'\n');
+        let body = &input[..newline.unwrap_or(input.len())];
+        if self.line.len().saturating_add(body.len()) > self.max {
+            self.line = Vec::new();
+            return Err(LineTooLong { max: self.max });
+        }
+        self.line.extend_from_slice(body);
+        match newline {
+            Some(i) => Ok((i + 1, Some(std::mem::take(&mut self.line)))),
+            None => Ok((input.len(), None)),
+        }
+    }
+
+    /// At the end of the input: the last line when it had no `\n`.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        (!self.line.is_empty()).then(|| std::mem::take(&mut self.line))
+    }
+}
+
+/// What the server does with one line, decided by [`ServerConnection::on_line`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing (a blank line).
+    Skip,
+    /// The handshake succeeded: answer `hello` with the host facts under this id. The server
+    /// answers it before reading on, so nothing is served before the handshake is complete.
+    Hello { id: u64 },
+    /// Serve this request.
+    Serve(RequestFrame),
+    /// Send this frame, then close the connection: nothing more is read or served.
+    Close(ResponseFrame),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingHello,
+    Ready,
+    Closed,
+}
+
+/// The rules of one connection, on the agent's side, without I/O (the daemon drives it with the
+/// lines it reads; the fuzz target with arbitrary ones).
+#[derive(Debug, Clone)]
+pub struct ServerConnection {
+    state: State,
+    agent_version: String,
+}
+
+impl ServerConnection {
+    /// A new connection to an agent of `agent_version` (named in version-mismatch errors).
+    pub fn new(agent_version: impl Into<String>) -> Self {
+        ServerConnection {
+            state: State::AwaitingHello,
+            agent_version: agent_version.into(),
+        }
+    }
+
+    /// Whether the handshake has succeeded.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// Whether a [`Step::Close`] was decided: nothing more may be read or served.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The longest line to accept next: small until the handshake is done.
+    pub fn max_line_bytes(&self) -> usize {
+        match self.state {
+            State::AwaitingHello | State::Closed => MAX_HELLO_LINE_BYTES,
+            State::Ready => MAX_LINE_BYTES,
+        }
+    }
+
+    /// Decides what to do with one line (without its `\n`).
+    pub fn on_line(&mut self, line: &[u8]) -> Step {
+        if self.state == State::Closed {
+            return Step::Skip;
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            return self.close(ResponseFrame::protocol_error(
+                "a request line is not UTF-8; requests are JSON, one per line",
+            ));
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            return Step::Skip;
+        }
+        let frame = match serde_json::from_str::<RequestFrame>(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return self.close(ResponseFrame::protocol_error(format!(
+                    "a request line does not parse: {e}; requests are JSON, one per line"
+                )))
+            }
+        };
+        match (self.state, frame.request) {
+            (State::AwaitingHello, Request::Hello { protocol_version })
+                if protocol_version == PROTOCOL_VERSION =>
+            {
+                self.state = State::Ready;
+                Step::Hello { id: frame.id }
+            }
+            (State::AwaitingHello, Request::Hello { protocol_version }) => {
+                let error = AgentError {
+                    kind: ErrorKind::VersionMismatch,
+                    message: format!(
+                        "the agent speaks protocol {PROTOCOL_VERSION}, the client \
+                         {protocol_version}"
+                    ),
+                    causes: vec![format!("agent version {}", self.agent_version)],
+                };
+                self.close(ResponseFrame::err(frame.id, error))
+            }
+            (State::AwaitingHello, other) => self.close(ResponseFrame::err(
+                frame.id,
+                protocol(format!(
+                    "`{}` before `hello`: the first request on a connection must be `hello`",
+                    other.name()
+                )),
+            )),
+            (_, Request::Hello { .. }) => self.close(ResponseFrame::err(
+                frame.id,
+                protocol("a second `hello` on one connection".to_string()),
+            )),
+            (_, request) => Step::Serve(RequestFrame {
+                id: frame.id,
+                request,
+            }),
+        }
+    }
+
+    /// The line being read is over [`ServerConnection::max_line_bytes`].
+    pub fn on_line_too_long(&mut self, e: LineTooLong) -> Step {
+        self.close(ResponseFrame::protocol_error(format!(
+            "{e}{}",
+            if self.state == State::AwaitingHello {
+                " before `hello`"
+            } else {
+                ""
+            }
+        )))
+    }
+
+    /// No `hello` arrived in time.
+    pub fn on_hello_timeout(&mut self, waited: std::time::Duration) -> Step {
+        self.close(ResponseFrame::protocol_error(format!(
+            "no `hello` within {}s of connecting",
+            waited.as_secs()
+        )))
+    }
+
+    fn close(&mut self, frame: ResponseFrame) -> Step {
+        self.state = State::Closed;
+        Step::Close(frame)
+    }
+}
+
+fn protocol(message: String) -> AgentError {
+    AgentError {
+        kind: ErrorKind::Protocol,
+        message,
+        causes: vec![],
+    }
+}
+
+impl Request {
+    /// The request's `type`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Apply(_) => "apply",
+            Request::Status { .. } => "status",
+            Request::Logs(_) => "logs",
+            Request::Exec(_) => "exec",
+            Request::Remove { .. } => "remove",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,7 +783,10 @@ mod tests {
             },
         };
         let line = frame.to_line();
-        assert_eq!(line, r#"{"id":0,"type":"hello","protocol_version":2}"#);
+        assert_eq!(
+            line,
+            format!(r#"{{"id":0,"type":"hello","protocol_version":{PROTOCOL_VERSION}}}"#)
+        );
         let back: RequestFrame = serde_json::from_str(&line).expect("parses");
         assert_eq!(back, frame);
     }
@@ -552,5 +818,96 @@ mod tests {
             gid: None,
         };
         assert!(!format!("{file:?}").contains("aHVudGVyMg=="));
+    }
+
+    fn hello(version: u32) -> Vec<u8> {
+        format!(r#"{{"id":0,"type":"hello","protocol_version":{version}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn hello_first_then_requests_are_served() {
+        let mut c = ServerConnection::new("t");
+        assert_eq!(c.max_line_bytes(), MAX_HELLO_LINE_BYTES);
+        assert_eq!(c.on_line(b"  "), Step::Skip);
+        assert_eq!(c.on_line(&hello(PROTOCOL_VERSION)), Step::Hello { id: 0 });
+        assert_eq!(c.max_line_bytes(), MAX_LINE_BYTES);
+        let step = c.on_line(br#"{"id":1,"type":"status","project":null}"#);
+        assert!(
+            matches!(step, Step::Serve(RequestFrame { id: 1, .. })),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn a_request_before_hello_closes_with_a_protocol_error_under_its_id() {
+        let mut c = ServerConnection::new("t");
+        let Step::Close(frame) = c.on_line(br#"{"id":4,"type":"status","project":null}"#) else {
+            panic!("not closed")
+        };
+        assert_eq!(frame.id, Some(4));
+        let err = frame.err.expect("an error");
+        assert_eq!(err.kind, ErrorKind::Protocol);
+        assert!(err.message.contains("`status` before `hello`"), "{err}");
+        assert!(c.is_closed());
+        assert_eq!(c.on_line(&hello(PROTOCOL_VERSION)), Step::Skip);
+    }
+
+    #[test]
+    fn a_version_mismatch_closes() {
+        let mut c = ServerConnection::new("9.9");
+        let Step::Close(frame) = c.on_line(&hello(PROTOCOL_VERSION + 1)) else {
+            panic!("not closed")
+        };
+        let err = frame.err.expect("an error");
+        assert_eq!(err.kind, ErrorKind::VersionMismatch);
+        assert_eq!(err.causes, ["agent version 9.9"]);
+        assert_eq!(
+            c.on_line(br#"{"id":1,"type":"status","project":null}"#),
+            Step::Skip
+        );
+    }
+
+    #[test]
+    fn a_line_that_does_not_parse_gets_an_error_without_id_and_closes() {
+        for line in [
+            &b"not json"[..],
+            b"{\"id\":3,\"type\":\"nope\"}",
+            b"\xff\xfe",
+        ] {
+            for ready in [false, true] {
+                let mut c = ServerConnection::new("t");
+                if ready {
+                    c.on_line(&hello(PROTOCOL_VERSION));
+                }
+                let Step::Close(frame) = c.on_line(line) else {
+                    panic!("not closed")
+                };
+                assert_eq!(frame.id, None);
+                assert_eq!(frame.err.map(|e| e.kind), Some(ErrorKind::Protocol));
+                let wire = ResponseFrame::protocol_error("x").to_line();
+                assert!(!wire.contains("\"id\""), "{wire}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_second_hello_closes() {
+        let mut c = ServerConnection::new("t");
+        c.on_line(&hello(PROTOCOL_VERSION));
+        assert!(matches!(
+            c.on_line(&hello(PROTOCOL_VERSION)),
+            Step::Close(_)
+        ));
+    }
+
+    #[test]
+    fn the_line_buffer_refuses_a_long_line_before_buffering_it() {
+        let mut b = LineBuffer::new(4);
+        assert_eq!(b.feed(b"ab"), Ok((2, None)));
+        assert_eq!(b.feed(b"cd\nef"), Ok((3, Some(b"abcd".to_vec()))));
+        assert_eq!(b.feed(b"ef"), Ok((2, None)));
+        assert_eq!(b.finish(), Some(b"ef".to_vec()));
+        assert_eq!(b.feed(b"abcde"), Err(LineTooLong { max: 4 }));
+        assert_eq!(b.line.capacity(), 0, "nothing of the long line was kept");
     }
 }
