@@ -401,3 +401,124 @@ fn forward_drops_of_other_firewalls_are_found_by_name() {
         );
     });
 }
+
+/// [`Netlink`], timing every call.
+struct Timed(Netlink, std::sync::Mutex<Duration>);
+
+impl Timed {
+    fn time<T>(&self, f: impl FnOnce(&Netlink) -> T) -> T {
+        let t = Instant::now();
+        let out = f(&self.0);
+        *self.1.lock().unwrap() += t.elapsed();
+        out
+    }
+
+    fn take(&self) -> Duration {
+        std::mem::take(&mut *self.1.lock().unwrap())
+    }
+}
+
+impl NetKernel for Timed {
+    fn ensure_bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        subnet: compose_fleet_agent::proto::net::Ipv4Net,
+    ) -> std::io::Result<()> {
+        self.time(|k| k.ensure_bridge(name, gateway, subnet))
+    }
+    fn enable_forwarding(&self) -> std::io::Result<()> {
+        self.time(|k| k.enable_forwarding())
+    }
+    fn attach_pod(&self, link: &PodLink) -> std::io::Result<()> {
+        self.time(|k| k.attach_pod(link))
+    }
+    fn remove_link(&self, name: &str) -> std::io::Result<()> {
+        self.time(|k| k.remove_link(name))
+    }
+    fn replace_rules(
+        &self,
+        rules: &compose_fleet_agent::network::nft::Ruleset,
+    ) -> std::io::Result<()> {
+        self.time(|k| k.replace_rules(rules))
+    }
+    fn remove_rules(&self) -> std::io::Result<()> {
+        self.time(|k| k.remove_rules())
+    }
+    fn set_routes(
+        &self,
+        routes: &[compose_fleet_agent::network::PeerRoute],
+    ) -> std::io::Result<()> {
+        self.time(|k| k.set_routes(routes))
+    }
+    fn forward_drops(
+        &self,
+    ) -> std::io::Result<Vec<compose_fleet_agent::network::nft::ForwardDrop>> {
+        self.time(|k| k.forward_drops())
+    }
+}
+
+/// Benchmark (ignored; run with `--ignored --nocapture` as root): the time to attach a pod (veth
+/// pair, pod-side address and route, DAD off; no published ports) and to detach it, over 50 pods
+/// in a throwaway host namespace, in total and in kernel calls alone (the rest is the fsynced
+/// write of the address book). Sandbox creation is not counted: the runtime does it anyway.
+#[test]
+#[ignore]
+fn bench_attach_and_detach() {
+    let test = "bench_attach_and_detach";
+    if !is_root(test) {
+        return;
+    }
+    in_fresh_host(|| {
+        const PODS: usize = 50;
+        let tmp = tempfile::tempdir().unwrap();
+        let sandboxes = Sandboxes(
+            (0..PODS)
+                .map(|i| tmp.path().join(format!("pods/p{i}")))
+                .collect(),
+        );
+        let netns: Vec<PathBuf> = sandboxes
+            .0
+            .iter()
+            .map(|d| pod::create(d, "p").unwrap().net)
+            .collect();
+        let kernel = Arc::new(Timed(Netlink, Default::default()));
+        let net = Network::open(tmp.path(), kernel.clone()).unwrap();
+        net.configure(&HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![],
+        })
+        .unwrap();
+        kernel.take();
+        let (mut attach, mut attach_kernel) = (Vec::new(), Vec::new());
+        for (i, ns) in netns.iter().enumerate() {
+            let t = Instant::now();
+            net.attach("bench", &format!("p{i}"), ns, &[]).unwrap();
+            attach.push(t.elapsed());
+            attach_kernel.push(kernel.take());
+        }
+        let (mut detach, mut detach_kernel) = (Vec::new(), Vec::new());
+        for i in 0..PODS {
+            let t = Instant::now();
+            net.detach("bench", &format!("p{i}")).unwrap();
+            detach.push(t.elapsed());
+            detach_kernel.push(kernel.take());
+        }
+        let summary = |name: &str, mut v: Vec<Duration>| {
+            let first = v[0];
+            v.sort();
+            eprintln!(
+                "{name}: first {first:?}, p50 {:?}, p90 {:?}, max {:?} over {PODS} pods",
+                v[v.len() / 2],
+                v[v.len() * 9 / 10],
+                v[v.len() - 1]
+            );
+        };
+        summary("attach", attach);
+        summary("attach, kernel calls only", attach_kernel);
+        summary("detach", detach);
+        summary("detach, kernel calls only", detach_kernel);
+        drop(sandboxes);
+    });
+}

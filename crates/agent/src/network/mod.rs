@@ -95,6 +95,14 @@ pub struct Network {
     kernel: Arc<dyn NetKernel>,
     file: PathBuf,
     saved: Mutex<Saved>,
+    /// The rules last written to the kernel by this process. A pod without published ports
+    /// changes nothing in them, and skipping the batch keeps attach cheap: every nf_tables
+    /// commit that drops rules makes the next one wait for an RCU grace period (measured 4-28 ms
+    /// on a loaded 2-core host, against 0.2 ms for the batch itself).
+    rules: Mutex<Option<nft::Ruleset>>,
+    /// The bridge was set up by this process (and not removed since): later pods skip the
+    /// three round trips that check it.
+    bridge_ready: std::sync::atomic::AtomicBool,
 }
 
 fn key(project: &str, pod: &str) -> String {
@@ -169,6 +177,8 @@ impl Network {
             kernel,
             file,
             saved: Mutex::new(saved),
+            rules: Mutex::new(None),
+            bridge_ready: Default::default(),
         })
     }
 
@@ -266,8 +276,12 @@ impl Network {
         self.save(&next)?;
         *saved = next;
         let result = (|| -> Result<(), NetError> {
-            self.kernel.ensure_bridge(BRIDGE, gateway, subnet)?;
-            self.kernel.enable_forwarding()?;
+            use std::sync::atomic::Ordering::Relaxed;
+            if !self.bridge_ready.load(Relaxed) {
+                self.kernel.ensure_bridge(BRIDGE, gateway, subnet)?;
+                self.kernel.enable_forwarding()?;
+                self.bridge_ready.store(true, Relaxed);
+            }
             self.kernel.attach_pod(&PodLink {
                 netns: netns.to_path_buf(),
                 host_if: host_if(addr),
@@ -277,7 +291,7 @@ impl Network {
                 subnet,
                 gateway,
             })?;
-            self.kernel.replace_rules(&ruleset(fleet, &saved)?)?;
+            self.sync_rules(ruleset(fleet, &saved)?)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -305,11 +319,26 @@ impl Network {
         *saved = next;
         if saved.book.pods.is_empty() {
             self.kernel.remove_rules()?;
+            *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.bridge_ready
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             self.kernel.remove_link(BRIDGE)?;
         } else if let Some(subnet) = saved.book.subnet {
             let fleet = saved.book.fleet.unwrap_or(subnet);
-            self.kernel.replace_rules(&ruleset(fleet, &saved)?)?;
+            self.sync_rules(ruleset(fleet, &saved)?)?;
         }
+        Ok(())
+    }
+
+    /// Writes `rules` unless they are what this process last wrote.
+    fn sync_rules(&self, rules: nft::Ruleset) -> Result<(), NetError> {
+        let mut last = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref() == Some(&rules) {
+            return Ok(());
+        }
+        *last = None;
+        self.kernel.replace_rules(&rules)?;
+        *last = Some(rules);
         Ok(())
     }
 }
@@ -408,8 +437,6 @@ mod tests {
                 "forwarding on",
                 "veth cfp2:eth0 master cfbr0 addr 10.213.1.2/24 via 10.213.1.1",
                 "nft replace masq 10.213.0.0/16 [fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80]",
-                "bridge cfbr0 10.213.1.1/24",
-                "forwarding on",
                 "veth cfp3:eth0 master cfbr0 addr 10.213.1.3/24 via 10.213.1.1",
                 "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53, fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80]",
             ]
@@ -429,6 +456,23 @@ mod tests {
             ["del link cfp3", "nft delete table", "del link cfbr0"]
         );
         assert_eq!(net.address_of("p", "db-1"), None);
+    }
+
+    #[test]
+    fn a_pod_without_ports_leaves_the_rules_alone() {
+        let (_d, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        net.attach("p", "a-1", Path::new("/ns/a"), &[]).unwrap();
+        kernel.take();
+        net.attach("p", "b-1", Path::new("/ns/b"), &[]).unwrap();
+        net.detach("p", "b-1").unwrap();
+        assert_eq!(
+            kernel.take(),
+            [
+                "veth cfp3:eth0 master cfbr0 addr 10.213.1.3/24 via 10.213.1.1",
+                "del link cfp3",
+            ]
+        );
     }
 
     #[test]

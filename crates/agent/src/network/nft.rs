@@ -17,8 +17,8 @@
 //! }
 //! ```
 //!
-//! The whole table is replaced in one atomic batch (create, delete, create, fill), so a change
-//! never leaves a half-written table, and removed in one batch when the last pod goes.
+//! Every change rewrites the chains' rules in one atomic batch, so a change never leaves a
+//! half-written table; the table goes in one batch when the last pod goes.
 
 use std::net::Ipv4Addr;
 
@@ -165,14 +165,16 @@ pub fn delete_batch() -> Vec<Step> {
     ]
 }
 
-/// Replaces our table with exactly `rules`.
-pub fn replace_batch(rules: &Ruleset) -> Vec<Step> {
-    let mut steps = delete_batch();
-    steps.push((
+/// Makes our table hold exactly `rules`: creates the table and chains when missing, empties the
+/// chains and fills them again, all in one batch. The base chains are kept rather than the table
+/// replaced: unregistering a chain's hook waits for an RCU grace period (10-20 ms on a loaded
+/// host), which attaching a pod must not pay.
+pub fn sync_batch(rules: &Ruleset) -> Vec<Step> {
+    let mut steps = vec![(
         table(NfTablesMessage::NewTable),
         NLM_F_CREATE,
         format!("creating table ip {TABLE}"),
-    ));
+    )];
     steps.push(chain(
         "prerouting",
         Some((InetHookNumber::PreRouting, PRIORITY_DSTNAT)),
@@ -186,6 +188,9 @@ pub fn replace_batch(rules: &Ruleset) -> Vec<Step> {
         "postrouting",
         Some((InetHookNumber::PostRouting, PRIORITY_SRCNAT)),
     ));
+    for name in ["prerouting", "output", "published", "postrouting"] {
+        steps.push(flush(name));
+    }
     steps.push(rule(
         "prerouting",
         vec![jump("published")],
@@ -254,6 +259,20 @@ fn chain(name: &str, hook: Option<(InetHookNumber, i32)>) -> Step {
         nft(NfTablesMessage::NewChain(ChainMessage { attributes })),
         NLM_F_CREATE,
         format!("creating chain {name}"),
+    )
+}
+
+/// Deletes every rule of chain `name` (a rule delete without a handle).
+fn flush(name: &str) -> Step {
+    (
+        nft(NfTablesMessage::DeleteRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(TABLE.to_string()),
+                RuleAttribute::Chain(name.to_string()),
+            ],
+        })),
+        0,
+        format!("flushing chain {name}"),
     )
 }
 
@@ -496,18 +515,20 @@ mod tests {
     }
 
     #[test]
-    fn the_batch_replaces_the_whole_table_and_names_every_rule() {
-        let steps: Vec<String> = replace_batch(&rules()).into_iter().map(|s| s.2).collect();
+    fn the_batch_refills_every_chain_and_names_every_rule() {
+        let steps: Vec<String> = sync_batch(&rules()).into_iter().map(|s| s.2).collect();
         assert_eq!(
             steps,
             [
-                "creating table ip compose_fleet",
-                "deleting table ip compose_fleet",
                 "creating table ip compose_fleet",
                 "creating chain prerouting",
                 "creating chain output",
                 "creating chain published",
                 "creating chain postrouting",
+                "flushing chain prerouting",
+                "flushing chain output",
+                "flushing chain published",
+                "flushing chain postrouting",
                 "adding rule `jump published` to chain prerouting",
                 "adding rule `ip daddr != 127.0.0.0/8 jump published` to chain output",
                 "adding rule `fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80` to chain published",
@@ -520,7 +541,7 @@ mod tests {
     #[test]
     fn every_message_serializes() {
         use netlink_packet_core::{NetlinkMessage, NetlinkSerializable};
-        for (msg, _, what) in replace_batch(&rules()) {
+        for (msg, _, what) in sync_batch(&rules()) {
             let mut m = NetlinkMessage::from(msg);
             m.finalize();
             let mut buf = vec![0; m.buffer_len()];
