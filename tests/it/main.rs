@@ -8,6 +8,7 @@ mod hosts;
 mod inventory;
 mod lab;
 mod load_props;
+mod network_lab;
 mod plan_facts;
 mod schedule;
 mod support;
