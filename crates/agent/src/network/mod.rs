@@ -265,7 +265,7 @@ impl Network {
         let mut next = saved.clone();
         let addr = next.book.allocate(&k)?;
         // Check the ports before the first side effect.
-        published(addr, ports)?;
+        check_conflicts(&k, &published(addr, ports)?, &saved)?;
         if ports.is_empty() {
             next.ports.remove(&k);
         } else {
@@ -341,6 +341,38 @@ impl Network {
         *last = Some(rules);
         Ok(())
     }
+}
+
+/// Refuses a port another pod (or this pod twice) already publishes: nftables would silently send
+/// every connection to whichever rule comes first.
+fn check_conflicts(pod: &str, new: &[nft::Published], saved: &Saved) -> Result<(), NetError> {
+    let overlaps = |a: &nft::Published, b: &nft::Published| {
+        a.proto == b.proto
+            && a.port == b.port
+            && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+    };
+    for (i, p) in new.iter().enumerate() {
+        if new[..i].iter().any(|q| overlaps(p, q)) {
+            return Err(NetError::BadPort(format!(
+                "pod {pod} publishes port {}/{} twice",
+                p.port,
+                p.proto.name()
+            )));
+        }
+        for (other, ports) in &saved.ports {
+            let Some(addr) = saved.book.pods.get(other) else {
+                continue;
+            };
+            if other != pod && published(*addr, ports)?.iter().any(|q| overlaps(p, q)) {
+                return Err(NetError::BadPort(format!(
+                    "port {}/{} is already published on this host by pod {other}",
+                    p.port,
+                    p.proto.name()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn ruleset(fleet: Ipv4Net, saved: &Saved) -> Result<nft::Ruleset, NetError> {
@@ -503,6 +535,36 @@ mod tests {
             .attach("p", "web-1", Path::new("/ns"), &[bad_ip])
             .is_err());
         assert!(kernel.take().is_empty());
+    }
+
+    #[test]
+    fn a_port_published_twice_on_a_host_is_refused() {
+        let (_d, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        net.attach("p", "a-1", Path::new("/ns/a"), &[port(8080, 80, "tcp")])
+            .unwrap();
+        kernel.take();
+        let err = net
+            .attach("q", "b-1", Path::new("/ns/b"), &[port(8080, 81, "tcp")])
+            .expect_err("taken");
+        assert_eq!(
+            err.to_string(),
+            "port 8080/tcp is already published on this host by pod p/a-1"
+        );
+        assert!(kernel.take().is_empty(), "refused before any kernel call");
+        assert_eq!(net.address_of("q", "b-1"), None);
+        // The same number over udp is another port.
+        net.attach("q", "b-1", Path::new("/ns/b"), &[port(8080, 81, "udp")])
+            .unwrap();
+        let err = net
+            .attach(
+                "q",
+                "c-1",
+                Path::new("/ns/c"),
+                &[port(53, 53, "udp"), port(53, 54, "udp")],
+            )
+            .expect_err("twice");
+        assert!(err.to_string().contains("twice"), "{err}");
     }
 
     #[test]
