@@ -538,3 +538,46 @@ fn bench_attach_and_detach() {
         drop(sandboxes);
     });
 }
+
+#[test]
+fn a_refused_batch_names_its_step_and_changes_nothing() {
+    let test = "a_refused_batch_names_its_step_and_changes_nothing";
+    if !is_root(test) || !have("nft", test) {
+        return;
+    }
+    in_fresh_host(|| {
+        // A table of our name whose `published` is a base chain: our regular chain cannot
+        // replace it, so the kernel refuses the whole batch.
+        let script = "table ip compose_fleet {\n chain published {\n type filter hook input priority 0; policy accept;\n }\n}\n";
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let before = run(&["nft", "list", "ruleset"]);
+        let err = Netlink
+            .replace_rules(&compose_fleet_agent::network::nft::Ruleset {
+                fleet: "10.213.0.0/16".parse().unwrap(),
+                published: vec![],
+            })
+            .expect_err("refused");
+        eprintln!("{err}");
+        assert!(
+            err.to_string()
+                .starts_with("nftables: adding rule `jump published` to chain prerouting: "),
+            "{err}"
+        );
+        assert_eq!(
+            run(&["nft", "list", "ruleset"]),
+            before,
+            "atomic: nothing applied"
+        );
+    });
+}
