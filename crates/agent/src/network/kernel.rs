@@ -21,7 +21,7 @@ use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{
-    AddressMessageBuilder, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    AddressMessageBuilder, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
 };
 
@@ -235,6 +235,20 @@ impl NetKernel for Netlink {
             r => r?,
         }
         drop(netns);
+        // Hairpin: with br_netfilter loaded, a pod's connection to a published port of its own
+        // host that DNATs back to the same pod is bridged out of the port it came in on, which a
+        // bridge refuses unless the port is in hairpin mode.
+        let port = link_index(&mut sock, &link.host_if)?.ok_or_else(|| {
+            io::Error::other(format!(
+                "{} vanished right after its creation",
+                link.host_if
+            ))
+        })?;
+        sock.request(
+            RouteNetlinkMessage::NewLink(LinkBridgePort::new(port).hairpin(true).build()),
+            0,
+            &format!("setting hairpin mode on {}", link.host_if),
+        )?;
         let (pod_if, addr, prefix, gateway) = (
             link.pod_if.clone(),
             link.addr,

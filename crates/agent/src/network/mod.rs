@@ -291,7 +291,7 @@ impl Network {
                 subnet,
                 gateway,
             })?;
-            self.sync_rules(ruleset(fleet, &saved)?)?;
+            self.sync_rules(ruleset(fleet, subnet, &saved)?)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -325,7 +325,7 @@ impl Network {
             self.kernel.remove_link(BRIDGE)?;
         } else if let Some(subnet) = saved.book.subnet {
             let fleet = saved.book.fleet.unwrap_or(subnet);
-            self.sync_rules(ruleset(fleet, &saved)?)?;
+            self.sync_rules(ruleset(fleet, subnet, &saved)?)?;
         }
         Ok(())
     }
@@ -375,7 +375,7 @@ fn check_conflicts(pod: &str, new: &[nft::Published], saved: &Saved) -> Result<(
     Ok(())
 }
 
-fn ruleset(fleet: Ipv4Net, saved: &Saved) -> Result<nft::Ruleset, NetError> {
+fn ruleset(fleet: Ipv4Net, subnet: Ipv4Net, saved: &Saved) -> Result<nft::Ruleset, NetError> {
     let mut all = Vec::new();
     for (k, ports) in &saved.ports {
         if let Some(addr) = saved.book.pods.get(k) {
@@ -384,6 +384,7 @@ fn ruleset(fleet: Ipv4Net, saved: &Saved) -> Result<nft::Ruleset, NetError> {
     }
     Ok(nft::Ruleset {
         fleet,
+        subnet,
         published: all,
     })
 }
