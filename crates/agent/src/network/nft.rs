@@ -583,6 +583,32 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_drop_is_named_after_the_firewall_that_made_it() {
+        let chains = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            owner_of("firewalld", &chains(&["filter_FORWARD"])),
+            "firewalld"
+        );
+        assert_eq!(
+            owner_of("filter", &chains(&["FORWARD", "ufw-before-forward"])),
+            "ufw"
+        );
+        assert_eq!(
+            owner_of("filter", &chains(&["FORWARD", "DOCKER-USER"])),
+            "Docker"
+        );
+        assert_eq!(owner_of("filter", &chains(&["FORWARD"])), "iptables");
+        assert_eq!(
+            owner_of("mine", &chains(&["fwd"])),
+            "another nftables table"
+        );
+        assert_eq!(
+            (family_name(2), family_name(1), family_name(10)),
+            ("ip", "inet", "ip6")
+        );
+    }
+
+    #[test]
     fn every_message_serializes() {
         use netlink_packet_core::{NetlinkMessage, NetlinkSerializable};
         for (msg, _, what) in sync_batch(&rules()) {
