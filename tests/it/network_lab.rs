@@ -10,10 +10,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use compose_fleet::lab::images::{HTTPD_IMAGE, HTTPD_INDEX, SHELL_IMAGE};
-use compose_fleet::proto::net::{assign_subnets, Ipv4Net, DEFAULT_FLEET_CIDR};
+use compose_fleet::proto::net::{assign_subnets, host_networks, Ipv4Net, DEFAULT_FLEET_CIDR};
 use compose_fleet::proto::{
-    ApplyRequest, ContainerSpec, ExecRequest, HostNetwork, PeerSubnet, PodSpec, PortMapping,
-    Request, Response, ResponseFrame, StatusReport, Stream,
+    ApplyRequest, ContainerSpec, ExecRequest, HostNetwork, PodSpec, PortMapping, Request, Response,
+    ResponseFrame, StatusReport, Stream,
 };
 use compose_fleet::ssh::{connect_agent, AgentBinary, OpenSsh, Options, SshTarget, Transport};
 
@@ -197,19 +197,12 @@ fn pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind() {
     let reported: BTreeMap<String, Option<Ipv4Net>> =
         hosts.iter().map(|h| (h.clone(), None)).collect();
     let subnets = assign_subnets(DEFAULT_FLEET_CIDR, &reported).expect("subnets");
-    let network = |me: &str| HostNetwork {
-        fleet: DEFAULT_FLEET_CIDR,
-        subnet: subnets[me],
-        peers: hosts
-            .iter()
-            .filter(|h| h.as_str() != me)
-            .map(|h| PeerSubnet {
-                host: h.clone(),
-                subnet: subnets[h],
-                via: lab.address(h).parse().unwrap(),
-            })
-            .collect(),
-    };
+    let addresses = hosts
+        .iter()
+        .map(|h| (h.clone(), lab.address(h).parse().unwrap()))
+        .collect();
+    let networks = host_networks(DEFAULT_FLEET_CIDR, &subnets, &addresses);
+    let network = |me: &str| networks[me].clone();
     let apply = |me: &str, pods: Vec<PodSpec>| {
         Request::Apply(ApplyRequest {
             project: PROJECT.into(),
