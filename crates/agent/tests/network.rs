@@ -416,6 +416,33 @@ fn forward_drops_of_other_firewalls_are_found_by_name() {
                 "firewalld (table inet firewalld, chain filter_FORWARD: a rule drops or rejects)",
             ]
         );
+        // Legacy x_tables, invisible to nftables: Docker's `iptables -P FORWARD DROP`.
+        if Command::new("iptables-legacy")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: the legacy part of forward_drops_of_other_firewalls_are_found_by_name needs iptables-legacy");
+            return;
+        }
+        run(&["iptables-legacy", "-P", "FORWARD", "ACCEPT"]);
+        assert_eq!(
+            Netlink.forward_drops().unwrap().len(),
+            2,
+            "ACCEPT is no drop"
+        );
+        run(&["iptables-legacy", "-P", "FORWARD", "DROP"]);
+        let found: Vec<String> = Netlink
+            .forward_drops()
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            found.last().map(String::as_str),
+            Some("iptables-legacy (table ip filter, chain FORWARD: policy drop)"),
+            "{found:?}"
+        );
     });
 }
 

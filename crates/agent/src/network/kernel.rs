@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -370,8 +370,124 @@ impl NetKernel for Netlink {
             ),
             "listing nftables rules",
         )?;
-        Ok(find_forward_drops(&chains, &rules))
+        let mut drops = find_forward_drops(&chains, &rules);
+        if let Some(drop) = legacy_forward_drop()? {
+            drops.push(drop);
+        }
+        Ok(drops)
     }
+}
+
+/// The FORWARD policy of the legacy (x_tables) `filter` table, which nftables cannot see: Docker
+/// and older firewalls set it to DROP through `iptables-legacy`.
+///
+/// Only asked when `/proc/thread-self/net/ip_tables_names` lists `filter`: asking for a table that is not
+/// there would make the kernel create it (and register its hooks) in this namespace.
+fn legacy_forward_drop() -> io::Result<Option<ForwardDrop>> {
+    let names = match std::fs::read_to_string("/proc/thread-self/net/ip_tables_names") {
+        Ok(n) => n,
+        Err(_) => return Ok(None), // no x_tables in this kernel
+    };
+    if !names.lines().any(|l| l.trim() == "filter") {
+        return Ok(None);
+    }
+    // linux/netfilter_ipv4/ip_tables.h
+    const IPT_SO_GET_INFO: libc::c_int = 64;
+    const IPT_SO_GET_ENTRIES: libc::c_int = 65;
+    const NF_INET_FORWARD: usize = 2;
+    #[repr(C)]
+    struct GetInfo {
+        name: [u8; 32],
+        valid_hooks: u32,
+        hook_entry: [u32; 5],
+        underflow: [u32; 5],
+        num_entries: u32,
+        size: u32,
+    }
+    /// `struct ipt_get_entries` up to its 8-aligned entry table.
+    const ENTRIES_HEADER: usize = 40;
+    /// `struct ipt_entry` and, after it, `struct xt_entry_target` (32 bytes) then the verdict.
+    const VERDICT_AT: usize = 32;
+
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let mut info = GetInfo {
+        name: [0; 32],
+        valid_hooks: 0,
+        hook_entry: [0; 5],
+        underflow: [0; 5],
+        num_entries: 0,
+        size: 0,
+    };
+    info.name[..6].copy_from_slice(b"filter");
+    let mut len = std::mem::size_of::<GetInfo>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IPT_SO_GET_INFO,
+            (&mut info as *mut GetInfo).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Ok(None);
+    }
+    if info.valid_hooks & (1 << NF_INET_FORWARD) == 0 || info.size > 64 << 20 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; ENTRIES_HEADER + info.size as usize];
+    buf[..6].copy_from_slice(b"filter");
+    buf[32..36].copy_from_slice(&info.size.to_ne_bytes());
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `buf`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IPT_SO_GET_ENTRIES,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Ok(None);
+    }
+    let entry = ENTRIES_HEADER + info.underflow[NF_INET_FORWARD] as usize;
+    let read_u16 = |at: usize| {
+        buf.get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
+    let Some(target_offset) = read_u16(entry + 88) else {
+        return Ok(None);
+    };
+    let at = entry + target_offset as usize + VERDICT_AT;
+    let Some(verdict) = buf
+        .get(at..at + 4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    else {
+        return Ok(None);
+    };
+    // A standard target's verdict is `-NF_DROP - 1` for DROP.
+    Ok((verdict == -1).then(|| ForwardDrop {
+        family: "ip",
+        table: "filter".into(),
+        chain: "FORWARD".into(),
+        owner: "iptables-legacy",
+        how: "policy drop",
+    }))
 }
 
 /// Forward-hook base chains outside our table whose policy drops, or that hold a rule ending in
