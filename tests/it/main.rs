@@ -14,6 +14,7 @@ mod lab;
 mod limits;
 mod load_props;
 mod memory;
+mod network_lab;
 mod plan_facts;
 mod pods;
 mod schedule;

@@ -792,6 +792,32 @@ mod tests {
     }
 
     #[test]
+    fn apply_carries_the_host_network_and_pod_attachments() {
+        let line = r#"{"id":1,"type":"apply","project":"p","pods":[{"name":"web-1","hostname":"web-1","spec_hash":"h","containers":[],"ports":[{"published":8080,"target":80,"protocol":"tcp"}],"network":{"mode":"fleet","networks":["front"]}}],"network":{"fleet":"10.213.0.0/16","subnet":"10.213.1.0/24","peers":[{"host":"h2","subnet":"10.213.2.0/24","via":"10.250.0.12"}]}}"#;
+        let frame: RequestFrame = serde_json::from_str(line).expect("parses");
+        let Request::Apply(apply) = &frame.request else {
+            panic!("not an apply: {frame:?}");
+        };
+        let net = apply.network.as_ref().expect("a host network");
+        assert_eq!(net.subnet.to_string(), "10.213.1.0/24");
+        assert_eq!(net.peers[0].via.to_string(), "10.250.0.12");
+        assert_eq!(apply.pods[0].network.networks, ["front"]);
+        assert_eq!(frame.to_line(), line, "serializes back to the same line");
+        // A pod without a `network` joins the fleet network; `none` keeps loopback only.
+        let pod: PodSpec = serde_json::from_str(
+            r#"{"name":"a","hostname":"a","spec_hash":"h","containers":[],"network":{"mode":"none"}}"#,
+        )
+        .expect("parses");
+        assert_eq!(pod.network.mode, NetworkMode::None);
+        assert_eq!(PodNetwork::default().mode, NetworkMode::Fleet);
+        // A host subnet must be a prefix with its host bits clear.
+        assert!(serde_json::from_str::<HostNetwork>(
+            r#"{"fleet":"10.213.0.0/16","subnet":"10.213.1.7/24"}"#
+        )
+        .is_err());
+    }
+
+    #[test]
     fn noise_lines_are_not_frames() {
         assert_eq!(ResponseFrame::parse_line("Welcome to Debian!"), None);
         assert_eq!(ResponseFrame::parse_line("{not json"), None);

@@ -259,6 +259,41 @@ pub fn assign_subnets(
     Ok(assigned)
 }
 
+/// What each host is told with `Apply`: its own subnet and every other host's subnet routed
+/// through that host's address (host-gw: the hosts share one L2 segment). `addresses` holds the
+/// hosts' IPv4 addresses as the other hosts reach them; a host without one gets its subnet but is
+/// nobody's peer.
+pub fn host_networks(
+    fleet: Ipv4Net,
+    subnets: &BTreeMap<String, Ipv4Net>,
+    addresses: &BTreeMap<String, Ipv4Addr>,
+) -> BTreeMap<String, crate::HostNetwork> {
+    subnets
+        .iter()
+        .map(|(host, subnet)| {
+            let peers = subnets
+                .iter()
+                .filter(|(other, _)| *other != host)
+                .filter_map(|(other, s)| {
+                    Some(crate::PeerSubnet {
+                        host: other.clone(),
+                        subnet: *s,
+                        via: *addresses.get(other)?,
+                    })
+                })
+                .collect();
+            (
+                host.clone(),
+                crate::HostNetwork {
+                    fleet,
+                    subnet: *subnet,
+                    peers,
+                },
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +393,36 @@ mod tests {
             err.to_string()
                 .contains("host a has pod subnet 10.99.5.0/24"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn every_host_routes_the_others_through_their_addresses() {
+        let subnets = assign_subnets(
+            DEFAULT_FLEET_CIDR,
+            &reports(&[("a", None), ("b", None), ("c", None)]),
+        )
+        .unwrap();
+        let addresses: BTreeMap<String, Ipv4Addr> = [("a", "10.0.0.1"), ("b", "10.0.0.2")]
+            .iter()
+            .map(|(h, a)| (h.to_string(), a.parse().unwrap()))
+            .collect();
+        let nets = host_networks(DEFAULT_FLEET_CIDR, &subnets, &addresses);
+        let peers = |h: &str| -> Vec<String> {
+            nets[h]
+                .peers
+                .iter()
+                .map(|p| format!("{} {} via {}", p.host, p.subnet, p.via))
+                .collect()
+        };
+        assert_eq!(nets["a"].subnet, net("10.213.1.0/24"));
+        assert_eq!(peers("a"), ["b 10.213.2.0/24 via 10.0.0.2"]);
+        assert_eq!(
+            peers("c"),
+            [
+                "a 10.213.1.0/24 via 10.0.0.1",
+                "b 10.213.2.0/24 via 10.0.0.2"
+            ]
         );
     }
 

@@ -95,6 +95,14 @@ pub struct Network {
     kernel: Arc<dyn NetKernel>,
     file: PathBuf,
     saved: Mutex<Saved>,
+    /// The rules last written to the kernel by this process. A pod without published ports
+    /// changes nothing in them, and skipping the batch keeps attach cheap: every nf_tables
+    /// commit that drops rules makes the next one wait for an RCU grace period (measured 4-28 ms
+    /// on a loaded 2-core host, against 0.2 ms for the batch itself).
+    rules: Mutex<Option<nft::Ruleset>>,
+    /// The bridge was set up by this process (and not removed since): later pods skip the
+    /// three round trips that check it.
+    bridge_ready: std::sync::atomic::AtomicBool,
 }
 
 fn key(project: &str, pod: &str) -> String {
@@ -169,6 +177,8 @@ impl Network {
             kernel,
             file,
             saved: Mutex::new(saved),
+            rules: Mutex::new(None),
+            bridge_ready: Default::default(),
         })
     }
 
@@ -255,7 +265,7 @@ impl Network {
         let mut next = saved.clone();
         let addr = next.book.allocate(&k)?;
         // Check the ports before the first side effect.
-        published(addr, ports)?;
+        check_conflicts(&k, &published(addr, ports)?, &saved)?;
         if ports.is_empty() {
             next.ports.remove(&k);
         } else {
@@ -266,8 +276,12 @@ impl Network {
         self.save(&next)?;
         *saved = next;
         let result = (|| -> Result<(), NetError> {
-            self.kernel.ensure_bridge(BRIDGE, gateway, subnet)?;
-            self.kernel.enable_forwarding()?;
+            use std::sync::atomic::Ordering::Relaxed;
+            if !self.bridge_ready.load(Relaxed) {
+                self.kernel.ensure_bridge(BRIDGE, gateway, subnet)?;
+                self.kernel.enable_forwarding()?;
+                self.bridge_ready.store(true, Relaxed);
+            }
             self.kernel.attach_pod(&PodLink {
                 netns: netns.to_path_buf(),
                 host_if: host_if(addr),
@@ -277,7 +291,7 @@ impl Network {
                 subnet,
                 gateway,
             })?;
-            self.kernel.replace_rules(&ruleset(fleet, &saved)?)?;
+            self.sync_rules(ruleset(fleet, subnet, &saved)?)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -305,16 +319,63 @@ impl Network {
         *saved = next;
         if saved.book.pods.is_empty() {
             self.kernel.remove_rules()?;
+            *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.bridge_ready
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             self.kernel.remove_link(BRIDGE)?;
         } else if let Some(subnet) = saved.book.subnet {
             let fleet = saved.book.fleet.unwrap_or(subnet);
-            self.kernel.replace_rules(&ruleset(fleet, &saved)?)?;
+            self.sync_rules(ruleset(fleet, subnet, &saved)?)?;
         }
+        Ok(())
+    }
+
+    /// Writes `rules` unless they are what this process last wrote.
+    fn sync_rules(&self, rules: nft::Ruleset) -> Result<(), NetError> {
+        let mut last = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref() == Some(&rules) {
+            return Ok(());
+        }
+        *last = None;
+        self.kernel.replace_rules(&rules)?;
+        *last = Some(rules);
         Ok(())
     }
 }
 
-fn ruleset(fleet: Ipv4Net, saved: &Saved) -> Result<nft::Ruleset, NetError> {
+/// Refuses a port another pod (or this pod twice) already publishes: nftables would silently send
+/// every connection to whichever rule comes first.
+fn check_conflicts(pod: &str, new: &[nft::Published], saved: &Saved) -> Result<(), NetError> {
+    let overlaps = |a: &nft::Published, b: &nft::Published| {
+        a.proto == b.proto
+            && a.port == b.port
+            && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+    };
+    for (i, p) in new.iter().enumerate() {
+        if new[..i].iter().any(|q| overlaps(p, q)) {
+            return Err(NetError::BadPort(format!(
+                "pod {pod} publishes port {}/{} twice",
+                p.port,
+                p.proto.name()
+            )));
+        }
+        for (other, ports) in &saved.ports {
+            let Some(addr) = saved.book.pods.get(other) else {
+                continue;
+            };
+            if other != pod && published(*addr, ports)?.iter().any(|q| overlaps(p, q)) {
+                return Err(NetError::BadPort(format!(
+                    "port {}/{} is already published on this host by pod {other}",
+                    p.port,
+                    p.proto.name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ruleset(fleet: Ipv4Net, subnet: Ipv4Net, saved: &Saved) -> Result<nft::Ruleset, NetError> {
     let mut all = Vec::new();
     for (k, ports) in &saved.ports {
         if let Some(addr) = saved.book.pods.get(k) {
@@ -323,6 +384,7 @@ fn ruleset(fleet: Ipv4Net, saved: &Saved) -> Result<nft::Ruleset, NetError> {
     }
     Ok(nft::Ruleset {
         fleet,
+        subnet,
         published: all,
     })
 }
@@ -408,8 +470,6 @@ mod tests {
                 "forwarding on",
                 "veth cfp2:eth0 master cfbr0 addr 10.213.1.2/24 via 10.213.1.1",
                 "nft replace masq 10.213.0.0/16 [fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80]",
-                "bridge cfbr0 10.213.1.1/24",
-                "forwarding on",
                 "veth cfp3:eth0 master cfbr0 addr 10.213.1.3/24 via 10.213.1.1",
                 "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53, fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80]",
             ]
@@ -429,6 +489,23 @@ mod tests {
             ["del link cfp3", "nft delete table", "del link cfbr0"]
         );
         assert_eq!(net.address_of("p", "db-1"), None);
+    }
+
+    #[test]
+    fn a_pod_without_ports_leaves_the_rules_alone() {
+        let (_d, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        net.attach("p", "a-1", Path::new("/ns/a"), &[]).unwrap();
+        kernel.take();
+        net.attach("p", "b-1", Path::new("/ns/b"), &[]).unwrap();
+        net.detach("p", "b-1").unwrap();
+        assert_eq!(
+            kernel.take(),
+            [
+                "veth cfp3:eth0 master cfbr0 addr 10.213.1.3/24 via 10.213.1.1",
+                "del link cfp3",
+            ]
+        );
     }
 
     #[test]
@@ -459,6 +536,36 @@ mod tests {
             .attach("p", "web-1", Path::new("/ns"), &[bad_ip])
             .is_err());
         assert!(kernel.take().is_empty());
+    }
+
+    #[test]
+    fn a_port_published_twice_on_a_host_is_refused() {
+        let (_d, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        net.attach("p", "a-1", Path::new("/ns/a"), &[port(8080, 80, "tcp")])
+            .unwrap();
+        kernel.take();
+        let err = net
+            .attach("q", "b-1", Path::new("/ns/b"), &[port(8080, 81, "tcp")])
+            .expect_err("taken");
+        assert_eq!(
+            err.to_string(),
+            "port 8080/tcp is already published on this host by pod p/a-1"
+        );
+        assert!(kernel.take().is_empty(), "refused before any kernel call");
+        assert_eq!(net.address_of("q", "b-1"), None);
+        // The same number over udp is another port.
+        net.attach("q", "b-1", Path::new("/ns/b"), &[port(8080, 81, "udp")])
+            .unwrap();
+        let err = net
+            .attach(
+                "q",
+                "c-1",
+                Path::new("/ns/c"),
+                &[port(53, 53, "udp"), port(53, 54, "udp")],
+            )
+            .expect_err("twice");
+        assert!(err.to_string().contains("twice"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,32 @@ impl<T> Message for T where
 {
 }
 
+/// The kernel answers netlink requests while handling them; a reply missing this long means
+/// something is wrong (a lost message), and the agent must not hang on it.
+const RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn set_receive_timeout(sock: &Socket, timeout: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+    };
+    // SAFETY: setsockopt reads one timeval we own, on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// One netlink socket of one protocol family, connected to the kernel.
 pub struct Netlink {
     sock: Socket,
@@ -75,6 +101,7 @@ impl Netlink {
         let mut sock = Socket::new(protocol)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
+        set_receive_timeout(&sock, RECEIVE_TIMEOUT)?;
         // Errors carry the kernel's extended message (e.g. which attribute it refused).
         let _ = sock.set_ext_ack(true);
         Ok(Netlink { sock, seq: 1 })
@@ -99,12 +126,16 @@ impl Netlink {
     {
         let mut buf = Vec::new();
         let mut seqs = Vec::with_capacity(messages.len());
+        // The batch's framing is never acked, but the kernel does answer it with an error (no
+        // nf_tables in this kernel, no permission): that ends the wait too.
+        let mut framing_seqs = Vec::new();
         let (begin, end) = match framing {
             Some((b, e)) => (Some(b), Some(e)),
             None => (None, None),
         };
         if let Some(b) = begin {
             let seq = self.next_seq();
+            framing_seqs.push(seq);
             emit(&mut buf, b, NLM_F_REQUEST, seq);
         }
         for (msg, flags) in messages {
@@ -114,13 +145,14 @@ impl Netlink {
         }
         if let Some(e) = end {
             let seq = self.next_seq();
+            framing_seqs.push(seq);
             emit(&mut buf, e, NLM_F_REQUEST, seq);
         }
         self.sock.send(&buf, 0)?;
         let mut pending = seqs.len();
         let mut first_error: Option<io::Error> = None;
         while pending > 0 {
-            let (data, _) = self.sock.recv_from_full()?;
+            let (data, _) = self.sock.recv_from_full().map_err(timed_out)?;
             let mut offset = 0;
             while offset < data.len() {
                 let msg = NetlinkMessage::<T>::deserialize(&data[offset..])
@@ -128,7 +160,11 @@ impl Netlink {
                 let len = msg.header.length as usize;
                 let seq = msg.header.sequence_number;
                 if let NetlinkPayload::Error(err) = msg.payload {
-                    if let Some(index) = seqs.iter().position(|s| *s == seq) {
+                    if framing_seqs.contains(&seq) {
+                        if let Some(code) = err.code {
+                            return Err(kernel_error(code.get(), "starting or ending a batch"));
+                        }
+                    } else if let Some(index) = seqs.iter().position(|s| *s == seq) {
                         pending -= 1;
                         if let Some(code) = err.code {
                             if first_error.is_none() {
@@ -167,7 +203,7 @@ impl Netlink {
         emit(&mut buf, msg, NLM_F_REQUEST, seq);
         self.sock.send(&buf, 0)?;
         loop {
-            let (data, _) = self.sock.recv_from_full()?;
+            let (data, _) = self.sock.recv_from_full().map_err(timed_out)?;
             let msg = NetlinkMessage::<T>::deserialize(&data)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             if msg.header.sequence_number != seq {
@@ -195,7 +231,7 @@ impl Netlink {
         self.sock.send(&buf, 0)?;
         let mut out = Vec::new();
         loop {
-            let (data, _) = self.sock.recv_from_full()?;
+            let (data, _) = self.sock.recv_from_full().map_err(timed_out)?;
             let mut offset = 0;
             while offset < data.len() {
                 let msg = NetlinkMessage::<T>::deserialize(&data[offset..])
@@ -220,6 +256,21 @@ impl Netlink {
                 offset += (len + 3) & !3;
             }
         }
+    }
+}
+
+/// A receive timeout, worded.
+fn timed_out(e: io::Error) -> io::Error {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the kernel did not answer a netlink request within {RECEIVE_TIMEOUT:?}"),
+        )
+    } else {
+        e
     }
 }
 

@@ -3,7 +3,7 @@
 //! nothing.
 //!
 //! `netlink-packet-netfilter` types tables, chains, rules and the payload/cmp/meta/immediate
-//! expressions; `nat`, `masq` and `fib` it does not know, so they are encoded here from the
+//! expressions; `nat`, `masq`, `ct`, `bitwise` and `fib` it does not know (or not fully), so they are encoded here from the
 //! kernel's `include/uapi/linux/netfilter/nf_tables.h`. What the kernel makes of them is checked
 //! by the root tests against `nft -j list ruleset`.
 //!
@@ -13,12 +13,13 @@
 //!   chain output      { type nat hook output priority dstnat; ip daddr != 127.0.0.0/8 jump published }
 //!   chain published   { fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80 ... }
 //!   chain postrouting { type nat hook postrouting priority srcnat;
-//!                       ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade }
+//!                       ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade
+//!                       ct status dnat ip saddr 10.213.1.0/24 ip daddr 10.213.1.0/24 masquerade }
 //! }
 //! ```
 //!
-//! The whole table is replaced in one atomic batch (create, delete, create, fill), so a change
-//! never leaves a half-written table, and removed in one batch when the last pod goes.
+//! Every change rewrites the chains' rules in one atomic batch, so a change never leaves a
+//! half-written table; the table goes in one batch when the last pod goes.
 
 use std::net::Ipv4Addr;
 
@@ -66,6 +67,11 @@ const NFTA_BITWISE_LEN: u16 = 3;
 const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_BITWISE_XOR: u16 = 5;
 const NF_ACCEPT: u32 = 1;
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFT_CT_STATUS: u32 = 2;
+/// `IPS_DST_NAT` of `enum ip_conntrack_status`.
+const IPS_DST_NAT: u32 = 1 << 5;
 
 /// A transport protocol of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -114,6 +120,10 @@ pub struct Published {
 pub struct Ruleset {
     /// Pod traffic whose destination is outside this prefix is masqueraded.
     pub fleet: Ipv4Net,
+    /// This host's pod subnet: a pod reaching a published port of its own host (hairpin) is
+    /// masqueraded too, or the answer would go straight back over the bridge from the wrong
+    /// address.
+    pub subnet: Ipv4Net,
     pub published: Vec<Published>,
 }
 
@@ -165,14 +175,16 @@ pub fn delete_batch() -> Vec<Step> {
     ]
 }
 
-/// Replaces our table with exactly `rules`.
-pub fn replace_batch(rules: &Ruleset) -> Vec<Step> {
-    let mut steps = delete_batch();
-    steps.push((
+/// Makes our table hold exactly `rules`: creates the table and chains when missing, empties the
+/// chains and fills them again, all in one batch. The base chains are kept rather than the table
+/// replaced: unregistering a chain's hook waits for an RCU grace period (10-20 ms on a loaded
+/// host), which attaching a pod must not pay.
+pub fn sync_batch(rules: &Ruleset) -> Vec<Step> {
+    let mut steps = vec![(
         table(NfTablesMessage::NewTable),
         NLM_F_CREATE,
         format!("creating table ip {TABLE}"),
-    ));
+    )];
     steps.push(chain(
         "prerouting",
         Some((InetHookNumber::PreRouting, PRIORITY_DSTNAT)),
@@ -186,6 +198,9 @@ pub fn replace_batch(rules: &Ruleset) -> Vec<Step> {
         "postrouting",
         Some((InetHookNumber::PostRouting, PRIORITY_SRCNAT)),
     ));
+    for name in ["prerouting", "output", "published", "postrouting"] {
+        steps.push(flush(name));
+    }
     steps.push(rule(
         "prerouting",
         vec![jump("published")],
@@ -218,6 +233,20 @@ pub fn replace_batch(rules: &Ruleset) -> Vec<Step> {
         ]
         .concat(),
         &format!("ip saddr {0} ip daddr != {0} masquerade", rules.fleet),
+    ));
+    steps.push(rule(
+        "postrouting",
+        [
+            ct_status_dnat(),
+            match_prefix(12, rules.subnet, Operator::Equal),
+            match_prefix(16, rules.subnet, Operator::Equal),
+            vec![masquerade()],
+        ]
+        .concat(),
+        &format!(
+            "ct status dnat ip saddr {0} ip daddr {0} masquerade",
+            rules.subnet
+        ),
     ));
     steps
 }
@@ -254,6 +283,20 @@ fn chain(name: &str, hook: Option<(InetHookNumber, i32)>) -> Step {
         nft(NfTablesMessage::NewChain(ChainMessage { attributes })),
         NLM_F_CREATE,
         format!("creating chain {name}"),
+    )
+}
+
+/// Deletes every rule of chain `name` (a rule delete without a handle).
+fn flush(name: &str) -> Step {
+    (
+        nft(NfTablesMessage::DeleteRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(TABLE.to_string()),
+                RuleAttribute::Chain(name.to_string()),
+            ],
+        })),
+        0,
+        format!("flushing chain {name}"),
     )
 }
 
@@ -324,26 +367,44 @@ fn match_prefix(offset: u32, net: Ipv4Net, op: Operator) -> Vec<Expr> {
     } else {
         u32::MAX << (32 - u32::from(net.prefix()))
     };
-    // NFTA_BITWISE_MASK / _XOR each hold one NFTA_DATA_VALUE.
-    let data = |kind: u16, v: u32| {
-        nested(
-            kind,
-            &[DefaultNla::new(NFTA_DATA_VALUE, v.to_be_bytes().to_vec())],
-        )
-    };
     vec![
         payload(NFT_PAYLOAD_NETWORK_HEADER, offset, 4),
+        bitwise_and(mask.to_be_bytes().to_vec()),
+        cmp(op, net.network().octets().to_vec()),
+    ]
+}
+
+/// `reg1 = reg1 & mask` (a bitwise expression with a zero xor).
+fn bitwise_and(mask: Vec<u8>) -> Expr {
+    // NFTA_BITWISE_MASK / _XOR each hold one NFTA_DATA_VALUE.
+    let data = |kind: u16, v: Vec<u8>| nested(kind, &[DefaultNla::new(NFTA_DATA_VALUE, v)]);
+    let len = mask.len() as u32;
+    let zero = vec![0; mask.len()];
+    other(
+        "bitwise",
+        vec![
+            u32_be(NFTA_BITWISE_SREG, NFT_REG_1),
+            u32_be(NFTA_BITWISE_DREG, NFT_REG_1),
+            u32_be(NFTA_BITWISE_LEN, len),
+            data(NFTA_BITWISE_MASK, mask),
+            data(NFTA_BITWISE_XOR, zero),
+        ],
+    )
+}
+
+/// `ct status dnat`: the connection's destination was rewritten (a published port).
+fn ct_status_dnat() -> Vec<Expr> {
+    vec![
         other(
-            "bitwise",
+            "ct",
             vec![
-                u32_be(NFTA_BITWISE_SREG, NFT_REG_1),
-                u32_be(NFTA_BITWISE_DREG, NFT_REG_1),
-                u32_be(NFTA_BITWISE_LEN, 4),
-                data(NFTA_BITWISE_MASK, mask),
-                data(NFTA_BITWISE_XOR, 0),
+                u32_be(NFTA_CT_DREG, NFT_REG_1),
+                u32_be(NFTA_CT_KEY, NFT_CT_STATUS),
             ],
         ),
-        cmp(op, net.network().octets().to_vec()),
+        // The status word is in host byte order.
+        bitwise_and(IPS_DST_NAT.to_ne_bytes().to_vec()),
+        cmp(Operator::NotEqual, vec![0; 4]),
     ]
 }
 
@@ -476,6 +537,7 @@ mod tests {
     fn rules() -> Ruleset {
         Ruleset {
             fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
             published: vec![
                 Published {
                     host_ip: None,
@@ -496,31 +558,60 @@ mod tests {
     }
 
     #[test]
-    fn the_batch_replaces_the_whole_table_and_names_every_rule() {
-        let steps: Vec<String> = replace_batch(&rules()).into_iter().map(|s| s.2).collect();
+    fn the_batch_refills_every_chain_and_names_every_rule() {
+        let steps: Vec<String> = sync_batch(&rules()).into_iter().map(|s| s.2).collect();
         assert_eq!(
             steps,
             [
-                "creating table ip compose_fleet",
-                "deleting table ip compose_fleet",
                 "creating table ip compose_fleet",
                 "creating chain prerouting",
                 "creating chain output",
                 "creating chain published",
                 "creating chain postrouting",
+                "flushing chain prerouting",
+                "flushing chain output",
+                "flushing chain published",
+                "flushing chain postrouting",
                 "adding rule `jump published` to chain prerouting",
                 "adding rule `ip daddr != 127.0.0.0/8 jump published` to chain output",
                 "adding rule `fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80` to chain published",
                 "adding rule `ip daddr 10.250.0.11 udp dport 53 dnat to 10.213.1.3:5353` to chain published",
                 "adding rule `ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade` to chain postrouting",
+                "adding rule `ct status dnat ip saddr 10.213.1.0/24 ip daddr 10.213.1.0/24 masquerade` to chain postrouting",
             ]
+        );
+    }
+
+    #[test]
+    fn a_forward_drop_is_named_after_the_firewall_that_made_it() {
+        let chains = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            owner_of("firewalld", &chains(&["filter_FORWARD"])),
+            "firewalld"
+        );
+        assert_eq!(
+            owner_of("filter", &chains(&["FORWARD", "ufw-before-forward"])),
+            "ufw"
+        );
+        assert_eq!(
+            owner_of("filter", &chains(&["FORWARD", "DOCKER-USER"])),
+            "Docker"
+        );
+        assert_eq!(owner_of("filter", &chains(&["FORWARD"])), "iptables");
+        assert_eq!(
+            owner_of("mine", &chains(&["fwd"])),
+            "another nftables table"
+        );
+        assert_eq!(
+            (family_name(2), family_name(1), family_name(10)),
+            ("ip", "inet", "ip6")
         );
     }
 
     #[test]
     fn every_message_serializes() {
         use netlink_packet_core::{NetlinkMessage, NetlinkSerializable};
-        for (msg, _, what) in replace_batch(&rules()) {
+        for (msg, _, what) in sync_batch(&rules()) {
             let mut m = NetlinkMessage::from(msg);
             m.finalize();
             let mut buf = vec![0; m.buffer_len()];

@@ -1,0 +1,345 @@
+//! Pod networking across two lab hosts on one L2 segment, through the agent's protocol: each
+//! host gets its subnet and a route to the other's (host-gw); a pod on one host reaches a pod on
+//! the other by address, a published port answers from the root namespace and from the other
+//! host, a pod reaches the lab registry through masquerade, and removing the pods leaves each
+//! host's `ip`/`nft` state as it was.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use compose_fleet::lab::images::HTTPD_INDEX;
+use compose_fleet::proto::net::{assign_subnets, host_networks, Ipv4Net, DEFAULT_FLEET_CIDR};
+use compose_fleet::proto::{
+    ApplyRequest, ContainerSpec, ExecRequest, HostNetwork, PodSpec, PortMapping, Request, Response,
+    ResponseFrame, StatusReport, Stream,
+};
+use compose_fleet::ssh::{connect_agent, AgentBinary, OpenSsh, Options, SshTarget, Transport};
+
+use crate::support::Lab;
+
+const PROJECT: &str = "net";
+/// How long anything may take before the test gives up (not a timing assertion).
+const DEADLINE: Duration = Duration::from_secs(90);
+
+async fn rpc(target: &SshTarget, agent: &AgentBinary, request: Request) -> Vec<ResponseFrame> {
+    let ssh = OpenSsh::new(&Options::default()).expect("transport");
+    let session = ssh.connect(target).await.expect("connect to the lab host");
+    let (mut client, _) = connect_agent(&session, &target.name, agent, Duration::from_secs(60))
+        .await
+        .expect("agent handshake");
+    client.send(1, request).await.expect("send the request");
+    let mut frames = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(DEADLINE, client.recv())
+            .await
+            .expect("the agent answers")
+            .expect("a reply frame");
+        let more = frame.more;
+        frames.push(frame);
+        if !more {
+            break;
+        }
+    }
+    frames
+}
+
+fn last_ok(frames: &[ResponseFrame]) -> Response {
+    let last = frames.last().expect("at least one frame");
+    match (&last.ok, &last.err) {
+        (Some(ok), _) => ok.clone(),
+        (_, Some(err)) => panic!("the agent answered an error: {err}"),
+        _ => panic!("an empty frame"),
+    }
+}
+
+fn pod(name: &str, image: &str, command: Option<&[&str]>, ports: Vec<PortMapping>) -> PodSpec {
+    PodSpec {
+        name: name.into(),
+        hostname: name.into(),
+        spec_hash: format!("{name}-v1"),
+        containers: vec![ContainerSpec {
+            service: name.trim_end_matches("-1").into(),
+            replica: 1,
+            image: image.into(),
+            command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            ..ContainerSpec::default()
+        }],
+        ports,
+        network: Default::default(),
+    }
+}
+
+async fn status(target: &SshTarget, agent: &AgentBinary) -> StatusReport {
+    match last_ok(
+        &rpc(
+            target,
+            agent,
+            Request::Status {
+                project: Some(PROJECT.into()),
+            },
+        )
+        .await,
+    ) {
+        Response::Status(s) => s,
+        other => panic!("unexpected reply to Status: {other:?}"),
+    }
+}
+
+/// Waits until the pod's container runs; returns the pod's address from `Status`.
+async fn running_ip(target: &SshTarget, agent: &AgentBinary, pod: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let report = status(target, agent).await;
+        if let Some(p) = report.pods.iter().find(|p| p.name == pod) {
+            if p.containers.iter().all(|c| c.state == "running") {
+                return p.ip.clone().expect("a running pod has an address");
+            }
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{pod} not running within {DEADLINE:?}: {report:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn exec(target: &SshTarget, agent: &AgentBinary, pod: &str, argv: &[&str]) -> (String, i32) {
+    let frames = rpc(
+        target,
+        agent,
+        Request::Exec(ExecRequest {
+            project: PROJECT.into(),
+            pod: pod.into(),
+            service: pod.trim_end_matches("-1").into(),
+            command: argv.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+        }),
+    )
+    .await;
+    let mut out = String::new();
+    let mut code = None;
+    for f in &frames {
+        if let Some(err) = &f.err {
+            panic!("exec {argv:?} failed: {err}");
+        }
+        match &f.ok {
+            Some(Response::ExecOutput { stream, data }) => {
+                if *stream == Stream::Stdout {
+                    out.push_str(data)
+                } else {
+                    eprintln!("{pod} stderr: {data}");
+                }
+            }
+            Some(Response::ExecExit { code: c }) => code = Some(*c),
+            _ => {}
+        }
+    }
+    (out, code.expect("an exit code"))
+}
+
+/// A host's addresses, routes, links and nftables ruleset, as its own tools show them.
+fn host_state(lab: &Lab, host: &str) -> String {
+    let run = |argv: &[&str]| -> String {
+        let out = lab
+            .faults()
+            .exec(
+                host,
+                &argv.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+            .expect("lab exec")
+            .output()
+            .expect("runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let addrs: Vec<String> = run(&["ip", "-4", "-br", "addr", "show"])
+        .lines()
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {}", cols[0], cols.get(2..).unwrap_or(&[]).join(" "))
+        })
+        .collect();
+    format!(
+        "addrs {addrs:?}\nlinks {}\nroutes {}\nnft {}",
+        run(&["sh", "-c", "ip -o link show | cut -d: -f2"]),
+        run(&["ip", "-4", "route", "show"]),
+        run(&["nft", "list", "ruleset"])
+    )
+}
+
+/// An HTTP GET over a plain socket from this (the root) namespace.
+fn http_get(addr: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind() {
+    let Some(lab) = Lab::up(
+        "pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind",
+        2,
+    ) else {
+        return;
+    };
+    let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
+    let targets = SshTarget::all(&fleet);
+    let agent = AgentBinary::locate(None).expect("the agent binary");
+    let hosts = lab.host_names();
+    let before: Vec<String> = hosts.iter().map(|h| host_state(&lab, h)).collect();
+
+    // The CLI's decision: no host reports a subnet yet.
+    let reported: BTreeMap<String, Option<Ipv4Net>> =
+        hosts.iter().map(|h| (h.clone(), None)).collect();
+    let subnets = assign_subnets(DEFAULT_FLEET_CIDR, &reported).expect("subnets");
+    let addresses = hosts
+        .iter()
+        .map(|h| (h.clone(), lab.address(h).parse().unwrap()))
+        .collect();
+    let networks = host_networks(DEFAULT_FLEET_CIDR, &subnets, &addresses);
+    // Each lab has its own registry address (labs live side by side).
+    let registry = lab.registry();
+    let (httpd_image, shell_image) = (lab.httpd_image(), lab.shell_image());
+    let network = |me: &str| networks[me].clone();
+    let apply = |me: &str, pods: Vec<PodSpec>| {
+        Request::Apply(ApplyRequest {
+            project: PROJECT.into(),
+            pods,
+            registry_auth: BTreeMap::new(),
+            insecure_registries: vec![registry.clone()],
+            network: Some(network(me)),
+        })
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let (h1, h2) = (&targets[0], &targets[1]);
+        let agent = &agent;
+        let web = pod(
+            "web-1",
+            &httpd_image,
+            None,
+            vec![PortMapping {
+                host_ip: None,
+                published: 8080,
+                target: 80,
+                protocol: "tcp".into(),
+            }],
+        );
+        let client = pod("client-1", &shell_image, Some(&["sleep", "3600"]), vec![]);
+        let r = last_ok(&rpc(h1, agent, apply(&hosts[0], vec![web])).await);
+        assert!(
+            matches!(r, Response::Applied(ref a) if a.warnings.is_empty()),
+            "{r:?}"
+        );
+        let r = last_ok(&rpc(h2, agent, apply(&hosts[1], vec![client])).await);
+        assert!(
+            matches!(r, Response::Applied(ref a) if a.warnings.is_empty()),
+            "{r:?}"
+        );
+        let web_ip = running_ip(h1, agent, "web-1").await;
+        let client_ip = running_ip(h2, agent, "client-1").await;
+        assert_eq!(web_ip, "10.213.1.2");
+        assert_eq!(client_ip, "10.213.2.2");
+
+        // The subnet is recorded on the host: Hello reports it.
+        let ssh = OpenSsh::new(&Options::default()).unwrap();
+        let session = ssh.connect(h1).await.unwrap();
+        let (_, facts) = connect_agent(&session, &h1.name, agent, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(facts.facts.pod_subnet, Some(subnets[&hosts[0]]));
+
+        // Pod to pod across hosts, by address (host-gw).
+        let (page, code) = exec(
+            h2,
+            agent,
+            "client-1",
+            &["wget", "-qO-", &format!("http://{web_ip}/")],
+        )
+        .await;
+        assert_eq!((page.as_str(), code), (HTTPD_INDEX, 0));
+
+        // The published port from the root namespace and from the other host.
+        let addr1 = lab.address(&hosts[0]);
+        let reply = http_get(&format!("{addr1}:8080"));
+        assert!(reply.ends_with(HTTPD_INDEX), "{reply}");
+        let out = lab
+            .faults()
+            .exec(
+                &hosts[1],
+                &[
+                    "busybox".into(),
+                    "wget".into(),
+                    "-qO-".into(),
+                    format!("http://{addr1}:8080/"),
+                ],
+            )
+            .unwrap()
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), HTTPD_INDEX);
+        // ...and from the host itself.
+        let out = lab
+            .faults()
+            .exec(
+                &hosts[0],
+                &[
+                    "busybox".into(),
+                    "wget".into(),
+                    "-qO-".into(),
+                    format!("http://{addr1}:8080/"),
+                ],
+            )
+            .unwrap()
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), HTTPD_INDEX);
+
+        // A pod reaches the lab registry, outside the fleet CIDR: only masquerade makes the
+        // answer come back (the root namespace has no route to pod addresses).
+        let (body, code) = exec(
+            h2,
+            agent,
+            "client-1",
+            &["wget", "-qO-", &format!("http://{registry}/v2/")],
+        )
+        .await;
+        assert_eq!(code, 0, "the registry answers the pod: {body}");
+
+        // Removing the pods removes our table, links, addresses and routes.
+        for (target, me) in [(h1, &hosts[0]), (h2, &hosts[1])] {
+            let r = last_ok(&rpc(target, agent, apply(me, vec![])).await);
+            assert!(matches!(r, Response::Applied(_)), "{r:?}");
+            let r = last_ok(
+                &rpc(
+                    target,
+                    agent,
+                    Request::Apply(ApplyRequest {
+                        project: PROJECT.into(),
+                        pods: vec![],
+                        registry_auth: BTreeMap::new(),
+                        insecure_registries: vec![],
+                        network: Some(HostNetwork {
+                            peers: vec![],
+                            ..network(me)
+                        }),
+                    }),
+                )
+                .await,
+            );
+            assert!(matches!(r, Response::Applied(_)), "{r:?}");
+        }
+    });
+    let after: Vec<String> = hosts.iter().map(|h| host_state(&lab, h)).collect();
+    assert_eq!(after, before, "each host's network is as before");
+}
