@@ -49,9 +49,9 @@ pub use isolated::IsolatedRuntime;
 pub use seam::{ContainerRuntime, HostImages, ImageSource, Launch, ProcessRuntime};
 
 use crate::proto::{
-    AgentError, ApplyReport, ApplyRequest, ContainerStatus, ErrorKind, ExecRequest, LogLine,
-    LogsRequest, PodSpec, PodStatus, Request, RequestFrame, Response, ResponseFrame, StatusReport,
-    Stream,
+    AgentError, ApplyPodsRequest, ApplyReport, ApplyRequest, ContainerStatus, ErrorKind,
+    ExecRequest, LogLine, LogsRequest, PodSpec, PodStatus, Request, RequestFrame, Response,
+    ResponseFrame, StatusReport, Stream,
 };
 use health::{Health, HealthStatus, Probe};
 use restart::{Decision, Exit, RestartState};
@@ -107,6 +107,9 @@ struct Inner {
     state: StateRoot,
     /// One lock for every project: Apply and Remove are rare and must not interleave.
     projects: tokio::sync::Mutex<BTreeMap<String, ProjectRt>>,
+    /// `ApplyPods` reads the stored desired set and applies it changed: one at a time, so that
+    /// concurrent ones do not undo each other.
+    apply_pods: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -215,6 +218,7 @@ impl Supervisor {
                 cfg,
                 state,
                 projects: tokio::sync::Mutex::new(BTreeMap::new()),
+                apply_pods: tokio::sync::Mutex::new(()),
             }),
         };
         sup.readopt().await;
@@ -284,6 +288,7 @@ impl Supervisor {
                 "hello is answered by the daemon's dispatch, not the supervisor",
             )),
             Request::Apply(req) => self.apply(req).await.map(Response::Applied),
+            Request::ApplyPods(req) => self.apply_pods(req).await.map(Response::Applied),
             Request::Status { project } => {
                 Ok(Response::Status(self.status(project.as_deref()).await))
             }
@@ -417,6 +422,41 @@ impl Supervisor {
             unchanged: d.unchanged,
             warnings,
         })
+    }
+
+    /// Changes only the pods `req` names: the stored desired set with `req.pods` put in (by name)
+    /// and `req.remove` taken out, applied as a whole. Kept pods keep their hash, so nothing else
+    /// is touched.
+    pub async fn apply_pods(&self, req: ApplyPodsRequest) -> Result<ApplyReport, Failure> {
+        if !files::valid_name(&req.project) {
+            return Err(Failure::bad(format!(
+                "{:?} is not a valid project name",
+                req.project
+            )));
+        }
+        let _one = self.inner.apply_pods.lock().await;
+        let stored: DesiredProject =
+            read_json(&self.inner.state.desired(&req.project)).unwrap_or_default();
+        let named: std::collections::BTreeSet<&str> = req
+            .pods
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(req.remove.iter().map(String::as_str))
+            .collect();
+        let mut pods: Vec<PodSpec> = stored
+            .pods
+            .into_iter()
+            .filter(|p| !named.contains(p.name.as_str()))
+            .collect();
+        pods.extend(req.pods);
+        self.apply(ApplyRequest {
+            project: req.project,
+            pods,
+            registry_auth: req.registry_auth,
+            insecure_registries: req.insecure_registries,
+            network: None,
+        })
+        .await
     }
 
     /// Pulls the images of `pods` not yet in `images`.
