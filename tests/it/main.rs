@@ -18,3 +18,4 @@ mod schedule;
 mod support;
 mod tidy;
 mod transport;
+mod up;
