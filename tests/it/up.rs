@@ -26,7 +26,6 @@ fn cli(lab: &Lab, project: &str, env: &[(&str, &str)], args: &[&str]) -> Output 
         .arg(example())
         .args(["-p", project])
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("API_MODE")
         .env_remove("MIGRATE_EXIT")
         .envs(env.iter().copied())
