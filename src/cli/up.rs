@@ -164,6 +164,59 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     Ok(ExitCode::from(code))
 }
 
+/// `plan --detailed-exitcode`: the changes `up` would make, printed as `up --dry-run` prints
+/// them; exit 0 for none, 2 for some, 1 for any error (an unreachable host included).
+pub fn changes(global: &GlobalArgs, conn: &ConnArgs, json: bool) -> CmdResult {
+    let workspace = project::resolve(global)?;
+    let checked = workspace.project()?;
+    let fleet = workspace.fleet()?;
+    let project = &checked.loaded.project;
+    let opts = exec::Options {
+        ssh: conn.ssh_options(),
+        ..exec::Options::default()
+    };
+    let rt = exec::runtime().map_err(|e| failure(e, &checked.loaded.sources))?;
+    let outcome = rt.block_on(async {
+        let connected = exec::connect(&fleet, &project.name, &opts.ssh, &mut |p| {
+            if let Progress::Unreachable { host, reason } = p {
+                output::error(&format!("{host}: {reason}"));
+            }
+        })
+        .await?;
+        let prepared = exec::prepare(
+            project,
+            &checked.graph,
+            &fleet,
+            &connected.facts,
+            &connected.observed,
+            &opts,
+        )?;
+        for w in &prepared.warnings {
+            output::warning(w);
+        }
+        Ok((connected.unreachable.len(), prepared.flow.plan()))
+    });
+    // Every error is exit 1 here: 2 means "changes".
+    let (unreachable, steps) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            return match failure(e, &checked.loaded.sources) {
+                Failure::User(m) | Failure::Internal(m) => {
+                    output::error(&m);
+                    Ok(ExitCode::from(1))
+                }
+                Failure::Reported(_) => Ok(ExitCode::from(1)),
+            }
+        }
+    };
+    print_plan(&steps, &fleet, json);
+    Ok(ExitCode::from(match (unreachable, steps.is_empty()) {
+        (0, true) => 0,
+        (0, false) => 2,
+        _ => 1,
+    }))
+}
+
 /// `up --dry-run`: the changes per host, every host of the fleet listed.
 pub fn print_plan(steps: &[Step], fleet: &Fleet, json: bool) {
     if json {

@@ -1,7 +1,8 @@
 //! `up`, `ps` and `down` on a 3-host lab fleet with `examples/jobs` (lab registry images only):
 //! every service's pods run and `ps` shows them (healthy where checked); a second `up` changes
-//! nothing (same pids); a changed environment replaces only that service's pods; `down` leaves no
-//! pod; a one-shot job that exits 1 fails `up` with exit 1, naming it, and `api` never starts.
+//! nothing (same pids); a changed environment replaces only that service's pods; `up --dry-run`
+//! and `plan --detailed-exitcode` say what would change; `down` leaves no pod; a one-shot job that
+//! exits 1 fails `up` with exit 1, naming it, with its last log lines, and `api` never starts.
 //! Cross-host traffic is not tested here (pod networking across hosts is another issue's).
 
 use std::collections::BTreeMap;
@@ -205,6 +206,18 @@ fn up_runs_every_service_then_changes_only_what_changed_and_down_removes_all() {
         "{plan}"
     );
     assert!(ps(&lab, project).values().all(|r| r["state"] != "created"));
+    // For CI: 0 without changes, 2 with.
+    let code = |mode: &str| {
+        cli(
+            &lab,
+            project,
+            &[("API_MODE", mode)],
+            &["plan", "--detailed-exitcode"],
+        )
+        .status
+        .code()
+    };
+    assert_eq!((code("b"), code("c")), (Some(0), Some(2)));
 
     // 4. `down`: no pod of the project on any host.
     let out = cli(&lab, project, &[], &["down"]);
