@@ -625,6 +625,10 @@ pub async fn run(
                 poll(hosts, project, &mut watched, &mut events, opts.request_timeout).await;
             }
             _ = tokio::time::sleep_until(deadline.into()), if !aborted => {}
+            _ = tokio::signal::ctrl_c(), if !aborted => {
+                aborted = true;
+                events.push_back(Event::Abort { reason: "interrupted".into() });
+            }
         }
     }
 }
@@ -815,4 +819,170 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, ExecError> {
         .enable_all()
         .build()
         .map_err(|e| ExecError::Internal(format!("starting the async runtime: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    //! `prepare`, the pure half of a run, on `examples/jobs` and a fleet of three hosts.
+
+    use super::*;
+    use crate::compose::{self, Environment, LoadOptions, RealFs};
+    use crate::deploy::flow::Change;
+    use crate::inventory::Host;
+    use crate::proto::ContainerStatus;
+
+    fn jobs() -> (Project, ServiceGraph) {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jobs/compose.yaml");
+        let project = compose::load(&LoadOptions::for_file(path), &Environment::new(), &RealFs)
+            .expect("examples/jobs loads")
+            .project;
+        let graph = crate::graph::build(&project).expect("graph");
+        (project, graph)
+    }
+
+    fn fleet() -> (Fleet, plan::Facts) {
+        let mut fleet = Fleet {
+            hosts: Vec::new(),
+            registries: BTreeMap::new(),
+            source: None,
+        };
+        let mut facts = plan::Facts::new();
+        for i in 1..=3 {
+            fleet
+                .hosts
+                .push(Host::new(format!("h{i}"), format!("10.0.0.{i}")));
+            facts.insert(
+                format!("h{i}"),
+                HostFacts {
+                    cpus: 2.0,
+                    memory: 4 << 30,
+                    arch: "x86_64".into(),
+                },
+            );
+        }
+        (fleet, facts)
+    }
+
+    /// What the hosts would report after running `desired`.
+    fn running(desired: &Desired) -> BTreeMap<String, Vec<PodStatus>> {
+        let mut out: BTreeMap<String, Vec<PodStatus>> = BTreeMap::new();
+        for p in desired.pods() {
+            out.entry(p.host.clone()).or_default().push(PodStatus {
+                project: "jobs".into(),
+                name: p.name.clone(),
+                spec_hash: p.spec_hash.clone(),
+                ip: None,
+                containers: p
+                    .containers
+                    .iter()
+                    .map(|c| ContainerStatus {
+                        service: c.service.clone(),
+                        replica: c.replica,
+                        state: "running".into(),
+                        health: None,
+                        pid: Some(1),
+                        exit_code: None,
+                        restarts: 0,
+                        started_at: None,
+                    })
+                    .collect(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_second_run_over_what_the_first_started_changes_nothing() {
+        let (project, graph) = jobs();
+        let (fleet, facts) = fleet();
+        let opts = Options::default();
+        let first =
+            prepare(&project, &graph, &fleet, &facts, &BTreeMap::new(), &opts).expect("prepares");
+        let steps = first.flow.plan();
+        assert_eq!(steps.len(), 6, "{steps:?}");
+        assert!(steps.iter().all(|s| s.change == Change::Create));
+        let api = steps.iter().find(|s| s.pod == "api-1").expect("api-1");
+        assert_eq!(api.waits_for.len(), 2, "api waits for cache and migrate");
+        let observed = running(&first.desired);
+        let second = prepare(&project, &graph, &fleet, &facts, &observed, &opts).expect("prepares");
+        assert!(second.diff.is_noop());
+        assert!(second.flow.plan().is_empty());
+        // Sticky: every pod stays where it runs.
+        let hosts = |d: &Desired| {
+            d.pods()
+                .map(|p| (p.name.clone(), p.host.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hosts(&first.desired), hosts(&second.desired));
+    }
+
+    #[test]
+    fn up_of_one_service_converges_it_and_what_it_depends_on_only() {
+        let (project, graph) = jobs();
+        let (fleet, facts) = fleet();
+        let opts = Options {
+            services: vec!["api".into()],
+            ..Options::default()
+        };
+        let p =
+            prepare(&project, &graph, &fleet, &facts, &BTreeMap::new(), &opts).expect("prepares");
+        let services: BTreeSet<&str> = p.desired.managed.iter().map(String::as_str).collect();
+        assert_eq!(services, BTreeSet::from(["api", "cache", "migrate"]));
+        assert!(p.flow.plan().iter().all(|s| !s.pod.starts_with("web")));
+        let unknown = Options {
+            services: vec!["nope".into()],
+            ..Options::default()
+        };
+        assert!(matches!(
+            prepare(&project, &graph, &fleet, &facts, &BTreeMap::new(), &unknown),
+            Err(ExecError::User(m)) if m.contains("no service `nope`")
+        ));
+    }
+
+    #[test]
+    fn an_orphan_is_reported_and_removed_only_when_asked() {
+        let (project, graph) = jobs();
+        let (fleet, facts) = fleet();
+        let first = prepare(
+            &project,
+            &graph,
+            &fleet,
+            &facts,
+            &BTreeMap::new(),
+            &Options::default(),
+        )
+        .expect("prepares");
+        let mut observed = running(&first.desired);
+        let mut old = observed["h1"][0].clone();
+        old.name = "old-1".into();
+        old.containers[0].service = "old".into();
+        observed.get_mut("h1").expect("h1 runs pods").push(old);
+        let kept = prepare(
+            &project,
+            &graph,
+            &fleet,
+            &facts,
+            &observed,
+            &Options::default(),
+        )
+        .expect("prepares");
+        assert!(kept.flow.plan().is_empty());
+        assert!(kept
+            .warnings
+            .iter()
+            .any(|w| w.contains("old-1") && w.contains("--remove-orphans")));
+        let opts = Options {
+            remove_orphans: true,
+            ..Options::default()
+        };
+        let removed =
+            prepare(&project, &graph, &fleet, &facts, &observed, &opts).expect("prepares");
+        let steps = removed.flow.plan();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(
+            (steps[0].pod.as_str(), &steps[0].change),
+            ("old-1", &Change::Remove(diff::RemoveReason::Orphan))
+        );
+    }
 }
