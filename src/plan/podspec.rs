@@ -345,16 +345,14 @@ fn port_mappings(s: &Service) -> Vec<PortMapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compose::{self, Environment, LoadOptions, RealFs};
+    use crate::compose::{self, Environment, LoadOptions};
     use crate::schedule::Assignment;
 
     fn load(yaml: &str) -> Project {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("compose.yaml");
-        std::fs::write(&path, yaml).expect("write");
-        let mut opts = LoadOptions::for_file(path);
+        let fs = compose::MemoryFs::new().with("/p/compose.yaml", yaml);
+        let mut opts = LoadOptions::for_file("/p/compose.yaml");
         opts.project_name = Some("t".into());
-        compose::load(&opts, &Environment::new(), &RealFs)
+        compose::load(&opts, &Environment::new(), &fs)
             .expect("loads")
             .project
     }
