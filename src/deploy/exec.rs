@@ -423,6 +423,8 @@ struct Watch {
     hash: String,
     started: bool,
     health_said: bool,
+    /// Restarts already said to the user.
+    restarts_said: u32,
 }
 
 enum Answer {
@@ -612,7 +614,7 @@ pub async fn run(
                             for c in &spec.containers {
                                 watched.insert(
                                     At { host: host.clone(), service: c.service.clone(), replica: c.replica },
-                                    Watch { pod: pod.clone(), hash: spec.spec_hash.clone(), started: false, health_said: false },
+                                    Watch { pod: pod.clone(), hash: spec.spec_hash.clone(), started: false, health_said: false, restarts_said: 0 },
                                 );
                             }
                         }
@@ -622,7 +624,9 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep(opts.poll), if !watched.is_empty() => {
-                poll(hosts, project, &mut watched, &mut events, opts.request_timeout).await;
+                for note in poll(hosts, project, &mut watched, &mut events, opts.request_timeout).await {
+                    emit(Progress::Warning(note));
+                }
             }
             _ = tokio::time::sleep_until(deadline.into()), if !aborted => {}
             _ = tokio::signal::ctrl_c(), if !aborted => {
@@ -663,13 +667,16 @@ fn lost_or_failed(host: String, pod: String, e: SshError) -> Event {
 }
 
 /// One `Status` per host with watched containers, in parallel; what changed becomes events.
+/// Returns what the user should hear that is no event: a container that keeps restarting (a
+/// dependent waiting for it would otherwise wait silently until the deadline).
 async fn poll(
     hosts: &BTreeMap<String, Arc<HostConn>>,
     project: &str,
     watched: &mut BTreeMap<At, Watch>,
     events: &mut VecDeque<Event>,
     timeout: Duration,
-) {
+) -> Vec<String> {
+    let mut notes = Vec::new();
     let wanted: BTreeSet<String> = watched.keys().map(|a| a.host.clone()).collect();
     let mut tasks = JoinSet::new();
     for host in wanted {
@@ -705,6 +712,17 @@ async fn poll(
                 continue;
             };
             let state = c.state.as_str();
+            // Said at 1, 5, 20 and 100 restarts (polls may skip a count).
+            let next = [1, 5, 20, 100].into_iter().find(|t| *t > w.restarts_said);
+            if next.is_some_and(|t| c.restarts >= t) {
+                w.restarts_said = c.restarts;
+                notes.push(format!(
+                    "{at} keeps exiting and restarting ({} restart{} so far{}); see its logs on the host",
+                    c.restarts,
+                    if c.restarts == 1 { "" } else { "s" },
+                    c.exit_code.map(|e| format!(", last exit code {e}")).unwrap_or_default()
+                ));
+            }
             if state == "failed" && !w.started {
                 failed_pods.insert(w.pod.clone());
                 continue;
@@ -739,10 +757,11 @@ async fn poll(
             events.push_back(Event::ActionFailed {
                 host: host.clone(),
                 pod,
-                reason: "its container failed to start (see `compose-fleet logs`)".into(),
+                reason: "its container failed to start".into(),
             });
         }
     }
+    notes
 }
 
 /// The last lines a container wrote, for a failure report; empty when they cannot be read.
