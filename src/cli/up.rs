@@ -330,7 +330,21 @@ impl Renderer {
                 };
                 match p {
                     Progress::Issued(_) | Progress::Event(_) if !subject.is_empty() => {
-                        let key = pod_key(p).unwrap_or_else(|| subject.clone());
+                        let mut key = pod_key(p).unwrap_or_else(|| subject.clone());
+                        // A container's events go to its pod's line: a pod of one service is
+                        // named `service-replica`.
+                        if let Progress::Event(
+                            Event::Started(at)
+                            | Event::Healthy(at)
+                            | Event::Unhealthy(at)
+                            | Event::Exited(at, _),
+                        ) = p
+                        {
+                            let pod = format!("{}-{}@{}", at.service, at.replica, at.host);
+                            if bars.contains_key(&pod) {
+                                key = pod;
+                            }
+                        }
                         let bar = bars.entry(key.clone()).or_insert_with(|| {
                             let bar = multi.add(ProgressBar::new_spinner());
                             bar.set_style(
@@ -341,7 +355,6 @@ impl Renderer {
                             bar.enable_steady_tick(Duration::from_millis(120));
                             bar
                         });
-                        let text = format!("{subject}: {text}");
                         if is_final(p) {
                             bar.finish_with_message(text);
                         } else {
