@@ -14,6 +14,7 @@ use crate::limits::Limits;
 use crate::output;
 
 pub mod config;
+pub mod down;
 pub mod graph;
 pub mod hosts;
 pub mod inventory;
@@ -21,6 +22,8 @@ pub mod lab;
 pub mod pending;
 pub mod plan;
 pub mod project;
+pub mod ps;
+pub mod up;
 
 /// Deploy a docker-compose project onto a fleet of SSH hosts — no Docker on the hosts.
 #[derive(Debug, Parser)]
@@ -96,7 +99,7 @@ impl GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Deploy the project onto the fleet (create, update, remove pods)
-    Up(pending::Args),
+    Up(up::Args),
     /// Show where every replica goes and what would change, without changing anything
     Plan(plan::Args),
     /// Validate the project and print it in canonical form
@@ -104,13 +107,13 @@ pub enum Command {
     /// Print the service dependency graph
     Graph(graph::Args),
     /// List the project's pods and containers on every host
-    Ps(pending::Args),
+    Ps(ps::Args),
     /// Show container logs
     Logs(pending::Args),
     /// Run a command in a running container
     Exec(pending::Args),
     /// Stop and remove the project's pods
-    Down(pending::Args),
+    Down(down::Args),
     /// Check every host in the inventory: reachability and facts
     Hosts(hosts::Args),
     /// Print the inventory as compose-fleet reads it (hosts, addresses, users, labels)
@@ -142,14 +145,14 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Up(a) => pending::run("up", &cli.global, a),
+        Command::Up(a) => up::run(&cli.global, a),
         Command::Plan(a) => plan::run(&cli.global, a),
         Command::Config(a) => config::run(&cli.global, a),
         Command::Graph(a) => graph::run(&cli.global, a),
-        Command::Ps(a) => pending::run("ps", &cli.global, a),
+        Command::Ps(a) => ps::run(&cli.global, a),
         Command::Logs(a) => pending::run("logs", &cli.global, a),
         Command::Exec(a) => pending::run("exec", &cli.global, a),
-        Command::Down(a) => pending::run("down", &cli.global, a),
+        Command::Down(a) => down::run(&cli.global, a),
         Command::Hosts(a) => hosts::run(&cli.global, a),
         Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Lab(a) => lab::run(&cli.global, a),

@@ -31,9 +31,18 @@ pub struct Args {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Ask every host what runs and print the changes `up` would make; exit 0 when there are
+    /// none, 2 when there are some, 1 on an error (for CI)
+    #[arg(long, conflicts_with = "offline")]
+    pub detailed_exitcode: bool,
+    #[command(flatten)]
+    pub conn: super::up::ConnArgs,
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
+    if args.detailed_exitcode {
+        return super::up::changes(global, &args.conn, args.format == Format::Json);
+    }
     let workspace = project::resolve(global)?;
     // A project whose graph is broken is refused here, before any host is asked anything.
     let loaded = workspace.project()?.loaded;

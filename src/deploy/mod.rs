@@ -1,8 +1,10 @@
 //! The executor's pure core: what `up` wants ([`desired`]), what it must change ([`diff`]), and
-//! the dependency-driven [`flow`] that orders the changes across hosts. No I/O here: the executor
-//! (to come) observes the hosts, feeds these values and events in, and performs the actions.
+//! the dependency-driven [`flow`] that orders the changes across hosts. No I/O in those: the
+//! executor ([`exec`]) observes the hosts, feeds these values and events in, and performs the
+//! actions over SSH.
 
 pub mod desired;
 pub mod diff;
+pub mod exec;
 pub mod flow;
 pub mod sim;

@@ -11,6 +11,8 @@
 //!                    "cpus_reserved": 0.5, "memory_reserved": 268435456, "ports": ["8080/tcp"]}]}
 //! ```
 
+pub mod podspec;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 

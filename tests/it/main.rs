@@ -21,4 +21,5 @@ mod schedule;
 mod support;
 mod tidy;
 mod transport;
+mod up;
 mod workspace;

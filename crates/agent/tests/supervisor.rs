@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compose_fleet_agent::proto::{
-    ApplyReport, ApplyRequest, ContainerSpec, ContainerStatus, ExecRequest, FileDelivery,
-    Healthcheck, LogLine, LogsRequest, Mount, PodSpec, Request, RequestFrame, Response,
-    ResponseFrame, RestartPolicy, StatusReport, Stream,
+    ApplyPodsRequest, ApplyReport, ApplyRequest, ContainerSpec, ContainerStatus, ExecRequest,
+    FileDelivery, Healthcheck, LogLine, LogsRequest, Mount, PodSpec, Request, RequestFrame,
+    Response, ResponseFrame, RestartPolicy, StatusReport, Stream,
 };
 use compose_fleet_agent::supervisor::restart::Exit;
 use compose_fleet_agent::supervisor::shim::{self, ExitRecord, ShimRecord};
@@ -751,6 +751,87 @@ async fn apply_with_changed_spec_hash_replaces_only_that_pod() {
     assert!(status(&sup, "p").await.pods.is_empty());
     remove(&sup, "p", true).await;
     assert!(!volume.exists(), "remove with volumes kept a volume");
+}
+
+async fn apply_pods(
+    sup: &Supervisor,
+    project: &str,
+    pods: Vec<PodSpec>,
+    remove: &[&str],
+) -> ApplyReport {
+    let frames = call(
+        sup,
+        Request::ApplyPods(ApplyPodsRequest {
+            project: project.into(),
+            pods,
+            remove: remove.iter().map(|s| s.to_string()).collect(),
+            registry_auth: BTreeMap::new(),
+            insecure_registries: Vec::new(),
+        }),
+    )
+    .await;
+    match frames.as_slice() {
+        [ResponseFrame {
+            ok: Some(Response::Applied(r)),
+            ..
+        }] => r.clone(),
+        other => panic!("apply_pods answered {other:?}"),
+    }
+}
+
+/// `up` sends one pod at a time as its flow releases it: the project's other pods stay as they
+/// are, concurrent requests do not undo each other, and a named pod can be removed alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_pods_changes_only_the_pods_it_names() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let one = |name: &str, hash: &str| {
+        pod(
+            name,
+            hash,
+            vec![sh(
+                name.trim_end_matches("-1"),
+                "exec sleep 1000",
+                RestartPolicy::Always,
+            )],
+        )
+    };
+    let r = apply_pods(&sup, "p", vec![one("a-1", "ha")], &[]).await;
+    assert_eq!(r.created, ["a-1"]);
+    let a = wait_for(&sup, "p", "a-1", "a", "running", |c| c.state == "running").await;
+    // Two at once, as a flow releases independent pods together.
+    let (rb, rc) = tokio::join!(
+        apply_pods(&sup, "p", vec![one("b-1", "hb")], &[]),
+        apply_pods(&sup, "p", vec![one("c-1", "hc")], &[]),
+    );
+    assert_eq!(
+        (rb.created, rc.created),
+        (vec!["b-1".to_string()], vec!["c-1".to_string()])
+    );
+    let b = wait_for(&sup, "p", "b-1", "b", "running", |c| c.state == "running").await;
+    wait_for(&sup, "p", "c-1", "c", "running", |c| c.state == "running").await;
+    assert_eq!(status(&sup, "p").await.pods.len(), 3);
+
+    let r = apply_pods(&sup, "p", vec![one("b-1", "hb2")], &["c-1"]).await;
+    assert_eq!(
+        (r.replaced.as_slice(), r.removed.as_slice()),
+        (&["b-1".to_string()][..], &["c-1".to_string()][..])
+    );
+    let b2 = wait_for(&sup, "p", "b-1", "b", "running", |c| c.state == "running").await;
+    assert_ne!(b2.pid, b.pid, "b was not replaced");
+    assert_eq!(
+        container(&sup, "p", "a-1", "a").await.pid,
+        a.pid,
+        "a was touched"
+    );
+    let names: Vec<String> = status(&sup, "p")
+        .await
+        .pods
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["a-1", "b-1"]);
+    remove(&sup, "p", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,9 @@ pub enum Request {
     },
     /// The desired pods of one project on this host; the agent reconciles to exactly this set.
     Apply(ApplyRequest),
+    /// Changes some pods of one project and leaves its other pods as they are: what `up` sends
+    /// as its flow releases pods one at a time.
+    ApplyPods(ApplyPodsRequest),
     /// Observed state of one project (or all projects when `project` is `None`).
     Status {
         project: Option<String>,
@@ -193,6 +196,23 @@ pub struct ApplyRequest {
     /// no fleet network on a host that never had a subnet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<HostNetwork>,
+}
+
+/// Some pods of one project on one host: each of `pods` is created, or replaced when its spec
+/// hash differs from the running pod's; each of `remove` is stopped and deleted. Pods named in
+/// neither are left alone. The reply is [`Response::Applied`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyPodsRequest {
+    pub project: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// As in [`ApplyRequest`]: never logged, never written to disk.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registry_auth: BTreeMap<String, RegistryAuth>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// A host's pod subnet, decided by the CLI and recorded by the agent, and how to reach the other
@@ -762,6 +782,7 @@ impl Request {
         match self {
             Request::Hello { .. } => "hello",
             Request::Apply(_) => "apply",
+            Request::ApplyPods(_) => "apply_pods",
             Request::Status { .. } => "status",
             Request::Logs(_) => "logs",
             Request::Exec(_) => "exec",

@@ -4,6 +4,41 @@
 use super::*;
 
 impl Supervisor {
+    /// Changes only the pods `req` names: the stored desired set with `req.pods` put in (by name)
+    /// and `req.remove` taken out, applied as a whole. Kept pods keep their hash, so nothing else
+    /// is touched.
+    pub async fn apply_pods(&self, req: ApplyPodsRequest) -> Result<ApplyReport, Failure> {
+        if !files::valid_name(&req.project) {
+            return Err(Failure::bad(format!(
+                "{:?} is not a valid project name",
+                req.project
+            )));
+        }
+        let _one = self.inner.apply_pods.lock().await;
+        let stored: DesiredProject =
+            read_json(&self.inner.state.desired(&req.project)).unwrap_or_default();
+        let named: std::collections::BTreeSet<&str> = req
+            .pods
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(req.remove.iter().map(String::as_str))
+            .collect();
+        let mut pods: Vec<PodSpec> = stored
+            .pods
+            .into_iter()
+            .filter(|p| !named.contains(p.name.as_str()))
+            .collect();
+        pods.extend(req.pods);
+        self.apply(ApplyRequest {
+            project: req.project,
+            pods,
+            registry_auth: req.registry_auth,
+            insecure_registries: req.insecure_registries,
+            network: None,
+        })
+        .await
+    }
+
     /// Reconciles a project to exactly `req.pods`.
     pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyReport, Failure> {
         let inner = &self.inner;

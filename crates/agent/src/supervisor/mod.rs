@@ -69,9 +69,9 @@ pub use isolated::IsolatedRuntime;
 pub use seam::{ContainerRuntime, HostImages, ImageSource, Launch, ProcessRuntime};
 
 use crate::proto::{
-    AgentError, ApplyReport, ApplyRequest, ContainerStatus, ErrorKind, ExecRequest, LogLine,
-    LogsRequest, PodSpec, PodStatus, Request, RequestFrame, Response, ResponseFrame, StatusReport,
-    Stream,
+    AgentError, ApplyPodsRequest, ApplyReport, ApplyRequest, ContainerStatus, ErrorKind,
+    ExecRequest, LogLine, LogsRequest, PodSpec, PodStatus, Request, RequestFrame, Response,
+    ResponseFrame, StatusReport, Stream,
 };
 use health::{Health, HealthStatus, Probe};
 use restart::{Decision, Exit, RestartState};
@@ -127,6 +127,9 @@ struct Inner {
     state: StateRoot,
     /// One lock for every project: Apply and Remove are rare and must not interleave.
     projects: tokio::sync::Mutex<BTreeMap<String, ProjectRt>>,
+    /// `ApplyPods` reads the stored desired set and applies it changed: one at a time, so that
+    /// concurrent ones do not undo each other.
+    apply_pods: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -235,6 +238,7 @@ impl Supervisor {
                 cfg,
                 state,
                 projects: tokio::sync::Mutex::new(BTreeMap::new()),
+                apply_pods: tokio::sync::Mutex::new(()),
             }),
         };
         sup.readopt().await;
@@ -304,6 +308,7 @@ impl Supervisor {
                 "hello is answered by the daemon's dispatch, not the supervisor",
             )),
             Request::Apply(req) => self.apply(req).await.map(Response::Applied),
+            Request::ApplyPods(req) => self.apply_pods(req).await.map(Response::Applied),
             Request::Status { project } => {
                 Ok(Response::Status(self.status(project.as_deref()).await))
             }

@@ -1,0 +1,1008 @@
+//! The executor of `up` (and the fleet side of `ps` and `down`): the thin I/O shell around the
+//! pure core. It connects to every host in parallel (one SSH connection and one agent channel
+//! each, `Hello` then one `Status`), places sticky to what runs, builds the desired state
+//! ([`crate::plan::podspec`], [`super::desired`]), diffs it ([`super::diff`]) and drives the
+//! [`Flow`]: each `Create`/`Replace`/`Restart`/`Remove` becomes one `ApplyPods` request naming
+//! that pod on its host, and the pods it started are watched with `Status` polls, turned into
+//! `Started`/`Healthy`/`Unhealthy`/`Exited` events.
+//!
+//! It never prints: everything the user may want to see is a [`Progress`] given to the caller's
+//! callback (`src/cli/up.rs` renders it).
+//!
+//! Stopgaps of this first slice, each with a later issue: the flow's `Pull`s are answered at once
+//! and the pull happens inside the pod's `ApplyPods` (no overlap of pulls with waits); requests to
+//! one host go one at a time on its one channel (a pull on a host delays the polls of that host);
+//! image digests are not resolved (a tag pushed again is not seen as a change); registry
+//! credentials are not sent.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::desired::{self, Desired};
+use super::diff::{self, Diff, Observed, ObservedPod};
+use super::flow::{self, Action, At, Dependency, Event, Failure, Flow, Summary};
+use crate::compose::model::Project;
+use crate::diag::Diagnostics;
+use crate::graph::ServiceGraph;
+use crate::inventory::Fleet;
+use crate::plan::{self, podspec, HostFacts, PlanError};
+use crate::proto::{ApplyPodsRequest, LogsRequest, PodSpec, PodStatus, Request, Response};
+use crate::ssh::{self, AgentBinary, ErrorClass, OpenSsh, SshError, SshTarget, Transport};
+
+/// How `up` runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub ssh: ssh::Options,
+    /// `--remove-orphans`: remove pods of services the compose file no longer defines.
+    pub remove_orphans: bool,
+    /// `up SERVICE…`: converge only these and what they depend on; empty means all.
+    pub services: Vec<String>,
+    /// The whole run may wait this long for containers to start, turn healthy or exit.
+    pub timeout: Duration,
+    /// One `ApplyPods` (it pulls the pod's images) may take this long.
+    pub request_timeout: Duration,
+    /// How often started pods are polled.
+    pub poll: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ssh: ssh::Options::default(),
+            remove_orphans: false,
+            services: Vec::new(),
+            timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(300),
+            poll: Duration::from_millis(300),
+        }
+    }
+}
+
+/// What happened, for the user. In order; `Done` is last.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// A host answered `Hello` and `Status`.
+    Connected {
+        host: String,
+        pods: usize,
+        rtt: Duration,
+    },
+    /// A host could not be reached; it gets nothing new.
+    Unreachable {
+        host: String,
+        reason: String,
+    },
+    /// Something the user should know that does not fail the run.
+    Warning(String),
+    /// A pod action was sent.
+    Issued(Action),
+    /// What a host reported back (started, healthy, exited, removed, failed, ...).
+    Event(Event),
+    /// The last log lines of a container that exited non-zero.
+    Logs {
+        at: At,
+        lines: Vec<String>,
+    },
+    /// The deploy failed (more may follow while actions in flight answer).
+    Failed(Failure),
+    Done(Summary),
+}
+
+/// Why `up` could not run.
+#[derive(Debug)]
+pub enum ExecError {
+    /// The user's input or fleet (exit 1).
+    User(String),
+    /// Problems in the compose file, to render (exit 1).
+    Project(Diagnostics),
+    /// A bug or a broken environment (exit 2).
+    Internal(String),
+}
+
+/// One host's agent channel. Requests go one at a time (see the module's stopgaps).
+pub struct HostConn {
+    pub name: String,
+    client: tokio::sync::Mutex<(ssh::AgentClient, u64)>,
+    _session: <OpenSsh as Transport>::Session,
+}
+
+impl HostConn {
+    /// Sends `request` and returns its last reply (streamed replies before it are skipped), or
+    /// fails after `timeout`.
+    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, SshError> {
+        let mut guard = self.client.lock().await;
+        let (client, next) = &mut *guard;
+        let id = *next;
+        *next += 1;
+        let exchange = async {
+            client.send(id, request).await?;
+            loop {
+                let frame = client.recv().await?;
+                // A late reply to a request that timed out earlier has an older id.
+                if frame.id != Some(id) || frame.more {
+                    continue;
+                }
+                return match (frame.ok, frame.err) {
+                    (Some(r), _) => Ok(r),
+                    (None, Some(e)) => Err(SshError::new(
+                        &self.name,
+                        ErrorClass::Agent,
+                        format!("the agent answered: {e}"),
+                    )),
+                    (None, None) => Err(SshError::new(
+                        &self.name,
+                        ErrorClass::Agent,
+                        "the agent sent an empty reply",
+                    )),
+                };
+            }
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+            SshError::new(
+                &self.name,
+                ErrorClass::Timeout,
+                format!("the agent did not answer within {}s", timeout.as_secs()),
+            )
+        })?
+    }
+
+    /// The project's pods on this host.
+    pub async fn status(
+        &self,
+        project: &str,
+        timeout: Duration,
+    ) -> Result<Vec<PodStatus>, SshError> {
+        match self
+            .call(
+                Request::Status {
+                    project: Some(project.to_string()),
+                },
+                timeout,
+            )
+            .await?
+        {
+            Response::Status(s) => Ok(s
+                .pods
+                .into_iter()
+                .filter(|p| p.project == project)
+                .collect()),
+            other => Err(unexpected(&self.name, "Status", &other)),
+        }
+    }
+}
+
+fn unexpected(host: &str, what: &str, r: &Response) -> SshError {
+    SshError::new(
+        host,
+        ErrorClass::Agent,
+        format!("unexpected reply to {what}: {r:?}"),
+    )
+}
+
+/// The fleet as one run sees it: the hosts that answered (with their facts and the project's
+/// pods there) and those that did not.
+pub struct Connected {
+    pub hosts: BTreeMap<String, Arc<HostConn>>,
+    pub facts: plan::Facts,
+    pub observed: BTreeMap<String, Vec<PodStatus>>,
+    pub unreachable: BTreeMap<String, String>,
+}
+
+/// Connects to every host of `fleet` in parallel: SSH, the agent (pushed where missing), `Hello`,
+/// then one `Status` of `project`.
+pub async fn connect(
+    fleet: &Fleet,
+    project: &str,
+    opts: &ssh::Options,
+    emit: &mut dyn FnMut(Progress),
+) -> Result<Connected, ExecError> {
+    let agent = Arc::new(
+        AgentBinary::locate(opts.agent_binary.as_deref())
+            .map_err(|e| ExecError::Internal(e.to_string()))?,
+    );
+    let transport = Arc::new(OpenSsh::new(opts).map_err(|e| ExecError::Internal(e.to_string()))?);
+    let mut tasks = JoinSet::new();
+    for target in SshTarget::all(fleet) {
+        let transport = transport.clone();
+        let agent = agent.clone();
+        let timeout = opts.command_timeout;
+        let project = project.to_string();
+        tasks.spawn(async move {
+            let result = async {
+                let session = transport.connect(&target).await?;
+                let (client, report) =
+                    ssh::connect_agent(&session, &target.name, &agent, timeout).await?;
+                let conn = HostConn {
+                    name: target.name.clone(),
+                    client: tokio::sync::Mutex::new((client, 1)),
+                    _session: session,
+                };
+                let pods = conn.status(&project, timeout).await?;
+                Ok::<_, SshError>((conn, report, pods))
+            }
+            .await;
+            (target.name, result)
+        });
+    }
+    let mut out = Connected {
+        hosts: BTreeMap::new(),
+        facts: plan::Facts::new(),
+        observed: BTreeMap::new(),
+        unreachable: BTreeMap::new(),
+    };
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) =
+            joined.map_err(|e| ExecError::Internal(format!("a host task failed: {e}")))?;
+        match result {
+            Ok((conn, report, pods)) => {
+                emit(Progress::Connected {
+                    host: name.clone(),
+                    pods: pods.len(),
+                    rtt: report.rtt,
+                });
+                out.facts.insert(
+                    name.clone(),
+                    HostFacts {
+                        cpus: f64::from(report.facts.cpus),
+                        memory: report.facts.memory,
+                        arch: report.facts.arch,
+                    },
+                );
+                out.observed.insert(name.clone(), pods);
+                out.hosts.insert(name, Arc::new(conn));
+            }
+            Err(e) => {
+                emit(Progress::Unreachable {
+                    host: name.clone(),
+                    reason: e.to_string(),
+                });
+                out.unreachable.insert(name, e.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `up` will do, worked out before anything changes.
+#[derive(Debug)]
+pub struct Prepared {
+    pub desired: Desired,
+    pub diff: Diff,
+    pub flow: Flow,
+    /// What the specs leave out, and orphans left running.
+    pub warnings: Vec<String>,
+}
+
+/// Places (sticky to `observed`), builds the desired pods, diffs and prepares the flow. Pure.
+pub fn prepare(
+    project: &Project,
+    graph: &ServiceGraph,
+    fleet: &Fleet,
+    facts: &plan::Facts,
+    observed: &BTreeMap<String, Vec<PodStatus>>,
+    opts: &Options,
+) -> Result<Prepared, ExecError> {
+    let managed = managed(project, graph, &opts.services)?;
+    let running: Vec<crate::schedule::Observed> = observed
+        .iter()
+        .flat_map(|(host, pods)| {
+            pods.iter().flat_map(move |p| {
+                p.containers.iter().map(move |c| crate::schedule::Observed {
+                    service: c.service.clone(),
+                    replica: c.replica,
+                    host: host.clone(),
+                })
+            })
+        })
+        .collect();
+    let placement = match plan::plan_with_facts(project, fleet, facts, &running) {
+        Ok(p) => p,
+        Err(PlanError::Project(d)) => return Err(ExecError::Project(d)),
+        Err(PlanError::Fleet(m)) => return Err(ExecError::User(m)),
+    };
+    let unplaced: Vec<String> = placement
+        .unschedulable
+        .iter()
+        .filter(|u| u.services.iter().any(|s| managed.contains(s)))
+        .map(|u| u.explain())
+        .collect();
+    if !unplaced.is_empty() {
+        return Err(ExecError::User(format!(
+            "{} cannot be placed on this fleet (nothing was changed):\n  {}\n  \
+             (`compose-fleet plan` shows where everything goes)",
+            if unplaced.len() == 1 {
+                "1 replica".to_string()
+            } else {
+                format!("{} replicas", unplaced.len())
+            },
+            unplaced.join("\n  ")
+        )));
+    }
+    let specs = podspec::build(project, graph.pod_model(), &placement).map_err(|e| match e {
+        podspec::PodSpecError::NoImage(_) => ExecError::User(e.to_string()),
+        podspec::PodSpecError::Split { .. } => ExecError::Internal(format!("bug: {e}")),
+    })?;
+    let mut warnings = specs.warnings;
+    let inputs: Vec<desired::PodInput> = specs
+        .pods
+        .into_iter()
+        .filter(|p| {
+            p.spec
+                .containers
+                .iter()
+                .all(|c| managed.contains(&c.service))
+        })
+        .collect();
+    let defined: BTreeSet<String> = project
+        .services
+        .keys()
+        .chain(project.disabled.keys())
+        .cloned()
+        .collect();
+    let desired = desired::build(inputs, &BTreeMap::new(), managed.clone(), defined)
+        .map_err(|e| ExecError::Internal(format!("bug: {e}")))?;
+    let observed: Observed = observed
+        .iter()
+        .map(|(host, pods)| {
+            let pods = pods
+                .iter()
+                .map(|p| ObservedPod {
+                    name: p.name.clone(),
+                    spec_hash: p.spec_hash.clone(),
+                    services: p.containers.iter().map(|c| c.service.clone()).collect(),
+                })
+                .collect();
+            (host.clone(), pods)
+        })
+        .collect();
+    let diff = diff::diff(&desired, &observed, opts.remove_orphans);
+    for (host, pod) in diff.orphans() {
+        warnings.push(format!(
+            "pod `{pod}` on `{host}` runs a service the compose file no longer defines; \
+             `up --remove-orphans` removes it"
+        ));
+    }
+    let deps: Vec<Dependency> = graph
+        .edges()
+        .into_iter()
+        .filter(|e| managed.contains(&e.from) && managed.contains(&e.to))
+        .map(Dependency::from)
+        .collect();
+    let flow = Flow::new(&desired, &diff, &deps, flow::Options::default())
+        .map_err(|e| ExecError::User(format!("{e}\n  = help: {}", e.hint())))?;
+    Ok(Prepared {
+        desired,
+        diff,
+        flow,
+        warnings,
+    })
+}
+
+/// The services a run converges: all, or the named ones with everything they depend on and
+/// share a pod with.
+fn managed(
+    project: &Project,
+    graph: &ServiceGraph,
+    named: &[String],
+) -> Result<BTreeSet<String>, ExecError> {
+    if named.is_empty() {
+        return Ok(project.services.keys().cloned().collect());
+    }
+    let mut out = BTreeSet::new();
+    let mut todo: Vec<String> = Vec::new();
+    for s in named {
+        if !project.services.contains_key(s) {
+            let known: Vec<&str> = project.services.keys().map(String::as_str).collect();
+            return Err(ExecError::User(format!(
+                "no service `{s}` in project `{}` (services: {})",
+                project.name,
+                known.join(", ")
+            )));
+        }
+        todo.push(s.clone());
+    }
+    while let Some(s) = todo.pop() {
+        if !out.insert(s.clone()) {
+            continue;
+        }
+        todo.extend(graph.dependencies(&s).into_iter().map(|e| e.to.clone()));
+        if let Some(pod) = graph.pod_of(&s) {
+            todo.extend(pod.services.iter().cloned());
+        }
+    }
+    Ok(out)
+}
+
+/// A container the run started and watches until it exits or the run ends.
+#[derive(Debug)]
+struct Watch {
+    pod: String,
+    hash: String,
+    started: bool,
+    health_said: bool,
+    /// Restarts already said to the user.
+    restarts_said: u32,
+}
+
+enum Answer {
+    Applied { host: String, pod: String },
+    Event(Event),
+}
+
+/// Drives `prepared.flow` to its end over `hosts`; returns the summary (also given as
+/// `Progress::Done`).
+pub async fn run(
+    hosts: &BTreeMap<String, Arc<HostConn>>,
+    project: &str,
+    insecure_registries: &[String],
+    mut prepared: Prepared,
+    opts: &Options,
+    emit: &mut dyn FnMut(Progress),
+) -> Summary {
+    for w in prepared.warnings.drain(..) {
+        emit(Progress::Warning(w));
+    }
+    let specs: BTreeMap<(String, String), PodSpec> = prepared
+        .desired
+        .pods()
+        .map(|p| ((p.host.clone(), p.name.clone()), p.spec.clone()))
+        .collect();
+    let flow = &mut prepared.flow;
+    let mut actions: VecDeque<Action> = flow.start().into();
+    let mut events: VecDeque<Event> = VecDeque::new();
+    let mut tasks: JoinSet<Answer> = JoinSet::new();
+    let mut watched: BTreeMap<At, Watch> = BTreeMap::new();
+    let deadline = Instant::now() + opts.timeout;
+    let mut aborted = false;
+    let mut idle_rounds = 0u32;
+    loop {
+        while let Some(action) = actions.pop_front() {
+            match action {
+                Action::Pull { host, image } => events.push_back(Event::PullDone { host, image }),
+                Action::Create { ref host, ref pod }
+                | Action::Replace { ref host, ref pod }
+                | Action::Restart { ref host, ref pod } => {
+                    emit(Progress::Issued(action.clone()));
+                    let restart = matches!(action, Action::Restart { .. });
+                    let (host, pod) = (host.clone(), pod.clone());
+                    let Some(conn) = hosts.get(&host).cloned() else {
+                        events.push_back(Event::HostLost {
+                            host,
+                            reason: "not connected".into(),
+                        });
+                        continue;
+                    };
+                    let Some(spec) = specs.get(&(host.clone(), pod.clone())).cloned() else {
+                        events.push_back(Event::ActionFailed {
+                            host,
+                            pod,
+                            reason: "bug: no spec for this pod".into(),
+                        });
+                        continue;
+                    };
+                    let req = apply_pods(project, insecure_registries, vec![spec], Vec::new());
+                    let first = restart.then(|| {
+                        apply_pods(project, insecure_registries, Vec::new(), vec![pod.clone()])
+                    });
+                    let timeout = opts.request_timeout;
+                    tasks.spawn(async move {
+                        let result = async {
+                            if let Some(first) = first {
+                                conn.call(first, timeout).await?;
+                            }
+                            conn.call(req, timeout).await
+                        }
+                        .await;
+                        match result {
+                            Ok(Response::Applied(_)) => Answer::Applied { host, pod },
+                            Ok(other) => Answer::Event(Event::ActionFailed {
+                                reason: unexpected(&host, "ApplyPods", &other).to_string(),
+                                host,
+                                pod,
+                            }),
+                            Err(e) => Answer::Event(lost_or_failed(host, pod, e)),
+                        }
+                    });
+                }
+                Action::Remove {
+                    ref host, ref pod, ..
+                } => {
+                    emit(Progress::Issued(action.clone()));
+                    let (host, pod) = (host.clone(), pod.clone());
+                    let Some(conn) = hosts.get(&host).cloned() else {
+                        events.push_back(Event::HostLost {
+                            host,
+                            reason: "not connected".into(),
+                        });
+                        continue;
+                    };
+                    let req =
+                        apply_pods(project, insecure_registries, Vec::new(), vec![pod.clone()]);
+                    let timeout = opts.request_timeout;
+                    tasks.spawn(async move {
+                        match conn.call(req, timeout).await {
+                            Ok(_) => Answer::Event(Event::Removed { host, pod }),
+                            Err(e) => Answer::Event(lost_or_failed(host, pod, e)),
+                        }
+                    });
+                }
+                Action::Warn(w) => emit(Progress::Warning(w)),
+                Action::Fail(f) => emit(Progress::Failed(f)),
+                Action::Done(summary) => {
+                    emit(Progress::Done(summary.clone()));
+                    return summary;
+                }
+            }
+        }
+        if let Some(event) = events.pop_front() {
+            if !matches!(event, Event::PullDone { .. }) {
+                emit(Progress::Event(event.clone()));
+            }
+            if let Event::Exited(at, code) = &event {
+                if *code != 0 {
+                    if let Some(conn) = hosts.get(&at.host) {
+                        let lines = last_logs(conn, project, at, opts.request_timeout).await;
+                        if !lines.is_empty() {
+                            emit(Progress::Logs {
+                                at: at.clone(),
+                                lines,
+                            });
+                        }
+                    }
+                }
+            }
+            actions.extend(flow.on(event));
+            idle_rounds = 0;
+            continue;
+        }
+        if !aborted && Instant::now() >= deadline {
+            aborted = true;
+            events.push_back(Event::Abort {
+                reason: format!(
+                    "the deploy did not finish within {}s (`--timeout`)",
+                    opts.timeout.as_secs()
+                ),
+            });
+            // What never started will not: its pod's action is answered as failed.
+            let pending: BTreeSet<(String, String)> = watched
+                .iter()
+                .filter(|(_, w)| !w.started)
+                .map(|(at, w)| (at.host.clone(), w.pod.clone()))
+                .collect();
+            for (host, pod) in pending {
+                watched.retain(|at, w| !(at.host == host && w.pod == pod));
+                events.push_back(Event::ActionFailed {
+                    host,
+                    pod,
+                    reason: "its containers did not start before the deadline".into(),
+                });
+            }
+            continue;
+        }
+        if tasks.is_empty() && watched.is_empty() {
+            // Nothing in flight and nothing to watch, yet no `Done`: the flow waits for something
+            // that cannot come. Stop it rather than hang.
+            idle_rounds += 1;
+            if idle_rounds > 2 {
+                let summary = Summary {
+                    failures: vec![Failure {
+                        host: None,
+                        pod: None,
+                        replica: None,
+                        kind: flow::FailureKind::Aborted {
+                            reason: "bug: the deploy flow stalled".into(),
+                        },
+                    }],
+                    ..Summary::default()
+                };
+                emit(Progress::Done(summary.clone()));
+                return summary;
+            }
+            events.push_back(Event::Abort {
+                reason: "nothing left to wait for".into(),
+            });
+            continue;
+        }
+        tokio::select! {
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                match joined {
+                    Ok(Answer::Applied { host, pod }) => {
+                        if let Some(spec) = specs.get(&(host.clone(), pod.clone())) {
+                            for c in &spec.containers {
+                                watched.insert(
+                                    At { host: host.clone(), service: c.service.clone(), replica: c.replica },
+                                    Watch { pod: pod.clone(), hash: spec.spec_hash.clone(), started: false, health_said: false, restarts_said: 0 },
+                                );
+                            }
+                        }
+                    }
+                    Ok(Answer::Event(e)) => events.push_back(e),
+                    Err(e) => events.push_back(Event::Abort { reason: format!("bug: a request task failed: {e}") }),
+                }
+            }
+            _ = tokio::time::sleep(opts.poll), if !watched.is_empty() => {
+                for note in poll(hosts, project, &mut watched, &mut events, opts.request_timeout).await {
+                    emit(Progress::Warning(note));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()), if !aborted => {}
+            _ = tokio::signal::ctrl_c(), if !aborted => {
+                aborted = true;
+                events.push_back(Event::Abort { reason: "interrupted".into() });
+            }
+        }
+    }
+}
+
+fn apply_pods(
+    project: &str,
+    insecure: &[String],
+    pods: Vec<PodSpec>,
+    remove: Vec<String>,
+) -> Request {
+    Request::ApplyPods(ApplyPodsRequest {
+        project: project.to_string(),
+        pods,
+        remove,
+        registry_auth: BTreeMap::new(),
+        insecure_registries: insecure.to_vec(),
+    })
+}
+
+fn lost_or_failed(host: String, pod: String, e: SshError) -> Event {
+    match e.class {
+        ErrorClass::Unreachable | ErrorClass::Timeout => Event::HostLost {
+            host,
+            reason: e.reason(),
+        },
+        _ => Event::ActionFailed {
+            host,
+            pod,
+            reason: e.reason(),
+        },
+    }
+}
+
+/// One `Status` per host with watched containers, in parallel; what changed becomes events.
+/// Returns what the user should hear that is no event: a container that keeps restarting (a
+/// dependent waiting for it would otherwise wait silently until the deadline).
+async fn poll(
+    hosts: &BTreeMap<String, Arc<HostConn>>,
+    project: &str,
+    watched: &mut BTreeMap<At, Watch>,
+    events: &mut VecDeque<Event>,
+    timeout: Duration,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let wanted: BTreeSet<String> = watched.keys().map(|a| a.host.clone()).collect();
+    let mut tasks = JoinSet::new();
+    for host in wanted {
+        let Some(conn) = hosts.get(&host).cloned() else {
+            continue;
+        };
+        let project = project.to_string();
+        tasks.spawn(async move { (host, conn.status(&project, timeout).await) });
+    }
+    while let Some(Ok((host, result))) = tasks.join_next().await {
+        let pods = match result {
+            Ok(pods) => pods,
+            Err(e) if matches!(e.class, ErrorClass::Unreachable) => {
+                watched.retain(|at, _| at.host != host);
+                events.push_back(Event::HostLost {
+                    host,
+                    reason: e.reason(),
+                });
+                continue;
+            }
+            // A slow answer is tried again at the next poll.
+            Err(_) => continue,
+        };
+        let mut gone = Vec::new();
+        let mut failed_pods = BTreeSet::new();
+        for (at, w) in watched.iter_mut().filter(|(at, _)| at.host == host) {
+            let Some(c) = pods
+                .iter()
+                .filter(|p| p.name == w.pod && p.spec_hash == w.hash)
+                .flat_map(|p| &p.containers)
+                .find(|c| c.service == at.service && c.replica == at.replica)
+            else {
+                continue;
+            };
+            let state = c.state.as_str();
+            // Said at 1, 5, 20 and 100 restarts (polls may skip a count).
+            let next = [1, 5, 20, 100].into_iter().find(|t| *t > w.restarts_said);
+            if next.is_some_and(|t| c.restarts >= t) {
+                w.restarts_said = c.restarts;
+                notes.push(format!(
+                    "{at} keeps exiting and restarting ({} restart{} so far{}); see its logs on the host",
+                    c.restarts,
+                    if c.restarts == 1 { "" } else { "s" },
+                    c.exit_code.map(|e| format!(", last exit code {e}")).unwrap_or_default()
+                ));
+            }
+            if state == "failed" && !w.started {
+                failed_pods.insert(w.pod.clone());
+                continue;
+            }
+            if state != "created" && !w.started {
+                w.started = true;
+                events.push_back(Event::Started(at.clone()));
+            }
+            if !w.health_said {
+                match c.health.as_deref() {
+                    Some("healthy") => {
+                        w.health_said = true;
+                        events.push_back(Event::Healthy(at.clone()));
+                    }
+                    Some("unhealthy") => {
+                        w.health_said = true;
+                        events.push_back(Event::Unhealthy(at.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            if state == "exited" || state == "failed" {
+                events.push_back(Event::Exited(at.clone(), c.exit_code.unwrap_or(-1)));
+                gone.push(at.clone());
+            }
+        }
+        for at in gone {
+            watched.remove(&at);
+        }
+        for pod in failed_pods {
+            watched.retain(|at, w| !(at.host == host && w.pod == pod));
+            events.push_back(Event::ActionFailed {
+                host: host.clone(),
+                pod,
+                reason: "its container failed to start".into(),
+            });
+        }
+    }
+    notes
+}
+
+/// The last lines a container wrote, for a failure report; empty when they cannot be read.
+async fn last_logs(conn: &HostConn, project: &str, at: &At, timeout: Duration) -> Vec<String> {
+    let request = Request::Logs(LogsRequest {
+        project: project.to_string(),
+        services: vec![at.service.clone()],
+        tail: Some(20),
+        follow: false,
+        since: None,
+    });
+    // The reply is a stream: collect its lines by hand rather than through `call`, which keeps
+    // only the last frame.
+    let mut guard = conn.client.lock().await;
+    let (client, next) = &mut *guard;
+    let id = *next;
+    *next += 1;
+    let collect = async {
+        client.send(id, request).await?;
+        let mut lines = Vec::new();
+        loop {
+            let frame = client.recv().await?;
+            if frame.id != Some(id) {
+                continue;
+            }
+            if let Some(Response::LogLine(l)) = &frame.ok {
+                lines.push(l.line.clone());
+            }
+            if !frame.more {
+                return Ok::<_, SshError>(lines);
+            }
+        }
+    };
+    tokio::time::timeout(timeout, collect)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
+/// `down`: removes the project's pods on every connected host, in parallel. Per host: the pods
+/// removed, or why not.
+pub async fn remove_all(
+    hosts: &BTreeMap<String, Arc<HostConn>>,
+    project: &str,
+    volumes: bool,
+    timeout: Duration,
+) -> BTreeMap<String, Result<Vec<String>, SshError>> {
+    let mut tasks = JoinSet::new();
+    for (name, conn) in hosts {
+        let (name, conn, project) = (name.clone(), conn.clone(), project.to_string());
+        tasks.spawn(async move {
+            let r = conn
+                .call(Request::Remove { project, volumes }, timeout)
+                .await
+                .and_then(|r| match r {
+                    Response::Removed { pods } => Ok(pods),
+                    other => Err(unexpected(&name, "Remove", &other)),
+                });
+            (name, r)
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(Ok((name, r))) = tasks.join_next().await {
+        out.insert(name, r);
+    }
+    out
+}
+
+/// A runtime for the synchronous CLI commands.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExecError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ExecError::Internal(format!("starting the async runtime: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    //! `prepare`, the pure half of a run, on `examples/jobs` and a fleet of three hosts.
+
+    use super::*;
+    use crate::compose::{self, Environment, LoadOptions, RealFs};
+    use crate::deploy::flow::Change;
+    use crate::inventory::Host;
+    use crate::proto::ContainerStatus;
+
+    fn jobs() -> (Project, ServiceGraph) {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jobs/compose.yaml");
+        let project = compose::load(&LoadOptions::for_file(path), &Environment::new(), &RealFs)
+            .expect("examples/jobs loads")
+            .project;
+        let graph = crate::graph::build(&project).expect("graph");
+        (project, graph)
+    }
+
+    fn fleet() -> (Fleet, plan::Facts) {
+        let mut fleet = Fleet {
+            hosts: Vec::new(),
+            registries: BTreeMap::new(),
+            source: None,
+            warnings: Vec::new(),
+        };
+        let mut facts = plan::Facts::new();
+        for i in 1..=3 {
+            fleet
+                .hosts
+                .push(Host::new(format!("h{i}"), format!("10.0.0.{i}")));
+            facts.insert(
+                format!("h{i}"),
+                HostFacts {
+                    cpus: 2.0,
+                    memory: 4 << 30,
+                    arch: "x86_64".into(),
+                },
+            );
+        }
+        (fleet, facts)
+    }
+
+    /// What the hosts would report after running `desired`.
+    fn running(desired: &Desired) -> BTreeMap<String, Vec<PodStatus>> {
+        let mut out: BTreeMap<String, Vec<PodStatus>> = BTreeMap::new();
+        for p in desired.pods() {
+            out.entry(p.host.clone()).or_default().push(PodStatus {
+                project: "jobs".into(),
+                name: p.name.clone(),
+                spec_hash: p.spec_hash.clone(),
+                ip: None,
+                containers: p
+                    .containers
+                    .iter()
+                    .map(|c| ContainerStatus {
+                        service: c.service.clone(),
+                        replica: c.replica,
+                        state: "running".into(),
+                        health: None,
+                        pid: Some(1),
+                        exit_code: None,
+                        restarts: 0,
+                        started_at: None,
+                    })
+                    .collect(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_second_run_over_what_the_first_started_changes_nothing() {
+        let (project, graph) = jobs();
+        let (fleet, facts) = fleet();
+        let opts = Options::default();
+        let first =
+            prepare(&project, &graph, &fleet, &facts, &BTreeMap::new(), &opts).expect("prepares");
+        let steps = first.flow.plan();
+        assert_eq!(steps.len(), 6, "{steps:?}");
+        assert!(steps.iter().all(|s| s.change == Change::Create));
+        let api = steps.iter().find(|s| s.pod == "api-1").expect("api-1");
+        assert_eq!(api.waits_for.len(), 2, "api waits for cache and migrate");
+        let observed = running(&first.desired);
+        let second = prepare(&project, &graph, &fleet, &facts, &observed, &opts).expect("prepares");
+        assert!(second.diff.is_noop());
+        assert!(second.flow.plan().is_empty());
+        // Sticky: every pod stays where it runs.
+        let hosts = |d: &Desired| {
+            d.pods()
+                .map(|p| (p.name.clone(), p.host.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hosts(&first.desired), hosts(&second.desired));
+    }
+
+    #[test]
+    fn up_of_one_service_converges_it_and_what_it_depends_on_only() {
+        let (project, graph) = jobs();
+        let (fleet, facts) = fleet();
+        let opts = Options {
+            services: vec!["api".into()],
+            ..Options::default()
+        };
+        let p =
+            prepare(&project, &graph, &fleet, &facts, &BTreeMap::new(), &opts).expect("prepares");
+        let services: BTreeSet<&str> = p.desired.managed.iter().map(String::as_str).collect();
+        assert_eq!(services, BTreeSet::from(["api", "cache", "migrate"]));
+        assert!(p.flow.plan().iter().all(|s| !s.pod.starts_with("web")));
+        let unknown = Options {
+            services: vec!["nope".into()],
+            ..Options::default()
+        };
+        assert!(matches!(
+            prepare(&project, &graph, &fleet, &facts, &BTreeMap::new(), &unknown),
+            Err(ExecError::User(m)) if m.contains("no service `nope`")
+        ));
+    }
+
+    #[test]
+    fn an_orphan_is_reported_and_removed_only_when_asked() {
+        let (project, graph) = jobs();
+        let (fleet, facts) = fleet();
+        let first = prepare(
+            &project,
+            &graph,
+            &fleet,
+            &facts,
+            &BTreeMap::new(),
+            &Options::default(),
+        )
+        .expect("prepares");
+        let mut observed = running(&first.desired);
+        let mut old = observed["h1"][0].clone();
+        old.name = "old-1".into();
+        old.containers[0].service = "old".into();
+        observed.get_mut("h1").expect("h1 runs pods").push(old);
+        let kept = prepare(
+            &project,
+            &graph,
+            &fleet,
+            &facts,
+            &observed,
+            &Options::default(),
+        )
+        .expect("prepares");
+        assert!(kept.flow.plan().is_empty());
+        assert!(kept
+            .warnings
+            .iter()
+            .any(|w| w.contains("old-1") && w.contains("--remove-orphans")));
+        let opts = Options {
+            remove_orphans: true,
+            ..Options::default()
+        };
+        let removed =
+            prepare(&project, &graph, &fleet, &facts, &observed, &opts).expect("prepares");
+        let steps = removed.flow.plan();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(
+            (steps[0].pod.as_str(), &steps[0].change),
+            ("old-1", &Change::Remove(diff::RemoveReason::Orphan))
+        );
+    }
+}
