@@ -157,9 +157,8 @@ impl Engine<'_> {
                 (Reverse(d.cpu_millis + d.memory / (1 << 20)), pod, r)
             };
             moving.sort_by_key(size);
-            for &(pod, r) in &moving {
-                self.uncommit(pod, r, h);
-            }
+            // `moving` is everything on `h` (movable hosts run nothing pinned or global).
+            self.uncommit_all(h, &moving);
             open[h] = false;
             let targets: Vec<usize> = (0..n).filter(|&t| open[t]).collect();
             // Moving must not pile up one pod's replicas beyond an even share of the hosts.

@@ -43,7 +43,8 @@ impl Placed {
         let Some(list) = self.by_host.get_mut(&host) else {
             return false;
         };
-        let Some(i) = list.iter().position(|&r| r == replica) else {
+        // From the end: what is taken off again is mostly what was just placed (an undo).
+        let Some(i) = list.iter().rposition(|&r| r == replica) else {
             return false;
         };
         // Order within a host does not matter (every reader counts or sorts), and shifting the
@@ -55,6 +56,13 @@ impl Placed {
         }
         self.len -= 1;
         true
+    }
+
+    /// Takes every instance off `host`.
+    pub(super) fn take(&mut self, host: u32) {
+        if let Some(list) = self.by_host.remove(&host) {
+            self.len -= list.len();
+        }
     }
 
     /// Every (replica, host), host by host.
@@ -327,6 +335,23 @@ impl<'a> Engine<'a> {
 
     /// Takes one instance off host `h` (the inverse of [`Engine::commit`]).
     pub(super) fn uncommit(&mut self, pod: usize, replica: u32, h: usize) {
+        self.release(pod, replica, h);
+        self.placed[pod].remove(replica, h as u32);
+    }
+
+    /// Takes every one of `instances` (all that run on `h`) off host `h` at once: the cost of the
+    /// host's share, however many it runs.
+    pub(super) fn uncommit_all(&mut self, h: usize, instances: &[(usize, u32)]) {
+        for &(pod, replica) in instances {
+            self.release(pod, replica, h);
+        }
+        for &(pod, _) in instances {
+            self.placed[pod].take(h as u32);
+        }
+    }
+
+    /// What [`Engine::uncommit`] gives back to the host, but the record of the instance.
+    fn release(&mut self, pod: usize, replica: u32, h: usize) {
         let shape = &self.units.shapes[self.units.groups[pod].shape_of(replica)];
         self.free[h] = self.free[h].plus(shape.demand);
         for p in &shape.ports {
@@ -334,7 +359,6 @@ impl<'a> Engine<'a> {
                 self.ports[h].swap_remove(i);
             }
         }
-        self.placed[pod].remove(replica, h as u32);
         if self.counts_pod == Some(pod) {
             self.counts[h] -= 1;
         }
