@@ -30,5 +30,9 @@ echo "==> compose-fleet graph ($example)"
 "$bin" -f "$example/compose.yaml" graph
 echo "==> compose-fleet plan ($example on the lab fleet)"
 "$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" plan
+echo "==> compose-fleet up ($example on the lab fleet: pods in dependency order, only what changed)"
+"$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" up
+echo "==> compose-fleet ps"
+"$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" ps
 echo "==> compose-fleet lab list"
 "$bin" lab list

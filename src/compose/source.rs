@@ -276,10 +276,13 @@ mod tests {
     }
 
     #[test]
-    fn invalid_utf8_names_the_byte() {
+    fn invalid_utf8_names_the_byte_and_where_it_is() {
         let mut fs = MemoryFs::new();
-        fs.insert_bytes("/p/a", b"ok\xff".to_vec());
+        fs.insert_bytes("/p/a", b"ok\nx\xff".to_vec());
         let e = fs.read(Path::new("/p/a")).unwrap_err();
-        assert!(e.to_string().contains("byte 2"), "{e}");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // `LINE:COLUMN: ` first: the loader turns it back into a location.
+        assert!(e.to_string().starts_with("2:2: "), "{e}");
+        assert!(e.to_string().contains("byte 0xff at offset 4"), "{e}");
     }
 }

@@ -946,7 +946,7 @@ fn group_vars_all_sets_the_user_hosts_logs_in_with() {
     )
     .unwrap();
     let fleet = inventory::load(&inventory).unwrap_or_else(|e| panic!("{}", e.render()));
-    let lab1 = host(&fleet, "lab-1");
+    let lab1 = host(&fleet, &lab.host(1));
     assert_eq!(lab1.user.as_deref(), Some("root"));
     assert!(lab1.origins["user"]
         .to_string()

@@ -29,6 +29,8 @@ fn cli(lab: &Lab, project: &str, env: &[(&str, &str)], args: &[&str]) -> Output 
         .args(args)
         .env_remove("API_MODE")
         .env_remove("MIGRATE_EXIT")
+        // The example's images come from `${REGISTRY}`: this lab's own registry.
+        .env("REGISTRY", lab.registry())
         .envs(env.iter().copied())
         .output()
         .expect("runs the CLI");
@@ -196,7 +198,7 @@ fn up_runs_every_service_then_changes_only_what_changed_and_down_removes_all() {
     assert!(out.status.success(), "dry run failed: {}", describe(&out));
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(
-        plan.contains("lab-1: no changes") && plan.contains("0 changes"),
+        plan.contains(&format!("{}: no changes", lab.host(1))) && plan.contains("0 changes"),
         "{plan}"
     );
     let out = cli(&lab, project, &[("API_MODE", "c")], &["up", "--dry-run"]);

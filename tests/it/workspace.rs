@@ -31,7 +31,8 @@ fn project(dir: &Path) {
         "services:\n  web:\n    image: nginx\n",
     )
     .expect("write compose.yaml");
-    std::fs::write(dir.join("inventory.yaml"), "{}\n").expect("write inventory.yaml");
+    // Our own format with no hosts: found, read, and refused for holding no host.
+    std::fs::write(dir.join("inventory.yaml"), "hosts: {}\n").expect("write inventory.yaml");
 }
 
 #[test]
