@@ -1,6 +1,6 @@
 //! The front-end benchmark: load + interpolate + validate + graph for generated projects of 100,
-//! 1,000 and 10,000 services (`compose_fleet::testgen`), on one thread, and Debian's
-//! `docker-compose config` (1.29) on the same files in the same run.
+//! 1,000 and 10,000 services (`compose_fleet::testgen`), on one thread, and docker compose v2's
+//! `config` (the reference in `.reference/`, v2.40.3) on the same files in the same run.
 //!
 //! ```text
 //! cargo bench --bench load                       # all sizes, docker-compose included
@@ -30,7 +30,8 @@ use compose_fleet::graph;
 use compose_fleet::testgen;
 
 const SEED: u64 = 42;
-const DOCKER_COMPOSE: &str = "/usr/bin/docker-compose";
+/// docker compose v2.40.3, the reference `scripts/setup.sh` installs (the differential test's).
+const DOCKER_COMPOSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.reference/bin/docker-compose");
 
 struct Options {
     sizes: Vec<usize>,

@@ -23,6 +23,7 @@ pub mod pending;
 pub mod plan;
 pub mod project;
 pub mod ps;
+pub mod table;
 pub mod up;
 
 /// Deploy a docker-compose project onto a fleet of SSH hosts — no Docker on the hosts.

@@ -166,26 +166,7 @@ fn table(rows: &[Row]) -> String {
             r.uptime_s.map(uptime).unwrap_or_else(dash),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|row| row[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in &cells {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    super::table::render(&cells)
 }
 
 /// `42s`, `7m`, `3h`, `2d`: as long as it has run, roughly.
