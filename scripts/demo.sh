@@ -34,5 +34,9 @@ echo "==> compose-fleet up ($example on the lab fleet: pods in dependency order,
 "$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" up
 echo "==> compose-fleet ps"
 "$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" ps
+echo "==> a page through vote's published port, from this machine (DNAT on the host's address)"
+published=$("$bin" -f "$example/compose.yaml" -i "$lab_dir/inventory.yaml" ps --format json \
+  | jq -r '[.[] | select(.service == "vote")][0].ports[0]')   # e.g. 10.250.0.11:8080->80/tcp
+curl -fsS --max-time 5 "http://${published%%->*}/"
 echo "==> compose-fleet lab list"
 "$bin" lab list

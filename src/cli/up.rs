@@ -124,8 +124,13 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             let steps = prepared.flow.plan();
             return Ok((connected, Err(steps)));
         }
+        let (networks, why_not) = exec::fleet_networks(&fleet, &connected);
+        if let Some(why) = why_not {
+            render.show(&Progress::Warning(why));
+        }
         let summary = exec::run(
             &connected.hosts,
+            &networks,
             &project.name,
             &insecure,
             prepared,

@@ -29,7 +29,10 @@ use crate::diag::Diagnostics;
 use crate::graph::ServiceGraph;
 use crate::inventory::Fleet;
 use crate::plan::{self, podspec, HostFacts, PlanError};
-use crate::proto::{ApplyPodsRequest, LogsRequest, PodSpec, PodStatus, Request, Response};
+use crate::proto::net::{self, Ipv4Net};
+use crate::proto::{
+    ApplyPodsRequest, HostNetwork, LogsRequest, PodSpec, PodStatus, Request, Response,
+};
 use crate::ssh::{self, AgentBinary, ErrorClass, OpenSsh, SshError, SshTarget, Transport};
 
 /// How `up` runs.
@@ -187,8 +190,47 @@ fn unexpected(host: &str, what: &str, r: &Response) -> SshError {
 pub struct Connected {
     pub hosts: BTreeMap<String, Arc<HostConn>>,
     pub facts: plan::Facts,
+    /// The pod subnet each host that answered has recorded (`None`: never had one).
+    pub subnets: BTreeMap<String, Option<Ipv4Net>>,
     pub observed: BTreeMap<String, Vec<PodStatus>>,
     pub unreachable: BTreeMap<String, String>,
+}
+
+/// Each host's place in the fleet network (its pod subnet, routes to the others'), when it can be
+/// decided safely: every host of the fleet answered (a silent host may hold a subnet we would give
+/// away) and every address is IPv4 (host-gw routes go via it). Otherwise no network is sent —
+/// hosts keep what they recorded — and the reason is returned as a warning.
+pub fn fleet_networks(
+    fleet: &Fleet,
+    connected: &Connected,
+) -> (BTreeMap<String, HostNetwork>, Option<String>) {
+    let none = |why: String| (BTreeMap::new(), Some(why));
+    if let Some((host, _)) = connected.unreachable.iter().next() {
+        return none(format!(
+            "pod networks left as they are: `{host}` did not answer, and its subnet must not be given away"
+        ));
+    }
+    let mut addresses = BTreeMap::new();
+    for host in &fleet.hosts {
+        match host.address.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => {
+                addresses.insert(host.name.clone(), ip);
+            }
+            Err(_) => {
+                return none(format!(
+                    "pod networks left as they are: `{}` has the address `{}`, not IPv4 (routes between hosts go via IPv4 addresses)",
+                    host.name, host.address
+                ))
+            }
+        }
+    }
+    match net::assign_subnets(net::DEFAULT_FLEET_CIDR, &connected.subnets) {
+        Ok(subnets) => (
+            net::host_networks(net::DEFAULT_FLEET_CIDR, &subnets, &addresses),
+            None,
+        ),
+        Err(e) => none(format!("pod networks left as they are: {e}")),
+    }
 }
 
 /// Connects to every host of `fleet` in parallel: SSH, the agent (pushed where missing), `Hello`,
@@ -230,6 +272,7 @@ pub async fn connect(
     let mut out = Connected {
         hosts: BTreeMap::new(),
         facts: plan::Facts::new(),
+        subnets: BTreeMap::new(),
         observed: BTreeMap::new(),
         unreachable: BTreeMap::new(),
     };
@@ -243,6 +286,7 @@ pub async fn connect(
                     pods: pods.len(),
                     rtt: report.rtt,
                 });
+                out.subnets.insert(name.clone(), report.facts.pod_subnet);
                 out.facts.insert(
                     name.clone(),
                     HostFacts {
@@ -436,6 +480,7 @@ enum Answer {
 /// `Progress::Done`).
 pub async fn run(
     hosts: &BTreeMap<String, Arc<HostConn>>,
+    networks: &BTreeMap<String, HostNetwork>,
     project: &str,
     insecure_registries: &[String],
     mut prepared: Prepared,
@@ -483,9 +528,22 @@ pub async fn run(
                         });
                         continue;
                     };
-                    let req = apply_pods(project, insecure_registries, vec![spec], Vec::new());
+                    let network = networks.get(&host);
+                    let req = apply_pods(
+                        project,
+                        insecure_registries,
+                        network,
+                        vec![spec],
+                        Vec::new(),
+                    );
                     let first = restart.then(|| {
-                        apply_pods(project, insecure_registries, Vec::new(), vec![pod.clone()])
+                        apply_pods(
+                            project,
+                            insecure_registries,
+                            network,
+                            Vec::new(),
+                            vec![pod.clone()],
+                        )
                     });
                     let timeout = opts.request_timeout;
                     tasks.spawn(async move {
@@ -519,8 +577,13 @@ pub async fn run(
                         });
                         continue;
                     };
-                    let req =
-                        apply_pods(project, insecure_registries, Vec::new(), vec![pod.clone()]);
+                    let req = apply_pods(
+                        project,
+                        insecure_registries,
+                        networks.get(&host),
+                        Vec::new(),
+                        vec![pod.clone()],
+                    );
                     let timeout = opts.request_timeout;
                     tasks.spawn(async move {
                         match conn.call(req, timeout).await {
@@ -640,11 +703,13 @@ pub async fn run(
 fn apply_pods(
     project: &str,
     insecure: &[String],
+    network: Option<&HostNetwork>,
     pods: Vec<PodSpec>,
     remove: Vec<String>,
 ) -> Request {
     Request::ApplyPods(ApplyPodsRequest {
         project: project.to_string(),
+        network: network.cloned(),
         pods,
         remove,
         registry_auth: BTreeMap::new(),

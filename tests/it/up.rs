@@ -131,8 +131,34 @@ fn up_runs_every_service_then_changes_only_what_changed_and_down_removes_all() {
             );
         } else {
             assert_eq!(r["state"], "running", "{name}: {r}");
+            // Every pod is on the fleet network: an address from its host's pod subnet.
+            let ip = r["ip"].as_str().unwrap_or_default();
+            assert!(ip.starts_with("10.213."), "{name} has no pod address: {r}");
         }
     }
+    // `web` publishes 8080: it answers at its host's address, from the root namespace.
+    let web_host = rows["web.1"]["host"]
+        .as_str()
+        .expect("web.1 host")
+        .to_string();
+    let url = format!("http://{}:8080/", lab.address(&web_host));
+    let mut body = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("curl")
+            .args(["-fsS", "--max-time", "2", &url])
+            .output()
+            .expect("runs wget");
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        body,
+        compose_fleet::lab::images::HTTPD_INDEX,
+        "the published port {url}"
+    );
     // `up` waits for health only where someone depends on it: `cache`. `web` turns healthy soon.
     assert_eq!(
         rows["cache.1"]["health"], "healthy",

@@ -762,6 +762,7 @@ async fn apply_pods(
     let frames = call(
         sup,
         Request::ApplyPods(ApplyPodsRequest {
+            network: None,
             project: project.into(),
             pods,
             remove: remove.iter().map(|s| s.to_string()).collect(),

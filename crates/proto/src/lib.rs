@@ -204,6 +204,10 @@ pub struct ApplyRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplyPodsRequest {
     pub project: String,
+    /// As in [`ApplyRequest`]: this host's place in the fleet network; `None` keeps what the host
+    /// has recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<HostNetwork>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<PodSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

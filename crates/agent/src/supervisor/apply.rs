@@ -34,7 +34,7 @@ impl Supervisor {
             pods,
             registry_auth: req.registry_auth,
             insecure_registries: req.insecure_registries,
-            network: None,
+            network: req.network,
         })
         .await
     }
