@@ -131,8 +131,12 @@ fn serve_tcp(
         in_ns(&netns, move || {
             let listener = TcpListener::bind(bind).expect("binds in the namespace");
             ready_tx.send(()).unwrap();
-            if let Ok((mut s, peer)) = listener.accept() {
+            let accepted = listener.accept();
+            // Closed before the test hears of the peer: its next server binds the same port.
+            drop(listener);
+            if let Ok((mut s, peer)) = accepted {
                 let _ = s.write_all(reply.as_bytes());
+                drop(s);
                 let _ = peer_tx.send(peer);
             }
         })
