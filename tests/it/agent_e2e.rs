@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 use compose_fleet::lab::images::{self, HTTPD_INDEX};
 use compose_fleet::proto::{
     ApplyReport, ApplyRequest, ContainerSpec, ExecRequest, PodSpec, Request, Response,
-    ResponseFrame, StatusReport, Stream,
+    StatusReport, Stream,
 };
-use compose_fleet::ssh::{connect_agent, AgentBinary, OpenSsh, Options, SshTarget, Transport};
+use compose_fleet::ssh::{AgentBinary, SshTarget};
 
-use crate::support::Lab;
+use crate::support::{last_ok, rpc, Lab};
 
 const PROJECT: &str = "e2e";
 /// How long anything may take before the test gives up (not a timing assertion).
-const DEADLINE: Duration = Duration::from_secs(90);
+const DEADLINE: Duration = crate::support::AGENT_DEADLINE;
 
 fn container(service: &str, image: &str, command: Option<&[&str]>) -> ContainerSpec {
     ContainerSpec {
@@ -73,39 +73,6 @@ fn apply(registry: &str, other_hash: &str) -> Request {
         insecure_registries: vec![registry.into()],
         network: None,
     })
-}
-
-/// One request on a fresh connection (so that the rpc starts a daemon when none runs); all its
-/// frames, the last one final.
-async fn rpc(target: &SshTarget, agent: &AgentBinary, request: Request) -> Vec<ResponseFrame> {
-    let ssh = OpenSsh::new(&Options::default()).expect("transport");
-    let session = ssh.connect(target).await.expect("connect to the lab host");
-    let (mut client, _) = connect_agent(&session, &target.name, agent, Duration::from_secs(60))
-        .await
-        .expect("agent handshake");
-    client.send(1, request).await.expect("send the request");
-    let mut frames = Vec::new();
-    loop {
-        let frame = tokio::time::timeout(DEADLINE, client.recv())
-            .await
-            .expect("the agent answers")
-            .expect("a reply frame");
-        let more = frame.more;
-        frames.push(frame);
-        if !more {
-            break;
-        }
-    }
-    frames
-}
-
-fn last_ok(frames: &[ResponseFrame]) -> Response {
-    let last = frames.last().expect("at least one frame");
-    match (&last.ok, &last.err) {
-        (Some(ok), _) => ok.clone(),
-        (_, Some(err)) => panic!("the agent answered an error: {err}"),
-        _ => panic!("an empty frame"),
-    }
 }
 
 async fn status(target: &SshTarget, agent: &AgentBinary) -> StatusReport {

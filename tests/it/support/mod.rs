@@ -328,3 +328,50 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// How long one agent reply may take in a lab test before it gives up (not a timing assertion).
+pub const AGENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// One agent request on a fresh SSH connection (so that `agent rpc` starts a daemon when none
+/// runs): all its frames, the last one final.
+pub async fn rpc(
+    target: &compose_fleet::ssh::SshTarget,
+    agent: &compose_fleet::ssh::AgentBinary,
+    request: compose_fleet::proto::Request,
+) -> Vec<compose_fleet::proto::ResponseFrame> {
+    use compose_fleet::ssh::{connect_agent, OpenSsh, Options, Transport};
+    let ssh = OpenSsh::new(&Options::default()).expect("transport");
+    let session = ssh.connect(target).await.expect("connect to the lab host");
+    let (mut client, _) = connect_agent(
+        &session,
+        &target.name,
+        agent,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("agent handshake");
+    client.send(1, request).await.expect("send the request");
+    let mut frames = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(AGENT_DEADLINE, client.recv())
+            .await
+            .expect("the agent answers")
+            .expect("a reply frame");
+        let more = frame.more;
+        frames.push(frame);
+        if !more {
+            break;
+        }
+    }
+    frames
+}
+
+/// The final frame's answer; panics with the agent's error.
+pub fn last_ok(frames: &[compose_fleet::proto::ResponseFrame]) -> compose_fleet::proto::Response {
+    let last = frames.last().expect("at least one frame");
+    match (&last.ok, &last.err) {
+        (Some(ok), _) => ok.clone(),
+        (_, Some(err)) => panic!("the agent answered an error: {err}"),
+        _ => panic!("an empty frame"),
+    }
+}
