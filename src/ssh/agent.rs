@@ -892,6 +892,66 @@ mod tests {
         assert!(unit.contains("KillMode=process"));
     }
 
+    fn target(
+        user: Option<&str>,
+        use_become: bool,
+        become_user: Option<&str>,
+    ) -> super::super::SshTarget {
+        let mut host = crate::inventory::Host::new("web1", "10.0.0.5");
+        host.user = user.map(String::from);
+        host.use_become = use_become;
+        host.become_user = become_user.map(String::from);
+        super::super::SshTarget::from_host(&host, Path::new("/"))
+    }
+
+    #[test]
+    fn become_means_sudo_unless_the_login_user_is_root_and_only_root_can_be_become() {
+        let of = |u, b, bu| Privilege::of(&target(u, b, bu)).map_err(|e| e.to_string());
+        assert_eq!(of(Some("deploy"), true, None), Ok(Privilege::Sudo));
+        assert_eq!(of(None, true, Some("root")), Ok(Privilege::Sudo));
+        assert_eq!(of(Some("root"), true, None), Ok(Privilege::Root));
+        assert_eq!(of(Some("deploy"), false, None), Ok(Privilege::Root));
+        let e = of(Some("deploy"), true, Some("postgres")).unwrap_err();
+        assert!(
+            e.contains("`become_user: postgres` is not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sudo_scripts_run_only_the_commands_the_sudoers_line_names() {
+        let agent = AgentBinary::from_bytes(Cow::Borrowed(b"x"), "test".into());
+        let d = &agent.digest;
+        let line = sudoers_line("deploy", "/home/deploy/", REMOTE_BIN_DIR, d);
+        assert_eq!(
+            line,
+            format!(
+                "deploy ALL=(root) NOPASSWD: /var/lib/compose-fleet/bin/agent-{d} rpc, \
+                 /usr/bin/install -D -o root -g root -m 0755 -t /var/lib/compose-fleet/bin \
+                 /home/deploy/.compose-fleet/agent-{d} /home/deploy/.compose-fleet/agent-{d}.service"
+            )
+        );
+        // What the scripts hand to sudo, with $HOME and "$@" as the host expands them.
+        let rpc = agent.rpc_command_in(REMOTE_BIN_DIR, Privilege::Sudo);
+        assert!(rpc.contains("exec sudo -n -- \"$b\" rpc"), "{rpc}");
+        assert!(rpc.contains("sudo -n -l -- \"$b\" rpc"), "{rpc}");
+        let upload = agent.upload_command(REMOTE_BIN_DIR, Privilege::Sudo, "unit");
+        assert!(
+            upload.contains(&format!(
+                "set -- -D -o root -g root -m 0755 -t \"$dir\" \"$stage/agent-{d}\" \"$stage/agent-{d}.service\""
+            )),
+            "{upload}"
+        );
+        assert!(
+            upload.contains("$s /usr/bin/install \"$@\"; echo ok"),
+            "{upload}"
+        );
+        // sudo is asked before the upload is read: a refusal costs no bytes.
+        assert!(upload.find("sudo -n -l").unwrap() < upload.find("cat >").unwrap());
+        // Root logins keep the one-round-trip script without sudo.
+        assert!(!agent.rpc_command().contains("sudo"));
+    }
+
     #[test]
     fn shell_quoting_survives_single_quotes() {
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
