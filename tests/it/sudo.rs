@@ -228,4 +228,12 @@ fn a_sudo_user_deploys_with_root_owned_agent_files_and_a_password_sudo_is_refuse
             .all(|l| l.contains(&format!("for {sudo_user} "))),
         "{accepted:?}"
     );
+
+    // 4. `lab down` removes the users and their rules.
+    let name = lab.name().to_string();
+    drop(lab);
+    for user in [&sudo_user, &pw_user] {
+        assert_eq!(nix::unistd::User::from_name(user).ok().flatten(), None);
+    }
+    assert!(!Path::new(&format!("/etc/sudoers.d/compose-fleet-lab-{name}")).exists());
 }
