@@ -2,7 +2,8 @@
 //! its agent runs as a child process, without SSH. The CLI runs inside lab host 1 (its network,
 //! mount and UTS namespaces, so its own `/var/lib/compose-fleet` and `/run`: the machine running
 //! the tests is not touched), with host 1 as the local host and host 2 over SSH: `hosts`, `up`,
-//! `ps` and `down` work on both, and host 1's sshd never saw a login.
+//! `ps` and `down` work on both, and host 1's sshd never saw a login; with
+//! `COMPOSE_FLEET_STATE_DIR`/`_RUN_DIR` set, the local agent lives and keeps its state there.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -19,6 +20,11 @@ fn host_tmp(lab: &Lab, host: &str) -> PathBuf {
 /// `compose-fleet -i /tmp/cf-local/inventory.yaml -f /tmp/cf-local/compose.yaml ARGS…`, run
 /// inside `host`.
 fn cli_in(lab: &Lab, host: &str, args: &[&str]) -> Output {
+    cli_in_env(lab, host, args, &[])
+}
+
+/// [`cli_in`] with environment variables.
+fn cli_in_env(lab: &Lab, host: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut argv: Vec<String> = vec![
         support::bin().display().to_string(),
         "-i".into(),
@@ -32,6 +38,7 @@ fn cli_in(lab: &Lab, host: &str, args: &[&str]) -> Output {
         .expect("exec in the host")
         .env_remove("COMPOSE_FLEET_STATE_DIR")
         .env_remove("COMPOSE_FLEET_RUN_DIR")
+        .envs(env.iter().copied())
         .output()
         .expect("runs the CLI")
 }
@@ -139,4 +146,27 @@ fn a_local_host_runs_its_agent_without_ssh_beside_an_ssh_host() {
     let log = std::fs::read_to_string(lab.dir().join(format!("hosts/{h2}/run/sshd.log")))
         .unwrap_or_default();
     assert!(log.contains("Accepted publickey for root"), "{log}");
+
+    // With COMPOSE_FLEET_STATE_DIR (and _RUN_DIR), the local agent is installed and keeps its
+    // state there, as the agent itself reads them: a local host that touches nothing else.
+    let out = cli_in_env(
+        &lab,
+        &h1,
+        &["hosts", "--format", "json"],
+        &[
+            ("COMPOSE_FLEET_STATE_DIR", "/tmp/cf-local/state"),
+            ("COMPOSE_FLEET_RUN_DIR", "/tmp/cf-local/run"),
+        ],
+    );
+    assert!(out.status.success(), "hosts failed: {}", describe(&out));
+    let private = |rest: &str| tmp.join(rest);
+    let agents: Vec<String> = std::fs::read_dir(private("state/bin"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(agents.iter().any(|a| a.starts_with("agent-")), "{agents:?}");
+    assert!(private("run/agent.sock").exists(), "no daemon socket there");
 }
