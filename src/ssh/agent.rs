@@ -510,8 +510,8 @@ pub async fn push_to<S: HostSession>(
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         let hint = match remote.privilege {
             Privilege::Root => format!(
-                "the SSH user must be able to write {} (root), and the host needs sh, sha256sum \
-                 and mktemp",
+                "the SSH user must be able to write {} (log in as root, or as a user with sudo \
+                 and `become: true`), and the host needs sh, sha256sum and mktemp",
                 remote.dir
             ),
             Privilege::Sudo => format!(
