@@ -48,6 +48,11 @@ const MISSING_MARKER: &str = "compose-fleet: agent missing";
 /// ` sudo=missing` without sudo), when sudo would want a password: nothing was run as root.
 const SUDO_REFUSED_MARKER: &str = "compose-fleet: sudo refused";
 
+/// What the `rpc` script with [`Privilege::Sudo`] says on stderr (the same fields as
+/// [`SUDO_REFUSED_MARKER`]) right before `exec sudo`: if sudo then wants a password after all
+/// (`sudo -n -l` passes for a user with any NOPASSWD rule), the refusal still names the fix.
+const SUDO_AS_MARKER: &str = "compose-fleet: sudo as";
+
 /// The exit status of an upload refused by sudo (the marker is on stdout).
 const SUDO_REFUSED_STATUS: i32 = 4;
 
@@ -225,10 +230,12 @@ impl AgentBinary {
             // Already root (an inventory that leaves the user to ssh_config): no sudo needed.
             Privilege::Sudo => format!(
                 "if [ \"$(id -u)\" = 0 ]; then exec \"$b\" rpc; fi; {check} \
-                 if sudo -n -l -- \"$b\" rpc >/dev/null 2>&1; then exec sudo -n -- \"$b\" rpc; fi; \
+                 if sudo -n -l -- \"$b\" rpc >/dev/null 2>&1; then {who} >&2; exec sudo -n -- \"$b\" rpc; fi; \
                  {refused}; exit 0",
                 check = sudo_present(0),
                 refused = refused_line(""),
+                // Read only when sudo fails after all (see `next_frame`).
+                who = refused_line("").replace(SUDO_REFUSED_MARKER, SUDO_AS_MARKER),
             ),
         };
         format!(
@@ -267,7 +274,9 @@ impl AgentBinary {
                  cat > \"$stage/agent-{d}\"; got=$(sha256sum \"$stage/agent-{d}\" | cut -c1-64); \
                  if [ \"$got\" != {d} ]; then echo \"digest mismatch after upload: $got\" >&2; exit 3; fi; \
                  printf '%s' {unit} > \"$stage/agent-{d}.service\"; \
-                 umask 022; $s {INSTALL} \"$@\"; echo ok",
+                 umask 022; if ! err=$($s {INSTALL} \"$@\" 2>&1); then case \"$err\" in \
+                 *'password is required'*) {refused}; exit {SUDO_REFUSED_STATUS};; esac; \
+                 echo \"$err\" >&2; exit 1; fi; echo ok",
                 check = sudo_present(SUDO_REFUSED_STATUS),
                 refused = refused_line(""),
             ),
@@ -576,15 +585,23 @@ pub async fn connect_agent_to<S: HostSession>(
         let mut client = AgentClient::start_in(session, remote, agent).await?;
         let started = Instant::now();
         let exchange = async {
-            client
+            let sent = client
                 .send(
                     0,
                     Request::Hello {
                         protocol_version: PROTOCOL_VERSION,
                     },
                 )
-                .await?;
-            client.next_frame().await
+                .await;
+            // The check script may have said "missing" (or "sudo refused") and exited before
+            // the pipelined Hello arrived, closing the channel under it: what it printed is
+            // the answer, not the failed write.
+            let reply = client.next_frame().await;
+            match (sent, reply) {
+                (_, Ok(r @ (Reply::Missing | Reply::SudoRefused(_)))) => Ok(r),
+                (Err(e), _) => Err(e),
+                (Ok(()), reply) => reply,
+            }
         };
         let reply = tokio::time::timeout(timeout, exchange)
             .await
@@ -784,16 +801,19 @@ impl AgentClient {
             let Some(line) = line else {
                 let mut stderr = String::new();
                 let _ = self.channel.stderr.read_to_string(&mut stderr).await;
-                // `sudo -n -l` allowed the command but running it still wants a password (a
-                // rule that lists more than the agent): sudo's own words say so.
-                let class = if stderr.contains("sudo:") && stderr.contains("password") {
-                    ErrorClass::Become
-                } else {
-                    ErrorClass::Agent
-                };
+                // `sudo -n -l` allowed the command but running it still wants a password (the
+                // user has some NOPASSWD rule, not for the agent): sudo's own words say so.
+                if stderr.contains("sudo:") && stderr.contains("password is required") {
+                    if let Some(fields) = stderr
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix(SUDO_AS_MARKER))
+                    {
+                        return Ok(Reply::SudoRefused(fields.to_string()));
+                    }
+                }
                 return Err(SshError::new(
                     &self.host,
-                    class,
+                    ErrorClass::Agent,
                     format!(
                         "the agent closed the channel without replying: {}",
                         stderr.trim()
@@ -943,13 +963,53 @@ mod tests {
             "{upload}"
         );
         assert!(
-            upload.contains("$s /usr/bin/install \"$@\"; echo ok"),
+            upload.contains("err=$($s /usr/bin/install \"$@\" 2>&1)"),
             "{upload}"
         );
         // sudo is asked before the upload is read: a refusal costs no bytes.
         assert!(upload.find("sudo -n -l").unwrap() < upload.find("cat >").unwrap());
         // Root logins keep the one-round-trip script without sudo.
         assert!(!agent.rpc_command().contains("sudo"));
+    }
+
+    #[tokio::test]
+    async fn sudo_wanting_a_password_after_the_check_is_still_a_refusal_with_the_fix() {
+        let stderr = format!(
+            "{SUDO_AS_MARKER} user=deploy home=/home/deploy\nsudo: a password is required\n"
+        );
+        let channel = Channel::from_parts(
+            tokio::io::sink(),
+            tokio::io::empty(),
+            std::io::Cursor::new(stderr.into_bytes()),
+            (),
+        );
+        let mut client = AgentClient {
+            host: "web1".into(),
+            reader: BufReader::new(Box::pin(tokio::io::empty())),
+            channel,
+        };
+        let reply = client.next_frame().await.expect("a reply");
+        let Reply::SudoRefused(fields) = reply else {
+            panic!("not a refusal");
+        };
+        let remote = Remote {
+            host: "web1".into(),
+            dir: REMOTE_BIN_DIR.into(),
+            privilege: Privilege::Sudo,
+        };
+        let agent = AgentBinary::from_bytes(Cow::Borrowed(b"x"), "test".into());
+        let e = remote.sudo_refused(&agent, &fields);
+        assert_eq!(e.class, ErrorClass::Become);
+        let hint = e.hint.unwrap_or_default();
+        assert!(
+            hint.contains(&sudoers_line(
+                "deploy",
+                "/home/deploy",
+                REMOTE_BIN_DIR,
+                &agent.digest
+            )),
+            "{hint}"
+        );
     }
 
     #[test]
