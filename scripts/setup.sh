@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   openssh-server openssh-client   # lab hosts run real sshd; the CLI drives system ssh
+  sudo                            # the lab's non-root (`become`) users
   docker-registry                 # the lab's OCI registry (distribution v2)
   busybox-static                  # test images are built from it
   musl-tools                      # the agent is a static musl binary

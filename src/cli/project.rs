@@ -98,12 +98,17 @@ impl Workspace {
         Ok(Checked { loaded, graph })
     }
 
-    /// Loads the inventory; its problems are printed and fail with exit code 1.
+    /// Loads the inventory and prints its warnings (to stderr, once: every command that loads
+    /// a fleet comes through here once); its problems are printed and fail with exit code 1.
     pub fn fleet(&self) -> Result<Fleet, Failure> {
-        inventory::load_with(&self.inventory, &self.limits).map_err(|e| {
+        let fleet = inventory::load_with(&self.inventory, &self.limits).map_err(|e| {
             print_diagnostics(&e.diagnostics, &e.sources);
             Failure::Reported(1)
-        })
+        })?;
+        for w in &fleet.warnings {
+            output::diagnostic(&format!("{w}\n"));
+        }
+        Ok(fleet)
     }
 }
 

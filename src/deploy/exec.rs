@@ -33,7 +33,7 @@ use crate::proto::net::{self, Ipv4Net};
 use crate::proto::{
     ApplyPodsRequest, HostNetwork, LogsRequest, PodSpec, PodStatus, Request, Response,
 };
-use crate::ssh::{self, AgentBinary, ErrorClass, OpenSsh, SshError, SshTarget, Transport};
+use crate::ssh::{self, AgentBinary, ErrorClass, Hosts, SshError, SshTarget, Transport};
 
 /// How `up` runs.
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ pub enum ExecError {
 pub struct HostConn {
     pub name: String,
     client: tokio::sync::Mutex<(ssh::AgentClient, u64)>,
-    _session: <OpenSsh as Transport>::Session,
+    _session: <Hosts as Transport>::Session,
 }
 
 impl HostConn {
@@ -245,7 +245,7 @@ pub async fn connect(
         AgentBinary::locate(opts.agent_binary.as_deref())
             .map_err(|e| ExecError::Internal(e.to_string()))?,
     );
-    let transport = Arc::new(OpenSsh::new(opts).map_err(|e| ExecError::Internal(e.to_string()))?);
+    let transport = Arc::new(Hosts::new(opts).map_err(|e| ExecError::Internal(e.to_string()))?);
     let mut tasks = JoinSet::new();
     for target in SshTarget::all(fleet) {
         let transport = transport.clone();
@@ -255,8 +255,9 @@ pub async fn connect(
         tasks.spawn(async move {
             let result = async {
                 let session = transport.connect(&target).await?;
+                let remote = ssh::Remote::of(&session, &target)?;
                 let (client, report) =
-                    ssh::connect_agent(&session, &target.name, &agent, timeout).await?;
+                    ssh::connect_agent_to(&session, &remote, &agent, timeout).await?;
                 let conn = HostConn {
                     name: target.name.clone(),
                     client: tokio::sync::Mutex::new((client, 1)),

@@ -14,11 +14,13 @@ use super::{net, Error};
 
 /// Directories of a host that are bind-mounted over the machine's, in its own mount namespace:
 /// (name under `DIR/hosts/HOST/`, mount point).
-pub const PRIVATE_DIRS: [(&str, &str); 4] = [
+pub const PRIVATE_DIRS: [(&str, &str); 5] = [
     ("etc-ssh", "/etc/ssh"),
     ("state", "/var/lib/compose-fleet"),
     ("run", "/run"),
     ("tmp", "/tmp"),
+    // Users' homes, where a `become` upload is staged: one host's is not another's.
+    ("home", "/home"),
 ];
 
 /// What a lab host's listening sshd has in its command line, arguments joined by spaces: before

@@ -14,9 +14,11 @@
 //!   inventory.yaml  id_ed25519  id_ed25519.pub  known_hosts      for `compose-fleet -i …`
 //!   lab.json                                                     the lab's record (see index)
 //!   registry.yml registry.pid registry.log registry/ images.json the registry, its storage, seeds
-//!   hosts/NAME-N/{etc-ssh,state,run,tmp}/                        /etc/ssh, /var/lib/compose-fleet,
-//!                                                                /run, /tmp of host NAME-N
+//!   hosts/NAME-N/{etc-ssh,state,run,tmp,home}/                   /etc/ssh, /var/lib/compose-fleet,
+//!                                                                /run, /tmp, /home of host NAME-N
 //! ```
+//! and, outside the directory, the users `cf-NAME-sudo` and `cf-NAME-pw` with their rules in
+//! `/etc/sudoers.d/compose-fleet-lab-NAME` (see [`users`]).
 //!
 //! The helpers for fault injection ([`Lab::cut_off`], [`Lab::kill_sshd`], [`Lab::freeze`], …) are
 //! how tests make a host fail.
@@ -36,6 +38,7 @@ pub mod index;
 pub mod net;
 pub mod registry;
 pub mod sys;
+pub mod users;
 
 pub use host::Host;
 pub use index::{Record, DEFAULT_NAME, MAX_HOSTS, MAX_SITES};
@@ -334,10 +337,26 @@ impl Lab {
         let registry = Registry::new(&record);
         registry.ensure_started()?;
 
+        // Non-root users for `become` (see `users`): only where sudo is there to use.
+        let with_users = users::sudo_installed();
+        if with_users {
+            let _lock = lock(Path::new(COMMAND_LOCK))?;
+            users::ensure(&self.name)?;
+        } else {
+            output::status("lab: sudo is not installed: no non-root (`become`) users");
+        }
         let mut started = 0;
         for host in self.hosts() {
             net::ensure_host(&record, &host)?;
             host.prepare(&authorized)?;
+            if with_users {
+                for user in [
+                    users::sudo_user(&self.name),
+                    users::password_user(&self.name),
+                ] {
+                    users::make_home(&host.private("home"), &user)?;
+                }
+            }
             // A frozen host (see `freeze`) is repaired too; SIGCONT is harmless to the running.
             for pid in host.processes() {
                 sys::signal(pid, Signal::SIGCONT);
@@ -538,6 +557,7 @@ impl Lab {
         }
         {
             let _lock = lock(Path::new(COMMAND_LOCK))?;
+            users::remove(&self.name);
             if index::get(&self.name).is_some_and(|r| r.dir == self.dir || !r.dir.exists()) {
                 index::remove(&self.name);
             }

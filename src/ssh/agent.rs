@@ -10,6 +10,19 @@
 //! ```
 //! The digest is checked on the host immediately before every `exec`, so a tampered or truncated
 //! binary is never run: it is reported missing and replaced.
+//!
+//! A host with `become: true` ([`Privilege::Sudo`]) is logged into as an ordinary user, and only
+//! two commands run as root, each through `sudo -n` with fixed arguments, so that a `sudoers`
+//! rule can name them exactly ([`sudoers_line`]):
+//! - `sudo -n -- DIR/agent-<sha256> rpc`, after the digest check (the file is root-owned, 0755);
+//! - `sudo -n -- /usr/bin/install -D -o root -g root -m 0755 -t DIR STAGE/agent-<sha256>
+//!   STAGE/agent-<sha256>.service`, where STAGE is `$HOME/.compose-fleet`, the user's own space:
+//!   the upload lands there, its digest is checked, and `install` copies it into place root-owned
+//!   (the digest is checked again before it is ever run).
+//!
+//! Each script first asks `sudo -n -l` whether its command may run without a password; when not,
+//! it prints [`SUDO_REFUSED_MARKER`] and runs nothing, and the host is refused with the
+//! `sudoers` line that fixes it.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -30,6 +43,81 @@ pub const REMOTE_BIN_DIR: &str = "/var/lib/compose-fleet/bin";
 
 /// What the check script prints when the verified agent is not there.
 const MISSING_MARKER: &str = "compose-fleet: agent missing";
+
+/// What a script run with [`Privilege::Sudo`] prints, followed by ` user=NAME home=DIR` (and
+/// ` sudo=missing` without sudo), when sudo would want a password: nothing was run as root.
+const SUDO_REFUSED_MARKER: &str = "compose-fleet: sudo refused";
+
+/// What the `rpc` script with [`Privilege::Sudo`] says on stderr (the same fields as
+/// [`SUDO_REFUSED_MARKER`]) right before `exec sudo`: if sudo then wants a password after all
+/// (`sudo -n -l` passes for a user with any NOPASSWD rule), the refusal still names the fix.
+const SUDO_AS_MARKER: &str = "compose-fleet: sudo as";
+
+/// The exit status of an upload refused by sudo (the marker is on stdout).
+const SUDO_REFUSED_STATUS: i32 = 4;
+
+/// Where an upload is staged with [`Privilege::Sudo`], under the login user's home.
+const STAGE_DIR: &str = ".compose-fleet";
+
+/// The `install` that sudo runs (absolute: sudoers rules name commands by path).
+const INSTALL: &str = "/usr/bin/install";
+
+/// How the agent runs on one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    /// As the login user, who is root (the default).
+    Root,
+    /// As root through `sudo -n`, unless the login user turns out to be root (`become: true`).
+    Sudo,
+}
+
+impl Privilege {
+    /// What `target` asks for: `become: true` means sudo, except when the inventory logs in as
+    /// root. Becoming another user than root is refused: the agent needs root.
+    pub fn of(target: &super::SshTarget) -> Result<Privilege, SshError> {
+        if let Some(user) = target.become_user.as_deref().filter(|u| *u != "root") {
+            return Err(SshError::new(
+                &target.name,
+                ErrorClass::Local,
+                format!(
+                    "`become_user: {user}` is not supported: the agent runs as root, so it can \
+                     create namespaces, mounts and cgroups"
+                ),
+            )
+            .with_hint(
+                "remove `become_user`/`ansible_become_user` for this host, or set it to `root`",
+            ));
+        }
+        Ok(
+            if target.use_become && target.user.as_deref() != Some("root") {
+                Privilege::Sudo
+            } else {
+                Privilege::Root
+            },
+        )
+    }
+}
+
+/// The `sudoers` line that lets `user` (home `home`) run this agent's two commands without a
+/// password, for the agent at `dir`/agent-`digest`.
+pub fn sudoers_line(user: &str, home: &str, dir: &str, digest: &str) -> String {
+    let stage = format!("{}/{STAGE_DIR}", home.trim_end_matches('/'));
+    format!(
+        "{user} ALL=(root) NOPASSWD: {dir}/agent-{digest} rpc, {INSTALL} -D -o root -g root -m \
+         0755 -t {dir} {stage}/agent-{digest} {stage}/agent-{digest}.service"
+    )
+}
+
+/// The same rule for every agent version (sudo 1.9.10 or later reads regular expressions): what
+/// the lab gives its passwordless user.
+pub fn sudoers_pattern(user: &str, home: &str, dir: &str) -> String {
+    let stage = format!("{}/[.]compose-fleet", home.trim_end_matches('/'));
+    let agent = "agent-[0-9a-f]{64}";
+    format!(
+        "{user} ALL=(root) NOPASSWD: ^{dir}/{agent}$ ^rpc$, {INSTALL} ^-D -o root -g root -m 0755 \
+         -t {dir} {stage}/{agent} {stage}/{agent}[.]service$"
+    )
+}
 
 /// The largest agent binary read (`--agent-binary /dev/zero` must not fill memory): the agent's
 /// budget is 6 MB; 64 MiB leaves room for an unstripped debug build.
@@ -121,40 +209,89 @@ impl AgentBinary {
 
     /// `/var/lib/compose-fleet/bin/agent-<sha256>`.
     pub fn remote_path(&self) -> String {
-        format!("{REMOTE_BIN_DIR}/agent-{}", self.digest)
+        self.path_in(REMOTE_BIN_DIR)
+    }
+
+    /// `DIR/agent-<sha256>`.
+    pub fn path_in(&self, dir: &str) -> String {
+        format!("{dir}/agent-{}", self.digest)
     }
 
     /// The shell command that execs the agent's `rpc` mode if, and only if, the file on the host
     /// has our digest; otherwise it prints [`MISSING_MARKER`].
     pub fn rpc_command(&self) -> String {
+        self.rpc_command_in(REMOTE_BIN_DIR, Privilege::Root)
+    }
+
+    /// [`AgentBinary::rpc_command`] for the agents in `dir`, run with `privilege`.
+    pub fn rpc_command_in(&self, dir: &str, privilege: Privilege) -> String {
+        let exec = match privilege {
+            Privilege::Root => "exec \"$b\" rpc".to_string(),
+            // Already root (an inventory that leaves the user to ssh_config): no sudo needed.
+            Privilege::Sudo => format!(
+                "if [ \"$(id -u)\" = 0 ]; then exec \"$b\" rpc; fi; {check} \
+                 if sudo -n -l -- \"$b\" rpc >/dev/null 2>&1; then {who} >&2; exec sudo -n -- \"$b\" rpc; fi; \
+                 {refused}; exit 0",
+                check = sudo_present(0),
+                refused = refused_line(""),
+                // Read only when sudo fails after all (see `next_frame`).
+                who = refused_line("").replace(SUDO_REFUSED_MARKER, SUDO_AS_MARKER),
+            ),
+        };
         format!(
             "b={path}; if [ -x \"$b\" ] && [ \"$(sha256sum \"$b\" 2>/dev/null | cut -c1-64)\" = {d} ]; \
-             then exec \"$b\" rpc; fi; echo '{MISSING_MARKER}'",
-            path = self.remote_path(),
+             then {exec}; fi; echo '{MISSING_MARKER}'",
+            path = shell_quote(&self.path_in(dir)),
             d = self.digest
         )
     }
 
     /// The shell command that receives the agent on stdin and installs it atomically, after
     /// verifying its digest on the host; the systemd unit is written beside it.
-    fn upload_command(&self, unit: &str) -> String {
+    fn upload_command(&self, dir: &str, privilege: Privilege, unit: &str) -> String {
         let d = &self.digest;
-        format!(
-            "set -e; umask 022; dir={REMOTE_BIN_DIR}; mkdir -p \"$dir\"; \
-             tmp=$(mktemp \"$dir/.upload.XXXXXX\"); trap 'rm -f \"$tmp\"' EXIT; \
-             cat > \"$tmp\"; got=$(sha256sum \"$tmp\" | cut -c1-64); \
-             if [ \"$got\" != {d} ]; then echo \"digest mismatch after upload: $got\" >&2; exit 3; fi; \
-             chmod 0755 \"$tmp\"; mv -f \"$tmp\" \"$dir/agent-{d}\"; \
-             printf '%s' {unit} > \"$tmp\"; chmod 0644 \"$tmp\"; mv -f \"$tmp\" \"$dir/agent-{d}.service\"; \
-             echo ok",
-            unit = shell_quote(unit)
-        )
+        let unit = shell_quote(unit);
+        let dir = shell_quote(dir);
+        match privilege {
+            Privilege::Root => format!(
+                "set -e; umask 022; dir={dir}; mkdir -p \"$dir\"; \
+                 tmp=$(mktemp \"$dir/.upload.XXXXXX\"); trap 'rm -f \"$tmp\"' EXIT; \
+                 cat > \"$tmp\"; got=$(sha256sum \"$tmp\" | cut -c1-64); \
+                 if [ \"$got\" != {d} ]; then echo \"digest mismatch after upload: $got\" >&2; exit 3; fi; \
+                 chmod 0755 \"$tmp\"; mv -f \"$tmp\" \"$dir/agent-{d}\"; \
+                 printf '%s' {unit} > \"$tmp\"; chmod 0644 \"$tmp\"; mv -f \"$tmp\" \"$dir/agent-{d}.service\"; \
+                 echo ok"
+            ),
+            // Staged in the user's home (never a shared /tmp), checked, then copied into place
+            // root-owned by the one `install` command the sudoers rule names. sudo is asked
+            // first, before a byte is read: a refusal costs no upload and runs nothing.
+            Privilege::Sudo => format!(
+                "set -e; umask 077; dir={dir}; stage=\"$HOME/{STAGE_DIR}\"; \
+                 set -- -D -o root -g root -m 0755 -t \"$dir\" \"$stage/agent-{d}\" \"$stage/agent-{d}.service\"; \
+                 s=; if [ \"$(id -u)\" != 0 ]; then {check} s='sudo -n --'; \
+                 sudo -n -l -- {INSTALL} \"$@\" >/dev/null 2>&1 || {{ {refused}; exit {SUDO_REFUSED_STATUS}; }}; fi; \
+                 mkdir -p \"$stage\"; trap 'rm -f \"$stage/agent-{d}\" \"$stage/agent-{d}.service\"' EXIT; \
+                 cat > \"$stage/agent-{d}\"; got=$(sha256sum \"$stage/agent-{d}\" | cut -c1-64); \
+                 if [ \"$got\" != {d} ]; then echo \"digest mismatch after upload: $got\" >&2; exit 3; fi; \
+                 printf '%s' {unit} > \"$stage/agent-{d}.service\"; \
+                 umask 022; if ! err=$($s {INSTALL} \"$@\" 2>&1); then case \"$err\" in \
+                 *'password is required'*) {refused}; exit {SUDO_REFUSED_STATUS};; esac; \
+                 echo \"$err\" >&2; exit 1; fi; echo ok",
+                check = sudo_present(SUDO_REFUSED_STATUS),
+                refused = refused_line(""),
+            ),
+        }
     }
 
     /// The systemd unit for this agent, from `templates/agent.service.tera`.
     pub fn systemd_unit(&self) -> Result<String, String> {
+        self.systemd_unit_in(REMOTE_BIN_DIR)
+    }
+
+    /// [`AgentBinary::systemd_unit`] for the agent in `dir`.
+    fn systemd_unit_in(&self, dir: &str) -> Result<String, String> {
         let mut ctx = tera::Context::new();
-        ctx.insert("binary", &self.remote_path());
+        ctx.insert("binary", &self.path_in(dir));
         ctx.insert("digest", &self.digest);
         ctx.insert("version", env!("CARGO_PKG_VERSION"));
         tera::Tera::default()
@@ -242,6 +379,20 @@ fn may_be_static(path: &Path) -> bool {
     }
 }
 
+/// Shell: prints the refusal marker and exits with `status` when there is no sudo at all.
+fn sudo_present(status: i32) -> String {
+    format!(
+        "command -v sudo >/dev/null 2>&1 || {{ {}; exit {status}; }};",
+        refused_line(" sudo=missing")
+    )
+}
+
+/// Shell: prints [`SUDO_REFUSED_MARKER`] with the login user and home (the sudoers line names
+/// both), then `extra`.
+fn refused_line(extra: &str) -> String {
+    format!("echo \"{SUDO_REFUSED_MARKER} user=$(id -un) home=$HOME{extra}\"")
+}
+
 /// `'…'` for sh.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -260,42 +411,142 @@ pub struct HostReport {
     pub commands: u32,
 }
 
-/// Installs `agent` on the host through `session` (upload, verify, chmod, rename). Returns the
-/// bytes sent.
+/// One host as the agent's functions see it: its name, the directory of agents there, and how
+/// the agent runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub host: String,
+    /// Where agent binaries live on the host ([`HostSession::agent_dir`]).
+    pub dir: String,
+    pub privilege: Privilege,
+}
+
+impl Remote {
+    /// `target` reached through `session`.
+    pub fn of<S: HostSession>(session: &S, target: &super::SshTarget) -> Result<Remote, SshError> {
+        Ok(Remote {
+            host: target.name.clone(),
+            dir: session.agent_dir(),
+            privilege: Privilege::of(target)?,
+        })
+    }
+
+    /// A host logged into as root.
+    pub fn root<S: HostSession>(session: &S, host: &str) -> Remote {
+        Remote {
+            host: host.to_string(),
+            dir: session.agent_dir(),
+            privilege: Privilege::Root,
+        }
+    }
+
+    /// The refusal of a host whose sudo wants a password (or is missing), from the marker's
+    /// `user=… home=… [sudo=missing]`.
+    fn sudo_refused(&self, agent: &AgentBinary, fields: &str) -> SshError {
+        let field = |k: &str| {
+            fields
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+                .unwrap_or("")
+                .to_string()
+        };
+        let (user, home) = (field("user"), field("home"));
+        let line = sudoers_line(&user, &home, &self.dir, &agent.digest);
+        let edit = "visudo -f /etc/sudoers.d/compose-fleet";
+        if field("sudo") == "missing" {
+            return SshError::new(
+                &self.host,
+                ErrorClass::Become,
+                format!(
+                    "`become` is set but sudo is not installed on the host (logged in as `{user}`); \
+                     nothing was run"
+                ),
+            )
+            .with_hint(format!(
+                "install sudo on the host, then allow the agent with `{edit}`:\n    {line}"
+            ));
+        }
+        SshError::new(
+            &self.host,
+            ErrorClass::Become,
+            format!(
+                "sudo wants a password for `{user}` to run the agent as root (`become` runs it \
+                 through `sudo -n`, which never prompts); nothing was run"
+            ),
+        )
+        .with_hint(format!(
+            "allow `{user}` to run this agent without a password; as root on the host, add this \
+             line with `{edit}`:\n    {line}\n  (it names this agent version; the README's \
+             \"Non-root users\" section has a rule for every version)"
+        ))
+    }
+}
+
+/// Installs `agent` on a host logged into as root through `session` (upload, verify, chmod,
+/// rename). Returns the bytes sent.
 pub async fn push<S: HostSession>(
     session: &S,
     host: &str,
     agent: &AgentBinary,
 ) -> Result<u64, SshError> {
+    push_to(session, &Remote::root(session, host), agent).await
+}
+
+/// [`push`] to `remote`, through sudo when it says so.
+pub async fn push_to<S: HostSession>(
+    session: &S,
+    remote: &Remote,
+    agent: &AgentBinary,
+) -> Result<u64, SshError> {
+    let host = remote.host.as_str();
     let unit = agent
-        .systemd_unit()
+        .systemd_unit_in(&remote.dir)
         .map_err(|e| SshError::new(host, ErrorClass::Local, e))?;
     let out = session
-        .run(&agent.upload_command(&unit), Some(agent.bytes().to_vec()))
+        .run(
+            &agent.upload_command(&remote.dir, remote.privilege, &unit),
+            Some(agent.bytes().to_vec()),
+        )
         .await?;
-    if out.status != Some(0) || !String::from_utf8_lossy(&out.stdout).contains("ok") {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if let Some(fields) = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(SUDO_REFUSED_MARKER))
+    {
+        return Err(remote.sudo_refused(agent, fields));
+    }
+    if out.status != Some(0) || !stdout.contains("ok") {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let hint = match remote.privilege {
+            Privilege::Root => format!(
+                "the SSH user must be able to write {} (log in as root, or as a user with sudo \
+                 and `become: true`), and the host needs sh, sha256sum and mktemp",
+                remote.dir
+            ),
+            Privilege::Sudo => format!(
+                "the upload is staged in the login user's ~/{STAGE_DIR} and installed with \
+                 `sudo {INSTALL}`: the home must be writable, and the host needs sh, sha256sum \
+                 and install"
+            ),
+        };
         return Err(SshError::new(
             host,
             ErrorClass::Agent,
             format!(
                 "uploading the agent to {} failed (exit {}): {stderr}",
-                agent.remote_path(),
+                agent.path_in(&remote.dir),
                 out.status
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "by signal".into()),
             ),
         )
-        .with_hint(
-            "the SSH user must be able to write /var/lib/compose-fleet (root), and the host needs \
-             sh, sha256sum and mktemp",
-        ));
+        .with_hint(hint));
     }
     Ok(agent.bytes().len() as u64)
 }
 
-/// The handshake with one host: run the verified agent (pushing it first when missing or wrong)
-/// and return its facts. Warm, this is one channel and one request.
+/// The handshake with one host logged into as root: run the verified agent (pushing it first
+/// when missing or wrong) and return its facts. Warm, this is one channel and one request.
 pub async fn hello<S: HostSession>(
     session: &S,
     host: &str,
@@ -307,31 +558,50 @@ pub async fn hello<S: HostSession>(
         .map(|(_, report)| report)
 }
 
-/// Opens a channel to the verified agent, pushing it first when missing or wrong, and completes
-/// the `Hello` handshake on it. The returned client is ready for further requests (ids from 1):
-/// a deploy pipelines its requests on this same channel.
+/// Opens a channel to the verified agent on a host logged into as root, pushing it first when
+/// missing or wrong, and completes the `Hello` handshake on it. The returned client is ready for
+/// further requests (ids from 1): a deploy pipelines its requests on this same channel.
 pub async fn connect_agent<S: HostSession>(
     session: &S,
     host: &str,
     agent: &AgentBinary,
     timeout: Duration,
 ) -> Result<(AgentClient, HostReport), SshError> {
+    connect_agent_to(session, &Remote::root(session, host), agent, timeout).await
+}
+
+/// [`connect_agent`] to `remote`: through sudo when it says so.
+pub async fn connect_agent_to<S: HostSession>(
+    session: &S,
+    remote: &Remote,
+    agent: &AgentBinary,
+    timeout: Duration,
+) -> Result<(AgentClient, HostReport), SshError> {
+    let host = remote.host.as_str();
     let mut uploaded_bytes = 0;
     let mut commands = 0;
     for attempt in 0..2 {
         commands += 1;
-        let mut client = AgentClient::start(session, host, agent).await?;
+        let mut client = AgentClient::start_in(session, remote, agent).await?;
         let started = Instant::now();
         let exchange = async {
-            client
+            let sent = client
                 .send(
                     0,
                     Request::Hello {
                         protocol_version: PROTOCOL_VERSION,
                     },
                 )
-                .await?;
-            client.next_frame().await
+                .await;
+            // The check script may have said "missing" (or "sudo refused") and exited before
+            // the pipelined Hello arrived, closing the channel under it: what it printed is
+            // the answer, not the failed write.
+            let reply = client.next_frame().await;
+            match (sent, reply) {
+                (_, Ok(r @ (Reply::Missing | Reply::SudoRefused(_)))) => Ok(r),
+                (Err(e), _) => Err(e),
+                (Ok(()), reply) => reply,
+            }
         };
         let reply = tokio::time::timeout(timeout, exchange)
             .await
@@ -347,8 +617,9 @@ pub async fn connect_agent<S: HostSession>(
             })??;
         let rtt = started.elapsed();
         match reply {
+            Reply::SudoRefused(fields) => return Err(remote.sudo_refused(agent, &fields)),
             Reply::Missing if attempt == 0 => {
-                uploaded_bytes += push(session, host, agent).await?;
+                uploaded_bytes += push_to(session, remote, agent).await?;
                 commands += 1;
             }
             Reply::Missing => {
@@ -357,7 +628,7 @@ pub async fn connect_agent<S: HostSession>(
                     ErrorClass::Agent,
                     format!(
                         "{} is still missing or wrong right after uploading it",
-                        agent.remote_path()
+                        agent.path_in(&remote.dir)
                     ),
                 ))
             }
@@ -428,6 +699,8 @@ pub enum Reply {
     Frame(Box<ResponseFrame>),
     /// The check script found no verified agent.
     Missing,
+    /// sudo would want a password (or is missing): nothing ran. The marker's fields.
+    SudoRefused(String),
 }
 
 /// A channel to `agent rpc` on one host: send requests, read reply frames (noise skipped).
@@ -438,16 +711,28 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// Opens a channel running the verified agent's `rpc` mode (or the missing marker).
+    /// Opens a channel running the verified agent's `rpc` mode (or the missing marker) on a
+    /// host logged into as root.
     pub async fn start<S: HostSession>(
         session: &S,
         host: &str,
         agent: &AgentBinary,
     ) -> Result<AgentClient, SshError> {
-        let mut channel = session.open(&agent.rpc_command()).await?;
+        Self::start_in(session, &Remote::root(session, host), agent).await
+    }
+
+    /// [`AgentClient::start`] on `remote`.
+    pub async fn start_in<S: HostSession>(
+        session: &S,
+        remote: &Remote,
+        agent: &AgentBinary,
+    ) -> Result<AgentClient, SshError> {
+        let mut channel = session
+            .open(&agent.rpc_command_in(&remote.dir, remote.privilege))
+            .await?;
         let stdout = std::mem::replace(&mut channel.stdout, Box::pin(tokio::io::empty()));
         Ok(AgentClient {
-            host: host.to_string(),
+            host: remote.host.clone(),
             channel,
             reader: BufReader::new(stdout),
         })
@@ -501,6 +786,11 @@ impl AgentClient {
                 ErrorClass::Agent,
                 "the verified agent is missing on the host",
             )),
+            Reply::SudoRefused(_) => Err(SshError::new(
+                &self.host,
+                ErrorClass::Become,
+                "sudo refused to run the agent without a password",
+            )),
         }
     }
 
@@ -511,6 +801,16 @@ impl AgentClient {
             let Some(line) = line else {
                 let mut stderr = String::new();
                 let _ = self.channel.stderr.read_to_string(&mut stderr).await;
+                // `sudo -n -l` allowed the command but running it still wants a password (the
+                // user has some NOPASSWD rule, not for the agent): sudo's own words say so.
+                if stderr.contains("sudo:") && stderr.contains("password is required") {
+                    if let Some(fields) = stderr
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix(SUDO_AS_MARKER))
+                    {
+                        return Ok(Reply::SudoRefused(fields.to_string()));
+                    }
+                }
                 return Err(SshError::new(
                     &self.host,
                     ErrorClass::Agent,
@@ -523,6 +823,9 @@ impl AgentClient {
             let line = String::from_utf8_lossy(&line);
             if line.trim() == MISSING_MARKER {
                 return Ok(Reply::Missing);
+            }
+            if let Some(fields) = line.trim().strip_prefix(SUDO_REFUSED_MARKER) {
+                return Ok(Reply::SudoRefused(fields.to_string()));
             }
             if let Some(frame) = ResponseFrame::parse_line(&line) {
                 return Ok(Reply::Frame(Box::new(frame)));
@@ -607,6 +910,106 @@ mod tests {
             "{unit}"
         );
         assert!(unit.contains("KillMode=process"));
+    }
+
+    fn target(
+        user: Option<&str>,
+        use_become: bool,
+        become_user: Option<&str>,
+    ) -> super::super::SshTarget {
+        let mut host = crate::inventory::Host::new("web1", "10.0.0.5");
+        host.user = user.map(String::from);
+        host.use_become = use_become;
+        host.become_user = become_user.map(String::from);
+        super::super::SshTarget::from_host(&host, Path::new("/"))
+    }
+
+    #[test]
+    fn become_means_sudo_unless_the_login_user_is_root_and_only_root_can_be_become() {
+        let of = |u, b, bu| Privilege::of(&target(u, b, bu)).map_err(|e| e.to_string());
+        assert_eq!(of(Some("deploy"), true, None), Ok(Privilege::Sudo));
+        assert_eq!(of(None, true, Some("root")), Ok(Privilege::Sudo));
+        assert_eq!(of(Some("root"), true, None), Ok(Privilege::Root));
+        assert_eq!(of(Some("deploy"), false, None), Ok(Privilege::Root));
+        let e = of(Some("deploy"), true, Some("postgres")).unwrap_err();
+        assert!(
+            e.contains("`become_user: postgres` is not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sudo_scripts_run_only_the_commands_the_sudoers_line_names() {
+        let agent = AgentBinary::from_bytes(Cow::Borrowed(b"x"), "test".into());
+        let d = &agent.digest;
+        let line = sudoers_line("deploy", "/home/deploy/", REMOTE_BIN_DIR, d);
+        assert_eq!(
+            line,
+            format!(
+                "deploy ALL=(root) NOPASSWD: /var/lib/compose-fleet/bin/agent-{d} rpc, \
+                 /usr/bin/install -D -o root -g root -m 0755 -t /var/lib/compose-fleet/bin \
+                 /home/deploy/.compose-fleet/agent-{d} /home/deploy/.compose-fleet/agent-{d}.service"
+            )
+        );
+        // What the scripts hand to sudo, with $HOME and "$@" as the host expands them.
+        let rpc = agent.rpc_command_in(REMOTE_BIN_DIR, Privilege::Sudo);
+        assert!(rpc.contains("exec sudo -n -- \"$b\" rpc"), "{rpc}");
+        assert!(rpc.contains("sudo -n -l -- \"$b\" rpc"), "{rpc}");
+        let upload = agent.upload_command(REMOTE_BIN_DIR, Privilege::Sudo, "unit");
+        assert!(
+            upload.contains(&format!(
+                "set -- -D -o root -g root -m 0755 -t \"$dir\" \"$stage/agent-{d}\" \"$stage/agent-{d}.service\""
+            )),
+            "{upload}"
+        );
+        assert!(
+            upload.contains("err=$($s /usr/bin/install \"$@\" 2>&1)"),
+            "{upload}"
+        );
+        // sudo is asked before the upload is read: a refusal costs no bytes.
+        assert!(upload.find("sudo -n -l").unwrap() < upload.find("cat >").unwrap());
+        // Root logins keep the one-round-trip script without sudo.
+        assert!(!agent.rpc_command().contains("sudo"));
+    }
+
+    #[tokio::test]
+    async fn sudo_wanting_a_password_after_the_check_is_still_a_refusal_with_the_fix() {
+        let stderr = format!(
+            "{SUDO_AS_MARKER} user=deploy home=/home/deploy\nsudo: a password is required\n"
+        );
+        let channel = Channel::from_parts(
+            tokio::io::sink(),
+            tokio::io::empty(),
+            std::io::Cursor::new(stderr.into_bytes()),
+            (),
+        );
+        let mut client = AgentClient {
+            host: "web1".into(),
+            reader: BufReader::new(Box::pin(tokio::io::empty())),
+            channel,
+        };
+        let reply = client.next_frame().await.expect("a reply");
+        let Reply::SudoRefused(fields) = reply else {
+            panic!("not a refusal");
+        };
+        let remote = Remote {
+            host: "web1".into(),
+            dir: REMOTE_BIN_DIR.into(),
+            privilege: Privilege::Sudo,
+        };
+        let agent = AgentBinary::from_bytes(Cow::Borrowed(b"x"), "test".into());
+        let e = remote.sudo_refused(&agent, &fields);
+        assert_eq!(e.class, ErrorClass::Become);
+        let hint = e.hint.unwrap_or_default();
+        assert!(
+            hint.contains(&sudoers_line(
+                "deploy",
+                "/home/deploy",
+                REMOTE_BIN_DIR,
+                &agent.digest
+            )),
+            "{hint}"
+        );
     }
 
     #[test]

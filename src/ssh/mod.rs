@@ -1,16 +1,17 @@
 //! SSH transport: one multiplexed OpenSSH master per host, bounded fan-out, host-key checking,
 //! and the content-addressed agent upload.
 //!
-//! - [`Transport`] / [`HostSession`]: the small seam the rest of the CLI uses; [`OpenSsh`] is the
-//!   real one (system `ssh` through the `openssh` crate: the user's `~/.ssh/config`, ProxyJump and
-//!   ssh-agent for free). Handshakes in flight are bounded (sshd's `MaxStartups` drops beyond ~10)
+//! - [`Transport`] / [`HostSession`]: the small seam the rest of the CLI uses; [`Hosts`] sends
+//!   `connection: local` hosts to [`Local`] (child processes here, no SSH, see [`local`]) and the
+//!   others to [`OpenSsh`] (system `ssh` through the `openssh` crate: the user's `~/.ssh/config`,
+//!   ProxyJump and ssh-agent for free). Handshakes in flight are bounded (sshd's `MaxStartups` drops beyond ~10)
 //!   and so are channels per connection (`MaxSessions`).
 //! - Host keys are always verified: strict against the inventory's `known_hosts` (else the user's);
 //!   `--accept-new-host-keys` records first-seen keys; a changed key is refused before any command
 //!   runs on the host.
 //! - [`agent`]: the agent binary (located, digested), pushed to
 //!   `/var/lib/compose-fleet/bin/agent-<sha256>` only when missing or wrong, and the one-round-trip
-//!   `check digest && exec agent rpc` + `Hello`.
+//!   `check digest && exec agent rpc` + `Hello`; through `sudo -n` for `become` hosts.
 //! - [`facts`]: every host's [`HostFacts`](crate::proto::HostFacts), all hosts in parallel.
 //!
 //! Nothing here knows about compose, placement or plans.
@@ -28,10 +29,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::inventory::Fleet;
 
 pub mod agent;
+pub mod local;
 mod session;
 pub mod target;
 
-pub use agent::{connect_agent, AgentBinary, AgentClient, HostReport};
+pub use agent::{connect_agent, connect_agent_to, AgentBinary, AgentClient, HostReport, Remote};
+pub use local::{Hosts, Local};
 pub use session::OpenSsh;
 pub use target::SshTarget;
 
@@ -81,6 +84,8 @@ pub enum ErrorClass {
     HostKeyUnknown,
     /// The agent could not be pushed, started or understood.
     Agent,
+    /// `become` is set and sudo wants a password (or is missing): nothing was run.
+    Become,
     /// A local problem (the agent binary, the ssh program, a temp dir).
     Local,
 }
@@ -94,6 +99,7 @@ impl ErrorClass {
             ErrorClass::HostKeyChanged => "host key changed",
             ErrorClass::HostKeyUnknown => "host key unknown",
             ErrorClass::Agent => "agent failure",
+            ErrorClass::Become => "sudo refused",
             ErrorClass::Local => "local error",
         }
     }
@@ -199,6 +205,11 @@ pub trait HostSession: Send + Sync + 'static {
     fn open(&self, command: &str) -> impl Future<Output = Result<Channel, SshError>> + Send;
     /// Closes the connection (and its master process).
     fn close(self) -> impl Future<Output = ()> + Send;
+    /// Where agent binaries live on this host (`/var/lib/compose-fleet/bin`; the local host
+    /// follows `COMPOSE_FLEET_STATE_DIR`, as its agent does).
+    fn agent_dir(&self) -> String {
+        agent::REMOTE_BIN_DIR.to_string()
+    }
 }
 
 /// Counters over a fan-out, for logs, tests and benchmarks.
@@ -254,7 +265,14 @@ pub async fn facts_with<T: Transport>(
         tasks.spawn(async move {
             let result = async {
                 let session = transport.connect(&target).await?;
-                let report = agent::hello(&session, &target.name, &agent, command_timeout).await;
+                let report = match Remote::of(&session, &target) {
+                    Ok(remote) => {
+                        agent::connect_agent_to(&session, &remote, &agent, command_timeout)
+                            .await
+                            .map(|(_, report)| report)
+                    }
+                    Err(e) => Err(e),
+                };
                 session.close().await;
                 report
             }
@@ -301,7 +319,7 @@ pub async fn facts_of(
     options: &Options,
 ) -> Result<BTreeMap<String, Result<HostReport, SshError>>, SshError> {
     let agent = Arc::new(AgentBinary::locate(options.agent_binary.as_deref())?);
-    let transport = Arc::new(OpenSsh::new(options)?);
+    let transport = Arc::new(Hosts::new(options)?);
     Ok(facts_with(transport, targets, agent, options).await)
 }
 
@@ -439,6 +457,9 @@ mod tests {
             port: None,
             identity_file: None,
             known_hosts: None,
+            connection: crate::inventory::Connection::Ssh,
+            use_become: false,
+            become_user: None,
         }
     }
 

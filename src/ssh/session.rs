@@ -374,6 +374,9 @@ mod tests {
             port: Some(2222),
             identity_file: None,
             known_hosts: Some(PathBuf::from("/lab/known_hosts")),
+            connection: crate::inventory::Connection::Ssh,
+            use_become: false,
+            become_user: None,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::inventory::{Fleet, Host};
+use crate::inventory::{Connection, Fleet, Host};
 
 /// How to reach one host over SSH. `None` fields fall back to the user's `~/.ssh/config` and ssh's
 /// defaults.
@@ -22,6 +22,14 @@ pub struct SshTarget {
     pub identity_file: Option<PathBuf>,
     /// Host keys to check against instead of the user's `~/.ssh/known_hosts`.
     pub known_hosts: Option<PathBuf>,
+    /// SSH, or this machine without SSH (`ansible_connection: local`).
+    pub connection: Connection,
+    /// Run the agent as root through `sudo -n` when the login user is not root (`become: true`,
+    /// `ansible_become`).
+    pub use_become: bool,
+    /// The user to become (`ansible_become_user`); `None` means root, the only one the agent
+    /// can run as.
+    pub become_user: Option<String>,
 }
 
 impl SshTarget {
@@ -98,6 +106,9 @@ impl SshTarget {
             port: (host.port != 22).then_some(host.port),
             identity_file: host.identity_file.as_deref().map(|p| resolve(p, base)),
             known_hosts: host.known_hosts.as_deref().map(|p| resolve(p, base)),
+            connection: host.connection,
+            use_become: host.use_become,
+            become_user: host.become_user.clone(),
         }
     }
 

@@ -957,3 +957,37 @@ fn group_vars_all_sets_the_user_hosts_logs_in_with() {
         assert!(r["agent_version"].is_string(), "{r}");
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// The fleet's warnings reach the user from every command that loads the fleet, once.
+
+#[test]
+fn fleet_warnings_are_printed_once_by_the_commands_that_load_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("hosts.yml");
+    std::fs::write(
+        &inventory,
+        "all:\n  hosts:\n    web1:\n      ansible_host: 192.0.2.10\n      compose_fleet_cpus: 2\n      compose_fleet_memory: 2GiB\n  host:\n    typo:\n",
+    )
+    .unwrap();
+    let compose = dir.path().join("compose.yaml");
+    std::fs::write(&compose, "services:\n  app:\n    image: busybox\n").unwrap();
+    let warning = "skipping unknown key `host` in group `all`";
+    for args in [&["plan", "--offline"][..], &["inventory"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_compose-fleet"))
+            .arg("-i")
+            .arg(&inventory)
+            .arg("-f")
+            .arg(&compose)
+            .args(args)
+            .output()
+            .expect("runs the CLI");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {}\n{stderr}", out.status);
+        assert_eq!(stderr.matches(warning).count(), 1, "{args:?}:\n{stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(warning),
+            "{args:?}: warnings go to stderr"
+        );
+    }
+}
