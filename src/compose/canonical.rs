@@ -486,8 +486,8 @@ fn unfold_legacy(svc: &Service, out: &mut Map<String, Value>) {
     }
 }
 
-/// A mount as compose prints it: the target cleaned, `volume: {}` on a short-syntax volume, no
-/// `create_host_path` on a named volume, tmpfs sizes in bytes.
+/// A mount as compose prints it: the target cleaned, no `create_host_path` on a named volume,
+/// tmpfs sizes in bytes.
 fn mount(v: &mut Map<String, Value>) {
     if let Some(Value::String(t)) = v.get_mut("target") {
         *t = clean_path(t);
@@ -503,10 +503,6 @@ fn mount(v: &mut Map<String, Value>) {
             if bind.is_empty() {
                 v.remove("bind");
             }
-        }
-        // A short-syntax anonymous volume (`/data`) prints its empty options like a named one.
-        if !v.contains_key("source") && !v.contains_key("volume") {
-            v.insert("volume".into(), json!({}));
         }
     }
     if let Some(Value::Object(bind)) = v.get_mut("bind") {

@@ -1192,17 +1192,41 @@ fn refine(loc: &Location, raw: &str, offset: usize, len: usize, text: &str) -> L
 /// directory for the main files), so that files from elsewhere (`include`, `extends: {file}`)
 /// keep pointing where their author meant.
 fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
+    // As compose-go's `absPath`: `~…` is the home directory joined with the rest (and cleaned),
+    // an absolute path is kept as written (`/etc/app/` keeps its slash), a relative one is
+    // joined to `base` and cleaned.
     let abs = |s: &str| -> String {
         if let Some(rest) = s.strip_prefix('~') {
-            if rest.is_empty() || rest.starts_with('/') {
-                // Without a home directory in the environment, `~` stays for the runtime to see.
-                return home.map_or_else(|| s.to_string(), |h| format!("{h}{rest}"));
-            }
+            // Without a home directory in the environment, `~` stays for the runtime to see.
+            return home.map_or_else(
+                || s.to_string(),
+                |h| {
+                    source::normalize(Path::new(&format!("{h}/{rest}")))
+                        .display()
+                        .to_string()
+                },
+            );
         }
-        if s.contains("://") || s.starts_with("git@") {
+        if s.starts_with('/') || s.contains("://") || s.starts_with("git@") {
             return s.to_string();
         }
         source::absolute(base, Path::new(s)).display().to_string()
+    };
+    // A build context may also be another service's image or a remote reference.
+    let context = |s: &str| -> String {
+        const KEPT: &[&str] = &[
+            "service:",
+            "github.com/",
+            "https://",
+            "http://",
+            "git://",
+            "ssh://",
+        ];
+        if KEPT.iter().any(|p| s.starts_with(p)) {
+            s.to_string()
+        } else {
+            abs(s)
+        }
     };
     let Value::Map(top) = &mut root.value else {
         return;
@@ -1220,13 +1244,19 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                     for (sk, v) in keys.iter_mut() {
                         match sk.as_str() {
                             Some("build") => match &mut v.value {
-                                Value::Str(s) => *s = abs(s),
+                                Value::Str(s) => *s = context(s),
                                 Value::Map(b) => {
                                     for (bk, bv) in b.iter_mut() {
-                                        if bk.as_str() == Some("context") {
-                                            if let Value::Str(s) = &mut bv.value {
-                                                *s = abs(s);
+                                        match (bk.as_str(), &mut bv.value) {
+                                            (Some("context"), Value::Str(s)) => *s = context(s),
+                                            (Some("additional_contexts"), Value::Map(m)) => {
+                                                for (_, cv) in m.iter_mut() {
+                                                    if let Value::Str(s) = &mut cv.value {
+                                                        *s = context(s);
+                                                    }
+                                                }
                                             }
+                                            _ => {}
                                         }
                                     }
                                 }

@@ -56,7 +56,11 @@ pub(super) fn deploy(
                         "reservations" => {
                             d.resources.reservations = Some(amounts(ctx, rv, "reservations"))
                         }
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            d.resources
+                                .extensions
+                                .insert(other.to_string(), rv.to_json());
+                        }
                         other => ctx.unknown_key(
                             rk,
                             other,
@@ -94,7 +98,11 @@ pub(super) fn deploy(
                             d.placement.max_replicas_per_node =
                                 ctx.u32(pv, "`max_replicas_per_node`")
                         }
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            d.placement
+                                .extensions
+                                .insert(other.to_string(), pv.to_json());
+                        }
                         other => ctx.unknown_key(
                             pk,
                             other,
@@ -112,7 +120,9 @@ pub(super) fn deploy(
                         "delay" => r.delay = ctx.duration(rv, "`delay`"),
                         "max_attempts" => r.max_attempts = ctx.unsigned(rv, "`max_attempts`"),
                         "window" => r.window = ctx.duration(rv, "`window`"),
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            r.extensions.insert(other.to_string(), rv.to_json());
+                        }
                         other => ctx.unknown_key(
                             rk,
                             other,
@@ -135,7 +145,9 @@ pub(super) fn deploy(
                             u.max_failure_ratio = ctx.float(uv, "`max_failure_ratio`")
                         }
                         "order" => u.order = ctx.string(uv, "`order`"),
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            u.extensions.insert(other.to_string(), uv.to_json());
+                        }
                         other => ctx.unknown_key(
                             uk,
                             other,

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use super::build::build;
 use super::deploy::deploy;
-use super::environment::{env_file_list, read_env_file};
+use super::environment::{env_file_list, label_file_list, read_env_file, read_label_file};
 use super::ports::ports;
-use super::volumes::volumes;
+use super::volumes::{host_path, volumes};
 use super::{labels, record, retag, shown, Ctx};
 use crate::compose::ledger::{self, Status};
 use crate::compose::model::*;
@@ -19,6 +19,7 @@ use crate::diag::Diagnostic;
 #[derive(Default)]
 struct Deferred<'n> {
     env_files: Vec<(String, bool, bool, Node)>,
+    label_files: Option<&'n Node>,
     environment: Option<&'n Node>,
     networks: Option<&'n Node>,
     network_mode: Option<&'n Node>,
@@ -59,6 +60,16 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
                 None => ctx.env.get(&k).cloned(),
             };
             svc.environment.insert(k, value);
+        }
+    }
+    // `labels` wins over `label_file`; a later file over an earlier one.
+    if let Some(files) = later.label_files {
+        let mut from_files = BTreeMap::new();
+        for (path, at) in label_file_list(ctx, files) {
+            read_label_file(ctx, &mut from_files, &path, at);
+        }
+        for (k, v) in from_files {
+            svc.labels.entry(k).or_insert(v);
         }
     }
     if let (Some(nm), Some(nets)) = (later.network_mode, later.networks) {
@@ -166,7 +177,24 @@ fn key_value<'n>(
         "secrets" => svc.secrets = file_refs(ctx, v, "secret"),
         "configs" => svc.configs = file_refs(ctx, v, "config"),
         "profiles" => svc.profiles = names(ctx, v, "profiles", "a profile"),
-        "labels" => svc.labels = labels(ctx, v, "`labels`"),
+        "labels" => {
+            // `label_file` (read after the loop) only adds the labels not written here.
+            let written = labels(ctx, v, "`labels`");
+            svc.labels.extend(written);
+        }
+        "label_file" => later.label_files = Some(v),
+        "logging" => {
+            if let Some(l) = logging(ctx, v) {
+                svc.extra.insert(kname.to_string(), l);
+            }
+        }
+        "develop" => {
+            if !v.is_null() {
+                let mut develop = v.to_json();
+                watch_paths(ctx, &mut develop);
+                svc.extra.insert(kname.to_string(), develop);
+            }
+        }
         "container_name" => {
             svc.container_name = ctx.opt_string(v, "`container_name`");
             svc.spans.container_name = Some(v.loc.clone());
@@ -542,7 +570,9 @@ fn healthcheck(ctx: &mut Ctx<'_>, service: &str, v: &Node) -> Option<Healthcheck
             "start_interval" => h.start_interval = ctx.duration(hv, "`start_interval`"),
             "retries" => h.retries = ctx.unsigned(hv, "`retries`"),
             "disable" => h.disable = ctx.boolean(hv, "`disable`"),
-            other if other.starts_with("x-") => {}
+            other if other.starts_with("x-") => {
+                h.extensions.insert(other.to_string(), hv.to_json());
+            }
             other => ctx.unknown_key(k, other, &place, HEALTHCHECK_KEYS),
         }
     }
@@ -637,7 +667,9 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
                                 );
                             }
                         }
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            r.extensions.insert(other.to_string(), fv.to_json());
+                        }
                         other => ctx.unknown_key(
                             k,
                             other,
@@ -669,4 +701,69 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
         ctx.refs.push((what, r.source.clone(), at.clone()));
     }
     out.into_iter().map(|(r, _)| r).collect()
+}
+
+/// `develop.watch[].path` made absolute against the project directory, as compose prints it.
+fn watch_paths(ctx: &Ctx<'_>, develop: &mut serde_json::Value) {
+    let watch = develop
+        .get_mut("watch")
+        .and_then(serde_json::Value::as_array_mut);
+    for w in watch.into_iter().flatten() {
+        if let Some(serde_json::Value::String(p)) = w.get_mut("path") {
+            *p = host_path(ctx, p);
+        }
+    }
+}
+
+/// `logging`: a `driver` name and `options` whose values are strings or numbers (printed as
+/// strings; a null is an empty string), as compose's schema has them: a boolean option is an
+/// error there (`compress: true` must be quoted).
+fn logging(ctx: &mut Ctx<'_>, v: &Node) -> Option<serde_json::Value> {
+    use serde_json::Value as J;
+    if v.is_null() {
+        return None;
+    }
+    let mut out = serde_json::Map::new();
+    for (k, name, lv) in ctx.entries(v, "`logging`") {
+        match name {
+            "driver" => {
+                if let Some(d) = ctx.opt_string(lv, "`logging.driver`") {
+                    out.insert(name.into(), J::String(d));
+                }
+            }
+            "options" => {
+                let mut options = serde_json::Map::new();
+                for (_, oname, ov) in ctx.entries(lv, "`logging.options`") {
+                    let text = match &ov.value {
+                        Value::Null => Some(String::new()),
+                        Value::Str(_) | Value::Int(_) | Value::Float(_) => ov.scalar_text(),
+                        _ => {
+                            let hint = match &ov.value {
+                                Value::Bool(b) => format!("quote it: `\"{b}\"`"),
+                                _ => "write a string or a number".to_string(),
+                            };
+                            ctx.error_hint(
+                                ov,
+                                format!(
+                                    "logging option `{oname}` must be a string or a number, found {}",
+                                    ov.kind()
+                                ),
+                                hint,
+                            );
+                            None
+                        }
+                    };
+                    if let Some(t) = text {
+                        options.insert(oname.to_string(), J::String(t));
+                    }
+                }
+                out.insert(name.into(), J::Object(options));
+            }
+            other if other.starts_with("x-") => {
+                out.insert(other.to_string(), lv.to_json());
+            }
+            other => ctx.unknown_key(k, other, "`logging`", &["driver", "options"]),
+        }
+    }
+    Some(J::Object(out))
 }
