@@ -253,7 +253,12 @@ fn scalars_as_strings(m: &mut Value) {
 
 /// `labels` in list form (`["a=b"]`) become a mapping, as compose prints them.
 fn labels_as_map(entry: &mut Map<String, Value>) {
-    if let Some(Value::Array(items)) = entry.get("labels") {
+    labels_as_map_at(entry, "labels");
+}
+
+/// The list form (`["a=b", "c"]`) of the mapping at `key` as a mapping.
+fn labels_as_map_at(entry: &mut Map<String, Value>, key: &str) {
+    if let Some(Value::Array(items)) = entry.get(key) {
         let map: Map<String, Value> = items
             .iter()
             .filter_map(Value::as_str)
@@ -262,7 +267,7 @@ fn labels_as_map(entry: &mut Map<String, Value>) {
                 None => (s.to_string(), Value::String(String::new())),
             })
             .collect();
-        entry.insert("labels".into(), Value::Object(map));
+        entry.insert(key.into(), Value::Object(map));
     }
 }
 
@@ -433,6 +438,11 @@ fn service(svc: &Service) -> Value {
         }
     }
 
+    // `annotations` in list form print as a mapping (`b` alone is `b: ""`), as `labels` do.
+    labels_as_map_at(&mut out, "annotations");
+    if let Some(a) = out.get_mut("annotations") {
+        scalars_as_strings(a);
+    }
     if let Some(hosts) = out.get_mut("extra_hosts") {
         *hosts = extra_hosts(hosts);
         if let Value::Array(items) = hosts {
@@ -583,9 +593,16 @@ fn extra_hosts(v: &Value) -> Value {
         other => format!("{host}={other}"),
     };
     match v {
-        Value::Object(m) => {
-            Value::Array(m.iter().map(|(h, a)| Value::String(entry(h, a))).collect())
-        }
+        // `host: [a, b]` is one entry per address, as compose prints it.
+        Value::Object(m) => Value::Array(
+            m.iter()
+                .flat_map(|(h, a)| match a {
+                    Value::Array(all) => all.iter().map(|x| entry(h, x)).collect(),
+                    _ => vec![entry(h, a)],
+                })
+                .map(Value::String)
+                .collect(),
+        ),
         Value::Array(items) => Value::Array(
             items
                 .iter()
@@ -686,6 +703,10 @@ mod tests {
             json!(["a=::1", "b=1.2.3.4", "c=10.0.0.1"])
         );
         assert_eq!(extra_hosts(&json!({"h": "1.2.3.4"})), json!(["h=1.2.3.4"]));
+        assert_eq!(
+            extra_hosts(&json!({"h": ["::1", "1.2.3.4"]})),
+            json!(["h=::1", "h=1.2.3.4"])
+        );
     }
 
     #[test]

@@ -1061,6 +1061,32 @@ impl Loader<'_> {
                     );
                 }
             }
+            // `service:NAME` as a build context is the image another service builds.
+            let contexts = svc
+                .build
+                .as_ref()
+                .and_then(|b| b.extra.get("additional_contexts"))
+                .and_then(serde_json::Value::as_object);
+            for (name, c) in contexts.into_iter().flatten() {
+                let Some(target) = c.as_str().and_then(|c| c.strip_prefix("service:")) else {
+                    continue;
+                };
+                let buildable = project
+                    .services
+                    .get(target)
+                    .or_else(|| project.disabled.get(target))
+                    .is_some_and(|t| t.build.is_some());
+                if !buildable {
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "the build context `{name}` of service `{}` is `service:{target}`, which builds no image",
+                            svc.name
+                        ))
+                        .at(svc.spans.build.clone().unwrap_or_else(|| svc.spans.name.clone()))
+                        .hint(format!("give service `{target}` a `build:`, or name an image with `docker-image://IMAGE`")),
+                    );
+                }
+            }
             // An `image` or `build` that was written but not valid has its own error already.
             let written = svc.spans.image.is_some() || svc.spans.build.is_some();
             match (&svc.image, &svc.build) {
@@ -1312,6 +1338,41 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                                             }
                                         }
                                         _ => {}
+                                    }
+                                }
+                            }
+                            Some("label_file") => match &mut v.value {
+                                Value::Str(s) => *s = abs(s),
+                                Value::Seq(items) => {
+                                    for item in items.iter_mut() {
+                                        if let Value::Str(s) = &mut item.value {
+                                            *s = abs(s);
+                                        }
+                                    }
+                                }
+                                _ => {}
+                            },
+                            Some("develop") => {
+                                let Value::Map(d) = &mut v.value else {
+                                    continue;
+                                };
+                                for (dk, dv) in d.iter_mut() {
+                                    let (Some("watch"), Value::Seq(items)) =
+                                        (dk.as_str(), &mut dv.value)
+                                    else {
+                                        continue;
+                                    };
+                                    for w in items.iter_mut() {
+                                        let Value::Map(wm) = &mut w.value else {
+                                            continue;
+                                        };
+                                        for (wk, wv) in wm.iter_mut() {
+                                            if let (Some("path"), Value::Str(s)) =
+                                                (wk.as_str(), &mut wv.value)
+                                            {
+                                                *s = abs(s);
+                                            }
+                                        }
                                     }
                                 }
                             }

@@ -46,6 +46,20 @@ pub(super) fn build(ctx: &mut Ctx<'_>, v: &Node) -> Option<Build> {
                         b.extra
                             .insert("args".into(), serde_json::Value::Object(args));
                     }
+                    "secrets" => {
+                        // Checked against the top-level `secrets` with the services' own.
+                        for item in bv.as_seq().unwrap_or_default() {
+                            let source = match &item.value {
+                                Value::Map(_) => item.get("source").and_then(Node::as_str),
+                                _ => item.as_str(),
+                            };
+                            if let Some(source) = source {
+                                ctx.refs
+                                    .push(("secret", source.to_string(), item.loc.clone()));
+                            }
+                        }
+                        b.extra.insert(k.to_string(), bv.to_json());
+                    }
                     _ => {
                         b.extra.insert(k.to_string(), bv.to_json());
                     }

@@ -233,7 +233,7 @@ fn key_value<'n>(
             later.legacy.push(("mem_reservation", v));
         }
         "cpus" => {
-            svc.cpus = ctx.float(v, "`cpus`");
+            svc.cpus = negative_cpus(ctx, v).or_else(|| ctx.float(v, "`cpus`"));
             later.legacy.push(("cpus", v));
         }
         "pids_limit" => {
@@ -249,6 +249,12 @@ fn key_value<'n>(
         }
         // `extends` is resolved before normalization.
         "extends" => {}
+        // Kept verbatim (the fleet does not use them), once checked as compose checks them.
+        "dns" | "dns_search" | "dns_opt" | "gpus" | "pull_policy" | "devices" => {
+            if checked(ctx, kname, v) && !v.is_null() {
+                svc.extra.insert(kname.to_string(), v.to_json());
+            }
+        }
         _ => {
             if !v.is_null() {
                 svc.extra.insert(kname.to_string(), v.to_json());
@@ -576,6 +582,15 @@ fn healthcheck(ctx: &mut Ctx<'_>, service: &str, v: &Node) -> Option<Healthcheck
             other => ctx.unknown_key(k, other, &place, HEALTHCHECK_KEYS),
         }
     }
+    if let (Some(first), Some(test)) = (h.test.first(), v.get("test")) {
+        if !matches!(first.as_str(), "CMD" | "CMD-SHELL" | "NONE") {
+            ctx.error_hint(
+                test,
+                format!("a healthcheck `test` list starts with `{first}`"),
+                "start it with `CMD` (run the words), `CMD-SHELL` (run a shell line) or `NONE`; or write the test as a string",
+            );
+        }
+    }
     Some(h)
 }
 
@@ -766,4 +781,119 @@ fn logging(ctx: &mut Ctx<'_>, v: &Node) -> Option<serde_json::Value> {
         }
     }
     Some(J::Object(out))
+}
+
+/// The checks compose's schema makes of keys the fleet keeps verbatim: `dns`, `dns_search` (a
+/// string or a list of strings), `dns_opt` (a list of strings), `gpus` (`all` or a list),
+/// `pull_policy` (a known policy) and `devices` (strings, or mappings with a `source`).
+fn checked(ctx: &mut Ctx<'_>, key: &str, v: &Node) -> bool {
+    let errors = ctx.diags.errors().count();
+    let what = format!("`{key}`");
+    match key {
+        "dns" | "dns_search" => {
+            ctx.string_list(v, &what);
+        }
+        "dns_opt" => match v.as_seq() {
+            Some(items) => items.iter().for_each(|i| {
+                ctx.string(i, "a `dns_opt` entry");
+            }),
+            None if v.is_null() => {}
+            None => ctx.error(
+                v,
+                format!("`dns_opt` must be a list of strings, found {}", v.kind()),
+            ),
+        },
+        "gpus" if !(v.as_str() == Some("all") || v.as_seq().is_some() || v.is_null()) => {
+            ctx.error_hint(
+                v,
+                format!(
+                    "`gpus` must be `all` or a list of devices, found {}",
+                    shown(v)
+                ),
+                "write `gpus: all`, or a list such as `[{driver: nvidia, count: 1}]`",
+            );
+        }
+        "pull_policy" => {
+            if let Some(p) = ctx.opt_string(v, &what) {
+                if !pull_policy_ok(&p) {
+                    ctx.error_hint(
+                        v,
+                        format!("`{p}` is not a pull policy"),
+                        "use `always`, `never`, `missing`, `build`, `refresh`, `daily`, `weekly` or `every_<duration>` (`every_12h`)",
+                    );
+                }
+            }
+        }
+        "devices" => {
+            for item in v.as_seq().unwrap_or_default() {
+                match &item.value {
+                    Value::Map(_) => {
+                        if item.get("source").is_none() {
+                            ctx.error_hint(
+                                item,
+                                "a device in long syntax needs `source`",
+                                "write `{source: /dev/x, target: /dev/x}` or `/dev/x:/dev/x`",
+                            );
+                        } else if item.get("target").is_none() {
+                            ctx.error_hint(
+                                item,
+                                "a device in long syntax needs `target`",
+                                "write `{source: /dev/x, target: /dev/x}` or `/dev/x:/dev/x`",
+                            );
+                        }
+                    }
+                    _ => {
+                        ctx.string(item, "a device");
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    ctx.diags.errors().count() == errors
+}
+
+/// compose's schema pattern for `pull_policy`, which is not anchored: a known policy anywhere
+/// in the text (`every_` followed by a duration such as `12h` or `1d2h`).
+fn pull_policy_ok(p: &str) -> bool {
+    const KNOWN: &[&str] = &[
+        "always",
+        "never",
+        "build",
+        "if_not_present",
+        "missing",
+        "refresh",
+        "daily",
+        "weekly",
+    ];
+    if KNOWN.iter().any(|k| p.contains(k)) {
+        return true;
+    }
+    p.match_indices("every_").any(|(i, m)| {
+        let rest = &p.as_bytes()[i + m.len()..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        digits > 0 && rest.get(digits).is_some_and(|u| b"wdhms".contains(u))
+    })
+}
+
+/// A negative `cpus`, which compose accepts and prints: loaded, but the fleet cannot run it.
+fn negative_cpus(ctx: &mut Ctx<'_>, v: &Node) -> Option<f64> {
+    let n = match &v.value {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        Value::Str(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    if !(n.is_finite() && n < 0.0) {
+        return None;
+    }
+    ctx.cannot_run(
+        format!(
+            "`cpus: {}` is negative",
+            v.scalar_text().unwrap_or_default()
+        ),
+        &v.loc,
+        Some("give the number of CPUs the service may use, such as `0.5`"),
+    );
+    Some(n)
 }

@@ -57,6 +57,16 @@ pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                 if vol.kind.is_empty() {
                     vol.kind = "volume".into();
                 }
+                const TYPES: &[&str] = &["bind", "volume", "tmpfs", "cluster", "npipe", "image"];
+                if !TYPES.contains(&vol.kind.as_str()) {
+                    let at = item.get("type").unwrap_or(item);
+                    ctx.error_hint(
+                        at,
+                        format!("`{}` is not a type of mount", vol.kind),
+                        format!("use one of {}", TYPES.join(", ")),
+                    );
+                    continue;
+                }
                 if vol.kind == "bind" {
                     vol.source = vol.source.map(|s| host_path(ctx, &s));
                 }
