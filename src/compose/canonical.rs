@@ -346,6 +346,10 @@ fn service(svc: &Service) -> Value {
         if let Some(hosts) = build.get_mut("extra_hosts") {
             *hosts = extra_hosts(hosts);
         }
+        labels_as_map(build);
+        if let Some(labels) = build.get_mut("labels") {
+            scalars_as_strings(labels);
+        }
     }
     if let Some(Value::Object(networks)) = out.get_mut("networks") {
         for n in networks.values_mut().filter_map(Value::as_object_mut) {

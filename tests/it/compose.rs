@@ -803,6 +803,7 @@ services:
     volumes:
     - target: /anonymous
       type: volume
+      volume: {}
     - read_only: true
       source: named
       target: /data

@@ -25,7 +25,13 @@ pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                         "source" => vol.source = ctx.string(fv, "`source`"),
                         "target" => vol.target = ctx.string(fv, "`target`").unwrap_or_default(),
                         "read_only" => vol.read_only = ctx.boolean(fv, "`read_only`"),
-                        "bind" | "volume" | "tmpfs" | "image" | "consistency" => {
+                        "tmpfs" => {
+                            if let Some(size) = fv.get("size") {
+                                ctx.bytes(size, "`tmpfs.size`");
+                            }
+                            vol.extra.insert(name.to_string(), fv.to_json());
+                        }
+                        "bind" | "volume" | "image" | "consistency" => {
                             vol.extra.insert(name.to_string(), fv.to_json());
                         }
                         // Kept for the YAML output (the JSON one drops them, as compose's).
