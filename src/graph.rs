@@ -678,6 +678,7 @@ mod tests {
                     condition,
                     required,
                     restart,
+                    extensions: Default::default(),
                 },
             );
             s.spans.dependencies.insert(to.to_string(), loc(line));

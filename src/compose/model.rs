@@ -303,6 +303,9 @@ pub struct Dependency {
     pub required: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restart: bool,
+    /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -504,6 +504,7 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                             condition: Condition::ServiceStarted,
                             required: true,
                             restart: false,
+                            extensions: BTreeMap::new(),
                         },
                     );
                 }
@@ -515,6 +516,7 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                     condition: Condition::ServiceStarted,
                     required: true,
                     restart: false,
+                    extensions: BTreeMap::new(),
                 };
                 for (fk, fname, fv) in ctx.entries(dv, "a `depends_on` entry") {
                     match fname {
@@ -532,7 +534,9 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                         },
                         "required" => dep.required = ctx.boolean(fv, "`required`"),
                         "restart" => dep.restart = ctx.boolean(fv, "`restart`"),
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            dep.extensions.insert(other.to_string(), fv.to_json());
+                        }
                         other => ctx.unknown_key(fk, other, "a `depends_on` entry", &["condition", "required", "restart"]),
                     }
                 }
