@@ -237,16 +237,19 @@ fn scope_name(entry: &mut Map<String, Value>, project: &str, key: &str) {
     entry.insert("name".into(), Value::String(name));
 }
 
-/// The values of a string-to-string mapping (`driver_opts`, `labels`, logging `options`) as
-/// strings: `mtu: 1400` prints `"1400"`.
+/// The values of a string-to-string mapping (`driver_opts`, `labels`, logging `options`) or the
+/// items of a list of strings (`group_add`) as strings: `mtu: 1400` prints `"1400"`.
 fn scalars_as_strings(m: &mut Value) {
-    if let Value::Object(m) = m {
-        for v in m.values_mut() {
-            match v {
-                Value::Number(n) => *v = Value::String(n.to_string()),
-                Value::Bool(b) => *v = Value::String(b.to_string()),
-                _ => {}
-            }
+    let values: Box<dyn Iterator<Item = &mut Value>> = match m {
+        Value::Object(m) => Box::new(m.values_mut()),
+        Value::Array(items) => Box::new(items.iter_mut()),
+        _ => return,
+    };
+    for v in values {
+        match v {
+            Value::Number(n) => *v = Value::String(n.to_string()),
+            Value::Bool(b) => *v = Value::String(b.to_string()),
+            _ => {}
         }
     }
 }
@@ -408,6 +411,16 @@ fn service(svc: &Service) -> Value {
     if let Some(options) = out.get_mut("logging").and_then(|l| l.get_mut("options")) {
         scalars_as_strings(options);
     }
+    // Go leaves these booleans out when false (`attach` and `init` are pointers: kept).
+    for key in ["tty", "stdin_open", "oom_kill_disable", "use_api_socket"] {
+        if out.get(key) == Some(&Value::Bool(false)) {
+            out.remove(key);
+        }
+    }
+    // Group names and ids are strings.
+    if let Some(groups) = out.get_mut("group_add") {
+        scalars_as_strings(groups);
+    }
     for key in ["memswap_limit", "mem_swappiness"] {
         if let Some(size) = out.get_mut(key) {
             in_bytes(size);
@@ -547,6 +560,13 @@ fn in_bytes(size: &mut Value) {
         Value::Number(n) => n.as_u64(),
         _ => None,
     };
+    // `-1` (no limit) prints as the string `"-1"`.
+    if let Value::Number(n) = &*size {
+        if n.as_i64().is_some_and(|i| i < 0) {
+            *size = Value::String(n.to_string());
+            return;
+        }
+    }
     if let Some(b) = bytes {
         *size = Value::String(b.to_string());
     }

@@ -83,7 +83,7 @@ pub(super) fn deploy(
                         }
                         "preferences" => {
                             for p in pv.as_seq().unwrap_or_default() {
-                                match p.get("spread").and_then(Node::scalar_text) {
+                                match p.get("spread").and_then(|s| ctx.string(s, "`spread`")) {
                                     Some(spread) => {
                                         d.placement.preferences.push(PlacementPreference { spread })
                                     }
@@ -144,7 +144,18 @@ pub(super) fn deploy(
                         "max_failure_ratio" => {
                             u.max_failure_ratio = ctx.float(uv, "`max_failure_ratio`")
                         }
-                        "order" => u.order = ctx.string(uv, "`order`"),
+                        "order" => {
+                            u.order = ctx.string(uv, "`order`");
+                            if let Some(o) = u.order.as_deref() {
+                                if o != "start-first" && o != "stop-first" {
+                                    ctx.error_hint(
+                                        uv,
+                                        format!("`order: {o}` is not an update order"),
+                                        "use `stop-first` or `start-first`",
+                                    );
+                                }
+                            }
+                        }
                         other if other.starts_with("x-") => {
                             u.extensions.insert(other.to_string(), uv.to_json());
                         }

@@ -256,11 +256,117 @@ fn key_value<'n>(
             }
         }
         _ => {
-            if !v.is_null() {
+            if typed(ctx, kname, v) && !v.is_null() {
                 svc.extra.insert(kname.to_string(), v.to_json());
             }
         }
     }
+}
+
+/// The type compose's schema gives a key the fleet keeps verbatim: a value of another type is
+/// an error there, so it is one here (`tty: 5`, `ipc: 5`, `security_opt: label`).
+fn typed(ctx: &mut Ctx<'_>, key: &str, v: &Node) -> bool {
+    #[derive(Clone, Copy)]
+    enum T {
+        Str,
+        StrOrNull,
+        BoolOrStr,
+        Bool,
+        NumOrStr,
+        IntOrStr(i64, i64),
+        Strings,
+        StrsOrNums,
+        OneOf(&'static [&'static str]),
+    }
+    let t = match key {
+        "cgroup_parent" | "cpuset" | "domainname" | "ipc" | "isolation" | "mac_address"
+        | "runtime" | "userns_mode" | "uts" | "pull_refresh_after" => T::Str,
+        "pid" => T::StrOrNull,
+        "attach" | "init" | "oom_kill_disable" | "stdin_open" | "tty" => T::BoolOrStr,
+        "use_api_socket" => T::Bool,
+        "cpu_period" | "cpu_quota" | "cpu_rt_period" | "cpu_rt_runtime" | "cpu_shares"
+        | "memswap_limit" => T::NumOrStr,
+        "mem_swappiness" => T::IntOrStr(i64::MIN, i64::MAX),
+        "cpu_count" => T::IntOrStr(0, i64::MAX),
+        "cpu_percent" => T::IntOrStr(0, 100),
+        "oom_score_adj" => T::IntOrStr(-1000, 1000),
+        "security_opt" | "device_cgroup_rules" | "external_links" => T::Strings,
+        "group_add" => T::StrsOrNums,
+        "cgroup" => T::OneOf(&["host", "private"]),
+        "annotations" => return scalar_values(ctx, key, v, true),
+        "extra_hosts" => return scalar_values(ctx, key, v, false),
+        "post_start" | "pre_stop" => return hooks(ctx, key, v),
+        _ => return true,
+    };
+    let scalar = |n: &Node, num: bool| match &n.value {
+        Value::Str(_) => true,
+        Value::Int(_) | Value::Float(_) => num,
+        _ => false,
+    };
+    let (ok, want) = match t {
+        T::Str => (matches!(v.value, Value::Str(_)), "a string".to_string()),
+        T::StrOrNull => (
+            matches!(v.value, Value::Str(_) | Value::Null),
+            "a string".to_string(),
+        ),
+        T::BoolOrStr => (
+            matches!(v.value, Value::Str(_) | Value::Bool(_)),
+            "`true`, `false` or a string".to_string(),
+        ),
+        T::Bool => (
+            matches!(v.value, Value::Bool(_)),
+            "`true` or `false`".to_string(),
+        ),
+        T::NumOrStr => (scalar(v, true), "a number or a string".to_string()),
+        T::IntOrStr(lo, hi) => {
+            let ok = match &v.value {
+                Value::Str(_) => true,
+                Value::Int(i) => (lo..=hi).contains(i),
+                _ => false,
+            };
+            let want = if lo == i64::MIN {
+                "an integer or a string".to_string()
+            } else {
+                format!("an integer from {lo} to {hi}, or a string")
+            };
+            (ok, want)
+        }
+        T::Strings | T::StrsOrNums => {
+            let num = matches!(t, T::StrsOrNums);
+            let ok = v
+                .as_seq()
+                .is_some_and(|items| items.iter().all(|i| scalar(i, num)));
+            let want = if num {
+                "a list of names or numbers"
+            } else {
+                "a list of strings"
+            };
+            (ok || v.is_null(), want.to_string())
+        }
+        T::OneOf(values) => (
+            v.as_str().is_some_and(|s| values.contains(&s)),
+            values
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+        ),
+    };
+    // A size in text must read as one (`-1` is no limit).
+    let (ok, want) = match (&v.value, key) {
+        (Value::Str(s), "memswap_limit") if ok => (
+            s == "-1" || crate::compose::model::parse_bytes(s).is_ok(),
+            "a size such as `1g`".to_string(),
+        ),
+        _ => (ok, want),
+    };
+    if !ok {
+        ctx.error(
+            v,
+            format!("`{key}` must be {want}, found {}", super::shown(v)),
+        );
+    }
+    ok
 }
 
 /// The spec's pattern `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, which compose applies unanchored: some
@@ -900,4 +1006,75 @@ fn negative_cpus(ctx: &mut Ctx<'_>, v: &Node) -> Option<f64> {
         Some("give the number of CPUs the service may use, such as `0.5`"),
     );
     Some(n)
+}
+
+/// `annotations` (a list, or a mapping to scalars) and `extra_hosts` (a list of strings, or a
+/// mapping to strings or lists of strings), as compose's schema has them.
+fn scalar_values(ctx: &mut Ctx<'_>, key: &str, v: &Node, annotations: bool) -> bool {
+    let errors = ctx.diags.errors().count();
+    match &v.value {
+        Value::Seq(items) => {
+            for i in items {
+                ctx.string(i, &format!("an entry of `{key}`"));
+            }
+        }
+        Value::Map(_) => {
+            for (_, name, value) in ctx.entries(v, &format!("`{key}`")) {
+                let ok = match &value.value {
+                    Value::Str(_) => true,
+                    Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => annotations,
+                    Value::Seq(items) => {
+                        !annotations && items.iter().all(|i| matches!(i.value, Value::Str(_)))
+                    }
+                    Value::Map(_) => false,
+                };
+                if !ok {
+                    let want = if annotations {
+                        "a string, a number or a boolean"
+                    } else {
+                        "an address (a string) or a list of addresses"
+                    };
+                    ctx.error(
+                        value,
+                        format!("`{key}.{name}` must be {want}, found {}", value.kind()),
+                    );
+                }
+            }
+        }
+        Value::Null => {}
+        _ => ctx.error(
+            v,
+            format!("`{key}` must be a list or a mapping, found {}", v.kind()),
+        ),
+    }
+    ctx.diags.errors().count() == errors
+}
+
+/// `post_start` / `pre_stop`: a list of hooks, each with a `command` (a string or a list).
+fn hooks(ctx: &mut Ctx<'_>, key: &str, v: &Node) -> bool {
+    let errors = ctx.diags.errors().count();
+    for hook in v.as_seq().unwrap_or_default() {
+        match hook.get("command") {
+            None => ctx.error_hint(
+                hook,
+                format!("a `{key}` hook needs `command`"),
+                "write `command: [\"sh\", \"-c\", \"…\"]` (the other keys are optional)",
+            ),
+            Some(c) if !matches!(c.value, Value::Str(_) | Value::Seq(_)) => ctx.error(
+                c,
+                format!(
+                    "the `command` of a `{key}` hook must be a string or a list, found {}",
+                    c.kind()
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    if !v.is_null() && v.as_seq().is_none() {
+        ctx.error(
+            v,
+            format!("`{key}` must be a list of hooks, found {}", v.kind()),
+        );
+    }
+    ctx.diags.errors().count() == errors
 }
