@@ -122,6 +122,7 @@ fn service(name: &str, cpus: f64, memory: u64, replicas: u32) -> Service {
                     ..ResourceAmounts::default()
                 }),
                 limits: None,
+                ..Resources::default()
             },
             ..Deploy::default()
         }),

@@ -268,19 +268,9 @@ fn check_edge(project: &Project, edge: &Edge) -> Check {
             )),
         );
     }
+    // `required: false` excuses a service disabled by profiles, not one that does not exist:
+    // docker compose refuses that too.
     let suggestion = did_you_mean(&edge.to, project.services.keys().map(String::as_str));
-    if !edge.required {
-        let mut w = Diagnostic::warning(format!(
-            "service `{}` depends on `{}`, which is not defined; the dependency is optional \
-             (`required: false`) and is ignored",
-            edge.from, edge.to
-        ))
-        .at(edge.location.clone());
-        if let Some(s) = suggestion {
-            w = w.hint(format!("did you mean `{s}`?"));
-        }
-        return Check::Drop(w);
-    }
     let mut d = Diagnostic::error(format!(
         "service `{}` {how} `{}`, which is not defined",
         edge.from, edge.to
@@ -421,8 +411,8 @@ impl ServiceGraph {
         self.pods.pod_of(service)
     }
 
-    /// Optional dependencies (`required: false`) on services that are disabled or not defined:
-    /// dropped from the graph, each with a warning the CLI prints.
+    /// Optional dependencies (`required: false`) on services disabled by profiles: dropped from
+    /// the graph, each with a warning the CLI prints.
     pub fn warnings(&self) -> &Diagnostics {
         &self.warnings
     }
@@ -688,6 +678,7 @@ mod tests {
                     condition,
                     required,
                     restart,
+                    extensions: Default::default(),
                 },
             );
             s.spans.dependencies.insert(to.to_string(), loc(line));
@@ -934,15 +925,15 @@ mod tests {
     }
 
     #[test]
-    fn unknown_optional_dependency_is_dropped_with_warning() {
-        let g = Fixture::new(&["web", "db"])
+    fn unknown_optional_dependency_is_an_error_as_in_compose() {
+        // `required: false` excuses a service disabled by profiles, not a missing one.
+        let out = Fixture::new(&["web", "db"])
             .dep_full("web", "dbb", ServiceStarted, false, false, 9)
-            .ok();
-        assert!(g.edges().is_empty());
+            .err();
         assert_eq!(
-            errors(g.warnings()),
-            "compose.yaml:9:7: warning: service `web` depends on `dbb`, which is not defined; the \
-             dependency is optional (`required: false`) and is ignored\n  hint: did you mean `db`?\n"
+            out,
+            "compose.yaml:9:7: error: service `web` depends on `dbb`, which is not defined\n  \
+             label: did you mean `db`?\n"
         );
     }
 

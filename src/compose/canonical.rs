@@ -237,23 +237,31 @@ fn scope_name(entry: &mut Map<String, Value>, project: &str, key: &str) {
     entry.insert("name".into(), Value::String(name));
 }
 
-/// The values of a string-to-string mapping (`driver_opts`, `labels`, logging `options`) as
-/// strings: `mtu: 1400` prints `"1400"`.
+/// The values of a string-to-string mapping (`driver_opts`, `labels`, logging `options`) or the
+/// items of a list of strings (`group_add`) as strings: `mtu: 1400` prints `"1400"`.
 fn scalars_as_strings(m: &mut Value) {
-    if let Value::Object(m) = m {
-        for v in m.values_mut() {
-            match v {
-                Value::Number(n) => *v = Value::String(n.to_string()),
-                Value::Bool(b) => *v = Value::String(b.to_string()),
-                _ => {}
-            }
+    let values: Box<dyn Iterator<Item = &mut Value>> = match m {
+        Value::Object(m) => Box::new(m.values_mut()),
+        Value::Array(items) => Box::new(items.iter_mut()),
+        _ => return,
+    };
+    for v in values {
+        match v {
+            Value::Number(n) => *v = Value::String(n.to_string()),
+            Value::Bool(b) => *v = Value::String(b.to_string()),
+            _ => {}
         }
     }
 }
 
 /// `labels` in list form (`["a=b"]`) become a mapping, as compose prints them.
 fn labels_as_map(entry: &mut Map<String, Value>) {
-    if let Some(Value::Array(items)) = entry.get("labels") {
+    labels_as_map_at(entry, "labels");
+}
+
+/// The list form (`["a=b", "c"]`) of the mapping at `key` as a mapping.
+fn labels_as_map_at(entry: &mut Map<String, Value>, key: &str) {
+    if let Some(Value::Array(items)) = entry.get(key) {
         let map: Map<String, Value> = items
             .iter()
             .filter_map(Value::as_str)
@@ -262,7 +270,7 @@ fn labels_as_map(entry: &mut Map<String, Value>) {
                 None => (s.to_string(), Value::String(String::new())),
             })
             .collect();
-        entry.insert("labels".into(), Value::Object(map));
+        entry.insert(key.into(), Value::Object(map));
     }
 }
 
@@ -341,6 +349,10 @@ fn service(svc: &Service) -> Value {
         if let Some(hosts) = build.get_mut("extra_hosts") {
             *hosts = extra_hosts(hosts);
         }
+        labels_as_map(build);
+        if let Some(labels) = build.get_mut("labels") {
+            scalars_as_strings(labels);
+        }
     }
     if let Some(Value::Object(networks)) = out.get_mut("networks") {
         for n in networks.values_mut().filter_map(Value::as_object_mut) {
@@ -399,6 +411,16 @@ fn service(svc: &Service) -> Value {
     if let Some(options) = out.get_mut("logging").and_then(|l| l.get_mut("options")) {
         scalars_as_strings(options);
     }
+    // Go leaves these booleans out when false (`attach` and `init` are pointers: kept).
+    for key in ["tty", "stdin_open", "oom_kill_disable", "use_api_socket"] {
+        if out.get(key) == Some(&Value::Bool(false)) {
+            out.remove(key);
+        }
+    }
+    // Group names and ids are strings.
+    if let Some(groups) = out.get_mut("group_add") {
+        scalars_as_strings(groups);
+    }
     for key in ["memswap_limit", "mem_swappiness"] {
         if let Some(size) = out.get_mut(key) {
             in_bytes(size);
@@ -433,6 +455,11 @@ fn service(svc: &Service) -> Value {
         }
     }
 
+    // `annotations` in list form print as a mapping (`b` alone is `b: ""`), as `labels` do.
+    labels_as_map_at(&mut out, "annotations");
+    if let Some(a) = out.get_mut("annotations") {
+        scalars_as_strings(a);
+    }
     if let Some(hosts) = out.get_mut("extra_hosts") {
         *hosts = extra_hosts(hosts);
         if let Value::Array(items) = hosts {
@@ -486,8 +513,8 @@ fn unfold_legacy(svc: &Service, out: &mut Map<String, Value>) {
     }
 }
 
-/// A mount as compose prints it: the target cleaned, `volume: {}` on a short-syntax volume, no
-/// `create_host_path` on a named volume, tmpfs sizes in bytes.
+/// A mount as compose prints it: the target cleaned, no `create_host_path` on a named volume,
+/// tmpfs sizes in bytes.
 fn mount(v: &mut Map<String, Value>) {
     if let Some(Value::String(t)) = v.get_mut("target") {
         *t = clean_path(t);
@@ -503,10 +530,6 @@ fn mount(v: &mut Map<String, Value>) {
             if bind.is_empty() {
                 v.remove("bind");
             }
-        }
-        // A short-syntax anonymous volume (`/data`) prints its empty options like a named one.
-        if !v.contains_key("source") && !v.contains_key("volume") {
-            v.insert("volume".into(), json!({}));
         }
     }
     if let Some(Value::Object(bind)) = v.get_mut("bind") {
@@ -537,6 +560,13 @@ fn in_bytes(size: &mut Value) {
         Value::Number(n) => n.as_u64(),
         _ => None,
     };
+    // `-1` (no limit) prints as the string `"-1"`.
+    if let Value::Number(n) = &*size {
+        if n.as_i64().is_some_and(|i| i < 0) {
+            *size = Value::String(n.to_string());
+            return;
+        }
+    }
     if let Some(b) = bytes {
         *size = Value::String(b.to_string());
     }
@@ -587,9 +617,16 @@ fn extra_hosts(v: &Value) -> Value {
         other => format!("{host}={other}"),
     };
     match v {
-        Value::Object(m) => {
-            Value::Array(m.iter().map(|(h, a)| Value::String(entry(h, a))).collect())
-        }
+        // `host: [a, b]` is one entry per address, as compose prints it.
+        Value::Object(m) => Value::Array(
+            m.iter()
+                .flat_map(|(h, a)| match a {
+                    Value::Array(all) => all.iter().map(|x| entry(h, x)).collect(),
+                    _ => vec![entry(h, a)],
+                })
+                .map(Value::String)
+                .collect(),
+        ),
         Value::Array(items) => Value::Array(
             items
                 .iter()
@@ -690,6 +727,10 @@ mod tests {
             json!(["a=::1", "b=1.2.3.4", "c=10.0.0.1"])
         );
         assert_eq!(extra_hosts(&json!({"h": "1.2.3.4"})), json!(["h=1.2.3.4"]));
+        assert_eq!(
+            extra_hosts(&json!({"h": ["::1", "1.2.3.4"]})),
+            json!(["h=::1", "h=1.2.3.4"])
+        );
     }
 
     #[test]

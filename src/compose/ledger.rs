@@ -111,7 +111,7 @@ pub fn service_key(key: &str) -> Option<Rule> {
         | "ulimits" | "sysctls" | "cap_add" | "cap_drop" | "privileged" | "stop_signal"
         | "stop_grace_period" | "labels" | "profiles" | "extends" | "mem_limit"
         | "mem_reservation" | "cpus" | "pids_limit" | "scale" | "links" | "volumes_from"
-        | "expose" | "container_name" => honoured(),
+        | "expose" | "container_name" | "label_file" => honoured(),
         "build" => accepted(NO_BUILD),
         "develop" => accepted("watch mode is a local development feature"),
         "annotations" => accepted("OCI annotations are not passed to the runtime yet"),
@@ -128,7 +128,6 @@ pub fn service_key(key: &str) -> Option<Rule> {
         }
         "dns" | "dns_opt" | "dns_search" => accepted("pods use the agent's DNS server"),
         "domainname" | "mac_address" => accepted(NOT_YET),
-        "label_file" => accepted("label files are not read yet"),
         "provider" => rejected("services backed by a provider plugin cannot run on the fleet"),
         "external_links" => accepted("containers outside the project are not reachable by name"),
         "extra_hosts" => accepted("/etc/hosts entries are not added yet"),

@@ -80,12 +80,18 @@ pub fn merge_service(base: Node, over: Node) -> Node {
         (Value::Map(mut b), Value::Map(o)) => {
             merge_entries(&mut b, o, |name, bv, v| match name {
                 "command" | "entrypoint" => v,
-                "environment" | "labels" | "sysctls" | "annotations" | "extra_hosts" => {
+                "extra_hosts" => merge_generic(hosts_seq(bv), hosts_seq(v), &[]),
+                "environment" | "labels" | "sysctls" | "annotations" => {
                     merge_generic(to_map(bv, true), to_map(v, true), &[])
                 }
                 "depends_on" | "networks" => {
                     merge_generic(to_map(bv, false), to_map(v, false), &[])
                 }
+                // A string is a list of one (`dns: 8.8.8.8` appends to the base's list).
+                "dns" | "dns_search" | "tmpfs" | "label_file" => {
+                    merge_generic(as_seq(bv), as_seq(v), &[name])
+                }
+                "env_file" => merge_keyed(as_seq(bv), as_seq(v), env_file_path),
                 "volumes" => merge_keyed(bv, v, volume_target),
                 "secrets" | "configs" => merge_keyed(bv, v, file_ref_source),
                 "build" => {
@@ -111,6 +117,8 @@ fn merge_generic(base: Node, over: Node, path: &[&str]) -> Node {
                     v
                 } else if name == "args" && path == ["build"] {
                     merge_generic(to_map(bv, true), to_map(v, true), &[])
+                } else if name == "extra_hosts" && path == ["build"] {
+                    merge_generic(hosts_seq(bv), hosts_seq(v), &[])
                 } else {
                     let mut p: Vec<&str> = path.to_vec();
                     p.push(name);
@@ -172,6 +180,53 @@ fn file_ref_source(n: &Node) -> Option<String> {
         Value::Str(s) => Some(s.clone()),
         Value::Map(_) => n.get("source").and_then(Node::scalar_text),
         _ => None,
+    }
+}
+
+/// `env_file` entries are the same file when their paths are (`a.env` and `{path: a.env}`).
+fn env_file_path(n: &Node) -> Option<String> {
+    match &n.value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Map(_) => n.get("path").and_then(Node::scalar_text),
+        _ => None,
+    }
+}
+
+/// `extra_hosts` as compose merges them: a mapping becomes `HOST=ADDRESS` entries (one per
+/// address, sorted), a list stays as written; the override's entries are appended unless the
+/// base has the same text (`h:1.2.3.4` and `h=1.2.3.4` are both kept, as compose keeps them).
+fn hosts_seq(n: Node) -> Node {
+    let Value::Map(entries) = n.value else {
+        return n;
+    };
+    let mut items = Vec::with_capacity(entries.len());
+    for (k, v) in entries {
+        let host = k.scalar_text().unwrap_or_default();
+        let loc = v.loc.clone();
+        let addresses: Vec<String> = match &v.value {
+            Value::Seq(a) => a.iter().filter_map(Node::scalar_text).collect(),
+            Value::Null => {
+                items.push(Node::new(Value::Str(host), loc));
+                continue;
+            }
+            _ => v.scalar_text().into_iter().collect(),
+        };
+        for a in addresses {
+            items.push(Node::new(Value::Str(format!("{host}={a}")), loc.clone()));
+        }
+    }
+    items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    Node::new(Value::Seq(items), n.loc)
+}
+
+/// A scalar as a sequence of one; anything else as it is.
+fn as_seq(n: Node) -> Node {
+    match n.value {
+        Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+            let loc = n.loc.clone();
+            Node::new(Value::Seq(vec![n]), loc)
+        }
+        _ => n,
     }
 }
 

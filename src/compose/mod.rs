@@ -1061,6 +1061,32 @@ impl Loader<'_> {
                     );
                 }
             }
+            // `service:NAME` as a build context is the image another service builds.
+            let contexts = svc
+                .build
+                .as_ref()
+                .and_then(|b| b.extra.get("additional_contexts"))
+                .and_then(serde_json::Value::as_object);
+            for (name, c) in contexts.into_iter().flatten() {
+                let Some(target) = c.as_str().and_then(|c| c.strip_prefix("service:")) else {
+                    continue;
+                };
+                let buildable = project
+                    .services
+                    .get(target)
+                    .or_else(|| project.disabled.get(target))
+                    .is_some_and(|t| t.build.is_some());
+                if !buildable {
+                    self.diags.push(
+                        Diagnostic::error(format!(
+                            "the build context `{name}` of service `{}` is `service:{target}`, which builds no image",
+                            svc.name
+                        ))
+                        .at(svc.spans.build.clone().unwrap_or_else(|| svc.spans.name.clone()))
+                        .hint(format!("give service `{target}` a `build:`, or name an image with `docker-image://IMAGE`")),
+                    );
+                }
+            }
             // An `image` or `build` that was written but not valid has its own error already.
             let written = svc.spans.image.is_some() || svc.spans.build.is_some();
             match (&svc.image, &svc.build) {
@@ -1192,17 +1218,41 @@ fn refine(loc: &Location, raw: &str, offset: usize, len: usize, text: &str) -> L
 /// directory for the main files), so that files from elsewhere (`include`, `extends: {file}`)
 /// keep pointing where their author meant.
 fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
+    // As compose-go's `absPath`: `~…` is the home directory joined with the rest (and cleaned),
+    // an absolute path is kept as written (`/etc/app/` keeps its slash), a relative one is
+    // joined to `base` and cleaned.
     let abs = |s: &str| -> String {
         if let Some(rest) = s.strip_prefix('~') {
-            if rest.is_empty() || rest.starts_with('/') {
-                // Without a home directory in the environment, `~` stays for the runtime to see.
-                return home.map_or_else(|| s.to_string(), |h| format!("{h}{rest}"));
-            }
+            // Without a home directory in the environment, `~` stays for the runtime to see.
+            return home.map_or_else(
+                || s.to_string(),
+                |h| {
+                    source::normalize(Path::new(&format!("{h}/{rest}")))
+                        .display()
+                        .to_string()
+                },
+            );
         }
-        if s.contains("://") || s.starts_with("git@") {
+        if s.starts_with('/') || s.contains("://") || s.starts_with("git@") {
             return s.to_string();
         }
         source::absolute(base, Path::new(s)).display().to_string()
+    };
+    // A build context may also be another service's image or a remote reference.
+    let context = |s: &str| -> String {
+        const KEPT: &[&str] = &[
+            "service:",
+            "github.com/",
+            "https://",
+            "http://",
+            "git://",
+            "ssh://",
+        ];
+        if KEPT.iter().any(|p| s.starts_with(p)) {
+            s.to_string()
+        } else {
+            abs(s)
+        }
     };
     let Value::Map(top) = &mut root.value else {
         return;
@@ -1220,13 +1270,19 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                     for (sk, v) in keys.iter_mut() {
                         match sk.as_str() {
                             Some("build") => match &mut v.value {
-                                Value::Str(s) => *s = abs(s),
+                                Value::Str(s) => *s = context(s),
                                 Value::Map(b) => {
                                     for (bk, bv) in b.iter_mut() {
-                                        if bk.as_str() == Some("context") {
-                                            if let Value::Str(s) = &mut bv.value {
-                                                *s = abs(s);
+                                        match (bk.as_str(), &mut bv.value) {
+                                            (Some("context"), Value::Str(s)) => *s = context(s),
+                                            (Some("additional_contexts"), Value::Map(m)) => {
+                                                for (_, cv) in m.iter_mut() {
+                                                    if let Value::Str(s) = &mut cv.value {
+                                                        *s = context(s);
+                                                    }
+                                                }
                                             }
+                                            _ => {}
                                         }
                                     }
                                 }
@@ -1282,6 +1338,41 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                                             }
                                         }
                                         _ => {}
+                                    }
+                                }
+                            }
+                            Some("label_file") => match &mut v.value {
+                                Value::Str(s) => *s = abs(s),
+                                Value::Seq(items) => {
+                                    for item in items.iter_mut() {
+                                        if let Value::Str(s) = &mut item.value {
+                                            *s = abs(s);
+                                        }
+                                    }
+                                }
+                                _ => {}
+                            },
+                            Some("develop") => {
+                                let Value::Map(d) = &mut v.value else {
+                                    continue;
+                                };
+                                for (dk, dv) in d.iter_mut() {
+                                    let (Some("watch"), Value::Seq(items)) =
+                                        (dk.as_str(), &mut dv.value)
+                                    else {
+                                        continue;
+                                    };
+                                    for w in items.iter_mut() {
+                                        let Value::Map(wm) = &mut w.value else {
+                                            continue;
+                                        };
+                                        for (wk, wv) in wm.iter_mut() {
+                                            if let (Some("path"), Value::Str(s)) =
+                                                (wk.as_str(), &mut wv.value)
+                                            {
+                                                *s = abs(s);
+                                            }
+                                        }
                                     }
                                 }
                             }

@@ -253,6 +253,9 @@ pub struct Port {
     pub protocol: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_protocol: Option<String>,
+    /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 impl Port {
@@ -300,6 +303,9 @@ pub struct Dependency {
     pub required: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restart: bool,
+    /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -319,6 +325,9 @@ pub struct Healthcheck {
     pub start_interval: Option<Duration>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable: bool,
+    /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -350,11 +359,14 @@ pub struct Resources {
     pub limits: Option<ResourceAmounts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reservations: Option<ResourceAmounts>,
+    /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 impl Resources {
     pub fn is_empty(&self) -> bool {
-        self.limits.is_none() && self.reservations.is_none()
+        self.limits.is_none() && self.reservations.is_none() && self.extensions.is_empty()
     }
 }
 
@@ -378,6 +390,9 @@ pub struct Placement {
     pub preferences: Vec<PlacementPreference>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_replicas_per_node: Option<u32>,
+    /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 impl Placement {
@@ -385,6 +400,7 @@ impl Placement {
         self.constraints.is_empty()
             && self.preferences.is_empty()
             && self.max_replicas_per_node.is_none()
+            && self.extensions.is_empty()
     }
 }
 
@@ -405,6 +421,9 @@ pub struct RestartPolicy {
     pub max_attempts: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<Duration>,
+    /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -422,6 +441,9 @@ pub struct UpdateConfig {
     /// `stop-first` or `start-first`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,
+    /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -450,6 +472,9 @@ pub struct FileReference {
     /// File mode, e.g. `0o400` is 256.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -803,6 +803,7 @@ services:
     volumes:
     - target: /anonymous
       type: volume
+      volume: {}
     - read_only: true
       source: named
       target: /data
@@ -1358,6 +1359,63 @@ fn cli_config_check_prints_the_ledger_and_strict_fails_on_warnings() {
     assert!(
         err.contains("--strict: 1 warning treated as error"),
         "{err}"
+    );
+}
+
+#[test]
+fn cli_config_succeeds_on_what_the_fleet_cannot_run_and_only_strict_fails() {
+    // compose accepts `ipc: service:db` and `network_mode: container:…`; the fleet cannot run
+    // them: `config` prints the project and warns, `--strict` fails.
+    let dir = project_dir(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: web\n    ipc: service:db\n  db:\n    image: db\n    network_mode: container:abc\n",
+    )]);
+    let (code, out, err) = cli(dir.path(), &["config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ipc: service:db"), "{out}");
+    assert!(
+        err.contains("warning: `ipc` in service `web` is accepted but not honoured"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "warning: `network_mode: container:abc` in service `db` cannot run on the fleet"
+        ),
+        "{err}"
+    );
+    let (code, out, err) = cli(dir.path(), &["config", "--strict"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out, "");
+    assert!(
+        err.contains(
+            "error: `network_mode: container:abc` in service `db` cannot run on the fleet"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("--strict: 2 warnings treated as errors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_string_command_ends_at_a_shell_operator_as_in_compose_with_a_warning() {
+    let l = loaded(
+        "services:\n  kong:\n    image: kong\n    command: kong migrations up && kong migrations finish\n    entrypoint: run 2>&1\n",
+        &[],
+    );
+    let kong = &l.project.services["kong"];
+    assert_eq!(
+        kong.command.as_deref(),
+        Some(&["kong".to_string(), "migrations".into(), "up".into()][..])
+    );
+    assert_eq!(kong.entrypoint.as_deref(), Some(&["run".to_string()][..]));
+    assert_eq!(
+        lines(&l.warnings),
+        [
+            "compose.yaml:4:14: warning: `command` runs `kong migrations up` only: docker compose splits a string `command` into words without a shell, and drops `&& kong migrations finish` at the shell operator",
+            "compose.yaml:5:17: warning: `entrypoint` runs `run` only: docker compose splits a string `entrypoint` into words without a shell, and drops `2>&1` at the shell operator",
+        ]
     );
 }
 

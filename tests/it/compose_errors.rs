@@ -617,3 +617,24 @@ fn string_fields_refuse_numbers_as_compose_does() {
         ],
     );
 }
+
+/// What compose's schema and loader refuse in keys the fleet keeps verbatim is refused here too,
+/// each at the offending value (the differential corpus has one invalid project per class).
+#[test]
+fn keys_kept_verbatim_are_still_checked_as_compose_checks_them() {
+    check_errors(
+        "services:\n  a:\n    image: x\n    dns: 8\n    gpus: some\n    pull_policy: sometimes\n    devices: [{target: /dev/a}]\n    healthcheck: {test: [FOO, x]}\n    volumes: [{type: nfs, source: a, target: /a}]\n    build:\n      context: .\n      additional_contexts: {b: \"service:b\"}\n  b:\n    image: x\nvolumes:\n  v: {external: true, driver: local}\nsecrets:\n  s: {file: ./s, environment: X}\n",
+        &[],
+        &[
+            "compose.yaml:4:10: error: `dns` must be a string, found an integer",
+            "compose.yaml:5:11: error: `gpus` must be `all` or a list of devices, found `some`",
+            "compose.yaml:6:18: error: `sometimes` is not a pull policy",
+            "compose.yaml:7:15: error: a device in long syntax needs `source`",
+            "compose.yaml:8:25: error: a healthcheck `test` list starts with `FOO`",
+            "compose.yaml:9:22: error: `nfs` is not a type of mount",
+            "compose.yaml:16:23: error: volume `v` is external and sets `driver`",
+            "compose.yaml:18:6: error: secret `s` takes its content from both `file` and `environment`",
+            "compose.yaml:11:7: error: the build context `b` of service `a` is `service:b`, which builds no image",
+        ],
+    );
+}

@@ -56,7 +56,11 @@ pub(super) fn deploy(
                         "reservations" => {
                             d.resources.reservations = Some(amounts(ctx, rv, "reservations"))
                         }
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            d.resources
+                                .extensions
+                                .insert(other.to_string(), rv.to_json());
+                        }
                         other => ctx.unknown_key(
                             rk,
                             other,
@@ -79,7 +83,7 @@ pub(super) fn deploy(
                         }
                         "preferences" => {
                             for p in pv.as_seq().unwrap_or_default() {
-                                match p.get("spread").and_then(Node::scalar_text) {
+                                match p.get("spread").and_then(|s| ctx.string(s, "`spread`")) {
                                     Some(spread) => {
                                         d.placement.preferences.push(PlacementPreference { spread })
                                     }
@@ -94,7 +98,11 @@ pub(super) fn deploy(
                             d.placement.max_replicas_per_node =
                                 ctx.u32(pv, "`max_replicas_per_node`")
                         }
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            d.placement
+                                .extensions
+                                .insert(other.to_string(), pv.to_json());
+                        }
                         other => ctx.unknown_key(
                             pk,
                             other,
@@ -112,7 +120,9 @@ pub(super) fn deploy(
                         "delay" => r.delay = ctx.duration(rv, "`delay`"),
                         "max_attempts" => r.max_attempts = ctx.unsigned(rv, "`max_attempts`"),
                         "window" => r.window = ctx.duration(rv, "`window`"),
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            r.extensions.insert(other.to_string(), rv.to_json());
+                        }
                         other => ctx.unknown_key(
                             rk,
                             other,
@@ -134,8 +144,21 @@ pub(super) fn deploy(
                         "max_failure_ratio" => {
                             u.max_failure_ratio = ctx.float(uv, "`max_failure_ratio`")
                         }
-                        "order" => u.order = ctx.string(uv, "`order`"),
-                        other if other.starts_with("x-") => {}
+                        "order" => {
+                            u.order = ctx.string(uv, "`order`");
+                            if let Some(o) = u.order.as_deref() {
+                                if o != "start-first" && o != "stop-first" {
+                                    ctx.error_hint(
+                                        uv,
+                                        format!("`order: {o}` is not an update order"),
+                                        "use `stop-first` or `start-first`",
+                                    );
+                                }
+                            }
+                        }
+                        other if other.starts_with("x-") => {
+                            u.extensions.insert(other.to_string(), uv.to_json());
+                        }
                         other => ctx.unknown_key(
                             uk,
                             other,

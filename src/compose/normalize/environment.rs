@@ -110,3 +110,52 @@ pub(super) fn read_env_file(
             .push(Diagnostic::error(e.message).at(dotenv::error_location(&name, &text, e.line))),
     }
 }
+
+/// `label_file`: one path or a list of paths, each with where it is written.
+pub(super) fn label_file_list(ctx: &mut Ctx<'_>, v: &Node) -> Vec<(String, Node)> {
+    let items: Vec<&Node> = match &v.value {
+        Value::Seq(items) => items.iter().collect(),
+        Value::Null => Vec::new(),
+        _ => vec![v],
+    };
+    items
+        .into_iter()
+        .filter_map(|item| Some((ctx.string(item, "a `label_file` entry")?, item.clone())))
+        .collect()
+}
+
+/// Reads a label file into `labels` as compose does: the `.env` syntax, but no variable is
+/// known while it is read (`${X}` is empty) and a name without a value is dropped.
+pub(super) fn read_label_file(
+    ctx: &mut Ctx<'_>,
+    labels: &mut BTreeMap<String, String>,
+    path: &str,
+    at: Node,
+) {
+    let full = absolute(ctx.project_dir, Path::new(path));
+    let text = match ctx.fs.read(&full) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.error_hint(
+                &at,
+                format!("cannot read label_file {}: {e}", full.display()),
+                crate::compose::source::read_hint(&e, "create the file, or remove the entry"),
+            );
+            return;
+        }
+    };
+    let name: std::sync::Arc<str> = full.display().to_string().into();
+    ctx.sources.add(name.clone(), text.as_str().into());
+    match dotenv::parse(&text, &|_| None) {
+        Ok(vars) => {
+            for (k, v) in vars {
+                if let Some(v) = v {
+                    labels.insert(k, v);
+                }
+            }
+        }
+        Err(e) => ctx
+            .diags
+            .push(Diagnostic::error(e.message).at(dotenv::error_location(&name, &text, e.line))),
+    }
+}

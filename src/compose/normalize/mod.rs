@@ -269,8 +269,13 @@ impl Ctx<'_> {
             Value::Seq(_) => Some(self.string_list(node, what)),
             _ => {
                 let s = self.string(node, what)?;
-                match shell_split(&s) {
-                    Ok(words) => Some(words),
+                match shell::shell_words(&s) {
+                    Ok(split) => {
+                        if let Some(at) = split.dropped_at {
+                            self.dropped_words(node, what, &s, &split.words, at);
+                        }
+                        Some(split.words)
+                    }
                     Err(e) => {
                         self.error(node, format!("{what}: {e}"));
                         None
@@ -278,6 +283,23 @@ impl Ctx<'_> {
                 }
             }
         }
+    }
+
+    /// Warns that a string command's words end at a shell operator: compose (and so the fleet)
+    /// runs only the words before it, which is rarely what the author meant.
+    fn dropped_words(&mut self, node: &Node, what: &str, s: &str, words: &[String], at: usize) {
+        let rest = s.get(at..).unwrap_or_default().trim();
+        self.diags.push(
+            Diagnostic::warning(format!(
+                "{what} runs `{}` only: docker compose splits a string {what} into words without a shell, and drops `{rest}` at the shell operator",
+                words.join(" ")
+            ))
+            .at(node.loc.clone())
+            .hint(format!(
+                "to run the whole line through a shell, write it as a list: `[\"sh\", \"-c\", {}]`",
+                serde_json::Value::String(s.to_string())
+            )),
+        );
     }
 
     /// A mapping or a list of `KEY=VALUE` (`KEY` alone → `None`).

@@ -118,7 +118,9 @@ fn port_long(ctx: &mut Ctx<'_>, item: &Node) -> Option<Port> {
             "host_ip" => p.host_ip = ctx.string(v, "`host_ip`"),
             "name" => p.name = ctx.string(v, "`name`"),
             "app_protocol" => p.app_protocol = ctx.string(v, "`app_protocol`"),
-            other if other.starts_with("x-") => {}
+            other if other.starts_with("x-") => {
+                p.extensions.insert(other.to_string(), v.to_json());
+            }
             other => ctx.unknown_key(k, other, "a port", PORT_KEYS),
         }
     }

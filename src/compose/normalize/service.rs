@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use super::build::build;
 use super::deploy::deploy;
-use super::environment::{env_file_list, read_env_file};
+use super::environment::{env_file_list, label_file_list, read_env_file, read_label_file};
 use super::ports::ports;
-use super::volumes::volumes;
+use super::volumes::{host_path, volumes};
 use super::{labels, record, retag, shown, Ctx};
 use crate::compose::ledger::{self, Status};
 use crate::compose::model::*;
@@ -19,6 +19,7 @@ use crate::diag::Diagnostic;
 #[derive(Default)]
 struct Deferred<'n> {
     env_files: Vec<(String, bool, bool, Node)>,
+    label_files: Option<&'n Node>,
     environment: Option<&'n Node>,
     networks: Option<&'n Node>,
     network_mode: Option<&'n Node>,
@@ -59,6 +60,16 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
                 None => ctx.env.get(&k).cloned(),
             };
             svc.environment.insert(k, value);
+        }
+    }
+    // `labels` wins over `label_file`; a later file over an earlier one.
+    if let Some(files) = later.label_files {
+        let mut from_files = BTreeMap::new();
+        for (path, at) in label_file_list(ctx, files) {
+            read_label_file(ctx, &mut from_files, &path, at);
+        }
+        for (k, v) in from_files {
+            svc.labels.entry(k).or_insert(v);
         }
     }
     if let (Some(nm), Some(nets)) = (later.network_mode, later.networks) {
@@ -166,7 +177,24 @@ fn key_value<'n>(
         "secrets" => svc.secrets = file_refs(ctx, v, "secret"),
         "configs" => svc.configs = file_refs(ctx, v, "config"),
         "profiles" => svc.profiles = names(ctx, v, "profiles", "a profile"),
-        "labels" => svc.labels = labels(ctx, v, "`labels`"),
+        "labels" => {
+            // `label_file` (read after the loop) only adds the labels not written here.
+            let written = labels(ctx, v, "`labels`");
+            svc.labels.extend(written);
+        }
+        "label_file" => later.label_files = Some(v),
+        "logging" => {
+            if let Some(l) = logging(ctx, v) {
+                svc.extra.insert(kname.to_string(), l);
+            }
+        }
+        "develop" => {
+            if !v.is_null() {
+                let mut develop = v.to_json();
+                watch_paths(ctx, &mut develop);
+                svc.extra.insert(kname.to_string(), develop);
+            }
+        }
         "container_name" => {
             svc.container_name = ctx.opt_string(v, "`container_name`");
             svc.spans.container_name = Some(v.loc.clone());
@@ -205,7 +233,7 @@ fn key_value<'n>(
             later.legacy.push(("mem_reservation", v));
         }
         "cpus" => {
-            svc.cpus = ctx.float(v, "`cpus`");
+            svc.cpus = negative_cpus(ctx, v).or_else(|| ctx.float(v, "`cpus`"));
             later.legacy.push(("cpus", v));
         }
         "pids_limit" => {
@@ -221,12 +249,124 @@ fn key_value<'n>(
         }
         // `extends` is resolved before normalization.
         "extends" => {}
+        // Kept verbatim (the fleet does not use them), once checked as compose checks them.
+        "dns" | "dns_search" | "dns_opt" | "gpus" | "pull_policy" | "devices" => {
+            if checked(ctx, kname, v) && !v.is_null() {
+                svc.extra.insert(kname.to_string(), v.to_json());
+            }
+        }
         _ => {
-            if !v.is_null() {
+            if typed(ctx, kname, v) && !v.is_null() {
                 svc.extra.insert(kname.to_string(), v.to_json());
             }
         }
     }
+}
+
+/// The type compose's schema gives a key the fleet keeps verbatim: a value of another type is
+/// an error there, so it is one here (`tty: 5`, `ipc: 5`, `security_opt: label`).
+fn typed(ctx: &mut Ctx<'_>, key: &str, v: &Node) -> bool {
+    #[derive(Clone, Copy)]
+    enum T {
+        Str,
+        StrOrNull,
+        BoolOrStr,
+        Bool,
+        NumOrStr,
+        IntOrStr(i64, i64),
+        Strings,
+        StrsOrNums,
+        OneOf(&'static [&'static str]),
+    }
+    let t = match key {
+        "cgroup_parent" | "cpuset" | "domainname" | "ipc" | "isolation" | "mac_address"
+        | "runtime" | "userns_mode" | "uts" | "pull_refresh_after" => T::Str,
+        "pid" => T::StrOrNull,
+        "attach" | "init" | "oom_kill_disable" | "stdin_open" | "tty" => T::BoolOrStr,
+        "use_api_socket" => T::Bool,
+        "cpu_period" | "cpu_quota" | "cpu_rt_period" | "cpu_rt_runtime" | "cpu_shares"
+        | "memswap_limit" => T::NumOrStr,
+        "mem_swappiness" => T::IntOrStr(i64::MIN, i64::MAX),
+        "cpu_count" => T::IntOrStr(0, i64::MAX),
+        "cpu_percent" => T::IntOrStr(0, 100),
+        "oom_score_adj" => T::IntOrStr(-1000, 1000),
+        "security_opt" | "device_cgroup_rules" | "external_links" => T::Strings,
+        "group_add" => T::StrsOrNums,
+        "cgroup" => T::OneOf(&["host", "private"]),
+        "annotations" => return scalar_values(ctx, key, v, true),
+        "extra_hosts" => return scalar_values(ctx, key, v, false),
+        "post_start" | "pre_stop" => return hooks(ctx, key, v),
+        _ => return true,
+    };
+    let scalar = |n: &Node, num: bool| match &n.value {
+        Value::Str(_) => true,
+        Value::Int(_) | Value::Float(_) => num,
+        _ => false,
+    };
+    let (ok, want) = match t {
+        T::Str => (matches!(v.value, Value::Str(_)), "a string".to_string()),
+        T::StrOrNull => (
+            matches!(v.value, Value::Str(_) | Value::Null),
+            "a string".to_string(),
+        ),
+        T::BoolOrStr => (
+            matches!(v.value, Value::Str(_) | Value::Bool(_)),
+            "`true`, `false` or a string".to_string(),
+        ),
+        T::Bool => (
+            matches!(v.value, Value::Bool(_)),
+            "`true` or `false`".to_string(),
+        ),
+        T::NumOrStr => (scalar(v, true), "a number or a string".to_string()),
+        T::IntOrStr(lo, hi) => {
+            let ok = match &v.value {
+                Value::Str(_) => true,
+                Value::Int(i) => (lo..=hi).contains(i),
+                _ => false,
+            };
+            let want = if lo == i64::MIN {
+                "an integer or a string".to_string()
+            } else {
+                format!("an integer from {lo} to {hi}, or a string")
+            };
+            (ok, want)
+        }
+        T::Strings | T::StrsOrNums => {
+            let num = matches!(t, T::StrsOrNums);
+            let ok = v
+                .as_seq()
+                .is_some_and(|items| items.iter().all(|i| scalar(i, num)));
+            let want = if num {
+                "a list of names or numbers"
+            } else {
+                "a list of strings"
+            };
+            (ok || v.is_null(), want.to_string())
+        }
+        T::OneOf(values) => (
+            v.as_str().is_some_and(|s| values.contains(&s)),
+            values
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+        ),
+    };
+    // A size in text must read as one (`-1` is no limit).
+    let (ok, want) = match (&v.value, key) {
+        (Value::Str(s), "memswap_limit") if ok => (
+            s == "-1" || crate::compose::model::parse_bytes(s).is_ok(),
+            "a size such as `1g`".to_string(),
+        ),
+        _ => (ok, want),
+    };
+    if !ok {
+        ctx.error(
+            v,
+            format!("`{key}` must be {want}, found {}", super::shown(v)),
+        );
+    }
+    ok
 }
 
 /// The spec's pattern `[a-zA-Z0-9][a-zA-Z0-9_.-]+`, which compose applies unanchored: some
@@ -470,6 +610,7 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                             condition: Condition::ServiceStarted,
                             required: true,
                             restart: false,
+                            extensions: BTreeMap::new(),
                         },
                     );
                 }
@@ -481,6 +622,7 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                     condition: Condition::ServiceStarted,
                     required: true,
                     restart: false,
+                    extensions: BTreeMap::new(),
                 };
                 for (fk, fname, fv) in ctx.entries(dv, "a `depends_on` entry") {
                     match fname {
@@ -498,7 +640,9 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                         },
                         "required" => dep.required = ctx.boolean(fv, "`required`"),
                         "restart" => dep.restart = ctx.boolean(fv, "`restart`"),
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            dep.extensions.insert(other.to_string(), fv.to_json());
+                        }
                         other => ctx.unknown_key(fk, other, "a `depends_on` entry", &["condition", "required", "restart"]),
                     }
                 }
@@ -542,8 +686,19 @@ fn healthcheck(ctx: &mut Ctx<'_>, service: &str, v: &Node) -> Option<Healthcheck
             "start_interval" => h.start_interval = ctx.duration(hv, "`start_interval`"),
             "retries" => h.retries = ctx.unsigned(hv, "`retries`"),
             "disable" => h.disable = ctx.boolean(hv, "`disable`"),
-            other if other.starts_with("x-") => {}
+            other if other.starts_with("x-") => {
+                h.extensions.insert(other.to_string(), hv.to_json());
+            }
             other => ctx.unknown_key(k, other, &place, HEALTHCHECK_KEYS),
+        }
+    }
+    if let (Some(first), Some(test)) = (h.test.first(), v.get("test")) {
+        if !matches!(first.as_str(), "CMD" | "CMD-SHELL" | "NONE") {
+            ctx.error_hint(
+                test,
+                format!("a healthcheck `test` list starts with `{first}`"),
+                "start it with `CMD` (run the words), `CMD-SHELL` (run a shell line) or `NONE`; or write the test as a string",
+            );
         }
     }
     Some(h)
@@ -637,7 +792,9 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
                                 );
                             }
                         }
-                        other if other.starts_with("x-") => {}
+                        other if other.starts_with("x-") => {
+                            r.extensions.insert(other.to_string(), fv.to_json());
+                        }
                         other => ctx.unknown_key(
                             k,
                             other,
@@ -669,4 +826,255 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
         ctx.refs.push((what, r.source.clone(), at.clone()));
     }
     out.into_iter().map(|(r, _)| r).collect()
+}
+
+/// `develop.watch[].path` made absolute against the project directory, as compose prints it.
+fn watch_paths(ctx: &Ctx<'_>, develop: &mut serde_json::Value) {
+    let watch = develop
+        .get_mut("watch")
+        .and_then(serde_json::Value::as_array_mut);
+    for w in watch.into_iter().flatten() {
+        if let Some(serde_json::Value::String(p)) = w.get_mut("path") {
+            *p = host_path(ctx, p);
+        }
+    }
+}
+
+/// `logging`: a `driver` name and `options` whose values are strings or numbers (printed as
+/// strings; a null is an empty string), as compose's schema has them: a boolean option is an
+/// error there (`compress: true` must be quoted).
+fn logging(ctx: &mut Ctx<'_>, v: &Node) -> Option<serde_json::Value> {
+    use serde_json::Value as J;
+    if v.is_null() {
+        return None;
+    }
+    let mut out = serde_json::Map::new();
+    for (k, name, lv) in ctx.entries(v, "`logging`") {
+        match name {
+            "driver" => {
+                if let Some(d) = ctx.opt_string(lv, "`logging.driver`") {
+                    out.insert(name.into(), J::String(d));
+                }
+            }
+            "options" => {
+                let mut options = serde_json::Map::new();
+                for (_, oname, ov) in ctx.entries(lv, "`logging.options`") {
+                    let text = match &ov.value {
+                        Value::Null => Some(String::new()),
+                        Value::Str(_) | Value::Int(_) | Value::Float(_) => ov.scalar_text(),
+                        _ => {
+                            let hint = match &ov.value {
+                                Value::Bool(b) => format!("quote it: `\"{b}\"`"),
+                                _ => "write a string or a number".to_string(),
+                            };
+                            ctx.error_hint(
+                                ov,
+                                format!(
+                                    "logging option `{oname}` must be a string or a number, found {}",
+                                    ov.kind()
+                                ),
+                                hint,
+                            );
+                            None
+                        }
+                    };
+                    if let Some(t) = text {
+                        options.insert(oname.to_string(), J::String(t));
+                    }
+                }
+                out.insert(name.into(), J::Object(options));
+            }
+            other if other.starts_with("x-") => {
+                out.insert(other.to_string(), lv.to_json());
+            }
+            other => ctx.unknown_key(k, other, "`logging`", &["driver", "options"]),
+        }
+    }
+    Some(J::Object(out))
+}
+
+/// The checks compose's schema makes of keys the fleet keeps verbatim: `dns`, `dns_search` (a
+/// string or a list of strings), `dns_opt` (a list of strings), `gpus` (`all` or a list),
+/// `pull_policy` (a known policy) and `devices` (strings, or mappings with a `source`).
+fn checked(ctx: &mut Ctx<'_>, key: &str, v: &Node) -> bool {
+    let errors = ctx.diags.errors().count();
+    let what = format!("`{key}`");
+    match key {
+        "dns" | "dns_search" => {
+            ctx.string_list(v, &what);
+        }
+        "dns_opt" => match v.as_seq() {
+            Some(items) => items.iter().for_each(|i| {
+                ctx.string(i, "a `dns_opt` entry");
+            }),
+            None if v.is_null() => {}
+            None => ctx.error(
+                v,
+                format!("`dns_opt` must be a list of strings, found {}", v.kind()),
+            ),
+        },
+        "gpus" if !(v.as_str() == Some("all") || v.as_seq().is_some() || v.is_null()) => {
+            ctx.error_hint(
+                v,
+                format!(
+                    "`gpus` must be `all` or a list of devices, found {}",
+                    shown(v)
+                ),
+                "write `gpus: all`, or a list such as `[{driver: nvidia, count: 1}]`",
+            );
+        }
+        "pull_policy" => {
+            if let Some(p) = ctx.opt_string(v, &what) {
+                if !pull_policy_ok(&p) {
+                    ctx.error_hint(
+                        v,
+                        format!("`{p}` is not a pull policy"),
+                        "use `always`, `never`, `missing`, `build`, `refresh`, `daily`, `weekly` or `every_<duration>` (`every_12h`)",
+                    );
+                }
+            }
+        }
+        "devices" => {
+            for item in v.as_seq().unwrap_or_default() {
+                match &item.value {
+                    Value::Map(_) => {
+                        if item.get("source").is_none() {
+                            ctx.error_hint(
+                                item,
+                                "a device in long syntax needs `source`",
+                                "write `{source: /dev/x, target: /dev/x}` or `/dev/x:/dev/x`",
+                            );
+                        } else if item.get("target").is_none() {
+                            ctx.error_hint(
+                                item,
+                                "a device in long syntax needs `target`",
+                                "write `{source: /dev/x, target: /dev/x}` or `/dev/x:/dev/x`",
+                            );
+                        }
+                    }
+                    _ => {
+                        ctx.string(item, "a device");
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    ctx.diags.errors().count() == errors
+}
+
+/// compose's schema pattern for `pull_policy`, which is not anchored: a known policy anywhere
+/// in the text (`every_` followed by a duration such as `12h` or `1d2h`).
+fn pull_policy_ok(p: &str) -> bool {
+    const KNOWN: &[&str] = &[
+        "always",
+        "never",
+        "build",
+        "if_not_present",
+        "missing",
+        "refresh",
+        "daily",
+        "weekly",
+    ];
+    if KNOWN.iter().any(|k| p.contains(k)) {
+        return true;
+    }
+    p.match_indices("every_").any(|(i, m)| {
+        let rest = &p.as_bytes()[i + m.len()..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        digits > 0 && rest.get(digits).is_some_and(|u| b"wdhms".contains(u))
+    })
+}
+
+/// A negative `cpus`, which compose accepts and prints: loaded, but the fleet cannot run it.
+fn negative_cpus(ctx: &mut Ctx<'_>, v: &Node) -> Option<f64> {
+    let n = match &v.value {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        Value::Str(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    if !(n.is_finite() && n < 0.0) {
+        return None;
+    }
+    ctx.cannot_run(
+        format!(
+            "`cpus: {}` is negative",
+            v.scalar_text().unwrap_or_default()
+        ),
+        &v.loc,
+        Some("give the number of CPUs the service may use, such as `0.5`"),
+    );
+    Some(n)
+}
+
+/// `annotations` (a list, or a mapping to scalars) and `extra_hosts` (a list of strings, or a
+/// mapping to strings or lists of strings), as compose's schema has them.
+fn scalar_values(ctx: &mut Ctx<'_>, key: &str, v: &Node, annotations: bool) -> bool {
+    let errors = ctx.diags.errors().count();
+    match &v.value {
+        Value::Seq(items) => {
+            for i in items {
+                ctx.string(i, &format!("an entry of `{key}`"));
+            }
+        }
+        Value::Map(_) => {
+            for (_, name, value) in ctx.entries(v, &format!("`{key}`")) {
+                let ok = match &value.value {
+                    Value::Str(_) => true,
+                    Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => annotations,
+                    Value::Seq(items) => {
+                        !annotations && items.iter().all(|i| matches!(i.value, Value::Str(_)))
+                    }
+                    Value::Map(_) => false,
+                };
+                if !ok {
+                    let want = if annotations {
+                        "a string, a number or a boolean"
+                    } else {
+                        "an address (a string) or a list of addresses"
+                    };
+                    ctx.error(
+                        value,
+                        format!("`{key}.{name}` must be {want}, found {}", value.kind()),
+                    );
+                }
+            }
+        }
+        Value::Null => {}
+        _ => ctx.error(
+            v,
+            format!("`{key}` must be a list or a mapping, found {}", v.kind()),
+        ),
+    }
+    ctx.diags.errors().count() == errors
+}
+
+/// `post_start` / `pre_stop`: a list of hooks, each with a `command` (a string or a list).
+fn hooks(ctx: &mut Ctx<'_>, key: &str, v: &Node) -> bool {
+    let errors = ctx.diags.errors().count();
+    for hook in v.as_seq().unwrap_or_default() {
+        match hook.get("command") {
+            None => ctx.error_hint(
+                hook,
+                format!("a `{key}` hook needs `command`"),
+                "write `command: [\"sh\", \"-c\", \"…\"]` (the other keys are optional)",
+            ),
+            Some(c) if !matches!(c.value, Value::Str(_) | Value::Seq(_)) => ctx.error(
+                c,
+                format!(
+                    "the `command` of a `{key}` hook must be a string or a list, found {}",
+                    c.kind()
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+    if !v.is_null() && v.as_seq().is_none() {
+        ctx.error(
+            v,
+            format!("`{key}` must be a list of hooks, found {}", v.kind()),
+        );
+    }
+    ctx.diags.errors().count() == errors
 }

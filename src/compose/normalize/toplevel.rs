@@ -86,6 +86,18 @@ pub fn volume(ctx: &mut Ctx<'_>, name: &str, v: &Node) -> Volume {
             }
         }
     }
+    // An external volume is created elsewhere: compose refuses settings for its creation.
+    if vol.external {
+        for (key, k, _) in ctx.entries(v, &format!("volume `{name}`")) {
+            if matches!(k, "driver" | "driver_opts" | "labels") {
+                ctx.error_hint(
+                    key,
+                    format!("volume `{name}` is external and sets `{k}`"),
+                    format!("an external volume is created outside the project: remove `{k}`, or `external`"),
+                );
+            }
+        }
+    }
     vol
 }
 
@@ -111,6 +123,24 @@ pub fn file_object(ctx: &mut Ctx<'_>, what: &str, name: &str, v: &Node) -> FileO
                 o.extra.insert(k.to_string(), fv.to_json());
             }
         }
+    }
+    let sources: Vec<&str> = [
+        ("file", o.file.is_some()),
+        ("environment", o.environment.is_some()),
+        ("content", o.content.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    if sources.len() > 1 {
+        ctx.error_hint(
+            v,
+            format!(
+                "{what} `{name}` takes its content from both `{}` and `{}`",
+                sources[0], sources[1]
+            ),
+            "keep one of `file:`, `environment:` and `content:`",
+        );
     }
     if o.file.is_none() && o.environment.is_none() && o.content.is_none() && !o.external {
         ctx.error_hint(

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::Ctx;
 use crate::compose::model::*;
-use crate::compose::source::absolute;
+use crate::compose::source::{absolute, normalize};
 use crate::compose::yaml::{Node, Value};
 
 pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
@@ -25,10 +25,19 @@ pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                         "source" => vol.source = ctx.string(fv, "`source`"),
                         "target" => vol.target = ctx.string(fv, "`target`").unwrap_or_default(),
                         "read_only" => vol.read_only = ctx.boolean(fv, "`read_only`"),
-                        "bind" | "volume" | "tmpfs" | "image" | "consistency" => {
+                        "tmpfs" => {
+                            if let Some(size) = fv.get("size") {
+                                ctx.bytes(size, "`tmpfs.size`");
+                            }
                             vol.extra.insert(name.to_string(), fv.to_json());
                         }
-                        other if other.starts_with("x-") => {}
+                        "bind" | "volume" | "image" | "consistency" => {
+                            vol.extra.insert(name.to_string(), fv.to_json());
+                        }
+                        // Kept for the YAML output (the JSON one drops them, as compose's).
+                        other if other.starts_with("x-") => {
+                            vol.extra.insert(other.to_string(), fv.to_json());
+                        }
                         other => ctx.unknown_key(
                             k,
                             other,
@@ -53,6 +62,16 @@ pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                 }
                 if vol.kind.is_empty() {
                     vol.kind = "volume".into();
+                }
+                const TYPES: &[&str] = &["bind", "volume", "tmpfs", "cluster", "npipe", "image"];
+                if !TYPES.contains(&vol.kind.as_str()) {
+                    let at = item.get("type").unwrap_or(item);
+                    ctx.error_hint(
+                        at,
+                        format!("`{}` is not a type of mount", vol.kind),
+                        format!("use one of {}", TYPES.join(", ")),
+                    );
+                    continue;
                 }
                 if vol.kind == "bind" {
                     vol.source = vol.source.map(|s| host_path(ctx, &s));
@@ -80,25 +99,25 @@ pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
     }
 }
 
-/// A host path: `~` expanded when the home directory is known, then made absolute against the
-/// project directory (a `~` path without a known home is kept as written).
+/// A host path as compose-go's `absPath` resolves it: `~…` is the home directory joined with
+/// the rest (and cleaned) when the home directory is known (else kept as written), an absolute
+/// path is kept as written (`/etc/pihole/` keeps its slash), a relative one is joined to the
+/// project directory and cleaned.
 pub(super) fn host_path(ctx: &Ctx<'_>, s: &str) -> String {
-    let expanded = expand_home(ctx, s);
-    if expanded.starts_with('~') {
-        return expanded;
+    if let Some(rest) = s.strip_prefix('~') {
+        return match ctx.env.get("HOME") {
+            Some(home) => normalize(Path::new(&format!("{home}/{rest}")))
+                .display()
+                .to_string(),
+            None => s.to_string(),
+        };
     }
-    absolute(ctx.project_dir, Path::new(&expanded))
+    if s.starts_with('/') {
+        return s.to_string();
+    }
+    absolute(ctx.project_dir, Path::new(s))
         .display()
         .to_string()
-}
-
-fn expand_home(ctx: &Ctx<'_>, s: &str) -> String {
-    match (s.strip_prefix('~'), ctx.env.get("HOME")) {
-        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
-            format!("{home}{rest}")
-        }
-        _ => s.to_string(),
-    }
 }
 
 fn parse_volume(ctx: &Ctx<'_>, s: &str) -> Result<ServiceVolume, String> {
@@ -127,6 +146,10 @@ fn parse_volume(ctx: &Ctx<'_>, s: &str) -> Result<ServiceVolume, String> {
             vol.source = Some(src.to_string());
             vol.extra.insert("volume".into(), serde_json::json!({}));
         }
+    } else {
+        // compose prints the empty options of a short-syntax anonymous volume (`/data`), and
+        // not those of a long-syntax one.
+        vol.extra.insert("volume".into(), serde_json::json!({}));
     }
     if let Some(m) = mode {
         for flag in m.split(',') {
@@ -143,10 +166,9 @@ fn parse_volume(ctx: &Ctx<'_>, s: &str) -> Result<ServiceVolume, String> {
                     vol.extra
                         .insert("volume".into(), serde_json::json!({"nocopy": true}));
                 }
-                "cached" | "delegated" | "consistent" => {
-                    vol.extra
-                        .insert("consistency".into(), serde_json::json!(flag));
-                }
+                // Docker Desktop's old macOS hints: compose reads and drops them in the short
+                // syntax (the long syntax keeps `consistency`).
+                "cached" | "delegated" | "consistent" => {}
                 _ => return Err(format!("bad volume `{s}`: unknown mode `{flag}`")),
             }
         }
