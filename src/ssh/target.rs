@@ -22,6 +22,9 @@ pub struct SshTarget {
     pub identity_file: Option<PathBuf>,
     /// Host keys to check against instead of the user's `~/.ssh/known_hosts`.
     pub known_hosts: Option<PathBuf>,
+    /// Pinned host keys (`ssh-ed25519 AAAA…`): when any, the host must present one of them, and
+    /// `known_hosts` files (the inventory's, the user's, the system's) are not consulted.
+    pub host_keys: Vec<String>,
 }
 
 impl SshTarget {
@@ -98,6 +101,7 @@ impl SshTarget {
             port: (host.port != 22).then_some(host.port),
             identity_file: host.identity_file.as_deref().map(|p| resolve(p, base)),
             known_hosts: host.known_hosts.as_deref().map(|p| resolve(p, base)),
+            host_keys: host.host_keys.clone(),
         }
     }
 
