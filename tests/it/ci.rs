@@ -1,7 +1,7 @@
 //! compose-fleet in a CI deploy step: host keys pinned in the inventory and no `known_hosts`
 //! (`up` succeeds; a changed key is refused before anything runs; `hosts --pin` records every
 //! lab host and never overwrites), the private key only in `COMPOSE_FLEET_SSH_KEY` (works, and
-//! no key file is left, also after SIGTERM), GitHub annotations and the step summary, the global
+//! no key file is left, also after SIGTERM) or in an ssh-agent (`SSH_AUTH_SOCK`), GitHub annotations and the step summary, the global
 //! `--timeout`, and the recipes in `examples/ci/` run step by step against a lab fleet with
 //! `CI=true`, no TTY and an empty `HOME`.
 
@@ -296,6 +296,37 @@ fn a_key_only_in_the_environment_works_and_leaves_no_file_even_after_sigterm() {
         entries(tmp.path()),
         Vec::<String>::new(),
         "SIGTERM leaves no key file"
+    );
+
+    // The key in an ssh-agent instead: SSH_AUTH_SOCK is honoured as OpenSSH honours it.
+    let sock = tmp.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    let started = Instant::now();
+    while !sock.exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add")
+        .arg(lab.identity())
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add");
+    assert!(added.status.success(), "{}", describe(&added));
+    let out = run(checkout
+        .cli(&lab)
+        .args(["hosts"])
+        .env("SSH_AUTH_SOCK", &sock));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        out.status.success(),
+        "hosts through ssh-agent: {}",
+        describe(&out)
     );
 }
 
@@ -597,4 +628,47 @@ fn the_ci_recipes_deploy_to_the_lab_with_pinned_keys_and_a_secret_key() {
         !checkout.home.path().join(".ssh").exists(),
         "nothing was written to ~/.ssh"
     );
+}
+
+#[test]
+fn host_keys_are_read_from_our_format_and_ansible_and_bad_ones_are_located() {
+    use compose_fleet::inventory::parse;
+    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5";
+    const EC: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY";
+    let own = parse(
+        "inventory.yaml",
+        &format!(
+            "hosts:\n  a: {{ address: 10.0.0.1, host_key: \"{ED} root@a\" }}\n  b:\n    host_key:\n      - \"{ED}\"\n      - \"{EC}\"\n"
+        ),
+    )
+    .expect("own format");
+    assert_eq!(own.hosts[0].host_keys, [ED], "the comment is dropped");
+    assert_eq!(own.hosts[1].host_keys, [ED, EC]);
+
+    let ini = parse(
+        "hosts",
+        &format!("[web]\nweb1 ansible_host=10.0.0.2 compose_fleet_host_key=\"{ED}\"\n"),
+    )
+    .expect("ansible ini");
+    assert_eq!(ini.hosts[0].host_keys, [ED]);
+    assert!(
+        !ini.hosts[0].labels.contains_key("compose_fleet_host_key"),
+        "not a label"
+    );
+    let yaml = parse(
+        "hosts.yml",
+        &format!("all:\n  hosts:\n    web2:\n      compose_fleet_host_key: [\"{ED}\", \"{EC}\"]\n"),
+    )
+    .expect("ansible yaml");
+    assert_eq!(yaml.hosts[0].host_keys, [ED, EC]);
+
+    let bad = parse(
+        "inventory.yaml",
+        "hosts:\n  a: { address: 10.0.0.1, host_key: \"ssh-ed2519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5\" }\n",
+    )
+    .expect_err("a misspelt key type");
+    let text = bad.render();
+    assert!(text.contains("--> inventory.yaml:2:"), "{text}");
+    assert!(text.contains("did you mean `ssh-ed25519`?"), "{text}");
+    assert!(text.contains("hosts --pin"), "{text}");
 }
