@@ -672,3 +672,60 @@ fn host_keys_are_read_from_our_format_and_ansible_and_bad_ones_are_located() {
     assert!(text.contains("did you mean `ssh-ed25519`?"), "{text}");
     assert!(text.contains("hosts --pin"), "{text}");
 }
+
+#[test]
+fn sigint_during_a_deploy_still_stops_it_gracefully_and_removes_the_key() {
+    use std::io::BufRead as _;
+    let Some(lab) = Lab::up("sigint_during_a_deploy", 1) else {
+        return;
+    };
+    let checkout = Checkout::new(&lab, false, true);
+    // `after` waits for `slow` to turn healthy, which it never does: the deploy waits.
+    let compose = checkout.dir.path().join("examples/ci/compose.yaml");
+    std::fs::write(
+        &compose,
+        "services:\n  slow:\n    image: ${REGISTRY}/lab/busybox:latest\n    command: [\"sleep\", \"600\"]\n    stop_grace_period: 1s\n    healthcheck: { test: [\"CMD\", \"false\"], interval: 1s, retries: 1000 }\n  after:\n    image: ${REGISTRY}/lab/busybox:latest\n    command: [\"sleep\", \"600\"]\n    depends_on: { slow: { condition: service_healthy } }\n",
+    )
+    .expect("write compose");
+    let key = std::fs::read_to_string(lab.identity()).expect("lab key");
+    let tmp = tempfile::tempdir().expect("TMPDIR");
+    let mut child = checkout
+        .cli(&lab)
+        .args(["-p", "sigint", "up"])
+        .env("TMPDIR", tmp.path())
+        .env("COMPOSE_FLEET_SSH_KEY", &key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn up");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        seen.push(line.clone());
+        if line.contains("slow.1@") && line.contains("started") {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("started")),
+        "slow never started: {seen:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().expect("wait");
+    let text = seen.join("\n");
+    // The flow heard it (not the default action, nor our exit 130): it stopped and said why.
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    assert_eq!(
+        entries(tmp.path()),
+        Vec::<String>::new(),
+        "no key file is left"
+    );
+}
