@@ -21,6 +21,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Set while some code handles SIGINT itself (`up`'s flow stops new work and waits for what is
 /// in flight): the first SIGINT is left to it, a second one ends the process.
 static GRACEFUL_INTERRUPT: AtomicBool = AtomicBool::new(false);
+/// When `--timeout` expires, if given.
+static DEADLINE: Mutex<Option<std::time::Instant>> = Mutex::new(None);
 
 /// A private (0700) temporary directory, removed when dropped and, if the process ends first,
 /// at exit, on SIGINT/SIGTERM or on `--timeout`.
@@ -138,6 +140,7 @@ pub fn install(command: &'static str, timeout: Option<Duration>) {
         ));
     }
     if let Some(limit) = timeout {
+        *lock(&DEADLINE) = Some(std::time::Instant::now() + limit);
         let _ = std::thread::Builder::new()
             .name("timeout".into())
             .spawn(move || {
@@ -156,6 +159,11 @@ pub fn install(command: &'static str, timeout: Option<Duration>) {
                 std::process::exit(1);
             });
     }
+}
+
+/// The time left before `--timeout` ends the command; `None` without one.
+pub fn remaining() -> Option<Duration> {
+    lock(&DEADLINE).map(|d| d.saturating_duration_since(std::time::Instant::now()))
 }
 
 fn wait_for_signals() {

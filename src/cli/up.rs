@@ -145,8 +145,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         ssh: args.conn.ssh_options(),
         remove_orphans: args.remove_orphans,
         services: args.services.clone(),
-        // The global `--timeout` bounds the whole command; the deploy gets as long.
-        timeout: global.timeout.unwrap_or(Duration::from_secs(300)),
+        timeout: Duration::from_secs(300),
         ..exec::Options::default()
     };
     let insecure: Vec<String> = fleet
@@ -189,6 +188,15 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             render.show(&Progress::Warning(why));
         }
         let _section = output::section("deploy", "compose-fleet: deploying");
+        // The global `--timeout` bounds the whole command. The deploy's own deadline comes a
+        // little before it, so that a deploy that overruns stops gracefully (the flow says what
+        // did not start, the step summary is written) before the process is ended.
+        let mut opts = opts.clone();
+        if let Some(left) = lifetime::remaining() {
+            opts.timeout = left
+                .saturating_sub(Duration::from_secs(2))
+                .max(Duration::from_secs(1));
+        }
         // The flow stops new work on the first SIGINT and waits for what is in flight.
         let _graceful = lifetime::graceful_interrupt();
         let summary = exec::run(

@@ -674,7 +674,7 @@ fn host_keys_are_read_from_our_format_and_ansible_and_bad_ones_are_located() {
 }
 
 #[test]
-fn sigint_during_a_deploy_still_stops_it_gracefully_and_removes_the_key() {
+fn sigint_or_timeout_during_a_deploy_stops_it_gracefully_and_removes_the_key() {
     use std::io::BufRead as _;
     let Some(lab) = Lab::up("sigint_during_a_deploy", 1) else {
         return;
@@ -723,6 +723,24 @@ fn sigint_during_a_deploy_still_stops_it_gracefully_and_removes_the_key() {
     // The flow heard it (not the default action, nor our exit 130): it stopped and said why.
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("interrupted"), "{text}");
+    assert_eq!(
+        entries(tmp.path()),
+        Vec::<String>::new(),
+        "no key file is left"
+    );
+
+    // The same wait (another project: a kept pod satisfies its dependents at once) bounded by
+    // `--timeout`: the deploy stops before the deadline and says why.
+    let started = Instant::now();
+    let out = run(checkout
+        .cli(&lab)
+        .args(["-p", "bounded", "--timeout", "8s", "up"])
+        .env("TMPDIR", tmp.path())
+        .env("COMPOSE_FLEET_SSH_KEY", &key));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not finish within"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded");
     assert_eq!(
         entries(tmp.path()),
         Vec::<String>::new(),
