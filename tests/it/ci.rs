@@ -182,6 +182,54 @@ fn hosts_pin_records_every_lab_host_and_refuses_to_overwrite() {
         Some(pinned.clone())
     );
 
+    // An Ansible inventory is not edited: the lines for host_vars/ are printed, and once put
+    // there the hosts are checked against them.
+    let ansible = checkout.dir.path().join("ansible");
+    std::fs::create_dir_all(&ansible).expect("mkdir");
+    let mut ini = String::from("[lab]\n");
+    for h in lab.host_names() {
+        ini.push_str(&format!(
+            "{h} ansible_host={} ansible_user=root ansible_ssh_private_key_file={}\n",
+            lab.address(&h),
+            lab.identity().display()
+        ));
+    }
+    std::fs::write(ansible.join("hosts"), &ini).expect("write ini");
+    let ansible_cli = |args: &[&str]| {
+        run(Command::new(support::bin())
+            .arg("-i")
+            .arg(ansible.join("hosts"))
+            .args(args)
+            .env("HOME", checkout.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("COMPOSE_FLEET_SSH_KEY")
+            .env_remove("COMPOSE_FLEET_SSH_KEY_FILE")
+            .stdin(Stdio::null()))
+    };
+    let out = ansible_cli(&["hosts", "--pin"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    std::fs::create_dir_all(ansible.join("host_vars")).expect("mkdir");
+    for h in lab.host_names() {
+        let line = format!("compose_fleet_host_key: \"{}\"", host_key(&lab, &h));
+        assert!(
+            stdout.contains(&format!("# host_vars/{h}.yml\n{line}\n")),
+            "{stdout}"
+        );
+        std::fs::write(
+            ansible.join(format!("host_vars/{h}.yml")),
+            format!("{line}\n"),
+        )
+        .expect("write host_vars");
+    }
+    assert_eq!(
+        std::fs::read_to_string(ansible.join("hosts")).ok(),
+        Some(ini)
+    );
+    let out = ansible_cli(&["hosts", "--pin"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unchanged (pinned key verified)"));
+
     // A host with another key now: refused, and the file is left as it was.
     lab.faults()
         .change_host_key(&lab.host(1))
