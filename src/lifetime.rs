@@ -130,9 +130,15 @@ pub fn graceful_interrupt() -> GracefulInterrupt {
 /// Starts the signal thread and, with a `timeout`, the watchdog that ends the command when it
 /// expires (exit 1, naming `command` and what was still running).
 pub fn install(command: &'static str, timeout: Option<Duration>) {
+    // The handlers are in place before this returns: a SIGTERM right after the key file is
+    // written must find them (found as a killed test run leaving its key behind).
+    let (ready, listening) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(wait_for_signals);
+        .spawn(move || wait_for_signals(ready));
+    if spawned.is_ok() {
+        let _ = listening.recv_timeout(Duration::from_secs(5));
+    }
     if let Err(e) = spawned {
         crate::output::warning(&format!(
             "cannot watch for SIGINT/SIGTERM ({e}): temporary files may stay behind if the \
@@ -166,7 +172,7 @@ pub fn remaining() -> Option<Duration> {
     lock(&DEADLINE).map(|d| d.saturating_duration_since(std::time::Instant::now()))
 }
 
-fn wait_for_signals() {
+fn wait_for_signals(ready: std::sync::mpsc::Sender<()>) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -181,6 +187,7 @@ fn wait_for_signals() {
         ) else {
             return;
         };
+        let _ = ready.send(());
         let mut interrupts = 0;
         loop {
             tokio::select! {
