@@ -8,6 +8,7 @@
 //! still sees SIGINT) and, with `--timeout`, a watchdog.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -21,6 +22,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Set while some code handles SIGINT itself (`up`'s flow stops new work and waits for what is
 /// in flight): the first SIGINT is left to it, a second one ends the process.
 static GRACEFUL_INTERRUPT: AtomicBool = AtomicBool::new(false);
+/// Set once a signal or the timeout ends the process: the main thread must not exit with
+/// another code while the files are being removed (see [`exit_code`]).
+static ENDING: AtomicBool = AtomicBool::new(false);
 /// When `--timeout` expires, if given.
 static DEADLINE: Mutex<Option<std::time::Instant>> = Mutex::new(None);
 
@@ -80,6 +84,28 @@ impl AsRef<Path> for PrivateDir {
     fn as_ref(&self) -> &Path {
         &self.path
     }
+}
+
+/// Ends the process from the signal or timeout thread: no other thread may exit first with
+/// another code (a command whose files just vanished would fail, with exit 1), then the files
+/// go, then the process.
+fn end(code: i32) -> ! {
+    ENDING.store(true, Ordering::SeqCst);
+    cleanup();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
+}
+
+/// The main thread's way out: removes the private files and returns `code`, unless a signal or
+/// the timeout is ending the process, which then ends it with its own code.
+pub fn exit_code(code: std::process::ExitCode) -> std::process::ExitCode {
+    if ENDING.load(Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+    cleanup();
+    code
 }
 
 /// Removes every private directory still registered. Called at the end of `main`, and before
@@ -157,12 +183,12 @@ pub fn install(command: &'static str, timeout: Option<Duration>) {
                 } else {
                     format!(" while still {}", running.join("; "))
                 };
+                ENDING.store(true, Ordering::SeqCst);
                 crate::output::error(&format!(
                     "`{command}` did not finish within --timeout {}{what}",
                     crate::human::format_duration(limit)
                 ));
-                cleanup();
-                std::process::exit(1);
+                end(1);
             });
     }
 }
@@ -196,12 +222,10 @@ fn wait_for_signals(ready: std::sync::mpsc::Sender<()>) {
                     if interrupts == 1 && GRACEFUL_INTERRUPT.load(Ordering::SeqCst) {
                         continue;
                     }
-                    cleanup();
-                    std::process::exit(130);
+                    end(130);
                 }
                 _ = term.recv() => {
-                    cleanup();
-                    std::process::exit(143);
+                    end(143);
                 }
             }
         }

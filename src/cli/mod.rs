@@ -198,8 +198,7 @@ pub fn main() -> ExitCode {
         Command::Lab(a) => lab::run(&cli.global, a),
     };
     // Private temporary files (an SSH key, pinned host keys) go now, whatever happened.
-    crate::lifetime::cleanup();
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(Failure::User(msg)) => {
             output::error(&msg);
@@ -210,5 +209,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Reported(code)) => ExitCode::from(code),
-    }
+    };
+    crate::lifetime::exit_code(code)
 }

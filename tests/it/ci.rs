@@ -332,14 +332,20 @@ fn a_key_only_in_the_environment_works_and_leaves_no_file_even_after_sigterm() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
-    let status = child.wait().expect("wait");
+    let out = child.wait_with_output().expect("wait");
+    let status = out.status;
     if let Ok(mode) = mode {
         assert_eq!(mode, 0o600, "the key file is 0600");
     }
     if let Ok(mode) = dir_mode {
         assert_eq!(mode, 0o700, "in a 0700 directory");
     }
-    assert_eq!(status.code(), Some(143), "exit 128+SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "exit 128+SIGTERM: {}",
+        describe(&out)
+    );
     assert_eq!(
         entries(tmp.path()),
         Vec::<String>::new(),
