@@ -16,6 +16,7 @@ pub mod graph;
 pub mod human;
 pub mod inventory;
 pub mod lab;
+pub mod lifetime;
 pub mod limits;
 pub mod output;
 pub mod plan;

@@ -1,5 +1,10 @@
 //! `compose-fleet hosts`: every host of the inventory, reached in parallel over SSH, with the facts
 //! its agent reports (the agent is pushed where missing). Exit 1 if any host is unreachable.
+//!
+//! `hosts --pin` also records the host key each unpinned host presents into the inventory
+//! (`host_key:` in compose-fleet's own format; for an Ansible inventory it prints the
+//! `compose_fleet_host_key` lines to put in `host_vars/`). Pinned hosts are verified, never
+//! overwritten: a host whose key differs from its pin fails the command and nothing is written.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +16,7 @@ use serde::Serialize;
 use super::project;
 use super::{CmdResult, Failure, GlobalArgs};
 use crate::human::format_bytes;
+use crate::inventory::{self, Fleet};
 use crate::output;
 use crate::ssh::{self, HostReport, SshError, SshTarget, Totals};
 
@@ -45,6 +51,10 @@ pub struct Args {
         env = "COMPOSE_FLEET_MAX_HANDSHAKES"
     )]
     pub max_handshakes: usize,
+    /// Record the host key each host without one presents into the inventory (`host_key:`);
+    /// run it once from a trusted machine. Pinned keys are checked, never overwritten
+    #[arg(long, conflicts_with = "accept_new_host_keys")]
+    pub pin: bool,
 }
 
 /// One row of `hosts --format json`; the field set is a contract.
@@ -74,10 +84,20 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         agent_binary: args.agent_binary.clone(),
         ..ssh::Options::default()
     };
-    let reports = ssh::facts_blocking(&fleet, &options).map_err(|e| match e.class {
+    let to_failure = |e: SshError| match e.class {
         ssh::ErrorClass::Local => Failure::Internal(e.to_string()),
         _ => Failure::User(e.to_string()),
-    })?;
+    };
+    let (reports, seen) = if args.pin {
+        let rt = ssh::runtime().map_err(to_failure)?;
+        rt.block_on(ssh::facts_and_keys(&targets, &options))
+            .map_err(to_failure)?
+    } else {
+        (
+            ssh::facts_blocking(&fleet, &options).map_err(to_failure)?,
+            BTreeMap::new(),
+        )
+    };
 
     let rows = rows(&targets, &reports);
     match args.format {
@@ -94,6 +114,12 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     }
     let totals = Totals::of(&reports);
     output::status(&totals.line());
+    if args.pin {
+        let pinned = pin(&fleet, &reports, &seen)?;
+        if !pinned {
+            return Ok(ExitCode::from(1));
+        }
+    }
     Ok(if totals.unreachable > 0 {
         ExitCode::from(1)
     } else {
@@ -165,4 +191,134 @@ fn table(rows: &[Row]) -> String {
         ]);
     }
     super::table::render(&cells)
+}
+
+/// Records the keys seen into the inventory and says what changed. `false` when a pinned key
+/// differs (nothing is written then) or a host could not be pinned.
+fn pin(
+    fleet: &Fleet,
+    reports: &BTreeMap<String, Result<HostReport, SshError>>,
+    seen: &BTreeMap<String, Vec<String>>,
+) -> Result<bool, Failure> {
+    let mut ok = true;
+    let mut new: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for host in &fleet.hosts {
+        match reports.get(&host.name) {
+            Some(Err(e)) if e.class == ssh::ErrorClass::HostKeyChanged => {
+                output::error(&format!(
+                    "host `{}`: not pinned again: it presents a key other than its pinned one \
+                     (see above); `--pin` never overwrites a pinned key",
+                    host.name
+                ));
+                ok = false;
+            }
+            Some(Ok(_)) if !host.host_keys.is_empty() => {
+                output::status(&format!("{}: unchanged (pinned key verified)", host.name));
+            }
+            Some(Ok(_)) => match seen.get(&host.name).filter(|k| !k.is_empty()) {
+                Some(keys) => {
+                    new.insert(host.name.clone(), keys.clone());
+                }
+                None => {
+                    output::error(&format!(
+                        "host `{}`: answered, but ssh recorded no host key for it (a \
+                         `KnownHostsCommand` or `StrictHostKeyChecking` in your ssh config?)",
+                        host.name
+                    ));
+                    ok = false;
+                }
+            },
+            _ => {
+                output::error(&format!(
+                    "host `{}`: not pinned: it could not be reached (see above)",
+                    host.name
+                ));
+                ok = false;
+            }
+        }
+    }
+    if !ok && fleet.hosts.iter().any(|h| {
+        matches!(reports.get(&h.name), Some(Err(e)) if e.class == ssh::ErrorClass::HostKeyChanged)
+    }) {
+        output::error("nothing was written: a pinned key differs from what its host presents");
+        return Ok(false);
+    }
+    if new.is_empty() {
+        if ok {
+            output::status("every host is pinned already; nothing to write");
+        }
+        return Ok(ok);
+    }
+    let Some(path) = fleet.source.as_deref() else {
+        return Err(Failure::Internal(
+            "the inventory has no file to write to".into(),
+        ));
+    };
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).map_err(|e| {
+            Failure::User(format!("cannot read the inventory {}: {e}", path.display()))
+        })?
+    } else {
+        String::new()
+    };
+    let name = path.display().to_string();
+    if !path.is_file() || inventory::detect(&name, &text) != inventory::Format::Own {
+        // Ansible inventories are often generated or shared with playbooks: we print, the
+        // user decides where the variable goes.
+        output::status(&format!(
+            "{name} is an Ansible inventory: nothing was written. Add these variables, e.g. \
+             in host_vars/HOST.yml beside it:"
+        ));
+        for (host, keys) in &new {
+            let value = if keys.len() == 1 {
+                format!("\"{}\"", keys[0])
+            } else {
+                format!(
+                    "[{}]",
+                    keys.iter()
+                        .map(|k| format!("\"{k}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            output::data(&format!(
+                "# host_vars/{host}.yml\ncompose_fleet_host_key: {value}"
+            ));
+        }
+        return Ok(ok);
+    }
+    let edited = inventory::pin::add_host_keys(&name, &text, &new).map_err(Failure::User)?;
+    write_atomically(path, &edited)
+        .map_err(|e| Failure::User(format!("cannot write the inventory {name}: {e}")))?;
+    for (host, keys) in &new {
+        for key in keys {
+            output::status(&format!("{host}: pinned {}", short_key(key)));
+        }
+    }
+    output::status(&format!(
+        "{} host{} pinned in {name}; commit it so that CI checks the same keys",
+        new.len(),
+        if new.len() == 1 { "" } else { "s" }
+    ));
+    Ok(ok)
+}
+
+/// `ssh-ed25519 AAAAC3Nz…q9Xw`: enough to recognize a key in a message.
+fn short_key(key: &str) -> String {
+    match key.split_once(' ') {
+        Some((kind, blob)) if blob.len() > 24 => {
+            format!("{kind} {}…{}", &blob[..12], &blob[blob.len() - 8..])
+        }
+        _ => key.to_string(),
+    }
+}
+
+/// Writes through a temporary file renamed over the old one, keeping its permissions.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("pin-tmp");
+    std::fs::write(&tmp, text)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        std::fs::set_permissions(&tmp, meta.permissions())?;
+    }
+    std::fs::rename(&tmp, path)
 }

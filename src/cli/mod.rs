@@ -67,6 +67,16 @@ pub struct GlobalArgs {
     /// The limits and their COMPOSE_FLEET_MAX_* variables are listed in the README
     #[arg(long = "limit", global = true, value_name = "NAME=VALUE", value_parser = limit_arg)]
     pub limits: Vec<String>,
+    /// Bound the whole command (`90`, `90s`, `5m`, `1h30m`): when it expires, exit 1 naming what
+    /// was still running. `up` also gives its deploy this long (default 300s)
+    #[arg(
+        long = "timeout",
+        global = true,
+        env = "COMPOSE_FLEET_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = crate::human::parse_duration
+    )]
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl GlobalArgs {
@@ -123,6 +133,23 @@ pub enum Command {
     Lab(lab::Args),
 }
 
+/// The command's name, for the `--timeout` message.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Up(_) => "up",
+        Command::Plan(_) => "plan",
+        Command::Config(_) => "config",
+        Command::Graph(_) => "graph",
+        Command::Ps(_) => "ps",
+        Command::Logs(_) => "logs",
+        Command::Exec(_) => "exec",
+        Command::Down(_) => "down",
+        Command::Hosts(_) => "hosts",
+        Command::Inventory(_) => "inventory",
+        Command::Lab(_) => "lab",
+    }
+}
+
 /// How a command failed.
 #[derive(Debug)]
 pub enum Failure {
@@ -145,6 +172,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // An SSH key given in the environment is checked before anything runs (its content never
+    // reaches a message).
+    if matches!(
+        cli.command,
+        Command::Up(_) | Command::Plan(_) | Command::Ps(_) | Command::Down(_) | Command::Hosts(_)
+    ) {
+        if let Err(e) = crate::ssh::key_from_env() {
+            output::error(&e);
+            return ExitCode::from(1);
+        }
+    }
+    crate::lifetime::install(command_name(&cli.command), cli.global.timeout);
     let result = match cli.command {
         Command::Up(a) => up::run(&cli.global, a),
         Command::Plan(a) => plan::run(&cli.global, a),
@@ -158,7 +197,8 @@ pub fn main() -> ExitCode {
         Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Lab(a) => lab::run(&cli.global, a),
     };
-    match result {
+    // Private temporary files (an SSH key, pinned host keys) go now, whatever happened.
+    let code = match result {
         Ok(code) => code,
         Err(Failure::User(msg)) => {
             output::error(&msg);
@@ -169,5 +209,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Reported(code)) => ExitCode::from(code),
-    }
+    };
+    crate::lifetime::exit_code(code)
 }

@@ -137,6 +137,6 @@ fn plural(n: usize) -> &'static str {
 /// Renders diagnostics rustc style to stderr.
 pub fn print_diagnostics(diags: &Diagnostics, sources: &SourceMap) {
     for d in &diags.0 {
-        output::diagnostic(&sources.render(d));
+        output::located(d, &sources.render(d));
     }
 }

@@ -21,6 +21,7 @@ use crate::deploy::exec::{self, ExecError, Progress};
 use crate::deploy::flow::{Action, Change, Event, Step, Summary};
 use crate::graph::condition_str;
 use crate::inventory::Fleet;
+use crate::lifetime;
 use crate::output;
 use crate::ssh;
 
@@ -60,9 +61,6 @@ pub struct Args {
     /// One JSON event per line on stdout, for machines
     #[arg(long)]
     pub json: bool,
-    /// Seconds the whole deploy may wait for containers to start, turn healthy or exit
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    pub timeout: u64,
     /// Accepted for docker compose compatibility: `up` always returns once deployed
     #[arg(short = 'd', long)]
     pub detach: bool,
@@ -86,6 +84,59 @@ pub fn failure(e: ExecError, sources: &crate::diag::SourceMap) -> Failure {
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
+    let mut summary_written = false;
+    let result = run_up(global, args, &mut summary_written);
+    let failed = match &result {
+        Ok(code) => *code != ExitCode::SUCCESS,
+        Err(_) => true,
+    };
+    if failed && !summary_written {
+        // Failed before deploying (a compose or inventory error, no host): the step summary
+        // still says why, as a table.
+        if let Err(e) = failure_summary(&result) {
+            output::warning(&format!("cannot write the GitHub step summary: {e}"));
+        }
+    }
+    result
+}
+
+/// The step summary of an `up` that stopped before its deploy: the errors, where they are.
+fn failure_summary(result: &CmdResult) -> std::io::Result<()> {
+    if !matches!(output::Ci::detect(), output::Ci::GitHub { .. }) {
+        return Ok(());
+    }
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
+        return Ok(());
+    };
+    let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+    let mut errors = output::errors_so_far();
+    if let Err(Failure::User(m) | Failure::Internal(m)) = result {
+        errors.push((String::new(), m.clone()));
+    }
+    let mut md = String::from(
+        "### compose-fleet up: failed before deploying\n\n| Where | Error |\n|---|---|\n",
+    );
+    for (at, message) in &errors {
+        md.push_str(&format!(
+            "| {} | {} |\n",
+            if at.is_empty() {
+                "-".into()
+            } else {
+                format!("`{}`", cell(at))
+            },
+            cell(message)
+        ));
+    }
+    md.push('\n');
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(md.as_bytes())
+}
+
+fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdResult {
     let workspace = project::resolve(global)?;
     let checked = workspace.project()?;
     let fleet = workspace.fleet()?;
@@ -94,7 +145,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         ssh: args.conn.ssh_options(),
         remove_orphans: args.remove_orphans,
         services: args.services.clone(),
-        timeout: Duration::from_secs(args.timeout.max(1)),
+        timeout: Duration::from_secs(300),
         ..exec::Options::default()
     };
     let insecure: Vec<String> = fleet
@@ -106,9 +157,17 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     let rt = exec::runtime().map_err(|e| failure(e, &checked.loaded.sources))?;
     let mut render = Renderer::new(args.json);
     let started = Instant::now();
+    for h in &fleet.hosts {
+        render.running.insert(
+            h.name.clone(),
+            lifetime::activity(format!("connecting to host `{}`", h.name)),
+        );
+    }
     let outcome = rt.block_on(async {
+        let section = output::section("connect", "compose-fleet: connecting to the hosts");
         let connected =
             exec::connect(&fleet, &project.name, &opts.ssh, &mut |p| render.show(&p)).await?;
+        drop(section);
         let prepared = exec::prepare(
             project,
             &checked.graph,
@@ -128,6 +187,18 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         if let Some(why) = why_not {
             render.show(&Progress::Warning(why));
         }
+        let _section = output::section("deploy", "compose-fleet: deploying");
+        // The global `--timeout` bounds the whole command. The deploy's own deadline comes a
+        // little before it, so that a deploy that overruns stops gracefully (the flow says what
+        // did not start, the step summary is written) before the process is ended.
+        let mut opts = opts.clone();
+        if let Some(left) = lifetime::remaining() {
+            opts.timeout = left
+                .saturating_sub(Duration::from_secs(2))
+                .max(Duration::from_secs(1));
+        }
+        // The flow stops new work on the first SIGINT and waits for what is in flight.
+        let _graceful = lifetime::graceful_interrupt();
         let summary = exec::run(
             &connected.hosts,
             &networks,
@@ -150,6 +221,13 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         }
         Ok(summary) => {
             render.finish(&summary, started.elapsed());
+            if let Err(e) = render
+                .summary
+                .append(&project.name, &summary, started.elapsed())
+            {
+                output::warning(&format!("cannot write the GitHub step summary: {e}"));
+            }
+            *summary_written = true;
             u8::from(!summary.ok())
         }
     };
@@ -304,6 +382,10 @@ enum Mode {
 
 struct Renderer {
     mode: Mode,
+    /// What is in flight, by host or `pod@host`, named by `--timeout` when it expires.
+    running: BTreeMap<String, lifetime::Activity>,
+    /// The release as GitHub's step summary shows it.
+    summary: StepSummary,
 }
 
 impl Renderer {
@@ -318,10 +400,16 @@ impl Renderer {
         } else {
             Mode::Plain
         };
-        Renderer { mode }
+        Renderer {
+            mode,
+            running: BTreeMap::new(),
+            summary: StepSummary::default(),
+        }
     }
 
     fn show(&mut self, p: &Progress) {
+        self.track(p);
+        self.summary.record(p);
         match &mut self.mode {
             Mode::Json => output::data(&to_json(p).to_string()),
             Mode::Plain => {
@@ -405,6 +493,207 @@ impl Renderer {
             }
             output::error(&format!("the deploy failed ({line})"));
         }
+    }
+}
+
+impl Renderer {
+    /// Keeps [`Renderer::running`] up to date: hosts until they answer, pods until they are
+    /// healthy, exited, removed or failed.
+    fn track(&mut self, p: &Progress) {
+        match p {
+            Progress::Connected { host, .. } | Progress::Unreachable { host, .. } => {
+                self.running.remove(host);
+            }
+            Progress::Issued(_) => {
+                if let (Some(key), Some((_, text))) = (pod_key(p), describe(p)) {
+                    let what = format!("{text} {key}");
+                    self.running.insert(key, lifetime::activity(what));
+                }
+            }
+            Progress::Event(Event::Started(at)) => {
+                let key = format!("{}-{}@{}", at.service, at.replica, at.host);
+                if self.running.contains_key(&key) {
+                    let what = format!("waiting for {at} (started, not yet healthy or done)");
+                    self.running.insert(key, lifetime::activity(what));
+                }
+            }
+            Progress::Event(Event::Healthy(at) | Event::Unhealthy(at) | Event::Exited(at, _)) => {
+                self.running
+                    .remove(&format!("{}-{}@{}", at.service, at.replica, at.host));
+            }
+            Progress::Event(
+                Event::Removed { host, pod } | Event::ActionFailed { host, pod, .. },
+            ) => {
+                self.running.remove(&format!("{pod}@{host}"));
+            }
+            Progress::Done(_) => self.running.clear(),
+            _ => {}
+        }
+    }
+}
+
+/// What `up` did, as a markdown summary for `$GITHUB_STEP_SUMMARY`: the hosts, the services,
+/// every change with its result and how long it took.
+#[derive(Default)]
+struct StepSummary {
+    /// host → (pods of the project before, round trip) or why unreachable.
+    hosts: BTreeMap<String, Result<(usize, Duration), String>>,
+    /// `pod@host` → (change, host, pod, issued at, result and when).
+    changes: BTreeMap<String, PodChange>,
+    /// service → host → last state seen.
+    services: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+struct PodChange {
+    change: String,
+    host: String,
+    pod: String,
+    issued: Instant,
+    result: Option<(String, Duration)>,
+}
+
+impl StepSummary {
+    fn record(&mut self, p: &Progress) {
+        let now = Instant::now();
+        let mut finish = |key: String, result: String| {
+            if let Some(c) = self.changes.get_mut(&key) {
+                let took = now.duration_since(c.issued);
+                c.result = Some((result, took));
+            }
+        };
+        match p {
+            Progress::Connected { host, pods, rtt } => {
+                self.hosts.insert(host.clone(), Ok((*pods, *rtt)));
+            }
+            Progress::Unreachable { host, reason } => {
+                self.hosts.insert(host.clone(), Err(reason.clone()));
+            }
+            Progress::Issued(
+                Action::Create { host, pod }
+                | Action::Replace { host, pod }
+                | Action::Restart { host, pod }
+                | Action::Remove { host, pod, .. },
+            ) => {
+                let change = describe(p).map(|(_, t)| t).unwrap_or_default();
+                self.changes.insert(
+                    format!("{pod}@{host}"),
+                    PodChange {
+                        change,
+                        host: host.clone(),
+                        pod: pod.clone(),
+                        issued: now,
+                        result: None,
+                    },
+                );
+            }
+            Progress::Event(e) => {
+                let (at, state) = match e {
+                    Event::Started(at) => (at, "started".to_string()),
+                    Event::Healthy(at) => (at, "healthy".to_string()),
+                    Event::Unhealthy(at) => (at, "unhealthy".to_string()),
+                    Event::Exited(at, code) => (at, format!("exited ({code})")),
+                    Event::Removed { host, pod } => {
+                        finish(format!("{pod}@{host}"), "removed".into());
+                        return;
+                    }
+                    Event::ActionFailed { host, pod, reason } => {
+                        finish(format!("{pod}@{host}"), format!("failed: {reason}"));
+                        return;
+                    }
+                    _ => return,
+                };
+                finish(
+                    format!("{}-{}@{}", at.service, at.replica, at.host),
+                    state.clone(),
+                );
+                self.services
+                    .entry(at.service.clone())
+                    .or_default()
+                    .insert(format!("{}.{}@{}", at.service, at.replica, at.host), state);
+            }
+            _ => {}
+        }
+    }
+
+    /// The markdown of the release.
+    fn markdown(&self, project: &str, summary: &Summary, took: Duration) -> String {
+        let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+        let mut md = format!(
+            "### compose-fleet up: `{}` {}\n\ncreated {}, replaced {}, restarted {}, removed {}, \
+             unchanged {} in {}\n\n",
+            cell(project),
+            if summary.ok() { "converged" } else { "failed" },
+            summary.created,
+            summary.replaced,
+            summary.restarted,
+            summary.removed,
+            summary.kept,
+            crate::human::format_duration(took)
+        );
+        md.push_str("| Host | Status | Pods before | Round trip |\n|---|---|---|---|\n");
+        for (host, state) in &self.hosts {
+            match state {
+                Ok((pods, rtt)) => md.push_str(&format!(
+                    "| {} | connected | {pods} | {:.0} ms |\n",
+                    cell(host),
+                    rtt.as_secs_f64() * 1000.0
+                )),
+                Err(why) => md.push_str(&format!(
+                    "| {} | unreachable: {} | - | - |\n",
+                    cell(host),
+                    cell(why)
+                )),
+            }
+        }
+        if !self.services.is_empty() {
+            md.push_str("\n| Service | Replicas |\n|---|---|\n");
+            for (service, replicas) in &self.services {
+                let list: Vec<String> = replicas
+                    .iter()
+                    .map(|(r, state)| format!("{} {}", cell(r), cell(state)))
+                    .collect();
+                md.push_str(&format!("| {} | {} |\n", cell(service), list.join(", ")));
+            }
+        }
+        md.push_str("\n| Change | Pod | Host | Result | Took |\n|---|---|---|---|---|\n");
+        if self.changes.is_empty() {
+            md.push_str("| none | - | - | - | - |\n");
+        }
+        for c in self.changes.values() {
+            let (result, took) = match &c.result {
+                Some((r, t)) => (r.clone(), crate::human::format_duration(*t)),
+                None => ("not finished".into(), "-".into()),
+            };
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                cell(&c.change),
+                cell(&c.pod),
+                cell(&c.host),
+                cell(&result),
+                took
+            ));
+        }
+        for f in &summary.failures {
+            md.push_str(&format!("\n> **error:** {}\n", cell(&f.to_string())));
+        }
+        md.push('\n');
+        md
+    }
+
+    /// Appends the markdown to `$GITHUB_STEP_SUMMARY` under GitHub Actions.
+    fn append(&self, project: &str, summary: &Summary, took: Duration) -> std::io::Result<()> {
+        if !matches!(output::Ci::detect(), output::Ci::GitHub { .. }) {
+            return Ok(());
+        }
+        let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
+            return Ok(());
+        };
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        file.write_all(self.markdown(project, summary, took).as_bytes())
     }
 }
 

@@ -504,6 +504,11 @@ pub async fn run(
     let deadline = Instant::now() + opts.timeout;
     let mut aborted = false;
     let mut idle_rounds = 0u32;
+    // One listener for the whole run: a `ctrl_c()` made anew in each round would miss a SIGINT
+    // that arrives while a round polls the hosts (found as an interrupt ignored until the
+    // deadline).
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     loop {
         while let Some(action) = actions.pop_front() {
             match action {
@@ -693,7 +698,12 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()), if !aborted => {}
-            _ = tokio::signal::ctrl_c(), if !aborted => {
+            Some(_) = async {
+                match interrupt.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if !aborted => {
                 aborted = true;
                 events.push_back(Event::Abort { reason: "interrupted".into() });
             }

@@ -50,6 +50,7 @@
 
 pub mod ansible;
 mod own;
+pub mod pin;
 pub mod tree;
 
 use std::collections::BTreeMap;
@@ -104,6 +105,9 @@ pub struct Host {
     pub port: u16,
     pub identity_file: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
+    /// Pinned host keys (`ssh-ed25519 AAAA…`, without comments): checked strictly, instead of
+    /// any `known_hosts` file.
+    pub host_keys: Vec<String>,
     pub labels: BTreeMap<String, String>,
     /// Declared capacity; `None` means "ask the host" (facts).
     pub capacity: Option<Capacity>,
@@ -150,6 +154,7 @@ impl Host {
             port: 22,
             identity_file: None,
             known_hosts: None,
+            host_keys: Vec::new(),
             labels: BTreeMap::new(),
             capacity: None,
             reserved: Capacity::default(),
@@ -762,6 +767,48 @@ pub(crate) fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str>
     crate::diag::did_you_mean(word, known.iter().copied())
 }
 
+/// The key types OpenSSH accepts in `known_hosts`.
+const HOST_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-dss",
+];
+
+/// A pinned host key as written in an inventory (`ssh-ed25519 AAAA… [comment]`, as in a
+/// `known_hosts` line without the host names, or a `.pub` file), normalized to `TYPE BASE64`.
+pub fn parse_host_key(text: &str) -> Result<String, String> {
+    let mut fields = text.split_whitespace();
+    let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
+        return Err(format!(
+            "`{}` is not a host key: expected `TYPE BASE64`, e.g. `ssh-ed25519 AAAAC3Nza…` \
+             (what `ssh-keyscan HOST` prints after the host name)",
+            text.trim()
+        ));
+    };
+    if !HOST_KEY_TYPES.contains(&kind) {
+        let hint = did_you_mean(kind, HOST_KEY_TYPES)
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default();
+        return Err(format!(
+            "`{kind}` is not an SSH host key type{hint}; expected one of: {}",
+            HOST_KEY_TYPES.join(", ")
+        ));
+    }
+    // 16 KiB of base64 is far beyond any real key (RSA 16384 is ~2.8 KiB).
+    let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
+    if blob.len() > 16 * 1024 || blob.len() < 16 || !blob.chars().all(base64) {
+        return Err(format!(
+            "the `{kind}` key is not base64 of a plausible length (16 bytes to 16 KiB)"
+        ));
+    }
+    Ok(format!("{kind} {blob}"))
+}
+
 /// Parses a size the way compose does (binary units), for `memory:` values.
 pub(crate) fn parse_size(v: &tree::Value) -> Result<u64, String> {
     match v {
@@ -841,6 +888,19 @@ mod tests {
             default_path(Some(Path::new("x.ini")), Some(Path::new("a/compose.yaml"))),
             PathBuf::from("x.ini")
         );
+    }
+
+    #[test]
+    fn host_keys_are_normalized_and_checked() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5";
+        assert_eq!(
+            parse_host_key(&format!("  {key} root@web-1 ")),
+            Ok(key.into())
+        );
+        let e = parse_host_key("ssh-ed2551 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5").unwrap_err();
+        assert!(e.contains("did you mean `ssh-ed25519`"), "{e}");
+        assert!(parse_host_key("ssh-ed25519").is_err());
+        assert!(parse_host_key("ssh-ed25519 AAAA,-oProxyCommand=x").is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ const HOST_KEYS: &[&str] = &[
     "port",
     "identity_file",
     "known_hosts",
+    "host_key",
     "labels",
     "capacity",
     "reserved",
@@ -259,6 +260,7 @@ fn parse_host(cx: &mut Ctx<'_>, key: &Key, node: &Node, defaults: &Defaults) -> 
             "port" => host.port = cx.port(v, "`port`").unwrap_or(host.port),
             "identity_file" => host.identity_file = cx.string(v, "`identity_file`").map(Into::into),
             "known_hosts" => host.known_hosts = cx.string(v, "`known_hosts`").map(Into::into),
+            "host_key" => host.host_keys = host_keys(cx, v, &what),
             "labels" => {
                 for (lk, lv) in cx.map(v, &format!("labels of {what}")) {
                     if let Some(val) = cx.string(lv, &format!("label `{}`", lk.text)) {
@@ -290,6 +292,34 @@ fn parse_host(cx: &mut Ctx<'_>, key: &Key, node: &Node, defaults: &Defaults) -> 
     // Without an address the name is the address, as with Ansible and ssh_config host aliases.
     host.address = address.unwrap_or(name);
     Some(host)
+}
+
+/// `host_key:` one key or a list of keys (`ssh-ed25519 AAAA…`), each checked.
+fn host_keys(cx: &mut Ctx<'_>, node: &Node, what: &str) -> Vec<String> {
+    let items: Vec<&Node> = match &node.value {
+        Value::Seq(items) => items.iter().collect(),
+        _ => vec![node],
+    };
+    let mut keys = Vec::new();
+    for item in items {
+        let Some(text) = cx.string(item, &format!("`host_key` of {what}")) else {
+            continue;
+        };
+        match super::parse_host_key(&text) {
+            Ok(k) if !keys.contains(&k) => keys.push(k),
+            Ok(_) => {}
+            Err(e) => {
+                let d = cx
+                    .error(item.at, format!("`host_key` of {what}: {e}"))
+                    .hint(
+                    "run `compose-fleet hosts --pin` from a trusted machine to record the keys \
+                     the hosts present",
+                );
+                cx.push(d);
+            }
+        }
+    }
+    keys
 }
 
 /// `capacity:` (both fields required) or `reserved:` (each defaults to 0).

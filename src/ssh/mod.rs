@@ -35,7 +35,7 @@ pub mod target;
 
 pub use agent::{connect_agent, connect_agent_to, AgentBinary, AgentClient, HostReport, Remote};
 pub use local::{Hosts, Local};
-pub use session::OpenSsh;
+pub use session::{key_from_env, OpenSsh, KEY_ENV, KEY_FILE_ENV};
 pub use target::SshTarget;
 
 /// How to reach hosts and how long to wait for them.
@@ -54,6 +54,9 @@ pub struct Options {
     pub accept_new_host_keys: bool,
     /// The agent to push instead of the one found next to the CLI or embedded in it.
     pub agent_binary: Option<PathBuf>,
+    /// `hosts --pin`: a host without pinned keys is trusted on first use, and the key it
+    /// presents is kept for [`OpenSsh::recorded_keys`] (hosts with pinned keys are verified).
+    pub record_host_keys: bool,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             max_channels: 8,
             accept_new_host_keys: false,
             agent_binary: None,
+            record_host_keys: false,
         }
     }
 }
@@ -263,6 +267,11 @@ pub async fn facts_with<T: Transport>(
         let target = target.clone();
         let command_timeout = options.command_timeout;
         tasks.spawn(async move {
+            let _running = crate::lifetime::activity(format!(
+                "waiting for host `{}` ({})",
+                target.name,
+                target.destination()
+            ));
             let result = async {
                 let session = transport.connect(&target).await?;
                 let report = match Remote::of(&session, &target) {
@@ -321,6 +330,39 @@ pub async fn facts_of(
     let agent = Arc::new(AgentBinary::locate(options.agent_binary.as_deref())?);
     let transport = Arc::new(Hosts::new(options)?);
     Ok(facts_with(transport, targets, agent, options).await)
+}
+
+/// Every host's facts, and the keys the hosts without pinned keys presented (`hosts --pin`:
+/// those are trusted on first use; hosts with pinned keys are verified against them).
+pub async fn facts_and_keys(
+    targets: &[SshTarget],
+    options: &Options,
+) -> Result<(Facts, BTreeMap<String, Vec<String>>), SshError> {
+    let options = Options {
+        record_host_keys: true,
+        ..options.clone()
+    };
+    let agent = Arc::new(AgentBinary::locate(options.agent_binary.as_deref())?);
+    let transport = Arc::new(OpenSsh::new(&options)?);
+    let reports = facts_with(transport.clone(), targets, agent, &options).await;
+    let keys = targets
+        .iter()
+        .filter(|t| t.host_keys.is_empty())
+        .map(|t| (t.name.clone(), transport.recorded_keys(t)))
+        .collect();
+    Ok((reports, keys))
+}
+
+/// Every host's answer, by host name.
+pub type Facts = BTreeMap<String, Result<HostReport, SshError>>;
+
+/// A runtime for the synchronous CLI commands.
+pub fn runtime() -> Result<tokio::runtime::Runtime, SshError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| SshError::new("-", ErrorClass::Local, format!("tokio runtime: {e}")))
 }
 
 /// [`facts`] for synchronous callers (the CLI commands).
@@ -460,6 +502,7 @@ mod tests {
             connection: crate::inventory::Connection::Ssh,
             use_become: false,
             become_user: None,
+            host_keys: Vec::new(),
         }
     }
 

@@ -1,14 +1,22 @@
 //! The real [`Transport`]: system OpenSSH through the `openssh` crate's native multiplexing.
 //! One master connection per host (control socket in a private 0700 temp dir), every command a
 //! channel on it.
+//!
+//! The same private directory (removed at exit, on SIGINT/SIGTERM and on `--timeout`, see
+//! [`crate::lifetime`]) holds what ssh must read from files: the private key given in
+//! `COMPOSE_FLEET_SSH_KEY`/`COMPOSE_FLEET_SSH_KEY_FILE` (0600), and for a host with pinned keys
+//! a `known_hosts` of just those keys plus an ssh config that turns the system-wide
+//! `known_hosts` off and then includes the user's and the system's own configuration.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use openssh::{ControlPersist, KnownHosts, SessionBuilder, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
+
+use crate::lifetime::PrivateDir;
 
 use super::{
     Channel, CommandOutput, ErrorClass, HostSession, Options, SshError, SshTarget, Transport,
@@ -16,30 +24,162 @@ use super::{
 
 /// OpenSSH with bounded handshakes; see the module docs.
 pub struct OpenSsh {
-    control_dir: ControlDir,
+    control_dir: PrivateDir,
     handshakes: Arc<Semaphore>,
     connect_timeout: Duration,
     command_timeout: Duration,
     max_channels: usize,
     accept_new: bool,
+    /// `hosts --pin`: hosts without pinned keys are trusted on first use into a private file.
+    record_keys: bool,
+    /// The key from `COMPOSE_FLEET_SSH_KEY(_FILE)`, copied into `control_dir`.
+    identity: Option<PathBuf>,
+    /// The ssh config used for hosts with pinned keys (written on first use).
+    pinned_config: OnceLock<Result<PathBuf, String>>,
+}
+
+/// The environment variables that give the private key.
+pub const KEY_ENV: &str = "COMPOSE_FLEET_SSH_KEY";
+pub const KEY_FILE_ENV: &str = "COMPOSE_FLEET_SSH_KEY_FILE";
+
+/// The private key the environment gives (`COMPOSE_FLEET_SSH_KEY`: its text;
+/// `COMPOSE_FLEET_SSH_KEY_FILE`: a path), checked, with line endings made what OpenSSH reads.
+/// `Ok(None)` when neither is set. The error never contains the key.
+pub fn key_from_env() -> Result<Option<Vec<u8>>, String> {
+    let content = std::env::var_os(KEY_ENV);
+    let file = std::env::var_os(KEY_FILE_ENV);
+    let (text, from) = match (content, file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "both {KEY_ENV} and {KEY_FILE_ENV} are set; set only one of them"
+            ))
+        }
+        (Some(text), None) => (text.into_encoded_bytes(), KEY_ENV.to_string()),
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            // A private key is a few KiB; a bound keeps a wrong path (a device, a log) harmless.
+            let read = std::fs::File::open(&path).and_then(|f| {
+                use std::io::Read as _;
+                let mut buf = Vec::new();
+                f.take(1 << 20).read_to_end(&mut buf).map(|_| buf)
+            });
+            match read {
+                Ok(bytes) => (bytes, format!("{KEY_FILE_ENV} ({})", path.display())),
+                Err(e) => {
+                    return Err(format!(
+                        "cannot read the private key file {} named by {KEY_FILE_ENV}: {e}",
+                        path.display()
+                    ))
+                }
+            }
+        }
+    };
+    // CI secrets lose their final newline or gain `\r\n`; OpenSSH wants neither.
+    let mut text: Vec<u8> = text.into_iter().filter(|b| *b != b'\r').collect();
+    while text.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        text.pop();
+    }
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    text.drain(..start);
+    if text.is_empty() {
+        return Err(format!(
+            "{from} is set but empty (a CI secret that is not defined for this job?)"
+        ));
+    }
+    if !text.starts_with(b"-----BEGIN ") || !text.windows(9).any(|w| w == b"-----END ") {
+        return Err(format!(
+            "{from} does not hold a private key in OpenSSH or PEM format (it should start with \
+             `-----BEGIN` and end with an `-----END …-----` line); its content is not shown"
+        ));
+    }
+    text.push(b'\n');
+    Ok(Some(text))
 }
 
 impl OpenSsh {
     pub fn new(options: &Options) -> Result<OpenSsh, SshError> {
+        let local = |e: String| SshError::new("-", ErrorClass::Local, e);
+        let control_dir = PrivateDir::create("cf-ssh")
+            .map_err(|e| local(format!("creating a private temporary directory: {e}")))?;
+        let identity =
+            match key_from_env().map_err(|e| {
+                SshError::new("-", ErrorClass::AuthRefused, e).with_hint(format!(
+                    "give the key's text in {KEY_ENV} or its path in {KEY_FILE_ENV}"
+                ))
+            })? {
+                Some(key) => Some(control_dir.write("id", &key).map_err(|e| {
+                    local(format!("writing the private key to a private file: {e}"))
+                })?),
+                None => None,
+            };
         Ok(OpenSsh {
-            control_dir: ControlDir::create()
-                .map_err(|e| SshError::new("-", ErrorClass::Local, e))?,
+            control_dir,
             handshakes: Arc::new(Semaphore::new(options.max_handshakes.max(1))),
             connect_timeout: options.connect_timeout,
             command_timeout: options.command_timeout,
             max_channels: options.max_channels.max(1),
             accept_new: options.accept_new_host_keys,
+            record_keys: options.record_host_keys,
+            identity,
+            pinned_config: OnceLock::new(),
         })
     }
 
-    fn builder(&self, target: &SshTarget) -> SessionBuilder {
+    /// The keys ssh recorded for an unpinned host in `hosts --pin` mode (`TYPE BASE64`).
+    pub fn recorded_keys(&self, target: &SshTarget) -> Vec<String> {
+        let path = self.control_dir.path().join(file_name("seen", target));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut keys = Vec::new();
+        for line in text.lines() {
+            // `HOSTS TYPE BASE64` (HOSTS hashed or not): the key is the last two fields.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if line.starts_with('#') || line.starts_with('@') || fields.len() < 3 {
+                continue;
+            }
+            if let Ok(k) = crate::inventory::parse_host_key(&fields[fields.len() - 2..].join(" ")) {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+        keys
+    }
+
+    /// The ssh config for pinned or recorded keys: no system-wide `known_hosts`, no key updates
+    /// from the server; then the user's and the system's own settings (ssh keeps the first
+    /// value it reads, so these two lines win over anything included after them).
+    fn pinned_config(&self) -> Result<&Path, SshError> {
+        let made = self.pinned_config.get_or_init(|| {
+            let text = "# compose-fleet: host keys come only from the UserKnownHostsFile given on \
+                        the command line\n\
+                        GlobalKnownHostsFile /dev/null\n\
+                        UpdateHostKeys no\n\
+                        Include ~/.ssh/config\n\
+                        Include /etc/ssh/ssh_config\n";
+            self.control_dir
+                .write("config", text.as_bytes())
+                .map_err(|e| format!("writing a private ssh config: {e}"))
+        });
+        made.as_deref()
+            .map_err(|e| SshError::new("-", ErrorClass::Local, e.clone()))
+    }
+
+    /// A file in the private directory, replaced if it exists (a reconnect writes it again).
+    fn private_file(&self, name: &str, content: &str) -> Result<PathBuf, SshError> {
+        let path = self.control_dir.path().join(name);
+        let _ = std::fs::remove_file(&path);
+        self.control_dir
+            .write(name, content.as_bytes())
+            .map_err(|e| SshError::new("-", ErrorClass::Local, format!("writing {name}: {e}")))
+    }
+
+    fn builder(&self, target: &SshTarget) -> Result<SessionBuilder, SshError> {
         let mut b = SessionBuilder::default();
-        b.control_directory(&self.control_dir.0)
+        b.control_directory(self.control_dir.path())
             .known_hosts_check(if self.accept_new {
                 KnownHosts::Add
             } else {
@@ -57,14 +197,40 @@ impl OpenSsh {
         if let Some(port) = target.port {
             b.port(port);
         }
-        if let Some(key) = &target.identity_file {
+        // The environment's key is this run's choice: it wins over the inventory's.
+        if let Some(key) = self.identity.as_ref().or(target.identity_file.as_ref()) {
             b.keyfile(key);
         }
-        if let Some(kh) = &target.known_hosts {
+        if !target.host_keys.is_empty() {
+            // One private file per host with only its pinned keys, under the pattern `*`: it
+            // is read for this host alone, so whatever name ssh looks the key up by (the
+            // address, `[address]:port`, a HostKeyAlias, the IP) matches. Strict always.
+            let mut text = String::new();
+            for key in &target.host_keys {
+                text.push_str(&format!("* {key}\n"));
+            }
+            let file = self.private_file(&file_name("pinned", target), &text)?;
+            b.user_known_hosts_file(file)
+                .known_hosts_check(KnownHosts::Strict)
+                .config_file(self.pinned_config()?);
+        } else if self.record_keys {
+            // `hosts --pin`: an empty private file that ssh fills with what the host presents.
+            let file = self.private_file(&file_name("seen", target), "")?;
+            b.user_known_hosts_file(file)
+                .known_hosts_check(KnownHosts::Add)
+                .config_file(self.pinned_config()?);
+        } else if let Some(kh) = &target.known_hosts {
             b.user_known_hosts_file(kh);
         }
-        b
+        Ok(b)
     }
+}
+
+/// A private file's name for a host: its inventory name may hold anything, a digest does not.
+fn file_name(kind: &str, target: &SshTarget) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(target.name.as_bytes());
+    format!("{kind}-{}", &hex::encode(digest)[..16])
 }
 
 impl Transport for OpenSsh {
@@ -79,7 +245,10 @@ impl Transport for OpenSsh {
             .acquire()
             .await
             .map_err(|_| SshError::new(&target.name, ErrorClass::Local, "transport closed"))?;
-        let builder = self.builder(target);
+        let builder = self.builder(target).map_err(|mut e| {
+            e.host = target.name.clone();
+            e
+        })?;
         // ssh's ConnectTimeout covers TCP and the banner; this also bounds key exchange and auth
         // against a host that accepts and then hangs.
         let limit = self.connect_timeout + Duration::from_secs(5);
@@ -259,9 +428,29 @@ fn classify_connect(target: &SshTarget, e: &openssh::Error) -> SshError {
         _ => target.address.clone(),
     };
     let summary = last_meaningful_line(&text);
-    if lower.contains("remote host identification has changed")
-        || lower.contains("host key for") && lower.contains("has changed")
-    {
+    let key_changed = lower.contains("remote host identification has changed")
+        || lower.contains("host key for") && lower.contains("has changed");
+    let key_unknown = lower.contains("host key verification failed")
+        || lower.contains("no ") && lower.contains("host key is known");
+    if !target.host_keys.is_empty() && (key_changed || key_unknown) {
+        return SshError::new(
+            &target.name,
+            ErrorClass::HostKeyChanged,
+            format!(
+                "{} presented a host key that is not among the {} pinned for it in the \
+                 inventory; refused, nothing was run on it",
+                target.destination(),
+                target.host_keys.len()
+            ),
+        )
+        .with_hint(
+            "this can mean someone is intercepting the connection. If the host was reinstalled \
+             or its key rotated on purpose, check the new key (e.g. `ssh-keygen -lf \
+             /etc/ssh/ssh_host_ed25519_key.pub` on its console), remove the old `host_key` from \
+             the inventory and run `compose-fleet hosts --pin`",
+        );
+    }
+    if key_changed {
         return SshError::new(
             &target.name,
             ErrorClass::HostKeyChanged,
@@ -277,9 +466,7 @@ fn classify_connect(target: &SshTarget, e: &openssh::Error) -> SshError {
              {known_hosts}` and run again with --accept-new-host-keys"
         ));
     }
-    if lower.contains("host key verification failed")
-        || lower.contains("no ") && lower.contains("host key is known")
-    {
+    if key_unknown {
         return SshError::new(
             &target.name,
             ErrorClass::HostKeyUnknown,
@@ -287,6 +474,7 @@ fn classify_connect(target: &SshTarget, e: &openssh::Error) -> SshError {
         )
         .with_hint(format!(
             "check the host's key fingerprint and add it to {known_hosts} (e.g. `ssh-keyscan {}`), \
+             pin it in the inventory (`host_key:`, which `compose-fleet hosts --pin` records), \
              or run with --accept-new-host-keys to trust and record first-seen keys",
             match target.port {
                 Some(p) => format!("-p {p} {}", target.address),
@@ -329,39 +517,6 @@ fn last_meaningful_line(text: &str) -> String {
         .to_string()
 }
 
-/// A private (0700) directory for control sockets, removed on drop.
-struct ControlDir(PathBuf);
-
-impl ControlDir {
-    fn create() -> Result<ControlDir, String> {
-        use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::temp_dir();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        // Unix socket paths are limited to ~108 bytes: keep the name short.
-        let dir = base.join(format!("cf-ssh-{}-{nanos:x}", std::process::id()));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| format!("creating the SSH control directory {}: {e}", dir.display()))?;
-        Ok(ControlDir(dir))
-    }
-}
-
-impl Drop for ControlDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl AsRef<Path> for ControlDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +532,7 @@ mod tests {
             connection: crate::inventory::Connection::Ssh,
             use_become: false,
             become_user: None,
+            host_keys: Vec::new(),
         }
     }
 

@@ -30,6 +30,9 @@ pub struct SshTarget {
     /// The user to become (`ansible_become_user`); `None` means root, the only one the agent
     /// can run as.
     pub become_user: Option<String>,
+    /// Pinned host keys (`ssh-ed25519 AAAA…`): when any, the host must present one of them, and
+    /// `known_hosts` files (the inventory's, the user's, the system's) are not consulted.
+    pub host_keys: Vec<String>,
 }
 
 impl SshTarget {
@@ -109,6 +112,7 @@ impl SshTarget {
             connection: host.connection,
             use_become: host.use_become,
             become_user: host.become_user.clone(),
+            host_keys: host.host_keys.clone(),
         }
     }
 

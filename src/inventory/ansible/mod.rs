@@ -586,6 +586,27 @@ fn to_host(
                 }
                 None => diags.push(bad(var, key, "a path")),
             },
+            "compose_fleet_host_key" => {
+                let items: Vec<&AVal> = match &var.value {
+                    AVal::List(items) => items.iter().collect(),
+                    v => vec![v],
+                };
+                for item in items {
+                    let parsed = match item {
+                        AVal::Str(text) => super::parse_host_key(text),
+                        _ => Err("expected `TYPE BASE64` text, e.g. `ssh-ed25519 AAAA…`".into()),
+                    };
+                    match parsed {
+                        Ok(k) if !host.host_keys.contains(&k) => host.host_keys.push(k),
+                        Ok(_) => {}
+                        Err(e) => diags.push(
+                            Diagnostic::error(format!("`{key}` of host `{}`: {e}", h.name))
+                                .at(var.at.clone()),
+                        ),
+                    }
+                }
+                host.origins.insert("host_key".into(), var.at.clone());
+            }
             "compose_fleet_drain" => match ansible_bool(&var.value) {
                 Some(b) => host.drain = b,
                 None => diags.push(bad(var, key, "true or false")),
