@@ -15,8 +15,9 @@ pub mod podspec;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::ops::RangeInclusive;
 
-use serde_json::json;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::compose::model::Project;
 use crate::diag::Diagnostics;
@@ -186,9 +187,9 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
             out.push('\n');
             continue;
         }
-        let mut by_service: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        let mut by_service: BTreeMap<&str, Vec<&RangeInclusive<u32>>> = BTreeMap::new();
         for (s, r) in &h.replicas {
-            by_service.entry(s).or_default().push(*r);
+            by_service.entry(s).or_default().push(r);
         }
         let mut rows = vec![[
             "SERVICE".to_string(),
@@ -196,13 +197,16 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
             "CPU".to_string(),
             "MEMORY".to_string(),
         ]];
-        for (s, rs) in &by_service {
+        for (s, runs) in &by_service {
             let d = demands.get(*s).copied().unwrap_or_default();
-            let n = rs.len() as u64;
+            let n: u64 = runs
+                .iter()
+                .map(|r| u64::from(r.end() - r.start()) + 1)
+                .sum();
             rows.push([
                 s.to_string(),
-                rs.iter()
-                    .map(|r| format!("#{r}"))
+                runs.iter()
+                    .map(|r| replica_run(r))
                     .collect::<Vec<_>>()
                     .join(" "),
                 format_cpus(d.cpu_millis * n),
@@ -238,7 +242,7 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
     let _ = write!(
         out,
         "{} of {} on {} of {}",
-        plural(placement.assignments.len(), "replica"),
+        plural(placement.replica_count(), "replica"),
         plural(services.len(), "service"),
         used,
         plural(placement.hosts.len(), "host"),
@@ -255,32 +259,107 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
     out
 }
 
-/// The JSON contract (see the module documentation).
-pub fn to_json(placement: &Placement) -> serde_json::Value {
-    let placements: Vec<_> = placement
-        .assignments
-        .iter()
-        .map(|a| json!({"service": a.service, "replica": a.replica, "host": a.host, "pod": a.pod}))
-        .collect();
-    let mut unschedulable = Vec::new();
-    for u in &placement.unschedulable {
-        for s in &u.services {
-            unschedulable.push(json!({"service": s, "replica": u.replica, "reasons": u.reasons}));
-        }
+/// A run of replicas in the text report: `#3`, `#3 #4`, or `#3-#9` for three or more, so that
+/// a host with a million replicas of a service prints one range, not a million numbers.
+fn replica_run(r: &RangeInclusive<u32>) -> String {
+    match r.end().saturating_sub(*r.start()) {
+        0 => format!("#{}", r.start()),
+        1 => format!("#{} #{}", r.start(), r.end()),
+        _ => format!("#{}-#{}", r.start(), r.end()),
     }
-    let hosts: Vec<_> = placement
-        .hosts
-        .iter()
-        .map(|h| {
-            json!({
-                "name": h.name,
-                "cpus": h.allocatable.cpu_millis as f64 / 1000.0,
-                "memory": h.allocatable.memory,
-                "cpus_reserved": h.used.cpu_millis as f64 / 1000.0,
-                "memory_reserved": h.used.memory,
-                "ports": h.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    json!({"placements": placements, "unschedulable": unschedulable, "hosts": hosts})
+}
+
+/// The JSON contract (see the module documentation), as a value.
+pub fn to_json(placement: &Placement) -> serde_json::Value {
+    serde_json::to_value(Contract(placement)).unwrap_or_default()
+}
+
+/// Writes the JSON contract (pretty) to `out`, expanding the replica runs one at a time as they
+/// are written: nothing is held per replica.
+pub fn write_json(placement: &Placement, out: &mut impl std::io::Write) -> serde_json::Result<()> {
+    serde_json::to_writer_pretty(out, &Contract(placement))
+}
+
+/// The contract's shape. Fields are declared in key order, the order `serde_json::Value` (a
+/// sorted map) prints them in, so that both ways of writing it give the same bytes.
+struct Contract<'a>(&'a Placement);
+
+impl Serialize for Contract<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let pl = self.0;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("hosts", &Seq(|| pl.hosts.iter().map(HostJson)))?;
+        m.serialize_entry(
+            "placements",
+            &Seq(|| {
+                pl.replicas().map(|r| PlacementJson {
+                    host: r.host,
+                    pod: r.pod,
+                    replica: r.replica,
+                    service: r.service,
+                })
+            }),
+        )?;
+        m.serialize_entry(
+            "unschedulable",
+            &Seq(|| {
+                pl.unschedulable.iter().flat_map(|u| {
+                    u.services.iter().map(move |s| UnschedulableJson {
+                        reasons: &u.reasons,
+                        replica: u.replica,
+                        service: s,
+                    })
+                })
+            }),
+        )?;
+        m.end()
+    }
+}
+
+/// A sequence written from an iterator made afresh each time it is serialized.
+struct Seq<F>(F);
+
+impl<F, I> Serialize for Seq<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)())
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PlacementJson<'a> {
+    host: &'a str,
+    pod: &'a str,
+    replica: u32,
+    service: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct UnschedulableJson<'a> {
+    reasons: &'a [String],
+    replica: u32,
+    service: &'a str,
+}
+
+struct HostJson<'a>(&'a schedule::HostUse);
+
+impl Serialize for HostJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("cpus", &(h.allocatable.cpu_millis as f64 / 1000.0))?;
+        m.serialize_entry("cpus_reserved", &(h.used.cpu_millis as f64 / 1000.0))?;
+        m.serialize_entry("memory", &h.allocatable.memory)?;
+        m.serialize_entry("memory_reserved", &h.used.memory)?;
+        m.serialize_entry("name", &h.name)?;
+        m.serialize_entry(
+            "ports",
+            &h.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        )?;
+        m.end()
+    }
 }

@@ -103,6 +103,12 @@ impl Engine<'_> {
     /// [`CONSOLIDATE_MISSES`] failures in a row, so large fleets pay little for it.
     pub(super) fn consolidate(&mut self, pinned: &HashSet<(usize, u32)>) {
         let n = self.nodes.len();
+        // With fewer than two hosts in use no host has another to empty into (every attempt
+        // below would be a miss): skip building the per-instance lists, which would cost memory
+        // per replica (16 MiB for a million replicas on one host).
+        if self.used.iter().filter(|&&u| u).count() < 2 {
+            return;
+        }
         let mut on_host: Vec<Vec<(usize, u32)>> = vec![Vec::new(); n];
         for (pod, list) in self.placed.iter().enumerate() {
             for (r, h) in list.iter() {

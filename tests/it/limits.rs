@@ -267,7 +267,7 @@ fn plan_text_of_a_host_with_fifteen_thousand_replicas_does_not_panic() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("#14999 #15000"),
+        text.contains("  web      #1-#15000"),
         "{}",
         &text[..text.len().min(500)]
     );

@@ -203,3 +203,98 @@ fn memory_figures() {
         assert!(peak <= bound(text.len(), placed as u64));
     }
 }
+
+/// A fleet of `hosts` hosts of 64 cpus and 256 GiB each.
+fn fleet_of(hosts: usize) -> inventory::Fleet {
+    let mut text = String::from("hosts:\n");
+    for i in 0..hosts {
+        text.push_str(&format!(
+            "  h{i:05}: {{ address: 10.{}.{}.{}, capacity: {{ cpus: 64, memory: 256GiB }} }}\n",
+            i / 65536,
+            (i / 256) % 256,
+            i % 256
+        ));
+    }
+    inventory::parse("inventory.yaml", &text).expect("the fleet parses")
+}
+
+/// What `plan --offline` does in-process: load the project, plan it, render the text report.
+/// `None` when the project did not load.
+fn plan_offline_text(text: &str, fleet: &inventory::Fleet, limits: Limits) -> Option<usize> {
+    let fs = MemoryFs::new().with("/m/compose.yaml", text);
+    let mut opts = LoadOptions::for_file("/m/compose.yaml");
+    opts.limits = limits;
+    let loaded = compose::load(&opts, &Environment::new(), &fs).ok()?;
+    let placement = plan::plan_offline(&loaded.project, fleet).ok()?;
+    Some(plan::render_text(&placement, &plan::demands(&loaded.project)).len())
+}
+
+/// `replicas` replicas of one service, each 1 millicpu and 1 MiB.
+fn one_service(replicas: u32) -> String {
+    format!(
+        "services:\n  web:\n    image: nginx\n    deploy:\n      replicas: {replicas}\n      \
+         resources: {{ reservations: {{ cpus: \"0.001\", memory: 1M }} }}\n"
+    )
+}
+
+fn limits_for(replicas: u64) -> Limits {
+    let mut l = Limits::default();
+    l.set(Limit::ReplicasPerService, replicas.max(1));
+    l.set(Limit::ReplicasTotal, replicas.max(1));
+    l
+}
+
+/// Issue 14, item 2: placing a service of 10⁶ identical replicas costs memory per host used,
+/// not per replica. The bound: 32 MiB in all — 32 bytes per replica — where one `Assignment`
+/// per replica took 168 MiB at the peak. The replicas fill 16 hosts (64k of them fit on one), so
+/// the placement itself is 16 runs; what remains per replica is the engine's record of where
+/// each instance went (4 bytes) and consolidation's list of the instances per host.
+#[test]
+fn a_million_replicas_of_one_service_plan_within_the_bound() {
+    let fleet = fleet_of(100);
+    let text = one_service(1_000_000);
+    let (len, peak) = peak_bytes(|| plan_offline_text(&text, &fleet, limits_for(1_000_000)));
+    let len = len.expect("plans");
+    let bound = 32 << 20;
+    assert!(
+        peak <= bound,
+        "{peak} bytes at the peak (bound {bound}), {len} bytes of report"
+    );
+}
+
+/// Prints the peak heap of `plan --offline` (load, place, render) for 1k, 10k and 100k
+/// services and for 10⁶ replicas of one service, on 100 hosts. The figures the README and the
+/// issue quote: `cargo test --test it memory::plan_memory_figures -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints figures; slow in a debug build"]
+fn plan_memory_figures() {
+    let fleet = fleet_of(100);
+    for services in [1_000usize, 10_000, 100_000] {
+        let mut text = String::from("services:\n");
+        for i in 0..services {
+            text.push_str(&format!(
+                "  s{i}:\n    image: registry.example/app:1\n    deploy: {{ resources: {{ reservations: {{ cpus: \"0.01\", memory: 16M }} }} }}\n"
+            ));
+        }
+        let (len, peak) =
+            peak_bytes(|| plan_offline_text(&text, &fleet, limits_for(services as u64)));
+        println!(
+            "plan --offline, {services} services of 1 replica on 100 hosts ({} bytes of compose): peak {:.1} MiB, {} bytes per service; report {} bytes",
+            text.len(),
+            peak as f64 / (1 << 20) as f64,
+            peak / services,
+            len.expect("plans"),
+        );
+    }
+    for replicas in [100_000u32, 1_000_000] {
+        let text = one_service(replicas);
+        let (len, peak) =
+            peak_bytes(|| plan_offline_text(&text, &fleet, limits_for(u64::from(replicas))));
+        println!(
+            "plan --offline, {replicas} replicas of one service on 100 hosts: peak {:.1} MiB, {:.1} bytes per replica; report {} bytes",
+            peak as f64 / (1 << 20) as f64,
+            peak as f64 / f64::from(replicas),
+            len.expect("plans"),
+        );
+    }
+}
