@@ -76,6 +76,10 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     };
     let reports = ssh::facts_blocking(&fleet, &options).map_err(|e| match e.class {
         ssh::ErrorClass::Local => Failure::Internal(e.to_string()),
+        ssh::ErrorClass::Input => Failure::User(match &e.hint {
+            Some(hint) => format!("{}\nhint: {hint}", e.message),
+            None => e.message.clone(),
+        }),
         _ => Failure::User(e.to_string()),
     })?;
 

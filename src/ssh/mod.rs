@@ -83,6 +83,9 @@ pub enum ErrorClass {
     Agent,
     /// A local problem (the agent binary, the ssh program, a temp dir).
     Local,
+    /// The user's input cannot be used (an `--agent-binary` that is too large or not a static
+    /// executable): exit 1, not a broken environment.
+    Input,
 }
 
 impl ErrorClass {
@@ -95,6 +98,7 @@ impl ErrorClass {
             ErrorClass::HostKeyUnknown => "host key unknown",
             ErrorClass::Agent => "agent failure",
             ErrorClass::Local => "local error",
+            ErrorClass::Input => "bad input",
         }
     }
 }

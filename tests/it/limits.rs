@@ -273,15 +273,34 @@ fn plan_text_of_a_host_with_fifteen_thousand_replicas_does_not_panic() {
     );
 }
 
-/// `--agent-binary` is read whole to be pushed: a device must not fill memory either.
+/// `--agent-binary` is read whole to be pushed: a device must not fill memory either. It is the
+/// user's input, so going over the bound is exit 1 with the path and the limit, not exit 2.
 #[test]
 fn agent_binary_dev_zero_is_refused_at_its_bound() {
     let dir = project("services:\n  web:\n    image: nginx\n");
     let out = cli(dir.path(), &["hosts", "--agent-binary", "/dev/zero"], &[]);
     let err = stderr(&out);
-    assert!(out.status.code().is_some(), "killed: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("cannot read the agent binary /dev/zero: it holds more than 67108864 bytes"),
+        err.contains(
+            "error: cannot read the agent binary /dev/zero: it holds more than 67108864 bytes, \
+             the limit for an agent binary (an agent is about 4 MB); it is not a regular file"
+        ),
         "{err}"
     );
+    assert!(
+        err.contains("hint: pass the path of a compose-fleet-agent built for the hosts"),
+        "{err}"
+    );
+    // A file that is not an executable is the user's too.
+    let not_elf = dir.path().join("agent.txt");
+    std::fs::write(&not_elf, "not an agent").expect("write agent.txt");
+    let out = cli(
+        dir.path(),
+        &["hosts", "--agent-binary", &not_elf.display().to_string()],
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not a static executable"), "{err}");
 }
