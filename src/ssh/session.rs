@@ -1,12 +1,21 @@
 //! The real [`Transport`]: system OpenSSH through the `openssh` crate's native multiplexing.
 //! One master connection per host (control socket in a private 0700 temp dir), every command a
 //! channel on it.
+//!
+//! The master is started here, not by `openssh::SessionBuilder::connect_mux`: the builder puts
+//! the destination last with no `--` before it, so an address that starts with `-` would be read
+//! by `ssh` as an option. We run `ssh -M -f -N … -- DESTINATION` ourselves ([`master_argv`]: every
+//! inventory value is an option's argument or follows `--`) and hand the control socket to
+//! `openssh::Session::resume_mux`, which opens channels over the socket without running `ssh`
+//! again. [`SshTarget::argv_safe`] still refuses such values first, with a message.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssh::{ControlPersist, KnownHosts, SessionBuilder, Stdio};
+use openssh::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
@@ -22,6 +31,8 @@ pub struct OpenSsh {
     command_timeout: Duration,
     max_channels: usize,
     accept_new: bool,
+    /// Names the control socket of each master started.
+    next_master: AtomicU64,
 }
 
 impl OpenSsh {
@@ -34,59 +45,152 @@ impl OpenSsh {
             command_timeout: options.command_timeout,
             max_channels: options.max_channels.max(1),
             accept_new: options.accept_new_host_keys,
+            next_master: AtomicU64::new(0),
         })
     }
 
-    fn builder(&self, target: &SshTarget) -> SessionBuilder {
-        let mut b = SessionBuilder::default();
-        b.control_directory(&self.control_dir.0)
-            .known_hosts_check(if self.accept_new {
-                KnownHosts::Add
-            } else {
-                KnownHosts::Strict
-            })
-            .connect_timeout(self.connect_timeout)
-            .server_alive_interval(Duration::from_secs(5))
+    /// The arguments of the `ssh` that becomes `target`'s master connection, control socket
+    /// `ctl`, log `log`. Every value from the inventory is the argument of an option (`-l`, `-p`,
+    /// `-i`, `-o Name=value`) or the one operand after `--`: none can be read as an option.
+    fn master_argv(&self, target: &SshTarget, ctl: &Path, log: &Path) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = Vec::new();
+        let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| argv.push(a.as_ref().to_os_string());
+        arg(&"-E");
+        arg(&log);
+        arg(&"-S");
+        arg(&ctl);
+        // Master, fork once authenticated, no remote command.
+        arg(&"-M");
+        arg(&"-f");
+        arg(&"-N");
+        for option in [
             // A safety net: if we die without closing, the master exits on its own.
-            .control_persist(ControlPersist::IdleFor(
-                std::num::NonZeroUsize::new(60).unwrap_or(std::num::NonZeroUsize::MIN),
-            ));
-        if let Some(user) = &target.user {
-            b.user(user.clone());
+            "ControlPersist=60s".to_string(),
+            "BatchMode=yes".to_string(),
+            format!(
+                "StrictHostKeyChecking={}",
+                if self.accept_new { "accept-new" } else { "yes" }
+            ),
+            format!("ConnectTimeout={}", self.connect_timeout.as_secs().max(1)),
+            "ServerAliveInterval=5".to_string(),
+        ] {
+            arg(&"-o");
+            arg(&option);
         }
         if let Some(port) = target.port {
-            b.port(port);
+            arg(&"-p");
+            arg(&port.to_string());
+        }
+        if let Some(user) = &target.user {
+            arg(&"-l");
+            arg(user);
         }
         if let Some(key) = &target.identity_file {
-            b.keyfile(key);
+            // Only that key, as the inventory says.
+            arg(&"-o");
+            arg(&"IdentitiesOnly=yes");
+            arg(&"-i");
+            arg(key);
         }
         if let Some(kh) = &target.known_hosts {
-            b.user_known_hosts_file(kh);
+            let mut option = OsString::from("UserKnownHostsFile=");
+            option.push(kh);
+            arg(&"-o");
+            arg(&option);
         }
-        b
+        arg(&"--");
+        arg(&target.address);
+        argv
     }
+
+    /// Starts `target`'s master connection; the control socket's path, or ssh's error output.
+    async fn launch_master(&self, target: &SshTarget) -> Result<PathBuf, String> {
+        // Unix socket paths are limited to ~108 bytes: short names in the short directory.
+        let n = self.next_master.fetch_add(1, Ordering::Relaxed);
+        let ctl = self.control_dir.0.join(format!("m{n}"));
+        let log = self.control_dir.0.join(format!("m{n}.log"));
+        let status = tokio::process::Command::new("ssh")
+            .args(self.master_argv(target, &ctl, &log))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            // A handshake cut off by our timeout must not go on in the background.
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|e| format!("cannot run ssh: {e}"))?;
+        if status.success() {
+            return Ok(ctl);
+        }
+        // What ssh said, bounded: a log is a few lines, never worth more than 64 KiB.
+        let text = read_prefix(&log, 64 << 10)
+            .unwrap_or_else(|e| format!("ssh exited with {status} and its log is unreadable: {e}"));
+        let _ = std::fs::remove_file(&log);
+        Err(if text.trim().is_empty() {
+            format!("ssh exited with {status}")
+        } else {
+            text
+        })
+    }
+}
+
+/// At most `max` bytes of the file at `path`, as text.
+fn read_prefix(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Ends a master connection when the last user of it (the session and its channels) is gone:
+/// a session resumed from a control socket does not end its master on drop by itself.
+struct Master {
+    ctl: PathBuf,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        exit_master(&self.ctl);
+    }
+}
+
+/// Asks the master listening on `ctl` to exit (`ssh -O exit`), if the socket is still there.
+fn exit_master(ctl: &Path) {
+    if !ctl.exists() {
+        return;
+    }
+    // The host operand is required by ssh's syntax and unused with `-S`.
+    let _ = std::process::Command::new("ssh")
+        .arg("-S")
+        .arg(ctl)
+        .args(["-O", "exit", "--", "none"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 impl Transport for OpenSsh {
     type Session = OpenSshSession;
 
     async fn connect(&self, target: &SshTarget) -> Result<OpenSshSession, SshError> {
-        // The `openssh` crate puts the destination last with no `--` before it: nothing that
-        // ssh could read as an option may get there.
+        // `--` keeps the destination an operand (see the module docs); a value that starts
+        // with `-` is still refused first, with a message that says where it came from.
         target.argv_safe()?;
         let _permit = self
             .handshakes
             .acquire()
             .await
             .map_err(|_| SshError::new(&target.name, ErrorClass::Local, "transport closed"))?;
-        let builder = self.builder(target);
         // ssh's ConnectTimeout covers TCP and the banner; this also bounds key exchange and auth
         // against a host that accepts and then hangs.
         let limit = self.connect_timeout + Duration::from_secs(5);
-        let connected = tokio::time::timeout(limit, builder.connect_mux(&target.address)).await;
-        let session = match connected {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(classify_connect(target, &e)),
+        let connected = tokio::time::timeout(limit, self.launch_master(target)).await;
+        let ctl = match connected {
+            Ok(Ok(ctl)) => ctl,
+            Ok(Err(log)) => return Err(classify_connect(target, &log)),
             Err(_) => {
                 return Err(SshError::new(
                     &target.name,
@@ -99,9 +203,12 @@ impl Transport for OpenSsh {
                 ))
             }
         };
+        let master = Arc::new(Master { ctl: ctl.clone() });
+        let session = openssh::Session::resume_mux(ctl.into_boxed_path(), None);
         Ok(OpenSshSession {
             host: target.name.clone(),
             session: Arc::new(session),
+            master,
             channels: Arc::new(Semaphore::new(self.max_channels)),
             command_timeout: self.command_timeout,
         })
@@ -112,6 +219,8 @@ impl Transport for OpenSsh {
 pub struct OpenSshSession {
     host: String,
     session: Arc<openssh::Session>,
+    /// Shared with every open channel: the master ends when the last of them is dropped.
+    master: Arc<Master>,
     channels: Arc<Semaphore>,
     command_timeout: Duration,
 }
@@ -232,7 +341,7 @@ impl HostSession for OpenSshSession {
             stdin: Box::pin(stdin),
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
-            _guard: Box::new((child, permit)),
+            _guard: Box::new((child, permit, self.master.clone())),
         })
     }
 
@@ -246,8 +355,7 @@ impl HostSession for OpenSshSession {
 }
 
 /// Turns ssh's error output into a class and a hint that says what to do.
-fn classify_connect(target: &SshTarget, e: &openssh::Error) -> SshError {
-    let text = chain(e);
+fn classify_connect(target: &SshTarget, text: &str) -> SshError {
     let lower = text.to_lowercase();
     let known_hosts = target
         .known_hosts
@@ -258,7 +366,7 @@ fn classify_connect(target: &SshTarget, e: &openssh::Error) -> SshError {
         Some(p) if p != 22 => format!("[{}]:{p}", target.address),
         _ => target.address.clone(),
     };
-    let summary = last_meaningful_line(&text);
+    let summary = last_meaningful_line(text);
     if lower.contains("remote host identification has changed")
         || lower.contains("host key for") && lower.contains("has changed")
     {
@@ -352,6 +460,15 @@ impl ControlDir {
 
 impl Drop for ControlDir {
     fn drop(&mut self) {
+        // A master whose session outlived the transport would otherwise idle on for
+        // ControlPersist's time with its socket gone.
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                if e.path().extension().is_none() {
+                    exit_master(&e.path());
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -378,8 +495,56 @@ mod tests {
     }
 
     fn connect_error(log: &str) -> SshError {
-        let e = openssh::Error::Connect(std::io::Error::other(log.to_string()));
-        classify_connect(&target(), &e)
+        classify_connect(&target(), log)
+    }
+
+    /// Issue 14: "pass `--` to `ssh` regardless". A target built around the inventory checks,
+    /// with every field starting with `-`, still gives an argv where each value is an option's
+    /// argument or the operand after `--`.
+    #[test]
+    fn master_argv_keeps_every_inventory_value_out_of_option_position() {
+        let ssh = OpenSsh::new(&Options::default()).expect("a control dir");
+        let hostile = SshTarget {
+            name: "h".into(),
+            address: "-oProxyCommand=touch /tmp/pwned".into(),
+            user: Some("-oUser=x".into()),
+            port: Some(2222),
+            identity_file: Some(PathBuf::from("-i/etc/shadow")),
+            known_hosts: Some(PathBuf::from("-F/dev/null")),
+        };
+        let argv = ssh.master_argv(&hostile, Path::new("/c/m0"), Path::new("/c/m0.log"));
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let dashdash = argv.iter().position(|a| a == "--").expect("a `--`");
+        assert_eq!(dashdash, argv.len() - 2, "{argv:?}");
+        assert_eq!(argv[dashdash + 1], hostile.address);
+        // Before `--`, every word is an option or the argument of the option just before it.
+        let takes_value = ["-E", "-S", "-o", "-p", "-l", "-i"];
+        let mut i = 0;
+        while i < dashdash {
+            let word = &argv[i];
+            assert!(word.starts_with('-'), "{word} at {i}: {argv:?}");
+            i += if takes_value.contains(&word.as_str()) {
+                2
+            } else {
+                1
+            };
+        }
+        assert_eq!(i, dashdash, "{argv:?}");
+        for value in ["-oUser=x", "-i/etc/shadow"] {
+            let at = argv.iter().position(|a| a == value).expect(value);
+            assert!(takes_value.contains(&argv[at - 1].as_str()), "{argv:?}");
+        }
+        assert!(argv.contains(&"UserKnownHostsFile=-F/dev/null".to_string()));
+        // And the check before connecting refuses the target anyway, naming the value.
+        let e = hostile.argv_safe().expect_err("refused");
+        assert!(
+            e.message
+                .starts_with("refusing to pass the address `-oProxyCommand=touch /tmp/pwned`"),
+            "{e}"
+        );
     }
 
     #[test]
