@@ -366,12 +366,12 @@ impl<'a> Engine<'a> {
 
     /// Takes every one of `instances` (all that run on `h`) off host `h` at once: the cost of the
     /// host's share, however many it runs.
-    pub(super) fn uncommit_all(&mut self, h: usize, instances: &[(usize, u32)]) {
+    pub(super) fn uncommit_all(&mut self, h: usize, instances: &[(u32, u32)]) {
         for &(pod, replica) in instances {
-            self.release(pod, replica, h);
+            self.release(pod as usize, replica, h);
         }
         for &(pod, _) in instances {
-            self.placed[pod].take(h as u32);
+            self.placed[pod as usize].take(h as u32);
         }
     }
 

@@ -304,3 +304,33 @@ fn agent_binary_dev_zero_is_refused_at_its_bound() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("is not a static executable"), "{err}");
 }
+
+/// Issue 14's inventory findings through the CLI, each with its location: an address with
+/// spaces, one and a user that start with `-` (which never get near ssh), and `-i /dev/zero`.
+#[test]
+fn inventory_values_ssh_would_misread_and_dev_zero_are_located_user_errors() {
+    let dir = project("services:\n  web:\n    image: nginx\n");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "hosts:\n  a: { address: a b c }\n  b: { address: \"-oProxyCommand=touch x\" }\n  \
+         c: { address: 10.0.0.3, user: \"-oProxyCommand=x\" }\n",
+    )
+    .expect("write bad.yaml");
+    let out = cli(dir.path(), &["-i", "bad.yaml", "inventory"], &[]);
+    assert_user_error(
+        &out,
+        &[
+            "error: host `a`: `a b c` is not a host name or IP address: contains a space\n  --> bad.yaml:2:17",
+            "error: host `b`: `-oProxyCommand=touch x` is not a host name or IP address: starts with `-`, which ssh would read as an option\n  --> bad.yaml:3:17",
+            "error: host `c`: user `-oProxyCommand=x` starts with `-`, which ssh would read as an option\n  --> bad.yaml:4:33",
+        ],
+    );
+    let out = cli(dir.path(), &["-i", "/dev/zero", "plan", "--offline"], &[]);
+    assert_user_error(
+        &out,
+        &[
+            "error: `/dev/zero` is larger than 67108864 bytes\n  --> /dev/zero:1:1",
+            "--limit file-bytes=N",
+        ],
+    );
+}
