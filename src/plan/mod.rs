@@ -363,3 +363,59 @@ impl Serialize for HostJson<'_> {
         m.end()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compose::{self, Environment, LoadOptions, MemoryFs};
+
+    fn placement() -> Placement {
+        let fs = MemoryFs::new().with(
+            "/p/compose.yaml",
+            "services:\n  web:\n    image: nginx\n    deploy: { replicas: 7 }\n    \
+             ports: [\"8080\"]\n  db:\n    image: postgres\n    deploy: { replicas: 2, \
+             resources: { reservations: { memory: 6G } } }\n",
+        );
+        let mut opts = LoadOptions::for_file("/p/compose.yaml");
+        opts.project_name = Some("t".into());
+        let project = compose::load(&opts, &Environment::new(), &fs)
+            .expect("loads")
+            .project;
+        let nodes: Vec<Node> = (1..=3)
+            .map(|i| Node {
+                name: format!("h{i}"),
+                labels: BTreeMap::new(),
+                arch: None,
+                allocatable: Amount::from_cpus(4.0, 8 << 30),
+                state: NodeState::Ready,
+            })
+            .collect();
+        schedule::place(&project, &nodes, &[]).expect("places")
+    }
+
+    /// The streamed contract is the same bytes as the value's pretty print (keys in the sorted
+    /// order a `serde_json::Value` prints them), with one entry per replica.
+    #[test]
+    fn streamed_json_is_the_contract_replica_by_replica() {
+        let pl = placement();
+        let mut streamed = Vec::new();
+        write_json(&pl, &mut streamed).expect("writes");
+        let value = to_json(&pl);
+        let pretty = serde_json::to_string_pretty(&value).expect("prints");
+        assert_eq!(String::from_utf8_lossy(&streamed), pretty);
+        let placements = value["placements"].as_array().expect("placements");
+        let unschedulable = value["unschedulable"].as_array().expect("unschedulable");
+        assert_eq!(placements.len() + unschedulable.len(), 9);
+        assert_eq!(placements.len(), pl.replica_count());
+        let first = &placements[0];
+        let keys: Vec<&String> = first.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["host", "pod", "replica", "service"]);
+    }
+
+    #[test]
+    fn runs_of_three_or_more_print_as_a_range() {
+        assert_eq!(replica_run(&(4..=4)), "#4");
+        assert_eq!(replica_run(&(4..=5)), "#4 #5");
+        assert_eq!(replica_run(&(4..=6)), "#4-#6");
+    }
+}
