@@ -334,3 +334,24 @@ fn inventory_values_ssh_would_misread_and_dev_zero_are_located_user_errors() {
         ],
     );
 }
+
+/// Found by the inventory fuzz target: a host variable whose name has an escaped backslash
+/// before a multi-byte character put the variable's column inside that character, and the CLI
+/// panicked (exit 101) slicing the line there, on a file that is valid. Now it loads.
+#[test]
+fn an_escape_before_a_multibyte_character_in_an_ini_host_line_does_not_panic() {
+    let dir = project("services:\n  web:\n    image: nginx\n");
+    std::fs::write(
+        dir.path().join("hosts.ini"),
+        "h1 ansible_us\u{e9}\\\\\u{e9}=dep\n",
+    )
+    .expect("write hosts.ini");
+    let out = cli(
+        dir.path(),
+        &["-i", "hosts.ini", "inventory", "--format", "json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["hosts"][0]["name"], "h1");
+}
