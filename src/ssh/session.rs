@@ -460,15 +460,8 @@ impl ControlDir {
 
 impl Drop for ControlDir {
     fn drop(&mut self) {
-        // A master whose session outlived the transport would otherwise idle on for
-        // ControlPersist's time with its socket gone.
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                if e.path().extension().is_none() {
-                    exit_master(&e.path());
-                }
-            }
-        }
+        // Sessions may outlive the transport (`up` keeps its hosts' sessions and drops the
+        // transport): their masters are ended by their own `Master` guard, not here.
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
