@@ -80,7 +80,7 @@ fn memory(replicas: u32, hosts: usize) {
         peak as f64 / f64::from(replicas),
         kept as f64 / MIB as f64,
         secs,
-        pl.assignments.len(),
+        pl.replica_count(),
     );
 }
 
@@ -257,7 +257,7 @@ fn time_it(label: &str, seed: u64, hosts: usize, replicas: usize, runs: usize) {
         times[0],
         times[times.len() - 1],
         wanted as f64 / (times[times.len() / 2] / 1000.0),
-        pl.assignments.len(),
+        pl.replica_count(),
         pl.unschedulable.len(),
     );
 }

@@ -86,6 +86,10 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     };
     let to_failure = |e: SshError| match e.class {
         ssh::ErrorClass::Local => Failure::Internal(e.to_string()),
+        ssh::ErrorClass::Input => Failure::User(match &e.hint {
+            Some(hint) => format!("{}\nhint: {hint}", e.message),
+            None => e.message.clone(),
+        }),
         _ => Failure::User(e.to_string()),
     };
     let (reports, seen) = if args.pin {

@@ -5,6 +5,7 @@
 //! every host's facts gathered over SSH), prints the report (text or the JSON
 //! contract) to stdout, and exits 1 when anything is unschedulable.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
@@ -70,9 +71,13 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             output::data(&plan::render_text(&placement, &demands));
         }
         Format::Json => {
-            let text = serde_json::to_string_pretty(&plan::to_json(&placement))
-                .map_err(|e| Failure::Internal(format!("cannot print the plan as JSON: {e}")))?;
-            output::data(&text);
+            // Written as it is serialized: the contract lists every replica, and holding a
+            // million of them as JSON values would cost hundreds of bytes each.
+            // A closed pipe (`| head`) is not an error, as for every other output.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let _ = plan::write_json(&placement, &mut out);
+            let _ = writeln!(out);
+            let _ = out.flush();
         }
     }
     if placement.unschedulable.is_empty() {

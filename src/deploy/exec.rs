@@ -242,8 +242,10 @@ pub async fn connect(
     emit: &mut dyn FnMut(Progress),
 ) -> Result<Connected, ExecError> {
     let agent = Arc::new(
-        AgentBinary::locate(opts.agent_binary.as_deref())
-            .map_err(|e| ExecError::Internal(e.to_string()))?,
+        AgentBinary::locate(opts.agent_binary.as_deref()).map_err(|e| match e.class {
+            ErrorClass::Input => ExecError::User(e.to_string()),
+            _ => ExecError::Internal(e.to_string()),
+        })?,
     );
     let transport = Arc::new(Hosts::new(opts).map_err(|e| ExecError::Internal(e.to_string()))?);
     let mut tasks = JoinSet::new();

@@ -15,8 +15,9 @@ pub mod podspec;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::ops::RangeInclusive;
 
-use serde_json::json;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::compose::model::Project;
 use crate::diag::Diagnostics;
@@ -186,9 +187,9 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
             out.push('\n');
             continue;
         }
-        let mut by_service: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        let mut by_service: BTreeMap<&str, Vec<&RangeInclusive<u32>>> = BTreeMap::new();
         for (s, r) in &h.replicas {
-            by_service.entry(s).or_default().push(*r);
+            by_service.entry(s).or_default().push(r);
         }
         let mut rows = vec![[
             "SERVICE".to_string(),
@@ -196,13 +197,16 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
             "CPU".to_string(),
             "MEMORY".to_string(),
         ]];
-        for (s, rs) in &by_service {
+        for (s, runs) in &by_service {
             let d = demands.get(*s).copied().unwrap_or_default();
-            let n = rs.len() as u64;
+            let n: u64 = runs
+                .iter()
+                .map(|r| u64::from(r.end() - r.start()) + 1)
+                .sum();
             rows.push([
                 s.to_string(),
-                rs.iter()
-                    .map(|r| format!("#{r}"))
+                runs.iter()
+                    .map(|r| replica_run(r))
                     .collect::<Vec<_>>()
                     .join(" "),
                 format_cpus(d.cpu_millis * n),
@@ -238,7 +242,7 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
     let _ = write!(
         out,
         "{} of {} on {} of {}",
-        plural(placement.assignments.len(), "replica"),
+        plural(placement.replica_count(), "replica"),
         plural(services.len(), "service"),
         used,
         plural(placement.hosts.len(), "host"),
@@ -255,32 +259,163 @@ pub fn render_text(placement: &Placement, demands: &BTreeMap<String, Amount>) ->
     out
 }
 
-/// The JSON contract (see the module documentation).
-pub fn to_json(placement: &Placement) -> serde_json::Value {
-    let placements: Vec<_> = placement
-        .assignments
-        .iter()
-        .map(|a| json!({"service": a.service, "replica": a.replica, "host": a.host, "pod": a.pod}))
-        .collect();
-    let mut unschedulable = Vec::new();
-    for u in &placement.unschedulable {
-        for s in &u.services {
-            unschedulable.push(json!({"service": s, "replica": u.replica, "reasons": u.reasons}));
-        }
+/// A run of replicas in the text report: `#3`, `#3 #4`, or `#3-#9` for three or more, so that
+/// a host with a million replicas of a service prints one range, not a million numbers.
+fn replica_run(r: &RangeInclusive<u32>) -> String {
+    match r.end().saturating_sub(*r.start()) {
+        0 => format!("#{}", r.start()),
+        1 => format!("#{} #{}", r.start(), r.end()),
+        _ => format!("#{}-#{}", r.start(), r.end()),
     }
-    let hosts: Vec<_> = placement
-        .hosts
-        .iter()
-        .map(|h| {
-            json!({
-                "name": h.name,
-                "cpus": h.allocatable.cpu_millis as f64 / 1000.0,
-                "memory": h.allocatable.memory,
-                "cpus_reserved": h.used.cpu_millis as f64 / 1000.0,
-                "memory_reserved": h.used.memory,
-                "ports": h.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
+}
+
+/// The JSON contract (see the module documentation), as a value.
+pub fn to_json(placement: &Placement) -> serde_json::Value {
+    serde_json::to_value(Contract(placement)).unwrap_or_default()
+}
+
+/// Writes the JSON contract (pretty) to `out`, expanding the replica runs one at a time as they
+/// are written: nothing is held per replica.
+pub fn write_json(placement: &Placement, out: &mut impl std::io::Write) -> serde_json::Result<()> {
+    serde_json::to_writer_pretty(out, &Contract(placement))
+}
+
+/// The contract's shape. Fields are declared in key order, the order `serde_json::Value` (a
+/// sorted map) prints them in, so that both ways of writing it give the same bytes.
+struct Contract<'a>(&'a Placement);
+
+impl Serialize for Contract<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let pl = self.0;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("hosts", &Seq(|| pl.hosts.iter().map(HostJson)))?;
+        m.serialize_entry(
+            "placements",
+            &Seq(|| {
+                pl.replicas().map(|r| PlacementJson {
+                    host: r.host,
+                    pod: r.pod,
+                    replica: r.replica,
+                    service: r.service,
+                })
+            }),
+        )?;
+        m.serialize_entry(
+            "unschedulable",
+            &Seq(|| {
+                pl.unschedulable.iter().flat_map(|u| {
+                    u.services.iter().map(move |s| UnschedulableJson {
+                        reasons: &u.reasons,
+                        replica: u.replica,
+                        service: s,
+                    })
+                })
+            }),
+        )?;
+        m.end()
+    }
+}
+
+/// A sequence written from an iterator made afresh each time it is serialized.
+struct Seq<F>(F);
+
+impl<F, I> Serialize for Seq<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)())
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PlacementJson<'a> {
+    host: &'a str,
+    pod: &'a str,
+    replica: u32,
+    service: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct UnschedulableJson<'a> {
+    reasons: &'a [String],
+    replica: u32,
+    service: &'a str,
+}
+
+struct HostJson<'a>(&'a schedule::HostUse);
+
+impl Serialize for HostJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("cpus", &(h.allocatable.cpu_millis as f64 / 1000.0))?;
+        m.serialize_entry("cpus_reserved", &(h.used.cpu_millis as f64 / 1000.0))?;
+        m.serialize_entry("memory", &h.allocatable.memory)?;
+        m.serialize_entry("memory_reserved", &h.used.memory)?;
+        m.serialize_entry("name", &h.name)?;
+        m.serialize_entry(
+            "ports",
+            &h.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        )?;
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compose::{self, Environment, LoadOptions, MemoryFs};
+
+    fn placement() -> Placement {
+        let fs = MemoryFs::new().with(
+            "/p/compose.yaml",
+            "services:\n  web:\n    image: nginx\n    deploy: { replicas: 7 }\n    \
+             ports: [\"8080\"]\n  db:\n    image: postgres\n    deploy: { replicas: 2, \
+             resources: { reservations: { memory: 6G } } }\n",
+        );
+        let mut opts = LoadOptions::for_file("/p/compose.yaml");
+        opts.project_name = Some("t".into());
+        let project = compose::load(&opts, &Environment::new(), &fs)
+            .expect("loads")
+            .project;
+        let nodes: Vec<Node> = (1..=3)
+            .map(|i| Node {
+                name: format!("h{i}"),
+                labels: BTreeMap::new(),
+                arch: None,
+                allocatable: Amount::from_cpus(4.0, 8 << 30),
+                state: NodeState::Ready,
             })
-        })
-        .collect();
-    json!({"placements": placements, "unschedulable": unschedulable, "hosts": hosts})
+            .collect();
+        schedule::place(&project, &nodes, &[]).expect("places")
+    }
+
+    /// The streamed contract is the same bytes as the value's pretty print (keys in the sorted
+    /// order a `serde_json::Value` prints them), with one entry per replica.
+    #[test]
+    fn streamed_json_is_the_contract_replica_by_replica() {
+        let pl = placement();
+        let mut streamed = Vec::new();
+        write_json(&pl, &mut streamed).expect("writes");
+        let value = to_json(&pl);
+        let pretty = serde_json::to_string_pretty(&value).expect("prints");
+        assert_eq!(String::from_utf8_lossy(&streamed), pretty);
+        let placements = value["placements"].as_array().expect("placements");
+        let unschedulable = value["unschedulable"].as_array().expect("unschedulable");
+        assert_eq!(placements.len() + unschedulable.len(), 9);
+        assert_eq!(placements.len(), pl.replica_count());
+        let first = &placements[0];
+        let keys: Vec<&String> = first.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["host", "pod", "replica", "service"]);
+    }
+
+    #[test]
+    fn runs_of_three_or_more_print_as_a_range() {
+        assert_eq!(replica_run(&(4..=4)), "#4");
+        assert_eq!(replica_run(&(4..=5)), "#4 #5");
+        assert_eq!(replica_run(&(4..=6)), "#4-#6");
+    }
 }

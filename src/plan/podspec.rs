@@ -72,22 +72,24 @@ pub fn build(
 ) -> Result<PodSpecs, PodSpecError> {
     // (pod, replica) → host and its services' replicas.
     let mut groups: BTreeMap<(String, u32), (String, Vec<String>)> = BTreeMap::new();
-    for a in &placement.assignments {
-        let key = (a.pod.clone(), a.replica);
+    // Expanded one replica at a time: a pod spec is per replica, and what is sent to a host is
+    // bounded by the replica limits anyway.
+    for a in placement.replicas() {
+        let key = (a.pod.to_string(), a.replica);
         match groups.get_mut(&key) {
             Some((host, services)) => {
-                if *host != a.host {
+                if host != a.host {
                     return Err(PodSpecError::Split {
-                        pod: a.pod.clone(),
+                        pod: a.pod.to_string(),
                         replica: a.replica,
                         first: host.clone(),
-                        second: a.host.clone(),
+                        second: a.host.to_string(),
                     });
                 }
-                services.push(a.service.clone());
+                services.push(a.service.to_string());
             }
             None => {
-                groups.insert(key, (a.host.clone(), vec![a.service.clone()]));
+                groups.insert(key, (a.host.to_string(), vec![a.service.to_string()]));
             }
         }
     }
@@ -358,12 +360,7 @@ mod tests {
     }
 
     fn at(service: &str, replica: u32, host: &str, pod: &str) -> Assignment {
-        Assignment {
-            service: service.into(),
-            replica,
-            host: host.into(),
-            pod: pod.into(),
-        }
+        Assignment::one(service, replica, host, pod)
     }
 
     #[test]

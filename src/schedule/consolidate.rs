@@ -22,7 +22,7 @@ impl Engine<'_> {
         &mut self,
         inst: Instance,
         targets: &[usize],
-        on_host: &mut [Vec<(usize, u32)>],
+        on_host: &mut [Vec<(u32, u32)>],
         movable: &dyn Fn(usize, u32) -> bool,
         fair: &dyn Fn(u32) -> u32,
         budget: &mut u64,
@@ -36,6 +36,7 @@ impl Engine<'_> {
                 }
                 *budget -= 1;
                 let (p2, r2) = on_host[t][yi];
+                let p2 = p2 as usize;
                 if p2 == inst.group || !movable(p2, r2) {
                     continue;
                 }
@@ -73,8 +74,8 @@ impl Engine<'_> {
                             },
                             u,
                         );
-                        on_host[t].retain(|&x| x != (p2, r2));
-                        on_host[u].push((p2, r2));
+                        on_host[t].retain(|&x| x != (p2 as u32, r2));
+                        on_host[u].push((p2 as u32, r2));
                         return Some((t, (p2, r2, t, u)));
                     }
                     self.uncommit(inst.group, inst.replica, t);
@@ -103,16 +104,24 @@ impl Engine<'_> {
     /// [`CONSOLIDATE_MISSES`] failures in a row, so large fleets pay little for it.
     pub(super) fn consolidate(&mut self, pinned: &HashSet<(usize, u32)>) {
         let n = self.nodes.len();
-        let mut on_host: Vec<Vec<(usize, u32)>> = vec![Vec::new(); n];
+        // With fewer than two hosts in use no host has another to empty into (every attempt
+        // below would be a miss): skip building the per-instance lists, which would cost memory
+        // per replica (16 MiB for a million replicas on one host).
+        if self.used.iter().filter(|&&u| u).count() < 2 {
+            return;
+        }
+        // (pod, replica) per host, as u32 pairs: 8 bytes per instance rather than 16.
+        let mut on_host: Vec<Vec<(u32, u32)>> = vec![Vec::new(); n];
         for (pod, list) in self.placed.iter().enumerate() {
             for (r, h) in list.iter() {
-                on_host[h as usize].push((pod, r));
+                on_host[h as usize].push((pod as u32, r));
             }
         }
         let units = self.units;
-        let movable = |list: &[(usize, u32)]| {
+        let movable = |list: &[(u32, u32)]| {
             !list.is_empty()
                 && list.iter().all(|&(pod, r)| {
+                    let pod = pod as usize;
                     let p = &units.groups[pod];
                     !p.global && p.spread.is_empty() && !pinned.contains(&(pod, r))
                 })
@@ -152,8 +161,8 @@ impl Engine<'_> {
                 continue;
             }
             let mut moving = std::mem::take(&mut on_host[h]);
-            let size = |&(pod, r): &(usize, u32)| {
-                let d = units.shapes[units.groups[pod].shape_of(r)].demand;
+            let size = |&(pod, r): &(u32, u32)| {
+                let d = units.shapes[units.groups[pod as usize].shape_of(r)].demand;
                 (Reverse(d.cpu_millis + d.memory / (1 << 20)), pod, r)
             };
             moving.sort_by_key(size);
@@ -168,6 +177,7 @@ impl Engine<'_> {
             let mut swaps: Vec<(usize, u32, usize, usize)> = Vec::new();
             let mut log: Vec<bool> = Vec::new();
             for &(pod, r) in &moving {
+                let pod = pod as usize;
                 let inst = Instance {
                     group: pod,
                     replica: r,
@@ -213,7 +223,7 @@ impl Engine<'_> {
             }
             if moved.len() == moving.len() {
                 for (pod, r, t) in moved {
-                    on_host[t].push((pod, r));
+                    on_host[t].push((pod as u32, r));
                 }
                 self.used[h] = false;
                 misses = 0;
@@ -226,7 +236,7 @@ impl Engine<'_> {
                     if is_swap {
                         if let Some((p2, r2, from, to)) = swaps.pop() {
                             self.uncommit(p2, r2, to);
-                            on_host[to].retain(|&x| x != (p2, r2));
+                            on_host[to].retain(|&x| x != (p2 as u32, r2));
                             self.commit(
                                 Instance {
                                     group: p2,
@@ -235,11 +245,12 @@ impl Engine<'_> {
                                 },
                                 from,
                             );
-                            on_host[from].push((p2, r2));
+                            on_host[from].push((p2 as u32, r2));
                         }
                     }
                 }
                 for &(pod, r) in &moving {
+                    let pod = pod as usize;
                     let shape = units.groups[pod].shape_of(r);
                     self.commit(
                         Instance {

@@ -4,6 +4,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
 
 use super::filter::{self, Reject};
 use super::order::Order;
@@ -75,6 +76,30 @@ impl Placed {
     /// Each host with how many instances it runs.
     pub(super) fn hosts(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.by_host.iter().map(|(&h, list)| (h, list.len() as u32))
+    }
+
+    /// Every instance as runs of consecutive replicas on one host: (first, last, host), by first
+    /// replica. Sorts each host's list in place, so it needs no memory per instance.
+    pub(super) fn into_runs(self) -> Vec<(u32, u32, u32)> {
+        let mut runs = Vec::new();
+        for (h, mut list) in self.by_host {
+            list.sort_unstable();
+            let mut it = list.into_iter();
+            let Some(mut first) = it.next() else {
+                continue;
+            };
+            let mut last = first;
+            for r in it {
+                if r != last + 1 {
+                    runs.push((first, last, h));
+                    first = r;
+                }
+                last = r;
+            }
+            runs.push((first, last, h));
+        }
+        runs.sort_unstable();
+        runs
     }
 
     /// The replicas on `host`.
@@ -341,12 +366,12 @@ impl<'a> Engine<'a> {
 
     /// Takes every one of `instances` (all that run on `h`) off host `h` at once: the cost of the
     /// host's share, however many it runs.
-    pub(super) fn uncommit_all(&mut self, h: usize, instances: &[(usize, u32)]) {
+    pub(super) fn uncommit_all(&mut self, h: usize, instances: &[(u32, u32)]) {
         for &(pod, replica) in instances {
-            self.release(pod, replica, h);
+            self.release(pod as usize, replica, h);
         }
         for &(pod, _) in instances {
-            self.placed[pod].take(h as u32);
+            self.placed[pod as usize].take(h as u32);
         }
     }
 
@@ -365,25 +390,69 @@ impl<'a> Engine<'a> {
         self.zone_counts = (None, Vec::new());
     }
 
+    /// The result. Each group's instances become runs of consecutive replicas per host, so the
+    /// result costs memory per run (about one per host a service uses), not per replica.
     pub(super) fn finish(self) -> Placement {
         let mut assignments = Vec::new();
-        let mut per_host: Vec<Vec<(String, u32)>> = vec![Vec::new(); self.nodes.len()];
-        for (pod, placed) in self.placed.iter().enumerate() {
+        for (pod, placed) in self.placed.into_iter().enumerate() {
             let p = &self.units.groups[pod];
-            for (replica, h) in placed.iter() {
-                let shape = &self.units.shapes[p.shape_of(replica)];
-                for service in &shape.services {
-                    assignments.push(Assignment {
-                        service: service.clone(),
-                        replica,
-                        host: self.nodes[h as usize].name.clone(),
-                        pod: p.pod_of(service).unwrap_or(&p.name).to_string(),
-                    });
-                    per_host[h as usize].push((service.clone(), replica));
+            for (first, last, h) in placed.into_runs() {
+                // A run can span instances of different shapes (services with fewer replicas
+                // than their pod): split it where the shape changes.
+                let mut from = first;
+                while from <= last {
+                    let shape_index = p.shape_of(from);
+                    let next = p.shape_runs.partition_point(|&(f, _)| f <= from);
+                    let to = p
+                        .shape_runs
+                        .get(next)
+                        .map_or(last, |&(f, _)| f.saturating_sub(1).min(last));
+                    for service in &self.units.shapes[shape_index].services {
+                        assignments.push(Assignment {
+                            service: service.clone(),
+                            first: from,
+                            last: to,
+                            host: self.nodes[h as usize].name.clone(),
+                            pod: p.pod_of(service).unwrap_or(&p.name).to_string(),
+                        });
+                    }
+                    if to == u32::MAX {
+                        break;
+                    }
+                    from = to + 1;
                 }
             }
         }
-        assignments.sort();
+        assignments.sort_by(|a, b| a.service.cmp(&b.service).then(a.first.cmp(&b.first)));
+        // Runs split at a shape boundary join again where the service stays on the host.
+        let mut merged: Vec<Assignment> = Vec::with_capacity(assignments.len());
+        for a in assignments {
+            match merged.last_mut() {
+                Some(m)
+                    if m.service == a.service
+                        && m.host == a.host
+                        && m.last.checked_add(1) == Some(a.first) =>
+                {
+                    m.last = a.last;
+                }
+                _ => merged.push(a),
+            }
+        }
+        let assignments = merged;
+        let index: HashMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        let mut per_host: Vec<Vec<(String, RangeInclusive<u32>)>> =
+            vec![Vec::new(); self.nodes.len()];
+        // In (service, first) order already, as each host's list must be.
+        for a in &assignments {
+            if let Some(&h) = index.get(a.host.as_str()) {
+                per_host[h].push((a.service.clone(), a.replicas()));
+            }
+        }
         let mut unschedulable = self.unplaced;
         unschedulable.sort_by(|a, b| a.group.cmp(&b.group).then(a.replica.cmp(&b.replica)));
         let hosts = self
@@ -392,8 +461,7 @@ impl<'a> Engine<'a> {
             .zip(per_host)
             .zip(self.ports)
             .zip(&self.free)
-            .map(|(((n, mut replicas), mut ports), free)| {
-                replicas.sort();
+            .map(|(((n, replicas), mut ports), free)| {
                 ports.sort();
                 HostUse {
                     name: n.name.clone(),

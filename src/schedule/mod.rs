@@ -87,9 +87,15 @@ pub struct Observed {
 }
 
 /// The result: where every replica goes, and which could not be placed and why.
+///
+/// Replicas are recorded as runs, not one by one: consecutive replicas of one service on one
+/// host are one [`Assignment`]. A service of a million identical replicas on ten hosts is about
+/// ten assignments, so the placement costs memory in proportion to the hosts it uses, not to the
+/// replica count; [`Placement::replicas`] expands the runs for a consumer that needs each one.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Placement {
-    /// Sorted by service, then replica.
+    /// Sorted by service, then replica; runs of one service never overlap, and two runs of one
+    /// service that touch are on different hosts.
     pub assignments: Vec<Assignment>,
     /// Sorted by pod, then replica.
     pub unschedulable: Vec<Unplaced>,
@@ -97,13 +103,73 @@ pub struct Placement {
     pub hosts: Vec<HostUse>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// Replicas `first..=last` of one service, all on one host, in one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub service: String,
-    pub replica: u32,
+    /// Numbered from 1.
+    pub first: u32,
+    pub last: u32,
     pub host: String,
-    /// The pod the replica runs in, as [`crate::pods`] names it (and `graph` prints it).
+    /// The pod the replicas run in, as [`crate::pods`] names it (and `graph` prints it).
     pub pod: String,
+}
+
+impl Assignment {
+    /// One replica.
+    pub fn one(service: &str, replica: u32, host: &str, pod: &str) -> Self {
+        Assignment {
+            service: service.to_string(),
+            first: replica,
+            last: replica,
+            host: host.to_string(),
+            pod: pod.to_string(),
+        }
+    }
+
+    /// The replica numbers.
+    pub fn replicas(&self) -> std::ops::RangeInclusive<u32> {
+        self.first..=self.last
+    }
+
+    /// How many replicas.
+    pub fn len(&self) -> usize {
+        self.last.saturating_sub(self.first) as usize + usize::from(self.first <= self.last)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first > self.last
+    }
+}
+
+/// One placed replica, as [`Placement::replicas`] expands the runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Replica<'a> {
+    pub service: &'a str,
+    pub replica: u32,
+    pub host: &'a str,
+    pub pod: &'a str,
+}
+
+impl Placement {
+    /// Every placed replica, by service then replica number. Costs nothing per replica until
+    /// iterated: consumers that need each replica (pod specs, the JSON contract) take them one
+    /// at a time rather than holding them all.
+    pub fn replicas(&self) -> impl Iterator<Item = Replica<'_>> + '_ {
+        self.assignments.iter().flat_map(|a| {
+            a.replicas().map(move |replica| Replica {
+                service: &a.service,
+                replica,
+                host: &a.host,
+                pod: &a.pod,
+            })
+        })
+    }
+
+    /// How many replicas are placed.
+    pub fn replica_count(&self) -> usize {
+        self.assignments.iter().map(Assignment::len).sum()
+    }
 }
 
 /// A group instance (one replica of each service of a colocation) no host could take.
@@ -146,8 +212,9 @@ pub struct HostUse {
     pub used: Amount,
     /// Published ports, sorted.
     pub ports: Vec<PortKey>,
-    /// (service, replica) placed here, sorted.
-    pub replicas: Vec<(String, u32)>,
+    /// The replicas placed here, as runs: (service, first..=last), sorted by service then
+    /// replica.
+    pub replicas: Vec<(String, std::ops::RangeInclusive<u32>)>,
 }
 
 /// Places every replica of `project` on `nodes`, staying on `observed` hosts where possible.

@@ -142,15 +142,23 @@ impl AgentBinary {
     pub fn locate(explicit: Option<&Path>) -> Result<AgentBinary, SshError> {
         if let Some(path) = explicit {
             let bytes = read_file_limited(path, MAX_AGENT_BYTES).map_err(|e| {
+                // The path is the user's input: a device, a missing file or one over the bound is
+                // theirs to fix (exit 1).
                 let why = match crate::compose::source::TooLarge::of(&e) {
                     Some(_) => format!(
-                        "it holds more than {MAX_AGENT_BYTES} bytes (an agent is about 4 MB)"
+                        "it holds more than {MAX_AGENT_BYTES} bytes, the limit for an agent binary \
+                         (an agent is about 4 MB){}",
+                        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+                            "; it is not a regular file"
+                        } else {
+                            ""
+                        }
                     ),
                     None => e.to_string(),
                 };
                 SshError::new(
                     "-",
-                    ErrorClass::Local,
+                    ErrorClass::Input,
                     format!("cannot read the agent binary {}: {why}", path.display()),
                 )
                 .with_hint("pass the path of a compose-fleet-agent built for the hosts")
@@ -158,7 +166,7 @@ impl AgentBinary {
             if let Some(why) = not_static(&bytes) {
                 return Err(SshError::new(
                     "-",
-                    ErrorClass::Local,
+                    ErrorClass::Input,
                     format!("{} is not a static executable: {why}", path.display()),
                 )
                 .with_hint("build it with `cargo build -p compose-fleet-agent --profile agent --target x86_64-unknown-linux-musl`"));

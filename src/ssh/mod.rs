@@ -92,6 +92,9 @@ pub enum ErrorClass {
     Become,
     /// A local problem (the agent binary, the ssh program, a temp dir).
     Local,
+    /// The user's input cannot be used (an `--agent-binary` that is too large or not a static
+    /// executable): exit 1, not a broken environment.
+    Input,
 }
 
 impl ErrorClass {
@@ -105,6 +108,7 @@ impl ErrorClass {
             ErrorClass::Agent => "agent failure",
             ErrorClass::Become => "sudo refused",
             ErrorClass::Local => "local error",
+            ErrorClass::Input => "bad input",
         }
     }
 }

@@ -2,17 +2,27 @@
 //! One master connection per host (control socket in a private 0700 temp dir), every command a
 //! channel on it.
 //!
+//! The master is started here, not by `openssh::SessionBuilder::connect_mux`: the builder puts
+//! the destination last with no `--` before it, so an address that starts with `-` would be read
+//! by `ssh` as an option. We run `ssh -M -f -N … -- DESTINATION` ourselves ([`master_argv`]: every
+//! inventory value is an option's argument or follows `--`) and hand the control socket to
+//! `openssh::Session::resume_mux`, which opens channels over the socket without running `ssh`
+//! again. [`SshTarget::argv_safe`] still refuses such values first, with a message.
+//!
 //! The same private directory (removed at exit, on SIGINT/SIGTERM and on `--timeout`, see
 //! [`crate::lifetime`]) holds what ssh must read from files: the private key given in
 //! `COMPOSE_FLEET_SSH_KEY`/`COMPOSE_FLEET_SSH_KEY_FILE` (0600), and for a host with pinned keys
 //! a `known_hosts` of just those keys plus an ssh config that turns the system-wide
 //! `known_hosts` off and then includes the user's and the system's own configuration.
 
+
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use openssh::{ControlPersist, KnownHosts, SessionBuilder, Stdio};
+use openssh::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
@@ -36,6 +46,8 @@ pub struct OpenSsh {
     identity: Option<PathBuf>,
     /// The ssh config used for hosts with pinned keys (written on first use).
     pinned_config: OnceLock<Result<PathBuf, String>>,
+    /// Names the control socket of each master started.
+    next_master: AtomicU64,
 }
 
 /// The environment variables that give the private key.
@@ -126,6 +138,7 @@ impl OpenSsh {
             record_keys: options.record_host_keys,
             identity,
             pinned_config: OnceLock::new(),
+            next_master: AtomicU64::new(0),
         })
     }
 
@@ -177,31 +190,19 @@ impl OpenSsh {
             .map_err(|e| SshError::new("-", ErrorClass::Local, format!("writing {name}: {e}")))
     }
 
-    fn builder(&self, target: &SshTarget) -> Result<SessionBuilder, SshError> {
-        let mut b = SessionBuilder::default();
-        b.control_directory(self.control_dir.path())
-            .known_hosts_check(if self.accept_new {
-                KnownHosts::Add
-            } else {
-                KnownHosts::Strict
-            })
-            .connect_timeout(self.connect_timeout)
-            .server_alive_interval(Duration::from_secs(5))
-            // A safety net: if we die without closing, the master exits on its own.
-            .control_persist(ControlPersist::IdleFor(
-                std::num::NonZeroUsize::new(60).unwrap_or(std::num::NonZeroUsize::MIN),
-            ));
-        if let Some(user) = &target.user {
-            b.user(user.clone());
-        }
-        if let Some(port) = target.port {
-            b.port(port);
-        }
-        // The environment's key is this run's choice: it wins over the inventory's.
-        if let Some(key) = self.identity.as_ref().or(target.identity_file.as_ref()) {
-            b.keyfile(key);
-        }
-        if !target.host_keys.is_empty() {
+    /// The arguments of the `ssh` that becomes `target`'s master connection, control socket
+    /// `ctl`, log `log`. Every value from the inventory is the argument of an option (`-l`, `-p`,
+    /// `-i`, `-o Name=value`) or the one operand after `--`: none can be read as an option.
+    fn master_argv(
+        &self,
+        target: &SshTarget,
+        ctl: &Path,
+        log: &Path,
+    ) -> Result<Vec<OsString>, SshError> {
+        // Which host keys ssh checks against, and how strictly: pinned keys alone and strictly;
+        // under `hosts --pin` an empty private file that ssh fills with what the host presents;
+        // else the inventory's (or the user's) known_hosts.
+        let (strict, known_hosts, config) = if !target.host_keys.is_empty() {
             // One private file per host with only its pinned keys, under the pattern `*`: it
             // is read for this host alone, so whatever name ssh looks the key up by (the
             // address, `[address]:port`, a HostKeyAlias, the IP) matches. Strict always.
@@ -210,20 +211,134 @@ impl OpenSsh {
                 text.push_str(&format!("* {key}\n"));
             }
             let file = self.private_file(&file_name("pinned", target), &text)?;
-            b.user_known_hosts_file(file)
-                .known_hosts_check(KnownHosts::Strict)
-                .config_file(self.pinned_config()?);
+            ("yes", Some(file), Some(self.pinned_config()?.to_path_buf()))
         } else if self.record_keys {
-            // `hosts --pin`: an empty private file that ssh fills with what the host presents.
             let file = self.private_file(&file_name("seen", target), "")?;
-            b.user_known_hosts_file(file)
-                .known_hosts_check(KnownHosts::Add)
-                .config_file(self.pinned_config()?);
-        } else if let Some(kh) = &target.known_hosts {
-            b.user_known_hosts_file(kh);
+            ("accept-new", Some(file), Some(self.pinned_config()?.to_path_buf()))
+        } else {
+            let strict = if self.accept_new { "accept-new" } else { "yes" };
+            (strict, target.known_hosts.clone(), None)
+        };
+        let mut argv: Vec<OsString> = Vec::new();
+        let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| argv.push(a.as_ref().to_os_string());
+        arg(&"-E");
+        arg(&log);
+        arg(&"-S");
+        arg(&ctl);
+        // Master, fork once authenticated, no remote command.
+        arg(&"-M");
+        arg(&"-f");
+        arg(&"-N");
+        for option in [
+            // A safety net: if we die without closing, the master exits on its own.
+            "ControlPersist=60s".to_string(),
+            "BatchMode=yes".to_string(),
+            format!("StrictHostKeyChecking={strict}"),
+            format!("ConnectTimeout={}", self.connect_timeout.as_secs().max(1)),
+            "ServerAliveInterval=5".to_string(),
+        ] {
+            arg(&"-o");
+            arg(&option);
         }
-        Ok(b)
+        if let Some(port) = target.port {
+            arg(&"-p");
+            arg(&port.to_string());
+        }
+        if let Some(user) = &target.user {
+            arg(&"-l");
+            arg(user);
+        }
+        // The environment's key is this run's choice: it wins over the inventory's.
+        if let Some(key) = self.identity.as_ref().or(target.identity_file.as_ref()) {
+            // Only that key.
+            arg(&"-o");
+            arg(&"IdentitiesOnly=yes");
+            arg(&"-i");
+            arg(key);
+        }
+        if let Some(kh) = &known_hosts {
+            let mut option = OsString::from("UserKnownHostsFile=");
+            option.push(kh);
+            arg(&"-o");
+            arg(&option);
+        }
+        if let Some(config) = &config {
+            arg(&"-F");
+            arg(config);
+        }
+        arg(&"--");
+        arg(&target.address);
+        Ok(argv)
     }
+
+    /// Starts `target`'s master connection; the control socket's path, or ssh's error output.
+    async fn launch_master(&self, target: &SshTarget) -> Result<PathBuf, String> {
+        // Unix socket paths are limited to ~108 bytes: short names in the short directory.
+        let n = self.next_master.fetch_add(1, Ordering::Relaxed);
+        let ctl = self.control_dir.path().join(format!("m{n}"));
+        let log = self.control_dir.path().join(format!("m{n}.log"));
+        let argv = self.master_argv(target, &ctl, &log).map_err(|e| e.message)?;
+        let status = tokio::process::Command::new("ssh")
+            .args(argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            // A handshake cut off by our timeout must not go on in the background.
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|e| format!("cannot run ssh: {e}"))?;
+        if status.success() {
+            return Ok(ctl);
+        }
+        // What ssh said, bounded: a log is a few lines, never worth more than 64 KiB.
+        let text = read_prefix(&log, 64 << 10)
+            .unwrap_or_else(|e| format!("ssh exited with {status} and its log is unreadable: {e}"));
+        let _ = std::fs::remove_file(&log);
+        Err(if text.trim().is_empty() {
+            format!("ssh exited with {status}")
+        } else {
+            text
+        })
+    }
+}
+
+/// At most `max` bytes of the file at `path`, as text.
+fn read_prefix(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Ends a master connection when the last user of it (the session and its channels) is gone:
+/// a session resumed from a control socket does not end its master on drop by itself.
+struct Master {
+    ctl: PathBuf,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        exit_master(&self.ctl);
+    }
+}
+
+/// Asks the master listening on `ctl` to exit (`ssh -O exit`), if the socket is still there.
+fn exit_master(ctl: &Path) {
+    if !ctl.exists() {
+        return;
+    }
+    // The host operand is required by ssh's syntax and unused with `-S`.
+    let _ = std::process::Command::new("ssh")
+        .arg("-S")
+        .arg(ctl)
+        .args(["-O", "exit", "--", "none"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// A private file's name for a host: its inventory name may hold anything, a digest does not.
@@ -237,25 +352,21 @@ impl Transport for OpenSsh {
     type Session = OpenSshSession;
 
     async fn connect(&self, target: &SshTarget) -> Result<OpenSshSession, SshError> {
-        // The `openssh` crate puts the destination last with no `--` before it: nothing that
-        // ssh could read as an option may get there.
+        // `--` keeps the destination an operand (see the module docs); a value that starts
+        // with `-` is still refused first, with a message that says where it came from.
         target.argv_safe()?;
         let _permit = self
             .handshakes
             .acquire()
             .await
             .map_err(|_| SshError::new(&target.name, ErrorClass::Local, "transport closed"))?;
-        let builder = self.builder(target).map_err(|mut e| {
-            e.host = target.name.clone();
-            e
-        })?;
         // ssh's ConnectTimeout covers TCP and the banner; this also bounds key exchange and auth
         // against a host that accepts and then hangs.
         let limit = self.connect_timeout + Duration::from_secs(5);
-        let connected = tokio::time::timeout(limit, builder.connect_mux(&target.address)).await;
-        let session = match connected {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(classify_connect(target, &e)),
+        let connected = tokio::time::timeout(limit, self.launch_master(target)).await;
+        let ctl = match connected {
+            Ok(Ok(ctl)) => ctl,
+            Ok(Err(log)) => return Err(classify_connect(target, &log)),
             Err(_) => {
                 return Err(SshError::new(
                     &target.name,
@@ -268,9 +379,12 @@ impl Transport for OpenSsh {
                 ))
             }
         };
+        let master = Arc::new(Master { ctl: ctl.clone() });
+        let session = openssh::Session::resume_mux(ctl.into_boxed_path(), None);
         Ok(OpenSshSession {
             host: target.name.clone(),
             session: Arc::new(session),
+            master,
             channels: Arc::new(Semaphore::new(self.max_channels)),
             command_timeout: self.command_timeout,
         })
@@ -281,6 +395,8 @@ impl Transport for OpenSsh {
 pub struct OpenSshSession {
     host: String,
     session: Arc<openssh::Session>,
+    /// Shared with every open channel: the master ends when the last of them is dropped.
+    master: Arc<Master>,
     channels: Arc<Semaphore>,
     command_timeout: Duration,
 }
@@ -401,7 +517,7 @@ impl HostSession for OpenSshSession {
             stdin: Box::pin(stdin),
             stdout: Box::pin(stdout),
             stderr: Box::pin(stderr),
-            _guard: Box::new((child, permit)),
+            _guard: Box::new((child, permit, self.master.clone())),
         })
     }
 
@@ -415,8 +531,7 @@ impl HostSession for OpenSshSession {
 }
 
 /// Turns ssh's error output into a class and a hint that says what to do.
-fn classify_connect(target: &SshTarget, e: &openssh::Error) -> SshError {
-    let text = chain(e);
+fn classify_connect(target: &SshTarget, text: &str) -> SshError {
     let lower = text.to_lowercase();
     let known_hosts = target
         .known_hosts
@@ -427,7 +542,7 @@ fn classify_connect(target: &SshTarget, e: &openssh::Error) -> SshError {
         Some(p) if p != 22 => format!("[{}]:{p}", target.address),
         _ => target.address.clone(),
     };
-    let summary = last_meaningful_line(&text);
+    let summary = last_meaningful_line(text);
     let key_changed = lower.contains("remote host identification has changed")
         || lower.contains("host key for") && lower.contains("has changed");
     let key_unknown = lower.contains("host key verification failed")
@@ -537,8 +652,62 @@ mod tests {
     }
 
     fn connect_error(log: &str) -> SshError {
-        let e = openssh::Error::Connect(std::io::Error::other(log.to_string()));
-        classify_connect(&target(), &e)
+        classify_connect(&target(), log)
+    }
+
+    /// Issue 14: "pass `--` to `ssh` regardless". A target built around the inventory checks,
+    /// with every field starting with `-`, still gives an argv where each value is an option's
+    /// argument or the operand after `--`.
+    #[test]
+    fn master_argv_keeps_every_inventory_value_out_of_option_position() {
+        let ssh = OpenSsh::new(&Options::default()).expect("a control dir");
+        let hostile = SshTarget {
+            name: "h".into(),
+            address: "-oProxyCommand=touch /tmp/pwned".into(),
+            user: Some("-oUser=x".into()),
+            port: Some(2222),
+            identity_file: Some(PathBuf::from("-i/etc/shadow")),
+            known_hosts: Some(PathBuf::from("-F/dev/null")),
+            connection: crate::inventory::Connection::Ssh,
+            use_become: false,
+            become_user: None,
+            host_keys: Vec::new(),
+        };
+        let argv = ssh
+            .master_argv(&hostile, Path::new("/c/m0"), Path::new("/c/m0.log"))
+            .expect("argv");
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let dashdash = argv.iter().position(|a| a == "--").expect("a `--`");
+        assert_eq!(dashdash, argv.len() - 2, "{argv:?}");
+        assert_eq!(argv[dashdash + 1], hostile.address);
+        // Before `--`, every word is an option or the argument of the option just before it.
+        let takes_value = ["-E", "-S", "-o", "-p", "-l", "-i", "-F"];
+        let mut i = 0;
+        while i < dashdash {
+            let word = &argv[i];
+            assert!(word.starts_with('-'), "{word} at {i}: {argv:?}");
+            i += if takes_value.contains(&word.as_str()) {
+                2
+            } else {
+                1
+            };
+        }
+        assert_eq!(i, dashdash, "{argv:?}");
+        for value in ["-oUser=x", "-i/etc/shadow"] {
+            let at = argv.iter().position(|a| a == value).expect(value);
+            assert!(takes_value.contains(&argv[at - 1].as_str()), "{argv:?}");
+        }
+        assert!(argv.contains(&"UserKnownHostsFile=-F/dev/null".to_string()));
+        // And the check before connecting refuses the target anyway, naming the value.
+        let e = hostile.argv_safe().expect_err("refused");
+        assert!(
+            e.message
+                .starts_with("refusing to pass the address `-oProxyCommand=touch /tmp/pwned`"),
+            "{e}"
+        );
     }
 
     #[test]

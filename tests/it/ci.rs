@@ -300,7 +300,7 @@ fn a_key_only_in_the_environment_works_and_leaves_no_file_even_after_sigterm() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
 
     // Killed with SIGTERM while the key file exists: it is removed all the same.
-    let mut child = checkout
+    let child = checkout
         .cli(&lab)
         .args(["-p", "sigterm", "up"])
         .env("TMPDIR", tmp.path())

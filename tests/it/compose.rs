@@ -1678,11 +1678,7 @@ fn replicas_zero_and_scale_zero_turn_a_service_off() {
     );
     let nodes = vec![super::schedule::node("h1", 4.0, "4g", &[])];
     let placement = compose_fleet::schedule::place(&l.project, &nodes, &[]).expect("places");
-    let placed: Vec<&str> = placement
-        .assignments
-        .iter()
-        .map(|a| a.service.as_str())
-        .collect();
+    let placed: Vec<&str> = placement.replicas().map(|a| a.service).collect();
     assert_eq!(placed, ["on"]);
     assert!(placement.unschedulable.is_empty());
 }

@@ -267,21 +267,91 @@ fn plan_text_of_a_host_with_fifteen_thousand_replicas_does_not_panic() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("#14999 #15000"),
+        text.contains("  web      #1-#15000"),
         "{}",
         &text[..text.len().min(500)]
     );
 }
 
-/// `--agent-binary` is read whole to be pushed: a device must not fill memory either.
+/// `--agent-binary` is read whole to be pushed: a device must not fill memory either. It is the
+/// user's input, so going over the bound is exit 1 with the path and the limit, not exit 2.
 #[test]
 fn agent_binary_dev_zero_is_refused_at_its_bound() {
     let dir = project("services:\n  web:\n    image: nginx\n");
     let out = cli(dir.path(), &["hosts", "--agent-binary", "/dev/zero"], &[]);
     let err = stderr(&out);
-    assert!(out.status.code().is_some(), "killed: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("cannot read the agent binary /dev/zero: it holds more than 67108864 bytes"),
+        err.contains(
+            "error: cannot read the agent binary /dev/zero: it holds more than 67108864 bytes, \
+             the limit for an agent binary (an agent is about 4 MB); it is not a regular file"
+        ),
         "{err}"
     );
+    assert!(
+        err.contains("hint: pass the path of a compose-fleet-agent built for the hosts"),
+        "{err}"
+    );
+    // A file that is not an executable is the user's too.
+    let not_elf = dir.path().join("agent.txt");
+    std::fs::write(&not_elf, "not an agent").expect("write agent.txt");
+    let out = cli(
+        dir.path(),
+        &["hosts", "--agent-binary", &not_elf.display().to_string()],
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not a static executable"), "{err}");
+}
+
+/// Issue 14's inventory findings through the CLI, each with its location: an address with
+/// spaces, one and a user that start with `-` (which never get near ssh), and `-i /dev/zero`.
+#[test]
+fn inventory_values_ssh_would_misread_and_dev_zero_are_located_user_errors() {
+    let dir = project("services:\n  web:\n    image: nginx\n");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "hosts:\n  a: { address: a b c }\n  b: { address: \"-oProxyCommand=touch x\" }\n  \
+         c: { address: 10.0.0.3, user: \"-oProxyCommand=x\" }\n",
+    )
+    .expect("write bad.yaml");
+    let out = cli(dir.path(), &["-i", "bad.yaml", "inventory"], &[]);
+    assert_user_error(
+        &out,
+        &[
+            "error: host `a`: `a b c` is not a host name or IP address: contains a space\n  --> bad.yaml:2:17",
+            "error: host `b`: `-oProxyCommand=touch x` is not a host name or IP address: starts with `-`, which ssh would read as an option\n  --> bad.yaml:3:17",
+            "error: host `c`: user `-oProxyCommand=x` starts with `-`, which ssh would read as an option\n  --> bad.yaml:4:33",
+        ],
+    );
+    let out = cli(dir.path(), &["-i", "/dev/zero", "plan", "--offline"], &[]);
+    assert_user_error(
+        &out,
+        &[
+            "error: `/dev/zero` is larger than 67108864 bytes\n  --> /dev/zero:1:1",
+            "--limit file-bytes=N",
+        ],
+    );
+}
+
+/// Found by the inventory fuzz target: a host variable whose name has an escaped backslash
+/// before a multi-byte character put the variable's column inside that character, and the CLI
+/// panicked (exit 101) slicing the line there, on a file that is valid. Now it loads.
+#[test]
+fn an_escape_before_a_multibyte_character_in_an_ini_host_line_does_not_panic() {
+    let dir = project("services:\n  web:\n    image: nginx\n");
+    std::fs::write(
+        dir.path().join("hosts.ini"),
+        "h1 ansible_us\u{e9}\\\\\u{e9}=dep\n",
+    )
+    .expect("write hosts.ini");
+    let out = cli(
+        dir.path(),
+        &["-i", "hosts.ini", "inventory", "--format", "json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["hosts"][0]["name"], "h1");
 }

@@ -19,6 +19,7 @@ mod memory;
 mod network_lab;
 mod plan_facts;
 mod pods;
+mod protocol_props;
 mod schedule;
 mod sudo;
 mod support;

@@ -78,10 +78,9 @@ fn place(p: &Project, nodes: &[Node]) -> Placement {
 
 /// service → hosts of its replicas, in replica order.
 fn hosts_of(pl: &Placement, service: &str) -> Vec<String> {
-    pl.assignments
-        .iter()
+    pl.replicas()
         .filter(|a| a.service == service)
-        .map(|a| a.host.clone())
+        .map(|a| a.host.to_string())
         .collect()
 }
 
@@ -175,11 +174,7 @@ fn pods_are_placed_together() {
     assert_eq!(hosts_of(&pl, "app"), hosts_of(&pl, "sidecar"));
     assert_eq!(hosts_of(&pl, "db"), hosts_of(&pl, "backup"));
     assert_eq!(hosts_of(&pl, "db"), hosts_of(&pl, "dbtool"));
-    let pod_of: BTreeMap<_, _> = pl
-        .assignments
-        .iter()
-        .map(|a| (a.service.as_str(), a.pod.as_str()))
-        .collect();
+    let pod_of: BTreeMap<_, _> = pl.replicas().map(|a| (a.service, a.pod)).collect();
     assert_eq!(pod_of["sidecar"], "app");
     assert_eq!(
         pod_of["dbtool"], "dbtool",
@@ -414,12 +409,11 @@ fn replanning_with_one_service_changed_moves_only_that_service() {
     let before = place(&project(services.clone()), &nodes);
     assert!(before.unschedulable.is_empty());
     let observed: Vec<_> = before
-        .assignments
-        .iter()
+        .replicas()
         .map(|a| Observed {
-            service: a.service.clone(),
+            service: a.service.to_string(),
             replica: a.replica,
-            host: a.host.clone(),
+            host: a.host.to_string(),
         })
         .collect();
     let mut changed = services.clone();
@@ -427,8 +421,8 @@ fn replanning_with_one_service_changed_moves_only_that_service() {
     let api: BTreeSet<String> = ["api".to_string()].into();
     let after = schedule::place_changed(&project(changed), &nodes, &observed, &api).unwrap();
     assert!(after.unschedulable.is_empty());
-    for (a, b) in before.assignments.iter().zip(&after.assignments) {
-        assert_eq!((&a.service, a.replica), (&b.service, b.replica));
+    for (a, b) in before.replicas().zip(after.replicas()) {
+        assert_eq!((a.service, a.replica), (b.service, b.replica));
         if a.service != "api" {
             assert_eq!(a.host, b.host, "{} {} moved", a.service, a.replica);
         }
@@ -446,7 +440,7 @@ fn exhaustive_repair_finds_what_greedy_misses() {
     let nodes = vec![node("h1", 1.0, "1g", &[]), node("h2", 1.0, "1g", &[])];
     let pl = place(&p, &nodes);
     assert!(pl.unschedulable.is_empty(), "{:?}", explanations(&pl));
-    assert_eq!(pl.assignments.len(), 6);
+    assert_eq!(pl.replica_count(), 6);
 }
 
 // ---- properties ----
@@ -554,10 +548,10 @@ fn check_rules(p: &Project, nodes: &[Node], pl: &Placement) -> Result<(), String
     let mut used: BTreeMap<&str, Amount> = BTreeMap::new();
     let mut ports: BTreeMap<&str, Vec<units::PortKey>> = BTreeMap::new();
     let mut per_host: BTreeMap<(&str, &str), u32> = BTreeMap::new();
-    for a in &pl.assignments {
-        let u = used.entry(&a.host).or_default();
-        *u = u.plus(demands[&a.service]);
-        let s = &p.services[&a.service];
+    for a in pl.replicas() {
+        let u = used.entry(a.host).or_default();
+        *u = u.plus(demands[a.service]);
+        let s = &p.services[a.service];
         let node = nodes
             .iter()
             .find(|n| n.name == a.host)
@@ -577,13 +571,13 @@ fn check_rules(p: &Project, nodes: &[Node], pl: &Placement) -> Result<(), String
             }
         }
         for k in units::ports(s) {
-            let taken = ports.entry(&a.host).or_default();
+            let taken = ports.entry(a.host).or_default();
             if taken.iter().any(|t| t.conflicts(&k)) {
                 return Err(format!("{k} twice on {}", a.host));
             }
             taken.push(k);
         }
-        let n = per_host.entry((&a.service, &a.host)).or_default();
+        let n = per_host.entry((a.service, a.host)).or_default();
         *n += 1;
         if let Some(max) = s
             .deploy
@@ -606,8 +600,8 @@ fn check_rules(p: &Project, nodes: &[Node], pl: &Placement) -> Result<(), String
     }
     // Pods are never split: every service of a pod instance is on the same host.
     let mut pod_host: BTreeMap<(&str, u32), &str> = BTreeMap::new();
-    for a in &pl.assignments {
-        if let Some(h) = pod_host.insert((&a.pod, a.replica), &a.host) {
+    for a in pl.replicas() {
+        if let Some(h) = pod_host.insert((a.pod, a.replica), a.host) {
             if h != a.host {
                 return Err(format!(
                     "pod {} replica {} split over {h} and {}",
@@ -617,7 +611,7 @@ fn check_rules(p: &Project, nodes: &[Node], pl: &Placement) -> Result<(), String
         }
     }
     // Every wanted replica is either placed or explained.
-    let placed = pl.assignments.len();
+    let placed = pl.replica_count();
     let unplaced: usize = pl.unschedulable.iter().map(|u| u.services.len()).sum();
     let wanted: u32 = p.services.values().map(units::replicas).sum();
     if placed + unplaced != wanted as usize {
@@ -662,12 +656,12 @@ fn exists_complete(p: &Project, nodes: &[Node]) -> bool {
         for n in nodes {
             let (pod, services) = &insts[k];
             for s in services {
-                pl.assignments.push(schedule::Assignment {
-                    service: s.to_string(),
-                    replica: k as u32 + 1000,
-                    host: n.name.clone(),
-                    pod: format!("{pod}-{k}"),
-                });
+                pl.assignments.push(schedule::Assignment::one(
+                    s,
+                    k as u32 + 1000,
+                    &n.name,
+                    &format!("{pod}-{k}"),
+                ));
             }
             // Prune early: a partial placement that already breaks a rule cannot be completed.
             let ok = partial_ok(p, nodes, pl) && rec(p, nodes, insts, k + 1, pl);

@@ -40,7 +40,13 @@ struct Line<'t> {
 impl Line<'_> {
     /// The location of `len` bytes at byte `col` of the line.
     fn at(&self, col: usize, len: usize) -> Location {
-        let col = col.min(self.text.len());
+        let mut col = col.min(self.text.len());
+        // Columns come from shlex words, where an escape (`\\` → `\`) is one byte shorter than
+        // in the line: the byte may fall inside a character after it (found by the inventory
+        // fuzz target as a panic). Point at the start of that character.
+        while !self.text.is_char_boundary(col) {
+            col -= 1;
+        }
         Location {
             file: self.file.clone(),
             line: self.number,
