@@ -1655,7 +1655,8 @@ fn interpolated_values_are_typed_by_field_as_compose_types_them() {
     assert_eq!(deploy.replicas, Some(3));
     let devices = &deploy.resources.reservations.as_ref().unwrap().extra["devices"];
     assert_eq!(devices[0]["count"], serde_json::json!(2));
-    assert_eq!(devices[1]["count"], serde_json::json!("all"));
+    // `count: all` is every device: -1, as compose reads it.
+    assert_eq!(devices[1]["count"], serde_json::json!(-1));
     // Fields the spec types as strings stay strings.
     assert_eq!(web.environment["KEPT"].as_deref(), Some("true"));
 }

@@ -673,8 +673,8 @@ fn healthcheck(ctx: &mut Ctx<'_>, service: &str, v: &Node) -> Option<Healthcheck
             "test" => {
                 h.test = match &hv.value {
                     Value::Seq(_) => ctx.string_list(hv, "`test`"),
+                    // A string is a shell line, even `NONE` (compose: `[CMD-SHELL, NONE]`).
                     _ => match ctx.string(hv, "`test`") {
-                        Some(s) if s == "NONE" => vec!["NONE".into()],
                         Some(s) => vec!["CMD-SHELL".into(), s],
                         None => Vec::new(),
                     },
