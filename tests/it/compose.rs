@@ -1795,3 +1795,26 @@ fn host_port_zero_loads_with_a_warning_and_placement_refuses_it() {
     let errors = compose_fleet::schedule::place(&l.project, &nodes, &[]).expect_err("refused");
     assert_eq!(errors.0.len(), 2);
 }
+
+#[test]
+fn a_string_healthcheck_test_none_is_a_shell_line_as_in_compose_with_a_warning() {
+    let l = loaded(
+        "services:\n  web:\n    image: busybox\n    healthcheck:\n      test: NONE\n  off:\n    image: busybox\n    healthcheck:\n      test: [\"NONE\"]\n",
+        &[],
+    );
+    let test = |s: &str| {
+        l.project.services[s]
+            .healthcheck
+            .as_ref()
+            .map(|h| h.test.clone())
+    };
+    assert_eq!(
+        test("web"),
+        Some(vec!["CMD-SHELL".to_string(), "NONE".into()])
+    );
+    assert_eq!(test("off"), Some(vec!["NONE".to_string()]));
+    assert_eq!(
+        lines(&l.warnings),
+        ["compose.yaml:5:13: warning: `test: NONE` written as a string is the shell command `NONE` (as in docker compose), which fails: the service would never be healthy"]
+    );
+}

@@ -675,7 +675,18 @@ fn healthcheck(ctx: &mut Ctx<'_>, service: &str, v: &Node) -> Option<Healthcheck
                     Value::Seq(_) => ctx.string_list(hv, "`test`"),
                     // A string is a shell line, even `NONE` (compose: `[CMD-SHELL, NONE]`).
                     _ => match ctx.string(hv, "`test`") {
-                        Some(s) => vec!["CMD-SHELL".into(), s],
+                        Some(s) => {
+                            if s.trim() == "NONE" {
+                                ctx.diags.push(
+                                    Diagnostic::warning(
+                                        "`test: NONE` written as a string is the shell command `NONE` (as in docker compose), which fails: the service would never be healthy",
+                                    )
+                                    .at(hv.loc.clone())
+                                    .hint("to turn the healthcheck off, write `test: [\"NONE\"]` or `disable: true`"),
+                                );
+                            }
+                            vec!["CMD-SHELL".into(), s]
+                        }
                         None => Vec::new(),
                     },
                 }
