@@ -89,6 +89,10 @@ pub fn canonical(project: &Project, form: Form) -> Value {
             };
             scope_name(&mut entry, project_name, name);
             labels_as_map(&mut entry);
+            // compose-go's IPAM model has no `options`: compose reads and drops them.
+            if let Some(Value::Object(ipam)) = entry.get_mut("ipam") {
+                ipam.remove("options");
+            }
             for key in ["labels", "driver_opts"] {
                 if let Some(m) = entry.get_mut(key) {
                     scalars_as_strings(m);

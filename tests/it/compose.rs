@@ -1655,7 +1655,8 @@ fn interpolated_values_are_typed_by_field_as_compose_types_them() {
     assert_eq!(deploy.replicas, Some(3));
     let devices = &deploy.resources.reservations.as_ref().unwrap().extra["devices"];
     assert_eq!(devices[0]["count"], serde_json::json!(2));
-    assert_eq!(devices[1]["count"], serde_json::json!("all"));
+    // `count: all` is every device: -1, as compose reads it.
+    assert_eq!(devices[1]["count"], serde_json::json!(-1));
     // Fields the spec types as strings stay strings.
     assert_eq!(web.environment["KEPT"].as_deref(), Some("true"));
 }
@@ -1789,4 +1790,27 @@ fn host_port_zero_loads_with_a_warning_and_placement_refuses_it() {
     let nodes = vec![super::schedule::node("h1", 4.0, "4g", &[])];
     let errors = compose_fleet::schedule::place(&l.project, &nodes, &[]).expect_err("refused");
     assert_eq!(errors.0.len(), 2);
+}
+
+#[test]
+fn a_string_healthcheck_test_none_is_a_shell_line_as_in_compose_with_a_warning() {
+    let l = loaded(
+        "services:\n  web:\n    image: busybox\n    healthcheck:\n      test: NONE\n  off:\n    image: busybox\n    healthcheck:\n      test: [\"NONE\"]\n",
+        &[],
+    );
+    let test = |s: &str| {
+        l.project.services[s]
+            .healthcheck
+            .as_ref()
+            .map(|h| h.test.clone())
+    };
+    assert_eq!(
+        test("web"),
+        Some(vec!["CMD-SHELL".to_string(), "NONE".into()])
+    );
+    assert_eq!(test("off"), Some(vec!["NONE".to_string()]));
+    assert_eq!(
+        lines(&l.warnings),
+        ["compose.yaml:5:13: warning: `test: NONE` written as a string is the shell command `NONE` (as in docker compose), which fails: the service would never be healthy"]
+    );
 }

@@ -197,7 +197,29 @@ fn amounts(ctx: &mut Ctx<'_>, v: &Node, which: &str) -> ResourceAmounts {
             "cpus" => a.cpus = ctx.float(av, "`cpus`"),
             "memory" => a.memory = ctx.bytes(av, "`memory`"),
             "pids" => a.pids = ctx.integer(av, "`pids`"),
-            "devices" | "generic_resources" if which == "reservations" => {
+            "devices" if which == "reservations" => {
+                let mut devices = av.to_json();
+                for (d, node) in devices
+                    .as_array_mut()
+                    .into_iter()
+                    .flatten()
+                    .zip(av.as_seq().unwrap_or_default())
+                {
+                    if node.get("capabilities").is_none() {
+                        ctx.error_hint(
+                            node,
+                            "a reserved device needs `capabilities`",
+                            "write e.g. `{capabilities: [gpu], count: 1}`",
+                        );
+                    }
+                    // `count: all` is every device, which compose prints as -1.
+                    if d.get("count").and_then(serde_json::Value::as_str) == Some("all") {
+                        d["count"] = serde_json::json!(-1);
+                    }
+                }
+                a.extra.insert(name.to_string(), devices);
+            }
+            "generic_resources" if which == "reservations" => {
                 a.extra.insert(name.to_string(), av.to_json());
             }
             other if other.starts_with("x-") => {

@@ -624,6 +624,24 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                     restart: false,
                     extensions: BTreeMap::new(),
                 };
+                // A mapping without `condition` (compose's schema requires it); a null entry
+                // is the short form merged in from another file. An entry with an unknown key
+                // (`condtion`) has its error already.
+                let known_keys = match &dv.value {
+                    Value::Map(m) => m.iter().all(|(k, _)| {
+                        k.as_str().is_some_and(|k| {
+                            matches!(k, "condition" | "required" | "restart") || k.starts_with("x-")
+                        })
+                    }),
+                    _ => false,
+                };
+                if known_keys && dv.get("condition").is_none() {
+                    ctx.error_hint(
+                        dv,
+                        format!("the dependency on `{name}` needs a `condition`"),
+                        "write `condition: service_started` (or `service_healthy`, `service_completed_successfully`), or list the service in the short form `depends_on: [NAME]`",
+                    );
+                }
                 for (fk, fname, fv) in ctx.entries(dv, "a `depends_on` entry") {
                     match fname {
                         "condition" => match fv.as_str() {
@@ -673,9 +691,20 @@ fn healthcheck(ctx: &mut Ctx<'_>, service: &str, v: &Node) -> Option<Healthcheck
             "test" => {
                 h.test = match &hv.value {
                     Value::Seq(_) => ctx.string_list(hv, "`test`"),
+                    // A string is a shell line, even `NONE` (compose: `[CMD-SHELL, NONE]`).
                     _ => match ctx.string(hv, "`test`") {
-                        Some(s) if s == "NONE" => vec!["NONE".into()],
-                        Some(s) => vec!["CMD-SHELL".into(), s],
+                        Some(s) => {
+                            if s.trim() == "NONE" {
+                                ctx.diags.push(
+                                    Diagnostic::warning(
+                                        "`test: NONE` written as a string is the shell command `NONE` (as in docker compose), which fails: the service would never be healthy",
+                                    )
+                                    .at(hv.loc.clone())
+                                    .hint("to turn the healthcheck off, write `test: [\"NONE\"]` or `disable: true`"),
+                                );
+                            }
+                            vec!["CMD-SHELL".into(), s]
+                        }
                         None => Vec::new(),
                     },
                 }
@@ -729,7 +758,9 @@ fn service_networks(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                         "ipv6_address" => sn.ipv6_address = ctx.string(fv, "`ipv6_address`"),
                         "link_local_ips" | "mac_address" | "driver_opts" | "priority"
                         | "gw_priority" | "interface_name" => {
-                            sn.extra.insert(fname.to_string(), fv.to_json());
+                            if network_option_ok(ctx, fname, fv) {
+                                sn.extra.insert(fname.to_string(), fv.to_json());
+                            }
                         }
                         other if other.starts_with("x-") => {
                             sn.extra.insert(fname.to_string(), fv.to_json());
@@ -1075,6 +1106,47 @@ fn hooks(ctx: &mut Ctx<'_>, key: &str, v: &Node) -> bool {
             v,
             format!("`{key}` must be a list of hooks, found {}", v.kind()),
         );
+    }
+    ctx.diags.errors().count() == errors
+}
+
+/// The per-network options of a service, typed as compose's schema types them.
+fn network_option_ok(ctx: &mut Ctx<'_>, key: &str, v: &Node) -> bool {
+    let errors = ctx.diags.errors().count();
+    let what = format!("`{key}`");
+    match key {
+        "link_local_ips" => match v.as_seq() {
+            Some(items) => items.iter().for_each(|i| {
+                ctx.string(i, "a link-local address");
+            }),
+            None => ctx.error(
+                v,
+                format!(
+                    "`link_local_ips` must be a list of addresses, found {}",
+                    v.kind()
+                ),
+            ),
+        },
+        "mac_address" | "interface_name" => {
+            ctx.string(v, &what);
+        }
+        "priority" | "gw_priority" if !matches!(v.value, Value::Int(_) | Value::Float(_)) => {
+            ctx.error(v, format!("{what} must be a number, found {}", shown(v)));
+        }
+        "driver_opts" => {
+            for (_, name, ov) in ctx.entries(v, "`driver_opts`") {
+                if !matches!(ov.value, Value::Str(_) | Value::Int(_) | Value::Float(_)) {
+                    ctx.error(
+                        ov,
+                        format!(
+                            "driver option `{name}` must be a string or a number, found {}",
+                            ov.kind()
+                        ),
+                    );
+                }
+            }
+        }
+        _ => {}
     }
     ctx.diags.errors().count() == errors
 }

@@ -47,6 +47,8 @@ pub fn network(ctx: &mut Ctx<'_>, name: &str, v: &Node) -> Network {
             "driver" => n.driver = ctx.string(fv, "`driver`"),
             "external" => external(ctx, fv, &mut n.external, &mut n.name),
             "internal" => n.internal = ctx.boolean(fv, "`internal`"),
+            "ipam" if !ipam_ok(ctx, fv) => {}
+            "driver_opts" if !driver_opts_ok(ctx, fv) => {}
             _ if !k.starts_with("x-") && !NETWORK_KEYS.contains(&k) => {
                 ctx.unknown_key(key, k, &format!("network `{name}`"), NETWORK_KEYS);
             }
@@ -78,6 +80,7 @@ pub fn volume(ctx: &mut Ctx<'_>, name: &str, v: &Node) -> Volume {
             "name" => vol.name = ctx.string(fv, "`name`"),
             "driver" => vol.driver = ctx.string(fv, "`driver`"),
             "external" => external(ctx, fv, &mut vol.external, &mut vol.name),
+            "driver_opts" if !driver_opts_ok(ctx, fv) => {}
             _ if !k.starts_with("x-") && !VOLUME_KEYS.contains(&k) => {
                 ctx.unknown_key(key, k, &format!("volume `{name}`"), VOLUME_KEYS);
             }
@@ -150,4 +153,63 @@ pub fn file_object(ctx: &mut Ctx<'_>, what: &str, name: &str, v: &Node) -> FileO
         );
     }
     o
+}
+
+/// `driver_opts`: a mapping to strings or numbers, as compose's schema has it.
+fn driver_opts_ok(ctx: &mut Ctx<'_>, v: &Node) -> bool {
+    let errors = ctx.diags.errors().count();
+    for (_, name, ov) in ctx.entries(v, "`driver_opts`") {
+        if !matches!(ov.value, Value::Str(_) | Value::Int(_) | Value::Float(_)) {
+            ctx.error(
+                ov,
+                format!(
+                    "driver option `{name}` must be a string or a number, found {}",
+                    ov.kind()
+                ),
+            );
+        }
+    }
+    ctx.diags.errors().count() == errors
+}
+
+/// A network's `ipam`: `driver`, `config` (subnets with their ranges, gateways and auxiliary
+/// addresses, all strings) and `options` (strings), as compose's schema has it.
+fn ipam_ok(ctx: &mut Ctx<'_>, v: &Node) -> bool {
+    const POOL_KEYS: &[&str] = &["subnet", "ip_range", "gateway", "aux_addresses"];
+    let errors = ctx.diags.errors().count();
+    for (k, name, iv) in ctx.entries(v, "`ipam`") {
+        match name {
+            "driver" => {
+                ctx.string(iv, "`ipam.driver`");
+            }
+            "config" => {
+                for pool in iv.as_seq().unwrap_or_default() {
+                    for (pk, pname, pv) in ctx.entries(pool, "an `ipam.config` entry") {
+                        match pname {
+                            "aux_addresses" => {
+                                for (_, _, a) in ctx.entries(pv, "`aux_addresses`") {
+                                    ctx.string(a, "an auxiliary address");
+                                }
+                            }
+                            "subnet" | "ip_range" | "gateway" => {
+                                ctx.string(pv, &format!("`{pname}`"));
+                            }
+                            other if other.starts_with("x-") => {}
+                            other => {
+                                ctx.unknown_key(pk, other, "an `ipam.config` entry", POOL_KEYS)
+                            }
+                        }
+                    }
+                }
+            }
+            "options" => {
+                for (_, _, ov) in ctx.entries(iv, "`ipam.options`") {
+                    ctx.string(ov, "an `ipam` option");
+                }
+            }
+            other if other.starts_with("x-") => {}
+            other => ctx.unknown_key(k, other, "`ipam`", &["driver", "config", "options"]),
+        }
+    }
+    ctx.diags.errors().count() == errors
 }

@@ -120,8 +120,42 @@ pub(super) fn host_path(ctx: &Ctx<'_>, s: &str) -> String {
         .to_string()
 }
 
+/// The `:`-separated fields of a short-syntax volume as compose-go splits them: a `:` after a
+/// lone letter is part of a Windows drive (`c:/data`, and so `v:/v` is one path, not the
+/// volume `v`), and a spec of one or two characters is a target.
+fn volume_fields(s: &str) -> Vec<&str> {
+    if s.chars().count() <= 2 {
+        return vec![s];
+    }
+    let mut fields = Vec::new();
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if c != ':' {
+            continue;
+        }
+        let field = &s[start..i];
+        let drive = field.chars().count() == 1 && field.chars().all(char::is_alphabetic);
+        if !drive {
+            fields.push(field);
+            start = i + 1;
+        }
+    }
+    fields.push(&s[start..]);
+    fields
+}
+
+/// A Windows path (`c:/x`, `c:\x`, `\\pipe`): compose keeps it as written.
+fn windows_path(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.starts_with("\\\\")
+        || matches!((chars.next(), chars.next()), (Some(d), Some(':')) if d.is_alphabetic())
+}
+
 fn parse_volume(ctx: &Ctx<'_>, s: &str) -> Result<ServiceVolume, String> {
-    let parts: Vec<&str> = s.split(':').collect();
+    let parts = volume_fields(s);
+    if parts.len() > 1 && parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("bad volume `{s}`: an empty field between `:`"));
+    }
     let (source, target, mode) = match parts.as_slice() {
         [t] => (None, *t, None),
         [src, t] => (Some(*src), *t, None),
@@ -137,7 +171,12 @@ fn parse_volume(ctx: &Ctx<'_>, s: &str) -> Result<ServiceVolume, String> {
         ..ServiceVolume::default()
     };
     if let Some(src) = source.filter(|s| !s.is_empty()) {
-        if src.starts_with('.') || src.starts_with('/') || src.starts_with('~') {
+        if windows_path(src) {
+            vol.kind = "bind".into();
+            vol.source = Some(src.to_string());
+            vol.extra
+                .insert("bind".into(), serde_json::json!({"create_host_path": true}));
+        } else if src.starts_with('.') || src.starts_with('/') || src.starts_with('~') {
             vol.kind = "bind".into();
             vol.source = Some(host_path(ctx, src));
             vol.extra
@@ -146,9 +185,10 @@ fn parse_volume(ctx: &Ctx<'_>, s: &str) -> Result<ServiceVolume, String> {
             vol.source = Some(src.to_string());
             vol.extra.insert("volume".into(), serde_json::json!({}));
         }
-    } else {
+    } else if s.chars().count() > 2 {
         // compose prints the empty options of a short-syntax anonymous volume (`/data`), and
-        // not those of a long-syntax one.
+        // not those of a long-syntax one, nor of a spec of one or two characters (`/d`), which
+        // compose-go returns before filling them in.
         vol.extra.insert("volume".into(), serde_json::json!({}));
     }
     if let Some(m) = mode {
@@ -174,4 +214,19 @@ fn parse_volume(ctx: &Ctx<'_>, s: &str) -> Result<ServiceVolume, String> {
         }
     }
     Ok(vol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_fields_keep_windows_drives_as_compose_go_does() {
+        assert_eq!(volume_fields("data:/data:ro"), ["data", "/data", "ro"]);
+        assert_eq!(volume_fields("v:/v"), ["v:/v"]);
+        assert_eq!(volume_fields("v:/v:ro"), ["v:/v", "ro"]);
+        assert_eq!(volume_fields("c:\\x:/x"), ["c:\\x", "/x"]);
+        assert_eq!(volume_fields("a:"), ["a:"]);
+        assert!(windows_path("c:/x") && windows_path("\\\\pipe") && !windows_path("/x"));
+    }
 }
