@@ -435,6 +435,9 @@ pub struct AgentClient {
     host: String,
     channel: Channel,
     reader: BufReader<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>,
+    /// The line being read, kept here so that [`AgentClient::recv`] is cancel-safe (`exec` selects
+    /// between it and the user's stdin).
+    lines: LineBuffer,
 }
 
 impl AgentClient {
@@ -450,6 +453,7 @@ impl AgentClient {
             host: host.to_string(),
             channel,
             reader: BufReader::new(stdout),
+            lines: LineBuffer::new(MAX_LINE_BYTES),
         })
     }
 
@@ -533,7 +537,7 @@ impl AgentClient {
     /// One line from the agent, bounded by [`MAX_LINE_BYTES`] before it is buffered; `None` at
     /// the end of the channel.
     async fn read_line(&mut self) -> Result<Option<Vec<u8>>, SshError> {
-        let mut lines = LineBuffer::new(MAX_LINE_BYTES);
+        let lines = &mut self.lines;
         loop {
             let buf = self.reader.fill_buf().await.map_err(|e| {
                 SshError::new(

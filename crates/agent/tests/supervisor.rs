@@ -969,6 +969,7 @@ async fn exec_streams_output_and_exit_code() {
                 "echo $GREETING; echo err >&2; exit 5".into(),
             ],
             env: BTreeMap::new(),
+            stdin: false,
         }),
     )
     .await;
@@ -1003,6 +1004,7 @@ async fn exec_streams_output_and_exit_code() {
             service: "app".into(),
             command: vec!["true".into()],
             env: BTreeMap::new(),
+            stdin: false,
         }),
     )
     .await;
@@ -1273,6 +1275,7 @@ async fn isolated_runtime_runs_supervised_pods() {
             service: "web".into(),
             command: vec!["hostname".into()],
             env: BTreeMap::new(),
+            stdin: false,
         }),
     )
     .await;

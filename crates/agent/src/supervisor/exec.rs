@@ -1,7 +1,10 @@
 //! `Exec`: a command run in a container through the runtime, its output streamed back as frames,
-//! killed with its process group when the client goes away.
+//! killed with its process group when the client goes away. With `stdin`, the first frame names a
+//! session, and `ExecInput` requests for it write the command's stdin (the client sends one at a
+//! time: the daemon serves requests concurrently, so two in flight could be written out of order).
 
 use super::*;
+use tokio::io::AsyncWriteExt;
 
 impl Supervisor {
     /// Runs a command in a running container, streaming its output, then its exit code.
@@ -39,13 +42,46 @@ impl Supervisor {
         if req.command.is_empty() {
             return Err(Failure::bad("exec needs a command"));
         }
-        let child =
-            start_exec(&self.inner, &c.launch, pid, &req.command, &req.env, true).map_err(|e| {
-                Failure::bad(format!(
-                    "running {:?} in service {} of pod {}: {e}",
-                    req.command[0], req.service, req.pod
-                ))
-            })?;
+        let (stdin_r, stdin_w) = if req.stdin {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Failure::host("creating the exec's stdin pipe", e))?;
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
+        let child = start_exec(
+            &self.inner,
+            &c.launch,
+            pid,
+            &req.command,
+            &req.env,
+            true,
+            stdin_r,
+        )
+        .map_err(|e| {
+            Failure::bad(format!(
+                "running {:?} in service {} of pod {}: {e}",
+                req.command[0], req.service, req.pod
+            ))
+        })?;
+        // The session is registered before the client hears of it, and removed when the command
+        // is done (which closes the pipe if the client never sent `eof`).
+        let session = match stdin_w {
+            Some(w) => {
+                let sender = tokio::net::unix::pipe::Sender::from_owned_fd(w)
+                    .map_err(|e| Failure::host("watching the exec's stdin pipe", e))?;
+                let session = self
+                    .inner
+                    .next_session
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(mut inputs) = self.inner.exec_inputs.lock() {
+                    inputs.insert(session, Arc::new(tokio::sync::Mutex::new(Some(sender))));
+                }
+                let _ = tx.send(more(id, Response::ExecStarted { session })).await;
+                Some(session)
+            }
+            None => None,
+        };
         let out = child
             .stdout
             .map(|o| pump(id, Stream::Stdout, o, tx.clone()));
@@ -61,9 +97,45 @@ impl Supervisor {
         if let Some(e) = err {
             let _ = e.await;
         }
+        if let Some(session) = session {
+            if let Ok(mut inputs) = self.inner.exec_inputs.lock() {
+                inputs.remove(&session);
+            }
+        }
         Ok(Response::ExecExit { code })
     }
+
+    /// Writes an `ExecInput` to its session's stdin (and closes it on `eof`).
+    pub(super) async fn exec_input(&self, input: ExecInput) -> Result<Response, Failure> {
+        let data = hex::decode(&input.data_hex)
+            .map_err(|e| Failure::bad(format!("exec input is not hex: {e}")))?;
+        let stdin = self
+            .inner
+            .exec_inputs
+            .lock()
+            .ok()
+            .and_then(|inputs| inputs.get(&input.session).cloned())
+            .ok_or_else(|| {
+                Failure::bad(format!(
+                    "no running exec with session {} (it has exited)",
+                    input.session
+                ))
+            })?;
+        let mut guard = stdin.lock().await;
+        if let Some(pipe) = guard.as_mut() {
+            // A command that exits without reading its stdin breaks the pipe: not the client's
+            // error, its exit code says what happened.
+            let _ = pipe.write_all(&data).await;
+        }
+        if input.eof {
+            *guard = None;
+        }
+        Ok(Response::End)
+    }
 }
+
+/// An exec's stdin: `None` once closed.
+pub(super) type Stdin = Arc<tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>>;
 
 /// A process started by [`ContainerRuntime::exec`]: our child, with its output pipes.
 pub(super) struct ExecChild {
@@ -79,6 +151,7 @@ pub(super) fn start_exec(
     argv: &[String],
     env: &BTreeMap<String, String>,
     capture: bool,
+    stdin: Option<OwnedFd>,
 ) -> io::Result<ExecChild> {
     let null = |write: bool| -> io::Result<OwnedFd> {
         Ok(OwnedFd::from(
@@ -96,7 +169,10 @@ pub(super) fn start_exec(
         (None, null(true)?, None, null(true)?)
     };
     let stdio = seam::ContainerStdio {
-        stdin: null(false)?,
+        stdin: match stdin {
+            Some(fd) => fd,
+            None => null(false)?,
+        },
         stdout: out_w,
         stderr: err_w,
     };
