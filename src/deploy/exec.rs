@@ -921,16 +921,20 @@ pub async fn run(
             if !matches!(event, Event::PullDone { .. }) {
                 emit(Progress::Event(event.clone()));
             }
-            if let Event::Exited(at, code) = &event {
-                if *code != 0 {
-                    if let Some(conn) = hosts.get(&at.host) {
-                        let lines = last_logs(conn, project, at, opts.request_timeout).await;
-                        if !lines.is_empty() {
-                            emit(Progress::Logs {
-                                at: at.clone(),
-                                lines,
-                            });
-                        }
+            // A container that exited non-zero or turned unhealthy: its last lines say why.
+            let troubled = match &event {
+                Event::Exited(at, code) if *code != 0 => Some(at),
+                Event::Unhealthy(at) => Some(at),
+                _ => None,
+            };
+            if let Some(at) = troubled {
+                if let Some(conn) = hosts.get(&at.host) {
+                    let lines = last_logs(conn, project, at, opts.request_timeout).await;
+                    if !lines.is_empty() {
+                        emit(Progress::Logs {
+                            at: at.clone(),
+                            lines,
+                        });
                     }
                 }
             }
@@ -962,7 +966,7 @@ pub async fn run(
             }
             continue;
         }
-        if tasks.is_empty() && watched.is_empty() && pulling.is_empty() {
+        if tasks.is_empty() && watched.is_empty() && pulling.is_empty() && pulls.is_empty() {
             // Nothing in flight and nothing to watch, yet no `Done`: the flow waits for something
             // that cannot come. Stop it rather than hang.
             idle_rounds += 1;

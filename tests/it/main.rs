@@ -15,6 +15,7 @@ mod limits;
 mod load_props;
 mod memory;
 mod network_lab;
+mod operate;
 mod plan_facts;
 mod pods;
 mod schedule;
