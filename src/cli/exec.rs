@@ -2,10 +2,12 @@
 //! it runs, with this process's stdin (unless `-T`), its output on ours, and exits
 //! with the command's exit code.
 //!
-//! Stdin is forwarded as it is read (a pipe, a file, or typed lines); its end closes the
-//! command's stdin. No pseudo-terminal is allocated yet (the agent has none to give): `-T` is
-//! accepted for docker compose compatibility and additionally leaves stdin unread, so a command
-//! that reads stdin sees its end at once.
+//! Stdin is forwarded as it is read; its end closes the command's stdin. When stdin and stdout
+//! are both a terminal, the command runs on a pseudo-terminal of this terminal's size (allocated
+//! by the agent) and this terminal is raw while it runs, so keys, colors and line editing pass
+//! through (the size is not followed after the start; Ctrl-C reaches the command as a byte, and
+//! since the terminal is not its controlling one, a shell does no job control). `-T` disables
+//! the pseudo-terminal and leaves stdin unread: a command that reads it sees its end at once.
 //!
 //! Exit codes: the command's; 1 the service has no running replica, a host could not be
 //! reached, or the input is wrong; 2 a bug or a broken environment.
@@ -26,7 +28,7 @@ use crate::proto::ExecRequest;
 #[derive(Debug, clap::Args)]
 #[command(trailing_var_arg = true)]
 pub struct Args {
-    /// Do not read stdin (no pseudo-terminal is allocated in any case)
+    /// No pseudo-terminal, and stdin left unread
     #[arg(short = 'T', long = "no-tty")]
     pub no_tty: bool,
     /// Set an environment variable for the command; repeatable
@@ -119,7 +121,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             Some(n) => running.iter().find(|(r, _, _)| *r == n),
             None => running.first(),
         };
-        let Some((replica, host, pod)) = chosen.cloned() else {
+        let Some((_, host, pod)) = chosen.cloned() else {
             let which = replica.map(|n| format!(" {n}")).unwrap_or_default();
             let unreachable = if connected.unreachable.is_empty() {
                 String::new()
@@ -136,12 +138,11 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         let Some(conn) = connected.hosts.get(&host).cloned() else {
             return Err(Failure::Internal(format!("bug: {host} answered but has no connection")));
         };
+        // A terminal on both ends: the command gets a pseudo-terminal of this one's size, and
+        // this one goes raw (keys pass through as typed) until the command ends.
+        let tty = !args.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
         let stdin = (!args.no_tty).then(read_stdin);
-        if !args.no_tty && std::io::stdin().is_terminal() {
-            output::warning(&format!(
-                "no pseudo-terminal for {service}.{replica}@{host}: lines go to the command as you end them, Ctrl-D closes its stdin"
-            ));
-        }
+        let _raw = if tty { RawMode::enter() } else { None };
         let request = ExecRequest {
             project: project.name.clone(),
             pod,
@@ -149,6 +150,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             command: args.command.clone(),
             env,
             stdin: false,
+            tty: tty.then(terminal_size),
         };
         let (tx, mut rx) = mpsc::channel(64);
         let ran = conn.exec(request, stdin, &tx);
@@ -182,6 +184,48 @@ fn write_output(out: ExecOutput) {
             let _ = e.write_all(d.as_bytes());
             let _ = e.flush();
         }
+    }
+}
+
+/// This terminal's `[rows, cols]` (24×80 when it cannot be read).
+fn terminal_size() -> [u16; 2] {
+    let mut ws = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct we own; fd 1 is our stdout.
+    let r =
+        unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws as *mut nix::libc::winsize) };
+    if r == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
+        [ws.ws_row, ws.ws_col]
+    } else {
+        [24, 80]
+    }
+}
+
+/// The terminal in raw mode while this lives; restored as it was on drop (also on an error).
+struct RawMode(nix::sys::termios::Termios);
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let saved = tcgetattr(std::io::stdin()).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(std::io::stdin(), SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
     }
 }
 

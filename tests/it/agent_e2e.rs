@@ -132,6 +132,7 @@ async fn exec(target: &SshTarget, agent: &AgentBinary, pod: &str, argv: &[&str])
             command: argv.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
             stdin: false,
+            tty: None,
         }),
     )
     .await;

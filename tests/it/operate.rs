@@ -233,6 +233,37 @@ fn logs_follow_exec_stop_start_and_down_leaves_nothing() {
     let out = child.wait_with_output().expect("exec ends");
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nfrom stdin\n");
+    // On a terminal (util-linux `script` gives the CLI one): the command gets a terminal too.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let cmd = command(
+            &lab,
+            &[
+                "exec",
+                "ticker",
+                "sh",
+                "-c",
+                "test -t 0 && test -t 1 && echo on-a-tty",
+            ],
+        );
+        let line = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let out = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs script");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("on-a-tty"),
+            "{}",
+            describe(&out)
+        );
+    } else {
+        eprintln!("no `script`: the exec-on-a-terminal check is skipped");
+    }
     let out = cli(&lab, &["exec", "nope", "true"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
 

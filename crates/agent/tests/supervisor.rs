@@ -970,6 +970,7 @@ async fn exec_streams_output_and_exit_code() {
             ],
             env: BTreeMap::new(),
             stdin: false,
+            tty: None,
         }),
     )
     .await;
@@ -1005,6 +1006,7 @@ async fn exec_streams_output_and_exit_code() {
             command: vec!["true".into()],
             env: BTreeMap::new(),
             stdin: false,
+            tty: None,
         }),
     )
     .await;
@@ -1046,6 +1048,7 @@ async fn exec_with_stdin_reads_what_exec_input_sends_in_order() {
             command: vec!["/bin/sh".into(), "-c".into(), "cat; exit 4".into()],
             env: BTreeMap::new(),
             stdin: true,
+            tty: None,
         }),
     });
     let first = rx.recv().await.expect("a first frame");
@@ -1089,6 +1092,55 @@ async fn exec_with_stdin_reads_what_exec_input_sends_in_order() {
     )
     .await;
     assert!(late[0].err.is_some(), "{late:?}");
+    remove(&sup, "p", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_on_a_tty_sees_a_terminal_of_the_asked_size() {
+    let root = Root::new();
+    let sup = root.open().await;
+    apply(
+        &sup,
+        "p",
+        vec![pod(
+            "app-1",
+            "h",
+            vec![sh("app", "exec sleep 1000", RestartPolicy::No)],
+        )],
+    )
+    .await;
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let frames = call(
+        &sup,
+        Request::Exec(ExecRequest {
+            project: "p".into(),
+            pod: "app-1".into(),
+            service: "app".into(),
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "test -t 0 && test -t 1 && test -t 2 && echo \"tty $(stty size)\"; exit 6".into(),
+            ],
+            env: BTreeMap::new(),
+            stdin: false,
+            tty: Some([30, 100]),
+        }),
+    )
+    .await;
+    let (last, output) = frames.split_last().expect("frames");
+    assert_eq!(last.ok, Some(Response::ExecExit { code: 6 }));
+    let out: String = output
+        .iter()
+        .filter_map(|f| match &f.ok {
+            Some(Response::ExecOutput { data, .. }) => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    // The terminal's own line discipline turns `\n` into `\r\n`.
+    assert_eq!(out, "tty 30 100\r\n");
     remove(&sup, "p", true).await;
 }
 
@@ -1407,6 +1459,7 @@ async fn isolated_runtime_runs_supervised_pods() {
             command: vec!["hostname".into()],
             env: BTreeMap::new(),
             stdin: false,
+            tty: None,
         }),
     )
     .await;

@@ -544,6 +544,10 @@ pub struct ExecRequest {
     /// The command reads a stdin fed by [`Request::ExecInput`] (otherwise `/dev/null`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+    /// Run it on a pseudo-terminal of this size (`[rows, cols]`): its stdin, stdout and stderr
+    /// are the terminal, whose output comes back as `stdout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<[u16; 2]>,
 }
 
 /// What `Control` does to the selected containers.

@@ -42,23 +42,30 @@ impl Supervisor {
         if req.command.is_empty() {
             return Err(Failure::bad("exec needs a command"));
         }
-        let (stdin_r, stdin_w) = if req.stdin {
-            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| Failure::host("creating the exec's stdin pipe", e))?;
-            (Some(r), Some(w))
-        } else {
-            (None, None)
+        let started = match req.tty {
+            Some(size) => start_on_pty(&self.inner, &c.launch, pid, &req, size)
+                .map(|(child, (input, output))| (child, input, Some(output))),
+            None => {
+                let (stdin_r, stdin_w) = if req.stdin {
+                    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                        .map_err(|e| Failure::host("creating the exec's stdin pipe", e))?;
+                    (Some(r), Some(w))
+                } else {
+                    (None, None)
+                };
+                start_exec(
+                    &self.inner,
+                    &c.launch,
+                    pid,
+                    &req.command,
+                    &req.env,
+                    true,
+                    stdin_r,
+                )
+                .map(|child| (child, stdin_w, None))
+            }
         };
-        let child = start_exec(
-            &self.inner,
-            &c.launch,
-            pid,
-            &req.command,
-            &req.env,
-            true,
-            stdin_r,
-        )
-        .map_err(|e| {
+        let (child, stdin_w, pty_out) = started.map_err(|e| {
             Failure::bad(format!(
                 "running {:?} in service {} of pod {}: {e}",
                 req.command[0], req.service, req.pod
@@ -68,8 +75,8 @@ impl Supervisor {
         // is done (which closes the pipe if the client never sent `eof`).
         let session = match stdin_w {
             Some(w) => {
-                let sender = tokio::net::unix::pipe::Sender::from_owned_fd(w)
-                    .map_err(|e| Failure::host("watching the exec's stdin pipe", e))?;
+                // A pipe or a terminal: written through the blocking pool either way.
+                let sender = tokio::fs::File::from_std(std::fs::File::from(w));
                 let session = self
                     .inner
                     .next_session
@@ -82,9 +89,14 @@ impl Supervisor {
             }
             None => None,
         };
-        let out = child
-            .stdout
-            .map(|o| pump(id, Stream::Stdout, o, tx.clone()));
+        let out = match pty_out {
+            // A terminal is no pipe: read it through the blocking pool (EIO once the command and
+            // everything it started have closed the terminal).
+            Some(master) => Some(pump_file(id, master, tx.clone())),
+            None => child
+                .stdout
+                .map(|o| pump(id, Stream::Stdout, o, tx.clone())),
+        };
         let err = child
             .stderr
             .map(|e| pump(id, Stream::Stderr, e, tx.clone()));
@@ -126,6 +138,7 @@ impl Supervisor {
             // A command that exits without reading its stdin breaks the pipe: not the client's
             // error, its exit code says what happened.
             let _ = pipe.write_all(&data).await;
+            let _ = pipe.flush().await;
         }
         if input.eof {
             *guard = None;
@@ -134,8 +147,62 @@ impl Supervisor {
     }
 }
 
+/// Starts an exec on a new pseudo-terminal of `[rows, cols]`: the terminal's slave side is the
+/// command's stdin, stdout and stderr. Returns the child and two handles on the master side: the
+/// one to write input to (`None` without `stdin`) and the one to read the output from.
+fn start_on_pty(
+    inner: &Inner,
+    launch: &Launch,
+    pid: u32,
+    req: &ExecRequest,
+    [rows, cols]: [u16; 2],
+) -> io::Result<(ExecChild, (Option<OwnedFd>, OwnedFd))> {
+    let size = nix::pty::Winsize {
+        ws_row: rows.max(1),
+        ws_col: cols.max(1),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None::<&nix::sys::termios::Termios>)
+        .map_err(io::Error::from)?;
+    let cloexec = |fd: &OwnedFd| {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map(|_| ())
+        .map_err(io::Error::from)
+    };
+    cloexec(&pty.master)?;
+    cloexec(&pty.slave)?;
+    let stdio = seam::ContainerStdio {
+        stdin: pty.slave.try_clone()?,
+        stdout: pty.slave.try_clone()?,
+        stderr: pty.slave,
+    };
+    let mut env = req.env.clone();
+    env.entry("TERM".into()).or_insert_with(|| "xterm".into());
+    let child_pid = inner
+        .cfg
+        .runtime
+        .exec(launch, pid, &req.command, &env, stdio)?;
+    let input = if req.stdin {
+        Some(pty.master.try_clone()?)
+    } else {
+        None
+    };
+    Ok((
+        ExecChild {
+            pid: child_pid,
+            stdout: None,
+            stderr: None,
+        },
+        (input, pty.master),
+    ))
+}
+
 /// An exec's stdin: `None` once closed.
-pub(super) type Stdin = Arc<tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>>;
+pub(super) type Stdin = Arc<tokio::sync::Mutex<Option<tokio::fs::File>>>;
 
 /// A process started by [`ContainerRuntime::exec`]: our child, with its output pipes.
 pub(super) struct ExecChild {
@@ -218,6 +285,32 @@ pub(super) fn kill_exec(pid: u32) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-raw), Signal::SIGKILL);
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGKILL);
     }
+}
+
+/// [`pump`] for a terminal's master side, as `stdout`.
+fn pump_file(id: u64, fd: OwnedFd, tx: mpsc::Sender<ResponseFrame>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut r = tokio::fs::File::from_std(std::fs::File::from(fd));
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let frame = more(
+                        id,
+                        Response::ExecOutput {
+                            stream: Stream::Stdout,
+                            data,
+                        },
+                    );
+                    if tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
 }
 
 pub(super) fn pump(
