@@ -10,7 +10,7 @@
 //! hostname, published ports, `network_mode: none` and the networks of the pod's root.
 //!
 //! Secrets and configs are carried by [`attach_files`], from contents the caller read (the core
-//! reads no file): each becomes a [`FileDelivery`] (secrets 0400 unless the file says otherwise,
+//! reads no file): each becomes a [`FileDelivery`] (secrets 0400 — the agent writes them so —
 //! at `/run/secrets/<name>`; configs at `/<name>`), and its content enters the spec hash as its
 //! sha256, so a rotated secret replaces the pods that use it.
 //!

@@ -1,8 +1,9 @@
 //! Operating a deployed project on a 2-host lab fleet (`tests/fixtures/operate`): `logs` merges
 //! both hosts' lines with `service.replica@host` prefixes and `logs -f` keeps following both until
 //! interrupted; `exec` returns the command's exit code and feeds it stdin; `stop`/`start`/
-//! `restart` act in place; `pull` fetches the images; `down --volumes` leaves nothing of the
-//! project on any host: no process, cgroup, mount, netns, nftables rule or volume.
+//! `restart` act in place; secrets and configs arrive as files (the secret 0400, never printed,
+//! a rotation replacing only its pod); `pull` fetches the images; `down --volumes` leaves nothing
+//! of the project on any host: no process, cgroup, mount, netns, nftables rule or volume.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -27,6 +28,7 @@ fn command(lab: &Lab, args: &[&str]) -> Command {
         .arg(fixture())
         .args(args)
         .env("REGISTRY", lab.registry())
+        .env("OPS_TOKEN", "s3cret-1")
         .env_remove("NO_COLOR");
     cmd
 }
@@ -266,6 +268,62 @@ fn logs_follow_exec_stop_start_and_down_leaves_nothing() {
     }
     let out = cli(&lab, &["exec", "nope", "true"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+
+    // Secrets and configs: files in the pod, the secret 0400, its content never printed; a
+    // rotated secret replaces only the pod that uses it.
+    let text = |args: &[&str]| -> String {
+        let out = cli(&lab, args);
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        text(&["exec", "web", "cat", "/run/secrets/token"]),
+        "s3cret-1"
+    );
+    assert_eq!(
+        text(&["exec", "web", "stat", "-c", "%a", "/run/secrets/token"]).trim(),
+        "400"
+    );
+    assert_eq!(
+        text(&["exec", "web", "cat", "/etc/motd"]),
+        "hello from a config"
+    );
+    let out = command(&lab, &["up", "--json"])
+        .env("OPS_TOKEN", "s3cret-2")
+        .output()
+        .expect("runs up");
+    assert!(
+        out.status.success(),
+        "up with a new secret: {}",
+        describe(&out)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("s3cret"), "a secret was printed: {all}");
+    let changed: Vec<String> = all
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| matches!(e["event"].as_str(), Some("create" | "replace" | "remove")))
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["event"].as_str().unwrap_or(""),
+                e["pod"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(changed, ["replace web-1"], "{all}");
+    let out = command(&lab, &["exec", "web", "cat", "/run/secrets/token"])
+        .env("OPS_TOKEN", "s3cret-2")
+        .output()
+        .expect("runs exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "s3cret-2");
+    // Back to the first secret, for what follows.
+    let out = cli(&lab, &["up"]);
+    assert!(out.status.success(), "up: {}", describe(&out));
 
     // 4. `stop`, `start`, `restart`, in place.
     let out = cli(&lab, &["stop", "ticker"]);
