@@ -505,7 +505,12 @@ fn describe(p: &Progress) -> Option<(String, String)> {
             }
             Event::HostLost { host, reason } => (host.clone(), format!("lost: {reason}")),
             Event::Abort { reason } => ("stopping:".into(), reason.clone()),
-            Event::PullDone { .. } | Event::PullFailed { .. } => return None,
+            Event::PullDone { host, image } => (host.clone(), format!("pulled {image}")),
+            Event::PullFailed {
+                host,
+                image,
+                reason,
+            } => (host.clone(), format!("pulling {image} failed: {reason}")),
         },
         Progress::Logs { at, lines } => (
             at.to_string(),

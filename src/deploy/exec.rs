@@ -918,9 +918,7 @@ pub async fn run(
             }
         }
         if let Some(event) = events.pop_front() {
-            if !matches!(event, Event::PullDone { .. }) {
-                emit(Progress::Event(event.clone()));
-            }
+            emit(Progress::Event(event.clone()));
             // A container that exited non-zero or turned unhealthy: its last lines say why.
             let troubled = match &event {
                 Event::Exited(at, code) if *code != 0 => Some(at),
