@@ -14,12 +14,14 @@ use crate::limits::Limits;
 use crate::output;
 
 pub mod config;
+pub mod control;
 pub mod down;
+pub mod exec;
 pub mod graph;
 pub mod hosts;
 pub mod inventory;
 pub mod lab;
-pub mod pending;
+pub mod logs;
 pub mod plan;
 pub mod project;
 pub mod ps;
@@ -120,11 +122,19 @@ pub enum Command {
     /// List the project's pods and containers on every host
     Ps(ps::Args),
     /// Show container logs
-    Logs(pending::Args),
+    Logs(logs::Args),
     /// Run a command in a running container
-    Exec(pending::Args),
+    Exec(exec::Args),
     /// Stop and remove the project's pods
     Down(down::Args),
+    /// Stop the project's containers in place (`start` starts them again)
+    Stop(control::Args),
+    /// Start the project's stopped containers
+    Start(control::Args),
+    /// Restart the project's containers in place
+    Restart(control::Args),
+    /// Pull the images of the project's services on the hosts `up` places them on
+    Pull(control::Args),
     /// Check every host in the inventory: reachability and facts
     Hosts(hosts::Args),
     /// Print the inventory as compose-fleet reads it (hosts, addresses, users, labels)
@@ -144,6 +154,10 @@ fn command_name(command: &Command) -> &'static str {
         Command::Logs(_) => "logs",
         Command::Exec(_) => "exec",
         Command::Down(_) => "down",
+        Command::Stop(_) => "stop",
+        Command::Start(_) => "start",
+        Command::Restart(_) => "restart",
+        Command::Pull(_) => "pull",
         Command::Hosts(_) => "hosts",
         Command::Inventory(_) => "inventory",
         Command::Lab(_) => "lab",
@@ -164,7 +178,7 @@ pub enum Failure {
 pub type CmdResult = Result<ExitCode, Failure>;
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(logs::rewrite_follow(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
@@ -190,9 +204,13 @@ pub fn main() -> ExitCode {
         Command::Config(a) => config::run(&cli.global, a),
         Command::Graph(a) => graph::run(&cli.global, a),
         Command::Ps(a) => ps::run(&cli.global, a),
-        Command::Logs(a) => pending::run("logs", &cli.global, a),
-        Command::Exec(a) => pending::run("exec", &cli.global, a),
+        Command::Logs(a) => logs::run(&cli.global, a),
+        Command::Exec(a) => exec::run(&cli.global, a),
         Command::Down(a) => down::run(&cli.global, a),
+        Command::Stop(a) => control::run(control::Verb::Stop, &cli.global, a),
+        Command::Start(a) => control::run(control::Verb::Start, &cli.global, a),
+        Command::Restart(a) => control::run(control::Verb::Restart, &cli.global, a),
+        Command::Pull(a) => control::run(control::Verb::Pull, &cli.global, a),
         Command::Hosts(a) => hosts::run(&cli.global, a),
         Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Lab(a) => lab::run(&cli.global, a),

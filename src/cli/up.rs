@@ -64,6 +64,10 @@ pub struct Args {
     /// Accepted for docker compose compatibility: `up` always returns once deployed
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Return only once every container this run started is healthy (with a healthcheck) or
+    /// running (without), or has exited 0; an unhealthy container or a non-zero exit fails `up`
+    #[arg(long)]
+    pub wait: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Converge only these services (and what they depend on)
@@ -146,6 +150,9 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         remove_orphans: args.remove_orphans,
         services: args.services.clone(),
         timeout: Duration::from_secs(300),
+        wait: args.wait,
+        files: exec::read_files(project).map_err(|e| failure(e, &checked.loaded.sources))?,
+        registry_auth: registry_auth(project),
         ..exec::Options::default()
     };
     let insecure: Vec<String> = fleet
@@ -247,6 +254,20 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
     Ok(ExitCode::from(code))
 }
 
+/// The user's credentials for the registries of the project's images (what cannot be had is a
+/// warning: a public registry needs none).
+pub fn registry_auth(
+    project: &crate::compose::model::Project,
+) -> BTreeMap<String, crate::proto::RegistryAuth> {
+    let (auth, warnings) = crate::deploy::auth::for_images(
+        project.services.values().filter_map(|s| s.image.as_deref()),
+    );
+    for w in warnings {
+        output::warning(&w);
+    }
+    auth
+}
+
 /// `plan --detailed-exitcode`: the changes `up` would make, printed as `up --dry-run` prints
 /// them; exit 0 for none, 2 for some, 1 for any error (an unreachable host included).
 pub fn changes(global: &GlobalArgs, conn: &ConnArgs, json: bool) -> CmdResult {
@@ -254,8 +275,18 @@ pub fn changes(global: &GlobalArgs, conn: &ConnArgs, json: bool) -> CmdResult {
     let checked = workspace.project()?;
     let fleet = workspace.fleet()?;
     let project = &checked.loaded.project;
+    let files = match exec::read_files(project) {
+        Ok(files) => files,
+        Err(e) => {
+            if let Failure::User(m) | Failure::Internal(m) = failure(e, &checked.loaded.sources) {
+                output::error(&m);
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
     let opts = exec::Options {
         ssh: conn.ssh_options(),
+        files,
         ..exec::Options::default()
     };
     let rt = exec::runtime().map_err(|e| failure(e, &checked.loaded.sources))?;
@@ -763,7 +794,12 @@ fn describe(p: &Progress) -> Option<(String, String)> {
             }
             Event::HostLost { host, reason } => (host.clone(), format!("lost: {reason}")),
             Event::Abort { reason } => ("stopping:".into(), reason.clone()),
-            Event::PullDone { .. } | Event::PullFailed { .. } => return None,
+            Event::PullDone { host, image } => (host.clone(), format!("pulled {image}")),
+            Event::PullFailed {
+                host,
+                image,
+                reason,
+            } => (host.clone(), format!("pulling {image} failed: {reason}")),
         },
         Progress::Logs { at, lines } => (
             at.to_string(),

@@ -2,23 +2,24 @@
 //! pure core. It connects to every host in parallel (one SSH connection and one agent channel
 //! each, `Hello` then one `Status`), places sticky to what runs, builds the desired state
 //! ([`crate::plan::podspec`], [`super::desired`]), diffs it ([`super::diff`]) and drives the
-//! [`Flow`]: each `Create`/`Replace`/`Restart`/`Remove` becomes one `ApplyPods` request naming
-//! that pod on its host, and the pods it started are watched with `Status` polls, turned into
-//! `Started`/`Healthy`/`Unhealthy`/`Exited` events.
+//! [`Flow`]: its `Pull`s become one `Pull` request per host with all that host's images, sent at
+//! the start (so a dependency's wait overlaps its dependents' pulls); each
+//! `Create`/`Replace`/`Restart`/`Remove` becomes one `ApplyPods` request naming that pod on its
+//! host, and the pods it started are watched with `Status` polls, turned into
+//! `Started`/`Healthy`/`Unhealthy`/`Exited` events. A host's one agent channel carries all these
+//! requests at once ([`HostConn`] routes replies by id): a pull does not delay a poll.
 //!
 //! It never prints: everything the user may want to see is a [`Progress`] given to the caller's
 //! callback (`src/cli/up.rs` renders it).
 //!
-//! Stopgaps of this first slice, each with a later issue: the flow's `Pull`s are answered at once
-//! and the pull happens inside the pod's `ApplyPods` (no overlap of pulls with waits); requests to
-//! one host go one at a time on its one channel (a pull on a host delays the polls of that host);
-//! image digests are not resolved (a tag pushed again is not seen as a change); registry
-//! credentials are not sent.
+//! Stopgaps, each with a later issue: image digests are not resolved (a tag pushed again is not
+//! seen as a change); registry credentials are not sent.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::desired::{self, Desired};
@@ -32,6 +33,7 @@ use crate::plan::{self, podspec, HostFacts, PlanError};
 use crate::proto::net::{self, Ipv4Net};
 use crate::proto::{
     ApplyPodsRequest, HostNetwork, LogsRequest, PodSpec, PodStatus, Request, Response,
+    ResponseFrame,
 };
 use crate::ssh::{self, AgentBinary, ErrorClass, Hosts, SshError, SshTarget, Transport};
 
@@ -49,6 +51,13 @@ pub struct Options {
     pub request_timeout: Duration,
     /// How often started pods are polled.
     pub poll: Duration,
+    /// `up --wait`: end only when every container this run started is healthy (with a health
+    /// check), running, or exited 0; anything else fails the run.
+    pub wait: bool,
+    /// The secrets' and configs' contents ([`read_files`]), delivered in the pods' specs.
+    pub files: podspec::FileContents,
+    /// Registry credentials by registry host ([`super::auth`]), sent with each pull.
+    pub registry_auth: BTreeMap<String, crate::proto::RegistryAuth>,
 }
 
 impl Default for Options {
@@ -60,6 +69,9 @@ impl Default for Options {
             timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(300),
             poll: Duration::from_millis(300),
+            wait: false,
+            files: podspec::FileContents::default(),
+            registry_auth: BTreeMap::new(),
         }
     }
 }
@@ -105,36 +117,75 @@ pub enum ExecError {
     Internal(String),
 }
 
-/// One host's agent channel. Requests go one at a time (see the module's stopgaps).
+/// The frames of one request as they arrive, or the error that ended the channel.
+type Frames = mpsc::Receiver<Result<ResponseFrame, SshError>>;
+
+/// One host's agent channel, shared by concurrent requests: a driver task owns the channel,
+/// writes each request with a fresh id and routes every reply frame to its request by id, so a
+/// slow request (a pull, a followed log) holds up no other (a status poll, an exec's input).
 pub struct HostConn {
     pub name: String,
-    client: tokio::sync::Mutex<(ssh::AgentClient, u64)>,
+    requests: mpsc::Sender<(Request, mpsc::Sender<Result<ResponseFrame, SshError>>)>,
     _session: <Hosts as Transport>::Session,
 }
 
 impl HostConn {
+    fn new(name: String, client: ssh::AgentClient, session: <Hosts as Transport>::Session) -> Self {
+        let (requests, rx) = mpsc::channel(64);
+        tokio::spawn(drive(client, rx));
+        HostConn {
+            name,
+            requests,
+            _session: session,
+        }
+    }
+
+    /// Sends `request`; its reply frames come on the receiver (the last has no `more`).
+    async fn send(&self, request: Request) -> Result<Frames, SshError> {
+        let (tx, rx) = mpsc::channel(1024);
+        self.requests.send((request, tx)).await.map_err(|_| {
+            SshError::new(
+                &self.name,
+                ErrorClass::Unreachable,
+                "the agent channel is closed",
+            )
+        })?;
+        Ok(rx)
+    }
+
+    /// The next frame of a request; the channel ending early is an error.
+    async fn next(&self, frames: &mut Frames) -> Result<ResponseFrame, SshError> {
+        match frames.recv().await {
+            Some(frame) => frame,
+            None => Err(SshError::new(
+                &self.name,
+                ErrorClass::Unreachable,
+                "the agent channel closed before the reply",
+            )),
+        }
+    }
+
+    fn agent_error(&self, e: &crate::proto::AgentError) -> SshError {
+        SshError::new(
+            &self.name,
+            ErrorClass::Agent,
+            format!("the agent answered: {e}"),
+        )
+    }
+
     /// Sends `request` and returns its last reply (streamed replies before it are skipped), or
     /// fails after `timeout`.
     pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, SshError> {
-        let mut guard = self.client.lock().await;
-        let (client, next) = &mut *guard;
-        let id = *next;
-        *next += 1;
         let exchange = async {
-            client.send(id, request).await?;
+            let mut frames = self.send(request).await?;
             loop {
-                let frame = client.recv().await?;
-                // A late reply to a request that timed out earlier has an older id.
-                if frame.id != Some(id) || frame.more {
+                let frame = self.next(&mut frames).await?;
+                if frame.more {
                     continue;
                 }
                 return match (frame.ok, frame.err) {
                     (Some(r), _) => Ok(r),
-                    (None, Some(e)) => Err(SshError::new(
-                        &self.name,
-                        ErrorClass::Agent,
-                        format!("the agent answered: {e}"),
-                    )),
+                    (None, Some(e)) => Err(self.agent_error(&e)),
                     (None, None) => Err(SshError::new(
                         &self.name,
                         ErrorClass::Agent,
@@ -175,6 +226,159 @@ impl HostConn {
             other => Err(unexpected(&self.name, "Status", &other)),
         }
     }
+
+    /// Sends `request` and forwards each streamed reply to `items` until the last one, which is
+    /// returned. With no timeout: a followed log ends when the caller drops the future.
+    pub async fn stream(
+        &self,
+        request: Request,
+        items: &mpsc::Sender<Response>,
+    ) -> Result<Response, SshError> {
+        let mut frames = self.send(request).await?;
+        loop {
+            let frame = self.next(&mut frames).await?;
+            match (frame.more, frame.ok, frame.err) {
+                (true, Some(r), _) => {
+                    if items.send(r).await.is_err() {
+                        return Ok(Response::End);
+                    }
+                }
+                (true, None, _) => {}
+                (false, Some(r), _) => return Ok(r),
+                (false, None, Some(e)) => return Err(self.agent_error(&e)),
+                (false, None, None) => {
+                    return Err(SshError::new(
+                        &self.name,
+                        ErrorClass::Agent,
+                        "the agent sent an empty reply",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Runs `exec` in a container: its output goes to `output`, the chunks from `stdin` (when
+    /// given) to its stdin, whose end (the sender dropped) closes it. Returns the exit code.
+    /// Stdin chunks go one at a time, each after the agent took the last (it serves requests
+    /// concurrently, and their order matters).
+    pub async fn exec(
+        &self,
+        mut request: crate::proto::ExecRequest,
+        mut stdin: Option<mpsc::Receiver<Vec<u8>>>,
+        output: &mpsc::Sender<ExecOutput>,
+    ) -> Result<i32, SshError> {
+        use crate::proto::{ExecInput, Stream};
+        request.stdin = stdin.is_some();
+        let mut frames = self.send(Request::Exec(request)).await?;
+        let mut session = None;
+        loop {
+            let feeding = session.is_some() && stdin.is_some();
+            let chunk = async {
+                match stdin.as_mut() {
+                    Some(rx) if feeding => rx.recv().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                frame = self.next(&mut frames) => {
+                    let frame = frame?;
+                    match (frame.ok, frame.err) {
+                        (Some(Response::ExecStarted { session: s }), _) => session = Some(s),
+                        (Some(Response::ExecOutput { stream, data }), _) => {
+                            let out = match stream {
+                                Stream::Stdout => ExecOutput::Stdout(data),
+                                Stream::Stderr => ExecOutput::Stderr(data),
+                            };
+                            let _ = output.send(out).await;
+                        }
+                        (Some(Response::ExecExit { code }), _) => return Ok(code),
+                        (Some(other), _) if !frame.more => {
+                            return Err(unexpected(&self.name, "Exec", &other))
+                        }
+                        (_, Some(e)) => return Err(self.agent_error(&e)),
+                        _ => {}
+                    }
+                }
+                chunk = chunk => {
+                    let Some(s) = session else { continue };
+                    let (data, eof) = match chunk {
+                        Some(data) => (data, false),
+                        None => {
+                            stdin = None;
+                            (Vec::new(), true)
+                        }
+                    };
+                    let input = Request::ExecInput(ExecInput {
+                        session: s,
+                        data_hex: hex::encode(&data),
+                        eof,
+                    });
+                    // The command may exit meanwhile (its session gone): its exit code says
+                    // what happened, not this refusal.
+                    let _ = self.call(input, Duration::from_secs(60)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The driver of one agent channel: sends requests as they come (ids from 1; `hello` was 0),
+/// routes reply frames by id. When the channel fails, every open request hears why.
+async fn drive(
+    mut client: ssh::AgentClient,
+    mut requests: mpsc::Receiver<(Request, mpsc::Sender<Result<ResponseFrame, SshError>>)>,
+) {
+    let mut waiting: BTreeMap<u64, mpsc::Sender<Result<ResponseFrame, SshError>>> = BTreeMap::new();
+    let mut next = 1u64;
+    loop {
+        tokio::select! {
+            got = requests.recv() => {
+                let Some((request, tx)) = got else {
+                    // Every handle is gone: close the channel.
+                    return;
+                };
+                let id = next;
+                next += 1;
+                match client.send(id, request).await {
+                    Ok(()) => {
+                        waiting.insert(id, tx);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                }
+            }
+            // Cancel-safe: a line half read stays in the client's buffer.
+            frame = client.recv() => match frame {
+                Ok(frame) => {
+                    let Some(id) = frame.id else { continue };
+                    let last = !frame.more;
+                    if let Some(tx) = waiting.get(&id) {
+                        // A request whose caller went away (a timeout, a stream dropped) is
+                        // forgotten; the agent's late replies to it are skipped.
+                        if tx.send(Ok(frame)).await.is_err() || last {
+                            waiting.remove(&id);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (_, tx) in std::mem::take(&mut waiting) {
+                        let _ = tx.send(Err(e.clone())).await;
+                    }
+                    // Requests still coming hear that the channel is closed.
+                    drop(requests);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What `exec` streams back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    Stdout(String),
+    Stderr(String),
 }
 
 fn unexpected(host: &str, what: &str, r: &Response) -> SshError {
@@ -260,11 +464,7 @@ pub async fn connect(
                 let remote = ssh::Remote::of(&session, &target)?;
                 let (client, report) =
                     ssh::connect_agent_to(&session, &remote, &agent, timeout).await?;
-                let conn = HostConn {
-                    name: target.name.clone(),
-                    client: tokio::sync::Mutex::new((client, 1)),
-                    _session: session,
-                };
+                let conn = HostConn::new(target.name.clone(), client, session);
                 let pods = conn.status(&project, timeout).await?;
                 Ok::<_, SshError>((conn, report, pods))
             }
@@ -368,10 +568,12 @@ pub fn prepare(
             unplaced.join("\n  ")
         )));
     }
-    let specs = podspec::build(project, graph.pod_model(), &placement).map_err(|e| match e {
-        podspec::PodSpecError::NoImage(_) => ExecError::User(e.to_string()),
-        podspec::PodSpecError::Split { .. } => ExecError::Internal(format!("bug: {e}")),
-    })?;
+    let mut specs =
+        podspec::build(project, graph.pod_model(), &placement).map_err(|e| match e {
+            podspec::PodSpecError::NoImage(_) => ExecError::User(e.to_string()),
+            podspec::PodSpecError::Split { .. } => ExecError::Internal(format!("bug: {e}")),
+        })?;
+    podspec::attach_files(&mut specs, project, &opts.files);
     let mut warnings = specs.warnings;
     let inputs: Vec<desired::PodInput> = specs
         .pods
@@ -418,7 +620,7 @@ pub fn prepare(
         .filter(|e| managed.contains(&e.from) && managed.contains(&e.to))
         .map(Dependency::from)
         .collect();
-    let flow = Flow::new(&desired, &diff, &deps, flow::Options::default())
+    let flow = Flow::new(&desired, &diff, &deps, flow::Options { wait: opts.wait })
         .map_err(|e| ExecError::User(format!("{e}\n  = help: {}", e.hint())))?;
     Ok(Prepared {
         desired,
@@ -426,6 +628,91 @@ pub fn prepare(
         flow,
         warnings,
     })
+}
+
+/// The largest secret or config read: Kubernetes caps a Secret at 1 MiB (docker at 500 KB), and
+/// each travels in one protocol line to every host that runs a user of it.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads the contents of the secrets and configs the project's services use, on this machine:
+/// `file:` (the loader made it absolute), `environment:` (this process's environment) or
+/// `content:`. `external` ones are left out (`attach_files` warns). Errors name the secret or
+/// config and never its content.
+pub fn read_files(project: &Project) -> Result<podspec::FileContents, ExecError> {
+    use crate::compose::model::FileObject;
+    let mut out = podspec::FileContents::default();
+    let used = |secret: bool| -> BTreeSet<&str> {
+        project
+            .services
+            .values()
+            .flat_map(|s| if secret { &s.secrets } else { &s.configs })
+            .map(|r| r.source.as_str())
+            .collect()
+    };
+    for secret in [true, false] {
+        let kind = if secret { "secret" } else { "config" };
+        let defined = if secret {
+            &project.secrets
+        } else {
+            &project.configs
+        };
+        for name in used(secret) {
+            let Some(obj) = defined.get(name) else {
+                continue;
+            };
+            let read = |obj: &FileObject| -> Result<Option<Vec<u8>>, String> {
+                if obj.external {
+                    return Ok(None);
+                }
+                if let Some(content) = &obj.content {
+                    return Ok(Some(content.clone().into_bytes()));
+                }
+                if let Some(var) = &obj.environment {
+                    return std::env::var_os(var)
+                        .map(|v| Some(v.into_encoded_bytes()))
+                        .ok_or_else(|| format!("the environment variable `{var}` is not set"));
+                }
+                if let Some(file) = &obj.file {
+                    let meta =
+                        std::fs::metadata(file).map_err(|e| format!("reading {file}: {e}"))?;
+                    if meta.len() > MAX_FILE_BYTES {
+                        return Err(format!(
+                            "{file} is {} bytes, over the {MAX_FILE_BYTES}-byte bound for a {kind}",
+                            meta.len()
+                        ));
+                    }
+                    return std::fs::read(file)
+                        .map(Some)
+                        .map_err(|e| format!("reading {file}: {e}"));
+                }
+                Err("it has no `file`, `environment` or `content`".to_string())
+            };
+            match read(obj) {
+                Ok(Some(bytes)) if bytes.len() as u64 > MAX_FILE_BYTES => {
+                    return Err(ExecError::User(format!(
+                        "{kind} `{name}` is {} bytes, over the {MAX_FILE_BYTES}-byte bound",
+                        bytes.len()
+                    )))
+                }
+                Ok(Some(bytes)) => {
+                    let map = if secret {
+                        &mut out.secrets
+                    } else {
+                        &mut out.configs
+                    };
+                    map.insert(name.to_string(), bytes);
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    return Err(ExecError::User(format!(
+                        "{kind} `{name}` of project `{}` cannot be delivered: {why}",
+                        project.name
+                    )))
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The services a run converges: all, or the named ones with everything they depend on and
@@ -511,10 +798,33 @@ pub async fn run(
     // deadline).
     let mut interrupt =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    // Pulls go to the agents as soon as the flow asks (at its start, for every pod it will create
+    // or replace): one `Pull` per host with all its images, each image's `PullDone` as it lands,
+    // while the flow waits for dependencies. They answer on their own channel.
+    let (pulled_tx, mut pulled) = mpsc::channel::<Event>(256);
+    let mut pulls: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut pulling: JoinSet<()> = JoinSet::new();
     loop {
+        for (host, images) in std::mem::take(&mut pulls) {
+            let Some(conn) = hosts.get(&host).cloned() else {
+                events.push_back(Event::HostLost {
+                    host,
+                    reason: "not connected".into(),
+                });
+                continue;
+            };
+            pulling.spawn(pull_ahead(
+                conn,
+                images,
+                opts.registry_auth.clone(),
+                insecure_registries.to_vec(),
+                opts.request_timeout,
+                pulled_tx.clone(),
+            ));
+        }
         while let Some(action) = actions.pop_front() {
             match action {
-                Action::Pull { host, image } => events.push_back(Event::PullDone { host, image }),
+                Action::Pull { host, image } => pulls.entry(host).or_default().push(image),
                 Action::Create { ref host, ref pod }
                 | Action::Replace { ref host, ref pod }
                 | Action::Restart { ref host, ref pod } => {
@@ -539,6 +849,7 @@ pub async fn run(
                     let network = networks.get(&host);
                     let req = apply_pods(
                         project,
+                        &opts.registry_auth,
                         insecure_registries,
                         network,
                         vec![spec],
@@ -547,6 +858,7 @@ pub async fn run(
                     let first = restart.then(|| {
                         apply_pods(
                             project,
+                            &opts.registry_auth,
                             insecure_registries,
                             network,
                             Vec::new(),
@@ -587,6 +899,7 @@ pub async fn run(
                     };
                     let req = apply_pods(
                         project,
+                        &opts.registry_auth,
                         insecure_registries,
                         networks.get(&host),
                         Vec::new(),
@@ -609,19 +922,21 @@ pub async fn run(
             }
         }
         if let Some(event) = events.pop_front() {
-            if !matches!(event, Event::PullDone { .. }) {
-                emit(Progress::Event(event.clone()));
-            }
-            if let Event::Exited(at, code) = &event {
-                if *code != 0 {
-                    if let Some(conn) = hosts.get(&at.host) {
-                        let lines = last_logs(conn, project, at, opts.request_timeout).await;
-                        if !lines.is_empty() {
-                            emit(Progress::Logs {
-                                at: at.clone(),
-                                lines,
-                            });
-                        }
+            emit(Progress::Event(event.clone()));
+            // A container that exited non-zero or turned unhealthy: its last lines say why.
+            let troubled = match &event {
+                Event::Exited(at, code) if *code != 0 => Some(at),
+                Event::Unhealthy(at) => Some(at),
+                _ => None,
+            };
+            if let Some(at) = troubled {
+                if let Some(conn) = hosts.get(&at.host) {
+                    let lines = last_logs(conn, project, at, opts.request_timeout).await;
+                    if !lines.is_empty() {
+                        emit(Progress::Logs {
+                            at: at.clone(),
+                            lines,
+                        });
                     }
                 }
             }
@@ -653,7 +968,7 @@ pub async fn run(
             }
             continue;
         }
-        if tasks.is_empty() && watched.is_empty() {
+        if tasks.is_empty() && watched.is_empty() && pulling.is_empty() && pulls.is_empty() {
             // Nothing in flight and nothing to watch, yet no `Done`: the flow waits for something
             // that cannot come. Stop it rather than hang.
             idle_rounds += 1;
@@ -677,7 +992,18 @@ pub async fn run(
             });
             continue;
         }
+        if !pulls.is_empty() {
+            continue;
+        }
         tokio::select! {
+            Some(event) = pulled.recv() => events.push_back(event),
+            Some(_) = pulling.join_next(), if !pulling.is_empty() => {
+                // Its events were sent before it ended: take them now, so that the stall check
+                // below never sees an empty set of tasks with events still queued.
+                while let Ok(event) = pulled.try_recv() {
+                    events.push_back(event);
+                }
+            }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {
                     Ok(Answer::Applied { host, pod }) => {
@@ -713,8 +1039,86 @@ pub async fn run(
     }
 }
 
+/// Pulls `images` on one host ahead of the pods that need them; each image's outcome becomes a
+/// `PullDone`/`PullFailed` event as the agent reports it.
+async fn pull_ahead(
+    conn: Arc<HostConn>,
+    images: Vec<String>,
+    registry_auth: BTreeMap<String, crate::proto::RegistryAuth>,
+    insecure_registries: Vec<String>,
+    timeout: Duration,
+    events: mpsc::Sender<Event>,
+) {
+    let host = conn.name.clone();
+    let request = Request::Pull(crate::proto::PullRequest {
+        images: images.clone(),
+        registry_auth,
+        insecure_registries,
+    });
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut said = BTreeSet::new();
+    let streamed = conn.stream(request, &tx);
+    tokio::pin!(streamed);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let report = |r: Response, said: &mut BTreeSet<String>| {
+        let mut out = Vec::new();
+        if let Response::Pulled(p) = r {
+            for image in p.pulled {
+                if said.insert(image.clone()) {
+                    out.push(Event::PullDone {
+                        host: host.clone(),
+                        image,
+                    });
+                }
+            }
+            for (image, reason) in p.failed {
+                if said.insert(image.clone()) {
+                    out.push(Event::PullFailed {
+                        host: host.clone(),
+                        image,
+                        reason,
+                    });
+                }
+            }
+        }
+        out
+    };
+    let end = loop {
+        tokio::select! {
+            end = &mut streamed => break end.map_err(|e| e.reason()),
+            Some(r) = rx.recv() => {
+                for e in report(r, &mut said) {
+                    let _ = events.send(e).await;
+                }
+            }
+            _ = &mut deadline => break Err(format!("not pulled within {}s", timeout.as_secs())),
+        }
+    };
+    let mut last = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        last.extend(report(r, &mut said));
+    }
+    match end {
+        Ok(r) => last.extend(report(r, &mut said)),
+        Err(reason) => {
+            for image in images.into_iter().filter(|i| !said.contains(i)) {
+                last.push(Event::PullFailed {
+                    host: host.clone(),
+                    image,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+    for e in last {
+        let _ = events.send(e).await;
+    }
+}
+
 fn apply_pods(
     project: &str,
+    auth: &BTreeMap<String, crate::proto::RegistryAuth>,
     insecure: &[String],
     network: Option<&HostNetwork>,
     pods: Vec<PodSpec>,
@@ -725,7 +1129,7 @@ fn apply_pods(
         network: network.cloned(),
         pods,
         remove,
-        registry_auth: BTreeMap::new(),
+        registry_auth: auth.clone(),
         insecure_registries: insecure.to_vec(),
     })
 }
@@ -851,25 +1255,26 @@ async fn last_logs(conn: &HostConn, project: &str, at: &At, timeout: Duration) -
         follow: false,
         since: None,
     });
-    // The reply is a stream: collect its lines by hand rather than through `call`, which keeps
-    // only the last frame.
-    let mut guard = conn.client.lock().await;
-    let (client, next) = &mut *guard;
-    let id = *next;
-    *next += 1;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let collect = async {
-        client.send(id, request).await?;
         let mut lines = Vec::new();
+        let streamed = conn.stream(request, &tx);
+        tokio::pin!(streamed);
         loop {
-            let frame = client.recv().await?;
-            if frame.id != Some(id) {
-                continue;
-            }
-            if let Some(Response::LogLine(l)) = &frame.ok {
-                lines.push(l.line.clone());
-            }
-            if !frame.more {
-                return Ok::<_, SshError>(lines);
+            tokio::select! {
+                done = &mut streamed => {
+                    while let Ok(r) = rx.try_recv() {
+                        if let Response::LogLine(l) = r {
+                            lines.push(l);
+                        }
+                    }
+                    return done.map(|_| lines);
+                }
+                Some(r) = rx.recv() => {
+                    if let Response::LogLine(l) = r {
+                        lines.push(l);
+                    }
+                }
             }
         }
     };
@@ -878,6 +1283,11 @@ async fn last_logs(conn: &HostConn, project: &str, at: &At, timeout: Duration) -
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default()
+        .into_iter()
+        // Only this replica's lines (0: an agent that does not say which).
+        .filter(|l| l.replica == at.replica || l.replica == 0)
+        .map(|l| l.line)
+        .collect()
 }
 
 /// `down`: removes the project's pods on every connected host, in parallel. Per host: the pods

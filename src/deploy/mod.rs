@@ -1,8 +1,9 @@
 //! The executor's pure core: what `up` wants ([`desired`]), what it must change ([`diff`]), and
 //! the dependency-driven [`flow`] that orders the changes across hosts. No I/O in those: the
 //! executor ([`exec`]) observes the hosts, feeds these values and events in, and performs the
-//! actions over SSH.
+//! actions over SSH. [`auth`] reads the user's registry credentials for it.
 
+pub mod auth;
 pub mod desired;
 pub mod diff;
 pub mod exec;

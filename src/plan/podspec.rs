@@ -9,8 +9,13 @@
 //! healthcheck (compose's defaults filled in), restart policy, stop signal and grace period,
 //! hostname, published ports, `network_mode: none` and the networks of the pod's root.
 //!
+//! Secrets and configs are carried by [`attach_files`], from contents the caller read (the core
+//! reads no file): each becomes a [`FileDelivery`] (secrets 0400 — the agent writes them so —
+//! at `/run/secrets/<name>`; configs at `/<name>`), and its content enters the spec hash as its
+//! sha256, so a rotated secret replaces the pods that use it.
+//!
 //! What is not carried yet is said in [`PodSpecs::warnings`] rather than dropped silently:
-//! secrets and configs (delivered by a later issue), mounts other than volumes, binds and tmpfs,
+//! external secrets and configs, mounts other than volumes, binds and tmpfs,
 //! environment entries without a value (their value would come from the CLI's environment). A
 //! bind mount's source (made absolute by the loader) is a path on the host, as with a remote
 //! docker daemon.
@@ -21,7 +26,7 @@ use crate::compose::model::{Project, Service, Ulimit};
 use crate::deploy::desired::PodInput;
 use crate::pods::Pods;
 use crate::proto::{
-    ContainerSpec, Healthcheck, Mount, NetworkMode, PodNetwork, PodSpec, PortMapping,
+    ContainerSpec, FileDelivery, Healthcheck, Mount, NetworkMode, PodNetwork, PodSpec, PortMapping,
     ResourceLimits, RestartPolicy,
 };
 use crate::schedule::Placement;
@@ -56,6 +61,79 @@ pub enum PodSpecError {
         first: String,
         second: String,
     },
+}
+
+/// The contents of the project's secrets and configs, by name, as the caller read them (from
+/// `file:`, `environment:` or `content:`). Its `Debug` names them and never shows a byte.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FileContents {
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    pub configs: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for FileContents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileContents")
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("configs", &self.configs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Puts each container's secrets and configs into its spec, from `contents`. Returns a warning
+/// per service for what has no content (an `external` one, which compose-fleet cannot fetch).
+pub fn attach_files(specs: &mut PodSpecs, project: &Project, contents: &FileContents) {
+    use base64::Engine;
+    let mut warned = std::collections::BTreeSet::new();
+    for pod in &mut specs.pods {
+        for c in &mut pod.spec.containers {
+            let Some(service) = project.services.get(&c.service) else {
+                continue;
+            };
+            let refs = service
+                .secrets
+                .iter()
+                .map(|r| (true, r))
+                .chain(service.configs.iter().map(|r| (false, r)));
+            for (secret, r) in refs {
+                let content = if secret {
+                    contents.secrets.get(&r.source)
+                } else {
+                    contents.configs.get(&r.source)
+                };
+                let kind = if secret { "secret" } else { "config" };
+                let Some(content) = content else {
+                    if warned.insert((c.service.clone(), kind, r.source.clone())) {
+                        specs.warnings.push(format!(
+                            "service `{}`: {kind} `{}` has no content compose-fleet can deliver (an `external` one, or not defined); the container runs without it",
+                            c.service, r.source
+                        ));
+                    }
+                    continue;
+                };
+                c.files.push(FileDelivery {
+                    target: file_target(secret, &r.source, r.target.as_deref()),
+                    content_b64: base64::engine::general_purpose::STANDARD.encode(content),
+                    mode: r.mode.unwrap_or(if secret { 0o400 } else { 0o444 }),
+                    secret,
+                    uid: r.uid.as_deref().and_then(|u| u.parse().ok()),
+                    gid: r.gid.as_deref().and_then(|g| g.parse().ok()),
+                });
+            }
+        }
+    }
+}
+
+/// Where a secret or config appears in the container: compose's defaults (`/run/secrets/<name>`,
+/// `/<name>`), a relative secret target under `/run/secrets`.
+fn file_target(secret: bool, source: &str, target: Option<&str>) -> String {
+    match (secret, target) {
+        (_, Some(t)) if t.starts_with('/') => t.to_string(),
+        (true, Some(t)) => format!("/run/secrets/{t}"),
+        (false, Some(t)) => format!("/{t}"),
+        (true, None) => format!("/run/secrets/{source}"),
+        (false, None) => format!("/{source}"),
+    }
 }
 
 /// The pod name of `pod`'s replica `replica`.
@@ -175,12 +253,6 @@ fn container(
             s.name,
             unset.join(", "),
             if unset.len() == 1 { "is" } else { "are" }
-        ));
-    }
-    if !s.secrets.is_empty() || !s.configs.is_empty() {
-        warnings.push(format!(
-            "service `{}`: secrets and configs are not delivered yet; the container runs without them",
-            s.name
         ));
     }
     let mut mounts = Vec::new();
@@ -448,6 +520,72 @@ volumes: { data: {} }
         // The named pipe cannot be mounted on a Linux host: said, not silently dropped.
         assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
         assert!(out.warnings[0].contains("npipe"), "{:?}", out.warnings);
+    }
+
+    #[test]
+    fn secrets_and_configs_are_delivered_as_files_and_their_content_is_in_the_hash() {
+        let project = load(
+            r#"
+services:
+  app:
+    image: a
+    secrets: [db, { source: api, target: key, mode: 0440 }, ext]
+    configs: [{ source: conf, target: /etc/app.conf }]
+secrets:
+  db: { content: unused }
+  api: { content: unused }
+  ext: { external: true }
+configs:
+  conf: { content: unused }
+"#,
+        );
+        let pods = crate::pods::of(&project);
+        let placement = Placement {
+            assignments: vec![at("app", 1, "h1", "app")],
+            ..Placement::default()
+        };
+        let contents = |db: &str| FileContents {
+            secrets: [("db", db), ("api", "k")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            configs: [("conf".to_string(), b"x=1".to_vec())]
+                .into_iter()
+                .collect(),
+        };
+        let build_with = |c: &FileContents| {
+            let mut out = build(&project, &pods, &placement).expect("builds");
+            attach_files(&mut out, &project, c);
+            out
+        };
+        let out = build_with(&contents("hunter2"));
+        let files = &out.pods[0].spec.containers[0].files;
+        let seen: Vec<(&str, u32, bool)> = files
+            .iter()
+            .map(|f| (f.target.as_str(), f.mode, f.secret))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("/run/secrets/db", 0o400, true),
+                ("/run/secrets/key", 0o440, true),
+                ("/etc/app.conf", 0o444, false)
+            ]
+        );
+        assert_eq!(files[0].content_b64, "aHVudGVyMg==");
+        // The external one is said, not silently dropped; no content is in any message.
+        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        assert!(out.warnings[0].contains("`ext`"), "{:?}", out.warnings);
+        assert!(!format!("{:?} {:?}", contents("hunter2"), out.warnings).contains("hunter2"));
+        // A rotated secret changes the spec hash (its sha256 is hashed, never the content).
+        let hash = |o: &PodSpecs| {
+            crate::deploy::desired::spec_hash(&o.pods[0].spec, &BTreeMap::new(), &[])
+        };
+        let rotated = build_with(&contents("hunter3"));
+        assert_ne!(hash(&out), hash(&rotated));
+        assert_eq!(hash(&out), hash(&build_with(&contents("hunter2"))));
+        let canonical = crate::deploy::desired::canonical(&out.pods[0].spec, &BTreeMap::new(), &[]);
+        assert!(!canonical.contains("aHVudGVyMg=="), "{canonical}");
     }
 
     #[test]

@@ -716,6 +716,9 @@ pub struct AgentClient {
     host: String,
     channel: Channel,
     reader: BufReader<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>,
+    /// The line being read, kept here so that [`AgentClient::recv`] is cancel-safe (`exec` selects
+    /// between it and the user's stdin).
+    lines: LineBuffer,
 }
 
 impl AgentClient {
@@ -743,6 +746,7 @@ impl AgentClient {
             host: remote.host.clone(),
             channel,
             reader: BufReader::new(stdout),
+            lines: LineBuffer::new(MAX_LINE_BYTES),
         })
     }
 
@@ -844,7 +848,7 @@ impl AgentClient {
     /// One line from the agent, bounded by [`MAX_LINE_BYTES`] before it is buffered; `None` at
     /// the end of the channel.
     async fn read_line(&mut self) -> Result<Option<Vec<u8>>, SshError> {
-        let mut lines = LineBuffer::new(MAX_LINE_BYTES);
+        let lines = &mut self.lines;
         loop {
             let buf = self.reader.fill_buf().await.map_err(|e| {
                 SshError::new(
@@ -995,6 +999,7 @@ mod tests {
             host: "web1".into(),
             reader: BufReader::new(Box::pin(tokio::io::empty())),
             channel,
+            lines: LineBuffer::new(MAX_LINE_BYTES),
         };
         let reply = client.next_frame().await.expect("a reply");
         let Reply::SudoRefused(fields) = reply else {

@@ -15,7 +15,6 @@
 //! a `known_hosts` of just those keys plus an ssh config that turns the system-wide
 //! `known_hosts` off and then includes the user's and the system's own configuration.
 
-
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -214,7 +213,11 @@ impl OpenSsh {
             ("yes", Some(file), Some(self.pinned_config()?.to_path_buf()))
         } else if self.record_keys {
             let file = self.private_file(&file_name("seen", target), "")?;
-            ("accept-new", Some(file), Some(self.pinned_config()?.to_path_buf()))
+            (
+                "accept-new",
+                Some(file),
+                Some(self.pinned_config()?.to_path_buf()),
+            )
         } else {
             let strict = if self.accept_new { "accept-new" } else { "yes" };
             (strict, target.known_hosts.clone(), None)
@@ -277,7 +280,9 @@ impl OpenSsh {
         let n = self.next_master.fetch_add(1, Ordering::Relaxed);
         let ctl = self.control_dir.path().join(format!("m{n}"));
         let log = self.control_dir.path().join(format!("m{n}.log"));
-        let argv = self.master_argv(target, &ctl, &log).map_err(|e| e.message)?;
+        let argv = self
+            .master_argv(target, &ctl, &log)
+            .map_err(|e| e.message)?;
         let status = tokio::process::Command::new("ssh")
             .args(argv)
             .stdin(std::process::Stdio::null())

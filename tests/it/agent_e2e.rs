@@ -131,6 +131,8 @@ async fn exec(target: &SshTarget, agent: &AgentBinary, pod: &str, argv: &[&str])
             service: "probe".into(),
             command: argv.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
+            stdin: false,
+            tty: None,
         }),
     )
     .await;

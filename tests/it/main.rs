@@ -17,6 +17,7 @@ mod load_props;
 mod local;
 mod memory;
 mod network_lab;
+mod operate;
 mod plan_facts;
 mod pods;
 mod protocol_props;

@@ -84,6 +84,8 @@ async fn exec(target: &SshTarget, agent: &AgentBinary, pod: &str, argv: &[&str])
             service: pod.trim_end_matches("-1").into(),
             command: argv.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
+            stdin: false,
+            tty: None,
         }),
     )
     .await;

@@ -969,6 +969,8 @@ async fn exec_streams_output_and_exit_code() {
                 "echo $GREETING; echo err >&2; exit 5".into(),
             ],
             env: BTreeMap::new(),
+            stdin: false,
+            tty: None,
         }),
     )
     .await;
@@ -1003,6 +1005,8 @@ async fn exec_streams_output_and_exit_code() {
             service: "app".into(),
             command: vec!["true".into()],
             env: BTreeMap::new(),
+            stdin: false,
+            tty: None,
         }),
     )
     .await;
@@ -1013,6 +1017,187 @@ async fn exec_streams_output_and_exit_code() {
             .is_some_and(|e| e.message.contains("no pod nope")),
         "{frames:?}"
     );
+    remove(&sup, "p", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_stdin_reads_what_exec_input_sends_in_order() {
+    use compose_fleet_agent::proto::ExecInput;
+    let root = Root::new();
+    let sup = root.open().await;
+    apply(
+        &sup,
+        "p",
+        vec![pod(
+            "app-1",
+            "h",
+            vec![sh("app", "exec sleep 1000", RestartPolicy::No)],
+        )],
+    )
+    .await;
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let mut rx = sup.handle(RequestFrame {
+        id: 9,
+        request: Request::Exec(ExecRequest {
+            project: "p".into(),
+            pod: "app-1".into(),
+            service: "app".into(),
+            command: vec!["/bin/sh".into(), "-c".into(), "cat; exit 4".into()],
+            env: BTreeMap::new(),
+            stdin: true,
+            tty: None,
+        }),
+    });
+    let first = rx.recv().await.expect("a first frame");
+    let Some(Response::ExecStarted { session }) = first.ok else {
+        panic!("no session first: {first:?}");
+    };
+    // One input at a time, each answered before the next (as the CLI sends them).
+    for (data, eof) in [(&b"one\n"[..], false), (b"two\n", false), (b"", true)] {
+        let answer = call(
+            &sup,
+            Request::ExecInput(ExecInput {
+                session,
+                data_hex: hex::encode(data),
+                eof,
+            }),
+        )
+        .await;
+        assert_eq!(
+            answer.last().and_then(|f| f.ok.clone()),
+            Some(Response::End)
+        );
+    }
+    let mut out = String::new();
+    let code = loop {
+        let f = rx.recv().await.expect("frames until the exit");
+        match f.ok {
+            Some(Response::ExecOutput { data, .. }) => out.push_str(&data),
+            Some(Response::ExecExit { code }) => break code,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!((out.as_str(), code), ("one\ntwo\n", 4));
+    // The session ended with the command.
+    let late = call(
+        &sup,
+        Request::ExecInput(ExecInput {
+            session,
+            data_hex: String::new(),
+            eof: true,
+        }),
+    )
+    .await;
+    assert!(late[0].err.is_some(), "{late:?}");
+    remove(&sup, "p", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_on_a_tty_sees_a_terminal_of_the_asked_size() {
+    let root = Root::new();
+    let sup = root.open().await;
+    apply(
+        &sup,
+        "p",
+        vec![pod(
+            "app-1",
+            "h",
+            vec![sh("app", "exec sleep 1000", RestartPolicy::No)],
+        )],
+    )
+    .await;
+    wait_for(&sup, "p", "app-1", "app", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let frames = call(
+        &sup,
+        Request::Exec(ExecRequest {
+            project: "p".into(),
+            pod: "app-1".into(),
+            service: "app".into(),
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "test -t 0 && test -t 1 && test -t 2 && echo \"tty $(stty size)\"; exit 6".into(),
+            ],
+            env: BTreeMap::new(),
+            stdin: false,
+            tty: Some([30, 100]),
+        }),
+    )
+    .await;
+    let (last, output) = frames.split_last().expect("frames");
+    assert_eq!(last.ok, Some(Response::ExecExit { code: 6 }));
+    let out: String = output
+        .iter()
+        .filter_map(|f| match &f.ok {
+            Some(Response::ExecOutput { data, .. }) => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    // The terminal's own line discipline turns `\n` into `\r\n`.
+    assert_eq!(out, "tty 30 100\r\n");
+    remove(&sup, "p", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_stops_and_starts_containers_in_place() {
+    use compose_fleet_agent::proto::{ControlAction, ControlRequest};
+    let root = Root::new();
+    let sup = root.open().await;
+    apply(
+        &sup,
+        "p",
+        vec![
+            pod(
+                "a-1",
+                "h",
+                vec![sh("a", "exec sleep 1000", RestartPolicy::Always)],
+            ),
+            pod(
+                "b-1",
+                "h",
+                vec![sh("b", "exec sleep 1000", RestartPolicy::Always)],
+            ),
+        ],
+    )
+    .await;
+    for (p, s) in [("a-1", "a"), ("b-1", "b")] {
+        wait_for(&sup, "p", p, s, "running", |c| c.state == "running").await;
+    }
+    let control = |action| {
+        call(
+            &sup,
+            Request::Control(ControlRequest {
+                project: "p".into(),
+                services: vec!["a".into()],
+                action,
+            }),
+        )
+    };
+    let stopped = control(ControlAction::Stop).await;
+    assert_eq!(
+        stopped.last().and_then(|f| f.ok.clone()),
+        Some(Response::Controlled {
+            containers: vec!["a-1/a-1".into()]
+        })
+    );
+    // Stopped for good: `always` does not bring it back; `b` is untouched.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_for(&sup, "p", "a-1", "a", "exited", |c| c.state == "exited").await;
+    wait_for(&sup, "p", "b-1", "b", "running", |c| c.state == "running").await;
+    let started = control(ControlAction::Start).await;
+    assert_eq!(
+        started.last().and_then(|f| f.ok.clone()),
+        Some(Response::Controlled {
+            containers: vec!["a-1/a-1".into()]
+        })
+    );
+    wait_for(&sup, "p", "a-1", "a", "running", |c| c.state == "running").await;
     remove(&sup, "p", true).await;
 }
 
@@ -1273,6 +1458,8 @@ async fn isolated_runtime_runs_supervised_pods() {
             service: "web".into(),
             command: vec!["hostname".into()],
             env: BTreeMap::new(),
+            stdin: false,
+            tty: None,
         }),
     )
     .await;

@@ -86,6 +86,16 @@ pub enum Request {
         project: String,
         volumes: bool,
     },
+    // --- operate (issue 11): exec's stdin ---
+    /// Bytes for the stdin of a running `Exec` that asked for one (`ExecRequest::stdin`), named by
+    /// the session its [`Response::ExecStarted`] gave; `eof` closes that stdin. Answered `End`.
+    ExecInput(ExecInput),
+    /// Stop, start or restart the containers of some services of a project on this host, in
+    /// place (pods and their specs are kept). Answered `Controlled`.
+    Control(ControlRequest),
+    /// Pull images into the host's store ahead of the `ApplyPods` that uses them. Answered
+    /// `Pulled`, with the failures per image.
+    Pull(PullRequest),
 }
 
 /// One reply. Exactly one of `ok` and `err` is set.
@@ -123,6 +133,16 @@ pub enum Response {
     },
     /// The last frame of a stream that may carry no items (`Logs`), sent without `more`.
     End,
+    // --- operate (issue 11) ---
+    /// The first frame of an `Exec` with `stdin`: the session to send [`Request::ExecInput`] to.
+    ExecStarted {
+        session: u64,
+    },
+    /// The containers a `Control` changed, as `pod/service-replica`.
+    Controlled {
+        containers: Vec<String>,
+    },
+    Pulled(PullReport),
 }
 
 /// A failure on the agent's side, with the chain of causes (outermost first).
@@ -497,6 +517,9 @@ pub struct LogsRequest {
 pub struct LogLine {
     pub pod: String,
     pub service: String,
+    /// The container's replica number (0 from an agent that does not say).
+    #[serde(default)]
+    pub replica: u32,
     pub stream: Stream,
     /// Unix milliseconds.
     pub time_ms: u64,
@@ -518,6 +541,66 @@ pub struct ExecRequest {
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The command reads a stdin fed by [`Request::ExecInput`] (otherwise `/dev/null`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Run it on a pseudo-terminal of this size (`[rows, cols]`): its stdin, stdout and stderr
+    /// are the terminal, whose output comes back as `stdout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<[u16; 2]>,
+}
+
+/// What `Control` does to the selected containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    /// Stop (stop signal, grace period, SIGKILL); no restart policy restarts it.
+    Stop,
+    /// Start what is not running.
+    Start,
+    /// Stop what runs, then start everything selected.
+    Restart,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    pub project: String,
+    /// The services whose containers are changed; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    pub action: ControlAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub images: Vec<String>,
+    /// As in [`ApplyRequest`]: never logged, never written to disk.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registry_auth: BTreeMap<String, RegistryAuth>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure_registries: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PullReport {
+    /// The images now in the store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pulled: Vec<String>,
+    /// Image → why it could not be pulled.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed: BTreeMap<String, String>,
+}
+
+/// Input for an `Exec`'s stdin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecInput {
+    pub session: u64,
+    /// The bytes, hex-encoded (JSON strings carry text only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data_hex: String,
+    /// Closes the command's stdin after `data_hex`.
+    #[serde(default)]
+    pub eof: bool,
 }
 
 impl RequestFrame {
@@ -791,6 +874,9 @@ impl Request {
             Request::Logs(_) => "logs",
             Request::Exec(_) => "exec",
             Request::Remove { .. } => "remove",
+            Request::ExecInput(_) => "exec_input",
+            Request::Control(_) => "control",
+            Request::Pull(_) => "pull",
         }
     }
 }

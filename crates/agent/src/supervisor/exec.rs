@@ -1,7 +1,10 @@
 //! `Exec`: a command run in a container through the runtime, its output streamed back as frames,
-//! killed with its process group when the client goes away.
+//! killed with its process group when the client goes away. With `stdin`, the first frame names a
+//! session, and `ExecInput` requests for it write the command's stdin (the client sends one at a
+//! time: the daemon serves requests concurrently, so two in flight could be written out of order).
 
 use super::*;
+use tokio::io::AsyncWriteExt;
 
 impl Supervisor {
     /// Runs a command in a running container, streaming its output, then its exit code.
@@ -39,16 +42,61 @@ impl Supervisor {
         if req.command.is_empty() {
             return Err(Failure::bad("exec needs a command"));
         }
-        let child =
-            start_exec(&self.inner, &c.launch, pid, &req.command, &req.env, true).map_err(|e| {
-                Failure::bad(format!(
-                    "running {:?} in service {} of pod {}: {e}",
-                    req.command[0], req.service, req.pod
-                ))
-            })?;
-        let out = child
-            .stdout
-            .map(|o| pump(id, Stream::Stdout, o, tx.clone()));
+        let started = match req.tty {
+            Some(size) => start_on_pty(&self.inner, &c.launch, pid, &req, size)
+                .map(|(child, (input, output))| (child, input, Some(output))),
+            None => {
+                let (stdin_r, stdin_w) = if req.stdin {
+                    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                        .map_err(|e| Failure::host("creating the exec's stdin pipe", e))?;
+                    (Some(r), Some(w))
+                } else {
+                    (None, None)
+                };
+                start_exec(
+                    &self.inner,
+                    &c.launch,
+                    pid,
+                    &req.command,
+                    &req.env,
+                    true,
+                    stdin_r,
+                )
+                .map(|child| (child, stdin_w, None))
+            }
+        };
+        let (child, stdin_w, pty_out) = started.map_err(|e| {
+            Failure::bad(format!(
+                "running {:?} in service {} of pod {}: {e}",
+                req.command[0], req.service, req.pod
+            ))
+        })?;
+        // The session is registered before the client hears of it, and removed when the command
+        // is done (which closes the pipe if the client never sent `eof`).
+        let session = match stdin_w {
+            Some(w) => {
+                // A pipe or a terminal: written through the blocking pool either way.
+                let sender = tokio::fs::File::from_std(std::fs::File::from(w));
+                let session = self
+                    .inner
+                    .next_session
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(mut inputs) = self.inner.exec_inputs.lock() {
+                    inputs.insert(session, Arc::new(tokio::sync::Mutex::new(Some(sender))));
+                }
+                let _ = tx.send(more(id, Response::ExecStarted { session })).await;
+                Some(session)
+            }
+            None => None,
+        };
+        let out = match pty_out {
+            // A terminal is no pipe: read it through the blocking pool (EIO once the command and
+            // everything it started have closed the terminal).
+            Some(master) => Some(pump_file(id, master, tx.clone())),
+            None => child
+                .stdout
+                .map(|o| pump(id, Stream::Stdout, o, tx.clone())),
+        };
         let err = child
             .stderr
             .map(|e| pump(id, Stream::Stderr, e, tx.clone()));
@@ -61,9 +109,100 @@ impl Supervisor {
         if let Some(e) = err {
             let _ = e.await;
         }
+        if let Some(session) = session {
+            if let Ok(mut inputs) = self.inner.exec_inputs.lock() {
+                inputs.remove(&session);
+            }
+        }
         Ok(Response::ExecExit { code })
     }
+
+    /// Writes an `ExecInput` to its session's stdin (and closes it on `eof`).
+    pub(super) async fn exec_input(&self, input: ExecInput) -> Result<Response, Failure> {
+        let data = hex::decode(&input.data_hex)
+            .map_err(|e| Failure::bad(format!("exec input is not hex: {e}")))?;
+        let stdin = self
+            .inner
+            .exec_inputs
+            .lock()
+            .ok()
+            .and_then(|inputs| inputs.get(&input.session).cloned())
+            .ok_or_else(|| {
+                Failure::bad(format!(
+                    "no running exec with session {} (it has exited)",
+                    input.session
+                ))
+            })?;
+        let mut guard = stdin.lock().await;
+        if let Some(pipe) = guard.as_mut() {
+            // A command that exits without reading its stdin breaks the pipe: not the client's
+            // error, its exit code says what happened.
+            let _ = pipe.write_all(&data).await;
+            let _ = pipe.flush().await;
+        }
+        if input.eof {
+            *guard = None;
+        }
+        Ok(Response::End)
+    }
 }
+
+/// Starts an exec on a new pseudo-terminal of `[rows, cols]`: the terminal's slave side is the
+/// command's stdin, stdout and stderr. Returns the child and two handles on the master side: the
+/// one to write input to (`None` without `stdin`) and the one to read the output from.
+fn start_on_pty(
+    inner: &Inner,
+    launch: &Launch,
+    pid: u32,
+    req: &ExecRequest,
+    [rows, cols]: [u16; 2],
+) -> io::Result<(ExecChild, (Option<OwnedFd>, OwnedFd))> {
+    let size = nix::pty::Winsize {
+        ws_row: rows.max(1),
+        ws_col: cols.max(1),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None::<&nix::sys::termios::Termios>)
+        .map_err(io::Error::from)?;
+    let cloexec = |fd: &OwnedFd| {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map(|_| ())
+        .map_err(io::Error::from)
+    };
+    cloexec(&pty.master)?;
+    cloexec(&pty.slave)?;
+    let stdio = seam::ContainerStdio {
+        stdin: pty.slave.try_clone()?,
+        stdout: pty.slave.try_clone()?,
+        stderr: pty.slave,
+    };
+    let mut env = req.env.clone();
+    env.entry("TERM".into()).or_insert_with(|| "xterm".into());
+    let child_pid = inner
+        .cfg
+        .runtime
+        .exec(launch, pid, &req.command, &env, stdio)?;
+    let input = if req.stdin {
+        Some(pty.master.try_clone()?)
+    } else {
+        None
+    };
+    Ok((
+        ExecChild {
+            pid: child_pid,
+            stdout: None,
+            stderr: None,
+        },
+        (input, pty.master),
+    ))
+}
+
+/// An exec's stdin: `None` once closed.
+pub(super) type Stdin = Arc<tokio::sync::Mutex<Option<tokio::fs::File>>>;
 
 /// A process started by [`ContainerRuntime::exec`]: our child, with its output pipes.
 pub(super) struct ExecChild {
@@ -79,6 +218,7 @@ pub(super) fn start_exec(
     argv: &[String],
     env: &BTreeMap<String, String>,
     capture: bool,
+    stdin: Option<OwnedFd>,
 ) -> io::Result<ExecChild> {
     let null = |write: bool| -> io::Result<OwnedFd> {
         Ok(OwnedFd::from(
@@ -96,7 +236,10 @@ pub(super) fn start_exec(
         (None, null(true)?, None, null(true)?)
     };
     let stdio = seam::ContainerStdio {
-        stdin: null(false)?,
+        stdin: match stdin {
+            Some(fd) => fd,
+            None => null(false)?,
+        },
         stdout: out_w,
         stderr: err_w,
     };
@@ -142,6 +285,32 @@ pub(super) fn kill_exec(pid: u32) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-raw), Signal::SIGKILL);
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGKILL);
     }
+}
+
+/// [`pump`] for a terminal's master side, as `stdout`.
+fn pump_file(id: u64, fd: OwnedFd, tx: mpsc::Sender<ResponseFrame>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut r = tokio::fs::File::from_std(std::fs::File::from(fd));
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let frame = more(
+                        id,
+                        Response::ExecOutput {
+                            stream: Stream::Stdout,
+                            data,
+                        },
+                    );
+                    if tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
 }
 
 pub(super) fn pump(

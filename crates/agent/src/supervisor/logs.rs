@@ -57,6 +57,7 @@ pub(super) fn log_line(launch: &Launch, r: logfile::Record) -> LogLine {
     LogLine {
         pod: launch.pod.clone(),
         service: launch.service.clone(),
+        replica: launch.replica,
         stream: r.stream,
         time_ms: r.time_ms,
         line: r.line,

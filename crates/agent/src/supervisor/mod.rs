@@ -16,7 +16,8 @@
 //! - `apply.rs`: `Apply` (pull, diff, stop what goes, prepare and start what comes) and `Remove`;
 //! - `container.rs`: one container's task (start or adopt a shim, wait, restart policy, stop);
 //! - `adopt.rs`: re-adoption of running shims when the daemon starts;
-//! - `probe.rs`: health checks; `exec.rs`: `Exec`; `logs.rs`: `Logs` (and `follow`).
+//! - `probe.rs`: health checks; `exec.rs`: `Exec`; `logs.rs`: `Logs` (and `follow`);
+//!   `control.rs`: `Control` (stop, start, restart in place) and `Pull`.
 //!
 //! The daemon's dispatch calls [`Supervisor::handle`] with each request frame (all but `Hello`)
 //! and forwards the frames it yields. The supervisor knows nothing of sockets, SSH or namespaces.
@@ -30,6 +31,7 @@
 mod adopt;
 mod apply;
 mod container;
+mod control;
 pub mod diff;
 mod exec;
 pub mod files;
@@ -69,7 +71,7 @@ pub use isolated::IsolatedRuntime;
 pub use seam::{ContainerRuntime, HostImages, ImageSource, Launch, ProcessRuntime};
 
 use crate::proto::{
-    AgentError, ApplyPodsRequest, ApplyReport, ApplyRequest, ContainerStatus, ErrorKind,
+    AgentError, ApplyPodsRequest, ApplyReport, ApplyRequest, ContainerStatus, ErrorKind, ExecInput,
     ExecRequest, LogLine, LogsRequest, PodSpec, PodStatus, Request, RequestFrame, Response,
     ResponseFrame, StatusReport, Stream,
 };
@@ -130,6 +132,10 @@ struct Inner {
     /// `ApplyPods` reads the stored desired set and applies it changed: one at a time, so that
     /// concurrent ones do not undo each other.
     apply_pods: tokio::sync::Mutex<()>,
+    /// The stdin of each running `Exec` that asked for one, by session (`ExecInput` writes it).
+    exec_inputs: Mutex<BTreeMap<u64, exec::Stdin>>,
+    /// The next exec session number.
+    next_session: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -239,6 +245,8 @@ impl Supervisor {
                 state,
                 projects: tokio::sync::Mutex::new(BTreeMap::new()),
                 apply_pods: tokio::sync::Mutex::new(()),
+                exec_inputs: Mutex::new(BTreeMap::new()),
+                next_session: std::sync::atomic::AtomicU64::new(1),
             }),
         };
         sup.readopt().await;
@@ -314,6 +322,9 @@ impl Supervisor {
             }
             Request::Logs(req) => self.logs(id, req, &tx).await,
             Request::Exec(req) => self.exec(id, req, &tx).await,
+            Request::ExecInput(input) => self.exec_input(input).await,
+            Request::Control(req) => self.control(req).await,
+            Request::Pull(req) => self.pull(id, req, &tx).await,
             Request::Remove { project, volumes } => self
                 .remove(&project, volumes)
                 .await

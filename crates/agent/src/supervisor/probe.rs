@@ -55,7 +55,15 @@ pub(super) async fn run_health(
 }
 
 pub(super) async fn run_probe(inner: &Inner, launch: &Launch, pid: u32, probe: &Probe) -> bool {
-    let Ok(child) = start_exec(inner, launch, pid, &probe.argv, &BTreeMap::new(), false) else {
+    let Ok(child) = start_exec(
+        inner,
+        launch,
+        pid,
+        &probe.argv,
+        &BTreeMap::new(),
+        false,
+        None,
+    ) else {
         return false;
     };
     // Killed and reaped if this probe is abandoned (timeout, or the health task aborted when the
