@@ -379,6 +379,13 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         }
         drop(tx);
         if args.follow {
+            // Ctrl-C ends following, as in docker compose: this command handles SIGINT itself
+            // (exit 0), with one listener for the whole loop so no interrupt falls between two.
+            let _graceful = crate::lifetime::graceful_interrupt();
+            let mut interrupt = tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::interrupt(),
+            )
+            .map_err(|e| exec::ExecError::Internal(format!("cannot watch for Ctrl-C: {e}")))?;
             loop {
                 tokio::select! {
                     got = rx.recv() => match got {
@@ -393,7 +400,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
                         }
                         None => break,
                     },
-                    _ = tokio::signal::ctrl_c() => break,
+                    _ = interrupt.recv() => break,
                 }
             }
             tasks.abort_all();
