@@ -74,33 +74,86 @@ struct Builder<'a> {
     recorded: usize,
 }
 
-/// A node event, with what the builder needs of it.
-enum Start<'a> {
-    Scalar(Cow<'a, str>, ScalarStyle, Option<Cow<'a, YamlTag>>),
-    Seq(Option<Cow<'a, YamlTag>>),
-    Map(Option<Cow<'a, YamlTag>>),
+/// An event as the builder needs it: small (the parser's events and spans are large, and
+/// moving them around cost a tenth of the parse), tags already read.
+enum Ev<'a> {
+    Scalar(Cow<'a, str>, ScalarStyle, usize, Tag),
+    Seq(usize, Tag),
+    Map(usize, Tag),
+    SeqEnd,
+    MapEnd,
     Alias(usize),
+    /// Stream and document boundaries.
+    Boundary,
+    StreamEnd,
+}
+
+/// Where an event is: a [`Location`] without the file.
+#[derive(Clone, Copy)]
+struct Pos {
+    line: u32,
+    column: u32,
+    offset: usize,
+    len: usize,
 }
 
 impl<'a> Builder<'a> {
-    fn next(&mut self) -> R<(Event<'a>, Span)> {
-        match self.parser.next_event() {
-            Some(Ok(e)) => Ok(e),
-            _ => Err(GiveUp),
+    fn next(&mut self) -> R<(Ev<'a>, Pos)> {
+        let Some(Ok((ev, span))) = self.parser.next_event() else {
+            return Err(GiveUp);
+        };
+        let ev = match ev {
+            Event::Scalar(v, style, anchor, tag) => {
+                Ev::Scalar(v, style, anchor, tag_of(tag.as_deref())?)
+            }
+            Event::SequenceStart(_, anchor, tag) => Ev::Seq(anchor, tag_of(tag.as_deref())?),
+            Event::MappingStart(_, anchor, tag) => Ev::Map(anchor, tag_of(tag.as_deref())?),
+            Event::SequenceEnd => Ev::SeqEnd,
+            Event::MappingEnd => Ev::MapEnd,
+            Event::Alias(id) => Ev::Alias(id),
+            Event::StreamStart | Event::DocumentStart(..) | Event::DocumentEnd => Ev::Boundary,
+            Event::StreamEnd => Ev::StreamEnd,
+            _ => return Err(GiveUp),
+        };
+        Ok((ev, self.pos(&span)))
+    }
+
+    fn pos(&self, span: &Span) -> Pos {
+        let text = self.text;
+        let offset = span
+            .start
+            .byte_offset()
+            .unwrap_or_else(|| super::char_to_byte(text, span.start.index()))
+            .min(text.len());
+        Pos {
+            line: u32::try_from(span.start.line()).unwrap_or(u32::MAX),
+            column: u32::try_from(span.start.col() + 1).unwrap_or(u32::MAX),
+            offset,
+            len: span.len().min(text.len() - offset),
+        }
+    }
+
+    fn location(&self, p: Pos) -> Location {
+        Location {
+            file: self.file.clone(),
+            line: p.line,
+            column: p.column,
+            offset: p.offset,
+            len: p.len,
         }
     }
 
     fn document(&mut self) -> R<Node> {
         let mut root = None;
         loop {
-            let (ev, span) = self.next()?;
+            let (ev, pos) = self.next()?;
             match ev {
-                Event::StreamStart | Event::DocumentStart(..) | Event::DocumentEnd => {}
-                Event::StreamEnd => break,
+                Ev::Boundary => {}
+                Ev::StreamEnd => break,
                 // A second document: serde-saphyr's answer is its own.
                 _ if root.is_some() => return Err(GiveUp),
                 ev => {
-                    let (node, tag) = self.node(ev, span, 0)?;
+                    let (node, tag) = self.node(ev, pos, 0)?;
                     // The root is read without its tag.
                     if tag != Tag::None {
                         return Err(GiveUp);
@@ -115,38 +168,11 @@ impl<'a> Builder<'a> {
         root.ok_or(GiveUp)
     }
 
-    fn location(&self, span: &Span) -> Location {
-        let text = self.text;
-        let offset = span
-            .start
-            .byte_offset()
-            .unwrap_or_else(|| super::char_to_byte(text, span.start.index()))
-            .min(text.len());
-        Location {
-            file: self.file.clone(),
-            line: u32::try_from(span.start.line()).unwrap_or(u32::MAX),
-            column: u32::try_from(span.start.col() + 1).unwrap_or(u32::MAX),
-            offset,
-            len: span.len().min(text.len() - offset),
-        }
-    }
-
-    fn start(ev: Event<'a>) -> R<(Start<'a>, usize)> {
-        Ok(match ev {
-            Event::Scalar(v, style, anchor, tag) => (Start::Scalar(v, style, tag), anchor),
-            Event::SequenceStart(_, anchor, tag) => (Start::Seq(tag), anchor),
-            Event::MappingStart(_, anchor, tag) => (Start::Map(tag), anchor),
-            Event::Alias(id) => (Start::Alias(id), 0),
-            _ => return Err(GiveUp),
-        })
-    }
-
     /// One node, from its first event; also its tag (which only values and items keep).
-    fn node(&mut self, ev: Event<'a>, span: Span, depth: usize) -> R<(Node, Tag)> {
-        let (start, anchor) = Self::start(ev)?;
+    fn node(&mut self, ev: Ev<'a>, pos: Pos, depth: usize) -> R<(Node, Tag)> {
         let before = self.events;
-        let (node, tag) = match start {
-            Start::Alias(id) => {
+        let (node, tag, anchor) = match ev {
+            Ev::Alias(id) => {
                 let Some(Some((node, count))) = self.anchors.get(id) else {
                     return Err(GiveUp);
                 };
@@ -157,52 +183,44 @@ impl<'a> Builder<'a> {
                     return Err(GiveUp);
                 }
                 let mut node = node.clone();
-                let tag = node.tag;
-                relocate(&mut node, &self.location(&span));
-                (node, tag)
+                let tag = std::mem::take(&mut node.tag);
+                relocate(&mut node, &self.location(pos));
+                (node, tag, 0)
             }
-            Start::Scalar(v, style, tag) => {
+            Ev::Scalar(v, style, anchor, tag) => {
                 self.events += 1;
-                let tag = tag_of(tag.as_deref())?;
                 let value = scalar(v, style)?;
-                let mut n = Node::new(value, self.location(&span));
-                n.tag = tag;
-                (n, tag)
+                (Node::new(value, self.location(pos)), tag, anchor)
             }
-            Start::Seq(tag) => {
+            Ev::Seq(anchor, tag) => {
                 self.events += 1;
-                let tag = tag_of(tag.as_deref())?;
                 if depth >= self.max_depth {
                     return Err(GiveUp);
                 }
-                let loc = self.location(&span);
+                let loc = self.location(pos);
                 let mut items = Vec::new();
                 loop {
-                    let (ev, span) = self.next()?;
-                    if let Event::SequenceEnd = ev {
+                    let (ev, pos) = self.next()?;
+                    if let Ev::SeqEnd = ev {
                         self.events += 1;
                         break;
                     }
-                    let (mut item, item_tag) = self.node(ev, span, depth + 1)?;
+                    let (mut item, item_tag) = self.node(ev, pos, depth + 1)?;
                     item.tag = item_tag;
                     items.push(item);
                 }
-                let mut n = Node::new(Value::Seq(items), loc);
-                n.tag = tag;
-                (n, tag)
+                (Node::new(Value::Seq(items), loc), tag, anchor)
             }
-            Start::Map(tag) => {
+            Ev::Map(anchor, tag) => {
                 self.events += 1;
-                let tag = tag_of(tag.as_deref())?;
                 if depth >= self.max_depth {
                     return Err(GiveUp);
                 }
-                let loc = self.location(&span);
+                let loc = self.location(pos);
                 let entries = self.mapping(depth)?;
-                let mut n = Node::new(Value::Map(entries), loc);
-                n.tag = tag;
-                (n, tag)
+                (Node::new(Value::Map(entries), loc), tag, anchor)
             }
+            Ev::SeqEnd | Ev::MapEnd | Ev::Boundary | Ev::StreamEnd => return Err(GiveUp),
         };
         if anchor != 0 {
             let count = self.events - before;
@@ -215,9 +233,7 @@ impl<'a> Builder<'a> {
             stored.tag = tag;
             self.anchors[anchor] = Some((stored, count));
         }
-        let mut node = node;
         // Keys and the root carry no tag; the caller puts it back where serde-saphyr keeps it.
-        node.tag = Tag::None;
         Ok((node, tag))
     }
 
@@ -227,23 +243,23 @@ impl<'a> Builder<'a> {
         let mut entries: Vec<(Node, Node)> = Vec::new();
         let mut merged: Vec<(Node, Node)> = Vec::new();
         loop {
-            let (ev, span) = self.next()?;
-            if let Event::MappingEnd = ev {
+            let (ev, pos) = self.next()?;
+            if let Ev::MapEnd = ev {
                 self.events += 1;
                 break;
             }
             let is_merge =
-                matches!(&ev, Event::Scalar(v, ScalarStyle::Plain, _, None) if v == "<<");
-            let (key, key_tag) = self.node(ev, span, depth + 1)?;
+                matches!(&ev, Ev::Scalar(v, ScalarStyle::Plain, _, Tag::None) if v == "<<");
+            let (key, key_tag) = self.node(ev, pos, depth + 1)?;
             if key_tag != Tag::None || !matches!(key.value, Value::Str(_) | Value::Int(_)) {
                 return Err(GiveUp);
             }
-            let (ev, span) = self.next()?;
+            let (ev, pos) = self.next()?;
             if is_merge {
-                self.merge(ev, span, depth, &mut merged)?;
+                self.merge(ev, pos, depth, &mut merged)?;
                 continue;
             }
-            let (mut value, tag) = self.node(ev, span, depth + 1)?;
+            let (mut value, tag) = self.node(ev, pos, depth + 1)?;
             value.tag = tag;
             entries.push((key, value));
         }
@@ -274,8 +290,8 @@ impl<'a> Builder<'a> {
     /// The value of a `<<` key: an alias of a mapping, a sequence of them, or null.
     fn merge(
         &mut self,
-        ev: Event<'a>,
-        span: Span,
+        ev: Ev<'a>,
+        pos: Pos,
         depth: usize,
         merged: &mut Vec<(Node, Node)>,
     ) -> R<()> {
@@ -292,27 +308,27 @@ impl<'a> Builder<'a> {
             }
         };
         match ev {
-            Event::Alias(_) => {
-                let (node, tag) = self.node(ev, span, depth + 1)?;
+            Ev::Alias(_) => {
+                let (node, tag) = self.node(ev, pos, depth + 1)?;
                 take(node, tag)
             }
-            Event::Scalar(ref v, ScalarStyle::Plain, 0, None)
+            Ev::Scalar(ref v, ScalarStyle::Plain, 0, Tag::None)
                 if matches!(v.as_ref(), "" | "~" | "null" | "Null" | "NULL") =>
             {
                 self.events += 1;
                 Ok(())
             }
-            Event::SequenceStart(_, 0, None) => {
+            Ev::Seq(0, Tag::None) => {
                 self.events += 1;
                 loop {
-                    let (ev, span) = self.next()?;
+                    let (ev, pos) = self.next()?;
                     match ev {
-                        Event::SequenceEnd => {
+                        Ev::SeqEnd => {
                             self.events += 1;
                             return Ok(());
                         }
-                        Event::Alias(_) => {
-                            let (node, tag) = self.node(ev, span, depth + 2)?;
+                        Ev::Alias(_) => {
+                            let (node, tag) = self.node(ev, pos, depth + 2)?;
                             take(node, tag)?;
                         }
                         _ => return Err(GiveUp),
