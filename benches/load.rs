@@ -17,6 +17,10 @@
 //! child's user + system for docker-compose). On a shared machine wall time includes waiting for
 //! a core; CPU time is what the work costs. Pin to one core with `taskset -c N` for wall figures.
 //!
+//! The compose-fleet line also gives the CPU minimum over the runs (the steadiest figure on a
+//! busy machine) and the phases: load, graph, and the YAML parse alone (the load's first stage,
+//! timed again on the text in memory), which is most of the load.
+//!
 //! Two variants of each project are loaded: the realistic one (defaults shared through anchors
 //! and `<<` merge keys) and the same project with the defaults written out in every service.
 

@@ -2,7 +2,9 @@
 //!
 //! This is the one place that knows the YAML library (`serde-saphyr`): anchors, aliases, merge keys
 //! (`<<`, also a sequence of mappings), duplicate-key errors and the alias-bomb budget all happen
-//! here. Everything after works on [`Node`]s, so swapping the library means rewriting this file only.
+//! here. Everything after works on [`Node`]s, so swapping the library means rewriting this file only
+//! (and its fast path, `yaml/fast.rs`, which reads the library's parser events directly for
+//! speed and hands every case it is not sure of back to serde-saphyr).
 
 use std::fmt;
 use std::sync::Arc;
