@@ -3,6 +3,7 @@
 //! came from a variable or was quoted) becomes the field's type, or is an error naming the field.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use super::yaml::{Node, Value};
@@ -140,7 +141,49 @@ const TYPED: &[(&[&str], Kind)] = &[
 #[derive(Default)]
 struct Trie {
     kind: Option<Kind>,
-    children: HashMap<&'static str, Trie>,
+    children: HashMap<&'static str, Trie, BuildHasherDefault<Fnv>>,
+}
+
+/// FNV-1a: every key of every service is looked up here, and SipHash's protection against
+/// chosen keys is not needed for a fixed table.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Where the walk is, for messages: built into text only when there is an error.
+enum At<'p> {
+    Root,
+    Key(&'p At<'p>, &'p str),
+    Item(&'p At<'p>, usize),
+}
+
+impl At<'_> {
+    fn dotted(&self) -> String {
+        match self {
+            At::Root => String::new(),
+            At::Key(parent, k) => match parent.dotted() {
+                p if p.is_empty() => (*k).to_string(),
+                p => format!("{p}.{k}"),
+            },
+            At::Item(parent, i) => format!("{}.[{i}]", parent.dotted()),
+        }
+    }
 }
 
 fn trie() -> &'static Trie {
@@ -160,13 +203,12 @@ fn trie() -> &'static Trie {
 
 /// Types every string at a typed field of `root` (one file's tree, interpolated).
 pub fn cast(root: &mut Node, diags: &mut Vec<Diagnostic>) {
-    let mut at = Vec::new();
-    walk(root, trie(), &mut at, diags);
+    walk(root, trie(), &At::Root, diags);
 }
 
 /// Returns whether `node` is a typed field whose text is not of its type: the caller removes
 /// it, so that the one error about it is not followed by others from normalization.
-fn walk(node: &mut Node, t: &Trie, at: &mut Vec<String>, diags: &mut Vec<Diagnostic>) -> bool {
+fn walk(node: &mut Node, t: &Trie, at: &At<'_>, diags: &mut Vec<Diagnostic>) -> bool {
     if let (Some(kind), Value::Str(s)) = (t.kind, &node.value) {
         return match convert(s, kind) {
             Ok(Some(v)) => {
@@ -176,7 +218,7 @@ fn walk(node: &mut Node, t: &Trie, at: &mut Vec<String>, diags: &mut Vec<Diagnos
             Ok(None) => false,
             Err(want) => {
                 diags.push(
-                    Diagnostic::error(format!("`{}` must be {want}, found `{s}`", at.join(".")))
+                    Diagnostic::error(format!("`{}` must be {want}, found `{s}`", at.dotted()))
                         .at(node.loc.clone())
                         .hint(match kind {
                             Kind::Bool => "write `true` or `false` (compose also reads `yes`/`no`, `on`/`off`, `y`/`n`)",
@@ -197,10 +239,8 @@ fn walk(node: &mut Node, t: &Trie, at: &mut Vec<String>, diags: &mut Vec<Diagnos
             };
             let mut i = 0;
             items.retain_mut(|item| {
-                at.push(format!("[{i}]"));
+                let bad = walk(item, item_trie, &At::Item(at, i), diags);
                 i += 1;
-                let bad = walk(item, item_trie, at, diags);
-                at.pop();
                 !bad
             });
         }
@@ -212,10 +252,7 @@ fn walk(node: &mut Node, t: &Trie, at: &mut Vec<String>, diags: &mut Vec<Diagnos
                 let Some(next) = t.children.get(name).or(any) else {
                     return true;
                 };
-                at.push(name.to_string());
-                let bad = walk(v, next, at, diags);
-                at.pop();
-                !bad
+                !walk(v, next, &At::Key(at, name), diags)
             });
         }
         _ => {}

@@ -2,7 +2,9 @@
 //!
 //! This is the one place that knows the YAML library (`serde-saphyr`): anchors, aliases, merge keys
 //! (`<<`, also a sequence of mappings), duplicate-key errors and the alias-bomb budget all happen
-//! here. Everything after works on [`Node`]s, so swapping the library means rewriting this file only.
+//! here. Everything after works on [`Node`]s, so swapping the library means rewriting this file only
+//! (and its fast path, `yaml/fast.rs`, which reads the library's parser events directly for
+//! speed and hands every case it is not sure of back to serde-saphyr).
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use serde_saphyr::{MessageFormatter as _, Spanned, Tagged};
 use super::model::Location;
 use crate::diag::Diagnostic;
 use crate::limits::{Limit, Limits};
+
+mod fast;
 
 /// A YAML node with where it was written.
 #[derive(Debug, Clone, PartialEq)]
@@ -238,9 +242,32 @@ pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Box<Diagnostic>> {
 /// nest about 8 deep) and [`Limit::AliasEvents`], which stops an alias bomb (a few anchors
 /// expanding to billions of nodes) while `<<: *default` in thousands of services fits.
 pub fn parse_with(file: &Arc<str>, text: &str, limits: &Limits) -> Result<Node, Box<Diagnostic>> {
+    if is_empty_document(text) {
+        return Ok(Node::new(Value::Null, start_of(file)));
+    }
+    // The fast path builds the same tree from the parser's events; where it is not sure to (and
+    // for every error), the file is read again through serde-saphyr, which also words the errors.
     let depth = limits.get_usize(Limit::Depth);
     let replayed = limits.get_usize(Limit::AliasEvents);
-    let options = serde_saphyr::options! {
+    let budget = options(limits).budget.unwrap_or_default();
+    if let Some(node) = fast::parse(file, text, depth, replayed, budget.simple_key_max_lookahead) {
+        return Ok(node);
+    }
+    parse_serde(file, text, limits)
+}
+
+fn is_empty_document(text: &str) -> bool {
+    text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+}
+
+/// serde-saphyr's options for the [`Limits`] in force.
+fn options(limits: &Limits) -> serde_saphyr::Options {
+    let depth = limits.get_usize(Limit::Depth);
+    let replayed = limits.get_usize(Limit::AliasEvents);
+    serde_saphyr::options! {
         alias_limits: serde_saphyr::alias_limits! {
             max_total_replayed_events: replayed,
             max_replay_stack_depth: depth.saturating_mul(2),
@@ -266,18 +293,34 @@ pub fn parse_with(file: &Arc<str>, text: &str, limits: &Limits) -> Result<Node, 
         },
         // `mode: 0440` is octal to docker compose (go-yaml parses integers with base prefix 0).
         legacy_octal_numbers: true,
-    };
-    if text.trim().is_empty()
-        || text
-            .lines()
-            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-    {
+    }
+}
+
+/// The established path: serde-saphyr deserializes a `Spanned<Tagged<…>>` tree, converted to
+/// [`Node`]s. Slow (two locations deserialized per node), but it is the reference the fast path
+/// is held to, and its errors are the ones reported.
+fn parse_serde(file: &Arc<str>, text: &str, limits: &Limits) -> Result<Node, Box<Diagnostic>> {
+    if is_empty_document(text) {
         return Ok(Node::new(Value::Null, start_of(file)));
     }
-    match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
+    match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options(limits)) {
         Ok(raw) => Ok(convert(file, text, raw)),
         Err(e) => Err(Box::new(yaml_error(file, text, &e, limits))),
     }
+}
+
+/// How serde-saphyr types one plain scalar, read as a document of its own (for the fast path's
+/// rare numbers: floats, radixes, legacy octal); `None` if it is not a scalar or does not parse.
+fn parse_scalar_alone(text: &str) -> Option<Value> {
+    let raw = serde_saphyr::from_str_with_options::<Raw>(text, options(&Limits::default())).ok()?;
+    Some(match raw {
+        Raw::Null => Value::Null,
+        Raw::Bool(b) => Value::Bool(b),
+        Raw::Int(i) => Value::Int(i),
+        Raw::Float(f) => Value::Float(f),
+        Raw::Str(s) => Value::Str(s),
+        Raw::Seq(_) | Raw::Map(_) => return None,
+    })
 }
 
 /// [`decode`] for a [`super::FileSource`]: invalid UTF-8 is an `InvalidData` error whose text
@@ -593,6 +636,138 @@ mod tests {
             e.to_string().starts_with("2:4: the file is not UTF-8 text"),
             "{e}"
         );
+    }
+
+    /// The fast path's tree for `text` if it took it, and serde-saphyr's result; the same tree
+    /// whenever the fast path answers (it gives up on every error).
+    fn both(name: &str, text: &str) -> (Option<Node>, Result<Node, Box<Diagnostic>>) {
+        let file: Arc<str> = Arc::from(name);
+        let limits = Limits::default();
+        let fast = fast::parse(
+            &file,
+            text,
+            limits.get_usize(Limit::Depth),
+            limits.get_usize(Limit::AliasEvents),
+            options(&limits)
+                .budget
+                .unwrap_or_default()
+                .simple_key_max_lookahead,
+        );
+        (fast, parse_serde(&file, text, &limits))
+    }
+
+    fn assert_same(name: &str, text: &str) -> bool {
+        let (fast, serde) = both(name, text);
+        match (fast, serde) {
+            (Some(f), Ok(s)) => {
+                assert_eq!(f, s, "{name}: the fast path's tree differs");
+                true
+            }
+            (Some(_), Err(e)) => {
+                panic!("{name}: the fast path accepted what serde-saphyr rejects: {e:?}")
+            }
+            (None, _) => false,
+        }
+    }
+
+    #[test]
+    fn fast_path_matches_serde_saphyr_on_yaml_forms() {
+        let cases = [
+            "a: 1\nb: -2\nc: 0\nd: -0\ne: 007\nf: 0x1F\ng: 0o17\nh: 1.5\n",
+            "i: .inf\nj: -.inf\n",
+            "l: 1e3\nm: +5\nn: 99999999999999999999\no: 1_000\np: 0755\nq: 12:30\nr: 256m\ns: 1.25.0\n",
+            "k: .nan\n",
+            "t: -\n",
+            "a: ~\nb: null\nc: Null\nd: NULL\ne:\nf: true\ng: False\nh: yes\ni: off\nj: 'true'\nk: \"1\"\nl: ''\n",
+            "x: |\n  line one $A\n  two\ny: >-\n  folded\n  text\nz: \"esc\\taped\\u00e9\"\nw: 'it''s'\n",
+            "flow: {a: 1, b: [x, \"y\", 3], c: {d: e}}\nseq:\n  - one\n  - {k: v}\n  - [1, 2]\n  -\n  - - nested\n",
+            "base: &b\n  a: 1\n  n: {x: 1}\nx:\n  <<: *b\n  c: \"two\"\ny:\n  a: 5\n  <<: *b\nz: *b\n",
+            "a: &a {x: 1, y: 1}\nb: &b {y: 2, z: 2}\nc:\n  <<: [*a, *b]\n  z: 3\nd:\n  <<: [*b, *a]\n",
+            "d: &d\n  <<: {q: 1}\n  r: 2\n",
+            "m: &m {a: 1}\nn: &n\n  <<: *m\n  b: 2\no:\n  <<: *n\n  c: 3\n",
+            "i: &i 5\nj: *i\nk: [*i, *i]\ns: &s [a, b]\nt: *s\n",
+            "a: !reset []\nb: !override {x: 1}\nd: [!reset 1, 2]\ne: !reset\nf: !override &o {y: 2}\ng: *o\n",
+            "c: !custom 1\n",
+            "a: !!str 5\nb: !!int \"7\"\n",
+            "a: 1\nb: 2\na: 3\n",
+            "1: one\n2: two\n\"3\": three\n",
+            "1: one\n\"1\": two\n",
+            "? [a]\n: complex\n",
+            "a: [unclosed\n",
+            "a:\n\tb: tab\n",
+            "---\na: 1\n---\nb: 2\n",
+            "--- !reset\na: 1\n",
+            "a: *undefined\n",
+            "a: &a [*a]\n",
+            "<<: {a: 1}\nb: 2\n",
+            "m: &m {a: 1}\n\"<<\": *m\n",
+            "m: &m {a: 1}\nx:\n  <<: *m\n  <<: {b: 2}\n",
+            "k: v # comment\n# only a comment\nl: [a, # c\n  b]\n",
+            "s: caf\u{e9}\nt: \"\u{1F600} $X\"\nu: {v: \u{e9}\u{e9}}\n",
+            "services:\n  web:\n    image: nginx\n    ports: [\"80:80\", 443]\n    environment:\n      A: ${A:-x}\n",
+        ];
+        let mut taken = 0;
+        for (i, text) in cases.iter().enumerate() {
+            let took = assert_same(&format!("case{i}.yaml"), text);
+            if took {
+                taken += 1;
+            }
+        }
+        // Most forms take the fast path: the point of it.
+        assert!(
+            taken >= 15,
+            "only {taken} of {} cases took the fast path",
+            cases.len()
+        );
+    }
+
+    #[test]
+    fn fast_path_matches_serde_saphyr_on_every_compose_file() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut dirs = vec![root.join("tests"), root.join("examples")];
+        let shared = root.join("../shared/compose-corpus");
+        let shared = if shared.is_dir() {
+            shared
+        } else {
+            std::path::PathBuf::from("/work/shared/compose-corpus")
+        };
+        dirs.push(shared);
+        let mut files = Vec::new();
+        while let Some(d) = dirs.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "yml" || x == "yaml") {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        let (mut taken, mut total) = (0, 0);
+        for f in &files {
+            let Ok(text) = std::fs::read_to_string(f) else {
+                continue;
+            };
+            total += 1;
+            if assert_same(&f.display().to_string(), &text) {
+                taken += 1;
+            } else {
+                println!("fast path not taken: {}", f.display());
+            }
+        }
+        println!("fast path taken on {taken} of {total} YAML files");
+        // The generated projects the benchmark loads must take it, or the speed is gone.
+        for merge_keys in [true, false] {
+            let g = crate::testgen::generate_with(300, 7, merge_keys);
+            assert!(
+                assert_same("generated.yaml", &g.compose),
+                "the generated project (merge keys: {merge_keys}) did not take the fast path"
+            );
+        }
     }
 
     #[test]
