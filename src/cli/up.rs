@@ -138,6 +138,12 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             &mut |p| render.show(&p),
         )
         .await;
+        // Service discovery: every agent learns where the project's replicas now run.
+        for w in
+            crate::deploy::services::publish(&connected.hosts, project, opts.request_timeout).await
+        {
+            render.show(&Progress::Warning(w));
+        }
         Ok((connected, Ok(summary)))
     });
     let (connected, result) = outcome.map_err(|e| failure(e, &checked.loaded.sources))?;

@@ -18,6 +18,7 @@ mod network_lab;
 mod plan_facts;
 mod pods;
 mod schedule;
+mod services_lab;
 mod support;
 mod tidy;
 mod transport;

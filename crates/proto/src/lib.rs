@@ -29,6 +29,7 @@
 //! the CLI's reader, never treated as errors.
 
 pub mod net;
+pub mod service;
 
 use std::collections::BTreeMap;
 
@@ -86,6 +87,11 @@ pub enum Request {
         project: String,
         volumes: bool,
     },
+    // Service discovery (the netdns work): additive.
+    /// The fleet-wide services of one project (VIPs, replica addresses, health): the agent's
+    /// load-balancing rules and DNS answers for that project become exactly this. The reply is
+    /// [`Response::Services`].
+    Services(service::ServiceMap),
 }
 
 /// One reply. Exactly one of `ok` and `err` is set.
@@ -123,6 +129,13 @@ pub enum Response {
     },
     /// The last frame of a stream that may carry no items (`Logs`), sent without `more`.
     End,
+    // Service discovery (the netdns work): additive.
+    /// The answer to `Services`: how many VIPs this host now load-balances and how many
+    /// replicas answer for them.
+    Services {
+        vips: u32,
+        endpoints: u32,
+    },
 }
 
 /// A failure on the agent's side, with the chain of causes (outermost first).
@@ -791,6 +804,7 @@ impl Request {
             Request::Logs(_) => "logs",
             Request::Exec(_) => "exec",
             Request::Remove { .. } => "remove",
+            Request::Services(_) => "services",
         }
     }
 }
