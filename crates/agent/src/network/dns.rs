@@ -113,7 +113,9 @@ pub enum Action {
 }
 
 /// Answers `query` from `resolve` (the service names of the asker), or says to forward it.
-pub fn answer(query: &[u8], resolve: impl FnOnce(&str) -> Option<Vec<Ipv4Addr>>) -> Action {
+/// `resolve(name, a)`: `a` is whether the addresses are wanted (an A query): only then does a
+/// dnsrr name turn its order.
+pub fn answer(query: &[u8], resolve: impl FnOnce(&str, bool) -> Option<Vec<Ipv4Addr>>) -> Action {
     let Ok(msg) = Message::from_vec(query) else {
         return Action::Ignore;
     };
@@ -137,7 +139,7 @@ pub fn answer(query: &[u8], resolve: impl FnOnce(&str) -> Option<Vec<Ipv4Addr>>)
         return reply(ResponseCode::NotImp, vec![]);
     }
     let name = q.name().to_ascii();
-    let Some(addrs) = resolve(&name) else {
+    let Some(addrs) = resolve(&name, q.query_type() == RecordType::A) else {
         return Action::Forward;
     };
     // A service name: A records; any other type exists but is empty (NODATA), so that a
@@ -251,7 +253,9 @@ pub async fn run(socket: Arc<UdpSocket>, network: Arc<Network>, upstreams: Vec<S
             std::net::IpAddr::V4(ip) => Some(ip),
             std::net::IpAddr::V6(_) => None,
         };
-        let action = answer(query, |name| asker.and_then(|ip| network.resolve(ip, name)));
+        let action = answer(query, |name, rotate| {
+            asker.and_then(|ip| network.resolve(ip, name, rotate))
+        });
         match action {
             Action::Reply(bytes) => {
                 let _ = socket.send_to(&bytes, from).await;
@@ -305,7 +309,7 @@ mod tests {
     #[test]
     fn service_names_get_a_records_and_the_rest_is_forwarded() {
         let ip: Ipv4Addr = "10.214.0.9".parse().unwrap();
-        let r = parse(answer(&query("api.", RecordType::A), |n| {
+        let r = parse(answer(&query("api.", RecordType::A), |n, _| {
             assert_eq!(n, "api.");
             Some(vec![ip])
         }));
@@ -313,14 +317,16 @@ mod tests {
         assert_eq!(r.metadata.response_code, ResponseCode::NoError);
         let got: Vec<_> = r.answers.iter().map(|a| a.data.clone()).collect();
         assert_eq!(got, [RData::A(A(ip))]);
-        let aaaa = parse(answer(&query("api.", RecordType::AAAA), |_| Some(vec![ip])));
+        let aaaa = parse(answer(&query("api.", RecordType::AAAA), |_, _| {
+            Some(vec![ip])
+        }));
         assert!(aaaa.answers.is_empty(), "NODATA for AAAA");
         assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
         assert_eq!(
-            answer(&query("example.com.", RecordType::A), |_| None),
+            answer(&query("example.com.", RecordType::A), |_, _| None),
             Action::Forward
         );
-        assert_eq!(answer(b"\x00\x01junk", |_| None), Action::Ignore);
+        assert_eq!(answer(b"\x00\x01junk", |_, _| None), Action::Ignore);
     }
 
     #[test]

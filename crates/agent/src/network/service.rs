@@ -177,6 +177,7 @@ impl Registry {
         pod: &str,
         name: &str,
         subnet: Option<Ipv4Net>,
+        rotate: bool,
     ) -> Option<Vec<Ipv4Addr>> {
         let map = self.maps.get(project)?;
         let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -236,7 +237,7 @@ impl Registry {
             .filter(|e| self.takes_traffic(project, e, subnet))
             .map(|e| e.addr)
             .collect();
-        if !addrs.is_empty() {
+        if rotate && !addrs.is_empty() {
             self.rotation = self.rotation.wrapping_add(1);
             let n = self.rotation % addrs.len();
             addrs.rotate_left(n);
@@ -339,10 +340,12 @@ impl super::Network {
 
     /// What `name` resolves to for the pod at `asker`; `None` when it is not a service name of
     /// the asking pod's project (or the asker is no pod of this host).
-    pub fn resolve(&self, asker: Ipv4Addr, name: &str) -> Option<Vec<Ipv4Addr>> {
+    /// `rotate`: turn a dnsrr name's order (an A query; other types only ask whether it exists).
+    pub fn resolve(&self, asker: Ipv4Addr, name: &str, rotate: bool) -> Option<Vec<Ipv4Addr>> {
         let (project, pod) = self.pod_at(asker)?;
         let subnet = self.subnet();
-        self.registry().resolve(&project, &pod, name, subnet)
+        self.registry()
+            .resolve(&project, &pod, name, subnet, rotate)
     }
 }
 
@@ -413,7 +416,7 @@ mod tests {
     fn names_resolve_within_the_project_and_its_networks() {
         let mut r = registry();
         let sub = Some(SUBNET.parse().unwrap());
-        let mut ask = |name: &str| r.resolve("p", "client-1", name, sub);
+        let mut ask = |name: &str| r.resolve("p", "client-1", name, sub, true);
         assert_eq!(ask("api"), Some(ips(&["10.214.0.9"])));
         assert_eq!(ask("API.p."), Some(ips(&["10.214.0.9"])));
         assert_eq!(ask("backend"), Some(ips(&["10.214.0.9"])), "alias");
@@ -424,7 +427,7 @@ mod tests {
         assert_eq!(ask("the-db"), None);
         assert_eq!(ask("example.com"), None);
         assert_eq!(
-            r.resolve("q", "client-1", "api", sub),
+            r.resolve("q", "client-1", "api", sub, true),
             None,
             "other project"
         );
@@ -434,8 +437,8 @@ mod tests {
     fn dnsrr_rotates_over_healthy_replicas() {
         let mut r = registry();
         let sub = Some(SUBNET.parse().unwrap());
-        let a = r.resolve("p", "client-1", "rr", sub).unwrap();
-        let b = r.resolve("p", "client-1", "rr", sub).unwrap();
+        let a = r.resolve("p", "client-1", "rr", sub, true).unwrap();
+        let b = r.resolve("p", "client-1", "rr", sub, true).unwrap();
         assert_eq!(a.len(), 2, "the unhealthy replica is left out: {a:?}");
         assert_ne!(a[0], b[0], "rotating order");
     }
