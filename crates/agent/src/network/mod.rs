@@ -59,6 +59,8 @@ pub enum NetError {
     Kernel(io::Error),
     /// Saving the address book failed.
     State(PathBuf, io::Error),
+    /// A pushed service map is not something we can serve (netdns).
+    Services(String),
 }
 
 impl std::fmt::Display for NetError {
@@ -68,6 +70,7 @@ impl std::fmt::Display for NetError {
             NetError::BadPort(m) => f.write_str(m),
             NetError::Kernel(e) => e.fmt(f),
             NetError::State(p, e) => write!(f, "saving {}: {e}", p.display()),
+            NetError::Services(m) => f.write_str(m),
         }
     }
 }

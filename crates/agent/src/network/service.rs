@@ -201,12 +201,18 @@ impl Registry {
                 found = Some((s, None));
                 break;
             }
-            if s.container_name.as_deref() == Some(base)
-                || s.aliases
-                    .iter()
-                    .any(|a| a.name == base && mine.contains(&a.network.as_str()))
+            if s.aliases
+                .iter()
+                .any(|a| a.name == base && mine.contains(&a.network.as_str()))
             {
                 found = Some((s, None));
+            }
+            // `container_name` names the one container (compose allows it with one replica
+            // only): its own address, as docker answers.
+            if s.container_name.as_deref() == Some(base) {
+                if let Some(e) = s.replicas.first() {
+                    found = Some((s, Some(e.replica)));
+                }
             }
             if let Some(r) = base
                 .strip_prefix(s.name.as_str())
@@ -295,7 +301,7 @@ impl super::Network {
             let mut registry = self.registry();
             registry
                 .check(&map, crate::proto::service::default_service_cidr())
-                .map_err(|e| super::NetError::BadPort(e.0))?;
+                .map_err(|e| super::NetError::Services(e.0))?;
             registry.set(map);
             let bytes = serde_json::to_vec_pretty(&*registry)
                 .map_err(|e| super::NetError::State(file.clone(), std::io::Error::other(e)))?;
@@ -393,6 +399,9 @@ mod tests {
             ep("rr-2", 2, "10.213.3.3", true),
             ep("rr-3", 3, "10.213.3.4", false),
         ];
+        let mut api2 = svc("solo", EndpointMode::Vip, Some("10.214.0.8"), &[]);
+        api2.replicas = vec![ep("solo-1", 1, "10.213.2.8", true)];
+        api2.container_name = Some("the-solo".into());
         let mut db = svc("db", EndpointMode::Vip, Some("10.214.0.7"), &["back"]);
         db.replicas = vec![ep("db-1", 1, "10.213.2.9", true)];
         db.container_name = Some("the-db".into());
@@ -401,7 +410,7 @@ mod tests {
         let mut r = Registry::default();
         r.set(ServiceMap {
             project: "p".into(),
-            services: vec![api, rr, db, client],
+            services: vec![api, rr, db, client, api2],
         });
         r
     }
@@ -422,6 +431,11 @@ mod tests {
         assert_eq!(ask("backend"), Some(ips(&["10.214.0.9"])), "alias");
         assert_eq!(ask("api-2"), Some(ips(&["10.213.3.2"])), "a replica");
         assert_eq!(ask("api-9"), None);
+        assert_eq!(
+            ask("the-solo"),
+            Some(ips(&["10.213.2.8"])),
+            "container_name"
+        );
         // db is on another network than the client: not visible, by any name.
         assert_eq!(ask("db"), None);
         assert_eq!(ask("the-db"), None);

@@ -403,7 +403,7 @@ fn services(inner: &Inner, map: crate::proto::service::ServiceMap) -> Result<Res
     };
     match network.set_services(map) {
         Ok((vips, endpoints)) => Ok(Response::Services { vips, endpoints }),
-        Err(crate::network::NetError::BadPort(why)) => Err(Failure::bad(why)),
+        Err(crate::network::NetError::Services(why)) => Err(Failure::bad(why)),
         Err(e) => Err(Failure::host("setting the service map", e)),
     }
 }
