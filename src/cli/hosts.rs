@@ -71,6 +71,8 @@ struct Row {
     kernel: Option<String>,
     cgroup: Option<String>,
     rtt_ms: Option<f64>,
+    /// The pod subnet the host has recorded (`10.213.1.0/24`), if any.
+    pod_subnet: Option<String>,
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
@@ -150,6 +152,7 @@ fn rows(
                 kernel: None,
                 cgroup: None,
                 rtt_ms: None,
+                pod_subnet: None,
             };
             match reports.get(&t.name) {
                 Some(Ok(r)) => {
@@ -161,6 +164,7 @@ fn rows(
                     row.kernel = Some(r.facts.kernel.clone());
                     row.cgroup = Some(r.facts.cgroup.clone());
                     row.rtt_ms = Some((r.rtt.as_secs_f64() * 10_000.0).round() / 10.0);
+                    row.pod_subnet = r.facts.pod_subnet.map(|s| s.to_string());
                 }
                 Some(Err(e)) => row.error = Some(e.reason()),
                 None => row.error = Some("not contacted".into()),
@@ -173,6 +177,7 @@ fn rows(
 fn table(rows: &[Row]) -> String {
     let header = [
         "HOST", "ADDRESS", "STATUS", "AGENT", "ARCH", "CPUS", "MEMORY", "KERNEL", "CGROUP", "RTT",
+        "PODS",
     ];
     let dash = || "-".to_string();
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
@@ -192,6 +197,7 @@ fn table(rows: &[Row]) -> String {
             r.kernel.clone().unwrap_or_else(dash),
             r.cgroup.clone().unwrap_or_else(dash),
             r.rtt_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_else(dash),
+            r.pod_subnet.clone().unwrap_or_else(dash),
         ]);
     }
     super::table::render(&cells)

@@ -216,6 +216,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             &mut |p| render.show(&p),
         )
         .await;
+        // Service discovery: every agent learns where the project's replicas now run.
+        for w in
+            crate::deploy::services::publish(&connected.hosts, project, opts.request_timeout).await
+        {
+            render.show(&Progress::Warning(w));
+        }
         Ok((connected, Ok(summary)))
     });
     let (connected, result) = outcome.map_err(|e| failure(e, &checked.loaded.sources))?;

@@ -8,4 +8,5 @@ pub mod desired;
 pub mod diff;
 pub mod exec;
 pub mod flow;
+pub mod services;
 pub mod sim;

@@ -22,6 +22,7 @@ mod plan_facts;
 mod pods;
 mod protocol_props;
 mod schedule;
+mod services_lab;
 mod sudo;
 mod support;
 mod tidy;

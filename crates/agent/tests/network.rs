@@ -615,6 +615,8 @@ fn a_refused_batch_names_its_step_and_changes_nothing() {
                 fleet: "10.213.0.0/16".parse().unwrap(),
                 subnet: "10.213.1.0/24".parse().unwrap(),
                 published: vec![],
+                vips: vec![],
+                service_range: None,
             })
             .expect_err("refused");
         eprintln!("{err}");

@@ -29,6 +29,7 @@
 //! the CLI's reader, never treated as errors.
 
 pub mod net;
+pub mod service;
 
 use std::collections::BTreeMap;
 
@@ -96,6 +97,11 @@ pub enum Request {
     /// Pull images into the host's store ahead of the `ApplyPods` that uses them. Answered
     /// `Pulled`, with the failures per image.
     Pull(PullRequest),
+    // Service discovery (the netdns work): additive.
+    /// The fleet-wide services of one project (VIPs, replica addresses, health): the agent's
+    /// load-balancing rules and DNS answers for that project become exactly this. The reply is
+    /// [`Response::Services`].
+    Services(service::ServiceMap),
 }
 
 /// One reply. Exactly one of `ok` and `err` is set.
@@ -143,6 +149,13 @@ pub enum Response {
         containers: Vec<String>,
     },
     Pulled(PullReport),
+    // Service discovery (the netdns work): additive.
+    /// The answer to `Services`: how many VIPs this host now load-balances and how many
+    /// replicas answer for them.
+    Services {
+        vips: u32,
+        endpoints: u32,
+    },
 }
 
 /// A failure on the agent's side, with the chain of causes (outermost first).
@@ -877,6 +890,7 @@ impl Request {
             Request::ExecInput(_) => "exec_input",
             Request::Control(_) => "control",
             Request::Pull(_) => "pull",
+            Request::Services(_) => "services",
         }
     }
 }

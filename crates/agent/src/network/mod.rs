@@ -7,6 +7,8 @@
 //! - [`nft`]: our table as nf_tables netlink messages, pure.
 //! - [`kernel`]: the [`NetKernel`] trait, its netlink implementation and a recording fake.
 //! - [`netlink`]: the blocking netlink socket both families use.
+//! - [`service`]: the pushed service map and local replica health; [`vip`]: its nftables rules;
+//!   [`dns`]: the DNS server on the bridge address and the pods' `resolv.conf`/`hosts`.
 //!
 //! ```text
 //!  Apply(network: subnet, peers) ─▶ Network::configure ─▶ network.json, routes
@@ -17,10 +19,13 @@
 //!
 //! The supervisor knows none of this beyond those calls.
 
+pub mod dns;
 pub mod ipam;
 pub mod kernel;
 pub mod netlink;
 pub mod nft;
+pub mod service;
+pub mod vip;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -42,6 +47,7 @@ pub const BRIDGE: &str = "cfbr0";
 /// The pod's end of its veth, inside the pod.
 pub const POD_IF: &str = "eth0";
 const STATE_FILE: &str = "network.json";
+const SERVICES_FILE: &str = "services.json";
 
 /// A failure of pod networking, worded for the user.
 #[derive(Debug)]
@@ -53,6 +59,8 @@ pub enum NetError {
     Kernel(io::Error),
     /// Saving the address book failed.
     State(PathBuf, io::Error),
+    /// A pushed service map is not something we can serve (netdns).
+    Services(String),
 }
 
 impl std::fmt::Display for NetError {
@@ -62,6 +70,7 @@ impl std::fmt::Display for NetError {
             NetError::BadPort(m) => f.write_str(m),
             NetError::Kernel(e) => e.fmt(f),
             NetError::State(p, e) => write!(f, "saving {}: {e}", p.display()),
+            NetError::Services(m) => f.write_str(m),
         }
     }
 }
@@ -103,6 +112,8 @@ pub struct Network {
     /// The bridge was set up by this process (and not removed since): later pods skip the
     /// three round trips that check it.
     bridge_ready: std::sync::atomic::AtomicBool,
+    /// The service map (saved in `services.json`) and local replica health.
+    services: Mutex<service::Registry>,
 }
 
 fn key(project: &str, pod: &str) -> String {
@@ -173,12 +184,18 @@ impl Network {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Saved::default(),
             Err(e) => return Err(e),
         };
+        // A map that does not parse is dropped: the next deploy pushes it again.
+        let services = std::fs::read(state_dir.join(SERVICES_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         Ok(Network {
             kernel,
             file,
             saved: Mutex::new(saved),
             rules: Mutex::new(None),
             bridge_ready: Default::default(),
+            services: Mutex::new(services),
         })
     }
 
@@ -291,7 +308,7 @@ impl Network {
                 subnet,
                 gateway,
             })?;
-            self.sync_rules(ruleset(fleet, subnet, &saved)?)?;
+            self.sync_rules(self.ruleset(fleet, subnet, &saved)?)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -325,7 +342,7 @@ impl Network {
             self.kernel.remove_link(BRIDGE)?;
         } else if let Some(subnet) = saved.book.subnet {
             let fleet = saved.book.fleet.unwrap_or(subnet);
-            self.sync_rules(ruleset(fleet, subnet, &saved)?)?;
+            self.sync_rules(self.ruleset(fleet, subnet, &saved)?)?;
         }
         Ok(())
     }
@@ -386,6 +403,8 @@ fn ruleset(fleet: Ipv4Net, subnet: Ipv4Net, saved: &Saved) -> Result<nft::Rulese
         fleet,
         subnet,
         published: all,
+        vips: Vec::new(),
+        service_range: None,
     })
 }
 

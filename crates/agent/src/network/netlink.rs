@@ -148,6 +148,10 @@ impl Netlink {
             framing_seqs.push(seq);
             emit(&mut buf, e, NLM_F_REQUEST, seq);
         }
+        // The kernel refuses a datagram larger than the socket's send buffer (EMSGSIZE): a table
+        // with a thousand VIPs is ~1 MB. Grow both buffers to fit the batch and its acks, as nft
+        // does (SO_*BUFFORCE: root may pass rmem_max/wmem_max).
+        fit_buffers(&self.sock, buf.len(), seqs.len());
         self.sock.send(&buf, 0)?;
         let mut pending = seqs.len();
         let mut first_error: Option<io::Error> = None;
@@ -260,6 +264,39 @@ impl Netlink {
 }
 
 /// A receive timeout, worded.
+/// Raises the socket's send buffer to hold `bytes` and its receive buffer to hold `acks` acks
+/// (best effort: a refusal shows as the send's own error).
+fn fit_buffers(sock: &Socket, bytes: usize, acks: usize) {
+    use std::os::fd::AsRawFd;
+    // The kernel doubles what it is given and keeps some for itself; ask for a margin.
+    const DEFAULT: usize = 212_992;
+    let set = |force: libc::c_int, plain: libc::c_int, want: usize| {
+        if want <= DEFAULT {
+            return;
+        }
+        let v = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+        for opt in [force, plain] {
+            // SAFETY: a plain int option on a socket we own.
+            let r = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                return;
+            }
+        }
+    };
+    set(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, bytes + 4096);
+    // An ack is ~36 bytes, but each is its own skb, and the buffer counts an skb's true size
+    // (~1 KB here): a thousand rules overflow the default 208 KB with ENOBUFS.
+    set(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, acks * 1024 + 4096);
+}
+
 fn timed_out(e: io::Error) -> io::Error {
     if matches!(
         e.kind(),

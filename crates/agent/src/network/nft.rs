@@ -43,14 +43,14 @@ const PRIORITY_DSTNAT: i32 = -100;
 const PRIORITY_SRCNAT: i32 = 100;
 
 // nf_tables.h
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+pub(super) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
-const NFTA_NAT_TYPE: u16 = 1;
-const NFTA_NAT_FAMILY: u16 = 2;
-const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+pub(super) const NFTA_NAT_TYPE: u16 = 1;
+pub(super) const NFTA_NAT_FAMILY: u16 = 2;
+pub(super) const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
 const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
-const NFT_NAT_DNAT: u32 = 1;
-const NFPROTO_IPV4: u32 = 2;
+pub(super) const NFT_NAT_DNAT: u32 = 1;
+pub(super) const NFPROTO_IPV4: u32 = 2;
 const NFTA_FIB_DREG: u16 = 1;
 const NFTA_FIB_RESULT: u16 = 2;
 const NFTA_FIB_FLAGS: u16 = 3;
@@ -58,7 +58,7 @@ const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
 const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 /// `RTN_LOCAL`: the address is one of this host's.
 const RTN_LOCAL: u32 = 2;
-const NFT_REG_1: u32 = 1;
+pub(super) const NFT_REG_1: u32 = 1;
 const NFT_REG_2: u32 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_BITWISE_SREG: u16 = 1;
@@ -125,6 +125,10 @@ pub struct Ruleset {
     /// address.
     pub subnet: Ipv4Net,
     pub published: Vec<Published>,
+    /// Service VIPs and the replicas each load-balances to (see [`super::vip`]).
+    pub vips: Vec<super::vip::Vip>,
+    /// Addresses in this range that no VIP claims are dropped rather than routed.
+    pub service_range: Option<Ipv4Net>,
 }
 
 fn header() -> NetfilterHeader {
@@ -194,13 +198,22 @@ pub fn sync_batch(rules: &Ruleset) -> Vec<Step> {
         Some((InetHookNumber::LocalOut, PRIORITY_DSTNAT)),
     ));
     steps.push(chain("published", None));
+    steps.push(chain(super::vip::CHAIN, None));
     steps.push(chain(
         "postrouting",
         Some((InetHookNumber::PostRouting, PRIORITY_SRCNAT)),
     ));
-    for name in ["prerouting", "output", "published", "postrouting"] {
+    for name in [
+        "prerouting",
+        "output",
+        "published",
+        super::vip::CHAIN,
+        "postrouting",
+    ] {
         steps.push(flush(name));
     }
+    // Service VIPs first: a VIP is never a host address, so the order only saves work.
+    steps.extend(super::vip::jumps(rules));
     steps.push(rule(
         "prerouting",
         vec![jump("published")],
@@ -218,6 +231,7 @@ pub fn sync_batch(rules: &Ruleset) -> Vec<Step> {
         .concat(),
         "ip daddr != 127.0.0.0/8 jump published",
     ));
+    steps.extend(super::vip::rules(rules));
     let mut published = rules.published.clone();
     published.sort();
     published.dedup();
@@ -300,9 +314,9 @@ fn flush(name: &str) -> Step {
     )
 }
 
-type Expr = ListAttribute<ExpressionAttribute>;
+pub(super) type Expr = ListAttribute<ExpressionAttribute>;
 
-fn rule(chain: &str, expressions: Vec<Expr>, what: &str) -> Step {
+pub(super) fn rule(chain: &str, expressions: Vec<Expr>, what: &str) -> Step {
     (
         nft(NfTablesMessage::NewRule(RuleMessage {
             attributes: vec![
@@ -316,7 +330,7 @@ fn rule(chain: &str, expressions: Vec<Expr>, what: &str) -> Step {
     )
 }
 
-fn u32_be(kind: u16, v: u32) -> DefaultNla {
+pub(super) fn u32_be(kind: u16, v: u32) -> DefaultNla {
     DefaultNla::new(kind, v.to_be_bytes().to_vec())
 }
 
@@ -328,7 +342,7 @@ fn nested(kind: u16, inner: &[DefaultNla]) -> DefaultNla {
     DefaultNla::new(kind | NLA_F_NESTED, buf)
 }
 
-fn other(name: &str, attributes: Vec<DefaultNla>) -> Expr {
+pub(super) fn other(name: &str, attributes: Vec<DefaultNla>) -> Expr {
     if attributes.is_empty() {
         // An expression without parameters has no data attribute at all (as nft sends it).
         return ListAttribute::Element(vec![ExpressionAttribute::Name(name.to_string())]);
@@ -340,7 +354,7 @@ fn other(name: &str, attributes: Vec<DefaultNla>) -> Expr {
     .into()
 }
 
-fn payload(base: u32, offset: u32, len: u32) -> Expr {
+pub(super) fn payload(base: u32, offset: u32, len: u32) -> Expr {
     Expressions::Payload(vec![
         Payload::DestinationRegister(Register::Reg1),
         Payload::Base(base),
@@ -350,7 +364,7 @@ fn payload(base: u32, offset: u32, len: u32) -> Expr {
     .into()
 }
 
-fn cmp(op: Operator, value: Vec<u8>) -> Expr {
+pub(super) fn cmp(op: Operator, value: Vec<u8>) -> Expr {
     Expressions::Cmp(vec![
         Cmp::SourceRegister(Register::Reg1),
         Cmp::Op(op),
@@ -361,7 +375,7 @@ fn cmp(op: Operator, value: Vec<u8>) -> Expr {
 
 /// `ip saddr|daddr [!=] prefix` (`offset` 12 for the source, 16 for the destination): load the
 /// address, mask it, compare with the network (what nft emits for a prefix).
-fn match_prefix(offset: u32, net: Ipv4Net, op: Operator) -> Vec<Expr> {
+pub(super) fn match_prefix(offset: u32, net: Ipv4Net, op: Operator) -> Vec<Expr> {
     let mask = if net.prefix() == 0 {
         0
     } else {
@@ -408,7 +422,7 @@ fn ct_status_dnat() -> Vec<Expr> {
     ]
 }
 
-fn jump(chain: &str) -> Expr {
+pub(super) fn jump(chain: &str) -> Expr {
     Expressions::Immediate(vec![
         Immediate::DestinationRegister(Register::Verdict),
         Immediate::Data(DataAttribute::Verdict(vec![
@@ -419,7 +433,7 @@ fn jump(chain: &str) -> Expr {
     .into()
 }
 
-fn load(register: Register, value: Vec<u8>) -> Expr {
+pub(super) fn load(register: Register, value: Vec<u8>) -> Expr {
     Expressions::Immediate(vec![
         Immediate::DestinationRegister(register),
         Immediate::Data(DataAttribute::Value(value)),
@@ -554,6 +568,8 @@ mod tests {
                     target: 5353,
                 },
             ],
+            vips: vec![],
+            service_range: None,
         }
     }
 
@@ -567,10 +583,12 @@ mod tests {
                 "creating chain prerouting",
                 "creating chain output",
                 "creating chain published",
+                "creating chain services",
                 "creating chain postrouting",
                 "flushing chain prerouting",
                 "flushing chain output",
                 "flushing chain published",
+                "flushing chain services",
                 "flushing chain postrouting",
                 "adding rule `jump published` to chain prerouting",
                 "adding rule `ip daddr != 127.0.0.0/8 jump published` to chain output",

@@ -98,6 +98,8 @@ impl Supervisor {
                 stopping.push(pod);
             }
         }
+        let going: Vec<String> = d.remove.iter().chain(&d.replace).cloned().collect();
+        leave_service_sets(inner, &req.project, &going);
         stop_pods(stopping.iter()).await;
         for name in d.remove.iter().chain(&d.replace) {
             remove_pod(inner, &req.project, name);
@@ -183,7 +185,7 @@ impl Supervisor {
             .cfg
             .runtime
             .create_pod(project, &pod.name, &pod.hostname)?;
-        attach_network(inner, project, pod)?;
+        let dns_files = attach_network(inner, project, pod, &pod_dir)?;
         files::mount_secrets_tmpfs(&pod_dir, pod)?;
         let mut containers = Vec::new();
         for spec in &pod.containers {
@@ -198,6 +200,16 @@ impl Supervisor {
                 &format!("{}-{}", spec.service, spec.replica),
                 &spec.files,
             )?);
+            // The pod's resolv.conf and hosts, unless the compose file mounts its own.
+            for m in &dns_files {
+                if let seam::ResolvedMount::Bind { target, .. } = m {
+                    if !mounts.iter().any(
+                        |x| matches!(x, seam::ResolvedMount::Bind { target: t, .. } if t == target),
+                    ) {
+                        mounts.push(m.clone());
+                    }
+                }
+            }
             let mut stored = files::strip_secrets(spec);
             // The image's STOPSIGNAL and HEALTHCHECK apply when the compose file sets none.
             stored.stop_signal = stored.stop_signal.or(image.config.stop_signal.clone());
@@ -245,8 +257,9 @@ impl Supervisor {
         let inner = &self.inner;
         let mut projects = inner.projects.lock().await;
         let rt = projects.remove(project).unwrap_or_default();
-        stop_pods(rt.pods.values()).await;
         let names: Vec<String> = rt.pods.keys().cloned().collect();
+        leave_service_sets(inner, project, &names);
+        stop_pods(rt.pods.values()).await;
         let pods_dir = inner.state.project(project).join("pods");
         for name in state::list_dirs(&pods_dir) {
             remove_pod(inner, project, &name);
@@ -276,20 +289,50 @@ pub(super) async fn stop_pods<'a>(pods: impl Iterator<Item = &'a PodRt>) {
 
 /// Gives the pod its fleet address and veth (when the host has a pod network and the runtime a
 /// network namespace); the pod's containers join that namespace.
-fn attach_network(inner: &Inner, project: &str, pod: &PodSpec) -> io::Result<()> {
+/// Returns the mounts of the pod's `/etc/resolv.conf` and `/etc/hosts` (the agent's DNS on the
+/// bridge) when it got an address.
+fn attach_network(
+    inner: &Inner,
+    project: &str,
+    pod: &PodSpec,
+    pod_dir: &std::path::Path,
+) -> io::Result<Vec<seam::ResolvedMount>> {
     let (Some(network), Some(netns)) = (
         &inner.cfg.network,
         inner.cfg.runtime.pod_netns(project, &pod.name),
     ) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     if pod.network.mode != crate::proto::NetworkMode::Fleet {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    network
+    let addr = network
         .attach(project, &pod.name, &netns, &pod.ports)
-        .map(|_| ())
-        .map_err(|e| io::Error::other(format!("attaching the pod to the network: {e}")))
+        .map_err(|e| io::Error::other(format!("attaching the pod to the network: {e}")))?;
+    let (Some(addr), Some(gateway)) = (addr, network.subnet().and_then(|s| s.gateway())) else {
+        return Ok(Vec::new());
+    };
+    crate::network::dns::write_pod_files(pod_dir, addr, gateway, &pod.hostname).map(|files| {
+        files
+            .into_iter()
+            .map(|(source, target)| seam::ResolvedMount::Bind {
+                source,
+                target: target.to_string(),
+                read_only: true,
+            })
+            .collect()
+    })
+}
+
+/// Takes pods out of the VIP sets and DNS answers before they stop.
+fn leave_service_sets(inner: &Inner, project: &str, pods: &[String]) {
+    if let (Some(network), false) = (&inner.cfg.network, pods.is_empty()) {
+        if let Err(e) = network.leaving(project, pods) {
+            log(&format!(
+                "taking pods {pods:?} of project {project} out of the service sets: {e}"
+            ));
+        }
+    }
 }
 
 /// Removes a stopped pod: its sandbox, its secrets tmpfs, its directory (not its volumes).

@@ -329,6 +329,7 @@ impl Supervisor {
                 .remove(&project, volumes)
                 .await
                 .map(|pods| Response::Removed { pods }),
+            Request::Services(map) => services(&self.inner, map),
         };
         let last = match result {
             Ok(r) => ResponseFrame::ok(id, r),
@@ -351,6 +352,11 @@ impl Supervisor {
                 let _ = task.await;
             }
         }
+    }
+
+    /// The host's pod network, when pods have one.
+    pub fn network(&self) -> Option<Arc<crate::network::Network>> {
+        self.inner.cfg.network.clone()
     }
 
     /// Observed state of one project, or of all.
@@ -395,6 +401,21 @@ impl Supervisor {
             .filter(|c| services.is_empty() || services.contains(&c.launch.service))
             .cloned()
             .collect())
+    }
+}
+
+/// `Services`: the network's (see `network::service`).
+fn services(inner: &Inner, map: crate::proto::service::ServiceMap) -> Result<Response, Failure> {
+    let Some(network) = &inner.cfg.network else {
+        return Ok(Response::Services {
+            vips: 0,
+            endpoints: 0,
+        });
+    };
+    match network.set_services(map) {
+        Ok((vips, endpoints)) => Ok(Response::Services { vips, endpoints }),
+        Err(crate::network::NetError::Services(why)) => Err(Failure::bad(why)),
+        Err(e) => Err(Failure::host("setting the service map", e)),
     }
 }
 

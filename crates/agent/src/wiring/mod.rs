@@ -18,5 +18,38 @@ pub async fn open_supervisor(paths: &Paths) -> io::Result<Supervisor> {
     let exe = std::env::current_exe()
         .map_err(|e| io::Error::new(e.kind(), format!("finding the agent's executable: {e}")))?;
     let runtime = IsolatedRuntime::new(&paths.state, &exe)?;
-    Supervisor::for_daemon(paths, Arc::new(runtime)).await
+    let supervisor = Supervisor::for_daemon(paths, Arc::new(runtime)).await?;
+    if let Some(network) = supervisor.network() {
+        tokio::spawn(crate::network::dns::serve(network.clone()));
+        tokio::spawn(watch_replicas(supervisor.clone(), network));
+    }
+    Ok(supervisor)
+}
+
+/// How often local replicas' state is looked at for the VIP sets and DNS answers.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Keeps the network's view of this host's replicas current: a pod takes traffic while all its
+/// containers run and none is unhealthy or still starting its healthcheck. (Pods being stopped
+/// leave before they stop: `Network::leaving`, called by `Apply`.)
+async fn watch_replicas(supervisor: Supervisor, network: Arc<crate::network::Network>) {
+    loop {
+        let generation = network.services_generation();
+        let status = supervisor.status(None).await;
+        let up = status
+            .pods
+            .iter()
+            .filter(|p| {
+                p.containers.iter().all(|c| {
+                    c.state == "running"
+                        && !matches!(c.health.as_deref(), Some("unhealthy" | "starting"))
+                })
+            })
+            .map(|p| format!("{}/{}", p.project, p.name))
+            .collect();
+        if let Err(e) = network.observed(up, generation) {
+            crate::supervisor::state::log(&format!("updating the service sets: {e}"));
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
 }
