@@ -192,6 +192,8 @@ pub struct Connected {
     pub facts: plan::Facts,
     /// The pod subnet each host that answered has recorded (`None`: never had one).
     pub subnets: BTreeMap<String, Option<Ipv4Net>>,
+    /// The WireGuard public key each host that answered reported (older agents report none).
+    pub mesh_keys: BTreeMap<String, String>,
     pub observed: BTreeMap<String, Vec<PodStatus>>,
     pub unreachable: BTreeMap<String, String>,
 }
@@ -224,11 +226,14 @@ pub fn fleet_networks(
             }
         }
     }
-    match net::assign_subnets(net::DEFAULT_FLEET_CIDR, &connected.subnets) {
-        Ok(subnets) => (
-            net::host_networks(net::DEFAULT_FLEET_CIDR, &subnets, &addresses),
-            None,
-        ),
+    let cidr = fleet.network.cidr();
+    match net::assign_subnets(cidr, &connected.subnets) {
+        Ok(subnets) => {
+            let mut networks = net::host_networks(cidr, &subnets, &addresses);
+            // Peers that are not on-link are reached through the mesh (each host decides).
+            crate::proto::mesh::add_mesh(&mut networks, fleet.network.mode, &connected.mesh_keys);
+            (networks, None)
+        }
         Err(e) => none(format!("pod networks left as they are: {e}")),
     }
 }
@@ -273,6 +278,7 @@ pub async fn connect(
         hosts: BTreeMap::new(),
         facts: plan::Facts::new(),
         subnets: BTreeMap::new(),
+        mesh_keys: BTreeMap::new(),
         observed: BTreeMap::new(),
         unreachable: BTreeMap::new(),
     };
@@ -287,6 +293,9 @@ pub async fn connect(
                     rtt: report.rtt,
                 });
                 out.subnets.insert(name.clone(), report.facts.pod_subnet);
+                if let Some(mesh) = &report.facts.mesh {
+                    out.mesh_keys.insert(name.clone(), mesh.public_key.clone());
+                }
                 out.facts.insert(
                     name.clone(),
                     HostFacts {
@@ -931,6 +940,7 @@ mod tests {
             registries: BTreeMap::new(),
             source: None,
             warnings: Vec::new(),
+            network: Default::default(),
         };
         let mut facts = plan::Facts::new();
         for i in 1..=3 {

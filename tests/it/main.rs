@@ -14,6 +14,7 @@ mod lab;
 mod limits;
 mod load_props;
 mod memory;
+mod mesh_lab;
 mod network_lab;
 mod plan_facts;
 mod pods;
