@@ -1,28 +1,27 @@
-//! `cargo bench --bench mesh`: TCP throughput and ICMP round trip between two lab hosts on one
-//! link — host to host (bare), pod to pod routed (host-gw), and pod to pod through the userspace
-//! WireGuard mesh (forced with `mode: wireguard` on the same link, so only the path differs).
-//! Throughput is busybox `dd | nc` of `MESH_BENCH_MIB` MiB (default 200) into a `nc -l` that
-//! discards it; the round trip is busybox `ping -A` (20 echoes). Needs root (the lab); prints
-//! figures, asserts nothing about time.
+//! `cargo bench --bench mesh`: TCP throughput and request/response latency between two lab hosts
+//! on one link — host to host (bare), pod to pod routed (host-gw), and pod to pod through the
+//! userspace WireGuard mesh (forced with `mode: wireguard` on the same link, so only the path
+//! differs). The client and server are this program's own threads, entered into the hosts' or the
+//! pods' network namespaces (`setns`): `MESH_BENCH_MIB` MiB (default 512) one way, then 2,000
+//! one-byte round trips. Needs root (the lab); prints figures, asserts nothing about time.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use compose_fleet::lab::{images, Lab};
 use compose_fleet::proto::mesh::{add_mesh, Mode};
 use compose_fleet::proto::net::{assign_subnets, host_networks, DEFAULT_FLEET_CIDR};
 use compose_fleet::proto::{
-    ApplyRequest, ContainerSpec, ExecRequest, PodSpec, Request, Response, ResponseFrame, Stream,
+    ApplyRequest, ContainerSpec, PodSpec, Request, Response, ResponseFrame,
 };
 use compose_fleet::ssh::{connect_agent, AgentBinary, OpenSsh, Options, SshTarget, Transport};
 use nix::fcntl::{Flock, FlockArg};
 
 const PROJECT: &str = "bench";
-const PORT: &str = "5001";
-/// The server's shell loop: one `nc -l` per connection, everything discarded.
-const SERVE: &str = "while true; do nc -l -p 5001 > /dev/null; done";
+/// The pods only hold their namespaces; found by these exact command lines.
+const SERVER_SLEEP: [&str; 2] = ["sleep", "36001"];
+const CLIENT_SLEEP: [&str; 2] = ["sleep", "36002"];
 
 fn main() {
     if !nix::unistd::geteuid().is_root() {
@@ -32,7 +31,7 @@ fn main() {
     let mib: u64 = std::env::var("MESH_BENCH_MIB")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(512);
     if let Err(e) = run(mib) {
         eprintln!("mesh bench: {e}");
         std::process::exit(2);
@@ -56,8 +55,8 @@ fn run(mib: u64) -> Result<(), String> {
             .build()
             .map_err(|e| e.to_string())?;
         println!(
-            "{:<22} {:>12} {:>14}",
-            "path (one link)", "TCP MiB/s", "RTT avg ms"
+            "{:<22} {:>10} {:>12} {:>12}",
+            "path (one link)", "TCP MiB/s", "RTT p50 us", "RTT p99 us"
         );
         let bare = bare(&lab, mib)?;
         print_row("host to host (bare)", bare);
@@ -74,75 +73,131 @@ fn run(mib: u64) -> Result<(), String> {
     result
 }
 
-fn print_row(name: &str, (mibps, rtt): (f64, f64)) {
-    println!("{name:<22} {mibps:>12.1} {rtt:>14.3}");
+fn print_row(name: &str, f: Figures) {
+    println!(
+        "{name:<22} {:>10.1} {:>12.1} {:>12.1}",
+        f.mibps, f.p50_us, f.p99_us
+    );
 }
 
-/// `dd`'s own figure: "N bytes (...) copied, S seconds, ..." → MiB/s.
-fn throughput(dd_stderr: &str) -> Result<f64, String> {
-    let line = dd_stderr
-        .lines()
-        .find(|l| l.contains("copied"))
-        .ok_or_else(|| format!("no dd summary in {dd_stderr:?}"))?;
-    let bytes: f64 = line
-        .split_whitespace()
-        .next()
-        .and_then(|b| b.parse().ok())
-        .ok_or_else(|| format!("no byte count in {line:?}"))?;
-    let secs: f64 = line
-        .split(", ")
-        .find(|p| p.ends_with("seconds"))
-        .and_then(|p| p.trim_end_matches(" seconds").trim().parse().ok())
-        .ok_or_else(|| format!("no seconds in {line:?}"))?;
-    Ok(bytes / secs / (1 << 20) as f64)
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    mibps: f64,
+    p50_us: f64,
+    p99_us: f64,
 }
 
-/// busybox ping's "round-trip min/avg/max = a/b/c ms" → b.
-fn rtt(ping: &str) -> Result<f64, String> {
-    ping.lines()
-        .find(|l| l.contains("min/avg/max"))
-        .and_then(|l| l.split(" = ").nth(1))
-        .and_then(|v| v.split('/').nth(1))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("no round trip in {ping:?}"))
+/// Runs `f` on a new thread inside the network namespace of process `pid` (or of `/run/netns/NAME`).
+fn in_netns<T: Send + 'static>(
+    ns: std::path::PathBuf,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<std::io::Result<T>> {
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = File::open(&ns)?;
+        // SAFETY: setns on this thread only, with a namespace file we hold open.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        f()
+    })
 }
 
-fn client_script(server: &str, mib: u64) -> String {
-    format!(
-        "dd if=/dev/zero bs=1048576 count={mib} 2>/tmp/dd.txt | nc {server} {PORT}; cat /tmp/dd.txt >&2"
-    )
-}
-
-fn ping_script(server: &str) -> String {
-    format!("ping -A -c 20 {server}")
+/// One transfer and the round trips, between a server in `server_ns` on `server_ip` and a client
+/// in `client_ns`.
+fn measure(
+    server_ns: std::path::PathBuf,
+    client_ns: std::path::PathBuf,
+    server_ip: &str,
+    mib: u64,
+) -> Result<Figures, String> {
+    use std::io::{Read, Write};
+    const ROUND_TRIPS: usize = 2000;
+    let server = in_netns(server_ns, move || {
+        let listener = std::net::TcpListener::bind("0.0.0.0:5001")?;
+        // Bulk: read to the end, answer one byte.
+        let (mut c, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 16];
+        while c.read(&mut buf)? > 0 {}
+        c.write_all(b"k")?;
+        // Round trips: echo each byte.
+        let (mut c, _) = listener.accept()?;
+        c.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while c.read(&mut b)? == 1 {
+            c.write_all(&b)?;
+        }
+        Ok(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let addr: std::net::SocketAddr = format!("{server_ip}:5001")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let client = in_netns(client_ns, move || {
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        let chunk = vec![0u8; 1 << 20];
+        let started = Instant::now();
+        for _ in 0..mib {
+            c.write_all(&chunk)?;
+        }
+        c.shutdown(std::net::Shutdown::Write)?;
+        let mut k = [0u8; 1];
+        c.read_exact(&mut k)?;
+        let secs = started.elapsed().as_secs_f64();
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        c.set_nodelay(true)?;
+        let mut times = Vec::with_capacity(ROUND_TRIPS);
+        let mut b = [7u8; 1];
+        for _ in 0..ROUND_TRIPS {
+            let t = Instant::now();
+            c.write_all(&b)?;
+            c.read_exact(&mut b)?;
+            times.push(t.elapsed());
+        }
+        times.sort();
+        Ok((secs, times))
+    });
+    let (secs, times) = client
+        .join()
+        .map_err(|_| "the client panicked".to_string())?
+        .map_err(|e| format!("client: {e}"))?;
+    server
+        .join()
+        .map_err(|_| "the server panicked".to_string())?
+        .map_err(|e| format!("server: {e}"))?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok(Figures {
+        mibps: mib as f64 / secs,
+        p50_us: us(times[times.len() / 2]),
+        p99_us: us(times[times.len() * 99 / 100]),
+    })
 }
 
 /// Host to host over the lab link, in the hosts' own namespaces.
-fn bare(lab: &Lab, mib: u64) -> Result<(f64, f64), String> {
+fn bare(lab: &Lab, mib: u64) -> Result<Figures, String> {
     let hosts = lab.hosts();
-    let (h1, h2) = (&hosts[0], &hosts[1]);
-    let sh = |host: &str, script: &str| -> Result<Command, String> {
-        lab.exec(
-            host,
-            &["busybox".into(), "sh".into(), "-c".into(), script.into()],
-        )
-        .map_err(|e| e.to_string())
-    };
-    let mut server = sh(&h1.name, "busybox nc -l -p 5001 > /dev/null")?
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_millis(300));
-    let script = client_script(&h1.address, mib)
-        .replace("dd ", "busybox dd ")
-        .replace("| nc", "| busybox nc");
-    let out = sh(&h2.name, &script)?.output().map_err(|e| e.to_string())?;
-    let _ = server.kill();
-    let _ = server.wait();
-    let tput = throughput(&String::from_utf8_lossy(&out.stderr))?;
-    let out = sh(&h2.name, &format!("busybox {}", ping_script(&h1.address)))?
-        .output()
-        .map_err(|e| e.to_string())?;
-    Ok((tput, rtt(&String::from_utf8_lossy(&out.stdout))?))
+    let ns = |name: &str| std::path::Path::new("/run/netns").join(name);
+    measure(
+        ns(&hosts[0].name),
+        ns(&hosts[1].name),
+        &hosts[0].address,
+        mib,
+    )
+}
+
+/// The pid of the process whose command line is exactly `argv` (a pod's `sleep N`).
+fn pid_of(argv: &[&str]) -> Result<u32, String> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    for entry in std::fs::read_dir("/proc").map_err(|e| e.to_string())? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == want) {
+            return Ok(pid);
+        }
+    }
+    Err(format!("no process {argv:?}"))
 }
 
 async fn rpc(
@@ -203,37 +258,6 @@ fn pod(name: &str, image: &str, command: &[&str]) -> PodSpec {
     }
 }
 
-/// (stdout, stderr) of `sh -c script` in a pod.
-async fn exec(
-    target: &SshTarget,
-    agent: &AgentBinary,
-    pod: &str,
-    script: &str,
-) -> Result<(String, String), String> {
-    let frames = rpc(
-        target,
-        agent,
-        Request::Exec(ExecRequest {
-            project: PROJECT.into(),
-            pod: pod.into(),
-            service: pod.trim_end_matches("-1").into(),
-            command: vec!["sh".into(), "-c".into(), script.into()],
-            env: BTreeMap::new(),
-        }),
-    )
-    .await?;
-    let (mut out, mut err) = (String::new(), String::new());
-    for f in frames {
-        if let Some(Response::ExecOutput { stream, data }) = f.ok {
-            match stream {
-                Stream::Stdout => out.push_str(&data),
-                _ => err.push_str(&data),
-            }
-        }
-    }
-    Ok((out, err))
-}
-
 async fn pod_ip(target: &SshTarget, agent: &AgentBinary, pod: &str) -> Result<String, String> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(120) {
@@ -260,7 +284,7 @@ async fn pod_ip(target: &SshTarget, agent: &AgentBinary, pod: &str) -> Result<St
 }
 
 /// A server pod on host 1 and a client pod on host 2, joined as `mode` says.
-async fn pods(lab: &Lab, mode: Mode, mib: u64) -> Result<(f64, f64), String> {
+async fn pods(lab: &Lab, mode: Mode, mib: u64) -> Result<Figures, String> {
     let fleet = compose_fleet::inventory::load(&lab.inventory()).map_err(|e| format!("{e:?}"))?;
     let targets = SshTarget::all(&fleet);
     let agent = AgentBinary::locate(None).map_err(|e| e.to_string())?;
@@ -297,25 +321,27 @@ async fn pods(lab: &Lab, mode: Mode, mib: u64) -> Result<(f64, f64), String> {
     rpc(
         t1,
         &agent,
-        apply(
-            &t1.name,
-            vec![pod("server-1", &shell, &["sh", "-c", SERVE])],
-        ),
+        apply(&t1.name, vec![pod("server-1", &shell, &SERVER_SLEEP)]),
     )
     .await?;
     rpc(
         t2,
         &agent,
-        apply(&t2.name, vec![pod("client-1", &shell, &["sleep", "3600"])]),
+        apply(&t2.name, vec![pod("client-1", &shell, &CLIENT_SLEEP)]),
     )
     .await?;
     let server = pod_ip(t1, &agent, "server-1").await?;
     pod_ip(t2, &agent, "client-1").await?;
+    let ns = |argv: &[&str]| -> Result<std::path::PathBuf, String> {
+        Ok(std::path::PathBuf::from(format!(
+            "/proc/{}/ns/net",
+            pid_of(argv)?
+        )))
+    };
+    let (sns, cns) = (ns(&SERVER_SLEEP)?, ns(&CLIENT_SLEEP)?);
     // Warm up (ARP, the mesh's handshake), then measure.
-    exec(t2, &agent, "client-1", &ping_script(&server)).await?;
-    let (_, dd) = exec(t2, &agent, "client-1", &client_script(&server, mib)).await?;
-    let (ping, _) = exec(t2, &agent, "client-1", &ping_script(&server)).await?;
-    let figures = (throughput(&dd)?, rtt(&ping)?);
+    measure(sns.clone(), cns.clone(), &server, 8)?;
+    let figures = measure(sns, cns, &server, mib)?;
     for t in [t1, t2] {
         rpc(t, &agent, apply(&t.name, vec![])).await?;
     }

@@ -1080,4 +1080,54 @@ mod tests {
             ("old-1", &Change::Remove(diff::RemoveReason::Orphan))
         );
     }
+
+    /// Another laptop sees what the hosts recorded: a host keeps the subnet it reports, the
+    /// inventory's CIDR and mode are used, and every host with a key gets the others as peers.
+    #[test]
+    fn the_fleet_network_follows_the_inventory_and_what_hosts_recorded() {
+        use crate::proto::mesh::Mode;
+        let mut fleet = Fleet::default();
+        fleet
+            .hosts
+            .push(Host::new("a".to_string(), "10.0.0.1".to_string()));
+        fleet
+            .hosts
+            .push(Host::new("b".to_string(), "10.0.1.2".to_string()));
+        fleet.network = crate::inventory::NetworkSettings {
+            cidr: Some("10.99.0.0/16".parse().unwrap()),
+            mode: Mode::Wireguard,
+        };
+        let strings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let connected = Connected {
+            hosts: BTreeMap::new(),
+            facts: plan::Facts::new(),
+            subnets: [
+                ("a".to_string(), Some("10.99.7.0/24".parse().unwrap())),
+                ("b".to_string(), None),
+            ]
+            .into_iter()
+            .collect(),
+            mesh_keys: strings(&[("a", "KA"), ("b", "KB")]),
+            observed: BTreeMap::new(),
+            unreachable: BTreeMap::new(),
+        };
+        let (nets, why_not) = fleet_networks(&fleet, &connected);
+        assert_eq!(why_not, None);
+        assert_eq!(nets["a"].fleet.to_string(), "10.99.0.0/16");
+        assert_eq!(nets["a"].subnet.to_string(), "10.99.7.0/24", "kept");
+        assert_eq!(nets["b"].subnet.to_string(), "10.99.1.0/24");
+        let mesh = nets["a"].mesh.as_ref().expect("a mesh");
+        assert_eq!(mesh.mode, Mode::Wireguard);
+        let peers: Vec<String> = mesh
+            .peers
+            .iter()
+            .map(|p| format!("{} {} {}", p.host, p.public_key, p.endpoint))
+            .collect();
+        assert_eq!(peers, ["b KB 10.0.1.2:51820"]);
+    }
 }

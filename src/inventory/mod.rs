@@ -633,6 +633,9 @@ fn build(
     if ansible_sources > 0 {
         let hosts = ansible::finish(inv, files, limits, &mut diags);
         fleet.hosts.extend(hosts.hosts);
+        if hosts.network != NetworkSettings::default() {
+            fleet.network = hosts.network;
+        }
     } else {
         diags.extend(inv.diags);
     }
