@@ -255,6 +255,26 @@ fn pods_on_two_sites_reach_each_other_through_the_mesh_and_nothing_plain_crosses
         assert_eq!(peers.len(), 1, "{peers:?}");
         assert_eq!(peers[0].link, Link::Wireguard);
         assert_eq!(peers[0].health(), "ok", "{peers:?}");
+        // ...and `hosts` shows it: each host's subnet, the peer's mode and health.
+        let out = lab
+            .cli()
+            .args(["hosts", "--format", "json"])
+            .output()
+            .expect("runs compose-fleet hosts");
+        assert!(out.status.success(), "{}", crate::support::describe(&out));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let row = |i: usize| &rows[i];
+        assert_eq!(row(0)["pod_subnet"], subnets[&hosts[0]].to_string());
+        let peer = &row(1)["peers"][0];
+        assert_eq!(peer["host"], hosts[0].as_str());
+        assert_eq!(peer["mode"], "wireguard");
+        assert_eq!(peer["health"], "ok", "{peer}");
+        let text = lab.cli().arg("hosts").output().expect("runs");
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains(&format!("{} wireguard ok (", hosts[0])),
+            "{text}"
+        );
 
         // The agent on host 1 dies: the device goes with it; the next connection starts a new
         // daemon, which brings the mesh back for the pods that kept running.
