@@ -3,7 +3,8 @@
 //! the CLI's pure functions give every host its subnet and its mesh peers, a pod on one site
 //! reaches a pod on the other, the wire between the sites carries only WireGuard (UDP to the
 //! mesh port, never a pod address), the mesh comes back after the agent is killed, and removing
-//! the last pod removes the device, its routes and our table.
+//! the last pod removes the device, its routes and our table. And `up` itself, on the same kind
+//! of lab, deploys a compose file whose services land on different sites and reach each other.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -327,4 +328,67 @@ fn pods_on_two_sites_reach_each_other_through_the_mesh_and_nothing_plain_crosses
     });
     let after: Vec<String> = hosts.iter().map(|h| host_state(&lab, h)).collect();
     assert_eq!(after, before, "each host's network is as before");
+}
+
+#[test]
+fn up_joins_services_on_two_sites_through_the_mesh() {
+    let Some(lab) = Lab::up_on_sites("up_joins_services_on_two_sites_through_the_mesh", 2, 2)
+    else {
+        return;
+    };
+    let compose = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mesh/compose.yaml");
+    let cli = |args: &[&str]| {
+        lab.cli()
+            .arg("-f")
+            .arg(&compose)
+            .args(args)
+            .env("REGISTRY", lab.registry())
+            .output()
+            .expect("runs the CLI")
+    };
+    let out = cli(&["up"]);
+    assert!(
+        out.status.success(),
+        "up: {}",
+        crate::support::describe(&out)
+    );
+    let out = cli(&["ps", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "ps: {}",
+        crate::support::describe(&out)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let web = rows
+        .iter()
+        .find(|r| r["service"] == "web")
+        .expect("web runs");
+    let web_ip = web["ip"].as_str().expect("web has an address").to_string();
+    let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
+    let targets = SshTarget::all(&fleet);
+    let agent = AgentBinary::locate(None).expect("the agent binary");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let url = format!("http://{web_ip}/");
+        let (page, code) = exec(&targets[1], &agent, "client-1", &["wget", "-qO-", &url]).await;
+        assert_eq!((page.as_str(), code), (HTTPD_INDEX, 0));
+    });
+    let link = run_in(&lab, &lab.host(1), &["ip", "-o", "link", "show", "cfwg0"]);
+    assert!(link.contains("cfwg0"), "site 1 runs the mesh: {link}");
+    let out = cli(&["down"]);
+    assert!(
+        out.status.success(),
+        "down: {}",
+        crate::support::describe(&out)
+    );
+    let links = run_in(&lab, &lab.host(1), &["ip", "-o", "link", "show"]);
+    assert!(
+        !links.contains("cfwg0"),
+        "down removes the mesh device: {links}"
+    );
 }
