@@ -37,6 +37,8 @@ const KEEPALIVE_SECS: u16 = 25;
 const TICK: Duration = Duration::from_millis(250);
 /// Large enough for any UDP datagram and any packet the TUN device gives.
 const BUF: usize = 65_536;
+/// The mesh socket's buffers (each way).
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Packets handled per wake-up from each source before the other gets its turn.
 const BATCH: usize = 64;
 
@@ -134,6 +136,18 @@ impl Userspace {
         peers: Vec<PeerConfig>,
     ) -> io::Result<Self> {
         udp.set_nonblocking(true)?;
+        // Bursts of a TCP window arrive faster than one thread drains them: the default socket
+        // buffers (~200 KB) drop them, and TCP halves its rate for each loss.
+        {
+            use nix::sys::socket::{setsockopt, sockopt};
+            // Root may exceed net.core.rmem_max/wmem_max; anyone else gets what the limit allows.
+            if setsockopt(&udp, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+                let _ = setsockopt(&udp, sockopt::RcvBuf, &SOCKET_BUFFER);
+            }
+            if setsockopt(&udp, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+                let _ = setsockopt(&udp, sockopt::SndBuf, &SOCKET_BUFFER);
+            }
+        }
         let mut shared = Shared {
             keys,
             peers: BTreeMap::new(),
