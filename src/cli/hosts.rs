@@ -71,8 +71,35 @@ struct Row {
     kernel: Option<String>,
     cgroup: Option<String>,
     rtt_ms: Option<f64>,
-    /// The pod subnet the host has recorded (`10.213.1.0/24`), if any.
+    /// The host's pod subnet, once an `up` gave it one.
     pod_subnet: Option<String>,
+    /// How this host reaches each other host's pods, and the health of that link.
+    peers: Vec<PeerRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct PeerRow {
+    host: String,
+    /// `host-gw` or `wireguard`.
+    mode: &'static str,
+    /// `ok`, `down` (no WireGuard handshake for 180 s) or `idle` (no pods here: no device).
+    health: &'static str,
+    handshake_age_secs: Option<u64>,
+}
+
+/// `h2 wireguard ok (12s)`, one per peer.
+fn peers_cell(peers: &[PeerRow]) -> String {
+    if peers.is_empty() {
+        return "-".into();
+    }
+    let each: Vec<String> = peers
+        .iter()
+        .map(|p| match (p.mode, p.handshake_age_secs) {
+            ("wireguard", Some(age)) => format!("{} wireguard {} ({age}s)", p.host, p.health),
+            _ => format!("{} {} {}", p.host, p.mode, p.health),
+        })
+        .collect();
+    each.join(", ")
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
@@ -153,6 +180,7 @@ fn rows(
                 cgroup: None,
                 rtt_ms: None,
                 pod_subnet: None,
+                peers: Vec::new(),
             };
             match reports.get(&t.name) {
                 Some(Ok(r)) => {
@@ -165,6 +193,18 @@ fn rows(
                     row.cgroup = Some(r.facts.cgroup.clone());
                     row.rtt_ms = Some((r.rtt.as_secs_f64() * 10_000.0).round() / 10.0);
                     row.pod_subnet = r.facts.pod_subnet.map(|s| s.to_string());
+                    if let Some(mesh) = &r.facts.mesh {
+                        row.peers = mesh
+                            .peers
+                            .iter()
+                            .map(|p| PeerRow {
+                                host: p.host.clone(),
+                                mode: p.link.as_str(),
+                                health: p.health(),
+                                handshake_age_secs: p.handshake_age_secs,
+                            })
+                            .collect();
+                    }
                 }
                 Some(Err(e)) => row.error = Some(e.reason()),
                 None => row.error = Some("not contacted".into()),
@@ -176,8 +216,18 @@ fn rows(
 
 fn table(rows: &[Row]) -> String {
     let header = [
-        "HOST", "ADDRESS", "STATUS", "AGENT", "ARCH", "CPUS", "MEMORY", "KERNEL", "CGROUP", "RTT",
-        "PODS",
+        "HOST",
+        "ADDRESS",
+        "STATUS",
+        "AGENT",
+        "ARCH",
+        "CPUS",
+        "MEMORY",
+        "KERNEL",
+        "CGROUP",
+        "RTT",
+        "POD SUBNET",
+        "PEERS",
     ];
     let dash = || "-".to_string();
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
@@ -198,6 +248,7 @@ fn table(rows: &[Row]) -> String {
             r.cgroup.clone().unwrap_or_else(dash),
             r.rtt_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_else(dash),
             r.pod_subnet.clone().unwrap_or_else(dash),
+            peers_cell(&r.peers),
         ]);
     }
     super::table::render(&cells)

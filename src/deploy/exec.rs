@@ -396,6 +396,8 @@ pub struct Connected {
     pub facts: plan::Facts,
     /// The pod subnet each host that answered has recorded (`None`: never had one).
     pub subnets: BTreeMap<String, Option<Ipv4Net>>,
+    /// The WireGuard public key each host that answered reported (older agents report none).
+    pub mesh_keys: BTreeMap<String, String>,
     pub observed: BTreeMap<String, Vec<PodStatus>>,
     pub unreachable: BTreeMap<String, String>,
 }
@@ -428,11 +430,14 @@ pub fn fleet_networks(
             }
         }
     }
-    match net::assign_subnets(net::DEFAULT_FLEET_CIDR, &connected.subnets) {
-        Ok(subnets) => (
-            net::host_networks(net::DEFAULT_FLEET_CIDR, &subnets, &addresses),
-            None,
-        ),
+    let cidr = fleet.network.cidr();
+    match net::assign_subnets(cidr, &connected.subnets) {
+        Ok(subnets) => {
+            let mut networks = net::host_networks(cidr, &subnets, &addresses);
+            // Peers that are not on-link are reached through the mesh (each host decides).
+            crate::proto::mesh::add_mesh(&mut networks, fleet.network.mode, &connected.mesh_keys);
+            (networks, None)
+        }
         Err(e) => none(format!("pod networks left as they are: {e}")),
     }
 }
@@ -476,6 +481,7 @@ pub async fn connect(
         hosts: BTreeMap::new(),
         facts: plan::Facts::new(),
         subnets: BTreeMap::new(),
+        mesh_keys: BTreeMap::new(),
         observed: BTreeMap::new(),
         unreachable: BTreeMap::new(),
     };
@@ -490,6 +496,9 @@ pub async fn connect(
                     rtt: report.rtt,
                 });
                 out.subnets.insert(name.clone(), report.facts.pod_subnet);
+                if let Some(mesh) = &report.facts.mesh {
+                    out.mesh_keys.insert(name.clone(), mesh.public_key.clone());
+                }
                 out.facts.insert(
                     name.clone(),
                     HostFacts {
@@ -1354,6 +1363,7 @@ mod tests {
             registries: BTreeMap::new(),
             source: None,
             warnings: Vec::new(),
+            network: Default::default(),
         };
         let mut facts = plan::Facts::new();
         for i in 1..=3 {
@@ -1492,5 +1502,55 @@ mod tests {
             (steps[0].pod.as_str(), &steps[0].change),
             ("old-1", &Change::Remove(diff::RemoveReason::Orphan))
         );
+    }
+
+    /// Another laptop sees what the hosts recorded: a host keeps the subnet it reports, the
+    /// inventory's CIDR and mode are used, and every host with a key gets the others as peers.
+    #[test]
+    fn the_fleet_network_follows_the_inventory_and_what_hosts_recorded() {
+        use crate::proto::mesh::Mode;
+        let mut fleet = Fleet::default();
+        fleet
+            .hosts
+            .push(Host::new("a".to_string(), "10.0.0.1".to_string()));
+        fleet
+            .hosts
+            .push(Host::new("b".to_string(), "10.0.1.2".to_string()));
+        fleet.network = crate::inventory::NetworkSettings {
+            cidr: Some("10.99.0.0/16".parse().unwrap()),
+            mode: Mode::Wireguard,
+        };
+        let strings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let connected = Connected {
+            hosts: BTreeMap::new(),
+            facts: plan::Facts::new(),
+            subnets: [
+                ("a".to_string(), Some("10.99.7.0/24".parse().unwrap())),
+                ("b".to_string(), None),
+            ]
+            .into_iter()
+            .collect(),
+            mesh_keys: strings(&[("a", "KA"), ("b", "KB")]),
+            observed: BTreeMap::new(),
+            unreachable: BTreeMap::new(),
+        };
+        let (nets, why_not) = fleet_networks(&fleet, &connected);
+        assert_eq!(why_not, None);
+        assert_eq!(nets["a"].fleet.to_string(), "10.99.0.0/16");
+        assert_eq!(nets["a"].subnet.to_string(), "10.99.7.0/24", "kept");
+        assert_eq!(nets["b"].subnet.to_string(), "10.99.1.0/24");
+        let mesh = nets["a"].mesh.as_ref().expect("a mesh");
+        assert_eq!(mesh.mode, Mode::Wireguard);
+        let peers: Vec<String> = mesh
+            .peers
+            .iter()
+            .map(|p| format!("{} {} {}", p.host, p.public_key, p.endpoint))
+            .collect();
+        assert_eq!(peers, ["b KB 10.0.1.2:51820"]);
     }
 }

@@ -9,6 +9,7 @@
 //! ```yaml
 //! defaults: { user: deploy, port: 22, identity_file: ~/.ssh/id_ed25519, known_hosts: /path/known_hosts }
 //! registries: { "10.250.0.1:5000": { insecure: true } }
+//! network: { cidr: 10.213.0.0/16, mode: auto }   # mode: auto | host-gw | wireguard
 //! hosts:
 //!   web-1: { address: 203.0.113.10, labels: { zone: a, disk: ssd } }
 //!   db-1:  { address: db1.example.com, user: root, port: 2222,
@@ -38,7 +39,9 @@
 //! not labels; variables starting with `ansible_` are not labels; `compose_fleet_cpus`,
 //! `compose_fleet_memory`, `compose_fleet_reserved_cpus`, `compose_fleet_reserved_memory`,
 //! `compose_fleet_arch`, `compose_fleet_drain` set capacity, reserved, arch and drain, and
-//! `compose_fleet_known_hosts` the host keys to check against.
+//! `compose_fleet_known_hosts` the host keys to check against. `compose_fleet_network_cidr` and
+//! `compose_fleet_network_mode` (usually in `group_vars/all`) are the fleet's `network:`; hosts that
+//! disagree are an error.
 //! Dynamic inventories (scripts, plugin configurations, TOML) are refused with the command
 //! that exports them to a static file.
 //!
@@ -72,6 +75,23 @@ pub struct Fleet {
     pub source: Option<PathBuf>,
     /// Warnings found while reading (rendered), e.g. keys Ansible skips too.
     pub warnings: Vec<String>,
+    /// The pod network: the inventory's `network:`.
+    pub network: NetworkSettings,
+}
+
+/// The fleet's pod network as the inventory sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetworkSettings {
+    /// The fleet CIDR; `None`: [`crate::proto::net::DEFAULT_FLEET_CIDR`].
+    pub cidr: Option<crate::proto::net::Ipv4Net>,
+    /// How hosts reach each other's pods.
+    pub mode: crate::proto::mesh::Mode,
+}
+
+impl NetworkSettings {
+    pub fn cidr(&self) -> crate::proto::net::Ipv4Net {
+        self.cidr.unwrap_or(crate::proto::net::DEFAULT_FLEET_CIDR)
+    }
 }
 
 /// How compose-fleet reaches a host.
@@ -128,6 +148,9 @@ pub struct Host {
     /// Where each value was set, by field (`address`, `user`, `port`, `identity_file`,
     /// `connection`, `become`, `become_user`, `labels.<key>`): for `inventory --host`.
     pub origins: BTreeMap<String, Location>,
+    /// Ansible's `compose_fleet_network_*` as this host sees them; [`ansible::finish`] makes them
+    /// the fleet's [`Fleet::network`]. Unused in the own format (which has a top-level `network:`).
+    pub network: NetworkSettings,
 }
 
 /// An amount of cpu (cores, fractional) and memory (bytes).
@@ -165,6 +188,7 @@ impl Host {
             use_become: false,
             become_user: None,
             origins: BTreeMap::new(),
+            network: NetworkSettings::default(),
         }
     }
 }
@@ -614,6 +638,9 @@ fn build(
     if ansible_sources > 0 {
         let hosts = ansible::finish(inv, files, limits, &mut diags);
         fleet.hosts.extend(hosts.hosts);
+        if hosts.network != NetworkSettings::default() {
+            fleet.network = hosts.network;
+        }
     } else {
         diags.extend(inv.diags);
     }

@@ -11,7 +11,8 @@ use super::{
 };
 use crate::diag::{Diagnostic, Diagnostics};
 
-const TOP_KEYS: &[&str] = &["defaults", "registries", "hosts"];
+const TOP_KEYS: &[&str] = &["defaults", "registries", "network", "hosts"];
+const NETWORK_KEYS: &[&str] = &["cidr", "mode"];
 const DEFAULT_KEYS: &[&str] = &["user", "port", "identity_file", "known_hosts"];
 const HOST_KEYS: &[&str] = &[
     "address",
@@ -180,6 +181,7 @@ pub(super) fn parse(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> Fle
         match key.text.as_str() {
             "defaults" => defaults = parse_defaults(&mut cx, node),
             "registries" => fleet.registries = parse_registries(&mut cx, node),
+            "network" => fleet.network = parse_network(&mut cx, node),
             "hosts" => hosts_node = Some(node),
             _ => cx.unknown_key(key, TOP_KEYS, "the inventory"),
         }
@@ -222,6 +224,42 @@ fn parse_defaults(cx: &mut Ctx<'_>, node: &Node) -> Defaults {
         }
     }
     d
+}
+
+fn parse_network(cx: &mut Ctx<'_>, node: &Node) -> super::NetworkSettings {
+    let mut n = super::NetworkSettings::default();
+    for (key, v) in cx.map(node, "`network`") {
+        match key.text.as_str() {
+            "cidr" => {
+                let Some(text) = cx.string(v, "`cidr`") else {
+                    continue;
+                };
+                match text.parse::<crate::proto::net::Ipv4Net>() {
+                    Ok(c) => n.cidr = Some(c),
+                    Err(e) => {
+                        let d = cx.error(v.at, format!("`network.cidr`: {e}"));
+                        cx.push(d);
+                    }
+                }
+            }
+            "mode" => {
+                let Some(text) = cx.string(v, "`mode`") else {
+                    continue;
+                };
+                match crate::proto::mesh::Mode::parse(&text) {
+                    Some(m) => n.mode = m,
+                    None => {
+                        let d = cx
+                            .error(v.at, format!("`network.mode` is `{text}`"))
+                            .label("expected one of: auto, host-gw, wireguard");
+                        cx.push(d);
+                    }
+                }
+            }
+            _ => cx.unknown_key(key, NETWORK_KEYS, "`network`"),
+        }
+    }
+    n
 }
 
 fn parse_registries(cx: &mut Ctx<'_>, node: &Node) -> BTreeMap<String, Registry> {

@@ -887,10 +887,11 @@ mod tests {
     fn the_embedded_agent_is_static() {
         let agent = AgentBinary::locate(None).expect("an agent is embedded");
         assert_eq!(not_static(agent.bytes()), None);
-        // It is pushed to every host. The budget with the registry client, TLS and the runtime
-        // linked is 6 MB (crun is ~1 MB, runc 14 MB, Nomad 84 MB).
+        // It is pushed to every host. The budget for everything (registry client, TLS, runtime,
+        // pod networking with its WireGuard mesh and DNS) is 8 MB (issue 10; crun is ~1 MB, runc
+        // 14 MB, Nomad 84 MB).
         assert!(
-            agent.bytes().len() <= 6_000_000,
+            agent.bytes().len() <= 8_000_000,
             "the agent is {} bytes",
             agent.bytes().len()
         );

@@ -475,6 +475,7 @@ mod tests {
                     hostname: self.host.clone(),
                     free_disk: 1 << 30,
                     pod_subnet: None,
+                    mesh: None,
                 };
                 format!(
                     "Welcome to {} (motd)\n{}\n",

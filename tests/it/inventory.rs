@@ -991,3 +991,47 @@ fn fleet_warnings_are_printed_once_by_the_commands_that_load_the_fleet() {
         );
     }
 }
+
+#[test]
+fn the_pod_network_is_set_once_for_the_fleet() {
+    use compose_fleet::proto::mesh::Mode;
+    let fleet = parse(
+        "fleet.yaml",
+        "network: { cidr: 10.99.0.0/16, mode: wireguard }\nhosts: { a: { address: 10.0.0.1 } }\n",
+    );
+    assert_eq!(fleet.network.cidr().to_string(), "10.99.0.0/16");
+    assert_eq!(fleet.network.mode, Mode::Wireguard);
+    let default = parse("fleet.yaml", "hosts: { a: { address: 10.0.0.1 } }\n");
+    assert_eq!(default.network.cidr().to_string(), "10.213.0.0/16");
+    assert_eq!(default.network.mode, Mode::Auto);
+    let e = error(
+        "fleet.yaml",
+        "network: { cidr: 10.99.1.0/16, mode: vxlan }\nhosts: { a: { address: 10.0.0.1 } }\n",
+    );
+    assert!(e.contains("fleet.yaml:1:18"), "{e}");
+    assert!(e.contains("\"10.99.1.0/16\" is not an IPv4 prefix"), "{e}");
+    assert!(e.contains("`network.mode` is `vxlan`"), "{e}");
+    assert!(e.contains("auto, host-gw, wireguard"), "{e}");
+
+    // Ansible: the same variables on every host (all:vars), or an error naming two hosts.
+    let fleet = parse(
+        "hosts",
+        "a ansible_host=10.0.0.1\nb ansible_host=10.0.0.2\n\n[all:vars]\n\
+         compose_fleet_network_cidr=10.98.0.0/16\ncompose_fleet_network_mode=host-gw\n",
+    );
+    assert_eq!(fleet.network.cidr().to_string(), "10.98.0.0/16");
+    assert_eq!(fleet.network.mode, Mode::HostGw);
+    assert!(!host(&fleet, "a")
+        .labels
+        .contains_key("compose_fleet_network_mode"));
+    let e = error(
+        "hosts",
+        "a ansible_host=10.0.0.1 compose_fleet_network_mode=wireguard\nb ansible_host=10.0.0.2\n",
+    );
+    assert!(e.contains("hosts `a` and `b` see different"), "{e}");
+    let e = error(
+        "hosts",
+        "a ansible_host=10.0.0.1 compose_fleet_network_mode=mesh\n",
+    );
+    assert!(e.contains("auto, host-gw or wireguard"), "{e}");
+}

@@ -16,6 +16,7 @@ mod limits;
 mod load_props;
 mod local;
 mod memory;
+mod mesh_lab;
 mod network_lab;
 mod operate;
 mod plan_facts;

@@ -19,11 +19,16 @@ use compose_fleet::ssh::{connect_agent, AgentBinary, OpenSsh, Options, SshTarget
 
 use crate::support::{last_ok, rpc, Lab};
 
-const PROJECT: &str = "net";
+pub(crate) const PROJECT: &str = "net";
 /// How long anything may take before the test gives up (not a timing assertion).
 const DEADLINE: Duration = crate::support::AGENT_DEADLINE;
 
-fn pod(name: &str, image: &str, command: Option<&[&str]>, ports: Vec<PortMapping>) -> PodSpec {
+pub(crate) fn pod(
+    name: &str,
+    image: &str,
+    command: Option<&[&str]>,
+    ports: Vec<PortMapping>,
+) -> PodSpec {
     PodSpec {
         name: name.into(),
         hostname: name.into(),
@@ -57,7 +62,7 @@ async fn status(target: &SshTarget, agent: &AgentBinary) -> StatusReport {
 }
 
 /// Waits until the pod's container runs; returns the pod's address from `Status`.
-async fn running_ip(target: &SshTarget, agent: &AgentBinary, pod: &str) -> String {
+pub(crate) async fn running_ip(target: &SshTarget, agent: &AgentBinary, pod: &str) -> String {
     let start = Instant::now();
     loop {
         let report = status(target, agent).await;
@@ -74,7 +79,12 @@ async fn running_ip(target: &SshTarget, agent: &AgentBinary, pod: &str) -> Strin
     }
 }
 
-async fn exec(target: &SshTarget, agent: &AgentBinary, pod: &str, argv: &[&str]) -> (String, i32) {
+pub(crate) async fn exec(
+    target: &SshTarget,
+    agent: &AgentBinary,
+    pod: &str,
+    argv: &[&str],
+) -> (String, i32) {
     let frames = rpc(
         target,
         agent,
@@ -111,7 +121,7 @@ async fn exec(target: &SshTarget, agent: &AgentBinary, pod: &str, argv: &[&str])
 }
 
 /// A host's addresses, routes, links and nftables ruleset, as its own tools show them.
-fn host_state(lab: &Lab, host: &str) -> String {
+pub(crate) fn host_state(lab: &Lab, host: &str) -> String {
     let run = |argv: &[&str]| -> String {
         let out = lab
             .faults()

@@ -31,6 +31,7 @@ pub fn collect(state_dir: &Path) -> HostFacts {
             .unwrap_or_else(|| "unknown".into()),
         free_disk: free_disk(state_dir),
         pod_subnet: crate::network::recorded_subnet(state_dir),
+        mesh: crate::network::mesh::facts(state_dir),
     }
 }
 

@@ -216,6 +216,7 @@ fn pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind() 
                     subnet: "10.213.2.0/24".parse().unwrap(),
                     via: "10.99.0.2".parse().unwrap(),
                 }],
+                mesh: None,
             })
             .expect("configures");
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -377,6 +378,7 @@ fn pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind() 
             fleet: "10.213.0.0/16".parse().unwrap(),
             subnet: "10.213.1.0/24".parse().unwrap(),
             peers: vec![],
+            mesh: None,
         })
         .unwrap();
         assert_eq!(host_state(), before, "the host's network is as before");
@@ -550,6 +552,7 @@ fn bench_attach_and_detach() {
             fleet: "10.213.0.0/16".parse().unwrap(),
             subnet: "10.213.1.0/24".parse().unwrap(),
             peers: vec![],
+            mesh: None,
         })
         .unwrap();
         kernel.take();

@@ -276,6 +276,7 @@ fn bench_dns_latency() {
             fleet: "10.213.0.0/16".parse().unwrap(),
             subnet: "10.213.1.0/24".parse().unwrap(),
             peers: vec![],
+            mesh: None,
         })
         .unwrap();
         let client_ip = net

@@ -28,6 +28,7 @@
 //! Lines that do not parse as a [`ResponseFrame`] (login banners, motd, shell noise) are skipped by
 //! the CLI's reader, never treated as errors.
 
+pub mod mesh;
 pub mod net;
 pub mod service;
 
@@ -212,6 +213,9 @@ pub struct HostFacts {
     /// [`net::assign_subnets`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_subnet: Option<net::Ipv4Net>,
+    /// The host's WireGuard public key and how it reaches each other host (the mesh work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<mesh::MeshFacts>,
 }
 
 /// The desired state of one project on one host.
@@ -264,6 +268,9 @@ pub struct HostNetwork {
     /// must be on this host's L2 segment). The agent's routes become exactly this list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerSubnet>,
+    /// The mesh for peers that are not on-link (the mesh work). `None`: every peer is host-gw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<mesh::MeshConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -288,6 +288,7 @@ pub fn host_networks(
                     fleet,
                     subnet: *subnet,
                     peers,
+                    mesh: None,
                 },
             )
         })

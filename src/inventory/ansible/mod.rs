@@ -607,6 +607,18 @@ fn to_host(
                 }
                 host.origins.insert("host_key".into(), var.at.clone());
             }
+            "compose_fleet_network_cidr" => {
+                match text_of(var).and_then(|t| t.parse::<crate::proto::net::Ipv4Net>().ok()) {
+                    Some(c) => host.network.cidr = Some(c),
+                    None => diags.push(bad(var, key, "an IPv4 prefix such as 10.213.0.0/16")),
+                }
+            }
+            "compose_fleet_network_mode" => {
+                match text_of(var).and_then(|t| crate::proto::mesh::Mode::parse(&t)) {
+                    Some(m) => host.network.mode = m,
+                    None => diags.push(bad(var, key, "auto, host-gw or wireguard")),
+                }
+            }
             "compose_fleet_drain" => match ansible_bool(&var.value) {
                 Some(b) => host.drain = b,
                 None => diags.push(bad(var, key, "true or false")),
@@ -667,8 +679,21 @@ pub fn finish(
 ) -> Fleet {
     let (hosts, d) = inv.resolve(files, limits);
     diags.extend(d);
+    // The network is the fleet's: every host must see the same (group_vars/all sets it once).
+    let network = hosts.first().map(|h| h.network).unwrap_or_default();
+    if let Some(h) = hosts.iter().find(|h| h.network != network) {
+        diags.push(
+            Diagnostic::error(format!(
+                "hosts `{}` and `{}` see different `compose_fleet_network_cidr` or \
+                 `compose_fleet_network_mode`; the pod network is one for the whole fleet",
+                hosts[0].name, h.name
+            ))
+            .hint("set them once, in `group_vars/all` or under `all: vars:`"),
+        );
+    }
     Fleet {
         hosts,
+        network,
         ..Fleet::default()
     }
 }

@@ -79,12 +79,12 @@ pub const ROUTE_PROTOCOL: u8 = 213;
 #[derive(Debug, Default)]
 pub struct Netlink;
 
-fn route_socket() -> io::Result<Socket> {
+pub(super) fn route_socket() -> io::Result<Socket> {
     Socket::open(NETLINK_ROUTE)
 }
 
 /// The index of link `name`, `None` if it does not exist.
-fn link_index(sock: &mut Socket, name: &str) -> io::Result<Option<u32>> {
+pub(super) fn link_index(sock: &mut Socket, name: &str) -> io::Result<Option<u32>> {
     // A dump filtered by name would need strict checking; one GETLINK by name is one round trip.
     let msg = LinkUnspec::new_with_name(name).build();
     match sock.get(
@@ -119,7 +119,7 @@ fn add_address(
     }
 }
 
-fn set_up(sock: &mut Socket, index: u32, name: &str) -> io::Result<()> {
+pub(super) fn set_up(sock: &mut Socket, index: u32, name: &str) -> io::Result<()> {
     let msg = LinkUnspec::new_with_index(index).up().build();
     sock.request(
         RouteNetlinkMessage::SetLink(msg),

@@ -9,6 +9,7 @@
 //! - [`netlink`]: the blocking netlink socket both families use.
 //! - [`service`]: the pushed service map and local replica health; [`vip`]: its nftables rules;
 //!   [`dns`]: the DNS server on the bridge address and the pods' `resolv.conf`/`hosts`.
+//! - [`mesh`], [`wg`]: host-gw or WireGuard per pair of hosts, and the userspace WireGuard device.
 //!
 //! ```text
 //!  Apply(network: subnet, peers) ─▶ Network::configure ─▶ network.json, routes
@@ -22,10 +23,12 @@
 pub mod dns;
 pub mod ipam;
 pub mod kernel;
+pub mod mesh;
 pub mod netlink;
 pub mod nft;
 pub mod service;
 pub mod vip;
+pub mod wg;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -114,6 +117,8 @@ pub struct Network {
     bridge_ready: std::sync::atomic::AtomicBool,
     /// The service map (saved in `services.json`) and local replica health.
     services: Mutex<service::Registry>,
+    /// The WireGuard mesh to hosts that are not on-link; its device runs while pods do.
+    mesh: mesh::Mesh,
 }
 
 fn key(project: &str, pod: &str) -> String {
@@ -196,7 +201,28 @@ impl Network {
             rules: Mutex::new(None),
             bridge_ready: Default::default(),
             services: Mutex::new(services),
+            mesh: mesh::Mesh::open(state_dir, Arc::new(mesh::System)),
         })
+    }
+
+    /// The same network with another mesh kernel (unit tests use [`mesh::Recording`]).
+    pub fn with_mesh_kernel(mut self, kernel: Arc<dyn mesh::MeshKernel>) -> Network {
+        let dir = self
+            .file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        self.mesh = mesh::Mesh::open(&dir, kernel);
+        self
+    }
+
+    /// Brings back what does not outlive the agent (the userspace mesh device) when pods run:
+    /// the daemon calls it at start.
+    pub fn resume(&self) -> Result<(), NetError> {
+        if !self.lock().book.pods.is_empty() {
+            self.mesh.ensure_up()?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
@@ -235,16 +261,12 @@ impl Network {
                 *saved = next;
             }
         }
-        let routes: Vec<PeerRoute> = net
-            .peers
-            .iter()
-            .filter(|p| p.subnet != net.subnet)
-            .map(|p| PeerRoute {
-                subnet: p.subnet,
-                via: p.via,
-            })
-            .collect();
+        // Peers on this L2 are routed via their address; the others go through the mesh.
+        let routes: Vec<PeerRoute> = self.mesh.configure(net)?;
         self.kernel.set_routes(&routes)?;
+        if !self.lock().book.pods.is_empty() {
+            self.mesh.ensure_up()?;
+        }
         self.warnings()
     }
 
@@ -299,6 +321,7 @@ impl Network {
                 self.kernel.enable_forwarding()?;
                 self.bridge_ready.store(true, Relaxed);
             }
+            self.mesh.ensure_up()?;
             self.kernel.attach_pod(&PodLink {
                 netns: netns.to_path_buf(),
                 host_if: host_if(addr),
@@ -337,6 +360,7 @@ impl Network {
         if saved.book.pods.is_empty() {
             self.kernel.remove_rules()?;
             *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.mesh.down();
             self.bridge_ready
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             self.kernel.remove_link(BRIDGE)?;
@@ -437,6 +461,7 @@ mod tests {
                     via: "10.250.0.12".parse().unwrap(),
                 },
             ],
+            mesh: None,
         }
     }
 

@@ -301,10 +301,13 @@ impl Supervisor {
             crate::image::ImageStore::open(paths.state.join("images")).map_err(io::Error::other)?;
         let exe = std::env::current_exe()?;
         let mut cfg = SupervisorConfig::new(&paths.state, exe, runtime, Arc::new(images));
-        cfg.network = Some(Arc::new(crate::network::Network::open(
-            &paths.state,
-            Arc::new(crate::network::kernel::Netlink),
-        )?));
+        let network =
+            crate::network::Network::open(&paths.state, Arc::new(crate::network::kernel::Netlink))?;
+        // The userspace mesh device died with the last daemon; pods still run and need it.
+        if let Err(e) = network.resume() {
+            eprintln!("daemon: bringing the mesh back: {e}");
+        }
+        cfg.network = Some(Arc::new(network));
         Supervisor::open(cfg).await
     }
 

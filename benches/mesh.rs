@@ -1,0 +1,349 @@
+//! `cargo bench --bench mesh`: TCP throughput and request/response latency between two lab hosts
+//! on one link — host to host (bare), pod to pod routed (host-gw), and pod to pod through the
+//! userspace WireGuard mesh (forced with `mode: wireguard` on the same link, so only the path
+//! differs). The client and server are this program's own threads, entered into the hosts' or the
+//! pods' network namespaces (`setns`): `MESH_BENCH_MIB` MiB (default 512) one way, then 2,000
+//! one-byte round trips. Needs root (the lab); prints figures, asserts nothing about time.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use compose_fleet::lab::{images, Lab};
+use compose_fleet::proto::mesh::{add_mesh, Mode};
+use compose_fleet::proto::net::{assign_subnets, host_networks, DEFAULT_FLEET_CIDR};
+use compose_fleet::proto::{
+    ApplyRequest, ContainerSpec, PodSpec, Request, Response, ResponseFrame,
+};
+use compose_fleet::ssh::{connect_agent, AgentBinary, OpenSsh, Options, SshTarget, Transport};
+use nix::fcntl::{Flock, FlockArg};
+
+const PROJECT: &str = "bench";
+/// The pods only hold their namespaces; found by these exact command lines.
+const SERVER_SLEEP: [&str; 2] = ["sleep", "36001"];
+const CLIENT_SLEEP: [&str; 2] = ["sleep", "36002"];
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the mesh benchmark needs root (it starts a lab fleet)");
+        return;
+    }
+    let mib: u64 = std::env::var("MESH_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512);
+    if let Err(e) = run(mib) {
+        eprintln!("mesh bench: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run(mib: u64) -> Result<(), String> {
+    let lock_file = File::create("/run/compose-fleet-lab.lock").map_err(|e| e.to_string())?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| e.to_string())?;
+    let dir = tempfile::Builder::new()
+        .prefix("cf-bench-lab")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let lab = Lab::new(&format!("bmesh-{}", std::process::id()), dir.path())
+        .map_err(|e| e.to_string())?;
+    let result = (|| {
+        lab.up(2, Some(1)).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        println!(
+            "{:<22} {:>10} {:>12} {:>12}",
+            "path (one link)", "TCP MiB/s", "RTT p50 us", "RTT p99 us"
+        );
+        let bare = bare(&lab, mib)?;
+        print_row("host to host (bare)", bare);
+        for (name, mode) in [
+            ("pod to pod, host-gw", Mode::HostGw),
+            ("pod to pod, mesh", Mode::Wireguard),
+        ] {
+            let figures = rt.block_on(pods(&lab, mode, mib))?;
+            print_row(name, figures);
+        }
+        Ok(())
+    })();
+    let _ = lab.down();
+    result
+}
+
+fn print_row(name: &str, f: Figures) {
+    println!(
+        "{name:<22} {:>10.1} {:>12.1} {:>12.1}",
+        f.mibps, f.p50_us, f.p99_us
+    );
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    mibps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Runs `f` on a new thread inside the network namespace of process `pid` (or of `/run/netns/NAME`).
+fn in_netns<T: Send + 'static>(
+    ns: std::path::PathBuf,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<std::io::Result<T>> {
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = File::open(&ns)?;
+        // SAFETY: setns on this thread only, with a namespace file we hold open.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        f()
+    })
+}
+
+/// One transfer and the round trips, between a server in `server_ns` on `server_ip` and a client
+/// in `client_ns`.
+fn measure(
+    server_ns: std::path::PathBuf,
+    client_ns: std::path::PathBuf,
+    server_ip: &str,
+    mib: u64,
+) -> Result<Figures, String> {
+    use std::io::{Read, Write};
+    const ROUND_TRIPS: usize = 2000;
+    let server = in_netns(server_ns, move || {
+        let listener = std::net::TcpListener::bind("0.0.0.0:5001")?;
+        // Bulk: read to the end, answer one byte.
+        let (mut c, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 16];
+        while c.read(&mut buf)? > 0 {}
+        c.write_all(b"k")?;
+        // Round trips: echo each byte.
+        let (mut c, _) = listener.accept()?;
+        c.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while c.read(&mut b)? == 1 {
+            c.write_all(&b)?;
+        }
+        Ok(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let addr: std::net::SocketAddr = format!("{server_ip}:5001")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let client = in_netns(client_ns, move || {
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        let chunk = vec![0u8; 1 << 20];
+        let started = Instant::now();
+        for _ in 0..mib {
+            c.write_all(&chunk)?;
+        }
+        c.shutdown(std::net::Shutdown::Write)?;
+        let mut k = [0u8; 1];
+        c.read_exact(&mut k)?;
+        let secs = started.elapsed().as_secs_f64();
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        c.set_nodelay(true)?;
+        let mut times = Vec::with_capacity(ROUND_TRIPS);
+        let mut b = [7u8; 1];
+        for _ in 0..ROUND_TRIPS {
+            let t = Instant::now();
+            c.write_all(&b)?;
+            c.read_exact(&mut b)?;
+            times.push(t.elapsed());
+        }
+        times.sort();
+        Ok((secs, times))
+    });
+    let (secs, times) = client
+        .join()
+        .map_err(|_| "the client panicked".to_string())?
+        .map_err(|e| format!("client: {e}"))?;
+    server
+        .join()
+        .map_err(|_| "the server panicked".to_string())?
+        .map_err(|e| format!("server: {e}"))?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok(Figures {
+        mibps: mib as f64 / secs,
+        p50_us: us(times[times.len() / 2]),
+        p99_us: us(times[times.len() * 99 / 100]),
+    })
+}
+
+/// Host to host over the lab link, in the hosts' own namespaces.
+fn bare(lab: &Lab, mib: u64) -> Result<Figures, String> {
+    let hosts = lab.hosts();
+    let ns = |name: &str| std::path::Path::new("/run/netns").join(name);
+    measure(
+        ns(&hosts[0].name),
+        ns(&hosts[1].name),
+        &hosts[0].address,
+        mib,
+    )
+}
+
+/// The pid of the process whose command line is exactly `argv` (a pod's `sleep N`).
+fn pid_of(argv: &[&str]) -> Result<u32, String> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    for entry in std::fs::read_dir("/proc").map_err(|e| e.to_string())? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == want) {
+            return Ok(pid);
+        }
+    }
+    Err(format!("no process {argv:?}"))
+}
+
+async fn rpc(
+    target: &SshTarget,
+    agent: &AgentBinary,
+    request: Request,
+) -> Result<Vec<ResponseFrame>, String> {
+    let ssh = OpenSsh::new(&Options::default()).map_err(|e| e.to_string())?;
+    let session = ssh.connect(target).await.map_err(|e| e.to_string())?;
+    let (mut client, _) = connect_agent(&session, &target.name, agent, Duration::from_secs(60))
+        .await
+        .map_err(|e| e.to_string())?;
+    client.send(1, request).await.map_err(|e| e.to_string())?;
+    let mut frames = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(300), client.recv())
+            .await
+            .map_err(|_| "the agent did not answer".to_string())?
+            .map_err(|e| e.to_string())?;
+        if let Some(err) = &frame.err {
+            return Err(format!("{}: {err}", target.name));
+        }
+        let more = frame.more;
+        frames.push(frame);
+        if !more {
+            return Ok(frames);
+        }
+    }
+}
+
+async fn hello_key(target: &SshTarget, agent: &AgentBinary) -> Result<String, String> {
+    let ssh = OpenSsh::new(&Options::default()).map_err(|e| e.to_string())?;
+    let session = ssh.connect(target).await.map_err(|e| e.to_string())?;
+    let (_, report) = connect_agent(&session, &target.name, agent, Duration::from_secs(60))
+        .await
+        .map_err(|e| e.to_string())?;
+    report
+        .facts
+        .mesh
+        .map(|m| m.public_key)
+        .ok_or_else(|| format!("{} reports no WireGuard key", target.name))
+}
+
+fn pod(name: &str, image: &str, command: &[&str]) -> PodSpec {
+    PodSpec {
+        name: name.into(),
+        hostname: name.into(),
+        spec_hash: format!("{name}-v1"),
+        containers: vec![ContainerSpec {
+            service: name.trim_end_matches("-1").into(),
+            replica: 1,
+            image: image.into(),
+            command: Some(command.iter().map(|s| s.to_string()).collect()),
+            ..ContainerSpec::default()
+        }],
+        ports: vec![],
+        network: Default::default(),
+    }
+}
+
+async fn pod_ip(target: &SshTarget, agent: &AgentBinary, pod: &str) -> Result<String, String> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        let frames = rpc(
+            target,
+            agent,
+            Request::Status {
+                project: Some(PROJECT.into()),
+            },
+        )
+        .await?;
+        if let Some(Response::Status(s)) = frames.last().and_then(|f| f.ok.clone()) {
+            if let Some(p) = s.pods.iter().find(|p| p.name == pod) {
+                if p.containers.iter().all(|c| c.state == "running") {
+                    if let Some(ip) = &p.ip {
+                        return Ok(ip.clone());
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(format!("{pod} did not start"))
+}
+
+/// A server pod on host 1 and a client pod on host 2, joined as `mode` says.
+async fn pods(lab: &Lab, mode: Mode, mib: u64) -> Result<Figures, String> {
+    let fleet = compose_fleet::inventory::load(&lab.inventory()).map_err(|e| format!("{e:?}"))?;
+    let targets = SshTarget::all(&fleet);
+    let agent = AgentBinary::locate(None).map_err(|e| e.to_string())?;
+    let registry = lab.registry().ok_or("the lab has no registry")?;
+    let shell = images::shell_image(&registry);
+    let mut keys = BTreeMap::new();
+    for t in &targets {
+        keys.insert(t.name.clone(), hello_key(t, &agent).await?);
+    }
+    let reported = targets.iter().map(|t| (t.name.clone(), None)).collect();
+    let subnets = assign_subnets(DEFAULT_FLEET_CIDR, &reported).map_err(|e| e.to_string())?;
+    let addresses = fleet
+        .hosts
+        .iter()
+        .map(|h| {
+            (
+                h.name.clone(),
+                h.address.parse().expect("lab addresses are IPv4"),
+            )
+        })
+        .collect();
+    let mut networks = host_networks(DEFAULT_FLEET_CIDR, &subnets, &addresses);
+    add_mesh(&mut networks, mode, &keys);
+    let apply = |host: &str, pods: Vec<PodSpec>| {
+        Request::Apply(ApplyRequest {
+            project: PROJECT.into(),
+            pods,
+            registry_auth: BTreeMap::new(),
+            insecure_registries: vec![registry.clone()],
+            network: Some(networks[host].clone()),
+        })
+    };
+    let (t1, t2) = (&targets[0], &targets[1]);
+    rpc(
+        t1,
+        &agent,
+        apply(&t1.name, vec![pod("server-1", &shell, &SERVER_SLEEP)]),
+    )
+    .await?;
+    rpc(
+        t2,
+        &agent,
+        apply(&t2.name, vec![pod("client-1", &shell, &CLIENT_SLEEP)]),
+    )
+    .await?;
+    let server = pod_ip(t1, &agent, "server-1").await?;
+    pod_ip(t2, &agent, "client-1").await?;
+    let ns = |argv: &[&str]| -> Result<std::path::PathBuf, String> {
+        Ok(std::path::PathBuf::from(format!(
+            "/proc/{}/ns/net",
+            pid_of(argv)?
+        )))
+    };
+    let (sns, cns) = (ns(&SERVER_SLEEP)?, ns(&CLIENT_SLEEP)?);
+    // Warm up (ARP, the mesh's handshake), then measure.
+    measure(sns.clone(), cns.clone(), &server, 8)?;
+    let figures = measure(sns, cns, &server, mib)?;
+    for t in [t1, t2] {
+        rpc(t, &agent, apply(&t.name, vec![])).await?;
+    }
+    Ok(figures)
+}
