@@ -38,6 +38,7 @@ pub mod isolated;
 pub mod logfile;
 mod logs;
 mod probe;
+mod receive;
 pub mod restart;
 pub mod seam;
 pub mod shim;
@@ -95,6 +96,9 @@ pub struct SupervisorConfig {
     pub log_max_files: u32,
     /// The host's pod network; `None` leaves pods with loopback only (tests, plain processes).
     pub network: Option<Arc<crate::network::Network>>,
+    /// The image store itself, for receiving images the CLI delivers (`images` is the same
+    /// store behind the pull seam); `None` refuses deliveries.
+    pub image_store: Option<Arc<crate::image::ImageStore>>,
 }
 
 impl SupervisorConfig {
@@ -112,6 +116,7 @@ impl SupervisorConfig {
             log_max_bytes: logfile::DEFAULT_MAX_BYTES,
             log_max_files: logfile::DEFAULT_MAX_FILES,
             network: None,
+            image_store: None,
         }
     }
 }
@@ -289,10 +294,12 @@ impl Supervisor {
         paths: &crate::store::Paths,
         runtime: Arc<dyn ContainerRuntime>,
     ) -> io::Result<Supervisor> {
-        let images =
-            crate::image::ImageStore::open(paths.state.join("images")).map_err(io::Error::other)?;
+        let images = Arc::new(
+            crate::image::ImageStore::open(paths.state.join("images")).map_err(io::Error::other)?,
+        );
         let exe = std::env::current_exe()?;
-        let mut cfg = SupervisorConfig::new(&paths.state, exe, runtime, Arc::new(images));
+        let mut cfg = SupervisorConfig::new(&paths.state, exe, runtime, images.clone());
+        cfg.image_store = Some(images);
         cfg.network = Some(Arc::new(crate::network::Network::open(
             &paths.state,
             Arc::new(crate::network::kernel::Netlink),
@@ -314,6 +321,9 @@ impl Supervisor {
             }
             Request::Logs(req) => self.logs(id, req, &tx).await,
             Request::Exec(req) => self.exec(id, req, &tx).await,
+            request @ (Request::BlobsWanted { .. }
+            | Request::BlobChunk(_)
+            | Request::ImageCommit(_)) => self.receive(request).await,
             Request::Remove { project, volumes } => self
                 .remove(&project, volumes)
                 .await
