@@ -146,6 +146,40 @@ pub async fn deliver(
     Ok(out)
 }
 
+/// Refuses, before anything is sent, a built image whose architecture differs from a host that
+/// would run it: builds are for this machine's architecture (`build.platforms` is not passed to
+/// builders yet), and a host cannot run another's binaries. Pure.
+pub fn check_architectures(
+    desired: &crate::deploy::desired::Desired,
+    images: &[LocalImage],
+    facts: &crate::plan::Facts,
+) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for (host, pods) in &desired.hosts {
+        let Some(host_arch) = facts.get(host).map(|f| f.arch.as_str()) else {
+            continue;
+        };
+        for image in images {
+            let runs = pods.iter().any(|p| p.images.contains(&image.reference));
+            let arch = image.built.architecture.as_str();
+            if runs && !arch.is_empty() && super::oci_arch(host_arch) != arch {
+                problems.push(format!(
+                    "service `{}` was built for {arch}, but host `{host}` is {host_arch}",
+                    image.service
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}\nhint: the builder here builds for {}; build on a machine of the hosts' architecture, or place the service on hosts of this one (nothing was sent)",
+        problems.join("\n"),
+        super::oci_arch(std::env::consts::ARCH)
+    ))
+}
+
 /// Delivers each built image to the hosts whose desired pods run it, hosts in parallel (one
 /// host's images one after another, over its one connection). Returns every delivery, or the
 /// first failure (the others still finish: a host never gets half a request).
@@ -197,5 +231,67 @@ pub async fn deliver_all(
             all.sort_by(|a, b| (&a.host, &a.reference).cmp(&(&b.host, &b.reference)));
             Ok(all)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::BuiltRef;
+    use crate::deploy::desired::{Desired, DesiredPod};
+
+    #[test]
+    fn an_image_built_for_another_architecture_is_refused_naming_the_host() {
+        let reference = "localhost/app-web@sha256:ab".to_string();
+        let pod = |host: &str| DesiredPod {
+            name: "web-1".into(),
+            host: host.into(),
+            spec_hash: String::new(),
+            containers: vec![],
+            healthchecked: Default::default(),
+            images: vec![reference.clone()],
+            spec: crate::proto::PodSpec {
+                name: "web-1".into(),
+                hostname: "web-1".into(),
+                spec_hash: String::new(),
+                containers: vec![],
+                ports: vec![],
+                network: Default::default(),
+            },
+        };
+        let mut desired = Desired::default();
+        desired.hosts.insert("pi".into(), vec![pod("pi")]);
+        desired.hosts.insert("x86".into(), vec![pod("x86")]);
+        let facts: crate::plan::Facts = [("pi", "aarch64"), ("x86", "x86_64")]
+            .into_iter()
+            .map(|(h, a)| {
+                (
+                    h.to_string(),
+                    crate::plan::HostFacts {
+                        cpus: 1.0,
+                        memory: 1 << 30,
+                        arch: a.into(),
+                    },
+                )
+            })
+            .collect();
+        let image = LocalImage {
+            service: "web".into(),
+            reference: reference.clone(),
+            built: BuiltRef {
+                manifest: "sha256:ab".into(),
+                tags: vec![],
+                architecture: "amd64".into(),
+            },
+        };
+        let err = check_architectures(&desired, std::slice::from_ref(&image), &facts)
+            .expect_err("refused");
+        assert!(
+            err.starts_with("service `web` was built for amd64, but host `pi` is aarch64"),
+            "{err}"
+        );
+        assert!(!err.contains("`x86`"), "{err}");
+        desired.hosts.remove("pi");
+        assert!(check_architectures(&desired, &[image], &facts).is_ok());
     }
 }

@@ -143,6 +143,8 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             return Ok((connected, Err(steps)));
         }
         // Built images go to the hosts that run them before any pod asks for them.
+        crate::build::deliver::check_architectures(&prepared.desired, &built, &connected.facts)
+            .map_err(ExecError::User)?;
         let delivered = crate::build::deliver::deliver_all(
             &connected.hosts,
             &prepared.desired,
