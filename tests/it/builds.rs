@@ -3,7 +3,8 @@
 //! RUN, COPY, a multi-stage `target` whose later stage would fail) is built on the "laptop" (the
 //! root namespace), delivered by `up` over the agents' channel — no registry holds the built
 //! layers — and answers. A second `up --build` with one file changed sends only that layer (and
-//! the new config), to the one host that runs the service. A blob corrupted in the local store
+//! the new config), to the one host that runs the service. Half a layer sent on a connection
+//! that then closes is resumed by the next `up`, which sends only the rest. A blob corrupted in the local store
 //! is refused by the agent and never unpacked: the old image keeps serving.
 
 use std::path::Path;
@@ -178,8 +179,70 @@ fn built_images_are_delivered_without_a_registry_and_only_changed_layers_are_sen
         "built on the laptop, v2\n"
     );
 
-    // 3. A corrupted blob is refused by the agent and never unpacked.
+    // 3. A transfer cut mid-blob resumes: half a layer sent on a connection that then closes,
+    // and the next `up` sends only the rest.
     std::fs::write(dir.join("web/index.html"), "built on the laptop, v3\n").expect("write");
+    let out = cli(&lab, dir, &["build", "web"]);
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let built = store.built("built", "web").expect("recorded");
+    let (_, manifest) = store.manifest(&built.manifest).expect("manifest");
+    let top = manifest.layers.last().expect("layers").clone();
+    let bytes = std::fs::read(store.blob_path(&top.digest).expect("path")).expect("read");
+    let half = bytes.len() / 2;
+    let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
+    let target = compose_fleet::ssh::SshTarget::all(&fleet)
+        .into_iter()
+        .find(|t| t.name == web_host)
+        .expect("the web host's target");
+    let agent = compose_fleet::ssh::AgentBinary::locate(None).expect("the agent binary");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let reply = runtime.block_on(crate::support::rpc(
+        &target,
+        &agent,
+        compose_fleet::proto::Request::BlobChunk(compose_fleet::proto::BlobChunk {
+            digest: top.digest.clone(),
+            size: top.size,
+            offset: 0,
+            data_b64: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                &bytes[..half],
+            ),
+        }),
+    ));
+    assert!(
+        matches!(
+            crate::support::last_ok(&reply),
+            compose_fleet::proto::Response::BlobChunk { offset, complete: false, .. } if offset == half as u64
+        ),
+        "{reply:?}"
+    );
+    let out = cli(&lab, dir, &["up"]);
+    assert!(
+        out.status.success(),
+        "up after a cut failed: {}",
+        describe(&out)
+    );
+    let third = deliveries(&out);
+    assert_eq!(third.len(), 1, "{}", describe(&out));
+    let (_, blobs3, sent3, received3) = third[0];
+    assert_eq!(blobs3, 2, "{}", describe(&out));
+    assert_eq!(
+        sent3,
+        manifest.config.size + top.size - half as u64,
+        "only the rest of the cut layer was sent"
+    );
+    assert_eq!(received3, manifest.config.size + top.size);
+    assert_eq!(
+        get(&url, "built on the laptop, v3\n"),
+        "built on the laptop, v3\n"
+    );
+
+    // 4. A corrupted blob is refused by the agent and never unpacked.
+    std::fs::write(dir.join("web/index.html"), "built on the laptop, v4\n").expect("write");
     let out = cli(&lab, dir, &["build", "web"]);
     assert!(out.status.success(), "build failed: {}", describe(&out));
     let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
@@ -209,7 +272,7 @@ fn built_images_are_delivered_without_a_registry_and_only_changed_layers_are_sen
         "neither the blob nor a partial file stayed"
     );
     assert_eq!(
-        get(&url, "built on the laptop, v2\n"),
-        "built on the laptop, v2\n"
+        get(&url, "built on the laptop, v3\n"),
+        "built on the laptop, v3\n"
     );
 }
