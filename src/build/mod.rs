@@ -405,6 +405,21 @@ pub struct LocalImage {
     pub built: BuiltRef,
 }
 
+/// Points the services with `build:` at their last recorded builds, building nothing: for
+/// `up --dry-run` and `plan`, which change nothing. A service never built keeps no image (the
+/// plan then says it must be built first).
+pub fn pin_recorded(project: &mut Project, store: &LocalStore) {
+    let name = project.name.clone();
+    for (service_name, service) in project.services.iter_mut() {
+        if service.build.is_none() {
+            continue;
+        }
+        if let Some(b) = store.built(&name, service_name) {
+            service.image = Some(pinned_reference(&name, service, &b.manifest));
+        }
+    }
+}
+
 /// Builds what `up` needs and points the services at their built images: each service with
 /// `build:` (among `only`, when given) is built when `rebuild` is set or when the store holds no
 /// build of it; its `image` becomes the pinned reference. Returns the images to deliver.

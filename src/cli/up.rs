@@ -98,15 +98,20 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     // Services with `build:` are built here (on this machine) and named by digest.
     let mut project = checked.loaded.project.clone();
     let store = super::build::store()?;
-    let built = crate::build::prepare_up(
-        &mut project,
-        &args.services,
-        args.build,
-        args.builder,
-        fleet.registries.values().any(|r| r.insecure),
-        &store,
-    )
-    .map_err(Failure::User)?;
+    let built = if args.dry_run {
+        crate::build::pin_recorded(&mut project, &store);
+        Vec::new()
+    } else {
+        crate::build::prepare_up(
+            &mut project,
+            &args.services,
+            args.build,
+            args.builder,
+            fleet.registries.values().any(|r| r.insecure),
+            &store,
+        )
+        .map_err(Failure::User)?
+    };
     let project = &project;
     let opts = exec::Options {
         ssh: args.conn.ssh_options(),
@@ -217,7 +222,9 @@ pub fn changes(global: &GlobalArgs, conn: &ConnArgs, json: bool) -> CmdResult {
     let workspace = project::resolve(global)?;
     let checked = workspace.project()?;
     let fleet = workspace.fleet()?;
-    let project = &checked.loaded.project;
+    let mut project = checked.loaded.project.clone();
+    crate::build::pin_recorded(&mut project, &super::build::store()?);
+    let project = &project;
     let opts = exec::Options {
         ssh: conn.ssh_options(),
         ..exec::Options::default()
