@@ -8,6 +8,7 @@ packages=(
   sudo                            # the lab's non-root (`become`) users
   docker-registry                 # the lab's OCI registry (distribution v2)
   busybox-static                  # test images are built from it
+  buildah                         # builds `build:` images without a daemon (tests/it/builds.rs)
   musl-tools                      # the agent is a static musl binary
   iproute2 nftables iptables      # lab namespaces, bridge, routes; pod networking
   util-linux procps psmisc kmod   # unshare, nsenter, pgrep, fuser

@@ -8,6 +8,7 @@
 //! thin effectful shell. The agent that runs on every host lives in `crates/agent`; the protocol
 //! both sides speak lives in `crates/proto`.
 
+pub mod build;
 pub mod cli;
 pub mod compose;
 pub mod deploy;

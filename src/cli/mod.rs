@@ -13,6 +13,7 @@ use crate::compose::options::Flags;
 use crate::limits::Limits;
 use crate::output;
 
+pub mod build;
 pub mod config;
 pub mod control;
 pub mod down;
@@ -113,6 +114,8 @@ impl GlobalArgs {
 pub enum Command {
     /// Deploy the project onto the fleet (create, update, remove pods)
     Up(up::Args),
+    /// Build the services that have `build:` into the local image store
+    Build(build::Args),
     /// Show where every replica goes and what would change, without changing anything
     Plan(plan::Args),
     /// Validate the project and print it in canonical form
@@ -158,6 +161,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Start(_) => "start",
         Command::Restart(_) => "restart",
         Command::Pull(_) => "pull",
+        Command::Build(_) => "build",
         Command::Hosts(_) => "hosts",
         Command::Inventory(_) => "inventory",
         Command::Lab(_) => "lab",
@@ -200,6 +204,7 @@ pub fn main() -> ExitCode {
     crate::lifetime::install(command_name(&cli.command), cli.global.timeout);
     let result = match cli.command {
         Command::Up(a) => up::run(&cli.global, a),
+        Command::Build(a) => build::run(&cli.global, a),
         Command::Plan(a) => plan::run(&cli.global, a),
         Command::Config(a) => config::run(&cli.global, a),
         Command::Graph(a) => graph::run(&cli.global, a),

@@ -68,6 +68,12 @@ pub struct Args {
     /// running (without), or has exited 0; an unhealthy container or a non-zero exit fails `up`
     #[arg(long)]
     pub wait: bool,
+    /// Build images before deploying (default: build only services never built)
+    #[arg(long)]
+    pub build: bool,
+    /// The image builder to use (default: the first that works)
+    #[arg(long, value_enum)]
+    pub builder: Option<crate::build::Builder>,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Converge only these services (and what they depend on)
@@ -144,7 +150,24 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
     let workspace = project::resolve(global)?;
     let checked = workspace.project()?;
     let fleet = workspace.fleet()?;
-    let project = &checked.loaded.project;
+    // Services with `build:` are built here (on this machine) and named by digest.
+    let mut project = checked.loaded.project.clone();
+    let store = super::build::store()?;
+    let built = if args.dry_run {
+        crate::build::pin_recorded(&mut project, &store);
+        Vec::new()
+    } else {
+        crate::build::prepare_up(
+            &mut project,
+            &args.services,
+            args.build,
+            args.builder,
+            fleet.registries.values().any(|r| r.insecure),
+            &store,
+        )
+        .map_err(Failure::User)?
+    };
+    let project = &project;
     let opts = exec::Options {
         ssh: args.conn.ssh_options(),
         remove_orphans: args.remove_orphans,
@@ -189,6 +212,30 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             }
             let steps = prepared.flow.plan();
             return Ok((connected, Err(steps)));
+        }
+        // Built images go to the hosts that run them before any pod asks for them.
+        crate::build::deliver::check_architectures(&prepared.desired, &built, &connected.facts)
+            .map_err(ExecError::User)?;
+        let delivered = crate::build::deliver::deliver_all(
+            &connected.hosts,
+            &prepared.desired,
+            &built,
+            &store,
+            Duration::from_secs(120),
+        )
+        .await
+        .map_err(ExecError::User)?;
+        for d in &delivered {
+            output::status(&format!(
+                "{}: delivered {} ({} blobs, {} bytes sent, {} received by the agent, {} layers unpacked) in {:.2}s",
+                d.host,
+                d.reference,
+                d.blobs_sent,
+                d.bytes_sent,
+                d.bytes_received,
+                d.layers_unpacked,
+                d.elapsed.as_secs_f64()
+            ));
         }
         let (networks, why_not) = exec::fleet_networks(&fleet, &connected);
         if let Some(why) = why_not {
@@ -280,7 +327,9 @@ pub fn changes(global: &GlobalArgs, conn: &ConnArgs, json: bool) -> CmdResult {
     let workspace = project::resolve(global)?;
     let checked = workspace.project()?;
     let fleet = workspace.fleet()?;
-    let project = &checked.loaded.project;
+    let mut project = checked.loaded.project.clone();
+    crate::build::pin_recorded(&mut project, &super::build::store()?);
+    let project = &project;
     let files = match exec::read_files(project) {
         Ok(files) => files,
         Err(e) => {

@@ -102,7 +102,6 @@ impl Ledger {
 
 /// All keys of the spec's `service` definition. `None`: not a key of the spec.
 pub fn service_key(key: &str) -> Option<Rule> {
-    const NO_BUILD: &str = "compose-fleet runs images from a registry; it never builds them";
     const NOT_YET: &str = "the agent does not implement it yet";
     Some(match key {
         "image" | "command" | "entrypoint" | "environment" | "env_file" | "ports" | "volumes"
@@ -111,8 +110,7 @@ pub fn service_key(key: &str) -> Option<Rule> {
         | "ulimits" | "sysctls" | "cap_add" | "cap_drop" | "privileged" | "stop_signal"
         | "stop_grace_period" | "labels" | "profiles" | "extends" | "mem_limit"
         | "mem_reservation" | "cpus" | "pids_limit" | "scale" | "links" | "volumes_from"
-        | "expose" | "container_name" | "label_file" => honoured(),
-        "build" => accepted(NO_BUILD),
+        | "expose" | "container_name" | "label_file" | "build" => honoured(),
         "develop" => accepted("watch mode is a local development feature"),
         "annotations" => accepted("OCI annotations are not passed to the runtime yet"),
         "attach" => accepted("logs are read with `compose-fleet logs`"),

@@ -1101,23 +1101,15 @@ impl Loader<'_> {
                 ),
                 (None, Some(_)) => {
                     let rule = ledger::Rule {
-                        status: ledger::Status::Accepted,
-                        reason: "no `image`: compose-fleet never builds, so this service cannot be deployed until an image is given",
+                        status: ledger::Status::Honoured,
+                        reason: "built on this machine (`compose-fleet build`, `up`) and delivered to the hosts that run it, no registry",
                     };
                     retag_build(ledger, &svc.name, rule);
-                    self.diags.push(
-                        Diagnostic::warning(format!(
-                            "service `{}` has only `build:`; it cannot be deployed until it has an `image`",
-                            svc.name
-                        ))
-                        .at(svc.spans.name.clone())
-                        .hint("build the image, push it to a registry the hosts can reach, and add `image:` with its name"),
-                    );
                 }
                 (Some(_), Some(_)) => {
                     let rule = ledger::Rule {
-                        status: ledger::Status::Accepted,
-                        reason: "the service runs `image`, pulled from its registry; `build` is not used",
+                        status: ledger::Status::Honoured,
+                        reason: "built on this machine and delivered to the hosts; `image` names it as a tag, as docker compose does",
                     };
                     retag_build(ledger, &svc.name, rule);
                 }

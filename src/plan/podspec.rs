@@ -51,7 +51,7 @@ pub struct PodSpecs {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PodSpecError {
     /// The user's file: a service that only has `build:` (exit 1).
-    #[error("service `{0}` has no `image`; compose-fleet does not build images, push one to a registry and name it")]
+    #[error("service `{0}` has only `build:` and has not been built yet; `compose-fleet build` (or `up`) builds it")]
     NoImage(String),
     /// Placement split one pod replica across hosts: a bug (exit 2).
     #[error("replica {replica} of pod `{pod}` was placed on both `{first}` and `{second}`")]

@@ -1181,34 +1181,39 @@ fn spans_point_at_service_names_dependency_edges_ports_and_constraints() {
 }
 
 #[test]
-fn a_service_with_only_build_loads_and_the_ledger_says_it_cannot_be_deployed_yet() {
+fn a_service_with_build_is_honoured_by_the_ledger_and_loads_without_warnings() {
     let yaml = "services:\n  app:\n    build: .\n  web:\n    image: web\n    build: ./web\n";
     let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
     assert!(loaded.project.services["app"].build.is_some());
-    let build: Vec<(String, String)> = loaded
+    let build: Vec<(String, compose_fleet::compose::ledger::Status, String)> = loaded
         .ledger
         .entries
         .iter()
         .filter(|e| e.key == "build")
-        .map(|e| (e.service.clone().unwrap_or_default(), e.reason.clone()))
+        .map(|e| {
+            (
+                e.service.clone().unwrap_or_default(),
+                e.status,
+                e.reason.clone(),
+            )
+        })
         .collect();
     assert_eq!(build.len(), 2);
     assert!(
-        build[0]
-            .1
-            .contains("cannot be deployed until an image is given"),
+        build
+            .iter()
+            .all(|b| b.1 == compose_fleet::compose::ledger::Status::Honoured),
         "{build:?}"
     );
-    assert!(build[1].1.contains("`build` is not used"), "{build:?}");
-    let warnings = lines(&loaded.warnings);
-    assert_eq!(
-        warnings,
-        ["compose.yaml:2:3: warning: service `app` has only `build:`; it cannot be deployed until it has an `image`"]
-    );
-    let hint = loaded.warnings.0[0].hint.clone().unwrap_or_default();
+    assert!(build[0].2.contains("delivered to the hosts"), "{build:?}");
     assert!(
-        hint.contains("push it to a registry") || hint.contains("push it"),
-        "{hint}"
+        build[1].2.contains("`image` names it as a tag"),
+        "{build:?}"
+    );
+    assert!(
+        lines(&loaded.warnings).is_empty(),
+        "{:?}",
+        lines(&loaded.warnings)
     );
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per feature area.
 
 mod agent_e2e;
+mod builds;
 mod ci;
 mod compose;
 mod compose_errors;

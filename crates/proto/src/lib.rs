@@ -42,7 +42,10 @@ use serde::{Deserialize, Serialize};
 /// 2: the host network, pod networks and subnets (the network work).
 /// 3: a protocol error frame carries no id (`ResponseFrame::id` is optional) and has the kind
 /// `protocol`; the agent closes the connection after it and after a version mismatch.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: `exec_input`, `control` and `pull` (operating a project), `services` (the service map:
+/// VIPs and DNS), `blobs_wanted`/`blob_chunk`/`image_commit` (images delivered without a
+/// registry), the mesh in `HostFacts` and `HostNetwork`, exec's stdin and tty.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The longest line either side accepts, so a broken peer cannot make the other buffer forever.
 ///
@@ -103,6 +106,16 @@ pub enum Request {
     /// load-balancing rules and DNS answers for that project become exactly this. The reply is
     /// [`Response::Services`].
     Services(service::ServiceMap),
+    // --- Image delivery without a registry (issue 13): `blobs_wanted`, then `blob_chunk`s,
+    // then `image_commit` with the manifest last. See [`BlobChunk`].
+    /// Which of these blobs (`sha256:…`) the host lacks; answered by [`Response::BlobsWanted`].
+    BlobsWanted {
+        digests: Vec<String>,
+    },
+    /// Bytes of one blob; answered by [`Response::BlobChunk`].
+    BlobChunk(BlobChunk),
+    /// The manifest, sent after all its blobs: answered by [`Response::ImageCommitted`].
+    ImageCommit(ImageCommit),
 }
 
 /// One reply. Exactly one of `ok` and `err` is set.
@@ -157,6 +170,67 @@ pub enum Response {
         vips: u32,
         endpoints: u32,
     },
+    // --- Image delivery (issue 13).
+    /// The blobs of a [`Request::BlobsWanted`] the host lacks, in the order asked.
+    BlobsWanted {
+        missing: Vec<WantedBlob>,
+    },
+    /// Where the blob's partial file stands after a [`Request::BlobChunk`].
+    BlobChunk {
+        digest: String,
+        /// The offset the next chunk must start at (the bytes the host holds).
+        offset: u64,
+        /// The whole blob arrived, matched its digest and size, and is in the store.
+        complete: bool,
+    },
+    ImageCommitted(ImageCommitted),
+}
+
+/// A blob the host lacks, and how much of it a partial file already holds (resume from there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WantedBlob {
+    pub digest: String,
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// Bytes `[offset, offset + len)` of a blob of `size` bytes. `offset` must be what the host
+/// holds (0 starts over); the host appends to `blobs/sha256/<hex>.partial` and, when `size` bytes
+/// are there, verifies digest and size, fsyncs and renames it into place. A blob that does not
+/// match is deleted and refused: it is never unpacked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobChunk {
+    pub digest: String,
+    pub size: u64,
+    pub offset: u64,
+    /// Base64 of the bytes.
+    pub data_b64: String,
+}
+
+/// An image's manifest, after its config and layers: the host verifies it against `digest`,
+/// checks every blob it names is present, unpacks the layers (verifying each diff_id) and records
+/// the image under `reference` and each of `tags`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageCommit {
+    /// `name@sha256:…`: what pod specs will name.
+    pub reference: String,
+    pub digest: String,
+    /// Base64 of the manifest's bytes (exact: they are what the digest is of).
+    pub manifest_b64: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageCommitted {
+    pub reference: String,
+    /// Layers unpacked by this commit (0 when every layer was on the host already).
+    #[serde(default)]
+    pub layers_unpacked: u32,
+    /// Blob bytes this host received for this image's blobs since it last committed them
+    /// (resumed transfers count every byte received).
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 /// A failure on the agent's side, with the chain of causes (outermost first).
@@ -898,6 +972,9 @@ impl Request {
             Request::Control(_) => "control",
             Request::Pull(_) => "pull",
             Request::Services(_) => "services",
+            Request::BlobsWanted { .. } => "blobs_wanted",
+            Request::BlobChunk(_) => "blob_chunk",
+            Request::ImageCommit(_) => "image_commit",
         }
     }
 }

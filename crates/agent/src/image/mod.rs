@@ -21,6 +21,7 @@ mod blobs;
 mod config;
 mod error;
 mod index;
+mod receive;
 mod reference;
 mod unpack;
 
@@ -42,6 +43,7 @@ use index::{Index, IndexRecord};
 
 pub use config::{ImageConfig, ImageHealthcheck};
 pub use error::ImageError;
+pub use receive::MAX_CHUNK_BYTES;
 pub use reference::{ImageRef, Platform};
 
 /// Where the agent keeps images on a host.
@@ -112,6 +114,8 @@ pub struct ImageStore {
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     counters: Counters,
     privileged: bool,
+    /// Bytes received per blob by delivery (`receive`) since the blob's image was last committed.
+    received: Mutex<HashMap<String, u64>>,
 }
 
 impl ImageStore {
@@ -145,6 +149,7 @@ impl ImageStore {
             in_flight: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             privileged: nix::unistd::geteuid().is_root(),
+            received: Mutex::new(HashMap::new()),
         })
     }
 

@@ -40,6 +40,7 @@ pub mod isolated;
 pub mod logfile;
 mod logs;
 mod probe;
+mod receive;
 pub mod restart;
 pub mod seam;
 pub mod shim;
@@ -97,6 +98,9 @@ pub struct SupervisorConfig {
     pub log_max_files: u32,
     /// The host's pod network; `None` leaves pods with loopback only (tests, plain processes).
     pub network: Option<Arc<crate::network::Network>>,
+    /// The image store itself, for receiving images the CLI delivers (`images` is the same
+    /// store behind the pull seam); `None` refuses deliveries.
+    pub image_store: Option<Arc<crate::image::ImageStore>>,
 }
 
 impl SupervisorConfig {
@@ -114,6 +118,7 @@ impl SupervisorConfig {
             log_max_bytes: logfile::DEFAULT_MAX_BYTES,
             log_max_files: logfile::DEFAULT_MAX_FILES,
             network: None,
+            image_store: None,
         }
     }
 }
@@ -297,10 +302,12 @@ impl Supervisor {
         paths: &crate::store::Paths,
         runtime: Arc<dyn ContainerRuntime>,
     ) -> io::Result<Supervisor> {
-        let images =
-            crate::image::ImageStore::open(paths.state.join("images")).map_err(io::Error::other)?;
+        let images = Arc::new(
+            crate::image::ImageStore::open(paths.state.join("images")).map_err(io::Error::other)?,
+        );
         let exe = std::env::current_exe()?;
-        let mut cfg = SupervisorConfig::new(&paths.state, exe, runtime, Arc::new(images));
+        let mut cfg = SupervisorConfig::new(&paths.state, exe, runtime, images.clone());
+        cfg.image_store = Some(images);
         let network =
             crate::network::Network::open(&paths.state, Arc::new(crate::network::kernel::Netlink))?;
         // The userspace mesh device died with the last daemon; pods still run and need it.
@@ -328,6 +335,9 @@ impl Supervisor {
             Request::ExecInput(input) => self.exec_input(input).await,
             Request::Control(req) => self.control(req).await,
             Request::Pull(req) => self.pull(id, req, &tx).await,
+            request @ (Request::BlobsWanted { .. }
+            | Request::BlobChunk(_)
+            | Request::ImageCommit(_)) => self.receive(request).await,
             Request::Remove { project, volumes } => self
                 .remove(&project, volumes)
                 .await

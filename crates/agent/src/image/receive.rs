@@ -1,0 +1,455 @@
+//! Receiving images the CLI built, blob by blob over the agent's own channel: no registry.
+//!
+//! The CLI asks which blobs are missing ([`ImageStore::wanted`]), streams each in chunks
+//! ([`ImageStore::receive_chunk`]) and sends the manifest last ([`ImageStore::commit`]). A chunk
+//! is appended to `blobs/sha256/<hex>.partial` (the same file a registry pull resumes), so a cut
+//! transfer resumes at the partial file's length. When the declared size has arrived the file is
+//! hashed, fsynced and renamed into place; a blob whose digest or size does not match is deleted
+//! and refused. Only a committed manifest — verified, every blob present — makes an image, and
+//! its layers are unpacked (each diff_id verified) before it is recorded: a refused blob is
+//! never unpacked.
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use super::config::{self, Parsed};
+use super::error::ImageError;
+use super::index::IndexRecord;
+use super::{unpack, ImageRef, ImageStore};
+use crate::proto::{BlobChunk, ImageCommit, ImageCommitted, WantedBlob};
+
+/// The largest chunk accepted in one request (the CLI sends 1 MiB).
+pub const MAX_CHUNK_BYTES: usize = 8 << 20;
+
+impl ImageStore {
+    /// The blobs of `digests` not in the store, each with the bytes a partial file holds.
+    pub fn wanted(&self, digests: &[String]) -> Result<Vec<WantedBlob>, ImageError> {
+        let mut missing = Vec::new();
+        for digest in digests {
+            let path = self
+                .blobs
+                .path(digest)
+                .ok_or_else(|| bad_digest("delivered image", digest))?;
+            if path.is_file() {
+                continue;
+            }
+            let offset = std::fs::metadata(path.with_extension("partial"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            missing.push(WantedBlob {
+                digest: digest.clone(),
+                offset,
+            });
+        }
+        Ok(missing)
+    }
+
+    /// Appends one chunk; returns the offset the next must start at and whether the blob is
+    /// complete (verified and in place).
+    pub async fn receive_chunk(&self, chunk: &BlobChunk) -> Result<(u64, bool), ImageError> {
+        let what = "delivered blob";
+        let final_path = self
+            .blobs
+            .path(&chunk.digest)
+            .ok_or_else(|| bad_digest(what, &chunk.digest))?;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(&chunk.data_b64)
+            .map_err(|e| ImageError::BadImage {
+                image: what.into(),
+                reason: format!("chunk of {} is not base64: {e}", chunk.digest),
+            })?;
+        if data.len() > MAX_CHUNK_BYTES {
+            return Err(ImageError::BadImage {
+                image: what.into(),
+                reason: format!(
+                    "a chunk of {} bytes is larger than {MAX_CHUNK_BYTES}",
+                    data.len()
+                ),
+            });
+        }
+        // One writer per digest: a registry pull or another delivery of the same blob waits.
+        let _guard = self.in_flight(format!("blob {}", chunk.digest)).await;
+        if final_path.is_file() {
+            return Ok((chunk.size, true));
+        }
+        let partial = final_path.with_extension("partial");
+        let (digest, size, offset) = (chunk.digest.clone(), chunk.size, chunk.offset);
+        let received = data.len() as u64;
+        let result = tokio::task::spawn_blocking(move || {
+            write_chunk(&partial, &final_path, &digest, size, offset, &data)
+        })
+        .await
+        .map_err(|e| ImageError::Io {
+            op: "receiving",
+            path: self.blobs.dir().to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        {
+            let mut map = self.received.lock().unwrap_or_else(|p| p.into_inner());
+            *map.entry(chunk.digest.clone()).or_default() += received;
+        }
+        self.counters.bytes.fetch_add(received, Ordering::Relaxed);
+        Ok(result)
+    }
+
+    /// Verifies and stores the manifest, checks its blobs are all here, unpacks the layers not
+    /// yet unpacked and records the image under its reference and tags.
+    pub async fn commit(&self, commit: &ImageCommit) -> Result<ImageCommitted, ImageError> {
+        let image_ref = ImageRef::parse(&commit.reference)?;
+        let canonical = image_ref.canonical();
+        let _shared = self.gc_lock.read().await;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(&commit.manifest_b64)
+            .map_err(|e| ImageError::BadImage {
+                image: canonical.clone(),
+                reason: format!("its manifest is not base64: {e}"),
+            })?;
+        let bad = |reason: String| ImageError::BadImage {
+            image: canonical.clone(),
+            reason,
+        };
+        // Checked before it is stored: a manifest naming blobs we lack is refused as a whole.
+        let manifest = match config::parse_manifest(&body).map_err(bad)? {
+            Parsed::Manifest(m) => m,
+            Parsed::Index(_) => {
+                return Err(bad(
+                    "a delivered image must be one platform's manifest, not a list".into(),
+                ))
+            }
+        };
+        let actual = super::blobs::sha256_digest(&body);
+        if actual != commit.digest {
+            return Err(ImageError::DigestMismatch {
+                image: canonical,
+                what: "manifest",
+                expected: commit.digest.clone(),
+                actual,
+            });
+        }
+        for desc in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            if !self.blobs.contains(&desc.digest) {
+                return Err(bad(format!(
+                    "blob {} was not delivered before the manifest; deliver it and commit again",
+                    desc.digest
+                )));
+            }
+        }
+        let config_file = self.read_config(&canonical, &manifest.config.digest)?;
+        if config_file.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(bad(format!(
+                "its manifest lists {} layers but its config {} diff_ids",
+                manifest.layers.len(),
+                config_file.rootfs.diff_ids.len()
+            )));
+        }
+        let dirs = self.layer_dirs(&canonical, &config_file)?;
+        let mut unpacked = 0;
+        for ((desc, diff_id), dir) in manifest
+            .layers
+            .iter()
+            .zip(&config_file.rootfs.diff_ids)
+            .zip(&dirs)
+        {
+            if dir.is_dir() {
+                continue;
+            }
+            let _guard = self.in_flight(format!("layer {diff_id}")).await;
+            if dir.is_dir() {
+                continue;
+            }
+            let compression = unpack::compression_for(&desc.media_type).map_err(|hint| {
+                ImageError::UnsupportedMediaType {
+                    image: canonical.clone(),
+                    digest: desc.digest.clone(),
+                    media_type: desc.media_type.clone(),
+                    hint,
+                }
+            })?;
+            self.unpack(&canonical, desc, compression, diff_id, dir)
+                .await?;
+            unpacked += 1;
+        }
+        // The manifest last: once it is in the store the image is whole.
+        self.blobs
+            .put_verified(&canonical, "manifest", &commit.digest, &body)?;
+        let mut names = vec![canonical.clone()];
+        for tag in &commit.tags {
+            names.push(ImageRef::parse(tag)?.canonical());
+        }
+        {
+            let mut index = self.index.lock().await;
+            let record = IndexRecord {
+                manifest: commit.digest.clone(),
+                list: None,
+            };
+            let mut changed = false;
+            for name in names {
+                if index.images.get(&name) != Some(&record) {
+                    index.images.insert(name, record.clone());
+                    changed = true;
+                }
+            }
+            if changed {
+                index.save(&self.index_path)?;
+            }
+        }
+        let bytes_received = {
+            let mut map = self.received.lock().unwrap_or_else(|p| p.into_inner());
+            std::iter::once(&manifest.config)
+                .chain(&manifest.layers)
+                .filter_map(|d| map.remove(&d.digest))
+                .sum()
+        };
+        Ok(ImageCommitted {
+            reference: commit.reference.clone(),
+            layers_unpacked: unpacked,
+            bytes_received,
+        })
+    }
+}
+
+fn bad_digest(image: &str, digest: &str) -> ImageError {
+    ImageError::BadImage {
+        image: image.to_string(),
+        reason: format!("`{digest}` is not a sha256 digest; only sha256 is supported"),
+    }
+}
+
+/// Appends `data` at `offset` to the partial file; at `size` bytes verifies and publishes it.
+fn write_chunk(
+    partial: &std::path::Path,
+    final_path: &std::path::Path,
+    digest: &str,
+    size: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<(u64, bool), ImageError> {
+    let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    if offset != have && offset != 0 {
+        // The sender's idea of the offset is stale (a chunk lost with the connection): tell it
+        // where we are, it resumes from there.
+        return Ok((have, false));
+    }
+    let end = offset + data.len() as u64;
+    if end > size {
+        let _ = std::fs::remove_file(partial);
+        return Err(ImageError::SizeMismatch {
+            image: "delivered blob".into(),
+            digest: digest.to_string(),
+            expected: size,
+            actual: end,
+            more: " or more",
+        });
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(offset == 0)
+        .open(partial)
+        .map_err(ImageError::io("creating", partial))?;
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .and_then(|_| file.write_all(data))
+        .map_err(ImageError::io("writing", partial))?;
+    if end < size {
+        return Ok((end, false));
+    }
+    file.sync_all()
+        .map_err(ImageError::io("syncing", partial))?;
+    drop(file);
+    // Hash what is on disk, not what we were sent: that is what will be unpacked.
+    let mut hasher = Sha256::new();
+    let mut f = std::fs::File::open(partial).map_err(ImageError::io("reading", partial))?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut len = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(ImageError::io("reading", partial))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if actual != digest || len != size {
+        let _ = std::fs::remove_file(partial);
+        return Err(ImageError::BadImage {
+            image: format!("delivered blob {digest}"),
+            reason: format!(
+                "it failed verification: {len} bytes with digest {actual}, expected {size} bytes \
+                 with digest {digest}; it was deleted and nothing was unpacked"
+            ),
+        });
+    }
+    std::fs::rename(partial, final_path).map_err(ImageError::io("renaming", partial))?;
+    if let Some(dir) = final_path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok((size, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::BlobChunk;
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    fn digest(b: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(b)))
+    }
+
+    /// A one-layer image (uncompressed tar with one file): (manifest, config, layer).
+    fn image() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        let body = b"hello from a delivered layer\n";
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "hello.txt", &body[..])
+            .expect("tar");
+        let layer = builder.into_inner().expect("tar");
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["/hello"]},
+            "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}
+        }))
+        .expect("json");
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": digest(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": digest(&layer), "size": layer.len()}]
+        }))
+        .expect("json");
+        (manifest, config, layer)
+    }
+
+    async fn send(store: &ImageStore, blob: &[u8], chunk: usize) -> Result<(), ImageError> {
+        let mut offset = 0usize;
+        while offset < blob.len() {
+            let end = (offset + chunk).min(blob.len());
+            let (next, _) = store
+                .receive_chunk(&BlobChunk {
+                    digest: digest(blob),
+                    size: blob.len() as u64,
+                    offset: offset as u64,
+                    data_b64: b64(&blob[offset..end]),
+                })
+                .await?;
+            offset = next as usize;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn delivered_image_is_unpacked_and_found_by_digest_without_a_registry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let (manifest, config, layer) = image();
+        let all = vec![digest(&config), digest(&layer)];
+        assert_eq!(store.wanted(&all).expect("wanted").len(), 2);
+        send(&store, &config, 7).await.expect("config");
+        // The layer in two goes: a cut transfer resumes at the partial file's length.
+        let half = layer.len() / 2;
+        store
+            .receive_chunk(&BlobChunk {
+                digest: digest(&layer),
+                size: layer.len() as u64,
+                offset: 0,
+                data_b64: b64(&layer[..half]),
+            })
+            .await
+            .expect("first half");
+        let wanted = store.wanted(&all).expect("wanted");
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(wanted[0].offset, half as u64);
+        let (next, complete) = store
+            .receive_chunk(&BlobChunk {
+                digest: digest(&layer),
+                size: layer.len() as u64,
+                offset: half as u64,
+                data_b64: b64(&layer[half..]),
+            })
+            .await
+            .expect("second half");
+        assert_eq!((next, complete), (layer.len() as u64, true));
+        assert!(store.wanted(&all).expect("wanted").is_empty());
+
+        let reference = format!("localhost/app-web@{}", digest(&manifest));
+        let committed = store
+            .commit(&ImageCommit {
+                reference: reference.clone(),
+                digest: digest(&manifest),
+                manifest_b64: b64(&manifest),
+                tags: vec!["example.org/app:1".into()],
+            })
+            .await
+            .expect("commit");
+        assert_eq!(committed.layers_unpacked, 1);
+        assert_eq!(
+            committed.bytes_received,
+            (config.len() + layer.len()) as u64
+        );
+        // A pull by digest finds it: no registry is asked (there is none at localhost).
+        let image = store.pull(&reference, None, &[]).await.expect("present");
+        assert_eq!(
+            std::fs::read(image.layer_dirs[0].join("hello.txt")).expect("file"),
+            b"hello from a delivered layer\n"
+        );
+        assert!(store.get("example.org/app:1").await.expect("get").is_some());
+    }
+
+    #[tokio::test]
+    async fn corrupted_blob_is_refused_and_never_unpacked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let (manifest, config, layer) = image();
+        send(&store, &config, 1 << 20).await.expect("config");
+        let mut corrupt = layer.clone();
+        let last = corrupt.len() - 600;
+        corrupt[last] ^= 0xff;
+        let err = store
+            .receive_chunk(&BlobChunk {
+                digest: digest(&layer),
+                size: layer.len() as u64,
+                offset: 0,
+                data_b64: b64(&corrupt),
+            })
+            .await
+            .expect_err("a corrupted blob is refused");
+        assert!(err.to_string().contains("failed verification"), "{err}");
+        let path = store.blob_path(&digest(&layer)).expect("path");
+        assert!(!path.exists() && !path.with_extension("partial").exists());
+        let err = store
+            .commit(&ImageCommit {
+                reference: format!("localhost/app-web@{}", digest(&manifest)),
+                digest: digest(&manifest),
+                manifest_b64: b64(&manifest),
+                tags: vec![],
+            })
+            .await
+            .expect_err("the manifest of an incomplete image is refused");
+        assert!(err.to_string().contains("was not delivered"), "{err}");
+        let layers: Vec<_> = std::fs::read_dir(dir.path().join("layers"))
+            .expect("layers")
+            .collect();
+        assert!(layers.is_empty(), "nothing was unpacked: {layers:?}");
+    }
+}

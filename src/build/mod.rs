@@ -1,0 +1,542 @@
+//! Images from compose `build:`: built on the user's machine with the builder they have, read
+//! into the local content store ([`store`]) and delivered to the hosts over the agent's channel
+//! ([`deliver`]) — no registry.
+//!
+//! Builders, detected in this order unless `--builder` forces one: `docker buildx` (OCI
+//! exporter), `docker build` + `docker save`, `podman build`, `buildah bud`. A builder counts only
+//! when it works (`docker info` answers: a docker CLI without a daemon is skipped), not merely
+//! when its binary exists. What gets built is the working tree as it is.
+//!
+//! A built image is named by its manifest digest: the pod specs name `<name>@sha256:…`, which a
+//! host whose store holds that manifest runs without asking any registry.
+
+pub mod deliver;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::compose::model::{Project, Service};
+pub use store::{BuiltRef, LocalStore};
+
+/// A builder on the user's machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Builder {
+    /// `docker buildx build --output type=oci`
+    Buildx,
+    /// `docker build`, then `docker save`
+    Docker,
+    /// `podman build`, then `podman save --format oci-archive`
+    Podman,
+    /// `buildah bud`, then `buildah push … oci-archive:`
+    Buildah,
+}
+
+impl Builder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Builder::Buildx => "docker buildx",
+            Builder::Docker => "docker build",
+            Builder::Podman => "podman",
+            Builder::Buildah => "buildah",
+        }
+    }
+
+    /// Whether this builder works here: its probe commands exit 0.
+    fn works(self) -> bool {
+        let probes: &[&[&str]] = match self {
+            Builder::Buildx => &[&["docker", "buildx", "version"], &["docker", "info"]],
+            Builder::Docker => &[&["docker", "info"]],
+            Builder::Podman => &[&["podman", "info"]],
+            Builder::Buildah => &[&["buildah", "--version"]],
+        };
+        probes.iter().all(|argv| {
+            Command::new(argv[0])
+                .args(&argv[1..])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+}
+
+/// The first builder that works, or the forced one (checked too).
+pub fn detect(forced: Option<Builder>) -> Result<Builder, String> {
+    if let Some(b) = forced {
+        return if b.works() {
+            Ok(b)
+        } else {
+            Err(format!(
+                "--builder {} was asked for but does not work here (its probe command failed)\nhint: check that it is installed{}",
+                b.name(),
+                if matches!(b, Builder::Buildx | Builder::Docker) { " and that `docker info` reaches a daemon" } else { "" }
+            ))
+        };
+    }
+    [Builder::Buildx, Builder::Docker, Builder::Podman, Builder::Buildah]
+        .into_iter()
+        .find(|b| b.works())
+        .ok_or_else(|| {
+            "no image builder works on this machine (tried docker buildx, docker build, podman, buildah)\nhint: install one, e.g. `apt-get install buildah`, or start the docker daemon".to_string()
+        })
+}
+
+/// The OCI name of an architecture as Rust spells it (`x86_64` → `amd64`).
+pub fn oci_arch(arch: &str) -> &str {
+    match arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" | "armv7l" | "armv7" => "arm",
+        "i686" | "i386" | "x86" => "386",
+        "powerpc64le" | "ppc64le" => "ppc64le",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
+/// One service's build, from its `build:` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Job {
+    pub service: String,
+    pub context: String,
+    pub dockerfile: Option<String>,
+    pub dockerfile_inline: Option<String>,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub no_cache: bool,
+    pub pull: bool,
+    pub network: Option<String>,
+    pub extra_hosts: Vec<String>,
+    pub shm_size: Option<String>,
+    /// The tag the builder gives the image: the service's `image:` or `<project>-<service>`.
+    pub tag: String,
+    pub tags: Vec<String>,
+    /// Registries a `FROM` may pull over plain http (the inventory's insecure registries).
+    pub insecure: bool,
+}
+
+/// Options of `build:` this slice does not pass to any builder yet: refused, never ignored.
+const NOT_YET: &[&str] = &[
+    "platforms",
+    "secrets",
+    "ssh",
+    "cache_from",
+    "cache_to",
+    "additional_contexts",
+    "isolation",
+    "privileged",
+    "ulimits",
+    "entitlements",
+];
+
+/// The build job of `service`, or why its `build:` cannot be honoured.
+pub fn job(project: &str, service: &Service, insecure: bool) -> Result<Option<Job>, String> {
+    let Some(build) = &service.build else {
+        return Ok(None);
+    };
+    let name = &service.name;
+    let mut job = Job {
+        service: name.clone(),
+        context: build.context.clone().unwrap_or_else(|| ".".into()),
+        dockerfile: build.dockerfile.clone(),
+        tag: service
+            .image
+            .clone()
+            .unwrap_or_else(|| format!("{project}-{name}")),
+        insecure,
+        ..Job::default()
+    };
+    let string = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let map = |v: &serde_json::Value| -> BTreeMap<String, String> {
+        match v {
+            serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), string(v))).collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|i| i.as_str())
+                .map(|s| match s.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (s.to_string(), String::new()),
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        }
+    };
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        match v {
+            serde_json::Value::Array(a) => a.iter().map(string).collect(),
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| format!("{k}:{}", string(v)))
+                .collect(),
+            other => vec![string(other)],
+        }
+    };
+    for (key, value) in &build.extra {
+        match key.as_str() {
+            "args" => job.args = map(value),
+            "dockerfile_inline" => job.dockerfile_inline = Some(string(value)),
+            "target" => job.target = Some(string(value)),
+            "labels" => job.labels = map(value),
+            "no_cache" => job.no_cache = value.as_bool().unwrap_or(false),
+            "pull" => job.pull = value.as_bool().unwrap_or(false),
+            "network" => job.network = Some(string(value)),
+            "extra_hosts" => {
+                // compose writes `host:ip` or `host=ip`; builders take `host:ip`.
+                job.extra_hosts = list(value)
+                    .into_iter()
+                    .map(|h| h.replacen('=', ":", 1))
+                    .collect()
+            }
+            "shm_size" => job.shm_size = Some(string(value)),
+            "tags" => job.tags = list(value),
+            k if NOT_YET.contains(&k) => {
+                return Err(format!(
+                    "service `{name}`: `build.{k}` is not supported by compose-fleet's builds yet\nhint: remove it, or build and push the image yourself and name it in `image:`"
+                ))
+            }
+            k if k.starts_with("x-") => {}
+            k => {
+                return Err(format!(
+                    "service `{name}`: `build.{k}` is not a build option compose-fleet knows"
+                ))
+            }
+        }
+    }
+    if job.dockerfile.is_some() && job.dockerfile_inline.is_some() {
+        return Err(format!(
+            "service `{name}`: `build` has both `dockerfile` and `dockerfile_inline`; keep one"
+        ));
+    }
+    Ok(Some(job))
+}
+
+/// The command lines that build `job` with `builder` and export it to `out` (an archive path),
+/// `dockerfile` being the file to use (the inline one written out by the caller). Pure.
+pub fn commands(
+    builder: Builder,
+    job: &Job,
+    dockerfile: Option<&Path>,
+    out: &Path,
+) -> Vec<Vec<String>> {
+    let mut build: Vec<String> = match builder {
+        Builder::Buildx => vec!["docker".into(), "buildx".into(), "build".into()],
+        Builder::Docker => vec!["docker".into(), "build".into()],
+        Builder::Podman => vec!["podman".into(), "build".into(), "--layers".into()],
+        // chroot isolation: no daemon, no user namespaces needed; --layers caches each step so
+        // an unchanged step makes the same layer (only a changed one is delivered again).
+        Builder::Buildah => vec![
+            "buildah".into(),
+            "bud".into(),
+            "--isolation".into(),
+            "chroot".into(),
+            "--layers".into(),
+        ],
+    };
+    let mut opt = |flag: &str, value: &str| {
+        build.push(flag.to_string());
+        build.push(value.to_string());
+    };
+    if let Some(f) = dockerfile {
+        opt("-f", &f.display().to_string());
+    }
+    for (k, v) in &job.args {
+        opt("--build-arg", &format!("{k}={v}"));
+    }
+    if let Some(t) = &job.target {
+        opt("--target", t);
+    }
+    for (k, v) in &job.labels {
+        opt("--label", &format!("{k}={v}"));
+    }
+    if let Some(n) = &job.network {
+        opt("--network", n);
+    }
+    for h in &job.extra_hosts {
+        opt("--add-host", h);
+    }
+    if let Some(s) = &job.shm_size {
+        opt("--shm-size", s);
+    }
+    opt("-t", &job.tag);
+    for t in &job.tags {
+        opt("-t", t);
+    }
+    if job.no_cache {
+        build.push("--no-cache".into());
+    }
+    if job.pull {
+        build.push("--pull".into());
+    }
+    if job.insecure && matches!(builder, Builder::Podman | Builder::Buildah) {
+        build.push("--tls-verify=false".into());
+    }
+    let out_s = out.display().to_string();
+    match builder {
+        Builder::Buildx => {
+            build.push("--output".into());
+            build.push(format!("type=oci,dest={out_s}"));
+            build.push(job.context.clone());
+            vec![build]
+        }
+        Builder::Docker => {
+            build.push(job.context.clone());
+            let save = vec![
+                "docker".into(),
+                "save".into(),
+                "-o".into(),
+                out_s,
+                job.tag.clone(),
+            ];
+            vec![build, save]
+        }
+        Builder::Podman => {
+            build.push(job.context.clone());
+            let save = vec![
+                "podman".into(),
+                "save".into(),
+                "--format".into(),
+                "oci-archive".into(),
+                "-o".into(),
+                out_s,
+                job.tag.clone(),
+            ];
+            vec![build, save]
+        }
+        Builder::Buildah => {
+            build.push(job.context.clone());
+            let push = vec![
+                "buildah".into(),
+                "push".into(),
+                job.tag.clone(),
+                format!("oci-archive:{out_s}"),
+            ];
+            vec![build, push]
+        }
+    }
+}
+
+/// Builds `job` and reads the result into `store`; returns what was recorded for the service.
+/// The builder's own output goes to stderr as it comes.
+pub fn build(
+    builder: Builder,
+    project: &str,
+    job: &Job,
+    store: &LocalStore,
+) -> Result<BuiltRef, String> {
+    let scratch = store.scratch("build").map_err(|e| e.to_string())?;
+    let result = (|| {
+        let dockerfile: Option<PathBuf> = match (&job.dockerfile_inline, &job.dockerfile) {
+            (Some(inline), _) => {
+                let p = scratch.join("Dockerfile");
+                std::fs::write(&p, inline).map_err(|e| format!("writing {}: {e}", p.display()))?;
+                Some(p)
+            }
+            (None, Some(f)) if !job.context.contains("://") => {
+                Some(Path::new(&job.context).join(f))
+            }
+            (None, Some(f)) => Some(PathBuf::from(f)),
+            (None, None) => None,
+        };
+        let out = scratch.join("image.tar");
+        for argv in commands(builder, job, dockerfile.as_deref(), &out) {
+            let status = Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdout(std::process::Stdio::from(std::io::stderr()))
+                .status()
+                .map_err(|e| format!("running {}: {e}", argv[0]))?;
+            if !status.success() {
+                return Err(format!(
+                    "building service `{}` failed: `{}` exited with {status}\nhint: its output is above",
+                    job.service,
+                    argv.join(" ")
+                ));
+            }
+        }
+        let (manifest, architecture) = store
+            .import(&out)
+            .map_err(|e| format!("reading the image built for service `{}`: {e}", job.service))?;
+        let mut tags = vec![];
+        if job.tag != format!("{project}-{}", job.service) {
+            tags.push(job.tag.clone());
+        }
+        tags.extend(job.tags.iter().cloned());
+        let built = BuiltRef {
+            manifest,
+            tags,
+            architecture,
+        };
+        store
+            .record(project, &job.service, &built)
+            .map_err(|e| e.to_string())?;
+        Ok(built)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// The reference pod specs carry for a built image: the `image:` name (tag dropped) or
+/// `localhost/<project>-<service>`, pinned to the manifest digest.
+pub fn pinned_reference(project: &str, service: &Service, digest: &str) -> String {
+    let name = match &service.image {
+        Some(image) => {
+            let no_digest = image.split('@').next().unwrap_or(image);
+            // A `:` after the last `/` is a tag (one before it is a registry port).
+            match no_digest.rfind(':') {
+                Some(i) if !no_digest[i..].contains('/') => no_digest[..i].to_string(),
+                _ => no_digest.to_string(),
+            }
+        }
+        None => format!("localhost/{project}-{}", service.name),
+    };
+    format!("{name}@{digest}")
+}
+
+/// A built image `up` delivers: the service, its pinned reference and the local build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalImage {
+    pub service: String,
+    pub reference: String,
+    pub built: BuiltRef,
+}
+
+/// Points the services with `build:` at their last recorded builds, building nothing: for
+/// `up --dry-run` and `plan`, which change nothing. A service never built keeps no image (the
+/// plan then says it must be built first).
+pub fn pin_recorded(project: &mut Project, store: &LocalStore) {
+    let name = project.name.clone();
+    for (service_name, service) in project.services.iter_mut() {
+        if service.build.is_none() {
+            continue;
+        }
+        if let Some(b) = store.built(&name, service_name) {
+            service.image = Some(pinned_reference(&name, service, &b.manifest));
+        }
+    }
+}
+
+/// Builds what `up` needs and points the services at their built images: each service with
+/// `build:` (among `only`, when given) is built when `rebuild` is set or when the store holds no
+/// build of it; its `image` becomes the pinned reference. Returns the images to deliver.
+pub fn prepare_up(
+    project: &mut Project,
+    only: &[String],
+    rebuild: bool,
+    forced: Option<Builder>,
+    insecure: bool,
+    store: &LocalStore,
+) -> Result<Vec<LocalImage>, String> {
+    let mut builder = None;
+    let mut images = Vec::new();
+    let name = project.name.clone();
+    for (service_name, service) in project.services.iter_mut() {
+        if !only.is_empty() && !only.contains(service_name) {
+            if service.image.is_none() {
+                // Not converged in this run, but `prepare` still plans its pods' specs.
+                if let Some(b) = store.built(&name, service_name) {
+                    let reference = pinned_reference(&name, service, &b.manifest);
+                    service.image = Some(reference);
+                }
+            }
+            continue;
+        }
+        let Some(job) = job(&name, service, insecure)? else {
+            continue;
+        };
+        let built = match (rebuild, store.built(&name, service_name)) {
+            (false, Some(b)) => b,
+            _ => {
+                let b = match builder {
+                    Some(b) => b,
+                    None => {
+                        let b = detect(forced)?;
+                        builder = Some(b);
+                        b
+                    }
+                };
+                crate::output::status(&format!(
+                    "building service `{service_name}` with {}",
+                    b.name()
+                ));
+                build(b, &name, &job, store)?
+            }
+        };
+        let reference = pinned_reference(&name, service, &built.manifest);
+        service.image = Some(reference.clone());
+        images.push(LocalImage {
+            service: service_name.clone(),
+            reference,
+            built,
+        });
+    }
+    Ok(images)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(image: Option<&str>, extra: serde_json::Value) -> Service {
+        let build = crate::compose::model::Build {
+            context: Some("/src/app".into()),
+            dockerfile: Some("Dockerfile.web".into()),
+            extra: serde_json::from_value(extra).expect("map"),
+        };
+        Service {
+            name: "web".into(),
+            image: image.map(str::to_string),
+            build: Some(build),
+            ..Service::default()
+        }
+    }
+
+    #[test]
+    fn buildah_command_carries_compose_build_options() {
+        let s = service(
+            Some("registry.example:5000/team/web:1.2"),
+            serde_json::json!({
+                "args": {"GREETING": "hi"}, "target": "final", "labels": {"a": "b"},
+                "no_cache": true, "network": "host", "extra_hosts": ["db=10.0.0.2"],
+                "shm_size": "64m", "tags": ["web:latest"]
+            }),
+        );
+        let job = job("shop", &s, true).expect("ok").expect("has build");
+        let cmds = commands(
+            Builder::Buildah,
+            &job,
+            Some(Path::new("/src/app/Dockerfile.web")),
+            Path::new("/tmp/out.tar"),
+        );
+        assert_eq!(
+            cmds[0].join(" "),
+            "buildah bud --isolation chroot --layers -f /src/app/Dockerfile.web --build-arg GREETING=hi \
+             --target final --label a=b --network host --add-host db:10.0.0.2 --shm-size 64m \
+             -t registry.example:5000/team/web:1.2 -t web:latest --no-cache --tls-verify=false /src/app"
+        );
+        assert_eq!(
+            cmds[1].join(" "),
+            "buildah push registry.example:5000/team/web:1.2 oci-archive:/tmp/out.tar"
+        );
+        assert_eq!(
+            pinned_reference("shop", &s, "sha256:ab"),
+            "registry.example:5000/team/web@sha256:ab"
+        );
+        let plain = service(None, serde_json::json!({}));
+        assert_eq!(
+            pinned_reference("shop", &plain, "sha256:ab"),
+            "localhost/shop-web@sha256:ab"
+        );
+    }
+
+    #[test]
+    fn build_options_no_builder_gets_yet_are_refused_by_name() {
+        let s = service(None, serde_json::json!({"platforms": ["linux/arm64"]}));
+        let err = job("shop", &s, false).expect_err("refused");
+        assert!(err.contains("`build.platforms` is not supported"), "{err}");
+    }
+}
