@@ -67,6 +67,11 @@ fn check_sources(files: &[(String, String)]) -> Vec<Violation> {
         let tokens = tokens(&code);
         let pure = PURE.iter().any(|p| path.starts_with(p)) && !PURE_EXCEPTIONS.contains(&&**path);
         if pure {
+            // A module's own unit tests may read fixtures; the rule is about what ships.
+            let shipped = code
+                .find("#[cfg(test)]\nmod tests")
+                .map_or(&code[..], |at| &code[..at]);
+            let tokens = self::tokens(shipped);
             for used in std_paths(&tokens)
                 .into_iter()
                 .filter(|m| FORBIDDEN_PATHS.contains(&m.as_str()))
@@ -490,6 +495,21 @@ fn the_pure_core_rule_spares_comments_strings_the_reader_and_the_shell() {
         ),
     ]);
     assert_eq!(v, [], "{}", report(&v));
+}
+
+#[test]
+fn the_pure_core_rule_spares_a_modules_unit_tests_reading_fixtures_only() {
+    let tests_read = "//! Pure.\nfn f() {}\n#[cfg(test)]\nmod tests {\n    fn t() { let _ = std::fs::read(\"x\"); }\n}\n";
+    assert_eq!(check_sources(&[file("src/graph.rs", tests_read)]), []);
+    let code_reads =
+        "//! Pure.\nfn f() { let _ = std::fs::read(\"x\"); }\n#[cfg(test)]\nmod tests {}\n";
+    let v = check_sources(&[file("src/graph.rs", code_reads)]);
+    assert_eq!(
+        rules(&v),
+        [("src/graph.rs", "uses std::fs")],
+        "{}",
+        report(&v)
+    );
 }
 
 #[test]
