@@ -58,6 +58,8 @@ pub struct Options {
     pub files: podspec::FileContents,
     /// Registry credentials by registry host ([`super::auth`]), sent with each pull.
     pub registry_auth: BTreeMap<String, crate::proto::RegistryAuth>,
+    /// The deploy lock's fencing number per host ([`super::lock`]), sent with every write.
+    pub fences: BTreeMap<String, u64>,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             wait: false,
             files: podspec::FileContents::default(),
             registry_auth: BTreeMap::new(),
+            fences: BTreeMap::new(),
         }
     }
 }
@@ -854,6 +857,7 @@ pub async fn run(
                         network,
                         vec![spec],
                         Vec::new(),
+                        opts.fences.get(&host).copied(),
                     );
                     let first = restart.then(|| {
                         apply_pods(
@@ -863,6 +867,7 @@ pub async fn run(
                             network,
                             Vec::new(),
                             vec![pod.clone()],
+                            opts.fences.get(&host).copied(),
                         )
                     });
                     let timeout = opts.request_timeout;
@@ -904,6 +909,7 @@ pub async fn run(
                         networks.get(&host),
                         Vec::new(),
                         vec![pod.clone()],
+                        opts.fences.get(&host).copied(),
                     );
                     let timeout = opts.request_timeout;
                     tasks.spawn(async move {
@@ -1123,6 +1129,7 @@ fn apply_pods(
     network: Option<&HostNetwork>,
     pods: Vec<PodSpec>,
     remove: Vec<String>,
+    fence: Option<u64>,
 ) -> Request {
     Request::ApplyPods(ApplyPodsRequest {
         project: project.to_string(),
@@ -1131,6 +1138,7 @@ fn apply_pods(
         remove,
         registry_auth: auth.clone(),
         insecure_registries: insecure.to_vec(),
+        fence,
     })
 }
 
@@ -1303,7 +1311,14 @@ pub async fn remove_all(
         let (name, conn, project) = (name.clone(), conn.clone(), project.to_string());
         tasks.spawn(async move {
             let r = conn
-                .call(Request::Remove { project, volumes }, timeout)
+                .call(
+                    Request::Remove {
+                        project,
+                        volumes,
+                        fence: None,
+                    },
+                    timeout,
+                )
                 .await
                 .and_then(|r| match r {
                     Response::Removed { pods } => Ok(pods),

@@ -245,6 +245,7 @@ async fn remove(sup: &Supervisor, project: &str, volumes: bool) -> Vec<String> {
         Request::Remove {
             project: project.into(),
             volumes,
+            fence: None,
         },
     )
     .await
@@ -768,6 +769,7 @@ async fn apply_pods(
             remove: remove.iter().map(|s| s.to_string()).collect(),
             registry_auth: BTreeMap::new(),
             insecure_registries: Vec::new(),
+            fence: None,
         }),
     )
     .await;
