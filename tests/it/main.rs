@@ -15,6 +15,7 @@ mod lab;
 mod limits;
 mod load_props;
 mod local;
+mod lock;
 mod memory;
 mod network_lab;
 mod operate;
