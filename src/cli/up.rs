@@ -248,6 +248,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         let mut opts = opts.clone();
         if let Some(held) = &lock {
             opts.fences = held.fences.clone();
+            opts.lease_lost = Some(held.lost.clone());
         }
         if let Some(left) = lifetime::remaining() {
             opts.timeout = left

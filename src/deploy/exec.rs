@@ -60,6 +60,9 @@ pub struct Options {
     pub registry_auth: BTreeMap<String, crate::proto::RegistryAuth>,
     /// The deploy lock's fencing number per host ([`super::lock`]), sent with every write.
     pub fences: BTreeMap<String, u64>,
+    /// Says why once the deploy lock is lost (a renewal refused: another deploy holds it now);
+    /// the run then stops as at its deadline.
+    pub lease_lost: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
             files: podspec::FileContents::default(),
             registry_auth: BTreeMap::new(),
             fences: BTreeMap::new(),
+            lease_lost: None,
         }
     }
 }
@@ -796,6 +800,8 @@ pub async fn run(
     let deadline = Instant::now() + opts.timeout;
     let mut aborted = false;
     let mut idle_rounds = 0u32;
+    let mut lease_lost = opts.lease_lost.clone();
+    let mut lost: Option<String> = None;
     // One listener for the whole run: a `ctrl_c()` made anew in each round would miss a SIGINT
     // that arrives while a round polls the hosts (found as an interrupt ignored until the
     // deadline).
@@ -950,13 +956,15 @@ pub async fn run(
             idle_rounds = 0;
             continue;
         }
-        if !aborted && Instant::now() >= deadline {
+        if !aborted && (Instant::now() >= deadline || lost.is_some()) {
             aborted = true;
             events.push_back(Event::Abort {
-                reason: format!(
-                    "the deploy did not finish within {}s (`--timeout`)",
-                    opts.timeout.as_secs()
-                ),
+                reason: lost.take().unwrap_or_else(|| {
+                    format!(
+                        "the deploy did not finish within {}s (`--timeout`)",
+                        opts.timeout.as_secs()
+                    )
+                }),
             });
             // What never started will not: its pod's action is answered as failed.
             let pending: BTreeSet<(String, String)> = watched
@@ -969,7 +977,7 @@ pub async fn run(
                 events.push_back(Event::ActionFailed {
                     host,
                     pod,
-                    reason: "its containers did not start before the deadline".into(),
+                    reason: "its containers did not start before the deploy stopped".into(),
                 });
             }
             continue;
@@ -1032,6 +1040,15 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()), if !aborted => {}
+            Some(reason) = async {
+                match lease_lost.as_mut() {
+                    Some(rx) => match rx.wait_for(Option::is_some).await {
+                        Ok(reason) => reason.clone(),
+                        Err(_) => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            }, if !aborted && lost.is_none() => lost = Some(reason),
             Some(_) = async {
                 match interrupt.as_mut() {
                     Some(s) => s.recv().await,

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::exec::{ExecError, HostConn};
@@ -20,6 +21,8 @@ use crate::proto::{Lease, LockOwner, LockRequest, Request, Response};
 /// The leases this run holds: each host's fencing number, and the task that renews them.
 pub struct Held {
     pub fences: BTreeMap<String, u64>,
+    /// Becomes `Some(why)` when a renewal is refused: another deploy holds the lock now.
+    pub lost: watch::Receiver<Option<String>>,
     project: String,
     hosts: BTreeMap<String, Arc<HostConn>>,
     renew: JoinHandle<()>,
@@ -95,6 +98,7 @@ pub async fn acquire(
             }
         }
         let Some((host, lease)) = refused else {
+            let (lost_tx, lost) = watch::channel(None);
             let renew = tokio::spawn(renew(
                 hosts.clone(),
                 project.to_string(),
@@ -102,9 +106,11 @@ pub async fn acquire(
                 ttl_secs,
                 fences.clone(),
                 timeout,
+                lost_tx,
             ));
             return Ok(Held {
                 fences,
+                lost,
                 project: project.to_string(),
                 hosts: hosts.clone(),
                 renew,
@@ -121,8 +127,8 @@ pub async fn acquire(
 }
 
 /// Renews every lease at a third of the TTL, so one lost renewal does not let it expire. A
-/// renewal refused (the lease expired and another took it) is left to the fencing: this run's
-/// writes are refused from then on, which fails the run with the agent's reason.
+/// renewal refused (the lease expired and another took it: this process was paused or cut off)
+/// is said on `lost`, and the run stops; the fencing refuses any write sent meanwhile.
 async fn renew(
     hosts: BTreeMap<String, Arc<HostConn>>,
     project: String,
@@ -130,6 +136,7 @@ async fn renew(
     ttl_secs: u64,
     fences: BTreeMap<String, u64>,
     timeout: Duration,
+    lost: watch::Sender<Option<String>>,
 ) {
     let every = Duration::from_millis(ttl_secs * 1000 / 3).max(Duration::from_millis(300));
     loop {
@@ -144,7 +151,14 @@ async fn renew(
                 ttl_secs,
                 fence: Some(*fence),
             };
-            let _ = call(conn, Request::Lock(req), timeout.min(every)).await;
+            if let Ok((false, lease)) = call(conn, Request::Lock(req), timeout.min(every)).await {
+                let o = &lease.owner;
+                let _ = lost.send(Some(format!(
+                    "lost the deploy lock on host `{name}`: this deploy was paused or cut off past its `--lock-ttl`, and lease {} went to {}@{} (pid {}); stopping without further changes",
+                    lease.fence, o.user, o.machine, o.pid
+                )));
+                return;
+            }
         }
     }
 }

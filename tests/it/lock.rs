@@ -37,20 +37,23 @@ fn spawn(mut cmd: Command) -> Child {
 }
 
 /// Reads `child`'s `--json` events until its first pod action: from then on it holds the lock.
-/// Returns the child (its stdout drained in a thread so it never blocks).
-fn until_deploying(mut child: Child) -> Child {
+/// Returns the child and the thread that drains its stdout, which returns every line.
+fn until_deploying(mut child: Child) -> (Child, std::thread::JoinHandle<Vec<String>>) {
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let lines = std::thread::spawn(move || {
+        let mut all = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.contains(r#""event":"create""#) || line.contains(r#""event":"replace""#) {
                 let _ = tx.send(());
             }
+            all.push(line);
         }
+        all
     });
     rx.recv_timeout(Duration::from_secs(60))
         .expect("the first `up` starts deploying");
-    child
+    (child, lines)
 }
 
 #[test]
@@ -60,11 +63,17 @@ fn two_concurrent_ups_deploy_one_at_a_time_and_a_killed_ups_lease_expires() {
     };
 
     // 1. Two at once: exactly one deploys; the other fails at once, naming the holder.
-    let first = until_deploying(spawn(up(&lab, "1", &[])));
+    let (first, first_events) = until_deploying(spawn(up(&lab, "1", &[])));
     let holder = first.id();
     let second = spawn(up(&lab, "1", &[])).wait_with_output().expect("waits");
     let first = first.wait_with_output().expect("waits");
-    assert!(first.status.success(), "first up: {}", describe(&first));
+    let first_events = first_events.join().expect("stdout drained");
+    assert!(
+        first.status.success(),
+        "first up: {}\n{}",
+        describe(&first),
+        first_events.join("\n")
+    );
     assert_eq!(
         second.status.code(),
         Some(1),
@@ -84,7 +93,7 @@ fn two_concurrent_ups_deploy_one_at_a_time_and_a_killed_ups_lease_expires() {
     );
 
     // 2. With `--lock-wait`, the second waits for the first and then deploys.
-    let first = until_deploying(spawn(up(&lab, "2", &[])));
+    let (first, _) = until_deploying(spawn(up(&lab, "2", &[])));
     let second = spawn(up(&lab, "3", &["--lock-wait", "2m"]))
         .wait_with_output()
         .expect("waits");
@@ -99,7 +108,7 @@ fn two_concurrent_ups_deploy_one_at_a_time_and_a_killed_ups_lease_expires() {
 
     // 3. An `up` killed while it holds the lock: its lease stands for its TTL (another `up`
     //    is refused naming the dead pid), then expires by itself: the next `up` deploys.
-    let mut killed = until_deploying(spawn(up(&lab, "4", &["--lock-ttl", "6s"])));
+    let (mut killed, _) = until_deploying(spawn(up(&lab, "4", &["--lock-ttl", "6s"])));
     let dead = killed.id();
     killed.kill().expect("SIGKILL");
     let _ = killed.wait();
@@ -121,4 +130,89 @@ fn two_concurrent_ups_deploy_one_at_a_time_and_a_killed_ups_lease_expires() {
         describe(&after)
     );
     assert!(deployed(&after), "{}", describe(&after));
+}
+
+/// `ps --format json`: `service.replica` → pid, of the running containers.
+fn running_pids(lab: &Lab) -> Vec<(String, u64)> {
+    let out = lab
+        .cli()
+        .arg("-f")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lock/compose.yaml"))
+        .args(["-p", PROJECT, "ps", "--format", "json"])
+        .env("REGISTRY", lab.registry())
+        .output()
+        .expect("runs ps");
+    assert!(out.status.success(), "ps: {}", describe(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("ps JSON");
+    let mut pids: Vec<(String, u64)> = rows
+        .iter()
+        .filter(|r| r["state"] == "running")
+        .map(|r| {
+            (
+                format!("{}.{}", r["service"].as_str().unwrap_or("?"), r["replica"]),
+                r["pid"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// A deployer frozen (SIGSTOP) past its lease, whose lease then went to another deploy, changes
+/// nothing when it resumes: its renewal is refused and it stops, and any write it sends carries a
+/// stale fencing number that the agents refuse; it fails.
+#[test]
+fn a_deployer_frozen_past_its_lease_changes_nothing_when_it_resumes() {
+    let Some(lab) = Lab::up("deploy_lock_frozen", 2) else {
+        return;
+    };
+    let first = up(&lab, "0", &[]).output().expect("runs");
+    assert!(first.status.success(), "first up: {}", describe(&first));
+
+    // A starts deploying STAMP=1 (its job first) and is frozen past its 2s lease.
+    let (frozen, events) = until_deploying(spawn({
+        let mut cmd = up(&lab, "1", &["--lock-ttl", "2s"]);
+        cmd.args(["--timeout", "90s"]);
+        cmd
+    }));
+    let pid = nix::unistd::Pid::from_raw(frozen.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    std::thread::sleep(Duration::from_secs(3));
+    // B takes the expired lease and deploys STAMP=2.
+    let second = up(&lab, "2", &[]).output().expect("runs");
+    assert!(second.status.success(), "second up: {}", describe(&second));
+    let converged = running_pids(&lab);
+    assert!(!converged.is_empty(), "B's pods run");
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    let resumed_at = Instant::now();
+    let resumed = frozen.wait_with_output().expect("waits");
+    let events = events.join().expect("stdout drained");
+    assert!(
+        !resumed.status.success(),
+        "the resumed deployer must fail: {}",
+        describe(&resumed)
+    );
+    let took = resumed_at.elapsed();
+    let err = format!(
+        "{}{}",
+        events.join("\n"),
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    eprintln!("resumed deployer's output after {took:?}:\n{err}");
+    // Its lease renewal or its next write was refused (a stale fencing number): it stops at
+    // once, well before its 90s deadline.
+    assert!(
+        err.contains("lost the deploy lock") || err.contains("replaced it"),
+        "the resumed deployer learns it lost the lock: {err}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "it stopped at once: {took:?}"
+    );
+    assert_eq!(
+        running_pids(&lab),
+        converged,
+        "the resumed deployer changed nothing"
+    );
 }
