@@ -802,6 +802,9 @@ pub async fn run(
     let mut idle_rounds = 0u32;
     let mut lease_lost = opts.lease_lost.clone();
     let mut lost: Option<String> = None;
+    // Once the lock is lost nothing is watched any more: a pod applied just before may already
+    // have been replaced by the deploy that holds the lock now, and would never be seen start.
+    let mut unwatched = false;
     // One listener for the whole run: a `ctrl_c()` made anew in each round would miss a SIGINT
     // that arrives while a round polls the hosts (found as an interrupt ignored until the
     // deadline).
@@ -958,6 +961,7 @@ pub async fn run(
         }
         if !aborted && (Instant::now() >= deadline || lost.is_some()) {
             aborted = true;
+            unwatched = lost.is_some();
             events.push_back(Event::Abort {
                 reason: lost.take().unwrap_or_else(|| {
                     format!(
@@ -1020,6 +1024,13 @@ pub async fn run(
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {
+                    Ok(Answer::Applied { host, pod }) if unwatched => {
+                        events.push_back(Event::ActionFailed {
+                            host,
+                            pod,
+                            reason: "not watched: this deploy lost its lock".into(),
+                        });
+                    }
                     Ok(Answer::Applied { host, pod }) => {
                         if let Some(spec) = specs.get(&(host.clone(), pod.clone())) {
                             for c in &spec.containers {

@@ -10,13 +10,20 @@ use std::time::{Duration, Instant};
 
 use crate::support::{describe, Lab};
 
+/// Each test its own project name: two labs on one machine run their pods on one kernel, and
+/// the same project and pod names there clash (seen as one lab's job killed by the other's).
 const PROJECT: &str = "lockp";
+const FROZEN: &str = "lockf";
 
 fn up(lab: &Lab, stamp: &str, args: &[&str]) -> Command {
+    up_of(lab, PROJECT, stamp, args)
+}
+
+fn up_of(lab: &Lab, project: &str, stamp: &str, args: &[&str]) -> Command {
     let mut cmd = lab.cli();
     cmd.arg("-f")
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lock/compose.yaml"))
-        .args(["-p", PROJECT, "up", "--json"])
+        .args(["-p", project, "up", "--json"])
         .args(args)
         .env("REGISTRY", lab.registry())
         .env("STAMP", stamp)
@@ -38,13 +45,19 @@ fn spawn(mut cmd: Command) -> Child {
 
 /// Reads `child`'s `--json` events until its first pod action: from then on it holds the lock.
 /// Returns the child and the thread that drains its stdout, which returns every line.
-fn until_deploying(mut child: Child) -> (Child, std::thread::JoinHandle<Vec<String>>) {
+fn until_deploying(child: Child) -> (Child, std::thread::JoinHandle<Vec<String>>) {
+    until(child, &[r#""event":"create""#, r#""event":"replace""#])
+}
+
+/// Reads `child`'s `--json` events until one of `markers` appears in one.
+fn until(mut child: Child, markers: &[&str]) -> (Child, std::thread::JoinHandle<Vec<String>>) {
+    let markers: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     let lines = std::thread::spawn(move || {
         let mut all = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains(r#""event":"create""#) || line.contains(r#""event":"replace""#) {
+            if markers.iter().any(|m| line.contains(m.as_str())) {
                 let _ = tx.send(());
             }
             all.push(line);
@@ -133,12 +146,12 @@ fn two_concurrent_ups_deploy_one_at_a_time_and_a_killed_ups_lease_expires() {
 }
 
 /// `ps --format json`: `service.replica` → pid, of the running containers.
-fn running_pids(lab: &Lab) -> Vec<(String, u64)> {
+fn running_pids(lab: &Lab, project: &str) -> Vec<(String, u64)> {
     let out = lab
         .cli()
         .arg("-f")
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lock/compose.yaml"))
-        .args(["-p", PROJECT, "ps", "--format", "json"])
+        .args(["-p", project, "ps", "--format", "json"])
         .env("REGISTRY", lab.registry())
         .output()
         .expect("runs ps");
@@ -166,22 +179,26 @@ fn a_deployer_frozen_past_its_lease_changes_nothing_when_it_resumes() {
     let Some(lab) = Lab::up("deploy_lock_frozen", 2) else {
         return;
     };
-    let first = up(&lab, "0", &[]).output().expect("runs");
+    let first = up_of(&lab, FROZEN, "0", &[]).output().expect("runs");
     assert!(first.status.success(), "first up: {}", describe(&first));
 
-    // A starts deploying STAMP=1 (its job first) and is frozen past its 2s lease.
-    let (frozen, events) = until_deploying(spawn({
-        let mut cmd = up(&lab, "1", &["--lock-ttl", "2s"]);
-        cmd.args(["--timeout", "90s"]);
-        cmd
-    }));
+    // A starts deploying STAMP=1 and, its job started (the write landed, A watches it), is
+    // frozen past its 2s lease.
+    let (frozen, events) = until(
+        spawn({
+            let mut cmd = up_of(&lab, FROZEN, "1", &["--lock-ttl", "2s"]);
+            cmd.args(["--timeout", "90s"]);
+            cmd
+        }),
+        &[r#""event":"started""#],
+    );
     let pid = nix::unistd::Pid::from_raw(frozen.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
     std::thread::sleep(Duration::from_secs(3));
     // B takes the expired lease and deploys STAMP=2.
-    let second = up(&lab, "2", &[]).output().expect("runs");
+    let second = up_of(&lab, FROZEN, "2", &[]).output().expect("runs");
     assert!(second.status.success(), "second up: {}", describe(&second));
-    let converged = running_pids(&lab);
+    let converged = running_pids(&lab, FROZEN);
     assert!(!converged.is_empty(), "B's pods run");
 
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
@@ -211,7 +228,7 @@ fn a_deployer_frozen_past_its_lease_changes_nothing_when_it_resumes() {
         "it stopped at once: {took:?}"
     );
     assert_eq!(
-        running_pids(&lab),
+        running_pids(&lab, FROZEN),
         converged,
         "the resumed deployer changed nothing"
     );
