@@ -19,6 +19,7 @@ use super::{CmdResult, Failure, GlobalArgs};
 use crate::deploy::diff::RemoveReason;
 use crate::deploy::exec::{self, ExecError, Progress};
 use crate::deploy::flow::{Action, Change, Event, Step, Summary};
+use crate::deploy::lock;
 use crate::graph::condition_str;
 use crate::inventory::Fleet;
 use crate::lifetime;
@@ -74,6 +75,13 @@ pub struct Args {
     /// The image builder to use (default: the first that works)
     #[arg(long, value_enum)]
     pub builder: Option<crate::build::Builder>,
+    /// When another deploy of this project holds the deploy lock, wait this long for it (e.g.
+    /// `5m`) instead of failing at once
+    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration)]
+    pub lock_wait: Option<Duration>,
+    /// How long the deploy lock outlives this process if it is killed (renewed while it runs)
+    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration, default_value = "30s")]
+    pub lock_ttl: Duration,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Converge only these services (and what they depend on)
@@ -195,17 +203,56 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
     }
     let outcome = rt.block_on(async {
         let section = output::section("connect", "compose-fleet: connecting to the hosts");
-        let connected =
+        let mut connected =
             exec::connect(&fleet, &project.name, &opts.ssh, &mut |p| render.show(&p)).await?;
         drop(section);
-        let prepared = exec::prepare(
+        // The deploy lock, before anything changes; what runs is read again under it, since
+        // the deploy that held it may have changed it.
+        let lock = if args.dry_run {
+            None
+        } else {
+            let held = lock::acquire(
+                &connected.hosts,
+                &project.name,
+                lock::owner(),
+                args.lock_ttl,
+                args.lock_wait.unwrap_or_default(),
+                opts.ssh.command_timeout,
+            )
+            .await?;
+            for (name, conn) in &connected.hosts {
+                let pods = conn
+                    .status(&project.name, opts.ssh.command_timeout)
+                    .await
+                    .map_err(|e| ExecError::User(e.to_string()));
+                match pods {
+                    Ok(pods) => {
+                        connected.observed.insert(name.clone(), pods);
+                    }
+                    Err(e) => {
+                        held.release(opts.ssh.command_timeout).await;
+                        return Err(e);
+                    }
+                }
+            }
+            Some(held)
+        };
+        let prepared = match exec::prepare(
             project,
             &checked.graph,
             &fleet,
             &connected.facts,
             &connected.observed,
             &opts,
-        )?;
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(held) = lock {
+                    held.release(opts.ssh.command_timeout).await;
+                }
+                return Err(e);
+            }
+        };
         if args.dry_run {
             for w in &prepared.warnings {
                 render.show(&Progress::Warning(w.clone()));
@@ -246,6 +293,10 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         // little before it, so that a deploy that overruns stops gracefully (the flow says what
         // did not start, the step summary is written) before the process is ended.
         let mut opts = opts.clone();
+        if let Some(held) = &lock {
+            opts.fences = held.fences.clone();
+            opts.lease_lost = Some(held.lost.clone());
+        }
         if let Some(left) = lifetime::remaining() {
             opts.timeout = left
                 .saturating_sub(Duration::from_secs(2))
@@ -268,6 +319,9 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             crate::deploy::services::publish(&connected.hosts, project, opts.request_timeout).await
         {
             render.show(&Progress::Warning(w));
+        }
+        if let Some(held) = lock {
+            held.release(opts.ssh.command_timeout).await;
         }
         Ok((connected, Ok(summary)))
     });

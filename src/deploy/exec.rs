@@ -58,6 +58,11 @@ pub struct Options {
     pub files: podspec::FileContents,
     /// Registry credentials by registry host ([`super::auth`]), sent with each pull.
     pub registry_auth: BTreeMap<String, crate::proto::RegistryAuth>,
+    /// The deploy lock's fencing number per host ([`super::lock`]), sent with every write.
+    pub fences: BTreeMap<String, u64>,
+    /// Says why once the deploy lock is lost (a renewal refused: another deploy holds it now);
+    /// the run then stops as at its deadline.
+    pub lease_lost: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl Default for Options {
@@ -72,6 +77,8 @@ impl Default for Options {
             wait: false,
             files: podspec::FileContents::default(),
             registry_auth: BTreeMap::new(),
+            fences: BTreeMap::new(),
+            lease_lost: None,
         }
     }
 }
@@ -802,6 +809,11 @@ pub async fn run(
     let deadline = Instant::now() + opts.timeout;
     let mut aborted = false;
     let mut idle_rounds = 0u32;
+    let mut lease_lost = opts.lease_lost.clone();
+    let mut lost: Option<String> = None;
+    // Once the lock is lost nothing is watched any more: a pod applied just before may already
+    // have been replaced by the deploy that holds the lock now, and would never be seen start.
+    let mut unwatched = false;
     // One listener for the whole run: a `ctrl_c()` made anew in each round would miss a SIGINT
     // that arrives while a round polls the hosts (found as an interrupt ignored until the
     // deadline).
@@ -863,6 +875,7 @@ pub async fn run(
                         network,
                         vec![spec],
                         Vec::new(),
+                        opts.fences.get(&host).copied(),
                     );
                     let first = restart.then(|| {
                         apply_pods(
@@ -872,6 +885,7 @@ pub async fn run(
                             network,
                             Vec::new(),
                             vec![pod.clone()],
+                            opts.fences.get(&host).copied(),
                         )
                     });
                     let timeout = opts.request_timeout;
@@ -913,6 +927,7 @@ pub async fn run(
                         networks.get(&host),
                         Vec::new(),
                         vec![pod.clone()],
+                        opts.fences.get(&host).copied(),
                     );
                     let timeout = opts.request_timeout;
                     tasks.spawn(async move {
@@ -953,13 +968,16 @@ pub async fn run(
             idle_rounds = 0;
             continue;
         }
-        if !aborted && Instant::now() >= deadline {
+        if !aborted && (Instant::now() >= deadline || lost.is_some()) {
             aborted = true;
+            unwatched = lost.is_some();
             events.push_back(Event::Abort {
-                reason: format!(
-                    "the deploy did not finish within {}s (`--timeout`)",
-                    opts.timeout.as_secs()
-                ),
+                reason: lost.take().unwrap_or_else(|| {
+                    format!(
+                        "the deploy did not finish within {}s (`--timeout`)",
+                        opts.timeout.as_secs()
+                    )
+                }),
             });
             // What never started will not: its pod's action is answered as failed.
             let pending: BTreeSet<(String, String)> = watched
@@ -972,7 +990,7 @@ pub async fn run(
                 events.push_back(Event::ActionFailed {
                     host,
                     pod,
-                    reason: "its containers did not start before the deadline".into(),
+                    reason: "its containers did not start before the deploy stopped".into(),
                 });
             }
             continue;
@@ -1015,6 +1033,13 @@ pub async fn run(
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {
+                    Ok(Answer::Applied { host, pod }) if unwatched => {
+                        events.push_back(Event::ActionFailed {
+                            host,
+                            pod,
+                            reason: "not watched: this deploy lost its lock".into(),
+                        });
+                    }
                     Ok(Answer::Applied { host, pod }) => {
                         if let Some(spec) = specs.get(&(host.clone(), pod.clone())) {
                             for c in &spec.containers {
@@ -1035,6 +1060,15 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()), if !aborted => {}
+            Some(reason) = async {
+                match lease_lost.as_mut() {
+                    Some(rx) => match rx.wait_for(Option::is_some).await {
+                        Ok(reason) => reason.clone(),
+                        Err(_) => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            }, if !aborted && lost.is_none() => lost = Some(reason),
             Some(_) = async {
                 match interrupt.as_mut() {
                     Some(s) => s.recv().await,
@@ -1132,6 +1166,7 @@ fn apply_pods(
     network: Option<&HostNetwork>,
     pods: Vec<PodSpec>,
     remove: Vec<String>,
+    fence: Option<u64>,
 ) -> Request {
     Request::ApplyPods(ApplyPodsRequest {
         project: project.to_string(),
@@ -1140,6 +1175,7 @@ fn apply_pods(
         remove,
         registry_auth: auth.clone(),
         insecure_registries: insecure.to_vec(),
+        fence,
     })
 }
 
@@ -1312,7 +1348,14 @@ pub async fn remove_all(
         let (name, conn, project) = (name.clone(), conn.clone(), project.to_string());
         tasks.spawn(async move {
             let r = conn
-                .call(Request::Remove { project, volumes }, timeout)
+                .call(
+                    Request::Remove {
+                        project,
+                        volumes,
+                        fence: None,
+                    },
+                    timeout,
+                )
                 .await
                 .and_then(|r| match r {
                     Response::Removed { pods } => Ok(pods),

@@ -1,12 +1,14 @@
 //! The executor's pure core: what `up` wants ([`desired`]), what it must change ([`diff`]), and
 //! the dependency-driven [`flow`] that orders the changes across hosts. No I/O in those: the
 //! executor ([`exec`]) observes the hosts, feeds these values and events in, and performs the
-//! actions over SSH. [`auth`] reads the user's registry credentials for it.
+//! actions over SSH. [`auth`] reads the user's registry credentials for it; [`lock`] takes the
+//! deploy lock (leases and fencing numbers) on the hosts.
 
 pub mod auth;
 pub mod desired;
 pub mod diff;
 pub mod exec;
 pub mod flow;
+pub mod lock;
 pub mod services;
 pub mod sim;

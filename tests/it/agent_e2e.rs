@@ -333,6 +333,7 @@ fn the_agent_runs_isolated_pods_and_survives_its_own_kill() {
                 Request::Remove {
                     project: PROJECT.into(),
                     volumes: true,
+                    fence: None,
                 },
             )
             .await,

@@ -16,6 +16,7 @@ mod lab;
 mod limits;
 mod load_props;
 mod local;
+mod lock;
 mod memory;
 mod mesh_lab;
 mod network_lab;

@@ -245,6 +245,7 @@ async fn remove(sup: &Supervisor, project: &str, volumes: bool) -> Vec<String> {
         Request::Remove {
             project: project.into(),
             volumes,
+            fence: None,
         },
     )
     .await
@@ -768,6 +769,7 @@ async fn apply_pods(
             remove: remove.iter().map(|s| s.to_string()).collect(),
             registry_auth: BTreeMap::new(),
             insecure_registries: Vec::new(),
+            fence: None,
         }),
     )
     .await;
@@ -1521,4 +1523,81 @@ async fn a_probe_that_outlives_its_timeout_fails_and_is_killed() {
             .unwrap_or(false);
         assert!(!alive, "probe {pid} outlived its timeout");
     }
+}
+
+/// The deploy lock (issue 12): a deployer whose lease expired and was granted to another finds
+/// its writes (`ApplyPods`, `Remove`) refused, naming the lease that replaced it, and changes
+/// nothing; the new holder's writes go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_with_a_stale_fencing_number_changes_nothing() {
+    use compose_fleet_agent::proto::{LockOwner, LockRequest};
+    let root = Root::new();
+    let sup = root.open().await;
+    let lock = |pid: u32| {
+        Request::Lock(LockRequest {
+            project: "p".into(),
+            owner: LockOwner {
+                user: "ana".into(),
+                machine: "laptop".into(),
+                pid,
+                started: 1,
+            },
+            ttl_secs: 1,
+            fence: None,
+        })
+    };
+    let fence_of = |frames: Vec<ResponseFrame>| match frames.as_slice() {
+        [ResponseFrame {
+            ok: Some(Response::Lease { granted, lease }),
+            ..
+        }] => (*granted, lease.fence),
+        other => panic!("lock answered {other:?}"),
+    };
+    let (granted, old) = fence_of(call(&sup, lock(1)).await);
+    assert!(granted);
+    assert!(!fence_of(call(&sup, lock(2)).await).0, "a live lease");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (granted, new) = fence_of(call(&sup, lock(2)).await);
+    assert!(
+        granted && new > old,
+        "expired lease granted anew: {old} -> {new}"
+    );
+
+    let write = |fence| {
+        Request::ApplyPods(ApplyPodsRequest {
+            network: None,
+            project: "p".into(),
+            pods: vec![pod(
+                "a-1",
+                "h1",
+                vec![sh("a", "exec sleep 1000", RestartPolicy::Always)],
+            )],
+            remove: Vec::new(),
+            registry_auth: BTreeMap::new(),
+            insecure_registries: Vec::new(),
+            fence: Some(fence),
+        })
+    };
+    let refused = call(&sup, write(old)).await;
+    let err = refused[0].err.as_ref().expect("a stale write is refused");
+    assert!(
+        err.message.contains(&format!("lease {new}")) && err.message.contains("ana@laptop"),
+        "{err}"
+    );
+    let removal = call(
+        &sup,
+        Request::Remove {
+            project: "p".into(),
+            volumes: true,
+            fence: Some(old),
+        },
+    )
+    .await;
+    assert!(removal[0].err.is_some(), "a stale remove is refused");
+    assert!(status(&sup, "p").await.pods.is_empty(), "nothing changed");
+
+    let applied = call(&sup, write(new)).await;
+    assert!(applied[0].ok.is_some(), "{applied:?}");
+    assert_eq!(status(&sup, "p").await.pods.len(), 1);
+    remove(&sup, "p", true).await;
 }

@@ -90,6 +90,9 @@ pub enum Request {
     Remove {
         project: String,
         volumes: bool,
+        /// The deploy lock's fencing number (issue 12): refused when stale.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<u64>,
     },
     // --- operate (issue 11): exec's stdin ---
     /// Bytes for the stdin of a running `Exec` that asked for one (`ExecRequest::stdin`), named by
@@ -116,6 +119,15 @@ pub enum Request {
     BlobChunk(BlobChunk),
     /// The manifest, sent after all its blobs: answered by [`Response::ImageCommitted`].
     ImageCommit(ImageCommit),
+    // --- lock (issue 12): the deploy lease ---
+    /// Takes (`fence: None`) or renews (`fence: Some(n)`) the deploy lease of a project on this
+    /// host. Answered `Lease`: granted, or refused with the holder's lease.
+    Lock(LockRequest),
+    /// Releases the lease numbered `fence` (a no-op when another holds it). Answered `Lease`.
+    Unlock {
+        project: String,
+        fence: u64,
+    },
 }
 
 /// One reply. Exactly one of `ok` and `err` is set.
@@ -184,6 +196,13 @@ pub enum Response {
         complete: bool,
     },
     ImageCommitted(ImageCommitted),
+    // --- lock (issue 12) ---
+    /// The answer to `Lock`/`Unlock`: `granted` with the caller's lease, or not with the lease
+    /// that stands in the way (its holder, its number, when it expires).
+    Lease {
+        granted: bool,
+        lease: Lease,
+    },
 }
 
 /// A blob the host lacks, and how much of it a partial file already holds (resume from there).
@@ -328,6 +347,45 @@ pub struct ApplyPodsRequest {
     pub registry_auth: BTreeMap<String, RegistryAuth>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
+    /// The deploy lock's fencing number (issue 12): the agent refuses the request when a lease
+    /// of this project exists with another number. `None`: no check (an older CLI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
+}
+
+// --- lock (issue 12): the deploy lease ---
+
+/// Who deploys: shown to whoever finds the lease taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockOwner {
+    pub user: String,
+    pub machine: String,
+    pub pid: u32,
+    /// When the deploy started, in unix seconds (the deployer's clock).
+    pub started: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRequest {
+    pub project: String,
+    pub owner: LockOwner,
+    /// The lease lasts this long unless renewed (the agent's clock), so a killed deploy's lease
+    /// expires by itself.
+    pub ttl_secs: u64,
+    /// `Some(n)`: renew lease `n` (refused when another lease replaced it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
+}
+
+/// A project's deploy lease on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub project: String,
+    pub owner: LockOwner,
+    /// The fencing number: one more on every new grant, never reused on this host.
+    pub fence: u64,
+    /// Seconds until the lease expires (0: expired or released).
+    pub expires_in_secs: u64,
 }
 
 /// A host's pod subnet, decided by the CLI and recorded by the agent, and how to reach the other
@@ -975,6 +1033,8 @@ impl Request {
             Request::BlobsWanted { .. } => "blobs_wanted",
             Request::BlobChunk(_) => "blob_chunk",
             Request::ImageCommit(_) => "image_commit",
+            Request::Lock(_) => "lock",
+            Request::Unlock { .. } => "unlock",
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`shim`]: `compose-fleet-agent shim`, the single-threaded per-container holder.
 //! - [`logfile`]: the shim's rotated JSON-lines logs and their reader.
 //! - [`files`]: named volumes, secrets (tmpfs, 0400) and configs.
+//! - [`lease`]: the deploy lock's leases and fencing numbers (`Lock`, `Unlock`, and the check of
+//!   `ApplyPods`'/`Remove`'s `fence`).
 //!
 //! The daemon's side, split by what a request does (this file holds the types, the request
 //! front door and `Status`):
@@ -37,6 +39,7 @@ mod exec;
 pub mod files;
 pub mod health;
 pub mod isolated;
+pub mod lease;
 pub mod logfile;
 mod logs;
 mod probe;
@@ -141,6 +144,8 @@ struct Inner {
     exec_inputs: Mutex<BTreeMap<u64, exec::Stdin>>,
     /// The next exec session number.
     next_session: std::sync::atomic::AtomicU64,
+    /// The projects' deploy leases (issue 12).
+    leases: lease::Leases,
 }
 
 #[derive(Default)]
@@ -244,6 +249,7 @@ impl Supervisor {
                 format!("creating the state dir {}: {e}", state.projects().display()),
             )
         })?;
+        let leases = lease::Leases::new(&state);
         let sup = Supervisor {
             inner: Arc::new(Inner {
                 cfg,
@@ -252,6 +258,7 @@ impl Supervisor {
                 apply_pods: tokio::sync::Mutex::new(()),
                 exec_inputs: Mutex::new(BTreeMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
+                leases,
             }),
         };
         sup.readopt().await;
@@ -326,7 +333,10 @@ impl Supervisor {
                 "hello is answered by the daemon's dispatch, not the supervisor",
             )),
             Request::Apply(req) => self.apply(req).await.map(Response::Applied),
-            Request::ApplyPods(req) => self.apply_pods(req).await.map(Response::Applied),
+            Request::ApplyPods(req) => match self.inner.leases.check(&req.project, req.fence) {
+                Ok(()) => self.apply_pods(req).await.map(Response::Applied),
+                Err(e) => Err(e),
+            },
             Request::Status { project } => {
                 Ok(Response::Status(self.status(project.as_deref()).await))
             }
@@ -338,11 +348,28 @@ impl Supervisor {
             request @ (Request::BlobsWanted { .. }
             | Request::BlobChunk(_)
             | Request::ImageCommit(_)) => self.receive(request).await,
-            Request::Remove { project, volumes } => self
-                .remove(&project, volumes)
-                .await
-                .map(|pods| Response::Removed { pods }),
             Request::Services(map) => services(&self.inner, map),
+            Request::Remove {
+                project,
+                volumes,
+                fence,
+            } => match self.inner.leases.check(&project, fence) {
+                Ok(()) => self
+                    .remove(&project, volumes)
+                    .await
+                    .map(|pods| Response::Removed { pods }),
+                Err(e) => Err(e),
+            },
+            Request::Lock(req) => self
+                .inner
+                .leases
+                .lock(&req)
+                .map(|(granted, lease)| Response::Lease { granted, lease }),
+            Request::Unlock { project, fence } => self
+                .inner
+                .leases
+                .unlock(&project, fence)
+                .map(|(granted, lease)| Response::Lease { granted, lease }),
         };
         let last = match result {
             Ok(r) => ResponseFrame::ok(id, r),
