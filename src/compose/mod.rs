@@ -207,13 +207,16 @@ impl Loader<'_> {
                     // As compose-go: only a missing optional file is skipped; one that exists
                     // but cannot be read (too large, a directory, not UTF-8) is an error.
                     if required || e.kind() != std::io::ErrorKind::NotFound {
-                        self.diags.push(
+                        let mut d =
                             Diagnostic::error(format!("cannot read env file {}: {e}", f.display()))
                                 .hint(source::read_hint(
                                     &e,
                                     "check the path given with `--env-file` or `env_file`",
-                                )),
-                        );
+                                ));
+                        if let Some(at) = source::too_large_at(&e, f.display().to_string().into()) {
+                            d = d.at(at);
+                        }
+                        self.diags.push(d);
                     }
                     continue;
                 }
@@ -288,13 +291,16 @@ impl Loader<'_> {
                 return None;
             }
             Err(e) => {
-                self.diags.push(
+                let mut d =
                     Diagnostic::error(format!("cannot read compose file {}: {e}", path.display()))
                         .hint(source::read_hint(
                             &e,
                             "check the path given with `-f`, `COMPOSE_FILE` or `include`",
-                        )),
-                );
+                        ));
+                if let Some(at) = source::too_large_at(&e, path.display().to_string().into()) {
+                    d = d.at(at);
+                }
+                self.diags.push(d);
                 return None;
             }
         };

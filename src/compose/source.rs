@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
+use crate::compose::model::Location;
 use crate::limits::Limit;
 
 /// Read access to files by absolute path.
@@ -78,10 +80,27 @@ impl TooLarge {
 /// most likely wrong, e.g. a device or a log file).
 pub fn read_hint(e: &io::Error, otherwise: &str) -> String {
     match TooLarge::of(e) {
-        Some(_) => "check that this is the file you meant; if it is, raise the `file-bytes` limit"
-            .to_string(),
+        Some(_) => format!(
+            "check that this is the file you meant; if it is, raise the `file-bytes` limit with \
+             `--limit {}=N` or {}=N",
+            Limit::FileBytes.name(),
+            Limit::FileBytes.env_var()
+        ),
         None => otherwise.to_string(),
     }
+}
+
+/// Where to point a read error that no other file names (a `-f` or `--env-file` argument):
+/// the start of the file itself (`file`, as the user spelled its path), when it is over the
+/// limit, so the message says which file even though there is no line in it to show.
+pub fn too_large_at(e: &io::Error, file: Arc<str>) -> Option<Location> {
+    TooLarge::of(e).map(|_| Location {
+        file,
+        line: 1,
+        column: 1,
+        offset: 0,
+        len: 0,
+    })
 }
 
 /// The real file system.

@@ -274,17 +274,15 @@ pub fn load_with(path: &Path, limits: &Limits) -> Result<Fleet, LoadError> {
         sources.push((name.clone(), text));
         path.parent().unwrap_or(Path::new(".")).to_path_buf()
     };
-    let own_only = sources.len() == 1
-        && matches!(
-            classify(&sources[0].0, &sources[0].1, limits).0,
-            Format::Own
-        );
+    // Classified (and a YAML file parsed) once: the parse is most of the load.
+    let classified = classify_all(&sources, limits);
+    let own_only = classified.len() == 1 && matches!(classified[0].0, Format::Own);
     let files = if own_only {
         ansible::VarsFiles::default()
     } else {
         vars_files(&base, limits)?
     };
-    let mut fleet = build(&sources, &files, limits, meta.is_dir())?;
+    let mut fleet = build(&sources, classified, &files, limits, meta.is_dir())?;
     fleet.source = Some(path.to_path_buf());
     Ok(fleet)
 }
@@ -560,12 +558,28 @@ pub fn parse(name: &str, text: &str) -> Result<Fleet, LoadError> {
 /// [`parse`] within explicit limits. Reads no `group_vars/`: that is [`load`]'s job.
 pub fn parse_with(name: &str, text: &str, limits: &Limits) -> Result<Fleet, LoadError> {
     let source = vec![(Arc::<str>::from(name), Arc::<str>::from(text))];
-    build(&source, &ansible::VarsFiles::default(), limits, false)
+    let classified = classify_all(&source, limits);
+    build(
+        &source,
+        classified,
+        &ansible::VarsFiles::default(),
+        limits,
+        false,
+    )
+}
+
+/// Each source's format, with its YAML tree when it was parsed to tell.
+fn classify_all(sources: &[(Arc<str>, Arc<str>)], limits: &Limits) -> Vec<(Format, Parsed)> {
+    sources
+        .iter()
+        .map(|(file, text)| classify(file, text, limits))
+        .collect()
 }
 
 /// The fleet of already-read inventory sources and variables files.
 fn build(
     sources: &[(Arc<str>, Arc<str>)],
+    classified: Vec<(Format, Parsed)>,
     files: &ansible::VarsFiles,
     limits: &Limits,
     is_dir: bool,
@@ -583,8 +597,7 @@ fn build(
     let mut fleet = Fleet::default();
     let mut inv = ansible::Inventory::new(limits);
     let mut ansible_sources = 0;
-    for (file, text) in sources {
-        let (format, parsed) = classify(file, text, limits);
+    for ((file, text), (format, parsed)) in sources.iter().zip(classified) {
         match format {
             Format::Own if sources.len() == 1 && !is_dir => {
                 fleet = own::parse(file, text, &mut diags);

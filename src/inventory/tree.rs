@@ -228,12 +228,16 @@ impl<'de> Deserialize<'de> for Node {
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spanned = Spanned::<Value>::deserialize(d)?;
-        let text = spanned.value.scalar_text().ok_or_else(|| {
-            de::Error::custom(format!(
-                "a mapping key must be a scalar, found {}",
-                spanned.value.kind()
-            ))
-        })?;
+        // A string key (nearly all of them) is moved, not copied.
+        let text = match spanned.value {
+            Value::Str(s) => s,
+            other => other.scalar_text().ok_or_else(|| {
+                de::Error::custom(format!(
+                    "a mapping key must be a scalar, found {}",
+                    other.kind()
+                ))
+            })?,
+        };
         Ok(Key {
             text,
             at: Pos::from_saphyr(spanned.referenced),

@@ -149,8 +149,10 @@ fn dev_zero_as_compose_file_or_env_file_is_refused_at_the_limit() {
         &out,
         &[
             "cannot read compose file /dev/zero: it holds more than 67108864 bytes",
-            "`--limit file-bytes=N`",
-            "COMPOSE_FLEET_MAX_FILE_BYTES=N",
+            // Located like every other input error, though no line of it can be shown.
+            "--> /dev/zero:1:1",
+            "hint: check that this is the file you meant; if it is, raise the `file-bytes` \
+             limit with `--limit file-bytes=N` or COMPOSE_FLEET_MAX_FILE_BYTES=N",
         ],
     );
     let out = cli(dir.path(), &["--env-file", "/dev/zero", "config"], &[]);
@@ -158,7 +160,8 @@ fn dev_zero_as_compose_file_or_env_file_is_refused_at_the_limit() {
         &out,
         &[
             "cannot read env file /dev/zero: it holds more than",
-            "file-bytes",
+            "--> /dev/zero:1:1",
+            "`--limit file-bytes=N`",
         ],
     );
     let dir = project("services:\n  web:\n    image: nginx\n    env_file: /dev/zero\n");

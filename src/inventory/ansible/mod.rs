@@ -315,7 +315,11 @@ impl<'a> Inventory<'a> {
         }
         let mut hosts = Vec::with_capacity(self.hosts.len());
         let mut member = vec![false; n];
-        for h in &self.hosts {
+        // The name index has served its purpose (every name is resolved by now).
+        self.host_ix = HashMap::new();
+        // Each host's record is dropped once its `Host` is built, so the two never all
+        // coexist: at 100k hosts that halves the peak and the page faults that come with it.
+        for h in std::mem::take(&mut self.hosts) {
             // `ungrouped` holds exactly the hosts in no other group.
             let mut direct: Vec<usize> = h.groups.clone();
             let elsewhere = direct.iter().any(|g| *g != ALL && *g != UNGROUPED);
@@ -374,7 +378,7 @@ impl<'a> Inventory<'a> {
                 .filter(|g| **g != UNGROUPED)
                 .map(|g| self.groups[*g].name.as_str())
                 .collect();
-            hosts.push(to_host(h, &groups, &vars, &mut self.diags));
+            hosts.push(to_host(&h, &groups, &vars, &mut self.diags));
         }
         (hosts, self.diags)
     }
