@@ -23,10 +23,27 @@ fn cli_in(lab: &Lab, host: &str, args: &[&str]) -> Output {
     cli_in_env(lab, host, args, &[])
 }
 
+/// The CLI's path as `host` sees it. A lab host has its own `/tmp` and `/home`: a checkout under
+/// either (a CI workspace, a clone in `/tmp`) is not visible there, so the binary is copied into
+/// the host's `/tmp/cf-local` (once; it embeds its agent, so the copy behaves the same).
+fn cli_seen_from(lab: &Lab, host: &str) -> String {
+    let bin = support::bin();
+    let hidden = ["/tmp", "/home"].iter().any(|d| bin.starts_with(d));
+    if !hidden {
+        return bin.display().to_string();
+    }
+    let copy = host_tmp(lab, host).join("compose-fleet");
+    if !copy.exists() {
+        std::fs::create_dir_all(host_tmp(lab, host)).expect("host tmp");
+        std::fs::copy(&bin, &copy).expect("copy the CLI into the host's /tmp");
+    }
+    "/tmp/cf-local/compose-fleet".into()
+}
+
 /// [`cli_in`] with environment variables.
 fn cli_in_env(lab: &Lab, host: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut argv: Vec<String> = vec![
-        support::bin().display().to_string(),
+        cli_seen_from(lab, host),
         "-i".into(),
         "/tmp/cf-local/inventory.yaml".into(),
         "-f".into(),
