@@ -306,6 +306,20 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     let rt = exec::runtime().map_err(|e| failure(e, &checked.loaded.sources))?;
     let mut failed = 0usize;
     let result = rt.block_on(async {
+        // Ctrl-C ends following, as in docker compose: with `-f` this command handles SIGINT
+        // itself (exit 0). The listener comes first, then the process's handler is told to leave
+        // the first SIGINT to it, so an interrupt at any moment (while connecting, while the
+        // history prints) is heard, and one listener serves the whole loop.
+        let mut interrupt = if args.follow {
+            Some(
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(
+                    |e| exec::ExecError::Internal(format!("cannot watch for Ctrl-C: {e}")),
+                )?,
+            )
+        } else {
+            None
+        };
+        let _graceful = args.follow.then(crate::lifetime::graceful_interrupt);
         let connected = exec::connect(&fleet, &project.name, &args.conn.ssh_options(), &mut |p| {
             if let Progress::Unreachable { host, reason } = p {
                 output::error(&format!("{host}: {reason}"));
@@ -379,13 +393,9 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         }
         drop(tx);
         if args.follow {
-            // Ctrl-C ends following, as in docker compose: this command handles SIGINT itself
-            // (exit 0), with one listener for the whole loop so no interrupt falls between two.
-            let _graceful = crate::lifetime::graceful_interrupt();
-            let mut interrupt = tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::interrupt(),
-            )
-            .map_err(|e| exec::ExecError::Internal(format!("cannot watch for Ctrl-C: {e}")))?;
+            let Some(interrupt) = interrupt.as_mut() else {
+                return Err(exec::ExecError::Internal("no Ctrl-C listener".into()));
+            };
             loop {
                 tokio::select! {
                     got = rx.recv() => match got {
