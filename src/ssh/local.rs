@@ -77,14 +77,7 @@ impl LocalSession {
     }
 
     fn timeout(&self, what: &str) -> SshError {
-        SshError::new(
-            &self.host,
-            ErrorClass::Timeout,
-            format!(
-                "{what} did not finish within {}s",
-                self.command_timeout.as_secs()
-            ),
-        )
+        SshError::timed_out(&self.host, what, self.command_timeout)
     }
 }
 

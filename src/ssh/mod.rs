@@ -132,6 +132,15 @@ impl SshError {
         }
     }
 
+    /// `what` on `host` did not finish within `limit`.
+    pub fn timed_out(host: &str, what: &str, limit: Duration) -> Self {
+        SshError::new(
+            host,
+            ErrorClass::Timeout,
+            format!("{what} did not finish within {}s", limit.as_secs()),
+        )
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
