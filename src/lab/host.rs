@@ -84,6 +84,126 @@ fn cgroup_mount_script(mountinfo: &str) -> String {
     script
 }
 
+/// The machine-side directory, per cgroup hierarchy mounted under `/sys/fs/cgroup`, that becomes a
+/// lab host's own cgroup root: `MOUNT/OWN/compose-fleet-lab/HOST`, where OWN is this process's
+/// cgroup in that hierarchy (so the machine's limits on us still hold), or the machine root on a
+/// pure v2 machine (a v2 cgroup with processes cannot delegate controllers to children).
+///
+/// Why: a real host has a kernel of its own; lab hosts share one. Without a cgroup namespace
+/// every lab host's agent would use the same `compose-fleet/PROJECT/POD` cgroups, and removing
+/// a pod on one host would kill the same-named pod of another lab (`delete` kills what its
+/// cgroup holds).
+fn cgroup_dirs(mountinfo: &str, self_cgroup: &str, host: &str) -> Vec<PathBuf> {
+    // `ID:CONTROLLERS:PATH`; the v2 tree is ID 0 (a named v1 hierarchy also lists none).
+    let own: Vec<(&str, Vec<&str>, &str)> = self_cgroup
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let mut set: Vec<&str> = controllers
+                .split(',')
+                .filter(|c| !c.is_empty() && !c.starts_with("name="))
+                .collect();
+            set.sort_unstable();
+            Some((id, set, path))
+        })
+        .collect();
+    let mut dirs = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = left.split(' ').nth(4).unwrap_or_default();
+        if mount_point != "/sys/fs/cgroup" && !mount_point.starts_with("/sys/fs/cgroup/") {
+            continue;
+        }
+        let mut right = right.split(' ');
+        let fstype = right.next().unwrap_or_default();
+        let _source = right.next();
+        let mut controllers: Vec<&str> = right
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|o| *o != "rw" && *o != "ro" && !o.starts_with("name="))
+            .collect();
+        controllers.sort_unstable();
+        let own_path = match fstype {
+            "cgroup2" if mount_point == "/sys/fs/cgroup" => Some("/"),
+            "cgroup2" => own.iter().find(|(id, _, _)| *id == "0").map(|o| o.2),
+            "cgroup" if !controllers.is_empty() => {
+                own.iter().find(|(_, c, _)| *c == controllers).map(|o| o.2)
+            }
+            _ => None,
+        };
+        if let Some(own_path) = own_path {
+            dirs.push(
+                Path::new(mount_point)
+                    .join(own_path.trim_start_matches('/'))
+                    .join("compose-fleet-lab")
+                    .join(host),
+            );
+        }
+    }
+    dirs
+}
+
+/// Whether `/sys/fs/cgroup` itself is the v2 tree (no v1 hierarchies).
+fn pure_cgroup_v2(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|l| {
+        let mount_point = l.split(' ').nth(4).unwrap_or_default();
+        mount_point == "/sys/fs/cgroup" && l.contains(" - cgroup2 ")
+    })
+}
+
+/// Creates `dir` and the `compose-fleet-lab` above it; a v1 cpuset cgroup takes no process until
+/// it has cpus and mems, so those are copied from the parent.
+fn make_cgroup(dir: &Path) -> std::io::Result<()> {
+    let Some(lab) = dir.parent() else {
+        return Ok(());
+    };
+    for d in [lab, dir] {
+        if !d.is_dir() {
+            fs::create_dir(d)?;
+        }
+        if d.join("cpuset.cpus").exists() {
+            let parent = d.parent().unwrap_or(d);
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let value = fs::read_to_string(parent.join(file))?;
+                if fs::read_to_string(d.join(file))?.trim().is_empty() {
+                    fs::write(d.join(file), value.trim())?;
+                }
+            }
+        }
+        if d == lab && d.join("cgroup.subtree_control").exists() {
+            // Pure v2: hand the host every controller the machine root delegates.
+            let parent = d.parent().unwrap_or(d);
+            let enabled = fs::read_to_string(parent.join("cgroup.subtree_control"))?;
+            for c in enabled.split_whitespace() {
+                let _ = fs::write(d.join("cgroup.subtree_control"), format!("+{c}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a host's cgroups (see [`cgroup_dirs`]), deepest first, killing what is still in them
+/// (every process there belongs to the host).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            sys::signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
 impl Host {
     /// Host N (from 1) of a lab.
     pub fn new(lab: &Record, index: usize) -> Host {
@@ -209,10 +329,35 @@ impl Host {
         let log = self.root.join("sshd.err");
         let stderr = fs::File::create(&log)
             .map_err(|e| Error::Env(format!("cannot create {}: {e}", log.display())))?;
+        // The host's own cgroups: sshd (and so everything it starts) moves in before unsharing the
+        // cgroup namespace, whose root they then are. Recorded so that `down` can remove them.
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mut enter = String::new();
+        let mut made = String::new();
+        for dir in cgroup_dirs(&mountinfo, &own, &self.name) {
+            match make_cgroup(&dir) {
+                Ok(()) => {
+                    let procs = quote(&dir.join("cgroup.procs").to_string_lossy());
+                    enter.push_str(&format!(
+                        "echo $$ > {procs} || echo 'lab: cannot enter {}' >&2\n",
+                        dir.display()
+                    ));
+                    made.push_str(&format!("{}\n", dir.display()));
+                }
+                Err(e) => eprintln!("lab: cannot create cgroup {}: {e}", dir.display()),
+            }
+        }
+        write(&self.cgroups_file(), &made, 0o644)?;
+        let inner = [
+            "exec ip netns exec",
+            &quote(&self.name),
+            "unshare --mount --uts --cgroup --propagation private sh -c",
+            &quote(&script),
+        ]
+        .join(" ");
         let status = Command::new("setsid")
-            .args(["-f", "ip", "netns", "exec", &self.name])
-            .args(["unshare", "--mount", "--uts", "--propagation", "private"])
-            .args(["sh", "-c", &script])
+            .args(["-f", "sh", "-c", &format!("{enter}{inner}")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -244,9 +389,17 @@ impl Host {
         // `ip netns exec` mounted a fresh /sys for the namespace, without the machine's cgroup
         // hierarchies under it: mount them again so the agent on a lab host can set limits, as
         // on a real server. A failure is logged and not fatal: sshd must still come up.
-        script.push_str(&cgroup_mount_script(
-            &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
-        ));
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        script.push_str(&cgroup_mount_script(&mountinfo));
+        if pure_cgroup_v2(&mountinfo) {
+            // v2's rule: a cgroup with processes delegates no controllers. The namespace root
+            // must delegate them to the agent's cgroups, so sshd moves into a leaf of its own.
+            script.push_str(
+                "mkdir -p /sys/fs/cgroup/lab-host && echo $$ > /sys/fs/cgroup/lab-host/cgroup.procs \
+                 && for c in $(cat /sys/fs/cgroup/cgroup.controllers); do echo +$c > /sys/fs/cgroup/cgroup.subtree_control; done \
+                 || echo 'lab: cannot delegate cgroup v2 controllers' >&2\n",
+            );
+        }
         // sshd's privilege separation directory, in the host's own /run.
         script.push_str("mkdir -p /run/sshd\nchmod 0755 /run/sshd\n");
         script.push_str("exec /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E /run/sshd.log\n");
@@ -273,6 +426,30 @@ impl Host {
             }
         }
         sys::terminate(&pids);
+    }
+
+    /// Where [`Host::start_sshd`] records the host's cgroups, as the machine sees them.
+    fn cgroups_file(&self) -> PathBuf {
+        self.root.join("cgroups")
+    }
+
+    /// Removes the host's cgroups once its processes are gone (a process that is still exiting
+    /// keeps its cgroup busy for a moment).
+    pub fn remove_cgroups(&self) {
+        let Ok(text) = fs::read_to_string(self.cgroups_file()) else {
+            return;
+        };
+        let dirs: Vec<PathBuf> = text.lines().map(PathBuf::from).collect();
+        for _ in 0..50 {
+            for dir in &dirs {
+                remove_cgroup_tree(dir);
+            }
+            if dirs.iter().all(|d| !d.exists()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = fs::remove_file(self.cgroups_file());
     }
 
     /// Every process of the host: those in its network namespace and their descendants.
@@ -404,6 +581,35 @@ mod tests {
         assert!(script.contains(&format!("exec {SSHD_LISTENER} ")));
         assert_eq!(host.address, "10.250.0.12");
         assert_eq!(host.ssh_addr().to_string(), "10.250.0.12:22");
+    }
+
+    #[test]
+    fn each_host_gets_its_own_cgroup_under_ours_in_every_hierarchy() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 23 0:40 / /proc rw - proc proc rw";
+        let own = "9:name=systemd:/\n2:cpuacct,cpu:/\n4:memory:/sandbox/x\n0::/user.slice\n";
+        assert_eq!(
+            cgroup_dirs(mountinfo, own, "lab1-h1"),
+            [
+                "/sys/fs/cgroup/cpu,cpuacct/compose-fleet-lab/lab1-h1",
+                "/sys/fs/cgroup/memory/sandbox/x/compose-fleet-lab/lab1-h1",
+                "/sys/fs/cgroup/unified/user.slice/compose-fleet-lab/lab1-h1",
+            ]
+            .map(PathBuf::from)
+        );
+        assert!(!pure_cgroup_v2(mountinfo));
+        // Pure v2: under the machine root, whatever our own cgroup.
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate";
+        assert_eq!(
+            cgroup_dirs(v2, "0::/user.slice/session-1.scope\n", "h"),
+            [PathBuf::from("/sys/fs/cgroup/compose-fleet-lab/h")]
+        );
+        assert!(pure_cgroup_v2(v2));
     }
 
     #[test]

@@ -788,6 +788,7 @@ fn lock(path: &Path) -> Result<nix::fcntl::Flock<fs::File>, Error> {
 fn remove_host(lab: &Record, host: &Host) {
     host.stop_sshd();
     sys::terminate(&host.processes());
+    host.remove_cgroups();
     net::remove_host(&host.name, &lab.veth(host.index));
 }
 

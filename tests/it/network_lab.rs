@@ -324,3 +324,101 @@ fn pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind() {
     let after: Vec<String> = hosts.iter().map(|h| host_state(&lab, h)).collect();
     assert_eq!(after, before, "each host's network is as before");
 }
+
+/// Lab hosts share one kernel, so the lab gives each its own cgroup namespace, as a machine of
+/// its own would have: the same project and pod on two hosts are two pods, and removing one
+/// leaves the other running (it once killed the other, whose cgroup had the same path).
+#[test]
+fn the_same_pod_on_two_lab_hosts_lives_in_two_cgroups_and_dies_alone() {
+    let Some(lab) = Lab::up(
+        "the_same_pod_on_two_lab_hosts_lives_in_two_cgroups_and_dies_alone",
+        2,
+    ) else {
+        return;
+    };
+    let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
+    let targets = SshTarget::all(&fleet);
+    let agent = AgentBinary::locate(None).expect("the agent binary");
+    let hosts = lab.host_names();
+    let registry = lab.registry();
+    let shell_image = lab.shell_image();
+    let apply = |pods: Vec<PodSpec>| {
+        Request::Apply(ApplyRequest {
+            project: PROJECT.into(),
+            pods,
+            registry_auth: BTreeMap::new(),
+            insecure_registries: vec![registry.clone()],
+            network: None,
+        })
+    };
+    let cgroup_of = |host: &str, pid: u32| -> String {
+        let out = lab
+            .faults()
+            .exec(host, &["cat".into(), format!("/proc/{pid}/cgroup")])
+            .expect("lab exec")
+            .output()
+            .expect("runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains(":memory:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let agent = &agent;
+        let sleeper = || pod("job-1", &shell_image, Some(&["sleep", "3600"]), vec![]);
+        for target in &targets {
+            let r = last_ok(&rpc(target, agent, apply(vec![sleeper()])).await);
+            assert!(matches!(r, Response::Applied(_)), "{r:?}");
+        }
+        let mut pids = Vec::new();
+        for target in &targets {
+            let start = Instant::now();
+            let pid = loop {
+                let report = status(target, agent).await;
+                let c = report.pods.first().and_then(|p| p.containers.first());
+                if let Some(pid) = c.filter(|c| c.state == "running").and_then(|c| c.pid) {
+                    break pid;
+                }
+                assert!(start.elapsed() < DEADLINE, "not running: {report:#?}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            pids.push(pid);
+        }
+        // One path inside each host; two cgroups on the machine.
+        let (c1, c2) = (cgroup_of(&hosts[0], pids[0]), cgroup_of(&hosts[1], pids[1]));
+        for c in [&c1, &c2] {
+            assert!(
+                c.ends_with(&format!("compose-fleet/{PROJECT}/job-1/job")),
+                "{c}"
+            );
+        }
+        let machine = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains(":memory:"))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_ne!(machine(pids[0]), machine(pids[1]));
+
+        let r = last_ok(&rpc(&targets[0], agent, apply(vec![])).await);
+        assert!(matches!(r, Response::Applied(_)), "{r:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let report = status(&targets[1], agent).await;
+        let c = &report.pods[0].containers[0];
+        assert_eq!(
+            (c.state.as_str(), c.pid),
+            ("running", Some(pids[1])),
+            "the other host's pod is untouched: {report:#?}"
+        );
+        let r = last_ok(&rpc(&targets[1], agent, apply(vec![])).await);
+        assert!(matches!(r, Response::Applied(_)), "{r:?}");
+    });
+}

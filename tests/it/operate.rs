@@ -468,15 +468,26 @@ fn the_sidecar_and_replicas_examples_deploy_and_answer() {
         fetch(&format!("http://{}:8090/", lab.address(&web_host))),
         index
     );
-    let out = example("sidecar", &["logs", "probe"]);
-    let logs = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        logs.contains("probe.1@")
-            && logs.contains("probe.2@")
-            && logs.contains("web answered on 127.0.0.1"),
-        "{}",
-        describe(&out)
-    );
+    // The probe checks every 5 s and its first check may come before httpd listens: wait for
+    // a check after `up --wait` returned (web is healthy then).
+    let start = Instant::now();
+    loop {
+        let out = example("sidecar", &["logs", "probe"]);
+        let logs = String::from_utf8_lossy(&out.stdout);
+        let answered = |replica: &str| {
+            logs.lines()
+                .any(|l| l.starts_with(replica) && l.ends_with("web answered on 127.0.0.1"))
+        };
+        if answered("probe.1@") && answered("probe.2@") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "each probe reaches its web on 127.0.0.1: {}",
+            describe(&out)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     for name in ["replicas", "sidecar"] {
         let out = example(name, &["down"]);
         assert!(out.status.success(), "down {name}: {}", describe(&out));
