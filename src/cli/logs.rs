@@ -329,7 +329,8 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         failed += connected.unreachable.len();
         let wanted =
             |service: &str| args.services.is_empty() || args.services.iter().any(|s| s == service);
-        // Only hosts that run a selected service are asked; prefixes are padded to the longest.
+        // Only hosts that run a selected service are asked (with `--follow` every host: one may
+        // get a replica while we follow); prefixes are padded to the longest.
         let mut width = 0;
         let mut hosts = Vec::new();
         for (host, pods) in &connected.observed {
@@ -340,7 +341,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
                     width = width.max(format!("{}.{}@{host}", c.service, c.replica).len());
                 }
             }
-            if any {
+            if any || args.follow {
                 if let Some(conn) = connected.hosts.get(host) {
                     hosts.push((host.clone(), conn.clone()));
                 }

@@ -206,9 +206,23 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         let mut connected =
             exec::connect(&fleet, &project.name, &opts.ssh, &mut |p| render.show(&p)).await?;
         drop(section);
+        // Nothing to change (every pod runs as desired, so its images, built ones included, are
+        // on its host): no lock and no write, so a no-op `up` costs the one `Status` per host it
+        // has made. Without the lock the answer is that of the moment the hosts were read, as a
+        // no-op `up` run just before a concurrent deploy would give.
+        let noop = !args.dry_run
+            && exec::prepare(
+                project,
+                &checked.graph,
+                &fleet,
+                &connected.facts,
+                &connected.observed,
+                &opts,
+            )
+            .is_ok_and(|p| p.diff.is_noop());
         // The deploy lock, before anything changes; what runs is read again under it, since
         // the deploy that held it may have changed it.
-        let lock = if args.dry_run {
+        let lock = if args.dry_run || noop {
             None
         } else {
             let held = lock::acquire(
@@ -314,10 +328,27 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             &mut |p| render.show(&p),
         )
         .await;
-        // Service discovery: every agent learns where the project's replicas now run.
-        for w in
-            crate::deploy::services::publish(&connected.hosts, project, opts.request_timeout).await
-        {
+        // Service discovery: every agent learns where the project's replicas now run (after a
+        // no-op, from what the hosts reported, and only where their map differs).
+        let published = if noop {
+            crate::deploy::services::publish_observed(
+                &connected.hosts,
+                project,
+                &connected.observed,
+                &connected.service_maps,
+                opts.request_timeout,
+            )
+            .await
+        } else {
+            crate::deploy::services::publish(
+                &connected.hosts,
+                project,
+                &connected.service_maps,
+                opts.request_timeout,
+            )
+            .await
+        };
+        for w in published {
             render.show(&Progress::Warning(w));
         }
         if let Some(held) = lock {
@@ -326,6 +357,21 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         Ok((connected, Ok(summary)))
     });
     let (connected, result) = outcome.map_err(|e| failure(e, &checked.loaded.sources))?;
+    if args.json {
+        // What the run cost each host in round trips after the handshake (a no-op `up`: one).
+        let per_host: BTreeMap<&str, u64> = connected
+            .hosts
+            .iter()
+            .map(|(name, conn)| (name.as_str(), conn.requests_sent()))
+            .collect();
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        output::data(
+            &json!({ "event": "requests", "hosts": per_host, "time_ms": time_ms }).to_string(),
+        );
+    }
     let unreachable = connected.unreachable.len();
     drop(rt);
     let code = match result {

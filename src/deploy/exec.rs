@@ -33,7 +33,7 @@ use crate::plan::{self, podspec, HostFacts, PlanError};
 use crate::proto::net::{self, Ipv4Net};
 use crate::proto::{
     ApplyPodsRequest, HostNetwork, LogsRequest, PodSpec, PodStatus, Request, Response,
-    ResponseFrame,
+    ResponseFrame, StatusReport,
 };
 use crate::ssh::{self, AgentBinary, ErrorClass, Hosts, SshError, SshTarget, Transport};
 
@@ -133,6 +133,8 @@ type Frames = mpsc::Receiver<Result<ResponseFrame, SshError>>;
 pub struct HostConn {
     pub name: String,
     requests: mpsc::Sender<(Request, mpsc::Sender<Result<ResponseFrame, SshError>>)>,
+    /// Requests sent after the handshake: what a command cost this host in round trips.
+    sent: std::sync::atomic::AtomicU64,
     _session: <Hosts as Transport>::Session,
 }
 
@@ -143,12 +145,19 @@ impl HostConn {
         HostConn {
             name,
             requests,
+            sent: std::sync::atomic::AtomicU64::new(0),
             _session: session,
         }
     }
 
+    /// How many requests were sent to this host (the handshake's `Hello` not counted).
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Sends `request`; its reply frames come on the receiver (the last has no `more`).
     async fn send(&self, request: Request) -> Result<Frames, SshError> {
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
         self.requests.send((request, tx)).await.map_err(|_| {
             SshError::new(
@@ -216,6 +225,15 @@ impl HostConn {
         project: &str,
         timeout: Duration,
     ) -> Result<Vec<PodStatus>, SshError> {
+        Ok(self.status_report(project, timeout).await?.pods)
+    }
+
+    /// The project's pods on this host and the digest of the service map it holds.
+    pub async fn status_report(
+        &self,
+        project: &str,
+        timeout: Duration,
+    ) -> Result<StatusReport, SshError> {
         match self
             .call(
                 Request::Status {
@@ -225,11 +243,10 @@ impl HostConn {
             )
             .await?
         {
-            Response::Status(s) => Ok(s
-                .pods
-                .into_iter()
-                .filter(|p| p.project == project)
-                .collect()),
+            Response::Status(mut s) => {
+                s.pods.retain(|p| p.project == project);
+                Ok(s)
+            }
             other => Err(unexpected(&self.name, "Status", &other)),
         }
     }
@@ -406,6 +423,8 @@ pub struct Connected {
     /// The WireGuard public key each host that answered reported (older agents report none).
     pub mesh_keys: BTreeMap<String, String>,
     pub observed: BTreeMap<String, Vec<PodStatus>>,
+    /// The digest of the service map each host holds for the project (absent: none).
+    pub service_maps: BTreeMap<String, String>,
     pub unreachable: BTreeMap<String, String>,
 }
 
@@ -477,8 +496,8 @@ pub async fn connect(
                 let (client, report) =
                     ssh::connect_agent_to(&session, &remote, &agent, timeout).await?;
                 let conn = HostConn::new(target.name.clone(), client, session);
-                let pods = conn.status(&project, timeout).await?;
-                Ok::<_, SshError>((conn, report, pods))
+                let status = conn.status_report(&project, timeout).await?;
+                Ok::<_, SshError>((conn, report, status))
             }
             .await;
             (target.name, result)
@@ -490,13 +509,18 @@ pub async fn connect(
         subnets: BTreeMap::new(),
         mesh_keys: BTreeMap::new(),
         observed: BTreeMap::new(),
+        service_maps: BTreeMap::new(),
         unreachable: BTreeMap::new(),
     };
     while let Some(joined) = tasks.join_next().await {
         let (name, result) =
             joined.map_err(|e| ExecError::Internal(format!("a host task failed: {e}")))?;
         match result {
-            Ok((conn, report, pods)) => {
+            Ok((conn, report, status)) => {
+                let pods = status.pods;
+                if let Some(digest) = status.service_map {
+                    out.service_maps.insert(name.clone(), digest);
+                }
                 emit(Progress::Connected {
                     host: name.clone(),
                     pods: pods.len(),
@@ -1580,6 +1604,7 @@ mod tests {
             .collect(),
             mesh_keys: strings(&[("a", "KA"), ("b", "KB")]),
             observed: BTreeMap::new(),
+            service_maps: BTreeMap::new(),
             unreachable: BTreeMap::new(),
         };
         let (nets, why_not) = fleet_networks(&fleet, &connected);

@@ -89,27 +89,62 @@ pub fn service_map(project: &Project, pods: &BTreeMap<String, Vec<PodStatus>>) -
     }
 }
 
-/// After a deploy: asks every host what it runs of `project`, builds the map and pushes it to
-/// every host. Returns warnings (a host that did not answer or did not take the map).
+/// After a deploy that changed pods: asks every host (in parallel) what it runs of `project`,
+/// builds the map and pushes it to every host whose map differs (`held`: host → the digest of
+/// the map it reported). Returns warnings (a host that did not answer or did not take the map).
 pub async fn publish(
     hosts: &BTreeMap<String, Arc<HostConn>>,
     project: &Project,
+    held: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> Vec<String> {
     let mut pods = BTreeMap::new();
+    let mut held = held.clone();
     let mut warnings = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
     for (name, conn) in hosts {
-        match conn.status(&project.name, timeout).await {
-            Ok(p) => {
-                pods.insert(name.clone(), p);
+        let (name, conn, project) = (name.clone(), conn.clone(), project.name.clone());
+        set.spawn(async move {
+            let got = conn.status_report(&project, timeout).await;
+            (name, got)
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((name, Ok(report))) => {
+                match report.service_map {
+                    Some(d) => held.insert(name.clone(), d),
+                    None => held.remove(&name),
+                };
+                pods.insert(name, report.pods);
             }
-            Err(e) => warnings.push(format!(
+            Ok((name, Err(e))) => warnings.push(format!(
                 "{name}'s replicas are left out of the service map: {e}"
             )),
+            Err(e) => warnings.push(format!("a status task failed: {e}")),
         }
     }
-    warnings.extend(push(hosts, &service_map(project, &pods), timeout).await);
+    warnings.extend(publish_observed(hosts, project, &pods, &held, timeout).await);
     warnings
+}
+
+/// Pushes the map built from `pods` (what the hosts reported) to every host that does not hold
+/// it already (`held`): after a no-op `up`, usually none, so it costs no request.
+pub async fn publish_observed(
+    hosts: &BTreeMap<String, Arc<HostConn>>,
+    project: &Project,
+    pods: &BTreeMap<String, Vec<PodStatus>>,
+    held: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Vec<String> {
+    let map = service_map(project, pods);
+    let digest = map.digest();
+    let stale: BTreeMap<String, Arc<HostConn>> = hosts
+        .iter()
+        .filter(|(name, _)| held.get(*name) != Some(&digest))
+        .map(|(name, conn)| (name.clone(), conn.clone()))
+        .collect();
+    push(&stale, &map, timeout).await
 }
 
 /// Sends `map` to every host; returns one warning per host that did not take it (its pods then

@@ -189,6 +189,28 @@ fn logs_follow_exec_stop_start_and_down_leaves_nothing() {
             }
         }
     }
+    // A redeploy replaces both tickers while `logs -f` runs: it follows the new containers.
+    let out = command(&lab, &["up", "--wait"])
+        .env("TICK", "tock")
+        .output()
+        .expect("runs up");
+    assert!(out.status.success(), "up TICK=tock: {}", describe(&out));
+    let mut tocks = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && tocks.len() < 2 {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            if let Some((prefix, rest)) = line.split_once(" | ") {
+                if rest.trim().starts_with("tock ") {
+                    tocks.insert(prefix.trim().to_string());
+                }
+            }
+        }
+    }
+    assert_eq!(
+        tocks.len(),
+        2,
+        "logs -f shows both new tickers' lines after a redeploy: {tocks:?}"
+    );
     // SIGINT, as Ctrl-C: `logs -f` stops and exits 0.
     let pid = i32::try_from(child.id()).expect("pid");
     // SAFETY: kill(2) on our own child's pid.
@@ -207,6 +229,9 @@ fn logs_follow_exec_stop_start_and_down_leaves_nothing() {
         );
     }
     assert!(status.success(), "logs -f after SIGINT: {status:?}");
+    // Back to `tick` for what follows.
+    let out = cli(&lab, &["up", "--wait"]);
+    assert!(out.status.success(), "up: {}", describe(&out));
 
     // 3. `exec`: the exit code, output, stdin, a chosen replica.
     let out = cli(

@@ -180,10 +180,19 @@ fn up_runs_every_service_then_changes_only_what_changed_and_down_removes_all() {
     };
     let before = pids(&rows);
 
-    // 2. Nothing changed: nothing is sent, nothing restarts.
+    // 2. Nothing changed: nothing is sent, nothing restarts, and each host is asked once (its
+    // `Status`: no lock, no service map it already holds).
     let out = cli(&lab, project, &[], &["up", "--json"]);
     assert!(out.status.success(), "second up failed: {}", describe(&out));
-    let evs = events(&out);
+    let mut evs = events(&out);
+    let requests = evs.pop().expect("events");
+    assert_eq!(requests["event"], "requests", "{requests}");
+    let per_host = requests["hosts"].as_object().expect("hosts").clone();
+    assert_eq!(per_host.len(), 3, "{requests}");
+    assert!(
+        per_host.values().all(|n| n.as_u64() == Some(1)),
+        "one request per host for a no-op up: {requests}"
+    );
     assert_eq!(changed_pods(&evs), Vec::<String>::new());
     let done = evs.last().expect("events");
     assert_eq!(

@@ -619,6 +619,10 @@ pub struct ApplyReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct StatusReport {
     pub pods: Vec<PodStatus>,
+    /// The digest ([`service::ServiceMap::digest`]) of the service map this host holds for the
+    /// project asked about; absent when it holds none (or no project was named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_map: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -32,6 +32,16 @@ pub struct ServiceMap {
     pub services: Vec<Service>,
 }
 
+impl ServiceMap {
+    /// SHA-256 of the map's JSON, `sha256:HEX`. The agent reports the digest of the map it holds
+    /// (`StatusReport::service_map`), so that `up` pushes a map only where it differs.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+    }
+}
+
 /// compose's `deploy.endpoint_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -178,5 +188,35 @@ mod tests {
             replicas: vec![],
         };
         assert_eq!(s.network_names(), ["default"]);
+    }
+
+    #[test]
+    fn a_maps_digest_survives_the_agents_file_and_changes_with_a_replicas_health() {
+        let mut map = ServiceMap {
+            project: "p".into(),
+            services: vec![Service {
+                name: "api".into(),
+                endpoint_mode: EndpointMode::Vip,
+                vip: Some(Ipv4Addr::new(10, 214, 0, 9)),
+                networks: vec![],
+                aliases: vec![],
+                container_name: None,
+                replicas: vec![Endpoint {
+                    replica: 1,
+                    pod: "api-1".into(),
+                    host: "h1".into(),
+                    addr: Ipv4Addr::new(10, 213, 1, 2),
+                    healthy: true,
+                }],
+            }],
+        };
+        // The agent keeps the map as pretty JSON and reads it back after a restart.
+        let stored: ServiceMap =
+            serde_json::from_slice(&serde_json::to_vec_pretty(&map).unwrap()).unwrap();
+        assert_eq!(stored.digest(), map.digest());
+        assert!(map.digest().starts_with("sha256:") && map.digest().len() == 7 + 64);
+        let before = map.digest();
+        map.services[0].replicas[0].healthy = false;
+        assert_ne!(map.digest(), before);
     }
 }

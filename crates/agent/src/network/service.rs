@@ -312,6 +312,11 @@ impl super::Network {
         Ok(self.registry().counts(self.subnet()))
     }
 
+    /// The digest of the map held for `project` (see `ServiceMap::digest`).
+    pub fn service_map_digest(&self, project: &str) -> Option<String> {
+        self.registry().maps.get(project).map(|m| m.digest())
+    }
+
     /// The generation to pass to [`observed`](Self::observed) with an observation taken after
     /// this call.
     pub fn services_generation(&self) -> u64 {

@@ -1,5 +1,7 @@
 //! `Logs`: every record of a service's containers from the shims' rotated JSON-lines files, and
-//! with `follow` the new ones as they are written, across rotations.
+//! with `follow` the new ones as they are written, across rotations — including containers that
+//! start after the request (a redeploy, a restart policy's new pod), as `docker compose logs -f`
+//! picks them up.
 
 use super::*;
 
@@ -12,7 +14,11 @@ impl Supervisor {
         req: LogsRequest,
         tx: &mpsc::Sender<ResponseFrame>,
     ) -> Result<Response, Failure> {
-        let selected = self.containers_of(&req.project, &req.services).await?;
+        // A host without the project yet may get it while we follow.
+        let selected = match self.containers_of(&req.project, &req.services).await {
+            Err(_) if req.follow => Vec::new(),
+            other => other?,
+        };
         let since_ms = req.since.map(|s| s.saturating_mul(1000)).unwrap_or(0);
         let mut all = Vec::new();
         let mut cursors = Vec::new();
@@ -36,19 +42,56 @@ impl Supervisor {
             }
         }
         if req.follow {
-            let mut followers = Vec::new();
-            for (launch, cursor) in cursors {
-                let tx = tx.clone();
-                followers.push(tokio::spawn(follow_log(id, launch, cursor, since_ms, tx)));
+            // One follower per container incarnation (a replaced pod's containers are new
+            // `ContainerRt`s, even under the same names): the old one's ends with it, the new
+            // one's reads its log from the start.
+            let mut followers: Vec<(Arc<ContainerRt>, tokio::task::JoinHandle<()>)> = selected
+                .into_iter()
+                .zip(cursors)
+                .map(|(c, (launch, cursor))| {
+                    let task = tokio::spawn(follow_log(id, launch, cursor, since_ms, tx.clone()));
+                    (c, task)
+                })
+                .collect();
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = tokio::time::sleep(NEW_CONTAINERS_EVERY) => {}
+                }
+                let now = self
+                    .containers_of(&req.project, &req.services)
+                    .await
+                    .unwrap_or_default();
+                followers.retain(|(c, task)| {
+                    let alive = now.iter().any(|n| Arc::ptr_eq(n, c));
+                    if !alive {
+                        task.abort();
+                    }
+                    alive
+                });
+                for c in now {
+                    if !followers.iter().any(|(f, _)| Arc::ptr_eq(f, &c)) {
+                        let task = tokio::spawn(follow_log(
+                            id,
+                            c.launch.clone(),
+                            None,
+                            since_ms,
+                            tx.clone(),
+                        ));
+                        followers.push((c, task));
+                    }
+                }
             }
-            tx.closed().await;
-            for f in followers {
-                f.abort();
+            for (_, task) in followers {
+                task.abort();
             }
         }
         Ok(Response::End)
     }
 }
+
+/// How often a follow looks for containers that started after it.
+const NEW_CONTAINERS_EVERY: Duration = Duration::from_millis(500);
 
 /// Where a follower resumes: the current log file's inode and the offset read up to.
 pub(super) type Cursor = Option<(u64, u64)>;

@@ -423,7 +423,14 @@ impl Supervisor {
                 });
             }
         }
-        StatusReport { pods }
+        let service_map = project.and_then(|p| {
+            self.inner
+                .cfg
+                .network
+                .as_ref()
+                .and_then(|n| n.service_map_digest(p))
+        });
+        StatusReport { pods, service_map }
     }
 
     async fn containers_of(
