@@ -206,24 +206,26 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         let mut connected =
             exec::connect(&fleet, &project.name, &opts.ssh, &mut |p| render.show(&p)).await?;
         drop(section);
-        // Nothing to change (every pod runs as desired, so its images, built ones included, are
-        // on its host): no lock and no write, so a no-op `up` costs the one `Status` per host it
-        // has made. Without the lock the answer is that of the moment the hosts were read, as a
-        // no-op `up` run just before a concurrent deploy would give.
-        let noop = !args.dry_run
-            && exec::prepare(
+        let prepare = |observed: &BTreeMap<String, Vec<crate::proto::PodStatus>>| {
+            exec::prepare(
                 project,
                 &checked.graph,
                 &fleet,
                 &connected.facts,
-                &connected.observed,
+                observed,
                 &opts,
             )
-            .is_ok_and(|p| p.diff.is_noop());
+        };
+        let first = prepare(&connected.observed)?;
+        // Nothing to change (every pod runs as desired, so its images, built ones included, are
+        // on its host): no lock and no write, so a no-op `up` costs the one `Status` per host it
+        // has made. Without the lock the answer is that of the moment the hosts were read, as a
+        // no-op `up` run just before a concurrent deploy would give.
+        let noop = !args.dry_run && first.diff.is_noop();
         // The deploy lock, before anything changes; what runs is read again under it, since
         // the deploy that held it may have changed it.
-        let lock = if args.dry_run || noop {
-            None
+        let (lock, prepared) = if args.dry_run || noop {
+            (None, first)
         } else {
             let held = lock::acquire(
                 &connected.hosts,
@@ -234,37 +236,28 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                 opts.ssh.command_timeout,
             )
             .await?;
+            let mut observed = BTreeMap::new();
+            let mut again = Ok(());
             for (name, conn) in &connected.hosts {
-                let pods = conn
-                    .status(&project.name, opts.ssh.command_timeout)
-                    .await
-                    .map_err(|e| ExecError::User(e.to_string()));
-                match pods {
+                match conn.status(&project.name, opts.ssh.command_timeout).await {
                     Ok(pods) => {
-                        connected.observed.insert(name.clone(), pods);
+                        observed.insert(name.clone(), pods);
                     }
                     Err(e) => {
-                        held.release(opts.ssh.command_timeout).await;
-                        return Err(e);
+                        again = Err(ExecError::User(e.to_string()));
+                        break;
                     }
                 }
             }
-            Some(held)
-        };
-        let prepared = match exec::prepare(
-            project,
-            &checked.graph,
-            &fleet,
-            &connected.facts,
-            &connected.observed,
-            &opts,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                if let Some(held) = lock {
-                    held.release(opts.ssh.command_timeout).await;
+            match again.and_then(|()| prepare(&observed)) {
+                Ok(prepared) => {
+                    connected.observed = observed;
+                    (Some(held), prepared)
                 }
-                return Err(e);
+                Err(e) => {
+                    held.release(opts.ssh.command_timeout).await;
+                    return Err(e);
+                }
             }
         };
         if args.dry_run {

@@ -42,11 +42,18 @@ pub struct Host {
     pub root: PathBuf,
 }
 
-/// Shell lines that mount, under a fresh `/sys`, the cgroup hierarchies that `mountinfo` (the
-/// machine's) shows under `/sys/fs/cgroup`: the v2 tree, or v1's tmpfs with one mount per
-/// controller set (mounting a v1 controller set again attaches the existing hierarchy).
-fn cgroup_mount_script(mountinfo: &str) -> String {
-    let mut script = String::new();
+/// A cgroup hierarchy (or the v1 tmpfs holding them) the machine mounts under `/sys/fs/cgroup`,
+/// from a `mountinfo` line.
+struct CgroupMount<'a> {
+    mount_point: &'a str,
+    /// `tmpfs`, `cgroup` (v1) or `cgroup2`.
+    fstype: &'a str,
+    /// A v1 hierarchy's controllers, sorted (named hierarchies such as systemd's have none).
+    controllers: Vec<&'a str>,
+}
+
+fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount<'_>> {
+    let mut out = Vec::new();
     for line in mountinfo.lines() {
         // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS`
         let Some((left, right)) = line.split_once(" - ") else {
@@ -59,26 +66,41 @@ fn cgroup_mount_script(mountinfo: &str) -> String {
         let mut right = right.split(' ');
         let fstype = right.next().unwrap_or_default();
         let _source = right.next();
-        let super_options = right.next().unwrap_or_default();
-        let command = match fstype {
+        let mut controllers: Vec<&str> = right
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|o| *o != "rw" && *o != "ro" && !o.starts_with("name="))
+            .collect();
+        controllers.sort_unstable();
+        out.push(CgroupMount {
+            mount_point,
+            fstype,
+            controllers,
+        });
+    }
+    out
+}
+
+/// Shell lines that mount, under a fresh `/sys`, the cgroup hierarchies that `mountinfo` (the
+/// machine's) shows under `/sys/fs/cgroup`: the v2 tree, or v1's tmpfs with one mount per
+/// controller set (mounting a v1 controller set again attaches the existing hierarchy).
+fn cgroup_mount_script(mountinfo: &str) -> String {
+    let mut script = String::new();
+    for m in cgroup_mounts(mountinfo) {
+        let command = match m.fstype {
             "tmpfs" => "mount -t tmpfs -o mode=755 cgroup_root".to_string(),
             "cgroup2" => "mount -t cgroup2 cgroup2".to_string(),
-            "cgroup" => {
-                let controllers: Vec<&str> = super_options
-                    .split(',')
-                    .filter(|o| *o != "rw" && *o != "ro" && !o.starts_with("name="))
-                    .collect();
-                // Named hierarchies without controllers (systemd's) are not needed by the agent.
-                if controllers.is_empty() {
-                    continue;
-                }
-                format!("mount -t cgroup -o {} cgroup", controllers.join(","))
+            // Named hierarchies without controllers (systemd's) are not needed by the agent.
+            "cgroup" if !m.controllers.is_empty() => {
+                format!("mount -t cgroup -o {} cgroup", m.controllers.join(","))
             }
             _ => continue,
         };
-        let target = quote(mount_point);
+        let target = quote(m.mount_point);
         script.push_str(&format!(
-            "mkdir -p {target} 2>/dev/null; {command} {target} || echo 'lab: cannot mount {fstype} on {mount_point}' >&2\n"
+            "mkdir -p {target} 2>/dev/null; {command} {target} || echo 'lab: cannot mount {} on {}' >&2\n",
+            m.fstype, m.mount_point
         ));
     }
     script
@@ -109,35 +131,19 @@ fn cgroup_dirs(mountinfo: &str, self_cgroup: &str, host: &str) -> Vec<PathBuf> {
         })
         .collect();
     let mut dirs = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount_point = left.split(' ').nth(4).unwrap_or_default();
-        if mount_point != "/sys/fs/cgroup" && !mount_point.starts_with("/sys/fs/cgroup/") {
-            continue;
-        }
-        let mut right = right.split(' ');
-        let fstype = right.next().unwrap_or_default();
-        let _source = right.next();
-        let mut controllers: Vec<&str> = right
-            .next()
-            .unwrap_or_default()
-            .split(',')
-            .filter(|o| *o != "rw" && *o != "ro" && !o.starts_with("name="))
-            .collect();
-        controllers.sort_unstable();
-        let own_path = match fstype {
-            "cgroup2" if mount_point == "/sys/fs/cgroup" => Some("/"),
+    for m in cgroup_mounts(mountinfo) {
+        let own_path = match m.fstype {
+            "cgroup2" if m.mount_point == "/sys/fs/cgroup" => Some("/"),
             "cgroup2" => own.iter().find(|(id, _, _)| *id == "0").map(|o| o.2),
-            "cgroup" if !controllers.is_empty() => {
-                own.iter().find(|(_, c, _)| *c == controllers).map(|o| o.2)
-            }
+            "cgroup" if !m.controllers.is_empty() => own
+                .iter()
+                .find(|(_, c, _)| *c == m.controllers)
+                .map(|o| o.2),
             _ => None,
         };
         if let Some(own_path) = own_path {
             dirs.push(
-                Path::new(mount_point)
+                Path::new(m.mount_point)
                     .join(own_path.trim_start_matches('/'))
                     .join("compose-fleet-lab")
                     .join(host),
@@ -149,10 +155,9 @@ fn cgroup_dirs(mountinfo: &str, self_cgroup: &str, host: &str) -> Vec<PathBuf> {
 
 /// Whether `/sys/fs/cgroup` itself is the v2 tree (no v1 hierarchies).
 fn pure_cgroup_v2(mountinfo: &str) -> bool {
-    mountinfo.lines().any(|l| {
-        let mount_point = l.split(' ').nth(4).unwrap_or_default();
-        mount_point == "/sys/fs/cgroup" && l.contains(" - cgroup2 ")
-    })
+    cgroup_mounts(mountinfo)
+        .iter()
+        .any(|m| m.mount_point == "/sys/fs/cgroup" && m.fstype == "cgroup2")
 }
 
 /// Creates `dir` and the `compose-fleet-lab` above it; a v1 cpuset cgroup takes no process until
