@@ -5,6 +5,7 @@ mod builds;
 mod ci;
 mod compose;
 mod compose_errors;
+mod crash;
 mod deploy;
 mod deploy_props;
 mod differential;
