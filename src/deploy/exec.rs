@@ -73,7 +73,9 @@ impl Default for Options {
             services: Vec::new(),
             timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(300),
-            poll: Duration::from_millis(300),
+            // A dependent starts at most this long after its dependency is ready: each poll is
+            // one small `Status` per host with pods being watched, on the open channel.
+            poll: Duration::from_millis(100),
             wait: false,
             files: podspec::FileContents::default(),
             registry_auth: BTreeMap::new(),
