@@ -3,7 +3,9 @@
 //! A pod is identified by its name within the project (`web-1`) and compared by spec hash:
 //! - desired and absent on its host → **create**;
 //! - desired and present with another hash → **replace**;
-//! - desired and present with the same hash → **keep** (nothing is sent for it);
+//! - desired and present with the same hash → **keep** (nothing is sent for it), unless a
+//!   container of it was stopped by `compose-fleet stop` → **restart** (as docker compose's `up`
+//!   starts stopped containers);
 //! - present and not desired on that host → **remove**, for one of the [`RemoveReason`]s;
 //! - present, of a service the compose file no longer defines → an **orphan**: reported, and
 //!   removed only with `remove_orphans` (as `docker compose up --remove-orphans`);
@@ -23,6 +25,8 @@ pub struct ObservedPod {
     pub spec_hash: String,
     /// The services of its containers.
     pub services: Vec<String>,
+    /// A container of it was stopped by `compose-fleet stop` (and not started since).
+    pub stopped: bool,
 }
 
 /// What runs now: host → the project's pods there. Hosts that run nothing may be absent.
@@ -46,6 +50,8 @@ pub enum RemoveReason {
 pub struct HostDiff {
     pub create: Vec<String>,
     pub replace: Vec<String>,
+    /// Kept pods to start again: a container was stopped by the user.
+    pub restart: Vec<String>,
     pub remove: Vec<(String, RemoveReason)>,
     pub keep: Vec<String>,
     /// Orphans left running (`remove_orphans` not set): the CLI says so.
@@ -56,7 +62,10 @@ pub struct HostDiff {
 
 impl HostDiff {
     fn is_noop(&self) -> bool {
-        self.create.is_empty() && self.replace.is_empty() && self.remove.is_empty()
+        self.create.is_empty()
+            && self.replace.is_empty()
+            && self.restart.is_empty()
+            && self.remove.is_empty()
     }
 }
 
@@ -101,6 +110,9 @@ pub fn diff(desired: &Desired, observed: &Observed, remove_orphans: bool) -> Dif
         for pod in desired.hosts.get(host).into_iter().flatten() {
             match running.get(pod.name.as_str()) {
                 None => d.create.push(pod.name.clone()),
+                Some(o) if o.spec_hash == pod.spec_hash && o.stopped => {
+                    d.restart.push(pod.name.clone())
+                }
                 Some(o) if o.spec_hash == pod.spec_hash => d.keep.push(pod.name.clone()),
                 Some(_) => d.replace.push(pod.name.clone()),
             }

@@ -644,6 +644,7 @@ pub fn prepare(
                     name: p.name.clone(),
                     spec_hash: p.spec_hash.clone(),
                     services: p.containers.iter().map(|c| c.service.clone()).collect(),
+                    stopped: p.containers.iter().any(|c| c.stopped),
                 })
                 .collect();
             (host.clone(), pods)
@@ -1472,6 +1473,7 @@ mod tests {
                         exit_code: None,
                         restarts: 0,
                         started_at: None,
+                        stopped: false,
                     })
                     .collect(),
             });

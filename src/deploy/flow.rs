@@ -484,6 +484,9 @@ impl Flow {
             Op::Create
         } else if has(hd.map(|d| &d.replace)) {
             Op::Replace
+        } else if has(hd.map(|d| &d.restart)) {
+            // Stopped by the user: started again, after its dependencies, as a restart.
+            Op::Restart
         } else {
             Op::Keep
         };

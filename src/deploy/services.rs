@@ -220,6 +220,7 @@ services:
                 exit_code: None,
                 restarts: 0,
                 started_at: None,
+                stopped: false,
             }],
         }
     }

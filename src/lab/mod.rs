@@ -674,8 +674,9 @@ impl Lab {
         Ok(())
     }
 
-    /// A command that runs `argv` inside a host: its network, mount and UTS namespaces (those of
-    /// its sshd, so the host's own `/var/lib/compose-fleet`, `/run`, `/tmp` and hostname).
+    /// A command that runs `argv` inside a host: its network, mount, UTS and cgroup namespaces
+    /// (those of its sshd, so the host's own `/var/lib/compose-fleet`, `/run`, `/tmp`, hostname
+    /// and cgroups; a process of another host shows its cgroup as `/../…` there).
     pub fn exec(&self, name: &str, argv: &[String]) -> Result<Command, Error> {
         let host = self.host(name)?;
         let pid = host.sshd_pid().ok_or_else(|| {
@@ -685,7 +686,7 @@ impl Lab {
             ))
         })?;
         let mut cmd = Command::new("nsenter");
-        cmd.args(["-t", &pid.to_string(), "-n", "-m", "-u", "--"])
+        cmd.args(["-t", &pid.to_string(), "-n", "-m", "-u", "-C", "--"])
             .args(argv);
         Ok(cmd)
     }

@@ -1,11 +1,11 @@
 //! Crash safety on a 3-host lab fleet with `examples/jobs`: the CLI is killed (SIGKILL) at a
 //! moment of `up` chosen at random, 20 times in a row, each time with a change to deploy. Each
 //! following `up` succeeds without a manual unlock (the killed deploy's lease expires by itself),
-//! and in the end every host holds exactly what a clean deploy of the same file leaves: the same
-//! cgroups, pod network namespaces and mounts, veths, addresses and nftables rules, and the
-//! project's processes only.
+//! and in the end the fleet holds exactly what a clean deploy of the same file leaves: the same
+//! cgroups, pod network namespaces and mounts, veths, addresses and processes; and no nftables
+//! rule on any host names a pod address that `ps` does not show.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -50,7 +50,8 @@ impl Lcg {
 
 /// What the project leaves on a host, line by line, in forms that do not depend on pids or
 /// times: its cgroups (paths below the hierarchy), the mount points naming it, link names, IPv4
-/// addresses, the nftables ruleset's size, and how many processes run from its state directory.
+/// addresses, and how many processes run from its state directory. (The nftables rules depend on
+/// where pods run, which may differ after the kills: see [`nft_pod_addresses`].)
 fn footprint(lab: &Lab, host: &str) -> BTreeMap<&'static str, String> {
     let run = |script: &str| -> String {
         let out = lab
@@ -84,14 +85,11 @@ fn footprint(lab: &Lab, host: &str) -> BTreeMap<&'static str, String> {
         "addresses",
         run("ip -4 -o addr show | awk '{print $2, $4}' | sort"),
     );
-    f.insert("nftables", run("nft list ruleset 2>/dev/null | wc -l"));
-    // `[c]` keeps the pattern from matching this very shell's command line.
     f.insert(
         "processes",
         run(&format!(
-            "grep -l 'projects/[{}]{}/' /proc/[0-9]*/cmdline 2>/dev/null | wc -l",
-            &PROJECT[..1],
-            &PROJECT[1..]
+            "({}) | wc -l",
+            crate::support::project_processes_script(PROJECT)
         )),
     );
     f
@@ -121,6 +119,29 @@ fn fleet_footprint(lab: &Lab) -> BTreeMap<&'static str, Vec<String>> {
         lines.sort();
     }
     all
+}
+
+/// The pod addresses (fleet CIDR, not a network or a bridge's `.1`) a host's nftables rules name.
+fn nft_pod_addresses(lab: &Lab, host: &str) -> BTreeSet<String> {
+    let out = lab
+        .faults()
+        .exec(host, &["nft".into(), "list".into(), "ruleset".into()])
+        .expect("lab exec")
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found = BTreeSet::new();
+    for (i, _) in text.match_indices("10.213.") {
+        let word: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '/')
+            .collect();
+        let last = word.rsplit('.').next().unwrap_or_default();
+        if !word.contains('/') && last != "0" && last != "1" {
+            found.insert(word);
+        }
+    }
+    found
 }
 
 #[test]
@@ -178,6 +199,18 @@ fn up_killed_at_random_twenty_times_converges_each_time_and_leaves_no_orphan() {
     assert!(out.status.success(), "ps: {}", describe(&out));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("ps JSON");
     assert_eq!(rows.len(), 6, "{rows:?}");
+    let pod_ips: BTreeSet<String> = rows
+        .iter()
+        .filter_map(|r| r["ip"].as_str().map(str::to_string))
+        .collect();
+    for host in lab.host_names() {
+        let named = nft_pod_addresses(&lab, &host);
+        assert!(
+            named.is_subset(&pod_ips),
+            "{host}'s nftables rules name pods that do not run: {:?} (pods: {pod_ips:?})",
+            named.difference(&pod_ips).collect::<Vec<_>>()
+        );
+    }
 
     // The reference: the same file deployed cleanly on the same hosts.
     let out = cli(&lab, &last, &["down"]);

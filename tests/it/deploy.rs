@@ -46,6 +46,8 @@ enum Running {
     Changed,
     /// A pod of these services (which the file may not define).
     Other(Vec<String>),
+    /// With the spec this run wants, a container stopped by `compose-fleet stop`.
+    Stopped,
 }
 
 impl Fixture {
@@ -78,6 +80,14 @@ impl Fixture {
     pub fn runs(mut self, spec: &str) -> Fixture {
         for (pod, host) in pod_hosts(spec) {
             self.running.push((host, pod, Running::Same));
+        }
+        self
+    }
+
+    /// These pods exist as this run wants them, stopped by the user.
+    pub fn stopped(mut self, spec: &str) -> Fixture {
+        for (pod, host) in pod_hosts(spec) {
+            self.running.push((host, pod, Running::Stopped));
         }
         self
     }
@@ -162,7 +172,7 @@ impl Fixture {
                     .unwrap_or_else(|| panic!("{p} is not a pod of the fixture"))
             };
             let (hash, services) = match how {
-                Running::Same => {
+                Running::Same | Running::Stopped => {
                     let hash = desired
                         .pods()
                         .find(|d| &d.name == pod)
@@ -177,6 +187,7 @@ impl Fixture {
                 name: pod.clone(),
                 spec_hash: hash,
                 services,
+                stopped: matches!(how, Running::Stopped),
             });
         }
         observed
@@ -955,6 +966,27 @@ fn kept_dependencies_satisfy_conditions_at_once() {
          > started api.1@h1
          done: created 0, replaced 1, restarted 0, removed 0, kept 2",
     );
+}
+
+#[test]
+fn up_starts_what_the_user_stopped_after_its_dependencies_and_keeps_the_rest() {
+    let f = Fixture::new(&yaml(
+        "services:
+           db: {image: db, HEALTH}
+           api: {image: api, depends_on: {db: {condition: service_healthy}}}
+           web: {image: web}",
+    ))
+    .runs("db-1@h1 web-1@h1")
+    .stopped("api-1@h1");
+    check(
+        &f,
+        "restart h1 api-1
+         > started api.1@h1
+         done: created 0, replaced 0, restarted 1, removed 0, kept 2",
+    );
+    let (_, diff) = f.diff();
+    assert!(!diff.is_noop(), "a stopped pod is a change");
+    assert_eq!(diff.hosts["h1"].restart, ["api-1"]);
 }
 
 #[test]

@@ -214,6 +214,7 @@ fn build(case: &Case) -> (Desired, Flow) {
             name: pod_name(s, r),
             spec_hash: hash,
             services: vec![name(s)],
+            stopped: false,
         });
     }
     let d = diff::diff(&desired, &observed, false);

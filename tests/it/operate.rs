@@ -83,11 +83,9 @@ fn leftovers(lab: &Lab, host: &str) -> Vec<String> {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let mut left = Vec::new();
-    // `[o]` keeps the pattern from matching this very shell's command line.
     let procs = run(&format!(
-        "grep -l 'projects/[{}]{}/' /proc/[0-9]*/cmdline 2>/dev/null || true",
-        &PROJECT[..1],
-        &PROJECT[1..]
+        "{} || true",
+        crate::support::project_processes_script(PROJECT)
     ));
     if !procs.is_empty() {
         left.push(format!("processes: {procs}"));
@@ -393,6 +391,29 @@ fn logs_follow_exec_stop_start_and_down_leaves_nothing() {
         "{}",
         describe(&out)
     );
+    // `up` starts what `stop` stopped (as docker compose's does), and only that.
+    let web_pid = ps(&lab)["web.1"]["pid"].clone();
+    let out = cli(&lab, &["stop", "ticker"]);
+    assert!(out.status.success(), "stop failed: {}", describe(&out));
+    let out = cli(&lab, &["up", "--wait", "--json"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let restarted: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "restart")
+        .filter_map(|e| e["pod"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        restarted,
+        ["ticker-1", "ticker-2"].map(String::from).into(),
+        "{text}"
+    );
+    let rows = ps(&lab);
+    for k in ["ticker.1", "ticker.2"] {
+        assert_eq!(rows[k]["state"], "running", "{k} after up: {}", rows[k]);
+    }
+    assert_eq!(rows["web.1"]["pid"], web_pid, "web untouched");
     let out = cli(&lab, &["pull"]);
     assert!(out.status.success(), "pull failed: {}", describe(&out));
     assert!(

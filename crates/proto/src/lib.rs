@@ -652,6 +652,10 @@ pub struct ContainerStatus {
     /// Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<u64>,
+    /// Stopped by `compose-fleet stop`: it stays exited, across agent restarts, until `start`,
+    /// `restart` or `up` starts it again (as docker compose's `up` starts stopped containers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -375,3 +375,17 @@ pub fn last_ok(frames: &[compose_fleet::proto::ResponseFrame]) -> compose_fleet:
         _ => panic!("an empty frame"),
     }
 }
+
+/// A shell script for `Lab::faults().exec(host, …)` that prints `/proc/PID/cmdline` of every
+/// process of *that host* naming `project`'s state directory (a shim, a container). Lab hosts
+/// share one pid namespace, so other hosts' and other labs' processes are visible: they are
+/// told apart by their cgroup, which from inside the host's cgroup namespace starts with `/..`.
+pub fn project_processes_script(project: &str) -> String {
+    // `[x]yz` keeps the pattern from matching this very shell's command line.
+    let (first, rest) = project.split_at(1);
+    format!(
+        "for f in $(grep -l 'projects/[{first}]{rest}/' /proc/[0-9]*/cmdline 2>/dev/null); do \
+           grep -q ':/\\.\\.' \"${{f%/cmdline}}/cgroup\" 2>/dev/null || echo \"$f\"; \
+         done"
+    )
+}

@@ -59,6 +59,7 @@ impl ContainerRt {
             exit_code: o.exit.map(Exit::code),
             restarts: o.restart.restarts,
             started_at: o.started_at_ms.map(|ms| ms / 1000),
+            stopped: o.stopped,
         }
     }
 }

@@ -40,6 +40,9 @@ impl Supervisor {
             for (c, task) in tasks {
                 let was_running = c.observed().state == RunState::Running;
                 let _ = task.await;
+                if !start {
+                    c.update(|o| o.stopped = true);
+                }
                 if was_running && !start {
                     changed.push(name(&c));
                 }
@@ -61,6 +64,7 @@ impl Supervisor {
                     o.restart = RestartState::default();
                     o.exit = None;
                     o.health = None;
+                    o.stopped = false;
                 });
                 self.spawn_container(c.clone(), Step::Start);
                 changed.push(name(c));

@@ -184,6 +184,9 @@ pub struct Observed {
     /// Why the last start failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Stopped by a `Control` stop; cleared by a start (see `ContainerStatus::stopped`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
