@@ -216,6 +216,7 @@ pub fn build(
                 ports,
                 network: PodNetwork {
                     mode,
+                    internal: internal_networks(project, &networks),
                     networks: networks.clone(),
                 },
             },
@@ -224,6 +225,21 @@ pub fn build(
     }
     out.pods.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     Ok(out)
+}
+
+/// Those of `networks` (the project's default network when empty) that are `internal: true`.
+fn internal_networks(project: &Project, networks: &[String]) -> Vec<String> {
+    let default = [crate::proto::service::DEFAULT_NETWORK.to_string()];
+    let names = if networks.is_empty() {
+        &default[..]
+    } else {
+        networks
+    };
+    names
+        .iter()
+        .filter(|n| project.networks.get(*n).is_some_and(|net| net.internal))
+        .cloned()
+        .collect()
 }
 
 /// One service's container of replica `replica`, and what its spec leaves out.

@@ -43,6 +43,7 @@ fn ruleset(vips: Vec<Vip>) -> Ruleset {
         published: vec![],
         vips,
         service_range: Some("10.214.0.0/16".parse().unwrap()),
+        isolation: Default::default(),
     }
 }
 
@@ -85,7 +86,7 @@ fn vip_rules_are_what_nft_shows_and_spread_connections_over_replicas() {
                 backends: vec![],
             },
         ]);
-        kernel.replace_rules(&rules).expect("rules accepted");
+        kernel.replace_rules(&rules, None).expect("rules accepted");
 
         let json: serde_json::Value =
             serde_json::from_str(&run(&["nft", "-j", "list", "ruleset"])).unwrap();
@@ -231,7 +232,7 @@ fn bench_vip_connection_setup() {
                 .collect();
             let first = vips[0].addr;
             let last = vips[vips.len() - 1].addr;
-            Netlink.replace_rules(&ruleset(vips)).unwrap();
+            Netlink.replace_rules(&ruleset(vips), None).unwrap();
             eprintln!(
                 "{services} services: direct {}",
                 percentiles(time("10.213.2.3:8080"))

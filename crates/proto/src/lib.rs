@@ -420,6 +420,11 @@ pub struct PodNetwork {
     /// The compose networks the pod is on; empty means the project's default network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
+    /// (netiso) Those of the pod's networks that are `internal: true` (`default` when the
+    /// project's default network is). A pod only on internal networks gets no traffic out of
+    /// the fleet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -307,7 +307,7 @@ fn attach_network(
         return Ok(Vec::new());
     }
     let addr = network
-        .attach(project, &pod.name, &netns, &pod.ports)
+        .attach_to(project, &pod.name, &netns, &pod.ports, &pod.network)
         .map_err(|e| io::Error::other(format!("attaching the pod to the network: {e}")))?;
     let (Some(addr), Some(gateway)) = (addr, network.subnet().and_then(|s| s.gateway())) else {
         return Ok(Vec::new());
