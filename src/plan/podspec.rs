@@ -201,10 +201,10 @@ pub fn build(
         let networks: Vec<String> = root_service
             .map(|s| s.networks.keys().cloned().collect())
             .unwrap_or_default();
-        let mode = if root_service.and_then(|s| s.network_mode.as_deref()) == Some("none") {
-            NetworkMode::None
-        } else {
-            NetworkMode::Fleet
+        let mode = match root_service.and_then(|s| s.network_mode.as_deref()) {
+            Some("none") => NetworkMode::None,
+            Some("host") => NetworkMode::Host,
+            _ => NetworkMode::Fleet,
         };
         out.pods.push(PodInput {
             host,

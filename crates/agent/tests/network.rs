@@ -942,3 +942,161 @@ fn isolation_scenario(br_netfilter: bool) {
     assert_eq!(host_state(), before, "the host's network is as before");
     drop(sandboxes);
 }
+
+/// Benchmark (ignored; run with `--ignored --nocapture` as root): connection set-up between two
+/// pods of one host (through the forward chain) with the isolation rules and without them, and the
+/// size of our table for 100 pods. The 100 pods are this host's two plus 98 of other hosts,
+/// in 10 projects of 2 to 3 networks each (every network is a set and a rule); the two pods'
+/// network sorts last, so the connection walks every network rule before its own: the worst
+/// case. Without: the same table with the forward chain emptied.
+#[test]
+#[ignore]
+fn bench_isolation_connection_setup_and_rule_counts() {
+    use compose_fleet_agent::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
+    let test = "bench_isolation_connection_setup_and_rule_counts";
+    if !is_root(test) || !have("nft", test) {
+        return;
+    }
+    in_fresh_host(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let sandboxes = Sandboxes(
+            ["client", "server"]
+                .iter()
+                .map(|n| tmp.path().join("pods").join(n))
+                .collect(),
+        );
+        let ns: Vec<PathBuf> = sandboxes
+            .0
+            .iter()
+            .map(|d| pod::create(d, "p").unwrap().net)
+            .collect();
+        let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
+        net.configure(&HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![],
+            mesh: None,
+        })
+        .unwrap();
+        let client = net
+            .attach_to("zz", "client-1", &ns[0], &[], &on(&["last"], &[]))
+            .unwrap()
+            .unwrap();
+        let server = net
+            .attach_to("zz", "server-1", &ns[1], &[], &on(&["last"], &[]))
+            .unwrap()
+            .unwrap();
+        // 98 pods of other hosts: 10 projects, service k of a project on networks k%3 and front.
+        let mut pods = 0;
+        for p in 0..10u8 {
+            let services = (0..10u8)
+                .filter(|_| {
+                    pods += 1;
+                    pods <= 98
+                })
+                .map(|k| Service {
+                    name: format!("s{k}"),
+                    endpoint_mode: EndpointMode::Vip,
+                    vip: Some(Ipv4Addr::new(10, 214, p, k + 1)),
+                    networks: vec![format!("n{}", k % 3), "front".into()],
+                    aliases: vec![],
+                    container_name: None,
+                    replicas: vec![Endpoint {
+                        replica: 1,
+                        pod: format!("s{k}-1"),
+                        host: "h2".into(),
+                        addr: Ipv4Addr::new(10, 213, 2 + p, 2 + k),
+                        healthy: true,
+                    }],
+                })
+                .collect();
+            net.set_services(ServiceMap {
+                project: format!("b{p}"),
+                services,
+            })
+            .unwrap();
+        }
+        let ruleset = json(&["nft", "-j", "list", "ruleset"]);
+        let objects = ruleset["nftables"].as_array().unwrap();
+        let count = |kind: &str| objects.iter().filter(|o| o.get(kind).is_some()).count();
+        let elements: usize = objects
+            .iter()
+            .filter_map(|o| o.get("set"))
+            .map(|s| s["elem"].as_array().map_or(0, Vec::len))
+            .sum();
+        eprintln!(
+            "100 pods (2 here, 98 elsewhere), {} networks: {} rules in all, {} in the forward \
+             chain, {} sets holding {elements} addresses, {} chains",
+            count("set"),
+            count("rule"),
+            nft_rules(&ruleset, "forward").len(),
+            count("set"),
+            count("chain"),
+        );
+        serve_forever(ns[1].clone(), 80, "s");
+        const CONNECTIONS: usize = 2000;
+        let addr: SocketAddr = format!("{server}:80").parse().unwrap();
+        let time = || {
+            in_ns(&ns[0], move || {
+                (0..CONNECTIONS)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+                        let d = t.elapsed();
+                        drop(s);
+                        d
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let percentiles = |mut v: Vec<Duration>| {
+            v.sort();
+            format!(
+                "p50 {:?}, p99 {:?}, max {:?} over {}",
+                v[v.len() / 2],
+                v[v.len() * 99 / 100],
+                v[v.len() - 1],
+                v.len()
+            )
+        };
+        // Alternate, so that the machine's load falls on both alike.
+        for round in 1..=2 {
+            eprintln!(
+                "round {round}: {client} -> {server} with isolation: {}",
+                percentiles(time())
+            );
+            // Without: an `accept` before every rule of the chain, taken away after.
+            let echo = run(&[
+                "nft",
+                "--echo",
+                "--handle",
+                "insert",
+                "rule",
+                "ip",
+                "compose_fleet",
+                "forward",
+                "accept",
+            ]);
+            let handle = echo
+                .rsplit("# handle ")
+                .next()
+                .map(|h| h.trim().to_string())
+                .expect("a handle");
+            eprintln!(
+                "round {round}: {client} -> {server} without:        {}",
+                percentiles(time())
+            );
+            run(&[
+                "nft",
+                "delete",
+                "rule",
+                "ip",
+                "compose_fleet",
+                "forward",
+                "handle",
+                &handle,
+            ]);
+        }
+        drop(sandboxes);
+    });
+}

@@ -435,6 +435,9 @@ pub enum NetworkMode {
     Fleet,
     /// Only loopback (compose `network_mode: none`).
     None,
+    /// (netiso) The host's own network namespace (compose `network_mode: host`): no veth, no
+    /// address of its own, no published ports (docker discards them too).
+    Host,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
