@@ -1,6 +1,7 @@
 //! Our nf_tables rules as netlink messages: one `ip compose_fleet` table holding masquerade for
-//! pod traffic leaving the fleet CIDR and DNAT for published ports. Pure: builds messages, sends
-//! nothing.
+//! pod traffic leaving the fleet CIDR, DNAT for published ports and service VIPs ([`super::vip`])
+//! and the `forward` chain that keeps compose networks and projects apart
+//! ([`super::isolation`]). Pure: builds messages, sends nothing.
 //!
 //! `netlink-packet-netfilter` types tables, chains, rules and the payload/cmp/meta/immediate
 //! expressions; `nat`, `masq`, `ct`, `bitwise` and `fib` it does not know (or not fully), so they are encoded here from the
@@ -15,6 +16,7 @@
 //!   chain postrouting { type nat hook postrouting priority srcnat;
 //!                       ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade
 //!                       ct status dnat ip saddr 10.213.1.0/24 ip daddr 10.213.1.0/24 masquerade }
+//!   set net0 { ... }  chain forward { type filter hook forward priority filter; ... }
 //! }
 //! ```
 //!
