@@ -605,6 +605,44 @@ configs:
     }
 
     #[test]
+    fn pods_carry_their_networks_internal_ones_and_network_mode() {
+        let project = load(
+            r#"
+services:
+  vault: { image: a, networks: [sealed, front] }
+  locked: { image: a, networks: [sealed] }
+  plain: { image: a }
+  none: { image: a, network_mode: none }
+  host: { image: a, network_mode: host }
+networks:
+  sealed: { internal: true }
+  front: {}
+"#,
+        );
+        let pods = crate::pods::of(&project);
+        let names = ["vault", "locked", "plain", "none", "host"];
+        let placement = Placement {
+            assignments: names.iter().map(|n| at(n, 1, "h1", n)).collect(),
+            ..Placement::default()
+        };
+        let out = build(&project, &pods, &placement).expect("builds");
+        let net = |pod: &str| {
+            out.pods
+                .iter()
+                .find(|p| p.spec.name == format!("{pod}-1"))
+                .map(|p| p.spec.network.clone())
+                .expect("the pod")
+        };
+        assert_eq!(net("vault").networks, ["front", "sealed"]);
+        assert_eq!(net("vault").internal, ["sealed"]);
+        assert_eq!(net("locked").internal, ["sealed"]);
+        assert!(net("plain").internal.is_empty());
+        assert_eq!(net("plain").mode, NetworkMode::Fleet);
+        assert_eq!(net("none").mode, NetworkMode::None);
+        assert_eq!(net("host").mode, NetworkMode::Host);
+    }
+
+    #[test]
     fn a_shared_network_namespace_is_one_pod_of_both_services() {
         let project = load(
             r#"
