@@ -463,7 +463,12 @@ pub fn fleet_networks(
         Ok(subnets) => {
             let mut networks = net::host_networks(cidr, &subnets, &addresses);
             // Peers that are not on-link are reached through the mesh (each host decides).
-            crate::proto::mesh::add_mesh(&mut networks, fleet.network.mode, &connected.mesh_keys);
+            crate::proto::mesh::add_mesh_on(
+                &mut networks,
+                fleet.network.mode,
+                fleet.network.port(),
+                &connected.mesh_keys,
+            );
             (networks, None)
         }
         Err(e) => none(format!("pod networks left as they are: {e}")),
@@ -1590,6 +1595,7 @@ mod tests {
         fleet.network = crate::inventory::NetworkSettings {
             cidr: Some("10.99.0.0/16".parse().unwrap()),
             mode: Mode::Wireguard,
+            port: Some(4500),
         };
         let strings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs
@@ -1623,6 +1629,6 @@ mod tests {
             .iter()
             .map(|p| format!("{} {} {}", p.host, p.public_key, p.endpoint))
             .collect();
-        assert_eq!(peers, ["b KB 10.0.1.2:51820"]);
+        assert_eq!(peers, ["b KB 10.0.1.2:4500"], "the inventory's mesh port");
     }
 }

@@ -65,7 +65,15 @@ pub fn service_map(project: &Project, pods: &BTreeMap<String, Vec<PodStatus>>) -
                     EndpointMode::Vip => vips.get(&format!("{}/{name}", project.name)).copied(),
                     EndpointMode::Dnsrr => None,
                 },
-                networks: svc.networks.keys().cloned().collect(),
+                // A sidecar (`network_mode: service:X`) lives in X's pod: X's networks are its.
+                networks: svc
+                    .network_mode_service()
+                    .and_then(|x| project.services.get(x))
+                    .unwrap_or(svc)
+                    .networks
+                    .keys()
+                    .cloned()
+                    .collect(),
                 aliases: svc
                     .networks
                     .iter()
@@ -197,6 +205,12 @@ services:
     image: x
     container_name: the-db
     deploy: { endpoint_mode: dnsrr }
+    networks: [back]
+  metrics:
+    image: x
+    network_mode: service:db
+networks:
+  back: {}
 "#;
         let fs = crate::compose::MemoryFs::new().with("/p/compose.yaml", yaml);
         let opts = crate::compose::LoadOptions::for_file("/p/compose.yaml");
@@ -256,6 +270,9 @@ services:
         let db = &map.services[1];
         assert_eq!((db.endpoint_mode, db.vip), (EndpointMode::Dnsrr, None));
         assert_eq!(db.container_name.as_deref(), Some("the-db"));
+        // The sidecar is on its pod's networks (not on the default one it names none of).
+        assert_eq!(map.services[2].name, "metrics");
+        assert_eq!(map.services[2].networks, ["back"]);
         // The same project gives the same VIPs on any machine.
         assert_eq!(service_map(&project(), &pods), map);
     }

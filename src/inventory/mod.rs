@@ -9,7 +9,7 @@
 //! ```yaml
 //! defaults: { user: deploy, port: 22, identity_file: ~/.ssh/id_ed25519, known_hosts: /path/known_hosts }
 //! registries: { "10.250.0.1:5000": { insecure: true } }
-//! network: { cidr: 10.213.0.0/16, mode: auto }   # mode: auto | host-gw | wireguard
+//! network: { cidr: 10.213.0.0/16, mode: auto, port: 51820 }   # mode: auto | host-gw | wireguard
 //! hosts:
 //!   web-1: { address: 203.0.113.10, labels: { zone: a, disk: ssd } }
 //!   db-1:  { address: db1.example.com, user: root, port: 2222,
@@ -39,9 +39,9 @@
 //! not labels; variables starting with `ansible_` are not labels; `compose_fleet_cpus`,
 //! `compose_fleet_memory`, `compose_fleet_reserved_cpus`, `compose_fleet_reserved_memory`,
 //! `compose_fleet_arch`, `compose_fleet_drain` set capacity, reserved, arch and drain, and
-//! `compose_fleet_known_hosts` the host keys to check against. `compose_fleet_network_cidr` and
-//! `compose_fleet_network_mode` (usually in `group_vars/all`) are the fleet's `network:`; hosts that
-//! disagree are an error.
+//! `compose_fleet_known_hosts` the host keys to check against. `compose_fleet_network_cidr`,
+//! `compose_fleet_network_mode` and `compose_fleet_network_port` (usually in `group_vars/all`) are
+//! the fleet's `network:`; hosts that disagree are an error.
 //! Dynamic inventories (scripts, plugin configurations, TOML) are refused with the command
 //! that exports them to a static file.
 //!
@@ -86,9 +86,15 @@ pub struct NetworkSettings {
     pub cidr: Option<crate::proto::net::Ipv4Net>,
     /// How hosts reach each other's pods.
     pub mode: crate::proto::mesh::Mode,
+    /// The WireGuard mesh's UDP port on every host; `None`: [`crate::proto::mesh::DEFAULT_PORT`].
+    pub port: Option<u16>,
 }
 
 impl NetworkSettings {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(crate::proto::mesh::DEFAULT_PORT)
+    }
+
     pub fn cidr(&self) -> crate::proto::net::Ipv4Net {
         self.cidr.unwrap_or(crate::proto::net::DEFAULT_FLEET_CIDR)
     }

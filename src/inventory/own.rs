@@ -12,7 +12,7 @@ use super::{
 use crate::diag::{Diagnostic, Diagnostics};
 
 const TOP_KEYS: &[&str] = &["defaults", "registries", "network", "hosts"];
-const NETWORK_KEYS: &[&str] = &["cidr", "mode"];
+const NETWORK_KEYS: &[&str] = &["cidr", "mode", "port"];
 const DEFAULT_KEYS: &[&str] = &["user", "port", "identity_file", "known_hosts"];
 const HOST_KEYS: &[&str] = &[
     "address",
@@ -256,6 +256,7 @@ fn parse_network(cx: &mut Ctx<'_>, node: &Node) -> super::NetworkSettings {
                     }
                 }
             }
+            "port" => n.port = cx.port(v, "`network.port`"),
             _ => cx.unknown_key(key, NETWORK_KEYS, "`network`"),
         }
     }

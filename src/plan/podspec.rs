@@ -201,10 +201,10 @@ pub fn build(
         let networks: Vec<String> = root_service
             .map(|s| s.networks.keys().cloned().collect())
             .unwrap_or_default();
-        let mode = if root_service.and_then(|s| s.network_mode.as_deref()) == Some("none") {
-            NetworkMode::None
-        } else {
-            NetworkMode::Fleet
+        let mode = match root_service.and_then(|s| s.network_mode.as_deref()) {
+            Some("none") => NetworkMode::None,
+            Some("host") => NetworkMode::Host,
+            _ => NetworkMode::Fleet,
         };
         out.pods.push(PodInput {
             host,
@@ -216,6 +216,7 @@ pub fn build(
                 ports,
                 network: PodNetwork {
                     mode,
+                    internal: internal_networks(project, &networks),
                     networks: networks.clone(),
                 },
             },
@@ -224,6 +225,21 @@ pub fn build(
     }
     out.pods.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     Ok(out)
+}
+
+/// Those of `networks` (the project's default network when empty) that are `internal: true`.
+fn internal_networks(project: &Project, networks: &[String]) -> Vec<String> {
+    let default = [crate::proto::service::DEFAULT_NETWORK.to_string()];
+    let names = if networks.is_empty() {
+        &default[..]
+    } else {
+        networks
+    };
+    names
+        .iter()
+        .filter(|n| project.networks.get(*n).is_some_and(|net| net.internal))
+        .cloned()
+        .collect()
 }
 
 /// One service's container of replica `replica`, and what its spec leaves out.
@@ -586,6 +602,44 @@ configs:
         assert_eq!(hash(&out), hash(&build_with(&contents("hunter2"))));
         let canonical = crate::deploy::desired::canonical(&out.pods[0].spec, &BTreeMap::new(), &[]);
         assert!(!canonical.contains("aHVudGVyMg=="), "{canonical}");
+    }
+
+    #[test]
+    fn pods_carry_their_networks_internal_ones_and_network_mode() {
+        let project = load(
+            r#"
+services:
+  vault: { image: a, networks: [sealed, front] }
+  locked: { image: a, networks: [sealed] }
+  plain: { image: a }
+  none: { image: a, network_mode: none }
+  host: { image: a, network_mode: host }
+networks:
+  sealed: { internal: true }
+  front: {}
+"#,
+        );
+        let pods = crate::pods::of(&project);
+        let names = ["vault", "locked", "plain", "none", "host"];
+        let placement = Placement {
+            assignments: names.iter().map(|n| at(n, 1, "h1", n)).collect(),
+            ..Placement::default()
+        };
+        let out = build(&project, &pods, &placement).expect("builds");
+        let net = |pod: &str| {
+            out.pods
+                .iter()
+                .find(|p| p.spec.name == format!("{pod}-1"))
+                .map(|p| p.spec.network.clone())
+                .expect("the pod")
+        };
+        assert_eq!(net("vault").networks, ["front", "sealed"]);
+        assert_eq!(net("vault").internal, ["sealed"]);
+        assert_eq!(net("locked").internal, ["sealed"]);
+        assert!(net("plain").internal.is_empty());
+        assert_eq!(net("plain").mode, NetworkMode::Fleet);
+        assert_eq!(net("none").mode, NetworkMode::None);
+        assert_eq!(net("host").mode, NetworkMode::Host);
     }
 
     #[test]

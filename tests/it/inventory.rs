@@ -997,13 +997,20 @@ fn the_pod_network_is_set_once_for_the_fleet() {
     use compose_fleet::proto::mesh::Mode;
     let fleet = parse(
         "fleet.yaml",
-        "network: { cidr: 10.99.0.0/16, mode: wireguard }\nhosts: { a: { address: 10.0.0.1 } }\n",
+        "network: { cidr: 10.99.0.0/16, mode: wireguard, port: 4500 }\nhosts: { a: { address: 10.0.0.1 } }\n",
     );
     assert_eq!(fleet.network.cidr().to_string(), "10.99.0.0/16");
     assert_eq!(fleet.network.mode, Mode::Wireguard);
+    assert_eq!(fleet.network.port(), 4500);
     let default = parse("fleet.yaml", "hosts: { a: { address: 10.0.0.1 } }\n");
     assert_eq!(default.network.cidr().to_string(), "10.213.0.0/16");
     assert_eq!(default.network.mode, Mode::Auto);
+    assert_eq!(default.network.port(), 51820);
+    let e = error(
+        "fleet.yaml",
+        "network: { port: 0 }\nhosts: { a: { address: 10.0.0.1 } }\n",
+    );
+    assert!(e.contains("`network.port` must be a port number"), "{e}");
     let e = error(
         "fleet.yaml",
         "network: { cidr: 10.99.1.0/16, mode: vxlan }\nhosts: { a: { address: 10.0.0.1 } }\n",
@@ -1017,10 +1024,12 @@ fn the_pod_network_is_set_once_for_the_fleet() {
     let fleet = parse(
         "hosts",
         "a ansible_host=10.0.0.1\nb ansible_host=10.0.0.2\n\n[all:vars]\n\
-         compose_fleet_network_cidr=10.98.0.0/16\ncompose_fleet_network_mode=host-gw\n",
+         compose_fleet_network_cidr=10.98.0.0/16\ncompose_fleet_network_mode=host-gw\n\
+         compose_fleet_network_port=4501\n",
     );
     assert_eq!(fleet.network.cidr().to_string(), "10.98.0.0/16");
     assert_eq!(fleet.network.mode, Mode::HostGw);
+    assert_eq!(fleet.network.port(), 4501);
     assert!(!host(&fleet, "a")
         .labels
         .contains_key("compose_fleet_network_mode"));

@@ -13,6 +13,7 @@ mod graph;
 mod hosts;
 mod inventory;
 mod inventory_differential;
+mod isolation_lab;
 mod lab;
 mod limits;
 mod load_props;

@@ -219,7 +219,17 @@ fn pods_on_two_sites_reach_each_other_through_the_mesh_and_nothing_plain_crosses
             );
         }
         let web_ip = running_ip(h1, agent, "web-1").await;
-        running_ip(h2, agent, "client-1").await;
+        let client_ip = running_ip(h2, agent, "client-1").await;
+        // As `up` does: each host learns the other's pods and their networks.
+        crate::network_lab::share_map(
+            &targets,
+            agent,
+            &[
+                (&hosts[0], "web-1", &web_ip),
+                (&hosts[1], "client-1", &client_ip),
+            ],
+        )
+        .await;
 
         // The peer is on the other site: the mesh, with the MTU of a 1500-byte link.
         let link = run_in(&lab, &hosts[0], &["ip", "-o", "link", "show", "cfwg0"]);

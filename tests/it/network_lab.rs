@@ -120,6 +120,42 @@ pub(crate) async fn exec(
     (out, code.expect("an exit code"))
 }
 
+/// Pushes the service map of [`PROJECT`] to every target, as `up` does after a deploy: one
+/// service per pod (`web-1` runs `web`), on the default network, at the given (host, pod,
+/// address). Pods reach pods of other hosts only once their host knows their networks.
+pub(crate) async fn share_map(
+    targets: &[SshTarget],
+    agent: &AgentBinary,
+    pods: &[(&str, &str, &str)],
+) {
+    use compose_fleet::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
+    let map = ServiceMap {
+        project: PROJECT.into(),
+        services: pods
+            .iter()
+            .map(|(host, pod, addr)| Service {
+                name: pod.trim_end_matches("-1").into(),
+                endpoint_mode: EndpointMode::Dnsrr,
+                vip: None,
+                networks: vec![],
+                aliases: vec![],
+                container_name: None,
+                replicas: vec![Endpoint {
+                    replica: 1,
+                    pod: pod.to_string(),
+                    host: host.to_string(),
+                    addr: addr.parse().expect("an address"),
+                    healthy: true,
+                }],
+            })
+            .collect(),
+    };
+    for t in targets {
+        let r = last_ok(&rpc(t, agent, Request::Services(map.clone())).await);
+        assert!(matches!(r, Response::Services { .. }), "{r:?}");
+    }
+}
+
 /// A host's addresses, routes, links and nftables ruleset, as its own tools show them.
 pub(crate) fn host_state(lab: &Lab, host: &str) -> String {
     let run = |argv: &[&str]| -> String {
@@ -231,6 +267,15 @@ fn pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind() {
         let client_ip = running_ip(h2, agent, "client-1").await;
         assert_eq!(web_ip, "10.213.1.2");
         assert_eq!(client_ip, "10.213.2.2");
+        share_map(
+            &targets,
+            agent,
+            &[
+                (&hosts[0], "web-1", &web_ip),
+                (&hosts[1], "client-1", &client_ip),
+            ],
+        )
+        .await;
 
         // The subnet is recorded on the host: Hello reports it.
         let ssh = OpenSsh::new(&Options::default()).unwrap();

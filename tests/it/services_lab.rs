@@ -242,9 +242,26 @@ fn a_pod_reaches_replicas_on_other_hosts_by_name_through_the_vip_and_dnsrr() {
         );
         let mut db = service("db", EndpointMode::Vip, vec![endpoint("db-1", &hosts[2])]);
         db.networks = vec!["back".into()];
+        // The client is in the map too, as `up` puts every service there: the replicas' hosts
+        // let a pod of another host in only once they know its networks.
+        let mut client_ips = running(h1, agent, 1).await;
+        let client = Service {
+            replicas: vec![Endpoint {
+                replica: 1,
+                pod: "client-1".into(),
+                host: hosts[0].clone(),
+                addr: client_ips
+                    .remove("client-1")
+                    .expect("client's address")
+                    .parse()
+                    .unwrap(),
+                healthy: true,
+            }],
+            ..service("client", EndpointMode::Dnsrr, vec![])
+        };
         let map = ServiceMap {
             project: PROJECT.into(),
-            services: vec![api.clone(), rr.clone(), db.clone()],
+            services: vec![api.clone(), rr.clone(), db.clone(), client.clone()],
         };
         for t in &targets {
             let r = last_ok(&rpc(t, agent, Request::Services(map.clone())).await);
@@ -323,7 +340,7 @@ fn a_pod_reaches_replicas_on_other_hosts_by_name_through_the_vip_and_dnsrr() {
         without.replicas.retain(|e| e.pod != "api-2");
         let map = ServiceMap {
             project: PROJECT.into(),
-            services: vec![without, rr, db],
+            services: vec![without, rr, db, client],
         };
         for t in &targets {
             let r = last_ok(&rpc(t, agent, Request::Services(map.clone())).await);

@@ -246,7 +246,7 @@ fn pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind() 
         let pod_addrs = in_ns(&web_ns, || {
             run(&["ip", "-4", "-br", "addr", "show", "eth0"])
         });
-        assert!(pod_addrs.contains("10.213.1.2/24"), "{pod_addrs}");
+        assert!(pod_addrs.contains("10.213.1.2/32"), "{pod_addrs}");
         assert!(pod_addrs.contains("UP"), "{pod_addrs}");
         let pod_routes = in_ns(&web_ns, || run(&["ip", "-4", "route", "show"]));
         assert!(
@@ -261,6 +261,9 @@ fn pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind() 
         assert!(bridge.contains("10.213.1.1/24"), "{bridge}");
         let veth = run(&["ip", "-d", "-o", "link", "show", "cfp2"]);
         assert!(veth.contains("hairpin on"), "{veth}");
+        // Isolated unless br_netfilter sends bridged packets through our forward chain.
+        let isolated = !compose_fleet_agent::network::kernel::bridged_ipv4_is_filtered();
+        assert_eq!(veth.contains("isolated on"), isolated, "{veth}");
         assert!(veth.contains(&format!("master {BRIDGE}")), "{veth}");
         let routes = run(&["ip", "-4", "route", "show"]);
         assert!(routes.contains("10.213.2.0/24 via 10.99.0.2"), "{routes}");
@@ -502,8 +505,9 @@ impl NetKernel for Timed {
     fn replace_rules(
         &self,
         rules: &compose_fleet_agent::network::nft::Ruleset,
+        previous: Option<&compose_fleet_agent::network::nft::Ruleset>,
     ) -> std::io::Result<()> {
-        self.time(|k| k.replace_rules(rules))
+        self.time(|k| k.replace_rules(rules, previous))
     }
     fn remove_rules(&self) -> std::io::Result<()> {
         self.time(|k| k.remove_rules())
@@ -613,14 +617,22 @@ fn a_refused_batch_names_its_step_and_changes_nothing() {
             .unwrap();
         assert!(child.wait().unwrap().success());
         let before = run(&["nft", "list", "ruleset"]);
+        let rules = compose_fleet_agent::network::nft::Ruleset {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            published: vec![],
+            vips: vec![],
+            service_range: None,
+            isolation: Default::default(),
+        };
+        // As if this process had written another table before (without one, the table is
+        // rebuilt from nothing, and ours by name, so the blocker would simply go).
+        let previous = compose_fleet_agent::network::nft::Ruleset {
+            service_range: Some("10.214.0.0/16".parse().unwrap()),
+            ..rules.clone()
+        };
         let err = Netlink
-            .replace_rules(&compose_fleet_agent::network::nft::Ruleset {
-                fleet: "10.213.0.0/16".parse().unwrap(),
-                subnet: "10.213.1.0/24".parse().unwrap(),
-                published: vec![],
-                vips: vec![],
-                service_range: None,
-            })
+            .replace_rules(&rules, Some(&previous))
             .expect_err("refused");
         eprintln!("{err}");
         assert!(
@@ -633,5 +645,458 @@ fn a_refused_batch_names_its_step_and_changes_nothing() {
             before,
             "atomic: nothing applied"
         );
+    });
+}
+
+/// A server in namespace `netns` on `port`, answering every connection with `name`, for as long
+/// as the test runs.
+fn serve_forever(netns: PathBuf, port: u16, name: &'static str) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        in_ns(&netns, move || {
+            let listener = TcpListener::bind(("0.0.0.0", port)).expect("binds in the namespace");
+            ready_tx.send(()).unwrap();
+            for mut s in listener.incoming().flatten() {
+                let _ = s.write_all(name.as_bytes());
+            }
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+}
+
+/// What `addr` answers from namespace `netns`; `None` when the connection does not get through
+/// (a dropped SYN: the connect times out).
+fn answer_from(netns: &Path, addr: &str) -> Option<String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_ns(netns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(700)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+}
+
+fn on(networks: &[&str], internal: &[&str]) -> compose_fleet_agent::proto::PodNetwork {
+    compose_fleet_agent::proto::PodNetwork {
+        networks: networks.iter().map(|s| s.to_string()).collect(),
+        internal: internal.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// compose networks and projects on the real kernel, with and without br_netfilter: pods reach
+/// each other only on a shared network of their project (directly, through a VIP, to and from a
+/// pod of another host), published ports stay open to everyone, a pod only on internal networks
+/// does not leave the fleet, and the last pod takes every rule and set with it.
+#[test]
+fn pods_reach_only_pods_on_a_shared_network_and_projects_are_apart() {
+    let test = "pods_reach_only_pods_on_a_shared_network_and_projects_are_apart";
+    if !is_root(test) || !have("nft", test) || !have("ip", test) {
+        return;
+    }
+    for br_netfilter in [true, false] {
+        eprintln!("br_netfilter calling iptables: {br_netfilter}");
+        in_fresh_host(move || isolation_scenario(br_netfilter));
+    }
+}
+
+fn isolation_scenario(br_netfilter: bool) {
+    use compose_fleet_agent::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
+    let _ = std::fs::write(
+        "/proc/sys/net/bridge/bridge-nf-call-iptables",
+        if br_netfilter { "1" } else { "0" },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["a", "b", "c", "d", "e", "f", "neighbour"];
+    let sandboxes = Sandboxes(
+        names
+            .iter()
+            .map(|n| tmp.path().join("pods").join(n))
+            .collect(),
+    );
+    let ns: Vec<PathBuf> = sandboxes
+        .0
+        .iter()
+        .map(|d| pod::create(d, "p").expect("creates a pod sandbox").net)
+        .collect();
+    let (a, b, c, d, e, f, neighbour) = (&ns[0], &ns[1], &ns[2], &ns[3], &ns[4], &ns[5], &ns[6]);
+
+    // The LAN with a neighbour host that also holds a pod address of "host 2" (10.213.2.5).
+    let kernel = Netlink;
+    let lan: compose_fleet_agent::proto::net::Ipv4Net = "10.99.0.0/24".parse().unwrap();
+    kernel
+        .ensure_bridge("lan0", "10.99.0.1".parse().unwrap(), lan)
+        .expect("LAN bridge");
+    kernel
+        .attach_pod(&PodLink {
+            netns: neighbour.clone(),
+            host_if: "lan-nb".into(),
+            pod_if: "eth0".into(),
+            bridge: "lan0".into(),
+            addr: "10.99.0.2".parse().unwrap(),
+            subnet: lan,
+            gateway: "10.99.0.1".parse().unwrap(),
+        })
+        .expect("neighbour link");
+    in_ns(neighbour, || {
+        run(&["ip", "addr", "add", "10.213.2.5/32", "dev", "eth0"]);
+        // From the "remote pod"'s address, as a pod of host 2 would send it.
+        run(&[
+            "ip",
+            "route",
+            "add",
+            "10.213.1.0/24",
+            "via",
+            "10.99.0.1",
+            "src",
+            "10.213.2.5",
+        ]);
+    });
+    let before = host_state();
+
+    let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
+    let host_network = |peers: bool| HostNetwork {
+        fleet: "10.213.0.0/16".parse().unwrap(),
+        subnet: "10.213.1.0/24".parse().unwrap(),
+        peers: if peers {
+            vec![PeerSubnet {
+                host: "h2".into(),
+                subnet: "10.213.2.0/24".parse().unwrap(),
+                via: "10.99.0.2".parse().unwrap(),
+            }]
+        } else {
+            vec![]
+        },
+        mesh: None,
+    };
+    net.configure(&host_network(true)).expect("configures");
+    let attach = |project: &str, pod: &str, ns: &Path, ports: &[PortMapping], n| {
+        net.attach_to(project, pod, ns, ports, &n)
+            .unwrap()
+            .unwrap()
+            .to_string()
+    };
+    let ip_a = attach("p", "a-1", a, &[], on(&["front"], &[]));
+    let ip_b = attach("p", "b-1", b, &[], on(&["front", "back"], &[]));
+    let ip_c = attach(
+        "p",
+        "c-1",
+        c,
+        &[port(8081, 80, "tcp", None)],
+        on(&["back"], &[]),
+    );
+    let ip_d = attach("q", "d-1", d, &[], on(&[], &[]));
+    let ip_e = attach("p", "e-1", e, &[], on(&["int"], &["int"]));
+    let ip_f = attach("p", "f-1", f, &[], on(&["int", "front"], &["int"]));
+    for (ns, name) in [(a, "a"), (b, "b"), (c, "c"), (d, "d"), (e, "e"), (f, "f")] {
+        serve_forever(ns.clone(), 80, name);
+    }
+    serve_forever(neighbour.clone(), 80, "remote");
+    serve_forever(neighbour.clone(), 9000, "outside");
+    // The service map: `cs` (c) has a VIP on `back`; the pod of host 2 runs `r` on `back`.
+    let endpoint = |pod: &str, addr: &str| Endpoint {
+        replica: 1,
+        pod: pod.into(),
+        host: "h".into(),
+        addr: addr.parse().unwrap(),
+        healthy: true,
+    };
+    let service = |name: &str, vip: Option<&str>, e: Endpoint| Service {
+        name: name.into(),
+        endpoint_mode: EndpointMode::Vip,
+        vip: vip.map(|v| v.parse().unwrap()),
+        networks: vec!["back".into()],
+        aliases: vec![],
+        container_name: None,
+        replicas: vec![e],
+    };
+    net.set_services(ServiceMap {
+        project: "p".into(),
+        services: vec![
+            service("cs", Some("10.214.0.5"), endpoint("c-1", &ip_c)),
+            service("r", None, endpoint("r-1", "10.213.2.5")),
+        ],
+    })
+    .expect("takes the map");
+
+    let reach = |from: &Path, to: &str| answer_from(from, &format!("{to}:80"));
+    let some = |s: &str| Some(s.to_string());
+    // One host: a shared network, and nothing else.
+    assert_eq!(reach(a, &ip_b), some("b"), "a and b share front");
+    assert_eq!(reach(b, &ip_c), some("c"), "b and c share back");
+    assert_eq!(reach(c, &ip_b), some("b"));
+    assert_eq!(
+        reach(a, &ip_c),
+        None,
+        "a (front) and c (back) share nothing"
+    );
+    assert_eq!(reach(c, &ip_a), None);
+    assert_eq!(reach(d, &ip_a), None, "another project");
+    assert_eq!(reach(a, &ip_d), None, "another project");
+    assert_eq!(
+        reach(e, &ip_f),
+        some("f"),
+        "an internal network works inside"
+    );
+    assert_eq!(reach(f, &ip_e), some("e"));
+    assert_eq!(reach(e, &ip_a), None);
+    // Through the VIP: only for a pod that shares a network with the replica.
+    assert_eq!(
+        reach(b, "10.214.0.5"),
+        some("c"),
+        "VIP of a reachable service"
+    );
+    assert_eq!(
+        reach(a, "10.214.0.5"),
+        None,
+        "VIP of a service on another network"
+    );
+    // Across hosts, both ways, by the service map.
+    assert_eq!(
+        reach(b, "10.213.2.5"),
+        some("remote"),
+        "to a remote pod on back"
+    );
+    assert_eq!(
+        reach(a, "10.213.2.5"),
+        None,
+        "to a remote pod on another network"
+    );
+    assert_eq!(
+        reach(neighbour, &ip_c),
+        some("c"),
+        "from a remote pod on back"
+    );
+    assert_eq!(
+        reach(neighbour, &ip_a),
+        None,
+        "from a remote pod on another network"
+    );
+    // Published ports are for everyone: another project's pod, the neighbour host.
+    assert_eq!(
+        answer_from(d, "10.99.0.1:8081"),
+        some("c"),
+        "published, from another project"
+    );
+    assert_eq!(answer_from(neighbour, "10.99.0.1:8081"), some("c"));
+    // Egress: not from a pod only on internal networks; from one also on another network, yes.
+    assert_eq!(answer_from(a, "10.99.0.2:9000"), some("outside"));
+    assert_eq!(answer_from(f, "10.99.0.2:9000"), some("outside"));
+    assert_eq!(
+        answer_from(e, "10.99.0.2:9000"),
+        None,
+        "internal: no egress"
+    );
+
+    // The forward chain as nft decodes it.
+    let text = run(&["nft", "list", "table", "ip", "compose_fleet"]);
+    for line in [
+        "type filter hook forward priority filter; policy accept;",
+        "ct state established,related accept",
+        "ip saddr @no_egress ip daddr != 10.213.0.0/16 drop",
+        "ct status dnat ct original ip daddr != 10.214.0.0/16 accept",
+        "ip saddr @net0 ip daddr @net0 accept",
+        "type ipv4_addr",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+    let ruleset = json(&["nft", "-j", "list", "ruleset"]);
+    assert_eq!(
+        nft_rules(&ruleset, "forward")[5],
+        serde_json::json!([
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                       "right": "@net0"}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": "@net0"}},
+            {"accept": null}
+        ]),
+        "{ruleset:#}"
+    );
+
+    // A pod leaving its network: c goes, b no longer reaches its address; all go, nothing stays.
+    net.detach("p", "c-1").unwrap();
+    let back = json(&["nft", "-j", "list", "set", "ip", "compose_fleet", "net0"]);
+    let elements = back["nftables"][1]["set"]["elem"].clone();
+    assert_eq!(
+        elements,
+        serde_json::json!([ip_b, "10.213.2.5"]),
+        "c left the set of back: {back:#}"
+    );
+    for pod in ["a-1", "b-1", "e-1", "f-1"] {
+        net.detach("p", pod).unwrap();
+    }
+    net.detach("q", "d-1").unwrap();
+    net.set_services(ServiceMap {
+        project: "p".into(),
+        services: vec![],
+    })
+    .unwrap();
+    net.configure(&host_network(false)).unwrap();
+    in_ns(neighbour, || {
+        run(&["ip", "route", "del", "10.213.1.0/24"]);
+        run(&["ip", "addr", "del", "10.213.2.5/32", "dev", "eth0"]);
+    });
+    assert_eq!(host_state(), before, "the host's network is as before");
+    drop(sandboxes);
+}
+
+/// Benchmark (ignored; run with `--ignored --nocapture` as root): connection set-up between two
+/// pods of one host (through the forward chain) with the isolation rules and without them, and the
+/// size of our table for 100 pods. The 100 pods are this host's two plus 98 of other hosts,
+/// in 10 projects of 2 to 3 networks each (every network is a set and a rule); the two pods'
+/// network sorts last, so the connection walks every network rule before its own: the worst
+/// case. Without: the same table with the forward chain emptied.
+#[test]
+#[ignore]
+fn bench_isolation_connection_setup_and_rule_counts() {
+    use compose_fleet_agent::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
+    let test = "bench_isolation_connection_setup_and_rule_counts";
+    if !is_root(test) || !have("nft", test) {
+        return;
+    }
+    in_fresh_host(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let sandboxes = Sandboxes(
+            ["client", "server"]
+                .iter()
+                .map(|n| tmp.path().join("pods").join(n))
+                .collect(),
+        );
+        let ns: Vec<PathBuf> = sandboxes
+            .0
+            .iter()
+            .map(|d| pod::create(d, "p").unwrap().net)
+            .collect();
+        let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
+        net.configure(&HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![],
+            mesh: None,
+        })
+        .unwrap();
+        let client = net
+            .attach_to("zz", "client-1", &ns[0], &[], &on(&["last"], &[]))
+            .unwrap()
+            .unwrap();
+        let server = net
+            .attach_to("zz", "server-1", &ns[1], &[], &on(&["last"], &[]))
+            .unwrap()
+            .unwrap();
+        // 98 pods of other hosts: 10 projects, service k of a project on networks k%3 and front.
+        let mut pods = 0;
+        for p in 0..10u8 {
+            let services = (0..10u8)
+                .filter(|_| {
+                    pods += 1;
+                    pods <= 98
+                })
+                .map(|k| Service {
+                    name: format!("s{k}"),
+                    endpoint_mode: EndpointMode::Vip,
+                    vip: Some(Ipv4Addr::new(10, 214, p, k + 1)),
+                    networks: vec![format!("n{}", k % 3), "front".into()],
+                    aliases: vec![],
+                    container_name: None,
+                    replicas: vec![Endpoint {
+                        replica: 1,
+                        pod: format!("s{k}-1"),
+                        host: "h2".into(),
+                        addr: Ipv4Addr::new(10, 213, 2 + p, 2 + k),
+                        healthy: true,
+                    }],
+                })
+                .collect();
+            net.set_services(ServiceMap {
+                project: format!("b{p}"),
+                services,
+            })
+            .unwrap();
+        }
+        let ruleset = json(&["nft", "-j", "list", "ruleset"]);
+        let objects = ruleset["nftables"].as_array().unwrap();
+        let count = |kind: &str| objects.iter().filter(|o| o.get(kind).is_some()).count();
+        let elements: usize = objects
+            .iter()
+            .filter_map(|o| o.get("set"))
+            .map(|s| s["elem"].as_array().map_or(0, Vec::len))
+            .sum();
+        eprintln!(
+            "100 pods (2 here, 98 elsewhere), {} networks: {} rules in all, {} in the forward \
+             chain, {} sets holding {elements} addresses, {} chains",
+            count("set"),
+            count("rule"),
+            nft_rules(&ruleset, "forward").len(),
+            count("set"),
+            count("chain"),
+        );
+        serve_forever(ns[1].clone(), 80, "s");
+        const CONNECTIONS: usize = 2000;
+        let addr: SocketAddr = format!("{server}:80").parse().unwrap();
+        let time = || {
+            in_ns(&ns[0], move || {
+                (0..CONNECTIONS)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+                        let d = t.elapsed();
+                        drop(s);
+                        d
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let percentiles = |mut v: Vec<Duration>| {
+            v.sort();
+            format!(
+                "p50 {:?}, p99 {:?}, max {:?} over {}",
+                v[v.len() / 2],
+                v[v.len() * 99 / 100],
+                v[v.len() - 1],
+                v.len()
+            )
+        };
+        // Alternate, so that the machine's load falls on both alike.
+        for round in 1..=2 {
+            eprintln!(
+                "round {round}: {client} -> {server} with isolation: {}",
+                percentiles(time())
+            );
+            // Without: an `accept` before every rule of the chain, taken away after.
+            let echo = run(&[
+                "nft",
+                "--echo",
+                "--handle",
+                "insert",
+                "rule",
+                "ip",
+                "compose_fleet",
+                "forward",
+                "accept",
+            ]);
+            let handle = echo
+                .rsplit("# handle ")
+                .next()
+                .map(|h| h.trim().to_string())
+                .expect("a handle");
+            eprintln!(
+                "round {round}: {client} -> {server} without:        {}",
+                percentiles(time())
+            );
+            run(&[
+                "nft",
+                "delete",
+                "rule",
+                "ip",
+                "compose_fleet",
+                "forward",
+                "handle",
+                &handle,
+            ]);
+        }
+        drop(sandboxes);
     });
 }

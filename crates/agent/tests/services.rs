@@ -43,6 +43,7 @@ fn ruleset(vips: Vec<Vip>) -> Ruleset {
         published: vec![],
         vips,
         service_range: Some("10.214.0.0/16".parse().unwrap()),
+        isolation: Default::default(),
     }
 }
 
@@ -85,7 +86,7 @@ fn vip_rules_are_what_nft_shows_and_spread_connections_over_replicas() {
                 backends: vec![],
             },
         ]);
-        kernel.replace_rules(&rules).expect("rules accepted");
+        kernel.replace_rules(&rules, None).expect("rules accepted");
 
         let json: serde_json::Value =
             serde_json::from_str(&run(&["nft", "-j", "list", "ruleset"])).unwrap();
@@ -231,7 +232,7 @@ fn bench_vip_connection_setup() {
                 .collect();
             let first = vips[0].addr;
             let last = vips[vips.len() - 1].addr;
-            Netlink.replace_rules(&ruleset(vips)).unwrap();
+            Netlink.replace_rules(&ruleset(vips), None).unwrap();
             eprintln!(
                 "{services} services: direct {}",
                 percentiles(time("10.213.2.3:8080"))
@@ -379,5 +380,122 @@ fn bench_dns_latency() {
         );
         eprintln!("DNS at 1,000 q/s: forwarded {}", percentiles(forwarded));
         drop(rt);
+    });
+}
+
+/// DNS over TCP on the same handler as UDP: two length-prefixed queries on one connection from a
+/// pod's address, a service name answered by the agent and another name forwarded to an upstream
+/// over TCP.
+#[test]
+fn dns_answers_over_tcp_like_udp_and_forwards_over_tcp() {
+    use compose_fleet_agent::network::{dns, kernel::Recording, Network};
+    use compose_fleet_agent::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
+    use compose_fleet_agent::proto::HostNetwork;
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    if !support::is_root(
+        "dns_answers_over_tcp_like_udp_and_forwards_over_tcp",
+        "a network namespace with a pod address",
+    ) {
+        return;
+    }
+    in_fresh_host(|| {
+        run(&["ip", "addr", "add", "10.213.1.2/32", "dev", "lo"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let net = Arc::new(Network::open(tmp.path(), Arc::new(Recording::default())).unwrap());
+        net.configure(&HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![],
+            mesh: None,
+        })
+        .unwrap();
+        net.attach("p", "client-1", std::path::Path::new("/none"), &[])
+            .unwrap();
+        net.set_services(ServiceMap {
+            project: "p".into(),
+            services: vec![Service {
+                name: "api".into(),
+                endpoint_mode: EndpointMode::Vip,
+                vip: Some(ip("10.214.0.9")),
+                networks: vec![],
+                aliases: vec![],
+                container_name: None,
+                replicas: vec![Endpoint {
+                    replica: 1,
+                    pod: "api-1".into(),
+                    host: "h2".into(),
+                    addr: ip("10.213.2.2"),
+                    healthy: true,
+                }],
+            }],
+        })
+        .unwrap();
+        // A TCP upstream that answers with one A record, 192.0.2.7, so a forwarded answer is told
+        // from anything else.
+        let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut s in upstream.incoming().flatten() {
+                let mut len = [0u8; 2];
+                if s.read_exact(&mut len).is_err() {
+                    continue;
+                }
+                let mut q = vec![0; usize::from(u16::from_be_bytes(len))];
+                s.read_exact(&mut q).unwrap();
+                let q = Message::from_vec(&q).unwrap();
+                let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+                let name = q.queries[0].name().clone();
+                r.add_queries(q.queries);
+                r.add_answers([hickory_proto::rr::Record::from_rdata(
+                    name,
+                    60,
+                    RData::A(hickory_proto::rr::rdata::A(ip("192.0.2.7"))),
+                )]);
+                let bytes = r.to_vec().unwrap();
+                s.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+                s.write_all(&bytes).unwrap();
+            }
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let server = listener.local_addr().unwrap();
+            tokio::spawn(dns::run_tcp(listener, net, vec![upstream_addr]));
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("10.213.1.2:0".parse().unwrap()).unwrap();
+            let mut s = socket.connect(server).await.unwrap();
+            let mut answers = Vec::new();
+            for (id, name) in [(1u16, "api."), (2, "example.com.")] {
+                let mut m = Message::query();
+                m.metadata.id = id;
+                m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+                let bytes = m.to_vec().unwrap();
+                s.write_all(&(bytes.len() as u16).to_be_bytes())
+                    .await
+                    .unwrap();
+                s.write_all(&bytes).await.unwrap();
+                let mut len = [0u8; 2];
+                s.read_exact(&mut len).await.unwrap();
+                let mut buf = vec![0; usize::from(u16::from_be_bytes(len))];
+                s.read_exact(&mut buf).await.unwrap();
+                let r = Message::from_vec(&buf).unwrap();
+                assert_eq!(r.metadata.id, id);
+                answers.push(
+                    r.answers
+                        .iter()
+                        .map(|a| a.data.to_string())
+                        .collect::<Vec<_>>(),
+                );
+            }
+            assert_eq!(answers, [["10.214.0.9"], ["192.0.2.7"]]);
+        });
     });
 }

@@ -420,6 +420,11 @@ pub struct PodNetwork {
     /// The compose networks the pod is on; empty means the project's default network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
+    /// (netiso) Those of the pod's networks that are `internal: true` (`default` when the
+    /// project's default network is). A pod only on internal networks gets no traffic out of
+    /// the fleet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -430,6 +435,9 @@ pub enum NetworkMode {
     Fleet,
     /// Only loopback (compose `network_mode: none`).
     None,
+    /// (netiso) The host's own network namespace (compose `network_mode: host`): no veth, no
+    /// address of its own, no published ports (docker discards them too).
+    Host,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

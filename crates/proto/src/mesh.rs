@@ -127,12 +127,23 @@ impl PeerHealth {
     }
 }
 
-/// Gives each host of `networks` that has a key its mesh: every peer that has a key too, at its
-/// address and [`DEFAULT_PORT`]. `keys` holds the public keys hosts reported; a host without one
-/// (an older agent) gets no mesh and is nobody's mesh peer. Pure, like the subnet assignment.
+/// [`add_mesh_on`] the [`DEFAULT_PORT`].
 pub fn add_mesh(
     networks: &mut std::collections::BTreeMap<String, crate::HostNetwork>,
     mode: Mode,
+    keys: &std::collections::BTreeMap<String, String>,
+) {
+    add_mesh_on(networks, mode, DEFAULT_PORT, keys)
+}
+
+/// (netiso) Gives each host of `networks` that has a key its mesh: every peer that has a key
+/// too, at its address and `port` (the inventory's `network.port`, the same on every host).
+/// `keys` holds the public keys hosts reported; a host without one (an older agent) gets no mesh
+/// and is nobody's mesh peer. Pure, like the subnet assignment.
+pub fn add_mesh_on(
+    networks: &mut std::collections::BTreeMap<String, crate::HostNetwork>,
+    mode: Mode,
+    port: u16,
     keys: &std::collections::BTreeMap<String, String>,
 ) {
     for (host, net) in networks.iter_mut() {
@@ -146,15 +157,11 @@ pub fn add_mesh(
                 Some(MeshPeer {
                     host: p.host.clone(),
                     public_key: keys.get(&p.host)?.clone(),
-                    endpoint: SocketAddr::new(p.via.into(), DEFAULT_PORT),
+                    endpoint: SocketAddr::new(p.via.into(), port),
                 })
             })
             .collect();
-        net.mesh = Some(MeshConfig {
-            mode,
-            port: DEFAULT_PORT,
-            peers,
-        });
+        net.mesh = Some(MeshConfig { mode, port, peers });
     }
 }
 
@@ -196,6 +203,10 @@ mod tests {
         // The wire form stays what older agents read: `mesh` is one optional field.
         let json = serde_json::to_value(&nets["old"]).unwrap();
         assert!(json.get("mesh").is_none());
+        // The inventory's port: every host listens on it and reaches its peers there.
+        add_mesh_on(&mut nets, Mode::Auto, 4500, &keys);
+        let a = nets["a"].mesh.as_ref().expect("a has a key");
+        assert_eq!((a.port, a.peers[0].endpoint.port()), (4500, 4500));
     }
 
     #[test]

@@ -623,6 +623,12 @@ fn to_host(
                     None => diags.push(bad(var, key, "auto, host-gw or wireguard")),
                 }
             }
+            "compose_fleet_network_port" => {
+                match text_of(var).and_then(|t| t.trim().parse::<u16>().ok().filter(|p| *p > 0)) {
+                    Some(p) => host.network.port = Some(p),
+                    None => diags.push(bad(var, key, "a port number (1-65535)")),
+                }
+            }
             "compose_fleet_drain" => match ansible_bool(&var.value) {
                 Some(b) => host.drain = b,
                 None => diags.push(bad(var, key, "true or false")),
@@ -688,8 +694,9 @@ pub fn finish(
     if let Some(h) = hosts.iter().find(|h| h.network != network) {
         diags.push(
             Diagnostic::error(format!(
-                "hosts `{}` and `{}` see different `compose_fleet_network_cidr` or \
-                 `compose_fleet_network_mode`; the pod network is one for the whole fleet",
+                "hosts `{}` and `{}` see different `compose_fleet_network_cidr`, \
+                 `compose_fleet_network_mode` or `compose_fleet_network_port`; the pod network \
+                 is one for the whole fleet",
                 hosts[0].name, h.name
             ))
             .hint("set them once, in `group_vars/all` or under `all: vars:`"),

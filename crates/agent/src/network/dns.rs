@@ -1,4 +1,5 @@
-//! The agent's DNS server for pods: it listens on the host bridge's address (port 53, UDP),
+//! The agent's DNS server for pods: it listens on the host bridge's address (port 53, UDP and
+//! TCP, one handler),
 //! answers service names from the service map, scoped to the asking pod (found by its source
 //! address), and forwards everything else to the host's resolvers through a bounded forwarder.
 //! Also renders the pods' `/etc/resolv.conf` and `/etc/hosts` from `templates/`.
@@ -22,7 +23,8 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
 use super::Network;
@@ -36,6 +38,10 @@ pub const MAX_FORWARDS: usize = 512;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest UDP message we read or relay.
 const MAX_UDP: usize = 4096;
+/// TCP clients served at once; more wait in the listen backlog.
+pub const MAX_TCP_CLIENTS: usize = 128;
+/// A TCP client that sends nothing for this long is let go (RFC 7766 suggests seconds).
+const TCP_IDLE: Duration = Duration::from_secs(10);
 
 const RESOLV_TEMPLATE: &str = include_str!("../../../../templates/pod-resolv.conf");
 const HOSTS_TEMPLATE: &str = include_str!("../../../../templates/pod-hosts");
@@ -217,13 +223,45 @@ fn bind_freebind(addr: SocketAddrV4) -> std::io::Result<std::net::UdpSocket> {
     Ok(std::net::UdpSocket::from(fd))
 }
 
+/// A TCP listener on `addr`, bound like [`bind_freebind`].
+fn listen_freebind(addr: SocketAddrV4) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::IpFreebind, &true)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+    listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
 /// Serves DNS for the pods of this host for as long as the agent runs: waits for the host to
-/// have a pod subnet, then answers on its gateway address.
+/// have a pod subnet, then answers on its gateway address, over UDP and TCP.
 pub async fn serve(network: Arc<Network>) {
     let socket = loop {
         if let Some(gw) = network.subnet().and_then(|s| s.gateway()) {
-            match bind_freebind(SocketAddrV4::new(gw, 53)).and_then(UdpSocket::from_std) {
-                Ok(s) => break s,
+            let addr = SocketAddrV4::new(gw, 53);
+            match bind_freebind(addr).and_then(UdpSocket::from_std) {
+                Ok(s) => {
+                    // TCP is for answers too large for UDP and clients that insist: without
+                    // it they fail, but UDP still serves everyone else.
+                    match listen_freebind(addr).and_then(TcpListener::from_std) {
+                        Ok(l) => {
+                            tokio::spawn(run_tcp(l, network.clone(), host_upstreams()));
+                        }
+                        Err(e) => crate::supervisor::state::log(&format!(
+                            "the pods' DNS server cannot listen on {gw}:53/tcp: {e}"
+                        )),
+                    }
+                    break s;
+                }
                 Err(e) => {
                     crate::supervisor::state::log(&format!(
                         "the pods' DNS server cannot listen on {gw}:53: {e}; retrying"
@@ -283,6 +321,102 @@ pub async fn run(socket: Arc<UdpSocket>, network: Arc<Network>, upstreams: Vec<S
             }
         }
     }
+}
+
+/// The TCP server loop on `listener`: each client may send several length-prefixed queries
+/// (RFC 1035 4.2.2), answered in order by the same handler as UDP's. At most
+/// [`MAX_TCP_CLIENTS`] clients and [`MAX_FORWARDS`] forwarded queries at once.
+pub async fn run_tcp(listener: TcpListener, network: Arc<Network>, upstreams: Vec<SocketAddr>) {
+    let upstreams: Arc<[SocketAddr]> = upstreams.into();
+    let clients = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
+    let forwards = Arc::new(Semaphore::new(MAX_FORWARDS));
+    loop {
+        let Ok((stream, from)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Ok(permit) = clients.clone().try_acquire_owned() else {
+            continue; // dropped: the client retries, or falls back to UDP
+        };
+        let (network, upstreams, forwards) = (network.clone(), upstreams.clone(), forwards.clone());
+        tokio::spawn(async move {
+            let _ = tcp_client(stream, from, &network, &upstreams, &forwards).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_client(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    network: &Network,
+    upstreams: &[SocketAddr],
+    forwards: &Semaphore,
+) -> std::io::Result<()> {
+    let asker = match from.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
+    };
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return Ok(()), // idle, or the client closed
+        }
+        let mut query = vec![0; usize::from(u16::from_be_bytes(len))];
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let action = answer(&query, |name, rotate| {
+            asker.and_then(|ip| network.resolve(ip, name, rotate))
+        });
+        let reply = match action {
+            Action::Reply(bytes) => bytes,
+            Action::Ignore => return Ok(()),
+            Action::Forward => match forwards.try_acquire() {
+                Ok(_permit) => match forward_tcp(&query, upstreams).await {
+                    Some(r) => r,
+                    None => servfail(&query).unwrap_or_default(),
+                },
+                Err(_) => servfail(&query).unwrap_or_default(),
+            },
+        };
+        let Ok(n) = u16::try_from(reply.len()) else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let mut out = Vec::with_capacity(reply.len() + 2);
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(&reply);
+        stream.write_all(&out).await?;
+    }
+}
+
+/// Sends `query` over TCP to the upstreams in turn (an answer too large for UDP stays whole);
+/// UDP when none answers over TCP.
+async fn forward_tcp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    let id = query.get(..2)?;
+    let n = u16::try_from(query.len()).ok()?;
+    for up in upstreams {
+        let got = tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+            let mut s = TcpStream::connect(up).await.ok()?;
+            let mut out = n.to_be_bytes().to_vec();
+            out.extend_from_slice(query);
+            s.write_all(&out).await.ok()?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).await.ok()?;
+            let mut buf = vec![0; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut buf).await.ok()?;
+            (buf.get(..2) == Some(id)).then_some(buf)
+        })
+        .await;
+        if let Ok(Some(reply)) = got {
+            return Some(reply);
+        }
+    }
+    forward(query, upstreams).await
 }
 
 #[cfg(test)]

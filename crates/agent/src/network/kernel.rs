@@ -31,6 +31,18 @@ use crate::proto::net::Ipv4Net;
 
 /// One pod's link: a veth whose host end joins the bridge and whose pod end is `eth0` in the
 /// pod's network namespace, with the pod's address and a default route via the bridge.
+///
+/// The pod's address is a `/32`, so a pod sends everything, even to a pod of its own host, to
+/// the bridge address: it crosses the host's IP layer, where our forward chain decides whether
+/// the two share a compose network ([`super::isolation`]). What a pod could still switch port to
+/// port (frames it crafts for another pod's MAC) is closed one of two ways:
+/// - with `br_netfilter` calling iptables hooks for bridged IPv4 (Docker and Kubernetes hosts
+///   load it), bridged packets pass the same forward chain;
+/// - without it, the bridge port is `isolated`: the bridge forwards nothing between pod ports.
+///
+/// Not both: `br_netfilter` bridges (rather than routes) a packet DNAT'ed to another port of the
+/// bridge it came from (a published port or a VIP reached from a pod of the same host), which an
+/// isolated port would refuse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodLink {
     /// The pod's bind-mounted network namespace file.
@@ -62,8 +74,9 @@ pub trait NetKernel: Send + Sync {
     fn attach_pod(&self, link: &PodLink) -> io::Result<()>;
     /// Deletes link `name` (both ends of a veth); fine if it does not exist.
     fn remove_link(&self, name: &str) -> io::Result<()>;
-    /// Replaces our nftables table with exactly `rules`.
-    fn replace_rules(&self, rules: &Ruleset) -> io::Result<()>;
+    /// Makes our nftables table hold exactly `rules`; `previous` is what this process last wrote
+    /// there (`None`: unknown, rebuild the table).
+    fn replace_rules(&self, rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<()>;
     /// Deletes our nftables table; fine if it does not exist.
     fn remove_rules(&self) -> io::Result<()>;
     /// Makes our routes to other hosts' pod subnets exactly `routes`.
@@ -135,6 +148,13 @@ fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
     }
     std::fs::write(path, value)
         .map_err(|e| io::Error::new(e.kind(), format!("writing {path}: {e}")))
+}
+
+/// Whether bridged IPv4 passes the iptables/nftables `ip` hooks in this network namespace
+/// (`br_netfilter` loaded and `bridge-nf-call-iptables` on).
+pub fn bridged_ipv4_is_filtered() -> bool {
+    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|v| v.trim() == "1")
 }
 
 /// Runs `f` with the calling thread inside the network namespace `netns`, and back.
@@ -237,7 +257,7 @@ impl NetKernel for Netlink {
         drop(netns);
         // Hairpin: with br_netfilter loaded, a pod's connection to a published port of its own
         // host that DNATs back to the same pod is bridged out of the port it came in on, which a
-        // bridge refuses unless the port is in hairpin mode.
+        // bridge refuses unless the port is in hairpin mode. Isolated: see `PodLink`.
         let port = link_index(&mut sock, &link.host_if)?.ok_or_else(|| {
             io::Error::other(format!(
                 "{} vanished right after its creation",
@@ -245,36 +265,51 @@ impl NetKernel for Netlink {
             ))
         })?;
         sock.request(
-            RouteNetlinkMessage::NewLink(LinkBridgePort::new(port).hairpin(true).build()),
+            RouteNetlinkMessage::NewLink(
+                LinkBridgePort::new(port)
+                    .hairpin(true)
+                    .isolated(!bridged_ipv4_is_filtered())
+                    .build(),
+            ),
             0,
-            &format!("setting hairpin mode on {}", link.host_if),
+            &format!("setting hairpin and isolated mode on {}", link.host_if),
         )?;
-        let (pod_if, addr, prefix, gateway) = (
-            link.pod_if.clone(),
-            link.addr,
-            link.subnet.prefix(),
-            link.gateway,
-        );
+        let (pod_if, addr, gateway) = (link.pod_if.clone(), link.addr, link.gateway);
         in_netns(&link.netns, || {
             // Before the link goes up: DAD would hold the pod's IPv6 link-local for 1-3 s.
             let _ = write_sysctl(&format!("/proc/sys/net/ipv6/conf/{pod_if}/accept_dad"), "0");
             let mut sock = route_socket()?;
             let index = link_index(&mut sock, &pod_if)?
                 .ok_or_else(|| io::Error::other(format!("{pod_if} did not arrive in the pod")))?;
-            add_address(&mut sock, index, addr, prefix, &pod_if)?;
+            // A /32: no on-link route to the subnet, every packet goes to the gateway.
+            add_address(&mut sock, index, addr, 32, &pod_if)?;
             set_up(&mut sock, index, &pod_if)?;
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(gateway, 32)
+                .scope(rtnetlink::packet_route::route::RouteScope::Link)
+                .output_interface(index)
+                .build();
+            let default = RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(gateway)
                 .output_interface(index)
                 .build();
-            match sock.request(
-                RouteNetlinkMessage::NewRoute(route),
-                NLM_F_CREATE | NLM_F_EXCL,
-                &format!("adding the pod's default route via {gateway}"),
-            ) {
-                Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
-                r => r,
+            for (route, what) in [
+                (to_gateway, format!("adding the pod's route to {gateway}")),
+                (
+                    default,
+                    format!("adding the pod's default route via {gateway}"),
+                ),
+            ] {
+                match sock.request(
+                    RouteNetlinkMessage::NewRoute(route),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    &what,
+                ) {
+                    Err(e) if is_errno(&e, libc::EEXIST) => {}
+                    r => r?,
+                }
             }
+            Ok(())
         })
     }
 
@@ -291,8 +326,8 @@ impl NetKernel for Netlink {
         }
     }
 
-    fn replace_rules(&self, rules: &Ruleset) -> io::Result<()> {
-        nft_batch(nft::sync_batch(rules))
+    fn replace_rules(&self, rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<()> {
+        nft_batch(nft::sync_batch(rules, previous))
     }
 
     fn remove_rules(&self) -> io::Result<()> {
@@ -641,24 +676,40 @@ impl NetKernel for Recording {
     }
     fn attach_pod(&self, l: &PodLink) -> io::Result<()> {
         self.record(format!(
-            "veth {}:{} master {} addr {}/{} via {}",
-            l.host_if,
-            l.pod_if,
-            l.bridge,
-            l.addr,
-            l.subnet.prefix(),
-            l.gateway
+            "veth {}:{} master {} addr {}/32 via {}",
+            l.host_if, l.pod_if, l.bridge, l.addr, l.gateway
         ))
     }
     fn remove_link(&self, name: &str) -> io::Result<()> {
         self.record(format!("del link {name}"))
     }
-    fn replace_rules(&self, rules: &Ruleset) -> io::Result<()> {
+    fn replace_rules(&self, rules: &Ruleset, _previous: Option<&Ruleset>) -> io::Result<()> {
         let published: Vec<String> = rules.published.iter().map(nft::describe).collect();
+        let networks: Vec<String> = rules
+            .isolation
+            .networks
+            .iter()
+            .map(|(n, m)| {
+                let m: Vec<String> = m.iter().map(|a| a.to_string()).collect();
+                format!("{n}: {}", m.join(" "))
+            })
+            .collect();
+        let no_egress: Vec<String> = rules
+            .isolation
+            .no_egress
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         self.record(format!(
-            "nft replace masq {} [{}]",
+            "nft replace masq {} [{}] networks [{}]{}",
             rules.fleet,
-            published.join(", ")
+            published.join(", "),
+            networks.join(", "),
+            if no_egress.is_empty() {
+                String::new()
+            } else {
+                format!(" no egress [{}]", no_egress.join(" "))
+            }
         ))
     }
     fn remove_rules(&self) -> io::Result<()> {

@@ -9,6 +9,7 @@
 //! - [`netlink`]: the blocking netlink socket both families use.
 //! - [`service`]: the pushed service map and local replica health; [`vip`]: its nftables rules;
 //!   [`dns`]: the DNS server on the bridge address and the pods' `resolv.conf`/`hosts`.
+//! - [`isolation`]: which pods may reach which (compose networks, projects, `internal`).
 //! - [`mesh`], [`wg`]: host-gw or WireGuard per pair of hosts, and the userspace WireGuard device.
 //!
 //! ```text
@@ -22,6 +23,7 @@
 
 pub mod dns;
 pub mod ipam;
+pub mod isolation;
 pub mod kernel;
 pub mod mesh;
 pub mod netlink;
@@ -30,7 +32,7 @@ pub mod service;
 pub mod vip;
 pub mod wg;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -42,7 +44,8 @@ pub use ipam::{AddressBook, AddressError};
 pub use kernel::{NetKernel, PeerRoute, PodLink};
 
 use crate::proto::net::Ipv4Net;
-use crate::proto::{HostNetwork, PortMapping};
+use crate::proto::service::DEFAULT_NETWORK;
+use crate::proto::{HostNetwork, PodNetwork, PortMapping};
 use crate::store::write_atomic;
 
 /// The host's bridge; every pod's veth is its port, and it holds the subnet's `.1`.
@@ -92,14 +95,42 @@ impl From<io::Error> for NetError {
     }
 }
 
-/// What survives the agent: the address book and each pod's published ports (the nftables table
-/// is rebuilt from them after a restart).
+/// What survives the agent: the address book, each pod's published ports and compose networks
+/// (the nftables table is rebuilt from them after a restart).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Saved {
     #[serde(flatten)]
     book: AddressBook,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     ports: BTreeMap<String, Vec<PortMapping>>,
+    /// The compose networks of each pod not only on the project's default network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    networks: BTreeMap<String, Vec<String>>,
+    /// Pods only on `internal: true` networks: nothing leaves the fleet from them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    no_egress: BTreeSet<String>,
+}
+
+impl Saved {
+    /// The compose networks pod `key` is on (the project's default network when none is named).
+    fn networks_of(&self, key: &str) -> Vec<String> {
+        match self.networks.get(key) {
+            Some(n) if !n.is_empty() => n.clone(),
+            _ => vec![DEFAULT_NETWORK.to_string()],
+        }
+    }
+}
+
+/// The networks a pod is on, and whether all of them are internal.
+fn pod_networks(net: &PodNetwork) -> (Vec<String>, bool) {
+    let mut names = net.networks.clone();
+    if names.is_empty() {
+        names.push(DEFAULT_NETWORK.to_string());
+    }
+    names.sort();
+    names.dedup();
+    let internal = names.iter().all(|n| net.internal.contains(n));
+    (names, internal)
 }
 
 /// The host's pod network.
@@ -285,14 +316,27 @@ impl Network {
             .collect())
     }
 
-    /// Gives pod `project/pod` an address and a veth in its namespace `netns`, and publishes its
-    /// ports. `None` when the host has no subnet (no fleet network yet).
+    /// [`attach_to`](Self::attach_to) the project's default network.
     pub fn attach(
         &self,
         project: &str,
         pod: &str,
         netns: &Path,
         ports: &[PortMapping],
+    ) -> Result<Option<Ipv4Addr>, NetError> {
+        self.attach_to(project, pod, netns, ports, &PodNetwork::default())
+    }
+
+    /// Gives pod `project/pod` an address and a veth in its namespace `netns`, publishes its
+    /// ports and puts it on its compose networks (only pods sharing one reach it). `None` when
+    /// the host has no subnet (no fleet network yet).
+    pub fn attach_to(
+        &self,
+        project: &str,
+        pod: &str,
+        netns: &Path,
+        ports: &[PortMapping],
+        network: &PodNetwork,
     ) -> Result<Option<Ipv4Addr>, NetError> {
         let mut saved = self.lock();
         let Some(subnet) = saved.book.subnet else {
@@ -309,6 +353,17 @@ impl Network {
             next.ports.remove(&k);
         } else {
             next.ports.insert(k.clone(), ports.to_vec());
+        }
+        let (names, internal) = pod_networks(network);
+        if names == [DEFAULT_NETWORK] {
+            next.networks.remove(&k);
+        } else {
+            next.networks.insert(k.clone(), names);
+        }
+        if internal {
+            next.no_egress.insert(k.clone());
+        } else {
+            next.no_egress.remove(&k);
         }
         // The address is recorded before the kernel sees it: a crash in between leaves an
         // address held by a pod being created, which its removal releases.
@@ -355,6 +410,8 @@ impl Network {
         let mut next = saved.clone();
         next.book.release(&k);
         next.ports.remove(&k);
+        next.networks.remove(&k);
+        next.no_egress.remove(&k);
         self.save(&next)?;
         *saved = next;
         if saved.book.pods.is_empty() {
@@ -377,8 +434,8 @@ impl Network {
         if last.as_ref() == Some(&rules) {
             return Ok(());
         }
-        *last = None;
-        self.kernel.replace_rules(&rules)?;
+        let previous = last.take();
+        self.kernel.replace_rules(&rules, previous.as_ref())?;
         *last = Some(rules);
         Ok(())
     }
@@ -423,12 +480,28 @@ fn ruleset(fleet: Ipv4Net, subnet: Ipv4Net, saved: &Saved) -> Result<nft::Rulese
             all.extend(published(*addr, ports)?);
         }
     }
+    // This host's pods, on their networks; the service maps add the other hosts' pods.
+    let mut isolation = isolation::Isolation::default();
+    for (k, addr) in &saved.book.pods {
+        let project = k.split_once('/').map_or(k.as_str(), |(p, _)| p);
+        for n in saved.networks_of(k) {
+            isolation
+                .networks
+                .entry(format!("{project}/{n}"))
+                .or_default()
+                .insert(*addr);
+        }
+        if saved.no_egress.contains(k) {
+            isolation.no_egress.insert(*addr);
+        }
+    }
     Ok(nft::Ruleset {
         fleet,
         subnet,
         published: all,
         vips: Vec::new(),
         service_range: None,
+        isolation,
     })
 }
 
@@ -512,10 +585,10 @@ mod tests {
             [
                 "bridge cfbr0 10.213.1.1/24",
                 "forwarding on",
-                "veth cfp2:eth0 master cfbr0 addr 10.213.1.2/24 via 10.213.1.1",
-                "nft replace masq 10.213.0.0/16 [fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80]",
-                "veth cfp3:eth0 master cfbr0 addr 10.213.1.3/24 via 10.213.1.1",
-                "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53, fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80]",
+                "veth cfp2:eth0 master cfbr0 addr 10.213.1.2/32 via 10.213.1.1",
+                "nft replace masq 10.213.0.0/16 [fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80] networks [p/default: 10.213.1.2]",
+                "veth cfp3:eth0 master cfbr0 addr 10.213.1.3/32 via 10.213.1.1",
+                "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53, fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80] networks [p/default: 10.213.1.2 10.213.1.3]",
             ]
         );
         net.detach("p", "web-1").unwrap();
@@ -524,7 +597,7 @@ mod tests {
             kernel.take(),
             [
                 "del link cfp2",
-                "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53]",
+                "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53] networks [p/default: 10.213.1.3]",
             ]
         );
         net.detach("p", "db-1").unwrap();
@@ -535,19 +608,44 @@ mod tests {
         assert_eq!(net.address_of("p", "db-1"), None);
     }
 
+    fn on(networks: &[&str], internal: &[&str]) -> PodNetwork {
+        PodNetwork {
+            networks: networks.iter().map(|s| s.to_string()).collect(),
+            internal: internal.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn a_pod_without_ports_leaves_the_rules_alone() {
-        let (_d, kernel, net) = setup();
+    fn pods_join_their_projects_networks_and_internal_only_pods_lose_egress() {
+        let (dir, kernel, net) = setup();
         net.configure(&host_network()).unwrap();
-        net.attach("p", "a-1", Path::new("/ns/a"), &[]).unwrap();
-        kernel.take();
-        net.attach("p", "b-1", Path::new("/ns/b"), &[]).unwrap();
-        net.detach("p", "b-1").unwrap();
+        let ns = Path::new("/ns");
+        net.attach_to("p", "web-1", ns, &[], &on(&["front", "back"], &["back"]))
+            .unwrap();
+        net.attach_to("p", "db-1", ns, &[], &on(&["back"], &["back"]))
+            .unwrap();
+        net.attach("q", "web-1", ns, &[]).unwrap();
+        let last = kernel.take().pop().unwrap();
+        assert_eq!(
+            last,
+            "nft replace masq 10.213.0.0/16 [] networks [p/back: 10.213.1.2 10.213.1.3, \
+             p/front: 10.213.1.2, q/default: 10.213.1.4] no egress [10.213.1.3]"
+        );
+        // A restarted agent rebuilds the same rules from network.json.
+        let again = Network::open(dir.path(), kernel.clone()).unwrap();
+        let saved = again.lock().clone();
+        let rules =
+            super::ruleset(saved.book.fleet.unwrap(), net.subnet().unwrap(), &saved).unwrap();
+        assert_eq!(rules.isolation.networks.len(), 3);
+        assert_eq!(rules.isolation.no_egress.len(), 1);
+        net.detach("p", "db-1").unwrap();
         assert_eq!(
             kernel.take(),
             [
-                "veth cfp3:eth0 master cfbr0 addr 10.213.1.3/24 via 10.213.1.1",
                 "del link cfp3",
+                "nft replace masq 10.213.0.0/16 [] networks [p/back: 10.213.1.2, \
+                 p/front: 10.213.1.2, q/default: 10.213.1.4]",
             ]
         );
     }

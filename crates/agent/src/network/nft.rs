@@ -1,6 +1,7 @@
 //! Our nf_tables rules as netlink messages: one `ip compose_fleet` table holding masquerade for
-//! pod traffic leaving the fleet CIDR and DNAT for published ports. Pure: builds messages, sends
-//! nothing.
+//! pod traffic leaving the fleet CIDR, DNAT for published ports and service VIPs ([`super::vip`])
+//! and the `forward` chain that keeps compose networks and projects apart
+//! ([`super::isolation`]). Pure: builds messages, sends nothing.
 //!
 //! `netlink-packet-netfilter` types tables, chains, rules and the payload/cmp/meta/immediate
 //! expressions; `nat`, `masq`, `ct`, `bitwise` and `fib` it does not know (or not fully), so they are encoded here from the
@@ -15,6 +16,7 @@
 //!   chain postrouting { type nat hook postrouting priority srcnat;
 //!                       ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade
 //!                       ct status dnat ip saddr 10.213.1.0/24 ip daddr 10.213.1.0/24 masquerade }
+//!   set net0 { ... }  chain forward { type filter hook forward priority filter; ... }
 //! }
 //! ```
 //!
@@ -38,13 +40,15 @@ use crate::proto::net::Ipv4Net;
 /// The one table the agent owns; nothing else of the host's ruleset is touched.
 pub const TABLE: &str = "compose_fleet";
 
-/// `NF_IP_PRI_NAT_DST` and `NF_IP_PRI_NAT_SRC`: nft's `dstnat` and `srcnat`.
+/// `NF_IP_PRI_NAT_DST`, `NF_IP_PRI_NAT_SRC` and `NF_IP_PRI_FILTER`: nft's `dstnat`, `srcnat`
+/// and `filter`.
 const PRIORITY_DSTNAT: i32 = -100;
 const PRIORITY_SRCNAT: i32 = 100;
+const PRIORITY_FILTER: i32 = 0;
 
 // nf_tables.h
 pub(super) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+pub(super) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 pub(super) const NFTA_NAT_TYPE: u16 = 1;
 pub(super) const NFTA_NAT_FAMILY: u16 = 2;
 pub(super) const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
@@ -67,8 +71,8 @@ const NFTA_BITWISE_LEN: u16 = 3;
 const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_BITWISE_XOR: u16 = 5;
 const NF_ACCEPT: u32 = 1;
-const NFTA_CT_DREG: u16 = 1;
-const NFTA_CT_KEY: u16 = 2;
+pub(super) const NFTA_CT_DREG: u16 = 1;
+pub(super) const NFTA_CT_KEY: u16 = 2;
 const NFT_CT_STATUS: u32 = 2;
 /// `IPS_DST_NAT` of `enum ip_conntrack_status`.
 const IPS_DST_NAT: u32 = 1 << 5;
@@ -129,13 +133,15 @@ pub struct Ruleset {
     pub vips: Vec<super::vip::Vip>,
     /// Addresses in this range that no VIP claims are dropped rather than routed.
     pub service_range: Option<Ipv4Net>,
+    /// Which pods may reach which (see [`super::isolation`]).
+    pub isolation: super::isolation::Isolation,
 }
 
 fn header() -> NetfilterHeader {
     NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0)
 }
 
-fn nft(msg: NfTablesMessage) -> NetfilterMessage {
+pub(super) fn nft(msg: NfTablesMessage) -> NetfilterMessage {
     NetfilterMessage::new(header(), msg)
 }
 
@@ -179,29 +185,52 @@ pub fn delete_batch() -> Vec<Step> {
     ]
 }
 
-/// Makes our table hold exactly `rules`: creates the table and chains when missing, empties the
-/// chains and fills them again, all in one batch. The base chains are kept rather than the table
-/// replaced: unregistering a chain's hook waits for an RCU grace period (10-20 ms on a loaded
-/// host), which attaching a pod must not pay.
-pub fn sync_batch(rules: &Ruleset) -> Vec<Step> {
-    let mut steps = vec![(
+/// Makes our table hold exactly `rules`: creates the table, chains and sets when missing,
+/// empties them and fills them again, all in one batch. The base chains are kept rather than the
+/// table replaced: unregistering a chain's hook waits for an RCU grace period (10-20 ms on a
+/// loaded host), which attaching a pod must not pay.
+///
+/// `previous` is what this process last wrote: sets it had that `rules` has not are deleted.
+/// Without it (the agent just started, or the last write failed) the table is deleted first in
+/// the same batch, so nothing a former agent wrote survives; that pays the grace period once.
+pub fn sync_batch(rules: &Ruleset, previous: Option<&Ruleset>) -> Vec<Step> {
+    if let Some(p) = previous {
+        // Only set members changed (a pod without published ports came or went): no rule is
+        // rewritten.
+        let same_rules = Ruleset {
+            isolation: p.isolation.clone(),
+            ..rules.clone()
+        } == *p;
+        if same_rules && super::isolation::same_sets(&p.isolation, &rules.isolation) {
+            return super::isolation::element_changes(&p.isolation, &rules.isolation);
+        }
+    }
+    let mut steps = Vec::new();
+    if previous.is_none() {
+        steps.extend(delete_batch());
+    }
+    steps.push((
         table(NfTablesMessage::NewTable),
         NLM_F_CREATE,
         format!("creating table ip {TABLE}"),
-    )];
+    ));
     steps.push(chain(
         "prerouting",
-        Some((InetHookNumber::PreRouting, PRIORITY_DSTNAT)),
+        Some((InetHookNumber::PreRouting, PRIORITY_DSTNAT, "nat")),
     ));
     steps.push(chain(
         "output",
-        Some((InetHookNumber::LocalOut, PRIORITY_DSTNAT)),
+        Some((InetHookNumber::LocalOut, PRIORITY_DSTNAT, "nat")),
     ));
     steps.push(chain("published", None));
     steps.push(chain(super::vip::CHAIN, None));
     steps.push(chain(
         "postrouting",
-        Some((InetHookNumber::PostRouting, PRIORITY_SRCNAT)),
+        Some((InetHookNumber::PostRouting, PRIORITY_SRCNAT, "nat")),
+    ));
+    steps.push(chain(
+        super::isolation::CHAIN,
+        Some((InetHookNumber::Forward, PRIORITY_FILTER, "filter")),
     ));
     for name in [
         "prerouting",
@@ -209,9 +238,20 @@ pub fn sync_batch(rules: &Ruleset) -> Vec<Step> {
         "published",
         super::vip::CHAIN,
         "postrouting",
+        super::isolation::CHAIN,
     ] {
         steps.push(flush(name));
     }
+    // The rules that used a stale set are gone with the flush above: it can go now.
+    if let Some(previous) = previous {
+        let now = rules.isolation.set_names();
+        for name in previous.isolation.set_names() {
+            if !now.contains(&name) {
+                steps.extend(super::isolation::delete_set(&name));
+            }
+        }
+    }
+    steps.extend(super::isolation::sets(&rules.isolation));
     // Service VIPs first: a VIP is never a host address, so the order only saves work.
     steps.extend(super::vip::jumps(rules));
     steps.push(rule(
@@ -262,6 +302,7 @@ pub fn sync_batch(rules: &Ruleset) -> Vec<Step> {
             rules.subnet
         ),
     ));
+    steps.extend(super::isolation::rules(&rules.isolation, rules.fleet));
     steps
 }
 
@@ -280,18 +321,18 @@ pub fn describe(p: &Published) -> String {
     )
 }
 
-fn chain(name: &str, hook: Option<(InetHookNumber, i32)>) -> Step {
+fn chain(name: &str, hook: Option<(InetHookNumber, i32, &str)>) -> Step {
     let mut attributes = vec![
         ChainAttribute::Table(TABLE.to_string()),
         ChainAttribute::Name(name.to_string()),
     ];
-    if let Some((number, priority)) = hook {
+    if let Some((number, priority, kind)) = hook {
         attributes.push(ChainAttribute::Hook(vec![
             Hook::Number(HookNumber::Inet(number)),
             Hook::Priority(priority as u32),
         ]));
         attributes.push(ChainAttribute::Policy(NF_ACCEPT));
-        attributes.push(ChainAttribute::Type("nat".to_string()));
+        attributes.push(ChainAttribute::Type(kind.to_string()));
     }
     (
         nft(NfTablesMessage::NewChain(ChainMessage { attributes })),
@@ -389,7 +430,7 @@ pub(super) fn match_prefix(offset: u32, net: Ipv4Net, op: Operator) -> Vec<Expr>
 }
 
 /// `reg1 = reg1 & mask` (a bitwise expression with a zero xor).
-fn bitwise_and(mask: Vec<u8>) -> Expr {
+pub(super) fn bitwise_and(mask: Vec<u8>) -> Expr {
     // NFTA_BITWISE_MASK / _XOR each hold one NFTA_DATA_VALUE.
     let data = |kind: u16, v: Vec<u8>| nested(kind, &[DefaultNla::new(NFTA_DATA_VALUE, v)]);
     let len = mask.len() as u32;
@@ -407,7 +448,7 @@ fn bitwise_and(mask: Vec<u8>) -> Expr {
 }
 
 /// `ct status dnat`: the connection's destination was rewritten (a published port).
-fn ct_status_dnat() -> Vec<Expr> {
+pub(super) fn ct_status_dnat() -> Vec<Expr> {
     vec![
         other(
             "ct",
@@ -570,12 +611,30 @@ mod tests {
             ],
             vips: vec![],
             service_range: None,
+            isolation: super::super::isolation::Isolation {
+                networks: [(
+                    "p/default".to_string(),
+                    ["10.213.1.2".parse().unwrap(), "10.213.1.3".parse().unwrap()].into(),
+                )]
+                .into(),
+                ..Default::default()
+            },
         }
     }
 
+    fn names(steps: Vec<Step>) -> Vec<String> {
+        steps.into_iter().map(|s| s.2).collect()
+    }
+
     #[test]
-    fn the_batch_refills_every_chain_and_names_every_rule() {
-        let steps: Vec<String> = sync_batch(&rules()).into_iter().map(|s| s.2).collect();
+    fn the_batch_refills_every_chain_and_set_and_names_every_rule() {
+        let mut previous = rules();
+        previous.published.pop();
+        previous
+            .isolation
+            .networks
+            .insert("q/default".into(), ["10.213.1.9".parse().unwrap()].into());
+        let steps = names(sync_batch(&rules(), Some(&previous)));
         assert_eq!(
             steps,
             [
@@ -585,19 +644,62 @@ mod tests {
                 "creating chain published",
                 "creating chain services",
                 "creating chain postrouting",
+                "creating chain forward",
                 "flushing chain prerouting",
                 "flushing chain output",
                 "flushing chain published",
                 "flushing chain services",
                 "flushing chain postrouting",
+                "flushing chain forward",
+                "creating set net1",
+                "deleting set net1",
+                "creating set net0",
+                "flushing set net0",
+                "adding 2 addresses of p/default to set net0",
                 "adding rule `jump published` to chain prerouting",
                 "adding rule `ip daddr != 127.0.0.0/8 jump published` to chain output",
                 "adding rule `fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80` to chain published",
                 "adding rule `ip daddr 10.250.0.11 udp dport 53 dnat to 10.213.1.3:5353` to chain published",
                 "adding rule `ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade` to chain postrouting",
                 "adding rule `ct status dnat ip saddr 10.213.1.0/24 ip daddr 10.213.1.0/24 masquerade` to chain postrouting",
+                "adding rule `ct state established,related accept` to chain forward",
+                "adding rule `ip daddr != 10.213.0.0/16 accept` to chain forward",
+                "adding rule `ip saddr != 10.213.0.0/16 accept` to chain forward",
+                "adding rule `ct status dnat ct original ip daddr != 10.214.0.0/16 accept` to chain forward",
+                "adding rule `ip saddr @net0 ip daddr @net0 accept` to chain forward",
+                "adding rule `drop` to chain forward",
             ]
         );
+    }
+
+    #[test]
+    fn without_a_previous_table_it_is_rebuilt_from_nothing() {
+        let steps = names(sync_batch(&rules(), None));
+        assert_eq!(
+            steps[..3],
+            [
+                "creating table ip compose_fleet",
+                "deleting table ip compose_fleet",
+                "creating table ip compose_fleet",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_change_of_members_only_touches_the_sets() {
+        let previous = rules();
+        let mut next = rules();
+        let members = next.isolation.networks.get_mut("p/default").unwrap();
+        members.remove(&"10.213.1.3".parse().unwrap());
+        members.insert("10.213.2.7".parse().unwrap());
+        assert_eq!(
+            names(sync_batch(&next, Some(&previous))),
+            [
+                "removing 1 addresses of p/default from set net0",
+                "adding 1 addresses of p/default to set net0",
+            ]
+        );
+        assert!(sync_batch(&previous, Some(&previous)).is_empty());
     }
 
     #[test]
@@ -629,7 +731,7 @@ mod tests {
     #[test]
     fn every_message_serializes() {
         use netlink_packet_core::{NetlinkMessage, NetlinkSerializable};
-        for (msg, _, what) in sync_batch(&rules()) {
+        for (msg, _, what) in sync_batch(&rules(), None) {
             let mut m = NetlinkMessage::from(msg);
             m.finalize();
             let mut buf = vec![0; m.buffer_len()];

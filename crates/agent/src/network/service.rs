@@ -162,6 +162,20 @@ impl Registry {
         out
     }
 
+    /// Every replica address of every map with each compose network its service is on, as
+    /// (project, network, address).
+    pub fn members(&self) -> Vec<(&str, &str, Ipv4Addr)> {
+        let mut out = Vec::new();
+        for (p, m) in &self.maps {
+            for s in &m.services {
+                for n in s.network_names() {
+                    out.extend(s.replicas.iter().map(|e| (p.as_str(), n, e.addr)));
+                }
+            }
+        }
+        out
+    }
+
     /// How many VIPs and replicas behind them this host balances over.
     pub fn counts(&self, subnet: Option<Ipv4Net>) -> (u32, u32) {
         let vips = self.vips(subnet);
@@ -271,6 +285,19 @@ impl super::Network {
         if !registry.maps.is_empty() {
             rules.vips = registry.vips(Some(subnet));
             rules.service_range = Some(crate::proto::service::default_service_cidr());
+        }
+        // The other hosts' pods join their networks as the maps say. This host knows its own
+        // subnet better than any map: its pods are on the networks their `Apply` named, and an
+        // address of it that no pod holds is on none (a map may be older than a pod's removal).
+        for (project, network, addr) in registry.members() {
+            if !subnet.contains(addr) {
+                rules
+                    .isolation
+                    .networks
+                    .entry(format!("{project}/{network}"))
+                    .or_default()
+                    .insert(addr);
+            }
         }
         Ok(rules)
     }

@@ -161,6 +161,7 @@ mod tests {
             published: vec![],
             vips,
             service_range: Some("10.214.0.0/16".parse().unwrap()),
+            isolation: Default::default(),
         }
     }
 

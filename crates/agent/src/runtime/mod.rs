@@ -167,6 +167,18 @@ impl Runtime {
         pod::create(&self.pod_dir(project, pod), hostname)
     }
 
+    /// [`create_pod`](Self::create_pod) in the host's network namespace (`network_mode: host`).
+    pub fn create_host_network_pod(
+        &self,
+        project: &str,
+        pod: &str,
+        hostname: &str,
+    ) -> Result<PodNamespaces> {
+        check_name("project", project)?;
+        check_name("pod", pod)?;
+        pod::create_with(&self.pod_dir(project, pod), hostname, true)
+    }
+
     /// Removes a pod's sandbox (its containers should be deleted first).
     pub fn remove_pod(&self, project: &str, pod: &str) -> Result<()> {
         pod::remove(&self.pod_dir(project, pod))?;

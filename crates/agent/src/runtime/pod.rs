@@ -27,6 +27,12 @@ pub fn namespaces_in(dir: &Path) -> PodNamespaces {
 
 /// Creates the pod's namespaces in `dir`, sets its hostname and brings `lo` up.
 pub fn create(dir: &Path, hostname: &str) -> Result<PodNamespaces> {
+    create_with(dir, hostname, false)
+}
+
+/// [`create`], or with `host_network` a pod whose network namespace is the caller's own (compose
+/// `network_mode: host`): its `net` file binds the host's namespace, its uts and ipc are its own.
+pub fn create_with(dir: &Path, hostname: &str, host_network: bool) -> Result<PodNamespaces> {
     let ns = namespaces_in(dir);
     if ns.net.exists() {
         return Err(Error::new(format!(
@@ -38,7 +44,7 @@ pub fn create(dir: &Path, hostname: &str) -> Result<PodNamespaces> {
     let (ns2, hostname) = (ns.clone(), hostname.to_string());
     let result = std::thread::Builder::new()
         .name("pod-sandbox".into())
-        .spawn(move || make_namespaces(&ns2, &hostname))
+        .spawn(move || make_namespaces(&ns2, &hostname, host_network))
         .context("starting the pod sandbox thread")?
         .join()
         .unwrap_or_else(|_| Err(Error::new("the pod sandbox thread panicked")));
@@ -49,13 +55,16 @@ pub fn create(dir: &Path, hostname: &str) -> Result<PodNamespaces> {
     Ok(ns)
 }
 
-fn make_namespaces(ns: &PodNamespaces, hostname: &str) -> Result<()> {
-    nix::sched::unshare(
-        CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC,
-    )
-    .context("unshare(net, uts, ipc)")?;
+fn make_namespaces(ns: &PodNamespaces, hostname: &str, host_network: bool) -> Result<()> {
+    let mut flags = CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if !host_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    nix::sched::unshare(flags).context("unshare(net, uts, ipc)")?;
     nix::unistd::sethostname(hostname).with_context(|| format!("setting hostname {hostname:?}"))?;
-    link_up("lo").context("bringing lo up")?;
+    if !host_network {
+        link_up("lo").context("bringing lo up")?;
+    }
     for (name, file) in [("net", &ns.net), ("uts", &ns.uts), ("ipc", &ns.ipc)] {
         fs::File::create(file).with_context(|| format!("creating {}", file.display()))?;
         let src = PathBuf::from(format!("/proc/thread-self/ns/{name}"));

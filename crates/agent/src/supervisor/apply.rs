@@ -181,10 +181,12 @@ impl Supervisor {
         let inner = &self.inner;
         let pod_dir = inner.state.pod(project, &pod.name);
         std::fs::create_dir_all(&pod_dir)?;
-        inner
-            .cfg
-            .runtime
-            .create_pod(project, &pod.name, &pod.hostname)?;
+        let runtime = &inner.cfg.runtime;
+        if pod.network.mode == crate::proto::NetworkMode::Host {
+            runtime.create_host_network_pod(project, &pod.name, &pod.hostname)?;
+        } else {
+            runtime.create_pod(project, &pod.name, &pod.hostname)?;
+        }
         let dns_files = attach_network(inner, project, pod, &pod_dir)?;
         files::mount_secrets_tmpfs(&pod_dir, pod)?;
         let mut containers = Vec::new();
@@ -303,11 +305,24 @@ fn attach_network(
     ) else {
         return Ok(Vec::new());
     };
-    if pod.network.mode != crate::proto::NetworkMode::Fleet {
-        return Ok(Vec::new());
+    match pod.network.mode {
+        crate::proto::NetworkMode::Fleet => {}
+        crate::proto::NetworkMode::None => return Ok(Vec::new()),
+        // The host's own resolver and hosts file, as docker gives a host-network container.
+        crate::proto::NetworkMode::Host => {
+            return Ok(["/etc/resolv.conf", "/etc/hosts"]
+                .into_iter()
+                .filter(|f| std::path::Path::new(f).exists())
+                .map(|f| seam::ResolvedMount::Bind {
+                    source: f.into(),
+                    target: f.to_string(),
+                    read_only: true,
+                })
+                .collect())
+        }
     }
     let addr = network
-        .attach(project, &pod.name, &netns, &pod.ports)
+        .attach_to(project, &pod.name, &netns, &pod.ports, &pod.network)
         .map_err(|e| io::Error::other(format!("attaching the pod to the network: {e}")))?;
     let (Some(addr), Some(gateway)) = (addr, network.subnet().and_then(|s| s.gateway())) else {
         return Ok(Vec::new());

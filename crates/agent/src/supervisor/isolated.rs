@@ -72,6 +72,13 @@ impl ContainerRuntime for IsolatedRuntime {
             .map_err(io::Error::other)
     }
 
+    fn create_host_network_pod(&self, project: &str, pod: &str, hostname: &str) -> io::Result<()> {
+        self.rt
+            .create_host_network_pod(project, pod, hostname)
+            .map(|_| ())
+            .map_err(io::Error::other)
+    }
+
     fn pod_netns(&self, project: &str, pod: &str) -> Option<PathBuf> {
         Some(runtime::pod::namespaces_in(&self.rt.pod_dir(project, pod)).net)
     }

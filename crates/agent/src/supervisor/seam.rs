@@ -102,6 +102,23 @@ pub trait ContainerRuntime: Send + Sync {
         Ok(())
     }
 
+    /// [`create_pod`](Self::create_pod) with the host's network namespace as the pod's
+    /// (compose `network_mode: host`).
+    fn create_host_network_pod(
+        &self,
+        _project: &str,
+        _pod: &str,
+        _hostname: &str,
+    ) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "the {} runtime cannot run a pod in the host's network namespace",
+                self.name()
+            ),
+        ))
+    }
+
     /// The pod's network namespace file, where the pod network puts its veth; `None` for a
     /// runtime without one (pods then get no fleet network).
     fn pod_netns(&self, _project: &str, _pod: &str) -> Option<std::path::PathBuf> {
