@@ -2,6 +2,11 @@
 //! blobs it lacks, stream only those in chunks (resuming at the offset a partial file holds),
 //! then send the manifest last. The agent verifies each blob (digest and size) before it is
 //! stored and each layer (diff_id) before it is unpacked.
+//!
+//! Hosts are served in parallel, each with a window of chunk requests in flight (the round trips
+//! overlap; the agent writes them in order); uncompressed layers travel gzip-compressed chunk by
+//! chunk; `--max-upload-rate` paces every host's chunks through one token bucket
+//! ([`super::rate`]); bytes per host and image are reported as they go ([`super::progress`]).
 
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
@@ -477,5 +482,62 @@ mod tests {
         assert!(!err.contains("`x86`"), "{err}");
         desired.hosts.remove("pi");
         assert!(check_architectures(&desired, &[image], &facts).is_ok());
+    }
+
+    /// Figures, not a check: what one chunk costs the CLI before it reaches SSH (read, base64,
+    /// the JSON line), in this build's profile.
+    /// `cargo test -p compose-fleet --lib chunk_cost_figures -- --ignored --nocapture`
+    #[test]
+    #[ignore = "prints figures"]
+    fn chunk_cost_figures() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("blob");
+        let mut x = 1u64;
+        let bytes: Vec<u8> = (0..CHUNK_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        let rounds = 50;
+        let started = Instant::now();
+        let mut chunks = Vec::new();
+        for _ in 0..rounds {
+            chunks.push(
+                encode(
+                    &file,
+                    "sha256:00".into(),
+                    bytes.len() as u64,
+                    0,
+                    bytes.len(),
+                    false,
+                )
+                .expect("encode")
+                .0,
+            );
+        }
+        let encode_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut line_bytes = 0;
+        for (id, chunk) in chunks.into_iter().enumerate() {
+            line_bytes += crate::proto::RequestFrame {
+                id: id as u64,
+                request: Request::BlobChunk(chunk),
+            }
+            .to_line()
+            .len();
+        }
+        let line_s = started.elapsed().as_secs_f64();
+        let mb = (rounds * CHUNK_BYTES) as f64 / 1e6;
+        eprintln!(
+            "figure: read + base64 {:.0} MB/s, JSON line {:.0} MB/s ({} bytes a line)",
+            mb / encode_s,
+            mb / line_s,
+            line_bytes / rounds
+        );
     }
 }

@@ -474,8 +474,17 @@ fn delivery_figures() {
             "figure: {what}: {} hosts, {bytes} bytes sent in all, `up` {took:.1}s",
             lines.len()
         );
+        let stderr = String::from_utf8_lossy(&out.stderr);
         for (host, n) in &lines {
-            eprintln!("figure:   {host}: {} bytes, {} on the wire", n[1], n[4]);
+            let secs = stderr
+                .lines()
+                .find(|l| l.starts_with(&format!("{host}: delivered ")))
+                .and_then(|l| l.rsplit(" in ").next())
+                .unwrap_or("?");
+            eprintln!(
+                "figure:   {host}: {} bytes, {} on the wire, delivered in {secs}",
+                n[1], n[4]
+            );
         }
     };
     let out = cli(&lab, dir, &["build"]);
