@@ -489,9 +489,10 @@ fn delivery_figures() {
     };
     let out = cli(&lab, dir, &["build"]);
     assert!(out.status.success(), "build failed: {}", describe(&out));
-    for (what, window) in [
-        ("cold, window 1 (the old pace)", "1"),
-        ("cold, window 8", "8"),
+    for (what, window, rate) in [
+        ("cold, window 1 (the old pace)", "1", None),
+        ("cold, window 8", "8", None),
+        ("cold, --max-upload-rate 30M", "8", Some("30M")),
     ] {
         // Forget what the hosts hold: down removes the pods, and the images' blobs go with a gc.
         let _ = cli(&lab, dir, &["down"]);
@@ -499,10 +500,14 @@ fn delivery_figures() {
             lab.ssh(&host, "rm -rf /var/lib/compose-fleet/images/blobs/sha256/* /var/lib/compose-fleet/images/layers/* /var/lib/compose-fleet/images/images/index.json");
         }
         let started = Instant::now();
+        let mut args = vec!["up"];
+        if let Some(rate) = rate {
+            args.extend(["--max-upload-rate", rate]);
+        }
         let out = lab_cli_env(
             &lab,
             dir,
-            &["up"],
+            &args,
             &[("COMPOSE_FLEET_DELIVERY_WINDOW", window)],
         );
         show(what, &out, started.elapsed().as_secs_f64());
@@ -662,5 +667,30 @@ fn pushed_images_are_pulled_by_digest_from_the_registry() {
     assert_eq!(
         get(&url, "pushed to a registry\n"),
         "pushed to a registry\n"
+    );
+}
+
+/// `--max-upload-rate` reads rates as a user writes them, and refuses others before anything runs.
+#[test]
+fn max_upload_rate_is_parsed_and_a_bad_one_refused() {
+    let out = std::process::Command::new(crate::support::bin())
+        .args(["up", "--max-upload-rate", "10X", "--dry-run"])
+        .output()
+        .expect("runs the CLI");
+    // The user's input: exit 1.
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`10X` is not an upload rate") && stderr.contains("10M"),
+        "{stderr}"
+    );
+    let help = std::process::Command::new(crate::support::bin())
+        .args(["up", "--help"])
+        .output()
+        .expect("runs the CLI");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--max-upload-rate <RATE>"),
+        "{}",
+        describe(&help)
     );
 }
