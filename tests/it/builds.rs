@@ -393,6 +393,14 @@ fn an_uncompressed_layer_travels_compressed_and_is_verified_uncompressed() {
         "measured: uncompressed layer {} bytes, {wire} on the wire",
         layer.size
     );
+    // Progress, as CI sees it (stderr is not a terminal): a plain line per host and image.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "{host}: sending 5.7 MB of localhost/built-plain@sha256:"
+        )),
+        "{}",
+        describe(&out)
+    );
     let url = format!("http://{}:8081/", lab.address(host));
     assert_eq!(
         get(&url, "sent compressed, stored as it was\n"),
@@ -424,7 +432,8 @@ const BIG_COMPOSE: &str = r#"services:
 
 /// Figures, not a check: a 100 MB random layer delivered to every host of a lab
 /// (`COMPOSE_FLEET_BENCH_HOSTS`, default 3), cold, with the old one-chunk-at-a-time pace
-/// (`COMPOSE_FLEET_DELIVERY_WINDOW=1`) and with the default window, then after one changed small
+/// (`COMPOSE_FLEET_DELIVERY_WINDOW=1`), with the default window (4) and with 8, paced by
+/// `--max-upload-rate`, with the CLI's peak memory and an agent's; then after one changed small
 /// file; then the registry path in the same run (`buildah push` to the lab registry, the hosts
 /// pull). Run it alone: `cargo test --test it delivery_figures -- --ignored --nocapture`.
 #[test]
@@ -475,6 +484,9 @@ fn delivery_figures() {
             lines.len()
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some(rss) = stderr.lines().find(|l| l.contains("max RSS")) {
+            eprintln!("{rss}");
+        }
         for (host, n) in &lines {
             let secs = stderr
                 .lines()
@@ -491,8 +503,9 @@ fn delivery_figures() {
     assert!(out.status.success(), "build failed: {}", describe(&out));
     for (what, window, rate) in [
         ("cold, window 1 (the old pace)", "1", None),
+        ("cold, window 4 (the default)", "4", None),
         ("cold, window 8", "8", None),
-        ("cold, --max-upload-rate 30M", "8", Some("30M")),
+        ("cold, --max-upload-rate 30M", "4", Some("30M")),
     ] {
         // Forget what the hosts hold: down removes the pods, and the images' blobs go with a gc.
         let _ = cli(&lab, dir, &["down"]);
@@ -511,6 +524,15 @@ fn delivery_figures() {
             &[("COMPOSE_FLEET_DELIVERY_WINDOW", window)],
         );
         show(what, &out, started.elapsed().as_secs_f64());
+        let hwm = lab.ssh(
+            &lab.host(1),
+            "grep VmHWM /proc/$(cat /run/compose-fleet/agent.pid)/status",
+        );
+        eprintln!(
+            "figure:   {}'s agent daemon peak: {}",
+            lab.host(1),
+            String::from_utf8_lossy(&hwm.stdout).trim()
+        );
     }
     std::fs::write(dir.join("big/www/index.html"), "v2\n").expect("write");
     let started = Instant::now();
@@ -575,8 +597,13 @@ fn delivery_figures() {
     );
 }
 
+/// The CLI under `/usr/bin/time -f 'max RSS %M KiB'` (its last stderr line), with `env`.
 fn lab_cli_env(lab: &Lab, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    lab.cli()
+    std::process::Command::new("/usr/bin/time")
+        .args(["-f", "figure:   the CLI's max RSS %M KiB"])
+        .arg(crate::support::bin())
+        .arg("-i")
+        .arg(lab.inventory())
         .arg("-f")
         .arg(dir.join("compose.yaml"))
         .args(["-p", "built"])
