@@ -62,6 +62,27 @@ pub fn target(
     }
 }
 
+/// Every name a service's image is pushed under: [`target`] of its `image:`, then of each of
+/// its `build.tags` (those that name no registry are skipped when there is no `--registry`),
+/// without repeats. Pure.
+pub fn targets(
+    registry: Option<&str>,
+    project: &str,
+    service: &str,
+    image: Option<&str>,
+    tags: &[String],
+) -> Result<Vec<String>, String> {
+    let mut all = vec![target(registry, project, service, image)?];
+    for tag in tags {
+        if let Ok(t) = target(registry, project, service, Some(tag)) {
+            if !all.contains(&t) {
+                all.push(t);
+            }
+        }
+    }
+    Ok(all)
+}
+
 /// What one push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {
@@ -220,5 +241,31 @@ mod tests {
         let err = t(None, Some("app:1")).expect_err("no registry");
         assert!(err.contains("--registry"), "{err}");
         assert!(t(None, None).is_err());
+    }
+
+    #[test]
+    fn build_tags_are_pushed_too() {
+        let tags = vec![
+            "example.org/acme/app:2".to_string(),
+            "app:edge".to_string(),
+            "example.org/acme/app:1".to_string(),
+        ];
+        assert_eq!(
+            targets(None, "shop", "web", Some("example.org/acme/app:1"), &tags),
+            Ok(vec![
+                "example.org/acme/app:1".to_string(),
+                "example.org/acme/app:2".to_string(),
+            ]),
+            "`app:edge` names no registry; `:1` is not repeated"
+        );
+        assert_eq!(
+            targets(Some("10.250.0.1:5000/t"), "shop", "web", None, &tags),
+            Ok(vec![
+                "10.250.0.1:5000/t/shop-web:latest".to_string(),
+                "10.250.0.1:5000/t/app:2".to_string(),
+                "10.250.0.1:5000/t/app:edge".to_string(),
+                "10.250.0.1:5000/t/app:1".to_string(),
+            ])
+        );
     }
 }

@@ -49,14 +49,15 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         else {
             continue;
         };
-        let target = build::push::target(
+        let targets = build::push::targets(
             args.registry.as_deref(),
             &project.name,
             name,
             service.image.as_deref(),
+            &job.tags,
         )
         .map_err(Failure::User)?;
-        jobs.push((name.clone(), job, target));
+        jobs.push((name.clone(), job, targets));
     }
     if jobs.is_empty() {
         output::status("no service to push (none has `build:`)");
@@ -67,7 +68,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         .build()
         .map_err(|e| Failure::Internal(format!("cannot start the async runtime: {e}")))?;
     let mut builder = None;
-    for (name, job, target) in jobs {
+    for (name, job, targets) in jobs {
         let built = match store.built(&project.name, &name) {
             Some(b) => b,
             None => {
@@ -79,22 +80,27 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
                 build::build(b, &project.name, &job, &store).map_err(Failure::User)?
             }
         };
-        let host = target.split('/').next().unwrap_or_default();
-        let client = build::push::client(host, insecure.iter().any(|r| r == host));
-        output::status(&format!("pushing service `{name}` to {target}"));
-        let pushed = rt
-            .block_on(build::push::push(&client, &store, &built.manifest, &target))
-            .map_err(|e| {
-                Failure::User(format!(
-                    "{e}\nhint: check that the registry is reachable; a plain-http registry must be \
-                     marked `insecure` in the inventory's `registries:`"
-                ))
-            })?;
-        output::status(&format!(
-            "pushed {} ({} blobs, {} bytes; {} blobs were there already)",
-            pushed.reference, pushed.blobs_pushed, pushed.bytes_pushed, pushed.blobs_present
-        ));
-        output::data(&format!("{name}\t{}", pushed.reference));
+        for target in &targets {
+            let host = target.split('/').next().unwrap_or_default();
+            let client = build::push::client(host, insecure.iter().any(|r| r == host));
+            output::status(&format!("pushing service `{name}` to {target}"));
+            let pushed = rt
+                .block_on(build::push::push(&client, &store, &built.manifest, target))
+                .map_err(|e| {
+                    Failure::User(format!(
+                        "{e}\nhint: check that the registry is reachable; a plain-http registry must \
+                         be marked `insecure` in the inventory's `registries:`"
+                    ))
+                })?;
+            output::status(&format!(
+                "pushed {} ({} blobs, {} bytes; {} blobs were there already)",
+                pushed.reference, pushed.blobs_pushed, pushed.bytes_pushed, pushed.blobs_present
+            ));
+            // The first name is the service's; a tag's line is for the logs.
+            if target == &targets[0] {
+                output::data(&format!("{name}\t{}", pushed.reference));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
