@@ -34,6 +34,10 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// took 30 MB more memory for 3 hosts.
 pub const WINDOW: usize = 4;
 
+/// Chunk requests in flight for the whole run, all hosts together: what the CLI holds stays
+/// bounded however many hosts there are (10 hosts × a window of 8 took 190 MB).
+pub const MAX_IN_FLIGHT: usize = 24;
+
 /// Media types of layers stored uncompressed (legacy `docker save`, some OCI exporters): they
 /// travel gzip-compressed, chunk by chunk, and the host verifies the uncompressed bytes.
 const UNCOMPRESSED_LAYERS: &[&str] = &[
@@ -52,6 +56,8 @@ pub struct Options {
     pub window: usize,
     /// Blob bytes per chunk ([`CHUNK_BYTES`]).
     pub chunk_bytes: usize,
+    /// Permits for chunks in flight, shared by every host ([`MAX_IN_FLIGHT`]).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Options {
@@ -78,6 +84,7 @@ impl Options {
             chunk_bytes: env("COMPOSE_FLEET_DELIVERY_CHUNK")
                 .unwrap_or(CHUNK_BYTES)
                 .clamp(4096, crate::proto::MAX_CHUNK_BYTES),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 }
@@ -226,6 +233,21 @@ async fn send_blob(
     loop {
         // Fill the window (a blob of 0 bytes is one empty chunk).
         while in_flight.len() < opts.window && (next < blob.size || !sent_any) {
+            // A host with nothing in flight waits for a permit; one with chunks in flight takes
+            // one only if free (it holds permits that only its own replies give back: waiting
+            // there could leave every host waiting on the others).
+            let permit = if in_flight.is_empty() {
+                opts.in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| format!("delivery stopped: {e}"))?
+            } else {
+                match opts.in_flight.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                }
+            };
             let len = opts.chunk_bytes.min((blob.size - next) as usize);
             let (file, digest, size, compress) = (
                 blob.file.clone(),
@@ -258,6 +280,7 @@ async fn send_blob(
             let timeout = opts.timeout;
             in_flight.push_back(async move {
                 let reply = conn.call(Request::BlobChunk(chunk), timeout).await;
+                drop(permit);
                 (offset, len as u64, wire, reply)
             });
             next += len as u64;

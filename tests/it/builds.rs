@@ -5,7 +5,10 @@
 //! layers — and answers. A second `up --build` with one file changed sends only that layer (and
 //! the new config), to the one host that runs the service. Half a layer sent on a connection
 //! that then closes is resumed by the next `up`, which sends only the rest. A blob corrupted in the local store
-//! is refused by the agent and never unpacked: the old image keeps serving.
+//! is refused by the agent and never unpacked: the old image keeps serving. An uncompressed
+//! (`docker save`) layer travels gzip-compressed and is verified uncompressed; `push --registry`
+//! puts an image in the lab registry that a host then pulls by digest; `delivery_figures`
+//! (ignored) prints transfer figures.
 
 use std::path::Path;
 use std::process::Output;
