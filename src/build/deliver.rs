@@ -198,7 +198,14 @@ async fn send_blobs(
             size: desc.size,
             compress: UNCOMPRESSED_LAYERS.contains(&desc.media_type.as_str()),
         };
-        send_blob(conn, &blob, *offset, &image.reference, opts, out).await?;
+        let timeout = opts.timeout;
+        let call = |chunk: BlobChunk| async move {
+            conn.call(Request::BlobChunk(chunk), timeout)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let to = (conn.name.as_str(), image.reference.as_str());
+        send_blob(call, &blob, *offset, to, opts, out).await?;
         out.blobs_sent += 1;
     }
     Ok(())
@@ -216,14 +223,21 @@ struct Blob<'a> {
 /// Sends one blob from `start`, up to `opts.window` chunks in flight. The host writes only a prefix
 /// (a chunk handled early waits its turn); when it answers with another offset than the one a
 /// chunk ends at (a chunk lost, a partial file changed under us) the rest is resent from there.
-async fn send_blob(
-    conn: &HostConn,
+///
+/// `call` sends one chunk request and returns the host's answer; `to` is (host, image reference)
+/// for progress.
+async fn send_blob<C, F>(
+    call: C,
     blob: &Blob<'_>,
     start: u64,
-    reference: &str,
+    to: (&str, &str),
     opts: &Options,
     out: &mut Delivered,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    C: Fn(BlobChunk) -> F,
+    F: std::future::Future<Output = Result<Response, String>>,
+{
     // How often the host may answer out of step before we give up on it.
     const MAX_RESTARTS: u32 = 16;
     let mut next = start;
@@ -277,9 +291,9 @@ async fn send_blob(
                     tokio::time::sleep(wait).await;
                 }
             }
-            let timeout = opts.timeout;
+            let reply = call(chunk);
             in_flight.push_back(async move {
-                let reply = conn.call(Request::BlobChunk(chunk), timeout).await;
+                let reply = reply.await;
                 drop(permit);
                 (offset, len as u64, wire, reply)
             });
@@ -292,7 +306,7 @@ async fn send_blob(
                 blob.digest, blob.size
             ));
         };
-        let (held, complete) = match reply.map_err(|e| e.to_string())? {
+        let (held, complete) = match reply? {
             Response::BlobChunk {
                 offset, complete, ..
             } => (offset, complete),
@@ -301,7 +315,7 @@ async fn send_blob(
         if complete || held == offset + len {
             out.bytes_sent += len;
             out.wire_bytes += wire;
-            opts.progress.sent(&conn.name, reference, len);
+            opts.progress.sent(to.0, to.1, len);
         }
         if complete {
             return Ok(());
@@ -310,7 +324,8 @@ async fn send_blob(
             restarts += 1;
             if restarts > MAX_RESTARTS || held > blob.size {
                 return Err(format!(
-                    "the host answered offset {held} for a chunk of blob {} at {offset}                      {restarts} times; run the command again (it resumes)",
+                    "the host answered offset {held} for a chunk of blob {} at {offset} \
+                     ({restarts} times out of step); run the command again (it resumes)",
                     blob.digest
                 ));
             }
@@ -564,5 +579,107 @@ mod tests {
             mb / line_s,
             line_bytes / rounds
         );
+    }
+
+    /// A host holding a prefix of one blob, as the agent does: a chunk at its length is
+    /// appended, one elsewhere is answered with the length. It loses the chunks whose offsets are
+    /// in `lose` once each (as a cut connection would), answering as if it never saw them.
+    struct FakeHost {
+        held: std::sync::Mutex<Vec<u8>>,
+        lose: std::sync::Mutex<Vec<u64>>,
+        size: u64,
+    }
+
+    impl FakeHost {
+        fn answer(&self, chunk: BlobChunk) -> Result<Response, String> {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(&chunk.data_b64)
+                .map_err(|e| e.to_string())?;
+            let mut held = self.held.lock().expect("held");
+            let mut lose = self.lose.lock().expect("lose");
+            if let Some(i) = lose.iter().position(|&o| o == chunk.offset) {
+                lose.remove(i);
+            } else if chunk.offset == held.len() as u64 {
+                held.extend_from_slice(&data);
+            }
+            Ok(Response::BlobChunk {
+                digest: chunk.digest,
+                offset: held.len() as u64,
+                complete: held.len() as u64 == self.size,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_lost_in_the_window_is_resent_from_the_offset_the_host_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("blob");
+        let bytes: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let host = FakeHost {
+            // 4,096-byte chunks: the one at 8,192 and, later, the one at 40,960 are lost.
+            held: std::sync::Mutex::new(bytes[..4096].to_vec()),
+            lose: std::sync::Mutex::new(vec![8192, 40_960]),
+            size: bytes.len() as u64,
+        };
+        let mut opts = Options::new(Duration::from_secs(5), None, DeliveryProgress::quiet());
+        opts.chunk_bytes = 4096;
+        opts.window = 4;
+        let blob = Blob {
+            file: Arc::new(std::fs::File::open(&path).expect("open")),
+            path: &path,
+            digest: "sha256:00",
+            size: bytes.len() as u64,
+            compress: false,
+        };
+        let mut out = Delivered::default();
+        let call = |chunk: BlobChunk| {
+            let answer = host.answer(chunk);
+            async move { answer }
+        };
+        send_blob(call, &blob, 4096, ("h", "r"), &opts, &mut out)
+            .await
+            .expect("delivered");
+        assert_eq!(
+            *host.held.lock().expect("held"),
+            bytes,
+            "the host has the blob"
+        );
+        assert_eq!(
+            out.bytes_sent,
+            bytes.len() as u64 - 4096,
+            "only the chunks the host kept count, each once"
+        );
+        assert_eq!(
+            opts.in_flight.available_permits(),
+            MAX_IN_FLIGHT,
+            "every permit came back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_host_that_never_advances_is_given_up_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("blob");
+        std::fs::write(&path, vec![7u8; 10_000]).expect("write");
+        let opts = Options::new(Duration::from_secs(5), None, DeliveryProgress::quiet());
+        let blob = Blob {
+            file: Arc::new(std::fs::File::open(&path).expect("open")),
+            path: &path,
+            digest: "sha256:00",
+            size: 10_000,
+            compress: false,
+        };
+        let call = |chunk: BlobChunk| async move {
+            Ok(Response::BlobChunk {
+                digest: chunk.digest,
+                offset: 0,
+                complete: false,
+            })
+        };
+        let err = send_blob(call, &blob, 0, ("h", "r"), &opts, &mut Delivered::default())
+            .await
+            .expect_err("gives up");
+        assert!(err.contains("times out of step"), "{err}");
     }
 }
