@@ -11,6 +11,9 @@
 //! host whose store holds that manifest runs without asking any registry.
 
 pub mod deliver;
+pub mod progress;
+pub mod push;
+pub mod rate;
 pub mod store;
 
 use std::collections::BTreeMap;

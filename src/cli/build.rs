@@ -31,10 +31,22 @@ pub fn store() -> Result<LocalStore, Failure> {
 /// Whether builds may pull `FROM` images over plain http: when the inventory marks any registry
 /// insecure (the lab's registry is).
 pub fn insecure(global: &GlobalArgs) -> bool {
+    !insecure_registries(global).is_empty()
+}
+
+/// The registries (`HOST[:PORT]`) the inventory marks insecure (plain http).
+pub fn insecure_registries(global: &GlobalArgs) -> Vec<String> {
     project::resolve(global)
         .ok()
         .and_then(|w| w.fleet().ok())
-        .is_some_and(|f| f.registries.values().any(|r| r.insecure))
+        .map(|f| {
+            f.registries
+                .iter()
+                .filter(|(_, r)| r.insecure)
+                .map(|(name, _)| name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {

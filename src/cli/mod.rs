@@ -26,6 +26,7 @@ pub mod logs;
 pub mod plan;
 pub mod project;
 pub mod ps;
+pub mod push;
 pub mod table;
 pub mod up;
 
@@ -116,6 +117,8 @@ pub enum Command {
     Up(up::Args),
     /// Build the services that have `build:` into the local image store
     Build(build::Args),
+    /// Push the services' built images to a registry (`--registry`, or their `image:`)
+    Push(push::Args),
     /// Show where every replica goes and what would change, without changing anything
     Plan(plan::Args),
     /// Validate the project and print it in canonical form
@@ -162,6 +165,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Restart(_) => "restart",
         Command::Pull(_) => "pull",
         Command::Build(_) => "build",
+        Command::Push(_) => "push",
         Command::Hosts(_) => "hosts",
         Command::Inventory(_) => "inventory",
         Command::Lab(_) => "lab",
@@ -205,6 +209,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(a) => up::run(&cli.global, a),
         Command::Build(a) => build::run(&cli.global, a),
+        Command::Push(a) => push::run(&cli.global, a),
         Command::Plan(a) => plan::run(&cli.global, a),
         Command::Config(a) => config::run(&cli.global, a),
         Command::Graph(a) => graph::run(&cli.global, a),

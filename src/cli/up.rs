@@ -75,6 +75,10 @@ pub struct Args {
     /// The image builder to use (default: the first that works)
     #[arg(long, value_enum)]
     pub builder: Option<crate::build::Builder>,
+    /// Cap the upload of built images to the hosts, all hosts together, in bytes per second:
+    /// `10M` = 10,000,000, `512K`, `8MiB`
+    #[arg(long, value_name = "RATE", value_parser = crate::build::rate::parse_rate)]
+    pub max_upload_rate: Option<u64>,
     /// When another deploy of this project holds the deploy lock, wait this long for it (e.g.
     /// `5m`) instead of failing at once
     #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration)]
@@ -270,24 +274,32 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         // Built images go to the hosts that run them before any pod asks for them.
         crate::build::deliver::check_architectures(&prepared.desired, &built, &connected.facts)
             .map_err(ExecError::User)?;
+        let progress = if args.json {
+            crate::build::progress::DeliveryProgress::quiet()
+        } else {
+            crate::build::progress::DeliveryProgress::for_stderr()
+        };
+        let delivery =
+            crate::build::deliver::Options::new(Duration::from_secs(120), args.max_upload_rate, progress);
         let delivered = crate::build::deliver::deliver_all(
             &connected.hosts,
             &prepared.desired,
             &built,
             &store,
-            Duration::from_secs(120),
+            &delivery,
         )
         .await
         .map_err(ExecError::User)?;
         for d in &delivered {
             output::status(&format!(
-                "{}: delivered {} ({} blobs, {} bytes sent, {} received by the agent, {} layers unpacked) in {:.2}s",
+                "{}: delivered {} ({} blobs, {} bytes sent, {} received by the agent, {} layers unpacked, {} bytes on the wire) in {:.2}s",
                 d.host,
                 d.reference,
                 d.blobs_sent,
                 d.bytes_sent,
                 d.bytes_received,
                 d.layers_unpacked,
+                d.wire_bytes,
                 d.elapsed.as_secs_f64()
             ));
         }

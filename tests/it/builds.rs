@@ -5,7 +5,10 @@
 //! layers — and answers. A second `up --build` with one file changed sends only that layer (and
 //! the new config), to the one host that runs the service. Half a layer sent on a connection
 //! that then closes is resumed by the next `up`, which sends only the rest. A blob corrupted in the local store
-//! is refused by the agent and never unpacked: the old image keeps serving.
+//! is refused by the agent and never unpacked: the old image keeps serving. An uncompressed
+//! (`docker save`) layer travels gzip-compressed and is verified uncompressed; `push --registry`
+//! puts an image in the lab registry that a host then pulls by digest; `delivery_figures`
+//! (ignored) prints transfer figures.
 
 use std::path::Path;
 use std::process::Output;
@@ -67,6 +70,15 @@ fn cli(lab: &Lab, dir: &Path, args: &[&str]) -> Output {
 
 /// The `delivered` lines of `up`: (host, blobs sent, bytes sent, bytes the agent received).
 fn deliveries(out: &Output) -> Vec<(String, u64, u64, u64)> {
+    delivered_lines(out)
+        .into_iter()
+        .map(|(host, n)| (host, n[0], n[1], n[2]))
+        .collect()
+}
+
+/// The numbers of each `delivered` line: blobs, bytes sent, received, layers unpacked, bytes on
+/// the wire, then the seconds.
+fn delivered_lines(out: &Output) -> Vec<(String, Vec<u64>)> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
         .filter(|l| l.contains(": delivered "))
@@ -78,7 +90,7 @@ fn deliveries(out: &Output) -> Vec<(String, u64, u64, u64)> {
                 .filter(|s| !s.is_empty())
                 .filter_map(|s| s.parse().ok())
                 .collect();
-            (host, nums[0], nums[1], nums[2])
+            (host, nums)
         })
         .collect()
 }
@@ -211,6 +223,7 @@ fn built_images_are_delivered_without_a_registry_and_only_changed_layers_are_sen
                 &base64::engine::general_purpose::STANDARD,
                 &bytes[..half],
             ),
+            encoding: None,
         }),
     ));
     assert!(
@@ -274,5 +287,440 @@ fn built_images_are_delivered_without_a_registry_and_only_changed_layers_are_sen
     assert_eq!(
         get(&url, "built on the laptop, v3\n"),
         "built on the laptop, v3\n"
+    );
+}
+
+fn have_buildah(test: &str) -> bool {
+    let ok = std::process::Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        crate::support::skip(
+            test,
+            "buildah",
+            "buildah is not installed (scripts/setup.sh installs it)",
+        );
+    }
+    ok
+}
+
+fn storage_conf(dir: &Path) {
+    std::fs::write(
+        dir.join("storage.conf"),
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/containers\"\nrunroot = \"{0}/containers-run\"\n",
+            dir.display()
+        ),
+    )
+    .expect("write");
+}
+
+const PLAIN_COMPOSE: &str = r#"services:
+  plain:
+    build: ./plain
+    command: ["/bin/busybox", "httpd", "-f", "-p", "8081", "-h", "/www"]
+    ports: ["8081:8081"]
+"#;
+
+/// A legacy `docker save` image keeps its layer uncompressed: it travels gzip-compressed chunk by
+/// chunk (far fewer bytes on the wire than the layer holds), the agent decompresses each chunk,
+/// verifies the layer against its uncompressed digest and unpacks it, and the service answers.
+#[test]
+fn an_uncompressed_layer_travels_compressed_and_is_verified_uncompressed() {
+    let test = "an_uncompressed_layer_travels_compressed";
+    let Ok(busybox) = std::fs::read("/bin/busybox") else {
+        crate::support::skip(test, "busybox-static", "/bin/busybox is missing");
+        return;
+    };
+    let Some(lab) = Lab::up(test, 1) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("plain")).expect("mkdir");
+    std::fs::write(dir.join("compose.yaml"), PLAIN_COMPOSE).expect("write");
+    // Never run: the recorded build below is what `up` delivers.
+    std::fs::write(dir.join("plain/Dockerfile"), "FROM scratch\n").expect("write");
+    storage_conf(dir);
+    // 4 MB of text, as uncompressed layers mostly are: it compresses well.
+    let text: String = (0..100_000)
+        .map(|i| format!("line {i:>8} of a compressible file\n"))
+        .collect();
+    let archive = dir.join("save.tar");
+    compose_fleet::build::store::write_docker_save_fixture(
+        &archive,
+        "plain:1",
+        &[
+            ("bin/busybox", &busybox),
+            ("www/index.html", b"sent compressed, stored as it was\n"),
+            ("www/big.txt", text.as_bytes()),
+        ],
+    )
+    .expect("fixture");
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let (manifest, architecture) = store.import(&archive).expect("imports");
+    let (_, parsed) = store.manifest(&manifest).expect("manifest");
+    let layer = parsed.layers[0].clone();
+    assert_eq!(layer.media_type, "application/vnd.oci.image.layer.v1.tar");
+    store
+        .record(
+            "built",
+            "plain",
+            &compose_fleet::build::BuiltRef {
+                manifest,
+                tags: vec![],
+                architecture,
+            },
+        )
+        .expect("record");
+
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let lines = delivered_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    let (host, nums) = &lines[0];
+    let (sent, received, wire) = (nums[1], nums[2], nums[4]);
+    assert_eq!(
+        sent,
+        received,
+        "the agent kept every byte: {}",
+        describe(&out)
+    );
+    assert!(sent > layer.size, "the layer was sent: {}", describe(&out));
+    assert!(
+        wire * 2 < sent,
+        "the uncompressed layer travels compressed ({wire} bytes on the wire for {sent})"
+    );
+    eprintln!(
+        "measured: uncompressed layer {} bytes, {wire} on the wire",
+        layer.size
+    );
+    // Progress, as CI sees it (stderr is not a terminal): a plain line per host and image.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "{host}: sending 5.7 MB of localhost/built-plain@sha256:"
+        )),
+        "{}",
+        describe(&out)
+    );
+    let url = format!("http://{}:8081/", lab.address(host));
+    assert_eq!(
+        get(&url, "sent compressed, stored as it was\n"),
+        "sent compressed, stored as it was\n"
+    );
+    // On the host the blob is the uncompressed layer, under its own digest.
+    let hex = &layer.digest["sha256:".len()..];
+    let check = lab.ssh(
+        host,
+        &format!("sha256sum /var/lib/compose-fleet/images/blobs/sha256/{hex}"),
+    );
+    assert!(
+        String::from_utf8_lossy(&check.stdout).starts_with(hex),
+        "{}",
+        describe(&check)
+    );
+}
+
+const BIG_COMPOSE: &str = r#"services:
+  big:
+    build:
+      context: ./big
+      args:
+        BASE: ${HTTPD}
+    command: ["httpd", "-f", "-p", "8082", "-h", "/www"]
+    deploy:
+      mode: global
+"#;
+
+/// Figures, not a check: a 100 MB random layer delivered to every host of a lab
+/// (`COMPOSE_FLEET_BENCH_HOSTS`, default 3), cold, with the old one-chunk-at-a-time pace
+/// (`COMPOSE_FLEET_DELIVERY_WINDOW=1`), with the default window (4) and with 8, paced by
+/// `--max-upload-rate`, with the CLI's peak memory and an agent's; then after one changed small
+/// file; then the registry path in the same run (`buildah push` to the lab registry, the hosts
+/// pull). Run it alone: `cargo test --test it delivery_figures -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints delivery figures; minutes of work"]
+fn delivery_figures() {
+    let test = "delivery_figures";
+    if !have_buildah(test) {
+        return;
+    }
+    let hosts = std::env::var("COMPOSE_FLEET_BENCH_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let Some(lab) = Lab::up(test, hosts) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("big")).expect("mkdir");
+    std::fs::write(dir.join("compose.yaml"), BIG_COMPOSE).expect("write");
+    std::fs::write(
+        dir.join("big/Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nCOPY random.bin /random.bin\nCOPY www /www\n",
+    )
+    .expect("write");
+    std::fs::create_dir_all(dir.join("big/www")).expect("mkdir");
+    std::fs::write(dir.join("big/www/index.html"), "v1\n").expect("write");
+    let random = |seed: u64| {
+        // xorshift: incompressible, no extra crate.
+        let mut x = seed | 1;
+        let mut bytes = Vec::with_capacity(100_000_000);
+        while bytes.len() < 100_000_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        bytes
+    };
+    std::fs::write(dir.join("big/random.bin"), random(1)).expect("write");
+    storage_conf(dir);
+    let show = |what: &str, out: &Output, took: f64| {
+        assert!(out.status.success(), "{what} failed: {}", describe(out));
+        let lines = delivered_lines(out);
+        let bytes: u64 = lines.iter().map(|(_, n)| n[1]).sum();
+        eprintln!(
+            "figure: {what}: {} hosts, {bytes} bytes sent in all, `up` {took:.1}s",
+            lines.len()
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some(rss) = stderr.lines().find(|l| l.contains("max RSS")) {
+            eprintln!("{rss}");
+        }
+        for (host, n) in &lines {
+            let secs = stderr
+                .lines()
+                .find(|l| l.starts_with(&format!("{host}: delivered ")))
+                .and_then(|l| l.rsplit(" in ").next())
+                .unwrap_or("?");
+            eprintln!(
+                "figure:   {host}: {} bytes, {} on the wire, delivered in {secs}",
+                n[1], n[4]
+            );
+        }
+    };
+    let out = cli(&lab, dir, &["build"]);
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    for (what, window, rate) in [
+        ("cold, window 1 (the old pace)", "1", None),
+        ("cold, window 4 (the default)", "4", None),
+        ("cold, window 8", "8", None),
+        ("cold, --max-upload-rate 30M", "4", Some("30M")),
+    ] {
+        // Forget what the hosts hold: down removes the pods, and the images' blobs go with a gc.
+        let _ = cli(&lab, dir, &["down"]);
+        for host in lab.host_names() {
+            lab.ssh(&host, "rm -rf /var/lib/compose-fleet/images/blobs/sha256/* /var/lib/compose-fleet/images/layers/* /var/lib/compose-fleet/images/images/index.json");
+        }
+        let started = Instant::now();
+        let mut args = vec!["up"];
+        if let Some(rate) = rate {
+            args.extend(["--max-upload-rate", rate]);
+        }
+        let out = lab_cli_env(
+            &lab,
+            dir,
+            &args,
+            &[("COMPOSE_FLEET_DELIVERY_WINDOW", window)],
+        );
+        show(what, &out, started.elapsed().as_secs_f64());
+        let hwm = lab.ssh(
+            &lab.host(1),
+            "grep VmHWM /proc/$(cat /run/compose-fleet/agent.pid)/status",
+        );
+        eprintln!(
+            "figure:   {}'s agent daemon peak: {}",
+            lab.host(1),
+            String::from_utf8_lossy(&hwm.stdout).trim()
+        );
+    }
+    std::fs::write(dir.join("big/www/index.html"), "v2\n").expect("write");
+    let started = Instant::now();
+    let out = cli(&lab, dir, &["up", "--build"]);
+    show(
+        "one changed small file",
+        &out,
+        started.elapsed().as_secs_f64(),
+    );
+
+    // The registry path: push a new 100 MB layer, then the hosts pull it.
+    std::fs::write(dir.join("big/random.bin"), random(2)).expect("write");
+    let image = format!("{}/bench/big:1", lab.registry());
+    let conf = dir.join("storage.conf");
+    let buildah = |args: &[&str]| {
+        let out = std::process::Command::new("buildah")
+            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .args(args)
+            .output()
+            .expect("runs buildah");
+        assert!(out.status.success(), "buildah {args:?}: {}", describe(&out));
+    };
+    let httpd = lab.httpd_image();
+    buildah(&[
+        "bud",
+        "--isolation",
+        "chroot",
+        "--tls-verify=false",
+        "--layers",
+        "--build-arg",
+        &format!("BASE={httpd}"),
+        "-t",
+        &image,
+        &dir.join("big").display().to_string(),
+    ]);
+    let started = Instant::now();
+    buildah(&[
+        "push",
+        "--tls-verify=false",
+        &image,
+        &format!("docker://{image}"),
+    ]);
+    let push = started.elapsed().as_secs_f64();
+    std::fs::write(
+        dir.join("compose.yaml"),
+        BIG_COMPOSE.replace(
+            "    build:\n      context: ./big\n      args:\n        BASE: ${HTTPD}\n",
+            &format!("    image: {image}\n"),
+        ),
+    )
+    .expect("write");
+    let started = Instant::now();
+    let out = cli(&lab, dir, &["up"]);
+    assert!(
+        out.status.success(),
+        "up from the registry failed: {}",
+        describe(&out)
+    );
+    eprintln!(
+        "figure: registry path: buildah push {push:.1}s, then `up` with {hosts} hosts pulling {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The CLI under `/usr/bin/time -f 'max RSS %M KiB'` (its last stderr line), with `env`.
+fn lab_cli_env(lab: &Lab, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    std::process::Command::new("/usr/bin/time")
+        .args(["-f", "figure:   the CLI's max RSS %M KiB"])
+        .arg(crate::support::bin())
+        .arg("-i")
+        .arg(lab.inventory())
+        .arg("-f")
+        .arg(dir.join("compose.yaml"))
+        .args(["-p", "built"])
+        .args(args)
+        .envs(env.iter().copied())
+        .env("HTTPD", lab.httpd_image())
+        .env("COMPOSE_FLEET_IMAGE_DIR", dir.join("store"))
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .output()
+        .expect("runs the CLI")
+}
+
+/// `push --registry` puts the built image in the lab registry over the distribution API (blobs
+/// streamed, the manifest's exact bytes, digest verified); a host then pulls it by that digest
+/// with no `build:` involved, and a second push finds every blob there already.
+#[test]
+fn pushed_images_are_pulled_by_digest_from_the_registry() {
+    let test = "pushed_images_are_pulled_by_digest";
+    if !have_buildah(test) {
+        return;
+    }
+    let Some(lab) = Lab::up(test, 1) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("web")).expect("mkdir");
+    std::fs::write(dir.join("compose.yaml"), COMPOSE).expect("write");
+    std::fs::write(dir.join("web/Dockerfile"), DOCKERFILE).expect("write");
+    std::fs::write(dir.join("web/index.html"), "pushed to a registry\n").expect("write");
+    storage_conf(dir);
+    let registry = format!("{}/pushed", lab.registry());
+    let out = cli(&lab, dir, &["push", "--registry", &registry]);
+    assert!(out.status.success(), "push failed: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reference = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("web\t"))
+        .unwrap_or_else(|| panic!("push prints the pushed reference: {}", describe(&out)))
+        .to_string();
+    // No `image:`: the name is `<project>-<service>` under the prefix.
+    assert!(
+        reference.starts_with(&format!("{registry}/built-web@sha256:")),
+        "{reference}"
+    );
+    // The registry holds the manifest under its digest, byte for byte.
+    let (name, digest) = reference.split_once('@').expect("digest");
+    let path = name.split_once('/').expect("path").1;
+    let manifest = std::process::Command::new("curl")
+        .args([
+            "-fsS",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!("http://{}/v2/{path}/manifests/{digest}", lab.registry()),
+        ])
+        .output()
+        .expect("curl");
+    assert!(manifest.status.success(), "{}", describe(&manifest));
+    let actual = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest.stdout))
+    );
+    assert_eq!(actual, digest);
+
+    // A second push sends nothing new.
+    let out = cli(&lab, dir, &["push", "--registry", &registry]);
+    assert!(out.status.success(), "push failed: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(0 blobs, 0 bytes;"),
+        "{}",
+        describe(&out)
+    );
+
+    // A host pulls it by digest: the service has only `image:`.
+    std::fs::write(
+        dir.join("compose.yaml"),
+        format!("services:\n  web:\n    image: {reference}\n    ports: [\"8080:80\"]\n"),
+    )
+    .expect("write");
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(": delivered "),
+        "nothing is delivered over the agent channel: {}",
+        describe(&out)
+    );
+    let url = format!("http://{}:8080/", lab.address(&lab.host(1)));
+    assert_eq!(
+        get(&url, "pushed to a registry\n"),
+        "pushed to a registry\n"
+    );
+}
+
+/// `--max-upload-rate` reads rates as a user writes them, and refuses others before anything runs.
+#[test]
+fn max_upload_rate_is_parsed_and_a_bad_one_refused() {
+    let out = std::process::Command::new(crate::support::bin())
+        .args(["up", "--max-upload-rate", "10X", "--dry-run"])
+        .output()
+        .expect("runs the CLI");
+    // The user's input: exit 1.
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`10X` is not an upload rate") && stderr.contains("10M"),
+        "{stderr}"
+    );
+    let help = std::process::Command::new(crate::support::bin())
+        .args(["up", "--help"])
+        .output()
+        .expect("runs the CLI");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--max-upload-rate <RATE>"),
+        "{}",
+        describe(&help)
     );
 }

@@ -224,7 +224,18 @@ pub struct BlobChunk {
     pub offset: u64,
     /// Base64 of the bytes.
     pub data_b64: String,
+    // --- Fast delivery (issue 13, buildpush): additive.
+    /// How `data_b64`'s bytes are encoded on the wire: `None` as they are; `Some("gzip")` a gzip
+    /// stream of this chunk alone (uncompressed layers travel compressed). `offset`, `size` and
+    /// the digest are always of the blob's own bytes: the host decompresses (bounded by
+    /// [`MAX_CHUNK_BYTES`]) before it writes, and verifies the blob as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
 }
+
+/// The most blob bytes one [`BlobChunk`] may carry (after decompression): a host refuses more,
+/// so neither side holds more than this per chunk in flight.
+pub const MAX_CHUNK_BYTES: usize = 8 << 20;
 
 /// An image's manifest, after its config and layers: the host verifies it against `digest`,
 /// checks every blob it names is present, unpacks the layers (verifying each diff_id) and records

@@ -116,6 +116,9 @@ pub struct ImageStore {
     privileged: bool,
     /// Bytes received per blob by delivery (`receive`) since the blob's image was last committed.
     received: Mutex<HashMap<String, u64>>,
+    /// Woken after each delivered chunk is written: chunks that arrived ahead of their turn wait
+    /// on it (see `receive::receive_chunk`).
+    chunk_written: tokio::sync::Notify,
 }
 
 impl ImageStore {
@@ -150,6 +153,7 @@ impl ImageStore {
             counters: Counters::default(),
             privileged: nix::unistd::geteuid().is_root(),
             received: Mutex::new(HashMap::new()),
+            chunk_written: tokio::sync::Notify::new(),
         })
     }
 

@@ -21,8 +21,13 @@ use super::index::IndexRecord;
 use super::{unpack, ImageRef, ImageStore};
 use crate::proto::{BlobChunk, ImageCommit, ImageCommitted, WantedBlob};
 
-/// The largest chunk accepted in one request (the CLI sends 1 MiB).
-pub const MAX_CHUNK_BYTES: usize = 8 << 20;
+/// The largest chunk accepted in one request, after decompression (the CLI sends 1 MiB).
+pub use crate::proto::MAX_CHUNK_BYTES;
+
+/// How long a chunk that arrived ahead of its turn waits for the chunks before it (the CLI keeps
+/// several in flight and the daemon serves requests concurrently, so they may be handled out of
+/// order). Past it the chunk is answered with the offset the host holds and the CLI resends.
+const CHUNK_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl ImageStore {
     /// The blobs of `digests` not in the store, each with the bytes a partial file holds.
@@ -49,36 +54,60 @@ impl ImageStore {
 
     /// Appends one chunk; returns the offset the next must start at and whether the blob is
     /// complete (verified and in place).
+    ///
+    /// The partial file only ever holds a prefix of the blob (what a resume trusts), so a chunk
+    /// that arrives before the ones it follows waits its turn (bounded by [`CHUNK_TURN_WAIT`]; the
+    /// CLI bounds how many are in flight) instead of leaving a hole.
     pub async fn receive_chunk(&self, chunk: &BlobChunk) -> Result<(u64, bool), ImageError> {
         let what = "delivered blob";
         let final_path = self
             .blobs
             .path(&chunk.digest)
             .ok_or_else(|| bad_digest(what, &chunk.digest))?;
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(&chunk.data_b64)
-            .map_err(|e| ImageError::BadImage {
-                image: what.into(),
-                reason: format!("chunk of {} is not base64: {e}", chunk.digest),
-            })?;
-        if data.len() > MAX_CHUNK_BYTES {
-            return Err(ImageError::BadImage {
-                image: what.into(),
-                reason: format!(
-                    "a chunk of {} bytes is larger than {MAX_CHUNK_BYTES}",
-                    data.len()
-                ),
-            });
-        }
-        // One writer per digest: a registry pull or another delivery of the same blob waits.
-        let _guard = self.in_flight(format!("blob {}", chunk.digest)).await;
-        if final_path.is_file() {
-            return Ok((chunk.size, true));
-        }
+        let data = decode_chunk(chunk)?;
         let partial = final_path.with_extension("partial");
+        let deadline = tokio::time::Instant::now() + CHUNK_TURN_WAIT;
+        let data = std::sync::Arc::new(data);
+        loop {
+            // Registered before the check, so a write between the check and the wait wakes us.
+            let written = self.chunk_written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            {
+                // One writer per digest: a registry pull or another delivery of the same blob waits.
+                let _guard = self.in_flight(format!("blob {}", chunk.digest)).await;
+                if final_path.is_file() {
+                    return Ok((chunk.size, true));
+                }
+                let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+                let early = chunk.offset > have;
+                if !early || tokio::time::Instant::now() >= deadline {
+                    let result = self.write(chunk, &partial, &final_path, &data).await;
+                    self.chunk_written.notify_waiters();
+                    return result;
+                }
+            }
+            // Ahead of its turn: wait for another chunk to be written, then look again.
+            let _ = tokio::time::timeout_at(deadline, written).await;
+        }
+    }
+
+    /// Writes one decoded chunk (in a blocking task) and counts its bytes when they were kept.
+    async fn write(
+        &self,
+        chunk: &BlobChunk,
+        partial: &std::path::Path,
+        final_path: &std::path::Path,
+        data: &std::sync::Arc<Vec<u8>>,
+    ) -> Result<(u64, bool), ImageError> {
+        let (partial, final_path, data) = (
+            partial.to_path_buf(),
+            final_path.to_path_buf(),
+            data.clone(),
+        );
         let (digest, size, offset) = (chunk.digest.clone(), chunk.size, chunk.offset);
         let received = data.len() as u64;
-        let result = tokio::task::spawn_blocking(move || {
+        let (next, complete) = tokio::task::spawn_blocking(move || {
             write_chunk(&partial, &final_path, &digest, size, offset, &data)
         })
         .await
@@ -87,12 +116,15 @@ impl ImageStore {
             path: self.blobs.dir().to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })??;
-        {
-            let mut map = self.received.lock().unwrap_or_else(|p| p.into_inner());
-            *map.entry(chunk.digest.clone()).or_default() += received;
+        // A stale chunk (the host holds another prefix) was not written: it does not count.
+        if complete || next == offset + received {
+            {
+                let mut map = self.received.lock().unwrap_or_else(|p| p.into_inner());
+                *map.entry(chunk.digest.clone()).or_default() += received;
+            }
+            self.counters.bytes.fetch_add(received, Ordering::Relaxed);
         }
-        self.counters.bytes.fetch_add(received, Ordering::Relaxed);
-        Ok(result)
+        Ok((next, complete))
     }
 
     /// Verifies and stores the manifest, checks its blobs are all here, unpacks the layers not
@@ -209,6 +241,48 @@ impl ImageStore {
             bytes_received,
         })
     }
+}
+
+/// The blob bytes a chunk carries: base64 decoded, then decompressed when the CLI compressed
+/// them, never more than [`MAX_CHUNK_BYTES`] (a small gzip stream cannot make us hold more).
+fn decode_chunk(chunk: &BlobChunk) -> Result<Vec<u8>, ImageError> {
+    let bad = |reason: String| ImageError::BadImage {
+        image: "delivered blob".into(),
+        reason,
+    };
+    let wire = base64::engine::general_purpose::STANDARD
+        .decode(&chunk.data_b64)
+        .map_err(|e| bad(format!("chunk of {} is not base64: {e}", chunk.digest)))?;
+    let data = match chunk.encoding.as_deref() {
+        None => wire,
+        Some("gzip") => {
+            let mut out = Vec::with_capacity(wire.len().saturating_mul(2).min(MAX_CHUNK_BYTES));
+            flate2::read::GzDecoder::new(&wire[..])
+                .take(MAX_CHUNK_BYTES as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    bad(format!(
+                        "a gzip chunk of {} does not decompress: {e}",
+                        chunk.digest
+                    ))
+                })?;
+            out
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "a chunk of {} has the unknown encoding `{other}` (this agent knows gzip); \
+                 upgrade the agent",
+                chunk.digest
+            )))
+        }
+    };
+    if data.len() > MAX_CHUNK_BYTES {
+        return Err(bad(format!(
+            "a chunk of {} bytes or more is larger than {MAX_CHUNK_BYTES}",
+            data.len()
+        )));
+    }
+    Ok(data)
 }
 
 fn bad_digest(image: &str, digest: &str) -> ImageError {
@@ -351,6 +425,7 @@ mod tests {
                     size: blob.len() as u64,
                     offset: offset as u64,
                     data_b64: b64(&blob[offset..end]),
+                    encoding: None,
                 })
                 .await?;
             offset = next as usize;
@@ -374,6 +449,7 @@ mod tests {
                 size: layer.len() as u64,
                 offset: 0,
                 data_b64: b64(&layer[..half]),
+                encoding: None,
             })
             .await
             .expect("first half");
@@ -386,6 +462,7 @@ mod tests {
                 size: layer.len() as u64,
                 offset: half as u64,
                 data_b64: b64(&layer[half..]),
+                encoding: None,
             })
             .await
             .expect("second half");
@@ -431,6 +508,7 @@ mod tests {
                 size: layer.len() as u64,
                 offset: 0,
                 data_b64: b64(&corrupt),
+                encoding: None,
             })
             .await
             .expect_err("a corrupted blob is refused");
@@ -451,5 +529,94 @@ mod tests {
             .expect("layers")
             .collect();
         assert!(layers.is_empty(), "nothing was unpacked: {layers:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_handled_out_of_order_wait_their_turn_and_the_blob_completes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = std::sync::Arc::new(ImageStore::open(dir.path()).expect("open"));
+        let blob: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let chunk = 10_000;
+        // Last chunk first, as a daemon serving a pipelined window concurrently may.
+        let mut tasks = Vec::new();
+        for start in (0..blob.len()).step_by(chunk).rev() {
+            let store = store.clone();
+            let c = BlobChunk {
+                digest: digest(&blob),
+                size: blob.len() as u64,
+                offset: start as u64,
+                data_b64: b64(&blob[start..(start + chunk).min(blob.len())]),
+                encoding: None,
+            };
+            tasks.push(tokio::spawn(async move { store.receive_chunk(&c).await }));
+            tokio::task::yield_now().await;
+        }
+        let mut completes = 0;
+        for t in tasks {
+            let (next, complete) = t.await.expect("task").expect("chunk");
+            assert!(complete || next % chunk as u64 == 0, "{next}");
+            completes += usize::from(complete);
+        }
+        assert_eq!(completes, 1, "the last chunk written completes the blob");
+        let path = store.blob_path(&digest(&blob)).expect("path");
+        assert_eq!(std::fs::read(path).expect("blob"), blob);
+        assert_eq!(
+            store.received.lock().expect("map")[&digest(&blob)],
+            blob.len() as u64,
+            "every byte counted once"
+        );
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).expect("gzip");
+        enc.finish().expect("gzip")
+    }
+
+    #[tokio::test]
+    async fn a_gzip_chunk_is_stored_decompressed_and_verified_against_the_uncompressed_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let (_, _, layer) = image();
+        let half = layer.len() / 2;
+        for (start, end) in [(0, half), (half, layer.len())] {
+            store
+                .receive_chunk(&BlobChunk {
+                    digest: digest(&layer),
+                    size: layer.len() as u64,
+                    offset: start as u64,
+                    data_b64: b64(&gzip(&layer[start..end])),
+                    encoding: Some("gzip".into()),
+                })
+                .await
+                .expect("gzip chunk");
+        }
+        let path = store.blob_path(&digest(&layer)).expect("path");
+        assert_eq!(std::fs::read(path).expect("blob"), layer);
+
+        // A small gzip stream that would expand past the chunk limit is refused, not buffered.
+        let bomb = gzip(&vec![0u8; MAX_CHUNK_BYTES + 1]);
+        let err = store
+            .receive_chunk(&BlobChunk {
+                digest: digest(b"x"),
+                size: (MAX_CHUNK_BYTES + 1) as u64,
+                offset: 0,
+                data_b64: b64(&bomb),
+                encoding: Some("gzip".into()),
+            })
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("larger than"), "{err}");
+        let err = store
+            .receive_chunk(&BlobChunk {
+                digest: digest(b"x"),
+                size: 1,
+                offset: 0,
+                data_b64: b64(b"x"),
+                encoding: Some("zstd".into()),
+            })
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("unknown encoding `zstd`"), "{err}");
     }
 }

@@ -1,0 +1,271 @@
+//! `compose-fleet push`: built images from the local store to a registry over the OCI
+//! distribution API (`oci-client`), blob by blob — only those the registry lacks, each streamed
+//! from its file (never a whole layer in memory) — then the manifest's exact bytes, so the image
+//! keeps its digest and hosts can pull it by that digest.
+
+use std::io::Read as _;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use super::store::LocalStore;
+
+/// Bytes read from a blob file per piece of the upload stream.
+const PIECE: usize = 1 << 20;
+
+/// Where a service's image goes: `--registry HOST[:PORT]/prefix` (the image's own name, or
+/// `<project>-<service>`, under it, tagged like `image:` or `latest`), or else `image:` itself,
+/// which must then name a registry. Pure.
+pub fn target(
+    registry: Option<&str>,
+    project: &str,
+    service: &str,
+    image: Option<&str>,
+) -> Result<String, String> {
+    // `image:` without its digest, split into name and tag.
+    let plain = image.map(|i| i.split('@').next().unwrap_or(i));
+    let (name, tag) = match plain {
+        Some(p) => {
+            let slash = p.rfind('/').map_or(0, |i| i + 1);
+            match p[slash..].rfind(':') {
+                Some(colon) => (&p[..slash + colon], &p[slash + colon + 1..]),
+                None => (p, "latest"),
+            }
+        }
+        None => ("", "latest"),
+    };
+    match registry {
+        Some(registry) => {
+            let registry = registry.trim_end_matches('/');
+            if registry.is_empty() {
+                return Err("--registry is empty; write HOST[:PORT] or HOST[:PORT]/prefix".into());
+            }
+            let base = match name.rsplit('/').next() {
+                Some(n) if !n.is_empty() => n.to_string(),
+                _ => format!("{project}-{service}"),
+            };
+            Ok(format!("{registry}/{base}:{tag}"))
+        }
+        None => {
+            let first = name.split('/').next().unwrap_or("");
+            let names_registry = name.contains('/')
+                && (first.contains('.') || first.contains(':') || first == "localhost");
+            if !names_registry {
+                return Err(format!(
+                    "service `{service}` has no `image:` naming a registry to push to\nhint: \
+                     pass --registry HOST[:PORT]/prefix, or set `image: registry.example.org/{project}/{service}:TAG`"
+                ));
+            }
+            Ok(format!("{name}:{tag}"))
+        }
+    }
+}
+
+/// Every name a service's image is pushed under: [`target`] of its `image:`, then of each of
+/// its `build.tags` (those that name no registry are skipped when there is no `--registry`),
+/// without repeats. Pure.
+pub fn targets(
+    registry: Option<&str>,
+    project: &str,
+    service: &str,
+    image: Option<&str>,
+    tags: &[String],
+) -> Result<Vec<String>, String> {
+    let mut all = vec![target(registry, project, service, image)?];
+    for tag in tags {
+        if let Ok(t) = target(registry, project, service, Some(tag)) {
+            if !all.contains(&t) {
+                all.push(t);
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// What one push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// `HOST/name@sha256:…`: what a host pulls.
+    pub reference: String,
+    pub blobs_pushed: usize,
+    pub bytes_pushed: u64,
+    pub blobs_present: usize,
+}
+
+/// A client for `registry` (`HOST[:PORT]`): plain http only when `insecure` (the inventory says
+/// so), anonymous.
+pub fn client(registry: &str, insecure: bool) -> Client {
+    let protocol = if insecure {
+        ClientProtocol::HttpsExcept(vec![registry.to_string()])
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        ..Default::default()
+    })
+}
+
+/// Pushes the image whose manifest is `manifest_digest` to `target` (`HOST/name:tag`).
+pub async fn push(
+    client: &Client,
+    store: &LocalStore,
+    manifest_digest: &str,
+    target: &str,
+) -> Result<Pushed, String> {
+    let reference: Reference = target
+        .parse()
+        .map_err(|e| format!("`{target}` is not an image reference: {e}"))?;
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("pushing to {target}: {what}: {e}");
+    client
+        .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
+        .await;
+    let (body, manifest) = store
+        .manifest(manifest_digest)
+        .map_err(|e| fail("reading the local image", &e))?;
+    let mut out = Pushed {
+        reference: format!(
+            "{}/{}@{manifest_digest}",
+            reference.resolve_registry(),
+            reference.repository()
+        ),
+        blobs_pushed: 0,
+        bytes_pushed: 0,
+        blobs_present: 0,
+    };
+    for desc in manifest.blobs() {
+        if client
+            .blob_exists(&reference, &desc.digest)
+            .await
+            .map_err(|e| fail("asking for a blob", &e))?
+        {
+            out.blobs_present += 1;
+            continue;
+        }
+        let path = store
+            .blob_path(&desc.digest)
+            .ok_or_else(|| fail("a blob", &format!("bad digest {}", desc.digest)))?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| fail(&format!("reading {}", path.display()), &e))?;
+        client
+            .push_blob_stream(&reference, file_stream(file), &desc.digest, Some(desc.size))
+            .await
+            .map_err(|e| fail(&format!("uploading blob {}", desc.digest), &e))?;
+        out.blobs_pushed += 1;
+        out.bytes_pushed += desc.size;
+    }
+    let media_type = if manifest.media_type.is_empty() {
+        "application/vnd.oci.image.manifest.v1+json"
+    } else {
+        manifest.media_type.as_str()
+    };
+    let content_type = media_type
+        .parse()
+        .map_err(|e| fail("the manifest's media type", &e))?;
+    client
+        .push_manifest_raw(&reference, body.clone(), content_type)
+        .await
+        .map_err(|e| fail("uploading the manifest", &e))?;
+    // The registry names what it stored by digest: it must be ours.
+    let (_, stored) = client
+        .pull_manifest_raw(
+            &Reference::with_digest(
+                reference.registry().to_string(),
+                reference.repository().to_string(),
+                manifest_digest.to_string(),
+            ),
+            &RegistryAuth::Anonymous,
+            &[media_type],
+        )
+        .await
+        .map_err(|e| fail("reading the manifest back by digest", &e))?;
+    if stored != manifest_digest {
+        return Err(fail(
+            "verifying",
+            &format!("the registry stored digest {stored}, not {manifest_digest}"),
+        ));
+    }
+    Ok(out)
+}
+
+/// A blob file as a stream of pieces: `B` is whatever byte buffer the client takes.
+fn file_stream<B, E>(
+    file: std::fs::File,
+) -> impl futures_util::Stream<Item = Result<B, E>> + Send + 'static
+where
+    B: From<Vec<u8>> + Send + 'static,
+    E: From<std::io::Error> + Send + 'static,
+{
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; PIECE];
+        let mut n = 0;
+        while n < PIECE {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(r) => n += r,
+                Err(e) => return Some((Err(E::from(e)), None)),
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        buf.truncate(n);
+        Some((Ok(B::from(buf)), Some(file)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_targets_follow_the_registry_flag_or_the_image_name() {
+        let t = |reg: Option<&str>, image: Option<&str>| target(reg, "shop", "web", image);
+        assert_eq!(
+            t(Some("10.250.0.1:5000/team"), None),
+            Ok("10.250.0.1:5000/team/shop-web:latest".into())
+        );
+        assert_eq!(
+            t(
+                Some("10.250.0.1:5000/team/"),
+                Some("example.org/acme/app:2@sha256:ab")
+            ),
+            Ok("10.250.0.1:5000/team/app:2".into())
+        );
+        assert_eq!(
+            t(None, Some("registry.example.org:5000/acme/app")),
+            Ok("registry.example.org:5000/acme/app:latest".into())
+        );
+        let err = t(None, Some("app:1")).expect_err("no registry");
+        assert!(err.contains("--registry"), "{err}");
+        assert!(t(None, None).is_err());
+    }
+
+    #[test]
+    fn build_tags_are_pushed_too() {
+        let tags = vec![
+            "example.org/acme/app:2".to_string(),
+            "app:edge".to_string(),
+            "example.org/acme/app:1".to_string(),
+        ];
+        assert_eq!(
+            targets(None, "shop", "web", Some("example.org/acme/app:1"), &tags),
+            Ok(vec![
+                "example.org/acme/app:1".to_string(),
+                "example.org/acme/app:2".to_string(),
+            ]),
+            "`app:edge` names no registry; `:1` is not repeated"
+        );
+        assert_eq!(
+            targets(Some("10.250.0.1:5000/t"), "shop", "web", None, &tags),
+            Ok(vec![
+                "10.250.0.1:5000/t/shop-web:latest".to_string(),
+                "10.250.0.1:5000/t/app:2".to_string(),
+                "10.250.0.1:5000/t/app:edge".to_string(),
+                "10.250.0.1:5000/t/app:1".to_string(),
+            ])
+        );
+    }
+}
