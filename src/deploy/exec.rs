@@ -1335,24 +1335,26 @@ async fn last_logs(conn: &HostConn, project: &str, at: &At, timeout: Duration) -
         .collect()
 }
 
-/// `down`: removes the project's pods on every connected host, in parallel. Per host: the pods
-/// removed, or why not.
+/// `down`: removes the project's pods on every connected host, in parallel, each request carrying
+/// that host's deploy-lock fencing number (`fences`). Per host: the pods removed, or why not.
 pub async fn remove_all(
     hosts: &BTreeMap<String, Arc<HostConn>>,
     project: &str,
     volumes: bool,
+    fences: &BTreeMap<String, u64>,
     timeout: Duration,
 ) -> BTreeMap<String, Result<Vec<String>, SshError>> {
     let mut tasks = JoinSet::new();
     for (name, conn) in hosts {
         let (name, conn, project) = (name.clone(), conn.clone(), project.to_string());
+        let fence = fences.get(&name).copied();
         tasks.spawn(async move {
             let r = conn
                 .call(
                     Request::Remove {
                         project,
                         volumes,
-                        fence: None,
+                        fence,
                     },
                     timeout,
                 )

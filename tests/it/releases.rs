@@ -1,0 +1,186 @@
+//! Releases on a 3-host lab fleet (issue 12): every `up` that changes something is a numbered
+//! release recorded on the hosts; a release whose new replicas fail their health check is rolled
+//! back on every host (the untouched pods keep their pids), `up` exits 1 naming what failed with
+//! its last log lines; `rollback --to N` puts back release N's exact specs; a rolling update
+//! replaces one replica at a time (`update_config.parallelism: 1`).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use crate::support::{describe, Lab};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/releases/compose.yaml")
+}
+
+/// `compose-fleet -f FIXTURE -p PROJECT ARGS…` with STAMP and BAD set.
+fn cli(lab: &Lab, project: &str, stamp: &str, bad: bool, args: &[&str]) -> Command {
+    let mut cmd = lab.cli();
+    cmd.arg("-f")
+        .arg(fixture())
+        .args(["-p", project])
+        .args(args)
+        .env("REGISTRY", lab.registry())
+        .env("STAMP", stamp)
+        .env("BAD", if bad { "1" } else { "0" })
+        .env("USER", "releasetester");
+    cmd
+}
+
+fn run(mut cmd: Command) -> Output {
+    cmd.output().expect("runs the CLI")
+}
+
+/// `ps --format json`: `service.replica` → pid, of the running containers.
+fn pids(lab: &Lab, project: &str) -> Vec<(String, u64)> {
+    let out = run(cli(lab, project, "0", false, &["ps", "--format", "json"]));
+    assert!(out.status.success(), "ps: {}", describe(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("ps JSON");
+    let mut pids: Vec<(String, u64)> = rows
+        .iter()
+        .filter(|r| r["state"] == "running")
+        .map(|r| {
+            (
+                format!("{}.{}", r["service"].as_str().unwrap_or("?"), r["replica"]),
+                r["pid"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// `releases --json`: one object per release, newest first.
+fn releases(lab: &Lab, project: &str) -> Vec<serde_json::Value> {
+    let out = run(cli(lab, project, "0", false, &["releases", "--json"]));
+    assert!(out.status.success(), "releases: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON release"))
+        .collect()
+}
+
+/// `plan --detailed-exitcode` of STAMP: 0 when every host runs exactly that file's specs.
+fn plan_code(lab: &Lab, project: &str, stamp: &str) -> Option<i32> {
+    let out = run(cli(
+        lab,
+        project,
+        stamp,
+        false,
+        &["plan", "--detailed-exitcode"],
+    ));
+    out.status.code()
+}
+
+fn summary(r: &serde_json::Value) -> (u64, String) {
+    (
+        r["release"].as_u64().unwrap_or(0),
+        r["status"].as_str().unwrap_or("?").to_string(),
+    )
+}
+
+#[test]
+fn a_release_that_fails_its_health_check_is_rolled_back_on_every_host() {
+    let Some(lab) = Lab::up("releases_rollback", 3) else {
+        return;
+    };
+    const P: &str = "relp";
+    let first = run(cli(&lab, P, "1", false, &["up"]));
+    assert!(first.status.success(), "release 1: {}", describe(&first));
+    let before = pids(&lab, P);
+    assert_eq!(before.len(), 4, "3 web replicas and the cache: {before:?}");
+
+    let started = Instant::now();
+    let bad = run(cli(&lab, P, "2", true, &["up"]));
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    eprintln!("failed release took {took:?}:\n{err}");
+    assert_eq!(bad.status.code(), Some(1), "{}", describe(&bad));
+    assert!(
+        err.contains("unhealthy") && err.contains("`web` replica"),
+        "says what failed and where: {err}"
+    );
+    assert!(
+        err.contains("release 2 is broken"),
+        "shows the failing container's last log lines: {err}"
+    );
+    assert!(
+        err.contains("release 2 failed and was rolled back") && err.contains("on release 1 again"),
+        "says it rolled back: {err}"
+    );
+
+    // Every host runs release 1's exact specs again; the cache was never touched.
+    assert_eq!(
+        plan_code(&lab, P, "1"),
+        Some(0),
+        "the fleet is on release 1"
+    );
+    let after = pids(&lab, P);
+    assert_eq!(after.len(), 4, "{after:?}");
+    let cache = |p: &[(String, u64)]| p.iter().find(|(s, _)| s == "cache.1").cloned();
+    assert_eq!(cache(&after), cache(&before), "the cache kept its pid");
+    let listed: Vec<(u64, String)> = releases(&lab, P).iter().map(summary).collect();
+    assert_eq!(
+        listed,
+        [(2, "rolled_back".to_string()), (1, "succeeded".to_string())]
+    );
+
+    // A run with nothing to change is no release.
+    let noop = run(cli(&lab, P, "1", false, &["up"]));
+    assert!(noop.status.success(), "{}", describe(&noop));
+    assert_eq!(releases(&lab, P).len(), 2, "no release for a no-op up");
+}
+
+#[test]
+fn rollback_to_a_release_restores_its_specs_and_leaves_the_rest_alone() {
+    let Some(lab) = Lab::up("releases_manual", 3) else {
+        return;
+    };
+    const P: &str = "relm";
+    for stamp in ["1", "2"] {
+        let out = run(cli(&lab, P, stamp, false, &["up"]));
+        assert!(out.status.success(), "release {stamp}: {}", describe(&out));
+    }
+    let before = pids(&lab, P);
+    assert_eq!(plan_code(&lab, P, "1"), Some(2), "release 2 differs from 1");
+
+    let started = Instant::now();
+    let back = run(cli(&lab, P, "2", false, &["rollback", "--to", "1"]));
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&back.stderr);
+    eprintln!("rollback --to 1 took {took:?}:\n{err}");
+    assert!(back.status.success(), "rollback: {}", describe(&back));
+    assert!(
+        err.contains("release 3: every host is on release 1's pods again"),
+        "{err}"
+    );
+    // One replica at a time (rollback_config.parallelism: 1): three web batches.
+    assert_eq!(
+        err.matches("rollback batch").count(),
+        3,
+        "one batch per web replica: {err}"
+    );
+    assert_eq!(plan_code(&lab, P, "1"), Some(0), "release 1's exact specs");
+    let after = pids(&lab, P);
+    let cache = |p: &[(String, u64)]| p.iter().find(|(s, _)| s == "cache.1").cloned();
+    assert_eq!(cache(&after), cache(&before), "the cache kept its pid");
+    let listed = releases(&lab, P);
+    assert_eq!(
+        listed.iter().map(summary).collect::<Vec<_>>(),
+        [
+            (3, "succeeded".to_string()),
+            (2, "succeeded".to_string()),
+            (1, "succeeded".to_string())
+        ]
+    );
+    assert_eq!(listed[0]["rollback_of"], 1);
+    // `rollback` with no number goes to the good release before the current one.
+    let unknown = run(cli(&lab, P, "2", false, &["rollback", "--to", "9"]));
+    assert_eq!(unknown.status.code(), Some(1), "{}", describe(&unknown));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("release 9 is not recorded"),
+        "{}",
+        describe(&unknown)
+    );
+}
