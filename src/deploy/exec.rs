@@ -636,8 +636,20 @@ pub fn prepare(
         .filter(|e| managed.contains(&e.from) && managed.contains(&e.to))
         .map(Dependency::from)
         .collect();
-    let flow = Flow::new(&desired, &diff, &deps, flow::Options { wait: opts.wait })
+    let mut flow = Flow::new(&desired, &diff, &deps, flow::Options { wait: opts.wait })
         .map_err(|e| ExecError::User(format!("{e}\n  = help: {}", e.hint())))?;
+    // Rolling updates: each service's replicas replaced `update_config.parallelism` at a time.
+    flow.set_rolling(
+        managed
+            .iter()
+            .map(|s| {
+                (
+                    s.clone(),
+                    super::release::policy(project, s, false).parallelism,
+                )
+            })
+            .collect(),
+    );
     Ok(Prepared {
         desired,
         diff,

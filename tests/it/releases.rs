@@ -184,3 +184,107 @@ fn rollback_to_a_release_restores_its_specs_and_leaves_the_rest_alone() {
         describe(&unknown)
     );
 }
+
+/// `ps --format json` rows of `web`: (replica, state, health).
+fn web_rows(lab: &Lab, project: &str) -> Option<Vec<(u64, String, String)>> {
+    let out = run(cli(lab, project, "0", false, &["ps", "--format", "json"]));
+    if !out.status.success() {
+        return None;
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        rows.iter()
+            .filter(|r| r["service"] == "web")
+            .map(|r| {
+                (
+                    r["replica"].as_u64().unwrap_or(0),
+                    r["state"].as_str().unwrap_or("").to_string(),
+                    r["health"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_rolling_update_replaces_one_replica_at_a_time() {
+    let Some(lab) = Lab::up("releases_rolling", 3) else {
+        return;
+    };
+    const P: &str = "relr";
+    let first = run(cli(&lab, P, "1", false, &["up"]));
+    assert!(first.status.success(), "release 1: {}", describe(&first));
+
+    // Sample `ps` while release 2 rolls out.
+    let started = Instant::now();
+    let child = cli(&lab, P, "2", false, &["up", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs up");
+    let mut samples = Vec::new();
+    let child = {
+        let mut child = child;
+        while child.try_wait().expect("polls").is_none() {
+            if let Some(rows) = web_rows(&lab, P) {
+                samples.push(rows);
+            }
+        }
+        child
+    };
+    let out = child.wait_with_output().expect("waits");
+    let took = started.elapsed();
+    assert!(out.status.success(), "release 2: {}", describe(&out));
+
+    // From the events: a replica is down from its `replace` until its `healthy`; never more
+    // than one at once, and each replace comes after the previous replica turned healthy.
+    let mut down = std::collections::BTreeSet::new();
+    let mut most = 0;
+    let mut replaced = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        match e["event"].as_str() {
+            Some("replace") => {
+                let pod = e["pod"].as_str().unwrap_or("?").to_string();
+                replaced.push(pod.clone());
+                down.insert(pod);
+                most = most.max(down.len());
+            }
+            Some("healthy") if e["service"] == "web" => {
+                down.remove(&format!("web-{}", e["replica"]));
+            }
+            _ => {}
+        }
+    }
+    replaced.sort();
+    assert_eq!(replaced, ["web-1", "web-2", "web-3"], "{}", describe(&out));
+    assert_eq!(most, 1, "at most `parallelism` (1) replica down at once");
+    assert!(
+        down.is_empty(),
+        "every replaced replica turned healthy: {down:?}"
+    );
+
+    // From `ps`, sampled meanwhile: at least two of the three replicas healthy at every sample.
+    let least = samples
+        .iter()
+        .map(|rows| {
+            rows.iter()
+                .filter(|(_, s, h)| s == "running" && h == "healthy")
+                .count()
+        })
+        .min()
+        .unwrap_or(3);
+    eprintln!(
+        "rolling update of 3 replicas (parallelism 1) took {took:?}; {} ps samples, at least {least} healthy in each",
+        samples.len()
+    );
+    assert!(!samples.is_empty(), "ps answered during the rollout");
+    assert!(least >= 2, "never more than one replica down: {samples:?}");
+    let listed: Vec<(u64, String)> = releases(&lab, P).iter().map(summary).collect();
+    assert_eq!(
+        listed,
+        [(2, "succeeded".to_string()), (1, "succeeded".to_string())]
+    );
+}
