@@ -160,7 +160,7 @@ pub fn deploy_key(key: &str) -> Option<Rule> {
         // Rolling updates and whole-release rollbacks (src/deploy/release.rs, flow.rs).
         "rollback_config" => honoured(),
         "update_config" => accepted(
-            "`parallelism` and `failure_action` are honoured (each replaced replica must turn \
+            "only `parallelism` and `failure_action` are (each replaced replica must turn \
              healthy before the next); `order: start-first`, `delay`, `monitor` and \
              `max_failure_ratio` are not yet: a replica is replaced in place, stopped then started",
         ),

@@ -645,6 +645,57 @@ mod tests {
     }
 
     #[test]
+    fn changed_services_come_from_desired_pods_and_from_removed_ones_running() {
+        use crate::deploy::desired::{self, PodInput};
+        use crate::deploy::diff::RemoveReason;
+        use crate::deploy::flow::{Change, Step};
+        let inputs = vec![
+            PodInput {
+                host: "h1".into(),
+                spec: pod("web-1", "web", ""),
+                networks: vec![],
+            },
+            PodInput {
+                host: "h1".into(),
+                spec: pod("db-1", "db", ""),
+                networks: vec![],
+            },
+        ];
+        let all: BTreeSet<String> = ["web", "db", "old"].map(String::from).into();
+        let desired = desired::build(inputs, &BTreeMap::new(), all.clone(), all).expect("desired");
+        let step = |pod: &str, change| Step {
+            host: "h1".into(),
+            pod: pod.into(),
+            change,
+            waits_for: vec![],
+        };
+        let steps = [
+            step("web-1", Change::Replace),
+            step("old-1", Change::Remove(RemoveReason::Orphan)),
+        ];
+        let observed = BTreeMap::from([("h1".to_string(), vec![status("old-1", "old", "o")])]);
+        assert_eq!(
+            changed_services(&steps, &desired, &observed),
+            ["old", "web"]
+        );
+        assert!(changed_services(&[], &desired, &observed).is_empty());
+    }
+
+    #[test]
+    fn new_records_cover_every_host_and_strip_secrets() {
+        let head = record(4, ReleaseStatus::InProgress);
+        let pods = BTreeMap::from([("h1".to_string(), vec![pod("web-1", "web", "x")])]);
+        let records = new_records(&pods, &["h1".into(), "h2".into()], &head);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records["h1"].pods.len(), 1);
+        assert!(
+            records["h2"].pods.is_empty(),
+            "a host without pods records an empty set"
+        );
+        assert_eq!(records["h2"].number, 4);
+    }
+
+    #[test]
     fn numbers_grow_past_the_highest_any_host_recorded() {
         assert_eq!(next_number([]), 1);
         let a = record(3, ReleaseStatus::Succeeded);

@@ -90,12 +90,17 @@ fn a_release_that_fails_its_health_check_is_rolled_back_on_every_host() {
     assert!(first.status.success(), "release 1: {}", describe(&first));
     let before = pids(&lab, P);
     assert_eq!(before.len(), 4, "3 web replicas and the cache: {before:?}");
+    let cache = |p: &[(String, u64)]| p.iter().find(|(s, _)| s == "cache.1").cloned();
 
+    // Release 2 replaces every replica at once (PAR=3): all three hosts change, all fail, and
+    // all three go back, one at a time (rollback_config.parallelism: 1).
     let started = Instant::now();
-    let bad = run(cli(&lab, P, "2", true, &["up"]));
+    let mut bad = cli(&lab, P, "2", true, &["up"]);
+    bad.env("PAR", "3");
+    let bad = run(bad);
     let took = started.elapsed();
     let err = String::from_utf8_lossy(&bad.stderr);
-    eprintln!("failed release took {took:?}:\n{err}");
+    eprintln!("failed release (3 hosts changed) took {took:?}:\n{err}");
     assert_eq!(bad.status.code(), Some(1), "{}", describe(&bad));
     assert!(
         err.contains("unhealthy") && err.contains("`web` replica"),
@@ -106,10 +111,15 @@ fn a_release_that_fails_its_health_check_is_rolled_back_on_every_host() {
         "shows the failing container's last log lines: {err}"
     );
     assert!(
-        err.contains("release 2 failed and was rolled back") && err.contains("on release 1 again"),
-        "says it rolled back: {err}"
+        err.contains("release 2 failed and was rolled back")
+            && err.contains("on release 1 again (3 pods restored"),
+        "says it rolled back all three: {err}"
     );
-
+    assert_eq!(
+        err.matches("rollback batch").count(),
+        3,
+        "one at a time: {err}"
+    );
     // Every host runs release 1's exact specs again; the cache was never touched.
     assert_eq!(
         plan_code(&lab, P, "1"),
@@ -118,18 +128,46 @@ fn a_release_that_fails_its_health_check_is_rolled_back_on_every_host() {
     );
     let after = pids(&lab, P);
     assert_eq!(after.len(), 4, "{after:?}");
-    let cache = |p: &[(String, u64)]| p.iter().find(|(s, _)| s == "cache.1").cloned();
     assert_eq!(cache(&after), cache(&before), "the cache kept its pid");
+
+    // Release 3, rolled one replica at a time (PAR=1): the first replica fails, the rollout
+    // stops there, only that host goes back, and the other replicas keep their pids.
+    let before = after;
+    let bad = run(cli(&lab, P, "3", true, &["up"]));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    eprintln!("failed release (1 host changed):\n{err}");
+    assert_eq!(bad.status.code(), Some(1), "{}", describe(&bad));
+    assert!(
+        err.contains("release 3 failed and was rolled back")
+            && err.contains("on release 1 again (1 pod restored"),
+        "{err}"
+    );
+    assert_eq!(
+        plan_code(&lab, P, "1"),
+        Some(0),
+        "the fleet is on release 1"
+    );
+    let after = pids(&lab, P);
+    let kept: Vec<&(String, u64)> = after.iter().filter(|p| before.contains(p)).collect();
+    assert_eq!(
+        kept.len(),
+        3,
+        "only the failed replica restarted: {before:?} → {after:?}"
+    );
+
     let listed: Vec<(u64, String)> = releases(&lab, P).iter().map(summary).collect();
     assert_eq!(
         listed,
-        [(2, "rolled_back".to_string()), (1, "succeeded".to_string())]
+        [
+            (3, "rolled_back".to_string()),
+            (2, "rolled_back".to_string()),
+            (1, "succeeded".to_string())
+        ]
     );
-
     // A run with nothing to change is no release.
     let noop = run(cli(&lab, P, "1", false, &["up"]));
     assert!(noop.status.success(), "{}", describe(&noop));
-    assert_eq!(releases(&lab, P).len(), 2, "no release for a no-op up");
+    assert_eq!(releases(&lab, P).len(), 3, "no release for a no-op up");
 }
 
 #[test]
@@ -282,9 +320,24 @@ fn a_rolling_update_replaces_one_replica_at_a_time() {
     );
     assert!(!samples.is_empty(), "ps answered during the rollout");
     assert!(least >= 2, "never more than one replica down: {samples:?}");
+
+    // For comparison (a figure, not an assertion): every replica at once (PAR=3).
+    let started = Instant::now();
+    let mut all = cli(&lab, P, "3", false, &["up"]);
+    all.env("PAR", "3");
+    let all = run(all);
+    assert!(all.status.success(), "release 3: {}", describe(&all));
+    eprintln!(
+        "the same update with parallelism 3 took {:?}",
+        started.elapsed()
+    );
     let listed: Vec<(u64, String)> = releases(&lab, P).iter().map(summary).collect();
     assert_eq!(
         listed,
-        [(2, "succeeded".to_string()), (1, "succeeded".to_string())]
+        [
+            (3, "succeeded".to_string()),
+            (2, "succeeded".to_string()),
+            (1, "succeeded".to_string())
+        ]
     );
 }
