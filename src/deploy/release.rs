@@ -429,6 +429,29 @@ pub fn scope<'a>(records: impl IntoIterator<Item = &'a ReleaseRecord>) -> BTreeS
         .collect()
 }
 
+/// Records left "in progress" by a deploy that died (killed, or cut off past its lease): seen
+/// under the deploy lock, nobody is still making them. Each comes back marked failed, saying so.
+pub fn abandoned(per_host: &BTreeMap<String, Vec<ReleaseRecord>>) -> Vec<(String, ReleaseRecord)> {
+    per_host
+        .iter()
+        .flat_map(|(host, records)| {
+            records
+                .iter()
+                .filter(|r| r.status == ReleaseStatus::InProgress)
+                .map(move |r| {
+                    let mut r = r.clone();
+                    r.status = ReleaseStatus::Failed;
+                    r.message = Some(
+                        "the deploy that made it ended without saying how it went (killed, or \
+                         cut off past its lease); the next release took over from what runs"
+                            .into(),
+                    );
+                    (host.clone(), r)
+                })
+        })
+        .collect()
+}
+
 /// What one release records on each host: `pods` (host → its desired pods; a host of `hosts`
 /// without any gets an empty record), secrets replaced by their hashes, in progress.
 pub fn new_records(
@@ -693,6 +716,30 @@ mod tests {
             "a host without pods records an empty set"
         );
         assert_eq!(records["h2"].number, 4);
+    }
+
+    #[test]
+    fn records_a_dead_deploy_left_in_progress_come_back_failed() {
+        let per_host = BTreeMap::from([
+            (
+                "h1".to_string(),
+                vec![
+                    record(2, ReleaseStatus::InProgress),
+                    record(1, ReleaseStatus::Succeeded),
+                ],
+            ),
+            ("h2".to_string(), vec![record(1, ReleaseStatus::Succeeded)]),
+        ]);
+        let fixed = abandoned(&per_host);
+        assert_eq!(fixed.len(), 1);
+        assert_eq!((fixed[0].0.as_str(), fixed[0].1.number), ("h1", 2));
+        assert_eq!(fixed[0].1.status, ReleaseStatus::Failed);
+        assert!(fixed[0]
+            .1
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("killed"));
     }
 
     #[test]

@@ -444,6 +444,16 @@ pub async fn begin(
             "host `{host}` could not list its releases ({why}); nothing was changed"
         ));
     }
+    // Under the lock, a record still "in progress" belongs to a deploy that died.
+    for (host, stale) in release::abandoned(&history) {
+        let one = BTreeMap::from([(host, stale)]);
+        let failed = self::record(hosts, one, head.keep, fences, timeout).await;
+        if let Some((host, why)) = failed.into_iter().next() {
+            return Err(format!(
+                "host `{host}` could not update its releases ({why}); nothing was changed"
+            ));
+        }
+    }
     let number = release::next_number(history.values().flatten());
     let owner = super::lock::owner();
     let record = ReleaseRecord {
