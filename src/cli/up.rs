@@ -346,6 +346,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         }
         // The flow stops new work on the first SIGINT and waits for what is in flight.
         let _graceful = lifetime::graceful_interrupt();
+        let deploy_started = Instant::now();
+        let monitored_specs: BTreeMap<(String, String), crate::proto::PodSpec> = prepared
+            .desired
+            .pods()
+            .map(|p| ((p.host.clone(), p.name.clone()), p.spec.clone()))
+            .collect();
         let summary = exec::run(
             &connected.hosts,
             &networks,
@@ -357,10 +363,21 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         )
         .await;
         // A failed release goes back to the previous one on every host that changed.
+        let target = rollout::Target {
+            hosts: &connected.hosts,
+            networks: &networks,
+            project: &project.name,
+            fences: &opts.fences,
+            registry_auth: &opts.registry_auth,
+            insecure: &insecure,
+            request_timeout: opts.request_timeout,
+            ready_timeout: Duration::from_secs(120),
+            poll: opts.poll,
+        };
         let outcome = match &begun {
             None => None,
             Some(begun) => {
-                let failure = (!summary.ok()).then(|| {
+                let mut failure = (!summary.ok()).then(|| {
                     summary
                         .failures
                         .iter()
@@ -368,6 +385,23 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                         .collect::<Vec<_>>()
                         .join("; ")
                 });
+                // `monitor`: what the release changed must stay healthy for what is left of its
+                // services' monitor window (never shorter than their health check needs).
+                if failure.is_none() {
+                    let (pods, window) = release::monitored(project, &steps, &monitored_specs);
+                    let left = window.saturating_sub(deploy_started.elapsed());
+                    if !left.is_zero() && !pods.is_empty() {
+                        output::status(&format!(
+                            "monitoring {} changed pod{} for {:.1}s more (`update_config.monitor`)",
+                            pods.len(),
+                            if pods.len() == 1 { "" } else { "s" },
+                            left.as_secs_f64()
+                        ));
+                        if let Err(why) = rollout::watch(&target, &pods, left).await {
+                            failure = Some(why);
+                        }
+                    }
+                }
                 if failure.is_some() && begun.previous.is_some() {
                     output::status(&format!(
                         "release {} failed; rolling every host that changed back to release {}",
@@ -375,22 +409,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                         begun.previous.unwrap_or_default()
                     ));
                 }
-                let target = rollout::Target {
-                    hosts: &connected.hosts,
-                    networks: &networks,
-                    project: &project.name,
-                    fences: &opts.fences,
-                    registry_auth: &opts.registry_auth,
-                    insecure: &insecure,
-                    request_timeout: opts.request_timeout,
-                    ready_timeout: Duration::from_secs(120),
-                    poll: opts.poll,
-                };
                 let order: Vec<String> =
                     checked.graph.order().into_iter().map(String::from).collect();
                 let secrets = release::secrets_by_hash(&opts.files.secrets);
                 Some((
                     begun.number,
+                    failure.clone(),
                     rollout::settle(
                         &target,
                         begun,
@@ -426,11 +450,18 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         }
         Ok((summary, outcome)) => {
             render.finish(&summary, started.elapsed());
+            // A failure the flow did not see (the monitor window's) is said here.
+            if let Some((_, Some(why), _)) = &outcome {
+                if summary.ok() {
+                    output::error(why);
+                }
+            }
+            let released = matches!(outcome, None | Some((_, _, rollout::Outcome::Succeeded)));
             match outcome {
-                Some((n, rollout::Outcome::Succeeded)) => {
+                Some((n, _, rollout::Outcome::Succeeded)) => {
                     output::status(&format!("release {n} recorded on every host"))
                 }
-                Some((n, rollout::Outcome::RolledBack { to, changed, took })) => {
+                Some((n, _, rollout::Outcome::RolledBack { to, changed, took })) => {
                     output::error(&format!(
                         "release {n} failed and was rolled back: every host that changed is on release {to} again ({} pod{} restored in {:.1}s: {})",
                         changed.len(),
@@ -439,7 +470,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                         changed.join(", ")
                     ));
                 }
-                Some((n, rollout::Outcome::Left(why))) => {
+                Some((n, _, rollout::Outcome::Left(why))) => {
                     output::error(&format!("release {n} failed and is left as it is: {why}"))
                 }
                 None => {}
@@ -451,7 +482,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                 output::warning(&format!("cannot write the GitHub step summary: {e}"));
             }
             *summary_written = true;
-            u8::from(!summary.ok())
+            u8::from(!summary.ok() || !released)
         }
     };
     if unreachable > 0 {

@@ -1304,7 +1304,7 @@ async fn poll(
 }
 
 /// The last lines a container wrote, for a failure report; empty when they cannot be read.
-async fn last_logs(conn: &HostConn, project: &str, at: &At, timeout: Duration) -> Vec<String> {
+pub async fn last_logs(conn: &HostConn, project: &str, at: &At, timeout: Duration) -> Vec<String> {
     let request = Request::Logs(LogsRequest {
         project: project.to_string(),
         services: vec![at.service.clone()],

@@ -326,7 +326,8 @@ pub enum FailureAction {
 /// The policy for `service` from its `update_config` (or `rollback_config`), with defaults that
 /// serve users: parallelism 1, start-first unless the service publishes a host port (two copies
 /// cannot hold it), rollback on failure, and a monitor never shorter than the health check needs
-/// to pass (`start_period + interval × retries`, or 5 s without a health check).
+/// to fail after it passed once (`start_period + interval × retries`; nothing without a health
+/// check, where `monitor` is only what the file says: no wait is added to every deploy).
 pub fn policy(project: &Project, service: &str, rollback: bool) -> Policy {
     let svc = project.services.get(service);
     let cfg: UpdateConfig = svc
@@ -351,7 +352,7 @@ pub fn policy(project: &Project, service: &str, rollback: bool) -> Policy {
                 .unwrap_or_default()
                 .saturating_add(interval.saturating_mul(retries))
         })
-        .unwrap_or(Duration::from_secs(5));
+        .unwrap_or_default();
     let start_first = match cfg.order.as_deref() {
         Some("stop-first") => false,
         Some("start-first") => !publishes,
@@ -488,6 +489,31 @@ pub fn changed_services(
         }
     }
     out.into_iter().collect()
+}
+
+/// The pods a release's `steps` create, replace or restart (their specs from `specs`, keyed by
+/// host and pod), and how long to monitor them: the longest `monitor` of their services.
+pub fn monitored(
+    project: &Project,
+    steps: &[super::flow::Step],
+    specs: &BTreeMap<(String, String), PodSpec>,
+) -> (Vec<(String, PodSpec)>, Duration) {
+    use super::flow::Change;
+    let mut pods = Vec::new();
+    let mut window = Duration::ZERO;
+    for s in steps {
+        if matches!(s.change, Change::Remove(_)) {
+            continue;
+        }
+        let Some(spec) = specs.get(&(s.host.clone(), s.pod.clone())) else {
+            continue;
+        };
+        for c in &spec.containers {
+            window = window.max(policy(project, &c.service, false).monitor);
+        }
+        pods.push((s.host.clone(), spec.clone()));
+    }
+    (pods, window)
 }
 
 /// Where a pod that was just applied stands, from its host's `Status`.
@@ -743,6 +769,67 @@ mod tests {
     }
 
     #[test]
+    fn the_monitored_pods_are_those_changed_and_the_window_the_longest_monitor() {
+        use crate::deploy::diff::RemoveReason;
+        use crate::deploy::flow::{Change, Step};
+        let yaml = r#"
+services:
+  web:
+    image: x
+    healthcheck: {test: ["CMD", "true"], interval: 1s, retries: 2}
+    deploy: {update_config: {monitor: 9s}}
+  api:
+    image: x
+"#;
+        let fs = crate::compose::MemoryFs::new().with("/p/compose.yaml", yaml);
+        let mut opts = crate::compose::LoadOptions::for_file("/p/compose.yaml");
+        opts.project_name = Some("t".into());
+        let project = crate::compose::load(&opts, &crate::compose::Environment::new(), &fs)
+            .expect("loads")
+            .project;
+        let specs = BTreeMap::from([
+            (
+                ("h1".to_string(), "web-1".to_string()),
+                pod("web-1", "web", "w"),
+            ),
+            (
+                ("h1".to_string(), "api-1".to_string()),
+                pod("api-1", "api", "a"),
+            ),
+        ]);
+        let step = |pod: &str, change| Step {
+            host: "h1".into(),
+            pod: pod.into(),
+            change,
+            waits_for: vec![],
+        };
+        let (pods, window) = monitored(
+            &project,
+            &[
+                step("api-1", Change::Create),
+                step("old-1", Change::Remove(RemoveReason::Orphan)),
+            ],
+            &specs,
+        );
+        assert_eq!(pods.len(), 1);
+        assert_eq!(
+            window,
+            Duration::ZERO,
+            "no health check, no monitor: no wait"
+        );
+        let (pods, window) = monitored(
+            &project,
+            &[
+                step("api-1", Change::Create),
+                step("web-1", Change::Replace),
+            ],
+            &specs,
+        );
+        assert_eq!(pods.len(), 2);
+        assert_eq!(window, Duration::from_secs(9));
+    }
+
+    #[test]
     fn numbers_grow_past_the_highest_any_host_recorded() {
         assert_eq!(next_number([]), 1);
         let a = record(3, ReleaseStatus::Succeeded);
@@ -974,7 +1061,7 @@ services:
                 api.monitor,
                 api.failure_action
             ),
-            (1, true, Duration::from_secs(5), FailureAction::Rollback)
+            (1, true, Duration::ZERO, FailureAction::Rollback)
         );
     }
 }

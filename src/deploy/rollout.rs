@@ -300,10 +300,9 @@ async fn wait_ready(
                 }),
                 Readiness::Pending => still.push(item),
                 Readiness::Failed { container, reason } => {
-                    return Err(format!(
-                        "`{container}` of pod `{}` on `{host}`: {reason}",
-                        pod.name
-                    ))
+                    let message =
+                        format!("`{container}` of pod `{}` on `{host}`: {reason}", pod.name);
+                    return Err(with_logs(target, host, &container, message).await);
                 }
             }
         }
@@ -326,8 +325,40 @@ async fn wait_ready(
     }
 }
 
-/// Watches ready pods for `window`: any that stops being ready fails the rollout.
-async fn watch(
+/// `message` followed by the last lines the container (`service.replica`) on `host` wrote.
+async fn with_logs(target: &Target<'_>, host: &str, container: &str, message: String) -> String {
+    let (Some(conn), Some((service, replica))) = (
+        target.hosts.get(host),
+        container
+            .rsplit_once('.')
+            .and_then(|(s, r)| Some((s.to_string(), r.parse::<u32>().ok()?))),
+    ) else {
+        return message;
+    };
+    let at = super::flow::At {
+        host: host.to_string(),
+        service,
+        replica,
+    };
+    let lines = super::exec::last_logs(conn, target.project, &at, target.request_timeout).await;
+    if lines.is_empty() {
+        return message;
+    }
+    format!(
+        "{message}\n  last log lines of {at}:\n{}",
+        lines
+            .iter()
+            .map(|l| format!("    | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+/// Watches ready pods for `window`: any that stops being ready fails the rollout. `up` runs it
+/// over the pods a release changed, for what is left of their services' `monitor`, so a replica
+/// that turns unhealthy (or crashes) soon after it passed fails the release, which is then
+/// rolled back.
+pub async fn watch(
     target: &Target<'_>,
     pods: &[(String, PodSpec)],
     window: Duration,
@@ -341,10 +372,11 @@ async fn watch(
             if let Readiness::Failed { container, reason } =
                 release::readiness(running, &pod.name, &pod.spec_hash)
             {
-                return Err(format!(
+                let message = format!(
                     "`{container}` of pod `{}` on `{host}` failed within its monitor window: {reason}",
                     pod.name
-                ));
+                );
+                return Err(with_logs(target, host, &container, message).await);
             }
         }
         tokio::time::sleep(

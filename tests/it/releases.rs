@@ -341,3 +341,46 @@ fn a_rolling_update_replaces_one_replica_at_a_time() {
         ]
     );
 }
+
+/// `update_config.monitor`: replicas that pass their health check and break 3 s later, inside
+/// the monitor window, fail the release after the flow said they were healthy; it is rolled back.
+#[test]
+fn a_replica_failing_inside_its_monitor_window_fails_and_rolls_back_the_release() {
+    let Some(lab) = Lab::up("releases_monitor", 3) else {
+        return;
+    };
+    const P: &str = "relw";
+    let first = run(cli(&lab, P, "1", false, &["up"]));
+    assert!(first.status.success(), "release 1: {}", describe(&first));
+    let mut late = cli(&lab, P, "2", false, &["up"]);
+    late.env("BAD", "late")
+        .env("PAR", "3")
+        .env("MONITOR", "12s");
+    let started = Instant::now();
+    let late = run(late);
+    let err = String::from_utf8_lossy(&late.stderr);
+    eprintln!("late-failing release took {:?}:\n{err}", started.elapsed());
+    assert_eq!(late.status.code(), Some(1), "{}", describe(&late));
+    assert!(
+        err.contains("failed within its monitor window") && err.contains("unhealthy"),
+        "{err}"
+    );
+    assert!(
+        err.contains("release 2 broke late"),
+        "with its last log lines: {err}"
+    );
+    assert!(
+        err.contains("release 2 failed and was rolled back"),
+        "{err}"
+    );
+    assert_eq!(
+        plan_code(&lab, P, "1"),
+        Some(0),
+        "the fleet is on release 1"
+    );
+    let listed: Vec<(u64, String)> = releases(&lab, P).iter().map(summary).collect();
+    assert_eq!(
+        listed,
+        [(2, "rolled_back".to_string()), (1, "succeeded".to_string())]
+    );
+}
