@@ -492,7 +492,9 @@ pub fn changed_services(
 }
 
 /// The pods a release's `steps` create, replace or restart (their specs from `specs`, keyed by
-/// host and pod), and how long to monitor them: the longest `monitor` of their services.
+/// host and pod), and how long to monitor them: the longest `update_config.monitor` their
+/// services set. Without one there is no extra wait: the health gate already waited for each
+/// health check to pass, which is what a default monitor would be there for.
 pub fn monitored(
     project: &Project,
     steps: &[super::flow::Step],
@@ -509,7 +511,17 @@ pub fn monitored(
             continue;
         };
         for c in &spec.containers {
-            window = window.max(policy(project, &c.service, false).monitor);
+            let set = project
+                .services
+                .get(&c.service)
+                .and_then(|s| s.deploy.as_ref())
+                .and_then(|d| d.update_config.as_ref())
+                .and_then(|u| u.monitor)
+                .map(|m| m.0);
+            // Never shorter than the health check needs, once a monitor is asked for.
+            if let Some(m) = set {
+                window = window.max(m.max(policy(project, &c.service, false).monitor));
+            }
         }
         pods.push((s.host.clone(), spec.clone()));
     }
@@ -780,6 +792,13 @@ services:
     deploy: {update_config: {monitor: 9s}}
   api:
     image: x
+  db:
+    image: x
+    healthcheck: {test: ["CMD", "true"], interval: 5s, retries: 3}
+    deploy: {update_config: {monitor: 1s}}
+  cache:
+    image: x
+    healthcheck: {test: ["CMD", "true"], interval: 5s, retries: 3}
 "#;
         let fs = crate::compose::MemoryFs::new().with("/p/compose.yaml", yaml);
         let mut opts = crate::compose::LoadOptions::for_file("/p/compose.yaml");
@@ -788,6 +807,14 @@ services:
             .expect("loads")
             .project;
         let specs = BTreeMap::from([
+            (
+                ("h1".to_string(), "db-1".to_string()),
+                pod("db-1", "db", "d"),
+            ),
+            (
+                ("h1".to_string(), "cache-1".to_string()),
+                pod("cache-1", "cache", "c"),
+            ),
             (
                 ("h1".to_string(), "web-1".to_string()),
                 pod("web-1", "web", "w"),
@@ -827,6 +854,15 @@ services:
         );
         assert_eq!(pods.len(), 2);
         assert_eq!(window, Duration::from_secs(9));
+        let (pods, window) = monitored(&project, &[step("cache-1", Change::Replace)], &specs);
+        assert_eq!(pods.len(), 1);
+        assert_eq!(window, Duration::ZERO, "a health check alone adds no wait");
+        let (_, window) = monitored(&project, &[step("db-1", Change::Replace)], &specs);
+        assert_eq!(
+            window,
+            Duration::from_secs(15),
+            "a monitor asked for covers 5s × 3"
+        );
     }
 
     #[test]
