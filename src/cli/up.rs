@@ -66,8 +66,9 @@ pub struct Args {
     /// Accepted for docker compose compatibility: `up` always returns once deployed
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Return only once every container this run started is healthy (with a healthcheck) or
-    /// running (without), or has exited 0; an unhealthy container or a non-zero exit fails `up`
+    /// Kept for docker compose's users: `up` always returns only once every container it
+    /// started is healthy (with a healthcheck) or running (without), or has exited 0; an
+    /// unhealthy container or a non-zero exit fails the release, which is rolled back
     #[arg(long)]
     pub wait: bool,
     /// Build images before deploying (default: build only services never built)
