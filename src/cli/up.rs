@@ -189,6 +189,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         wait: true,
         files: exec::read_files(project).map_err(|e| failure(e, &checked.loaded.sources))?,
         registry_auth: registry_auth(project),
+        update_delay: project
+            .services
+            .keys()
+            .map(|s| (s.clone(), release::policy(project, s, false).delay))
+            .filter(|(_, d)| !d.is_zero())
+            .collect(),
         ..exec::Options::default()
     };
     let insecure: Vec<String> = fleet

@@ -160,8 +160,8 @@ pub fn deploy_key(key: &str) -> Option<Rule> {
         // Rolling updates and whole-release rollbacks (src/deploy/release.rs, flow.rs).
         "rollback_config" => honoured(),
         "update_config" => accepted(
-            "only `parallelism`, `monitor` and `failure_action` are (each replaced replica must \
-             turn healthy before the next); `order: start-first`, `delay` and \
+            "only `parallelism`, `delay`, `monitor` and `failure_action` are (each replaced \
+             replica must turn healthy before the next); `order: start-first` and \
              `max_failure_ratio` are not yet: a replica is replaced in place, stopped then started",
         ),
         "endpoint_mode" => accepted("service names resolve to every healthy replica (dnsrr)"),

@@ -63,6 +63,9 @@ pub struct Options {
     /// Says why once the deploy lock is lost (a renewal refused: another deploy holds it now);
     /// the run then stops as at its deadline.
     pub lease_lost: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    /// `update_config.delay` per service: a replica replaced after another of its service in
+    /// the same run waits this long first (the old one serves meanwhile).
+    pub update_delay: BTreeMap<String, Duration>,
 }
 
 impl Default for Options {
@@ -79,6 +82,7 @@ impl Default for Options {
             registry_auth: BTreeMap::new(),
             fences: BTreeMap::new(),
             lease_lost: None,
+            update_delay: BTreeMap::new(),
         }
     }
 }
@@ -837,6 +841,10 @@ pub async fn run(
     let (pulled_tx, mut pulled) = mpsc::channel::<Event>(256);
     let mut pulls: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut pulling: JoinSet<()> = JoinSet::new();
+    // Services of which a replica was already replaced in this run (for `update_config.delay`).
+    let mut rolled: BTreeSet<String> = BTreeSet::new();
+    // Set at the first failure or abort: a replace still waiting out its delay is not sent.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         for (host, images) in std::mem::take(&mut pulls) {
             let Some(conn) = hosts.get(&host).cloned() else {
@@ -879,6 +887,15 @@ pub async fn run(
                         });
                         continue;
                     };
+                    let mut delay = Duration::ZERO;
+                    if matches!(action, Action::Replace { .. }) {
+                        for c in &spec.containers {
+                            if !rolled.insert(c.service.clone()) {
+                                let d = opts.update_delay.get(&c.service).copied();
+                                delay = delay.max(d.unwrap_or_default());
+                            }
+                        }
+                    }
                     let network = networks.get(&host);
                     let req = apply_pods(
                         project,
@@ -901,7 +918,22 @@ pub async fn run(
                         )
                     });
                     let timeout = opts.request_timeout;
+                    // `delay` between the replicas of a service: the next one waits; the old
+                    // copy keeps serving until its replacement is applied.
+                    let stopping = stopping.clone();
                     tasks.spawn(async move {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                            if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                                return Answer::Event(Event::ActionFailed {
+                                    host,
+                                    pod,
+                                    reason:
+                                        "not replaced: the deploy stopped during its update delay"
+                                            .into(),
+                                });
+                            }
+                        }
                         let result = async {
                             if let Some(first) = first {
                                 conn.call(first, timeout).await?;
@@ -950,7 +982,10 @@ pub async fn run(
                     });
                 }
                 Action::Warn(w) => emit(Progress::Warning(w)),
-                Action::Fail(f) => emit(Progress::Failed(f)),
+                Action::Fail(f) => {
+                    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                    emit(Progress::Failed(f))
+                }
                 Action::Done(summary) => {
                     emit(Progress::Done(summary.clone()));
                     return summary;

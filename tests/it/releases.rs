@@ -331,10 +331,49 @@ fn a_rolling_update_replaces_one_replica_at_a_time() {
         "the same update with parallelism 3 took {:?}",
         started.elapsed()
     );
+
+    // `delay: 2s`: each next replica starts at least 2 s after the previous one turned healthy.
+    let mut delayed = cli(&lab, P, "4", false, &["up", "--json"]);
+    delayed.env("DELAY", "2s");
+    let delayed = run(delayed);
+    assert!(
+        delayed.status.success(),
+        "release 4: {}",
+        describe(&delayed)
+    );
+    let mut healthy = Vec::new();
+    let mut started = Vec::new();
+    for line in String::from_utf8_lossy(&delayed.stdout).lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let t = e["time_ms"].as_u64().unwrap_or(0);
+        match e["event"].as_str() {
+            Some("healthy") => healthy.push(t),
+            Some("started") => started.push(t),
+            _ => {}
+        }
+    }
+    started.sort_unstable();
+    assert_eq!(started.len(), 3, "{}", describe(&delayed));
+    for s in &started[1..] {
+        let before = healthy
+            .iter()
+            .filter(|h| *h <= s)
+            .max()
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            s - before >= 2000,
+            "a replica started {} ms after the previous turned healthy, under the 2 s delay",
+            s - before
+        );
+    }
     let listed: Vec<(u64, String)> = releases(&lab, P).iter().map(summary).collect();
     assert_eq!(
         listed,
         [
+            (4, "succeeded".to_string()),
             (3, "succeeded".to_string()),
             (2, "succeeded".to_string()),
             (1, "succeeded".to_string())
