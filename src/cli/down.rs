@@ -1,5 +1,6 @@
 //! `compose-fleet down`: stop and remove the project's pods on every host, in parallel (one
-//! `Remove` per host), and its named volumes with `--volumes`. Exit 1 when a host could not be
+//! `Remove` per host, under the deploy lock, with its fencing number), and its named volumes
+//! with `--volumes`. Exit 1 when a host could not be
 //! reached or refused: something of the project may still run there.
 
 use std::process::ExitCode;
@@ -20,6 +21,9 @@ pub struct Args {
     /// orphans included
     #[arg(long)]
     pub remove_orphans: bool,
+    /// When another deploy of this project holds the deploy lock, wait this long for it
+    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration)]
+    pub lock_wait: Option<Duration>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -40,13 +44,28 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             })
             .await?;
             failed += connected.unreachable.len();
-            Ok(exec::remove_all(
+            // One deploy at a time, `down` included: it takes the deploy lock as `up` does, and
+            // every removal carries the fencing number, so a `down` that lost its lease (paused
+            // past its TTL) removes nothing another deploy has put there since.
+            let held = crate::deploy::lock::acquire(
+                &connected.hosts,
+                name,
+                crate::deploy::lock::owner(),
+                Duration::from_secs(30),
+                args.lock_wait.unwrap_or_default(),
+                args.conn.ssh_options().command_timeout,
+            )
+            .await?;
+            let removed = exec::remove_all(
                 &connected.hosts,
                 name,
                 args.volumes,
+                &held.fences,
                 Duration::from_secs(120),
             )
-            .await)
+            .await;
+            held.release(args.conn.ssh_options().command_timeout).await;
+            Ok(removed)
         })
         .map_err(|e| failure(e, &checked.loaded.sources))?;
     for (host, result) in results {

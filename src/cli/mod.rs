@@ -27,6 +27,7 @@ pub mod plan;
 pub mod project;
 pub mod ps;
 pub mod push;
+pub mod releases;
 pub mod table;
 pub mod up;
 
@@ -133,6 +134,10 @@ pub enum Command {
     Exec(exec::Args),
     /// Stop and remove the project's pods
     Down(down::Args),
+    /// List the project's numbered releases, as the hosts recorded them
+    Releases(releases::ListArgs),
+    /// Put every host back on a recorded release (default: the one before the current)
+    Rollback(releases::RollbackArgs),
     /// Stop the project's containers in place (`start` starts them again)
     Stop(control::Args),
     /// Start the project's stopped containers
@@ -160,6 +165,8 @@ fn command_name(command: &Command) -> &'static str {
         Command::Logs(_) => "logs",
         Command::Exec(_) => "exec",
         Command::Down(_) => "down",
+        Command::Releases(_) => "releases",
+        Command::Rollback(_) => "rollback",
         Command::Stop(_) => "stop",
         Command::Start(_) => "start",
         Command::Restart(_) => "restart",
@@ -198,7 +205,13 @@ pub fn main() -> ExitCode {
     // reaches a message).
     if matches!(
         cli.command,
-        Command::Up(_) | Command::Plan(_) | Command::Ps(_) | Command::Down(_) | Command::Hosts(_)
+        Command::Up(_)
+            | Command::Plan(_)
+            | Command::Ps(_)
+            | Command::Down(_)
+            | Command::Hosts(_)
+            | Command::Releases(_)
+            | Command::Rollback(_)
     ) {
         if let Err(e) = crate::ssh::key_from_env() {
             output::error(&e);
@@ -217,6 +230,8 @@ pub fn main() -> ExitCode {
         Command::Logs(a) => logs::run(&cli.global, a),
         Command::Exec(a) => exec::run(&cli.global, a),
         Command::Down(a) => down::run(&cli.global, a),
+        Command::Releases(a) => releases::list(&cli.global, a),
+        Command::Rollback(a) => releases::rollback(&cli.global, a),
         Command::Stop(a) => control::run(control::Verb::Stop, &cli.global, a),
         Command::Start(a) => control::run(control::Verb::Start, &cli.global, a),
         Command::Restart(a) => control::run(control::Verb::Restart, &cli.global, a),

@@ -20,6 +20,7 @@ use crate::deploy::diff::RemoveReason;
 use crate::deploy::exec::{self, ExecError, Progress};
 use crate::deploy::flow::{Action, Change, Event, Step, Summary};
 use crate::deploy::lock;
+use crate::deploy::{release, rollout};
 use crate::graph::condition_str;
 use crate::inventory::Fleet;
 use crate::lifetime;
@@ -65,8 +66,9 @@ pub struct Args {
     /// Accepted for docker compose compatibility: `up` always returns once deployed
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Return only once every container this run started is healthy (with a healthcheck) or
-    /// running (without), or has exited 0; an unhealthy container or a non-zero exit fails `up`
+    /// Kept for docker compose's users: `up` always returns only once every container it
+    /// started is healthy (with a healthcheck) or running (without), or has exited 0; an
+    /// unhealthy container or a non-zero exit fails the release, which is rolled back
     #[arg(long)]
     pub wait: bool,
     /// Build images before deploying (default: build only services never built)
@@ -185,9 +187,18 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         remove_orphans: args.remove_orphans,
         services: args.services.clone(),
         timeout: Duration::from_secs(300),
-        wait: args.wait,
+        // Releases are health-gated: `up` ends only once what it started is healthy (with a
+        // health check), running, or exited 0, and anything else fails the release (which is
+        // then rolled back). `--wait` is kept for docker compose's users.
+        wait: true,
         files: exec::read_files(project).map_err(|e| failure(e, &checked.loaded.sources))?,
         registry_auth: registry_auth(project),
+        update_delay: project
+            .services
+            .keys()
+            .map(|s| (s.clone(), release::policy(project, s, false).delay))
+            .filter(|(_, d)| !d.is_zero())
+            .collect(),
         ..exec::Options::default()
     };
     let insecure: Vec<String> = fleet
@@ -307,6 +318,44 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         if let Some(why) = why_not {
             render.show(&Progress::Warning(why));
         }
+        // A run that changes something is a numbered release, recorded on every host before
+        // the first change (with each host's desired pods, to go back to).
+        let steps = prepared.flow.plan();
+        let fences = lock.as_ref().map(|h| h.fences.clone()).unwrap_or_default();
+        let begun = if steps.is_empty() {
+            None
+        } else {
+            let pods: BTreeMap<String, Vec<crate::proto::PodSpec>> = prepared
+                .desired
+                .hosts
+                .iter()
+                .map(|(h, ps)| (h.clone(), ps.iter().map(|p| p.spec.clone()).collect()))
+                .collect();
+            let head = rollout::Head {
+                changed: release::changed_services(&steps, &prepared.desired, &connected.observed),
+                managed: prepared.desired.managed.iter().cloned().collect(),
+                rollback_of: None,
+                keep: release::DEFAULT_KEEP,
+            };
+            match rollout::begin(
+                &connected.hosts,
+                &project.name,
+                &pods,
+                head,
+                &fences,
+                opts.ssh.command_timeout,
+            )
+            .await
+            {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    if let Some(held) = lock {
+                        held.release(opts.ssh.command_timeout).await;
+                    }
+                    return Err(ExecError::User(e));
+                }
+            }
+        };
         let _section = output::section("deploy", "compose-fleet: deploying");
         // The global `--timeout` bounds the whole command. The deploy's own deadline comes a
         // little before it, so that a deploy that overruns stops gracefully (the flow says what
@@ -323,6 +372,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         }
         // The flow stops new work on the first SIGINT and waits for what is in flight.
         let _graceful = lifetime::graceful_interrupt();
+        let deploy_started = Instant::now();
+        let monitored_specs: BTreeMap<(String, String), crate::proto::PodSpec> = prepared
+            .desired
+            .pods()
+            .map(|p| ((p.host.clone(), p.name.clone()), p.spec.clone()))
+            .collect();
         let summary = exec::run(
             &connected.hosts,
             &networks,
@@ -333,6 +388,73 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             &mut |p| render.show(&p),
         )
         .await;
+        // A failed release goes back to the previous one on every host that changed.
+        let target = rollout::Target {
+            hosts: &connected.hosts,
+            networks: &networks,
+            project: &project.name,
+            fences: &opts.fences,
+            registry_auth: &opts.registry_auth,
+            insecure: &insecure,
+            request_timeout: opts.request_timeout,
+            ready_timeout: Duration::from_secs(120),
+            poll: opts.poll,
+        };
+        let outcome = match &begun {
+            None => None,
+            Some(begun) => {
+                let mut failure = (!summary.ok()).then(|| {
+                    summary
+                        .failures
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                });
+                // `monitor`: what the release changed must stay healthy for what is left of its
+                // services' monitor window (never shorter than their health check needs).
+                if failure.is_none() {
+                    let (pods, window) = release::monitored(project, &steps, &monitored_specs);
+                    let left = window.saturating_sub(deploy_started.elapsed());
+                    if !left.is_zero() && !pods.is_empty() {
+                        output::status(&format!(
+                            "monitoring {} changed pod{} for {:.1}s more (`update_config.monitor`)",
+                            pods.len(),
+                            if pods.len() == 1 { "" } else { "s" },
+                            left.as_secs_f64()
+                        ));
+                        if let Err(why) = rollout::watch(&target, &pods, left).await {
+                            failure = Some(why);
+                        }
+                    }
+                }
+                if failure.is_some() && begun.previous.is_some() {
+                    output::status(&format!(
+                        "release {} failed; rolling every host that changed back to release {}",
+                        begun.number,
+                        begun.previous.unwrap_or_default()
+                    ));
+                }
+                let order: Vec<String> =
+                    checked.graph.order().into_iter().map(String::from).collect();
+                let secrets = release::secrets_by_hash(&opts.files.secrets);
+                Some((
+                    begun.number,
+                    failure.clone(),
+                    rollout::settle(
+                        &target,
+                        begun,
+                        failure,
+                        project,
+                        &order,
+                        &secrets,
+                        release::DEFAULT_KEEP,
+                        &mut show_note,
+                    )
+                    .await,
+                ))
+            }
+        };
         // Service discovery: every agent learns where the project's replicas now run (after a
         // no-op, from what the hosts reported, and only where their map differs).
         let published = if noop {
@@ -359,7 +481,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         if let Some(held) = lock {
             held.release(opts.ssh.command_timeout).await;
         }
-        Ok((connected, Ok(summary)))
+        Ok((connected, Ok((summary, outcome))))
     });
     let (connected, result) = outcome.map_err(|e| failure(e, &checked.loaded.sources))?;
     if args.json {
@@ -384,8 +506,33 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             print_plan(&steps, &fleet, args.json);
             0
         }
-        Ok(summary) => {
+        Ok((summary, outcome)) => {
             render.finish(&summary, started.elapsed());
+            // A failure the flow did not see (the monitor window's) is said here.
+            if let Some((_, Some(why), _)) = &outcome {
+                if summary.ok() {
+                    output::error(why);
+                }
+            }
+            let released = matches!(outcome, None | Some((_, _, rollout::Outcome::Succeeded)));
+            match outcome {
+                Some((n, _, rollout::Outcome::Succeeded)) => {
+                    output::status(&format!("release {n} recorded on every host"))
+                }
+                Some((n, _, rollout::Outcome::RolledBack { to, changed, took })) => {
+                    output::error(&format!(
+                        "release {n} failed and was rolled back: every host that changed is on release {to} again ({} pod{} restored in {:.1}s: {})",
+                        changed.len(),
+                        if changed.len() == 1 { "" } else { "s" },
+                        took.as_secs_f64(),
+                        changed.join(", ")
+                    ));
+                }
+                Some((n, _, rollout::Outcome::Left(why))) => {
+                    output::error(&format!("release {n} failed and is left as it is: {why}"))
+                }
+                None => {}
+            }
             if let Err(e) = render
                 .summary
                 .append(&project.name, &summary, started.elapsed())
@@ -393,7 +540,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                 output::warning(&format!("cannot write the GitHub step summary: {e}"));
             }
             *summary_written = true;
-            u8::from(!summary.ok())
+            u8::from(!summary.ok() || !released)
         }
     };
     if unreachable > 0 {
@@ -410,6 +557,23 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::from(code))
+}
+
+/// A rollout's news, as plain status lines.
+pub fn show_note(n: rollout::Note) {
+    match n {
+        rollout::Note::Batch {
+            service,
+            number,
+            of,
+            moves,
+        } => output::status(&format!(
+            "rollback batch {number}/{of} ({service}): {}",
+            moves.join(", ")
+        )),
+        rollout::Note::Ready { host, pod } => output::status(&format!("{pod}@{host}: ready")),
+        rollout::Note::Warning(w) => output::warning(&w),
+    }
 }
 
 /// The user's credentials for the registries of the project's images (what cannot be had is a

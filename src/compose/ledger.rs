@@ -157,9 +157,13 @@ pub fn service_key(key: &str) -> Option<Rule> {
 pub fn deploy_key(key: &str) -> Option<Rule> {
     Some(match key {
         "mode" | "replicas" | "resources" | "placement" | "restart_policy" => honoured(),
-        "update_config" | "rollback_config" => {
-            accepted("updates replace replicas one at a time with the defaults")
-        }
+        // Rolling updates and whole-release rollbacks (src/deploy/release.rs, flow.rs).
+        "rollback_config" => honoured(),
+        "update_config" => accepted(
+            "only `parallelism`, `delay`, `monitor` and `failure_action` are (each replaced \
+             replica must turn healthy before the next); `order: start-first` and \
+             `max_failure_ratio` are not yet: a replica is replaced in place, stopped then started",
+        ),
         "endpoint_mode" => accepted("service names resolve to every healthy replica (dnsrr)"),
         "labels" => accepted("service labels have no meaning without a Swarm manager"),
         _ => return None,

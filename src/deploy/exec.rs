@@ -63,6 +63,9 @@ pub struct Options {
     /// Says why once the deploy lock is lost (a renewal refused: another deploy holds it now);
     /// the run then stops as at its deadline.
     pub lease_lost: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    /// `update_config.delay` per service: a replica replaced after another of its service in
+    /// the same run waits this long first (the old one serves meanwhile).
+    pub update_delay: BTreeMap<String, Duration>,
 }
 
 impl Default for Options {
@@ -81,6 +84,7 @@ impl Default for Options {
             registry_auth: BTreeMap::new(),
             fences: BTreeMap::new(),
             lease_lost: None,
+            update_delay: BTreeMap::new(),
         }
     }
 }
@@ -668,8 +672,20 @@ pub fn prepare(
         .filter(|e| managed.contains(&e.from) && managed.contains(&e.to))
         .map(Dependency::from)
         .collect();
-    let flow = Flow::new(&desired, &diff, &deps, flow::Options { wait: opts.wait })
+    let mut flow = Flow::new(&desired, &diff, &deps, flow::Options { wait: opts.wait })
         .map_err(|e| ExecError::User(format!("{e}\n  = help: {}", e.hint())))?;
+    // Rolling updates: each service's replicas replaced `update_config.parallelism` at a time.
+    flow.set_rolling(
+        managed
+            .iter()
+            .map(|s| {
+                (
+                    s.clone(),
+                    super::release::policy(project, s, false).parallelism,
+                )
+            })
+            .collect(),
+    );
     Ok(Prepared {
         desired,
         diff,
@@ -857,6 +873,10 @@ pub async fn run(
     let (pulled_tx, mut pulled) = mpsc::channel::<Event>(256);
     let mut pulls: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut pulling: JoinSet<()> = JoinSet::new();
+    // Services of which a replica was already replaced in this run (for `update_config.delay`).
+    let mut rolled: BTreeSet<String> = BTreeSet::new();
+    // Set at the first failure or abort: a replace still waiting out its delay is not sent.
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         for (host, images) in std::mem::take(&mut pulls) {
             let Some(conn) = hosts.get(&host).cloned() else {
@@ -899,6 +919,15 @@ pub async fn run(
                         });
                         continue;
                     };
+                    let mut delay = Duration::ZERO;
+                    if matches!(action, Action::Replace { .. }) {
+                        for c in &spec.containers {
+                            if !rolled.insert(c.service.clone()) {
+                                let d = opts.update_delay.get(&c.service).copied();
+                                delay = delay.max(d.unwrap_or_default());
+                            }
+                        }
+                    }
                     let network = networks.get(&host);
                     let req = apply_pods(
                         project,
@@ -921,7 +950,22 @@ pub async fn run(
                         )
                     });
                     let timeout = opts.request_timeout;
+                    // `delay` between the replicas of a service: the next one waits; the old
+                    // copy keeps serving until its replacement is applied.
+                    let stopping = stopping.clone();
                     tasks.spawn(async move {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                            if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                                return Answer::Event(Event::ActionFailed {
+                                    host,
+                                    pod,
+                                    reason:
+                                        "not replaced: the deploy stopped during its update delay"
+                                            .into(),
+                                });
+                            }
+                        }
                         let result = async {
                             if let Some(first) = first {
                                 conn.call(first, timeout).await?;
@@ -970,7 +1014,10 @@ pub async fn run(
                     });
                 }
                 Action::Warn(w) => emit(Progress::Warning(w)),
-                Action::Fail(f) => emit(Progress::Failed(f)),
+                Action::Fail(f) => {
+                    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                    emit(Progress::Failed(f))
+                }
                 Action::Done(summary) => {
                     emit(Progress::Done(summary.clone()));
                     return summary;
@@ -1324,7 +1371,7 @@ async fn poll(
 }
 
 /// The last lines a container wrote, for a failure report; empty when they cannot be read.
-async fn last_logs(conn: &HostConn, project: &str, at: &At, timeout: Duration) -> Vec<String> {
+pub async fn last_logs(conn: &HostConn, project: &str, at: &At, timeout: Duration) -> Vec<String> {
     let request = Request::Logs(LogsRequest {
         project: project.to_string(),
         services: vec![at.service.clone()],
@@ -1367,24 +1414,26 @@ async fn last_logs(conn: &HostConn, project: &str, at: &At, timeout: Duration) -
         .collect()
 }
 
-/// `down`: removes the project's pods on every connected host, in parallel. Per host: the pods
-/// removed, or why not.
+/// `down`: removes the project's pods on every connected host, in parallel, each request carrying
+/// that host's deploy-lock fencing number (`fences`). Per host: the pods removed, or why not.
 pub async fn remove_all(
     hosts: &BTreeMap<String, Arc<HostConn>>,
     project: &str,
     volumes: bool,
+    fences: &BTreeMap<String, u64>,
     timeout: Duration,
 ) -> BTreeMap<String, Result<Vec<String>, SshError>> {
     let mut tasks = JoinSet::new();
     for (name, conn) in hosts {
         let (name, conn, project) = (name.clone(), conn.clone(), project.to_string());
+        let fence = fences.get(&name).copied();
         tasks.spawn(async move {
             let r = conn
                 .call(
                     Request::Remove {
                         project,
                         volumes,
-                        fence: None,
+                        fence,
                     },
                     timeout,
                 )

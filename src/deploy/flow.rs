@@ -429,6 +429,9 @@ pub struct Flow {
     removed: usize,
     started: bool,
     done: bool,
+    /// Service → how many of its pods may be replaced at once (`update_config.parallelism`);
+    /// services absent are not limited.
+    rolling: BTreeMap<String, usize>,
 }
 
 impl Flow {
@@ -464,6 +467,7 @@ impl Flow {
             removed: 0,
             started: false,
             done: false,
+            rolling: BTreeMap::new(),
         };
         for pod in desired.pods() {
             flow.add_pod(pod, diff);
@@ -473,6 +477,81 @@ impl Flow {
         flow.mark_restarts();
         flow.add_removes(diff);
         Ok(flow)
+    }
+
+    /// Rolling updates: at most `parallelism[service]` pods of a service are replaced at once. A
+    /// replaced pod counts until it is ready (every container healthy with a health check,
+    /// running without, or exited 0), so the others keep serving meanwhile; the next one goes as
+    /// soon as one is ready. Creates and restarts are not limited.
+    pub fn set_rolling(&mut self, parallelism: BTreeMap<String, usize>) {
+        self.rolling = parallelism
+            .into_iter()
+            .map(|(s, n)| (s, n.max(1)))
+            .collect();
+    }
+
+    /// Whether pod `p` (issued or up) is ready: it no longer counts against `parallelism`.
+    fn ready(&self, p: usize) -> bool {
+        self.pods[p].phase == Phase::Up
+            && self.pods[p].containers.iter().all(|c| {
+                let k = &self.containers[*c];
+                k.exit == Some(0)
+                    || (k.exit.is_none()
+                        && if k.healthchecked {
+                            k.healthy
+                        } else {
+                            k.started
+                        })
+            })
+    }
+
+    /// Whether replacing pod `p` now would exceed a `parallelism` of one of its services.
+    fn rolling_full(&self, p: usize) -> bool {
+        if self.pods[p].op != Op::Replace || self.rolling.is_empty() {
+            return false;
+        }
+        let services: BTreeSet<&str> = self.pods[p]
+            .containers
+            .iter()
+            .map(|c| self.containers[*c].replica.service.as_str())
+            .collect();
+        services.iter().any(|s| {
+            let Some(&limit) = self.rolling.get(*s) else {
+                return false;
+            };
+            let busy = self
+                .by_service
+                .get(*s)
+                .into_iter()
+                .flatten()
+                .map(|c| self.containers[*c].pod)
+                .collect::<BTreeSet<usize>>()
+                .into_iter()
+                .filter(|q| {
+                    *q != p
+                        && self.pods[*q].op == Op::Replace
+                        && matches!(self.pods[*q].phase, Phase::Issued | Phase::Up)
+                        && !self.ready(*q)
+                })
+                .count();
+            busy >= limit
+        })
+    }
+
+    /// Pods waiting to be replaced that share a rolled service with container `c`'s pod: they
+    /// may go once it is ready.
+    fn rolling_peers(&self, c: usize) -> Vec<usize> {
+        let service = &self.containers[c].replica.service;
+        if !self.rolling.contains_key(service) {
+            return Vec::new();
+        }
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(|k| self.containers[*k].pod)
+            .filter(|q| self.pods[*q].phase == Phase::Waiting && self.pods[*q].op == Op::Replace)
+            .collect()
     }
 
     fn add_pod(&mut self, pod: &super::desired::DesiredPod, diff: &Diff) {
@@ -887,10 +966,13 @@ impl Flow {
                 }
             }
         }
-        self.waiters
+        let mut next = self
+            .waiters
             .get(&self.containers[c].replica.service)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        next.extend(self.rolling_peers(c));
+        next
     }
 
     /// Container `c` turned unhealthy or exited non-zero. A pod waiting for a condition this
@@ -1023,7 +1105,7 @@ impl Flow {
                 .pulls
                 .iter()
                 .all(|u| self.pulls[*u].state == PullState::Done);
-            if !pulled {
+            if !pulled || self.rolling_full(p) {
                 continue;
             }
             self.set_phase(p, Phase::Issued);
@@ -1244,5 +1326,166 @@ impl Flow {
                         k.started
                     })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Rolling updates (`Flow::set_rolling`): replaced pods of a service go `parallelism` at a
+    //! time, each next one once one is ready.
+
+    use super::*;
+    use crate::deploy::desired::{self, PodInput};
+    use crate::deploy::diff::{self, ObservedPod};
+    use crate::proto::{ContainerSpec, Healthcheck, PodSpec};
+
+    /// `web` with `replicas` replicas on hosts h1..hN (health-checked when `health`), all running
+    /// with another spec, and `db` (one replica, unchanged) on h1.
+    fn rolling(replicas: u32, health: bool, parallelism: usize) -> Flow {
+        let pod = |service: &str, n: u32, env: &str| PodInput {
+            host: format!("h{n}"),
+            spec: PodSpec {
+                name: format!("{service}-{n}"),
+                hostname: format!("{service}-{n}"),
+                spec_hash: String::new(),
+                containers: vec![ContainerSpec {
+                    service: service.into(),
+                    replica: n,
+                    image: "img".into(),
+                    env: [("V".to_string(), env.to_string())].into(),
+                    healthcheck: health.then(|| Healthcheck {
+                        test: vec!["CMD".into(), "ok".into()],
+                        interval_ms: 1000,
+                        timeout_ms: 1000,
+                        retries: 3,
+                        start_period_ms: 0,
+                        start_interval_ms: 0,
+                    }),
+                    ..ContainerSpec::default()
+                }],
+                ports: Vec::new(),
+                network: Default::default(),
+            },
+            networks: vec!["default".into()],
+        };
+        let mut inputs: Vec<PodInput> = (1..=replicas).map(|n| pod("web", n, "new")).collect();
+        inputs.push(pod("db", 1, "same"));
+        let services: BTreeSet<String> = ["web".to_string(), "db".to_string()].into();
+        let desired =
+            desired::build(inputs, &BTreeMap::new(), services.clone(), services).expect("desired");
+        let mut observed = diff::Observed::new();
+        for p in desired.pods() {
+            let same = p.name.starts_with("db");
+            observed
+                .entry(p.host.clone())
+                .or_default()
+                .push(ObservedPod {
+                    name: p.name.clone(),
+                    spec_hash: if same {
+                        p.spec_hash.clone()
+                    } else {
+                        "old".into()
+                    },
+                    services: p.containers.iter().map(|c| c.service.clone()).collect(),
+                    stopped: false,
+                });
+        }
+        let d = diff::diff(&desired, &observed, false);
+        let mut flow = Flow::new(&desired, &d, &[], Options { wait: true }).expect("flow");
+        flow.set_rolling([("web".to_string(), parallelism)].into());
+        flow
+    }
+
+    fn replaced(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Replace { pod, .. } => Some(pod.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn at(n: u32) -> At {
+        At {
+            host: format!("h{n}"),
+            service: "web".into(),
+            replica: n,
+        }
+    }
+
+    fn pulled(flow: &mut Flow, replicas: u32) -> Vec<Action> {
+        (1..=replicas)
+            .flat_map(|n| {
+                flow.on(Event::PullDone {
+                    host: format!("h{n}"),
+                    image: "img".into(),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_replica_at_a_time_each_after_the_last_is_healthy() {
+        let mut flow = rolling(3, true, 1);
+        flow.start();
+        assert_eq!(replaced(&pulled(&mut flow, 3)), ["web-1"]);
+        // Started is not ready: a health check must pass first.
+        assert!(replaced(&flow.on(Event::Started(at(1)))).is_empty());
+        assert_eq!(replaced(&flow.on(Event::Healthy(at(1)))), ["web-2"]);
+        assert!(replaced(&flow.on(Event::Started(at(2)))).is_empty());
+        assert_eq!(replaced(&flow.on(Event::Healthy(at(2)))), ["web-3"]);
+        flow.on(Event::Started(at(3)));
+        let end = flow.on(Event::Healthy(at(3)));
+        assert!(
+            matches!(end.last(), Some(Action::Done(s)) if s.ok() && s.replaced == 3),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn parallelism_two_keeps_two_in_flight_and_the_db_is_kept() {
+        let mut flow = rolling(5, false, 2);
+        flow.start();
+        assert_eq!(replaced(&pulled(&mut flow, 5)), ["web-1", "web-2"]);
+        // Without a health check, started is ready.
+        assert_eq!(replaced(&flow.on(Event::Started(at(2)))), ["web-3"]);
+        assert!(
+            replaced(&flow.on(Event::Started(at(2)))).is_empty(),
+            "said once"
+        );
+        assert_eq!(replaced(&flow.on(Event::Started(at(1)))), ["web-4"]);
+        assert_eq!(replaced(&flow.on(Event::Started(at(4)))), ["web-5"]);
+        flow.on(Event::Started(at(3)));
+        let end = flow.on(Event::Started(at(5)));
+        assert!(
+            matches!(end.last(), Some(Action::Done(s)) if s.ok() && s.replaced == 5 && s.kept == 1),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn a_replica_that_fails_its_health_check_stops_the_rollout_there() {
+        let mut flow = rolling(3, true, 1);
+        flow.start();
+        assert_eq!(replaced(&pulled(&mut flow, 3)), ["web-1"]);
+        flow.on(Event::Started(at(1)));
+        let out = flow.on(Event::Unhealthy(at(1)));
+        assert!(replaced(&out).is_empty(), "no further replica: {out:?}");
+        let Some(Action::Done(s)) = out.last() else {
+            panic!("ends: {out:?}")
+        };
+        assert!(!s.ok());
+        // web-2 and web-3 were never touched: they still run the old version.
+        let untouched: Vec<&str> = s.incomplete.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(untouched, ["web-2", "web-3"]);
+    }
+
+    #[test]
+    fn without_rolling_every_replica_goes_at_once() {
+        let mut flow = rolling(3, true, 1);
+        flow.set_rolling(BTreeMap::new());
+        flow.start();
+        assert_eq!(replaced(&pulled(&mut flow, 3)), ["web-1", "web-2", "web-3"]);
     }
 }

@@ -26,6 +26,7 @@ mod operate;
 mod plan_facts;
 mod pods;
 mod protocol_props;
+mod releases;
 mod schedule;
 mod services_lab;
 mod sudo;

@@ -1601,3 +1601,97 @@ async fn a_write_with_a_stale_fencing_number_changes_nothing() {
     assert_eq!(status(&sup, "p").await.pods.len(), 1);
     remove(&sup, "p", true).await;
 }
+
+/// Release records (issue 12): written and listed through the supervisor, refused with a stale
+/// fencing number, kept across the project's removal (`down`), pruned per project only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_records_survive_down_and_refuse_a_stale_fence() {
+    use compose_fleet_agent::proto::{
+        LockOwner, LockRequest, RecordRelease, ReleaseRecord, ReleaseStatus,
+    };
+    let root = Root::new();
+    let sup = root.open().await;
+    let record = |project: &str, number: u64, keep: u32, fence: Option<u64>| {
+        Request::RecordRelease(RecordRelease {
+            record: ReleaseRecord {
+                project: project.into(),
+                number,
+                started: 1,
+                owner: "ana@laptop".into(),
+                status: ReleaseStatus::Succeeded,
+                changed: vec!["a".into()],
+                managed: vec!["a".into()],
+                rollback_of: None,
+                message: None,
+                pods: vec![pod(
+                    "a-1",
+                    "h1",
+                    vec![sh("a", "exec sleep 1000", RestartPolicy::Always)],
+                )],
+            },
+            keep,
+            fence,
+        })
+    };
+    let listed = |frames: Vec<ResponseFrame>| match frames.as_slice() {
+        [ResponseFrame {
+            ok: Some(Response::Releases { releases }),
+            ..
+        }] => releases
+            .iter()
+            .map(|r| (r.number, r.pods.len()))
+            .collect::<Vec<_>>(),
+        other => panic!("answered {other:?}"),
+    };
+    for n in 1..=3 {
+        call(&sup, record("p", n, 2, None)).await;
+    }
+    call(&sup, record("q", 1, 2, None)).await;
+    let releases = |project: &str, pods: bool| Request::Releases {
+        project: project.into(),
+        pods,
+    };
+    assert_eq!(
+        listed(call(&sup, releases("p", true)).await),
+        [(3, 1), (2, 1)]
+    );
+    assert_eq!(
+        listed(call(&sup, releases("p", false)).await),
+        [(3, 0), (2, 0)]
+    );
+    assert_eq!(listed(call(&sup, releases("q", false)).await), [(1, 0)]);
+
+    // Under a lease, a record with another number is refused.
+    let lock = Request::Lock(LockRequest {
+        project: "p".into(),
+        owner: LockOwner {
+            user: "ana".into(),
+            machine: "laptop".into(),
+            pid: 1,
+            started: 1,
+        },
+        ttl_secs: 30,
+        fence: None,
+    });
+    let fence = match call(&sup, lock).await.as_slice() {
+        [ResponseFrame {
+            ok: Some(Response::Lease { lease, .. }),
+            ..
+        }] => lease.fence,
+        other => panic!("lock answered {other:?}"),
+    };
+    let refused = call(&sup, record("p", 4, 2, Some(fence + 1))).await;
+    assert!(refused[0].err.is_some(), "{refused:?}");
+    assert_eq!(
+        listed(call(&sup, releases("p", false)).await),
+        [(3, 0), (2, 0)]
+    );
+    call(&sup, record("p", 4, 2, Some(fence))).await;
+
+    // `down` removes the pods, not the history.
+    remove(&sup, "p", true).await;
+    assert_eq!(
+        listed(call(&sup, releases("p", false)).await),
+        [(4, 0), (3, 0)]
+    );
+}

@@ -45,7 +45,12 @@ use serde::{Deserialize, Serialize};
 /// 4: `exec_input`, `control` and `pull` (operating a project), `services` (the service map:
 /// VIPs and DNS), `blobs_wanted`/`blob_chunk`/`image_commit` (images delivered without a
 /// registry), the mesh in `HostFacts` and `HostNetwork`, exec's stdin and tty.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: deploy leases (`lock`, renewed by its fence, and `unlock`; the fence on
+/// `apply_pods`/`remove`), release
+/// records (`record_release`, `releases`), `network_mode: host` and internal networks in pod
+/// networks, compressed blob chunks (`encoding`), the service map's digest and user-stopped
+/// containers in `Status`.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The longest line either side accepts, so a broken peer cannot make the other buffer forever.
 ///
@@ -128,6 +133,18 @@ pub enum Request {
         project: String,
         fence: u64,
     },
+    // --- releases (issue 12) ---
+    /// Writes (creates or overwrites) one release record of a project on this host, then prunes
+    /// that project's records, and only that project's, to the newest `keep`. Answered
+    /// `Releases` with the records that remain (without their pods).
+    RecordRelease(RecordRelease),
+    /// A project's release records on this host, newest first; with `pods` they carry this
+    /// host's desired pods (what a rollback re-applies). Answered `Releases`.
+    Releases {
+        project: String,
+        #[serde(default)]
+        pods: bool,
+    },
 }
 
 /// One reply. Exactly one of `ok` and `err` is set.
@@ -202,6 +219,11 @@ pub enum Response {
     Lease {
         granted: bool,
         lease: Lease,
+    },
+    // --- releases (issue 12) ---
+    /// A project's release records on this host, newest first.
+    Releases {
+        releases: Vec<ReleaseRecord>,
     },
 }
 
@@ -397,6 +419,73 @@ pub struct Lease {
     pub fence: u64,
     /// Seconds until the lease expires (0: expired or released).
     pub expires_in_secs: u64,
+}
+
+// --- releases (issue 12) ---
+
+/// Where a release stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseStatus {
+    /// Being deployed (or the deployer died: a later `up` takes over from the hosts).
+    InProgress,
+    Succeeded,
+    /// Failed and left as it was (`failure_action: pause`, or nothing to roll back to).
+    Failed,
+    /// Failed, and every host that changed went back to the previous release.
+    RolledBack,
+}
+
+impl ReleaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseStatus::InProgress => "in progress",
+            ReleaseStatus::Succeeded => "succeeded",
+            ReleaseStatus::Failed => "failed",
+            ReleaseStatus::RolledBack => "rolled back",
+        }
+    }
+}
+
+/// One numbered release of a project as one host records it: who made it, when, what it
+/// changed, how it ended, and this host's desired pods (enough to apply it again). Secret
+/// contents are never in it: a secret file's `content_b64` holds `sha256:<hex>` of the content,
+/// and the CLI fills the content back in from the secrets it has when it re-applies the release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub project: String,
+    pub number: u64,
+    /// When the release started, in unix seconds (the deployer's clock).
+    pub started: u64,
+    /// `user@machine`.
+    pub owner: String,
+    pub status: ReleaseStatus,
+    /// The services whose pods this release creates, replaces, restarts or removes, fleet-wide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+    /// The services this release converges (all of the file's, or `up SERVICE…`'s).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed: Vec<String>,
+    /// `rollback --to N` records a release that re-applies release N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+    /// What failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// This host's desired pods of the release's managed services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordRelease {
+    pub record: ReleaseRecord,
+    /// How many of the project's records to keep (the newest); 0 keeps them all.
+    #[serde(default)]
+    pub keep: u32,
+    /// The deploy lock's fencing number: refused when stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 /// A host's pod subnet, decided by the CLI and recorded by the agent, and how to reach the other
@@ -1062,6 +1151,8 @@ impl Request {
             Request::ImageCommit(_) => "image_commit",
             Request::Lock(_) => "lock",
             Request::Unlock { .. } => "unlock",
+            Request::RecordRelease(_) => "record_release",
+            Request::Releases { .. } => "releases",
         }
     }
 }

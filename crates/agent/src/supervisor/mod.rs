@@ -12,6 +12,7 @@
 //! - [`files`]: named volumes, secrets (tmpfs, 0400) and configs.
 //! - [`lease`]: the deploy lock's leases and fencing numbers (`Lock`, `Unlock`, and the check of
 //!   `ApplyPods`'/`Remove`'s `fence`).
+//! - [`releases`]: the numbered release records per project (`RecordRelease`, `Releases`).
 //!
 //! The daemon's side, split by what a request does (this file holds the types, the request
 //! front door and `Status`):
@@ -44,6 +45,7 @@ pub mod logfile;
 mod logs;
 mod probe;
 mod receive;
+pub mod releases;
 pub mod restart;
 pub mod seam;
 pub mod shim;
@@ -146,6 +148,8 @@ struct Inner {
     next_session: std::sync::atomic::AtomicU64,
     /// The projects' deploy leases (issue 12).
     leases: lease::Leases,
+    /// The projects' release records (issue 12).
+    releases: releases::Releases,
 }
 
 #[derive(Default)]
@@ -253,6 +257,7 @@ impl Supervisor {
             )
         })?;
         let leases = lease::Leases::new(&state);
+        let releases = releases::Releases::new(&state);
         let sup = Supervisor {
             inner: Arc::new(Inner {
                 cfg,
@@ -262,6 +267,7 @@ impl Supervisor {
                 exec_inputs: Mutex::new(BTreeMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
                 leases,
+                releases,
             }),
         };
         sup.readopt().await;
@@ -373,6 +379,17 @@ impl Supervisor {
                 .leases
                 .unlock(&project, fence)
                 .map(|(granted, lease)| Response::Lease { granted, lease }),
+            Request::RecordRelease(req) => self
+                .inner
+                .leases
+                .check(&req.record.project, req.fence)
+                .and_then(|()| self.inner.releases.record(&req))
+                .map(|releases| Response::Releases { releases }),
+            Request::Releases { project, pods } => self
+                .inner
+                .releases
+                .list(&project, pods)
+                .map(|releases| Response::Releases { releases }),
         };
         let last = match result {
             Ok(r) => ResponseFrame::ok(id, r),
