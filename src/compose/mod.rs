@@ -740,11 +740,19 @@ impl Loader<'_> {
         // normalized, while it is still in the cache (dropping the trees of 10,000 services
         // at the end, cold, cost a fifth of the load).
         let mut trees = std::mem::take(&mut self.main_services);
-        // The top-level `models` a service may use (compose keeps them out of its output).
-        let models: BTreeSet<String> = root
+        // The top-level `models` a service may use (compose keeps them out of its output), each
+        // checked as compose's schema checks it.
+        let model_entries = root
             .get("models")
             .and_then(Node::as_map)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for (k, v) in model_entries {
+            model_definition(&mut self.diags, k, v);
+            if let Some(name) = k.scalar_text() {
+                project.models.insert(name, v.to_json());
+            }
+        }
+        let models: BTreeSet<String> = model_entries
             .iter()
             .filter_map(|(k, _)| k.scalar_text())
             .collect();
@@ -1218,6 +1226,64 @@ fn by_name<T>(entries: Vec<(String, T)>) -> BTreeMap<String, T> {
         .into_iter()
         .filter_map(|i| slots.get_mut(i).and_then(Option::take))
         .collect()
+}
+
+/// One top-level model as compose's schema has it: a mapping with a string `model`, and
+/// optionally `name`, an integer `context_size`, `runtime_flags` (strings) and `x-*` fields.
+fn model_definition(diags: &mut Diagnostics, key: &Node, v: &Node) {
+    let name = key.scalar_text().unwrap_or_default();
+    let Some(entries) = v.as_map() else {
+        let at = if v.is_null() { key } else { v };
+        diags.push(
+            Diagnostic::error(format!(
+                "model `{name}` must be a mapping, found {}",
+                v.kind()
+            ))
+            .at(at.loc.clone())
+            .hint("write `model: NAME` under it, e.g. `model: ai/smollm2`"),
+        );
+        return;
+    };
+    let string_list = |n: &Node| {
+        n.as_seq()
+            .is_some_and(|s| s.iter().all(|i| i.as_str().is_some()))
+    };
+    for (k, fv) in entries {
+        let field = k.as_str().unwrap_or("");
+        let problem = match field {
+            "model" | "name" if fv.as_str().is_none() => Some(format!(
+                "`{field}` of model `{name}` must be a string, found {}",
+                fv.kind()
+            )),
+            "context_size" if !matches!(fv.value, Value::Int(_)) => Some(format!(
+                "`context_size` of model `{name}` must be an integer, found {}",
+                fv.kind()
+            )),
+            "runtime_flags" if !string_list(fv) => Some(format!(
+                "`runtime_flags` of model `{name}` must be a list of strings"
+            )),
+            "model" | "name" | "context_size" | "runtime_flags" => None,
+            _ if field.starts_with("x-") => None,
+            _ => {
+                diags.push(
+                    Diagnostic::error(format!("unknown key `{field}` in model `{name}`"))
+                        .at(k.loc.clone())
+                        .hint("a model has `model`, `name`, `context_size` and `runtime_flags`"),
+                );
+                None
+            }
+        };
+        if let Some(p) = problem {
+            diags.push(Diagnostic::error(p).at(fv.loc.clone()));
+        }
+    }
+    if v.get("model").is_none() {
+        diags.push(
+            Diagnostic::error(format!("model `{name}` does not say which model to run"))
+                .at(key.loc.clone())
+                .hint("add `model: NAME`, e.g. `model: ai/smollm2`"),
+        );
+    }
 }
 
 /// A service's `models` (a list of names, or a mapping by name) that the top-level `models`

@@ -674,3 +674,20 @@ fn undefined_model() {
         ],
     );
 }
+
+/// Top-level models as compose's schema has them: a mapping with a string `model`; an integer
+/// `context_size`; no unknown keys (`x-*` allowed).
+#[test]
+fn bad_model_definitions() {
+    check_errors(
+        "services:\n  web:\n    image: web\nmodels:\n  a: ai/x\n  b: {context_size: 4096}\n  c: {model: 5, context_size: big}\n  d: {model: ai/d, bogus: 1, x-note: ok, runtime_flags: [--fast]}\n",
+        &[],
+        &[
+            "compose.yaml:5:6: error: model `a` must be a mapping, found a string",
+            "compose.yaml:6:3: error: model `b` does not say which model to run",
+            "compose.yaml:7:14: error: `model` of model `c` must be a string, found an integer",
+            "compose.yaml:7:31: error: `context_size` of model `c` must be an integer, found a string",
+            "compose.yaml:8:20: error: unknown key `bogus` in model `d`",
+        ],
+    );
+}
