@@ -116,12 +116,31 @@ pub fn canonical(project: &Project, form: Form) -> Value {
         }
     }
 
+    // compose's YAML prints the models enabled services use (a list of names or a mapping by
+    // name in the service); its JSON prints none.
+    let mut models = Map::new();
+    if form == Form::Yaml {
+        for svc in services.values() {
+            let used: Vec<&str> = match svc.get("models") {
+                Some(Value::Object(m)) => m.keys().map(String::as_str).collect(),
+                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            for name in used {
+                if let Some(m) = project.models.get(name) {
+                    models.insert(name.to_string(), m.clone());
+                }
+            }
+        }
+    }
+
     root.insert("services".into(), Value::Object(services));
     for (key, m) in [
         ("networks", networks),
         ("volumes", volumes),
         ("secrets", secrets),
         ("configs", configs),
+        ("models", models),
     ] {
         if !m.is_empty() {
             root.insert(key.into(), Value::Object(m));
@@ -143,7 +162,7 @@ pub fn in_compose_order(value: Value) -> indexmap::IndexMap<String, Value> {
     };
     let mut out = indexmap::IndexMap::new();
     for key in [
-        "name", "services", "networks", "volumes", "secrets", "configs",
+        "name", "services", "networks", "volumes", "secrets", "configs", "models",
     ] {
         if let Some(v) = m.remove(key) {
             out.insert(key.to_string(), v);

@@ -7,40 +7,39 @@ use std::sync::Arc;
 use super::interpolate;
 use super::model::Location;
 
-/// One problem in an env file: the 1-based line and what is wrong.
+/// One problem in an env file: the 1-based line, the offending text, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub line: u32,
+    /// The byte offset in the file (as given to [`parse`]) of what is wrong: the bad character
+    /// of a name, the quote that is not closed, the `$` of a bad interpolation.
+    pub offset: usize,
+    /// Its length in bytes.
+    pub len: usize,
     pub message: String,
 }
 
-/// Where an [`Error`] of `text` (the file `file`) is: the start of its line.
-pub fn error_location(file: &Arc<str>, text: &str, line: u32) -> Location {
-    let mut offset = 0;
-    for (i, l) in crate::diag::source_lines(text).enumerate() {
-        if i + 1 == line as usize {
-            return Location {
-                file: file.clone(),
-                line,
-                column: 1,
-                offset,
-                len: l.chars().count().max(1),
-            };
-        }
-        // `source_lines` drops the line end: one or two bytes.
-        offset += l.len();
-        offset += if text[offset..].starts_with("\r\n") {
-            2
-        } else {
-            1
-        };
+/// Where an [`Error`] (its `offset` and `len`) of `text` (the file `file`) is.
+pub fn error_location(file: &Arc<str>, text: &str, offset: usize, len: usize) -> Location {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
     }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    // A byte-order mark is not a column.
+    let column = before[line_start..]
+        .trim_start_matches('\u{feff}')
+        .chars()
+        .count()
+        + 1;
     Location {
         file: file.clone(),
-        line,
-        column: 1,
-        offset: text.len(),
-        len: 0,
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        column: u32::try_from(column).unwrap_or(u32::MAX),
+        offset,
+        len: len.min(text.len() - offset),
     }
 }
 
@@ -67,6 +66,8 @@ pub fn parse(
         pos: 0,
         line: 1,
     };
+    // Offsets in errors are in `text`, the mark included.
+    let bom = text.len() - r.s.len();
     let mut out: Vec<(String, Option<String>)> = Vec::new();
     loop {
         r.skip(|c| c.is_whitespace());
@@ -90,19 +91,22 @@ pub fn parse(
             }
         }
         let line = r.rest().split('\n').next().unwrap_or("");
+        // Where the name starts (at the `=` when there is none).
+        let key_at = |part: &str| bom + r.pos + (part.len() - part.trim_start().len());
         let Some(eq) = line.find('=') else {
             let key = line.trim_end_matches('\r').trim();
-            check_key(key, line_no)?;
+            check_key(key, line_no, key_at(line))?;
             r.advance(line.len());
             out.push((key.to_string(), None));
             continue;
         };
         let key = line[..eq].trim();
-        check_key(key, line_no)?;
+        check_key(key, line_no, key_at(&line[..eq]))?;
         r.advance(eq + 1);
         r.skip(|c| c == ' ' || c == '\t');
         let value = match r.rest().chars().next() {
             Some(q @ ('\'' | '"')) => {
+                let quote_at = bom + r.pos;
                 r.advance(1);
                 let body_start = r.pos;
                 let end = if q == '\'' {
@@ -113,23 +117,33 @@ pub fn parse(
                 let Some(end) = end else {
                     return Err(Error {
                         line: line_no,
+                        offset: quote_at,
+                        len: 1,
                         message: format!("the value of `{key}` has no closing `{q}`"),
                     });
                 };
                 r.advance(end + 1);
                 let body = &r.s[body_start..body_start + end];
+                // Escapes move the text: an interpolation error is then put at the quote.
+                let at = if body.contains(['\\', '\r']) {
+                    At::Quote(quote_at)
+                } else {
+                    At::Value(bom + body_start)
+                };
                 let body = body.replace("\r\n", "\n");
                 if q == '\'' {
                     body
                 } else {
-                    expand(&unescape(&body), &out, lookup, line_no)?
+                    expand(&unescape(&body), &out, lookup, line_no, at)?
                 }
             }
             _ => {
                 let line = r.rest().split('\n').next().unwrap_or("");
+                let value_at = bom + r.pos;
                 r.advance(line.len());
                 let v = line.find(" #").map_or(line, |i| &line[..i]);
-                expand(v.trim(), &out, lookup, line_no)?
+                let lead = v.len() - v.trim_start().len();
+                expand(v.trim(), &out, lookup, line_no, At::Value(value_at + lead))?
             }
         };
         out.retain(|(k, _)| k != key);
@@ -179,29 +193,46 @@ pub fn parse_raw(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn check_key(key: &str, line: u32) -> Result<(), Error> {
+/// Checks a variable's name, written at byte `at` of the file; an error points at the first
+/// character that is not allowed (at the `=` when the name is empty).
+fn check_key(key: &str, line: u32, at: usize) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error {
             line,
+            offset: at,
+            len: 1,
             message: "a line starts with `=`: the variable has no name".to_string(),
         });
     }
-    if key.contains(char::is_whitespace) {
+    if let Some((i, c)) = key.char_indices().find(|(_, c)| c.is_whitespace()) {
         return Err(Error {
             line,
+            offset: at + i,
+            len: c.len_utf8(),
             message: format!("`{key}` is not a variable name: a name cannot contain a space"),
         });
     }
-    if let Some(c) = key
-        .chars()
-        .find(|c| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    if let Some((i, c)) = key
+        .char_indices()
+        .find(|(_, c)| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
         return Err(Error {
             line,
+            offset: at + i,
+            len: c.len_utf8(),
             message: format!("`{key}` is not a variable name: it contains `{c}`"),
         });
     }
     Ok(())
+}
+
+/// Where a value is in the file, for its interpolation errors.
+#[derive(Clone, Copy)]
+enum At {
+    /// The value's text starts at this byte, as interpolated.
+    Value(usize),
+    /// Escapes changed the text: the error goes to the opening quote at this byte.
+    Quote(usize),
 }
 
 fn closing_double_quote(s: &str) -> Option<usize> {
@@ -251,6 +282,7 @@ fn expand(
     earlier: &[(String, Option<String>)],
     lookup: &dyn Fn(&str) -> Option<String>,
     line: u32,
+    at: At,
 ) -> Result<String, Error> {
     if !interpolate::needs_interpolation(value) {
         return Ok(value.to_string());
@@ -268,9 +300,17 @@ fn expand(
     };
     interpolate::interpolate(value, &local)
         .map(|i| i.text)
-        .map_err(|e| Error {
-            line,
-            message: e.message,
+        .map_err(|e| {
+            let (offset, len) = match at {
+                At::Value(start) => (start + e.offset, e.len.max(1)),
+                At::Quote(quote) => (quote, 1),
+            };
+            Error {
+                line,
+                offset,
+                len,
+                message: e.message,
+            }
         })
 }
 
@@ -397,6 +437,31 @@ mod tests {
             (e.line, e.message.as_str()),
             (2, "the value of `A` has no closing `'`")
         );
+    }
+
+    /// An error points at what is wrong in the line (the line alone was given before, with a
+    /// caret under the line's first character).
+    #[test]
+    fn errors_point_at_the_offending_character() {
+        let at = |text: &str| {
+            let e = parse(text, &|_| None).unwrap_err();
+            let l = error_location(&Arc::from(".env"), text, e.offset, e.len);
+            (l.line, l.column, l.len)
+        };
+        // The space in the name, also after `export`.
+        assert_eq!(at("A=1\nMY VAR=1\n"), (2, 3, 1));
+        assert_eq!(at("export  X Y=1\n"), (1, 10, 1));
+        // The character a name cannot hold; the `=` of a line without a name.
+        assert_eq!(at("A=1\n  K'x=1\n"), (2, 4, 1));
+        assert_eq!(at("\u{feff}=1\n"), (1, 1, 1));
+        // The quote that is never closed.
+        assert_eq!(at("A=1\nB=  'open\n"), (2, 5, 1));
+        assert_eq!(at("A=1\r\nB=\"open\r\n"), (2, 3, 1));
+        // The `$` of a bad interpolation, unquoted or in double quotes; with escapes before
+        // it, the quote.
+        assert_eq!(at("A=x ${B\n"), (1, 5, 3));
+        assert_eq!(at("A=\"a ${B\"\n"), (1, 6, 3));
+        assert_eq!(at("A=\"\\t ${B\"\n"), (1, 3, 1));
     }
 
     #[test]

@@ -161,13 +161,17 @@ fn merge_keyed(base: Node, over: Node, key: fn(&Node) -> Option<String>) -> Node
     }
 }
 
+/// A volume's target, the key compose merges `volumes` by. The short syntax is split as
+/// compose-go's `ParseVolume` splits it: a `:` after a lone letter belongs to a Windows drive, so
+/// `C:\data:/srv` targets `/srv`, not `\data`.
 fn volume_target(n: &Node) -> Option<String> {
     match &n.value {
         Value::Str(s) => {
-            let parts: Vec<&str> = s.split(':').collect();
-            match parts.len() {
-                1 => Some(parts[0].to_string()),
-                _ => parts.get(1).map(|t| t.to_string()),
+            let fields = super::normalize::volume_fields(s);
+            match fields.as_slice() {
+                [target] => Some(target.to_string()),
+                [_, target, ..] => Some(target.to_string()),
+                [] => None,
             }
         }
         Value::Map(_) => n.get("target").and_then(Node::scalar_text),
@@ -285,9 +289,11 @@ mod tests {
 
     #[test]
     fn volumes_merge_by_target_and_secrets_by_source() {
-        let base =
-            parse("volumes: [\"a:/data\", \"./x:/x\"]\nsecrets: [s, {source: t, target: one}]\n");
-        let over = parse("volumes: [\"b:/data\"]\nsecrets: [{source: t, target: two}]\n");
+        // (Volume names of one letter would be Windows drives: `a:/data` is one path.)
+        let base = parse(
+            "volumes: [\"data:/data\", \"./x:/x\"]\nsecrets: [s, {source: t, target: one}]\n",
+        );
+        let over = parse("volumes: [\"other:/data\"]\nsecrets: [{source: t, target: two}]\n");
         let merged = merge_service(base, over);
         let vols: Vec<String> = merged
             .get("volumes")
@@ -296,12 +302,31 @@ mod tests {
             .iter()
             .filter_map(Node::scalar_text)
             .collect();
-        assert_eq!(vols, ["b:/data", "./x:/x"]);
+        assert_eq!(vols, ["other:/data", "./x:/x"]);
         let secrets = merged
             .get("secrets")
             .and_then(Node::as_seq)
             .unwrap_or_default();
         assert_eq!(secrets.len(), 2);
         assert_eq!(secrets[1].get("target").and_then(Node::as_str), Some("two"));
+    }
+
+    /// docker compose v2.40.3 merges `C:\data:/srv` and `E:\new:/srv` as one mount (the
+    /// drive's `:` does not split), replacing it in place; a naive split took `\data` for the
+    /// target and kept both.
+    #[test]
+    fn volumes_with_windows_drives_merge_by_their_real_target() {
+        let base = parse("volumes: ['C:\\data:/srv', 'd:/other:/opt:ro', /anon, 'v:/v']\n");
+        let over = parse("volumes: ['E:\\new:/srv', './x:/opt', 'w:/v']\n");
+        let merged = merge_service(base, over);
+        let vols: Vec<String> = merged
+            .get("volumes")
+            .and_then(Node::as_seq)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Node::scalar_text)
+            .collect();
+        // `v:/v` is one path (a drive), an anonymous volume: its target is itself.
+        assert_eq!(vols, ["E:\\new:/srv", "./x:/opt", "/anon", "v:/v", "w:/v"]);
     }
 }

@@ -47,6 +47,10 @@ pub struct Project {
     /// Top-level `x-*` extension fields, kept verbatim.
     #[serde(flatten)]
     pub extensions: BTreeMap<String, serde_json::Value>,
+    /// Top-level `models`, as written (the fleet does not provision them): compose's YAML
+    /// prints those an enabled service uses, its JSON none.
+    #[serde(skip)]
+    pub models: BTreeMap<String, serde_json::Value>,
     /// Services defined but disabled because none of their profiles is active.
     #[serde(skip)]
     pub disabled: BTreeMap<String, Service>,

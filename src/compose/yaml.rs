@@ -774,7 +774,8 @@ mod tests {
     fn duplicate_keys_are_errors() {
         let e = p("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert!(e.message.contains("duplicate"), "{}", e.message);
+        // At the second `a` itself, not somewhere on its line.
         let l = e.location.unwrap();
-        assert_eq!(l.line, 3);
+        assert_eq!((l.line, l.column), (3, 1));
     }
 }

@@ -638,3 +638,56 @@ fn keys_kept_verbatim_are_still_checked_as_compose_checks_them() {
         ],
     );
 }
+
+/// Errors in env files point at the offending character, not at the start of its line: the
+/// project's `.env`, and a service's `env_file`.
+#[test]
+fn env_file_errors_point_at_the_offending_character() {
+    let errors = |files: &[(&str, &str)]| -> Vec<String> {
+        match load_files(files, &[], &[]) {
+            Ok(_) => panic!("loaded, but expected an error"),
+            Err(f) => f.diagnostics.errors().map(|d| d.to_string()).collect(),
+        }
+    };
+    let yaml = "services:\n  web:\n    image: web\n";
+    assert_eq!(
+        errors(&[("compose.yaml", yaml), (".env", "TAG=1\nexport MY VAR=2\n")]),
+        [".env:2:10: error: `MY VAR` is not a variable name: a name cannot contain a space"]
+    );
+    let yaml = "services:\n  web:\n    image: web\n    env_file: app.env\n";
+    assert_eq!(
+        errors(&[("compose.yaml", yaml), ("app.env", "A=1\nB=\"x ${C\"\n")]),
+        ["/p/app.env:2:6: error: invalid interpolation format: `${C` has no closing `}`"]
+    );
+}
+
+/// A service that runs must find its models at the top level, as docker compose requires; a
+/// service behind an inactive profile is not checked (compose accepts it).
+#[test]
+fn undefined_model() {
+    check_errors(
+        "services:\n  web:\n    image: web\n    models:\n      - llm\n      - chat\n  api:\n    image: api\n    models:\n      embed:\n        endpoint_var: URL\n  dbg:\n    image: dbg\n    profiles: [debug]\n    models: [nope]\nmodels:\n  llm:\n    model: ai/smollm2\n",
+        &[],
+        &[
+            "compose.yaml:6:9: error: service `web` uses model `chat`, which is not defined",
+            "compose.yaml:10:7: error: service `api` uses model `embed`, which is not defined",
+        ],
+    );
+}
+
+/// Top-level models as compose's schema has them: a mapping with a string `model`; an integer
+/// `context_size`; no unknown keys (`x-*` allowed).
+#[test]
+fn bad_model_definitions() {
+    check_errors(
+        "services:\n  web:\n    image: web\nmodels:\n  a: ai/x\n  b: {context_size: 4096}\n  c: {model: 5, context_size: big}\n  d: {model: ai/d, bogus: 1, x-note: ok, runtime_flags: [--fast]}\n",
+        &[],
+        &[
+            "compose.yaml:5:6: error: model `a` must be a mapping, found a string",
+            "compose.yaml:6:3: error: model `b` does not say which model to run",
+            "compose.yaml:7:14: error: `model` of model `c` must be a string, found an integer",
+            "compose.yaml:7:31: error: `context_size` of model `c` must be an integer, found a string",
+            "compose.yaml:8:20: error: unknown key `bogus` in model `d`",
+        ],
+    );
+}

@@ -105,9 +105,9 @@ pub(super) fn read_env_file(
                 }
             }
         }
-        Err(e) => ctx
-            .diags
-            .push(Diagnostic::error(e.message).at(dotenv::error_location(&name, &text, e.line))),
+        Err(e) => ctx.diags.push(
+            Diagnostic::error(e.message).at(dotenv::error_location(&name, &text, e.offset, e.len)),
+        ),
     }
 }
 
@@ -154,8 +154,8 @@ pub(super) fn read_label_file(
                 }
             }
         }
-        Err(e) => ctx
-            .diags
-            .push(Diagnostic::error(e.message).at(dotenv::error_location(&name, &text, e.line))),
+        Err(e) => ctx.diags.push(
+            Diagnostic::error(e.message).at(dotenv::error_location(&name, &text, e.offset, e.len)),
+        ),
     }
 }

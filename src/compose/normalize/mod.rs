@@ -30,6 +30,7 @@ pub use ports::parse_port;
 pub use service::service;
 pub use shell::shell_split;
 pub use toplevel::{file_object, network, volume};
+pub(crate) use volumes::volume_fields;
 
 /// What normalization needs besides the tree.
 pub struct Ctx<'a> {

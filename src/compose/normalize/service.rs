@@ -249,6 +249,18 @@ fn key_value<'n>(
         }
         // `extends` is resolved before normalization.
         "extends" => {}
+        // The list form is the mapping form without options, as compose prints it.
+        "models" if v.as_seq().is_some() => {
+            let names: serde_json::Map<String, serde_json::Value> = v
+                .as_seq()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(Node::scalar_text)
+                .map(|name| (name, serde_json::Value::Null))
+                .collect();
+            svc.extra
+                .insert(kname.to_string(), serde_json::Value::Object(names));
+        }
         // Kept verbatim (the fleet does not use them), once checked as compose checks them.
         "dns" | "dns_search" | "dns_opt" | "gpus" | "pull_policy" | "devices" => {
             if checked(ctx, kname, v) && !v.is_null() {

@@ -123,7 +123,7 @@ pub(super) fn host_path(ctx: &Ctx<'_>, s: &str) -> String {
 /// The `:`-separated fields of a short-syntax volume as compose-go splits them: a `:` after a
 /// lone letter is part of a Windows drive (`c:/data`, and so `v:/v` is one path, not the
 /// volume `v`), and a spec of one or two characters is a target.
-fn volume_fields(s: &str) -> Vec<&str> {
+pub(crate) fn volume_fields(s: &str) -> Vec<&str> {
     if s.chars().count() <= 2 {
         return vec![s];
     }

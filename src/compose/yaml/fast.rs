@@ -55,6 +55,8 @@ pub(super) fn parse(
         max_replayed: replayed / 2,
         max_depth: depth.saturating_sub(2),
         recorded: 0,
+        items: Vec::new(),
+        entries: Vec::new(),
     };
     b.document().ok()
 }
@@ -72,6 +74,12 @@ struct Builder<'a> {
     max_depth: usize,
     /// Events recorded for all anchors.
     recorded: usize,
+    /// The items of the sequences being read, innermost last: each sequence takes its own off
+    /// the end into a vector of exactly its length (one allocation, no regrowth copies; the
+    /// tree holds hundreds of thousands of small collections).
+    items: Vec<Node>,
+    /// The same for the entries of the mappings being read.
+    entries: Vec<(Node, Node)>,
 }
 
 /// An event as the builder needs it: small (the parser's events and spans are large, and
@@ -198,7 +206,7 @@ impl<'a> Builder<'a> {
                     return Err(GiveUp);
                 }
                 let loc = self.location(pos);
-                let mut items = Vec::new();
+                let start = self.items.len();
                 loop {
                     let (ev, pos) = self.next()?;
                     if let Ev::SeqEnd = ev {
@@ -207,8 +215,9 @@ impl<'a> Builder<'a> {
                     }
                     let (mut item, item_tag) = self.node(ev, pos, depth + 1)?;
                     item.tag = item_tag;
-                    items.push(item);
+                    self.items.push(item);
                 }
+                let items: Vec<Node> = self.items.drain(start..).collect();
                 (Node::new(Value::Seq(items), loc), tag, anchor)
             }
             Ev::Map(anchor, tag) => {
@@ -240,7 +249,7 @@ impl<'a> Builder<'a> {
     /// The entries of a mapping after its start: written entries in order, then what `<<`
     /// merges bring that is not written, earlier merges first.
     fn mapping(&mut self, depth: usize) -> R<Vec<(Node, Node)>> {
-        let mut entries: Vec<(Node, Node)> = Vec::new();
+        let start = self.entries.len();
         let mut merged: Vec<(Node, Node)> = Vec::new();
         loop {
             let (ev, pos) = self.next()?;
@@ -261,12 +270,15 @@ impl<'a> Builder<'a> {
             }
             let (mut value, tag) = self.node(ev, pos, depth + 1)?;
             value.tag = tag;
-            entries.push((key, value));
+            self.entries.push((key, value));
         }
         // A key written twice is serde-saphyr's error to report.
-        if has_duplicates(&entries) {
+        if has_duplicates(&self.entries[start..]) {
             return Err(GiveUp);
         }
+        // Room for what the merges bring too: the vector is not grown again.
+        let mut entries = Vec::with_capacity(self.entries.len() - start + merged.len());
+        entries.extend(self.entries.drain(start..));
         if !merged.is_empty() {
             for (k, v) in merged {
                 let mut seen = false;
