@@ -22,6 +22,13 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Set while some code handles SIGINT itself (`up`'s flow stops new work and waits for what is
 /// in flight): the first SIGINT is left to it, a second one ends the process.
 static GRACEFUL_INTERRUPT: AtomicBool = AtomicBool::new(false);
+/// When the last [`GracefulInterrupt`] guard was dropped. The caller's listener and the signal
+/// thread hear the same SIGINT independently: the caller may act on it and drop its guard before
+/// the signal thread looks (found as `logs -f` ending with 130 instead of 0 under load), so an
+/// interrupt that comes just after the guard is gone is still the caller's.
+static GRACEFUL_ENDED: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+/// How long after its guard is dropped an interrupt still counts as handled by the caller.
+const GRACEFUL_LINGER: Duration = Duration::from_secs(2);
 /// Set once a signal or the timeout ends the process: the main thread must not exit with
 /// another code while the files are being removed (see [`exit_code`]).
 static ENDING: AtomicBool = AtomicBool::new(false);
@@ -144,8 +151,15 @@ pub struct GracefulInterrupt(());
 
 impl Drop for GracefulInterrupt {
     fn drop(&mut self) {
+        *lock(&GRACEFUL_ENDED) = Some(std::time::Instant::now());
         GRACEFUL_INTERRUPT.store(false, Ordering::SeqCst);
     }
+}
+
+/// Whether a SIGINT heard now is (or was just) handled by the code that holds a guard.
+fn interrupt_is_handled() -> bool {
+    GRACEFUL_INTERRUPT.load(Ordering::SeqCst)
+        || lock(&GRACEFUL_ENDED).is_some_and(|t| t.elapsed() < GRACEFUL_LINGER)
 }
 
 pub fn graceful_interrupt() -> GracefulInterrupt {
@@ -219,7 +233,7 @@ fn wait_for_signals(ready: std::sync::mpsc::Sender<()>) {
             tokio::select! {
                 _ = int.recv() => {
                     interrupts += 1;
-                    if interrupts == 1 && GRACEFUL_INTERRUPT.load(Ordering::SeqCst) {
+                    if interrupts == 1 && interrupt_is_handled() {
                         continue;
                     }
                     end(130);

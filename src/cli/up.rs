@@ -365,6 +365,9 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             opts.fences = held.fences.clone();
             opts.lease_lost = Some(held.lost.clone());
         }
+        if !noop {
+            opts.service_map = Some(std::sync::Arc::new(project.clone()));
+        }
         if let Some(left) = lifetime::remaining() {
             opts.timeout = left
                 .saturating_sub(Duration::from_secs(2))

@@ -434,13 +434,15 @@ pub struct RestartPolicy {
 pub struct UpdateConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Zero durations and ratios are left out, as docker compose prints them (`omitempty`);
+    /// `parallelism: 0` stays.
+    #[serde(skip_serializing_if = "none_or_zero_duration")]
     pub delay: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_action: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "none_or_zero_duration")]
     pub monitor: Option<Duration>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "none_or_zero_ratio")]
     pub max_failure_ratio: Option<f64>,
     /// `stop-first` or `start-first`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -448,6 +450,14 @@ pub struct UpdateConfig {
     /// `x-*` fields, kept for `config`'s YAML (its JSON drops them, as compose's does).
     #[serde(flatten)]
     pub extensions: BTreeMap<String, serde_json::Value>,
+}
+
+fn none_or_zero_duration(d: &Option<Duration>) -> bool {
+    d.is_none_or(|d| d.0.is_zero())
+}
+
+fn none_or_zero_ratio(r: &Option<f64>) -> bool {
+    r.is_none_or(|r| r == 0.0)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -66,6 +66,11 @@ pub struct Options {
     /// `update_config.delay` per service: a replica replaced after another of its service in
     /// the same run waits this long first (the old one serves meanwhile).
     pub update_delay: BTreeMap<String, Duration>,
+    /// The project whose service map is pushed to every host whenever pods start during the
+    /// run ([`super::services::publish`]): a pod on another host resolves a dependency by name
+    /// and is let through its network's isolation as soon as the dependency runs, not only when
+    /// the deploy ends.
+    pub service_map: Option<Arc<crate::compose::model::Project>>,
 }
 
 impl Default for Options {
@@ -85,6 +90,7 @@ impl Default for Options {
             fences: BTreeMap::new(),
             lease_lost: None,
             update_delay: BTreeMap::new(),
+            service_map: None,
         }
     }
 }
@@ -857,6 +863,7 @@ pub async fn run(
     let deadline = Instant::now() + opts.timeout;
     let mut aborted = false;
     let mut idle_rounds = 0u32;
+    let mut publisher = Publisher::default();
     let mut lease_lost = opts.lease_lost.clone();
     let mut lost: Option<String> = None;
     // Once the lock is lost nothing is watched any more: a pod applied just before may already
@@ -1019,6 +1026,8 @@ pub async fn run(
                     emit(Progress::Failed(f))
                 }
                 Action::Done(summary) => {
+                    // A map pushed now must not land after the one `up` pushes at its end.
+                    publisher.finish().await;
                     emit(Progress::Done(summary.clone()));
                     return summary;
                 }
@@ -1090,6 +1099,7 @@ pub async fn run(
                     }],
                     ..Summary::default()
                 };
+                publisher.finish().await;
                 emit(Progress::Done(summary.clone()));
                 return summary;
             }
@@ -1134,8 +1144,13 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep(opts.poll), if !watched.is_empty() => {
+                let before = events.len();
                 for note in poll(hosts, project, &mut watched, &mut events, opts.request_timeout).await {
                     emit(Progress::Warning(note));
+                }
+                let started = events.iter().skip(before).any(|e| matches!(e, Event::Started(_)));
+                if started {
+                    publisher.request(hosts, opts);
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()), if !aborted => {}
@@ -1157,6 +1172,53 @@ pub async fn run(
                 aborted = true;
                 events.push_back(Event::Abort { reason: "interrupted".into() });
             }
+        }
+    }
+}
+
+/// Pushes the service map while the deploy runs, one push at a time: a push asked for while one
+/// is in flight runs once that one is done (with the statuses of then).
+#[derive(Default)]
+struct Publisher {
+    running: Option<tokio::task::JoinHandle<()>>,
+    /// Asked for again while one was in flight.
+    again: Option<(BTreeMap<String, Arc<HostConn>>, Options)>,
+}
+
+impl Publisher {
+    fn request(&mut self, hosts: &BTreeMap<String, Arc<HostConn>>, opts: &Options) {
+        if opts.service_map.is_none() {
+            return;
+        }
+        if self.running.as_ref().is_some_and(|t| !t.is_finished()) {
+            self.again = Some((hosts.clone(), opts.clone()));
+            return;
+        }
+        self.again = None;
+        self.running = Some(Self::spawn(hosts.clone(), opts));
+    }
+
+    fn spawn(
+        hosts: BTreeMap<String, Arc<HostConn>>,
+        opts: &Options,
+    ) -> tokio::task::JoinHandle<()> {
+        let project = opts.service_map.clone();
+        let timeout = opts.request_timeout;
+        tokio::spawn(async move {
+            if let Some(project) = project {
+                // Warnings are left to the push at the end of `up`, which reports them.
+                let _ = super::services::publish(&hosts, &project, &BTreeMap::new(), timeout).await;
+            }
+        })
+    }
+
+    /// Waits for the push in flight and the one asked for meanwhile.
+    async fn finish(&mut self) {
+        if let Some(task) = self.running.take() {
+            let _ = task.await;
+        }
+        if let Some((hosts, opts)) = self.again.take() {
+            let _ = Self::spawn(hosts, &opts).await;
         }
     }
 }

@@ -287,3 +287,45 @@ fn up_runs_every_service_then_changes_only_what_changed_and_down_removes_all() {
     let out = cli(&lab, "jobsfail", &[], &["down"]);
     assert!(out.status.success(), "down failed: {}", describe(&out));
 }
+
+/// A dependent on another host reaches its dependency by name while `up` runs: the service map
+/// goes to every host as pods start, so the dependent's health check (a fetch of `http://db/`)
+/// passes and the health-gated `up` succeeds.
+#[test]
+fn a_dependent_on_another_host_reaches_its_dependency_by_name_during_up() {
+    let Some(lab) = Lab::up(
+        "a_dependent_on_another_host_reaches_its_dependency_by_name_during_up",
+        2,
+    ) else {
+        return;
+    };
+    let hosts = lab.host_names();
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/discovery/compose.yaml");
+    let run = |args: &[&str]| {
+        lab.cli()
+            .arg("-f")
+            .arg(&fixture)
+            .args(args)
+            .env("REGISTRY", lab.registry())
+            .env("H1", &hosts[0])
+            .env("H2", &hosts[1])
+            .output()
+            .expect("runs the CLI")
+    };
+    let out = run(&["up"]);
+    assert!(out.status.success(), "up: {}", describe(&out));
+    let out = run(&["ps", "--format", "json"]);
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("ps JSON");
+    let api = rows
+        .iter()
+        .find(|r| r["service"] == "api")
+        .expect("an api row");
+    assert_eq!(
+        (api["host"].as_str(), api["health"].as_str()),
+        (Some(hosts[1].as_str()), Some("healthy")),
+        "{rows:?}"
+    );
+    let out = run(&["down"]);
+    assert!(out.status.success(), "down: {}", describe(&out));
+}
