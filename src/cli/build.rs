@@ -49,17 +49,24 @@ pub fn insecure_registries(global: &GlobalArgs) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Refuses a service name the project does not define.
+pub fn known_services(
+    project: &crate::compose::model::Project,
+    services: &[String],
+) -> Result<(), Failure> {
+    match services.iter().find(|s| !project.services.contains_key(*s)) {
+        Some(s) => Err(Failure::User(format!(
+            "no service `{s}` in the project\nhint: `compose-fleet config --services` lists them"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     let workspace = project::resolve(global)?;
     let checked = workspace.project()?;
     let project = &checked.loaded.project;
-    for s in &args.services {
-        if !project.services.contains_key(s) {
-            return Err(Failure::User(format!(
-                "no service `{s}` in the project\nhint: `compose-fleet config --services` lists them"
-            )));
-        }
-    }
+    known_services(project, &args.services)?;
     let insecure = insecure(global);
     let store = store()?;
     let mut builder = None;

@@ -29,13 +29,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     let workspace = project::resolve(global)?;
     let checked = workspace.project()?;
     let project = &checked.loaded.project;
-    for s in &args.services {
-        if !project.services.contains_key(s) {
-            return Err(Failure::User(format!(
-                "no service `{s}` in the project\nhint: `compose-fleet config --services` lists them"
-            )));
-        }
-    }
+    super::build::known_services(project, &args.services)?;
     let insecure = insecure_registries(global);
     let store = store()?;
     // Every target is known before anything is built or sent.

@@ -29,12 +29,8 @@ pub struct RollbackArgs {
     /// The release to go back to (default: the good release before the current one)
     #[arg(long, value_name = "N")]
     pub to: Option<u64>,
-    /// When another deploy of this project holds the deploy lock, wait this long for it
-    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration)]
-    pub lock_wait: Option<Duration>,
-    /// How long the deploy lock outlives this process if it is killed (renewed while it runs)
-    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration, default_value = "30s")]
-    pub lock_ttl: Duration,
+    #[command(flatten)]
+    pub lock: super::up::LockArgs,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -165,8 +161,8 @@ pub fn rollback(global: &GlobalArgs, args: RollbackArgs) -> CmdResult {
             &connected.hosts,
             &project.name,
             lock::owner(),
-            args.lock_ttl,
-            args.lock_wait.unwrap_or_default(),
+            args.lock.lock_ttl,
+            args.lock.lock_wait.unwrap_or_default(),
             timeout,
         )
         .await?;

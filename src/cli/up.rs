@@ -81,13 +81,8 @@ pub struct Args {
     /// `10M` = 10,000,000, `512K`, `8MiB`
     #[arg(long, value_name = "RATE", value_parser = crate::build::rate::parse_rate)]
     pub max_upload_rate: Option<u64>,
-    /// When another deploy of this project holds the deploy lock, wait this long for it (e.g.
-    /// `5m`) instead of failing at once
-    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration)]
-    pub lock_wait: Option<Duration>,
-    /// How long the deploy lock outlives this process if it is killed (renewed while it runs)
-    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration, default_value = "30s")]
-    pub lock_ttl: Duration,
+    #[command(flatten)]
+    pub lock: LockArgs,
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Converge only these services (and what they depend on)
@@ -105,6 +100,18 @@ pub fn failure(e: ExecError, sources: &crate::diag::SourceMap) -> Failure {
             Failure::Reported(1)
         }
     }
+}
+
+/// The deploy lock's options, for every command that changes the fleet (`up`, `rollback`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LockArgs {
+    /// When another deploy of this project holds the deploy lock, wait this long for it (e.g.
+    /// `5m`) instead of failing at once
+    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration)]
+    pub lock_wait: Option<Duration>,
+    /// How long the deploy lock outlives this process if it is killed (renewed while it runs)
+    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration, default_value = "30s")]
+    pub lock_ttl: Duration,
 }
 
 pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
@@ -246,8 +253,8 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                 &connected.hosts,
                 &project.name,
                 lock::owner(),
-                args.lock_ttl,
-                args.lock_wait.unwrap_or_default(),
+                args.lock.lock_ttl,
+                args.lock.lock_wait.unwrap_or_default(),
                 opts.ssh.command_timeout,
             )
             .await?;
