@@ -212,8 +212,10 @@ fn up_killed_at_random_twenty_times_converges_each_time_and_leaves_no_orphan() {
         );
     }
 
-    // The reference: the same file deployed cleanly on the same hosts.
-    let out = cli(&lab, &last, &["down"]);
+    // The reference: the same file deployed cleanly on the same hosts. (When the last kill
+    // came after the changes, the `up` after it had nothing to do and took no lock: the killed
+    // one's lease may still be running out.)
+    let out = cli(&lab, &last, &["down", "--lock-wait", "60s"]);
     assert!(out.status.success(), "down: {}", describe(&out));
     let out = cli(&lab, &last, &["up"]);
     assert!(out.status.success(), "clean up: {}", describe(&out));
@@ -223,6 +225,6 @@ fn up_killed_at_random_twenty_times_converges_each_time_and_leaves_no_orphan() {
         "after {} the fleet differs from a clean deploy",
         history.join(", ")
     );
-    let out = cli(&lab, &last, &["down", "--volumes"]);
+    let out = cli(&lab, &last, &["down", "--volumes", "--lock-wait", "60s"]);
     assert!(out.status.success(), "down: {}", describe(&out));
 }
