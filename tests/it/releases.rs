@@ -304,7 +304,11 @@ fn a_rolling_update_replaces_one_replica_at_a_time() {
         "every replaced replica turned healthy: {down:?}"
     );
 
-    // From `ps`, sampled meanwhile: at least two of the three replicas healthy at every sample.
+    // From `ps`, sampled meanwhile: the service is never down. (A `ps` sample is not one instant:
+    // it asks the hosts in parallel, and a host may answer from just before the flow saw the
+    // previous replica healthy and another from just after it replaced the next — so a sample
+    // can show two replicas in transition though the flow never had two; the events above are
+    // the exact check of `parallelism`.)
     let least = samples
         .iter()
         .map(|rows| {
@@ -319,7 +323,7 @@ fn a_rolling_update_replaces_one_replica_at_a_time() {
         samples.len()
     );
     assert!(!samples.is_empty(), "ps answered during the rollout");
-    assert!(least >= 2, "never more than one replica down: {samples:?}");
+    assert!(least >= 1, "the service is never down: {samples:?}");
 
     // For comparison (a figure, not an assertion): every replica at once (PAR=3).
     let started = Instant::now();
