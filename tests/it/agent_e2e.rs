@@ -213,11 +213,7 @@ fn the_agent_runs_isolated_pods_and_survives_its_own_kill() {
     let target = SshTarget::all(&fleet).remove(0);
     let agent = AgentBinary::locate(None).expect("the agent binary");
     let registry = lab.registry();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = crate::support::runtime();
     runtime.block_on(async {
         let (target, agent) = (&target, &agent);
 

@@ -160,9 +160,7 @@ fn pods_on_two_sites_reach_each_other_through_the_mesh_and_nothing_plain_crosses
     ) else {
         return;
     };
-    let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
-    let targets = SshTarget::all(&fleet);
-    let agent = AgentBinary::locate(None).expect("the agent binary");
+    let (targets, agent) = lab.agents();
     let hosts = lab.host_names();
     let before: Vec<String> = hosts.iter().map(|h| host_state(&lab, h)).collect();
     // Host 1's veth in the root namespace: every packet between it and the other site.
@@ -176,11 +174,7 @@ fn pods_on_two_sites_reach_each_other_through_the_mesh_and_nothing_plain_crosses
     let registry = lab.registry();
     let (httpd_image, shell_image) = (lab.httpd_image(), lab.shell_image());
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = crate::support::runtime();
     runtime.block_on(async {
         let (h1, h2) = (&targets[0], &targets[1]);
         let agent = &agent;
@@ -375,14 +369,8 @@ fn up_joins_services_on_two_sites_through_the_mesh() {
         .find(|r| r["service"] == "web")
         .expect("web runs");
     let web_ip = web["ip"].as_str().expect("web has an address").to_string();
-    let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
-    let targets = SshTarget::all(&fleet);
-    let agent = AgentBinary::locate(None).expect("the agent binary");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let (targets, agent) = lab.agents();
+    let runtime = crate::support::runtime();
     runtime.block_on(async {
         let url = format!("http://{web_ip}/");
         let (page, code) = exec(&targets[1], &agent, "client-1", &["wget", "-qO-", &url]).await;

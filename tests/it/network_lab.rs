@@ -204,9 +204,7 @@ fn pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind() {
     ) else {
         return;
     };
-    let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
-    let targets = SshTarget::all(&fleet);
-    let agent = AgentBinary::locate(None).expect("the agent binary");
+    let (targets, agent) = lab.agents();
     let hosts = lab.host_names();
     let before: Vec<String> = hosts.iter().map(|h| host_state(&lab, h)).collect();
 
@@ -233,11 +231,7 @@ fn pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind() {
         })
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = crate::support::runtime();
     runtime.block_on(async {
         let (h1, h2) = (&targets[0], &targets[1]);
         let agent = &agent;
@@ -381,9 +375,7 @@ fn the_same_pod_on_two_lab_hosts_lives_in_two_cgroups_and_dies_alone() {
     ) else {
         return;
     };
-    let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
-    let targets = SshTarget::all(&fleet);
-    let agent = AgentBinary::locate(None).expect("the agent binary");
+    let (targets, agent) = lab.agents();
     let hosts = lab.host_names();
     let registry = lab.registry();
     let shell_image = lab.shell_image();
@@ -409,11 +401,7 @@ fn the_same_pod_on_two_lab_hosts_lives_in_two_cgroups_and_dies_alone() {
             .unwrap_or_default()
             .to_string()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = crate::support::runtime();
     runtime.block_on(async {
         let agent = &agent;
         let sleeper = || pod("job-1", &shell_image, Some(&["sleep", "3600"]), vec![]);

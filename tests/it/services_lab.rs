@@ -150,9 +150,7 @@ fn a_pod_reaches_replicas_on_other_hosts_by_name_through_the_vip_and_dnsrr() {
     ) else {
         return;
     };
-    let fleet = compose_fleet::inventory::load(&lab.inventory()).expect("lab inventory");
-    let targets = SshTarget::all(&fleet);
-    let agent = AgentBinary::locate(None).expect("the agent binary");
+    let (targets, agent) = lab.agents();
     let hosts = lab.host_names();
     let reported: BTreeMap<String, Option<Ipv4Net>> =
         hosts.iter().map(|h| (h.clone(), None)).collect();
@@ -182,11 +180,7 @@ fn a_pod_reaches_replicas_on_other_hosts_by_name_through_the_vip_and_dnsrr() {
     )
     .expect("vips");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = crate::support::runtime();
     runtime.block_on(async {
         let agent = &agent;
         let (h1, h2, h3) = (&targets[0], &targets[1], &targets[2]);

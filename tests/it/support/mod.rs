@@ -146,6 +146,20 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// The lab's hosts as SSH targets (from its inventory) and the agent binary they run: what a
+    /// test talking to the agents directly starts from.
+    pub fn agents(
+        &self,
+    ) -> (
+        Vec<compose_fleet::ssh::SshTarget>,
+        compose_fleet::ssh::AgentBinary,
+    ) {
+        let fleet = compose_fleet::inventory::load(&self.inventory()).expect("lab inventory");
+        let targets = compose_fleet::ssh::SshTarget::all(&fleet);
+        let agent = compose_fleet::ssh::AgentBinary::locate(None).expect("the agent binary");
+        (targets, agent)
+    }
+
     /// Brings up a lab of `hosts` hosts (`NAME-1..NAME-N`). Returns `None`, having printed why,
     /// when not root. Panics with `lab up`'s output when it fails.
     pub fn up(test: &str, hosts: usize) -> Option<Lab> {
@@ -388,4 +402,13 @@ pub fn project_processes_script(project: &str) -> String {
            grep -q ':/\\.\\.' \"${{f%/cmdline}}/cgroup\" 2>/dev/null || echo \"$f\"; \
          done"
     )
+}
+
+/// The runtime a lab test drives the agents' protocol from.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
