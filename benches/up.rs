@@ -1,12 +1,24 @@
-//! `cargo bench --bench up`: `compose-fleet up` on lab fleets of 3 and 10 hosts
+//! `cargo bench --bench up`: `compose-fleet up` on lab fleets of 1, 3 and 10 hosts
 //! (`tests/fixtures/operate/chain.yaml`): the first `up` of a dependency chain of three services,
 //! each healthy 1 s after it starts, against its critical-path lower bound (3 s of start-ups,
-//! plus one connect round); then a no-op `up` (nothing changed: one `Status` per host after
-//! `hello`, in parallel), 5 runs. Needs root (the lab); prints figures, asserts nothing about time.
+//! plus one connect round) and against starting the same services level by level (one
+//! `up --wait` per level of the graph: db; api and worker; web); then a no-op `up` (nothing
+//! changed: one `Status` per host after `hello`, in parallel), 5 runs.
+//!
+//! In the same run, the baseline: docker compose 1.29 (Debian's `docker-compose`) `up -d` of the
+//! same file on one host, against a private `dockerd` (Debian's `docker.io`, started here in a
+//! network namespace of its own, its data in a temporary directory) with the same httpd image
+//! imported from the lab's busybox layer. Its `up -d` returns once the dependents are started, so
+//! the figure that compares with `up` is "until every container is healthy"; both are printed.
+//! Without `dockerd` or `docker-compose` the baseline is skipped with the reason.
+//!
+//! `UP_BENCH_SIZES=3` chooses the fleet sizes; `UP_BENCH_DOCKER=0` skips the baseline. Needs
+//! root (the lab); prints figures, asserts nothing about time.
 
 use std::fs::File;
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use compose_fleet::lab::Lab;
@@ -24,7 +36,7 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("UP_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![3, 10]);
+        .unwrap_or_else(|| vec![1, 3, 10]);
     println!(
         "{:>5}  {:>22}  {:>9}  {:>9}  {:>9}",
         "hosts", "run", "wall_ms", "min_ms", "max_ms"
@@ -34,6 +46,16 @@ fn main() {
             eprintln!("{n} hosts: {e}");
         }
     }
+    if std::env::var("UP_BENCH_DOCKER").as_deref() != Ok("0") {
+        match docker_compose_baseline() {
+            Ok(()) => {}
+            Err(e) => eprintln!("docker compose 1.29 baseline: {e}"),
+        }
+    }
+}
+
+fn chain_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/operate/chain.yaml")
 }
 
 fn bench_fleet(n: usize) -> Result<(), String> {
@@ -54,10 +76,7 @@ fn bench_fleet(n: usize) -> Result<(), String> {
                 .arg("-i")
                 .arg(lab.inventory())
                 .arg("-f")
-                .arg(
-                    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                        .join("tests/fixtures/operate/chain.yaml"),
-                )
+                .arg(chain_file())
                 .args(args)
                 .env("REGISTRY", &registry)
                 .output()
@@ -77,6 +96,14 @@ fn bench_fleet(n: usize) -> Result<(), String> {
         up(&["up", "--wait"])?;
         up(&["down"])?;
         let first = up(&["up", "--wait"])?;
+        // Level by level: each level of the graph started, and waited for, before the next.
+        up(&["down"])?;
+        let mut levels = Duration::ZERO;
+        for level in [&["db"][..], &["api", "worker"], &["web"]] {
+            let mut args = vec!["up", "--wait"];
+            args.extend_from_slice(level);
+            levels += up(&args)?;
+        }
         // The floor for everything but the chain: a no-op round (connect, hello, status).
         let mut noop = Vec::new();
         for _ in 0..NOOP_RUNS {
@@ -108,9 +135,259 @@ fn bench_fleet(n: usize) -> Result<(), String> {
             bound.as_secs_f64() * 1000.0,
             first.as_secs_f64() / bound.as_secs_f64()
         );
+        println!(
+            "{:>5}  {:>22}  {:>9.0}  (3 × up --wait, one per level); levels/chain = {:.2}",
+            n,
+            "level by level",
+            levels.as_secs_f64() * 1000.0,
+            levels.as_secs_f64() / first.as_secs_f64()
+        );
         up(&["down"])?;
         Ok(())
     })();
     let _ = lab.down();
     result
+}
+
+/// The runs of the docker compose baseline after a first, warming one.
+const DOCKER_RUNS: usize = 3;
+
+/// docker compose 1.29 `up -d` of the chain on one host, against a private `dockerd`.
+fn docker_compose_baseline() -> Result<(), String> {
+    for tool in ["dockerd", "docker", "docker-compose"] {
+        if which(tool).is_none() {
+            println!(
+                "skipped: docker compose 1.29 baseline: `{tool}` is not installed (scripts/setup.sh installs docker.io and docker-compose)"
+            );
+            return Ok(());
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("cf-bench-docker")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let netns = format!("cfbench-docker-{}", std::process::id());
+    let daemon = Dockerd::start(dir.path(), &netns)?;
+    let result = (|| {
+        let sock = format!("unix://{}", daemon.socket.display());
+        // The lab's httpd image, imported from its one layer, named as the file names it with
+        // REGISTRY=cfbench.
+        let images = compose_fleet::lab::images::build_all("cfbench").map_err(|e| e.to_string())?;
+        let httpd = images
+            .iter()
+            .find(|i| i.reference.ends_with("lab/httpd:latest"))
+            .ok_or("no httpd image")?;
+        let mut import = Command::new("docker")
+            .env("DOCKER_HOST", &sock)
+            .args([
+                "import",
+                "--change",
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--change",
+                r#"CMD ["httpd", "-f", "-p", "80", "-h", "/www"]"#,
+                "-",
+                &httpd.reference,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        import
+            .stdin
+            .take()
+            .ok_or("no stdin")?
+            .write_all(&httpd.layer)
+            .map_err(|e| e.to_string())?;
+        if !import.wait().map_err(|e| e.to_string())?.success() {
+            return Err("docker import failed".into());
+        }
+        // docker compose 1.29 does not know the top-level `name:`: the project is named by -p.
+        let text = std::fs::read_to_string(chain_file()).map_err(|e| e.to_string())?;
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("name:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let app = dir.path().join("app");
+        std::fs::create_dir_all(&app).map_err(|e| e.to_string())?;
+        std::fs::write(app.join("docker-compose.yml"), text).map_err(|e| e.to_string())?;
+        let compose = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("docker-compose")
+                .current_dir(&app)
+                .env("DOCKER_HOST", &sock)
+                .env("REGISTRY", "cfbench")
+                .args(["-p", "chain"])
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "docker-compose {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(())
+        };
+        let all_healthy = || -> bool {
+            let out = Command::new("docker")
+                .env("DOCKER_HOST", &sock)
+                .args(["ps", "-a", "--format", "{{.Status}}"])
+                .output();
+            match out {
+                Ok(o) => {
+                    let text = String::from_utf8_lossy(&o.stdout);
+                    text.lines().count() == 4 && text.lines().all(|l| l.contains("(healthy)"))
+                }
+                Err(_) => false,
+            }
+        };
+        let mut returned = Vec::new();
+        let mut healthy = Vec::new();
+        for run in 0..=DOCKER_RUNS {
+            let started = Instant::now();
+            compose(&["up", "-d"])?;
+            let up_d = started.elapsed();
+            let deadline = started + Duration::from_secs(60);
+            while !all_healthy() {
+                if Instant::now() > deadline {
+                    return Err("the chain never turned healthy under docker compose".into());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let all = started.elapsed();
+            compose(&["down", "-t", "1"])?;
+            // The first run creates what later runs reuse (layers unpacked once): not counted.
+            if run > 0 {
+                returned.push(up_d);
+                healthy.push(all);
+            }
+        }
+        returned.sort();
+        healthy.sort();
+        for (what, runs) in [
+            ("docker compose up -d", &returned),
+            ("docker compose healthy", &healthy),
+        ] {
+            println!(
+                "{:>5}  {:>22}  {:>9.0}  {:>9.0}  {:>9.0}",
+                1,
+                what,
+                runs[runs.len() / 2].as_secs_f64() * 1000.0,
+                runs[0].as_secs_f64() * 1000.0,
+                runs[runs.len() - 1].as_secs_f64() * 1000.0,
+            );
+        }
+        Ok(())
+    })();
+    drop(daemon);
+    result
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A `dockerd` of the benchmark's own: in a network namespace of its own (its bridges and rules
+/// never touch the machine's), data and sockets in `dir`; stopped and removed when dropped.
+struct Dockerd {
+    child: Child,
+    netns: String,
+    socket: PathBuf,
+}
+
+impl Dockerd {
+    fn start(dir: &Path, netns: &str) -> Result<Dockerd, String> {
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    s.success()
+                        .then_some(())
+                        .ok_or(format!("ip {} failed", args.join(" ")))
+                })
+        };
+        ip(&["netns", "add", netns])?;
+        ip(&["-n", netns, "link", "set", "lo", "up"])?;
+        let socket = dir.join("docker.sock");
+        let log = File::create(dir.join("dockerd.log")).map_err(|e| e.to_string())?;
+        // nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup mounts dockerd needs.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("root"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--iptables=false", "--ip-masq=false"])
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn();
+        let mut daemon = match child {
+            Ok(child) => Dockerd {
+                child,
+                netns: netns.to_string(),
+                socket,
+            },
+            Err(e) => {
+                let _ = ip(&["netns", "del", netns]);
+                return Err(e.to_string());
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new("docker")
+                .env("DOCKER_HOST", format!("unix://{}", daemon.socket.display()))
+                .args(["info", "--format", "{{.ServerVersion}}"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Ok(daemon);
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                return Err(format!(
+                    "dockerd exited ({status}); see its log in {}",
+                    dir.join("dockerd.log").display()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err("dockerd did not answer within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
 }

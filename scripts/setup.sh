@@ -13,7 +13,8 @@ packages=(
   iproute2 nftables iptables      # lab namespaces, bridge, routes; pod networking
   util-linux procps psmisc kmod   # unshare, nsenter, pgrep, fuser
   crun                            # benchmark baseline for container start
-  docker-compose                  # benchmark baseline for `config`
+  docker-compose                  # benchmark baseline for `config`, and `up` (1.29)
+  docker.io                       # the daemon behind that `up` baseline (benches/up.rs starts its own)
   python3-venv                    # the project's own venv for the reference tools (below)
   jq curl ca-certificates
 )
