@@ -22,13 +22,11 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Set while some code handles SIGINT itself (`up`'s flow stops new work and waits for what is
 /// in flight): the first SIGINT is left to it, a second one ends the process.
 static GRACEFUL_INTERRUPT: AtomicBool = AtomicBool::new(false);
-/// When the last [`GracefulInterrupt`] guard was dropped. The caller's listener and the signal
-/// thread hear the same SIGINT independently: the caller may act on it and drop its guard before
-/// the signal thread looks (found as `logs -f` ending with 130 instead of 0 under load), so an
-/// interrupt that comes just after the guard is gone is still the caller's.
-static GRACEFUL_ENDED: Mutex<Option<std::time::Instant>> = Mutex::new(None);
-/// How long after its guard is dropped an interrupt still counts as handled by the caller.
-const GRACEFUL_LINGER: Duration = Duration::from_secs(2);
+/// Set once the code that holds a [`GracefulInterrupt`] guard has acted on a SIGINT. Its listener
+/// and the signal thread hear the same SIGINT independently: the holder may act on it and drop
+/// its guard before the signal thread looks (found as `logs -f` ending with 130 instead of 0 under
+/// load), so the signal thread asks this too, not only whether a guard is held now.
+static INTERRUPT_HANDLED: AtomicBool = AtomicBool::new(false);
 /// Set once a signal or the timeout ends the process: the main thread must not exit with
 /// another code while the files are being removed (see [`exit_code`]).
 static ENDING: AtomicBool = AtomicBool::new(false);
@@ -151,15 +149,20 @@ pub struct GracefulInterrupt(());
 
 impl Drop for GracefulInterrupt {
     fn drop(&mut self) {
-        *lock(&GRACEFUL_ENDED) = Some(std::time::Instant::now());
         GRACEFUL_INTERRUPT.store(false, Ordering::SeqCst);
     }
 }
 
-/// Whether a SIGINT heard now is (or was just) handled by the code that holds a guard.
-fn interrupt_is_handled() -> bool {
-    GRACEFUL_INTERRUPT.load(Ordering::SeqCst)
-        || lock(&GRACEFUL_ENDED).is_some_and(|t| t.elapsed() < GRACEFUL_LINGER)
+/// Said by the code that holds a [`GracefulInterrupt`] guard when its own listener heard SIGINT
+/// and it acts on it (before it drops the guard).
+pub fn interrupt_handled() {
+    INTERRUPT_HANDLED.store(true, Ordering::SeqCst);
+}
+
+/// Whether the first SIGINT is the guard holder's: a guard is held now (its listener hears the
+/// same signal), or the holder already said it acted on it.
+fn first_interrupt_is_handled() -> bool {
+    GRACEFUL_INTERRUPT.load(Ordering::SeqCst) || INTERRUPT_HANDLED.load(Ordering::SeqCst)
 }
 
 pub fn graceful_interrupt() -> GracefulInterrupt {
@@ -233,7 +236,9 @@ fn wait_for_signals(ready: std::sync::mpsc::Sender<()>) {
             tokio::select! {
                 _ = int.recv() => {
                     interrupts += 1;
-                    if interrupts == 1 && interrupt_is_handled() {
+                    // Only the first interrupt can be graceful: a second one always ends the
+                    // process.
+                    if interrupts == 1 && first_interrupt_is_handled() {
                         continue;
                     }
                     end(130);

@@ -411,7 +411,10 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
                         }
                         None => break,
                     },
-                    _ = interrupt.recv() => break,
+                    _ = interrupt.recv() => {
+                        crate::lifetime::interrupt_handled();
+                        break;
+                    }
                 }
             }
             tasks.abort_all();

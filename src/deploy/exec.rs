@@ -1170,6 +1170,7 @@ pub async fn run(
                 }
             }, if !aborted => {
                 aborted = true;
+                crate::lifetime::interrupt_handled();
                 events.push_back(Event::Abort { reason: "interrupted".into() });
             }
         }

@@ -650,6 +650,45 @@ mod tests {
         );
     }
 
+    /// A service map arriving while a pod is attached (`up` pushes maps as pods start) must not
+    /// deadlock the two: both take the address book and the service registry.
+    #[test]
+    fn service_maps_and_attaches_at_the_same_time_never_deadlock() {
+        let (_d, _kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        // One pod stays, so that every map rewrites the rules (book, then registry).
+        net.attach("p", "db-1", Path::new("/x"), &[]).unwrap();
+        let net = Arc::new(net);
+        let (done, finished) = std::sync::mpsc::channel();
+        let attacher = {
+            let (net, done) = (net.clone(), done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    net.attach("p", "web-1", Path::new("/x"), &[]).unwrap();
+                    net.detach("p", "web-1").unwrap();
+                }
+                let _ = done.send("attach");
+            })
+        };
+        let pusher = std::thread::spawn(move || {
+            for _ in 0..1000 {
+                net.set_services(crate::proto::service::ServiceMap {
+                    project: "p".into(),
+                    services: vec![],
+                })
+                .unwrap();
+            }
+            let _ = done.send("set_services");
+        });
+        for _ in 0..2 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("attach/detach and set_services deadlocked");
+        }
+        attacher.join().unwrap();
+        pusher.join().unwrap();
+    }
+
     #[test]
     fn a_failed_attach_releases_the_address() {
         let (_d, kernel, net) = setup();

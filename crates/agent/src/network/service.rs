@@ -336,7 +336,12 @@ impl super::Network {
                 .map_err(|e| super::NetError::State(file.clone(), e))?;
         }
         self.resync()?;
-        Ok(self.registry().counts(self.subnet()))
+        // The subnet first: `self.registry().counts(self.subnet())` would lock the registry and
+        // then the address book, the reverse of `attach`'s order (book, then registry in
+        // `ruleset`) — a deadlock of both runtime threads when a service map arrived while a pod
+        // was being attached (seen as a lab agent that answered nothing, every thread in futex).
+        let subnet = self.subnet();
+        Ok(self.registry().counts(subnet))
     }
 
     /// The digest of the map held for `project` (see `ServiceMap::digest`).
