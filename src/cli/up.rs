@@ -479,20 +479,25 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         };
         // Service discovery: every agent learns where the project's replicas now run (after a
         // no-op, from what the hosts reported, and only where their map differs).
+        // With `--on-unreachable skip` the map keeps the silent hosts' pods as recorded.
+        let kept = opts.kept_pods();
         let published = if noop {
+            let mut observed = connected.observed.clone();
+            observed.extend(kept);
             crate::deploy::services::publish_observed(
                 &connected.hosts,
                 project,
-                &connected.observed,
+                &observed,
                 &connected.service_maps,
                 opts.request_timeout,
             )
             .await
         } else {
-            crate::deploy::services::publish(
+            crate::deploy::services::publish_keeping(
                 &connected.hosts,
                 project,
                 &connected.service_maps,
+                &kept,
                 opts.request_timeout,
             )
             .await

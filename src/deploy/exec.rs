@@ -76,6 +76,8 @@ pub struct Options {
     /// The hosts that did not answer, each with the replicas the last service map the others
     /// hold placed there (empty: none recorded). With `skip` these stay where they are.
     pub lost: BTreeMap<String, Vec<crate::schedule::Observed>>,
+    /// The pods of the hosts that did not answer, as that map records them.
+    pub lost_pods: BTreeMap<String, Vec<PodStatus>>,
     /// A watched host that does not answer a `Status` within this long is lost (a frozen agent
     /// keeps its SSH channel open: only a deadline tells).
     pub lost_after: Duration,
@@ -92,6 +94,17 @@ pub enum OnUnreachable {
     /// Treat the hosts that do not answer as gone: place their replicas on the others, as far
     /// as they fit (their stale copies are removed by the first `up` after they return)
     Reschedule,
+}
+
+impl Options {
+    /// The pods the service map keeps for hosts that did not answer: with `skip` they stay
+    /// where they are, so the map must go on saying so (else the next `up` would not know).
+    pub fn kept_pods(&self) -> BTreeMap<String, Vec<PodStatus>> {
+        match self.on_unreachable {
+            OnUnreachable::Skip => self.lost_pods.clone(),
+            _ => BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for Options {
@@ -114,6 +127,7 @@ impl Default for Options {
             service_map: None,
             on_unreachable: OnUnreachable::Fail,
             lost: BTreeMap::new(),
+            lost_pods: BTreeMap::new(),
             // ssh's keepalive gives up on a silent connection after about 15s (3 × 5s).
             lost_after: Duration::from_secs(20),
         }
@@ -636,7 +650,7 @@ pub async fn on_unreachable(
         return Err(ExecError::User(unreachable_error(&connected.unreachable)));
     }
     let lost: BTreeSet<String> = connected.unreachable.keys().cloned().collect();
-    opts.lost = recorded_on(
+    (opts.lost, opts.lost_pods) = recorded_on(
         &connected.hosts,
         project,
         &lost,
@@ -670,20 +684,27 @@ pub fn unreachable_error(unreachable: &BTreeMap<String, String>) -> String {
 }
 
 /// The replicas that the service map held by the hosts that answer places on each host of `lost`
-/// (every host of `lost` is a key, with nothing when none is recorded). The map is the one the
-/// last `up` pushed everywhere, so any host that answers knows where every replica ran then.
+/// (every host of `lost` is a key, with nothing when none is recorded), and the same as pods (in
+/// the state `unreachable`). The map is the one the last `up` pushed everywhere, so any host that
+/// answers knows where every replica ran then.
 async fn recorded_on(
     hosts: &BTreeMap<String, Arc<HostConn>>,
     project: &str,
     lost: &BTreeSet<String>,
     timeout: Duration,
-) -> BTreeMap<String, Vec<crate::schedule::Observed>> {
+) -> (
+    BTreeMap<String, Vec<crate::schedule::Observed>>,
+    BTreeMap<String, Vec<PodStatus>>,
+) {
     let mut tasks = JoinSet::new();
     for conn in hosts.values() {
         let (conn, project) = (conn.clone(), project.to_string());
         tasks.spawn(async move { conn.call(Request::ServicesHeld { project }, timeout).await });
     }
     let mut found: BTreeSet<crate::schedule::Observed> = BTreeSet::new();
+    // (host, pod) → its address and containers (service, replica).
+    type Containers = BTreeSet<(String, u32)>;
+    let mut pods: BTreeMap<(String, String), (String, Containers)> = BTreeMap::new();
     while let Some(joined) = tasks.join_next().await {
         // A host without a map (or an older agent) knows nothing: the others may.
         let Ok(Ok(Response::ServicesHeld { map: Some(map) })) = joined else {
@@ -696,6 +717,10 @@ async fn recorded_on(
                     replica: e.replica,
                     host: e.host.clone(),
                 });
+                pods.entry((e.host.clone(), e.pod.clone()))
+                    .or_insert_with(|| (e.addr.to_string(), BTreeSet::new()))
+                    .1
+                    .insert((service.name.clone(), e.replica));
             }
         }
     }
@@ -704,7 +729,30 @@ async fn recorded_on(
     for o in found {
         out.entry(o.host.clone()).or_default().push(o);
     }
-    out
+    let mut statuses: BTreeMap<String, Vec<PodStatus>> = BTreeMap::new();
+    for ((host, name), (ip, containers)) in pods {
+        statuses.entry(host).or_default().push(PodStatus {
+            project: project.to_string(),
+            name,
+            spec_hash: String::new(),
+            ip: Some(ip),
+            containers: containers
+                .into_iter()
+                .map(|(service, replica)| crate::proto::ContainerStatus {
+                    service,
+                    replica,
+                    state: "unreachable".into(),
+                    health: None,
+                    pid: None,
+                    exit_code: None,
+                    restarts: 0,
+                    started_at: None,
+                    stopped: false,
+                })
+                .collect(),
+        });
+    }
+    (out, statuses)
 }
 
 /// What `up` will do, worked out before anything changes.
