@@ -576,9 +576,11 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         output::warning(&format!(
             "{unreachable} host{} did not answer and {}: {} (`compose-fleet hosts` says why; the next `up` after {} converges {})",
             if unreachable == 1 { "" } else { "s" },
-            match args.on_unreachable {
-                exec::OnUnreachable::Reschedule => "were treated as gone",
-                _ => "were left as they are",
+            match (args.on_unreachable, unreachable == 1) {
+                (exec::OnUnreachable::Reschedule, true) => "was treated as gone",
+                (exec::OnUnreachable::Reschedule, false) => "were treated as gone",
+                (_, true) => "was left as it is",
+                (_, false) => "were left as they are",
             },
             connected
                 .unreachable

@@ -12,6 +12,11 @@
 //! It never prints: everything the user may want to see is a [`Progress`] given to the caller's
 //! callback (`src/cli/up.rs` renders it).
 //!
+//! Hosts that do not answer: [`on_unreachable`] decides right after [`connect`], before any
+//! change (`--on-unreachable fail | skip | reschedule`); [`prepare`] then keeps their recorded
+//! replicas in place (`skip`) or places them on the others (`reschedule`). A host lost during
+//! the run is given up on for the rest of it ([`HostConn::mark_lost`]).
+//!
 //! Stopgaps, each with a later issue: image digests are not resolved (a tag pushed again is not
 //! seen as a change); registry credentials are not sent.
 
