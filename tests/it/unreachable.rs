@@ -1,6 +1,6 @@
 //! Unreachable hosts on a 3-host lab fleet (issue 12): a host cut off before `up` fails it by
 //! default naming the host and changing nothing; `--on-unreachable skip` deploys to the others
-//! and leaves its replica alone; `--on-unreachable reschedule` starts its replica on the others;
+//! and leaves its replica alone (twice: the second knows it from the map the first pushed); `--on-unreachable reschedule` starts its replica on the others;
 //! the next `up` after the host returns removes the stale copy and converges. And a host lost
 //! mid-deploy — its sshd killed, its packets dropped, its processes frozen — ends `up` (exit 1,
 //! the host named, the release rolled back) well within its deadline; the next `up` after the host
@@ -180,9 +180,16 @@ fn a_host_cut_off_fails_up_by_default_is_skipped_or_rescheduled_and_converges_wh
     let skipped = replicas(&lab, &file);
     assert_eq!(all_replicas(&skipped), [1, 2], "{skipped:?}");
     println!("skip: {took:?}");
+    // Skipped again while the host is still silent: the service map the first pushed still
+    // records web-3 there, so it is still not started anywhere else.
+    let (out, _) = cli(&lab, &file, 3, &["up", "--on-unreachable", "skip"]);
+    assert!(out.status.success(), "second up skip: {}", describe(&out));
+    assert!(stderr(&out).contains("web-3"), "{}", describe(&out));
+    let again = replicas(&lab, &file);
+    assert_eq!(all_replicas(&again), [1, 2], "{again:?}");
 
     // reschedule: the lost host's replica starts on one of the others.
-    let (out, _) = cli(&lab, &file, 2, &["up", "--on-unreachable", "reschedule"]);
+    let (out, _) = cli(&lab, &file, 3, &["up", "--on-unreachable", "reschedule"]);
     assert!(out.status.success(), "up reschedule: {}", describe(&out));
     let err = stderr(&out);
     assert!(
@@ -201,14 +208,14 @@ fn a_host_cut_off_fails_up_by_default_is_skipped_or_rescheduled_and_converges_wh
         [1, 2, 3, 3],
         "the stale copy: {stale:?}"
     );
-    let (out, _) = cli(&lab, &file, 2, &["up"]);
+    let (out, _) = cli(&lab, &file, 3, &["up"]);
     assert!(out.status.success(), "up after return: {}", describe(&out));
     let converged = replicas(&lab, &file);
     assert_eq!(all_replicas(&converged), [1, 2, 3], "{converged:?}");
-    let (out, _) = cli(&lab, &file, 2, &["up"]);
+    let (out, _) = cli(&lab, &file, 3, &["up"]);
     assert!(out.status.success(), "a no-op up: {}", describe(&out));
     assert_eq!(replicas(&lab, &file), converged);
-    let (out, _) = cli(&lab, &file, 2, &["down", "--volumes"]);
+    let (out, _) = cli(&lab, &file, 3, &["down", "--volumes"]);
     assert!(out.status.success(), "down: {}", describe(&out));
 }
 
