@@ -81,6 +81,11 @@ pub struct Args {
     /// `10M` = 10,000,000, `512K`, `8MiB`
     #[arg(long, value_name = "RATE", value_parser = crate::build::rate::parse_rate)]
     pub max_upload_rate: Option<u64>,
+    /// What to do when a host does not answer: `fail` changes nothing anywhere; `skip`
+    /// deploys to the others and leaves its pods as they are; `reschedule` also moves its
+    /// replicas to the others, as far as they fit
+    #[arg(long, value_enum, value_name = "MODE", default_value = "fail")]
+    pub on_unreachable: exec::OnUnreachable,
     #[command(flatten)]
     pub lock: LockArgs,
     #[command(flatten)]
@@ -223,11 +228,17 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             lifetime::activity(format!("connecting to host `{}`", h.name)),
         );
     }
+    // Replicas `--on-unreachable reschedule` could not place: the run fails (exit 1).
+    let mut unplaced = 0usize;
     let outcome = rt.block_on(async {
         let section = output::section("connect", "compose-fleet: connecting to the hosts");
         let mut connected =
             exec::connect(&fleet, &project.name, &opts.ssh, &mut |p| render.show(&p)).await?;
         drop(section);
+        // `--on-unreachable`: decided before anything changes.
+        let opts =
+            exec::on_unreachable(opts.clone(), &connected, args.on_unreachable, &project.name)
+                .await?;
         let prepare = |observed: &BTreeMap<String, Vec<crate::proto::PodStatus>>| {
             exec::prepare(
                 project,
@@ -328,6 +339,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         // A run that changes something is a numbered release, recorded on every host before
         // the first change (with each host's desired pods, to go back to).
         let steps = prepared.flow.plan();
+        unplaced = prepared.unplaced.len();
         let fences = lock.as_ref().map(|h| h.fences.clone()).unwrap_or_default();
         let begun = if steps.is_empty() {
             None
@@ -467,20 +479,25 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         };
         // Service discovery: every agent learns where the project's replicas now run (after a
         // no-op, from what the hosts reported, and only where their map differs).
+        // With `--on-unreachable skip` the map keeps the silent hosts' pods as recorded.
+        let kept = opts.kept_pods();
         let published = if noop {
+            let mut observed = connected.observed.clone();
+            observed.extend(kept);
             crate::deploy::services::publish_observed(
                 &connected.hosts,
                 project,
-                &connected.observed,
+                &observed,
                 &connected.service_maps,
                 opts.request_timeout,
             )
             .await
         } else {
-            crate::deploy::services::publish(
+            crate::deploy::services::publish_keeping(
                 &connected.hosts,
                 project,
                 &connected.service_maps,
+                &kept,
                 opts.request_timeout,
             )
             .await
@@ -554,15 +571,32 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         }
     };
     if unreachable > 0 {
-        output::error(&format!(
-            "{unreachable} host{} could not be reached: {} (the fleet is not converged; `compose-fleet hosts` says why)",
+        // Only `skip` or `reschedule` get here (`fail` stopped before any change): the user
+        // chose to go on without these hosts, so they do not fail the run by themselves.
+        output::warning(&format!(
+            "{unreachable} host{} did not answer and {}: {} (`compose-fleet hosts` says why; the next `up` after {} converges {})",
             if unreachable == 1 { "" } else { "s" },
+            match (args.on_unreachable, unreachable == 1) {
+                (exec::OnUnreachable::Reschedule, true) => "was treated as gone",
+                (exec::OnUnreachable::Reschedule, false) => "were treated as gone",
+                (_, true) => "was left as it is",
+                (_, false) => "were left as they are",
+            },
             connected
                 .unreachable
                 .keys()
                 .cloned()
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if unreachable == 1 { "it answers again" } else { "they answer again" },
+            if unreachable == 1 { "it" } else { "them" },
+        ));
+    }
+    if unplaced > 0 {
+        output::error(&format!(
+            "{unplaced} replica{} of the hosts that did not answer could not be placed on the others (see the warnings above); the fleet runs without {}",
+            if unplaced == 1 { "" } else { "s" },
+            if unplaced == 1 { "it" } else { "them" },
         ));
         return Ok(ExitCode::from(1));
     }

@@ -12,6 +12,11 @@
 //! It never prints: everything the user may want to see is a [`Progress`] given to the caller's
 //! callback (`src/cli/up.rs` renders it).
 //!
+//! Hosts that do not answer: [`on_unreachable`] decides right after [`connect`], before any
+//! change (`--on-unreachable fail | skip | reschedule`); [`prepare`] then keeps their recorded
+//! replicas in place (`skip`) or places them on the others (`reschedule`). A host lost during
+//! the run is given up on for the rest of it ([`HostConn::mark_lost`]).
+//!
 //! Stopgaps, each with a later issue: image digests are not resolved (a tag pushed again is not
 //! seen as a change); registry credentials are not sent.
 
@@ -71,6 +76,40 @@ pub struct Options {
     /// and is let through its network's isolation as soon as the dependency runs, not only when
     /// the deploy ends.
     pub service_map: Option<Arc<crate::compose::model::Project>>,
+    /// `--on-unreachable`: what to do about hosts that did not answer ([`on_unreachable`]).
+    pub on_unreachable: OnUnreachable,
+    /// The hosts that did not answer, each with the replicas the last service map the others
+    /// hold placed there (empty: none recorded). With `skip` these stay where they are.
+    pub lost: BTreeMap<String, Vec<crate::schedule::Observed>>,
+    /// The pods of the hosts that did not answer, as that map records them.
+    pub lost_pods: BTreeMap<String, Vec<PodStatus>>,
+    /// A watched host that does not answer a `Status` within this long is lost (a frozen agent
+    /// keeps its SSH channel open: only a deadline tells).
+    pub lost_after: Duration,
+}
+
+/// What `up` does about hosts that do not answer (`--on-unreachable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnUnreachable {
+    /// Change nothing anywhere and name the hosts that did not answer
+    #[default]
+    Fail,
+    /// Deploy to the hosts that answer; leave the pods of those that do not as they are
+    Skip,
+    /// Treat the hosts that do not answer as gone: place their replicas on the others, as far
+    /// as they fit (their stale copies are removed by the first `up` after they return)
+    Reschedule,
+}
+
+impl Options {
+    /// The pods the service map keeps for hosts that did not answer: with `skip` they stay
+    /// where they are, so the map must go on saying so (else the next `up` would not know).
+    pub fn kept_pods(&self) -> BTreeMap<String, Vec<PodStatus>> {
+        match self.on_unreachable {
+            OnUnreachable::Skip => self.lost_pods.clone(),
+            _ => BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for Options {
@@ -91,6 +130,11 @@ impl Default for Options {
             lease_lost: None,
             update_delay: BTreeMap::new(),
             service_map: None,
+            on_unreachable: OnUnreachable::Fail,
+            lost: BTreeMap::new(),
+            lost_pods: BTreeMap::new(),
+            // ssh's keepalive gives up on a silent connection after about 15s (3 × 5s).
+            lost_after: Duration::from_secs(20),
         }
     }
 }
@@ -147,6 +191,8 @@ pub struct HostConn {
     requests: mpsc::Sender<(Request, mpsc::Sender<Result<ResponseFrame, SshError>>)>,
     /// Requests sent after the handshake: what a command cost this host in round trips.
     sent: std::sync::atomic::AtomicU64,
+    /// Why this host was given up on during the run ([`HostConn::mark_lost`]).
+    lost: std::sync::Mutex<Option<String>>,
     _session: <Hosts as Transport>::Session,
 }
 
@@ -158,8 +204,22 @@ impl HostConn {
             name,
             requests,
             sent: std::sync::atomic::AtomicU64::new(0),
+            lost: std::sync::Mutex::new(None),
             _session: session,
         }
+    }
+
+    /// Gives up on this host for the rest of the run: every later request fails at once with
+    /// `reason`, so that a rollback, the lock's release or the service map's push does not wait
+    /// out a deadline again for a host already known not to answer.
+    pub fn mark_lost(&self, reason: &str) {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        lost.get_or_insert_with(|| reason.to_string());
+    }
+
+    /// Why this host was given up on, if it was.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How many requests were sent to this host (the handshake's `Hello` not counted).
@@ -169,6 +229,13 @@ impl HostConn {
 
     /// Sends `request`; its reply frames come on the receiver (the last has no `more`).
     async fn send(&self, request: Request) -> Result<Frames, SshError> {
+        if let Some(why) = self.lost() {
+            return Err(SshError::new(
+                &self.name,
+                ErrorClass::Unreachable,
+                format!("given up on earlier in this run: {why}"),
+            ));
+        }
         self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
         self.requests.send((request, tx)).await.map_err(|_| {
@@ -570,6 +637,129 @@ pub async fn connect(
     Ok(out)
 }
 
+/// `--on-unreachable`, decided right after [`connect`] and before anything changes: with `fail`
+/// a host that did not answer is an error naming it; with `skip` or `reschedule` the returned
+/// options carry the mode and, per host that did not answer, the replicas recorded there (the
+/// service map the others hold: [`recorded_on`]).
+pub async fn on_unreachable(
+    mut opts: Options,
+    connected: &Connected,
+    mode: OnUnreachable,
+    project: &str,
+) -> Result<Options, ExecError> {
+    opts.on_unreachable = mode;
+    if connected.unreachable.is_empty() {
+        return Ok(opts);
+    }
+    if mode == OnUnreachable::Fail {
+        return Err(ExecError::User(unreachable_error(&connected.unreachable)));
+    }
+    let lost: BTreeSet<String> = connected.unreachable.keys().cloned().collect();
+    (opts.lost, opts.lost_pods) = recorded_on(
+        &connected.hosts,
+        project,
+        &lost,
+        opts.ssh.command_timeout.min(opts.lost_after),
+    )
+    .await;
+    Ok(opts)
+}
+
+/// The error of `--on-unreachable fail` (the default): every host that did not answer, why, and
+/// the other modes.
+pub fn unreachable_error(unreachable: &BTreeMap<String, String>) -> String {
+    let n = unreachable.len();
+    let mut m = format!(
+        "{} did not answer; nothing was changed on any host:",
+        if n == 1 {
+            "1 host".to_string()
+        } else {
+            format!("{n} hosts")
+        }
+    );
+    for (host, why) in unreachable {
+        m.push_str(&format!("\n  {host}: {why}"));
+    }
+    m.push_str(
+        "\n  = help: `up --on-unreachable skip` deploys to the hosts that answer and leaves the \
+         others' pods as they are; `--on-unreachable reschedule` also moves their replicas to \
+         the hosts that answer, as far as they fit",
+    );
+    m
+}
+
+/// The replicas that the service map held by the hosts that answer places on each host of `lost`
+/// (every host of `lost` is a key, with nothing when none is recorded), and the same as pods (in
+/// the state `unreachable`). The map is the one the last `up` pushed everywhere, so any host that
+/// answers knows where every replica ran then.
+async fn recorded_on(
+    hosts: &BTreeMap<String, Arc<HostConn>>,
+    project: &str,
+    lost: &BTreeSet<String>,
+    timeout: Duration,
+) -> (
+    BTreeMap<String, Vec<crate::schedule::Observed>>,
+    BTreeMap<String, Vec<PodStatus>>,
+) {
+    let mut tasks = JoinSet::new();
+    for conn in hosts.values() {
+        let (conn, project) = (conn.clone(), project.to_string());
+        tasks.spawn(async move { conn.call(Request::ServicesHeld { project }, timeout).await });
+    }
+    let mut found: BTreeSet<crate::schedule::Observed> = BTreeSet::new();
+    // (host, pod) → its address and containers (service, replica).
+    type Containers = BTreeSet<(String, u32)>;
+    let mut pods: BTreeMap<(String, String), (String, Containers)> = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        // A host without a map (or an older agent) knows nothing: the others may.
+        let Ok(Ok(Response::ServicesHeld { map: Some(map) })) = joined else {
+            continue;
+        };
+        for service in &map.services {
+            for e in service.replicas.iter().filter(|e| lost.contains(&e.host)) {
+                found.insert(crate::schedule::Observed {
+                    service: service.name.clone(),
+                    replica: e.replica,
+                    host: e.host.clone(),
+                });
+                pods.entry((e.host.clone(), e.pod.clone()))
+                    .or_insert_with(|| (e.addr.to_string(), BTreeSet::new()))
+                    .1
+                    .insert((service.name.clone(), e.replica));
+            }
+        }
+    }
+    let mut out: BTreeMap<String, Vec<crate::schedule::Observed>> =
+        lost.iter().map(|h| (h.clone(), Vec::new())).collect();
+    for o in found {
+        out.entry(o.host.clone()).or_default().push(o);
+    }
+    let mut statuses: BTreeMap<String, Vec<PodStatus>> = BTreeMap::new();
+    for ((host, name), (ip, containers)) in pods {
+        statuses.entry(host).or_default().push(PodStatus {
+            project: project.to_string(),
+            name,
+            spec_hash: String::new(),
+            ip: Some(ip),
+            containers: containers
+                .into_iter()
+                .map(|(service, replica)| crate::proto::ContainerStatus {
+                    service,
+                    replica,
+                    state: "unreachable".into(),
+                    health: None,
+                    pid: None,
+                    exit_code: None,
+                    restarts: 0,
+                    started_at: None,
+                    stopped: false,
+                })
+                .collect(),
+        });
+    }
+    (out, statuses)
+}
+
 /// What `up` will do, worked out before anything changes.
 #[derive(Debug)]
 pub struct Prepared {
@@ -578,6 +768,9 @@ pub struct Prepared {
     pub flow: Flow,
     /// What the specs leave out, and orphans left running.
     pub warnings: Vec<String>,
+    /// With `--on-unreachable reschedule`: the replicas that could not be placed on the hosts
+    /// that answer, explained (the run goes on without them).
+    pub unplaced: Vec<String>,
 }
 
 /// Places (sticky to `observed`), builds the desired pods, diffs and prepares the flow. Pure.
@@ -602,6 +795,7 @@ pub fn prepare(
             })
         })
         .collect();
+    let running = with_lost(running, opts);
     let placement = match plan::plan_with_facts(project, fleet, facts, &running) {
         Ok(p) => p,
         Err(PlanError::Project(d)) => return Err(ExecError::Project(d)),
@@ -613,7 +807,8 @@ pub fn prepare(
         .filter(|u| u.services.iter().any(|s| managed.contains(s)))
         .map(|u| u.explain())
         .collect();
-    if !unplaced.is_empty() {
+    let rescheduling = opts.on_unreachable == OnUnreachable::Reschedule && !opts.lost.is_empty();
+    if !unplaced.is_empty() && !rescheduling {
         return Err(ExecError::User(format!(
             "{} cannot be placed on this fleet (nothing was changed):\n  {}\n  \
              (`compose-fleet plan` shows where everything goes)",
@@ -632,6 +827,7 @@ pub fn prepare(
         })?;
     podspec::attach_files(&mut specs, project, &opts.files);
     let mut warnings = specs.warnings;
+    warnings.extend(lost_notes(opts, &placement, &unplaced));
     let inputs: Vec<desired::PodInput> = specs
         .pods
         .into_iter()
@@ -641,6 +837,8 @@ pub fn prepare(
                 .iter()
                 .all(|c| managed.contains(&c.service))
         })
+        // Nothing can be sent to a host that did not answer: what runs there stays.
+        .filter(|p| !opts.lost.contains_key(&p.host))
         .collect();
     let defined: BTreeSet<String> = project
         .services
@@ -697,7 +895,87 @@ pub fn prepare(
         diff,
         flow,
         warnings,
+        unplaced: if rescheduling { unplaced } else { Vec::new() },
     })
+}
+
+/// The replicas placement starts from: those running on the hosts that answered, and with
+/// `--on-unreachable skip` those recorded on the hosts that did not (placement keeps them there),
+/// unless a copy runs on a host that answered. With `reschedule` the hosts that did not answer
+/// are gone: none of their replicas is passed, so placement puts them on the others.
+fn with_lost(
+    mut running: Vec<crate::schedule::Observed>,
+    opts: &Options,
+) -> Vec<crate::schedule::Observed> {
+    if opts.on_unreachable != OnUnreachable::Skip {
+        return running;
+    }
+    let answered: BTreeSet<(String, u32)> = running
+        .iter()
+        .map(|o| (o.service.clone(), o.replica))
+        .collect();
+    running.extend(
+        opts.lost
+            .values()
+            .flatten()
+            .filter(|o| !answered.contains(&(o.service.clone(), o.replica)))
+            .cloned(),
+    );
+    running
+}
+
+/// What the user hears about each host that did not answer: what stays there (`skip`), where its
+/// replicas go and what could not be placed (`reschedule`).
+fn lost_notes(
+    opts: &Options,
+    placement: &crate::schedule::Placement,
+    unplaced: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (host, recorded) in &opts.lost {
+        let names: Vec<String> = recorded
+            .iter()
+            .map(|o| format!("{}-{}", o.service, o.replica))
+            .collect();
+        let listed = if names.is_empty() {
+            "no replica of this project is recorded there".to_string()
+        } else {
+            names.join(", ")
+        };
+        match opts.on_unreachable {
+            OnUnreachable::Fail => {}
+            OnUnreachable::Skip => out.push(format!(
+                "host `{host}` did not answer: its pods are left as they are ({listed});                  `--on-unreachable skip`"
+            )),
+            OnUnreachable::Reschedule => {
+                let moved: Vec<String> = recorded
+                    .iter()
+                    .filter_map(|o| {
+                        placement
+                            .replicas()
+                            .find(|r| r.service == o.service && r.replica == o.replica)
+                            .map(|r| format!("{}-{} → {}", o.service, o.replica, r.host))
+                    })
+                    .collect();
+                out.push(format!(
+                    "host `{host}` did not answer and is treated as gone (`--on-unreachable \
+                     reschedule`; recorded there: {listed}){}; its stale copies are removed by \
+                     the first `up` after it answers again",
+                    if moved.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; moved: {}", moved.join(", "))
+                    }
+                ));
+            }
+        }
+    }
+    if opts.on_unreachable == OnUnreachable::Reschedule && !opts.lost.is_empty() {
+        for u in unplaced {
+            out.push(format!("could not place on the hosts that answer: {u}"));
+        }
+    }
+    out
 }
 
 /// The largest secret or config read: Kubernetes caps a Secret at 1 MiB (docker at 500 KB), and
@@ -1034,6 +1312,7 @@ pub async fn run(
             }
         }
         if let Some(event) = events.pop_front() {
+            given_up(hosts, &event);
             emit(Progress::Event(event.clone()));
             // A container that exited non-zero or turned unhealthy: its last lines say why.
             let troubled = match &event {
@@ -1145,7 +1424,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep(opts.poll), if !watched.is_empty() => {
                 let before = events.len();
-                for note in poll(hosts, project, &mut watched, &mut events, opts.request_timeout).await {
+                for note in poll(hosts, project, &mut watched, &mut events, opts.lost_after).await {
                     emit(Progress::Warning(note));
                 }
                 let started = events.iter().skip(before).any(|e| matches!(e, Event::Started(_)));
@@ -1321,6 +1600,15 @@ fn apply_pods(
     })
 }
 
+/// A lost host is given up on for the rest of the run ([`HostConn::mark_lost`]).
+fn given_up(hosts: &BTreeMap<String, Arc<HostConn>>, event: &Event) {
+    if let Event::HostLost { host, reason } = event {
+        if let Some(conn) = hosts.get(host) {
+            conn.mark_lost(reason);
+        }
+    }
+}
+
 fn lost_or_failed(host: String, pod: String, e: SshError) -> Event {
     match e.class {
         ErrorClass::Unreachable | ErrorClass::Timeout => Event::HostLost {
@@ -1358,7 +1646,9 @@ async fn poll(
     while let Some(Ok((host, result))) = tasks.join_next().await {
         let pods = match result {
             Ok(pods) => pods,
-            Err(e) if matches!(e.class, ErrorClass::Unreachable) => {
+            // A host that does not answer a `Status` in time is lost: a frozen agent (or host)
+            // keeps its channel open, and would otherwise hold the run until its deadline.
+            Err(e) if matches!(e.class, ErrorClass::Unreachable | ErrorClass::Timeout) => {
                 watched.retain(|at, _| at.host != host);
                 events.push_back(Event::HostLost {
                     host,
@@ -1690,6 +1980,107 @@ mod tests {
             (steps[0].pod.as_str(), &steps[0].change),
             ("old-1", &Change::Remove(diff::RemoveReason::Orphan))
         );
+    }
+
+    /// A fleet where `lost` did not answer after `first` ran: the others' observed pods and
+    /// facts, and the replicas the service map records on `lost`.
+    fn without(
+        first: &Prepared,
+        lost: &str,
+    ) -> (
+        BTreeMap<String, Vec<PodStatus>>,
+        plan::Facts,
+        Vec<crate::schedule::Observed>,
+    ) {
+        let mut observed = running(&first.desired);
+        let recorded = observed
+            .remove(lost)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| &p.containers)
+            .map(|c| crate::schedule::Observed {
+                service: c.service.clone(),
+                replica: c.replica,
+                host: lost.to_string(),
+            })
+            .collect();
+        let (_, mut facts) = fleet();
+        facts.remove(lost);
+        (observed, facts, recorded)
+    }
+
+    /// `--on-unreachable skip`: nothing is planned for the lost host, and its replicas are not
+    /// started anywhere else; `reschedule`: they are, on the hosts that answer.
+    #[test]
+    fn a_lost_hosts_replicas_stay_with_skip_and_move_with_reschedule() {
+        let (project, graph) = jobs();
+        let (fleet, facts) = fleet();
+        let first = prepare(
+            &project,
+            &graph,
+            &fleet,
+            &facts,
+            &BTreeMap::new(),
+            &Options::default(),
+        )
+        .expect("prepares");
+        let lost = first
+            .desired
+            .pods()
+            .map(|p| p.host.clone())
+            .find(|h| h != "h1")
+            .expect("pods on a second host");
+        let (observed, facts, recorded) = without(&first, &lost);
+        assert!(!recorded.is_empty());
+        let opts = |mode| Options {
+            on_unreachable: mode,
+            lost: BTreeMap::from([(lost.clone(), recorded.clone())]),
+            ..Options::default()
+        };
+        let skip = prepare(
+            &project,
+            &graph,
+            &fleet,
+            &facts,
+            &observed,
+            &opts(OnUnreachable::Skip),
+        )
+        .expect("prepares");
+        assert!(skip.diff.is_noop(), "{:?}", skip.flow.plan());
+        assert!(skip.desired.pods().all(|p| p.host != lost));
+        assert!(skip
+            .warnings
+            .iter()
+            .any(|w| w.contains(&format!("`{lost}` did not answer")) && w.contains("left as")));
+        let moved = prepare(
+            &project,
+            &graph,
+            &fleet,
+            &facts,
+            &observed,
+            &opts(OnUnreachable::Reschedule),
+        )
+        .expect("prepares");
+        let created: BTreeSet<String> = moved
+            .flow
+            .plan()
+            .iter()
+            .filter(|s| s.change == Change::Create)
+            .map(|s| s.pod.clone())
+            .collect();
+        let lost_pods: BTreeSet<String> = first
+            .desired
+            .pods()
+            .filter(|p| p.host == lost)
+            .map(|p| p.name.clone())
+            .collect();
+        assert_eq!(created, lost_pods, "the lost host's pods start elsewhere");
+        assert!(moved.desired.pods().all(|p| p.host != lost));
+        assert!(moved.unplaced.is_empty());
+        assert!(moved
+            .warnings
+            .iter()
+            .any(|w| w.contains("treated as gone") && w.contains("moved:")));
     }
 
     /// Another laptop sees what the hosts recorded: a host keeps the subnet it reports, the

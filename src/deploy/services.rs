@@ -106,6 +106,19 @@ pub async fn publish(
     held: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> Vec<String> {
+    publish_keeping(hosts, project, held, &BTreeMap::new(), timeout).await
+}
+
+/// [`publish`], with the pods of hosts that did not answer as last recorded (`kept`, by host):
+/// `up --on-unreachable skip` keeps them in the map (unhealthy: not answered for), so that the
+/// next `up` still knows what runs there.
+pub async fn publish_keeping(
+    hosts: &BTreeMap<String, Arc<HostConn>>,
+    project: &Project,
+    held: &BTreeMap<String, String>,
+    kept: &BTreeMap<String, Vec<PodStatus>>,
+    timeout: Duration,
+) -> Vec<String> {
     let mut pods = BTreeMap::new();
     let mut held = held.clone();
     let mut warnings = Vec::new();
@@ -131,6 +144,9 @@ pub async fn publish(
             )),
             Err(e) => warnings.push(format!("a status task failed: {e}")),
         }
+    }
+    for (host, statuses) in kept {
+        pods.entry(host.clone()).or_insert_with(|| statuses.clone());
     }
     warnings.extend(publish_observed(hosts, project, &pods, &held, timeout).await);
     warnings

@@ -74,6 +74,8 @@ pub enum NodeState {
     Ready,
     /// Keeps what runs there, gets nothing new.
     Draining,
+    /// Did not answer: gets nothing new, and keeps the replicas observed there (recorded by
+    /// the others) whatever its filters say.
     Unreachable,
 }
 

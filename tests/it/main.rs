@@ -33,5 +33,6 @@ mod sudo;
 mod support;
 mod tidy;
 mod transport;
+mod unreachable;
 mod up;
 mod workspace;

@@ -313,6 +313,31 @@ fn draining_and_unreachable_hosts_get_nothing_new() {
     );
 }
 
+/// `up --on-unreachable`: with `skip` the replicas observed on a host that does not answer stay
+/// there (even with no capacity known for it); with `reschedule` the host is treated as gone
+/// (none of its replicas passed) and they are packed onto the others, as far as they fit.
+#[test]
+fn replicas_on_an_unreachable_host_stay_unless_it_is_treated_as_gone() {
+    let p = project(json!({ "web": svc(1.0, "1g", 3, json!({})) }));
+    let mut nodes = vec![node("a", 2.0, "2g", &[]), node("lost", 2.0, "2g", &[])];
+    nodes[1].state = NodeState::Unreachable;
+    nodes[1].allocatable = Amount::default();
+    let on = |replica, host: &str| Observed {
+        service: "web".into(),
+        replica,
+        host: host.into(),
+    };
+    let kept = schedule::place(&p, &nodes, &[on(1, "a"), on(2, "lost"), on(3, "lost")]).unwrap();
+    assert_eq!(hosts_of(&kept, "web"), ["a", "lost", "lost"]);
+    assert!(kept.unschedulable.is_empty());
+    let gone = schedule::place(&p, &nodes, &[on(1, "a")]).unwrap();
+    assert_eq!(hosts_of(&gone, "web"), ["a", "a"]);
+    assert_eq!(
+        explanations(&gone),
+        ["web (replica 3/3): 0/2 hosts fit — 1 is unreachable, 1 lacks memory (needs 1 GiB, most free 0 B)"]
+    );
+}
+
 #[test]
 fn constraints_select_hosts_and_platform_sets_arch() {
     let p = project(json!({

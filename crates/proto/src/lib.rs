@@ -145,6 +145,12 @@ pub enum Request {
         #[serde(default)]
         pods: bool,
     },
+    // --- unreachable hosts (issue 12) ---
+    /// The service map this host holds for a project (the last one `up` pushed): where every
+    /// replica ran then, the hosts that do not answer now included. Answered `ServicesHeld`.
+    ServicesHeld {
+        project: String,
+    },
 }
 
 /// One reply. Exactly one of `ok` and `err` is set.
@@ -224,6 +230,12 @@ pub enum Response {
     /// A project's release records on this host, newest first.
     Releases {
         releases: Vec<ReleaseRecord>,
+    },
+    // --- unreachable hosts (issue 12) ---
+    /// The answer to `ServicesHeld`: the map, or none when the host holds none for the project.
+    ServicesHeld {
+        #[serde(default)]
+        map: Option<service::ServiceMap>,
     },
 }
 
@@ -1153,6 +1165,7 @@ impl Request {
             Request::Unlock { .. } => "unlock",
             Request::RecordRelease(_) => "record_release",
             Request::Releases { .. } => "releases",
+            Request::ServicesHeld { .. } => "services_held",
         }
     }
 }

@@ -119,6 +119,23 @@ pub struct ImageStore {
     /// Woken after each delivered chunk is written: chunks that arrived ahead of their turn wait
     /// on it (see `receive::receive_chunk`).
     chunk_written: tokio::sync::Notify,
+    /// When each image (canonical reference) was last pulled, delivered or found: what
+    /// [`ImageStore::collect`] keeps within its grace period.
+    used: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// What [`ImageStore::collect`] must keep.
+#[derive(Debug, Clone, Default)]
+pub struct Keep {
+    /// Image references (as pods name them) still wanted: by the kept release records of every
+    /// project, and by the pods on the host.
+    pub images: Vec<ImageRef>,
+    /// Unpacked layers (their `diff_id` hex) that containers on the host run from.
+    pub layers: BTreeSet<String>,
+    /// Images used, and blobs and layers written, more recently than this are kept whatever
+    /// `images` says: a pull or a delivery in progress, an image delivered for a release not yet
+    /// recorded.
+    pub grace: std::time::Duration,
 }
 
 impl ImageStore {
@@ -154,7 +171,14 @@ impl ImageStore {
             privileged: nix::unistd::geteuid().is_root(),
             received: Mutex::new(HashMap::new()),
             chunk_written: tokio::sync::Notify::new(),
+            used: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Notes that `canonical` was just pulled, delivered or found (see [`Keep::grace`]).
+    fn touch(&self, canonical: &str) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.insert(canonical.to_string(), std::time::Instant::now());
     }
 
     pub fn root(&self) -> &Path {
@@ -201,7 +225,11 @@ impl ImageStore {
             },
             (None, None) => return Ok(None),
         };
-        self.load_image(&image_ref.canonical(), &record.manifest)
+        let image = self.load_image(&image_ref.canonical(), &record.manifest)?;
+        if image.is_some() {
+            self.touch(&image_ref.canonical());
+        }
+        Ok(image)
     }
 
     async fn find_by_digest(&self, digest: &str) -> Option<IndexRecord> {
@@ -390,6 +418,7 @@ impl ImageStore {
                 index.save(&self.index_path)?;
             }
         }
+        self.touch(&canonical);
         Ok(Image {
             reference: canonical,
             manifest_digest,
@@ -528,19 +557,56 @@ impl ImageStore {
     /// Removes every image not in `keep`, then every blob, partial download and layer that no
     /// remaining image uses. Waits for running pulls; pulls wait for it.
     pub async fn gc(&self, keep: &[ImageRef]) -> Result<GcReport, ImageError> {
+        self.collect(&Keep {
+            images: keep.to_vec(),
+            ..Keep::default()
+        })
+        .await
+    }
+
+    /// [`gc`](Self::gc) as release pruning runs it: also keeps the layers containers run from and
+    /// whatever was used or written within `keep.grace`.
+    pub async fn collect(&self, keep: &Keep) -> Result<GcReport, ImageError> {
         let _exclusive = self.gc_lock.write().await;
         let mut report = GcReport::default();
         let mut index = self.index.lock().await;
-        let keep_names: BTreeSet<String> = keep.iter().map(ImageRef::canonical).collect();
-        let keep_digests: BTreeSet<&str> = keep.iter().filter_map(ImageRef::digest).collect();
+        let keep_names: BTreeSet<String> = keep.images.iter().map(ImageRef::canonical).collect();
+        let keep_digests: BTreeSet<&str> =
+            keep.images.iter().filter_map(ImageRef::digest).collect();
+        let recent: BTreeSet<String> = {
+            let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+            used.iter()
+                .filter(|(_, at)| at.elapsed() < keep.grace)
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        // Blobs still being delivered (their image not committed yet).
+        let delivering: BTreeSet<String> = {
+            let received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+            received
+                .keys()
+                .filter_map(|d| d.strip_prefix("sha256:"))
+                .map(str::to_string)
+                .collect()
+        };
         let before = index.images.len();
+        // A kept image keeps every name it has (a tag and its `name@digest` alike).
+        let kept_manifests: BTreeSet<String> = index
+            .images
+            .iter()
+            .filter(|(name, rec)| {
+                keep_names.contains(*name)
+                    || recent.contains(*name)
+                    || keep_digests.contains(rec.manifest.as_str())
+                    || rec
+                        .list
+                        .as_deref()
+                        .is_some_and(|l| keep_digests.contains(l))
+            })
+            .map(|(_, rec)| rec.manifest.clone())
+            .collect();
         index.images.retain(|name, rec| {
-            let kept = keep_names.contains(name)
-                || keep_digests.contains(rec.manifest.as_str())
-                || rec
-                    .list
-                    .as_deref()
-                    .is_some_and(|l| keep_digests.contains(l));
+            let kept = kept_manifests.contains(&rec.manifest);
             if !kept {
                 report.images.push(name.clone());
             }
@@ -577,11 +643,24 @@ impl ImageStore {
             }
         }
         drop(index);
-        let live_blobs: BTreeSet<String> = live_blobs
+        let mut live_blobs: BTreeSet<String> = live_blobs
             .iter()
             .filter_map(|d| d.strip_prefix("sha256:"))
             .map(str::to_string)
             .collect();
+        live_blobs.extend(delivering);
+        live_layers.extend(keep.layers.iter().cloned());
+        let grace = keep.grace;
+        // Written within the grace period: a pull or delivery in progress may be about to use it.
+        let fresh = move |entry: &std::fs::DirEntry| {
+            !grace.is_zero()
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < grace)
+        };
 
         let (blob_dir, layer_dir) = (self.blobs.dir().to_path_buf(), self.layers.clone());
         let (blobs, layers) =
@@ -593,6 +672,9 @@ impl ImageStore {
                 {
                     let name = entry.file_name().to_string_lossy().into_owned();
                     let hex = name.strip_suffix(".partial").unwrap_or(&name);
+                    if fresh(&entry) {
+                        continue;
+                    }
                     if !live_blobs.contains(hex) || hex.len() != name.len() {
                         std::fs::remove_file(entry.path())
                             .map_err(ImageError::io("removing", entry.path()))?;
@@ -605,7 +687,7 @@ impl ImageStore {
                     .flatten()
                 {
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    if !live_layers.contains(&name) {
+                    if !live_layers.contains(&name) && !fresh(&entry) {
                         std::fs::remove_dir_all(entry.path())
                             .map_err(ImageError::io("removing", entry.path()))?;
                         layers += 1;

@@ -227,6 +227,9 @@ impl ImageStore {
             if changed {
                 index.save(&self.index_path)?;
             }
+            for name in index.images.iter().filter(|(_, r)| **r == record) {
+                self.touch(name.0);
+            }
         }
         let bytes_received = {
             let mut map = self.received.lock().unwrap_or_else(|p| p.into_inner());

@@ -344,6 +344,11 @@ impl super::Network {
         Ok(self.registry().counts(subnet))
     }
 
+    /// The map held for `project`, as `up` last pushed it.
+    pub fn service_map_held(&self, project: &str) -> Option<crate::proto::service::ServiceMap> {
+        self.registry().maps.get(project).cloned()
+    }
+
     /// The digest of the map held for `project` (see `ServiceMap::digest`).
     pub fn service_map_digest(&self, project: &str) -> Option<String> {
         self.registry().maps.get(project).map(|m| m.digest())

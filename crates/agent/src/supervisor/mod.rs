@@ -384,12 +384,21 @@ impl Supervisor {
                 .leases
                 .check(&req.record.project, req.fence)
                 .and_then(|()| self.inner.releases.record(&req))
+                .inspect(|_| releases::after_record(&self.inner))
                 .map(|releases| Response::Releases { releases }),
             Request::Releases { project, pods } => self
                 .inner
                 .releases
                 .list(&project, pods)
                 .map(|releases| Response::Releases { releases }),
+            Request::ServicesHeld { project } => Ok(Response::ServicesHeld {
+                map: self
+                    .inner
+                    .cfg
+                    .network
+                    .as_ref()
+                    .and_then(|n| n.service_map_held(&project)),
+            }),
         };
         let last = match result {
             Ok(r) => ResponseFrame::ok(id, r),
