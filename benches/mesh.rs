@@ -55,28 +55,40 @@ fn run(mib: u64) -> Result<(), String> {
             .build()
             .map_err(|e| e.to_string())?;
         println!(
-            "{:<22} {:>10} {:>12} {:>12}",
-            "path (one link)", "TCP MiB/s", "RTT p50 us", "RTT p99 us"
+            "{:<22} {:>10} {:>9} {:>12} {:>12}",
+            "path (one link)", "TCP MiB/s", "% bare", "RTT p50 us", "RTT p99 us"
         );
         let bare = bare(&lab, mib)?;
-        print_row("host to host (bare)", bare);
+        print_row("host to host (bare)", bare, bare);
         for (name, mode) in [
             ("pod to pod, host-gw", Mode::HostGw),
             ("pod to pod, mesh", Mode::Wireguard),
         ] {
             let figures = rt.block_on(pods(&lab, mode, mib))?;
-            print_row(name, figures);
+            print_row(name, figures, bare);
         }
+        // Which WireGuard the mesh row measured: kernel WireGuard where the kernel has it.
+        let device = std::fs::read_to_string(
+            lab.dir()
+                .join("hosts")
+                .join(&lab.hosts()[0].name)
+                .join("state/mesh-device"),
+        )
+        .unwrap_or_else(|_| "unknown".into());
+        println!("mesh device: {}", device.trim());
         Ok(())
     })();
     let _ = lab.down();
     result
 }
 
-fn print_row(name: &str, f: Figures) {
+fn print_row(name: &str, f: Figures, bare: Figures) {
     println!(
-        "{name:<22} {:>10.1} {:>12.1} {:>12.1}",
-        f.mibps, f.p50_us, f.p99_us
+        "{name:<22} {:>10.1} {:>8.0}% {:>12.1} {:>12.1}",
+        f.mibps,
+        100.0 * f.mibps / bare.mibps,
+        f.p50_us,
+        f.p99_us
     );
 }
 
