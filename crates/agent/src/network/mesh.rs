@@ -603,11 +603,13 @@ fn start_kernel(
             0,
             &format!("setting the MTU of {DEVICE}"),
         )?;
+        // Up before `configure` routes through it: the kernel refuses a route whose device is
+        // down (ENETDOWN). Without peers yet, it carries nothing meanwhile.
+        super::kernel::set_up(&mut sock, index, DEVICE)?;
         let mut secret = keys.secret.to_bytes();
         let configured = device.configure(&mut genl, Some(secret), Some(port), peers);
         secret.fill(0);
         configured?;
-        super::kernel::set_up(&mut sock, index, DEVICE)?;
         Ok(Ok(()))
     })();
     match result {
