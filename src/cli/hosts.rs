@@ -85,9 +85,12 @@ struct PeerRow {
     /// `ok`, `down` (no WireGuard handshake for 180 s) or `idle` (no pods here: no device).
     health: &'static str,
     handshake_age_secs: Option<u64>,
+    /// For `wireguard` peers: `kernel` or `userspace`, the WireGuard this host runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'static str>,
 }
 
-/// `h2 wireguard ok (12s)`, one per peer.
+/// `h2 wireguard ok (12s, userspace)`, one per peer.
 fn peers_cell(peers: &[PeerRow]) -> String {
     if peers.is_empty() {
         return "-".into();
@@ -95,7 +98,14 @@ fn peers_cell(peers: &[PeerRow]) -> String {
     let each: Vec<String> = peers
         .iter()
         .map(|p| match (p.mode, p.handshake_age_secs) {
-            ("wireguard", Some(age)) => format!("{} wireguard {} ({age}s)", p.host, p.health),
+            ("wireguard", Some(age)) => match p.device {
+                Some(d) => format!("{} wireguard {} ({age}s, {d})", p.host, p.health),
+                None => format!("{} wireguard {} ({age}s)", p.host, p.health),
+            },
+            ("wireguard", None) => match p.device {
+                Some(d) => format!("{} wireguard {} ({d})", p.host, p.health),
+                None => format!("{} wireguard {}", p.host, p.health),
+            },
             _ => format!("{} {} {}", p.host, p.mode, p.health),
         })
         .collect();
@@ -202,6 +212,9 @@ fn rows(
                                 mode: p.link.as_str(),
                                 health: p.health(),
                                 handshake_age_secs: p.handshake_age_secs,
+                                device: (p.link == crate::proto::mesh::Link::Wireguard)
+                                    .then(|| mesh.device.map(|d| d.as_str()))
+                                    .flatten(),
                             })
                             .collect();
                     }

@@ -1074,6 +1074,24 @@ impl Loader<'_> {
             }
         }
         for svc in project.services.values().chain(project.disabled.values()) {
+            // docker compose drops `ports` of a host-network container (it listens on the
+            // host's ports itself); say so rather than let a user wait for a published port.
+            if svc.network_mode.as_deref() == Some("host") && !svc.ports.is_empty() {
+                self.diags.push(
+                    Diagnostic::warning(format!(
+                        "service `{}` has `network_mode: host`: its `ports` are ignored, as docker \
+                         compose ignores them",
+                        svc.name
+                    ))
+                    .at(svc
+                        .spans
+                        .ports
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| svc.spans.name.clone()))
+                    .hint("its processes listen on the host's own ports; remove `ports`, or drop `network_mode: host` to publish them"),
+                );
+            }
             for net in svc.networks.keys() {
                 if net != "default" && !project.networks.contains_key(net) {
                     self.diags.push(

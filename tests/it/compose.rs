@@ -1504,12 +1504,12 @@ services:
 }
 
 #[test]
-fn network_mode_other_than_service_is_accepted_but_not_honoured() {
-    let yaml = "services:\n  web:\n    image: web\n    network_mode: host\n";
+fn network_mode_other_than_service_host_and_none_is_accepted_but_not_honoured() {
+    let yaml = "services:\n  web:\n    image: web\n    network_mode: bridge\n";
     let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
     assert_eq!(
         lines(&loaded.warnings),
-        ["compose.yaml:4:19: warning: `network_mode: host` in service `web` is accepted but not honoured: only `service:NAME` is honoured; the pod gets its own network namespace on the fleet network"]
+        ["compose.yaml:4:19: warning: `network_mode: bridge` in service `web` is accepted but not honoured: only `service:NAME`, `host` and `none` are honoured; the pod gets its own network namespace on the fleet network"]
     );
     let entry = loaded
         .ledger
@@ -1520,6 +1520,16 @@ fn network_mode_other_than_service_is_accepted_but_not_honoured() {
     assert_eq!(
         entry.status,
         compose_fleet::compose::ledger::Status::Accepted
+    );
+}
+
+#[test]
+fn host_network_mode_is_honoured_and_its_ports_are_ignored_with_a_warning() {
+    let yaml = "services:\n  web:\n    image: web\n    network_mode: host\n    ports:\n      - \"8080:80\"\n  db:\n    image: db\n    network_mode: none\n";
+    let loaded = load_files(&[("compose.yaml", yaml)], &[], &[]).expect("loads");
+    assert_eq!(
+        lines(&loaded.warnings),
+        ["compose.yaml:6:9: warning: service `web` has `network_mode: host`: its `ports` are ignored, as docker compose ignores them"]
     );
 }
 

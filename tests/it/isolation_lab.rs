@@ -177,6 +177,12 @@ fn pods_reach_only_pods_on_a_shared_network_across_hosts_and_projects_stay_apart
         page,
         "a published port is open"
     );
+    let sealed = format!("http://{}:8089/", lab.address(&hosts[0]));
+    assert_eq!(
+        other.get("intruder", &sealed),
+        None,
+        "a port of a pod only on internal networks is not published"
+    );
 
     other.ok(&["down"]);
     iso.ok(&["down"]);

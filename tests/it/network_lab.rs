@@ -335,6 +335,25 @@ fn pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind() {
         )
         .await;
         assert_eq!(code, 0, "the registry answers the pod: {body}");
+        // ...and nothing is routed out of the lab: the root namespace keeps its guard routes,
+        // and a pod address is unreachable from it (only masquerade brought the answer back).
+        let guards = std::process::Command::new("ip")
+            .args(["-4", "route", "show", "type", "unreachable"])
+            .output()
+            .expect("runs ip");
+        let guards = String::from_utf8_lossy(&guards.stdout);
+        for cidr in ["10.250.0.0/16", "10.213.0.0/16"] {
+            assert!(guards.contains(cidr), "guard route {cidr} gone: {guards}");
+        }
+        let route = std::process::Command::new("ip")
+            .args(["-4", "route", "get", &client_ip])
+            .output()
+            .expect("runs ip");
+        assert!(
+            !route.status.success(),
+            "the root namespace routes to pod {client_ip}: {}",
+            String::from_utf8_lossy(&route.stdout)
+        );
 
         // Removing the pods removes our table, links, addresses and routes.
         for (target, me) in [(h1, &hosts[0]), (h2, &hosts[1])] {

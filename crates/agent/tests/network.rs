@@ -523,6 +523,9 @@ impl NetKernel for Timed {
     ) -> std::io::Result<Vec<compose_fleet_agent::network::nft::ForwardDrop>> {
         self.time(|k| k.forward_drops())
     }
+    fn refresh_pod(&self, link: &PodLink) -> std::io::Result<bool> {
+        self.time(|k| k.refresh_pod(link))
+    }
 }
 
 /// Benchmark (ignored; run with `--ignored --nocapture` as root): the time to attach a pod (veth
@@ -1097,6 +1100,285 @@ fn bench_isolation_connection_setup_and_rule_counts() {
                 &handle,
             ]);
         }
+        drop(sandboxes);
+    });
+}
+
+/// The generic netlink socket kernel WireGuard is configured through, on the real kernel: the
+/// controller resolves its own family, and `wireguard` exactly when the kernel has WireGuard
+/// (this machine's does not: then ENOENT, which makes the agent fall back to userspace).
+#[test]
+fn generic_netlink_families_resolve_and_a_kernel_without_wireguard_says_so() {
+    use compose_fleet_agent::network::netlink::Netlink as Socket;
+    use compose_fleet_agent::network::wg::kernel::{no_family, resolve_family};
+    let mut sock = Socket::open(netlink_sys::constants::NETLINK_GENERIC).expect("opens");
+    // GENL_ID_CTRL, fixed by linux/genetlink.h.
+    assert_eq!(resolve_family(&mut sock, "nlctrl").expect("nlctrl"), 16);
+    let has_wireguard = std::path::Path::new("/sys/module/wireguard").exists();
+    match resolve_family(&mut sock, "wireguard") {
+        Ok(id) => assert!(has_wireguard && id > 16, "family {id}"),
+        Err(e) => {
+            assert!(no_family(&e), "{e}");
+            eprintln!("this kernel has no WireGuard: {e}");
+        }
+    }
+}
+
+/// Set in the child of [`network_setup_needs_no_tools_and_no_path`].
+const HIDDEN_CHILD: &str = "CF_TEST_HIDDEN_TOOLS_CHILD";
+
+/// The agent's network setup runs with `ip`, `nft`, `wg` and `iptables` hidden and `PATH`
+/// empty: this test runs [`hidden_tools_child`] in a new process whose mount namespace has empty
+/// directories over `/usr/sbin`, `/usr/bin`, `/sbin` and `/bin` (every tool is gone), in a fresh
+/// network namespace, with an empty environment. The child sets up two pods (bridge, veths,
+/// addresses, routes, our nftables table with a published port), checks that they reach each
+/// other and the published port, brings the mesh device up (kernel WireGuard or, on a kernel
+/// without it, the userspace device) and removes everything.
+#[test]
+fn network_setup_needs_no_tools_and_no_path() {
+    use std::os::unix::process::CommandExt;
+    let test = "network_setup_needs_no_tools_and_no_path";
+    if !is_root(test) {
+        return;
+    }
+    let dirs: Vec<std::ffi::CString> = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .filter(|d| {
+            // Merged /usr: /sbin and /bin are symlinks to what is hidden already.
+            std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir())
+        })
+        .map(|d| std::ffi::CString::new(*d).unwrap())
+        .collect();
+    let (root, tmpfs, none) = (c"/", c"tmpfs", c"none");
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child
+        .args([
+            "--exact",
+            "hidden_tools_child",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env_clear()
+        .env(HIDDEN_CHILD, "1");
+    // SAFETY: only raw syscalls between fork and exec, on memory made before the fork.
+    unsafe {
+        child.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for d in &dirs {
+                if libc::mount(
+                    tmpfs.as_ptr(),
+                    d.as_ptr(),
+                    tmpfs.as_ptr(),
+                    libc::MS_RDONLY,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = child
+        .output()
+        .expect("runs the test binary in the namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!("{}", stderr.trim());
+}
+
+/// The body of [`network_setup_needs_no_tools_and_no_path`]; does nothing unless run by it.
+#[test]
+#[ignore]
+fn hidden_tools_child() {
+    use compose_fleet_agent::network::mesh::{MeshKernel, System};
+    use compose_fleet_agent::network::wg::userspace::PeerConfig;
+    if std::env::var_os(HIDDEN_CHILD).is_none() {
+        return;
+    }
+    assert_eq!(std::env::var_os("PATH"), None, "PATH is empty");
+    for tool in ["ip", "nft", "wg", "iptables"] {
+        assert!(Command::new(tool).output().is_err(), "{tool} runs");
+        for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+            let path = Path::new(dir).join(tool);
+            assert!(!path.exists(), "{} is there", path.display());
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sandboxes = Sandboxes(vec![tmp.path().join("pods/a"), tmp.path().join("pods/b")]);
+    let netns: Vec<PathBuf> = sandboxes
+        .0
+        .iter()
+        .map(|d| pod::create(d, "p").unwrap().net)
+        .collect();
+    let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
+    let warnings = net
+        .configure(&HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![],
+            mesh: None,
+        })
+        .expect("configures");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let a = net
+        .attach("p", "a-1", &netns[0], &[port(8080, 80, "tcp", None)])
+        .unwrap()
+        .expect("an address");
+    let b = net
+        .attach("p", "b-1", &netns[1], &[])
+        .unwrap()
+        .expect("an address");
+    // Pod to pod, and the published port from the host.
+    let peer = serve_tcp(netns[0].clone(), "0.0.0.0:80", "from a");
+    let got = in_ns(&netns[1], move || fetch(&format!("{a}:80")));
+    assert_eq!(got, "from a");
+    assert_eq!(peer.recv().unwrap().ip(), b);
+    let _peer = serve_tcp(netns[0].clone(), "0.0.0.0:80", "published");
+    assert_eq!(fetch("10.213.1.1:8080"), "published");
+
+    // The mesh device: kernel WireGuard where the kernel has it, else the userspace one.
+    let device = System
+        .start(
+            tmp.path(),
+            51820,
+            &[PeerConfig {
+                host: "h2".into(),
+                public_key: [9; 32],
+                endpoint: "10.213.1.99:51820".parse().unwrap(),
+                allowed: "10.213.2.0/24".parse().unwrap(),
+            }],
+        )
+        .expect("a mesh device");
+    let links = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+    assert!(links.contains("cfwg0:"), "{links}");
+    eprintln!("mesh device: {}", device.kind().as_str());
+    if !Path::new("/sys/module/wireguard").exists() {
+        assert_eq!(
+            device.kind(),
+            compose_fleet_agent::proto::mesh::DeviceKind::Userspace,
+            "this kernel has no WireGuard"
+        );
+    }
+    device.remove();
+    net.detach("p", "a-1").unwrap();
+    net.detach("p", "b-1").unwrap();
+    let links = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+    let names: Vec<&str> = links
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(names, ["lo"], "only loopback is left");
+    drop(sandboxes);
+}
+
+/// A pod attached by an older agent (its address a /24 on the subnet, its bridge port not
+/// isolated: pods of the host reach each other on the bridge, past the isolation rules) is
+/// brought to the current shape when the daemon starts, in place: the same address, the routes
+/// via the gateway, the port isolated (unless br_netfilter filters bridged traffic).
+#[test]
+fn a_pod_of_an_older_agent_gets_a_32_and_an_isolated_port_in_place() {
+    let test = "a_pod_of_an_older_agent_gets_a_32_and_an_isolated_port_in_place";
+    if !is_root(test) || !have("ip", test) {
+        return;
+    }
+    in_fresh_host(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let sandboxes = Sandboxes(vec![tmp.path().join("pods/a"), tmp.path().join("pods/b")]);
+        let netns: Vec<PathBuf> = sandboxes
+            .0
+            .iter()
+            .map(|d| pod::create(d, "p").unwrap().net)
+            .collect();
+        let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
+        net.configure(&HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![],
+            mesh: None,
+        })
+        .unwrap();
+        let a = net.attach("p", "a-1", &netns[0], &[]).unwrap().unwrap();
+        net.attach("p", "b-1", &netns[1], &[]).unwrap().unwrap();
+        // What an older agent made of pod a.
+        in_ns(&netns[0], move || {
+            run(&["ip", "addr", "del", &format!("{a}/32"), "dev", "eth0"]);
+            run(&["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"]);
+            run(&["ip", "route", "replace", "default", "via", "10.213.1.1"]);
+        });
+        let host_if = compose_fleet_agent::network::host_if(a);
+        run(&[
+            "ip",
+            "link",
+            "set",
+            &host_if,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "off",
+        ]);
+        let shape = |netns: &Path| {
+            in_ns(netns, || {
+                (
+                    run(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]),
+                    run(&["ip", "-4", "route", "show"]),
+                )
+            })
+        };
+        let (addrs, _) = shape(&netns[0]);
+        assert!(addrs.contains(&format!("{a}/24")), "{addrs}");
+
+        let ns = netns.clone();
+        let changed = net.refresh_pods(move |_, pod| match pod {
+            "a-1" => Some(ns[0].clone()),
+            "b-1" => Some(ns[1].clone()),
+            _ => None,
+        });
+        assert_eq!(changed, ["p/a-1"], "only the old pod changes");
+        let (addrs, routes) = shape(&netns[0]);
+        assert!(
+            addrs.contains(&format!("{a}/32")) && !addrs.contains("/24"),
+            "{addrs}"
+        );
+        assert!(
+            routes.contains("default via 10.213.1.1 dev eth0") && !routes.contains("10.213.1.0/24"),
+            "{routes}"
+        );
+        let port = json(&["ip", "-d", "-j", "link", "show", &host_if]);
+        let isolated = port[0]["linkinfo"]["info_slave_data"]["isolated"].as_bool();
+        assert_eq!(
+            isolated,
+            Some(!compose_fleet_agent::network::kernel::bridged_ipv4_is_filtered()),
+            "{port}"
+        );
+        // Still reachable at the same address, from the other pod; and a second start is a no-op.
+        let _server = serve_tcp(netns[0].clone(), "0.0.0.0:80", "still a");
+        let got = in_ns(&netns[1], move || fetch(&format!("{a}:80")));
+        assert_eq!(got, "still a");
+        let ns = netns.clone();
+        assert!(net.refresh_pods(move |_, _| Some(ns[0].clone())).is_empty());
+        net.detach("p", "a-1").unwrap();
+        net.detach("p", "b-1").unwrap();
         drop(sandboxes);
     });
 }

@@ -98,6 +98,30 @@ pub struct MeshFacts {
     /// Each other host this host routes to, and how; empty until an `up` configured it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerHealth>,
+    // --- wgkernel: which WireGuard runs the mesh (additive) ---
+    /// The implementation of this host's mesh device: the one running now, else the one that
+    /// ran last; `None` before the device first ran (or from an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceKind>,
+}
+
+/// Which WireGuard moves a host's mesh packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// The kernel's (Linux >= 5.6, or the backport module), configured over netlink.
+    Kernel,
+    /// The agent's own, on a TUN device: kernels without WireGuard.
+    Userspace,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Kernel => "kernel",
+            DeviceKind::Userspace => "userspace",
+        }
+    }
 }
 
 /// One pair of hosts, seen from one side.

@@ -447,7 +447,8 @@ fn restart(ctx: &mut Ctx<'_>, v: &Node) -> Option<String> {
     Some(r)
 }
 
-/// `service:NAME` is a dependency; `container:…` cannot run on the fleet; the other modes are
+/// `service:NAME` is a dependency; `container:…` cannot run on the fleet; `host` and `none` are
+/// honoured (the pod runs in the host's namespace, or with loopback only); the other modes are
 /// accepted with a warning.
 fn network_mode(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) -> Option<String> {
     let name = svc.name.clone();
@@ -469,8 +470,10 @@ fn network_mode(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) -> Option<String
             &v.loc,
             Some("containers outside the project do not exist on the hosts; use `network_mode: service:NAME`"),
         );
+    } else if m == "host" || m == "none" {
+        // Honoured: the pod spec carries the mode (plan/podspec.rs).
     } else {
-        let reason = "only `service:NAME` is honoured; the pod gets its own network namespace on the fleet network";
+        let reason = "only `service:NAME`, `host` and `none` are honoured; the pod gets its own network namespace on the fleet network";
         retag(ctx, "network_mode", &name, Status::Accepted, reason);
         ctx.diags.push(
             Diagnostic::warning(format!(

@@ -83,6 +83,12 @@ pub trait NetKernel: Send + Sync {
     fn set_routes(&self, routes: &[PeerRoute]) -> io::Result<()>;
     /// Base chains of other tables that drop forwarded packets.
     fn forward_drops(&self) -> io::Result<Vec<ForwardDrop>>;
+    /// Brings an attached pod's link to what [`attach_pod`](Self::attach_pod) makes today: a
+    /// pod attached by an older agent has its address as a /24 (pods of the host reach each
+    /// other on the bridge, past the isolation rules) and a bridge port that is not isolated.
+    /// The address stays the same, so the pod's connections survive. `Ok(true)` when something
+    /// changed; `Ok(false)` for a pod already current or not attached.
+    fn refresh_pod(&self, link: &PodLink) -> io::Result<bool>;
 }
 
 /// Routes we install carry this protocol number, so ours are told from the host's own.
@@ -139,6 +145,52 @@ pub(super) fn set_up(sock: &mut Socket, index: u32, name: &str) -> io::Result<()
         0,
         &format!("bringing {name} up"),
     )
+}
+
+/// Hairpin: with br_netfilter loaded, a pod's connection to a published port of its own host that
+/// DNATs back to the same pod is bridged out of the port it came in on, which a bridge refuses
+/// unless the port is in hairpin mode. Isolated: see [`PodLink`].
+fn set_port_flags(sock: &mut Socket, port: u32, name: &str) -> io::Result<()> {
+    sock.request(
+        RouteNetlinkMessage::NewLink(
+            LinkBridgePort::new(port)
+                .hairpin(true)
+                .isolated(!bridged_ipv4_is_filtered())
+                .build(),
+        ),
+        0,
+        &format!("setting hairpin and isolated mode on {name}"),
+    )
+}
+
+/// The pod's routes (inside its namespace): the gateway on-link, and the default via it.
+fn pod_routes(sock: &mut Socket, index: u32, gateway: Ipv4Addr) -> io::Result<()> {
+    let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(gateway, 32)
+        .scope(rtnetlink::packet_route::route::RouteScope::Link)
+        .output_interface(index)
+        .build();
+    let default = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .output_interface(index)
+        .build();
+    for (route, what) in [
+        (to_gateway, format!("adding the pod's route to {gateway}")),
+        (
+            default,
+            format!("adding the pod's default route via {gateway}"),
+        ),
+    ] {
+        match sock.request(
+            RouteNetlinkMessage::NewRoute(route),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &what,
+        ) {
+            Err(e) if is_errno(&e, libc::EEXIST) => {}
+            r => r?,
+        }
+    }
+    Ok(())
 }
 
 fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
@@ -255,25 +307,13 @@ impl NetKernel for Netlink {
             r => r?,
         }
         drop(netns);
-        // Hairpin: with br_netfilter loaded, a pod's connection to a published port of its own
-        // host that DNATs back to the same pod is bridged out of the port it came in on, which a
-        // bridge refuses unless the port is in hairpin mode. Isolated: see `PodLink`.
         let port = link_index(&mut sock, &link.host_if)?.ok_or_else(|| {
             io::Error::other(format!(
                 "{} vanished right after its creation",
                 link.host_if
             ))
         })?;
-        sock.request(
-            RouteNetlinkMessage::NewLink(
-                LinkBridgePort::new(port)
-                    .hairpin(true)
-                    .isolated(!bridged_ipv4_is_filtered())
-                    .build(),
-            ),
-            0,
-            &format!("setting hairpin and isolated mode on {}", link.host_if),
-        )?;
+        set_port_flags(&mut sock, port, &link.host_if)?;
         let (pod_if, addr, gateway) = (link.pod_if.clone(), link.addr, link.gateway);
         in_netns(&link.netns, || {
             // Before the link goes up: DAD would hold the pod's IPv6 link-local for 1-3 s.
@@ -284,32 +324,7 @@ impl NetKernel for Netlink {
             // A /32: no on-link route to the subnet, every packet goes to the gateway.
             add_address(&mut sock, index, addr, 32, &pod_if)?;
             set_up(&mut sock, index, &pod_if)?;
-            let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(gateway, 32)
-                .scope(rtnetlink::packet_route::route::RouteScope::Link)
-                .output_interface(index)
-                .build();
-            let default = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gateway)
-                .output_interface(index)
-                .build();
-            for (route, what) in [
-                (to_gateway, format!("adding the pod's route to {gateway}")),
-                (
-                    default,
-                    format!("adding the pod's default route via {gateway}"),
-                ),
-            ] {
-                match sock.request(
-                    RouteNetlinkMessage::NewRoute(route),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                    &what,
-                ) {
-                    Err(e) if is_errno(&e, libc::EEXIST) => {}
-                    r => r?,
-                }
-            }
-            Ok(())
+            pod_routes(&mut sock, index, gateway)
         })
     }
 
@@ -386,6 +401,60 @@ impl NetKernel for Netlink {
             }
         }
         Ok(())
+    }
+
+    fn refresh_pod(&self, link: &PodLink) -> io::Result<bool> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+        let mut sock = route_socket()?;
+        let Some(port) = link_index(&mut sock, &link.host_if)? else {
+            return Ok(false);
+        };
+        set_port_flags(&mut sock, port, &link.host_if)?;
+        let (pod_if, addr, gateway) = (link.pod_if.clone(), link.addr, link.gateway);
+        in_netns(&link.netns, || {
+            let mut sock = route_socket()?;
+            let Some(index) = link_index(&mut sock, &pod_if)? else {
+                return Ok(false);
+            };
+            let old: Vec<AddressMessage> = sock
+                .dump(
+                    RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                    "listing the pod's addresses",
+                )?
+                .into_iter()
+                .filter_map(|m| match m {
+                    RouteNetlinkMessage::NewAddress(a)
+                        if a.header.index == index
+                            && a.header.prefix_len != 32
+                            && a.attributes.iter().any(|at| {
+                                matches!(at, AddressAttribute::Local(std::net::IpAddr::V4(ip)) if *ip == addr)
+                            }) =>
+                    {
+                        Some(a)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if old.is_empty() {
+                return Ok(false);
+            }
+            // The /32 and the route to the gateway first, so the address never leaves the pod.
+            add_address(&mut sock, index, addr, 32, &pod_if)?;
+            pod_routes(&mut sock, index, gateway)?;
+            for a in old {
+                match sock.request(
+                    RouteNetlinkMessage::DelAddress(a),
+                    0,
+                    &format!("removing the pod's old subnet address {addr}"),
+                ) {
+                    Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) => {}
+                    r => r?,
+                }
+            }
+            // Deleting the subnet address may take the default route with it.
+            pod_routes(&mut sock, index, gateway)?;
+            Ok(true)
+        })
     }
 
     fn forward_drops(&self) -> io::Result<Vec<ForwardDrop>> {
@@ -724,5 +793,9 @@ impl NetKernel for Recording {
     }
     fn forward_drops(&self) -> io::Result<Vec<ForwardDrop>> {
         Ok(self.drops.clone())
+    }
+    fn refresh_pod(&self, l: &PodLink) -> io::Result<bool> {
+        self.record(format!("refresh {} addr {}/32", l.host_if, l.addr))?;
+        Ok(false)
     }
 }

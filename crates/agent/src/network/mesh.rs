@@ -11,7 +11,11 @@
 //!
 //! The mode of a pair is decided here, on the host, because only the host sees whether a peer's
 //! address is on-link (its route has no gateway); the inventory may force it fleet-wide.
-//! Kernel WireGuard is not driven yet: every kernel gets the userspace device (see `wg`).
+//!
+//! The device is kernel WireGuard where the kernel has it (`wg::kernel`: a `wireguard` link
+//! configured over generic netlink, which outlives the agent), else the agent's userspace
+//! device on a TUN (`wg::userspace`, which dies with the agent and comes back at its start).
+//! Which one runs is reported in `Hello` (`MeshFacts::device`) and shown by `hosts`.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -27,9 +31,10 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::netlink::is_errno;
+use super::netlink::{errno, is_errno};
+use super::wg::kernel::{Choice, Existing, Genl};
 use super::wg::{self, userspace::PeerConfig};
-use crate::proto::mesh::{Link, MeshFacts, Mode, PeerHealth};
+use crate::proto::mesh::{DeviceKind, Link, MeshFacts, Mode, PeerHealth};
 use crate::proto::net::Ipv4Net;
 use crate::proto::HostNetwork;
 use crate::store::write_atomic;
@@ -39,6 +44,8 @@ pub const DEVICE: &str = "cfwg0";
 /// Routes through the mesh carry this protocol number (host-gw routes carry 213).
 pub const ROUTE_PROTOCOL: u8 = 214;
 const PLAN_FILE: &str = "mesh.json";
+/// The kind of the device that ran last (`kernel` or `userspace`), for `hosts` while it is down.
+const DEVICE_FILE: &str = "mesh-device";
 /// WireGuard's encapsulation over IPv4 or IPv6 (Uncloud's figure): 1500 → 1420.
 const OVERHEAD: u32 = 80;
 /// IPv6's minimum: no smaller MTU is useful.
@@ -152,13 +159,21 @@ pub trait MeshKernel: Send + Sync {
         port: u16,
         peers: &[PeerConfig],
     ) -> io::Result<Box<dyn MeshDevice>>;
+    /// Removes a mesh device this process does not hold: a kernel device left by an earlier
+    /// agent (it outlives its agent) when the host's last pod goes.
+    fn remove_leftover(&self) {}
 }
 
-/// A running mesh device; dropping it takes the device and its routes down.
+/// A running mesh device. [`remove`](MeshDevice::remove) takes it and its routes down; merely
+/// dropping it (the agent exits) leaves a kernel device running for the pods, while a userspace
+/// device cannot outlive its process.
 pub trait MeshDevice: Send {
     /// Changes the peers (and routes) in place, keeping sessions with peers that stay.
     fn set_peers(&self, peers: &[PeerConfig]) -> io::Result<()>;
     fn handshake_ages(&self) -> BTreeMap<String, Option<Duration>>;
+    fn kind(&self) -> DeviceKind;
+    /// Removes the device (the host's last pod is gone).
+    fn remove(self: Box<Self>) {}
 }
 
 type Device = Mutex<Option<Box<dyn MeshDevice>>>;
@@ -208,7 +223,9 @@ impl Mesh {
             if device.is_some() {
                 let peers = plan.mesh_peers();
                 if peers.is_empty() {
-                    *device = None;
+                    if let Some(d) = device.take() {
+                        d.remove();
+                    }
                 } else if let Some(d) = device.as_ref() {
                     d.set_peers(&peers)?;
                 }
@@ -226,13 +243,23 @@ impl Mesh {
         if device.is_some() || peers.is_empty() {
             return Ok(());
         }
-        *device = Some(self.kernel.start(&self.state_dir, plan.port, &peers)?);
+        let started = self.kernel.start(&self.state_dir, plan.port, &peers)?;
+        // Best effort: only `hosts` reads it, and the running device answers first.
+        let _ = write_atomic(
+            &self.state_dir.join(DEVICE_FILE),
+            started.kind().as_str().as_bytes(),
+            0o644,
+        );
+        *device = Some(started);
         Ok(())
     }
 
     /// Stops the device (the last pod is gone).
     pub fn down(&self) {
-        lock(&self.device).take();
+        match lock(&self.device).take() {
+            Some(d) => d.remove(),
+            None => self.kernel.remove_leftover(),
+        }
     }
 }
 
@@ -257,9 +284,23 @@ pub fn facts(state_dir: &Path) -> Option<MeshFacts> {
         .rev()
         .filter(|(dir, _)| dir == state_dir)
         .find_map(|(_, w)| w.upgrade());
-    let ages = live
-        .as_ref()
-        .and_then(|slot| lock(slot).as_ref().map(|device| device.handshake_ages()));
+    let (ages, running) = match live.as_ref().map(|slot| lock(slot)) {
+        Some(guard) => match guard.as_ref() {
+            Some(device) => (Some(device.handshake_ages()), Some(device.kind())),
+            None => (None, None),
+        },
+        None => (None, None),
+    };
+    let device = running.or_else(|| {
+        match std::fs::read_to_string(state_dir.join(DEVICE_FILE))
+            .ok()?
+            .trim()
+        {
+            "kernel" => Some(DeviceKind::Kernel),
+            "userspace" => Some(DeviceKind::Userspace),
+            _ => None,
+        }
+    });
     let peers = plan
         .peers
         .iter()
@@ -274,7 +315,11 @@ pub fn facts(state_dir: &Path) -> Option<MeshFacts> {
             device_up: p.link == Link::Wireguard && ages.is_some(),
         })
         .collect();
-    Some(MeshFacts { public_key, peers })
+    Some(MeshFacts {
+        public_key,
+        peers,
+        device,
+    })
 }
 
 /// The MTU for the mesh over an egress link of `link_mtu`.
@@ -394,11 +439,209 @@ impl MeshDevice for UserspaceDevice {
     fn handshake_ages(&self) -> BTreeMap<String, Option<Duration>> {
         self.device.handshake_ages()
     }
+
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Userspace
+    }
+}
+
+/// A kernel WireGuard device: the kernel moves the packets; we hold its link index and the
+/// peers we configured (to name the handshake ages by host).
+struct KernelDevice {
+    index: u32,
+    peers: Mutex<Vec<PeerConfig>>,
+}
+
+impl KernelDevice {
+    /// Makes the device's peers exactly `peers`, changing only those that differ.
+    fn configure(
+        &self,
+        genl: &mut Genl,
+        private_key: Option<[u8; 32]>,
+        port: Option<u16>,
+        peers: &[PeerConfig],
+    ) -> io::Result<()> {
+        let current = genl.peers(DEVICE)?;
+        let changes = wg::kernel::peer_changes(&current, peers);
+        if !changes.is_empty() || private_key.is_some() || port.is_some() {
+            let messages = wg::kernel::set_device(
+                DEVICE,
+                private_key,
+                port,
+                changes,
+                wg::kernel::MESSAGE_BUDGET,
+            );
+            genl.set(DEVICE, messages)?;
+        }
+        *lock(&self.peers) = peers.to_vec();
+        let subnets: Vec<Ipv4Net> = peers.iter().map(|p| p.allowed).collect();
+        sync_routes(self.index, &subnets)
+    }
+}
+
+impl MeshDevice for KernelDevice {
+    fn set_peers(&self, peers: &[PeerConfig]) -> io::Result<()> {
+        let mut genl = Genl::open()?;
+        self.configure(&mut genl, None, None, peers)
+    }
+
+    fn handshake_ages(&self) -> BTreeMap<String, Option<Duration>> {
+        let peers = lock(&self.peers).clone();
+        match Genl::open().and_then(|mut g| g.peers(DEVICE)) {
+            Ok(kernel) => wg::kernel::handshake_ages(&peers, &kernel, std::time::SystemTime::now()),
+            Err(e) => {
+                eprintln!("mesh: reading {DEVICE}'s peers: {e}");
+                peers.iter().map(|p| (p.host.clone(), None)).collect()
+            }
+        }
+    }
+
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Kernel
+    }
+
+    fn remove(self: Box<Self>) {
+        // Its routes go with it.
+        if let Err(e) = delete_link(self.index) {
+            eprintln!("mesh: removing {DEVICE}: {e}");
+        }
+    }
+}
+
+fn delete_link(index: u32) -> io::Result<()> {
+    let mut sock = super::kernel::route_socket()?;
+    let msg = LinkUnspec::new_with_index(index).build();
+    match sock.request(
+        RouteNetlinkMessage::DelLink(msg),
+        0,
+        &format!("deleting {DEVICE}"),
+    ) {
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+        r => r,
+    }
+}
+
+/// The kind of link `name` (`None`: no such link).
+fn link_kind(name: &str) -> io::Result<Option<String>> {
+    use rtnetlink::packet_route::link::LinkInfo;
+    let mut sock = super::kernel::route_socket()?;
+    let msg = LinkUnspec::new_with_name(name).build();
+    match sock.get(
+        RouteNetlinkMessage::GetLink(msg),
+        &format!("looking up link {name}"),
+    ) {
+        Ok(Some(RouteNetlinkMessage::NewLink(l))) => Ok(Some(
+            l.attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                        LinkInfo::Kind(k) => Some(k.to_string()),
+                        _ => None,
+                    }),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        )),
+        Ok(_) => Ok(None),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Brings up kernel WireGuard as device [`DEVICE`] with `peers`, or says why this kernel gets
+/// the userspace device instead (`Ok(Err(reason))`). Errors other than "no WireGuard here"
+/// are errors.
+fn start_kernel(
+    keys: &wg::KeyPair,
+    port: u16,
+    peers: &[PeerConfig],
+    mtu: u32,
+) -> io::Result<Result<KernelDevice, String>> {
+    let kind = link_kind(DEVICE)?;
+    let mut sock = super::kernel::route_socket()?;
+    let created = match wg::kernel::existing(kind.as_deref()) {
+        Existing::Userspace => {
+            return Ok(Err(format!(
+                "{DEVICE} exists as a link of kind {:?}",
+                kind.unwrap_or_default()
+            )))
+        }
+        Existing::Reuse => false,
+        Existing::Create => {
+            let msg = rtnetlink::LinkWireguard::new(DEVICE).build();
+            let r = sock.request(
+                RouteNetlinkMessage::NewLink(msg),
+                netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
+                &format!("creating the WireGuard device {DEVICE}"),
+            );
+            match wg::kernel::after_create(r.as_ref().err().and_then(errno)) {
+                Ok(Choice::Kernel) => true,
+                Ok(Choice::Userspace(why)) => return Ok(Err(why)),
+                Err(_) => return r.map(|()| Err(String::new())),
+            }
+        }
+    };
+    let index = super::kernel::link_index(&mut sock, DEVICE)?
+        .ok_or_else(|| io::Error::other(format!("{DEVICE} vanished after it was made")))?;
+    let device = KernelDevice {
+        index,
+        peers: Mutex::new(Vec::new()),
+    };
+    let result = (|| -> io::Result<Result<(), String>> {
+        let mut genl = match Genl::open() {
+            Ok(g) => g,
+            Err(e) => {
+                return match wg::kernel::after_family(errno(&e)) {
+                    Ok(Choice::Userspace(why)) => Ok(Err(why)),
+                    _ => Err(e),
+                }
+            }
+        };
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        sock.request(
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+            &format!("setting the MTU of {DEVICE}"),
+        )?;
+        // Up before `configure` routes through it: the kernel refuses a route whose device is
+        // down (ENETDOWN). Without peers yet, it carries nothing meanwhile.
+        super::kernel::set_up(&mut sock, index, DEVICE)?;
+        let mut secret = keys.secret.to_bytes();
+        let configured = device.configure(&mut genl, Some(secret), Some(port), peers);
+        secret.fill(0);
+        configured?;
+        Ok(Ok(()))
+    })();
+    match result {
+        Ok(Ok(())) => Ok(Ok(device)),
+        other => {
+            // A device made here and not usable is not left behind.
+            if created {
+                let _ = delete_link(index);
+            }
+            other.map(|r| r.map(|()| device))
+        }
+    }
 }
 
 impl MeshKernel for System {
     fn on_link(&self, addr: Ipv4Addr) -> io::Result<bool> {
         Ok(!route_to(addr)?.0)
+    }
+
+    fn remove_leftover(&self) {
+        let leftover = || -> io::Result<()> {
+            if wg::kernel::existing(link_kind(DEVICE)?.as_deref()) == Existing::Reuse {
+                let mut sock = super::kernel::route_socket()?;
+                if let Some(index) = super::kernel::link_index(&mut sock, DEVICE)? {
+                    delete_link(index)?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = leftover() {
+            eprintln!("mesh: removing a leftover {DEVICE}: {e}");
+        }
     }
 
     fn start(
@@ -417,6 +660,10 @@ impl MeshKernel for System {
             Some(i) => link_mtu(i)?.unwrap_or(1500),
             None => 1500,
         };
+        match start_kernel(&keys, port, peers, mesh_mtu(link))? {
+            Ok(device) => return Ok(Box::new(device)),
+            Err(why) => eprintln!("mesh: {why}: the userspace WireGuard device runs the mesh"),
+        }
         let tun = wg::tun::Tun::create(DEVICE)?;
         let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).map_err(|e| {
             io::Error::new(e.kind(), format!("binding the mesh's UDP port {port}: {e}"))
@@ -470,6 +717,9 @@ impl MeshDevice for RecordingDevice {
     }
     fn handshake_ages(&self) -> BTreeMap<String, Option<Duration>> {
         BTreeMap::new()
+    }
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Userspace
     }
 }
 
@@ -602,6 +852,11 @@ mod tests {
         assert_eq!(kernel.take(), ["mesh down"]);
         let facts = facts(dir.path()).expect("a key");
         assert!(wg::keys::decode(&facts.public_key).is_some());
+        assert_eq!(
+            facts.device,
+            Some(DeviceKind::Userspace),
+            "the device that ran last, while none runs"
+        );
         let health: Vec<String> = facts
             .peers
             .iter()

@@ -256,6 +256,44 @@ impl Network {
         Ok(())
     }
 
+    /// Brings the links of running pods attached by an older agent (a /24 address, a bridge
+    /// port that is not isolated) to what `attach` makes now, in place: same address, so their
+    /// connections survive. The daemon calls it at start with each pod's namespace
+    /// (`netns_of(project, pod)`; `None`: the pod is gone). Returns the pods changed.
+    pub fn refresh_pods(&self, netns_of: impl Fn(&str, &str) -> Option<PathBuf>) -> Vec<String> {
+        let saved = self.lock().clone();
+        let Some(gateway) = saved.book.subnet.and_then(|s| s.gateway()) else {
+            return Vec::new();
+        };
+        let Some(subnet) = saved.book.subnet else {
+            return Vec::new();
+        };
+        let mut changed = Vec::new();
+        for (k, addr) in &saved.book.pods {
+            let Some((project, pod)) = k.split_once('/') else {
+                continue;
+            };
+            let Some(netns) = netns_of(project, pod) else {
+                continue;
+            };
+            let link = PodLink {
+                netns,
+                host_if: host_if(*addr),
+                pod_if: POD_IF.to_string(),
+                bridge: BRIDGE.to_string(),
+                addr: *addr,
+                subnet,
+                gateway,
+            };
+            match self.kernel.refresh_pod(&link) {
+                Ok(true) => changed.push(k.clone()),
+                Ok(false) => {}
+                Err(e) => eprintln!("network: bringing pod {k}'s link up to date: {e}"),
+            }
+        }
+        changed
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
         // A panic while holding the lock leaves plain data behind; keep using it.
         self.saved.lock().unwrap_or_else(|p| p.into_inner())
@@ -347,6 +385,10 @@ impl Network {
         let k = key(project, pod);
         let mut next = saved.clone();
         let addr = next.book.allocate(&k)?;
+        let (names, internal) = pod_networks(network);
+        // Docker publishes no port of a container whose networks are all internal: nothing
+        // outside reaches it, as nothing leaves it.
+        let ports = if internal { &[][..] } else { ports };
         // Check the ports before the first side effect.
         check_conflicts(&k, &published(addr, ports)?, &saved)?;
         if ports.is_empty() {
@@ -354,7 +396,6 @@ impl Network {
         } else {
             next.ports.insert(k.clone(), ports.to_vec());
         }
-        let (names, internal) = pod_networks(network);
         if names == [DEFAULT_NETWORK] {
             next.networks.remove(&k);
         } else {
@@ -687,6 +728,57 @@ mod tests {
         }
         attacher.join().unwrap();
         pusher.join().unwrap();
+    }
+
+    #[test]
+    fn ports_of_a_pod_only_on_internal_networks_are_not_published() {
+        let (_d, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        kernel.take();
+        let ports = [port(8080, 80, "tcp")];
+        net.attach_to(
+            "p",
+            "db-1",
+            Path::new("/ns/db"),
+            &ports,
+            &on(&["back"], &["back"]),
+        )
+        .unwrap();
+        assert_eq!(
+            kernel.take().last().map(String::as_str),
+            Some(
+                "nft replace masq 10.213.0.0/16 [] networks [p/back: 10.213.1.2] \
+                 no egress [10.213.1.2]"
+            ),
+            "nothing published"
+        );
+        // On one network that is not internal too: published, as docker does.
+        net.attach_to(
+            "p",
+            "web-1",
+            Path::new("/ns/web"),
+            &ports,
+            &on(&["front", "back"], &["back"]),
+        )
+        .unwrap();
+        let last = kernel.take().pop().unwrap();
+        assert!(
+            last.contains("[fib daddr type local tcp dport 8080 dnat to 10.213.1.3:80]"),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn pods_of_an_older_agent_are_refreshed_in_place_when_their_namespace_exists() {
+        let (_d, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        net.attach("p", "web-1", Path::new("/ns/web"), &[]).unwrap();
+        net.attach("p", "gone-1", Path::new("/ns/gone"), &[])
+            .unwrap();
+        kernel.take();
+        let changed = net.refresh_pods(|_, pod| (pod == "web-1").then(|| PathBuf::from("/ns/web")));
+        assert_eq!(kernel.take(), ["refresh cfp2 addr 10.213.1.2/32"]);
+        assert!(changed.is_empty(), "the fake changes nothing");
     }
 
     #[test]

@@ -87,6 +87,15 @@ fn kernel_error(code: i32, what: &str) -> io::Error {
     )
 }
 
+/// The kernel's (or the OS's) errno in `e`, if it carries one.
+pub fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<KernelError>())
+            .map(|k| k.errno)
+    })
+}
+
 /// Whether `e` is the kernel's (or the OS's) `errno`.
 pub fn is_errno(e: &io::Error, errno: i32) -> bool {
     e.raw_os_error() == Some(errno)
@@ -243,6 +252,11 @@ impl Netlink {
                 let len = msg.header.length as usize;
                 if msg.header.sequence_number == seq {
                     match msg.payload {
+                        // A dump that failed part way ends with its error in the DONE
+                        // message (generic netlink families such as WireGuard's do).
+                        NetlinkPayload::Done(done) if done.code < 0 => {
+                            return Err(kernel_error(done.code, what));
+                        }
                         NetlinkPayload::Done(_) => return Ok(out),
                         NetlinkPayload::Error(err) => {
                             if let Some(code) = err.code {

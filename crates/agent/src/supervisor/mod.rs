@@ -330,6 +330,12 @@ impl Supervisor {
         if let Err(e) = network.resume() {
             eprintln!("daemon: bringing the mesh back: {e}");
         }
+        // Pods attached by an older agent get today's link (a /32, an isolated bridge port).
+        let runtime = cfg.runtime.clone();
+        let refreshed = network.refresh_pods(|project, pod| runtime.pod_netns(project, pod));
+        if !refreshed.is_empty() {
+            eprintln!("daemon: links brought up to date: {}", refreshed.join(", "));
+        }
         cfg.network = Some(Arc::new(network));
         Supervisor::open(cfg).await
     }
