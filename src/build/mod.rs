@@ -11,6 +11,7 @@
 //! host whose store holds that manifest runs without asking any registry.
 
 pub mod deliver;
+pub mod platform;
 pub mod progress;
 pub mod push;
 pub mod rate;
@@ -21,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::compose::model::{Project, Service};
-pub use store::{BuiltRef, LocalStore};
+pub use platform::{DeclaredHost, Platform};
+pub use store::{BuiltRef, LocalStore, Variant};
 
 /// A builder on the user's machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -119,11 +121,29 @@ pub struct Job {
     pub tags: Vec<String>,
     /// Registries a `FROM` may pull over plain http (the inventory's insecure registries).
     pub insecure: bool,
+    /// `build.platforms`, as written.
+    pub build_platforms: Vec<String>,
+    /// The service's `platform:`.
+    pub service_platform: Option<String>,
+    /// The fleet's hosts and the architectures the inventory declares ([`declared_hosts`]); none
+    /// is read as one host of this machine's architecture.
+    pub hosts: Vec<DeclaredHost>,
+}
+
+/// The hosts as the platform choice sees them: names and declared architectures.
+pub fn declared_hosts(fleet: &crate::inventory::Fleet) -> Vec<DeclaredHost> {
+    fleet
+        .hosts
+        .iter()
+        .map(|h| DeclaredHost {
+            name: h.name.clone(),
+            arch: h.arch.clone(),
+        })
+        .collect()
 }
 
 /// Options of `build:` this slice does not pass to any builder yet: refused, never ignored.
 const NOT_YET: &[&str] = &[
-    "platforms",
     "secrets",
     "ssh",
     "cache_from",
@@ -150,6 +170,7 @@ pub fn job(project: &str, service: &Service, insecure: bool) -> Result<Option<Jo
             .clone()
             .unwrap_or_else(|| format!("{project}-{name}")),
         insecure,
+        service_platform: service.platform.clone(),
         ..Job::default()
     };
     let string = |v: &serde_json::Value| match v {
@@ -198,6 +219,7 @@ pub fn job(project: &str, service: &Service, insecure: bool) -> Result<Option<Jo
             }
             "shm_size" => job.shm_size = Some(string(value)),
             "tags" => job.tags = list(value),
+            "platforms" => job.build_platforms = list(value),
             k if NOT_YET.contains(&k) => {
                 return Err(format!(
                     "service `{name}`: `build.{k}` is not supported by compose-fleet's builds yet\nhint: remove it, or build and push the image yourself and name it in `image:`"
@@ -225,6 +247,7 @@ pub fn commands(
     builder: Builder,
     job: &Job,
     dockerfile: Option<&Path>,
+    platform: Option<&Platform>,
     out: &Path,
 ) -> Vec<Vec<String>> {
     let mut build: Vec<String> = match builder {
@@ -247,6 +270,9 @@ pub fn commands(
     };
     if let Some(f) = dockerfile {
         opt("-f", &f.display().to_string());
+    }
+    if let Some(p) = platform {
+        opt("--platform", &p.text());
     }
     for (k, v) in &job.args {
         opt("--build-arg", &format!("{k}={v}"));
@@ -324,14 +350,133 @@ pub fn commands(
     }
 }
 
+/// The platforms `job` is built for with `builder` here ([`platform::choose`]).
+pub fn platforms_for(
+    job: &Job,
+    can: &platform::Capability,
+    builder: &str,
+) -> Result<Vec<Platform>, String> {
+    let hosts = if job.hosts.is_empty() {
+        vec![DeclaredHost {
+            name: "this machine".into(),
+            arch: None,
+        }]
+    } else {
+        job.hosts.clone()
+    };
+    platform::choose(
+        &job.service,
+        &job.build_platforms,
+        job.service_platform.as_deref(),
+        &hosts,
+        &Platform::native(),
+        can,
+        builder,
+    )
+}
+
+/// Whether `built` has an image for every platform `job` needs, `can` being what the builder
+/// produces (`None`: any platform, the question before any builder is probed).
+fn covers(built: &BuiltRef, job: &Job, can: Option<&platform::Capability>) -> bool {
+    let any = platform::Capability {
+        arches: job
+            .hosts
+            .iter()
+            .filter_map(|h| h.arch.as_deref().map(|a| oci_arch(a).to_string()))
+            .chain(
+                job.build_platforms
+                    .iter()
+                    .chain(&job.service_platform)
+                    .filter_map(|p| Platform::parse(p).ok().map(|p| p.arch)),
+            )
+            .chain([Platform::native().arch])
+            .collect(),
+        source: String::new(),
+    };
+    platforms_for(job, can.unwrap_or(&any), "")
+        .is_ok_and(|ps| ps.iter().all(|p| built.manifest_for(&p.arch).is_some()))
+}
+
 /// Builds `job` and reads the result into `store`; returns what was recorded for the service.
-/// The builder's own output goes to stderr as it comes.
+/// The builder's own output goes to stderr as it comes. A job for several platforms is built
+/// once per platform and recorded as an OCI index of the images.
 pub fn build(
     builder: Builder,
     project: &str,
     job: &Job,
     store: &LocalStore,
 ) -> Result<BuiltRef, String> {
+    let can = platform::capability(builder);
+    let platforms = platforms_for(job, &can, builder.name())?;
+    let native = Platform::native();
+    // A plain build for this machine passes no `--platform` (older builders lack the flag).
+    let implicit = platforms == [native.clone()]
+        && job.build_platforms.is_empty()
+        && job.service_platform.is_none();
+    let mut variants = Vec::new();
+    for p in &platforms {
+        let (manifest, arch) = build_one(builder, job, (!implicit).then_some(p), store)?;
+        if !arch.is_empty() && arch != p.arch {
+            return Err(format!(
+                "building service `{}` for {} made an image for {arch}: {} does not honour `--platform`\nhint: use another builder (`--builder buildah`)",
+                job.service,
+                p.text(),
+                builder.name()
+            ));
+        }
+        variants.push((p.clone(), manifest, arch));
+    }
+    let mut tags = vec![];
+    if job.tag != format!("{project}-{}", job.service) {
+        tags.push(job.tag.clone());
+    }
+    tags.extend(job.tags.iter().cloned());
+    let built = match variants.as_slice() {
+        [(_, manifest, architecture)] => BuiltRef {
+            manifest: manifest.clone(),
+            tags,
+            architecture: architecture.clone(),
+            variants: vec![],
+        },
+        _ => {
+            let index = store
+                .write_index(
+                    &variants
+                        .iter()
+                        .map(|(p, m, _)| {
+                            (p.os.clone(), p.arch.clone(), p.variant.clone(), m.clone())
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(|e| e.to_string())?;
+            BuiltRef {
+                manifest: index,
+                tags,
+                architecture: String::new(),
+                variants: variants
+                    .iter()
+                    .map(|(p, m, _)| Variant {
+                        architecture: p.arch.clone(),
+                        manifest: m.clone(),
+                    })
+                    .collect(),
+            }
+        }
+    };
+    store
+        .record(project, &job.service, &built)
+        .map_err(|e| e.to_string())?;
+    Ok(built)
+}
+
+/// One builder run for one platform (`None`: the builder's default); returns the image manifest
+/// digest and the architecture its config names.
+fn build_one(
+    builder: Builder,
+    job: &Job,
+    platform: Option<&Platform>,
+    store: &LocalStore,
+) -> Result<(String, String), String> {
     let scratch = store.scratch("build").map_err(|e| e.to_string())?;
     let result = (|| {
         let dockerfile: Option<PathBuf> = match (&job.dockerfile_inline, &job.dockerfile) {
@@ -347,7 +492,7 @@ pub fn build(
             (None, None) => None,
         };
         let out = scratch.join("image.tar");
-        for argv in commands(builder, job, dockerfile.as_deref(), &out) {
+        for argv in commands(builder, job, dockerfile.as_deref(), platform, &out) {
             let status = Command::new(&argv[0])
                 .args(&argv[1..])
                 .stdout(std::process::Stdio::from(std::io::stderr()))
@@ -361,23 +506,9 @@ pub fn build(
                 ));
             }
         }
-        let (manifest, architecture) = store
-            .import(&out)
-            .map_err(|e| format!("reading the image built for service `{}`: {e}", job.service))?;
-        let mut tags = vec![];
-        if job.tag != format!("{project}-{}", job.service) {
-            tags.push(job.tag.clone());
-        }
-        tags.extend(job.tags.iter().cloned());
-        let built = BuiltRef {
-            manifest,
-            tags,
-            architecture,
-        };
         store
-            .record(project, &job.service, &built)
-            .map_err(|e| e.to_string())?;
-        Ok(built)
+            .import(&out)
+            .map_err(|e| format!("reading the image built for service `{}`: {e}", job.service))
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -432,9 +563,10 @@ pub fn prepare_up(
     rebuild: bool,
     forced: Option<Builder>,
     insecure: bool,
+    hosts: &[DeclaredHost],
     store: &LocalStore,
 ) -> Result<Vec<LocalImage>, String> {
-    let mut builder = None;
+    let mut builder: Option<(Builder, platform::Capability)> = None;
     let mut images = Vec::new();
     let name = project.name.clone();
     for (service_name, service) in project.services.iter_mut() {
@@ -448,20 +580,31 @@ pub fn prepare_up(
             }
             continue;
         }
-        let Some(job) = job(&name, service, insecure)? else {
+        let Some(mut job) = job(&name, service, insecure)? else {
             continue;
         };
-        let built = match (rebuild, store.built(&name, service_name)) {
-            (false, Some(b)) => b,
-            _ => {
-                let b = match builder {
-                    Some(b) => b,
-                    None => {
-                        let b = detect(forced)?;
-                        builder = Some(b);
-                        b
-                    }
-                };
+        job.hosts = hosts.to_vec();
+        let mut builder_here = || -> Result<(Builder, platform::Capability), String> {
+            if let Some(b) = &builder {
+                return Ok(b.clone());
+            }
+            let b = detect(forced)?;
+            Ok(builder.insert((b, platform::capability(b))).clone())
+        };
+        // The last build serves while it has an image for every platform needed (asking the
+        // builder what it can produce only when it lacks one).
+        let reuse = match (rebuild, store.built(&name, service_name)) {
+            (false, Some(b)) if covers(&b, &job, None) => Some(b),
+            (false, Some(b)) => {
+                let (_, can) = builder_here()?;
+                covers(&b, &job, Some(&can)).then_some(b)
+            }
+            _ => None,
+        };
+        let built = match reuse {
+            Some(b) => b,
+            None => {
+                let (b, _) = builder_here()?;
                 crate::output::status(&format!(
                     "building service `{service_name}` with {}",
                     b.name()
@@ -513,6 +656,7 @@ mod tests {
             Builder::Buildah,
             &job,
             Some(Path::new("/src/app/Dockerfile.web")),
+            None,
             Path::new("/tmp/out.tar"),
         );
         assert_eq!(
@@ -538,8 +682,8 @@ mod tests {
 
     #[test]
     fn build_options_no_builder_gets_yet_are_refused_by_name() {
-        let s = service(None, serde_json::json!({"platforms": ["linux/arm64"]}));
+        let s = service(None, serde_json::json!({"privileged": true}));
         let err = job("shop", &s, false).expect_err("refused");
-        assert!(err.contains("`build.platforms` is not supported"), "{err}");
+        assert!(err.contains("`build.privileged` is not supported"), "{err}");
     }
 }

@@ -184,6 +184,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             args.build,
             args.builder,
             fleet.registries.values().any(|r| r.insecure),
+            &crate::build::declared_hosts(&fleet),
             &store,
         )
         .map_err(Failure::User)?
@@ -199,7 +200,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         // then rolled back). `--wait` is kept for docker compose's users.
         wait: true,
         files: exec::read_files(project).map_err(|e| failure(e, &checked.loaded.sources))?,
-        registry_auth: registry_auth(project),
+        registry_auth: registry_auth(project, &fleet)?,
         update_delay: project
             .services
             .keys()
@@ -290,20 +291,26 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             return Ok((connected, Err(steps)));
         }
         // Built images go to the hosts that run them before any pod asks for them.
-        crate::build::deliver::check_architectures(&prepared.desired, &built, &connected.facts)
+        let arches = crate::build::deliver::host_arches(&fleet, &connected.facts);
+        crate::build::deliver::check_architectures(&prepared.desired, &built, &arches)
             .map_err(ExecError::User)?;
         let progress = if args.json {
             crate::build::progress::DeliveryProgress::quiet()
         } else {
             crate::build::progress::DeliveryProgress::for_stderr()
         };
-        let delivery =
+        let mut delivery =
             crate::build::deliver::Options::new(Duration::from_secs(120), args.max_upload_rate, progress);
+        delivery.reconnect = Some(std::sync::Arc::new(crate::build::deliver::Reconnect::new(
+            &fleet,
+            opts.ssh.clone(),
+        )));
         let delivered = crate::build::deliver::deliver_all(
             &connected.hosts,
             &prepared.desired,
             &built,
             &store,
+            &arches,
             &delivery,
         )
         .await
@@ -586,18 +593,22 @@ pub fn show_note(n: rollout::Note) {
     }
 }
 
-/// The user's credentials for the registries of the project's images (what cannot be had is a
-/// warning: a public registry needs none).
+/// The credentials for the registries of the project's images: the inventory's, else the user's
+/// docker config's (what cannot be had from the docker config is a warning: a public registry
+/// needs none; an inventory password that cannot be read is an error).
 pub fn registry_auth(
     project: &crate::compose::model::Project,
-) -> BTreeMap<String, crate::proto::RegistryAuth> {
+    fleet: &crate::inventory::Fleet,
+) -> Result<BTreeMap<String, crate::proto::RegistryAuth>, Failure> {
     let (auth, warnings) = crate::deploy::auth::for_images(
         project.services.values().filter_map(|s| s.image.as_deref()),
-    );
+        &fleet.registries,
+    )
+    .map_err(Failure::User)?;
     for w in warnings {
         output::warning(&w);
     }
-    auth
+    Ok(auth)
 }
 
 /// `plan --detailed-exitcode`: the changes `up` would make, printed as `up --dry-run` prints

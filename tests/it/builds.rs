@@ -369,8 +369,8 @@ fn an_uncompressed_layer_travels_compressed_and_is_verified_uncompressed() {
             "plain",
             &compose_fleet::build::BuiltRef {
                 manifest,
-                tags: vec![],
                 architecture,
+                ..Default::default()
             },
         )
         .expect("record");
@@ -722,5 +722,126 @@ fn max_upload_rate_is_parsed_and_a_bad_one_refused() {
         String::from_utf8_lossy(&help.stdout).contains("--max-upload-rate <RATE>"),
         "{}",
         describe(&help)
+    );
+}
+
+/// Registry credentials in the inventory: `username` with `password_env`, `password_file` or
+/// `password` (warned about: anyone who reads the file reads it), in our format and as
+/// Ansible's `compose_fleet_registries`; half of a pair, or two passwords, is refused where it
+/// is written. Nothing printed about the fleet shows a password.
+#[test]
+fn registry_credentials_in_the_inventory_are_read_and_checked() {
+    use compose_fleet::inventory::{self, Password};
+    let fleet = inventory::parse(
+        "inventory.yaml",
+        r#"
+registries:
+  "10.250.0.1:5000": { insecure: true, username: ci, password_env: LAB_REGISTRY_PASSWORD }
+  "files.example": { username: f, password_file: /run/secrets/registry }
+  "plain.example": { username: p, password: hunter2 }
+hosts:
+  h1: { address: 10.0.0.1 }
+"#,
+    )
+    .unwrap_or_else(|e| panic!("parses: {}", e.render()));
+    let lab = &fleet.registries["10.250.0.1:5000"];
+    assert!(lab.insecure);
+    assert_eq!(lab.username.as_deref(), Some("ci"));
+    assert_eq!(
+        lab.password,
+        Some(Password::Env("LAB_REGISTRY_PASSWORD".into()))
+    );
+    assert_eq!(
+        fleet.registries["files.example"].password,
+        Some(Password::File("/run/secrets/registry".into()))
+    );
+    assert!(
+        fleet
+            .warnings
+            .iter()
+            .any(|w| w
+                .contains("registry `plain.example`: the password is written in the inventory")),
+        "{:?}",
+        fleet.warnings
+    );
+    assert!(!format!("{fleet:?} {:?}", fleet.warnings).contains("hunter2"));
+
+    for (text, want) in [
+        (r#"{ username: u }"#, "has a `username` but no password"),
+        (
+            r#"{ username: u, password_env: A, password_file: /b }"#,
+            "has more than one password",
+        ),
+        (r#"{ passwd: x }"#, "unknown key `passwd`"),
+        // On the line of a written password: its position, but the line is not quoted.
+        (
+            r#"{ username: u, password: s3cret, password_env: A }"#,
+            "has more than one password (at inventory.yaml:2:",
+        ),
+    ] {
+        let err = inventory::parse(
+            "inventory.yaml",
+            &format!(
+                "registries:\n  \"r.example\": {text}\nhosts:\n  h1: {{ address: 10.0.0.1 }}\n"
+            ),
+        )
+        .map(|f| format!("{f:?}"))
+        .expect_err(text);
+        let rendered = err.render();
+        assert!(
+            rendered.contains(want) && rendered.contains("inventory.yaml:2:"),
+            "{text}: {rendered}"
+        );
+        assert!(!rendered.contains("s3cret"), "{rendered}");
+    }
+
+    let fleet = inventory::parse(
+        "hosts.yml",
+        r#"
+all:
+  vars:
+    compose_fleet_registries:
+      "r.example:5000": { username: deploy, password_env: R_PASSWORD, insecure: true }
+  hosts:
+    h1: { ansible_host: 10.0.0.1 }
+    h2: { ansible_host: 10.0.0.2 }
+"#,
+    )
+    .unwrap_or_else(|e| panic!("parses: {}", e.render()));
+    let r = &fleet.registries["r.example:5000"];
+    assert!(r.insecure);
+    assert_eq!(r.username.as_deref(), Some("deploy"));
+    assert_eq!(r.password, Some(Password::Env("R_PASSWORD".into())));
+    // A host that sees other registries is refused; a written password is warned about once,
+    // and neither message quotes it.
+    let err = inventory::parse(
+        "hosts.yml",
+        "all:\n  vars:\n    compose_fleet_registries: { \"r\": { username: u, password: s3cret } }\n  hosts:\n    h1:\n    h2:\n    h3: { compose_fleet_registries: {} }\n",
+    )
+    .map(|f| format!("{f:?}"))
+    .expect_err("h3 differs");
+    let rendered = err.render();
+    assert!(
+        rendered.contains("see different `compose_fleet_registries`"),
+        "{rendered}"
+    );
+    assert_eq!(
+        rendered
+            .matches("the password is written in the inventory")
+            .count(),
+        1,
+        "{rendered}"
+    );
+    assert!(!rendered.contains("s3cret"), "{rendered}");
+    let err = inventory::parse(
+        "hosts.yml",
+        "all:\n  hosts:\n    h1:\n      compose_fleet_registries: { \"r\": { username: u } }\n",
+    )
+    .map(|f| format!("{f:?}"))
+    .expect_err("half a pair");
+    assert!(
+        err.render().contains("needs both `username` and one of"),
+        "{}",
+        err.render()
     );
 }
