@@ -292,29 +292,48 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         }
         // Built images go to the hosts that run them before any pod asks for them.
         let arches = crate::build::deliver::host_arches(&fleet, &connected.facts);
-        crate::build::deliver::check_architectures(&prepared.desired, &built, &arches)
-            .map_err(ExecError::User)?;
-        let progress = if args.json {
-            crate::build::progress::DeliveryProgress::quiet()
-        } else {
-            crate::build::progress::DeliveryProgress::for_stderr()
+        let delivery = async {
+            crate::build::deliver::check_architectures(&prepared.desired, &built, &arches)?;
+            let progress = if args.json {
+                crate::build::progress::DeliveryProgress::quiet()
+            } else {
+                crate::build::progress::DeliveryProgress::for_stderr()
+            };
+            let mut delivery = crate::build::deliver::Options::new(
+                Duration::from_secs(120),
+                args.max_upload_rate,
+                progress,
+            );
+            delivery.reconnect = Some(std::sync::Arc::new(
+                crate::build::deliver::Reconnect::new(&fleet, opts.ssh.clone()),
+            ));
+            crate::build::deliver::deliver_all(
+                &connected.hosts,
+                &prepared.desired,
+                &built,
+                &store,
+                &arches,
+                &delivery,
+            )
+            .await
         };
-        let mut delivery =
-            crate::build::deliver::Options::new(Duration::from_secs(120), args.max_upload_rate, progress);
-        delivery.reconnect = Some(std::sync::Arc::new(crate::build::deliver::Reconnect::new(
-            &fleet,
-            opts.ssh.clone(),
-        )));
-        let delivered = crate::build::deliver::deliver_all(
-            &connected.hosts,
-            &prepared.desired,
-            &built,
-            &store,
-            &arches,
-            &delivery,
-        )
-        .await
-        .map_err(ExecError::User)?;
+        // A no-op run has every pod running as desired, its images on its host: nothing to ask.
+        let result = if noop {
+            drop(delivery);
+            Ok(Vec::new())
+        } else {
+            delivery.await
+        };
+        let delivered = match result {
+            Ok(d) => d,
+            Err(e) => {
+                // Nothing was changed: the lock goes now, not when its lease runs out.
+                if let Some(held) = lock {
+                    held.release(opts.ssh.command_timeout).await;
+                }
+                return Err(ExecError::User(e));
+            }
+        };
         for d in &delivered {
             output::status(&format!(
                 "{}: delivered {} ({} blobs, {} bytes sent, {} received by the agent, {} layers unpacked, {} bytes on the wire) in {:.2}s",

@@ -845,3 +845,279 @@ all:
         err.render()
     );
 }
+
+/// Rewrites the lab's inventory with `edit` (the lab writes one flow mapping per host and one
+/// `registries:` line).
+fn edit_inventory(lab: &Lab, edit: impl Fn(&str) -> String) {
+    let path = lab.inventory();
+    let text = std::fs::read_to_string(&path).expect("the lab's inventory");
+    std::fs::write(&path, edit(&text)).expect("rewrite the inventory");
+}
+
+fn blob_count(lab: &Lab, host: &str) -> usize {
+    let out = lab.ssh(
+        host,
+        "ls /var/lib/compose-fleet/images/blobs/sha256 2>/dev/null | wc -l",
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", describe(&out)))
+}
+
+/// A host the inventory declares `aarch64` while the builder here produces only amd64 (no
+/// qemu-user handler is registered): `up` of a service that would run there is refused before
+/// anything is sent to any host, naming the host and its architecture; a service pinned to
+/// `platform: linux/arm64` is refused before it is even built.
+#[test]
+fn a_host_of_an_architecture_the_builder_cannot_produce_is_refused_before_any_transfer() {
+    let test = "a_host_of_an_architecture_the_builder_cannot_produce";
+    if !have_buildah(test) {
+        return;
+    }
+    let can = compose_fleet::build::platform::capability(compose_fleet::build::Builder::Buildah);
+    if can.can("arm64") {
+        crate::support::skip(
+            test,
+            "no arm64 emulator",
+            "this machine can build for arm64 (a qemu-user handler is registered), so nothing is refused",
+        );
+        return;
+    }
+    let Some(lab) = Lab::up(test, 2) else {
+        return;
+    };
+    let pi = lab.host(2);
+    edit_inventory(&lab, |text| {
+        text.replace(
+            &format!("  {pi}: {{ "),
+            &format!("  {pi}: {{ arch: aarch64, "),
+        )
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("web")).expect("mkdir");
+    std::fs::write(dir.join("web/Dockerfile"), DOCKERFILE).expect("write");
+    std::fs::write(dir.join("web/index.html"), "never sent\n").expect("write");
+    storage_conf(dir);
+    // On every host: the aarch64 one included.
+    std::fs::write(
+        dir.join("compose.yaml"),
+        COMPOSE.replace(
+            "    ports: [\"8080:80\"]\n",
+            "    ports: [\"8080:80\"]\n    deploy: { mode: global }\n",
+        ),
+    )
+    .expect("write");
+    let before: Vec<usize> = lab
+        .host_names()
+        .iter()
+        .map(|h| blob_count(&lab, h))
+        .collect();
+    let out = cli(&lab, dir, &["up"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "service `web` was built for amd64, but host `{pi}` is aarch64 (the inventory says so)"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+    assert!(
+        !stderr.contains(&format!("host `{}`", lab.host(1))),
+        "the amd64 host is not named: {stderr}"
+    );
+    assert!(deliveries(&out).is_empty(), "{stderr}");
+    let after: Vec<usize> = lab
+        .host_names()
+        .iter()
+        .map(|h| blob_count(&lab, h))
+        .collect();
+    assert_eq!(before, after, "no blob reached any host");
+    // The lock went with the refusal: the next `up` is not kept waiting.
+
+    // Pinned to arm64: refused before the builder runs.
+    std::fs::write(
+        dir.join("compose.yaml"),
+        COMPOSE.replace(
+            "    ports: [\"8080:80\"]\n",
+            "    ports: [\"8080:80\"]\n    platform: linux/arm64\n",
+        ),
+    )
+    .expect("write");
+    let out = cli(&lab, dir, &["up", "--build"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "service `web` is to be built for linux/arm64, but buildah here cannot build for arm64"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("STEP 1"), "buildah never ran: {stderr}");
+    let after2: Vec<usize> = lab
+        .host_names()
+        .iter()
+        .map(|h| blob_count(&lab, h))
+        .collect();
+    assert_eq!(before, after2);
+}
+
+/// The pids of the `ssh -M` masters connected to `address`.
+fn ssh_masters(address: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with(b"ssh"))
+            && args.contains(&b"-M".as_slice())
+            && args.last() == Some(&address.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The SSH connection of an `up` is killed while a layer is half delivered: the same `up`
+/// reconnects (a fresh session and agent handshake), resumes the layer at the offset the host
+/// holds, and completes — the host received the image's bytes about once, not twice.
+#[test]
+fn a_connection_cut_mid_blob_is_reopened_and_the_same_up_completes() {
+    let test = "a_connection_cut_mid_blob_is_reopened";
+    if !have_buildah(test) {
+        return;
+    }
+    let Some(lab) = Lab::up(test, 1) else {
+        return;
+    };
+    let host = lab.host(1);
+    let address = lab.address(&host);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("web/www")).expect("mkdir");
+    std::fs::write(
+        dir.join("web/Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nCOPY random.bin /random.bin\nCOPY www /www\n",
+    )
+    .expect("write");
+    std::fs::write(dir.join("web/www/index.html"), "delivered despite a cut\n").expect("write");
+    // 8 MB that does not compress: at 2 MB/s it takes seconds, time to cut it.
+    let mut x = 7u64;
+    let mut random = Vec::with_capacity(8 << 20);
+    while random.len() < 8 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        random.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(dir.join("web/random.bin"), &random).expect("write");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        "services:\n  web:\n    build:\n      context: ./web\n      args:\n        BASE: ${HTTPD}\n    command: [\"httpd\", \"-f\", \"-p\", \"8083\", \"-h\", \"/www\"]\n    ports: [\"8083:8083\"]\n",
+    )
+    .expect("write");
+    storage_conf(dir);
+    let out = cli(&lab, dir, &["build"]);
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let built = store.built("built", "web").expect("recorded");
+    let (_, manifest) = store.manifest(&built.manifest).expect("manifest");
+    let image_bytes: u64 = manifest.blobs().map(|b| b.size).sum();
+    let big = manifest
+        .layers
+        .iter()
+        .max_by_key(|l| l.size)
+        .expect("layers")
+        .clone();
+    let partial = format!(
+        "/var/lib/compose-fleet/images/blobs/sha256/{}.partial",
+        &big.digest["sha256:".len()..]
+    );
+
+    let child = lab
+        .cli()
+        .arg("-f")
+        .arg(dir.join("compose.yaml"))
+        .args(["-p", "built", "up", "--max-upload-rate", "2M"])
+        .env("HTTPD", lab.httpd_image())
+        .env("COMPOSE_FLEET_IMAGE_DIR", dir.join("store"))
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs the CLI");
+    // Wait for the big layer to be partly there, then kill the connection under it.
+    let mut cut_at = None;
+    for _ in 0..300 {
+        let size = lab.ssh(
+            &host,
+            &format!("stat -c %s {partial} 2>/dev/null || echo 0"),
+        );
+        let size: u64 = String::from_utf8_lossy(&size.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if size >= 2 << 20 {
+            let masters = ssh_masters(&address);
+            assert_eq!(
+                masters.len(),
+                1,
+                "one master connection to {address}: {masters:?}"
+            );
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &masters[0].to_string()])
+                .status()
+                .expect("kill");
+            assert!(killed.success());
+            cut_at = Some(size);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("the CLI ends");
+    let cut_at =
+        cut_at.unwrap_or_else(|| panic!("the layer never got half way: {}", describe(&out)));
+    assert!(
+        out.status.success(),
+        "the same up completes: {}",
+        describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the channel dropped while delivering") && stderr.contains("reconnecting"),
+        "{stderr}"
+    );
+    let lines = delivered_lines(&out);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let (_, n) = &lines[0];
+    let (sent, received) = (n[1], n[2]);
+    // What the host kept was sent once; at most the chunks in flight when the cut came are sent
+    // again (a window of 4 chunks of 1 MiB).
+    assert_eq!(sent, image_bytes, "{stderr}");
+    assert!(
+        received >= image_bytes && received <= image_bytes + (4 << 20),
+        "the host received {received} bytes for an image of {image_bytes}: {stderr}"
+    );
+    eprintln!(
+        "measured: image {image_bytes} bytes, cut at {cut_at} bytes of the {} byte layer; the host received {received} bytes in all",
+        big.size
+    );
+    let url = format!("http://{address}:8083/");
+    assert_eq!(
+        get(&url, "delivered despite a cut\n"),
+        "delivered despite a cut\n"
+    );
+    // And the run left no lease behind: the next `up` has nothing to do.
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
