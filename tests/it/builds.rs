@@ -1121,3 +1121,227 @@ fn a_connection_cut_mid_blob_is_reopened_and_the_same_up_completes() {
     let out = cli(&lab, dir, &["up"]);
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// A second lab registry that asks for basic auth (htpasswd, bcrypt), stopped when dropped.
+struct AuthRegistry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl AuthRegistry {
+    /// Listens on the lab registry's address, port 5077, for `user`:`password`; `None` (the
+    /// reason printed) when a bcrypt hash cannot be made here.
+    fn start(
+        test: &str,
+        lab: &Lab,
+        dir: &Path,
+        user: &str,
+        password: &str,
+    ) -> Option<AuthRegistry> {
+        let hash = std::process::Command::new("python3")
+            .args([
+                "-W",
+                "ignore",
+                "-c",
+                "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                password,
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success() && o.stdout.starts_with(b"$2"));
+        let Some(hash) = hash else {
+            crate::support::skip(
+                test,
+                "python3 crypt",
+                "cannot make a bcrypt hash for htpasswd here",
+            );
+            return None;
+        };
+        let ip = lab
+            .registry()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let addr = format!("{ip}:5077");
+        std::fs::write(
+            dir.join("htpasswd"),
+            format!("{user}:{}", String::from_utf8_lossy(&hash.stdout).trim()),
+        )
+        .expect("write");
+        std::fs::write(
+            dir.join("auth-registry.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {0}/auth-registry\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: lab\n    path: {0}/htpasswd\n",
+                dir.display()
+            ),
+        )
+        .expect("write");
+        let child = std::process::Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(dir.join("auth-registry.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("auth-registry.log")).expect("log"))
+            .spawn()
+            .expect("starts docker-registry");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(AuthRegistry { child, addr })
+    }
+}
+
+impl Drop for AuthRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every process whose command line holds `needle`.
+fn argv_holding(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
+
+/// Credentials from the inventory (`username` + `password_env`) for a registry that asks for
+/// basic auth: `push --registry` uploads with them, a host pulls with them — and the password is
+/// in no process's argv while that runs, in no output (`--json` included) and in no file of the
+/// agent on the host. A password the inventory names but the environment lacks is refused
+/// naming the variable.
+#[test]
+fn inventory_registry_credentials_push_and_pull_without_showing_the_password() {
+    let test = "inventory_registry_credentials";
+    if !have_buildah(test) {
+        return;
+    }
+    let Some(lab) = Lab::up(test, 1) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    const PASSWORD: &str = "pw-9f2c-not-for-argv";
+    let Some(registry) = AuthRegistry::start(test, &lab, dir, "ci", PASSWORD) else {
+        return;
+    };
+    let anonymous = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{}/v2/", registry.addr))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&anonymous.stdout),
+        "401",
+        "the registry asks for credentials"
+    );
+    edit_inventory(&lab, |text| {
+        text.replace(
+            "{ insecure: true } }",
+            &format!(
+                "{{ insecure: true }}, \"{}\": {{ insecure: true, username: ci, password_env: CF_TEST_REGISTRY_PASSWORD }} }}",
+                registry.addr
+            ),
+        )
+    });
+    std::fs::create_dir_all(dir.join("web")).expect("mkdir");
+    std::fs::write(dir.join("compose.yaml"), COMPOSE).expect("write");
+    std::fs::write(dir.join("web/Dockerfile"), DOCKERFILE).expect("write");
+    std::fs::write(dir.join("web/index.html"), "pulled with credentials\n").expect("write");
+    storage_conf(dir);
+    let prefix = format!("{}/authed", registry.addr);
+
+    let out = cli(&lab, dir, &["push", "--registry", &prefix]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`CF_TEST_REGISTRY_PASSWORD`"),
+        "{}",
+        describe(&out)
+    );
+
+    let with_password = |args: &[&str]| {
+        let mut cmd = lab.cli();
+        cmd.arg("-f")
+            .arg(dir.join("compose.yaml"))
+            .args(["-p", "built"])
+            .args(args)
+            .env("HTTPD", lab.httpd_image())
+            .env("GREETING", "hi")
+            .env("CF_TEST_REGISTRY_PASSWORD", PASSWORD)
+            .env("COMPOSE_FLEET_IMAGE_DIR", dir.join("store"))
+            .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().expect("runs the CLI");
+        // Watch every process's argv (the CLI, its ssh, the agent's) while it runs.
+        let mut seen = Vec::new();
+        let mut saw_ssh = false;
+        let pid = child.id();
+        let host_address = lab.address(&lab.host(1));
+        while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+        {
+            seen.extend(argv_holding(PASSWORD));
+            saw_ssh |= args.contains(&"up") && !ssh_masters(&host_address).is_empty();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("the CLI ends");
+        assert!(
+            saw_ssh || !args.contains(&"up"),
+            "the scan saw the run's ssh connection (it looked while things ran)"
+        );
+        // This test's own argv-scanning never names the password; only a leak would.
+        seen.retain(|a| !a.contains("python3"));
+        assert!(seen.is_empty(), "the password was in argv: {seen:?}");
+        out
+    };
+    let out = with_password(&["push", "--registry", &prefix]);
+    assert!(out.status.success(), "push failed: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let reference = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("web\t"))
+        .unwrap_or_else(|| panic!("push prints the pushed reference: {}", describe(&out)))
+        .to_string();
+    assert!(
+        reference.starts_with(&format!("{prefix}/built-web@sha256:")),
+        "{reference}"
+    );
+    assert!(!describe(&out).contains(PASSWORD));
+
+    // A host pulls it with the inventory's credentials: the service has only `image:`.
+    std::fs::write(
+        dir.join("compose.yaml"),
+        format!("services:\n  web:\n    image: {reference}\n    ports: [\"8080:80\"]\n"),
+    )
+    .expect("write");
+    let out = with_password(&["up", "--json"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    assert!(!describe(&out).contains(PASSWORD), "{}", describe(&out));
+    let url = format!("http://{}:8080/", lab.address(&lab.host(1)));
+    assert_eq!(
+        get(&url, "pulled with credentials\n"),
+        "pulled with credentials\n"
+    );
+    let on_host = lab.ssh(
+        &lab.host(1),
+        &format!("grep -rls -- '{PASSWORD}' /var/lib/compose-fleet /run/compose-fleet /var/log 2>/dev/null; echo end"),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&on_host.stdout).trim(),
+        "end",
+        "no file on the host holds the password"
+    );
+}
