@@ -97,7 +97,8 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         if !args.services.is_empty() && !args.services.contains(name) {
             continue;
         }
-        let Some(mut job) = build::job(&project.name, service, insecure).map_err(Failure::User)?
+        let Some(mut job) = build::job(&project.name, service, insecure, &project.secrets)
+            .map_err(Failure::User)?
         else {
             continue;
         };

@@ -40,8 +40,13 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         if !args.services.is_empty() && !args.services.contains(name) {
             continue;
         }
-        let Some(mut job) =
-            build::job(&project.name, service, !insecure.is_empty()).map_err(Failure::User)?
+        let Some(mut job) = build::job(
+            &project.name,
+            service,
+            !insecure.is_empty(),
+            &project.secrets,
+        )
+        .map_err(Failure::User)?
         else {
             continue;
         };

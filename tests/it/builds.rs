@@ -1345,3 +1345,112 @@ fn inventory_registry_credentials_push_and_pull_without_showing_the_password() {
         "no file on the host holds the password"
     );
 }
+
+/// The files of a built image's layers (path → content), read from the local store.
+fn image_files(store: &compose_fleet::build::LocalStore, manifest: &str) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read as _;
+    let (_, m) = store.manifest(manifest).expect("manifest");
+    let mut files = Vec::new();
+    for layer in &m.layers {
+        let bytes = std::fs::read(store.blob_path(&layer.digest).expect("path")).expect("read");
+        let reader: Box<dyn std::io::Read> = if bytes.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::GzDecoder::new(&bytes[..]))
+        } else {
+            Box::new(&bytes[..])
+        };
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().expect("a tar layer") {
+            let mut entry = entry.expect("an entry");
+            let path = entry.path().expect("path").display().to_string();
+            let mut body = Vec::new();
+            entry.read_to_end(&mut body).expect("read");
+            files.push((path, body));
+        }
+    }
+    files
+}
+
+/// `build.secrets` (one from a file, one from the environment), `build.additional_contexts`
+/// and an explicit `build.platforms` of this machine's platform are honoured by buildah, for
+/// real: a `RUN` step mounts both secrets, `COPY --from` reads the extra context — and neither
+/// secret ends up in the image. No lab: `compose-fleet build` alone.
+#[test]
+fn build_secrets_and_additional_contexts_reach_buildah() {
+    let test = "build_secrets_and_additional_contexts";
+    if !crate::support::is_root(test, "buildah builds with chroot isolation") || !have_buildah(test)
+    {
+        return;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        crate::support::skip(test, "busybox-static", "/bin/busybox is missing");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("app")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("assets")).expect("mkdir");
+    std::fs::copy("/bin/busybox", dir.join("app/busybox")).expect("copy busybox");
+    std::fs::write(dir.join("assets/hello.txt"), "from the extra context\n").expect("write");
+    std::fs::write(dir.join("npmrc"), "file-secret-5d1e").expect("write");
+    std::fs::write(
+        dir.join("app/Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN --mount=type=secret,id=npmrc --mount=type=secret,id=api_token \
+         [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /run/secrets/npmrc /run/secrets/api_token | /bin/busybox sha256sum > /secrets.sha\"]\n\
+         COPY --from=assets hello.txt /hello.txt\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        "services:\n  app:\n    build:\n      context: ./app\n      platforms: [\"linux/amd64\"]\n      secrets: [npmrc, { source: token, target: api_token }]\n      additional_contexts:\n        assets: ./assets\n\
+         secrets:\n  npmrc:\n    file: ./npmrc\n  token:\n    environment: CF_TEST_BUILD_TOKEN\n",
+    )
+    .expect("write");
+    storage_conf(dir);
+    if std::env::consts::ARCH != "x86_64" {
+        crate::support::skip(test, "x86_64", "the compose file asks for linux/amd64");
+        return;
+    }
+    let out = std::process::Command::new(crate::support::bin())
+        .arg("-f")
+        .arg(dir.join("compose.yaml"))
+        .args(["-p", "secrets", "build"])
+        .env("CF_TEST_BUILD_TOKEN", "env-secret-77ab")
+        .env("COMPOSE_FLEET_IMAGE_DIR", dir.join("store"))
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .output()
+        .expect("runs the CLI");
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    assert!(
+        !describe(&out).contains("env-secret-77ab"),
+        "{}",
+        describe(&out)
+    );
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let built = store.built("secrets", "app").expect("recorded");
+    assert_eq!(built.architecture, "amd64");
+    let files = image_files(&store, &built.manifest);
+    let file = |name: &str| {
+        files
+            .iter()
+            .rev()
+            .find(|(p, _)| p.trim_start_matches("./") == name)
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_else(|| panic!("{name} is in the image"))
+    };
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        b"file-secret-5d1eenv-secret-77ab",
+    ));
+    assert!(
+        file("secrets.sha").starts_with(&want),
+        "both secrets were mounted"
+    );
+    assert_eq!(file("hello.txt"), "from the extra context\n");
+    for (path, body) in &files {
+        let text = String::from_utf8_lossy(body);
+        assert!(
+            !text.contains("env-secret-77ab") && !text.contains("file-secret-5d1e"),
+            "a secret is in the image at {path}"
+        );
+    }
+}
