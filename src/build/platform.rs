@@ -3,7 +3,8 @@
 //! declares for the hosts (this machine's own for hosts that declare none). A builder produces
 //! its machine's architecture, and others only through emulation: qemu-user handlers registered
 //! in `binfmt_misc` (buildah, podman, docker build), or the platforms `docker buildx inspect`
-//! lists. Everything but the two probes ([`capability`]) is pure.
+//! lists; [`ARCHES_ENV`] says it instead where a build needs no emulator. Everything but the
+//! probes ([`capability`]) is pure.
 
 use std::collections::BTreeSet;
 
@@ -117,9 +118,29 @@ pub fn buildx_arches(inspect: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// What `builder` can produce on this machine.
+/// Names the architectures the builder can produce when detection cannot know
+/// (`amd64,arm64`): a Dockerfile without `RUN` steps (a binary cross-compiled beforehand, copied
+/// into `FROM scratch`) builds for any architecture without an emulator.
+pub const ARCHES_ENV: &str = "COMPOSE_FLEET_BUILD_ARCHES";
+
+/// What `builder` can produce on this machine: [`ARCHES_ENV`] when set, else what the builder
+/// and this machine's emulators allow.
 pub fn capability(builder: Builder) -> Capability {
     let native = Platform::native().arch;
+    if let Some(list) = std::env::var(ARCHES_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        let mut arches: BTreeSet<String> = list
+            .split(',')
+            .filter_map(|a| Platform::parse(a).ok().map(|p| p.arch))
+            .collect();
+        arches.insert(native);
+        return Capability {
+            arches,
+            source: format!("{ARCHES_ENV}={list} says so"),
+        };
+    }
     if builder == Builder::Buildx {
         let out = std::process::Command::new("docker")
             .args(["buildx", "inspect"])

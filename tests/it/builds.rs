@@ -41,9 +41,15 @@ const COMPOSE: &str = r#"services:
 "#;
 
 fn cli(lab: &Lab, dir: &Path, args: &[&str]) -> Output {
+    cli_with(lab, dir, args, &[])
+}
+
+/// [`cli`] with more environment variables.
+fn cli_with(lab: &Lab, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let started = Instant::now();
     let out = lab
         .cli()
+        .envs(env.iter().copied())
         .arg("-f")
         .arg(dir.join("compose.yaml"))
         .args(["-p", "built"])
@@ -1453,4 +1459,108 @@ fn build_secrets_and_additional_contexts_reach_buildah() {
             "a secret is in the image at {path}"
         );
     }
+}
+
+/// A fleet of two architectures (the inventory says the second host is aarch64): the service is
+/// built once per platform (`FROM scratch` + `COPY`, which needs no emulator, so
+/// `COMPOSE_FLEET_BUILD_ARCHES` says arm64 can be built), recorded as an OCI index, and each host
+/// is delivered its own architecture's image — the content each host serves says which.
+/// `push --registry` then puts the index and both images in the registry.
+#[test]
+fn each_host_gets_the_image_built_for_its_architecture() {
+    let test = "each_host_gets_the_image_built_for_its_architecture";
+    if !have_buildah(test) {
+        return;
+    }
+    if !Path::new("/bin/busybox").exists() || std::env::consts::ARCH != "x86_64" {
+        crate::support::skip(
+            test,
+            "busybox-static on x86_64",
+            "needs /bin/busybox of an x86_64 machine",
+        );
+        return;
+    }
+    let Some(lab) = Lab::up(test, 2) else {
+        return;
+    };
+    let (amd, arm) = (lab.host(1), lab.host(2));
+    edit_inventory(&lab, |text| {
+        text.replace(
+            &format!("  {arm}: {{ "),
+            &format!("  {arm}: {{ arch: aarch64, "),
+        )
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("app/www-amd64")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("app/www-arm64")).expect("mkdir");
+    std::fs::copy("/bin/busybox", dir.join("app/busybox")).expect("copy");
+    std::fs::write(dir.join("app/www-amd64/index.html"), "amd64\n").expect("write");
+    std::fs::write(dir.join("app/www-arm64/index.html"), "arm64\n").expect("write");
+    // No RUN: the (x86) busybox is only copied, so the lab's x86 hosts run both variants, and
+    // what each serves tells which it got.
+    std::fs::write(
+        dir.join("app/Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY busybox /bin/busybox\nCOPY www-${TARGETARCH} /www\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        "services:\n  app:\n    build: ./app\n    command: [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8084\", \"-h\", \"/www\"]\n    ports: [\"8084:8084\"]\n    deploy: { mode: global }\n",
+    )
+    .expect("write");
+    storage_conf(dir);
+    let env = [("COMPOSE_FLEET_BUILD_ARCHES", "amd64,arm64")];
+    let out = cli_with(&lab, dir, &["up"], &env);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let built = store.built("built", "app").expect("recorded");
+    let arches: Vec<&str> = built
+        .variants
+        .iter()
+        .map(|v| v.architecture.as_str())
+        .collect();
+    assert_eq!(arches, ["amd64", "arm64"], "{built:?}");
+    let delivered = deliveries(&out);
+    assert_eq!(delivered.len(), 2, "{}", describe(&out));
+    for (host, want) in [(&amd, "amd64\n"), (&arm, "arm64\n")] {
+        let url = format!("http://{}:8084/", lab.address(host));
+        assert_eq!(
+            get(&url, want),
+            want,
+            "{host} serves its architecture's image"
+        );
+    }
+    // Each host recorded the index's reference as its own platform's manifest.
+    let index = lab.ssh(&arm, "cat /var/lib/compose-fleet/images/images/index.json");
+    let arm_manifest = built.manifest_for("arm64").expect("arm64");
+    assert!(
+        String::from_utf8_lossy(&index.stdout).contains(arm_manifest),
+        "{}",
+        describe(&index)
+    );
+
+    // The registry gets the index and both images.
+    let registry = format!("{}/multi", lab.registry());
+    let out = cli_with(&lab, dir, &["push", "--registry", &registry], &env);
+    assert!(out.status.success(), "push failed: {}", describe(&out));
+    let path = format!("multi/built-app/manifests/{}", built.manifest);
+    let got = std::process::Command::new("curl")
+        .args([
+            "-fsS",
+            "-H",
+            "Accept: application/vnd.oci.image.index.v1+json",
+        ])
+        .arg(format!("http://{}/v2/{path}", lab.registry()))
+        .output()
+        .expect("curl");
+    assert!(got.status.success(), "{}", describe(&got));
+    let index: serde_json::Value = serde_json::from_slice(&got.stdout).expect("an index");
+    let listed: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|m| m["platform"]["architecture"].as_str())
+        .collect();
+    assert_eq!(listed, ["amd64", "arm64"], "{index}");
 }
