@@ -1,6 +1,8 @@
 //! Delivering built images to hosts over the agent's channel, no registry: ask the agent which
 //! blobs it lacks, stream only those in chunks (resuming at the offset a partial file holds),
-//! then send the manifest last. The agent verifies each blob (digest and size) before it is
+//! then send the manifest last. A channel that drops is reopened within the run ([`Reconnect`])
+//! and the delivery resumes where the host stands; each host gets its architecture's image of a
+//! multi-platform build. The agent verifies each blob (digest and size) before it is
 //! stored and each layer (diff_id) before it is unpacked.
 //!
 //! Hosts are served in parallel, each with a window of chunk requests in flight (the round trips

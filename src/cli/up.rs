@@ -336,7 +336,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         };
         for d in &delivered {
             output::status(&format!(
-                "{}: delivered {} ({} blobs, {} bytes sent, {} received by the agent, {} layers unpacked, {} bytes on the wire) in {:.2}s",
+                "{}: delivered {} ({} blobs, {} bytes sent, {} received by the agent, {} layers unpacked, {} bytes on the wire) in {:.2}s{}",
                 d.host,
                 d.reference,
                 d.blobs_sent,
@@ -344,7 +344,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                 d.bytes_received,
                 d.layers_unpacked,
                 d.wire_bytes,
-                d.elapsed.as_secs_f64()
+                d.elapsed.as_secs_f64(),
+                match d.reconnects {
+                    0 => String::new(),
+                    1 => ", after reconnecting once".to_string(),
+                    n => format!(", after reconnecting {n} times"),
+                }
             ));
         }
         let (networks, why_not) = exec::fleet_networks(&fleet, &connected);

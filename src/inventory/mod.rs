@@ -23,7 +23,7 @@
 //! (`512m` = 512 MiB), as in compose. Unknown keys are errors.
 //!
 //! A registry's credentials are `username` with one of `password_env` (an environment variable's
-//! name), `password_file` (a file holding it) or `password` (the text itself: readable by anyone
+//! name), `password_file` (a file holding it; a relative path is beside the inventory) or `password` (the text itself: readable by anyone
 //! who reads the inventory, so it is warned about). They are read only when an image needs them,
 //! win over the user's docker config for that registry, and travel only inside the agent protocol.
 //!
@@ -327,6 +327,14 @@ pub fn load_with(path: &Path, limits: &Limits) -> Result<Fleet, LoadError> {
     };
     let mut fleet = build(&sources, classified, &files, limits, meta.is_dir())?;
     fleet.source = Some(path.to_path_buf());
+    // A relative `password_file` is the inventory's neighbour, as `identity_file` is.
+    for reg in fleet.registries.values_mut() {
+        if let Some(Password::File(p)) = &mut reg.password {
+            if p.is_relative() && !p.starts_with("~") {
+                *p = base.join(&*p);
+            }
+        }
+    }
     Ok(fleet)
 }
 

@@ -1100,7 +1100,8 @@ fn a_connection_cut_mid_blob_is_reopened_and_the_same_up_completes() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("the channel dropped while delivering") && stderr.contains("reconnecting"),
+        stderr.contains("the channel dropped while delivering")
+            && stderr.contains("after reconnecting once"),
         "{stderr}"
     );
     let lines = delivered_lines(&out);
