@@ -579,10 +579,10 @@ pub fn check_architectures(
         return Ok(());
     }
     Err(format!(
-        "{}\nhint: a build covers the architectures the inventory declares (`arch:` per host) and \
-         those in `build.platforms`, when the builder here can produce them (an emulator such as \
-         qemu-user-static lets it); or keep the service off these hosts with `platform:` \
-         (nothing was sent)",
+        "{}\nhint: a build covers the hosts' architectures (`arch:` in the inventory, else what \
+         each host reports) and those in `build.platforms`, when the builder here can produce \
+         them (an emulator such as qemu-user-static lets it; `up --build` builds again); or keep \
+         the service off these hosts with `platform:` (nothing was sent)",
         problems.join("\n"),
     ))
 }

@@ -181,12 +181,27 @@ impl std::fmt::Debug for SecretSource {
 
 /// The hosts as the platform choice sees them: names and declared architectures.
 pub fn declared_hosts(fleet: &crate::inventory::Fleet) -> Vec<DeclaredHost> {
+    declared_hosts_with_facts(fleet, None)
+}
+
+/// [`declared_hosts`], with the architecture a host reports where the inventory declares none.
+pub fn declared_hosts_with_facts(
+    fleet: &crate::inventory::Fleet,
+    facts: Option<&crate::plan::Facts>,
+) -> Vec<DeclaredHost> {
     fleet
         .hosts
         .iter()
-        .map(|h| DeclaredHost {
-            name: h.name.clone(),
-            arch: h.arch.clone(),
+        .map(|h| {
+            let reported = facts
+                .and_then(|f| f.get(&h.name))
+                .map(|f| crate::inventory::normalize_arch(&f.arch))
+                .filter(|a| !a.is_empty());
+            DeclaredHost {
+                name: h.name.clone(),
+                reported: h.arch.is_none() && reported.is_some(),
+                arch: h.arch.clone().or(reported),
+            }
         })
         .collect()
 }
@@ -606,6 +621,7 @@ pub fn platforms_for(
         vec![DeclaredHost {
             name: "this machine".into(),
             arch: None,
+            reported: false,
         }]
     } else {
         job.hosts.clone()
@@ -1093,5 +1109,64 @@ mod tests {
         )
         .expect_err("undefined secret");
         assert!(err.contains("`missing`"), "{err}");
+    }
+
+    #[test]
+    fn hosts_architectures_are_the_inventorys_else_what_they_report() {
+        let mut fleet = crate::inventory::Fleet::default();
+        for (name, arch) in [
+            ("declared", Some("aarch64")),
+            ("reports", None),
+            ("silent", None),
+        ] {
+            let mut h = crate::inventory::Host::new(name, "10.0.0.1");
+            h.arch = arch.map(str::to_string);
+            fleet.hosts.push(h);
+        }
+        let facts: crate::plan::Facts = [("declared", "x86_64"), ("reports", "arm64")]
+            .into_iter()
+            .map(|(h, a)| {
+                (
+                    h.to_string(),
+                    crate::plan::HostFacts {
+                        cpus: 1.0,
+                        memory: 1 << 30,
+                        arch: a.into(),
+                    },
+                )
+            })
+            .collect();
+        let hosts = declared_hosts_with_facts(&fleet, Some(&facts));
+        let seen: Vec<(Option<&str>, bool)> = hosts
+            .iter()
+            .map(|h| (h.arch.as_deref(), h.reported))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("aarch64"), false),
+                (Some("aarch64"), true),
+                (None, false)
+            ]
+        );
+        // The one that reports arm64, with no emulator here: named with where that came from.
+        let can = platform::Capability {
+            arches: ["amd64".to_string()].into(),
+            source: "test".into(),
+        };
+        let err = platform::choose(
+            "web",
+            &[],
+            None,
+            &hosts[1..2],
+            &Platform::native(),
+            &can,
+            "buildah",
+        )
+        .expect_err("refused");
+        assert!(
+            err.contains("host `reports` is aarch64 (it reports so)"),
+            "{err}"
+        );
     }
 }

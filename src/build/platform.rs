@@ -1,6 +1,7 @@
 //! Which architectures a service's image is built for, and which ones the builder here can
-//! produce: compose's `build.platforms` and `platform:`, else the architectures the inventory
-//! declares for the hosts (this machine's own for hosts that declare none). A builder produces
+//! produce: compose's `build.platforms` and `platform:`, else the hosts' architectures as the
+//! inventory declares them or the hosts report them (this machine's own for a host of unknown
+//! architecture). A builder produces
 //! its machine's architecture, and others only through emulation: qemu-user handlers registered
 //! in `binfmt_misc` (buildah, podman, docker build), or the platforms `docker buildx inspect`
 //! lists; [`ARCHES_ENV`] says it instead where a build needs no emulator. Everything but the
@@ -191,12 +192,15 @@ pub fn capability(builder: Builder) -> Capability {
     Capability { arches, source }
 }
 
-/// A host as the platform choice sees it: its name and the architecture the inventory declares
-/// (`uname -m` or OCI spelling), if any.
+/// A host as the platform choice sees it: its name and its architecture (`uname -m` or OCI
+/// spelling) as the inventory declares it or, failing that, as the host reports it; `None` when
+/// neither is known (this machine's is assumed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeclaredHost {
     pub name: String,
     pub arch: Option<String>,
+    /// The architecture is what the host reported, not the inventory's.
+    pub reported: bool,
 }
 
 /// The platforms to build a service for, or why it cannot be built here. Pure.
@@ -204,10 +208,10 @@ pub struct DeclaredHost {
 /// - `build.platforms` given: all of them, as docker compose builds them; `platform:` must be
 ///   one of them.
 /// - else `platform:`: that one.
-/// - else the architectures the inventory declares for the hosts, with `native` for hosts that
-///   declare none. Those the builder cannot produce are left out (placement may keep the service
-///   off those hosts; delivery refuses a host whose architecture was not built, naming it); none
-///   left is refused here, naming the hosts.
+/// - else the hosts' architectures (the inventory's, else what the host reports), with `native`
+///   for hosts of unknown architecture. Those the builder cannot produce are left out
+///   (placement may keep the service off those hosts; delivery refuses a host whose architecture
+///   was not built, naming it); none left is refused here, naming the hosts.
 ///
 /// An explicit platform the builder cannot produce is refused.
 pub fn choose(
@@ -282,10 +286,10 @@ pub fn choose(
                 "host `{}` is {} ({})",
                 h.name,
                 h.arch.as_deref().unwrap_or(&p.arch),
-                if h.arch.is_some() {
-                    "the inventory says so"
-                } else {
-                    "this machine's"
+                match (&h.arch, h.reported) {
+                    (Some(_), false) => "the inventory says so",
+                    (Some(_), true) => "it reports so",
+                    (None, _) => "this machine's",
                 }
             ));
         } else if !chosen.contains(&p) {
@@ -327,6 +331,7 @@ mod tests {
         DeclaredHost {
             name: name.into(),
             arch: arch.map(str::to_string),
+            reported: false,
         }
     }
 

@@ -171,27 +171,47 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
     let workspace = project::resolve(global)?;
     let checked = workspace.project()?;
     let fleet = workspace.fleet()?;
+    let rt = exec::runtime().map_err(|e| failure(e, &checked.loaded.sources))?;
+    let mut render = Renderer::new(args.json);
+    let started = Instant::now();
+    for h in &fleet.hosts {
+        render.running.insert(
+            h.name.clone(),
+            lifetime::activity(format!("connecting to host `{}`", h.name)),
+        );
+    }
+    // Connected first: the hosts' facts say which architectures the builds are for.
+    let ssh = args.conn.ssh_options();
+    let connected = rt.block_on(async {
+        let _section = output::section("connect", "compose-fleet: connecting to the hosts");
+        exec::connect(&fleet, &checked.loaded.project.name, &ssh, &mut |p| {
+            render.show(&p)
+        })
+        .await
+    });
     // Services with `build:` are built here (on this machine) and named by digest.
     let mut project = checked.loaded.project.clone();
     let store = super::build::store()?;
-    let built = if args.dry_run {
+    // (Nothing is built when connecting failed: that failure is reported below.)
+    let built = if args.dry_run || connected.is_err() {
         crate::build::pin_recorded(&mut project, &store);
         Vec::new()
     } else {
+        let facts = connected.as_ref().map(|c| &c.facts).ok();
         crate::build::prepare_up(
             &mut project,
             &args.services,
             args.build,
             args.builder,
             fleet.registries.values().any(|r| r.insecure),
-            &crate::build::declared_hosts(&fleet),
+            &crate::build::declared_hosts_with_facts(&fleet, facts),
             &store,
         )
         .map_err(Failure::User)?
     };
     let project = &project;
     let opts = exec::Options {
-        ssh: args.conn.ssh_options(),
+        ssh,
         remove_orphans: args.remove_orphans,
         services: args.services.clone(),
         timeout: Duration::from_secs(300),
@@ -215,20 +235,8 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         .filter(|(_, r)| r.insecure)
         .map(|(name, _)| name.clone())
         .collect();
-    let rt = exec::runtime().map_err(|e| failure(e, &checked.loaded.sources))?;
-    let mut render = Renderer::new(args.json);
-    let started = Instant::now();
-    for h in &fleet.hosts {
-        render.running.insert(
-            h.name.clone(),
-            lifetime::activity(format!("connecting to host `{}`", h.name)),
-        );
-    }
     let outcome = rt.block_on(async {
-        let section = output::section("connect", "compose-fleet: connecting to the hosts");
-        let mut connected =
-            exec::connect(&fleet, &project.name, &opts.ssh, &mut |p| render.show(&p)).await?;
-        drop(section);
+        let mut connected = connected?;
         let prepare = |observed: &BTreeMap<String, Vec<crate::proto::PodStatus>>| {
             exec::prepare(
                 project,
