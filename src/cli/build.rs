@@ -109,6 +109,12 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         };
         output::status(&format!("building service `{name}` with {}", b.name()));
         let built = build::build(b, &project.name, &job, &store).map_err(Failure::User)?;
+        if !built.variants.is_empty() {
+            output::status(&format!(
+                "service `{name}`: one image for each of {} under an OCI index",
+                built.architectures().join(", ")
+            ));
+        }
         output::data(&format!("{name}\t{}", built.manifest));
         built_any = true;
     }
