@@ -1391,10 +1391,10 @@ fn image_files(store: &compose_fleet::build::LocalStore, manifest: &str) -> Vec<
     files
 }
 
-/// `build.secrets` (one from a file, one from the environment), `build.additional_contexts`
-/// and an explicit `build.platforms` of this machine's platform are honoured by buildah, for
-/// real: a `RUN` step mounts both secrets, `COPY --from` reads the extra context — and neither
-/// secret ends up in the image. No lab: `compose-fleet build` alone.
+/// `build.secrets` (one from a file, one from the environment), `build.additional_contexts`,
+/// `dockerfile_inline` and an explicit `build.platforms` of this machine's platform are honoured
+/// by buildah, for real: a `RUN` step mounts both secrets, `COPY --from` reads the extra context —
+/// and neither secret ends up in the image. No lab: `compose-fleet build` alone.
 #[test]
 fn build_secrets_and_additional_contexts_reach_buildah() {
     let test = "build_secrets_and_additional_contexts";
@@ -1413,18 +1413,28 @@ fn build_secrets_and_additional_contexts_reach_buildah() {
     std::fs::copy("/bin/busybox", dir.join("app/busybox")).expect("copy busybox");
     std::fs::write(dir.join("assets/hello.txt"), "from the extra context\n").expect("write");
     std::fs::write(dir.join("npmrc"), "file-secret-5d1e").expect("write");
-    std::fs::write(
-        dir.join("app/Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\n\
-         RUN --mount=type=secret,id=npmrc --mount=type=secret,id=api_token \
-         [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /run/secrets/npmrc /run/secrets/api_token | /bin/busybox sha256sum > /secrets.sha\"]\n\
-         COPY --from=assets hello.txt /hello.txt\n",
-    )
-    .expect("write");
+    // The Dockerfile is inline: no file in the context.
     std::fs::write(
         dir.join("compose.yaml"),
-        "services:\n  app:\n    build:\n      context: ./app\n      platforms: [\"linux/amd64\"]\n      secrets: [npmrc, { source: token, target: api_token }]\n      additional_contexts:\n        assets: ./assets\n\
-         secrets:\n  npmrc:\n    file: ./npmrc\n  token:\n    environment: CF_TEST_BUILD_TOKEN\n",
+        r#"services:
+  app:
+    build:
+      context: ./app
+      dockerfile_inline: |
+        FROM scratch
+        COPY busybox /bin/busybox
+        RUN --mount=type=secret,id=npmrc --mount=type=secret,id=api_token ["/bin/busybox", "sh", "-c", "/bin/busybox cat /run/secrets/npmrc /run/secrets/api_token | /bin/busybox sha256sum > /secrets.sha"]
+        COPY --from=assets hello.txt /hello.txt
+      platforms: ["linux/amd64"]
+      secrets: [npmrc, { source: token, target: api_token }]
+      additional_contexts:
+        assets: ./assets
+secrets:
+  npmrc:
+    file: ./npmrc
+  token:
+    environment: CF_TEST_BUILD_TOKEN
+"#,
     )
     .expect("write");
     storage_conf(dir);
