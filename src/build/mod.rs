@@ -141,6 +141,8 @@ pub struct Job {
     /// `build.provenance` and `build.sbom` (docker buildx attestations), as written.
     pub provenance: Option<String>,
     pub sbom: Option<String>,
+    /// The service's placement constraints: a host they keep the service off needs no image.
+    pub constraints: Vec<crate::schedule::units::Constraint>,
 }
 
 /// A secret a build may mount (`RUN --mount=type=secret,id=ID`): never in the image, never in
@@ -201,6 +203,7 @@ pub fn declared_hosts_with_facts(
                 name: h.name.clone(),
                 reported: h.arch.is_none() && reported.is_some(),
                 arch: h.arch.clone().or(reported),
+                labels: h.labels.clone(),
             }
         })
         .collect()
@@ -231,6 +234,15 @@ pub fn job(
             .unwrap_or_else(|| format!("{project}-{name}")),
         insecure,
         service_platform: service.platform.clone(),
+        // One that does not parse is the scheduler's to report.
+        constraints: service
+            .deploy
+            .as_ref()
+            .map(|d| &d.placement.constraints[..])
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| crate::schedule::units::parse_constraint(c).ok())
+            .collect(),
         ..Job::default()
     };
     let string = |v: &serde_json::Value| match v {
@@ -622,9 +634,15 @@ pub fn platforms_for(
             name: "this machine".into(),
             arch: None,
             reported: false,
+            labels: BTreeMap::new(),
         }]
     } else {
-        job.hosts.clone()
+        // Only the hosts the service's constraints allow: no image for one it never runs on.
+        job.hosts
+            .iter()
+            .filter(|h| job.constraints.iter().all(|c| platform::allows(c, h)))
+            .cloned()
+            .collect()
     };
     platform::choose(
         &job.service,
@@ -1168,5 +1186,50 @@ mod tests {
             err.contains("host `reports` is aarch64 (it reports so)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn hosts_the_constraints_keep_the_service_off_need_no_image() {
+        let host = |name: &str, arch: Option<&str>| DeclaredHost {
+            name: name.into(),
+            arch: arch.map(str::to_string),
+            reported: false,
+            labels: [("zone".to_string(), name.to_string())].into(),
+        };
+        let with = |constraints: &[&str]| {
+            let mut s = service(None, serde_json::json!({}));
+            let mut deploy = crate::compose::model::Deploy::default();
+            deploy.placement.constraints = constraints.iter().map(|c| c.to_string()).collect();
+            s.deploy = Some(deploy);
+            let mut j = job("shop", &s, false, &BTreeMap::new())
+                .expect("ok")
+                .expect("has build");
+            j.hosts = vec![host("pi", Some("aarch64")), host("x86", Some("x86_64"))];
+            j
+        };
+        let both = platform::Capability {
+            arches: ["amd64".to_string(), "arm64".to_string()].into(),
+            source: "test".into(),
+        };
+        let arches = |j: &Job, c: &platform::Capability| {
+            platforms_for(j, c, "buildah")
+                .map(|ps| ps.into_iter().map(|p| p.arch).collect::<Vec<_>>())
+        };
+        assert_eq!(arches(&with(&[]), &both).expect("both").len(), 2);
+        assert_eq!(
+            arches(&with(&["node.platform.arch == amd64"]), &both),
+            Ok(vec!["amd64".to_string()]),
+            "no emulated build for a host the service never runs on"
+        );
+        assert_eq!(
+            arches(&with(&["node.labels.zone != x86"]), &both),
+            Ok(vec!["arm64".to_string()])
+        );
+        let amd_only = platform::Capability {
+            arches: ["amd64".to_string()].into(),
+            source: "test".into(),
+        };
+        let err = arches(&with(&["node.hostname == pi"]), &amd_only).expect_err("pi only");
+        assert!(err.contains("host `pi` is aarch64"), "{err}");
     }
 }

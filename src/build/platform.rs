@@ -201,6 +201,22 @@ pub struct DeclaredHost {
     pub arch: Option<String>,
     /// The architecture is what the host reported, not the inventory's.
     pub reported: bool,
+    /// Its labels, for the service's placement constraints.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Whether placement constraint `c` lets the service onto host `h`, as the scheduler reads it
+/// (an unknown label or architecture never equals anything).
+pub fn allows(c: &crate::schedule::units::Constraint, h: &DeclaredHost) -> bool {
+    use crate::schedule::units::Attribute;
+    let arch = h.arch.as_deref().map(crate::inventory::normalize_arch);
+    let actual: Option<&str> = match &c.attribute {
+        Attribute::Hostname => Some(&h.name),
+        Attribute::Label(k) => h.labels.get(k).map(String::as_str),
+        Attribute::Arch => arch.as_deref(),
+        Attribute::Os => Some("linux"),
+    };
+    (actual == Some(c.value.as_str())) == c.equal
 }
 
 /// The platforms to build a service for, or why it cannot be built here. Pure.
@@ -332,6 +348,7 @@ mod tests {
             name: name.into(),
             arch: arch.map(str::to_string),
             reported: false,
+            labels: Default::default(),
         }
     }
 
