@@ -1,6 +1,8 @@
 //! Delivering built images to hosts over the agent's channel, no registry: ask the agent which
 //! blobs it lacks, stream only those in chunks (resuming at the offset a partial file holds),
-//! then send the manifest last. The agent verifies each blob (digest and size) before it is
+//! then send the manifest last. A channel that drops is reopened within the run ([`Reconnect`])
+//! and the delivery resumes where the host stands; each host gets its architecture's image of a
+//! multi-platform build. The agent verifies each blob (digest and size) before it is
 //! stored and each layer (diff_id) before it is unpacked.
 //!
 //! Hosts are served in parallel, each with a window of chunk requests in flight (the round trips
@@ -58,6 +60,35 @@ pub struct Options {
     pub chunk_bytes: usize,
     /// Permits for chunks in flight, shared by every host ([`MAX_IN_FLIGHT`]).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// How a host whose channel drops mid-delivery is reached again; `None`: it is not (the
+    /// next run resumes).
+    pub reconnect: Option<Arc<Reconnect>>,
+}
+
+/// Reopening a dropped channel within the run: a fresh SSH session and agent handshake, up to
+/// `attempts` times per image and host, waiting `backoff`, then twice as long each time. The
+/// delivery then asks the host again what it lacks and resumes each blob at the offset the host
+/// holds, so the bytes already sent are not sent again.
+pub struct Reconnect {
+    pub targets: std::collections::BTreeMap<String, crate::ssh::SshTarget>,
+    pub ssh: crate::ssh::Options,
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+impl Reconnect {
+    /// Reconnects to the hosts of `fleet` with `ssh`: 4 attempts, 1 s, 2 s, 4 s, 8 s apart.
+    pub fn new(fleet: &crate::inventory::Fleet, ssh: crate::ssh::Options) -> Reconnect {
+        Reconnect {
+            targets: crate::ssh::SshTarget::all(fleet)
+                .into_iter()
+                .map(|t| (t.name.clone(), t))
+                .collect(),
+            ssh,
+            attempts: 4,
+            backoff: Duration::from_secs(1),
+        }
+    }
 }
 
 impl Options {
@@ -85,6 +116,7 @@ impl Options {
                 .unwrap_or(CHUNK_BYTES)
                 .clamp(4096, crate::proto::MAX_CHUNK_BYTES),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            reconnect: None,
         }
     }
 }
@@ -104,34 +136,127 @@ pub struct Delivered {
     pub bytes_received: u64,
     pub layers_unpacked: u32,
     pub elapsed: Duration,
+    /// Times the channel dropped and was reopened during this delivery.
+    pub reconnects: u32,
 }
 
-/// Delivers `image` to the host behind `conn`; `opts.timeout` bounds each request.
+/// Why a delivery attempt stopped: the message, and whether the channel dropped (worth
+/// reconnecting) rather than the host refusing something.
+struct Stopped {
+    message: String,
+    lost: bool,
+}
+
+/// Whether an error of the channel means it is gone (not a refusal by the agent).
+fn lost(e: &crate::ssh::SshError) -> bool {
+    matches!(
+        e.class,
+        crate::ssh::ErrorClass::Unreachable | crate::ssh::ErrorClass::Timeout
+    )
+}
+
+/// Delivers `image` to the host behind `conn`, whose architecture is `arch` (the image's variant
+/// for it, when built for several); `opts.timeout` bounds each request. A channel that drops is
+/// reopened as [`Options::reconnect`] says and the delivery resumes where the host stands.
 pub async fn deliver(
     conn: &HostConn,
     store: &LocalStore,
     image: &LocalImage,
+    arch: &str,
     opts: &Options,
 ) -> Result<Delivered, String> {
     let started = Instant::now();
+    let mut out = Delivered {
+        host: conn.name.clone(),
+        reference: image.reference.clone(),
+        ..Delivered::default()
+    };
+    let mut attempt = 0;
+    loop {
+        match deliver_once(conn, store, image, arch, opts, &mut out).await {
+            Ok(()) => break,
+            Err(stopped) => {
+                let again = opts
+                    .reconnect
+                    .as_ref()
+                    .filter(|r| stopped.lost && attempt < r.attempts);
+                let Some(reconnect) = again else {
+                    return Err(stopped.message);
+                };
+                let Some(target) = reconnect.targets.get(&conn.name) else {
+                    return Err(stopped.message);
+                };
+                let mut wait = reconnect.backoff * 2u32.saturating_pow(attempt);
+                // Reconnecting itself may fail (the host is still away): that costs an attempt.
+                loop {
+                    attempt += 1;
+                    crate::output::warning(&format!(
+                        "{}: the channel dropped while delivering {} ({}); reconnecting in {:.0}s (attempt {attempt} of {})",
+                        conn.name,
+                        image.reference,
+                        stopped.message,
+                        wait.as_secs_f64(),
+                        reconnect.attempts
+                    ));
+                    tokio::time::sleep(wait).await;
+                    match crate::deploy::exec::open_host(target, &reconnect.ssh).await {
+                        Ok(fresh) => {
+                            conn.adopt(fresh);
+                            out.reconnects += 1;
+                            break;
+                        }
+                        Err(e) if attempt < reconnect.attempts => {
+                            wait *= 2;
+                            let _ = e;
+                        }
+                        Err(e) => {
+                            return Err(format!(
+                                "{}\n{}: reconnecting failed {attempt} times, the last: {e}; run the command again (it resumes)",
+                                stopped.message, conn.name
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.elapsed = started.elapsed();
+    Ok(out)
+}
+
+/// One attempt: ask what the host lacks, send it (from the offsets it holds), commit.
+async fn deliver_once(
+    conn: &HostConn,
+    store: &LocalStore,
+    image: &LocalImage,
+    arch: &str,
+    opts: &Options,
+    out: &mut Delivered,
+) -> Result<(), Stopped> {
     let host = conn.name.clone();
-    let fail = |what: String| format!("{host}: delivering {}: {what}", image.reference);
-    let (body, manifest) = store
-        .manifest(&image.built.manifest)
-        .map_err(|e| fail(e.to_string()))?;
+    let fail = |what: String| Stopped {
+        message: format!("{host}: delivering {}: {what}", image.reference),
+        lost: false,
+    };
+    let failed = |e: crate::ssh::SshError| Stopped {
+        lost: lost(&e),
+        message: format!("{host}: delivering {}: {e}", image.reference),
+    };
+    let digest = image.built.manifest_for(arch).ok_or_else(|| {
+        fail(format!(
+            "no image was built for {arch} (built: {})",
+            image.built.architectures().join(", ")
+        ))
+    })?;
+    let (body, manifest) = store.manifest(digest).map_err(|e| fail(e.to_string()))?;
     let digests: Vec<String> = manifest.blobs().map(|b| b.digest.clone()).collect();
     let missing = match conn
         .call(Request::BlobsWanted { digests }, opts.timeout)
         .await
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(failed)?
     {
         Response::BlobsWanted { missing } => missing,
         other => return Err(fail(format!("unexpected answer {other:?}"))),
-    };
-    let mut out = Delivered {
-        host: host.clone(),
-        reference: image.reference.clone(),
-        ..Delivered::default()
     };
     let mut blobs = Vec::new();
     for wanted in &missing {
@@ -153,28 +278,34 @@ pub async fn deliver(
     }
     let total = blobs.iter().map(|(d, offset)| d.size - offset).sum();
     opts.progress.start(&host, &image.reference, total);
-    let sent = send_blobs(conn, store, image, &blobs, opts, &mut out).await;
+    let dropped = std::sync::atomic::AtomicBool::new(false);
+    let sent = send_blobs(conn, store, image, &blobs, opts, out, &dropped).await;
     opts.progress.finish(&host, &image.reference);
-    sent.map_err(fail)?;
+    sent.map_err(|e| Stopped {
+        lost: dropped.load(std::sync::atomic::Ordering::Relaxed),
+        message: format!("{host}: delivering {}: {e}", image.reference),
+    })?;
+    // The reference names the index of a multi-platform build; the host records it as this
+    // platform's manifest, as it does for a list pulled from a registry.
     let commit = ImageCommit {
         reference: image.reference.clone(),
-        digest: image.built.manifest.clone(),
+        digest: digest.to_string(),
         manifest_b64: base64::engine::general_purpose::STANDARD.encode(&body),
         tags: image.built.tags.clone(),
     };
     match conn
         .call(Request::ImageCommit(commit), opts.timeout)
         .await
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(failed)?
     {
         Response::ImageCommitted(c) => {
+            // Bytes received count since the host last committed these blobs: every attempt's.
             out.bytes_received = c.bytes_received;
             out.layers_unpacked = c.layers_unpacked;
         }
         other => return Err(fail(format!("unexpected answer {other:?}"))),
     }
-    out.elapsed = started.elapsed();
-    Ok(out)
+    Ok(())
 }
 
 async fn send_blobs(
@@ -184,6 +315,7 @@ async fn send_blobs(
     blobs: &[(&super::store::Descriptor, u64)],
     opts: &Options,
     out: &mut Delivered,
+    dropped: &std::sync::atomic::AtomicBool,
 ) -> Result<(), String> {
     for (desc, offset) in blobs {
         let path = store
@@ -202,7 +334,12 @@ async fn send_blobs(
         let call = |chunk: BlobChunk| async move {
             conn.call(Request::BlobChunk(chunk), timeout)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| {
+                    if lost(&e) {
+                        dropped.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    e.to_string()
+                })
         };
         let to = (conn.name.as_str(), image.reference.as_str());
         send_blob(call, &blob, *offset, to, opts, out).await?;
@@ -374,26 +511,66 @@ fn encode(
     ))
 }
 
-/// Refuses, before anything is sent, a built image whose architecture differs from a host that
-/// would run it: builds are for this machine's architecture (`build.platforms` is not passed to
-/// builders yet), and a host cannot run another's binaries. Pure.
+/// A host's architecture as delivery sees it: the inventory's `arch` where declared, else what
+/// the host reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostArch {
+    /// `uname -m` spelling.
+    pub arch: String,
+    /// Whether the inventory declares it (said when it is refused).
+    pub declared: bool,
+}
+
+/// Every reachable host's architecture: the inventory's where declared, else the facts'.
+pub fn host_arches(
+    fleet: &crate::inventory::Fleet,
+    facts: &crate::plan::Facts,
+) -> std::collections::BTreeMap<String, HostArch> {
+    fleet
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            let arch = match &h.arch {
+                Some(a) => HostArch {
+                    arch: a.clone(),
+                    declared: true,
+                },
+                None => HostArch {
+                    arch: crate::inventory::normalize_arch(&facts.get(&h.name)?.arch),
+                    declared: false,
+                },
+            };
+            Some((h.name.clone(), arch))
+        })
+        .collect()
+}
+
+/// Refuses, before anything is sent, a built image that has no variant for the architecture of
+/// a host that would run it (a host cannot run another's binaries), naming each such host and
+/// its architecture. Pure.
 pub fn check_architectures(
     desired: &crate::deploy::desired::Desired,
     images: &[LocalImage],
-    facts: &crate::plan::Facts,
+    arches: &std::collections::BTreeMap<String, HostArch>,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
     for (host, pods) in &desired.hosts {
-        let Some(host_arch) = facts.get(host).map(|f| f.arch.as_str()) else {
+        let Some(host_arch) = arches.get(host) else {
             continue;
         };
         for image in images {
             let runs = pods.iter().any(|p| p.images.contains(&image.reference));
-            let arch = image.built.architecture.as_str();
-            if runs && !arch.is_empty() && super::oci_arch(host_arch) != arch {
+            if runs && image.built.manifest_for(&host_arch.arch).is_none() {
                 problems.push(format!(
-                    "service `{}` was built for {arch}, but host `{host}` is {host_arch}",
-                    image.service
+                    "service `{}` was built for {}, but host `{host}` is {}{}",
+                    image.service,
+                    image.built.architectures().join(", "),
+                    host_arch.arch,
+                    if host_arch.declared {
+                        " (the inventory says so)"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
@@ -402,9 +579,11 @@ pub fn check_architectures(
         return Ok(());
     }
     Err(format!(
-        "{}\nhint: the builder here builds for {}; build on a machine of the hosts' architecture, or place the service on hosts of this one (nothing was sent)",
+        "{}\nhint: a build covers the hosts' architectures (`arch:` in the inventory, else what \
+         each host reports) and those in `build.platforms`, when the builder here can produce \
+         them (an emulator such as qemu-user-static lets it; `up --build` builds again); or keep \
+         the service off these hosts with `platform:` (nothing was sent)",
         problems.join("\n"),
-        super::oci_arch(std::env::consts::ARCH)
     ))
 }
 
@@ -416,6 +595,7 @@ pub async fn deliver_all(
     desired: &crate::deploy::desired::Desired,
     images: &[LocalImage],
     store: &LocalStore,
+    arches: &std::collections::BTreeMap<String, HostArch>,
     opts: &Options,
 ) -> Result<Vec<Delivered>, String> {
     let mut set = tokio::task::JoinSet::new();
@@ -431,12 +611,15 @@ pub async fn deliver_all(
         let Some(conn) = hosts.get(host).cloned() else {
             continue;
         };
+        let arch = arches
+            .get(host)
+            .map_or_else(|| std::env::consts::ARCH.to_string(), |a| a.arch.clone());
         let store = store.clone();
         let opts = opts.clone();
         set.spawn(async move {
             let mut done = Vec::new();
             for image in &wanted {
-                done.push(deliver(&conn, &store, image, &opts).await?);
+                done.push(deliver(&conn, &store, image, &arch, &opts).await?);
             }
             Ok::<_, String>(done)
         });
@@ -491,37 +674,63 @@ mod tests {
         let mut desired = Desired::default();
         desired.hosts.insert("pi".into(), vec![pod("pi")]);
         desired.hosts.insert("x86".into(), vec![pod("x86")]);
-        let facts: crate::plan::Facts = [("pi", "aarch64"), ("x86", "x86_64")]
-            .into_iter()
-            .map(|(h, a)| {
-                (
-                    h.to_string(),
-                    crate::plan::HostFacts {
-                        cpus: 1.0,
-                        memory: 1 << 30,
-                        arch: a.into(),
-                    },
-                )
-            })
-            .collect();
-        let image = LocalImage {
+        let arches: std::collections::BTreeMap<String, HostArch> =
+            [("pi", "aarch64", true), ("x86", "x86_64", false)]
+                .into_iter()
+                .map(|(h, a, declared)| {
+                    (
+                        h.to_string(),
+                        HostArch {
+                            arch: a.into(),
+                            declared,
+                        },
+                    )
+                })
+                .collect();
+        let mut image = LocalImage {
             service: "web".into(),
             reference: reference.clone(),
             built: BuiltRef {
                 manifest: "sha256:ab".into(),
-                tags: vec![],
                 architecture: "amd64".into(),
+                ..BuiltRef::default()
             },
         };
-        let err = check_architectures(&desired, std::slice::from_ref(&image), &facts)
+        let err = check_architectures(&desired, std::slice::from_ref(&image), &arches)
             .expect_err("refused");
         assert!(
-            err.starts_with("service `web` was built for amd64, but host `pi` is aarch64"),
+            err.starts_with(
+                "service `web` was built for amd64, but host `pi` is aarch64 (the inventory says so)"
+            ),
             "{err}"
         );
+        assert!(err.contains("nothing was sent"), "{err}");
         assert!(!err.contains("`x86`"), "{err}");
+        // Built for both: each host has its variant.
+        image.built = BuiltRef {
+            manifest: "sha256:1d".into(),
+            variants: vec![
+                crate::build::Variant {
+                    architecture: "amd64".into(),
+                    manifest: "sha256:a1".into(),
+                },
+                crate::build::Variant {
+                    architecture: "arm64".into(),
+                    manifest: "sha256:a2".into(),
+                },
+            ],
+            ..BuiltRef::default()
+        };
+        assert!(check_architectures(&desired, std::slice::from_ref(&image), &arches).is_ok());
+        assert_eq!(image.built.manifest_for("aarch64"), Some("sha256:a2"));
+        assert_eq!(image.built.manifest_for("x86_64"), Some("sha256:a1"));
+        assert_eq!(image.built.manifest_for("riscv64"), None);
+        image.built.variants.pop();
+        let err = check_architectures(&desired, std::slice::from_ref(&image), &arches)
+            .expect_err("refused");
+        assert!(err.contains("host `pi` is aarch64"), "{err}");
         desired.hosts.remove("pi");
-        assert!(check_architectures(&desired, &[image], &facts).is_ok());
+        assert!(check_architectures(&desired, &[image], &arches).is_ok());
     }
 
     /// Figures, not a check: what one chunk costs the CLI before it reaches SSH (read, base64,

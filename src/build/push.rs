@@ -107,23 +107,31 @@ pub fn client(registry: &str, insecure: bool) -> Client {
     })
 }
 
-/// Pushes the image whose manifest is `manifest_digest` to `target` (`HOST/name:tag`).
+/// Pushes the image whose manifest is `manifest_digest` to `target` (`HOST/name:tag`), with
+/// `auth` (anonymous, or the credentials for the registry). A multi-platform build (an OCI
+/// index) goes as each platform's image, by digest, then the index under the tag.
 pub async fn push(
     client: &Client,
     store: &LocalStore,
     manifest_digest: &str,
     target: &str,
+    auth: &RegistryAuth,
 ) -> Result<Pushed, String> {
     let reference: Reference = target
         .parse()
         .map_err(|e| format!("`{target}` is not an image reference: {e}"))?;
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("pushing to {target}: {what}: {e}");
     client
-        .store_auth_if_needed(reference.resolve_registry(), &RegistryAuth::Anonymous)
+        .store_auth_if_needed(reference.resolve_registry(), auth)
         .await;
-    let (body, manifest) = store
-        .manifest(manifest_digest)
+    let body = store
+        .read_blob(manifest_digest)
         .map_err(|e| fail("reading the local image", &e))?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| super::store::OCI_MANIFEST.to_string());
     let mut out = Pushed {
         reference: format!(
             "{}/{}@{manifest_digest}",
@@ -134,32 +142,28 @@ pub async fn push(
         bytes_pushed: 0,
         blobs_present: 0,
     };
-    for desc in manifest.blobs() {
-        if client
-            .blob_exists(&reference, &desc.digest)
-            .await
-            .map_err(|e| fail("asking for a blob", &e))?
-        {
-            out.blobs_present += 1;
-            continue;
-        }
-        let path = store
-            .blob_path(&desc.digest)
-            .ok_or_else(|| fail("a blob", &format!("bad digest {}", desc.digest)))?;
-        let file = std::fs::File::open(&path)
-            .map_err(|e| fail(&format!("reading {}", path.display()), &e))?;
-        client
-            .push_blob_stream(&reference, file_stream(file), &desc.digest, Some(desc.size))
-            .await
-            .map_err(|e| fail(&format!("uploading blob {}", desc.digest), &e))?;
-        out.blobs_pushed += 1;
-        out.bytes_pushed += desc.size;
-    }
-    let media_type = if manifest.media_type.is_empty() {
-        "application/vnd.oci.image.manifest.v1+json"
-    } else {
-        manifest.media_type.as_str()
+    let by_digest = |digest: &str| {
+        Reference::with_digest(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            digest.to_string(),
+        )
     };
+    if media_type == super::store::OCI_INDEX {
+        let index: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| fail("reading the local index", &e))?;
+        let entries = index["manifests"].as_array().cloned().unwrap_or_default();
+        for entry in entries {
+            let digest = entry["digest"].as_str().unwrap_or_default().to_string();
+            push_image(client, store, &by_digest(&digest), &digest, &mut out)
+                .await
+                .map_err(|e| fail(&format!("the image {digest} of the index"), &e))?;
+        }
+    } else {
+        upload_blobs(client, store, &reference, manifest_digest, &mut out)
+            .await
+            .map_err(|e| fail("a blob", &e))?;
+    }
     let content_type = media_type
         .parse()
         .map_err(|e| fail("the manifest's media type", &e))?;
@@ -169,15 +173,7 @@ pub async fn push(
         .map_err(|e| fail("uploading the manifest", &e))?;
     // The registry names what it stored by digest: it must be ours.
     let (_, stored) = client
-        .pull_manifest_raw(
-            &Reference::with_digest(
-                reference.registry().to_string(),
-                reference.repository().to_string(),
-                manifest_digest.to_string(),
-            ),
-            &RegistryAuth::Anonymous,
-            &[media_type],
-        )
+        .pull_manifest_raw(&by_digest(manifest_digest), auth, &[media_type.as_str()])
         .await
         .map_err(|e| fail("reading the manifest back by digest", &e))?;
     if stored != manifest_digest {
@@ -187,6 +183,64 @@ pub async fn push(
         ));
     }
     Ok(out)
+}
+
+/// Pushes one platform's image (its blobs, then its manifest) to `reference` (by digest).
+async fn push_image(
+    client: &Client,
+    store: &LocalStore,
+    reference: &Reference,
+    manifest_digest: &str,
+    out: &mut Pushed,
+) -> Result<(), String> {
+    upload_blobs(client, store, reference, manifest_digest, out).await?;
+    let (body, manifest) = store.manifest(manifest_digest).map_err(|e| e.to_string())?;
+    let media_type = if manifest.media_type.is_empty() {
+        super::store::OCI_MANIFEST
+    } else {
+        manifest.media_type.as_str()
+    };
+    let content_type = media_type.parse().map_err(|e| format!("{e}"))?;
+    client
+        .push_manifest_raw(reference, body, content_type)
+        .await
+        .map_err(|e| format!("uploading the manifest: {e}"))?;
+    Ok(())
+}
+
+/// Uploads the blobs of one image the registry lacks, each streamed from its file.
+async fn upload_blobs(
+    client: &Client,
+    store: &LocalStore,
+    reference: &Reference,
+    manifest_digest: &str,
+    out: &mut Pushed,
+) -> Result<(), String> {
+    let (_, manifest) = store
+        .manifest(manifest_digest)
+        .map_err(|e| format!("reading the local image: {e}"))?;
+    for desc in manifest.blobs() {
+        if client
+            .blob_exists(reference, &desc.digest)
+            .await
+            .map_err(|e| format!("asking for {}: {e}", desc.digest))?
+        {
+            out.blobs_present += 1;
+            continue;
+        }
+        let path = store
+            .blob_path(&desc.digest)
+            .ok_or_else(|| format!("bad digest {}", desc.digest))?;
+        let file =
+            std::fs::File::open(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        client
+            .push_blob_stream(reference, file_stream(file), &desc.digest, Some(desc.size))
+            .await
+            .map_err(|e| format!("uploading blob {}: {e}", desc.digest))?;
+        out.blobs_pushed += 1;
+        out.bytes_pushed += desc.size;
+    }
+    Ok(())
 }
 
 /// A blob file as a stream of pieces: `B` is whatever byte buffer the client takes.

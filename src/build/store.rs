@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// A descriptor as manifests carry them.
@@ -51,16 +51,67 @@ impl Manifest {
 }
 
 /// A service's last build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BuiltRef {
-    /// The manifest digest (`sha256:…`): the image's name.
+    /// The manifest digest (`sha256:…`): the image's name. For an image built for several
+    /// platforms, the digest of the OCI index listing [`BuiltRef::variants`].
     pub manifest: String,
     /// The `image:` name, when the service has one (a tag of this digest, as compose does).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
-    /// The image's architecture (from its config), to check against the hosts'.
+    /// The image's architecture (from its config), to check against the hosts'; empty for an
+    /// index (each variant has its own).
     #[serde(default)]
     pub architecture: String,
+    /// One image per platform when built for several: each host gets its architecture's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
+}
+
+/// One platform's image of a multi-platform build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    /// OCI spelling (`amd64`, `arm64`).
+    pub architecture: String,
+    /// The platform's image manifest.
+    pub manifest: String,
+}
+
+impl BuiltRef {
+    /// The image manifest a host of `arch` (either spelling) runs, if one was built for it. An
+    /// image whose config names no architecture runs anywhere it is sent.
+    pub fn manifest_for(&self, arch: &str) -> Option<&str> {
+        let arch = super::oci_arch(arch);
+        if self.variants.is_empty() {
+            return (self.architecture.is_empty() || self.architecture == arch)
+                .then_some(self.manifest.as_str());
+        }
+        self.variants
+            .iter()
+            .find(|v| v.architecture == arch)
+            .map(|v| v.manifest.as_str())
+    }
+
+    /// The architectures built, OCI spelling.
+    pub fn architectures(&self) -> Vec<&str> {
+        if self.variants.is_empty() {
+            vec![self.architecture.as_str()]
+        } else {
+            self.variants
+                .iter()
+                .map(|v| v.architecture.as_str())
+                .collect()
+        }
+    }
+
+    /// Every image manifest of the build (one, or one per variant).
+    pub fn manifests(&self) -> Vec<&str> {
+        if self.variants.is_empty() {
+            vec![self.manifest.as_str()]
+        } else {
+            self.variants.iter().map(|v| v.manifest.as_str()).collect()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -410,9 +461,48 @@ impl LocalStore {
     pub fn built(&self, project: &str, service: &str) -> Option<BuiltRef> {
         let bytes = std::fs::read(self.ref_path(project, service)).ok()?;
         let r: BuiltRef = serde_json::from_slice(&bytes).ok()?;
-        let (_, manifest) = self.manifest(&r.manifest).ok()?;
-        let whole = manifest.blobs().all(|b| self.has(&b.digest));
-        whole.then_some(r)
+        if !r.variants.is_empty() && !self.has(&r.manifest) {
+            return None;
+        }
+        for digest in r.manifests() {
+            let (_, manifest) = self.manifest(digest).ok()?;
+            if !manifest.blobs().all(|b| self.has(&b.digest)) {
+                return None;
+            }
+        }
+        Some(r)
+    }
+
+    /// Writes the OCI index of a multi-platform build (`(os, architecture, variant, manifest
+    /// digest)` each, in that order) and returns its digest.
+    pub fn write_index(
+        &self,
+        variants: &[(String, String, Option<String>, String)],
+    ) -> Result<String, StoreError> {
+        let mut manifests = Vec::new();
+        for (os, arch, variant, digest) in variants {
+            let body = self.read_blob(digest)?;
+            let media_type = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+                .unwrap_or_else(|| OCI_MANIFEST.to_string());
+            let mut platform = serde_json::json!({"architecture": arch, "os": os});
+            if let Some(v) = variant {
+                platform["variant"] = serde_json::Value::String(v.clone());
+            }
+            manifests.push(serde_json::json!({
+                "mediaType": media_type,
+                "digest": digest,
+                "size": body.len(),
+                "platform": platform,
+            }));
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": manifests,
+        });
+        self.put_bytes(&serde_json::to_vec(&index).unwrap_or_default())
     }
 
     pub fn record(&self, project: &str, service: &str, r: &BuiltRef) -> Result<(), StoreError> {

@@ -49,6 +49,27 @@ pub fn insecure_registries(global: &GlobalArgs) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The inventory's registries (none without an inventory).
+pub fn inventory_registries(
+    global: &GlobalArgs,
+) -> std::collections::BTreeMap<String, crate::inventory::Registry> {
+    project::resolve(global)
+        .ok()
+        .and_then(|w| w.fleet().ok())
+        .map(|f| f.registries)
+        .unwrap_or_default()
+}
+
+/// The inventory's hosts and the architectures it declares (none without an inventory: a build
+/// for this machine).
+pub fn declared_hosts(global: &GlobalArgs) -> Vec<build::DeclaredHost> {
+    project::resolve(global)
+        .ok()
+        .and_then(|w| w.fleet().ok())
+        .map(|f| build::declared_hosts(&f))
+        .unwrap_or_default()
+}
+
 /// Refuses a service name the project does not define.
 pub fn known_services(
     project: &crate::compose::model::Project,
@@ -68,6 +89,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     let project = &checked.loaded.project;
     known_services(project, &args.services)?;
     let insecure = insecure(global);
+    let hosts = declared_hosts(global);
     let store = store()?;
     let mut builder = None;
     let mut built_any = false;
@@ -75,15 +97,24 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         if !args.services.is_empty() && !args.services.contains(name) {
             continue;
         }
-        let Some(job) = build::job(&project.name, service, insecure).map_err(Failure::User)? else {
+        let Some(mut job) = build::job(&project.name, service, insecure, &project.secrets)
+            .map_err(Failure::User)?
+        else {
             continue;
         };
+        job.hosts = hosts.clone();
         let b = match builder {
             Some(b) => b,
             None => *builder.insert(build::detect(args.builder).map_err(Failure::User)?),
         };
         output::status(&format!("building service `{name}` with {}", b.name()));
         let built = build::build(b, &project.name, &job, &store).map_err(Failure::User)?;
+        if !built.variants.is_empty() {
+            output::status(&format!(
+                "service `{name}`: one image for each of {} under an OCI index",
+                built.architectures().join(", ")
+            ));
+        }
         output::data(&format!("{name}\t{}", built.manifest));
         built_any = true;
     }

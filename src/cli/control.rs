@@ -77,7 +77,7 @@ pub fn run(verb: Verb, global: &GlobalArgs, args: Args) -> CmdResult {
         ..exec::Options::default()
     };
     let auth = match verb {
-        Verb::Pull => super::up::registry_auth(project),
+        Verb::Pull => super::up::registry_auth(project, &fleet)?,
         _ => BTreeMap::new(),
     };
     let wanted = |s: &str| args.services.is_empty() || args.services.iter().any(|w| w == s);

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use super::build::{insecure_registries, store};
+use super::build::{declared_hosts, insecure_registries, inventory_registries, store};
 use super::project;
 use super::{CmdResult, Failure, GlobalArgs};
 use crate::build::{self, Builder};
@@ -31,6 +31,8 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     let project = &checked.loaded.project;
     super::build::known_services(project, &args.services)?;
     let insecure = insecure_registries(global);
+    let hosts = declared_hosts(global);
+    let registries = inventory_registries(global);
     let store = store()?;
     // Every target is known before anything is built or sent.
     let mut jobs = Vec::new();
@@ -38,11 +40,17 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         if !args.services.is_empty() && !args.services.contains(name) {
             continue;
         }
-        let Some(job) =
-            build::job(&project.name, service, !insecure.is_empty()).map_err(Failure::User)?
+        let Some(mut job) = build::job(
+            &project.name,
+            service,
+            !insecure.is_empty(),
+            &project.secrets,
+        )
+        .map_err(Failure::User)?
         else {
             continue;
         };
+        job.hosts = hosts.clone();
         let targets = build::push::targets(
             args.registry.as_deref(),
             &project.name,
@@ -77,13 +85,31 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         for target in &targets {
             let host = target.split('/').next().unwrap_or_default();
             let client = build::push::client(host, insecure.iter().any(|r| r == host));
+            // The inventory's credentials for this registry, else the docker config's.
+            let (creds, warnings) =
+                crate::deploy::auth::for_registries(&[host.to_string()].into(), &registries)
+                    .map_err(Failure::User)?;
+            for w in warnings {
+                output::warning(&w);
+            }
+            let auth = match creds.into_values().next() {
+                Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username, c.password),
+                None => oci_client::secrets::RegistryAuth::Anonymous,
+            };
             output::status(&format!("pushing service `{name}` to {target}"));
             let pushed = rt
-                .block_on(build::push::push(&client, &store, &built.manifest, target))
+                .block_on(build::push::push(
+                    &client,
+                    &store,
+                    &built.manifest,
+                    target,
+                    &auth,
+                ))
                 .map_err(|e| {
                     Failure::User(format!(
                         "{e}\nhint: check that the registry is reachable; a plain-http registry must \
-                         be marked `insecure` in the inventory's `registries:`"
+                         be marked `insecure` in the inventory's `registries:`, and one that asks for \
+                         credentials gets them from there (`username`, `password_env`) or from `docker login`"
                     ))
                 })?;
             output::status(&format!(

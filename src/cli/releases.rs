@@ -137,7 +137,7 @@ pub fn rollback(global: &GlobalArgs, args: RollbackArgs) -> CmdResult {
     let fleet = workspace.fleet()?;
     let project = &checked.loaded.project;
     let files = exec::read_files(project).map_err(|e| failure(e, &checked.loaded.sources))?;
-    let auth = super::up::registry_auth(project);
+    let auth = super::up::registry_auth(project, &fleet)?;
     let insecure: Vec<String> = fleet
         .registries
         .iter()

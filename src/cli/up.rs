@@ -176,26 +176,47 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
     let workspace = project::resolve(global)?;
     let checked = workspace.project()?;
     let fleet = workspace.fleet()?;
+    let rt = exec::runtime().map_err(|e| failure(e, &checked.loaded.sources))?;
+    let mut render = Renderer::new(args.json);
+    let started = Instant::now();
+    for h in &fleet.hosts {
+        render.running.insert(
+            h.name.clone(),
+            lifetime::activity(format!("connecting to host `{}`", h.name)),
+        );
+    }
+    // Connected first: the hosts' facts say which architectures the builds are for.
+    let ssh = args.conn.ssh_options();
+    let connected = rt.block_on(async {
+        let _section = output::section("connect", "compose-fleet: connecting to the hosts");
+        exec::connect(&fleet, &checked.loaded.project.name, &ssh, &mut |p| {
+            render.show(&p)
+        })
+        .await
+    });
     // Services with `build:` are built here (on this machine) and named by digest.
     let mut project = checked.loaded.project.clone();
     let store = super::build::store()?;
-    let built = if args.dry_run {
+    // (Nothing is built when connecting failed: that failure is reported below.)
+    let built = if args.dry_run || connected.is_err() {
         crate::build::pin_recorded(&mut project, &store);
         Vec::new()
     } else {
+        let facts = connected.as_ref().map(|c| &c.facts).ok();
         crate::build::prepare_up(
             &mut project,
             &args.services,
             args.build,
             args.builder,
             fleet.registries.values().any(|r| r.insecure),
+            &crate::build::declared_hosts_with_facts(&fleet, facts),
             &store,
         )
         .map_err(Failure::User)?
     };
     let project = &project;
     let opts = exec::Options {
-        ssh: args.conn.ssh_options(),
+        ssh,
         remove_orphans: args.remove_orphans,
         services: args.services.clone(),
         timeout: Duration::from_secs(300),
@@ -204,7 +225,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         // then rolled back). `--wait` is kept for docker compose's users.
         wait: true,
         files: exec::read_files(project).map_err(|e| failure(e, &checked.loaded.sources))?,
-        registry_auth: registry_auth(project),
+        registry_auth: registry_auth(project, &fleet)?,
         update_delay: project
             .services
             .keys()
@@ -219,22 +240,10 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         .filter(|(_, r)| r.insecure)
         .map(|(name, _)| name.clone())
         .collect();
-    let rt = exec::runtime().map_err(|e| failure(e, &checked.loaded.sources))?;
-    let mut render = Renderer::new(args.json);
-    let started = Instant::now();
-    for h in &fleet.hosts {
-        render.running.insert(
-            h.name.clone(),
-            lifetime::activity(format!("connecting to host `{}`", h.name)),
-        );
-    }
     // Replicas `--on-unreachable reschedule` could not place: the run fails (exit 1).
     let mut unplaced = 0usize;
     let outcome = rt.block_on(async {
-        let section = output::section("connect", "compose-fleet: connecting to the hosts");
-        let mut connected =
-            exec::connect(&fleet, &project.name, &opts.ssh, &mut |p| render.show(&p)).await?;
-        drop(section);
+        let mut connected = connected?;
         // `--on-unreachable`: decided before anything changes.
         let opts =
             exec::on_unreachable(opts.clone(), &connected, args.on_unreachable, &project.name)
@@ -301,27 +310,52 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             return Ok((connected, Err(steps)));
         }
         // Built images go to the hosts that run them before any pod asks for them.
-        crate::build::deliver::check_architectures(&prepared.desired, &built, &connected.facts)
-            .map_err(ExecError::User)?;
-        let progress = if args.json {
-            crate::build::progress::DeliveryProgress::quiet()
-        } else {
-            crate::build::progress::DeliveryProgress::for_stderr()
+        let arches = crate::build::deliver::host_arches(&fleet, &connected.facts);
+        let delivery = async {
+            crate::build::deliver::check_architectures(&prepared.desired, &built, &arches)?;
+            let progress = if args.json {
+                crate::build::progress::DeliveryProgress::quiet()
+            } else {
+                crate::build::progress::DeliveryProgress::for_stderr()
+            };
+            let mut delivery = crate::build::deliver::Options::new(
+                Duration::from_secs(120),
+                args.max_upload_rate,
+                progress,
+            );
+            delivery.reconnect = Some(std::sync::Arc::new(
+                crate::build::deliver::Reconnect::new(&fleet, opts.ssh.clone()),
+            ));
+            crate::build::deliver::deliver_all(
+                &connected.hosts,
+                &prepared.desired,
+                &built,
+                &store,
+                &arches,
+                &delivery,
+            )
+            .await
         };
-        let delivery =
-            crate::build::deliver::Options::new(Duration::from_secs(120), args.max_upload_rate, progress);
-        let delivered = crate::build::deliver::deliver_all(
-            &connected.hosts,
-            &prepared.desired,
-            &built,
-            &store,
-            &delivery,
-        )
-        .await
-        .map_err(ExecError::User)?;
+        // A no-op run has every pod running as desired, its images on its host: nothing to ask.
+        let result = if noop {
+            drop(delivery);
+            Ok(Vec::new())
+        } else {
+            delivery.await
+        };
+        let delivered = match result {
+            Ok(d) => d,
+            Err(e) => {
+                // Nothing was changed: the lock goes now, not when its lease runs out.
+                if let Some(held) = lock {
+                    held.release(opts.ssh.command_timeout).await;
+                }
+                return Err(ExecError::User(e));
+            }
+        };
         for d in &delivered {
             output::status(&format!(
-                "{}: delivered {} ({} blobs, {} bytes sent, {} received by the agent, {} layers unpacked, {} bytes on the wire) in {:.2}s",
+                "{}: delivered {} ({} blobs, {} bytes sent, {} received by the agent, {} layers unpacked, {} bytes on the wire) in {:.2}s{}",
                 d.host,
                 d.reference,
                 d.blobs_sent,
@@ -329,7 +363,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                 d.bytes_received,
                 d.layers_unpacked,
                 d.wire_bytes,
-                d.elapsed.as_secs_f64()
+                d.elapsed.as_secs_f64(),
+                match d.reconnects {
+                    0 => String::new(),
+                    1 => ", after reconnecting once".to_string(),
+                    n => format!(", after reconnecting {n} times"),
+                }
             ));
         }
         let (networks, why_not) = exec::fleet_networks(&fleet, &connected);
@@ -620,18 +659,22 @@ pub fn show_note(n: rollout::Note) {
     }
 }
 
-/// The user's credentials for the registries of the project's images (what cannot be had is a
-/// warning: a public registry needs none).
+/// The credentials for the registries of the project's images: the inventory's, else the user's
+/// docker config's (what cannot be had from the docker config is a warning: a public registry
+/// needs none; an inventory password that cannot be read is an error).
 pub fn registry_auth(
     project: &crate::compose::model::Project,
-) -> BTreeMap<String, crate::proto::RegistryAuth> {
+    fleet: &crate::inventory::Fleet,
+) -> Result<BTreeMap<String, crate::proto::RegistryAuth>, Failure> {
     let (auth, warnings) = crate::deploy::auth::for_images(
         project.services.values().filter_map(|s| s.image.as_deref()),
-    );
+        &fleet.registries,
+    )
+    .map_err(Failure::User)?;
     for w in warnings {
         output::warning(&w);
     }
-    auth
+    Ok(auth)
 }
 
 /// `plan --detailed-exitcode`: the changes `up` would make, printed as `up --dry-run` prints

@@ -1,7 +1,9 @@
-//! Registry credentials from the user's docker config (`$DOCKER_CONFIG/config.json`, else
-//! `~/.docker/config.json`): `auths` entries (`auth` = base64 of `user:password`, or `username`
-//! and `password`), and credential helpers (`credHelpers` per registry, `credsStore` for the rest)
-//! run as `docker-credential-NAME get` with the server on stdin, as docker runs them.
+//! Registry credentials from the inventory (`registries: { HOST: { username, password_env |
+//! password_file | password } }`), which win for their registry, else from the user's docker
+//! config (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`): `auths` entries (`auth` =
+//! base64 of `user:password`, or `username` and `password`), and credential helpers
+//! (`credHelpers` per registry, `credsStore` for the rest) run as `docker-credential-NAME get`
+//! with the server on stdin, as docker runs them.
 //!
 //! The credentials travel only inside the protocol (`registry_auth` of `ApplyPods` and `Pull`),
 //! never in argv, never printed: [`RegistryAuth`]'s `Debug` redacts the password, and errors
@@ -9,12 +11,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use base64::Engine;
 use serde_json::Value;
 
+use crate::inventory::{Password, Registry};
 use crate::proto::RegistryAuth;
 
 /// The registry of an image reference as docker reads it: the first path component when it has a
@@ -192,16 +195,107 @@ fn run_helper(name: &str, server: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The credentials for the registries of `images`, from the user's docker config (none, without
-/// a warning, when there is no config).
+/// The inventory's credentials for the registries in `wanted`: `env` reads an environment
+/// variable, `read` a file. A password that cannot be had is an error naming the registry and
+/// where the password was to come from (never the password).
+pub fn from_inventory(
+    registries: &BTreeMap<String, Registry>,
+    wanted: &BTreeSet<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+    read: &dyn Fn(&Path) -> std::io::Result<String>,
+) -> Result<BTreeMap<String, RegistryAuth>, String> {
+    let mut out = BTreeMap::new();
+    for (key, reg) in registries {
+        let registry = normalize(key);
+        if !wanted.contains(&registry) {
+            continue;
+        }
+        let (Some(username), Some(password)) = (&reg.username, &reg.password) else {
+            continue;
+        };
+        let password = match password {
+            Password::Inline(p) => p.clone(),
+            Password::Env(name) => env(name).filter(|p| !p.is_empty()).ok_or_else(|| {
+                format!(
+                    "registry `{key}`: its password is to come from the environment variable `{name}` (`password_env` in the inventory), which is not set\nhint: export {name}, or remove the registry's credentials from the inventory"
+                )
+            })?,
+            Password::File(path) => {
+                let path = expand_home(path);
+                let text = read(&path).map_err(|e| {
+                    format!(
+                        "registry `{key}`: cannot read its password from {} (`password_file` in the inventory): {e}",
+                        path.display()
+                    )
+                })?;
+                // One line, as `docker login --password-stdin` takes it.
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                if text.is_empty() {
+                    return Err(format!(
+                        "registry `{key}`: {} (`password_file` in the inventory) is empty",
+                        path.display()
+                    ));
+                }
+                text.to_string()
+            }
+        };
+        out.insert(
+            registry,
+            RegistryAuth {
+                username: username.clone(),
+                password,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// `~/x` as the user means it.
+fn expand_home(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The credentials for the registries of `images`: the inventory's for the registries it gives
+/// credentials for, the user's docker config's for the others (none, without a warning, when
+/// there is no config). Returns them with warnings; an inventory password that cannot be read is
+/// an error.
 pub fn for_images<'a>(
     images: impl Iterator<Item = &'a str>,
-) -> (BTreeMap<String, RegistryAuth>, Vec<String>) {
+    inventory: &BTreeMap<String, Registry>,
+) -> Result<(BTreeMap<String, RegistryAuth>, Vec<String>), String> {
     let registries: BTreeSet<String> = images.map(registry_of).collect();
+    for_registries(&registries, inventory)
+}
+
+/// [`for_images`] for registries named directly (`HOST[:PORT]`).
+pub fn for_registries(
+    registries: &BTreeSet<String>,
+    inventory: &BTreeMap<String, Registry>,
+) -> Result<(BTreeMap<String, RegistryAuth>, Vec<String>), String> {
+    let registries: BTreeSet<String> = registries.iter().map(|r| normalize(r)).collect();
+    let mut auth = from_inventory(
+        inventory,
+        &registries,
+        &|name| std::env::var(name).ok(),
+        &|p| std::fs::read_to_string(p),
+    )?;
+    let rest: BTreeSet<String> = registries
+        .into_iter()
+        .filter(|r| !auth.contains_key(r))
+        .collect();
+    if rest.is_empty() {
+        return Ok((auth, Vec::new()));
+    }
     let Some(text) = config_path().and_then(|p| std::fs::read_to_string(p).ok()) else {
-        return (BTreeMap::new(), Vec::new());
+        return Ok((auth, Vec::new()));
     };
-    from_config(&text, &registries, &run_helper)
+    let (docker, warnings) = from_config(&text, &rest, &run_helper);
+    auth.extend(docker);
+    Ok((auth, warnings))
 }
 
 #[cfg(test)]
@@ -266,6 +360,71 @@ mod tests {
         let printed = format!("{auths:?} {warnings:?}");
         assert!(
             !printed.contains("hunter2") && !printed.contains("gh-secret"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn inventory_credentials_come_from_the_environment_a_file_or_the_text() {
+        let reg = |user: &str, password: Password| Registry {
+            insecure: false,
+            username: Some(user.into()),
+            password: Some(password),
+        };
+        let inventory: BTreeMap<String, Registry> = [
+            (
+                "r.example:5000".to_string(),
+                reg("env-user", Password::Env("REG_PW".into())),
+            ),
+            (
+                "https://files.example/".to_string(),
+                reg("file-user", Password::File("/secrets/pw".into())),
+            ),
+            (
+                "inline.example".to_string(),
+                reg("inline-user", Password::Inline("in-line".into())),
+            ),
+            (
+                "unused.example".to_string(),
+                reg("u", Password::Env("UNSET".into())),
+            ),
+        ]
+        .into();
+        let env = |name: &str| (name == "REG_PW").then(|| "from-env".to_string());
+        let read = |p: &Path| {
+            if p == Path::new("/secrets/pw") {
+                Ok("from-file\n".to_string())
+            } else {
+                Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+            }
+        };
+        let wanted = set(&[
+            "r.example:5000",
+            "files.example",
+            "inline.example",
+            "docker.io",
+        ]);
+        let auth = from_inventory(&inventory, &wanted, &env, &read).expect("credentials");
+        assert_eq!(auth["r.example:5000"].password, "from-env");
+        assert_eq!(auth["files.example"].username, "file-user");
+        assert_eq!(
+            auth["files.example"].password, "from-file",
+            "the newline is dropped"
+        );
+        assert_eq!(auth["inline.example"].password, "in-line");
+        assert!(!auth.contains_key("unused.example"), "not needed, not read");
+        // A needed password that is not there names the variable, and no secret is printed.
+        let err =
+            from_inventory(&inventory, &set(&["unused.example"]), &env, &read).expect_err("unset");
+        assert!(
+            err.contains("`UNSET`") && err.contains("`unused.example`"),
+            "{err}"
+        );
+        let printed = format!("{auth:?} {inventory:?}");
+        assert!(
+            !printed.contains("from-env")
+                && !printed.contains("from-file")
+                && !printed.contains("in-line"),
             "{printed}"
         );
     }

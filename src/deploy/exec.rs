@@ -188,13 +188,18 @@ type Frames = mpsc::Receiver<Result<ResponseFrame, SshError>>;
 /// slow request (a pull, a followed log) holds up no other (a status poll, an exec's input).
 pub struct HostConn {
     pub name: String,
-    requests: mpsc::Sender<(Request, mpsc::Sender<Result<ResponseFrame, SshError>>)>,
+    /// The driver's queue; replaced when the channel is reopened ([`HostConn::adopt`]).
+    requests: std::sync::Mutex<RequestQueue>,
     /// Requests sent after the handshake: what a command cost this host in round trips.
     sent: std::sync::atomic::AtomicU64,
     /// Why this host was given up on during the run ([`HostConn::mark_lost`]).
     lost: std::sync::Mutex<Option<String>>,
-    _session: <Hosts as Transport>::Session,
+    /// The SSH sessions behind the channel (the last one is live; older ones dropped and were
+    /// reopened).
+    _sessions: std::sync::Mutex<Vec<<Hosts as Transport>::Session>>,
 }
+
+type RequestQueue = mpsc::Sender<(Request, mpsc::Sender<Result<ResponseFrame, SshError>>)>;
 
 impl HostConn {
     fn new(name: String, client: ssh::AgentClient, session: <Hosts as Transport>::Session) -> Self {
@@ -202,10 +207,10 @@ impl HostConn {
         tokio::spawn(drive(client, rx));
         HostConn {
             name,
-            requests,
+            requests: std::sync::Mutex::new(requests),
             sent: std::sync::atomic::AtomicU64::new(0),
             lost: std::sync::Mutex::new(None),
-            _session: session,
+            _sessions: std::sync::Mutex::new(vec![session]),
         }
     }
 
@@ -220,6 +225,25 @@ impl HostConn {
     /// Why this host was given up on, if it was.
     pub fn lost(&self) -> Option<String> {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes over `fresh`'s channel (a new SSH session and agent handshake to the same host)
+    /// after this one dropped: every holder of this connection (the lock's renewals, the
+    /// rollout) goes on over the new channel. Requests in flight on the old one fail as they did.
+    pub fn adopt(&self, fresh: HostConn) {
+        let queue = fresh
+            .requests
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        *self.requests.lock().unwrap_or_else(|p| p.into_inner()) = queue;
+        let sessions = fresh
+            ._sessions
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        self._sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(sessions);
     }
 
     /// How many requests were sent to this host (the handshake's `Hello` not counted).
@@ -238,7 +262,12 @@ impl HostConn {
         }
         self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
-        self.requests.send((request, tx)).await.map_err(|_| {
+        let queue = self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        queue.send((request, tx)).await.map_err(|_| {
             SshError::new(
                 &self.name,
                 ErrorClass::Unreachable,
@@ -758,6 +787,18 @@ async fn recorded_on(
         });
     }
     (out, statuses)
+}
+
+/// Opens a fresh channel to one host: a new SSH session, the agent (pushed where missing) and
+/// its handshake. For a channel that dropped mid-run ([`HostConn::adopt`]).
+pub async fn open_host(target: &SshTarget, opts: &ssh::Options) -> Result<HostConn, SshError> {
+    let agent = AgentBinary::locate(opts.agent_binary.as_deref())?;
+    let transport = Hosts::new(opts)?;
+    let session = transport.connect(target).await?;
+    let remote = ssh::Remote::of(&session, target)?;
+    let (client, _) =
+        ssh::connect_agent_to(&session, &remote, &agent, opts.command_timeout).await?;
+    Ok(HostConn::new(target.name.clone(), client, session))
 }
 
 /// What `up` will do, worked out before anything changes.

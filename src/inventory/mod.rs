@@ -8,7 +8,8 @@
 //!
 //! ```yaml
 //! defaults: { user: deploy, port: 22, identity_file: ~/.ssh/id_ed25519, known_hosts: /path/known_hosts }
-//! registries: { "10.250.0.1:5000": { insecure: true } }
+//! registries: { "10.250.0.1:5000": { insecure: true },
+//!               "registry.example.com": { username: deploy, password_env: REGISTRY_PASSWORD } }
 //! network: { cidr: 10.213.0.0/16, mode: auto, port: 51820 }   # mode: auto | host-gw | wireguard
 //! hosts:
 //!   web-1: { address: 203.0.113.10, labels: { zone: a, disk: ssd } }
@@ -20,6 +21,11 @@
 //! keeps new replicas off it. `capacity` needs both `cpus` and `memory`; without it, capacity comes
 //! from the host's facts. `reserved` (either or both) is kept free for the system. Sizes are binary
 //! (`512m` = 512 MiB), as in compose. Unknown keys are errors.
+//!
+//! A registry's credentials are `username` with one of `password_env` (an environment variable's
+//! name), `password_file` (a file holding it; a relative path is beside the inventory) or `password` (the text itself: readable by anyone
+//! who reads the inventory, so it is warned about). They are read only when an image needs them,
+//! win over the user's docker config for that registry, and travel only inside the agent protocol.
 //!
 //! A host may also say `connection: local` (compose-fleet runs on this machine, no SSH) and
 //! `become: true` / `become_user: NAME` (commands run through privilege escalation).
@@ -41,7 +47,8 @@
 //! `compose_fleet_arch`, `compose_fleet_drain` set capacity, reserved, arch and drain, and
 //! `compose_fleet_known_hosts` the host keys to check against. `compose_fleet_network_cidr`,
 //! `compose_fleet_network_mode` and `compose_fleet_network_port` (usually in `group_vars/all`) are
-//! the fleet's `network:`; hosts that disagree are an error.
+//! the fleet's `network:`; hosts that disagree are an error. `compose_fleet_registries` (a
+//! mapping, usually in `group_vars/all`) is the fleet's `registries:`, with the same keys.
 //! Dynamic inventories (scripts, plugin configurations, TOML) are refused with the command
 //! that exports them to a static file.
 //!
@@ -157,6 +164,9 @@ pub struct Host {
     /// Ansible's `compose_fleet_network_*` as this host sees them; [`ansible::finish`] makes them
     /// the fleet's [`Fleet::network`]. Unused in the own format (which has a top-level `network:`).
     pub network: NetworkSettings,
+    /// Ansible's `compose_fleet_registries` as this host sees it; [`ansible::finish`] makes it the
+    /// fleet's [`Fleet::registries`]. Unused in the own format (a top-level `registries:`).
+    pub registries: BTreeMap<String, Registry>,
 }
 
 /// An amount of cpu (cores, fractional) and memory (bytes).
@@ -171,6 +181,32 @@ pub struct Capacity {
 pub struct Registry {
     /// Plain HTTP (no TLS). Only ever used when the inventory says so.
     pub insecure: bool,
+    /// `username`: with [`Registry::password`], the credentials for pulls and pushes (they win
+    /// over the user's docker config for this registry).
+    pub username: Option<String>,
+    pub password: Option<Password>,
+}
+
+/// Where a registry's password is read from when it is needed: never kept in the inventory's
+/// model as text except when the user wrote it there (`password:`, warned about).
+#[derive(Clone, PartialEq)]
+pub enum Password {
+    /// `password_env: NAME`: the environment variable NAME.
+    Env(String),
+    /// `password_file: PATH`: the file's content, without its trailing newline.
+    File(PathBuf),
+    /// `password: TEXT`, written in the inventory.
+    Inline(String),
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Password::Env(name) => write!(f, "Env({name:?})"),
+            Password::File(path) => write!(f, "File({path:?})"),
+            Password::Inline(_) => f.write_str("Inline(<redacted>)"),
+        }
+    }
 }
 
 impl Host {
@@ -195,6 +231,7 @@ impl Host {
             become_user: None,
             origins: BTreeMap::new(),
             network: NetworkSettings::default(),
+            registries: BTreeMap::new(),
         }
     }
 }
@@ -290,6 +327,14 @@ pub fn load_with(path: &Path, limits: &Limits) -> Result<Fleet, LoadError> {
     };
     let mut fleet = build(&sources, classified, &files, limits, meta.is_dir())?;
     fleet.source = Some(path.to_path_buf());
+    // A relative `password_file` is the inventory's neighbour, as `identity_file` is.
+    for reg in fleet.registries.values_mut() {
+        if let Some(Password::File(p)) = &mut reg.password {
+            if p.is_relative() && !p.starts_with("~") {
+                *p = base.join(&*p);
+            }
+        }
+    }
     Ok(fleet)
 }
 
@@ -660,6 +705,7 @@ fn build(
         if hosts.network != NetworkSettings::default() {
             fleet.network = hosts.network;
         }
+        fleet.registries.extend(hosts.registries);
     } else {
         diags.extend(inv.diags);
     }

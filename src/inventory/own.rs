@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::tree::{self, Key, Node, Value};
 use super::{
     did_you_mean, normalize_arch, parse_cpus, parse_size, Capacity, Connection, Fleet, Host,
-    Registry,
+    Password, Registry,
 };
 use crate::diag::{Diagnostic, Diagnostics};
 
@@ -31,7 +31,13 @@ const HOST_KEYS: &[&str] = &[
     "become_user",
 ];
 const CAPACITY_KEYS: &[&str] = &["cpus", "memory"];
-const REGISTRY_KEYS: &[&str] = &["insecure"];
+const REGISTRY_KEYS: &[&str] = &[
+    "insecure",
+    "username",
+    "password_env",
+    "password_file",
+    "password",
+];
 
 /// Reports problems against one file.
 pub(super) struct Ctx<'a> {
@@ -264,14 +270,84 @@ fn parse_network(cx: &mut Ctx<'_>, node: &Node) -> super::NetworkSettings {
 }
 
 fn parse_registries(cx: &mut Ctx<'_>, node: &Node) -> BTreeMap<String, Registry> {
+    let before = cx.diags.0.len();
+    // Lines holding a password written in the file: a problem reported there names its position
+    // but quotes no line (the quote would print the password).
+    let mut secret_lines = Vec::new();
+    let out = parse_registry_entries(cx, node, &mut secret_lines);
+    for d in &mut cx.diags.0[before..] {
+        if let Some(loc) = d.location.take_if(|l| secret_lines.contains(&l.line)) {
+            d.message = format!("{} (at {loc})", d.message);
+        }
+    }
+    out
+}
+
+fn parse_registry_entries(
+    cx: &mut Ctx<'_>,
+    node: &Node,
+    secret_lines: &mut Vec<u32>,
+) -> BTreeMap<String, Registry> {
     let mut out = BTreeMap::new();
     for (key, v) in cx.map(node, "`registries`") {
         let mut reg = Registry::default();
-        for (k, v) in cx.map(v, &format!("registry `{}`", key.text)) {
+        let what = format!("registry `{}`", key.text);
+        let mut passwords = 0;
+        for (k, v) in cx.map(v, &what) {
             match k.text.as_str() {
                 "insecure" => reg.insecure = cx.boolean(v, "`insecure`").unwrap_or(false),
-                _ => cx.unknown_key(k, REGISTRY_KEYS, &format!("registry `{}`", key.text)),
+                "username" => reg.username = cx.string(v, "`username`"),
+                "password_env" | "password_file" | "password" => {
+                    passwords += 1;
+                    if passwords > 1 {
+                        let d = cx
+                            .error(k.at, format!("{what} has more than one password"))
+                            .hint("keep one of `password_env`, `password_file` and `password`");
+                        cx.push(d);
+                    }
+                    let Some(text) = cx.string(v, &format!("`{}`", k.text)) else {
+                        continue;
+                    };
+                    reg.password = Some(match k.text.as_str() {
+                        "password_env" => Password::Env(text),
+                        "password_file" => Password::File(PathBuf::from(text)),
+                        _ => {
+                            secret_lines.push(v.at.line);
+                            let d = Diagnostic::warning(format!(
+                                "{what}: the password is written in the inventory, where anyone who can read the file reads it"
+                            ))
+                            .at(v.at.in_file(cx.file))
+                            .hint("use `password_env: NAME` (an environment variable) or `password_file: PATH` instead");
+                            cx.push(d);
+                            Password::Inline(text)
+                        }
+                    });
+                }
+                _ => cx.unknown_key(k, REGISTRY_KEYS, &what),
             }
+        }
+        if reg.username.is_some() != reg.password.is_some() {
+            let d = cx
+                .error(
+                    key.at,
+                    format!(
+                        "{what} has a {} but no {}",
+                        if reg.username.is_some() {
+                            "`username`"
+                        } else {
+                            "password"
+                        },
+                        if reg.username.is_some() {
+                            "password"
+                        } else {
+                            "`username`"
+                        }
+                    ),
+                )
+                .hint(
+                    "give both `username` and one of `password_env`, `password_file` or `password`",
+                );
+            cx.push(d);
         }
         out.insert(key.text.clone(), reg);
     }

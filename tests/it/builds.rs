@@ -41,9 +41,15 @@ const COMPOSE: &str = r#"services:
 "#;
 
 fn cli(lab: &Lab, dir: &Path, args: &[&str]) -> Output {
+    cli_with(lab, dir, args, &[])
+}
+
+/// [`cli`] with more environment variables.
+fn cli_with(lab: &Lab, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let started = Instant::now();
     let out = lab
         .cli()
+        .envs(env.iter().copied())
         .arg("-f")
         .arg(dir.join("compose.yaml"))
         .args(["-p", "built"])
@@ -369,8 +375,8 @@ fn an_uncompressed_layer_travels_compressed_and_is_verified_uncompressed() {
             "plain",
             &compose_fleet::build::BuiltRef {
                 manifest,
-                tags: vec![],
                 architecture,
+                ..Default::default()
             },
         )
         .expect("record");
@@ -723,4 +729,863 @@ fn max_upload_rate_is_parsed_and_a_bad_one_refused() {
         "{}",
         describe(&help)
     );
+}
+
+/// Registry credentials in the inventory: `username` with `password_env`, `password_file` or
+/// `password` (warned about: anyone who reads the file reads it), in our format and as
+/// Ansible's `compose_fleet_registries`; half of a pair, or two passwords, is refused where it
+/// is written. Nothing printed about the fleet shows a password.
+#[test]
+fn registry_credentials_in_the_inventory_are_read_and_checked() {
+    use compose_fleet::inventory::{self, Password};
+    let fleet = inventory::parse(
+        "inventory.yaml",
+        r#"
+registries:
+  "10.250.0.1:5000": { insecure: true, username: ci, password_env: LAB_REGISTRY_PASSWORD }
+  "files.example": { username: f, password_file: /run/secrets/registry }
+  "plain.example": { username: p, password: hunter2 }
+hosts:
+  h1: { address: 10.0.0.1 }
+"#,
+    )
+    .unwrap_or_else(|e| panic!("parses: {}", e.render()));
+    let lab = &fleet.registries["10.250.0.1:5000"];
+    assert!(lab.insecure);
+    assert_eq!(lab.username.as_deref(), Some("ci"));
+    assert_eq!(
+        lab.password,
+        Some(Password::Env("LAB_REGISTRY_PASSWORD".into()))
+    );
+    assert_eq!(
+        fleet.registries["files.example"].password,
+        Some(Password::File("/run/secrets/registry".into()))
+    );
+    assert!(
+        fleet
+            .warnings
+            .iter()
+            .any(|w| w
+                .contains("registry `plain.example`: the password is written in the inventory")),
+        "{:?}",
+        fleet.warnings
+    );
+    assert!(!format!("{fleet:?} {:?}", fleet.warnings).contains("hunter2"));
+
+    for (text, want) in [
+        (r#"{ username: u }"#, "has a `username` but no password"),
+        (
+            r#"{ username: u, password_env: A, password_file: /b }"#,
+            "has more than one password",
+        ),
+        (r#"{ passwd: x }"#, "unknown key `passwd`"),
+        // On the line of a written password: its position, but the line is not quoted.
+        (
+            r#"{ username: u, password: s3cret, password_env: A }"#,
+            "has more than one password (at inventory.yaml:2:",
+        ),
+    ] {
+        let err = inventory::parse(
+            "inventory.yaml",
+            &format!(
+                "registries:\n  \"r.example\": {text}\nhosts:\n  h1: {{ address: 10.0.0.1 }}\n"
+            ),
+        )
+        .map(|f| format!("{f:?}"))
+        .expect_err(text);
+        let rendered = err.render();
+        assert!(
+            rendered.contains(want) && rendered.contains("inventory.yaml:2:"),
+            "{text}: {rendered}"
+        );
+        assert!(!rendered.contains("s3cret"), "{rendered}");
+    }
+
+    let fleet = inventory::parse(
+        "hosts.yml",
+        r#"
+all:
+  vars:
+    compose_fleet_registries:
+      "r.example:5000": { username: deploy, password_env: R_PASSWORD, insecure: true }
+  hosts:
+    h1: { ansible_host: 10.0.0.1 }
+    h2: { ansible_host: 10.0.0.2 }
+"#,
+    )
+    .unwrap_or_else(|e| panic!("parses: {}", e.render()));
+    let r = &fleet.registries["r.example:5000"];
+    assert!(r.insecure);
+    assert_eq!(r.username.as_deref(), Some("deploy"));
+    assert_eq!(r.password, Some(Password::Env("R_PASSWORD".into())));
+    // A host that sees other registries is refused; a written password is warned about once,
+    // and neither message quotes it.
+    let err = inventory::parse(
+        "hosts.yml",
+        "all:\n  vars:\n    compose_fleet_registries: { \"r\": { username: u, password: s3cret } }\n  hosts:\n    h1:\n    h2:\n    h3: { compose_fleet_registries: {} }\n",
+    )
+    .map(|f| format!("{f:?}"))
+    .expect_err("h3 differs");
+    let rendered = err.render();
+    assert!(
+        rendered.contains("see different `compose_fleet_registries`"),
+        "{rendered}"
+    );
+    assert_eq!(
+        rendered
+            .matches("the password is written in the inventory")
+            .count(),
+        1,
+        "{rendered}"
+    );
+    assert!(!rendered.contains("s3cret"), "{rendered}");
+    let err = inventory::parse(
+        "hosts.yml",
+        "all:\n  hosts:\n    h1:\n      compose_fleet_registries: { \"r\": { username: u } }\n",
+    )
+    .map(|f| format!("{f:?}"))
+    .expect_err("half a pair");
+    assert!(
+        err.render().contains("needs both `username` and one of"),
+        "{}",
+        err.render()
+    );
+}
+
+/// Rewrites the lab's inventory with `edit` (the lab writes one flow mapping per host and one
+/// `registries:` line).
+fn edit_inventory(lab: &Lab, edit: impl Fn(&str) -> String) {
+    let path = lab.inventory();
+    let text = std::fs::read_to_string(&path).expect("the lab's inventory");
+    std::fs::write(&path, edit(&text)).expect("rewrite the inventory");
+}
+
+fn blob_count(lab: &Lab, host: &str) -> usize {
+    let out = lab.ssh(
+        host,
+        "ls /var/lib/compose-fleet/images/blobs/sha256 2>/dev/null | wc -l",
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", describe(&out)))
+}
+
+/// A host the inventory declares `aarch64` while the builder here produces only amd64 (no
+/// qemu-user handler is registered): `up` of a service that would run there is refused before
+/// anything is sent to any host, naming the host and its architecture; a service pinned to
+/// `platform: linux/arm64` is refused before it is even built.
+#[test]
+fn a_host_of_an_architecture_the_builder_cannot_produce_is_refused_before_any_transfer() {
+    let test = "a_host_of_an_architecture_the_builder_cannot_produce";
+    if !have_buildah(test) {
+        return;
+    }
+    let can = compose_fleet::build::platform::capability(compose_fleet::build::Builder::Buildah);
+    if can.can("arm64") {
+        crate::support::skip(
+            test,
+            "no arm64 emulator",
+            "this machine can build for arm64 (a qemu-user handler is registered), so nothing is refused",
+        );
+        return;
+    }
+    let Some(lab) = Lab::up(test, 2) else {
+        return;
+    };
+    let pi = lab.host(2);
+    edit_inventory(&lab, |text| {
+        text.replace(
+            &format!("  {pi}: {{ "),
+            &format!("  {pi}: {{ arch: aarch64, "),
+        )
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("web")).expect("mkdir");
+    std::fs::write(dir.join("web/Dockerfile"), DOCKERFILE).expect("write");
+    std::fs::write(dir.join("web/index.html"), "never sent\n").expect("write");
+    storage_conf(dir);
+    // On every host: the aarch64 one included.
+    std::fs::write(
+        dir.join("compose.yaml"),
+        COMPOSE.replace(
+            "    ports: [\"8080:80\"]\n",
+            "    ports: [\"8080:80\"]\n    deploy: { mode: global }\n",
+        ),
+    )
+    .expect("write");
+    let before: Vec<usize> = lab
+        .host_names()
+        .iter()
+        .map(|h| blob_count(&lab, h))
+        .collect();
+    let out = cli(&lab, dir, &["up"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "service `web` was built for amd64, but host `{pi}` is aarch64 (the inventory says so)"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+    assert!(
+        !stderr.contains(&format!("host `{}`", lab.host(1))),
+        "the amd64 host is not named: {stderr}"
+    );
+    assert!(deliveries(&out).is_empty(), "{stderr}");
+    let after: Vec<usize> = lab
+        .host_names()
+        .iter()
+        .map(|h| blob_count(&lab, h))
+        .collect();
+    assert_eq!(before, after, "no blob reached any host");
+    // Pinned to amd64, the service goes to the amd64 host alone, at once: the refusal released
+    // the deploy lock (a lease left behind would refuse this `up` for its 30 s).
+    std::fs::write(
+        dir.join("compose.yaml"),
+        COMPOSE.replace(
+            "    ports: [\"8080:80\"]\n",
+            "    ports: [\"8080:80\"]\n    platform: linux/amd64\n",
+        ),
+    )
+    .expect("write");
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let delivered = deliveries(&out);
+    assert_eq!(delivered.len(), 1, "{}", describe(&out));
+    assert_eq!(delivered[0].0, lab.host(1));
+    assert_eq!(
+        blob_count(&lab, &pi),
+        before[1],
+        "nothing reached the aarch64 host"
+    );
+
+    // Pinned to arm64: refused before the builder runs.
+    std::fs::write(
+        dir.join("compose.yaml"),
+        COMPOSE.replace(
+            "    ports: [\"8080:80\"]\n",
+            "    ports: [\"8080:80\"]\n    platform: linux/arm64\n",
+        ),
+    )
+    .expect("write");
+    let out = cli(&lab, dir, &["up", "--build"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "service `web` is to be built for linux/arm64, but buildah here cannot build for arm64"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("STEP 1"), "buildah never ran: {stderr}");
+    assert_eq!(blob_count(&lab, &pi), before[1]);
+}
+
+/// The pids of the `ssh -M` masters connected to `address`.
+fn ssh_masters(address: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with(b"ssh"))
+            && args.contains(&b"-M".as_slice())
+            && args.last() == Some(&address.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The SSH connection of an `up` is killed while a layer is half delivered: the same `up`
+/// reconnects (a fresh session and agent handshake), resumes the layer at the offset the host
+/// holds, and completes — the host received the image's bytes about once, not twice.
+#[test]
+fn a_connection_cut_mid_blob_is_reopened_and_the_same_up_completes() {
+    let test = "a_connection_cut_mid_blob_is_reopened";
+    if !have_buildah(test) {
+        return;
+    }
+    let Some(lab) = Lab::up(test, 1) else {
+        return;
+    };
+    let host = lab.host(1);
+    let address = lab.address(&host);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("web/www")).expect("mkdir");
+    std::fs::write(
+        dir.join("web/Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nCOPY random.bin /random.bin\nCOPY www /www\n",
+    )
+    .expect("write");
+    std::fs::write(dir.join("web/www/index.html"), "delivered despite a cut\n").expect("write");
+    // 8 MB that does not compress: at 2 MB/s it takes seconds, time to cut it.
+    let mut x = 7u64;
+    let mut random = Vec::with_capacity(8 << 20);
+    while random.len() < 8 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        random.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(dir.join("web/random.bin"), &random).expect("write");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        "services:\n  web:\n    build:\n      context: ./web\n      args:\n        BASE: ${HTTPD}\n    command: [\"httpd\", \"-f\", \"-p\", \"8083\", \"-h\", \"/www\"]\n    ports: [\"8083:8083\"]\n",
+    )
+    .expect("write");
+    storage_conf(dir);
+    let out = cli(&lab, dir, &["build"]);
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let built = store.built("built", "web").expect("recorded");
+    let (_, manifest) = store.manifest(&built.manifest).expect("manifest");
+    let image_bytes: u64 = manifest.blobs().map(|b| b.size).sum();
+    let big = manifest
+        .layers
+        .iter()
+        .max_by_key(|l| l.size)
+        .expect("layers")
+        .clone();
+    let partial = format!(
+        "/var/lib/compose-fleet/images/blobs/sha256/{}.partial",
+        &big.digest["sha256:".len()..]
+    );
+
+    let child = lab
+        .cli()
+        .arg("-f")
+        .arg(dir.join("compose.yaml"))
+        .args(["-p", "built", "up", "--max-upload-rate", "2M"])
+        .env("HTTPD", lab.httpd_image())
+        .env("COMPOSE_FLEET_IMAGE_DIR", dir.join("store"))
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs the CLI");
+    // Wait for the big layer to be partly there, then kill the connection under it.
+    let mut cut_at = None;
+    for _ in 0..300 {
+        let size = lab.ssh(
+            &host,
+            &format!("stat -c %s {partial} 2>/dev/null || echo 0"),
+        );
+        let size: u64 = String::from_utf8_lossy(&size.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if size >= 2 << 20 {
+            let masters = ssh_masters(&address);
+            assert_eq!(
+                masters.len(),
+                1,
+                "one master connection to {address}: {masters:?}"
+            );
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &masters[0].to_string()])
+                .status()
+                .expect("kill");
+            assert!(killed.success());
+            cut_at = Some(size);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("the CLI ends");
+    let cut_at =
+        cut_at.unwrap_or_else(|| panic!("the layer never got half way: {}", describe(&out)));
+    assert!(
+        out.status.success(),
+        "the same up completes: {}",
+        describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the channel dropped while delivering")
+            && stderr.contains("after reconnecting once"),
+        "{stderr}"
+    );
+    let lines = delivered_lines(&out);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let (_, n) = &lines[0];
+    let (sent, received) = (n[1], n[2]);
+    // What the host kept was sent once; at most the chunks in flight when the cut came are sent
+    // again (a window of 4 chunks of 1 MiB).
+    assert_eq!(sent, image_bytes, "{stderr}");
+    assert!(
+        received >= image_bytes && received <= image_bytes + (4 << 20),
+        "the host received {received} bytes for an image of {image_bytes}: {stderr}"
+    );
+    eprintln!(
+        "measured: image {image_bytes} bytes, cut at {cut_at} bytes of the {} byte layer; the host received {received} bytes in all",
+        big.size
+    );
+    let url = format!("http://{address}:8083/");
+    assert_eq!(
+        get(&url, "delivered despite a cut\n"),
+        "delivered despite a cut\n"
+    );
+    // And the run left no lease behind: the next `up` has nothing to do.
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+/// A second lab registry that asks for basic auth (htpasswd, bcrypt), stopped when dropped.
+struct AuthRegistry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl AuthRegistry {
+    /// Listens on the lab registry's address, port 5077, for `user`:`password`; `None` (the
+    /// reason printed) when a bcrypt hash cannot be made here.
+    fn start(
+        test: &str,
+        lab: &Lab,
+        dir: &Path,
+        user: &str,
+        password: &str,
+    ) -> Option<AuthRegistry> {
+        let hash = std::process::Command::new("python3")
+            .args([
+                "-W",
+                "ignore",
+                "-c",
+                "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                password,
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success() && o.stdout.starts_with(b"$2"));
+        let Some(hash) = hash else {
+            crate::support::skip(
+                test,
+                "python3 crypt",
+                "cannot make a bcrypt hash for htpasswd here",
+            );
+            return None;
+        };
+        let ip = lab
+            .registry()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let addr = format!("{ip}:5077");
+        std::fs::write(
+            dir.join("htpasswd"),
+            format!("{user}:{}", String::from_utf8_lossy(&hash.stdout).trim()),
+        )
+        .expect("write");
+        std::fs::write(
+            dir.join("auth-registry.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {0}/auth-registry\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: lab\n    path: {0}/htpasswd\n",
+                dir.display()
+            ),
+        )
+        .expect("write");
+        let child = std::process::Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(dir.join("auth-registry.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("auth-registry.log")).expect("log"))
+            .spawn()
+            .expect("starts docker-registry");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(AuthRegistry { child, addr })
+    }
+}
+
+impl Drop for AuthRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every process whose command line holds `needle`.
+fn argv_holding(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
+
+/// Credentials from the inventory (`username` + `password_env`) for a registry that asks for
+/// basic auth: `push --registry` uploads with them, a host pulls with them — and the password is
+/// in no process's argv while that runs, in no output (`--json` included) and in no file of the
+/// agent on the host. A password the inventory names but the environment lacks is refused
+/// naming the variable.
+#[test]
+fn inventory_registry_credentials_push_and_pull_without_showing_the_password() {
+    let test = "inventory_registry_credentials";
+    if !have_buildah(test) {
+        return;
+    }
+    let Some(lab) = Lab::up(test, 1) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    const PASSWORD: &str = "pw-9f2c-not-for-argv";
+    let Some(registry) = AuthRegistry::start(test, &lab, dir, "ci", PASSWORD) else {
+        return;
+    };
+    let anonymous = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{}/v2/", registry.addr))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&anonymous.stdout),
+        "401",
+        "the registry asks for credentials"
+    );
+    edit_inventory(&lab, |text| {
+        text.replace(
+            "{ insecure: true } }",
+            &format!(
+                "{{ insecure: true }}, \"{}\": {{ insecure: true, username: ci, password_env: CF_TEST_REGISTRY_PASSWORD }} }}",
+                registry.addr
+            ),
+        )
+    });
+    std::fs::create_dir_all(dir.join("web")).expect("mkdir");
+    std::fs::write(dir.join("compose.yaml"), COMPOSE).expect("write");
+    std::fs::write(dir.join("web/Dockerfile"), DOCKERFILE).expect("write");
+    std::fs::write(dir.join("web/index.html"), "pulled with credentials\n").expect("write");
+    storage_conf(dir);
+    let prefix = format!("{}/authed", registry.addr);
+
+    let out = cli(&lab, dir, &["push", "--registry", &prefix]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`CF_TEST_REGISTRY_PASSWORD`"),
+        "{}",
+        describe(&out)
+    );
+
+    let with_password = |args: &[&str]| {
+        let mut cmd = lab.cli();
+        cmd.arg("-f")
+            .arg(dir.join("compose.yaml"))
+            .args(["-p", "built"])
+            .args(args)
+            .env("HTTPD", lab.httpd_image())
+            .env("GREETING", "hi")
+            .env("CF_TEST_REGISTRY_PASSWORD", PASSWORD)
+            .env("COMPOSE_FLEET_IMAGE_DIR", dir.join("store"))
+            .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().expect("runs the CLI");
+        // Watch every process's argv (the CLI, its ssh, the agent's) while it runs.
+        let mut seen = Vec::new();
+        let mut saw_ssh = false;
+        let pid = child.id();
+        let host_address = lab.address(&lab.host(1));
+        while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+        {
+            seen.extend(argv_holding(PASSWORD));
+            saw_ssh |= args.contains(&"up") && !ssh_masters(&host_address).is_empty();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("the CLI ends");
+        assert!(
+            saw_ssh || !args.contains(&"up"),
+            "the scan saw the run's ssh connection (it looked while things ran)"
+        );
+        // This test's own argv-scanning never names the password; only a leak would.
+        seen.retain(|a| !a.contains("python3"));
+        assert!(seen.is_empty(), "the password was in argv: {seen:?}");
+        out
+    };
+    let out = with_password(&["push", "--registry", &prefix]);
+    assert!(out.status.success(), "push failed: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let reference = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("web\t"))
+        .unwrap_or_else(|| panic!("push prints the pushed reference: {}", describe(&out)))
+        .to_string();
+    assert!(
+        reference.starts_with(&format!("{prefix}/built-web@sha256:")),
+        "{reference}"
+    );
+    assert!(!describe(&out).contains(PASSWORD));
+
+    // A host pulls it with the inventory's credentials: the service has only `image:`.
+    std::fs::write(
+        dir.join("compose.yaml"),
+        format!("services:\n  web:\n    image: {reference}\n    ports: [\"8080:80\"]\n"),
+    )
+    .expect("write");
+    let out = with_password(&["up", "--json"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    assert!(!describe(&out).contains(PASSWORD), "{}", describe(&out));
+    let url = format!("http://{}:8080/", lab.address(&lab.host(1)));
+    assert_eq!(
+        get(&url, "pulled with credentials\n"),
+        "pulled with credentials\n"
+    );
+    let on_host = lab.ssh(
+        &lab.host(1),
+        &format!("grep -rls -- '{PASSWORD}' /var/lib/compose-fleet /run/compose-fleet /var/log 2>/dev/null; echo end"),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&on_host.stdout).trim(),
+        "end",
+        "no file on the host holds the password"
+    );
+}
+
+/// The files of a built image's layers (path → content), read from the local store.
+fn image_files(store: &compose_fleet::build::LocalStore, manifest: &str) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read as _;
+    let (_, m) = store.manifest(manifest).expect("manifest");
+    let mut files = Vec::new();
+    for layer in &m.layers {
+        let bytes = std::fs::read(store.blob_path(&layer.digest).expect("path")).expect("read");
+        let reader: Box<dyn std::io::Read> = if bytes.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::GzDecoder::new(&bytes[..]))
+        } else {
+            Box::new(&bytes[..])
+        };
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().expect("a tar layer") {
+            let mut entry = entry.expect("an entry");
+            let path = entry.path().expect("path").display().to_string();
+            let mut body = Vec::new();
+            entry.read_to_end(&mut body).expect("read");
+            files.push((path, body));
+        }
+    }
+    files
+}
+
+/// `build.secrets` (one from a file, one from the environment), `build.additional_contexts`,
+/// `dockerfile_inline` and an explicit `build.platforms` of this machine's platform are honoured
+/// by buildah, for real: a `RUN` step mounts both secrets, `COPY --from` reads the extra context —
+/// and neither secret ends up in the image. No lab: `compose-fleet build` alone.
+#[test]
+fn build_secrets_and_additional_contexts_reach_buildah() {
+    let test = "build_secrets_and_additional_contexts";
+    if !crate::support::is_root(test, "buildah builds with chroot isolation") || !have_buildah(test)
+    {
+        return;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        crate::support::skip(test, "busybox-static", "/bin/busybox is missing");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("app")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("assets")).expect("mkdir");
+    std::fs::copy("/bin/busybox", dir.join("app/busybox")).expect("copy busybox");
+    std::fs::write(dir.join("assets/hello.txt"), "from the extra context\n").expect("write");
+    std::fs::write(dir.join("npmrc"), "file-secret-5d1e").expect("write");
+    // The Dockerfile is inline: no file in the context.
+    std::fs::write(
+        dir.join("compose.yaml"),
+        r#"services:
+  app:
+    build:
+      context: ./app
+      dockerfile_inline: |
+        FROM scratch
+        COPY busybox /bin/busybox
+        RUN --mount=type=secret,id=npmrc --mount=type=secret,id=api_token ["/bin/busybox", "sh", "-c", "/bin/busybox cat /run/secrets/npmrc /run/secrets/api_token | /bin/busybox sha256sum > /secrets.sha"]
+        COPY --from=assets hello.txt /hello.txt
+      platforms: ["linux/amd64"]
+      secrets: [npmrc, { source: token, target: api_token }]
+      additional_contexts:
+        assets: ./assets
+secrets:
+  npmrc:
+    file: ./npmrc
+  token:
+    environment: CF_TEST_BUILD_TOKEN
+"#,
+    )
+    .expect("write");
+    storage_conf(dir);
+    if std::env::consts::ARCH != "x86_64" {
+        crate::support::skip(test, "x86_64", "the compose file asks for linux/amd64");
+        return;
+    }
+    let out = std::process::Command::new(crate::support::bin())
+        .arg("-f")
+        .arg(dir.join("compose.yaml"))
+        .args(["-p", "secrets", "build"])
+        .env("CF_TEST_BUILD_TOKEN", "env-secret-77ab")
+        .env("COMPOSE_FLEET_IMAGE_DIR", dir.join("store"))
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .output()
+        .expect("runs the CLI");
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    assert!(
+        !describe(&out).contains("env-secret-77ab"),
+        "{}",
+        describe(&out)
+    );
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let built = store.built("secrets", "app").expect("recorded");
+    assert_eq!(built.architecture, "amd64");
+    let files = image_files(&store, &built.manifest);
+    let file = |name: &str| {
+        files
+            .iter()
+            .rev()
+            .find(|(p, _)| p.trim_start_matches("./") == name)
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_else(|| panic!("{name} is in the image"))
+    };
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        b"file-secret-5d1eenv-secret-77ab",
+    ));
+    assert!(
+        file("secrets.sha").starts_with(&want),
+        "both secrets were mounted"
+    );
+    assert_eq!(file("hello.txt"), "from the extra context\n");
+    for (path, body) in &files {
+        let text = String::from_utf8_lossy(body);
+        assert!(
+            !text.contains("env-secret-77ab") && !text.contains("file-secret-5d1e"),
+            "a secret is in the image at {path}"
+        );
+    }
+}
+
+/// A fleet of two architectures (the inventory says the second host is aarch64): the service is
+/// built once per platform (`FROM scratch` + `COPY`, which needs no emulator, so
+/// `COMPOSE_FLEET_BUILD_ARCHES` says arm64 can be built), recorded as an OCI index, and each host
+/// is delivered its own architecture's image — the content each host serves says which.
+/// `push --registry` then puts the index and both images in the registry.
+#[test]
+fn each_host_gets_the_image_built_for_its_architecture() {
+    let test = "each_host_gets_the_image_built_for_its_architecture";
+    if !have_buildah(test) {
+        return;
+    }
+    if !Path::new("/bin/busybox").exists() || std::env::consts::ARCH != "x86_64" {
+        crate::support::skip(
+            test,
+            "busybox-static on x86_64",
+            "needs /bin/busybox of an x86_64 machine",
+        );
+        return;
+    }
+    let Some(lab) = Lab::up(test, 2) else {
+        return;
+    };
+    let (amd, arm) = (lab.host(1), lab.host(2));
+    edit_inventory(&lab, |text| {
+        text.replace(
+            &format!("  {arm}: {{ "),
+            &format!("  {arm}: {{ arch: aarch64, "),
+        )
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("app/www-amd64")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("app/www-arm64")).expect("mkdir");
+    std::fs::copy("/bin/busybox", dir.join("app/busybox")).expect("copy");
+    std::fs::write(dir.join("app/www-amd64/index.html"), "amd64\n").expect("write");
+    std::fs::write(dir.join("app/www-arm64/index.html"), "arm64\n").expect("write");
+    // No RUN: the (x86) busybox is only copied, so the lab's x86 hosts run both variants, and
+    // what each serves tells which it got.
+    std::fs::write(
+        dir.join("app/Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nCOPY busybox /bin/busybox\nCOPY www-${TARGETARCH} /www\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        "services:\n  app:\n    build: ./app\n    command: [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8084\", \"-h\", \"/www\"]\n    ports: [\"8084:8084\"]\n    deploy: { mode: global }\n",
+    )
+    .expect("write");
+    storage_conf(dir);
+    let env = [("COMPOSE_FLEET_BUILD_ARCHES", "amd64,arm64")];
+    let out = cli_with(&lab, dir, &["up"], &env);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let built = store.built("built", "app").expect("recorded");
+    let arches: Vec<&str> = built
+        .variants
+        .iter()
+        .map(|v| v.architecture.as_str())
+        .collect();
+    assert_eq!(arches, ["amd64", "arm64"], "{built:?}");
+    let delivered = deliveries(&out);
+    assert_eq!(delivered.len(), 2, "{}", describe(&out));
+    for (host, want) in [(&amd, "amd64\n"), (&arm, "arm64\n")] {
+        let url = format!("http://{}:8084/", lab.address(host));
+        assert_eq!(
+            get(&url, want),
+            want,
+            "{host} serves its architecture's image"
+        );
+    }
+    // Each host recorded the index's reference as its own platform's manifest.
+    let index = lab.ssh(&arm, "cat /var/lib/compose-fleet/images/images/index.json");
+    let arm_manifest = built.manifest_for("arm64").expect("arm64");
+    assert!(
+        String::from_utf8_lossy(&index.stdout).contains(arm_manifest),
+        "{}",
+        describe(&index)
+    );
+
+    // The registry gets the index and both images.
+    let registry = format!("{}/multi", lab.registry());
+    let out = cli_with(&lab, dir, &["push", "--registry", &registry], &env);
+    assert!(out.status.success(), "push failed: {}", describe(&out));
+    let path = format!("multi/built-app/manifests/{}", built.manifest);
+    let got = std::process::Command::new("curl")
+        .args([
+            "-fsS",
+            "-H",
+            "Accept: application/vnd.oci.image.index.v1+json",
+        ])
+        .arg(format!("http://{}/v2/{path}", lab.registry()))
+        .output()
+        .expect("curl");
+    assert!(got.status.success(), "{}", describe(&got));
+    let index: serde_json::Value = serde_json::from_slice(&got.stdout).expect("an index");
+    let listed: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|m| m["platform"]["architecture"].as_str())
+        .collect();
+    assert_eq!(listed, ["amd64", "arm64"], "{index}");
 }

@@ -629,6 +629,26 @@ fn to_host(
                     None => diags.push(bad(var, key, "a port number (1-65535)")),
                 }
             }
+            "compose_fleet_registries" => match registries(&var.value) {
+                // Positions only, no quoted line: the value may hold a password.
+                Ok((regs, warnings)) => {
+                    host.registries = regs;
+                    for w in warnings {
+                        let d = Diagnostic::warning(format!("`{key}` (at {}): {w}", var.at))
+                            .hint("use `password_env: NAME` (an environment variable) or `password_file: PATH` instead");
+                        // Every host sees the variable: said once.
+                        if !diags.0.contains(&d) {
+                            diags.push(d);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let d = Diagnostic::error(format!("`{key}` (at {}): {e}", var.at));
+                    if !diags.0.contains(&d) {
+                        diags.push(d);
+                    }
+                }
+            },
             "compose_fleet_drain" => match ansible_bool(&var.value) {
                 Some(b) => host.drain = b,
                 None => diags.push(bad(var, key, "true or false")),
@@ -655,6 +675,71 @@ fn to_host(
         ),
     }
     host
+}
+
+/// `compose_fleet_registries`: `{ HOST: { insecure, username, password_env | password_file |
+/// password } }`, as the own format's `registries:`. Returns them and warnings (a password written
+/// in the inventory).
+fn registries(v: &AVal) -> Result<(BTreeMap<String, super::Registry>, Vec<String>), String> {
+    let AVal::Map(entries) = v else {
+        return Err(format!(
+            "must be a mapping of registries, e.g. {{ \"registry.example.com\": {{ username: deploy, password_env: REGISTRY_PASSWORD }} }}, found {}",
+            v.kind()
+        ));
+    };
+    let mut out = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for (name, settings) in entries {
+        let AVal::Map(keys) = settings else {
+            return Err(format!(
+                "registry `{name}` must be a mapping, found {}",
+                settings.kind()
+            ));
+        };
+        let mut reg = super::Registry::default();
+        let text = |k: &str, v: &AVal| match v {
+            AVal::List(_) | AVal::Map(_) | AVal::Null => Err(format!(
+                "`{k}` of registry `{name}` must be a string, found {}",
+                v.kind()
+            )),
+            v => Ok(v.label().unwrap_or_default()),
+        };
+        for (k, v) in keys {
+            match k.as_str() {
+                "insecure" => {
+                    reg.insecure = ansible_bool(v).ok_or_else(|| {
+                        format!("`insecure` of registry `{name}` must be true or false")
+                    })?
+                }
+                "username" => reg.username = Some(text(k, v)?),
+                "password_env" | "password_file" | "password" if reg.password.is_some() => {
+                    return Err(format!("registry `{name}` has more than one password"))
+                }
+                "password_env" => reg.password = Some(super::Password::Env(text(k, v)?)),
+                "password_file" => {
+                    reg.password = Some(super::Password::File(PathBuf::from(text(k, v)?)))
+                }
+                "password" => {
+                    warnings.push(format!(
+                        "registry `{name}`: the password is written in the inventory, where anyone who can read the file reads it"
+                    ));
+                    reg.password = Some(super::Password::Inline(text(k, v)?));
+                }
+                other => {
+                    return Err(format!(
+                        "unknown key `{other}` in registry `{name}` (expected one of: insecure, username, password_env, password_file, password)"
+                    ))
+                }
+            }
+        }
+        if reg.username.is_some() != reg.password.is_some() {
+            return Err(format!(
+                "registry `{name}` needs both `username` and one of `password_env`, `password_file` or `password`"
+            ));
+        }
+        out.insert(name.clone(), reg);
+    }
+    Ok((out, warnings))
 }
 
 /// A capacity figure from a variable, through the shared size/cpu parsers.
@@ -702,9 +787,25 @@ pub fn finish(
             .hint("set them once, in `group_vars/all` or under `all: vars:`"),
         );
     }
+    // So are the registries.
+    let registries = hosts
+        .first()
+        .map(|h| h.registries.clone())
+        .unwrap_or_default();
+    if let Some(h) = hosts.iter().find(|h| h.registries != registries) {
+        diags.push(
+            Diagnostic::error(format!(
+                "hosts `{}` and `{}` see different `compose_fleet_registries`; the registries are \
+                 the whole fleet's",
+                hosts[0].name, h.name
+            ))
+            .hint("set it once, in `group_vars/all` or under `all: vars:`"),
+        );
+    }
     Fleet {
         hosts,
         network,
+        registries,
         ..Fleet::default()
     }
 }
