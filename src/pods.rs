@@ -141,7 +141,9 @@ pub fn of(project: &Project) -> Pods {
         }
         groups[group_of_root[r]].push(i);
     }
-    let mut pods: Vec<Pod> = groups
+    // Each pod with its members' indexes, which give the services' pod indexes once the pods
+    // are sorted (no name is looked up again).
+    let mut pods: Vec<(Pod, Vec<usize>)> = groups
         .into_iter()
         .map(|members| {
             // Members are in name order: with no root (a cycle) the first one names the pod.
@@ -150,22 +152,22 @@ pub fn of(project: &Project) -> Pods {
                 .copied()
                 .find(|&i| joins[i].is_none())
                 .unwrap_or(members[0]);
-            Pod {
+            let pod = Pod {
                 name: names[root].to_string(),
                 services: members.iter().map(|&i| names[i].to_string()).collect(),
-            }
+            };
+            (pod, members)
         })
         .collect();
-    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    pods.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     // Service index → pod index.
     let mut pod_index = vec![0; names.len()];
-    for (p, pod) in pods.iter().enumerate() {
-        for s in &pod.services {
-            if let Some(i) = index(s) {
-                pod_index[i] = p;
-            }
+    for (p, (_, members)) in pods.iter().enumerate() {
+        for &i in members {
+            pod_index[i] = p;
         }
     }
+    let pods: Vec<Pod> = pods.into_iter().map(|(pod, _)| pod).collect();
     let pod_of: BTreeMap<String, usize> = names
         .iter()
         .zip(&pod_index)
