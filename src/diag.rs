@@ -56,8 +56,8 @@ impl Diagnostic {
         }
     }
 
-    pub fn at(mut self, location: Location) -> Self {
-        self.location = Some(location);
+    pub fn at(mut self, location: impl Into<Location>) -> Self {
+        self.location = Some(location.into());
         self
     }
 
@@ -71,8 +71,8 @@ impl Diagnostic {
         self
     }
 
-    pub fn note(mut self, location: Location, text: impl Into<String>) -> Self {
-        self.notes.push((location, text.into()));
+    pub fn note(mut self, location: impl Into<Location>, text: impl Into<String>) -> Self {
+        self.notes.push((location.into(), text.into()));
         self
     }
 

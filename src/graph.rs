@@ -106,11 +106,16 @@ pub fn build(project: &Project) -> Result<ServiceGraph, Diagnostics> {
         index.insert(name.clone(), graph.add_node(name.clone()));
     }
 
-    for (name, service) in &project.services {
+    for (i, (name, service)) in project.services.iter().enumerate() {
+        // Services were added in the map's order: the dependent's node is the `i`-th.
+        let from = NodeIndex::new(i);
         for edge in declared_edges(name, service) {
-            match check_edge(project, &edge) {
+            let to = index.get(&edge.to).copied();
+            match check_edge(project, &edge, to.is_some()) {
                 Check::Keep => {
-                    graph.add_edge(index[&edge.from], index[&edge.to], edge);
+                    if let Some(to) = to {
+                        graph.add_edge(from, to, edge);
+                    }
                 }
                 Check::Drop(warning) => warnings.push(warning),
                 Check::Reject(problem) => problems.push(problem),
@@ -118,26 +123,29 @@ pub fn build(project: &Project) -> Result<ServiceGraph, Diagnostics> {
         }
     }
 
-    for cycle in cycles(&graph) {
-        problems.push(cycle_diagnostic(&graph, &cycle));
-    }
-    if problems.has_errors() {
-        return Err(problems);
-    }
-
+    // Most graphs have no cycle: the topological sort proves it without the component search,
+    // which allocates a list per service.
     let order = match toposort(&graph, None) {
         // Edges point from dependent to dependency, so petgraph's order lists dependents first.
         Ok(mut order) => {
             order.reverse();
-            order
+            Some(order)
         }
-        Err(cycle) => {
-            // Unreachable: `cycles` found none. Say so rather than panic.
-            let name = &graph[cycle.node_id()];
-            return Err(Diagnostics(vec![Diagnostic::error(format!(
-                "internal error: a dependency cycle through `{name}` was missed; please report this bug"
-            ))]));
+        Err(_) => None,
+    };
+    if order.is_none() {
+        for cycle in cycles(&graph) {
+            problems.push(cycle_diagnostic(&graph, &cycle));
         }
+    }
+    if problems.has_errors() {
+        return Err(problems);
+    }
+    let Some(order) = order else {
+        // Unreachable: the sort found a cycle, and `cycles` reported it. Say so rather than panic.
+        return Err(Diagnostics(vec![Diagnostic::error(
+            "internal error: a dependency cycle was found but not reported; please report this bug",
+        )]));
     };
 
     Ok(ServiceGraph {
@@ -208,7 +216,8 @@ enum Check {
     Reject(Diagnostic),
 }
 
-fn check_edge(project: &Project, edge: &Edge) -> Check {
+/// `defined`: whether `edge.to` is an enabled service.
+fn check_edge(project: &Project, edge: &Edge, defined: bool) -> Check {
     let how = match edge.kind {
         EdgeKind::DependsOn => "depends on",
         EdgeKind::NetworkMode => "shares the network namespace of",
@@ -231,7 +240,7 @@ fn check_edge(project: &Project, edge: &Edge) -> Check {
             )),
         );
     }
-    if project.services.contains_key(&edge.to) {
+    if defined {
         return Check::Keep;
     }
     if let Some(disabled) = project.disabled.get(&edge.to) {

@@ -108,58 +108,81 @@ impl Pods {
 }
 
 /// Works out the pods and colocations of `project`'s enabled services.
+///
+/// Linear in the services and their references (sets are grouped by their representative in
+/// vectors, not maps, and each tie is filed under its colocation once): it runs on every load,
+/// for projects of tens of thousands of services.
 pub fn of(project: &Project) -> Pods {
+    // Sorted (the services are a `BTreeMap`): a name's index is found by binary search.
     let names: Vec<&str> = project.services.keys().map(String::as_str).collect();
-    let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let index = |name: &str| names.binary_search(&name).ok();
 
     // Pods: network namespaces joined by `network_mode: service:X`.
+    let joins: Vec<Option<usize>> = project
+        .services
+        .values()
+        .map(|s| s.network_mode_service().and_then(index))
+        .collect();
     let mut netns = Sets::new(names.len());
-    for (i, service) in project.services.values().enumerate() {
-        if let Some(&j) = service.network_mode_service().and_then(|to| index.get(to)) {
+    for (i, j) in joins.iter().enumerate() {
+        if let Some(j) = *j {
             netns.union(i, j);
         }
     }
-    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    // A set's representative is its smallest member, so groups come out in name order of their
+    // first member, each with its members in name order.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of_root = vec![usize::MAX; names.len()];
     for i in 0..names.len() {
-        groups.entry(netns.find(i)).or_default().push(i);
+        let r = netns.find(i);
+        if group_of_root[r] == usize::MAX {
+            group_of_root[r] = groups.len();
+            groups.push(Vec::new());
+        }
+        groups[group_of_root[r]].push(i);
     }
-    let mut pods: Vec<Pod> = groups
-        .into_values()
+    // Each pod with its members' indexes, which give the services' pod indexes once the pods
+    // are sorted (no name is looked up again).
+    let mut pods: Vec<(Pod, Vec<usize>)> = groups
+        .into_iter()
         .map(|members| {
-            let joins_known = |i: usize| {
-                project.services[names[i]]
-                    .network_mode_service()
-                    .is_some_and(|to| index.contains_key(to))
-            };
             // Members are in name order: with no root (a cycle) the first one names the pod.
             let root = members
                 .iter()
                 .copied()
-                .find(|&i| !joins_known(i))
+                .find(|&i| joins[i].is_none())
                 .unwrap_or(members[0]);
-            Pod {
+            let pod = Pod {
                 name: names[root].to_string(),
                 services: members.iter().map(|&i| names[i].to_string()).collect(),
-            }
+            };
+            (pod, members)
         })
         .collect();
-    pods.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut pod_of = BTreeMap::new();
-    for (p, pod) in pods.iter().enumerate() {
-        for s in &pod.services {
-            pod_of.insert(s.clone(), p);
+    pods.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    // Service index → pod index.
+    let mut pod_index = vec![0; names.len()];
+    for (p, (_, members)) in pods.iter().enumerate() {
+        for &i in members {
+            pod_index[i] = p;
         }
     }
+    let pods: Vec<Pod> = pods.into_iter().map(|(pod, _)| pod).collect();
+    let pod_of: BTreeMap<String, usize> = names
+        .iter()
+        .zip(&pod_index)
+        .map(|(n, &p)| (n.to_string(), p))
+        .collect();
 
     // Colocations: pods tied to one host by `volumes_from` or a shared local volume.
     let mut host = Sets::new(pods.len());
     let mut ties: Vec<(usize, Tie)> = Vec::new();
     let mut volume_users: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (name, service) in &project.services {
-        let p = pod_of[name];
+    for (i, service) in project.services.values().enumerate() {
+        let p = pod_index[i];
         for entry in &service.volumes_from {
-            if let Some(&q) = volumes_from_service(entry).and_then(|to| pod_of.get(to)) {
-                if host.union(p, q) {
+            if let Some(q) = volumes_from_service(entry).and_then(index) {
+                if host.union(p, pod_index[q]) {
                     ties.push((p, Tie::VolumesFrom));
                 }
             }
@@ -184,20 +207,25 @@ pub fn of(project: &Project) -> Pods {
             }
         }
     }
-    let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for p in 0..pods.len() {
-        members.entry(host.find(p)).or_default().push(p);
-    }
     // Pods are in name order, so each list is too, and its first pod names the colocation.
-    let mut colocations: Vec<Colocation> = members
-        .into_values()
-        .map(|list| {
-            let root = host.find(list[0]);
-            let mut why: Vec<Tie> = ties
-                .iter()
-                .filter(|(p, _)| host.find(*p) == root)
-                .map(|(_, t)| *t)
-                .collect();
+    let mut lists: Vec<Vec<usize>> = Vec::new();
+    let mut list_of_root = vec![usize::MAX; pods.len()];
+    for p in 0..pods.len() {
+        let r = host.find(p);
+        if list_of_root[r] == usize::MAX {
+            list_of_root[r] = lists.len();
+            lists.push(Vec::new());
+        }
+        lists[list_of_root[r]].push(p);
+    }
+    let mut why: Vec<Vec<Tie>> = vec![Vec::new(); lists.len()];
+    for (p, tie) in &ties {
+        why[list_of_root[host.find(*p)]].push(*tie);
+    }
+    let mut colocations: Vec<Colocation> = lists
+        .into_iter()
+        .zip(why)
+        .map(|(list, mut why)| {
             why.sort();
             why.dedup();
             Colocation {

@@ -147,7 +147,5 @@ fn label_keys(labels: Option<&Node>) -> Vec<(&str, &Node)> {
 }
 
 fn over(limit: Limit, max: u64, message: String, at: &Node) -> Diagnostic {
-    Diagnostic::error(message)
-        .at(at.loc.clone())
-        .hint(limit.hint(max))
+    Diagnostic::error(message).at(at.loc).hint(limit.hint(max))
 }

@@ -219,7 +219,7 @@ fn walk(node: &mut Node, t: &Trie, at: &At<'_>, diags: &mut Vec<Diagnostic>) -> 
             Err(want) => {
                 diags.push(
                     Diagnostic::error(format!("`{}` must be {want}, found `{s}`", at.dotted()))
-                        .at(node.loc.clone())
+                        .at(node.loc)
                         .hint(match kind {
                             Kind::Bool => "write `true` or `false` (compose also reads `yes`/`no`, `on`/`off`, `y`/`n`)",
                             _ => "write a number, or set the variable to one",

@@ -75,7 +75,7 @@ pub fn merge_service(base: Node, over: Node) -> Node {
     if over.is_null() {
         return base;
     }
-    let loc = over.loc.clone();
+    let loc = over.loc;
     match (base.value, over.value) {
         (Value::Map(mut b), Value::Map(o)) => {
             merge_entries(&mut b, o, |name, bv, v| match name {
@@ -109,7 +109,7 @@ pub fn merge_service(base: Node, over: Node) -> Node {
 /// Mappings merge recursively, sequences append without duplicates (except where replaced),
 /// scalars are replaced.
 fn merge_generic(base: Node, over: Node, path: &[&str]) -> Node {
-    let loc = over.loc.clone();
+    let loc = over.loc;
     match (base.value, over.value) {
         (Value::Map(mut b), Value::Map(o)) => {
             merge_entries(&mut b, o, |name, bv, v| {
@@ -141,7 +141,7 @@ fn merge_generic(base: Node, over: Node, path: &[&str]) -> Node {
 
 /// Merges two sequences where an entry of `over` replaces the entry of `base` with the same key.
 fn merge_keyed(base: Node, over: Node, key: fn(&Node) -> Option<String>) -> Node {
-    let loc = over.loc.clone();
+    let loc = over.loc;
     match (base.value, over.value) {
         (Value::Seq(mut b), Value::Seq(o)) => {
             for item in o {
@@ -206,7 +206,7 @@ fn hosts_seq(n: Node) -> Node {
     let mut items = Vec::with_capacity(entries.len());
     for (k, v) in entries {
         let host = k.scalar_text().unwrap_or_default();
-        let loc = v.loc.clone();
+        let loc = v.loc;
         let addresses: Vec<String> = match &v.value {
             Value::Seq(a) => a.iter().filter_map(Node::scalar_text).collect(),
             Value::Null => {
@@ -216,7 +216,7 @@ fn hosts_seq(n: Node) -> Node {
             _ => v.scalar_text().into_iter().collect(),
         };
         for a in addresses {
-            items.push(Node::new(Value::Str(format!("{host}={a}")), loc.clone()));
+            items.push(Node::new(Value::Str(format!("{host}={a}")), loc));
         }
     }
     items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
@@ -227,7 +227,7 @@ fn hosts_seq(n: Node) -> Node {
 fn as_seq(n: Node) -> Node {
     match n.value {
         Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
-            let loc = n.loc.clone();
+            let loc = n.loc;
             Node::new(Value::Seq(vec![n]), loc)
         }
         _ => n,
@@ -237,8 +237,8 @@ fn as_seq(n: Node) -> Node {
 fn build_map(n: Node) -> Node {
     match n.value {
         Value::Str(_) => {
-            let key = Node::new(Value::Str("context".into()), n.loc.clone());
-            let loc = n.loc.clone();
+            let key = Node::new(Value::Str("context".into()), n.loc);
+            let loc = n.loc;
             Node::new(Value::Map(vec![(key, n)]), loc)
         }
         _ => n,
@@ -252,7 +252,7 @@ pub fn to_map(n: Node, split: bool) -> Node {
     };
     let mut entries = Vec::with_capacity(items.len());
     for item in items {
-        let loc = item.loc.clone();
+        let loc = item.loc;
         let text = item.scalar_text().unwrap_or_default();
         let (k, v) = if split {
             match text.split_once('=') {
@@ -262,7 +262,7 @@ pub fn to_map(n: Node, split: bool) -> Node {
         } else {
             (text.clone(), Value::Null)
         };
-        entries.push((Node::new(Value::Str(k), loc.clone()), Node::new(v, loc)));
+        entries.push((Node::new(Value::Str(k), loc), Node::new(v, loc)));
     }
     Node::new(Value::Map(entries), n.loc)
 }

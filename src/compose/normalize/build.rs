@@ -54,8 +54,11 @@ pub(super) fn build(ctx: &mut Ctx<'_>, v: &Node) -> Option<Build> {
                                 _ => item.as_str(),
                             };
                             if let Some(source) = source {
-                                ctx.refs
-                                    .push(("secret", source.to_string(), item.loc.clone()));
+                                ctx.refs.push((
+                                    "secret",
+                                    source.to_string(),
+                                    Location::from(item.loc),
+                                ));
                             }
                         }
                         b.extra.insert(k.to_string(), bv.to_json());

@@ -36,7 +36,7 @@ pub(super) fn deploy(
                         // docker compose prints any text here; the fleet cannot run it.
                         ctx.cannot_run(
                             format!("unknown deploy mode `{m}`"),
-                            &dv.loc,
+                            &Location::from(dv.loc),
                             Some("use `replicated` or `global`"),
                         );
                     }
@@ -47,7 +47,7 @@ pub(super) fn deploy(
                 d.replicas = ctx.u32(dv, "`deploy.replicas`").and_then(|n| {
                     crate::compose::bounds::replicas(ctx, dv, n, "`deploy.replicas`")
                 });
-                spans.replicas = Some(dv.loc.clone());
+                spans.replicas = Some(Location::from(dv.loc));
             }
             "resources" => {
                 for (rk, rname, rv) in ctx.entries(dv, "`deploy.resources`") {
@@ -77,7 +77,7 @@ pub(super) fn deploy(
                             for c in pv.as_seq().unwrap_or_default() {
                                 if let Some(s) = ctx.string(c, "a placement constraint") {
                                     d.placement.constraints.push(s);
-                                    spans.constraints.push(c.loc.clone());
+                                    spans.constraints.push(Location::from(c.loc));
                                 }
                             }
                         }

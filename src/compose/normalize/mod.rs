@@ -52,17 +52,16 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn error(&mut self, at: &Node, msg: impl Into<String>) {
-        self.diags.push(Diagnostic::error(msg).at(at.loc.clone()));
+        self.diags.push(Diagnostic::error(msg).at(at.loc));
     }
 
     fn error_hint(&mut self, at: &Node, msg: impl Into<String>, hint: impl Into<String>) {
         self.diags
-            .push(Diagnostic::error(msg).at(at.loc.clone()).hint(hint));
+            .push(Diagnostic::error(msg).at(at.loc).hint(hint));
     }
 
     fn unknown_key(&mut self, key: &Node, name: &str, place: &str, known: &[&str]) {
-        let mut d =
-            Diagnostic::error(format!("unknown key `{name}` in {place}")).at(key.loc.clone());
+        let mut d = Diagnostic::error(format!("unknown key `{name}` in {place}")).at(key.loc);
         if let Some(s) = ledger::suggest(name, known) {
             d = d.label(format!("did you mean `{s}`?"));
         } else {
@@ -295,7 +294,7 @@ impl Ctx<'_> {
                 "{what} runs `{}` only: docker compose splits a string {what} into words without a shell, and drops `{rest}` at the shell operator",
                 words.join(" ")
             ))
-            .at(node.loc.clone())
+            .at(node.loc)
             .hint(format!(
                 "to run the whole line through a shell, write it as a list: `[\"sh\", \"-c\", {}]`",
                 serde_json::Value::String(s.to_string())
@@ -338,7 +337,8 @@ pub(super) fn shown(node: &Node) -> String {
 }
 
 fn record(ctx: &mut Ctx<'_>, key: &str, service: &str, rule: Rule, at: &Node) {
-    ctx.ledger.record(key, Some(service), rule, &at.loc);
+    ctx.ledger
+        .record(key, Some(service), rule, &Location::from(at.loc));
     match rule.status {
         Status::Honoured => {}
         Status::Accepted => {
@@ -348,7 +348,7 @@ fn record(ctx: &mut Ctx<'_>, key: &str, service: &str, rule: Rule, at: &Node) {
                         "`{key}` in service `{service}` is accepted but not honoured: {}",
                         rule.reason
                     ))
-                    .at(at.loc.clone()),
+                    .at(at.loc),
                 );
             }
         }
@@ -357,7 +357,7 @@ fn record(ctx: &mut Ctx<'_>, key: &str, service: &str, rule: Rule, at: &Node) {
                 "`{key}` in service `{service}` cannot run on the fleet: {}",
                 rule.reason
             ),
-            &at.loc,
+            &Location::from(at.loc),
             None,
         ),
     }

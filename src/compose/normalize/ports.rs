@@ -50,12 +50,12 @@ pub(super) fn ports(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                         "port {} of service `{}` is published on host port 0 (one the engine picks), which the fleet cannot do",
                         p.target, svc.name
                     ),
-                    &item.loc,
+                    &Location::from(item.loc),
                     Some("publish a fixed host port, e.g. `8080:80`, or leave the host port out to only expose it"),
                 );
             }
             svc.ports.push(p);
-            svc.spans.ports.push(item.loc.clone());
+            svc.spans.ports.push(Location::from(item.loc));
         }
     }
 }

@@ -34,7 +34,7 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
         name: name.to_string(),
         ..Service::default()
     };
-    svc.spans.name = key.loc.clone();
+    svc.spans.name = Location::from(key.loc);
     let place = format!("service `{name}`");
     let mut later = Deferred::default();
     for (k, kname, v) in ctx.entries(node, &place) {
@@ -77,8 +77,8 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
             Diagnostic::error(format!(
                 "service `{name}` sets both `network_mode` and `networks`"
             ))
-            .at(nets.loc.clone())
-            .note(nm.loc.clone(), "`network_mode` is set here")
+            .at(nets.loc)
+            .note(nm.loc, "`network_mode` is set here")
             .hint(
                 "a service either joins networks or shares another namespace: remove one of them",
             ),
@@ -123,11 +123,11 @@ fn key_value<'n>(
     match kname {
         "image" => {
             svc.image = ctx.opt_string(v, "`image`");
-            svc.spans.image = Some(v.loc.clone());
+            svc.spans.image = Some(Location::from(v.loc));
         }
         "build" => {
             svc.build = build(ctx, v);
-            svc.spans.build = Some(v.loc.clone());
+            svc.spans.build = Some(Location::from(v.loc));
         }
         "command" => svc.command = ctx.command(v, "`command`"),
         "entrypoint" => svc.entrypoint = ctx.command(v, "`entrypoint`"),
@@ -197,7 +197,7 @@ fn key_value<'n>(
         }
         "container_name" => {
             svc.container_name = ctx.opt_string(v, "`container_name`");
-            svc.spans.container_name = Some(v.loc.clone());
+            svc.spans.container_name = Some(Location::from(v.loc));
             if let Some(c) = svc
                 .container_name
                 .as_deref()
@@ -245,7 +245,9 @@ fn key_value<'n>(
             svc.scale = ctx
                 .u32(v, "`scale`")
                 .and_then(|n| crate::compose::bounds::replicas(ctx, v, n, "`scale`"));
-            svc.spans.replicas.get_or_insert_with(|| v.loc.clone());
+            svc.spans
+                .replicas
+                .get_or_insert_with(|| Location::from(v.loc));
         }
         // `extends` is resolved before normalization.
         "extends" => {}
@@ -423,7 +425,7 @@ fn service_refs(ctx: &mut Ctx<'_>, v: &Node, what: &str) -> Vec<(String, Locatio
     v.as_seq()
         .unwrap_or_default()
         .iter()
-        .filter_map(|item| Some((ctx.string(item, what)?, item.loc.clone())))
+        .filter_map(|item| Some((ctx.string(item, what)?, Location::from(item.loc))))
         .collect()
 }
 
@@ -441,7 +443,7 @@ fn restart(ctx: &mut Ctx<'_>, v: &Node) -> Option<String> {
     // docker compose prints any text here; the fleet cannot run it.
     ctx.cannot_run(
         format!("`restart: {r}` is not a restart policy"),
-        &v.loc,
+        &Location::from(v.loc),
         Some("use `no`, `always`, `on-failure[:N]` or `unless-stopped`"),
     );
     Some(r)
@@ -456,7 +458,7 @@ fn network_mode(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) -> Option<String
     if let Some(target) = crate::compose::model::service_ref(&m) {
         svc.spans
             .dependencies
-            .insert(target.to_string(), v.loc.clone());
+            .insert(target.to_string(), Location::from(v.loc));
     } else if m.starts_with("container:") {
         retag(
             ctx,
@@ -467,7 +469,7 @@ fn network_mode(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) -> Option<String
         );
         ctx.cannot_run(
             format!("`network_mode: {m}` in service `{name}` cannot run on the fleet"),
-            &v.loc,
+            &Location::from(v.loc),
             Some("containers outside the project do not exist on the hosts; use `network_mode: service:NAME`"),
         );
     } else if m == "host" || m == "none" {
@@ -479,7 +481,7 @@ fn network_mode(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) -> Option<String
             Diagnostic::warning(format!(
                 "`network_mode: {m}` in service `{name}` is accepted but not honoured: {reason}"
             ))
-            .at(v.loc.clone()),
+            .at(v.loc),
         );
     }
     Some(m)
@@ -529,7 +531,7 @@ fn fold_legacy(
         legacy
             .iter()
             .find(|(k, _)| *k == key)
-            .map_or_else(|| svc.spans.name.clone(), |(_, n)| n.loc.clone())
+            .map_or_else(|| svc.spans.name.clone(), |(_, n)| Location::from(n.loc))
     };
     // Compose refuses a legacy key and its `deploy` spelling with different values.
     let mut conflicts: Vec<(&str, &str, Location)> = Vec::new();
@@ -542,7 +544,7 @@ fn fold_legacy(
                 ))
                 .hint("keep one of them (`deploy.replicas` is the current spelling)");
                 let d = match scale_node {
-                    Some(n) => d.at(n.loc.clone()),
+                    Some(n) => d.at(n.loc),
                     None => d.at(svc.spans.name.clone()),
                 };
                 ctx.diags.push(d);
@@ -618,7 +620,9 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
         Value::Seq(items) => {
             for item in items {
                 if let Some(s) = ctx.string(item, "a `depends_on` entry") {
-                    svc.spans.dependencies.insert(s.clone(), item.loc.clone());
+                    svc.spans
+                        .dependencies
+                        .insert(s.clone(), Location::from(item.loc));
                     svc.depends_on.insert(
                         s,
                         Dependency {
@@ -681,7 +685,7 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                 }
                 svc.spans
                     .dependencies
-                    .insert(name.to_string(), k.loc.clone());
+                    .insert(name.to_string(), Location::from(k.loc));
                 svc.depends_on.insert(name.to_string(), dep);
             }
         }
@@ -714,7 +718,7 @@ fn healthcheck(ctx: &mut Ctx<'_>, service: &str, v: &Node) -> Option<Healthcheck
                                     Diagnostic::warning(
                                         "`test: NONE` written as a string is the shell command `NONE` (as in docker compose), which fails: the service would never be healthy",
                                     )
-                                    .at(hv.loc.clone())
+                                    .at(hv.loc)
                                     .hint("to turn the healthcheck off, write `test: [\"NONE\"]` or `disable: true`"),
                                 );
                             }
@@ -753,14 +757,18 @@ fn service_networks(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
         Value::Seq(items) => {
             for item in items {
                 if let Some(n) = ctx.string(item, "a network name") {
-                    svc.spans.networks.insert(n.clone(), item.loc.clone());
+                    svc.spans
+                        .networks
+                        .insert(n.clone(), Location::from(item.loc));
                     svc.networks.insert(n, None);
                 }
             }
         }
         _ => {
             for (key, name, nv) in ctx.entries(v, "`networks`") {
-                svc.spans.networks.insert(name.to_string(), key.loc.clone());
+                svc.spans
+                    .networks
+                    .insert(name.to_string(), Location::from(key.loc));
                 if nv.is_null() {
                     svc.networks.insert(name.to_string(), None);
                     continue;
@@ -815,7 +823,7 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
                     match name {
                         "source" => {
                             r.source = ctx.string(fv, "`source`").unwrap_or_default();
-                            source_at = Some(fv.loc.clone());
+                            source_at = Some(fv.loc);
                         }
                         "target" => r.target = ctx.string(fv, "`target`"),
                         "uid" => r.uid = ctx.string(fv, "`uid`"),
@@ -853,7 +861,7 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
                     ctx.error(item, format!("a {what} reference needs `source`"));
                     continue;
                 }
-                out.push((r, source_at.unwrap_or_else(|| item.loc.clone())));
+                out.push((r, source_at.unwrap_or(item.loc)));
             }
             _ => {
                 if let Some(s) = ctx.string(item, &format!("a {what} reference")) {
@@ -862,14 +870,14 @@ fn file_refs(ctx: &mut Ctx<'_>, v: &Node, what: &'static str) -> Vec<FileReferen
                             source: s,
                             ..FileReference::default()
                         },
-                        item.loc.clone(),
+                        item.loc,
                     ));
                 }
             }
         }
     }
     for (r, at) in &out {
-        ctx.refs.push((what, r.source.clone(), at.clone()));
+        ctx.refs.push((what, r.source.clone(), Location::from(*at)));
     }
     out.into_iter().map(|(r, _)| r).collect()
 }
@@ -1048,7 +1056,7 @@ fn negative_cpus(ctx: &mut Ctx<'_>, v: &Node) -> Option<f64> {
             "`cpus: {}` is negative",
             v.scalar_text().unwrap_or_default()
         ),
-        &v.loc,
+        &Location::from(v.loc),
         Some("give the number of CPUs the service may use, such as `0.5`"),
     );
     Some(n)

@@ -77,7 +77,7 @@ pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                     vol.source = vol.source.map(|s| host_path(ctx, &s));
                 }
                 svc.volumes.push(vol);
-                svc.spans.volumes.push(item.loc.clone());
+                svc.spans.volumes.push(Location::from(item.loc));
             }
             _ => {
                 let Some(s) = ctx.string(item, "a volume") else {
@@ -86,7 +86,7 @@ pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                 match parse_volume(ctx, &s) {
                     Ok(vol) => {
                         svc.volumes.push(vol);
-                        svc.spans.volumes.push(item.loc.clone());
+                        svc.spans.volumes.push(Location::from(item.loc));
                     }
                     Err(m) => ctx.error_hint(
                         item,

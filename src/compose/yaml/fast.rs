@@ -18,10 +18,9 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span, StrInput, Tag as YamlTag};
+use serde_saphyr::granit_parser::{self, Event, Parser, ScalarStyle, StrInput, Tag as YamlTag};
 
-use super::super::model::Location;
-use super::{Node, Tag, Value};
+use super::{FileId, Node, Span, Tag, Value};
 
 /// Why the fast path stopped: the caller parses the file the established way.
 pub(super) struct GiveUp;
@@ -45,7 +44,7 @@ pub(super) fn parse(
     options.emit_comments = false;
     let mut b = Builder {
         parser: Parser::new_from_str_with_options(text, options),
-        file,
+        file: FileId::of(file),
         text,
         anchors: Vec::new(),
         events: 0,
@@ -63,7 +62,7 @@ pub(super) fn parse(
 
 struct Builder<'a> {
     parser: Parser<'a, StrInput<'a>>,
-    file: &'a Arc<str>,
+    file: FileId,
     text: &'a str,
     /// Each anchor's node and how many events serde-saphyr records (and replays) for it.
     anchors: Vec<Option<(Node, usize)>>,
@@ -96,17 +95,8 @@ enum Ev<'a> {
     StreamEnd,
 }
 
-/// Where an event is: a [`Location`] without the file.
-#[derive(Clone, Copy)]
-struct Pos {
-    line: u32,
-    column: u32,
-    offset: usize,
-    len: usize,
-}
-
 impl<'a> Builder<'a> {
-    fn next(&mut self) -> R<(Ev<'a>, Pos)> {
+    fn next(&mut self) -> R<(Ev<'a>, Span)> {
         let Some(Ok((ev, span))) = self.parser.next_event() else {
             return Err(GiveUp);
         };
@@ -126,28 +116,20 @@ impl<'a> Builder<'a> {
         Ok((ev, self.pos(&span)))
     }
 
-    fn pos(&self, span: &Span) -> Pos {
+    fn pos(&self, span: &granit_parser::Span) -> Span {
         let text = self.text;
         let offset = span
             .start
             .byte_offset()
             .unwrap_or_else(|| super::char_to_byte(text, span.start.index()))
             .min(text.len());
-        Pos {
-            line: u32::try_from(span.start.line()).unwrap_or(u32::MAX),
-            column: u32::try_from(span.start.col() + 1).unwrap_or(u32::MAX),
-            offset,
-            len: span.len().min(text.len() - offset),
-        }
-    }
-
-    fn location(&self, p: Pos) -> Location {
-        Location {
-            file: self.file.clone(),
-            line: p.line,
-            column: p.column,
-            offset: p.offset,
-            len: p.len,
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Span {
+            file: self.file,
+            line: clamp(span.start.line()),
+            column: clamp(span.start.col() + 1),
+            offset: clamp(offset),
+            len: clamp(span.len().min(text.len() - offset)),
         }
     }
 
@@ -177,7 +159,7 @@ impl<'a> Builder<'a> {
     }
 
     /// One node, from its first event; also its tag (which only values and items keep).
-    fn node(&mut self, ev: Ev<'a>, pos: Pos, depth: usize) -> R<(Node, Tag)> {
+    fn node(&mut self, ev: Ev<'a>, pos: Span, depth: usize) -> R<(Node, Tag)> {
         let before = self.events;
         let (node, tag, anchor) = match ev {
             Ev::Alias(id) => {
@@ -192,20 +174,20 @@ impl<'a> Builder<'a> {
                 }
                 let mut node = node.clone();
                 let tag = std::mem::take(&mut node.tag);
-                relocate(&mut node, &self.location(pos));
+                relocate(&mut node, pos);
                 (node, tag, 0)
             }
             Ev::Scalar(v, style, anchor, tag) => {
                 self.events += 1;
                 let value = scalar(v, style)?;
-                (Node::new(value, self.location(pos)), tag, anchor)
+                (Node::new(value, pos), tag, anchor)
             }
             Ev::Seq(anchor, tag) => {
                 self.events += 1;
                 if depth >= self.max_depth {
                     return Err(GiveUp);
                 }
-                let loc = self.location(pos);
+                let loc = pos;
                 let start = self.items.len();
                 loop {
                     let (ev, pos) = self.next()?;
@@ -225,7 +207,7 @@ impl<'a> Builder<'a> {
                 if depth >= self.max_depth {
                     return Err(GiveUp);
                 }
-                let loc = self.location(pos);
+                let loc = pos;
                 let entries = self.mapping(depth)?;
                 (Node::new(Value::Map(entries), loc), tag, anchor)
             }
@@ -303,7 +285,7 @@ impl<'a> Builder<'a> {
     fn merge(
         &mut self,
         ev: Ev<'a>,
-        pos: Pos,
+        pos: Span,
         depth: usize,
         merged: &mut Vec<(Node, Node)>,
     ) -> R<()> {
@@ -427,8 +409,8 @@ fn scalar(v: Cow<'_, str>, style: ScalarStyle) -> R<Value> {
 
 /// Every node of an aliased subtree is located at the alias, as serde-saphyr's use-site
 /// location (`Spanned::referenced`) has it.
-fn relocate(node: &mut Node, at: &Location) {
-    node.loc = at.clone();
+fn relocate(node: &mut Node, at: Span) {
+    node.loc = at;
     match &mut node.value {
         Value::Seq(items) => items.iter_mut().for_each(|i| relocate(i, at)),
         Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
