@@ -724,6 +724,7 @@ fn change_str(c: &Change) -> String {
         Change::Replace => "replace".into(),
         Change::Restart => "restart".into(),
         Change::Remove(r) => format!("remove ({})", reason_str(r)),
+        Change::Retire => "retire the outgoing generation".into(),
     }
 }
 
@@ -1115,6 +1116,10 @@ fn describe(p: &Progress) -> Option<(String, String)> {
                 format!("{pod}@{host}"),
                 format!("removing ({})", reason_str(reason)),
             ),
+            Action::Retire { host, pod } => (
+                format!("{pod}@{host}"),
+                "retiring the outgoing generation (out of the service map, then stopped)".into(),
+            ),
             _ => return None,
         },
         Progress::Event(e) => match e {
@@ -1123,6 +1128,10 @@ fn describe(p: &Progress) -> Option<(String, String)> {
             Event::Unhealthy(at) => (at.to_string(), "unhealthy".into()),
             Event::Exited(at, code) => (at.to_string(), format!("exited with code {code}")),
             Event::Removed { host, pod } => (format!("{pod}@{host}"), "removed".into()),
+            Event::Retired { host, pod } => (
+                format!("{pod}@{host}"),
+                "outgoing generation retired".into(),
+            ),
             Event::ActionFailed { host, pod, reason } => {
                 (format!("{pod}@{host}"), format!("failed: {reason}"))
             }
@@ -1173,6 +1182,7 @@ fn to_json(p: &Progress) -> serde_json::Value {
             Action::Remove { host, pod, reason } => json!({
                 "event": "remove", "host": host, "pod": pod, "reason": reason_str(reason),
             }),
+            Action::Retire { host, pod } => json!({"event": "retire", "host": host, "pod": pod}),
             other => json!({"event": "action", "action": format!("{other:?}")}),
         },
         Progress::Event(e) => {
@@ -1188,6 +1198,9 @@ fn to_json(p: &Progress) -> serde_json::Value {
                 }
                 Event::Removed { host, pod } => {
                     json!({"event": "removed", "host": host, "pod": pod})
+                }
+                Event::Retired { host, pod } => {
+                    json!({"event": "retired", "host": host, "pod": pod})
                 }
                 Event::ActionFailed { host, pod, reason } => {
                     json!({"event": "action_failed", "host": host, "pod": pod, "reason": reason})

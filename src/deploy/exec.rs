@@ -660,6 +660,7 @@ pub fn prepare(
                     spec_hash: p.spec_hash.clone(),
                     services: p.containers.iter().map(|c| c.service.clone()).collect(),
                     stopped: p.containers.iter().any(|c| c.stopped),
+                    outgoing: p.outgoing.is_some(),
                 })
                 .collect();
             (host.clone(), pods)
@@ -692,6 +693,10 @@ pub fn prepare(
             })
             .collect(),
     );
+    // Order (start-first unless a host port forbids it) and `max_failure_ratio`.
+    warnings.extend(super::rollout::configure(
+        &mut flow, project, &managed, &desired, &diff,
+    ));
     Ok(Prepared {
         desired,
         diff,
@@ -936,7 +941,7 @@ pub async fn run(
                         }
                     }
                     let network = networks.get(&host);
-                    let req = apply_pods(
+                    let mut req = apply_pods(
                         project,
                         &opts.registry_auth,
                         insecure_registries,
@@ -945,6 +950,9 @@ pub async fn run(
                         Vec::new(),
                         opts.fences.get(&host).copied(),
                     );
+                    if matches!(action, Action::Replace { .. }) && flow.start_first(&host, &pod) {
+                        super::rollout::ask_start_first(&mut req, &pod);
+                    }
                     let first = restart.then(|| {
                         apply_pods(
                             project,
@@ -1018,6 +1026,37 @@ pub async fn run(
                             Ok(_) => Answer::Event(Event::Removed { host, pod }),
                             Err(e) => Answer::Event(lost_or_failed(host, pod, e)),
                         }
+                    });
+                }
+                Action::Retire { ref host, ref pod } => {
+                    emit(Progress::Issued(action.clone()));
+                    let (host, pod) = (host.clone(), pod.clone());
+                    let Some(conn) = hosts.get(&host).cloned() else {
+                        events.push_back(Event::HostLost {
+                            host,
+                            reason: "not connected".into(),
+                        });
+                        continue;
+                    };
+                    // Every host's map leaves the old generation out before it stops: the
+                    // push in flight (with older statuses) lands first, then this one.
+                    publisher.finish().await;
+                    let mut req = apply_pods(
+                        project,
+                        &opts.registry_auth,
+                        insecure_registries,
+                        networks.get(&host),
+                        Vec::new(),
+                        Vec::new(),
+                        opts.fences.get(&host).copied(),
+                    );
+                    super::rollout::ask_retire(&mut req, &pod);
+                    let (map, timeout) = (opts.service_map.clone(), opts.request_timeout);
+                    let all = hosts.clone();
+                    tasks.spawn(async move {
+                        Answer::Event(
+                            super::rollout::retire(&all, &conn, map, req, host, pod, timeout).await,
+                        )
                     });
                 }
                 Action::Warn(w) => emit(Progress::Warning(w)),
@@ -1317,10 +1356,12 @@ fn apply_pods(
         registry_auth: auth.clone(),
         insecure_registries: insecure.to_vec(),
         fence,
+        start_first: Vec::new(),
+        retire: Vec::new(),
     })
 }
 
-fn lost_or_failed(host: String, pod: String, e: SshError) -> Event {
+pub(super) fn lost_or_failed(host: String, pod: String, e: SshError) -> Event {
     match e.class {
         ErrorClass::Unreachable | ErrorClass::Timeout => Event::HostLost {
             host,
@@ -1577,6 +1618,8 @@ mod tests {
                 name: p.name.clone(),
                 spec_hash: p.spec_hash.clone(),
                 ip: None,
+                instance: None,
+                outgoing: None,
                 containers: p
                     .containers
                     .iter()

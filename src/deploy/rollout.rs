@@ -2,6 +2,19 @@
 //! a rollback (or any re-application of recorded pods) batch by batch, as [`super::release`]
 //! decided, waiting for each batch to be ready before the next. It never prints: what happens
 //! goes to the caller as [`Note`]s.
+//!
+//! Also the rolling update's order as `up` carries it out ([`configure`], [`retire`]):
+//!
+//! ```text
+//!  CLI                                   agent of the replica's host        every agent
+//!   │ ApplyPods{pods:[web-1'], start_first:[web-1]}
+//!   │ ───────────────────────────────────▶ │ web-1' starts beside web-1 (own netns, address,
+//!   │                                      │ cgroups: instance `web-1.b`); web-1 still serves
+//!   │ Status … web-1' healthy (or running) │
+//!   │ Services (map without web-1) ─────────────────────────────────────────▶ │ VIPs, DNS
+//!   │ ApplyPods{retire:[web-1]} ─────────▶ │ web-1 leaves the local sets, gets its
+//!   │                                      │ stop_signal, stop_grace_period, is removed
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -151,11 +164,102 @@ pub struct Target<'a> {
     pub poll: Duration,
 }
 
+/// Tells the flow how `up` rolls each managed service: start-first unless its policy says
+/// stop-first or a published host port forbids it, and its `max_failure_ratio` (all failures
+/// tolerated with `failure_action: continue`). Returns what to tell the user: the services that
+/// this run replaces stop-first because of a host port.
+pub fn configure(
+    flow: &mut super::flow::Flow,
+    project: &crate::compose::model::Project,
+    managed: &BTreeSet<String>,
+    desired: &super::desired::Desired,
+    diff: &super::diff::Diff,
+) -> Vec<String> {
+    let mut start_first = BTreeSet::new();
+    let mut tolerance = BTreeMap::new();
+    for s in managed {
+        let p = release::policy(project, s, false);
+        if p.start_first {
+            start_first.insert(s.clone());
+        }
+        let ratio = match p.failure_action {
+            release::FailureAction::Continue => 1.0,
+            _ => p.max_failure_ratio,
+        };
+        tolerance.insert(s.clone(), ratio);
+    }
+    flow.set_start_first(start_first.clone());
+    flow.set_failure_tolerance(tolerance);
+    let replaced: BTreeSet<&str> = diff
+        .hosts
+        .iter()
+        .flat_map(|(h, d)| d.replace.iter().filter_map(move |p| desired.pod(h, p)))
+        .flat_map(|p| p.containers.iter().map(|c| c.service.as_str()))
+        .collect();
+    replaced
+        .into_iter()
+        .filter(|s| !start_first.contains(*s))
+        .filter_map(|s| {
+            let svc = project.services.get(s)?;
+            let port = svc.ports.iter().find_map(|p| p.published.clone())?;
+            Some(format!(
+                "`{s}` is replaced stop-first: it publishes host port {port}, which two                  generations of a replica cannot bind at once (each replica stops before its                  replacement starts; put a front service before it to roll it start-first)"
+            ))
+        })
+        .collect()
+}
+
+/// Makes `req` (an `ApplyPods` of pod `pod`) replace it start-first.
+pub fn ask_start_first(req: &mut Request, pod: &str) {
+    if let Request::ApplyPods(r) = req {
+        r.start_first = vec![pod.to_string()];
+    }
+}
+
+/// Makes `req` (an `ApplyPods`) retire the outgoing generation of pod `pod`.
+pub fn ask_retire(req: &mut Request, pod: &str) {
+    if let Request::ApplyPods(r) = req {
+        r.retire = vec![pod.to_string()];
+    }
+}
+
+/// Retires the outgoing generation of `pod` on `conn`'s host: first the service map, rebuilt
+/// from every host's status (it leaves an outgoing generation out once the new one serves), goes
+/// to every host, so that no host still sends it connections; then `req` (an `ApplyPods` with
+/// `retire`) takes it out of the local sets and stops it with its `stop_signal` and
+/// `stop_grace_period`. Answers [`Event::Retired`](super::flow::Event::Retired), or why not.
+pub async fn retire(
+    hosts: &BTreeMap<String, Arc<HostConn>>,
+    conn: &HostConn,
+    project: Option<Arc<crate::compose::model::Project>>,
+    req: Request,
+    host: String,
+    pod: String,
+    timeout: Duration,
+) -> super::flow::Event {
+    if let Some(project) = project {
+        // A host that did not take the map keeps its last one: the push at the end of `up`
+        // says so.
+        let _ = super::services::publish(hosts, &project, &BTreeMap::new(), timeout).await;
+    }
+    match conn.call(req, timeout).await {
+        Ok(Response::Applied(_)) => super::flow::Event::Retired { host, pod },
+        Ok(other) => super::flow::Event::ActionFailed {
+            host,
+            pod,
+            reason: format!("unexpected reply to a retire: {other:?}"),
+        },
+        Err(e) => super::exec::lost_or_failed(host, pod, e),
+    }
+}
+
 /// Carries out `batches` in order. Each batch: its moves sent (start-first: new pods, then the
 /// removals; stop-first the other way, as [`release::batches`] ordered them), then every pod it
 /// applied watched until it is ready and has stayed so for its policy's `monitor`, then the
 /// policy's `delay`. The first pod that fails ends the rollout: `Err` says which, where and why
-/// (a rollout that fails is never undone by another).
+/// (a rollout that fails is never undone by another). A pod replaced start-first (its service's
+/// policy) gets its new generation beside the one running, which is retired once the new one is
+/// ready; one whose previous generation still runs beside it goes back to it at once.
 pub async fn carry_out(
     target: &Target<'_>,
     batches: &[(String, Vec<Move>)],
@@ -187,7 +291,8 @@ pub async fn carry_out(
                 run.push(&moves[k]);
                 k += 1;
             }
-            send(target, &run).await?;
+            let start_first = policy.is_none_or(|p| p.start_first);
+            send(target, &run, start_first, false).await?;
             if apply {
                 let pods: Vec<(String, PodSpec)> = run
                     .iter()
@@ -198,6 +303,9 @@ pub async fn carry_out(
                     .collect();
                 // Start-first: the new pods are ready before the old copies go.
                 wait_ready(target, &pods, policy, note).await?;
+                if start_first {
+                    send(target, &run, false, true).await?;
+                }
                 applied.extend(pods);
             }
         }
@@ -215,8 +323,15 @@ pub async fn carry_out(
     Ok(())
 }
 
-/// One `ApplyPods` per host for these moves, in parallel.
-async fn send(target: &Target<'_>, moves: &[&Move]) -> Result<(), String> {
+/// One `ApplyPods` per host for these moves, in parallel: the applies replaced start-first
+/// with `start_first`; with `retire`, only the retirement of the applied pods' outgoing
+/// generations (an agent with none to retire does nothing).
+async fn send(
+    target: &Target<'_>,
+    moves: &[&Move],
+    start_first: bool,
+    retire: bool,
+) -> Result<(), String> {
     let mut per_host: BTreeMap<&str, (Vec<PodSpec>, Vec<String>)> = BTreeMap::new();
     for m in moves {
         let e = per_host.entry(m.host()).or_default();
@@ -230,14 +345,24 @@ async fn send(target: &Target<'_>, moves: &[&Move]) -> Result<(), String> {
         let Some(conn) = target.hosts.get(host).cloned() else {
             return Err(format!("host `{host}` is not connected"));
         };
+        let names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+        if retire && names.is_empty() {
+            continue;
+        }
         let req = Request::ApplyPods(ApplyPodsRequest {
             project: target.project.to_string(),
             network: target.networks.get(host).cloned(),
-            pods,
-            remove,
+            pods: if retire { Vec::new() } else { pods },
+            remove: if retire { Vec::new() } else { remove },
             registry_auth: target.registry_auth.clone(),
             insecure_registries: target.insecure.to_vec(),
             fence: target.fences.get(host).copied(),
+            start_first: if start_first && !retire {
+                names.clone()
+            } else {
+                Vec::new()
+            },
+            retire: if retire { names } else { Vec::new() },
         });
         let timeout = target.request_timeout;
         tasks.spawn(async move { conn.call(req, timeout).await });
