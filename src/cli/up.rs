@@ -382,12 +382,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         }
         // The flow stops new work on the first SIGINT and waits for what is in flight.
         let _graceful = lifetime::graceful_interrupt();
-        let deploy_started = Instant::now();
         let monitored_specs: BTreeMap<(String, String), crate::proto::PodSpec> = prepared
             .desired
             .pods()
             .map(|p| ((p.host.clone(), p.name.clone()), p.spec.clone()))
             .collect();
+        let mut ready_clock = rollout::ReadyClock::default();
         let summary = exec::run(
             &connected.hosts,
             &networks,
@@ -395,9 +395,13 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             &insecure,
             prepared,
             &opts,
-            &mut |p| render.show(&p),
+            &mut |p| {
+                ready_clock.see(&p);
+                render.show(&p)
+            },
         )
         .await;
+        let deploy_ended = Instant::now();
         // A failed release goes back to the previous one on every host that changed.
         let target = rollout::Target {
             hosts: &connected.hosts,
@@ -421,21 +425,25 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                         .collect::<Vec<_>>()
                         .join("; ")
                 });
-                // `monitor`: what the release changed must stay healthy for what is left of its
-                // services' monitor window (never shorter than their health check needs).
+                // `monitor`: each replica the release changed must stay healthy for its
+                // services' monitor window, counted from when that replica became ready (never
+                // shorter than their health check needs).
                 if failure.is_none() {
-                    let (pods, window) = release::monitored(project, &steps, &monitored_specs);
-                    let left = window.saturating_sub(deploy_started.elapsed());
-                    if !left.is_zero() && !pods.is_empty() {
-                        output::status(&format!(
-                            "monitoring {} changed pod{} for {:.1}s more (`update_config.monitor`)",
-                            pods.len(),
-                            if pods.len() == 1 { "" } else { "s" },
-                            left.as_secs_f64()
-                        ));
-                        if let Err(why) = rollout::watch(&target, &pods, left).await {
-                            failure = Some(why);
+                    let (pods, _) = release::monitored(project, &steps, &monitored_specs);
+                    let due = ready_clock.deadlines(project, &pods, deploy_ended);
+                    let now = Instant::now();
+                    let open = due.iter().filter(|(_, _, until)| *until > now).count();
+                    if let Some(last) = due.iter().map(|(_, _, until)| *until).max() {
+                        if last > now {
+                            output::status(&format!(
+                                "monitoring {open} changed pod{} for up to {:.1}s more (`update_config.monitor`, counted per replica from when it became ready)",
+                                if open == 1 { "" } else { "s" },
+                                (last - now).as_secs_f64()
+                            ));
                         }
+                    }
+                    if let Err(why) = rollout::watch_each(&target, &due).await {
+                        failure = Some(why);
                     }
                 }
                 if failure.is_some() && begun.previous.is_some() {

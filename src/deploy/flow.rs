@@ -1666,6 +1666,110 @@ mod tests {
         assert_eq!(untouched, ["web-2", "web-3"]);
     }
 
+    fn retired(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Retire { pod, .. } => Some(pod.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn start_first_retires_each_old_generation_once_its_replacement_is_healthy() {
+        let mut flow = rolling(2, true, 1);
+        flow.set_start_first(["web".to_string()].into());
+        assert!(flow.start_first("h1", "web-1") && !flow.start_first("h1", "db-1"));
+        flow.start();
+        assert_eq!(replaced(&pulled(&mut flow, 2)), ["web-1"]);
+        // Started is not ready: the old generation stays until the health check passes.
+        assert!(retired(&flow.on(Event::Started(at(1)))).is_empty());
+        let out = flow.on(Event::Healthy(at(1)));
+        assert_eq!(
+            (retired(&out), replaced(&out)),
+            (vec!["web-1".into()], vec!["web-2".into()])
+        );
+        flow.on(Event::Started(at(2)));
+        let out = flow.on(Event::Healthy(at(2)));
+        assert_eq!(retired(&out), ["web-2"]);
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Done(_))),
+            "not done while an old generation runs: {out:?}"
+        );
+        flow.on(Event::Retired {
+            host: "h1".into(),
+            pod: "web-1".into(),
+        });
+        let end = flow.on(Event::Retired {
+            host: "h2".into(),
+            pod: "web-2".into(),
+        });
+        assert!(
+            matches!(end.last(), Some(Action::Done(s)) if s.ok() && s.retired == 2),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_start_first_replica_keeps_its_old_generation() {
+        let mut flow = rolling(2, true, 1);
+        flow.set_start_first(["web".to_string()].into());
+        flow.start();
+        pulled(&mut flow, 2);
+        flow.on(Event::Started(at(1)));
+        let out = flow.on(Event::Unhealthy(at(1)));
+        assert!(
+            retired(&out).is_empty(),
+            "the old one still serves: {out:?}"
+        );
+        assert!(
+            matches!(out.last(), Some(Action::Done(s)) if !s.ok()),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn max_failure_ratio_tolerates_that_fraction_of_failed_replicas_and_no_more() {
+        // 4 replicas, ratio 0.25: one failure is tolerated, the second fails the deploy.
+        let mut flow = rolling(4, true, 1);
+        flow.set_failure_tolerance([("web".to_string(), 0.25)].into());
+        flow.start();
+        assert_eq!(replaced(&pulled(&mut flow, 4)), ["web-1"]);
+        flow.on(Event::Started(at(1)));
+        let out = flow.on(Event::Unhealthy(at(1)));
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::Warn(w) if w.contains("max_failure_ratio: 0.25"))),
+            "{out:?}"
+        );
+        assert_eq!(replaced(&out), ["web-2"], "the rollout goes on");
+        flow.on(Event::Started(at(2)));
+        let out = flow.on(Event::Exited(at(2), 3));
+        assert!(replaced(&out).is_empty(), "{out:?}");
+        let Some(Action::Done(s)) = out.last() else {
+            panic!("ends: {out:?}")
+        };
+        assert_eq!(s.failures.len(), 1, "{s:?}");
+        assert!(s.failures[0].to_string().contains("exited with code 3"));
+    }
+
+    #[test]
+    fn failure_action_continue_tolerates_every_failure() {
+        let mut flow = rolling(2, true, 1);
+        flow.set_failure_tolerance([("web".to_string(), 1.0)].into());
+        flow.start();
+        pulled(&mut flow, 2);
+        flow.on(Event::Started(at(1)));
+        assert_eq!(replaced(&flow.on(Event::Unhealthy(at(1)))), ["web-2"]);
+        flow.on(Event::Started(at(2)));
+        let end = flow.on(Event::Unhealthy(at(2)));
+        assert!(
+            matches!(end.last(), Some(Action::Done(s)) if s.ok() && s.incomplete.len() == 2),
+            "{end:?}"
+        );
+    }
+
     #[test]
     fn without_rolling_every_replica_goes_at_once() {
         let mut flow = rolling(3, true, 1);

@@ -514,6 +514,93 @@ pub async fn watch(
     Ok(())
 }
 
+/// When each replica became ready, as the deploy's events said: the last `started` or
+/// `healthy` of each container, so a pod's time is its last container's. The monitor window of
+/// a replica counts from then (not from the deploy's start, nor its end).
+#[derive(Debug, Default)]
+pub struct ReadyClock(BTreeMap<(String, String, u32), Instant>);
+
+impl ReadyClock {
+    /// Takes note of one progress item of the deploy.
+    pub fn see(&mut self, p: &super::exec::Progress) {
+        use super::flow::Event;
+        if let super::exec::Progress::Event(Event::Started(at) | Event::Healthy(at)) = p {
+            self.0.insert(
+                (at.host.clone(), at.service.clone(), at.replica),
+                Instant::now(),
+            );
+        }
+    }
+
+    /// Each of `pods` (host, spec) with the instant its monitor window ends: when it became
+    /// ready (`fallback` when no event said so) plus the longest monitor of its services'
+    /// policies, which is never shorter than their health check needs to fail after it passed
+    /// (`start_period + interval × retries`).
+    pub fn deadlines(
+        &self,
+        project: &crate::compose::model::Project,
+        pods: &[(String, PodSpec)],
+        fallback: Instant,
+    ) -> Vec<(String, PodSpec, Instant)> {
+        pods.iter()
+            .map(|(host, spec)| {
+                let ready = spec
+                    .containers
+                    .iter()
+                    .filter_map(|c| {
+                        self.0
+                            .get(&(host.clone(), c.service.clone(), c.replica))
+                            .copied()
+                    })
+                    .max()
+                    .unwrap_or(fallback);
+                let window = spec
+                    .containers
+                    .iter()
+                    .map(|c| release::policy(project, &c.service, false).monitor)
+                    .max()
+                    .unwrap_or_default();
+                (host.clone(), spec.clone(), ready + window)
+            })
+            .collect()
+    }
+}
+
+/// Watches each pod until its own deadline ([`ReadyClock::deadlines`]): any that stops being
+/// ready before it fails the rollout, with the failing container's last log lines.
+pub async fn watch_each(
+    target: &Target<'_>,
+    pods: &[(String, PodSpec, Instant)],
+) -> Result<(), String> {
+    loop {
+        let now = Instant::now();
+        let open: Vec<(String, PodSpec)> = pods
+            .iter()
+            .filter(|(_, _, until)| *until > now)
+            .map(|(h, p, _)| (h.clone(), p.clone()))
+            .collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        let next = pods
+            .iter()
+            .map(|(_, _, until)| *until)
+            .filter(|until| *until > now)
+            .min()
+            .unwrap_or(now);
+        watch(target, &open, target.poll.min(next - now)).await?;
+        if Instant::now() < next {
+            // `watch` returned at once (a zero window): wait a round before asking again.
+            tokio::time::sleep(
+                target
+                    .poll
+                    .min(next.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+    }
+}
+
 /// What a rollback to release `to` needs besides the hosts.
 pub struct Back<'a> {
     pub project: &'a crate::compose::model::Project,

@@ -336,7 +336,11 @@ impl super::Network {
                 .map_err(|e| super::NetError::State(file.clone(), e))?;
         }
         self.resync()?;
-        Ok(self.registry().counts(self.subnet()))
+        // The subnet first: `subnet()` takes the pod book's lock, which `resync` and `attach_to`
+        // take *before* the registry's; asking it while holding the registry deadlocked an
+        // `ApplyPods` against a concurrent `Services` (found by start-first's map pushes).
+        let subnet = self.subnet();
+        Ok(self.registry().counts(subnet))
     }
 
     /// The digest of the map held for `project` (see `ServiceMap::digest`).
