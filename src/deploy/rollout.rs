@@ -264,6 +264,7 @@ pub async fn carry_out(
     target: &Target<'_>,
     batches: &[(String, Vec<Move>)],
     policies: &BTreeMap<String, Policy>,
+    project: &crate::compose::model::Project,
     note: &mut dyn FnMut(Note),
 ) -> Result<(), String> {
     for (i, (service, moves)) in batches.iter().enumerate() {
@@ -304,6 +305,14 @@ pub async fn carry_out(
                 // Start-first: the new pods are ready before the old copies go.
                 wait_ready(target, &pods, policy, note).await?;
                 if start_first {
+                    // Every host's map leaves the old generations out before they stop.
+                    let _ = super::services::publish(
+                        target.hosts,
+                        project,
+                        &BTreeMap::new(),
+                        target.request_timeout,
+                    )
+                    .await;
                     send(target, &run, false, true).await?;
                 }
                 applied.extend(pods);
@@ -647,7 +656,7 @@ pub async fn roll_back(
         .flat_map(|(_, ms)| ms)
         .map(|m| format!("{}@{}", m.pod(), m.host()))
         .collect();
-    carry_out(target, &batches, &policies, note).await?;
+    carry_out(target, &batches, &policies, back.project, note).await?;
     Ok(changed)
 }
 
