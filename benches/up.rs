@@ -3,7 +3,11 @@
 //! each healthy 1 s after it starts, against its critical-path lower bound (3 s of start-ups,
 //! plus one connect round) and against starting the same services level by level (one
 //! `up --wait` per level of the graph: db; api and worker; web); then a no-op `up` (nothing
-//! changed: one `Status` per host after `hello`, in parallel), 5 runs.
+//! changed: one `Status` per host after `hello`, in parallel), 5 runs. On the 3-host fleet, also
+//! the requests that fail during start-first rollouts of a replicated service under a steady
+//! client load (`tests/fixtures/releases/rolling.yaml`: 3 `web` replicas rolled one at a time, a
+//! client outside the fleet polling them every 50 ms through `front`'s published port, and a pod
+//! polling them by name every 200 ms; target: 0).
 //!
 //! In the same run, the baseline: docker compose 1.29 (Debian's `docker-compose`) `up -d` of the
 //! same file on one host, against a private `dockerd` (Debian's `docker.io`, started here in a
@@ -143,6 +147,9 @@ fn bench_fleet(n: usize) -> Result<(), String> {
             levels.as_secs_f64() / first.as_secs_f64()
         );
         up(&["down"])?;
+        if n == 3 {
+            bench_rollout(&lab, &registry)?;
+        }
         Ok(())
     })();
     let _ = lab.down();
@@ -390,4 +397,113 @@ impl Drop for Dockerd {
             .args(["netns", "del", &self.netns])
             .status();
     }
+}
+
+/// Start-first rollouts under a steady load; prints the requests made and failed.
+fn bench_rollout(lab: &Lab, registry: &str) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    const ROLLOUTS: u32 = 3;
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/releases/rolling.yaml");
+    let cli = |stamp: u32, args: &[&str]| -> Result<std::process::Output, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_compose-fleet"))
+            .arg("-i")
+            .arg(lab.inventory())
+            .arg("-f")
+            .arg(&fixture)
+            .args(["-p", "benchroll"])
+            .args(args)
+            .env("REGISTRY", registry)
+            .env("STAMP", stamp.to_string())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(out)
+    };
+    cli(0, &["up"])?;
+    let ps = cli(0, &["ps", "--format", "json"])?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&ps.stdout).map_err(|e| e.to_string())?;
+    let front = rows
+        .iter()
+        .find(|r| r["service"] == "front")
+        .and_then(|r| r["host"].as_str())
+        .ok_or("front does not run")?;
+    let addr = format!(
+        "{}:8080",
+        lab.host(front).map_err(|e| e.to_string())?.address
+    );
+    let warm = Instant::now();
+    while !get(&addr) {
+        if warm.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{addr} never answered"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (requests, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let poller = {
+        let (stop, requests, failed) = (stop.clone(), requests.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                requests.fetch_add(1, Ordering::SeqCst);
+                if !get(&addr) {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let started = Instant::now();
+    for stamp in 1..=ROLLOUTS {
+        cli(stamp, &["up"])?;
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let _ = poller.join();
+    let logs = cli(ROLLOUTS, &["logs", "--no-color", "client"])?;
+    let text = String::from_utf8_lossy(&logs.stdout);
+    let said = |word: &str| {
+        text.lines()
+            .filter(|l| l.split_whitespace().last() == Some(word))
+            .count()
+    };
+    println!(
+        "{:>5}  {:>22}  {:>9.0}  {ROLLOUTS} start-first rollouts of 3 replicas: through the published port {} requests, {} failed; by name from a pod {} requests, {} failed (target: 0)",
+        3,
+        "start-first rollouts",
+        took.as_secs_f64() * 1000.0,
+        requests.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+        said("ok") + said("FAIL"),
+        said("FAIL"),
+    );
+    cli(ROLLOUTS, &["down", "--volumes"])?;
+    Ok(())
+}
+
+/// One GET of `front`'s page through its published port: whether it carried `web`'s answer.
+fn get(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(sock) = addr.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let timeout = Duration::from_secs(5);
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&sock, timeout) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    if s.write_all(b"GET /cgi-bin/p HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = Vec::new();
+    let _ = s.take(64 * 1024).read_to_end(&mut body);
+    String::from_utf8_lossy(&body).contains("web stamp")
 }

@@ -433,12 +433,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         }
         // The flow stops new work on the first SIGINT and waits for what is in flight.
         let _graceful = lifetime::graceful_interrupt();
-        let deploy_started = Instant::now();
         let monitored_specs: BTreeMap<(String, String), crate::proto::PodSpec> = prepared
             .desired
             .pods()
             .map(|p| ((p.host.clone(), p.name.clone()), p.spec.clone()))
             .collect();
+        let mut ready_clock = rollout::ReadyClock::default();
         let summary = exec::run(
             &connected.hosts,
             &networks,
@@ -446,9 +446,13 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             &insecure,
             prepared,
             &opts,
-            &mut |p| render.show(&p),
+            &mut |p| {
+                ready_clock.see(&p);
+                render.show(&p)
+            },
         )
         .await;
+        let deploy_ended = Instant::now();
         // A failed release goes back to the previous one on every host that changed.
         let target = rollout::Target {
             hosts: &connected.hosts,
@@ -472,21 +476,25 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                         .collect::<Vec<_>>()
                         .join("; ")
                 });
-                // `monitor`: what the release changed must stay healthy for what is left of its
-                // services' monitor window (never shorter than their health check needs).
+                // `monitor`: each replica the release changed must stay healthy for its
+                // services' monitor window, counted from when that replica became ready (never
+                // shorter than their health check needs).
                 if failure.is_none() {
-                    let (pods, window) = release::monitored(project, &steps, &monitored_specs);
-                    let left = window.saturating_sub(deploy_started.elapsed());
-                    if !left.is_zero() && !pods.is_empty() {
-                        output::status(&format!(
-                            "monitoring {} changed pod{} for {:.1}s more (`update_config.monitor`)",
-                            pods.len(),
-                            if pods.len() == 1 { "" } else { "s" },
-                            left.as_secs_f64()
-                        ));
-                        if let Err(why) = rollout::watch(&target, &pods, left).await {
-                            failure = Some(why);
+                    let (pods, _) = release::monitored(project, &steps, &monitored_specs);
+                    let due = ready_clock.deadlines(project, &pods, deploy_ended);
+                    let now = Instant::now();
+                    let open = due.iter().filter(|(_, _, until)| *until > now).count();
+                    if let Some(last) = due.iter().map(|(_, _, until)| *until).max() {
+                        if last > now {
+                            output::status(&format!(
+                                "monitoring {open} changed pod{} for up to {:.1}s more (`update_config.monitor`, counted per replica from when it became ready)",
+                                if open == 1 { "" } else { "s" },
+                                (last - now).as_secs_f64()
+                            ));
                         }
+                    }
+                    if let Err(why) = rollout::watch_each(&target, &due).await {
+                        failure = Some(why);
                     }
                 }
                 if failure.is_some() && begun.previous.is_some() {
@@ -801,6 +809,7 @@ fn change_str(c: &Change) -> String {
         Change::Replace => "replace".into(),
         Change::Restart => "restart".into(),
         Change::Remove(r) => format!("remove ({})", reason_str(r)),
+        Change::Retire => "retire the outgoing generation".into(),
     }
 }
 
@@ -1192,6 +1201,10 @@ fn describe(p: &Progress) -> Option<(String, String)> {
                 format!("{pod}@{host}"),
                 format!("removing ({})", reason_str(reason)),
             ),
+            Action::Retire { host, pod } => (
+                format!("{pod}@{host}"),
+                "retiring the outgoing generation (out of the service map, then stopped)".into(),
+            ),
             _ => return None,
         },
         Progress::Event(e) => match e {
@@ -1200,6 +1213,10 @@ fn describe(p: &Progress) -> Option<(String, String)> {
             Event::Unhealthy(at) => (at.to_string(), "unhealthy".into()),
             Event::Exited(at, code) => (at.to_string(), format!("exited with code {code}")),
             Event::Removed { host, pod } => (format!("{pod}@{host}"), "removed".into()),
+            Event::Retired { host, pod } => (
+                format!("{pod}@{host}"),
+                "outgoing generation retired".into(),
+            ),
             Event::ActionFailed { host, pod, reason } => {
                 (format!("{pod}@{host}"), format!("failed: {reason}"))
             }
@@ -1250,6 +1267,7 @@ fn to_json(p: &Progress) -> serde_json::Value {
             Action::Remove { host, pod, reason } => json!({
                 "event": "remove", "host": host, "pod": pod, "reason": reason_str(reason),
             }),
+            Action::Retire { host, pod } => json!({"event": "retire", "host": host, "pod": pod}),
             other => json!({"event": "action", "action": format!("{other:?}")}),
         },
         Progress::Event(e) => {
@@ -1265,6 +1283,9 @@ fn to_json(p: &Progress) -> serde_json::Value {
                 }
                 Event::Removed { host, pod } => {
                     json!({"event": "removed", "host": host, "pod": pod})
+                }
+                Event::Retired { host, pod } => {
+                    json!({"event": "retired", "host": host, "pod": pod})
                 }
                 Event::ActionFailed { host, pod, reason } => {
                     json!({"event": "action_failed", "host": host, "pod": pod, "reason": reason})

@@ -158,12 +158,8 @@ pub fn deploy_key(key: &str) -> Option<Rule> {
     Some(match key {
         "mode" | "replicas" | "resources" | "placement" | "restart_policy" => honoured(),
         // Rolling updates and whole-release rollbacks (src/deploy/release.rs, flow.rs).
-        "rollback_config" => honoured(),
-        "update_config" => accepted(
-            "only `parallelism`, `delay`, `monitor` and `failure_action` are (each replaced \
-             replica must turn healthy before the next); `order: start-first` and \
-             `max_failure_ratio` are not yet: a replica is replaced in place, stopped then started",
-        ),
+        // `order`, `max_failure_ratio` too (src/deploy/rollout.rs, the agent's generations).
+        "rollback_config" | "update_config" => honoured(),
         "endpoint_mode" => accepted("service names resolve to every healthy replica (dnsrr)"),
         "labels" => accepted("service labels have no meaning without a Swarm manager"),
         _ => return None,

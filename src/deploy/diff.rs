@@ -27,6 +27,9 @@ pub struct ObservedPod {
     pub services: Vec<String>,
     /// A container of it was stopped by `compose-fleet stop` (and not started since).
     pub stopped: bool,
+    /// A start-first replacement left its previous generation running beside it (the deploy
+    /// ended before retiring it).
+    pub outgoing: bool,
 }
 
 /// What runs now: host → the project's pods there. Hosts that run nothing may be absent.
@@ -58,6 +61,8 @@ pub struct HostDiff {
     pub orphans: Vec<String>,
     /// Pods of defined services this run does not manage.
     pub untouched: Vec<String>,
+    /// Kept (or restarted) pods whose outgoing generation still runs: it is retired.
+    pub retire: Vec<String>,
 }
 
 impl HostDiff {
@@ -66,6 +71,7 @@ impl HostDiff {
             && self.replace.is_empty()
             && self.restart.is_empty()
             && self.remove.is_empty()
+            && self.retire.is_empty()
     }
 }
 
@@ -113,7 +119,12 @@ pub fn diff(desired: &Desired, observed: &Observed, remove_orphans: bool) -> Dif
                 Some(o) if o.spec_hash == pod.spec_hash && o.stopped => {
                     d.restart.push(pod.name.clone())
                 }
-                Some(o) if o.spec_hash == pod.spec_hash => d.keep.push(pod.name.clone()),
+                Some(o) if o.spec_hash == pod.spec_hash => {
+                    if o.outgoing {
+                        d.retire.push(pod.name.clone());
+                    }
+                    d.keep.push(pod.name.clone())
+                }
                 Some(_) => d.replace.push(pod.name.clone()),
             }
         }

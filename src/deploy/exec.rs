@@ -751,7 +751,9 @@ async fn recorded_on(
                     replica: e.replica,
                     host: e.host.clone(),
                 });
-                pods.entry((e.host.clone(), e.pod.clone()))
+                // The map names instances; a start-first replacement's twin is its pod's.
+                let pod = crate::proto::pod_of_instance(&e.pod).to_string();
+                pods.entry((e.host.clone(), pod))
                     .or_insert_with(|| (e.addr.to_string(), BTreeSet::new()))
                     .1
                     .insert((service.name.clone(), e.replica));
@@ -770,6 +772,8 @@ async fn recorded_on(
             name,
             spec_hash: String::new(),
             ip: Some(ip),
+            instance: None,
+            outgoing: None,
             containers: containers
                 .into_iter()
                 .map(|(service, replica)| crate::proto::ContainerStatus {
@@ -899,6 +903,7 @@ pub fn prepare(
                     spec_hash: p.spec_hash.clone(),
                     services: p.containers.iter().map(|c| c.service.clone()).collect(),
                     stopped: p.containers.iter().any(|c| c.stopped),
+                    outgoing: p.outgoing.is_some(),
                 })
                 .collect();
             (host.clone(), pods)
@@ -931,6 +936,10 @@ pub fn prepare(
             })
             .collect(),
     );
+    // Order (start-first unless a host port forbids it) and `max_failure_ratio`.
+    warnings.extend(super::rollout::configure(
+        &mut flow, project, &managed, &desired, &diff,
+    ));
     Ok(Prepared {
         desired,
         diff,
@@ -1255,7 +1264,7 @@ pub async fn run(
                         }
                     }
                     let network = networks.get(&host);
-                    let req = apply_pods(
+                    let mut req = apply_pods(
                         project,
                         &opts.registry_auth,
                         insecure_registries,
@@ -1264,6 +1273,9 @@ pub async fn run(
                         Vec::new(),
                         opts.fences.get(&host).copied(),
                     );
+                    if matches!(action, Action::Replace { .. }) && flow.start_first(&host, &pod) {
+                        super::rollout::ask_start_first(&mut req, &pod);
+                    }
                     let first = restart.then(|| {
                         apply_pods(
                             project,
@@ -1337,6 +1349,37 @@ pub async fn run(
                             Ok(_) => Answer::Event(Event::Removed { host, pod }),
                             Err(e) => Answer::Event(lost_or_failed(host, pod, e)),
                         }
+                    });
+                }
+                Action::Retire { ref host, ref pod } => {
+                    emit(Progress::Issued(action.clone()));
+                    let (host, pod) = (host.clone(), pod.clone());
+                    let Some(conn) = hosts.get(&host).cloned() else {
+                        events.push_back(Event::HostLost {
+                            host,
+                            reason: "not connected".into(),
+                        });
+                        continue;
+                    };
+                    // Every host's map leaves the old generation out before it stops: the
+                    // push in flight (with older statuses) lands first, then this one.
+                    publisher.finish().await;
+                    let mut req = apply_pods(
+                        project,
+                        &opts.registry_auth,
+                        insecure_registries,
+                        networks.get(&host),
+                        Vec::new(),
+                        Vec::new(),
+                        opts.fences.get(&host).copied(),
+                    );
+                    super::rollout::ask_retire(&mut req, &pod);
+                    let (map, timeout) = (opts.service_map.clone(), opts.request_timeout);
+                    let all = hosts.clone();
+                    tasks.spawn(async move {
+                        Answer::Event(
+                            super::rollout::retire(&all, &conn, map, req, host, pod, timeout).await,
+                        )
                     });
                 }
                 Action::Warn(w) => emit(Progress::Warning(w)),
@@ -1638,6 +1681,8 @@ fn apply_pods(
         registry_auth: auth.clone(),
         insecure_registries: insecure.to_vec(),
         fence,
+        start_first: Vec::new(),
+        retire: Vec::new(),
     })
 }
 
@@ -1650,7 +1695,7 @@ fn given_up(hosts: &BTreeMap<String, Arc<HostConn>>, event: &Event) {
     }
 }
 
-fn lost_or_failed(host: String, pod: String, e: SshError) -> Event {
+pub(super) fn lost_or_failed(host: String, pod: String, e: SshError) -> Event {
     match e.class {
         ErrorClass::Unreachable | ErrorClass::Timeout => Event::HostLost {
             host,
@@ -1909,6 +1954,8 @@ mod tests {
                 name: p.name.clone(),
                 spec_hash: p.spec_hash.clone(),
                 ip: None,
+                instance: None,
+                outgoing: None,
                 containers: p
                     .containers
                     .iter()

@@ -121,7 +121,12 @@ pub enum Event {
         host: String,
         pod: String,
     },
-    /// The agent refused or failed a Create/Replace/Restart/Remove of this pod.
+    /// The outgoing generation of a pod replaced start-first is gone (after [`Action::Retire`]).
+    Retired {
+        host: String,
+        pod: String,
+    },
+    /// The agent refused or failed a Create/Replace/Restart/Remove/Retire of this pod.
     ActionFailed {
         host: String,
         pod: String,
@@ -161,6 +166,13 @@ pub enum Action {
         host: String,
         pod: String,
         reason: RemoveReason,
+    },
+    /// Start-first: the pod's new generation is ready, so its outgoing generation leaves the
+    /// service map on every host, then is stopped (`ApplyPodsRequest::retire`). Also issued at
+    /// the start for a kept pod whose outgoing generation a deploy that died left running.
+    Retire {
+        host: String,
+        pod: String,
     },
     /// Something to tell the user that does not fail the deploy.
     Warn(String),
@@ -261,6 +273,9 @@ pub enum Change {
     /// A kept pod restarted because a `restart: true` dependency is updated.
     Restart,
     Remove(RemoveReason),
+    /// The outgoing generation of a kept pod, left running by a deploy that ended before it
+    /// retired it, is retired.
+    Retire,
 }
 
 /// The outcome, with the `Done` action.
@@ -270,6 +285,8 @@ pub struct Summary {
     pub replaced: usize,
     pub restarted: usize,
     pub removed: usize,
+    /// Outgoing generations retired (start-first replacements and leftovers).
+    pub retired: usize,
     pub kept: usize,
     /// Every fatal failure, in the order they happened; empty on success.
     pub failures: Vec<Failure>,
@@ -432,6 +449,19 @@ pub struct Flow {
     /// Service → how many of its pods may be replaced at once (`update_config.parallelism`);
     /// services absent are not limited.
     rolling: BTreeMap<String, usize>,
+    /// Services replaced start-first (`update_config.order`).
+    start_first: BTreeSet<String>,
+    /// Service → the fraction of its replaced replicas whose update may fail before the deploy
+    /// fails (`update_config.max_failure_ratio`; `failure_action: continue` tolerates all).
+    tolerance: BTreeMap<String, f64>,
+    /// Service → its replaced pods whose update failed and was tolerated.
+    failed_updates: BTreeMap<String, BTreeSet<usize>>,
+    /// Pods given up within the tolerance: they no longer gate the end.
+    tolerated: BTreeSet<usize>,
+    /// (host, pod) → whether its Retire was answered; issued ones only.
+    retires: BTreeMap<(String, String), bool>,
+    /// Kept pods whose outgoing generation to retire at the start.
+    leftovers: Vec<(String, String)>,
 }
 
 impl Flow {
@@ -468,6 +498,16 @@ impl Flow {
             started: false,
             done: false,
             rolling: BTreeMap::new(),
+            start_first: BTreeSet::new(),
+            tolerance: BTreeMap::new(),
+            failed_updates: BTreeMap::new(),
+            tolerated: BTreeSet::new(),
+            retires: BTreeMap::new(),
+            leftovers: diff
+                .hosts
+                .iter()
+                .flat_map(|(h, d)| d.retire.iter().map(move |p| (h.clone(), p.clone())))
+                .collect(),
         };
         for pod in desired.pods() {
             flow.add_pod(pod, diff);
@@ -488,6 +528,56 @@ impl Flow {
             .into_iter()
             .map(|(s, n)| (s, n.max(1)))
             .collect();
+    }
+
+    /// Start-first: replaced pods of these services start their new generation beside the
+    /// running one, which is retired ([`Action::Retire`]) once the new one is ready.
+    pub fn set_start_first(&mut self, services: BTreeSet<String>) {
+        self.start_first = services;
+    }
+
+    /// `max_failure_ratio` per service: the fraction (0 to 1) of its replaced replicas whose
+    /// update may fail (unhealthy, or exited non-zero, before the deploy ends) and be given up
+    /// with a warning; one more fails the deploy, and its `failure_action` applies.
+    pub fn set_failure_tolerance(&mut self, ratio: BTreeMap<String, f64>) {
+        self.tolerance = ratio;
+    }
+
+    /// Whether the executor replaces pod `pod` on `host` start-first: every service of it is.
+    pub fn start_first(&self, host: &str, pod: &str) -> bool {
+        self.pod_index
+            .get(&(host.to_string(), pod.to_string()))
+            .is_some_and(|&p| self.is_start_first(p))
+    }
+
+    fn is_start_first(&self, p: usize) -> bool {
+        self.pods[p].op == Op::Replace
+            && !self.start_first.is_empty()
+            && self.pods[p].containers.iter().all(|c| {
+                self.start_first
+                    .contains(&self.containers[*c].replica.service)
+            })
+    }
+
+    /// Start-first pod `p` just became ready: its outgoing generation goes (unless the deploy
+    /// failed: then the old generation is what still serves, and a rollback goes back to it).
+    fn maybe_retire(&mut self, p: usize, out: &mut Vec<Action>) {
+        if !self.failures.is_empty() || !self.is_start_first(p) || !self.ready(p) {
+            return;
+        }
+        let key = (self.pods[p].host.clone(), self.pods[p].name.clone());
+        if self.retires.contains_key(&key) {
+            return;
+        }
+        self.retires.insert(key.clone(), false);
+        out.push(Action::Retire {
+            host: key.0,
+            pod: key.1,
+        });
+    }
+
+    fn retires_open(&self) -> usize {
+        self.retires.values().filter(|done| !**done).count()
     }
 
     /// Whether pod `p` (issued or up) is ready: it no longer counts against `parallelism`.
@@ -772,6 +862,10 @@ impl Flow {
                 image: p.image.clone(),
             });
         }
+        for (host, pod) in std::mem::take(&mut self.leftovers) {
+            self.retires.insert((host.clone(), pod.clone()), false);
+            out.push(Action::Retire { host, pod });
+        }
         let all: Vec<usize> = (0..self.pods.len()).collect();
         self.advance(all, &mut out);
         out
@@ -817,6 +911,7 @@ impl Flow {
                 if let Some(c) = self.container(&at) {
                     self.containers[c].started = true;
                     dirty.extend(self.touch(c));
+                    self.maybe_retire(self.containers[c].pod, &mut out);
                 }
             }
             Event::Healthy(at) => {
@@ -826,6 +921,7 @@ impl Flow {
                     k.healthy = true;
                     k.unhealthy = false;
                     dirty.extend(self.touch(c));
+                    self.maybe_retire(self.containers[c].pod, &mut out);
                 }
             }
             Event::Unhealthy(at) => {
@@ -851,6 +947,11 @@ impl Flow {
                 if let Some(r) = self.open_remove(&host, &pod) {
                     self.close_remove(r);
                     self.removed += 1;
+                }
+            }
+            Event::Retired { host, pod } => {
+                if let Some(done) = self.retires.get_mut(&(host, pod)) {
+                    *done = true;
                 }
             }
             Event::ActionFailed { host, pod, reason } => {
@@ -901,6 +1002,14 @@ impl Flow {
                 pod: pod.name.clone(),
                 change,
                 waits_for,
+            });
+        }
+        for (host, pod) in &self.leftovers {
+            steps.push(Step {
+                host: host.clone(),
+                pod: pod.clone(),
+                change: Change::Retire,
+                waits_for: Vec::new(),
             });
         }
         for r in &self.removes {
@@ -1002,13 +1111,76 @@ impl Flow {
             .any(|d| d.to == k.replica.service && breaks(d.condition));
         let failure = self.failure_of(Some(c), kind);
         if self.opts.wait {
+            if let Some(why) = self.tolerate(c) {
+                self.warn(format!("{failure}; {why}"), out);
+                return;
+            }
             self.fail(failure, out);
         } else if !waited {
             self.warn(failure.to_string(), out);
         }
     }
 
+    /// Whether the failed update of container `c`'s pod is within its services'
+    /// `max_failure_ratio` (a replaced pod only): then the pod is given up (it no longer
+    /// gates anything) and the reason is returned; `None` fails the deploy.
+    fn tolerate(&mut self, c: usize) -> Option<String> {
+        let p = self.containers[c].pod;
+        if self.pods[p].op != Op::Replace || self.tolerance.is_empty() {
+            return None;
+        }
+        let services: BTreeSet<String> = self.pods[p]
+            .containers
+            .iter()
+            .map(|k| self.containers[*k].replica.service.clone())
+            .collect();
+        let mut why = Vec::new();
+        for s in &services {
+            let ratio = self.tolerance.get(s).copied()?;
+            let replaced = self
+                .by_service
+                .get(s)
+                .into_iter()
+                .flatten()
+                .map(|k| self.containers[*k].pod)
+                .filter(|q| self.pods[*q].op == Op::Replace)
+                .collect::<BTreeSet<usize>>()
+                .len()
+                .max(1);
+            let mut failed = self.failed_updates.get(s).cloned().unwrap_or_default();
+            failed.insert(p);
+            if failed.len() as f64 > ratio * replaced as f64 {
+                return None;
+            }
+            why.push(format!(
+                "`{s}` tolerates it (`max_failure_ratio: {ratio}`: {} of {replaced} replicas failed)",
+                failed.len()
+            ));
+        }
+        for s in services {
+            self.failed_updates.entry(s).or_default().insert(p);
+        }
+        self.tolerated.insert(p);
+        if matches!(self.pods[p].phase, Phase::Issued | Phase::Up) {
+            self.set_phase(p, Phase::Failed);
+        }
+        Some(why.join("; "))
+    }
+
     fn action_failed(&mut self, host: String, pod: String, reason: String, out: &mut Vec<Action>) {
+        let key = (host.clone(), pod.clone());
+        if self.retires.get(&key) == Some(&false) {
+            // The new generation runs; the old one still does too, out of the service map: the
+            // next `up` retires it.
+            self.retires.insert(key, true);
+            self.warn(
+                format!(
+                    "the outgoing generation of pod `{pod}` on `{host}` was not retired                      ({reason}); the next `up` retires it"
+                ),
+                out,
+            );
+            return;
+        }
         let verb = if let Some(r) = self.open_remove(&host, &pod) {
             self.close_remove(r);
             "removing"
@@ -1053,6 +1225,12 @@ impl Flow {
             if self.removes[r].host == host && self.removes[r].state != RemoveState::Done {
                 work = true;
                 self.close_remove(r);
+            }
+        }
+        for ((h, _), done) in self.retires.iter_mut() {
+            if h == host && !*done {
+                work = true;
+                *done = true;
             }
         }
         if work {
@@ -1279,7 +1457,11 @@ impl Flow {
     /// answered (and with `wait`, every container settled); after a failure, once nothing is in
     /// flight.
     fn check_done(&mut self, out: &mut Vec<Action>) {
-        if self.done || self.phases[Phase::Issued as usize] > 0 || self.removes_open > 0 {
+        if self.done
+            || self.phases[Phase::Issued as usize] > 0
+            || self.removes_open > 0
+            || self.retires_open() > 0
+        {
             return;
         }
         if self.failures.is_empty() {
@@ -1302,6 +1484,7 @@ impl Flow {
             replaced: count(Op::Replace),
             restarted: count(Op::Restart),
             removed: self.removed,
+            retired: self.retires.values().filter(|done| **done).count(),
             kept: self.pods.iter().filter(|p| p.op == Op::Keep).count(),
             failures: self.failures.clone(),
             incomplete: self
@@ -1318,6 +1501,7 @@ impl Flow {
     fn settled(&self) -> bool {
         self.containers.iter().all(|k| {
             self.pods[k.pod].phase == Phase::Kept
+                || self.tolerated.contains(&k.pod)
                 || k.exit == Some(0)
                 || (k.exit.is_none()
                     && if k.healthchecked {
@@ -1388,6 +1572,7 @@ mod tests {
                     },
                     services: p.containers.iter().map(|c| c.service.clone()).collect(),
                     stopped: false,
+                    outgoing: false,
                 });
         }
         let d = diff::diff(&desired, &observed, false);
@@ -1479,6 +1664,110 @@ mod tests {
         // web-2 and web-3 were never touched: they still run the old version.
         let untouched: Vec<&str> = s.incomplete.iter().map(|(_, p)| p.as_str()).collect();
         assert_eq!(untouched, ["web-2", "web-3"]);
+    }
+
+    fn retired(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Retire { pod, .. } => Some(pod.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn start_first_retires_each_old_generation_once_its_replacement_is_healthy() {
+        let mut flow = rolling(2, true, 1);
+        flow.set_start_first(["web".to_string()].into());
+        assert!(flow.start_first("h1", "web-1") && !flow.start_first("h1", "db-1"));
+        flow.start();
+        assert_eq!(replaced(&pulled(&mut flow, 2)), ["web-1"]);
+        // Started is not ready: the old generation stays until the health check passes.
+        assert!(retired(&flow.on(Event::Started(at(1)))).is_empty());
+        let out = flow.on(Event::Healthy(at(1)));
+        assert_eq!(
+            (retired(&out), replaced(&out)),
+            (vec!["web-1".into()], vec!["web-2".into()])
+        );
+        flow.on(Event::Started(at(2)));
+        let out = flow.on(Event::Healthy(at(2)));
+        assert_eq!(retired(&out), ["web-2"]);
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Done(_))),
+            "not done while an old generation runs: {out:?}"
+        );
+        flow.on(Event::Retired {
+            host: "h1".into(),
+            pod: "web-1".into(),
+        });
+        let end = flow.on(Event::Retired {
+            host: "h2".into(),
+            pod: "web-2".into(),
+        });
+        assert!(
+            matches!(end.last(), Some(Action::Done(s)) if s.ok() && s.retired == 2),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_start_first_replica_keeps_its_old_generation() {
+        let mut flow = rolling(2, true, 1);
+        flow.set_start_first(["web".to_string()].into());
+        flow.start();
+        pulled(&mut flow, 2);
+        flow.on(Event::Started(at(1)));
+        let out = flow.on(Event::Unhealthy(at(1)));
+        assert!(
+            retired(&out).is_empty(),
+            "the old one still serves: {out:?}"
+        );
+        assert!(
+            matches!(out.last(), Some(Action::Done(s)) if !s.ok()),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn max_failure_ratio_tolerates_that_fraction_of_failed_replicas_and_no_more() {
+        // 4 replicas, ratio 0.25: one failure is tolerated, the second fails the deploy.
+        let mut flow = rolling(4, true, 1);
+        flow.set_failure_tolerance([("web".to_string(), 0.25)].into());
+        flow.start();
+        assert_eq!(replaced(&pulled(&mut flow, 4)), ["web-1"]);
+        flow.on(Event::Started(at(1)));
+        let out = flow.on(Event::Unhealthy(at(1)));
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::Warn(w) if w.contains("max_failure_ratio: 0.25"))),
+            "{out:?}"
+        );
+        assert_eq!(replaced(&out), ["web-2"], "the rollout goes on");
+        flow.on(Event::Started(at(2)));
+        let out = flow.on(Event::Exited(at(2), 3));
+        assert!(replaced(&out).is_empty(), "{out:?}");
+        let Some(Action::Done(s)) = out.last() else {
+            panic!("ends: {out:?}")
+        };
+        assert_eq!(s.failures.len(), 1, "{s:?}");
+        assert!(s.failures[0].to_string().contains("exited with code 3"));
+    }
+
+    #[test]
+    fn failure_action_continue_tolerates_every_failure() {
+        let mut flow = rolling(2, true, 1);
+        flow.set_failure_tolerance([("web".to_string(), 1.0)].into());
+        flow.start();
+        pulled(&mut flow, 2);
+        flow.on(Event::Started(at(1)));
+        assert_eq!(replaced(&flow.on(Event::Unhealthy(at(1)))), ["web-2"]);
+        flow.on(Event::Started(at(2)));
+        let end = flow.on(Event::Unhealthy(at(2)));
+        assert!(
+            matches!(end.last(), Some(Action::Done(s)) if s.ok() && s.incomplete.len() == 2),
+            "{end:?}"
+        );
     }
 
     #[test]

@@ -600,6 +600,8 @@ mod tests {
             name: name.into(),
             spec_hash: hash.into(),
             ip: None,
+            instance: None,
+            outgoing: None,
             containers: vec![ContainerStatus {
                 service: service.into(),
                 replica: 1,

@@ -2,6 +2,19 @@
 //! a rollback (or any re-application of recorded pods) batch by batch, as [`super::release`]
 //! decided, waiting for each batch to be ready before the next. It never prints: what happens
 //! goes to the caller as [`Note`]s.
+//!
+//! Also the rolling update's order as `up` carries it out ([`configure`], [`retire`]):
+//!
+//! ```text
+//!  CLI                                   agent of the replica's host        every agent
+//!   │ ApplyPods{pods:[web-1'], start_first:[web-1]}
+//!   │ ───────────────────────────────────▶ │ web-1' starts beside web-1 (own netns, address,
+//!   │                                      │ cgroups: instance `web-1.b`); web-1 still serves
+//!   │ Status … web-1' healthy (or running) │
+//!   │ Services (map without web-1) ─────────────────────────────────────────▶ │ VIPs, DNS
+//!   │ ApplyPods{retire:[web-1]} ─────────▶ │ web-1 leaves the local sets, gets its
+//!   │                                      │ stop_signal, stop_grace_period, is removed
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -151,15 +164,114 @@ pub struct Target<'a> {
     pub poll: Duration,
 }
 
+/// Tells the flow how `up` rolls each managed service: start-first unless its policy says
+/// stop-first or a published host port forbids it, and its `max_failure_ratio` (all failures
+/// tolerated with `failure_action: continue`). Returns what to tell the user: the services that
+/// this run replaces stop-first because of a host port.
+pub fn configure(
+    flow: &mut super::flow::Flow,
+    project: &crate::compose::model::Project,
+    managed: &BTreeSet<String>,
+    desired: &super::desired::Desired,
+    diff: &super::diff::Diff,
+) -> Vec<String> {
+    let mut start_first = BTreeSet::new();
+    let mut tolerance = BTreeMap::new();
+    for s in managed {
+        let p = release::policy(project, s, false);
+        if p.start_first {
+            start_first.insert(s.clone());
+        }
+        let ratio = match p.failure_action {
+            release::FailureAction::Continue => 1.0,
+            _ => p.max_failure_ratio,
+        };
+        tolerance.insert(s.clone(), ratio);
+    }
+    flow.set_start_first(start_first.clone());
+    flow.set_failure_tolerance(tolerance);
+    let replaced: BTreeSet<&str> = diff
+        .hosts
+        .iter()
+        .flat_map(|(h, d)| d.replace.iter().filter_map(move |p| desired.pod(h, p)))
+        .flat_map(|p| p.containers.iter().map(|c| c.service.as_str()))
+        .collect();
+    replaced
+        .into_iter()
+        .filter(|s| !start_first.contains(*s))
+        .filter_map(|s| {
+            let svc = project.services.get(s)?;
+            let port = svc.ports.iter().find_map(|p| p.published.clone())?;
+            Some(format!(
+                "`{s}` is replaced stop-first: it publishes host port {port}, which two                  generations of a replica cannot bind at once (each replica stops before its                  replacement starts; put a front service before it to roll it start-first)"
+            ))
+        })
+        .collect()
+}
+
+/// How long an old generation keeps answering after every host's map has left it out, before it
+/// is stopped: requests that reached it just before the switch finish (found as 1 failed request
+/// in ~300 when it was stopped at once).
+pub const DRAIN: Duration = Duration::from_secs(1);
+
+/// Makes `req` (an `ApplyPods` of pod `pod`) replace it start-first.
+pub fn ask_start_first(req: &mut Request, pod: &str) {
+    if let Request::ApplyPods(r) = req {
+        r.start_first = vec![pod.to_string()];
+    }
+}
+
+/// Makes `req` (an `ApplyPods`) retire the outgoing generation of pod `pod`.
+pub fn ask_retire(req: &mut Request, pod: &str) {
+    if let Request::ApplyPods(r) = req {
+        r.retire = vec![pod.to_string()];
+    }
+}
+
+/// Retires the outgoing generation of `pod` on `conn`'s host: first the service map, rebuilt
+/// from every host's status (it leaves an outgoing generation out once the new one serves), goes
+/// to every host, so that no host still sends it connections, and requests under way end
+/// ([`DRAIN`]); then `req` (an `ApplyPods` with
+/// `retire`) takes it out of the local sets and stops it with its `stop_signal` and
+/// `stop_grace_period`. Answers [`Event::Retired`](super::flow::Event::Retired), or why not.
+pub async fn retire(
+    hosts: &BTreeMap<String, Arc<HostConn>>,
+    conn: &HostConn,
+    project: Option<Arc<crate::compose::model::Project>>,
+    req: Request,
+    host: String,
+    pod: String,
+    timeout: Duration,
+) -> super::flow::Event {
+    if let Some(project) = project {
+        // A host that did not take the map keeps its last one: the push at the end of `up`
+        // says so.
+        let _ = super::services::publish(hosts, &project, &BTreeMap::new(), timeout).await;
+        tokio::time::sleep(DRAIN).await;
+    }
+    match conn.call(req, timeout).await {
+        Ok(Response::Applied(_)) => super::flow::Event::Retired { host, pod },
+        Ok(other) => super::flow::Event::ActionFailed {
+            host,
+            pod,
+            reason: format!("unexpected reply to a retire: {other:?}"),
+        },
+        Err(e) => super::exec::lost_or_failed(host, pod, e),
+    }
+}
+
 /// Carries out `batches` in order. Each batch: its moves sent (start-first: new pods, then the
 /// removals; stop-first the other way, as [`release::batches`] ordered them), then every pod it
 /// applied watched until it is ready and has stayed so for its policy's `monitor`, then the
 /// policy's `delay`. The first pod that fails ends the rollout: `Err` says which, where and why
-/// (a rollout that fails is never undone by another).
+/// (a rollout that fails is never undone by another). A pod replaced start-first (its service's
+/// policy) gets its new generation beside the one running, which is retired once the new one is
+/// ready; one whose previous generation still runs beside it goes back to it at once.
 pub async fn carry_out(
     target: &Target<'_>,
     batches: &[(String, Vec<Move>)],
     policies: &BTreeMap<String, Policy>,
+    project: &crate::compose::model::Project,
     note: &mut dyn FnMut(Note),
 ) -> Result<(), String> {
     for (i, (service, moves)) in batches.iter().enumerate() {
@@ -187,7 +299,8 @@ pub async fn carry_out(
                 run.push(&moves[k]);
                 k += 1;
             }
-            send(target, &run).await?;
+            let start_first = policy.is_none_or(|p| p.start_first);
+            send(target, &run, start_first, false).await?;
             if apply {
                 let pods: Vec<(String, PodSpec)> = run
                     .iter()
@@ -198,6 +311,18 @@ pub async fn carry_out(
                     .collect();
                 // Start-first: the new pods are ready before the old copies go.
                 wait_ready(target, &pods, policy, note).await?;
+                if start_first {
+                    // Every host's map leaves the old generations out before they stop.
+                    let _ = super::services::publish(
+                        target.hosts,
+                        project,
+                        &BTreeMap::new(),
+                        target.request_timeout,
+                    )
+                    .await;
+                    tokio::time::sleep(DRAIN).await;
+                    send(target, &run, false, true).await?;
+                }
                 applied.extend(pods);
             }
         }
@@ -215,8 +340,15 @@ pub async fn carry_out(
     Ok(())
 }
 
-/// One `ApplyPods` per host for these moves, in parallel.
-async fn send(target: &Target<'_>, moves: &[&Move]) -> Result<(), String> {
+/// One `ApplyPods` per host for these moves, in parallel: the applies replaced start-first
+/// with `start_first`; with `retire`, only the retirement of the applied pods' outgoing
+/// generations (an agent with none to retire does nothing).
+async fn send(
+    target: &Target<'_>,
+    moves: &[&Move],
+    start_first: bool,
+    retire: bool,
+) -> Result<(), String> {
     let mut per_host: BTreeMap<&str, (Vec<PodSpec>, Vec<String>)> = BTreeMap::new();
     for m in moves {
         let e = per_host.entry(m.host()).or_default();
@@ -230,14 +362,24 @@ async fn send(target: &Target<'_>, moves: &[&Move]) -> Result<(), String> {
         let Some(conn) = target.hosts.get(host).cloned() else {
             return Err(format!("host `{host}` is not connected"));
         };
+        let names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+        if retire && names.is_empty() {
+            continue;
+        }
         let req = Request::ApplyPods(ApplyPodsRequest {
             project: target.project.to_string(),
             network: target.networks.get(host).cloned(),
-            pods,
-            remove,
+            pods: if retire { Vec::new() } else { pods },
+            remove: if retire { Vec::new() } else { remove },
             registry_auth: target.registry_auth.clone(),
             insecure_registries: target.insecure.to_vec(),
             fence: target.fences.get(host).copied(),
+            start_first: if start_first && !retire {
+                names.clone()
+            } else {
+                Vec::new()
+            },
+            retire: if retire { names } else { Vec::new() },
         });
         let timeout = target.request_timeout;
         tasks.spawn(async move { conn.call(req, timeout).await });
@@ -389,6 +531,93 @@ pub async fn watch(
     Ok(())
 }
 
+/// When each replica became ready, as the deploy's events said: the last `started` or
+/// `healthy` of each container, so a pod's time is its last container's. The monitor window of
+/// a replica counts from then (not from the deploy's start, nor its end).
+#[derive(Debug, Default)]
+pub struct ReadyClock(BTreeMap<(String, String, u32), Instant>);
+
+impl ReadyClock {
+    /// Takes note of one progress item of the deploy.
+    pub fn see(&mut self, p: &super::exec::Progress) {
+        use super::flow::Event;
+        if let super::exec::Progress::Event(Event::Started(at) | Event::Healthy(at)) = p {
+            self.0.insert(
+                (at.host.clone(), at.service.clone(), at.replica),
+                Instant::now(),
+            );
+        }
+    }
+
+    /// Each of `pods` (host, spec) with the instant its monitor window ends: when it became
+    /// ready (`fallback` when no event said so) plus the longest monitor of its services'
+    /// policies, which is never shorter than their health check needs to fail after it passed
+    /// (`start_period + interval × retries`).
+    pub fn deadlines(
+        &self,
+        project: &crate::compose::model::Project,
+        pods: &[(String, PodSpec)],
+        fallback: Instant,
+    ) -> Vec<(String, PodSpec, Instant)> {
+        pods.iter()
+            .map(|(host, spec)| {
+                let ready = spec
+                    .containers
+                    .iter()
+                    .filter_map(|c| {
+                        self.0
+                            .get(&(host.clone(), c.service.clone(), c.replica))
+                            .copied()
+                    })
+                    .max()
+                    .unwrap_or(fallback);
+                let window = spec
+                    .containers
+                    .iter()
+                    .map(|c| release::policy(project, &c.service, false).monitor)
+                    .max()
+                    .unwrap_or_default();
+                (host.clone(), spec.clone(), ready + window)
+            })
+            .collect()
+    }
+}
+
+/// Watches each pod until its own deadline ([`ReadyClock::deadlines`]): any that stops being
+/// ready before it fails the rollout, with the failing container's last log lines.
+pub async fn watch_each(
+    target: &Target<'_>,
+    pods: &[(String, PodSpec, Instant)],
+) -> Result<(), String> {
+    loop {
+        let now = Instant::now();
+        let open: Vec<(String, PodSpec)> = pods
+            .iter()
+            .filter(|(_, _, until)| *until > now)
+            .map(|(h, p, _)| (h.clone(), p.clone()))
+            .collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        let next = pods
+            .iter()
+            .map(|(_, _, until)| *until)
+            .filter(|until| *until > now)
+            .min()
+            .unwrap_or(now);
+        watch(target, &open, target.poll.min(next - now)).await?;
+        if Instant::now() < next {
+            // `watch` returned at once (a zero window): wait a round before asking again.
+            tokio::time::sleep(
+                target
+                    .poll
+                    .min(next.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+    }
+}
+
 /// What a rollback to release `to` needs besides the hosts.
 pub struct Back<'a> {
     pub project: &'a crate::compose::model::Project,
@@ -435,7 +664,7 @@ pub async fn roll_back(
         .flat_map(|(_, ms)| ms)
         .map(|m| format!("{}@{}", m.pod(), m.host()))
         .collect();
-    carry_out(target, &batches, &policies, note).await?;
+    carry_out(target, &batches, &policies, back.project, note).await?;
     Ok(changed)
 }
 

@@ -24,20 +24,31 @@ pub fn service_map(project: &Project, pods: &BTreeMap<String, Vec<PodStatus>>) -
         .collect();
     let vips = assign_vips(default_service_cidr(), &names).unwrap_or_default();
     let mut endpoints: BTreeMap<&str, Vec<Endpoint>> = BTreeMap::new();
+    let serves = |c: &crate::proto::ContainerStatus| {
+        c.state == "running" && !matches!(c.health.as_deref(), Some("unhealthy" | "starting"))
+    };
     for (host, statuses) in pods {
         for pod in statuses {
-            let Some(addr) = pod.ip.as_deref().and_then(|ip| ip.parse().ok()) else {
-                continue;
-            };
-            for c in &pod.containers {
-                endpoints.entry(&c.service).or_default().push(Endpoint {
-                    replica: c.replica,
-                    pod: pod.name.clone(),
-                    host: host.clone(),
-                    addr,
-                    healthy: c.state == "running"
-                        && !matches!(c.health.as_deref(), Some("unhealthy" | "starting")),
-                });
+            // A start-first replacement's outgoing generation serves until the new one does;
+            // from then on the map leaves it out, so every host stops sending it connections
+            // before it is retired (stopped).
+            let outgoing = pod
+                .outgoing
+                .as_deref()
+                .filter(|_| !pod.containers.iter().all(serves));
+            for generation in std::iter::once(pod).chain(outgoing) {
+                let Some(addr) = generation.ip.as_deref().and_then(|ip| ip.parse().ok()) else {
+                    continue;
+                };
+                for c in &generation.containers {
+                    endpoints.entry(&c.service).or_default().push(Endpoint {
+                        replica: c.replica,
+                        pod: generation.instance().to_string(),
+                        host: host.clone(),
+                        addr,
+                        healthy: serves(c),
+                    });
+                }
             }
         }
     }
@@ -241,6 +252,8 @@ networks:
             name: name.into(),
             spec_hash: "h".into(),
             ip: Some(ip.into()),
+            instance: None,
+            outgoing: None,
             containers: vec![ContainerStatus {
                 service: service.into(),
                 replica,

@@ -162,6 +162,13 @@ fn reactions(action: &Action, desired: &Desired, script: &Script) -> Vec<(u64, E
                 pod: pod.clone(),
             },
         )],
+        Action::Retire { host, pod } => vec![(
+            script.remove,
+            Event::Retired {
+                host: host.clone(),
+                pod: pod.clone(),
+            },
+        )],
         Action::Warn(_) | Action::Fail(_) | Action::Done(_) => Vec::new(),
     }
 }

@@ -50,7 +50,8 @@ impl Lcg {
 
 /// What the project leaves on a host, line by line, in forms that do not depend on pids or
 /// times: its cgroups (paths below the hierarchy), the mount points naming it, link names, IPv4
-/// addresses, and how many processes run from its state directory. (The nftables rules depend on
+/// addresses, and how many processes run from its state directory; a pod's instance name is read
+/// as the pod's (a start-first replacement may leave it under `<pod>.b`). (The nftables rules depend on
 /// where pods run, which may differ after the kills: see [`nft_pod_addresses`].)
 fn footprint(lab: &Lab, host: &str) -> BTreeMap<&'static str, String> {
     let run = |script: &str| -> String {
@@ -67,13 +68,13 @@ fn footprint(lab: &Lab, host: &str) -> BTreeMap<&'static str, String> {
         "cgroups",
         run(&format!(
             "find /sys/fs/cgroup -type d -path '*compose-fleet/{PROJECT}/*' 2>/dev/null \
-             | sed 's#.*compose-fleet/#compose-fleet/#' | sort -u"
+             | sed 's#.*compose-fleet/#compose-fleet/#; s#\\.b/#/#g; s#\\.b$##' | sort -u"
         )),
     );
     f.insert(
         "mounts",
         run(&format!(
-            "grep '{PROJECT}' /proc/self/mountinfo | cut -d' ' -f5 | sed 's#/[0-9a-f]\\{{64\\}}#/HASH#g' | sort"
+            "grep '{PROJECT}' /proc/self/mountinfo | cut -d' ' -f5 | sed 's#/[0-9a-f]\\{{64\\}}#/HASH#g; s#\\.b/#/#g; s#\\.b$##' | sort"
         )),
     );
     f.insert(

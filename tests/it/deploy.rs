@@ -188,6 +188,7 @@ impl Fixture {
                 spec_hash: hash,
                 services,
                 stopped: matches!(how, Running::Stopped),
+                outgoing: false,
             });
         }
         observed
@@ -289,6 +290,7 @@ pub fn render(a: &Action) -> String {
             };
             format!("remove {host} {pod} ({why})")
         }
+        Action::Retire { host, pod } => format!("retire {host} {pod}"),
         Action::Warn(w) => format!("warn: {w}"),
         Action::Fail(f) => format!("fail: {f}"),
         Action::Done(s) => {
@@ -1353,6 +1355,7 @@ fn plan_text(f: &Fixture) -> String {
             Change::Remove(RemoveReason::Moved { to }) => format!("remove (moved to {to})"),
             Change::Remove(RemoveReason::NotDesired) => "remove (not desired)".to_string(),
             Change::Remove(RemoveReason::Orphan) => "remove (orphan)".to_string(),
+            Change::Retire => "retire".to_string(),
         };
         out.push_str(&format!("{} {}: {change}", step.host, step.pod));
         for d in &step.waits_for {

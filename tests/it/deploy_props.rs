@@ -215,6 +215,7 @@ fn build(case: &Case) -> (Desired, Flow) {
             spec_hash: hash,
             services: vec![name(s)],
             stopped: false,
+            outgoing: false,
         });
     }
     let d = diff::diff(&desired, &observed, false);
@@ -323,6 +324,12 @@ impl World<'_> {
                     }
                 }
                 self.pending.push(chain);
+            }
+            Action::Retire { host, pod } => {
+                self.pending.push(VecDeque::from([Event::Retired {
+                    host: host.clone(),
+                    pod: pod.clone(),
+                }]));
             }
             Action::Remove { host, pod, .. } => {
                 self.pending.push(VecDeque::from([Event::Removed {
@@ -444,7 +451,7 @@ impl World<'_> {
             Event::HostLost { host, .. } => {
                 self.lost.insert(host.clone());
             }
-            Event::Removed { .. } | Event::Abort { .. } => {}
+            Event::Removed { .. } | Event::Retired { .. } | Event::Abort { .. } => {}
         }
     }
 }
@@ -534,6 +541,7 @@ fn event_host(e: &Event) -> Option<&str> {
         Event::PullDone { host, .. }
         | Event::PullFailed { host, .. }
         | Event::Removed { host, .. }
+        | Event::Retired { host, .. }
         | Event::ActionFailed { host, .. }
         | Event::HostLost { host, .. } => Some(host),
         Event::Started(at) | Event::Healthy(at) | Event::Unhealthy(at) | Event::Exited(at, _) => {

@@ -130,8 +130,9 @@ fn a_release_that_fails_its_health_check_is_rolled_back_on_every_host() {
     assert_eq!(after.len(), 4, "{after:?}");
     assert_eq!(cache(&after), cache(&before), "the cache kept its pid");
 
-    // Release 3, rolled one replica at a time (PAR=1): the first replica fails, the rollout
-    // stops there, only that host goes back, and the other replicas keep their pids.
+    // Release 3, rolled one replica at a time (PAR=1), start-first: the first replica's new
+    // generation fails beside the old one, the rollout stops there, that host goes back to the
+    // generation that kept serving, and no replica restarted.
     let before = after;
     let bad = run(cli(&lab, P, "3", true, &["up"]));
     let err = String::from_utf8_lossy(&bad.stderr);
@@ -151,8 +152,8 @@ fn a_release_that_fails_its_health_check_is_rolled_back_on_every_host() {
     let kept: Vec<&(String, u64)> = after.iter().filter(|p| before.contains(p)).collect();
     assert_eq!(
         kept.len(),
-        3,
-        "only the failed replica restarted: {before:?} → {after:?}"
+        4,
+        "the old generation served throughout and is back: {before:?} → {after:?}"
     );
 
     let listed: Vec<(u64, String)> = releases(&lab, P).iter().map(summary).collect();
@@ -426,4 +427,193 @@ fn a_replica_failing_inside_its_monitor_window_fails_and_rolls_back_the_release(
         listed,
         [(2, "rolled_back".to_string()), (1, "succeeded".to_string())]
     );
+}
+
+/// One HTTP/1.0 GET of `path` on `addr`, with a short deadline; the response when it answered
+/// 200.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut raw = Vec::new();
+    s.take(64 * 1024).read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    // The CGI's own header lines end in a bare LF: only the status line is looked at.
+    let status = text.lines().next()?;
+    status.contains(" 200 ").then_some(text)
+}
+
+/// Requests a client made and those that failed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    requests: u64,
+    failed: u64,
+}
+
+/// Polls `addr` (the published port of `front`) until `stop`, counting answers without a `web
+/// stamp` (refused, cut, timed out, or `front` could not reach `web` by name) as failed.
+fn poll_published(
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Tally> {
+    std::thread::spawn(move || {
+        let mut t = Tally::default();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            t.requests += 1;
+            let ok = http_get(&addr, "/cgi-bin/p").is_some_and(|b| b.contains("web stamp"));
+            if !ok {
+                t.failed += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        t
+    })
+}
+
+/// The must-hold of issue 12: changing one service's environment replaces its replicas one
+/// `parallelism` batch at a time, start-first, with no failed request from a client polling the
+/// service by name from a pod, nor from one polling it through a published port; each old
+/// generation is retired after its replacement is healthy, and none is left behind.
+#[test]
+fn a_start_first_rolling_update_fails_no_request_by_name_or_through_the_published_port() {
+    let Some(lab) = Lab::up("releases_start_first", 3) else {
+        return;
+    };
+    const P: &str = "roll";
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/releases/rolling.yaml");
+    let cli = |stamp: &str, args: &[&str]| {
+        let mut cmd = lab.cli();
+        cmd.arg("-f")
+            .arg(&fixture)
+            .args(["-p", P])
+            .args(args)
+            .env("REGISTRY", lab.registry())
+            .env("STAMP", stamp);
+        cmd
+    };
+    let first = run(cli("1", &["up"]));
+    assert!(first.status.success(), "release 1: {}", describe(&first));
+
+    // Where `front` publishes its port; it answers once its host has the service map.
+    let out = run(cli("1", &["ps", "--format", "json"]));
+    assert!(out.status.success(), "ps: {}", describe(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("ps JSON");
+    let front_host = rows
+        .iter()
+        .find(|r| r["service"] == "front")
+        .and_then(|r| r["host"].as_str())
+        .expect("front runs")
+        .to_string();
+    let published = format!("{}:8080", lab.address(&front_host));
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !http_get(&published, "/cgi-bin/p").is_some_and(|b| b.contains("web stamp 1")) {
+        assert!(
+            Instant::now() < deadline,
+            "{published} never answered with web's page"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = poll_published(published.clone(), stop.clone());
+    let started = Instant::now();
+    let out = run(cli("2", &["up", "--json"]));
+    let took = started.elapsed();
+    // A little more load after the end: the last old generation is gone by now.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let tally = poller.join().expect("the poller");
+    assert!(out.status.success(), "release 2: {}", describe(&out));
+
+    // The events: one replica at a time (a replaced replica is in flight from its `replace`
+    // until it is healthy), each old generation retired after its replacement turned healthy.
+    let mut in_flight = std::collections::BTreeSet::new();
+    let mut healthy = std::collections::BTreeSet::new();
+    let (mut most, mut replaced, mut retired) = (0, Vec::new(), Vec::new());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let pod = e["pod"].as_str().unwrap_or("?").to_string();
+        match e["event"].as_str() {
+            Some("replace") => {
+                replaced.push(pod.clone());
+                in_flight.insert(pod);
+                most = most.max(in_flight.len());
+            }
+            Some("healthy") if e["service"] == "web" => {
+                let pod = format!("web-{}", e["replica"]);
+                in_flight.remove(&pod);
+                healthy.insert(pod);
+            }
+            Some("retire") => {
+                assert!(
+                    healthy.contains(&pod),
+                    "{pod}'s old generation retired before the new one was healthy"
+                );
+                retired.push(pod);
+            }
+            _ => {}
+        }
+    }
+    replaced.sort();
+    retired.sort();
+    assert_eq!(replaced, ["web-1", "web-2", "web-3"], "{}", describe(&out));
+    assert_eq!(retired, replaced, "every old generation retired");
+    assert_eq!(most, 1, "one `parallelism` (1) batch at a time");
+
+    // The client in a pod, by name: not one failure since its first answer.
+    let logs = run(cli("2", &["logs", "--no-color", "client"]));
+    assert!(logs.status.success(), "logs: {}", describe(&logs));
+    let text = String::from_utf8_lossy(&logs.stdout);
+    let said = |word: &str| {
+        text.lines()
+            .filter(|l| l.split_whitespace().last() == Some(word))
+            .count()
+    };
+    let (ok, failed) = (said("ok"), said("FAIL"));
+    eprintln!(
+        "start-first rollout of 3 replicas took {took:?}; through the published port: {} requests, {} failed; by name from a pod: {} requests, {failed} failed",
+        tally.requests,
+        tally.failed,
+        ok + failed
+    );
+    assert!(tally.requests >= 20, "the client polled: {tally:?}");
+    assert_eq!(
+        tally.failed, 0,
+        "no failed request through the published port"
+    );
+    assert!(ok >= 20, "the pod polled by name: {}", describe(&logs));
+    assert_eq!(failed, 0, "no failed request by name: {text}");
+
+    // Each host runs one generation of its replica: no old one left behind.
+    assert_eq!(plan_code_of(&lab, &fixture, P, "2"), Some(0));
+    for host in lab.host_names() {
+        let out = lab.ssh(
+            &host,
+            &format!("ls /var/lib/compose-fleet/projects/{P}/pods"),
+        );
+        let dirs = String::from_utf8_lossy(&out.stdout).into_owned();
+        let webs = dirs.lines().filter(|d| d.starts_with("web-")).count();
+        assert_eq!(webs, 1, "{host} holds one web instance: {dirs}");
+    }
+    let down = run(cli("2", &["down", "--volumes"]));
+    assert!(down.status.success(), "down: {}", describe(&down));
+}
+
+/// `plan --detailed-exitcode` of `fixture` with STAMP.
+fn plan_code_of(lab: &Lab, fixture: &std::path::Path, project: &str, stamp: &str) -> Option<i32> {
+    let mut cmd = lab.cli();
+    cmd.arg("-f")
+        .arg(fixture)
+        .args(["-p", project, "plan", "--detailed-exitcode"])
+        .env("REGISTRY", lab.registry())
+        .env("STAMP", stamp);
+    run(cmd).status.code()
 }

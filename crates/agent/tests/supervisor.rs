@@ -770,6 +770,8 @@ async fn apply_pods(
             registry_auth: BTreeMap::new(),
             insecure_registries: Vec::new(),
             fence: None,
+            start_first: Vec::new(),
+            retire: Vec::new(),
         }),
     )
     .await;
@@ -835,6 +837,148 @@ async fn apply_pods_changes_only_the_pods_it_names() {
         .collect();
     assert_eq!(names, ["a-1", "b-1"]);
     remove(&sup, "p", true).await;
+}
+
+/// `ApplyPods` with the start-first fields (issue 12).
+async fn handover(
+    sup: &Supervisor,
+    pods: Vec<PodSpec>,
+    start_first: &[&str],
+    retire: &[&str],
+) -> ApplyReport {
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let frames = call(
+        sup,
+        Request::ApplyPods(ApplyPodsRequest {
+            network: None,
+            project: "p".into(),
+            pods,
+            remove: Vec::new(),
+            registry_auth: BTreeMap::new(),
+            insecure_registries: Vec::new(),
+            fence: None,
+            start_first: names(start_first),
+            retire: names(retire),
+        }),
+    )
+    .await;
+    match frames.as_slice() {
+        [ResponseFrame {
+            ok: Some(Response::Applied(r)),
+            ..
+        }] => r.clone(),
+        other => panic!("apply_pods answered {other:?}"),
+    }
+}
+
+/// Start-first: the new generation runs beside the old one under its twin instance name, the
+/// old one keeps running (across a daemon restart too) until it is retired, and then it is
+/// stopped and its directory removed; a spec equal to the outgoing generation's goes back to it
+/// without starting anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_first_runs_two_generations_until_the_old_one_is_retired() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let web = |hash: &str| {
+        pod(
+            "web-1",
+            hash,
+            vec![sh("web", "exec sleep 1000", RestartPolicy::Always)],
+        )
+    };
+    handover(&sup, vec![web("h1")], &[], &[]).await;
+    let old = wait_for(&sup, "p", "web-1", "web", "running", |c| {
+        c.state == "running"
+    })
+    .await;
+    let r = handover(&sup, vec![web("h2")], &["web-1"], &[]).await;
+    assert_eq!(r.replaced, ["web-1"]);
+    let new = wait_for(&sup, "p", "web-1", "web", "running", |c| {
+        c.state == "running" && c.pid != old.pid
+    })
+    .await;
+    let s = status(&sup, "p").await;
+    assert_eq!(s.pods.len(), 1, "one pod, two generations: {s:?}");
+    let pod = &s.pods[0];
+    assert_eq!((pod.spec_hash.as_str(), pod.instance()), ("h2", "web-1.b"));
+    let outgoing = pod
+        .outgoing
+        .as_deref()
+        .expect("the old generation is outgoing");
+    assert_eq!(
+        (outgoing.spec_hash.as_str(), outgoing.instance()),
+        ("h1", "web-1")
+    );
+    assert_eq!(
+        outgoing.containers[0].pid, old.pid,
+        "the old generation still runs"
+    );
+    let state = StateRoot::new(root.path());
+    assert!(state.pod("p", "web-1").exists() && state.pod("p", "web-1.b").exists());
+
+    // A daemon restart adopts both generations.
+    sup.detach().await;
+    let sup = root.open().await;
+    let s = status(&sup, "p").await;
+    let pod = &s.pods[0];
+    assert_eq!(pod.containers[0].pid, new.pid);
+    assert_eq!(
+        pod.outgoing.as_deref().map(|o| o.containers[0].pid),
+        Some(old.pid),
+        "{s:?}"
+    );
+
+    // Retired: stopped (its pid gone) and removed; the new generation untouched.
+    handover(&sup, Vec::new(), &[], &["web-1"]).await;
+    let s = status(&sup, "p").await;
+    assert!(s.pods[0].outgoing.is_none(), "{s:?}");
+    assert_eq!(s.pods[0].containers[0].pid, new.pid);
+    assert!(
+        !state.pod("p", "web-1").exists(),
+        "the old instance's state is gone"
+    );
+    let pid = nix::unistd::Pid::from_raw(old.pid.expect("pid") as i32);
+    assert!(
+        nix::sys::signal::kill(pid, None).is_err(),
+        "the old generation's process is gone"
+    );
+
+    // The next start-first replacement takes the pod's own name again; a revert to the
+    // generation still serving goes back to it at once and stops the newer one.
+    handover(&sup, vec![web("h3")], &["web-1"], &[]).await;
+    let third = wait_for(&sup, "p", "web-1", "web", "running", |c| {
+        c.state == "running" && c.pid != new.pid
+    })
+    .await;
+    assert_eq!(status(&sup, "p").await.pods[0].instance(), "web-1");
+    let r = handover(&sup, vec![web("h2")], &["web-1"], &[]).await;
+    assert_eq!(r.replaced, ["web-1"]);
+    let s = status(&sup, "p").await;
+    let pod = &s.pods[0];
+    assert_eq!(
+        (
+            pod.spec_hash.as_str(),
+            pod.instance(),
+            pod.containers[0].pid
+        ),
+        ("h2", "web-1.b", new.pid),
+        "back on the generation that kept running: {s:?}"
+    );
+    assert!(pod.outgoing.is_none());
+    let pid = nix::unistd::Pid::from_raw(third.pid.expect("pid") as i32);
+    assert!(
+        nix::sys::signal::kill(pid, None).is_err(),
+        "the newer one stopped"
+    );
+    assert!(!state.pod("p", "web-1").exists());
+
+    // Stop-first (not asked for start-first) replaces in place, under the same instance.
+    handover(&sup, vec![web("h4")], &[], &[]).await;
+    let s = status(&sup, "p").await;
+    assert_eq!(s.pods[0].instance(), "web-1.b");
+    assert!(s.pods[0].outgoing.is_none());
+    remove(&sup, "p", true).await;
+    assert!(!state.pod("p", "web-1.b").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1576,6 +1720,8 @@ async fn a_write_with_a_stale_fencing_number_changes_nothing() {
             registry_auth: BTreeMap::new(),
             insecure_registries: Vec::new(),
             fence: Some(fence),
+            start_first: Vec::new(),
+            retire: Vec::new(),
         })
     };
     let refused = call(&sup, write(old)).await;

@@ -50,7 +50,10 @@ use serde::{Deserialize, Serialize};
 /// records (`record_release`, `releases`), `network_mode: host` and internal networks in pod
 /// networks, compressed blob chunks (`encoding`), the service map's digest and user-stopped
 /// containers in `Status`.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: start-first generations (`start_first` and `retire` in `apply_pods`; a pod's `instance`
+/// and `outgoing` generation in `Status`), `services_held` (the map a host holds, for
+/// `--on-unreachable`), the mesh device's kind (kernel or userspace) in the host's facts.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The longest line either side accepts, so a broken peer cannot make the other buffer forever.
 ///
@@ -396,6 +399,19 @@ pub struct ApplyPodsRequest {
     /// of this project exists with another number. `None`: no check (an older CLI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<u64>,
+    // --- start-first rolling updates (issue 12) ---
+    /// Pods of `pods` to replace start-first: the new generation starts beside the running one,
+    /// which keeps serving (and stays in DNS and the VIP sets) until it is retired. A pod that
+    /// publishes a host port is replaced stop-first all the same (two generations cannot bind
+    /// one port). A pod whose new spec is that of the generation still serving beside it goes
+    /// back to that generation at once (a rollback), and the newer one is stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_first: Vec<String>,
+    /// Pods whose outgoing generation (the one a start-first replacement left serving) leaves
+    /// the VIP sets and DNS answers now, and is then stopped with its `stop_signal` and
+    /// `stop_grace_period` and removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retire: Vec<String>,
 }
 
 // --- lock (issue 12): the deploy lease ---
@@ -753,6 +769,30 @@ pub struct PodStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
     pub containers: Vec<ContainerStatus>,
+    // --- start-first rolling updates (issue 12) ---
+    /// The name this generation's sandbox, address and state use on the host, when it is not
+    /// `name` (a start-first replacement runs beside the generation it replaces). Service map
+    /// endpoints name the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The generation this one replaced start-first, still running (and serving) until it is
+    /// retired (`ApplyPodsRequest::retire`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outgoing: Option<Box<PodStatus>>,
+}
+
+impl PodStatus {
+    /// The name of this generation on its host (see [`PodStatus::instance`]).
+    pub fn instance(&self) -> &str {
+        self.instance.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// The pod an instance (a generation's name on its host: the pod's name, or `<pod>.b` beside it
+/// during a start-first replacement) belongs to. A pod's name ends in `-<replica>`, so the
+/// suffix is never part of one.
+pub fn pod_of_instance(instance: &str) -> &str {
+    instance.strip_suffix(".b").unwrap_or(instance)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -337,8 +337,8 @@ impl super::Network {
         }
         self.resync()?;
         // The subnet first: `self.registry().counts(self.subnet())` would lock the registry and
-        // then the address book, the reverse of `attach`'s order (book, then registry in
-        // `ruleset`) — a deadlock of both runtime threads when a service map arrived while a pod
+        // then the address book, the reverse of `attach`'s and `resync`'s order (book, then
+        // registry) — a deadlock of both runtime threads when a service map arrived while a pod
         // was being attached (seen as a lab agent that answered nothing, every thread in futex).
         let subnet = self.subnet();
         Ok(self.registry().counts(subnet))

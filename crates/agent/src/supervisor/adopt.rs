@@ -13,12 +13,19 @@ impl Supervisor {
                 continue;
             };
             let mut rt = ProjectRt::default();
+            let mut records = generations::load(&inner.state, &pname);
             for pod in desired.pods {
+                let record = records.remove(&pod.name).unwrap_or_default();
+                let instance = if record.instance.is_empty() {
+                    pod.name.clone()
+                } else {
+                    record.instance
+                };
                 let mut containers = Vec::new();
                 for spec in &pod.containers {
                     let dir = inner
                         .state
-                        .container(&pname, &pod.name, &spec.service, spec.replica);
+                        .container(&pname, &instance, &spec.service, spec.replica);
                     let Some(launch) = read_json::<Launch>(&dir.join(LAUNCH_FILE)) else {
                         log(&format!(
                             "project {pname} pod {}: {} is missing; the pod will be recreated on the next apply",
@@ -40,7 +47,7 @@ impl Supervisor {
                 // A pod whose containers could not all be read, or whose secrets tmpfs is gone
                 // (a reboot) with nothing running, cannot be restarted as it is: it keeps only
                 // what still runs, and an empty spec hash so that the next Apply replaces it.
-                let pod_dir = inner.state.pod(&pname, &pod.name);
+                let pod_dir = inner.state.pod(&pname, &instance);
                 let secrets_lost = pod
                     .containers
                     .iter()
@@ -69,6 +76,11 @@ impl Supervisor {
                         _ => {}
                     }
                 }
+                // The generation a start-first replacement left serving: watched again as it
+                // is, to be retired (or gone back to) by the next request.
+                let outgoing = record
+                    .outgoing
+                    .map(|o| Box::new(self.readopt_outgoing(&pname, o)));
                 rt.pods.insert(
                     pod.name.clone(),
                     PodRt {
@@ -77,11 +89,46 @@ impl Supervisor {
                         } else {
                             pod.spec_hash.clone()
                         },
+                        instance,
                         containers: containers.into_iter().map(|(c, _)| c).collect(),
+                        outgoing,
                     },
                 );
             }
             projects.insert(pname, rt);
+        }
+    }
+
+    /// Re-adopts an outgoing generation from its containers' launch files (those unreadable
+    /// are left out: its directory goes when it is retired).
+    fn readopt_outgoing(&self, project: &str, o: generations::Outgoing) -> PodRt {
+        let mut containers = Vec::new();
+        for (service, replica) in &o.containers {
+            let dir = self
+                .inner
+                .state
+                .container(project, &o.instance, service, *replica);
+            let Some(launch) = read_json::<Launch>(&dir.join(LAUNCH_FILE)) else {
+                continue;
+            };
+            let mut obs: Observed = read_json(&dir.join(OBSERVED_FILE)).unwrap_or_default();
+            let step = self.adopt_step(&launch, &obs);
+            if let Some(Step::Watch(rec)) = &step {
+                obs.state = RunState::Running;
+                obs.pid = Some(rec.pid);
+                obs.started_at_ms = Some(rec.started_at_ms);
+            }
+            let c = ContainerRt::new(launch, obs);
+            if let Some(step) = step {
+                self.spawn_container(c.clone(), step);
+            }
+            containers.push(c);
+        }
+        PodRt {
+            spec_hash: o.spec_hash,
+            instance: o.instance,
+            containers,
+            outgoing: None,
         }
     }
 

@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// What an `ApplyPods` asks beyond the pods: which replacements go start-first, and which
+/// outgoing generations to retire.
+#[derive(Debug, Default)]
+struct Handover {
+    start_first: std::collections::BTreeSet<String>,
+    retire: std::collections::BTreeSet<String>,
+}
+
 impl Supervisor {
     /// Changes only the pods `req` names: the stored desired set with `req.pods` put in (by name)
     /// and `req.remove` taken out, applied as a whole. Kept pods keep their hash, so nothing else
@@ -29,18 +37,35 @@ impl Supervisor {
             .filter(|p| !named.contains(p.name.as_str()))
             .collect();
         pods.extend(req.pods);
-        self.apply(ApplyRequest {
-            project: req.project,
-            pods,
-            registry_auth: req.registry_auth,
-            insecure_registries: req.insecure_registries,
-            network: req.network,
-        })
+        let handover = Handover {
+            start_first: req.start_first.into_iter().collect(),
+            retire: req.retire.into_iter().collect(),
+        };
+        self.apply_with(
+            ApplyRequest {
+                project: req.project,
+                pods,
+                registry_auth: req.registry_auth,
+                insecure_registries: req.insecure_registries,
+                network: req.network,
+            },
+            handover,
+        )
         .await
     }
 
-    /// Reconciles a project to exactly `req.pods`.
+    /// Reconciles a project to exactly `req.pods` (replacing stop-first).
     pub async fn apply(&self, req: ApplyRequest) -> Result<ApplyReport, Failure> {
+        self.apply_with(req, Handover::default()).await
+    }
+
+    /// Reconciles a project to exactly `req.pods`, replacing the pods `handover` names
+    /// start-first and retiring the outgoing generations it names.
+    async fn apply_with(
+        &self,
+        req: ApplyRequest,
+        handover: Handover,
+    ) -> Result<ApplyReport, Failure> {
         let inner = &self.inner;
         validate(&req)?;
         let warnings = match (&inner.cfg.network, &req.network) {
@@ -91,19 +116,74 @@ impl Supervisor {
         self.pull_missing(&req, starting.iter().copied(), &mut images)
             .await?;
 
-        // Stop what goes away or is replaced, all at once.
-        let mut stopping = Vec::new();
-        for name in d.remove.iter().chain(&d.replace) {
-            if let Some(pod) = project.pods.remove(name) {
+        // What stops: removed pods (every generation), pods replaced stop-first (every
+        // generation), outgoing generations retired or superseded, and the generation a revert
+        // gives up. A start-first replacement keeps the running generation as the new one's
+        // outgoing: it keeps serving.
+        let mut stopping: Vec<PodRt> = Vec::new();
+        let mut instances: BTreeMap<String, String> = BTreeMap::new();
+        let mut handing_over: BTreeMap<String, PodRt> = BTreeMap::new();
+        let mut reverted: std::collections::BTreeSet<String> = Default::default();
+        for name in &d.remove {
+            if let Some(mut pod) = project.pods.remove(name) {
+                stopping.extend(pod.outgoing.take().map(|o| *o));
                 stopping.push(pod);
             }
         }
-        let going: Vec<String> = d.remove.iter().chain(&d.replace).cloned().collect();
+        for spec in req.pods.iter().filter(|p| d.replace.contains(&p.name)) {
+            let Some(mut old) = project.pods.remove(&spec.name) else {
+                continue;
+            };
+            let outgoing_hash = old.outgoing.as_ref().map(|o| o.spec_hash.clone());
+            let how = generations::replacement(
+                outgoing_hash.as_deref(),
+                spec,
+                handover.start_first.contains(&spec.name),
+            );
+            match (how, old.outgoing.take()) {
+                (generations::Replacement::Revert, Some(back)) => {
+                    stopping.push(old);
+                    project.pods.insert(spec.name.clone(), *back);
+                    reverted.insert(spec.name.clone());
+                }
+                (generations::Replacement::StartFirst, outgoing) => {
+                    stopping.extend(outgoing.map(|o| *o));
+                    instances.insert(
+                        spec.name.clone(),
+                        generations::twin(&spec.name, &old.instance),
+                    );
+                    handing_over.insert(spec.name.clone(), old);
+                }
+                (_, outgoing) => {
+                    stopping.extend(outgoing.map(|o| *o));
+                    instances.insert(spec.name.clone(), old.instance.clone());
+                    stopping.push(old);
+                }
+            }
+        }
+        for name in &handover.retire {
+            if let Some(o) = project.pods.get_mut(name).and_then(|p| p.outgoing.take()) {
+                stopping.push(*o);
+            }
+        }
+        // Out of the VIP sets and DNS answers first, then stopped (each container with its
+        // stop signal and grace period), all at once.
+        let going: Vec<String> = stopping.iter().map(|p| p.instance.clone()).collect();
         leave_service_sets(inner, &req.project, &going);
         stop_pods(stopping.iter()).await;
-        for name in d.remove.iter().chain(&d.replace) {
-            remove_pod(inner, &req.project, name);
+        for instance in &going {
+            remove_pod(inner, &req.project, instance);
         }
+        // A start-first generation's instance may hold what a daemon killed mid-replacement left.
+        for (name, instance) in &instances {
+            if handing_over.contains_key(name) && inner.state.pod(&req.project, instance).exists() {
+                remove_pod(inner, &req.project, instance);
+            }
+        }
+        let starting: Vec<&PodSpec> = starting
+            .into_iter()
+            .filter(|p| !reverted.contains(&p.name))
+            .collect();
 
         let desired = DesiredProject {
             pods: req
@@ -122,18 +202,45 @@ impl Supervisor {
             )
         })?;
 
+        let mut prepared = Ok(());
         for pod in starting {
-            let rt = self.prepare_pod(&req.project, pod, &images).map_err(|e| {
-                Failure::host(
-                    format!("preparing pod {} of project {}", pod.name, req.project),
-                    e,
-                )
-            })?;
-            for c in &rt.containers {
-                self.spawn_container(c.clone(), Step::Start);
+            let instance = instances
+                .get(&pod.name)
+                .cloned()
+                .unwrap_or_else(|| pod.name.clone());
+            let outgoing = handing_over.remove(&pod.name).map(Box::new);
+            match self.prepare_pod(&req.project, pod, &instance, &images) {
+                Ok(mut rt) => {
+                    for c in &rt.containers {
+                        self.spawn_container(c.clone(), Step::Start);
+                    }
+                    rt.outgoing = outgoing;
+                    project.pods.insert(pod.name.clone(), rt);
+                }
+                Err(e) => {
+                    // The generation that was to be replaced start-first still serves: keep it.
+                    if let Some(old) = outgoing {
+                        project.pods.insert(pod.name.clone(), *old);
+                    }
+                    prepared = Err(Failure::host(
+                        format!("preparing pod {} of project {}", pod.name, req.project),
+                        e,
+                    ));
+                    break;
+                }
             }
-            project.pods.insert(pod.name.clone(), rt);
         }
+        // Pods not reached after a failure keep their running generation too.
+        for (name, old) in handing_over {
+            project.pods.insert(name, old);
+        }
+        if let Err(e) = generations::save(&inner.state, &req.project, project) {
+            log(&format!(
+                "saving the generations of project {}: {e}",
+                req.project
+            ));
+        }
+        prepared?;
         Ok(ApplyReport {
             created: d.create,
             replaced: d.replace,
@@ -171,30 +278,32 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Writes a pod's files and launch configs; does not start anything.
+    /// Writes a pod's files and launch configs under its instance name `instance`; does not
+    /// start anything.
     pub(super) fn prepare_pod(
         &self,
         project: &str,
         pod: &PodSpec,
+        instance: &str,
         images: &BTreeMap<String, seam::PulledImage>,
     ) -> io::Result<PodRt> {
         let inner = &self.inner;
-        let pod_dir = inner.state.pod(project, &pod.name);
+        let pod_dir = inner.state.pod(project, instance);
         std::fs::create_dir_all(&pod_dir)?;
         let runtime = &inner.cfg.runtime;
         if pod.network.mode == crate::proto::NetworkMode::Host {
-            runtime.create_host_network_pod(project, &pod.name, &pod.hostname)?;
+            runtime.create_host_network_pod(project, instance, &pod.hostname)?;
         } else {
-            runtime.create_pod(project, &pod.name, &pod.hostname)?;
+            runtime.create_pod(project, instance, &pod.hostname)?;
         }
-        let dns_files = attach_network(inner, project, pod, &pod_dir)?;
+        let dns_files = attach_network(inner, project, pod, instance, &pod_dir)?;
         files::mount_secrets_tmpfs(&pod_dir, pod)?;
         let mut containers = Vec::new();
         for spec in &pod.containers {
             let image = images.get(&spec.image).cloned().unwrap_or_default();
             let dir = inner
                 .state
-                .container(project, &pod.name, &spec.service, spec.replica);
+                .container(project, instance, &spec.service, spec.replica);
             std::fs::create_dir_all(&dir)?;
             let mut mounts = files::resolve_mounts(&inner.state, project, spec)?;
             mounts.extend(files::write_files(
@@ -217,9 +326,9 @@ impl Supervisor {
             stored.stop_signal = stored.stop_signal.or(image.config.stop_signal.clone());
             stored.healthcheck = stored.healthcheck.or(image.config.healthcheck.clone());
             let launch = Launch {
-                id: format!("{project}.{}.{}-{}", pod.name, spec.service, spec.replica),
+                id: format!("{project}.{instance}.{}-{}", spec.service, spec.replica),
                 project: project.to_string(),
-                pod: pod.name.clone(),
+                pod: instance.to_string(),
                 service: spec.service.clone(),
                 replica: spec.replica,
                 dir: dir.clone(),
@@ -245,7 +354,9 @@ impl Supervisor {
         }
         Ok(PodRt {
             spec_hash: pod.spec_hash.clone(),
+            instance: instance.to_string(),
             containers,
+            outgoing: None,
         })
     }
 
@@ -260,7 +371,8 @@ impl Supervisor {
         let mut projects = inner.projects.lock().await;
         let rt = projects.remove(project).unwrap_or_default();
         let names: Vec<String> = rt.pods.keys().cloned().collect();
-        leave_service_sets(inner, project, &names);
+        let instances: Vec<String> = rt.pods.values().flat_map(PodRt::instances).collect();
+        leave_service_sets(inner, project, &instances);
         stop_pods(rt.pods.values()).await;
         let pods_dir = inner.state.project(project).join("pods");
         for name in state::list_dirs(&pods_dir) {
@@ -268,6 +380,7 @@ impl Supervisor {
         }
         let _ = std::fs::remove_dir_all(&pods_dir);
         let _ = std::fs::remove_file(inner.state.desired(project));
+        let _ = std::fs::remove_file(inner.state.generations(project));
         if volumes {
             let _ = std::fs::remove_dir_all(inner.state.project(project));
         }
@@ -275,10 +388,10 @@ impl Supervisor {
     }
 }
 
-/// Stops every container of `pods` at once and waits for all of them.
+/// Stops every container of `pods` (of every generation) at once and waits for all of them.
 pub(super) async fn stop_pods<'a>(pods: impl Iterator<Item = &'a PodRt>) {
     let tasks: Vec<JoinHandle<()>> = pods
-        .flat_map(|p| &p.containers)
+        .flat_map(|p| p.all_containers())
         .filter_map(|c| {
             c.stop.send_replace(true);
             c.task.lock().ok().and_then(|mut t| t.take())
@@ -297,11 +410,12 @@ fn attach_network(
     inner: &Inner,
     project: &str,
     pod: &PodSpec,
+    instance: &str,
     pod_dir: &std::path::Path,
 ) -> io::Result<Vec<seam::ResolvedMount>> {
     let (Some(network), Some(netns)) = (
         &inner.cfg.network,
-        inner.cfg.runtime.pod_netns(project, &pod.name),
+        inner.cfg.runtime.pod_netns(project, instance),
     ) else {
         return Ok(Vec::new());
     };
@@ -322,7 +436,7 @@ fn attach_network(
         }
     }
     let addr = network
-        .attach_to(project, &pod.name, &netns, &pod.ports, &pod.network)
+        .attach_to(project, instance, &netns, &pod.ports, &pod.network)
         .map_err(|e| io::Error::other(format!("attaching the pod to the network: {e}")))?;
     let (Some(addr), Some(gateway)) = (addr, network.subnet().and_then(|s| s.gateway())) else {
         return Ok(Vec::new());

@@ -19,6 +19,8 @@
 //! - `apply.rs`: `Apply` (pull, diff, stop what goes, prepare and start what comes) and `Remove`;
 //! - `container.rs`: one container's task (start or adopt a shim, wait, restart policy, stop);
 //! - `adopt.rs`: re-adoption of running shims when the daemon starts;
+//! - [`generations`]: start-first replacement, where two generations of one pod run side by
+//!   side under two instance names until the old one is retired;
 //! - `probe.rs`: health checks; `exec.rs`: `Exec`; `logs.rs`: `Logs` (and `follow`);
 //!   `control.rs`: `Control` (stop, start, restart in place) and `Pull`.
 //!
@@ -38,6 +40,7 @@ mod control;
 pub mod diff;
 mod exec;
 pub mod files;
+pub mod generations;
 pub mod health;
 pub mod isolated;
 pub mod lease;
@@ -159,7 +162,29 @@ struct ProjectRt {
 
 struct PodRt {
     spec_hash: String,
+    /// The name its sandbox, network address and state directory use on this host: the pod's
+    /// own name, or its twin ([`generations::twin`]) when it replaced a generation start-first.
+    instance: String,
     containers: Vec<Arc<ContainerRt>>,
+    /// The generation this one replaced start-first: still running, and serving, until it is
+    /// retired (or this one is given up for it). Never has an outgoing generation itself.
+    outgoing: Option<Box<PodRt>>,
+}
+
+impl PodRt {
+    /// Its containers and its outgoing generation's.
+    fn all_containers(&self) -> impl Iterator<Item = &Arc<ContainerRt>> {
+        self.containers
+            .iter()
+            .chain(self.outgoing.iter().flat_map(|o| o.containers.iter()))
+    }
+
+    /// Its instance and its outgoing generation's.
+    fn instances(&self) -> Vec<String> {
+        std::iter::once(self.instance.clone())
+            .chain(self.outgoing.iter().map(|o| o.instance.clone()))
+            .collect()
+    }
 }
 
 struct ContainerRt {
@@ -420,7 +445,7 @@ impl Supervisor {
         for c in projects
             .values()
             .flat_map(|p| p.pods.values())
-            .flat_map(|p| &p.containers)
+            .flat_map(|p| p.all_containers())
         {
             if let Some(task) = c.task.lock().ok().and_then(|mut t| t.take()) {
                 task.abort();
@@ -443,19 +468,24 @@ impl Supervisor {
                 continue;
             }
             for (name, pod) in &p.pods {
-                pods.push(PodStatus {
+                let status = |g: &PodRt| PodStatus {
                     project: pname.clone(),
                     name: name.clone(),
-                    spec_hash: pod.spec_hash.clone(),
+                    spec_hash: g.spec_hash.clone(),
                     ip: self
                         .inner
                         .cfg
                         .network
                         .as_ref()
-                        .and_then(|n| n.address_of(pname, name))
+                        .and_then(|n| n.address_of(pname, &g.instance))
                         .map(|ip| ip.to_string()),
-                    containers: pod.containers.iter().map(|c| c.status()).collect(),
-                });
+                    containers: g.containers.iter().map(|c| c.status()).collect(),
+                    instance: (g.instance != *name).then(|| g.instance.clone()),
+                    outgoing: None,
+                };
+                let mut current = status(pod);
+                current.outgoing = pod.outgoing.as_deref().map(|o| Box::new(status(o)));
+                pods.push(current);
             }
         }
         let service_map = project.and_then(|p| {

@@ -5,10 +5,12 @@
 //! ```text
 //! projects/<project>/desired.json          the last Apply (secret contents stripped)
 //! projects/<project>/observed.json         restart counts, health, last exits per container
+//! projects/<project>/generations.json      pods running under their twin name, or two at once
 //! projects/<project>/volumes/<name>/       named volumes (kept across pod replacement)
 //! projects/<project>/pods/<pod>/configs/   config files
 //! projects/<project>/pods/<pod>/secrets/   a tmpfs mount: secret files, 0400
 //! projects/<project>/pods/<pod>/<svc>-<n>/ one container: launch.json, shim.json, exit.json, logs
+//! (`<pod>` is the instance: the pod's name, or `<name>.b` for the generation beside it)
 //! ```
 //!
 //! Invariant: the daemon never refuses to start because of its own state. A file that cannot be
@@ -51,6 +53,11 @@ impl StateRoot {
 
     pub fn desired(&self, project: &str) -> PathBuf {
         self.project(project).join("desired.json")
+    }
+
+    /// Which instance of each pod is current, and which outgoing (see `generations`).
+    pub fn generations(&self, project: &str) -> PathBuf {
+        self.project(project).join("generations.json")
     }
 
     pub fn observed(&self, project: &str) -> PathBuf {

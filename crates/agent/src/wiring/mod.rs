@@ -36,16 +36,18 @@ async fn watch_replicas(supervisor: Supervisor, network: Arc<crate::network::Net
     loop {
         let generation = network.services_generation();
         let status = supervisor.status(None).await;
+        // Keyed by instance: a start-first replacement's outgoing generation serves beside it.
         let up = status
             .pods
             .iter()
+            .flat_map(|p| std::iter::once(p).chain(p.outgoing.as_deref()))
             .filter(|p| {
                 p.containers.iter().all(|c| {
                     c.state == "running"
                         && !matches!(c.health.as_deref(), Some("unhealthy" | "starting"))
                 })
             })
-            .map(|p| format!("{}/{}", p.project, p.name))
+            .map(|p| format!("{}/{}", p.project, p.instance()))
             .collect();
         if let Err(e) = network.observed(up, generation) {
             crate::supervisor::state::log(&format!("updating the service sets: {e}"));
