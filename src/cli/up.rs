@@ -480,7 +480,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                 // services' monitor window, counted from when that replica became ready (never
                 // shorter than their health check needs).
                 if failure.is_none() {
-                    let (pods, _) = release::monitored(project, &steps, &monitored_specs);
+                    let pods = release::changed_pods(&steps, &monitored_specs);
                     let due = ready_clock.deadlines(project, &pods, deploy_ended);
                     let now = Instant::now();
                     let open = due.iter().filter(|(_, _, until)| *until > now).count();

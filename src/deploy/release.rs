@@ -491,41 +491,21 @@ pub fn changed_services(
     out.into_iter().collect()
 }
 
-/// The pods a release's `steps` create, replace or restart (their specs from `specs`, keyed by
-/// host and pod), and how long to monitor them: the longest `update_config.monitor` their
-/// services set. Without one there is no extra wait: the health gate already waited for each
-/// health check to pass, which is what a default monitor would be there for.
-pub fn monitored(
-    project: &Project,
+/// The pods a release's `steps` create, replace or restart, with their specs from `specs` (keyed
+/// by host and pod): what `up` monitors after the deploy, each for its own window
+/// ([`super::rollout::ReadyClock::deadlines`]).
+pub fn changed_pods(
     steps: &[super::flow::Step],
     specs: &BTreeMap<(String, String), PodSpec>,
-) -> (Vec<(String, PodSpec)>, Duration) {
-    use super::flow::Change;
-    let mut pods = Vec::new();
-    let mut window = Duration::ZERO;
-    for s in steps {
-        if matches!(s.change, Change::Remove(_)) {
-            continue;
-        }
-        let Some(spec) = specs.get(&(s.host.clone(), s.pod.clone())) else {
-            continue;
-        };
-        for c in &spec.containers {
-            let set = project
-                .services
-                .get(&c.service)
-                .and_then(|s| s.deploy.as_ref())
-                .and_then(|d| d.update_config.as_ref())
-                .and_then(|u| u.monitor)
-                .map(|m| m.0);
-            // Never shorter than the health check needs, once a monitor is asked for.
-            if let Some(m) = set {
-                window = window.max(m.max(policy(project, &c.service, false).monitor));
-            }
-        }
-        pods.push((s.host.clone(), spec.clone()));
-    }
-    (pods, window)
+) -> Vec<(String, PodSpec)> {
+    steps
+        .iter()
+        .filter(|s| !matches!(s.change, super::flow::Change::Remove(_)))
+        .filter_map(|s| {
+            let spec = specs.get(&(s.host.clone(), s.pod.clone()))?;
+            Some((s.host.clone(), spec.clone()))
+        })
+        .collect()
 }
 
 /// Where a pod that was just applied stands, from its host's `Status`.
@@ -784,7 +764,7 @@ mod tests {
     }
 
     #[test]
-    fn the_monitored_pods_are_those_changed_and_the_window_the_longest_monitor() {
+    fn the_changed_pods_are_monitored_each_for_the_longest_of_monitor_and_health_check() {
         use crate::deploy::diff::RemoveReason;
         use crate::deploy::flow::{Change, Step};
         let yaml = r#"
@@ -833,22 +813,15 @@ services:
             change,
             waits_for: vec![],
         };
-        let (pods, window) = monitored(
-            &project,
+        let pods = changed_pods(
             &[
                 step("api-1", Change::Create),
                 step("old-1", Change::Remove(RemoveReason::Orphan)),
             ],
             &specs,
         );
-        assert_eq!(pods.len(), 1);
-        assert_eq!(
-            window,
-            Duration::ZERO,
-            "no health check, no monitor: no wait"
-        );
-        let (pods, window) = monitored(
-            &project,
+        assert_eq!(pods.len(), 1, "a removal is not monitored");
+        let pods = changed_pods(
             &[
                 step("api-1", Change::Create),
                 step("web-1", Change::Replace),
@@ -856,15 +829,33 @@ services:
             &specs,
         );
         assert_eq!(pods.len(), 2);
-        assert_eq!(window, Duration::from_secs(9));
-        let (pods, window) = monitored(&project, &[step("cache-1", Change::Replace)], &specs);
-        assert_eq!(pods.len(), 1);
-        assert_eq!(window, Duration::ZERO, "a health check alone adds no wait");
-        let (_, window) = monitored(&project, &[step("db-1", Change::Replace)], &specs);
+        // Each pod's window, from when it became ready (here: no event, so the fallback).
+        let window = |pod: &str| {
+            let pods = changed_pods(&[step(pod, Change::Replace)], &specs);
+            let at = std::time::Instant::now();
+            let due = crate::deploy::rollout::ReadyClock::default().deadlines(&project, &pods, at);
+            assert_eq!(due.len(), 1);
+            due[0].2 - at
+        };
         assert_eq!(
-            window,
+            window("api-1"),
+            Duration::ZERO,
+            "no health check, no monitor: no wait"
+        );
+        assert_eq!(
+            window("web-1"),
+            Duration::from_secs(9),
+            "the monitor asked for"
+        );
+        assert_eq!(
+            window("db-1"),
             Duration::from_secs(15),
             "a monitor asked for covers 5s × 3"
+        );
+        assert_eq!(
+            window("cache-1"),
+            Duration::from_secs(15),
+            "a health check alone is watched as long as it needs to fail (5s × 3)"
         );
     }
 
