@@ -84,18 +84,23 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         };
         for target in &targets {
             let host = target.split('/').next().unwrap_or_default();
-            let client = build::push::client(host, insecure.iter().any(|r| r == host));
-            // The inventory's credentials for this registry, else the docker config's.
-            let (creds, warnings) =
-                crate::deploy::auth::for_registries(&[host.to_string()].into(), &registries)
-                    .map_err(Failure::User)?;
+            let is_insecure = insecure.iter().any(|r| r == host);
+            let client = build::push::client(host, is_insecure);
+            // The inventory's credentials for this registry, else the docker config's (an
+            // identity token is exchanged for a push token).
+            let repository = target[host.len()..].trim_start_matches('/');
+            let repository = repository.split(':').next().unwrap_or(repository);
+            let (auth, warnings, _) = rt
+                .block_on(build::push::auth_for(
+                    host,
+                    repository,
+                    is_insecure,
+                    &registries,
+                ))
+                .map_err(Failure::User)?;
             for w in warnings {
                 output::warning(&w);
             }
-            let auth = match creds.into_values().next() {
-                Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username, c.password),
-                None => oci_client::secrets::RegistryAuth::Anonymous,
-            };
             output::status(&format!("pushing service `{name}` to {target}"));
             let pushed = rt
                 .block_on(build::push::push(

@@ -1589,3 +1589,109 @@ fn each_host_gets_the_image_built_for_its_architecture() {
         .collect();
     assert_eq!(listed, ["amd64", "arm64"], "{index}");
 }
+
+/// `build: { push: registry }` in the inventory: `up` builds the service, pushes it to the lab
+/// registry (only what the registry lacks) and the pod specs name the registry's reference by
+/// digest, so each host's agent pulls it from there — nothing goes over the agents' blob channel.
+/// `plan` says where the image goes; a no-op `up` neither pushes nor asks the registry.
+#[test]
+fn push_registry_in_the_inventory_sends_built_images_through_the_registry() {
+    let test = "push_registry_in_the_inventory";
+    if !have_buildah(test) {
+        return;
+    }
+    let Some(lab) = Lab::up(test, 2) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("web")).expect("mkdir");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        format!("{COMPOSE}    deploy:\n      mode: global\n"),
+    )
+    .expect("write");
+    std::fs::write(dir.join("web/Dockerfile"), DOCKERFILE).expect("write");
+    std::fs::write(dir.join("web/index.html"), "through the registry\n").expect("write");
+    storage_conf(dir);
+    let prefix = format!("{}/fleet", lab.registry());
+    edit_inventory(&lab, |text| {
+        format!("build: {{ push: registry, registry: \"{prefix}\" }}\n{text}")
+    });
+
+    // `plan` says where the image goes.
+    let out = cli(&lab, dir, &["plan"]);
+    assert!(out.status.success(), "plan failed: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "service `web`: built here, pushed to {prefix}/built-web:latest; its hosts pull it from there"
+        )),
+        "{}",
+        describe(&out)
+    );
+
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let pushed = stderr
+        .lines()
+        .find(|l| l.starts_with("service `web`: pushed "))
+        .unwrap_or_else(|| panic!("up pushes the built image: {}", describe(&out)));
+    // `service `web`: pushed HOST/fleet/built-web@sha256:… to …`
+    let reference = pushed
+        .split_whitespace()
+        .nth(3)
+        .expect("the reference")
+        .to_string();
+    assert!(
+        reference.starts_with(&format!("{prefix}/built-web@sha256:")),
+        "{reference}"
+    );
+    // No blob went over the agents' channel: no delivery, no per-host transfer line.
+    assert!(
+        delivered_lines(&out).is_empty() && !stderr.contains(": sending "),
+        "nothing is delivered over SSH: {}",
+        describe(&out)
+    );
+    // The registry holds the manifest under that digest.
+    let (name, digest) = reference.split_once('@').expect("digest");
+    let path = name.split_once('/').expect("path").1;
+    let manifest = std::process::Command::new("curl")
+        .args([
+            "-fsS",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!("http://{}/v2/{path}/manifests/{digest}", lab.registry()),
+        ])
+        .output()
+        .expect("curl");
+    assert!(manifest.status.success(), "{}", describe(&manifest));
+    // Every host runs it, pulled from the registry by that digest.
+    for host in lab.host_names() {
+        let url = format!("http://{}:8080/", lab.address(&host));
+        assert_eq!(
+            get(&url, "through the registry\n"),
+            "through the registry\n",
+            "{host}"
+        );
+    }
+    let ps = cli(&lab, dir, &["ps"]);
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains(digest)
+            || String::from_utf8_lossy(&ps.stdout).contains(&digest[7..19]),
+        "the pods run the registry's reference: {}",
+        describe(&ps)
+    );
+
+    // Nothing changed: no push, no question to the registry.
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("service `web`: pushed") && !stderr.contains("has it already"),
+        "a no-op up pushes nothing: {}",
+        describe(&out)
+    );
+}
