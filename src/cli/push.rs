@@ -12,9 +12,9 @@ use crate::output;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The registry and path to push under, e.g. `registry.example.org/team` (default: each
-    /// service's `image:`, which must then name a registry). Plain http only for registries the
-    /// inventory marks insecure
+    /// The registry and path to push under, e.g. `registry.example.org/team` (default: the
+    /// inventory's `build.registry`, else each service's `image:`, which must then name a
+    /// registry). Plain http only for registries the inventory marks insecure
     #[arg(long, value_name = "HOST[:PORT]/prefix")]
     pub registry: Option<String>,
     /// The builder for services never built (default: the first that works)
@@ -33,6 +33,10 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     let insecure = insecure_registries(global);
     let hosts = declared_hosts(global);
     let registries = inventory_registries(global);
+    let registry = args
+        .registry
+        .clone()
+        .or_else(|| super::build::inventory_build(global).registry);
     let store = store()?;
     // Every target is known before anything is built or sent.
     let mut jobs = Vec::new();
@@ -52,7 +56,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         };
         job.hosts = hosts.clone();
         let targets = build::push::targets(
-            args.registry.as_deref(),
+            registry.as_deref(),
             &project.name,
             name,
             service.image.as_deref(),

@@ -1677,13 +1677,15 @@ fn push_registry_in_the_inventory_sends_built_images_through_the_registry() {
             "{host}"
         );
     }
-    let ps = cli(&lab, dir, &["ps"]);
-    assert!(
-        String::from_utf8_lossy(&ps.stdout).contains(digest)
-            || String::from_utf8_lossy(&ps.stdout).contains(&digest[7..19]),
-        "the pods run the registry's reference: {}",
-        describe(&ps)
-    );
+    // Each agent recorded the image under the registry's name, as for any pull.
+    for host in lab.host_names() {
+        let index = lab.ssh(&host, "cat /var/lib/compose-fleet/images/images/index.json");
+        assert!(
+            String::from_utf8_lossy(&index.stdout).contains(&format!("{path}@{digest}")),
+            "{host} pulled {reference}: {}",
+            describe(&index)
+        );
+    }
 
     // Nothing changed: no push, no question to the registry.
     let out = cli(&lab, dir, &["up"]);
@@ -1694,4 +1696,213 @@ fn push_registry_in_the_inventory_sends_built_images_through_the_registry() {
         "a no-op up pushes nothing: {}",
         describe(&out)
     );
+}
+
+/// Figures, not a check: the CLI's max RSS and the agent daemon's peak (VmHWM) while `up`
+/// delivers one layer larger than 1 GB (1.1 GB of random bytes, so gzip cannot shrink it) to a
+/// lab host: blobs stream, so neither should grow with the layer. Needs about 4.5 GB of free
+/// disk at its peak (the build context, buildah's storage, the export and the local store; then
+/// the host's blob and unpacked layer); everything is deleted afterwards. Run it alone:
+/// `cargo test --test it big_layer_memory_figures -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints memory figures; needs ~4.5 GB of disk and minutes"]
+fn big_layer_memory_figures() {
+    use std::io::Write as _;
+    let test = "big_layer_memory_figures";
+    if !have_buildah(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let free = |path: &Path| {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(path)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if free(dir) < 8_000_000_000 || free(Path::new("/var/lib")) < 8_000_000_000 {
+        crate::support::skip(test, "disk", "less than 8 GB free (it needs ~4.5 GB)");
+        return;
+    }
+    let Some(lab) = Lab::up(test, 1) else {
+        return;
+    };
+    const SIZE: u64 = 1_100_000_000;
+    std::fs::create_dir_all(dir.join("big/www")).expect("mkdir");
+    std::fs::write(dir.join("compose.yaml"), BIG_COMPOSE).expect("write");
+    std::fs::write(
+        dir.join("big/Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nCOPY random.bin /random.bin\nCOPY www /www\n",
+    )
+    .expect("write");
+    std::fs::write(dir.join("big/www/index.html"), "big\n").expect("write");
+    {
+        // xorshift, written 8 MiB at a time: incompressible, never all in memory.
+        let file = std::fs::File::create(dir.join("big/random.bin")).expect("create");
+        let mut file = std::io::BufWriter::new(file);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut buf = Vec::with_capacity(8 << 20);
+        let mut written = 0u64;
+        while written < SIZE {
+            buf.clear();
+            while buf.len() < (8 << 20) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            let n = (SIZE - written).min(buf.len() as u64) as usize;
+            file.write_all(&buf[..n]).expect("write");
+            written += n as u64;
+        }
+        file.flush().expect("flush");
+    }
+    storage_conf(dir);
+    let out = cli(&lab, dir, &["build"]);
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    // Only the local store's copy is needed from here on.
+    let _ = std::fs::remove_file(dir.join("big/random.bin"));
+    let _ = std::process::Command::new("buildah")
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .args(["rm", "--all"])
+        .output();
+    let _ = std::process::Command::new("buildah")
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .args(["rmi", "--all", "--force"])
+        .output();
+    let _ = std::fs::remove_dir_all(dir.join("containers"));
+    let started = Instant::now();
+    let out = lab_cli_env(&lab, dir, &["up"], &[]);
+    let took = started.elapsed().as_secs_f64();
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (host, n) in delivered_lines(&out) {
+        eprintln!(
+            "figure: a {SIZE}-byte layer to {host}: {} bytes sent, {} on the wire, `up` {took:.1}s",
+            n[1], n[4]
+        );
+    }
+    if let Some(rss) = stderr.lines().find(|l| l.contains("max RSS")) {
+        eprintln!("{rss}");
+    }
+    let hwm = lab.ssh(
+        &lab.host(1),
+        "grep VmHWM /proc/$(cat /run/compose-fleet/agent.pid)/status",
+    );
+    eprintln!(
+        "figure:   {}'s agent daemon peak: {}",
+        lab.host(1),
+        String::from_utf8_lossy(&hwm.stdout).trim()
+    );
+    // Give the disk back: the pods, then the host's blobs and layers (the lab goes with `lab`).
+    let _ = cli(&lab, dir, &["down"]);
+    lab.ssh(
+        &lab.host(1),
+        "rm -rf /var/lib/compose-fleet/images/blobs/sha256/* /var/lib/compose-fleet/images/layers/*",
+    );
+}
+
+/// A git URL as the build context (`context: git://HOST/REPO.git#BRANCH`): buildah clones the
+/// branch and builds it, offline — `git daemon` serves a repository made here on loopback. The
+/// image holds the branch's file, not the default branch's. No lab: `compose-fleet build` alone.
+#[test]
+fn a_git_url_build_context_is_cloned_and_built_at_its_branch() {
+    let test = "a_git_url_build_context";
+    if !crate::support::is_root(test, "buildah builds with chroot isolation") || !have_buildah(test)
+    {
+        return;
+    }
+    let git_ok = std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !git_ok {
+        crate::support::skip(test, "git", "git is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let repo = dir.join("git/app.git");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .output()
+            .expect("runs git");
+        assert!(out.status.success(), "git {args:?}: {}", describe(&out));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(
+        repo.join("Dockerfile"),
+        "FROM scratch\nCOPY index.html /index.html\n",
+    )
+    .expect("write");
+    std::fs::write(repo.join("index.html"), "from main\n").expect("write");
+    git(&["add", "."]);
+    git(&["commit", "-qm", "main"]);
+    git(&["checkout", "-qb", "release"]);
+    std::fs::write(repo.join("index.html"), "from the release branch\n").expect("write");
+    git(&["commit", "-qam", "release"]);
+    git(&["checkout", "-q", "main"]);
+    // A free loopback port for `git daemon`.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut daemon = std::process::Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            &format!("--base-path={}", dir.join("git").display()),
+        ])
+        .arg(dir.join("git"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runs git daemon");
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::write(
+        dir.join("compose.yaml"),
+        format!(
+            "services:\n  web:\n    build:\n      context: \"git://127.0.0.1:{port}/app.git#release\"\n"
+        ),
+    )
+    .expect("write");
+    storage_conf(dir);
+    let out = std::process::Command::new(crate::support::bin())
+        .arg("-f")
+        .arg(dir.join("compose.yaml"))
+        .args(["-p", "fromgit", "build"])
+        .env("COMPOSE_FLEET_IMAGE_DIR", dir.join("store"))
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .output()
+        .expect("runs the CLI");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let built = store.built("fromgit", "web").expect("recorded");
+    let files = image_files(&store, &built.manifest);
+    let index = files
+        .iter()
+        .rev()
+        .find(|(p, _)| p.trim_start_matches("./") == "index.html")
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned());
+    assert_eq!(index.as_deref(), Some("from the release branch\n"));
 }
