@@ -1696,6 +1696,46 @@ fn push_registry_in_the_inventory_sends_built_images_through_the_registry() {
         "a no-op up pushes nothing: {}",
         describe(&out)
     );
+
+    // The pods gone, the same image: the registry has it, so nothing is pushed.
+    let out = cli(&lab, dir, &["down"]);
+    assert!(out.status.success(), "down failed: {}", describe(&out));
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "service `web`: {prefix}/built-web:latest has it already"
+        )),
+        "{}",
+        describe(&out)
+    );
+
+    // One file changed: only its layer and the new config go to the registry.
+    std::fs::write(dir.join("web/index.html"), "through the registry, v2\n").expect("write");
+    let out = cli(&lab, dir, &["up", "--build"]);
+    assert!(
+        out.status.success(),
+        "up --build failed: {}",
+        describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let pushed = stderr
+        .lines()
+        .find(|l| l.starts_with("service `web`: pushed "))
+        .unwrap_or_else(|| panic!("the new image is pushed: {}", describe(&out)));
+    assert!(
+        pushed.contains("(2 blobs,") && pushed.contains("; 2 blobs were there already)"),
+        "the COPY layer and the config only: {pushed}"
+    );
+    assert!(delivered_lines(&out).is_empty(), "{}", describe(&out));
+    for host in lab.host_names() {
+        let url = format!("http://{}:8080/", lab.address(&host));
+        assert_eq!(
+            get(&url, "through the registry, v2\n"),
+            "through the registry, v2\n",
+            "{host}"
+        );
+    }
 }
 
 /// Figures, not a check: the CLI's max RSS and the agent daemon's peak (VmHWM) while `up`
