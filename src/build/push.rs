@@ -105,16 +105,23 @@ pub struct Published {
 
 /// The credentials to push to `registry` (`HOST[:PORT]`) with: the inventory's, else the docker
 /// config's (basic auth, or an identity token exchanged at the registry's token endpoint for a
-/// push token: `scope` is the repository's). Returns them with warnings to print, and whether
-/// they came from an identity token (which the hosts cannot pull with).
+/// push token: `scope` is the repository's). Returns them with warnings to print. With
+/// `hosts_pull` (the hosts are to pull what is pushed), an identity token is refused before it
+/// is exchanged: the hosts pull with a user name and password only.
 pub async fn auth_for(
     registry: &str,
     repository: &str,
     insecure: bool,
     inventory: &std::collections::BTreeMap<String, crate::inventory::Registry>,
-) -> Result<(RegistryAuth, Vec<String>, bool), String> {
+    hosts_pull: bool,
+) -> Result<(RegistryAuth, Vec<String>), String> {
     let (creds, warnings) = crate::deploy::auth::for_push(registry, inventory)?;
-    let from_token = matches!(creds, crate::deploy::auth::PushAuth::IdentityToken(_));
+    if hosts_pull && matches!(creds, crate::deploy::auth::PushAuth::IdentityToken(_)) {
+        // Pushing would work, but no host could pull what was pushed.
+        return Err(format!(
+            "registry `{registry}`: the docker config holds only an identity token for it (an OAuth2 refresh token); `push: registry` would push there, but the hosts pull with a user name and password only\nhint: give its credentials in the inventory: `registries: {{ \"{registry}\": {{ username: NAME, password_env: VARIABLE }} }}`, or set `build: {{ push: direct }}`"
+        ));
+    }
     let auth = match creds {
         crate::deploy::auth::PushAuth::Anonymous => RegistryAuth::Anonymous,
         crate::deploy::auth::PushAuth::Basic(c) => RegistryAuth::Basic(c.username, c.password),
@@ -123,7 +130,7 @@ pub async fn auth_for(
                 .await?,
         ),
     };
-    Ok((auth, warnings, from_token))
+    Ok((auth, warnings))
 }
 
 /// Pushes the built images the desired pods run to the registries their `push_to` names, for
@@ -153,16 +160,10 @@ pub async fn publish(
             .iter()
             .any(|(name, r)| r.insecure && name.trim_end_matches('/') == host);
         let client = client(&host, insecure);
-        let (auth, warnings, from_token) =
-            auth_for(&host, reference.repository(), insecure, registries).await?;
+        let (auth, warnings) =
+            auth_for(&host, reference.repository(), insecure, registries, true).await?;
         for w in &warnings {
             warn(w);
-        }
-        if from_token {
-            // Pushing would work, but no host could pull what was pushed.
-            return Err(format!(
-                "registry `{host}`: the docker config holds only an identity token for it (an OAuth2 refresh token); `push: registry` would push there, but the hosts pull with a user name and password only\nhint: give its credentials in the inventory: `registries: {{ \"{host}\": {{ username: NAME, password_env: VARIABLE }} }}`, or set `build: {{ push: direct }}`"
-            ));
         }
         let by_digest = Reference::with_digest(
             reference.registry().to_string(),

@@ -94,12 +94,13 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             // identity token is exchanged for a push token).
             let repository = target[host.len()..].trim_start_matches('/');
             let repository = repository.split(':').next().unwrap_or(repository);
-            let (auth, warnings, _) = rt
+            let (auth, warnings) = rt
                 .block_on(build::push::auth_for(
                     host,
                     repository,
                     is_insecure,
                     &registries,
+                    false,
                 ))
                 .map_err(Failure::User)?;
             for w in warnings {

@@ -1365,6 +1365,29 @@ fn inventory_registry_credentials_push_and_pull_without_showing_the_password() {
         "end",
         "no file on the host holds the password"
     );
+
+    // `push: registry` in the inventory: `up` builds, pushes with the inventory's credentials,
+    // and the host pulls with them; nothing goes over the agent's blob channel.
+    let via = format!("{}/viaup", registry.addr);
+    edit_inventory(&lab, |text| {
+        format!("build: {{ push: registry, registry: \"{via}\" }}\n{text}")
+    });
+    std::fs::write(dir.join("compose.yaml"), COMPOSE).expect("write");
+    std::fs::write(dir.join("web/index.html"), "built, pushed, pulled\n").expect("write");
+    let out = with_password(&["up", "--build"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains(&format!("service `web`: pushed {via}/built-web@sha256:")),
+        "{}",
+        describe(&out)
+    );
+    assert!(delivered_lines(&out).is_empty(), "{}", describe(&out));
+    assert!(!describe(&out).contains(PASSWORD), "{}", describe(&out));
+    assert_eq!(
+        get(&url, "built, pushed, pulled\n"),
+        "built, pushed, pulled\n"
+    );
 }
 
 /// The files of a built image's layers (path → content), read from the local store.
