@@ -1759,6 +1759,47 @@ fn push_registry_in_the_inventory_sends_built_images_through_the_registry() {
             "{host}"
         );
     }
+
+    // Only an identity token for the registry (docker's `identitytoken`): the hosts could not
+    // pull with it, so `up` refuses before pushing, naming the registry and what to do; `push`
+    // tries to exchange it and says the registry has no token endpoint. Never a user `<token>`.
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).expect("mkdir");
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"identitytoken\": \"refresh-7c1\"}}}}}}",
+            lab.registry()
+        ),
+    )
+    .expect("write");
+    let docker_config = docker.display().to_string();
+    std::fs::write(dir.join("web/index.html"), "v3\n").expect("write");
+    let out = cli_with(
+        &lab,
+        dir,
+        &["up", "--build"],
+        &[("DOCKER_CONFIG", &docker_config)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("registry `{}`", lab.registry()))
+            && stderr.contains("identity token")
+            && stderr.contains("`push: registry` would push there")
+            && !stderr.contains("service `web`: pushed")
+            && !stderr.contains("refresh-7c1"),
+        "{}",
+        describe(&out)
+    );
+    let out = cli_with(&lab, dir, &["push"], &[("DOCKER_CONFIG", &docker_config)]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("names no token endpoint") && !stderr.contains("refresh-7c1"),
+        "{}",
+        describe(&out)
+    );
 }
 
 /// Figures, not a check: the CLI's max RSS and the agent daemon's peak (VmHWM) while `up`
