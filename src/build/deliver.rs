@@ -695,6 +695,7 @@ mod tests {
                 architecture: "amd64".into(),
                 ..BuiltRef::default()
             },
+            push_to: None,
         };
         let err = check_architectures(&desired, std::slice::from_ref(&image), &arches)
             .expect_err("refused");

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::compose::model::{Project, Service};
+use crate::inventory::{BuildSettings, PushMode};
 pub use platform::{DeclaredHost, Platform};
 pub use store::{BuiltRef, LocalStore, Variant};
 
@@ -854,32 +855,110 @@ pub fn pinned_reference(project: &str, service: &Service, digest: &str) -> Strin
     format!("{name}@{digest}")
 }
 
+/// Where a built service's image goes (the inventory's `build:`): `None` over each host's SSH
+/// channel, else the registry name it is pushed to, `HOST[:PORT]/name:tag`. Pure.
+pub fn push_target(
+    via: &BuildSettings,
+    project: &str,
+    service: &Service,
+) -> Result<Option<String>, String> {
+    if via.push == PushMode::Direct {
+        return Ok(None);
+    }
+    push::target(
+        via.registry.as_deref(),
+        project,
+        &service.name,
+        service.image.as_deref(),
+    )
+    .map(Some)
+    .map_err(|_| {
+        format!(
+            "service `{}` is to be pushed to a registry (`push: registry` in the inventory's `build:`), \
+             but its `image:` names none and the inventory's `build:` has no `registry:`\nhint: \
+             set `build: {{ push: registry, registry: HOST[:PORT]/prefix }}` in the inventory, or \
+             `image: registry.example.org/{project}/{}:TAG`",
+            service.name, service.name
+        )
+    })
+}
+
+/// The reference pod specs carry for a built image, pinned to `digest`: [`pinned_reference`],
+/// or with `push: registry` the registry's name for it (what the hosts pull). Pure.
+pub fn image_reference(
+    via: &BuildSettings,
+    project: &str,
+    service: &Service,
+    digest: &str,
+) -> Result<String, String> {
+    Ok(match push_target(via, project, service)? {
+        None => pinned_reference(project, service, digest),
+        Some(target) => {
+            let slash = target.rfind('/').map_or(0, |i| i + 1);
+            let name = match target[slash..].rfind(':') {
+                Some(colon) => &target[..slash + colon],
+                None => target.as_str(),
+            };
+            format!("{name}@{digest}")
+        }
+    })
+}
+
 /// A built image `up` delivers: the service, its pinned reference and the local build.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalImage {
     pub service: String,
     pub reference: String,
     pub built: BuiltRef,
+    /// With `push: registry`: the registry name (`HOST/name:tag`) it is pushed to, from which
+    /// the hosts pull `reference`; `None`: delivered over SSH.
+    pub push_to: Option<String>,
 }
 
 /// Points the services with `build:` at their last recorded builds, building nothing: for
 /// `up --dry-run` and `plan`, which change nothing. A service never built keeps no image (the
-/// plan then says it must be built first).
-pub fn pin_recorded(project: &mut Project, store: &LocalStore) {
+/// plan then says it must be built first); one whose registry cannot be named keeps its local
+/// name (`up` refuses it).
+pub fn pin_recorded(project: &mut Project, store: &LocalStore, via: &BuildSettings) {
     let name = project.name.clone();
     for (service_name, service) in project.services.iter_mut() {
         if service.build.is_none() {
             continue;
         }
         if let Some(b) = store.built(&name, service_name) {
-            service.image = Some(pinned_reference(&name, service, &b.manifest));
+            let reference = image_reference(via, &name, service, &b.manifest)
+                .unwrap_or_else(|_| pinned_reference(&name, service, &b.manifest));
+            service.image = Some(reference);
         }
     }
+}
+
+/// One line per service with `build:` saying where its image goes: for `plan` and
+/// `up --dry-run`. Pure.
+pub fn routes(project: &Project, via: &BuildSettings) -> Vec<String> {
+    project
+        .services
+        .values()
+        .filter(|s| s.build.is_some())
+        .map(|s| match push_target(via, &project.name, s) {
+            Ok(None) => format!(
+                "service `{}`: built here, its blobs sent to its hosts over SSH (no registry)",
+                s.name
+            ),
+            Ok(Some(target)) => format!(
+                "service `{}`: built here, pushed to {target}; its hosts pull it from there",
+                s.name
+            ),
+            Err(e) => e.lines().next().unwrap_or_default().to_string(),
+        })
+        .collect()
 }
 
 /// Builds what `up` needs and points the services at their built images: each service with
 /// `build:` (among `only`, when given) is built when `rebuild` is set or when the store holds no
 /// build of it; its `image` becomes the pinned reference. Returns the images to deliver.
+// The run's options, each from a different source (flags, inventory, facts, store).
+#[allow(clippy::too_many_arguments)]
 pub fn prepare_up(
     project: &mut Project,
     only: &[String],
@@ -888,6 +967,7 @@ pub fn prepare_up(
     insecure: bool,
     hosts: &[DeclaredHost],
     store: &LocalStore,
+    via: &BuildSettings,
 ) -> Result<Vec<LocalImage>, String> {
     let mut builder: Option<(Builder, platform::Capability)> = None;
     let mut images = Vec::new();
@@ -898,7 +978,7 @@ pub fn prepare_up(
             if service.image.is_none() {
                 // Not converged in this run, but `prepare` still plans its pods' specs.
                 if let Some(b) = store.built(&name, service_name) {
-                    let reference = pinned_reference(&name, service, &b.manifest);
+                    let reference = image_reference(via, &name, service, &b.manifest)?;
                     service.image = Some(reference);
                 }
             }
@@ -907,6 +987,8 @@ pub fn prepare_up(
         let Some(mut job) = job(&name, service, insecure, &secrets)? else {
             continue;
         };
+        // Where it goes is known before anything is built.
+        let push_to = push_target(via, &name, service)?;
         job.hosts = hosts.to_vec();
         let mut builder_here = || -> Result<(Builder, platform::Capability), String> {
             if let Some(b) = &builder {
@@ -936,12 +1018,13 @@ pub fn prepare_up(
                 build(b, &name, &job, store)?
             }
         };
-        let reference = pinned_reference(&name, service, &built.manifest);
+        let reference = image_reference(via, &name, service, &built.manifest)?;
         service.image = Some(reference.clone());
         images.push(LocalImage {
             service: service_name.clone(),
             reference,
             built,
+            push_to,
         });
     }
     Ok(images)
@@ -963,6 +1046,45 @@ mod tests {
             build: Some(build),
             ..Service::default()
         }
+    }
+
+    #[test]
+    fn push_registry_names_the_registry_reference_the_hosts_pull() {
+        let registry = BuildSettings {
+            push: PushMode::Registry,
+            registry: Some("10.250.0.1:5000/team".into()),
+        };
+        let digest = "sha256:ab";
+        let web = service(Some("example.org/acme/web:1.2"), serde_json::json!({}));
+        assert_eq!(
+            image_reference(&registry, "shop", &web, digest),
+            Ok("10.250.0.1:5000/team/web@sha256:ab".into())
+        );
+        assert_eq!(
+            push_target(&registry, "shop", &web),
+            Ok(Some("10.250.0.1:5000/team/web:1.2".into()))
+        );
+        let unnamed = service(None, serde_json::json!({}));
+        assert_eq!(
+            image_reference(&registry, "shop", &unnamed, digest),
+            Ok("10.250.0.1:5000/team/shop-web@sha256:ab".into())
+        );
+        // Without `registry:`, `image:` must name one.
+        let own = BuildSettings {
+            push: PushMode::Registry,
+            registry: None,
+        };
+        assert_eq!(
+            image_reference(&own, "shop", &web, digest),
+            Ok("example.org/acme/web@sha256:ab".into())
+        );
+        let err = image_reference(&own, "shop", &unnamed, digest).expect_err("no registry");
+        assert!(err.contains("`web`") && err.contains("registry:"), "{err}");
+        // `direct` keeps the local name.
+        assert_eq!(
+            image_reference(&BuildSettings::default(), "shop", &unnamed, digest),
+            Ok("localhost/shop-web@sha256:ab".into())
+        );
     }
 
     #[test]

@@ -93,6 +93,102 @@ pub struct Pushed {
     pub blobs_present: usize,
 }
 
+/// What `up` did with one built image under `push: registry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub service: String,
+    /// The registry name it went to, `HOST/name:tag`.
+    pub target: String,
+    /// What was pushed; `None`: the registry had the manifest already (one request asked it).
+    pub pushed: Option<Pushed>,
+}
+
+/// The credentials to push to `registry` (`HOST[:PORT]`) with: the inventory's, else the docker
+/// config's (basic auth, or an identity token exchanged at the registry's token endpoint for a
+/// push token: `scope` is the repository's). Returns them with warnings to print. With
+/// `hosts_pull` (the hosts are to pull what is pushed), an identity token is refused before it
+/// is exchanged: the hosts pull with a user name and password only.
+pub async fn auth_for(
+    registry: &str,
+    repository: &str,
+    insecure: bool,
+    inventory: &std::collections::BTreeMap<String, crate::inventory::Registry>,
+    hosts_pull: bool,
+) -> Result<(RegistryAuth, Vec<String>), String> {
+    let (creds, warnings) = crate::deploy::auth::for_push(registry, inventory)?;
+    if hosts_pull && matches!(creds, crate::deploy::auth::PushAuth::IdentityToken(_)) {
+        // Pushing would work, but no host could pull what was pushed.
+        return Err(format!(
+            "registry `{registry}`: the docker config holds only an identity token for it (an OAuth2 refresh token); `push: registry` would push there, but the hosts pull with a user name and password only\nhint: give its credentials in the inventory: `registries: {{ \"{registry}\": {{ username: NAME, password_env: VARIABLE }} }}`, or set `build: {{ push: direct }}`"
+        ));
+    }
+    let auth = match creds {
+        crate::deploy::auth::PushAuth::Anonymous => RegistryAuth::Anonymous,
+        crate::deploy::auth::PushAuth::Basic(c) => RegistryAuth::Basic(c.username, c.password),
+        crate::deploy::auth::PushAuth::IdentityToken(token) => RegistryAuth::Bearer(
+            crate::deploy::auth::exchange_identity_token(registry, repository, insecure, &token)
+                .await?,
+        ),
+    };
+    Ok((auth, warnings))
+}
+
+/// Pushes the built images the desired pods run to the registries their `push_to` names, for
+/// `up` under `push: registry`: an image whose manifest the registry holds already (asked by
+/// digest, one request) is not pushed again; otherwise only the blobs it lacks go. Warnings
+/// (credentials that could not be had) are printed by `warn`.
+pub async fn publish(
+    desired: &crate::deploy::desired::Desired,
+    images: &[super::LocalImage],
+    store: &LocalStore,
+    registries: &std::collections::BTreeMap<String, crate::inventory::Registry>,
+    warn: &dyn Fn(&str),
+) -> Result<Vec<Published>, String> {
+    let mut out = Vec::new();
+    for image in images {
+        let Some(target) = &image.push_to else {
+            continue;
+        };
+        if !desired.pods().any(|p| p.images.contains(&image.reference)) {
+            continue;
+        }
+        let reference: Reference = target
+            .parse()
+            .map_err(|e| format!("`{target}` is not an image reference: {e}"))?;
+        let host = reference.resolve_registry().to_string();
+        let insecure = registries
+            .iter()
+            .any(|(name, r)| r.insecure && name.trim_end_matches('/') == host);
+        let client = client(&host, insecure);
+        let (auth, warnings) =
+            auth_for(&host, reference.repository(), insecure, registries, true).await?;
+        for w in &warnings {
+            warn(w);
+        }
+        let by_digest = Reference::with_digest(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            image.built.manifest.clone(),
+        );
+        // Asked first: a run that changes other services pushes nothing for this one.
+        let present = matches!(
+            client.fetch_manifest_digest(&by_digest, &auth).await,
+            Ok(d) if d == image.built.manifest
+        );
+        let pushed = if present {
+            None
+        } else {
+            Some(push(&client, store, &image.built.manifest, target, &auth).await?)
+        };
+        out.push(Published {
+            service: image.service.clone(),
+            target: target.clone(),
+            pushed,
+        });
+    }
+    Ok(out)
+}
+
 /// A client for `registry` (`HOST[:PORT]`): plain http only when `insecure` (the inventory says
 /// so), anonymous.
 pub fn client(registry: &str, insecure: bool) -> Client {

@@ -60,6 +60,15 @@ pub fn inventory_registries(
         .unwrap_or_default()
 }
 
+/// The inventory's `build:` (the defaults without an inventory).
+pub fn inventory_build(global: &GlobalArgs) -> crate::inventory::BuildSettings {
+    project::resolve(global)
+        .ok()
+        .and_then(|w| w.fleet().ok())
+        .map(|f| f.build)
+        .unwrap_or_default()
+}
+
 /// The inventory's hosts and the architectures it declares (none without an inventory: a build
 /// for this machine).
 pub fn declared_hosts(global: &GlobalArgs) -> Vec<build::DeclaredHost> {

@@ -67,6 +67,10 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     };
     match args.format {
         Format::Text => {
+            // Where built images go (stderr: the report on stdout is the placement).
+            for route in crate::build::routes(&loaded.project, &fleet.build) {
+                output::status(&route);
+            }
             let demands = plan::demands(&loaded.project);
             output::data(&plan::render_text(&placement, &demands));
         }

@@ -12,9 +12,9 @@ use crate::output;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The registry and path to push under, e.g. `registry.example.org/team` (default: each
-    /// service's `image:`, which must then name a registry). Plain http only for registries the
-    /// inventory marks insecure
+    /// The registry and path to push under, e.g. `registry.example.org/team` (default: the
+    /// inventory's `build.registry`, else each service's `image:`, which must then name a
+    /// registry). Plain http only for registries the inventory marks insecure
     #[arg(long, value_name = "HOST[:PORT]/prefix")]
     pub registry: Option<String>,
     /// The builder for services never built (default: the first that works)
@@ -33,6 +33,10 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
     let insecure = insecure_registries(global);
     let hosts = declared_hosts(global);
     let registries = inventory_registries(global);
+    let registry = args
+        .registry
+        .clone()
+        .or_else(|| super::build::inventory_build(global).registry);
     let store = store()?;
     // Every target is known before anything is built or sent.
     let mut jobs = Vec::new();
@@ -52,7 +56,7 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         };
         job.hosts = hosts.clone();
         let targets = build::push::targets(
-            args.registry.as_deref(),
+            registry.as_deref(),
             &project.name,
             name,
             service.image.as_deref(),
@@ -84,18 +88,24 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
         };
         for target in &targets {
             let host = target.split('/').next().unwrap_or_default();
-            let client = build::push::client(host, insecure.iter().any(|r| r == host));
-            // The inventory's credentials for this registry, else the docker config's.
-            let (creds, warnings) =
-                crate::deploy::auth::for_registries(&[host.to_string()].into(), &registries)
-                    .map_err(Failure::User)?;
+            let is_insecure = insecure.iter().any(|r| r == host);
+            let client = build::push::client(host, is_insecure);
+            // The inventory's credentials for this registry, else the docker config's (an
+            // identity token is exchanged for a push token).
+            let repository = target[host.len()..].trim_start_matches('/');
+            let repository = repository.split(':').next().unwrap_or(repository);
+            let (auth, warnings) = rt
+                .block_on(build::push::auth_for(
+                    host,
+                    repository,
+                    is_insecure,
+                    &registries,
+                    false,
+                ))
+                .map_err(Failure::User)?;
             for w in warnings {
                 output::warning(&w);
             }
-            let auth = match creds.into_values().next() {
-                Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username, c.password),
-                None => oci_client::secrets::RegistryAuth::Anonymous,
-            };
             output::status(&format!("pushing service `{name}` to {target}"));
             let pushed = rt
                 .block_on(build::push::push(

@@ -199,7 +199,12 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
     let store = super::build::store()?;
     // (Nothing is built when connecting failed: that failure is reported below.)
     let built = if args.dry_run || connected.is_err() {
-        crate::build::pin_recorded(&mut project, &store);
+        crate::build::pin_recorded(&mut project, &store, &fleet.build);
+        if args.dry_run {
+            for route in crate::build::routes(&project, &fleet.build) {
+                output::status(&route);
+            }
+        }
         Vec::new()
     } else {
         let facts = connected.as_ref().map(|c| &c.facts).ok();
@@ -211,6 +216,7 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
             fleet.registries.values().any(|r| r.insecure),
             &crate::build::declared_hosts_with_facts(&fleet, facts),
             &store,
+            &fleet.build,
         )
         .map_err(Failure::User)?
     };
@@ -313,6 +319,30 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
         let arches = crate::build::deliver::host_arches(&fleet, &connected.facts);
         let delivery = async {
             crate::build::deliver::check_architectures(&prepared.desired, &built, &arches)?;
+            // `push: registry`: to the registry, which the hosts pull from; nothing over SSH.
+            if fleet.build.push == crate::inventory::PushMode::Registry {
+                let published = crate::build::push::publish(
+                    &prepared.desired,
+                    &built,
+                    &store,
+                    &fleet.registries,
+                    &|w| output::warning(w),
+                )
+                .await?;
+                for p in &published {
+                    output::status(&match &p.pushed {
+                        Some(pushed) => format!(
+                            "service `{}`: pushed {} to {} ({} blobs, {} bytes; {} blobs were there already); the hosts pull it from there",
+                            p.service, pushed.reference, p.target, pushed.blobs_pushed, pushed.bytes_pushed, pushed.blobs_present
+                        ),
+                        None => format!(
+                            "service `{}`: {} has it already; the hosts pull it from there",
+                            p.service, p.target
+                        ),
+                    });
+                }
+                return Ok(Vec::new());
+            }
             let progress = if args.json {
                 crate::build::progress::DeliveryProgress::quiet()
             } else {
@@ -692,7 +722,7 @@ pub fn changes(global: &GlobalArgs, conn: &ConnArgs, json: bool) -> CmdResult {
     let checked = workspace.project()?;
     let fleet = workspace.fleet()?;
     let mut project = checked.loaded.project.clone();
-    crate::build::pin_recorded(&mut project, &super::build::store()?);
+    crate::build::pin_recorded(&mut project, &super::build::store()?, &fleet.build);
     let project = &project;
     let files = match exec::read_files(project) {
         Ok(files) => files,

@@ -5,6 +5,12 @@
 //! (`credHelpers` per registry, `credsStore` for the rest) run as `docker-credential-NAME get`
 //! with the server on stdin, as docker runs them.
 //!
+//! An identity token (a helper answering `Username: "<token>"`, or an `auths` entry's
+//! `identitytoken`) is an OAuth2 refresh token for the registry's token endpoint, never a user
+//! name and password: a push exchanges it for a push token ([`exchange_identity_token`]); the
+//! hosts' agents pull with basic credentials only, so for their pulls it is a warning saying to
+//! give the registry's credentials in the inventory.
+//!
 //! The credentials travel only inside the protocol (`registry_auth` of `ApplyPods` and `Pull`),
 //! never in argv, never printed: [`RegistryAuth`]'s `Debug` redacts the password, and errors
 //! here name the registry and the helper, never what they returned.
@@ -59,19 +65,41 @@ fn helper_server(registry: &str) -> String {
 /// Runs a credential helper: `(helper, server)` → `(username, secret)`.
 pub type Helper<'a> = &'a dyn Fn(&str, &str) -> Result<(String, String), String>;
 
+/// What a docker config gives: basic credentials and identity tokens by registry, and
+/// warnings (naming the registry, never a secret).
+#[derive(Debug, Default)]
+pub struct DockerCredentials {
+    pub basic: BTreeMap<String, RegistryAuth>,
+    /// Identity tokens (OAuth2 refresh tokens) by registry.
+    pub tokens: BTreeMap<String, IdentityToken>,
+    pub warnings: Vec<String>,
+}
+
+/// An OAuth2 refresh token for a registry's token endpoint; its `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdentityToken(pub String);
+
+impl std::fmt::Debug for IdentityToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityToken(<redacted>)")
+    }
+}
+
 /// The credentials for `registries` from a docker config's text; what could not be had is a
 /// warning (naming the registry, never a secret).
 pub fn from_config(
     config: &str,
     registries: &BTreeSet<String>,
     helper: Helper<'_>,
-) -> (BTreeMap<String, RegistryAuth>, Vec<String>) {
-    let mut out = BTreeMap::new();
-    let mut warnings = Vec::new();
+) -> DockerCredentials {
+    let mut found = DockerCredentials::default();
     let Ok(json) = serde_json::from_str::<Value>(config) else {
-        warnings.push("the docker config is not JSON; no registry credentials are sent".into());
-        return (out, warnings);
+        found
+            .warnings
+            .push("the docker config is not JSON; no registry credentials are sent".into());
+        return found;
     };
+    let (out, tokens, warnings) = (&mut found.basic, &mut found.tokens, &mut found.warnings);
     let auths: BTreeMap<String, &Value> = json
         .get("auths")
         .and_then(Value::as_object)
@@ -92,9 +120,11 @@ pub fn from_config(
         let helper_name = helpers.get(registry).map(String::as_str).or(store);
         if let Some(name) = helper_name {
             match helper(name, &helper_server(registry)) {
-                Ok((username, _)) if username == "<token>" => warnings.push(format!(
-                    "registry `{registry}`: credential helper `{name}` gave an identity token, which compose-fleet cannot use yet; pulls from it go without credentials"
-                )),
+                // docker's convention: the secret is an identity token, not a password.
+                Ok((username, secret)) if username == "<token>" => {
+                    tokens.insert(registry.clone(), IdentityToken(secret));
+                    continue;
+                }
                 Ok((username, password)) => {
                     out.insert(registry.clone(), RegistryAuth { username, password });
                     continue;
@@ -109,6 +139,14 @@ pub fn from_config(
         let Some(entry) = auths.get(registry) else {
             continue;
         };
+        if let Some(token) = entry
+            .get("identitytoken")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            tokens.insert(registry.clone(), IdentityToken(token.to_string()));
+            continue;
+        }
         let pair = if let Some(auth) = entry.get("auth").and_then(Value::as_str) {
             base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
@@ -138,7 +176,7 @@ pub fn from_config(
             )),
         }
     }
-    (out, warnings)
+    found
 }
 
 /// The docker config's path: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
@@ -151,6 +189,15 @@ fn config_path() -> Option<PathBuf> {
 
 /// Runs `docker-credential-NAME get` with `server` on stdin; its JSON's `Username` and `Secret`.
 fn run_helper(name: &str, server: &str) -> Result<(String, String), String> {
+    run_helper_on(name, server, None)
+}
+
+/// [`run_helper`], looking the helper up on `path` instead of `$PATH` when given.
+fn run_helper_on(
+    name: &str,
+    server: &str,
+    path: Option<&std::ffi::OsStr>,
+) -> Result<(String, String), String> {
     if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
@@ -158,7 +205,11 @@ fn run_helper(name: &str, server: &str) -> Result<(String, String), String> {
         return Err(format!("`{name}` is not a helper name"));
     }
     let program = format!("docker-credential-{name}");
-    let mut child = Command::new(&program)
+    let mut command = Command::new(&program);
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    let mut child = command
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -293,9 +344,148 @@ pub fn for_registries(
     let Some(text) = config_path().and_then(|p| std::fs::read_to_string(p).ok()) else {
         return Ok((auth, Vec::new()));
     };
-    let (docker, warnings) = from_config(&text, &rest, &run_helper);
-    auth.extend(docker);
+    let docker = from_config(&text, &rest, &run_helper);
+    let mut warnings = docker.warnings;
+    for registry in docker.tokens.keys() {
+        warnings.push(format!(
+            "registry `{registry}`: the docker config holds an identity token for it (an OAuth2 refresh token), which the hosts cannot pull with; pulls from it go without credentials\nhint: give the hosts a user name and password for it in the inventory: `registries: {{ \"{registry}\": {{ username: NAME, password_env: VARIABLE }} }}`"
+        ));
+    }
+    auth.extend(docker.basic);
     Ok((auth, warnings))
+}
+
+/// The credentials to push to one registry with.
+#[derive(Debug)]
+pub enum PushAuth {
+    Anonymous,
+    Basic(RegistryAuth),
+    IdentityToken(IdentityToken),
+}
+
+/// The credentials to push to `registry` (`HOST[:PORT]`): the inventory's, else the docker
+/// config's basic credentials or identity token; with warnings.
+pub fn for_push(
+    registry: &str,
+    inventory: &BTreeMap<String, Registry>,
+) -> Result<(PushAuth, Vec<String>), String> {
+    let registry = normalize(registry);
+    let wanted: BTreeSet<String> = [registry.clone()].into();
+    let mut auth = from_inventory(inventory, &wanted, &|name| std::env::var(name).ok(), &|p| {
+        std::fs::read_to_string(p)
+    })?;
+    if let Some(a) = auth.remove(&registry) {
+        return Ok((PushAuth::Basic(a), Vec::new()));
+    }
+    let Some(text) = config_path().and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return Ok((PushAuth::Anonymous, Vec::new()));
+    };
+    let mut docker = from_config(&text, &wanted, &run_helper);
+    Ok(if let Some(token) = docker.tokens.remove(&registry) {
+        (PushAuth::IdentityToken(token), docker.warnings)
+    } else if let Some(a) = docker.basic.remove(&registry) {
+        (PushAuth::Basic(a), docker.warnings)
+    } else {
+        (PushAuth::Anonymous, docker.warnings)
+    })
+}
+
+/// A `WWW-Authenticate: Bearer realm="…",service="…"` challenge's realm and service. Pure.
+pub fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
+    let rest = header.trim();
+    let (scheme, params) = rest.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut realm = None;
+    let mut service = None;
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().trim_start_matches(',').trim();
+        let after = after.trim_start();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim(), &after[end..])
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(value.to_string()),
+            "service" => service = Some(value.to_string()),
+            _ => {}
+        }
+        rest = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some((realm?, service))
+}
+
+/// Exchanges an identity token for a token that may push to and pull from `repository` of
+/// `registry`, at the token endpoint the registry's `/v2/` challenge names (OAuth2
+/// `grant_type=refresh_token`, as docker does). Errors name the registry, never the token.
+pub async fn exchange_identity_token(
+    registry: &str,
+    repository: &str,
+    insecure: bool,
+    token: &IdentityToken,
+) -> Result<String, String> {
+    let scheme = if insecure { "http" } else { "https" };
+    let fail = |what: &str| {
+        format!(
+            "registry `{registry}`: the docker config holds an identity token for it, and {what}\nhint: run `docker login {registry}` again, or give its credentials in the inventory's `registries:` (`username`, `password_env`)"
+        )
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| fail(&format!("no HTTP client could be made: {e}")))?;
+    let probe = http
+        .get(format!("{scheme}://{registry}/v2/"))
+        .send()
+        .await
+        .map_err(|e| fail(&format!("asking it how to authenticate failed: {e}")))?;
+    let challenge = probe
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|h| h.to_str().ok())
+        .and_then(bearer_challenge);
+    let Some((realm, service)) = challenge else {
+        return Err(fail(
+            "it names no token endpoint (an identity token is only for registries with token authentication)",
+        ));
+    };
+    let scope = format!("repository:{repository}:pull,push");
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", token.0.as_str()),
+        ("client_id", "compose-fleet"),
+        ("scope", scope.as_str()),
+    ];
+    if let Some(service) = &service {
+        form.push(("service", service.as_str()));
+    }
+    let answer = http.post(&realm).form(&form).send().await.map_err(|e| {
+        fail(&format!(
+            "its token endpoint {realm} could not be reached: {e}"
+        ))
+    })?;
+    let status = answer.status();
+    if !status.is_success() {
+        return Err(fail(&format!(
+            "its token endpoint {realm} refused it ({status})"
+        )));
+    }
+    let body: Value = answer
+        .json()
+        .await
+        .map_err(|e| fail(&format!("its token endpoint {realm} answered no JSON: {e}")))?;
+    body.get("access_token")
+        .or_else(|| body.get("token"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| fail(&format!("its token endpoint {realm} gave no access token")))
 }
 
 #[cfg(test)]
@@ -338,7 +528,11 @@ mod tests {
                 _ => Err("unexpected".into()),
             }
         };
-        let (auths, warnings) = from_config(
+        let DockerCredentials {
+            basic: auths,
+            warnings,
+            ..
+        } = from_config(
             config,
             &set(&[
                 "docker.io",
@@ -430,11 +624,165 @@ mod tests {
     }
 
     #[test]
+    fn identity_tokens_from_a_helper_or_the_config_are_never_a_user_name() {
+        // A real helper, run as docker runs it: an executable `docker-credential-NAME` on PATH.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let script = dir.path().join("docker-credential-fake");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nread server\nif [ \"$server\" = tok.example ]; then\n  printf '{\"ServerURL\":\"%s\",\"Username\":\"<token>\",\"Secret\":\"refresh-123\"}' \"$server\"\nelse\n  printf '{\"Username\":\"u\",\"Secret\":\"p\"}'\nfi\n",
+        )
+        .expect("script");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path = std::ffi::OsString::from(format!("{}:/usr/bin:/bin", dir.path().display()));
+        let helper = |name: &str, server: &str| run_helper_on(name, server, Some(&path));
+        let config = r#"{
+            "auths": {"cfg.example": {"auth": "", "identitytoken": "refresh-456"}},
+            "credHelpers": {"tok.example": "fake", "basic.example": "fake"}
+        }"#;
+        let found = from_config(
+            config,
+            &set(&["tok.example", "basic.example", "cfg.example"]),
+            &helper,
+        );
+        assert_eq!(
+            found.tokens.get("tok.example"),
+            Some(&IdentityToken("refresh-123".into()))
+        );
+        assert_eq!(
+            found.tokens.get("cfg.example"),
+            Some(&IdentityToken("refresh-456".into()))
+        );
+        assert!(
+            !found.basic.contains_key("tok.example") && !found.basic.contains_key("cfg.example"),
+            "`<token>` is never sent as a user name: {found:?}"
+        );
+        assert_eq!(found.basic["basic.example"].username, "u");
+        assert!(found.warnings.is_empty(), "{:?}", found.warnings);
+        assert!(!format!("{found:?}").contains("refresh-"), "{found:?}");
+    }
+
+    #[test]
+    fn bearer_challenges_name_the_token_endpoint() {
+        assert_eq!(
+            bearer_challenge(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="x""#
+            ),
+            Some((
+                "https://auth.example/token".into(),
+                Some("registry.example".into())
+            ))
+        );
+        assert_eq!(
+            bearer_challenge("bearer realm=https://a/t"),
+            Some(("https://a/t".into(), None))
+        );
+        assert_eq!(bearer_challenge(r#"Basic realm="Registry Realm""#), None);
+        assert_eq!(bearer_challenge("Bearer service=\"x\""), None);
+    }
+
+    /// A token endpoint on loopback that answers one `/v2/` probe and one token request, and
+    /// records the request bodies.
+    async fn token_endpoint(grant: &'static str) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let realm = format!("http://{addr}/token");
+        let task = tokio::spawn(async move {
+            let realm = realm;
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (mut sock, _) = listener.accept().await.expect("accept");
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut n = 0;
+                // Headers, then the body its Content-Length says.
+                loop {
+                    let r = sock.read(&mut buf[n..]).await.expect("read");
+                    n += r;
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if n >= end + 4 + len || r == 0 {
+                            seen.push(text);
+                            break;
+                        }
+                    }
+                    if r == 0 {
+                        break;
+                    }
+                }
+                let request = seen.last().cloned().unwrap_or_default();
+                let response = if request.starts_with("GET /v2/") {
+                    format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"fake\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                } else if request.contains(grant) {
+                    let body = r#"{"access_token":"push-token","expires_in":300}"#;
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                };
+                sock.write_all(response.as_bytes()).await.expect("write");
+                let _ = sock.shutdown().await;
+            }
+            seen
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn an_identity_token_is_exchanged_at_the_token_endpoint_for_a_push_token() {
+        let (addr, server) = token_endpoint("refresh_token=refresh-123").await;
+        let token = exchange_identity_token(
+            &addr,
+            "team/web",
+            true,
+            &IdentityToken("refresh-123".into()),
+        )
+        .await
+        .expect("exchanged");
+        assert_eq!(token, "push-token");
+        let seen = server.await.expect("server");
+        let post = &seen[1];
+        assert!(post.starts_with("POST /token"), "{post}");
+        for field in [
+            "grant_type=refresh_token",
+            "scope=repository%3Ateam%2Fweb%3Apull%2Cpush",
+            "service=fake",
+        ] {
+            assert!(post.contains(field), "{field} in {post}");
+        }
+        assert!(
+            !post.to_ascii_lowercase().contains("authorization: basic"),
+            "the token is no password: {post}"
+        );
+        // A refused token names the registry and what to do, never the token.
+        let (addr, _server) = token_endpoint("refresh_token=something-else").await;
+        let err = exchange_identity_token(&addr, "team/web", true, &IdentityToken("stale".into()))
+            .await
+            .expect_err("refused");
+        assert!(err.contains(&addr) && err.contains("docker login"), "{err}");
+        assert!(!err.contains("stale"), "{err}");
+    }
+
+    #[test]
     fn a_failing_helper_is_a_warning_without_its_output_secret() {
         let helper =
             |_: &str, _: &str| -> Result<(String, String), String> { Err("exit status 1".into()) };
-        let (auths, warnings) =
-            from_config(r#"{"credsStore": "pass"}"#, &set(&["docker.io"]), &helper);
+        let DockerCredentials {
+            basic: auths,
+            warnings,
+            ..
+        } = from_config(r#"{"credsStore": "pass"}"#, &set(&["docker.io"]), &helper);
         assert!(auths.is_empty());
         assert!(
             warnings[0].contains("docker-credential-pass"),

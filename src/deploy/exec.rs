@@ -1927,6 +1927,7 @@ mod tests {
             source: None,
             warnings: Vec::new(),
             network: Default::default(),
+            build: Default::default(),
         };
         let mut facts = plan::Facts::new();
         for i in 1..=3 {

@@ -11,6 +11,7 @@
 //! registries: { "10.250.0.1:5000": { insecure: true },
 //!               "registry.example.com": { username: deploy, password_env: REGISTRY_PASSWORD } }
 //! network: { cidr: 10.213.0.0/16, mode: auto, port: 51820 }   # mode: auto | host-gw | wireguard
+//! build: { push: registry, registry: registry.example.com/team }   # push: direct (default) | registry
 //! hosts:
 //!   web-1: { address: 203.0.113.10, labels: { zone: a, disk: ssd } }
 //!   db-1:  { address: db1.example.com, user: root, port: 2222,
@@ -48,7 +49,8 @@
 //! `compose_fleet_known_hosts` the host keys to check against. `compose_fleet_network_cidr`,
 //! `compose_fleet_network_mode` and `compose_fleet_network_port` (usually in `group_vars/all`) are
 //! the fleet's `network:`; hosts that disagree are an error. `compose_fleet_registries` (a
-//! mapping, usually in `group_vars/all`) is the fleet's `registries:`, with the same keys.
+//! mapping, usually in `group_vars/all`) is the fleet's `registries:`, with the same keys;
+//! `compose_fleet_build_push` and `compose_fleet_build_registry` are the fleet's `build:`.
 //! Dynamic inventories (scripts, plugin configurations, TOML) are refused with the command
 //! that exports them to a static file.
 //!
@@ -84,6 +86,62 @@ pub struct Fleet {
     pub warnings: Vec<String>,
     /// The pod network: the inventory's `network:`.
     pub network: NetworkSettings,
+    /// Where `up` sends built images: the inventory's `build:`.
+    pub build: BuildSettings,
+}
+
+/// How built images reach the hosts: the inventory's `build: { push, registry }` (Ansible:
+/// `compose_fleet_build_push`, `compose_fleet_build_registry`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuildSettings {
+    pub push: PushMode,
+    /// `registry: HOST[:PORT]/prefix`: where `push: registry` pushes (the image's own name, or
+    /// `<project>-<service>`, under it); `None`: each service's `image:`, which must name a
+    /// registry.
+    pub registry: Option<String>,
+}
+
+/// `build.push`: how `up` gets a built image to the hosts that run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PushMode {
+    /// `direct` (the default): blob by blob over each host's SSH channel, no registry.
+    #[default]
+    Direct,
+    /// `registry`: pushed to a registry, which the hosts pull it from.
+    Registry,
+}
+
+impl PushMode {
+    pub fn parse(text: &str) -> Option<PushMode> {
+        match text {
+            "direct" => Some(PushMode::Direct),
+            "registry" => Some(PushMode::Registry),
+            _ => None,
+        }
+    }
+}
+
+/// Checks `build.registry`'s text (`HOST[:PORT]` or `HOST[:PORT]/prefix`, no scheme); returns
+/// it without a trailing `/`.
+pub fn parse_push_registry(text: &str) -> Result<String, String> {
+    let t = text.trim().trim_end_matches('/');
+    if t.contains("://") {
+        return Err(format!(
+            "`{text}` has a scheme; write HOST[:PORT]/prefix (plain http is the `insecure` of the registry in `registries:`)"
+        ));
+    }
+    let host = t.split('/').next().unwrap_or("");
+    let ok = !host.is_empty()
+        && !t.starts_with('-')
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c))
+        && !t.contains("//");
+    if !ok {
+        return Err(format!(
+            "`{text}` is not a registry; write HOST[:PORT] or HOST[:PORT]/prefix, e.g. registry.example.org/team"
+        ));
+    }
+    Ok(t.to_string())
 }
 
 /// The fleet's pod network as the inventory sets it.
@@ -167,6 +225,9 @@ pub struct Host {
     /// Ansible's `compose_fleet_registries` as this host sees it; [`ansible::finish`] makes it the
     /// fleet's [`Fleet::registries`]. Unused in the own format (a top-level `registries:`).
     pub registries: BTreeMap<String, Registry>,
+    /// Ansible's `compose_fleet_build_*` as this host sees them; [`ansible::finish`] makes them
+    /// the fleet's [`Fleet::build`]. Unused in the own format (a top-level `build:`).
+    pub build: BuildSettings,
 }
 
 /// An amount of cpu (cores, fractional) and memory (bytes).
@@ -232,6 +293,7 @@ impl Host {
             origins: BTreeMap::new(),
             network: NetworkSettings::default(),
             registries: BTreeMap::new(),
+            build: BuildSettings::default(),
         }
     }
 }
@@ -576,7 +638,10 @@ fn classify(name: &str, text: &str, limits: &Limits) -> (Format, Parsed) {
             };
             if get("plugin").is_some_and(|v| !matches!(v.value, tree::Value::Null)) {
                 Format::Dynamic("this YAML file configures an inventory plugin (`plugin:`)")
-            } else if get("defaults").is_some() || get("registries").is_some() {
+            } else if get("defaults").is_some()
+                || get("registries").is_some()
+                || get("build").is_some()
+            {
                 Format::Own
             } else {
                 match get("hosts").map(|v| &v.value) {
@@ -706,6 +771,9 @@ fn build(
             fleet.network = hosts.network;
         }
         fleet.registries.extend(hosts.registries);
+        if hosts.build != BuildSettings::default() {
+            fleet.build = hosts.build;
+        }
     } else {
         diags.extend(inv.diags);
     }
@@ -993,6 +1061,49 @@ mod tests {
         assert!(e.contains("did you mean `ssh-ed25519`"), "{e}");
         assert!(parse_host_key("ssh-ed25519").is_err());
         assert!(parse_host_key("ssh-ed25519 AAAA,-oProxyCommand=x").is_err());
+    }
+
+    #[test]
+    fn build_push_is_read_from_both_formats_and_checked() {
+        let own = parse(
+            "inventory.yaml",
+            "build: { push: registry, registry: \"10.250.0.1:5000/team/\" }\nhosts:\n  a: { address: 10.0.0.1 }\n",
+        )
+        .expect("valid");
+        assert_eq!(own.build.push, PushMode::Registry);
+        assert_eq!(own.build.registry.as_deref(), Some("10.250.0.1:5000/team"));
+        let ini = parse(
+            "hosts",
+            "[all:vars]\ncompose_fleet_build_push=registry\ncompose_fleet_build_registry=r.example\n[web]\na ansible_host=10.0.0.1\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            ini.build,
+            BuildSettings {
+                push: PushMode::Registry,
+                registry: Some("r.example".into())
+            }
+        );
+        assert_eq!(
+            parse("inventory.yaml", "hosts:\n  a: { address: x }\n")
+                .expect("valid")
+                .build
+                .push,
+            PushMode::Direct
+        );
+        // Unknown values and keys are refused where they are written.
+        for (text, want) in [
+            ("build: { push: regsitry }\n", "inventory.yaml:1:16"),
+            ("build: { pushh: registry }\n", "inventory.yaml:1:10"),
+            (
+                "build: { registry: \"https://r.example\" }\n",
+                "inventory.yaml:1:20",
+            ),
+        ] {
+            let text = format!("{text}hosts:\n  a: {{ address: x }}\n");
+            let err = parse("inventory.yaml", &text).expect_err(&text).to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

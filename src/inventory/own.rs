@@ -11,7 +11,8 @@ use super::{
 };
 use crate::diag::{Diagnostic, Diagnostics};
 
-const TOP_KEYS: &[&str] = &["defaults", "registries", "network", "hosts"];
+const TOP_KEYS: &[&str] = &["defaults", "registries", "network", "build", "hosts"];
+const BUILD_KEYS: &[&str] = &["push", "registry"];
 const NETWORK_KEYS: &[&str] = &["cidr", "mode", "port"];
 const DEFAULT_KEYS: &[&str] = &["user", "port", "identity_file", "known_hosts"];
 const HOST_KEYS: &[&str] = &[
@@ -188,6 +189,7 @@ pub(super) fn parse(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> Fle
             "defaults" => defaults = parse_defaults(&mut cx, node),
             "registries" => fleet.registries = parse_registries(&mut cx, node),
             "network" => fleet.network = parse_network(&mut cx, node),
+            "build" => fleet.build = parse_build(&mut cx, node),
             "hosts" => hosts_node = Some(node),
             _ => cx.unknown_key(key, TOP_KEYS, "the inventory"),
         }
@@ -267,6 +269,42 @@ fn parse_network(cx: &mut Ctx<'_>, node: &Node) -> super::NetworkSettings {
         }
     }
     n
+}
+
+fn parse_build(cx: &mut Ctx<'_>, node: &Node) -> super::BuildSettings {
+    let mut b = super::BuildSettings::default();
+    for (key, v) in cx.map(node, "`build`") {
+        match key.text.as_str() {
+            "push" => {
+                let Some(text) = cx.string(v, "`build.push`") else {
+                    continue;
+                };
+                match super::PushMode::parse(&text) {
+                    Some(m) => b.push = m,
+                    None => {
+                        let d = cx
+                            .error(v.at, format!("`build.push` is `{text}`"))
+                            .label("expected one of: direct, registry");
+                        cx.push(d);
+                    }
+                }
+            }
+            "registry" => {
+                let Some(text) = cx.string(v, "`build.registry`") else {
+                    continue;
+                };
+                match super::parse_push_registry(&text) {
+                    Ok(r) => b.registry = Some(r),
+                    Err(e) => {
+                        let d = cx.error(v.at, format!("`build.registry`: {e}"));
+                        cx.push(d);
+                    }
+                }
+            }
+            _ => cx.unknown_key(key, BUILD_KEYS, "`build`"),
+        }
+    }
+    b
 }
 
 fn parse_registries(cx: &mut Ctx<'_>, node: &Node) -> BTreeMap<String, Registry> {

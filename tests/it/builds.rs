@@ -1365,6 +1365,29 @@ fn inventory_registry_credentials_push_and_pull_without_showing_the_password() {
         "end",
         "no file on the host holds the password"
     );
+
+    // `push: registry` in the inventory: `up` builds, pushes with the inventory's credentials,
+    // and the host pulls with them; nothing goes over the agent's blob channel.
+    let via = format!("{}/viaup", registry.addr);
+    edit_inventory(&lab, |text| {
+        format!("build: {{ push: registry, registry: \"{via}\" }}\n{text}")
+    });
+    std::fs::write(dir.join("compose.yaml"), COMPOSE).expect("write");
+    std::fs::write(dir.join("web/index.html"), "built, pushed, pulled\n").expect("write");
+    let out = with_password(&["up", "--build"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains(&format!("service `web`: pushed {via}/built-web@sha256:")),
+        "{}",
+        describe(&out)
+    );
+    assert!(delivered_lines(&out).is_empty(), "{}", describe(&out));
+    assert!(!describe(&out).contains(PASSWORD), "{}", describe(&out));
+    assert_eq!(
+        get(&url, "built, pushed, pulled\n"),
+        "built, pushed, pulled\n"
+    );
 }
 
 /// The files of a built image's layers (path → content), read from the local store.
@@ -1588,4 +1611,402 @@ fn each_host_gets_the_image_built_for_its_architecture() {
         .filter_map(|m| m["platform"]["architecture"].as_str())
         .collect();
     assert_eq!(listed, ["amd64", "arm64"], "{index}");
+}
+
+/// `build: { push: registry }` in the inventory: `up` builds the service, pushes it to the lab
+/// registry (only what the registry lacks) and the pod specs name the registry's reference by
+/// digest, so each host's agent pulls it from there — nothing goes over the agents' blob channel.
+/// `plan` says where the image goes; a no-op `up` neither pushes nor asks the registry.
+#[test]
+fn push_registry_in_the_inventory_sends_built_images_through_the_registry() {
+    let test = "push_registry_in_the_inventory";
+    if !have_buildah(test) {
+        return;
+    }
+    let Some(lab) = Lab::up(test, 2) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("web")).expect("mkdir");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        format!("{COMPOSE}    deploy:\n      mode: global\n"),
+    )
+    .expect("write");
+    std::fs::write(dir.join("web/Dockerfile"), DOCKERFILE).expect("write");
+    std::fs::write(dir.join("web/index.html"), "through the registry\n").expect("write");
+    storage_conf(dir);
+    let prefix = format!("{}/fleet", lab.registry());
+    edit_inventory(&lab, |text| {
+        format!("build: {{ push: registry, registry: \"{prefix}\" }}\n{text}")
+    });
+
+    // `plan` says where the image goes.
+    let out = cli(&lab, dir, &["plan"]);
+    assert!(out.status.success(), "plan failed: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "service `web`: built here, pushed to {prefix}/built-web:latest; its hosts pull it from there"
+        )),
+        "{}",
+        describe(&out)
+    );
+
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let pushed = stderr
+        .lines()
+        .find(|l| l.starts_with("service `web`: pushed "))
+        .unwrap_or_else(|| panic!("up pushes the built image: {}", describe(&out)));
+    // `service `web`: pushed HOST/fleet/built-web@sha256:… to …`
+    let reference = pushed
+        .split_whitespace()
+        .nth(3)
+        .expect("the reference")
+        .to_string();
+    assert!(
+        reference.starts_with(&format!("{prefix}/built-web@sha256:")),
+        "{reference}"
+    );
+    // No blob went over the agents' channel: no delivery, no per-host transfer line.
+    assert!(
+        delivered_lines(&out).is_empty() && !stderr.contains(": sending "),
+        "nothing is delivered over SSH: {}",
+        describe(&out)
+    );
+    // The registry holds the manifest under that digest.
+    let (name, digest) = reference.split_once('@').expect("digest");
+    let path = name.split_once('/').expect("path").1;
+    let manifest = std::process::Command::new("curl")
+        .args([
+            "-fsS",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!("http://{}/v2/{path}/manifests/{digest}", lab.registry()),
+        ])
+        .output()
+        .expect("curl");
+    assert!(manifest.status.success(), "{}", describe(&manifest));
+    // Every host runs it, pulled from the registry by that digest.
+    for host in lab.host_names() {
+        let url = format!("http://{}:8080/", lab.address(&host));
+        assert_eq!(
+            get(&url, "through the registry\n"),
+            "through the registry\n",
+            "{host}"
+        );
+    }
+    // Each agent recorded the image under the registry's name, as for any pull.
+    for host in lab.host_names() {
+        let index = lab.ssh(&host, "cat /var/lib/compose-fleet/images/images/index.json");
+        assert!(
+            String::from_utf8_lossy(&index.stdout).contains(&format!("{path}@{digest}")),
+            "{host} pulled {reference}: {}",
+            describe(&index)
+        );
+    }
+
+    // Nothing changed: no push, no question to the registry.
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("service `web`: pushed") && !stderr.contains("has it already"),
+        "a no-op up pushes nothing: {}",
+        describe(&out)
+    );
+
+    // The pods gone, the same image: the registry has it, so nothing is pushed.
+    let out = cli(&lab, dir, &["down"]);
+    assert!(out.status.success(), "down failed: {}", describe(&out));
+    let out = cli(&lab, dir, &["up"]);
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "service `web`: {prefix}/built-web:latest has it already"
+        )),
+        "{}",
+        describe(&out)
+    );
+
+    // One file changed: only its layer and the new config go to the registry.
+    std::fs::write(dir.join("web/index.html"), "through the registry, v2\n").expect("write");
+    let out = cli(&lab, dir, &["up", "--build"]);
+    assert!(
+        out.status.success(),
+        "up --build failed: {}",
+        describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let pushed = stderr
+        .lines()
+        .find(|l| l.starts_with("service `web`: pushed "))
+        .unwrap_or_else(|| panic!("the new image is pushed: {}", describe(&out)));
+    assert!(
+        pushed.contains("(2 blobs,") && pushed.contains("; 2 blobs were there already)"),
+        "the COPY layer and the config only: {pushed}"
+    );
+    assert!(delivered_lines(&out).is_empty(), "{}", describe(&out));
+    for host in lab.host_names() {
+        let url = format!("http://{}:8080/", lab.address(&host));
+        assert_eq!(
+            get(&url, "through the registry, v2\n"),
+            "through the registry, v2\n",
+            "{host}"
+        );
+    }
+
+    // Only an identity token for the registry (docker's `identitytoken`): the hosts could not
+    // pull with it, so `up` refuses before pushing, naming the registry and what to do; `push`
+    // tries to exchange it and says the registry has no token endpoint. Never a user `<token>`.
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).expect("mkdir");
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"identitytoken\": \"refresh-7c1\"}}}}}}",
+            lab.registry()
+        ),
+    )
+    .expect("write");
+    let docker_config = docker.display().to_string();
+    std::fs::write(dir.join("web/index.html"), "v3\n").expect("write");
+    let out = cli_with(
+        &lab,
+        dir,
+        &["up", "--build"],
+        &[("DOCKER_CONFIG", &docker_config)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("registry `{}`", lab.registry()))
+            && stderr.contains("identity token")
+            && stderr.contains("`push: registry` would push there")
+            && !stderr.contains("service `web`: pushed")
+            && !stderr.contains("refresh-7c1"),
+        "{}",
+        describe(&out)
+    );
+    let out = cli_with(&lab, dir, &["push"], &[("DOCKER_CONFIG", &docker_config)]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("names no token endpoint") && !stderr.contains("refresh-7c1"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// Figures, not a check: the CLI's max RSS and the agent daemon's peak (VmHWM) while `up`
+/// delivers one layer larger than 1 GB (1.1 GB of random bytes, so gzip cannot shrink it) to a
+/// lab host: blobs stream, so neither should grow with the layer. Needs about 4.5 GB of free
+/// disk at its peak (the build context, buildah's storage, the export and the local store; then
+/// the host's blob and unpacked layer); everything is deleted afterwards. Run it alone:
+/// `cargo test --test it big_layer_memory_figures -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints memory figures; needs ~4.5 GB of disk and minutes"]
+fn big_layer_memory_figures() {
+    use std::io::Write as _;
+    let test = "big_layer_memory_figures";
+    if !have_buildah(test) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let free = |path: &Path| {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(path)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if free(dir) < 8_000_000_000 || free(Path::new("/var/lib")) < 8_000_000_000 {
+        crate::support::skip(test, "disk", "less than 8 GB free (it needs ~4.5 GB)");
+        return;
+    }
+    let Some(lab) = Lab::up(test, 1) else {
+        return;
+    };
+    const SIZE: u64 = 1_100_000_000;
+    std::fs::create_dir_all(dir.join("big/www")).expect("mkdir");
+    std::fs::write(dir.join("compose.yaml"), BIG_COMPOSE).expect("write");
+    std::fs::write(
+        dir.join("big/Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nCOPY random.bin /random.bin\nCOPY www /www\n",
+    )
+    .expect("write");
+    std::fs::write(dir.join("big/www/index.html"), "big\n").expect("write");
+    {
+        // xorshift, written 8 MiB at a time: incompressible, never all in memory.
+        let file = std::fs::File::create(dir.join("big/random.bin")).expect("create");
+        let mut file = std::io::BufWriter::new(file);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut buf = Vec::with_capacity(8 << 20);
+        let mut written = 0u64;
+        while written < SIZE {
+            buf.clear();
+            while buf.len() < (8 << 20) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            let n = (SIZE - written).min(buf.len() as u64) as usize;
+            file.write_all(&buf[..n]).expect("write");
+            written += n as u64;
+        }
+        file.flush().expect("flush");
+    }
+    storage_conf(dir);
+    let out = cli(&lab, dir, &["build"]);
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    // Only the local store's copy is needed from here on.
+    let _ = std::fs::remove_file(dir.join("big/random.bin"));
+    let _ = std::process::Command::new("buildah")
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .args(["rm", "--all"])
+        .output();
+    let _ = std::process::Command::new("buildah")
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .args(["rmi", "--all", "--force"])
+        .output();
+    let _ = std::fs::remove_dir_all(dir.join("containers"));
+    let started = Instant::now();
+    let out = lab_cli_env(&lab, dir, &["up"], &[]);
+    let took = started.elapsed().as_secs_f64();
+    assert!(out.status.success(), "up failed: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (host, n) in delivered_lines(&out) {
+        eprintln!(
+            "figure: a {SIZE}-byte layer to {host}: {} bytes sent, {} on the wire, `up` {took:.1}s",
+            n[1], n[4]
+        );
+    }
+    if let Some(rss) = stderr.lines().find(|l| l.contains("max RSS")) {
+        eprintln!("{rss}");
+    }
+    let hwm = lab.ssh(
+        &lab.host(1),
+        "grep VmHWM /proc/$(cat /run/compose-fleet/agent.pid)/status",
+    );
+    eprintln!(
+        "figure:   {}'s agent daemon peak: {}",
+        lab.host(1),
+        String::from_utf8_lossy(&hwm.stdout).trim()
+    );
+    // Give the disk back: the pods, then the host's blobs and layers (the lab goes with `lab`).
+    let _ = cli(&lab, dir, &["down"]);
+    lab.ssh(
+        &lab.host(1),
+        "rm -rf /var/lib/compose-fleet/images/blobs/sha256/* /var/lib/compose-fleet/images/layers/*",
+    );
+}
+
+/// A git URL as the build context (`context: git://HOST/REPO.git#BRANCH`): buildah clones the
+/// branch and builds it, offline — `git daemon` serves a repository made here on loopback. The
+/// image holds the branch's file, not the default branch's. No lab: `compose-fleet build` alone.
+#[test]
+fn a_git_url_build_context_is_cloned_and_built_at_its_branch() {
+    let test = "a_git_url_build_context";
+    if !crate::support::is_root(test, "buildah builds with chroot isolation") || !have_buildah(test)
+    {
+        return;
+    }
+    let git_ok = std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !git_ok {
+        crate::support::skip(test, "git", "git is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let repo = dir.join("git/app.git");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .output()
+            .expect("runs git");
+        assert!(out.status.success(), "git {args:?}: {}", describe(&out));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(
+        repo.join("Dockerfile"),
+        "FROM scratch\nCOPY index.html /index.html\n",
+    )
+    .expect("write");
+    std::fs::write(repo.join("index.html"), "from main\n").expect("write");
+    git(&["add", "."]);
+    git(&["commit", "-qm", "main"]);
+    git(&["checkout", "-qb", "release"]);
+    std::fs::write(repo.join("index.html"), "from the release branch\n").expect("write");
+    git(&["commit", "-qam", "release"]);
+    git(&["checkout", "-q", "main"]);
+    // A free loopback port for `git daemon`.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut daemon = std::process::Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            &format!("--base-path={}", dir.join("git").display()),
+        ])
+        .arg(dir.join("git"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runs git daemon");
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::write(
+        dir.join("compose.yaml"),
+        format!(
+            "services:\n  web:\n    build:\n      context: \"git://127.0.0.1:{port}/app.git#release\"\n"
+        ),
+    )
+    .expect("write");
+    storage_conf(dir);
+    let out = std::process::Command::new(crate::support::bin())
+        .arg("-f")
+        .arg(dir.join("compose.yaml"))
+        .args(["-p", "fromgit", "build"])
+        .env("COMPOSE_FLEET_IMAGE_DIR", dir.join("store"))
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .output()
+        .expect("runs the CLI");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(out.status.success(), "build failed: {}", describe(&out));
+    let store = compose_fleet::build::LocalStore::open(dir.join("store")).expect("store");
+    let built = store.built("fromgit", "web").expect("recorded");
+    let files = image_files(&store, &built.manifest);
+    let index = files
+        .iter()
+        .rev()
+        .find(|(p, _)| p.trim_start_matches("./") == "index.html")
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned());
+    assert_eq!(index.as_deref(), Some("from the release branch\n"));
 }

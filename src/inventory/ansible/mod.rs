@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use self::value::AVal;
 use super::tree::Pos;
-use super::{normalize_arch, Capacity, Connection, Fleet, Host};
+use super::{normalize_arch, Capacity, Connection, Fleet, Host, PushMode};
 use crate::compose::model::Location;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::limits::{Limit, Limits};
@@ -649,6 +649,19 @@ fn to_host(
                     }
                 }
             },
+            "compose_fleet_build_push" => match text_of(var).and_then(|t| PushMode::parse(&t)) {
+                Some(m) => host.build.push = m,
+                None => diags.push(bad(var, key, "direct or registry")),
+            },
+            "compose_fleet_build_registry" => {
+                match text_of(var).map(|t| super::parse_push_registry(&t)) {
+                    Some(Ok(r)) => host.build.registry = Some(r),
+                    Some(Err(e)) => {
+                        diags.push(Diagnostic::error(format!("`{key}`: {e}")).at(var.at.clone()))
+                    }
+                    None => diags.push(bad(var, key, "HOST[:PORT]/prefix")),
+                }
+            }
             "compose_fleet_drain" => match ansible_bool(&var.value) {
                 Some(b) => host.drain = b,
                 None => diags.push(bad(var, key, "true or false")),
@@ -802,10 +815,23 @@ pub fn finish(
             .hint("set it once, in `group_vars/all` or under `all: vars:`"),
         );
     }
+    // And where built images go.
+    let build = hosts.first().map(|h| h.build.clone()).unwrap_or_default();
+    if let Some(h) = hosts.iter().find(|h| h.build != build) {
+        diags.push(
+            Diagnostic::error(format!(
+                "hosts `{}` and `{}` see different `compose_fleet_build_push` or \
+                 `compose_fleet_build_registry`; where built images go is the whole fleet's",
+                hosts[0].name, h.name
+            ))
+            .hint("set them once, in `group_vars/all` or under `all: vars:`"),
+        );
+    }
     Fleet {
         hosts,
         network,
         registries,
+        build,
         ..Fleet::default()
     }
 }
