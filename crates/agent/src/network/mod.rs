@@ -8,6 +8,7 @@
 //! - [`kernel`]: the [`NetKernel`] trait, its netlink implementation and a recording fake.
 //! - [`netlink`]: the blocking netlink socket both families use.
 //! - `persist`: `network.json` written off the attach path; each pod's record also in the kernel.
+//! - `reap`: removed pods' veths deleted off the detach path.
 //! - [`service`]: the pushed service map and local replica health; [`vip`]: its nftables rules;
 //!   [`dns`]: the DNS server on the bridge address and the pods' `resolv.conf`/`hosts`.
 //! - [`isolation`]: which pods may reach which (compose networks, projects, `internal`).
@@ -30,6 +31,7 @@ pub mod mesh;
 pub mod netlink;
 pub mod nft;
 mod persist;
+mod reap;
 pub mod service;
 pub mod vip;
 pub mod wg;
@@ -141,6 +143,8 @@ pub struct Network {
     saved: Mutex<Saved>,
     /// Writes `saved` to `file`; an attach does not wait for it (see [`persist`]).
     persist: persist::Persist,
+    /// Deletes removed pods' veths; a detach does not wait for it (see [`reap`]).
+    reaper: reap::Reaper,
     /// The rules last written to the kernel by this process. A pod without published ports
     /// changes nothing in them, and skipping the batch keeps attach cheap: every nf_tables
     /// commit that drops rules makes the next one wait for an RCU grace period (measured 4-28 ms
@@ -239,11 +243,13 @@ impl Network {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let reaper_kernel = kernel.clone();
         Ok(Network {
             kernel,
             file,
             saved: Mutex::new(saved),
             persist,
+            reaper: reap::Reaper::new(reaper_kernel),
             rules: Mutex::new(None),
             bridge_ready: Default::default(),
             services: Mutex::new(services),
@@ -331,6 +337,13 @@ impl Network {
     fn save(&self, saved: &Saved) -> Result<(), NetError> {
         let seq = self.save_later(saved)?;
         self.wait_saved(seq)
+    }
+
+    /// Waits until removed pods' links are deleted and every change so far is in
+    /// `network.json` (attach and detach do not wait for either).
+    pub fn settle(&self) -> Result<(), NetError> {
+        self.reaper.drain();
+        self.flush()
     }
 
     /// Waits until every change so far is in `network.json` (attach does not wait for it).
@@ -462,6 +475,8 @@ impl Network {
                 self.bridge_ready.store(true, Relaxed);
             }
             self.mesh.ensure_up()?;
+            // The same name of a removed pod may still be queued for deletion.
+            self.reaper.wait_for(&host_if(addr));
             self.kernel.attach_pod(&PodLink {
                 netns: netns.to_path_buf(),
                 host_if: host_if(addr),
@@ -496,15 +511,14 @@ impl Network {
         next.ports.remove(&k);
         next.networks.remove(&k);
         next.no_egress.remove(&k);
-        // Written while the link goes (its deletion waits for RCU grace periods, ~30 ms): a
-        // crash in between leaves a link naming the pod, which a new agent takes back
-        // (`recover`) and the pod's removal then deletes again.
-        let seq = self.save_later(&next)?;
+        // Neither waited for: a new agent's `recover` drops what the file holds of a pod whose
+        // link is gone, and takes back one whose link outlived its removal.
+        self.save_later(&next)?;
         *saved = next;
         // Deleting the host end deletes the pair, whether or not the namespace still exists.
-        self.kernel.remove_link(&host_if(addr))?;
-        self.wait_saved(seq)?;
+        self.reaper.reap(host_if(addr))?;
         if saved.book.pods.is_empty() {
+            self.reaper.drain();
             self.kernel.remove_rules()?;
             *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
             self.mesh.down();
@@ -568,15 +582,32 @@ fn to_json(file: &Path, saved: &Saved) -> Result<Vec<u8>, NetError> {
         .map_err(|e| NetError::State(file.to_path_buf(), io::Error::other(e)))
 }
 
-/// Takes into `saved` the pods whose links name them (the host end's alias) but that it lacks:
-/// attached by an agent that stopped before `network.json` was written. The kernel wins over
-/// the file: a link exists only while its pod holds the address, so another pod the file says
-/// holds it is gone. Returns whether anything changed.
+/// Brings `saved` (the file, which attach and detach do not wait for) to what the kernel holds:
+/// - a pod whose link names it (the host end's alias) is taken in: attached by an agent that
+///   stopped before `network.json` was written. The kernel wins over the file: a link exists
+///   only while its pod holds the address, so another pod the file says holds it is gone;
+/// - a pod without a link is dropped: detached by an agent that stopped before the write (or
+///   its namespace is gone, and the link with it). No pod holds its address in the kernel.
+///
+/// Returns whether anything changed.
 fn recover(saved: &mut Saved, links: &[HostLink]) -> bool {
     let Some(subnet) = saved.book.subnet else {
         return false;
     };
-    let mut changed = false;
+    let gone: Vec<String> = saved
+        .book
+        .pods
+        .iter()
+        .filter(|(_, addr)| !links.iter().any(|l| l.name == host_if(**addr)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut changed = !gone.is_empty();
+    for k in &gone {
+        saved.book.release(k);
+        saved.ports.remove(k);
+        saved.networks.remove(k);
+        saved.no_egress.remove(k);
+    }
     for link in links {
         let Some(n) = link
             .name
@@ -742,8 +773,12 @@ mod tests {
         );
         net.detach("p", "web-1").unwrap();
         net.detach("p", "web-1").unwrap();
+        // The link goes on the reaper's thread, maybe after the rules.
+        net.settle().unwrap();
+        let mut calls = kernel.take();
+        calls.sort();
         assert_eq!(
-            kernel.take(),
+            calls,
             [
                 "del link cfp2",
                 "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53] networks [p/default: 10.213.1.3]",
@@ -789,8 +824,11 @@ mod tests {
         assert_eq!(rules.isolation.networks.len(), 3);
         assert_eq!(rules.isolation.no_egress.len(), 1);
         net.detach("p", "db-1").unwrap();
+        net.settle().unwrap();
+        let mut calls = kernel.take();
+        calls.sort();
         assert_eq!(
-            kernel.take(),
+            calls,
             [
                 "del link cfp3",
                 "nft replace masq 10.213.0.0/16 [] networks [p/back: 10.213.1.2, \
