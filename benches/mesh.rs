@@ -1,9 +1,15 @@
-//! `cargo bench --bench mesh`: TCP throughput and request/response latency between two lab hosts
-//! on one link — host to host (bare), pod to pod routed (host-gw), and pod to pod through the
-//! userspace WireGuard mesh (forced with `mode: wireguard` on the same link, so only the path
-//! differs). The client and server are this program's own threads, entered into the hosts' or the
-//! pods' network namespaces (`setns`): `MESH_BENCH_MIB` MiB (default 512) one way, then 2,000
-//! one-byte round trips. Needs root (the lab); prints figures, asserts nothing about time.
+//! `cargo bench --bench mesh`: TCP throughput and request/response latency between lab hosts on
+//! one link — host to host (bare), pod to pod through a hand-made veth and bridge per host with
+//! no rules at all (the ceiling for any bridged pod network on this kernel), pod to pod routed by
+//! the agent (host-gw), and pod to pod through the WireGuard mesh (forced with `mode: wireguard`
+//! on the same link, so only the path differs). The client and server are this program's own
+//! threads, entered into the hosts' or the pods' network namespaces (`setns`): the same code,
+//! socket buffers and direction on every path. Each run sends `MESH_BENCH_MIB` MiB (default 512)
+//! one way, then 2,000 one-byte round trips; `MESH_BENCH_RUNS` runs (default 5) of every path
+//! but the mesh are interleaved, and the median is printed. The bare and hand-made paths use two
+//! lab hosts the agent never touched (no nftables table, so no conntrack there); the host-gw
+//! pods two others, whose host-to-host figure (our table loaded) is printed too. Needs root
+//! (the lab); prints figures, asserts nothing about time.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,17 +35,20 @@ fn main() {
         eprintln!("skipped: the mesh benchmark needs root (it starts a lab fleet)");
         return;
     }
-    let mib: u64 = std::env::var("MESH_BENCH_MIB")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(512);
-    if let Err(e) = run(mib) {
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let (mib, runs) = (env("MESH_BENCH_MIB", 512), env("MESH_BENCH_RUNS", 5).max(1));
+    if let Err(e) = run(mib, runs as usize) {
         eprintln!("mesh bench: {e}");
         std::process::exit(2);
     }
 }
 
-fn run(mib: u64) -> Result<(), String> {
+fn run(mib: u64, runs: usize) -> Result<(), String> {
     let lock_file = File::create("/run/compose-fleet-lab.lock").map_err(|e| e.to_string())?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| e.to_string())?;
     let dir = tempfile::Builder::new()
@@ -48,26 +57,74 @@ fn run(mib: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let lab = Lab::new(&format!("bmesh-{}", std::process::id()), dir.path())
         .map_err(|e| e.to_string())?;
+    let mut raw_pods = Vec::new();
     let result = (|| {
-        lab.up(2, Some(1)).map_err(|e| e.to_string())?;
+        lab.up(4, Some(1)).map_err(|e| e.to_string())?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
+        let hosts = lab.hosts();
+        let host_ns = |i: usize| std::path::Path::new("/run/netns").join(&hosts[i].name);
+        // Hosts 3 and 4: bare and hand-made; hosts 1 and 2: the agent's pods.
+        let raw = handmade(
+            &hosts[2].name,
+            &hosts[3].name,
+            &hosts[2].address,
+            &hosts[3].address,
+        )?;
+        raw_pods = raw.0.clone();
+        let pods = rt.block_on(pods(&lab, Mode::HostGw))?;
+        type Path3 = (std::path::PathBuf, std::path::PathBuf, String);
+        let paths: Vec<(&str, Path3)> = vec![
+            (
+                "host to host (bare)",
+                (host_ns(2), host_ns(3), hosts[2].address.clone()),
+            ),
+            (
+                "pod to pod, hand-made",
+                (
+                    std::path::Path::new("/run/netns").join(&raw.0[0]),
+                    std::path::Path::new("/run/netns").join(&raw.0[1]),
+                    raw.1.clone(),
+                ),
+            ),
+            (
+                "host to host, our rules",
+                (host_ns(0), host_ns(1), hosts[0].address.clone()),
+            ),
+            (
+                "pod to pod, host-gw",
+                (
+                    pods.server_ns.clone(),
+                    pods.client_ns.clone(),
+                    pods.server.clone(),
+                ),
+            ),
+        ];
+        // Warm up (ARP, routes), then the runs, interleaved so that the machine's load falls
+        // on every path alike.
+        for (_, (s, c, ip)) in &paths {
+            measure(s.clone(), c.clone(), ip, 8)?;
+        }
+        let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); paths.len()];
+        for _ in 0..runs {
+            for (i, (_, (s, c, ip))) in paths.iter().enumerate() {
+                figures[i].push(measure(s.clone(), c.clone(), ip, mib)?);
+            }
+        }
+        rt.block_on(pods.remove())?;
+        let mesh = rt.block_on(pods_figures(&lab, Mode::Wireguard, mib, runs))?;
         println!(
-            "{:<22} {:>10} {:>9} {:>12} {:>12}",
+            "{:<24} {:>10} {:>9} {:>12} {:>12}   ({runs} runs of {mib} MiB, median; all runs MiB/s)",
             "path (one link)", "TCP MiB/s", "% bare", "RTT p50 us", "RTT p99 us"
         );
-        let bare = bare(&lab, mib)?;
-        print_row("host to host (bare)", bare, bare);
-        for (name, mode) in [
-            ("pod to pod, host-gw", Mode::HostGw),
-            ("pod to pod, mesh", Mode::Wireguard),
-        ] {
-            let figures = rt.block_on(pods(&lab, mode, mib))?;
-            print_row(name, figures, bare);
+        let bare = median(&figures[0]);
+        for (i, (name, _)) in paths.iter().enumerate() {
+            print_row(name, &figures[i], bare);
         }
+        print_row("pod to pod, mesh", &mesh, bare);
         // Which WireGuard the mesh row measured: kernel WireGuard where the kernel has it.
         let device = std::fs::read_to_string(
             lab.dir()
@@ -79,17 +136,116 @@ fn run(mib: u64) -> Result<(), String> {
         println!("mesh device: {}", device.trim());
         Ok(())
     })();
+    for ns in raw_pods {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .status();
+    }
     let _ = lab.down();
     result
 }
 
-fn print_row(name: &str, f: Figures, bare: Figures) {
+/// The median of each figure over the runs.
+fn median(runs: &[Figures]) -> Figures {
+    let mid = |f: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Figures {
+        mibps: mid(|f| f.mibps),
+        p50_us: mid(|f| f.p50_us),
+        p99_us: mid(|f| f.p99_us),
+    }
+}
+
+/// A pod network made by hand with `ip`, as plain as one can be: in each of two lab hosts a
+/// bridge (`10.212.N.1/24`) and one namespace joined to it by a veth, holding `10.212.N.2/32`
+/// with a default route via the bridge, each host routing the other's /24 via its address. No
+/// nftables, no conntrack: the same hops as host-gw (two veths and two bridges more than bare).
+/// Returns the two namespaces' names and the server's address (in the first).
+fn handmade(h1: &str, h2: &str, a1: &str, a2: &str) -> Result<(Vec<String>, String), String> {
+    let ip = |args: &[&str]| -> Result<(), String> {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(())
+    };
+    let mut names = Vec::new();
+    for (n, host) in [(1, h1), (2, h2)] {
+        let pod = format!("{host}-raw");
+        let (gw, addr) = (format!("10.212.{n}.1"), format!("10.212.{n}.2/32"));
+        ip(&["netns", "add", &pod])?;
+        names.push(pod.clone());
+        ip(&["-n", host, "link", "add", "rawbr0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            host,
+            "addr",
+            "add",
+            &format!("{gw}/24"),
+            "dev",
+            "rawbr0",
+        ])?;
+        ip(&["-n", host, "link", "set", "rawbr0", "up"])?;
+        ip(&[
+            "-n", host, "link", "add", "rawp", "type", "veth", "peer", "name", "eth0", "netns",
+            &pod,
+        ])?;
+        ip(&["-n", host, "link", "set", "rawp", "master", "rawbr0", "up"])?;
+        ip(&["-n", &pod, "link", "set", "lo", "up"])?;
+        ip(&["-n", &pod, "addr", "add", &addr, "dev", "eth0"])?;
+        ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &pod,
+            "route",
+            "add",
+            &format!("{gw}/32"),
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        ip(&["-n", &pod, "route", "add", "default", "via", &gw])?;
+        let status = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                host,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .status()
+            .map_err(|e| format!("sysctl: {e}"))?;
+        if !status.success() {
+            return Err(format!("enabling forwarding in {host}"));
+        }
+    }
+    ip(&["-n", h1, "route", "add", "10.212.2.0/24", "via", a2])?;
+    ip(&["-n", h2, "route", "add", "10.212.1.0/24", "via", a1])?;
+    Ok((names, "10.212.1.2".into()))
+}
+
+fn print_row(name: &str, runs: &[Figures], bare: Figures) {
+    let f = median(runs);
+    let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.mibps)).collect();
     println!(
-        "{name:<22} {:>10.1} {:>8.0}% {:>12.1} {:>12.1}",
+        "{name:<24} {:>10.1} {:>8.0}% {:>12.1} {:>12.1}   [{}]",
         f.mibps,
         100.0 * f.mibps / bare.mibps,
         f.p50_us,
-        f.p99_us
+        f.p99_us,
+        all.join(" ")
     );
 }
 
@@ -184,18 +340,6 @@ fn measure(
         p50_us: us(times[times.len() / 2]),
         p99_us: us(times[times.len() * 99 / 100]),
     })
-}
-
-/// Host to host over the lab link, in the hosts' own namespaces.
-fn bare(lab: &Lab, mib: u64) -> Result<Figures, String> {
-    let hosts = lab.hosts();
-    let ns = |name: &str| std::path::Path::new("/run/netns").join(name);
-    measure(
-        ns(&hosts[0].name),
-        ns(&hosts[1].name),
-        &hosts[0].address,
-        mib,
-    )
 }
 
 /// The pid of the process whose command line is exactly `argv` (a pod's `sleep N`).
@@ -296,10 +440,57 @@ async fn pod_ip(target: &SshTarget, agent: &AgentBinary, pod: &str) -> Result<St
     Err(format!("{pod} did not start"))
 }
 
+/// The agent's server pod on host 1 and client pod on host 2.
+struct Pods {
+    server_ns: std::path::PathBuf,
+    client_ns: std::path::PathBuf,
+    server: String,
+    targets: Vec<SshTarget>,
+    agent: AgentBinary,
+    remove: Vec<Request>,
+}
+
+impl Pods {
+    /// Removes both pods (the last pod takes our table and the bridge with it).
+    async fn remove(self) -> Result<(), String> {
+        for (t, r) in self.targets.iter().zip(self.remove) {
+            rpc(t, &self.agent, r).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `runs` runs (median) between the agent's pods joined as `mode` says.
+async fn pods_figures(
+    lab: &Lab,
+    mode: Mode,
+    mib: u64,
+    runs: usize,
+) -> Result<Vec<Figures>, String> {
+    let pods = pods(lab, mode).await?;
+    let (s, c, ip) = (
+        pods.server_ns.clone(),
+        pods.client_ns.clone(),
+        pods.server.clone(),
+    );
+    let figures = tokio::task::spawn_blocking(move || {
+        // Warm up (ARP, the mesh's handshake), then measure.
+        measure(s.clone(), c.clone(), &ip, 8)?;
+        (0..runs)
+            .map(|_| measure(s.clone(), c.clone(), &ip, mib))
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    pods.remove().await?;
+    figures
+}
+
 /// A server pod on host 1 and a client pod on host 2, joined as `mode` says.
-async fn pods(lab: &Lab, mode: Mode, mib: u64) -> Result<Figures, String> {
+async fn pods(lab: &Lab, mode: Mode) -> Result<Pods, String> {
     let fleet = compose_fleet::inventory::load(&lab.inventory()).map_err(|e| format!("{e:?}"))?;
-    let targets = SshTarget::all(&fleet);
+    // Only hosts 1 and 2 run the agent's pods.
+    let targets: Vec<SshTarget> = SshTarget::all(&fleet).into_iter().take(2).collect();
     let agent = AgentBinary::locate(None).map_err(|e| e.to_string())?;
     let registry = lab.registry().ok_or("the lab has no registry")?;
     let shell = images::shell_image(&registry);
@@ -312,6 +503,7 @@ async fn pods(lab: &Lab, mode: Mode, mib: u64) -> Result<Figures, String> {
     let addresses = fleet
         .hosts
         .iter()
+        .filter(|h| targets.iter().any(|t| t.name == h.name))
         .map(|h| {
             (
                 h.name.clone(),
@@ -380,12 +572,14 @@ async fn pods(lab: &Lab, mode: Mode, mib: u64) -> Result<Figures, String> {
             pid_of(argv)?
         )))
     };
-    let (sns, cns) = (ns(&SERVER_SLEEP)?, ns(&CLIENT_SLEEP)?);
-    // Warm up (ARP, the mesh's handshake), then measure.
-    measure(sns.clone(), cns.clone(), &server, 8)?;
-    let figures = measure(sns, cns, &server, mib)?;
-    for t in [t1, t2] {
-        rpc(t, &agent, apply(&t.name, vec![])).await?;
-    }
-    Ok(figures)
+    let (server_ns, client_ns) = (ns(&SERVER_SLEEP)?, ns(&CLIENT_SLEEP)?);
+    let remove = [t1, t2].iter().map(|t| apply(&t.name, vec![])).collect();
+    Ok(Pods {
+        server_ns,
+        client_ns,
+        server,
+        targets: targets.clone(),
+        agent,
+        remove,
+    })
 }

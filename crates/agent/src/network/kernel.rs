@@ -17,7 +17,7 @@ use netlink_packet_netfilter::nftables::{
 use netlink_packet_netfilter::nftables::{ChainMessage, DataAttribute, RuleMessage};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use netlink_sys::constants::{NETLINK_NETFILTER, NETLINK_ROUTE};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{
@@ -53,6 +53,16 @@ pub struct PodLink {
     pub addr: Ipv4Addr,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The pod's record ([`super::persist::PodRecord`]), kept by the kernel as the host end's
+    /// alias for as long as the link lives; set before the pod's end gets its address.
+    pub alias: Option<String>,
+}
+
+/// A link of the host whose name is a pod's host end (`cfp<N>`), and its alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLink {
+    pub name: String,
+    pub alias: Option<String>,
 }
 
 /// A route to another host's pod subnet (host-gw).
@@ -89,6 +99,8 @@ pub trait NetKernel: Send + Sync {
     /// The address stays the same, so the pod's connections survive. `Ok(true)` when something
     /// changed; `Ok(false)` for a pod already current or not attached.
     fn refresh_pod(&self, link: &PodLink) -> io::Result<bool>;
+    /// The host's links named like a pod's host end (`cfp…`), with their aliases.
+    fn pod_links(&self) -> io::Result<Vec<HostLink>>;
 }
 
 /// Routes we install carry this protocol number, so ours are told from the host's own.
@@ -314,6 +326,17 @@ impl NetKernel for Netlink {
             ))
         })?;
         set_port_flags(&mut sock, port, &link.host_if)?;
+        if let Some(alias) = &link.alias {
+            // Before the pod's end has the address: a link whose address is in use always
+            // names its pod, for an agent that restarts before `network.json` is written.
+            let mut msg = LinkUnspec::new_with_index(port).build();
+            msg.attributes.push(LinkAttribute::IfAlias(alias.clone()));
+            sock.request(
+                RouteNetlinkMessage::SetLink(msg),
+                0,
+                &format!("naming pod {alias:?} on {}", link.host_if),
+            )?;
+        }
         let (pod_if, addr, gateway) = (link.pod_if.clone(), link.addr, link.gateway);
         in_netns(&link.netns, || {
             // Before the link goes up: DAD would hold the pod's IPv6 link-local for 1-3 s.
@@ -455,6 +478,33 @@ impl NetKernel for Netlink {
             pod_routes(&mut sock, index, gateway)?;
             Ok(true)
         })
+    }
+
+    fn pod_links(&self) -> io::Result<Vec<HostLink>> {
+        let mut sock = route_socket()?;
+        let links = sock.dump(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            "listing the host's links",
+        )?;
+        Ok(links
+            .into_iter()
+            .filter_map(|m| {
+                let RouteNetlinkMessage::NewLink(link) = m else {
+                    return None;
+                };
+                let mut name = None;
+                let mut alias = None;
+                for a in link.attributes {
+                    match a {
+                        LinkAttribute::IfName(n) => name = Some(n),
+                        LinkAttribute::IfAlias(a) => alias = Some(a),
+                        _ => {}
+                    }
+                }
+                let name = name.filter(|n| n.starts_with("cfp"))?;
+                Some(HostLink { name, alias })
+            })
+            .collect())
     }
 
     fn forward_drops(&self) -> io::Result<Vec<ForwardDrop>> {
@@ -712,6 +762,8 @@ pub struct Recording {
     /// Calls whose line starts with this fail with an error.
     pub fail: Mutex<Option<String>>,
     pub drops: Vec<ForwardDrop>,
+    /// The pods' host ends made and not removed, with their aliases.
+    pub links: Mutex<std::collections::BTreeMap<String, Option<String>>>,
 }
 
 impl Recording {
@@ -747,9 +799,16 @@ impl NetKernel for Recording {
         self.record(format!(
             "veth {}:{} master {} addr {}/32 via {}",
             l.host_if, l.pod_if, l.bridge, l.addr, l.gateway
-        ))
+        ))?;
+        if let Ok(mut links) = self.links.lock() {
+            links.insert(l.host_if.clone(), l.alias.clone());
+        }
+        Ok(())
     }
     fn remove_link(&self, name: &str) -> io::Result<()> {
+        if let Ok(mut links) = self.links.lock() {
+            links.remove(name);
+        }
         self.record(format!("del link {name}"))
     }
     fn replace_rules(&self, rules: &Ruleset, _previous: Option<&Ruleset>) -> io::Result<()> {
@@ -797,5 +856,12 @@ impl NetKernel for Recording {
     fn refresh_pod(&self, l: &PodLink) -> io::Result<bool> {
         self.record(format!("refresh {} addr {}/32", l.host_if, l.addr))?;
         Ok(false)
+    }
+    fn pod_links(&self) -> io::Result<Vec<HostLink>> {
+        let links = self.links.lock().map(|l| l.clone()).unwrap_or_default();
+        Ok(links
+            .into_iter()
+            .map(|(name, alias)| HostLink { name, alias })
+            .collect())
     }
 }

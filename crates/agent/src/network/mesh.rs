@@ -284,13 +284,29 @@ pub fn facts(state_dir: &Path) -> Option<MeshFacts> {
         .rev()
         .filter(|(dir, _)| dir == state_dir)
         .find_map(|(_, w)| w.upgrade());
-    let (ages, running) = match live.as_ref().map(|slot| lock(slot)) {
+    let (mut ages, mut running) = match live.as_ref().map(|slot| lock(slot)) {
         Some(guard) => match guard.as_ref() {
             Some(device) => (Some(device.handshake_ages()), Some(device.kind())),
             None => (None, None),
         },
         None => (None, None),
     };
+    // A kernel device outlives the agent that made it: a new agent without pods (it has
+    // opened no device) still reports the one the kernel runs, read-only.
+    let recorded_kernel =
+        std::fs::read_to_string(state_dir.join(DEVICE_FILE)).is_ok_and(|k| k.trim() == "kernel");
+    if ages.is_none() && recorded_kernel {
+        let peers = wg::kernel::Genl::open().and_then(|mut g| g.peers(DEVICE));
+        if let Ok(kernel_peers) = peers {
+            let configured = plan.mesh_peers();
+            ages = Some(wg::kernel::handshake_ages(
+                &configured,
+                &kernel_peers,
+                std::time::SystemTime::now(),
+            ));
+            running = Some(DeviceKind::Kernel);
+        }
+    }
     let device = running.or_else(|| {
         match std::fs::read_to_string(state_dir.join(DEVICE_FILE))
             .ok()?

@@ -7,6 +7,8 @@
 //! - [`nft`]: our table as nf_tables netlink messages, pure.
 //! - [`kernel`]: the [`NetKernel`] trait, its netlink implementation and a recording fake.
 //! - [`netlink`]: the blocking netlink socket both families use.
+//! - `persist`: `network.json` written off the attach path; each pod's record also in the kernel.
+//! - `reap`: removed pods' veths deleted off the detach path.
 //! - [`service`]: the pushed service map and local replica health; [`vip`]: its nftables rules;
 //!   [`dns`]: the DNS server on the bridge address and the pods' `resolv.conf`/`hosts`.
 //! - [`isolation`]: which pods may reach which (compose networks, projects, `internal`).
@@ -28,6 +30,8 @@ pub mod kernel;
 pub mod mesh;
 pub mod netlink;
 pub mod nft;
+mod persist;
+mod reap;
 pub mod service;
 pub mod vip;
 pub mod wg;
@@ -41,12 +45,11 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 pub use ipam::{AddressBook, AddressError};
-pub use kernel::{NetKernel, PeerRoute, PodLink};
+pub use kernel::{HostLink, NetKernel, PeerRoute, PodLink};
 
 use crate::proto::net::Ipv4Net;
 use crate::proto::service::DEFAULT_NETWORK;
 use crate::proto::{HostNetwork, PodNetwork, PortMapping};
-use crate::store::write_atomic;
 
 /// The host's bridge; every pod's veth is its port, and it holds the subnet's `.1`.
 pub const BRIDGE: &str = "cfbr0";
@@ -138,6 +141,10 @@ pub struct Network {
     kernel: Arc<dyn NetKernel>,
     file: PathBuf,
     saved: Mutex<Saved>,
+    /// Writes `saved` to `file`; an attach does not wait for it (see [`persist`]).
+    persist: persist::Persist,
+    /// Deletes removed pods' veths; a detach does not wait for it (see [`reap`]).
+    reaper: reap::Reaper,
     /// The rules last written to the kernel by this process. A pod without published ports
     /// changes nothing in them, and skipping the batch keeps attach cheap: every nf_tables
     /// commit that drops rules makes the next one wait for an RCU grace period (measured 4-28 ms
@@ -210,7 +217,7 @@ impl Network {
     /// Opens the host's network state under `state_dir` (`network.json`), creating nothing.
     pub fn open(state_dir: &Path, kernel: Arc<dyn NetKernel>) -> io::Result<Network> {
         let file = state_dir.join(STATE_FILE);
-        let saved = match std::fs::read(&file) {
+        let mut saved = match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -220,15 +227,29 @@ impl Network {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Saved::default(),
             Err(e) => return Err(e),
         };
+        let persist = persist::Persist::new(file.clone());
+        // Pods attached by an agent that stopped before writing them down.
+        match kernel.pod_links() {
+            Ok(links) => {
+                if recover(&mut saved, &links) {
+                    let seq = persist.submit(to_json(&file, &saved).map_err(io::Error::other)?);
+                    persist.wait(seq)?;
+                }
+            }
+            Err(e) => eprintln!("network: listing the pods' links: {e}"),
+        }
         // A map that does not parse is dropped: the next deploy pushes it again.
         let services = std::fs::read(state_dir.join(SERVICES_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let reaper_kernel = kernel.clone();
         Ok(Network {
             kernel,
             file,
             saved: Mutex::new(saved),
+            persist,
+            reaper: reap::Reaper::new(reaper_kernel),
             rules: Mutex::new(None),
             bridge_ready: Default::default(),
             services: Mutex::new(services),
@@ -284,6 +305,7 @@ impl Network {
                 addr: *addr,
                 subnet,
                 gateway,
+                alias: None,
             };
             match self.kernel.refresh_pod(&link) {
                 Ok(true) => changed.push(k.clone()),
@@ -299,13 +321,36 @@ impl Network {
         self.saved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queues `saved` for `network.json` (call under the lock, so states queue in order);
+    /// returns the number to [`wait`](Self::wait_saved) for.
+    fn save_later(&self, saved: &Saved) -> Result<u64, NetError> {
+        Ok(self.persist.submit(to_json(&self.file, saved)?))
+    }
+
+    fn wait_saved(&self, seq: u64) -> Result<(), NetError> {
+        self.persist
+            .wait(seq)
+            .map_err(|e| NetError::State(self.file.clone(), e))
+    }
+
+    /// Writes `saved` to `network.json` and waits until it is on disk.
     fn save(&self, saved: &Saved) -> Result<(), NetError> {
-        let bytes = serde_json::to_vec_pretty(saved)
-            .map_err(|e| NetError::State(self.file.clone(), io::Error::other(e)))?;
-        if let Some(dir) = self.file.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| NetError::State(self.file.clone(), e))?;
-        }
-        write_atomic(&self.file, &bytes, 0o600).map_err(|e| NetError::State(self.file.clone(), e))
+        let seq = self.save_later(saved)?;
+        self.wait_saved(seq)
+    }
+
+    /// Waits until removed pods' links are deleted and every change so far is in
+    /// `network.json` (attach and detach do not wait for either).
+    pub fn settle(&self) -> Result<(), NetError> {
+        self.reaper.drain();
+        self.flush()
+    }
+
+    /// Waits until every change so far is in `network.json` (attach does not wait for it).
+    pub fn flush(&self) -> Result<(), NetError> {
+        self.persist
+            .flush()
+            .map_err(|e| NetError::State(self.file.clone(), e))
     }
 
     /// The recorded pod subnet.
@@ -406,9 +451,21 @@ impl Network {
         } else {
             next.no_egress.remove(&k);
         }
-        // The address is recorded before the kernel sees it: a crash in between leaves an
-        // address held by a pod being created, which its removal releases.
-        self.save(&next)?;
+        // The pod's record goes to the kernel with its link (the host end's alias), so the
+        // address is not waited for on disk: an agent that restarts before the write reads it
+        // back from there (`recover`). A record too long for an alias is on disk first.
+        let record = persist::PodRecord {
+            key: k.clone(),
+            networks: next.networks.get(&k).cloned().unwrap_or_default(),
+            internal,
+            ports: ports.to_vec(),
+        }
+        .encode();
+        if record.is_some() {
+            self.save_later(&next)?;
+        } else {
+            self.save(&next)?;
+        }
         *saved = next;
         let result = (|| -> Result<(), NetError> {
             use std::sync::atomic::Ordering::Relaxed;
@@ -418,6 +475,8 @@ impl Network {
                 self.bridge_ready.store(true, Relaxed);
             }
             self.mesh.ensure_up()?;
+            // The same name of a removed pod may still be queued for deletion.
+            self.reaper.wait_for(&host_if(addr));
             self.kernel.attach_pod(&PodLink {
                 netns: netns.to_path_buf(),
                 host_if: host_if(addr),
@@ -426,6 +485,7 @@ impl Network {
                 addr,
                 subnet,
                 gateway,
+                alias: record,
             })?;
             self.sync_rules(self.ruleset(fleet, subnet, &saved)?)?;
             Ok(())
@@ -446,16 +506,19 @@ impl Network {
         let Some(addr) = saved.book.pods.get(&k).copied() else {
             return Ok(());
         };
-        // Deleting the host end deletes the pair, whether or not the namespace still exists.
-        self.kernel.remove_link(&host_if(addr))?;
         let mut next = saved.clone();
         next.book.release(&k);
         next.ports.remove(&k);
         next.networks.remove(&k);
         next.no_egress.remove(&k);
-        self.save(&next)?;
+        // Neither waited for: a new agent's `recover` drops what the file holds of a pod whose
+        // link is gone, and takes back one whose link outlived its removal.
+        self.save_later(&next)?;
         *saved = next;
+        // Deleting the host end deletes the pair, whether or not the namespace still exists.
+        self.reaper.reap(host_if(addr))?;
         if saved.book.pods.is_empty() {
+            self.reaper.drain();
             self.kernel.remove_rules()?;
             *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = None;
             self.mesh.down();
@@ -512,6 +575,82 @@ fn check_conflicts(pod: &str, new: &[nft::Published], saved: &Saved) -> Result<(
         }
     }
     Ok(())
+}
+
+fn to_json(file: &Path, saved: &Saved) -> Result<Vec<u8>, NetError> {
+    serde_json::to_vec_pretty(saved)
+        .map_err(|e| NetError::State(file.to_path_buf(), io::Error::other(e)))
+}
+
+/// Brings `saved` (the file, which attach and detach do not wait for) to what the kernel holds:
+/// - a pod whose link names it (the host end's alias) is taken in: attached by an agent that
+///   stopped before `network.json` was written. The kernel wins over the file: a link exists
+///   only while its pod holds the address, so another pod the file says holds it is gone;
+/// - a pod without a link is dropped: detached by an agent that stopped before the write (or
+///   its namespace is gone, and the link with it). No pod holds its address in the kernel.
+///
+/// Returns whether anything changed.
+fn recover(saved: &mut Saved, links: &[HostLink]) -> bool {
+    let Some(subnet) = saved.book.subnet else {
+        return false;
+    };
+    let gone: Vec<String> = saved
+        .book
+        .pods
+        .iter()
+        .filter(|(_, addr)| !links.iter().any(|l| l.name == host_if(**addr)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut changed = !gone.is_empty();
+    for k in &gone {
+        saved.book.release(k);
+        saved.ports.remove(k);
+        saved.networks.remove(k);
+        saved.no_egress.remove(k);
+    }
+    for link in links {
+        let Some(n) = link
+            .name
+            .strip_prefix("cfp")
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let (Some(addr), Some(record)) = (
+            subnet.nth(n),
+            link.alias.as_deref().and_then(persist::PodRecord::decode),
+        ) else {
+            continue;
+        };
+        if saved.book.pods.get(&record.key) == Some(&addr) {
+            continue;
+        }
+        let stale: Vec<String> = saved
+            .book
+            .pods
+            .iter()
+            .filter(|(k, a)| **a == addr && **k != record.key)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale.iter().chain([&record.key]) {
+            saved.book.release(k);
+            saved.ports.remove(k);
+            saved.networks.remove(k);
+            saved.no_egress.remove(k);
+        }
+        saved.book.pods.insert(record.key.clone(), addr);
+        if !record.ports.is_empty() {
+            saved.ports.insert(record.key.clone(), record.ports);
+        }
+        if !record.networks.is_empty() {
+            saved.networks.insert(record.key.clone(), record.networks);
+        }
+        if record.internal {
+            saved.no_egress.insert(record.key);
+        }
+        changed = true;
+    }
+    changed
 }
 
 fn ruleset(fleet: Ipv4Net, subnet: Ipv4Net, saved: &Saved) -> Result<nft::Ruleset, NetError> {
@@ -634,8 +773,12 @@ mod tests {
         );
         net.detach("p", "web-1").unwrap();
         net.detach("p", "web-1").unwrap();
+        // The link goes on the reaper's thread, maybe after the rules.
+        net.settle().unwrap();
+        let mut calls = kernel.take();
+        calls.sort();
         assert_eq!(
-            kernel.take(),
+            calls,
             [
                 "del link cfp2",
                 "nft replace masq 10.213.0.0/16 [fib daddr type local udp dport 5353 dnat to 10.213.1.3:53] networks [p/default: 10.213.1.3]",
@@ -681,8 +824,11 @@ mod tests {
         assert_eq!(rules.isolation.networks.len(), 3);
         assert_eq!(rules.isolation.no_egress.len(), 1);
         net.detach("p", "db-1").unwrap();
+        net.settle().unwrap();
+        let mut calls = kernel.take();
+        calls.sort();
         assert_eq!(
-            kernel.take(),
+            calls,
             [
                 "del link cfp3",
                 "nft replace masq 10.213.0.0/16 [] networks [p/back: 10.213.1.2, \
@@ -792,6 +938,93 @@ mod tests {
         kernel.take();
         let again = net.attach("p", "web-1", Path::new("/ns"), &[]).unwrap();
         assert_eq!(again, Some("10.213.1.3".parse().unwrap()), "round robin");
+    }
+
+    /// The crash this guards against: an attach returned (its pod runs with the address) and
+    /// the agent died before `network.json` was written. The new agent must not hand the
+    /// address to another pod, and keeps the pod's ports and networks.
+    #[test]
+    fn an_attach_whose_write_was_lost_is_taken_back_from_the_kernel_after_a_restart() {
+        let (dir, kernel, net) = setup();
+        net.configure(&host_network()).unwrap();
+        net.attach("p", "db-1", Path::new("/ns/db"), &[]).unwrap();
+        net.flush().unwrap();
+        let file = dir.path().join(STATE_FILE);
+        let before = std::fs::read(&file).unwrap();
+        let web = net
+            .attach_to(
+                "p",
+                "web-1",
+                Path::new("/ns/web"),
+                &[port(8080, 80, "tcp")],
+                &on(&["front"], &[]),
+            )
+            .unwrap()
+            .unwrap();
+        // The write the crash lost: the file as it was before the attach.
+        drop(net);
+        std::fs::write(&file, &before).unwrap();
+        let again = Network::open(dir.path(), kernel.clone()).unwrap();
+        assert_eq!(again.address_of("p", "web-1"), Some(web));
+        let other = again
+            .attach("p", "api-1", Path::new("/ns/api"), &[])
+            .unwrap()
+            .unwrap();
+        assert_ne!(other, web);
+        let err = again
+            .attach("q", "x-1", Path::new("/ns/x"), &[port(8080, 81, "tcp")])
+            .expect_err("8080 is still web-1's");
+        assert!(err.to_string().contains("by pod p/web-1"), "{err}");
+        let rules = kernel.take().pop().unwrap();
+        assert!(rules.contains("p/front: 10.213.1.3"), "{rules}");
+        // And the file has it again.
+        again.flush().unwrap();
+        let on_disk: Saved = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(on_disk.book.pods.get("p/web-1"), Some(&web));
+    }
+
+    /// A file older than the kernel may name a pod that is gone for an address another pod
+    /// now holds: the link's record wins.
+    #[test]
+    fn the_link_of_an_address_wins_over_a_stale_file() {
+        let mut saved = Saved::default();
+        saved
+            .book
+            .set_subnet(
+                "10.213.0.0/16".parse().unwrap(),
+                "10.213.1.0/24".parse().unwrap(),
+            )
+            .unwrap();
+        saved
+            .book
+            .pods
+            .insert("p/old-1".into(), "10.213.1.7".parse().unwrap());
+        saved
+            .ports
+            .insert("p/old-1".into(), vec![port(80, 80, "tcp")]);
+        let links = [
+            HostLink {
+                name: "cfp7".into(),
+                alias: Some("cf1 p/new-1 - i -".into()),
+            },
+            // An older agent's link (no alias) and a link of nobody's: nothing to take.
+            HostLink {
+                name: "cfp9".into(),
+                alias: None,
+            },
+            HostLink {
+                name: "cfpx".into(),
+                alias: Some("cf1 p/odd-1 - - -".into()),
+            },
+        ];
+        assert!(recover(&mut saved, &links));
+        assert_eq!(
+            saved.book.pods,
+            BTreeMap::from([("p/new-1".to_string(), "10.213.1.7".parse().unwrap())])
+        );
+        assert!(saved.ports.is_empty());
+        assert!(saved.no_egress.contains("p/new-1"));
+        assert!(!recover(&mut saved, &links), "nothing more to take");
     }
 
     #[test]
