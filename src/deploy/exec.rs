@@ -5,9 +5,13 @@
 //! [`Flow`]: its `Pull`s become one `Pull` request per host with all that host's images, sent at
 //! the start (so a dependency's wait overlaps its dependents' pulls); each
 //! `Create`/`Replace`/`Restart`/`Remove` becomes one `ApplyPods` request naming that pod on its
-//! host, and the pods it started are watched with `Status` polls, turned into
-//! `Started`/`Healthy`/`Unhealthy`/`Exited` events. A host's one agent channel carries all these
-//! requests at once ([`HostConn`] routes replies by id): a pull does not delay a poll.
+//! host, and the pods it started are watched, their changes turned into
+//! `Started`/`Healthy`/`Unhealthy`/`Exited` events: by one `Watch` always outstanding per host
+//! ([`watch_host`]), which the agent answers the moment anything it observes changes (or after
+//! [`WATCH_WAIT`], so that a silent host is still told from a quiet one), or, on an agent whose
+//! hello does not offer `watch`, by `Status` polls every [`Options::poll`]. A host's one agent
+//! channel carries all these requests at once ([`HostConn`] routes replies by id): a pull does
+//! not delay a watch.
 //!
 //! It never prints: everything the user may want to see is a [`Progress`] given to the caller's
 //! callback (`src/cli/up.rs` renders it).
@@ -38,7 +42,7 @@ use crate::plan::{self, podspec, HostFacts, PlanError};
 use crate::proto::net::{self, Ipv4Net};
 use crate::proto::{
     ApplyPodsRequest, HostNetwork, LogsRequest, PodSpec, PodStatus, Request, Response,
-    ResponseFrame, StatusReport,
+    ResponseFrame, StatusReport, WatchReport, WatchRequest,
 };
 use crate::ssh::{self, AgentBinary, ErrorClass, Hosts, SshError, SshTarget, Transport};
 
@@ -54,7 +58,8 @@ pub struct Options {
     pub timeout: Duration,
     /// One `ApplyPods` (it pulls the pod's images) may take this long.
     pub request_timeout: Duration,
-    /// How often started pods are polled.
+    /// How often started pods are polled on an agent without `watch` (and how long a failed
+    /// `Watch` waits before it is asked again).
     pub poll: Duration,
     /// `up --wait`: end only when every container this run started is healthy (with a health
     /// check), running, or exited 0; anything else fails the run.
@@ -83,8 +88,8 @@ pub struct Options {
     pub lost: BTreeMap<String, Vec<crate::schedule::Observed>>,
     /// The pods of the hosts that did not answer, as that map records them.
     pub lost_pods: BTreeMap<String, Vec<PodStatus>>,
-    /// A watched host that does not answer a `Status` within this long is lost (a frozen agent
-    /// keeps its SSH channel open: only a deadline tells).
+    /// A watched host that does not answer a `Status` or a `Watch` within this long is lost (a
+    /// frozen agent keeps its SSH channel open: only a deadline tells).
     pub lost_after: Duration,
 }
 
@@ -120,8 +125,8 @@ impl Default for Options {
             services: Vec::new(),
             timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(300),
-            // A dependent starts at most this long after its dependency is ready: each poll is
-            // one small `Status` per host with pods being watched, on the open channel.
+            // Without `watch`, a dependent starts at most this long after its dependency is
+            // ready: each poll is one small `Status` per host with pods being watched.
             poll: Duration::from_millis(100),
             wait: false,
             files: podspec::FileContents::default(),
@@ -194,6 +199,9 @@ pub struct HostConn {
     sent: std::sync::atomic::AtomicU64,
     /// Why this host was given up on during the run ([`HostConn::mark_lost`]).
     lost: std::sync::Mutex<Option<String>>,
+    /// The agent answers `Watch` (its hello says so): started pods are watched by pushed
+    /// changes, not polled.
+    watch: std::sync::atomic::AtomicBool,
     /// The SSH sessions behind the channel (the last one is live; older ones dropped and were
     /// reopened).
     _sessions: std::sync::Mutex<Vec<<Hosts as Transport>::Session>>,
@@ -210,8 +218,24 @@ impl HostConn {
             requests: std::sync::Mutex::new(requests),
             sent: std::sync::atomic::AtomicU64::new(0),
             lost: std::sync::Mutex::new(None),
+            watch: std::sync::atomic::AtomicBool::new(false),
             _sessions: std::sync::Mutex::new(vec![session]),
         }
+    }
+
+    /// Says what the agent's hello offered ([`crate::proto::HostFacts::capabilities`]).
+    pub fn offered(&self, facts: &crate::proto::HostFacts) {
+        let watch = facts
+            .capabilities
+            .iter()
+            .any(|c| c == crate::proto::CAPABILITY_WATCH);
+        self.watch
+            .store(watch, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the agent answers `Watch`.
+    pub fn watches(&self) -> bool {
+        self.watch.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Gives up on this host for the rest of the run: every later request fails at once with
@@ -236,6 +260,10 @@ impl HostConn {
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()) = queue;
+        self.watch.store(
+            fresh.watch.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let sessions = fresh
             ._sessions
             .into_inner()
@@ -356,6 +384,29 @@ impl HostConn {
                 Ok(s)
             }
             other => Err(unexpected(&self.name, "Status", &other)),
+        }
+    }
+
+    /// The project's pods on this host once something the agent observes changed after the
+    /// change numbered `since`, or after `wait` with nothing changed; fails after `timeout`.
+    pub async fn watch(
+        &self,
+        project: &str,
+        since: u64,
+        wait: Duration,
+        timeout: Duration,
+    ) -> Result<WatchReport, SshError> {
+        let request = Request::Watch(WatchRequest {
+            project: project.to_string(),
+            since,
+            timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        });
+        match self.call(request, timeout).await? {
+            Response::Watched(mut w) => {
+                w.status.pods.retain(|p| p.project == project);
+                Ok(w)
+            }
+            other => Err(unexpected(&self.name, "Watch", &other)),
         }
     }
 
@@ -609,6 +660,7 @@ pub async fn connect(
                 let (client, report) =
                     ssh::connect_agent_to(&session, &remote, &agent, timeout).await?;
                 let conn = HostConn::new(target.name.clone(), client, session);
+                conn.offered(&report.facts);
                 let status = conn.status_report(&project, timeout).await?;
                 Ok::<_, SshError>((conn, report, status))
             }
@@ -800,9 +852,11 @@ pub async fn open_host(target: &SshTarget, opts: &ssh::Options) -> Result<HostCo
     let transport = Hosts::new(opts)?;
     let session = transport.connect(target).await?;
     let remote = ssh::Remote::of(&session, target)?;
-    let (client, _) =
+    let (client, report) =
         ssh::connect_agent_to(&session, &remote, &agent, opts.command_timeout).await?;
-    Ok(HostConn::new(target.name.clone(), client, session))
+    let conn = HostConn::new(target.name.clone(), client, session);
+    conn.offered(&report.facts);
+    Ok(conn)
 }
 
 /// What `up` will do, worked out before anything changes.
@@ -1153,6 +1207,9 @@ fn managed(
 struct Watch {
     pod: String,
     hash: String,
+    /// The agent's change number after the apply that started it: a watched status numbered
+    /// below it predates the apply and says nothing about these containers.
+    after: u64,
     started: bool,
     health_said: bool,
     /// Restarts already said to the user.
@@ -1160,8 +1217,50 @@ struct Watch {
 }
 
 enum Answer {
-    Applied { host: String, pod: String },
+    Applied {
+        host: String,
+        pod: String,
+        /// [`crate::proto::ApplyReport::changes`].
+        changes: u64,
+    },
     Event(Event),
+}
+
+/// How long an agent holds a `Watch` with nothing to say. Well within `lost_after`, so that a
+/// quiet host answers in time and only a silent one is lost.
+const WATCH_WAIT: Duration = Duration::from_secs(5);
+
+/// Watches one host's pods for the rest of the run: a `Watch` always outstanding, each answer
+/// (the status after any change, or after [`WATCH_WAIT`] of none) sent on `tx`. Ends after an
+/// error that loses the host; after another error, asks again `retry` later.
+async fn watch_host(
+    conn: Arc<HostConn>,
+    project: String,
+    lost_after: Duration,
+    retry: Duration,
+    tx: mpsc::Sender<(String, Result<WatchReport, SshError>)>,
+) {
+    let wait = WATCH_WAIT.min(lost_after / 2);
+    let mut since = 0;
+    loop {
+        let result = conn.watch(&project, since, wait, lost_after).await;
+        let (fatal, failed) = match &result {
+            Ok(w) => {
+                since = w.changes;
+                (false, false)
+            }
+            Err(e) => (
+                matches!(e.class, ErrorClass::Unreachable | ErrorClass::Timeout),
+                true,
+            ),
+        };
+        if tx.send((conn.name.clone(), result)).await.is_err() || fatal {
+            return;
+        }
+        if failed {
+            tokio::time::sleep(retry).await;
+        }
+    }
 }
 
 /// Drives `prepared.flow` to its end over `hosts`; returns the summary (also given as
@@ -1188,6 +1287,14 @@ pub async fn run(
     let mut events: VecDeque<Event> = VecDeque::new();
     let mut tasks: JoinSet<Answer> = JoinSet::new();
     let mut watched: BTreeMap<At, Watch> = BTreeMap::new();
+    // Hosts whose agent answers `Watch` are watched by one task each (started with the first
+    // pod to watch there, ended with the run); the others are polled every `opts.poll`.
+    let (watch_tx, mut watch_rx) = mpsc::channel::<(String, Result<WatchReport, SshError>)>(64);
+    let mut watchers: JoinSet<()> = JoinSet::new();
+    let mut watching: BTreeSet<String> = BTreeSet::new();
+    // Each watched host's last answer: a pod applied after it came is checked against it at
+    // once (its containers may have started, even turned healthy, before the apply's answer).
+    let mut latest: BTreeMap<String, WatchReport> = BTreeMap::new();
     let deadline = Instant::now() + opts.timeout;
     let mut aborted = false;
     let mut idle_rounds = 0u32;
@@ -1312,7 +1419,11 @@ pub async fn run(
                         }
                         .await;
                         match result {
-                            Ok(Response::Applied(_)) => Answer::Applied { host, pod },
+                            Ok(Response::Applied(r)) => Answer::Applied {
+                                host,
+                                pod,
+                                changes: r.changes,
+                            },
                             Ok(other) => Answer::Event(Event::ActionFailed {
                                 reason: unexpected(&host, "ApplyPods", &other).to_string(),
                                 host,
@@ -1474,7 +1585,52 @@ pub async fn run(
         if !pulls.is_empty() {
             continue;
         }
+        let to_watch: BTreeSet<String> = watched.keys().map(|a| a.host.clone()).collect();
+        for host in to_watch {
+            let Some(conn) = hosts.get(&host) else {
+                continue;
+            };
+            if conn.watches() && conn.lost().is_none() && watching.insert(host) {
+                watchers.spawn(watch_host(
+                    conn.clone(),
+                    project.to_string(),
+                    opts.lost_after,
+                    opts.poll,
+                    watch_tx.clone(),
+                ));
+            }
+        }
+        let polled = watched
+            .keys()
+            .any(|a| hosts.get(&a.host).is_some_and(|c| !c.watches()));
         tokio::select! {
+            Some((host, answer)) = watch_rx.recv() => {
+                match answer {
+                    Ok(report) => {
+                        let before = events.len();
+                        let notes = observe(&host, &report.status.pods, report.changes, &mut watched, &mut events);
+                        for note in notes {
+                            emit(Progress::Warning(note));
+                        }
+                        latest.insert(host, report);
+                        if events.iter().skip(before).any(|e| matches!(e, Event::Started(_))) {
+                            publisher.request(hosts, opts);
+                        }
+                    }
+                    // A host that does not answer a `Watch` in time is lost, as one that does
+                    // not answer a `Status` (a frozen agent keeps its channel open) — if
+                    // anything is still watched there.
+                    Err(e) if matches!(e.class, ErrorClass::Unreachable | ErrorClass::Timeout) => {
+                        watching.remove(&host);
+                        if watched.keys().any(|a| a.host == host) {
+                            watched.retain(|at, _| at.host != host);
+                            events.push_back(Event::HostLost { host, reason: e.reason() });
+                        }
+                    }
+                    // Asked again by the watcher.
+                    Err(_) => {}
+                }
+            }
             Some(event) = pulled.recv() => events.push_back(event),
             Some(_) = pulling.join_next(), if !pulling.is_empty() => {
                 // Its events were sent before it ended: take them now, so that the stall check
@@ -1485,20 +1641,29 @@ pub async fn run(
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {
-                    Ok(Answer::Applied { host, pod }) if unwatched => {
+                    Ok(Answer::Applied { host, pod, .. }) if unwatched => {
                         events.push_back(Event::ActionFailed {
                             host,
                             pod,
                             reason: "not watched: this deploy lost its lock".into(),
                         });
                     }
-                    Ok(Answer::Applied { host, pod }) => {
+                    Ok(Answer::Applied { host, pod, changes }) => {
                         if let Some(spec) = specs.get(&(host.clone(), pod.clone())) {
                             for c in &spec.containers {
                                 watched.insert(
                                     At { host: host.clone(), service: c.service.clone(), replica: c.replica },
-                                    Watch { pod: pod.clone(), hash: spec.spec_hash.clone(), started: false, health_said: false, restarts_said: 0 },
+                                    Watch { pod: pod.clone(), hash: spec.spec_hash.clone(), after: changes, started: false, health_said: false, restarts_said: 0 },
                                 );
+                            }
+                        }
+                        if let Some(report) = latest.get(&host) {
+                            let before = events.len();
+                            for note in observe(&host, &report.status.pods, report.changes, &mut watched, &mut events) {
+                                emit(Progress::Warning(note));
+                            }
+                            if events.iter().skip(before).any(|e| matches!(e, Event::Started(_))) {
+                                publisher.request(hosts, opts);
                             }
                         }
                     }
@@ -1506,7 +1671,7 @@ pub async fn run(
                     Err(e) => events.push_back(Event::Abort { reason: format!("bug: a request task failed: {e}") }),
                 }
             }
-            _ = tokio::time::sleep(opts.poll), if !watched.is_empty() => {
+            _ = tokio::time::sleep(opts.poll), if polled => {
                 let before = events.len();
                 for note in poll(hosts, project, &mut watched, &mut events, opts.lost_after).await {
                     emit(Progress::Warning(note));
@@ -1726,6 +1891,10 @@ async fn poll(
         let Some(conn) = hosts.get(&host).cloned() else {
             continue;
         };
+        // Watched by its own task ([`watch_host`]).
+        if conn.watches() {
+            continue;
+        }
         let project = project.to_string();
         tasks.spawn(async move { (host, conn.status(&project, timeout).await) });
     }
@@ -1745,66 +1914,86 @@ async fn poll(
             // A slow answer is tried again at the next poll.
             Err(_) => continue,
         };
-        let mut gone = Vec::new();
-        let mut failed_pods = BTreeSet::new();
-        for (at, w) in watched.iter_mut().filter(|(at, _)| at.host == host) {
-            let Some(c) = pods
-                .iter()
-                .filter(|p| p.name == w.pod && p.spec_hash == w.hash)
-                .flat_map(|p| &p.containers)
-                .find(|c| c.service == at.service && c.replica == at.replica)
-            else {
-                continue;
-            };
-            let state = c.state.as_str();
-            // Said at 1, 5, 20 and 100 restarts (polls may skip a count).
-            let next = [1, 5, 20, 100].into_iter().find(|t| *t > w.restarts_said);
-            if next.is_some_and(|t| c.restarts >= t) {
-                w.restarts_said = c.restarts;
-                notes.push(format!(
+        // A status read now is after every apply answered before it was asked.
+        notes.extend(observe(&host, &pods, u64::MAX, watched, events));
+    }
+    notes
+}
+
+/// What one host's status (numbered `changes`: [`Watch::after`]) says of the containers watched
+/// there: `Started`/`Healthy`/`Unhealthy`/`Exited` events, each said once, and `ActionFailed` for
+/// a pod whose container failed to start. Returns the notes for the user (restart loops).
+fn observe(
+    host: &str,
+    pods: &[PodStatus],
+    changes: u64,
+    watched: &mut BTreeMap<At, Watch>,
+    events: &mut VecDeque<Event>,
+) -> Vec<String> {
+    let host = host.to_string();
+    let mut notes = Vec::new();
+    let mut gone = Vec::new();
+    let mut failed_pods = BTreeSet::new();
+    for (at, w) in watched
+        .iter_mut()
+        .filter(|(at, w)| at.host == host && w.after <= changes)
+    {
+        let Some(c) = pods
+            .iter()
+            .filter(|p| p.name == w.pod && p.spec_hash == w.hash)
+            .flat_map(|p| &p.containers)
+            .find(|c| c.service == at.service && c.replica == at.replica)
+        else {
+            continue;
+        };
+        let state = c.state.as_str();
+        // Said at 1, 5, 20 and 100 restarts (polls may skip a count).
+        let next = [1, 5, 20, 100].into_iter().find(|t| *t > w.restarts_said);
+        if next.is_some_and(|t| c.restarts >= t) {
+            w.restarts_said = c.restarts;
+            notes.push(format!(
                     "{at} keeps exiting and restarting ({} restart{} so far{}); see its logs on the host",
                     c.restarts,
                     if c.restarts == 1 { "" } else { "s" },
                     c.exit_code.map(|e| format!(", last exit code {e}")).unwrap_or_default()
                 ));
-            }
-            if state == "failed" && !w.started {
-                failed_pods.insert(w.pod.clone());
-                continue;
-            }
-            if state != "created" && !w.started {
-                w.started = true;
-                events.push_back(Event::Started(at.clone()));
-            }
-            if !w.health_said {
-                match c.health.as_deref() {
-                    Some("healthy") => {
-                        w.health_said = true;
-                        events.push_back(Event::Healthy(at.clone()));
-                    }
-                    Some("unhealthy") => {
-                        w.health_said = true;
-                        events.push_back(Event::Unhealthy(at.clone()));
-                    }
-                    _ => {}
+        }
+        if state == "failed" && !w.started {
+            failed_pods.insert(w.pod.clone());
+            continue;
+        }
+        if state != "created" && !w.started {
+            w.started = true;
+            events.push_back(Event::Started(at.clone()));
+        }
+        if !w.health_said {
+            match c.health.as_deref() {
+                Some("healthy") => {
+                    w.health_said = true;
+                    events.push_back(Event::Healthy(at.clone()));
                 }
+                Some("unhealthy") => {
+                    w.health_said = true;
+                    events.push_back(Event::Unhealthy(at.clone()));
+                }
+                _ => {}
             }
-            if state == "exited" || state == "failed" {
-                events.push_back(Event::Exited(at.clone(), c.exit_code.unwrap_or(-1)));
-                gone.push(at.clone());
-            }
         }
-        for at in gone {
-            watched.remove(&at);
+        if state == "exited" || state == "failed" {
+            events.push_back(Event::Exited(at.clone(), c.exit_code.unwrap_or(-1)));
+            gone.push(at.clone());
         }
-        for pod in failed_pods {
-            watched.retain(|at, w| !(at.host == host && w.pod == pod));
-            events.push_back(Event::ActionFailed {
-                host: host.clone(),
-                pod,
-                reason: "its container failed to start".into(),
-            });
-        }
+    }
+    for at in gone {
+        watched.remove(&at);
+    }
+    for pod in failed_pods {
+        watched.retain(|at, w| !(at.host == host && w.pod == pod));
+        events.push_back(Event::ActionFailed {
+            host: host.clone(),
+            pod,
+            reason: "its container failed to start".into(),
+        });
     }
     notes
 }

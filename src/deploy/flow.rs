@@ -399,6 +399,37 @@ struct Remove {
     state: RemoveState,
 }
 
+/// Service → the length of the longest chain of services waiting for it through `deps`. The
+/// graph has no cycles (the loader refuses them); an edge met again on the current path counts
+/// nothing, so that this ends even if one slipped through.
+fn chains(deps: &[Dependency]) -> BTreeMap<String, usize> {
+    fn visit(
+        s: &str,
+        deps: &[Dependency],
+        memo: &mut BTreeMap<String, usize>,
+        path: &mut BTreeSet<String>,
+    ) -> usize {
+        if let Some(n) = memo.get(s) {
+            return *n;
+        }
+        if !path.insert(s.to_string()) {
+            return 0;
+        }
+        let mut n = 0;
+        for d in deps.iter().filter(|d| d.to == s && d.from != s) {
+            n = n.max(1 + visit(&d.from, deps, memo, path));
+        }
+        path.remove(s);
+        memo.insert(s.to_string(), n);
+        n
+    }
+    let mut memo = BTreeMap::new();
+    for d in deps {
+        visit(&d.to, deps, &mut memo, &mut BTreeSet::new());
+    }
+    memo
+}
+
 /// Whether a condition holds for a dependency, over all its replicas.
 #[derive(Debug, Clone)]
 enum Cond {
@@ -462,6 +493,10 @@ pub struct Flow {
     retires: BTreeMap<(String, String), bool>,
     /// Kept pods whose outgoing generation to retire at the start.
     leftovers: Vec<(String, String)>,
+    /// Service → the length of the longest chain of services that wait for it (0: none does).
+    /// Pods that become free together are issued longest chain first: a host applies pods one
+    /// at a time, and the one on the critical path should not queue behind a leaf.
+    chain: BTreeMap<String, usize>,
 }
 
 impl Flow {
@@ -508,6 +543,7 @@ impl Flow {
                 .iter()
                 .flat_map(|(h, d)| d.retire.iter().map(move |p| (h.clone(), p.clone())))
                 .collect(),
+            chain: chains(deps),
         };
         for pod in desired.pods() {
             flow.add_pod(pod, diff);
@@ -1252,7 +1288,20 @@ impl Flow {
     /// Says the removes that became due, re-evaluates `pods` (sorted): issues those whose gate
     /// opened and whose pulls are done, fails the deploy on a required condition that can never
     /// hold; then checks for the end.
-    fn advance(&mut self, pods: Vec<usize>, out: &mut Vec<Action>) {
+    /// The longest chain waiting for any of the pod's services ([`Flow::chain`]).
+    fn chain_of(&self, p: usize) -> usize {
+        self.pods[p]
+            .containers
+            .iter()
+            .filter_map(|c| self.chain.get(&self.containers[*c].replica.service))
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn advance(&mut self, mut pods: Vec<usize>, out: &mut Vec<Action>) {
+        // Critical path first (stable: otherwise in the order given).
+        pods.sort_by_key(|p| std::cmp::Reverse(self.chain_of(*p)));
         for r in std::mem::take(&mut self.removes_to_say) {
             let r = &self.removes[r];
             if r.state == RemoveState::Issued {
@@ -1516,7 +1565,7 @@ impl Flow {
 #[cfg(test)]
 mod tests {
     //! Rolling updates (`Flow::set_rolling`): replaced pods of a service go `parallelism` at a
-    //! time, each next one once one is ready.
+    //! time, each next one once one is ready; and pods freed together go critical path first.
 
     use super::*;
     use crate::deploy::desired::{self, PodInput};
@@ -1608,6 +1657,96 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    /// Services on host h1, created from nothing, each with a health check; `deps` as
+    /// (from, to) `service_healthy` edges.
+    fn created(services: &[&str], deps: &[(&str, &str)]) -> Flow {
+        let inputs: Vec<PodInput> = services
+            .iter()
+            .map(|service| PodInput {
+                host: "h1".into(),
+                spec: PodSpec {
+                    name: format!("{service}-1"),
+                    hostname: format!("{service}-1"),
+                    spec_hash: String::new(),
+                    containers: vec![ContainerSpec {
+                        service: service.to_string(),
+                        replica: 1,
+                        image: "img".into(),
+                        healthcheck: Some(Healthcheck {
+                            test: vec!["CMD".into(), "ok".into()],
+                            interval_ms: 100,
+                            timeout_ms: 1000,
+                            retries: 3,
+                            start_period_ms: 0,
+                            start_interval_ms: 0,
+                        }),
+                        ..ContainerSpec::default()
+                    }],
+                    ports: Vec::new(),
+                    network: Default::default(),
+                },
+                networks: vec!["default".into()],
+            })
+            .collect();
+        let names: BTreeSet<String> = services.iter().map(|s| s.to_string()).collect();
+        let desired =
+            desired::build(inputs, &BTreeMap::new(), names.clone(), names).expect("desired");
+        let d = diff::diff(&desired, &diff::Observed::new(), false);
+        let deps: Vec<Dependency> = deps
+            .iter()
+            .map(|(from, to)| Dependency {
+                from: from.to_string(),
+                to: to.to_string(),
+                condition: Condition::ServiceHealthy,
+                required: true,
+                restart: false,
+            })
+            .collect();
+        Flow::new(&desired, &d, &deps, Options::default()).expect("flow")
+    }
+
+    fn created_pods(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Create { pod, .. } => Some(pod.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Pods freed by the same event go longest waiting chain first: the agent applies one pod at
+    /// a time, and `queue` (which `web` waits for) must not queue behind the leaf `audit` (found
+    /// as `api` starting after `worker` in the `up` benchmark's timeline).
+    #[test]
+    fn pods_freed_together_go_critical_path_first() {
+        let mut flow = created(
+            &["db", "audit", "queue", "web", "zeta"],
+            &[
+                ("audit", "db"),
+                ("queue", "db"),
+                ("web", "queue"),
+                ("zeta", "db"),
+            ],
+        );
+        flow.start();
+        let first = flow.on(Event::PullDone {
+            host: "h1".into(),
+            image: "img".into(),
+        });
+        assert_eq!(created_pods(&first), ["db-1"]);
+        let at = |service: &str| At {
+            host: "h1".into(),
+            service: service.into(),
+            replica: 1,
+        };
+        flow.on(Event::Started(at("db")));
+        let freed = flow.on(Event::Healthy(at("db")));
+        assert_eq!(created_pods(&freed), ["queue-1", "audit-1", "zeta-1"]);
+        assert_eq!(chains(&flow.deps).get("db"), Some(&2));
+        assert_eq!(chains(&flow.deps).get("web").copied().unwrap_or(0), 0);
     }
 
     #[test]

@@ -485,6 +485,7 @@ mod tests {
                     free_disk: 1 << 30,
                     pod_subnet: None,
                     mesh: None,
+                    capabilities: Vec::new(),
                 };
                 format!(
                     "Welcome to {} (motd)\n{}\n",

@@ -226,6 +226,7 @@ fn the_agent_runs_isolated_pods_and_survives_its_own_kill() {
             report,
             ApplyReport {
                 created: vec!["other-1".into(), "web-1".into()],
+                changes: report.changes,
                 ..ApplyReport::default()
             }
         );
@@ -300,6 +301,7 @@ fn the_agent_runs_isolated_pods_and_survives_its_own_kill() {
             ApplyReport {
                 replaced: vec!["other-1".into()],
                 unchanged: vec!["web-1".into()],
+                changes: report.changes,
                 ..ApplyReport::default()
             }
         );

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use compose_fleet_agent::proto::{
     ApplyPodsRequest, ApplyReport, ApplyRequest, ContainerSpec, ContainerStatus, ExecRequest,
     FileDelivery, Healthcheck, LogLine, LogsRequest, Mount, PodSpec, Request, RequestFrame,
-    Response, ResponseFrame, RestartPolicy, StatusReport, Stream,
+    Response, ResponseFrame, RestartPolicy, StatusReport, Stream, WatchReport, WatchRequest,
 };
 use compose_fleet_agent::supervisor::restart::Exit;
 use compose_fleet_agent::supervisor::shim::{self, ExitRecord, ShimRecord};
@@ -401,6 +401,87 @@ async fn healthcheck_drives_starting_healthy_unhealthy() {
     })
     .await;
     assert_eq!(c.state, "running");
+    remove(&sup, "p", true).await;
+}
+
+async fn watch(sup: Supervisor, project: &str, since: u64, timeout_ms: u64) -> WatchReport {
+    let request = Request::Watch(WatchRequest {
+        project: project.into(),
+        since,
+        timeout_ms,
+    });
+    match call(&sup, request).await.as_slice() {
+        [ResponseFrame {
+            ok: Some(Response::Watched(w)),
+            ..
+        }] => w.clone(),
+        other => panic!("watch answered {other:?}"),
+    }
+}
+
+fn health_of(w: &WatchReport, pod: &str, service: &str) -> Option<(String, Option<String>)> {
+    w.status
+        .pods
+        .iter()
+        .find(|p| p.name == pod)
+        .and_then(|p| p.containers.iter().find(|c| c.service == service))
+        .map(|c| (c.state.clone(), c.health.clone()))
+}
+
+/// `Watch` (what `up` waits on instead of polling): answered at once when asked with a change
+/// number that is not the current one; with nothing changing, at its timeout and with the same
+/// number; and the moment something changes (here: the health check passes), long before its
+/// timeout, with a later number and the new status.
+#[tokio::test]
+async fn watch_answers_at_a_change_and_at_its_timeout() {
+    let root = Root::new();
+    let sup = root.open().await;
+    let flag = root.path().join("ok");
+    let mut spec = sh("db", "exec sleep 1000", RestartPolicy::No);
+    spec.healthcheck = Some(Healthcheck {
+        test: vec!["CMD-SHELL".into(), format!("test -e {}", flag.display())],
+        interval_ms: 100,
+        timeout_ms: 2000,
+        // Failing probes change nothing until this many.
+        retries: 100_000,
+        start_period_ms: 0,
+        start_interval_ms: 0,
+    });
+    let applied = apply(&sup, "p", vec![pod("db-1", "h", vec![spec])]).await;
+    assert!(applied.changes > 0, "{applied:?}");
+    // 0 is never current: answered at once, numbered at or after the apply.
+    let mut seen = watch(sup.clone(), "p", 0, 60_000).await;
+    assert!(seen.changes >= applied.changes, "{seen:?} {applied:?}");
+    // Each answer is a change until the container runs and its check is under way.
+    while health_of(&seen, "db-1", "db") != Some(("running".into(), Some("starting".into()))) {
+        let next = watch(sup.clone(), "p", seen.changes, 60_000).await;
+        assert!(next.changes > seen.changes, "{next:?} after {seen:?}");
+        seen = next;
+    }
+    // Nothing changes while the check fails: the timeout answers, with the same number.
+    let asked = Instant::now();
+    let quiet = watch(sup.clone(), "p", seen.changes, 300).await;
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+    assert_eq!(quiet.changes, seen.changes);
+    assert_eq!(
+        health_of(&quiet, "db-1", "db"),
+        Some(("running".into(), Some("starting".into())))
+    );
+    // A long watch answers when the check passes, not at its timeout.
+    let asked = Instant::now();
+    let waiting = tokio::spawn(watch(sup.clone(), "p", seen.changes, 60_000));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&flag, b"").expect("flag");
+    let changed = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the watch answered at the change")
+        .expect("joined");
+    assert!(asked.elapsed() < Duration::from_secs(60));
+    assert!(changed.changes > seen.changes);
+    assert_eq!(
+        health_of(&changed, "db-1", "db"),
+        Some(("running".into(), Some("healthy".into())))
+    );
     remove(&sup, "p", true).await;
 }
 

@@ -15,6 +15,9 @@
 //!   │ ◀── {"id":1,"more":true,"ok":{...}} ── │   streaming replies (logs, exec) set `more`
 //!   │ ◀── {"id":1,"ok":{...}} ────────────── │   the last reply for an id has no `more`
 //!   │ ◀── {"id":2,"err":{...}} ───────────── │   failures carry their cause chain
+//!   │ ── {"id":3,"type":"watch","since":N} ▶ │   held until a container's state, health or
+//!   │ ◀── {"id":3,"ok":{"type":"watched",    │   exit changes after change N (or a timeout):
+//!   │       "changes":M,"status":{...}}} ─── │   the next watch asks with M
 //!   │ ── not json ─────────────────────────▶ │
 //!   │ ◀── {"err":{"kind":"protocol",...}} ── │   a broken rule: no id, and the agent closes
 //! ```
@@ -154,6 +157,39 @@ pub enum Request {
     ServicesHeld {
         project: String,
     },
+    // --- watch (issue 11, events): pushed state changes instead of polls ---
+    /// `Status` of one project, answered the moment anything the agent observes of any container
+    /// changes (state, health, exit, restarts) after the change numbered `since`, or after
+    /// `timeout_ms` with nothing changed (so that a silent host is still told from a quiet one).
+    /// Answered `Watched`. Only agents whose hello lists [`CAPABILITY_WATCH`] know it.
+    Watch(WatchRequest),
+}
+
+/// What [`Request::Watch`] waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    pub project: String,
+    /// The change number of the last answer seen ([`WatchReport::changes`]); 0 at first, which
+    /// any agent has passed (its numbers start at its start time in ms), so it answers at once.
+    #[serde(default)]
+    pub since: u64,
+    /// Answer anyway after this long; the agent caps it at [`MAX_WATCH_MS`].
+    #[serde(default)]
+    pub timeout_ms: u64,
+}
+
+/// The longest a `Watch` is held without an answer.
+pub const MAX_WATCH_MS: u64 = 60_000;
+
+/// The hello capability of agents that answer [`Request::Watch`].
+pub const CAPABILITY_WATCH: &str = "watch";
+
+/// The answer to [`Request::Watch`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchReport {
+    /// The agent's change number when this status was read: the next watch's `since`.
+    pub changes: u64,
+    pub status: StatusReport,
 }
 
 /// One reply. Exactly one of `ok` and `err` is set.
@@ -240,6 +276,9 @@ pub enum Response {
         #[serde(default)]
         map: Option<service::ServiceMap>,
     },
+    // --- watch (issue 11, events) ---
+    /// The answer to [`Request::Watch`].
+    Watched(WatchReport),
 }
 
 /// A blob the host lacks, and how much of it a partial file already holds (resume from there).
@@ -357,6 +396,10 @@ pub struct HostFacts {
     /// The host's WireGuard public key and how it reaches each other host (the mesh work).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<mesh::MeshFacts>,
+    /// Requests this agent serves beyond its protocol version's, by name (e.g.
+    /// [`CAPABILITY_WATCH`]): a client uses them only when listed, and falls back otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 /// The desired state of one project on one host.
@@ -750,6 +793,14 @@ pub struct ApplyReport {
     /// pod traffic), one sentence each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The agent's change number right after this apply ([`WatchReport::changes`]; 0 from an
+    /// agent without `watch`): a watched status numbered below it predates the apply.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub changes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -1206,6 +1257,7 @@ impl Request {
             Request::RecordRelease(_) => "record_release",
             Request::Releases { .. } => "releases",
             Request::ServicesHeld { .. } => "services_held",
+            Request::Watch(_) => "watch",
         }
     }
 }
@@ -1213,6 +1265,34 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_is_one_line_and_older_agents_offer_no_capabilities() {
+        let frame: RequestFrame = serde_json::from_str(
+            r#"{"id":3,"type":"watch","project":"shop","since":17,"timeout_ms":5000}"#,
+        )
+        .expect("parses");
+        assert_eq!(
+            frame.request,
+            Request::Watch(WatchRequest {
+                project: "shop".into(),
+                since: 17,
+                timeout_ms: 5000,
+            })
+        );
+        // A hello from an agent that predates capabilities: nothing offered, so polled.
+        let facts: HostFacts = serde_json::from_str(
+            r#"{"protocol_version":6,"agent_version":"0.1.0","arch":"x86_64","cpus":2,
+                "memory":1,"kernel":"6","cgroup":"v1","hostname":"h","free_disk":1}"#,
+        )
+        .expect("parses");
+        assert!(facts.capabilities.is_empty());
+        // An apply answer without a change number (such an agent): 0.
+        let report: ApplyReport =
+            serde_json::from_str(r#"{"created":[],"replaced":[],"removed":[],"unchanged":[]}"#)
+                .expect("parses");
+        assert_eq!(report.changes, 0);
+    }
 
     #[test]
     fn hello_round_trips_as_one_line() {

@@ -42,7 +42,10 @@ impl Supervisor {
                         obs.pid = Some(rec.pid);
                         obs.started_at_ms = Some(rec.started_at_ms);
                     }
-                    containers.push((ContainerRt::new(launch, obs), step));
+                    containers.push((
+                        ContainerRt::new(launch, obs, self.inner.changes.clone()),
+                        step,
+                    ));
                 }
                 // A pod whose containers could not all be read, or whose secrets tmpfs is gone
                 // (a reboot) with nothing running, cannot be restarted as it is: it keeps only
@@ -118,7 +121,7 @@ impl Supervisor {
                 obs.pid = Some(rec.pid);
                 obs.started_at_ms = Some(rec.started_at_ms);
             }
-            let c = ContainerRt::new(launch, obs);
+            let c = ContainerRt::new(launch, obs, self.inner.changes.clone());
             if let Some(step) = step {
                 self.spawn_container(c.clone(), step);
             }

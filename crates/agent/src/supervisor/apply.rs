@@ -241,12 +241,18 @@ impl Supervisor {
             ));
         }
         prepared?;
+        // Numbered under the lock, after the pods changed: a `Watch` that reads this number or
+        // a later one reads the status after this apply.
+        inner.changes.send_modify(|n| *n += 1);
+        let changes = *inner.changes.borrow();
+        drop(projects);
         Ok(ApplyReport {
             created: d.create,
             replaced: d.replace,
             removed: d.remove,
             unchanged: d.unchanged,
             warnings,
+            changes,
         })
     }
 
@@ -350,7 +356,11 @@ impl Supervisor {
             };
             write_json(&dir.join(LAUNCH_FILE), &launch)?;
             let _ = std::fs::remove_file(dir.join(OBSERVED_FILE));
-            containers.push(ContainerRt::new(launch, Observed::default()));
+            containers.push(ContainerRt::new(
+                launch,
+                Observed::default(),
+                inner.changes.clone(),
+            ));
         }
         Ok(PodRt {
             spec_hash: pod.spec_hash.clone(),

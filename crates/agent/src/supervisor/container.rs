@@ -15,13 +15,14 @@ impl Supervisor {
 }
 
 impl ContainerRt {
-    pub(super) fn new(launch: Launch, obs: Observed) -> Arc<ContainerRt> {
+    pub(super) fn new(launch: Launch, obs: Observed, changes: Changes) -> Arc<ContainerRt> {
         let (stop, _) = watch::channel(false);
         Arc::new(ContainerRt {
             launch,
             obs: Mutex::new(obs),
             stop,
             task: Mutex::new(None),
+            changes,
         })
     }
 
@@ -41,6 +42,8 @@ impl ContainerRt {
         if let Err(e) = write_json(&self.launch.dir.join(OBSERVED_FILE), &snapshot) {
             log(&format!("{}: {e}", self.launch.id));
         }
+        // After the write: a `Watch` answered now reads what was just persisted.
+        self.changes.send_modify(|n| *n += 1);
     }
 
     pub(super) fn running_pid(&self) -> Option<u32> {

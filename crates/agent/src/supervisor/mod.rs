@@ -82,7 +82,7 @@ pub use seam::{ContainerRuntime, HostImages, ImageSource, Launch, ProcessRuntime
 use crate::proto::{
     AgentError, ApplyPodsRequest, ApplyReport, ApplyRequest, ContainerStatus, ErrorKind, ExecInput,
     ExecRequest, LogLine, LogsRequest, PodSpec, PodStatus, Request, RequestFrame, Response,
-    ResponseFrame, StatusReport, Stream,
+    ResponseFrame, StatusReport, Stream, WatchReport, WatchRequest, MAX_WATCH_MS,
 };
 use health::{Health, HealthStatus, Probe};
 use restart::{Decision, Exit, RestartState};
@@ -153,6 +153,8 @@ struct Inner {
     leases: lease::Leases,
     /// The projects' release records (issue 12).
     releases: releases::Releases,
+    /// What `Watch` waits on ([`Changes`]).
+    changes: Changes,
 }
 
 #[derive(Default)]
@@ -192,7 +194,14 @@ struct ContainerRt {
     obs: Mutex<Observed>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The supervisor's change number, bumped at each [`ContainerRt::update`].
+    changes: Changes,
 }
+
+/// The supervisor's change number: bumped whenever any container's observed state changes, and
+/// waited on by `Watch`. It starts at the supervisor's start time in ms, so that the numbers of a
+/// restarted daemon do not repeat those a client saw from the one before.
+type Changes = Arc<watch::Sender<u64>>;
 
 /// A container's observed state, persisted in its directory as `observed.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -293,6 +302,7 @@ impl Supervisor {
                 next_session: std::sync::atomic::AtomicU64::new(1),
                 leases,
                 releases,
+                changes: Arc::new(watch::channel(unix_millis()).0),
             }),
         };
         sup.readopt().await;
@@ -380,6 +390,7 @@ impl Supervisor {
             Request::Status { project } => {
                 Ok(Response::Status(self.status(project.as_deref()).await))
             }
+            Request::Watch(req) => Ok(Response::Watched(self.watch(req).await)),
             Request::Logs(req) => self.logs(id, req, &tx).await,
             Request::Exec(req) => self.exec(id, req, &tx).await,
             Request::ExecInput(input) => self.exec_input(input).await,
@@ -496,6 +507,22 @@ impl Supervisor {
                 .and_then(|n| n.service_map_digest(p))
         });
         StatusReport { pods, service_map }
+    }
+
+    /// `Watch`: the project's status once the change number differs from `since` (at once if it
+    /// already does), or after the request's timeout (capped at [`MAX_WATCH_MS`]).
+    pub async fn watch(&self, req: WatchRequest) -> WatchReport {
+        let mut rx = self.inner.changes.subscribe();
+        if *rx.borrow_and_update() == req.since {
+            let wait = Duration::from_millis(req.timeout_ms.min(MAX_WATCH_MS));
+            // A change, the timeout, or the sender gone (never while `self` lives): answer.
+            let _ = tokio::time::timeout(wait, rx.changed()).await;
+        }
+        let changes = *rx.borrow();
+        WatchReport {
+            changes,
+            status: self.status(Some(&req.project)).await,
+        }
     }
 
     async fn containers_of(
