@@ -506,18 +506,18 @@ fn run_up(global: &GlobalArgs, args: Args, summary_written: &mut bool) -> CmdRes
                         .collect::<Vec<_>>()
                         .join("; ")
                 });
-                // `monitor`: each replica the release changed must stay healthy for its
-                // services' monitor window, counted from when that replica became ready (never
-                // shorter than their health check needs).
+                // `monitor`: each replica the release replaced or restarted must stay healthy
+                // for its services' monitor window, counted from when that replica became ready
+                // (never shorter than their health check needs).
                 if failure.is_none() {
-                    let pods = release::changed_pods(&steps, &monitored_specs);
+                    let pods = release::updated_pods(&steps, &monitored_specs);
                     let due = ready_clock.deadlines(project, &pods, deploy_ended);
                     let now = Instant::now();
                     let open = due.iter().filter(|(_, _, until)| *until > now).count();
                     if let Some(last) = due.iter().map(|(_, _, until)| *until).max() {
                         if last > now {
                             output::status(&format!(
-                                "monitoring {open} changed pod{} for up to {:.1}s more (`update_config.monitor`, counted per replica from when it became ready)",
+                                "monitoring {open} updated pod{} for up to {:.1}s more (`update_config.monitor`, counted per replica from when it became ready)",
                                 if open == 1 { "" } else { "s" },
                                 (last - now).as_secs_f64()
                             ));

@@ -491,16 +491,23 @@ pub fn changed_services(
     out.into_iter().collect()
 }
 
-/// The pods a release's `steps` create, replace or restart, with their specs from `specs` (keyed
-/// by host and pod): what `up` monitors after the deploy, each for its own window
-/// ([`super::rollout::ReadyClock::deadlines`]).
-pub fn changed_pods(
+/// The pods a release's `steps` replace or restart, with their specs from `specs` (keyed by host
+/// and pod): what `up` monitors after the deploy, each for its own window
+/// ([`super::rollout::ReadyClock::deadlines`]). A created pod (a new service, a scale-up, a
+/// project's first release) is not: as with swarm's `update_config`, `monitor` governs updates,
+/// so a first `up` ends when everything is ready instead of waiting out a window after it.
+pub fn updated_pods(
     steps: &[super::flow::Step],
     specs: &BTreeMap<(String, String), PodSpec>,
 ) -> Vec<(String, PodSpec)> {
     steps
         .iter()
-        .filter(|s| !matches!(s.change, super::flow::Change::Remove(_)))
+        .filter(|s| {
+            matches!(
+                s.change,
+                super::flow::Change::Replace | super::flow::Change::Restart
+            )
+        })
         .filter_map(|s| {
             let spec = specs.get(&(s.host.clone(), s.pod.clone()))?;
             Some((s.host.clone(), spec.clone()))
@@ -764,7 +771,7 @@ mod tests {
     }
 
     #[test]
-    fn the_changed_pods_are_monitored_each_for_the_longest_of_monitor_and_health_check() {
+    fn the_updated_pods_are_monitored_each_for_the_longest_of_monitor_and_health_check() {
         use crate::deploy::diff::RemoveReason;
         use crate::deploy::flow::{Change, Step};
         let yaml = r#"
@@ -813,25 +820,31 @@ services:
             change,
             waits_for: vec![],
         };
-        let pods = changed_pods(
+        let pods = updated_pods(
             &[
                 step("api-1", Change::Create),
                 step("old-1", Change::Remove(RemoveReason::Orphan)),
+                step("cache-1", Change::Retire),
             ],
             &specs,
         );
-        assert_eq!(pods.len(), 1, "a removal is not monitored");
-        let pods = changed_pods(
+        assert!(
+            pods.is_empty(),
+            "a creation, a removal and a retirement are not monitored: {pods:?}"
+        );
+        let pods = updated_pods(
             &[
                 step("api-1", Change::Create),
                 step("web-1", Change::Replace),
+                step("db-1", Change::Restart),
             ],
             &specs,
         );
-        assert_eq!(pods.len(), 2);
+        let names: Vec<&str> = pods.iter().map(|(_, p)| p.name.as_str()).collect();
+        assert_eq!(names, ["web-1", "db-1"], "replacements and restarts are");
         // Each pod's window, from when it became ready (here: no event, so the fallback).
         let window = |pod: &str| {
-            let pods = changed_pods(&[step(pod, Change::Replace)], &specs);
+            let pods = updated_pods(&[step(pod, Change::Replace)], &specs);
             let at = std::time::Instant::now();
             let due = crate::deploy::rollout::ReadyClock::default().deadlines(&project, &pods, at);
             assert_eq!(due.len(), 1);

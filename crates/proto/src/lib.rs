@@ -56,7 +56,10 @@ use serde::{Deserialize, Serialize};
 /// 6: start-first generations (`start_first` and `retire` in `apply_pods`; a pod's `instance`
 /// and `outgoing` generation in `Status`), `services_held` (the map a host holds, for
 /// `--on-unreachable`), the mesh device's kind (kernel or userspace) in the host's facts.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: `watch` (a long poll answered at the next change of a project's containers, instead of
+/// polling `status`), the agent's `capabilities` in its facts, the change counter in
+/// `apply_pods`' report.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The longest line either side accepts, so a broken peer cannot make the other buffer forever.
 ///
