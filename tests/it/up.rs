@@ -329,3 +329,82 @@ fn a_dependent_on_another_host_reaches_its_dependency_by_name_during_up() {
     let out = run(&["down"]);
     assert!(out.status.success(), "down: {}", describe(&out));
 }
+
+/// `depends_on: {restart: true}` through the real executor: replacing `db` on one host restarts
+/// `api` on another once the new `db` is healthy; `side`, which depends on `db` without
+/// `restart: true`, keeps its process.
+#[test]
+fn a_replaced_dependency_restarts_its_restart_true_dependents_on_other_hosts_only() {
+    let Some(lab) = Lab::up(
+        "a_replaced_dependency_restarts_its_restart_true_dependents_on_other_hosts_only",
+        2,
+    ) else {
+        return;
+    };
+    let hosts = lab.host_names();
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/up/restart-true.yaml");
+    let run = |version: &str, args: &[&str]| {
+        lab.cli()
+            .arg("-f")
+            .arg(&fixture)
+            .args(args)
+            .env("REGISTRY", lab.registry())
+            .env("H1", &hosts[0])
+            .env("H2", &hosts[1])
+            .env("DB_VERSION", version)
+            .output()
+            .expect("runs the CLI")
+    };
+    let pids = |version: &str| -> BTreeMap<String, Value> {
+        let out = run(version, &["ps", "--format", "json"]);
+        assert!(out.status.success(), "ps: {}", describe(&out));
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("ps JSON");
+        rows.iter()
+            .map(|r| {
+                assert_eq!(r["state"], "running", "{r}");
+                (
+                    r["service"].as_str().unwrap_or("?").to_string(),
+                    r["pid"].clone(),
+                )
+            })
+            .collect()
+    };
+    let out = run("1", &["up", "--json"]);
+    assert!(out.status.success(), "up: {}", describe(&out));
+    let before = pids("1");
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let out = run("2", &["up", "--json"]);
+    assert!(
+        out.status.success(),
+        "up with DB_VERSION=2: {}",
+        describe(&out)
+    );
+    let evs = events(&out);
+    assert_eq!(changed_pods(&evs), ["replace db-1", "restart api-1"]);
+    let pos = |pred: &dyn Fn(&Value) -> bool| evs.iter().position(pred);
+    let replaced = pos(&|e| e["event"] == "replace" && e["pod"] == "db-1").expect("db replaced");
+    let healthy = evs
+        .iter()
+        .enumerate()
+        .skip(replaced)
+        .find(|(_, e)| e["event"] == "healthy" && e["service"] == "db")
+        .map(|(i, _)| i)
+        .expect("the new db turned healthy");
+    let restarted = pos(&|e| e["event"] == "restart" && e["pod"] == "api-1").expect("restart");
+    assert!(
+        healthy < restarted,
+        "api restarted before the new db was healthy: {evs:?}"
+    );
+    let after = pids("2");
+    assert_ne!(after["db"], before["db"], "db was replaced");
+    assert_ne!(after["api"], before["api"], "api (restart: true) restarted");
+    assert_eq!(
+        after["side"], before["side"],
+        "side (no restart: true) kept"
+    );
+
+    let out = run("2", &["down"]);
+    assert!(out.status.success(), "down: {}", describe(&out));
+}
