@@ -181,7 +181,7 @@ fn volume_target(n: &Node) -> Option<String> {
 
 fn file_ref_source(n: &Node) -> Option<String> {
     match &n.value {
-        Value::Str(s) => Some(s.clone()),
+        Value::Str(s) => Some(s.to_string()),
         Value::Map(_) => n.get("source").and_then(Node::scalar_text),
         _ => None,
     }
@@ -190,7 +190,7 @@ fn file_ref_source(n: &Node) -> Option<String> {
 /// `env_file` entries are the same file when their paths are (`a.env` and `{path: a.env}`).
 fn env_file_path(n: &Node) -> Option<String> {
     match &n.value {
-        Value::Str(s) => Some(s.clone()),
+        Value::Str(s) => Some(s.to_string()),
         Value::Map(_) => n.get("path").and_then(Node::scalar_text),
         _ => None,
     }
@@ -210,13 +210,13 @@ fn hosts_seq(n: Node) -> Node {
         let addresses: Vec<String> = match &v.value {
             Value::Seq(a) => a.iter().filter_map(Node::scalar_text).collect(),
             Value::Null => {
-                items.push(Node::new(Value::Str(host), loc));
+                items.push(Node::new(Value::Str(host.into()), loc));
                 continue;
             }
             _ => v.scalar_text().into_iter().collect(),
         };
         for a in addresses {
-            items.push(Node::new(Value::Str(format!("{host}={a}")), loc));
+            items.push(Node::new(Value::Str(format!("{host}={a}").into()), loc));
         }
     }
     items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
@@ -256,13 +256,13 @@ pub fn to_map(n: Node, split: bool) -> Node {
         let text = item.scalar_text().unwrap_or_default();
         let (k, v) = if split {
             match text.split_once('=') {
-                Some((k, v)) => (k.to_string(), Value::Str(v.to_string())),
+                Some((k, v)) => (k.to_string(), Value::Str(v.into())),
                 None => (text.clone(), Value::Null),
             }
         } else {
             (text.clone(), Value::Null)
         };
-        entries.push((Node::new(Value::Str(k), loc), Node::new(v, loc)));
+        entries.push((Node::new(Value::Str(k.into()), loc), Node::new(v, loc)));
     }
     Node::new(Value::Map(entries), n.loc)
 }

@@ -420,7 +420,7 @@ impl Loader<'_> {
                                 );
                             }
                         }
-                        *s = out.text;
+                        *s = out.text.into();
                     }
                     Err(e) => {
                         let loc = refine(&Location::from(node.loc), s, e.offset, e.len, text);
@@ -952,7 +952,7 @@ impl Loader<'_> {
             return None;
         }
         let (target, target_file) = match &ext.value {
-            Value::Str(s) => (s.clone(), None),
+            Value::Str(s) => (s.to_string(), None),
             Value::Map(_) => {
                 for (k, _) in ext.as_map().unwrap_or_default() {
                     let kn = k.as_str().unwrap_or("");
@@ -1063,7 +1063,7 @@ impl Loader<'_> {
             Node::new(
                 Value::Map(
                     out.into_iter()
-                        .map(|(k, v)| (Node::new(Value::Str(k), s.loc), v))
+                        .map(|(k, v)| (Node::new(Value::Str(k.into()), s.loc), v))
                         .collect(),
                 ),
                 s.loc,
@@ -1459,15 +1459,17 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                     for (sk, v) in keys.iter_mut() {
                         match sk.as_str() {
                             Some("build") => match &mut v.value {
-                                Value::Str(s) => *s = context(s),
+                                Value::Str(s) => *s = context(s).into(),
                                 Value::Map(b) => {
                                     for (bk, bv) in b.iter_mut() {
                                         match (bk.as_str(), &mut bv.value) {
-                                            (Some("context"), Value::Str(s)) => *s = context(s),
+                                            (Some("context"), Value::Str(s)) => {
+                                                *s = context(s).into()
+                                            }
                                             (Some("additional_contexts"), Value::Map(m)) => {
                                                 for (_, cv) in m.iter_mut() {
                                                     if let Value::Str(s) = &mut cv.value {
-                                                        *s = context(s);
+                                                        *s = context(s).into();
                                                     }
                                                 }
                                             }
@@ -1484,12 +1486,12 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                                 };
                                 for item in items {
                                     match &mut item.value {
-                                        Value::Str(s) => *s = abs(s),
+                                        Value::Str(s) => *s = abs(s).into(),
                                         Value::Map(m) => {
                                             for (mk, mv) in m.iter_mut() {
                                                 if mk.as_str() == Some("path") {
                                                     if let Value::Str(s) = &mut mv.value {
-                                                        *s = abs(s);
+                                                        *s = abs(s).into();
                                                     }
                                                 }
                                             }
@@ -1507,7 +1509,7 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                                         Value::Str(s) => {
                                             if let Some((src, rest)) = s.split_once(':') {
                                                 if src.starts_with('.') || src.starts_with('~') {
-                                                    *s = format!("{}:{rest}", abs(src));
+                                                    *s = format!("{}:{rest}", abs(src)).into();
                                                 }
                                             }
                                         }
@@ -1520,7 +1522,7 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                                                 for (mk, mv) in m.iter_mut() {
                                                     if mk.as_str() == Some("source") {
                                                         if let Value::Str(s) = &mut mv.value {
-                                                            *s = abs(s);
+                                                            *s = abs(s).into();
                                                         }
                                                     }
                                                 }
@@ -1531,11 +1533,11 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                                 }
                             }
                             Some("label_file") => match &mut v.value {
-                                Value::Str(s) => *s = abs(s),
+                                Value::Str(s) => *s = abs(s).into(),
                                 Value::Seq(items) => {
                                     for item in items.iter_mut() {
                                         if let Value::Str(s) = &mut item.value {
-                                            *s = abs(s);
+                                            *s = abs(s).into();
                                         }
                                     }
                                 }
@@ -1559,7 +1561,7 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                                             if let (Some("path"), Value::Str(s)) =
                                                 (wk.as_str(), &mut wv.value)
                                             {
-                                                *s = abs(s);
+                                                *s = abs(s).into();
                                             }
                                         }
                                     }
@@ -1570,7 +1572,7 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                                     for (mk, mv) in m.iter_mut() {
                                         if mk.as_str() == Some("file") {
                                             if let Value::Str(s) = &mut mv.value {
-                                                *s = abs(s);
+                                                *s = abs(s).into();
                                             }
                                         }
                                     }
@@ -1592,7 +1594,7 @@ fn absolutize(root: &mut Node, base: &Path, home: Option<&str>) {
                     for (mk, mv) in m.iter_mut() {
                         if mk.as_str() == Some("file") {
                             if let Value::Str(s) = &mut mv.value {
-                                *s = abs(s);
+                                *s = abs(s).into();
                             }
                         }
                     }

@@ -17,6 +17,9 @@ use crate::diag::Diagnostic;
 use crate::limits::{Limit, Limits};
 
 mod fast;
+mod text;
+
+pub use text::Text;
 
 /// A YAML node with where it was written.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,7 +159,7 @@ pub enum Value {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
+    Str(Text),
     Seq(Vec<Node>),
     /// Entries in document order; keys are nodes because YAML allows any key (we reject non-string
     /// keys where they matter, with their position).
@@ -174,7 +177,7 @@ impl Node {
 
     pub fn as_str(&self) -> Option<&str> {
         match &self.value {
-            Value::Str(s) => Some(s),
+            Value::Str(s) => Some(s.as_str()),
             _ => None,
         }
     }
@@ -217,7 +220,7 @@ impl Node {
     /// types as strings; `None` for null and collections.
     pub fn scalar_text(&self) -> Option<String> {
         match &self.value {
-            Value::Str(s) => Some(s.clone()),
+            Value::Str(s) => Some(s.to_string()),
             Value::Int(i) => Some(i.to_string()),
             Value::Float(f) => Some(format_float(*f)),
             Value::Bool(b) => Some(b.to_string()),
@@ -246,7 +249,7 @@ impl Node {
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
-            Value::Str(s) => J::String(s.clone()),
+            Value::Str(s) => J::String(s.to_string()),
             Value::Seq(s) => J::Array(s.iter().map(Node::to_json).collect()),
             Value::Map(m) => J::Object(
                 m.iter()
@@ -430,7 +433,7 @@ fn parse_scalar_alone(text: &str) -> Option<Value> {
         Raw::Bool(b) => Value::Bool(b),
         Raw::Int(i) => Value::Int(i),
         Raw::Float(f) => Value::Float(f),
-        Raw::Str(s) => Value::Str(s),
+        Raw::Str(s) => Value::Str(s.into()),
         Raw::Seq(_) | Raw::Map(_) => return None,
     })
 }
@@ -545,7 +548,7 @@ fn convert_value(file: &Arc<str>, text: &str, raw: Raw, loc: Location, tag: Tag)
         Raw::Bool(b) => Value::Bool(b),
         Raw::Int(i) => Value::Int(i),
         Raw::Float(f) => Value::Float(f),
-        Raw::Str(s) => Value::Str(s),
+        Raw::Str(s) => Value::Str(s.into()),
         Raw::Seq(items) => Value::Seq(
             items
                 .into_iter()

@@ -104,7 +104,7 @@ impl Ctx<'_> {
     /// schema types these fields as strings).
     fn string(&mut self, node: &Node, what: &str) -> Option<String> {
         match &node.value {
-            Value::Str(s) => Some(s.clone()),
+            Value::Str(s) => Some(s.to_string()),
             Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
                 self.error_hint(
                     node,

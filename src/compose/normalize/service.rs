@@ -407,7 +407,7 @@ fn names(ctx: &mut Ctx<'_>, v: &Node, key: &str, one: &str) -> Vec<String> {
     items
         .iter()
         .filter_map(|item| match &item.value {
-            Value::Str(s) => Some(s.clone()),
+            Value::Str(s) => Some(s.to_string()),
             _ => {
                 ctx.error_hint(
                     item,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use serde_saphyr::granit_parser::{self, Event, Parser, ScalarStyle, StrInput, Tag as YamlTag};
 
-use super::{FileId, Node, Span, Tag, Value};
+use super::{FileId, Node, Span, Tag, Text, Value};
 
 /// Why the fast path stopped: the caller parses the file the established way.
 pub(super) struct GiveUp;
@@ -349,7 +349,7 @@ fn tag_of(tag: Option<&YamlTag>) -> R<Tag> {
 /// octal): quoted and block scalars are text; plain ones may be null, booleans or numbers.
 fn scalar(v: Cow<'_, str>, style: ScalarStyle) -> R<Value> {
     if style != ScalarStyle::Plain {
-        return Ok(Value::Str(v.into_owned()));
+        return Ok(Value::Str(Text::new(&v)));
     }
     match v.as_ref() {
         "" | "~" | "null" | "Null" | "NULL" => return Ok(Value::Null),
@@ -362,7 +362,7 @@ fn scalar(v: Cow<'_, str>, style: ScalarStyle) -> R<Value> {
         return Ok(Value::Null);
     };
     if !(first.is_ascii_digit() || matches!(first, b'+' | b'-' | b'.')) {
-        return Ok(Value::Str(v.into_owned()));
+        return Ok(Value::Str(Text::new(&v)));
     }
     // A plain decimal integer: the common number.
     let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
@@ -395,13 +395,13 @@ fn scalar(v: Cow<'_, str>, style: ScalarStyle) -> R<Value> {
             )
     };
     if !bytes.iter().all(numeric) {
-        return Ok(Value::Str(v.into_owned()));
+        return Ok(Value::Str(Text::new(&v)));
     }
     // Floats, radixes, legacy octal, overflow: serde-saphyr types the scalar alone, as it
     // would in place (the text of a plain scalar is itself a plain scalar).
     let typed = super::parse_scalar_alone(&v).ok_or(GiveUp)?;
     match &typed {
-        Value::Str(s) if s != v.as_ref() => Err(GiveUp),
+        Value::Str(s) if s.as_str() != v.as_ref() => Err(GiveUp),
         Value::Seq(_) | Value::Map(_) => Err(GiveUp),
         _ => Ok(typed),
     }
@@ -424,7 +424,7 @@ fn relocate(node: &mut Node, at: Span) {
 /// The text a key was written with (numbers as digits).
 fn key_text(n: &Node) -> Option<Cow<'_, str>> {
     match &n.value {
-        Value::Str(s) => Some(Cow::Borrowed(s)),
+        Value::Str(s) => Some(Cow::Borrowed(s.as_str())),
         Value::Int(i) => Some(Cow::Owned(i.to_string())),
         _ => None,
     }
