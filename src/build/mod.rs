@@ -842,17 +842,22 @@ fn build_one(
 /// `localhost/<project>-<service>`, pinned to the manifest digest.
 pub fn pinned_reference(project: &str, service: &Service, digest: &str) -> String {
     let name = match &service.image {
-        Some(image) => {
-            let no_digest = image.split('@').next().unwrap_or(image);
-            // A `:` after the last `/` is a tag (one before it is a registry port).
-            match no_digest.rfind(':') {
-                Some(i) if !no_digest[i..].contains('/') => no_digest[..i].to_string(),
-                _ => no_digest.to_string(),
-            }
-        }
+        Some(image) => name_and_tag(image).0.to_string(),
         None => format!("localhost/{project}-{}", service.name),
     };
     format!("{name}@{digest}")
+}
+
+/// An image reference's name and tag, its digest dropped: `host:5000/a/b:1@sha256:…` is
+/// (`host:5000/a/b`, `Some("1")`). A `:` after the last `/` is a tag; one before it is a
+/// registry's port.
+pub fn name_and_tag(reference: &str) -> (&str, Option<&str>) {
+    let plain = reference.split('@').next().unwrap_or(reference);
+    let slash = plain.rfind('/').map_or(0, |i| i + 1);
+    match plain[slash..].rfind(':') {
+        Some(colon) => (&plain[..slash + colon], Some(&plain[slash + colon + 1..])),
+        None => (plain, None),
+    }
 }
 
 /// Where a built service's image goes (the inventory's `build:`): `None` over each host's SSH
@@ -893,14 +898,7 @@ pub fn image_reference(
 ) -> Result<String, String> {
     Ok(match push_target(via, project, service)? {
         None => pinned_reference(project, service, digest),
-        Some(target) => {
-            let slash = target.rfind('/').map_or(0, |i| i + 1);
-            let name = match target[slash..].rfind(':') {
-                Some(colon) => &target[..slash + colon],
-                None => target.as_str(),
-            };
-            format!("{name}@{digest}")
-        }
+        Some(target) => format!("{}@{digest}", name_and_tag(&target).0),
     })
 }
 
@@ -1046,6 +1044,24 @@ mod tests {
             build: Some(build),
             ..Service::default()
         }
+    }
+
+    #[test]
+    fn a_reference_splits_into_name_and_tag_past_a_port_and_a_digest() {
+        assert_eq!(name_and_tag("busybox"), ("busybox", None));
+        assert_eq!(name_and_tag("busybox:1.36"), ("busybox", Some("1.36")));
+        assert_eq!(
+            name_and_tag("10.250.0.1:5000/lab/httpd"),
+            ("10.250.0.1:5000/lab/httpd", None)
+        );
+        assert_eq!(
+            name_and_tag("10.250.0.1:5000/lab/httpd:latest@sha256:ab"),
+            ("10.250.0.1:5000/lab/httpd", Some("latest"))
+        );
+        assert_eq!(
+            name_and_tag("localhost/shop-web@sha256:ab"),
+            ("localhost/shop-web", None)
+        );
     }
 
     #[test]

@@ -23,18 +23,8 @@ pub fn target(
     service: &str,
     image: Option<&str>,
 ) -> Result<String, String> {
-    // `image:` without its digest, split into name and tag.
-    let plain = image.map(|i| i.split('@').next().unwrap_or(i));
-    let (name, tag) = match plain {
-        Some(p) => {
-            let slash = p.rfind('/').map_or(0, |i| i + 1);
-            match p[slash..].rfind(':') {
-                Some(colon) => (&p[..slash + colon], &p[slash + colon + 1..]),
-                None => (p, "latest"),
-            }
-        }
-        None => ("", "latest"),
-    };
+    let (name, tag) = image.map_or(("", None), super::name_and_tag);
+    let tag = tag.unwrap_or("latest");
     match registry {
         Some(registry) => {
             let registry = registry.trim_end_matches('/');

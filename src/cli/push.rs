@@ -92,8 +92,8 @@ pub fn run(global: &GlobalArgs, args: Args) -> CmdResult {
             let client = build::push::client(host, is_insecure);
             // The inventory's credentials for this registry, else the docker config's (an
             // identity token is exchanged for a push token).
-            let repository = target[host.len()..].trim_start_matches('/');
-            let repository = repository.split(':').next().unwrap_or(repository);
+            let (target_name, _) = build::name_and_tag(target);
+            let repository = target_name[host.len()..].trim_start_matches('/');
             let (auth, warnings) = rt
                 .block_on(build::push::auth_for(
                     host,

@@ -421,6 +421,16 @@ pub fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
     Some((realm?, service))
 }
 
+/// Whether an identity token may be sent to the token endpoint `realm` the registry named: it is
+/// a long-lived secret, so over https, or over plain http only for a registry the inventory marks
+/// insecure (which is itself spoken to over http).
+fn may_send_token_to(realm: &str, insecure: bool) -> bool {
+    realm.starts_with("https://") || (insecure && realm.starts_with("http://"))
+}
+
+/// The most a token endpoint's answer may hold (its tokens are a few KiB).
+const MAX_TOKEN_ANSWER: usize = 1 << 20;
+
 /// Exchanges an identity token for a token that may push to and pull from `repository` of
 /// `registry`, at the token endpoint the registry's `/v2/` challenge names (OAuth2
 /// `grant_type=refresh_token`, as docker does). Errors name the registry, never the token.
@@ -455,6 +465,11 @@ pub async fn exchange_identity_token(
             "it names no token endpoint (an identity token is only for registries with token authentication)",
         ));
     };
+    if !may_send_token_to(&realm, insecure) {
+        return Err(fail(&format!(
+            "its token endpoint {realm} is not https; the identity token is not sent there"
+        )));
+    }
     let scope = format!("repository:{repository}:pull,push");
     let mut form = vec![
         ("grant_type", "refresh_token"),
@@ -465,7 +480,7 @@ pub async fn exchange_identity_token(
     if let Some(service) = &service {
         form.push(("service", service.as_str()));
     }
-    let answer = http.post(&realm).form(&form).send().await.map_err(|e| {
+    let mut answer = http.post(&realm).form(&form).send().await.map_err(|e| {
         fail(&format!(
             "its token endpoint {realm} could not be reached: {e}"
         ))
@@ -476,9 +491,21 @@ pub async fn exchange_identity_token(
             "its token endpoint {realm} refused it ({status})"
         )));
     }
-    let body: Value = answer
-        .json()
-        .await
+    // Bounded before it is read: a token answer is a few KiB.
+    let mut bytes = Vec::new();
+    while let Some(chunk) = answer.chunk().await.map_err(|e| {
+        fail(&format!(
+            "reading its token endpoint {realm}'s answer failed: {e}"
+        ))
+    })? {
+        if bytes.len() + chunk.len() > MAX_TOKEN_ANSWER {
+            return Err(fail(&format!(
+                "its token endpoint {realm} answered more than {MAX_TOKEN_ANSWER} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let body: Value = serde_json::from_slice(&bytes)
         .map_err(|e| fail(&format!("its token endpoint {realm} answered no JSON: {e}")))?;
     body.get("access_token")
         .or_else(|| body.get("token"))
@@ -621,6 +648,15 @@ mod tests {
                 && !printed.contains("in-line"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn an_identity_token_goes_over_http_only_to_an_insecure_registry() {
+        assert!(may_send_token_to("https://auth.example.org/token", false));
+        assert!(!may_send_token_to("http://auth.example.org/token", false));
+        assert!(may_send_token_to("http://10.250.0.1:5001/token", true));
+        assert!(!may_send_token_to("ftp://auth.example.org/token", true));
+        assert!(!may_send_token_to("auth.example.org/token", false));
     }
 
     #[test]
