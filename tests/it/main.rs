@@ -15,6 +15,7 @@ mod inventory;
 mod inventory_differential;
 mod isolation_lab;
 mod lab;
+mod licenses;
 mod limits;
 mod load_props;
 mod local;
