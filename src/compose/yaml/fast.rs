@@ -23,12 +23,17 @@ use serde_saphyr::granit_parser::{self, Event, Parser, ScalarStyle, StrInput, Ta
 use super::{FileId, Node, Span, Tag, Text, Value};
 
 /// Why the fast path stopped: the caller parses the file the established way.
+#[derive(Debug)]
 pub(super) struct GiveUp;
 
 type R<T> = Result<T, GiveUp>;
 
 /// Builds the tree of `text`, or gives up. `depth` and `replayed` are the limits in force
 /// ([`crate::limits::Limit::Depth`], [`crate::limits::Limit::AliasEvents`]).
+///
+/// The events come from our own scanner ([`super::scan`]) first; where it is not sure (it gives
+/// up on anything outside the block-style subset compose files are written in), the same builder
+/// reads `granit-parser`'s events for the whole file again.
 pub(super) fn parse(
     file: &Arc<str>,
     text: &str,
@@ -36,34 +41,121 @@ pub(super) fn parse(
     replayed: usize,
     lookahead: usize,
 ) -> Option<Node> {
-    let mut options = serde_saphyr::granit_parser::Options::default();
-    // As serde-saphyr configures the parser for the budget `parse_with` gives it.
-    options.block_nesting_limit = options.block_nesting_limit.max(depth.saturating_add(1));
-    options.flow_nesting_limit = depth;
-    options.simple_key_max_lookahead = lookahead;
-    options.emit_comments = false;
-    let mut b = Builder {
-        parser: Parser::new_from_str_with_options(text, options),
-        file: FileId::of(file),
-        text,
-        anchors: Vec::new(),
-        events: 0,
-        replayed: 0,
-        // Stay well inside the limits: near them, the established path decides (and words the
-        // error).
-        max_replayed: replayed / 2,
-        max_depth: depth.saturating_sub(2),
-        recorded: 0,
-        items: Vec::new(),
-        entries: Vec::new(),
-    };
+    let id = FileId::of(file);
+    let mut b = Builder::new(
+        super::scan::Scanner::new(text, id, depth, lookahead),
+        depth,
+        replayed,
+    );
+    match b.document() {
+        Ok(node) => return Some(node),
+        // The builder itself gave up: granit-parser's events would not change its mind.
+        Err(GiveUp) if !b.source.gave_up() => return None,
+        Err(GiveUp) => {}
+    }
+    let mut b = Builder::new(Granit::new(text, id, depth, lookahead), depth, replayed);
     b.document().ok()
 }
 
-struct Builder<'a> {
+/// Where the builder's events come from: our scanner, or granit-parser (the reference).
+pub(super) trait Events<'a> {
+    /// The next event and where its node starts (boundaries and ends carry a span the builder
+    /// does not read).
+    fn next(&mut self) -> R<(Ev<'a>, Span)>;
+    /// Whether an `Err` came from this source (rather than from the builder's own checks).
+    fn gave_up(&self) -> bool;
+}
+
+/// granit-parser's events, configured as serde-saphyr configures it.
+pub(super) struct Granit<'a> {
     parser: Parser<'a, StrInput<'a>>,
     file: FileId,
     text: &'a str,
+    gave_up: bool,
+}
+
+impl<'a> Granit<'a> {
+    pub(super) fn new(text: &'a str, file: FileId, depth: usize, lookahead: usize) -> Granit<'a> {
+        let mut options = serde_saphyr::granit_parser::Options::default();
+        // As serde-saphyr configures the parser for the budget `parse_with` gives it.
+        options.block_nesting_limit = options.block_nesting_limit.max(depth.saturating_add(1));
+        options.flow_nesting_limit = depth;
+        options.simple_key_max_lookahead = lookahead;
+        options.emit_comments = false;
+        Granit {
+            parser: Parser::new_from_str_with_options(text, options),
+            file,
+            text,
+            gave_up: false,
+        }
+    }
+
+    fn pos(&self, span: &granit_parser::Span) -> Span {
+        let text = self.text;
+        let offset = span
+            .start
+            .byte_offset()
+            .unwrap_or_else(|| super::char_to_byte(text, span.start.index()))
+            .min(text.len());
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Span {
+            file: self.file,
+            line: clamp(span.start.line()),
+            column: clamp(span.start.col() + 1),
+            offset: clamp(offset),
+            len: clamp(span.len().min(text.len() - offset)),
+        }
+    }
+}
+
+impl<'a> Events<'a> for Granit<'a> {
+    fn next(&mut self) -> R<(Ev<'a>, Span)> {
+        let Some(Ok((ev, span))) = self.parser.next_event() else {
+            self.gave_up = true;
+            return Err(GiveUp);
+        };
+        let ev = match ev {
+            Event::Scalar(v, style, anchor, tag) => match tag_of(tag.as_deref()) {
+                Ok(tag) => Ev::Scalar(v, style, anchor, tag),
+                Err(g) => {
+                    self.gave_up = true;
+                    return Err(g);
+                }
+            },
+            Event::SequenceStart(_, anchor, tag) => match tag_of(tag.as_deref()) {
+                Ok(t) => Ev::Seq(anchor, t),
+                Err(g) => {
+                    self.gave_up = true;
+                    return Err(g);
+                }
+            },
+            Event::MappingStart(_, anchor, tag) => match tag_of(tag.as_deref()) {
+                Ok(t) => Ev::Map(anchor, t),
+                Err(g) => {
+                    self.gave_up = true;
+                    return Err(g);
+                }
+            },
+            Event::SequenceEnd => Ev::SeqEnd,
+            Event::MappingEnd => Ev::MapEnd,
+            Event::Alias(id) => Ev::Alias(id),
+            Event::StreamStart | Event::DocumentStart(..) | Event::DocumentEnd => Ev::Boundary,
+            Event::StreamEnd => Ev::StreamEnd,
+            _ => {
+                self.gave_up = true;
+                return Err(GiveUp);
+            }
+        };
+        Ok((ev, self.pos(&span)))
+    }
+
+    fn gave_up(&self) -> bool {
+        self.gave_up
+    }
+}
+
+struct Builder<S> {
+    source: S,
     /// Each anchor's node and how many events serde-saphyr records (and replays) for it.
     anchors: Vec<Option<(Node, usize)>>,
     /// Events read or replayed so far (an anchor's count is the difference across it).
@@ -83,7 +175,9 @@ struct Builder<'a> {
 
 /// An event as the builder needs it: small (the parser's events and spans are large, and
 /// moving them around cost a tenth of the parse), tags already read.
-enum Ev<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Ev<'a> {
+    /// Text, style, anchor id (0: none), tag.
     Scalar(Cow<'a, str>, ScalarStyle, usize, Tag),
     Seq(usize, Tag),
     Map(usize, Tag),
@@ -95,42 +189,25 @@ enum Ev<'a> {
     StreamEnd,
 }
 
-impl<'a> Builder<'a> {
-    fn next(&mut self) -> R<(Ev<'a>, Span)> {
-        let Some(Ok((ev, span))) = self.parser.next_event() else {
-            return Err(GiveUp);
-        };
-        let ev = match ev {
-            Event::Scalar(v, style, anchor, tag) => {
-                Ev::Scalar(v, style, anchor, tag_of(tag.as_deref())?)
-            }
-            Event::SequenceStart(_, anchor, tag) => Ev::Seq(anchor, tag_of(tag.as_deref())?),
-            Event::MappingStart(_, anchor, tag) => Ev::Map(anchor, tag_of(tag.as_deref())?),
-            Event::SequenceEnd => Ev::SeqEnd,
-            Event::MappingEnd => Ev::MapEnd,
-            Event::Alias(id) => Ev::Alias(id),
-            Event::StreamStart | Event::DocumentStart(..) | Event::DocumentEnd => Ev::Boundary,
-            Event::StreamEnd => Ev::StreamEnd,
-            _ => return Err(GiveUp),
-        };
-        Ok((ev, self.pos(&span)))
+impl<'a, S: Events<'a>> Builder<S> {
+    fn new(source: S, depth: usize, replayed: usize) -> Builder<S> {
+        Builder {
+            source,
+            anchors: Vec::new(),
+            events: 0,
+            replayed: 0,
+            // Stay well inside the limits: near them, the established path decides (and words
+            // the error).
+            max_replayed: replayed / 2,
+            max_depth: depth.saturating_sub(2),
+            recorded: 0,
+            items: Vec::new(),
+            entries: Vec::new(),
+        }
     }
 
-    fn pos(&self, span: &granit_parser::Span) -> Span {
-        let text = self.text;
-        let offset = span
-            .start
-            .byte_offset()
-            .unwrap_or_else(|| super::char_to_byte(text, span.start.index()))
-            .min(text.len());
-        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Span {
-            file: self.file,
-            line: clamp(span.start.line()),
-            column: clamp(span.start.col() + 1),
-            offset: clamp(offset),
-            len: clamp(span.len().min(text.len() - offset)),
-        }
+    fn next(&mut self) -> R<(Ev<'a>, Span)> {
+        self.source.next()
     }
 
     fn document(&mut self) -> R<Node> {
