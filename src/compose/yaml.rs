@@ -17,6 +17,7 @@ use crate::diag::Diagnostic;
 use crate::limits::{Limit, Limits};
 
 mod fast;
+mod scan;
 mod text;
 
 pub use text::Text;
