@@ -340,6 +340,11 @@ impl<'a> Scanner<'a> {
         let dash = self.is_dash(p);
         if let Some(pend) = self.pending.take() {
             let deeper = pend.owner.is_none_or(|o| c > o);
+            if let (true, false, Some(owner)) = (deeper, dash, pend.owner) {
+                // The value starts on its own line: a mapping, a scalar, a flow collection,
+                // or properties alone (`&anchor` above the mapping they name).
+                return self.inline_value(p, owner, pend.map_value, true, (pend.anchor, pend.tag));
+            }
             if deeper && dash {
                 let at = self.span(p, 0);
                 self.push(Ev::Seq(pend.anchor, pend.tag), at);
@@ -443,7 +448,7 @@ impl<'a> Scanner<'a> {
             self.pos = q;
             return self.end_of_line();
         }
-        self.inline_value(q, indent, true)
+        self.inline_value(q, indent, true, false, (0, Tag::None))
     }
 
     /// A sequence item at `p` (its `-`, at the sequence's column `indent`).
@@ -473,16 +478,27 @@ impl<'a> Scanner<'a> {
             self.open(Frame::Seq(col))?;
             return self.item(q, col);
         }
-        self.inline_value(q, indent, false)
+        self.inline_value(q, indent, false, true, (0, Tag::None))
     }
 
-    /// A node that starts on the line at `q` (after `key: ` or `- `), `owner` being the column
-    /// of the collection it belongs to. In an item, a scalar followed by `:` starts a mapping.
-    fn inline_value(&mut self, mut q: usize, owner: usize, map_value: bool) -> R<()> {
-        let mut anchor = 0;
-        let mut tag = Tag::None;
+    /// A node that starts on the line at `q` (after `key: `, `- `, or on a line of its own),
+    /// `owner` being the column of the collection it belongs to. Where `key_ok` (an item, a line
+    /// of its own), a scalar followed by `:` starts a mapping. `outer`: the anchor and tag
+    /// written on the line before (`key: &a`), which name whatever starts here.
+    fn inline_value(
+        &mut self,
+        mut q: usize,
+        owner: usize,
+        map_value: bool,
+        key_ok: bool,
+        outer: (usize, Tag),
+    ) -> R<()> {
+        let (mut anchor, mut tag) = outer;
         let mut props_end = None;
         loop {
+            if outer != (0, Tag::None) && matches!(self.at(q), Some(b'&' | b'!')) {
+                return Err(GiveUp);
+            }
             match self.at(q) {
                 Some(b'&') if anchor == 0 => {
                     let end = self.name_end(q + 1, false);
@@ -526,7 +542,7 @@ impl<'a> Scanner<'a> {
                 return self.end_of_line();
             }
         }
-        let props = props_end.is_some();
+        let props = props_end.is_some() || outer != (0, Tag::None);
         let Some(c) = self.at(q) else {
             return Err(GiveUp);
         };
@@ -543,13 +559,15 @@ impl<'a> Scanner<'a> {
             b'|' | b'>' => self.block_scalar(q, anchor, tag, owner),
             b'"' | b'\'' => {
                 let (text, style, end) = self.quoted(q)?;
-                self.scalar_or_key(q, text, style, end, anchor, tag, map_value)
+                let key_ok = key_ok && props_end.is_none();
+                self.scalar_or_key(q, text, style, end, anchor, tag, key_ok)
             }
             b'-' if is_space_or_end(self.at(q + 1)) => Err(GiveUp),
             b'?' | b':' | b',' | b']' | b'}' | b'#' | b'%' | b'@' | b'`' | b'&' | b'!' | b'*'
             | b'\t' => Err(GiveUp),
             _ => {
                 let (text, end, _) = self.plain(q, false)?;
+                let key_ok = key_ok && props_end.is_none();
                 self.scalar_or_key(
                     q,
                     Cow::Borrowed(text),
@@ -557,13 +575,14 @@ impl<'a> Scanner<'a> {
                     end,
                     anchor,
                     tag,
-                    map_value,
+                    key_ok,
                 )
             }
         }
     }
 
-    /// A one-line scalar at `q..end` in a block: the value, or (an item's) first key.
+    /// A one-line scalar at `q..end` in a block: the value, or (where `key_ok`) the first key
+    /// of a mapping there, which the anchor and tag (from the line before) name.
     #[allow(clippy::too_many_arguments)]
     fn scalar_or_key(
         &mut self,
@@ -573,7 +592,7 @@ impl<'a> Scanner<'a> {
         end: usize,
         anchor: usize,
         tag: Tag,
-        map_value: bool,
+        key_ok: bool,
     ) -> R<()> {
         let mut colon = end;
         while self.at(colon) == Some(b' ') {
@@ -581,18 +600,13 @@ impl<'a> Scanner<'a> {
         }
         let at = self.span(q, self.chars(q, end));
         if self.at(colon) == Some(b':') {
-            // `- key: value`: a mapping at the key's column. Properties there, or a second
-            // key on a value's line, are for granit-parser.
-            if map_value
-                || anchor != 0
-                || tag != Tag::None
-                || !is_space_or_end(self.at(colon + 1))
-                || colon - q >= self.lookahead / 2
-            {
+            // `- key: value`: a mapping at the key's column. Properties on the key, or a
+            // second key on a value's line, are for granit-parser.
+            if !key_ok || !is_space_or_end(self.at(colon + 1)) || colon - q >= self.lookahead / 2 {
                 return Err(GiveUp);
             }
             let col = q - self.line_start;
-            self.push(Ev::Map(0, Tag::None), self.span(q, 0));
+            self.push(Ev::Map(anchor, tag), self.span(q, 0));
             self.open(Frame::Map(col))?;
             self.push(Ev::Scalar(text, style, 0, Tag::None), at);
             return self.value_after_colon(colon, col);
@@ -845,9 +859,10 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Spaces, line breaks and comments inside a flow collection; every line it reaches must be
-    /// indented deeper than `owner`.
-    fn flow_space(&mut self, owner: usize) -> R<()> {
+    /// Spaces, line breaks and comments inside a flow collection. granit-parser does not hold
+    /// its lines to the block's indentation; a line at column 0 (where `---` would end the
+    /// document) is left to it.
+    fn flow_space(&mut self, _owner: usize) -> R<()> {
         loop {
             match self.at(self.pos) {
                 Some(b' ') => self.pos += 1,
@@ -857,7 +872,7 @@ impl<'a> Scanner<'a> {
                     while self.at(i) == Some(b' ') {
                         i += 1;
                     }
-                    if i - self.line_start <= owner {
+                    if i == self.line_start {
                         return Err(GiveUp);
                     }
                 }
@@ -1291,6 +1306,10 @@ mod tests {
             "*b",
             "a # comment",
             "'q' # c",
+            // Over several lines; `\t` stands for an indentation of any width.
+            "[\n\ta,\n\t\"b\" # c\n\t]",
+            "{\ta: 1,\n\tb: [x,\n\ty]}",
+            "[\n\t[1, 2],\n\t{k: v}\n\t]",
             "[x] # c",
         ])
         .prop_map(|s| Y::Inline(s.to_string()));
@@ -1389,8 +1408,18 @@ mod tests {
     /// at column `ind`.
     fn value(out: &mut String, lead: &str, props: &str, v: &Y, ind: usize, d: u8, step: usize) {
         out.push_str(lead);
+        let own_line = format!("\n{}", " ".repeat(ind + step));
+        let width = 1 + (ind + usize::from(d)) % 5;
         match v {
-            Y::Inline(s) => out.push_str(&format!(" {props}{s}{}\n", after(d))),
+            // A value on the line after its key.
+            Y::Inline(s) if d == 5 && lead.ends_with(':') => {
+                let s = s.replace('\t', &" ".repeat(width));
+                out.push_str(&format!("{own_line}{props}{s}\n"))
+            }
+            Y::Inline(s) => {
+                let s = s.replace('\t', &" ".repeat(width));
+                out.push_str(&format!(" {props}{s}{}\n", after(d)))
+            }
             Y::Empty => out.push_str(&format!(" {}{}\n", props.trim_end(), after(d))),
             Y::Block(h, lines) => {
                 let h = h.replace('N', &step.to_string());
@@ -1409,6 +1438,15 @@ mod tests {
                 if compact {
                     out.push(' ');
                     block(out, v, ind + 2, true);
+                } else if d == 6 && !props.is_empty() {
+                    // Properties on a line of their own, above what they name.
+                    out.push_str(&format!("{own_line}{}\n", props.trim_end()));
+                    let child = if lead.ends_with(':') {
+                        ind + step
+                    } else {
+                        ind + step + 1
+                    };
+                    block(out, v, child, false);
                 } else {
                     out.push_str(&format!(" {}{}\n", props.trim_end(), after(d)));
                     let indentless = matches!(v, Y::Seq(_, _, true)) && lead.ends_with(':');
