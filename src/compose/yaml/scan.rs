@@ -650,9 +650,11 @@ impl<'a> Scanner<'a> {
     /// A plain scalar starting at `p` on one line: its text, where it ends, and what stopped
     /// it. In flow context, flow indicators stop it too.
     fn plain(&self, p: usize, flow: bool) -> R<(&'a str, usize, Stop)> {
-        let b = self.b;
         // The first character: an indicator starts no plain scalar, except `-` before text.
-        match b[p] {
+        let Some(first) = self.at(p) else {
+            return Err(GiveUp);
+        };
+        match first {
             b'-' => {
                 let next = self.at(p + 1);
                 if is_space_or_end(next) || (flow && next.is_some_and(is_flow_indicator)) {
@@ -1174,6 +1176,20 @@ mod tests {
             "a: [unclosed\n",
             "a: *nothing\n",
             "a: |\n  no final break",
+            // Cut short anywhere.
+            "a: {b: 1, ",
+            "a: [x, ",
+            "a: {",
+            "- [",
+            "a: \"x",
+            "a: 'x",
+            "a: \"\\",
+            "a: \"\\u12",
+            "a: &",
+            "a: *",
+            "a: !",
+            "a: |",
+            "a: >-\n",
         ];
         for text in given_up {
             assert!(!takes(text), "our scanner took:\n{text}");
@@ -1529,5 +1545,27 @@ mod tests {
         );
         // Most generated documents are in the scanner's subset: otherwise this tests little.
         assert!(taken.get() > 600, "only {} taken", taken.get());
+    }
+
+    /// Any text made of YAML's punctuation: the scanner never panics, and what it takes it
+    /// reads as granit-parser does.
+    #[test]
+    fn scanner_matches_granit_parser_on_yaml_like_noise() {
+        use proptest::test_runner::{Config, TestRunner};
+        let mut runner = TestRunner::new(Config {
+            cases: 1000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let noise = "(a|b|k: |- |: |:|-|#| #|'|\"|\\\\|\\[|\\]|\\{|\\}|, |&a |\\*a|!reset |\\||>|\n|  |\t|é|1){0,40}";
+        let result = runner.run(&noise, |text| {
+            if let Err(e) = check("noise.yaml", &text) {
+                prop_assert!(false, "{}", e);
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
     }
 }
