@@ -1,12 +1,16 @@
-//! The fast path of [`super::parse_with`]: the parser's events turned straight into [`Node`]s,
-//! one pass, no serde in between.
+//! The fast path of [`super::parse_with`]: YAML events turned straight into [`Node`]s, one
+//! pass, no serde in between.
 //!
 //! serde-saphyr's `Spanned<Tagged<T>>` costs two locations, each deserialized as a struct, and a
-//! tag wrapper for every node: most of the loader's time on large files. This builder reads the
-//! same parser (`granit-parser`, which serde-saphyr re-exports) with the same options and gives
-//! the same tree with the same locations, for the documents compose files are made of: plain and
-//! quoted scalars, block and flow collections, anchors, aliases, `<<` merges of aliases, and the
-//! `!reset`/`!override` tags.
+//! tag wrapper for every node: most of the loader's time on large files. This builder reads
+//! parser events ([`Events`]) and gives the same tree with the same locations, for the
+//! documents compose files are made of: plain and quoted scalars, block and flow collections,
+//! anchors, aliases, `<<` merges of aliases, and the `!reset`/`!override` tags.
+//!
+//! The events come from our own scanner (`yaml/scan.rs`, for the block-style subset compose files
+//! are written in) or, for any file it gives up on, from the parser serde-saphyr uses
+//! (`granit-parser`, which serde-saphyr re-exports) with the same options ([`Granit`]). Both give
+//! the same events: `yaml::scan::tests` holds them to it.
 //!
 //! Whatever it is not sure to read exactly as serde-saphyr does (any parse error, a duplicate
 //! key, other tags, an inline `<<` mapping, complex keys, limits being approached) it gives up on

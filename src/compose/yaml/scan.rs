@@ -553,7 +553,7 @@ impl<'a> Scanner<'a> {
                 self.end_of_line()
             }
             b'[' | b'{' => {
-                self.flow(q, anchor, tag, owner, 0)?;
+                self.flow(q, anchor, tag, 0)?;
                 self.end_of_line()
             }
             b'|' | b'>' => self.block_scalar(q, anchor, tag, owner),
@@ -747,8 +747,8 @@ impl<'a> Scanner<'a> {
     }
 
     /// A flow collection at `q` (`[` or `{`), to its closing bracket, perhaps over several
-    /// lines (each indented deeper than `owner`). Leaves the position past the bracket.
-    fn flow(&mut self, q: usize, anchor: usize, tag: Tag, owner: usize, depth: usize) -> R<()> {
+    /// lines. Leaves the position past the bracket.
+    fn flow(&mut self, q: usize, anchor: usize, tag: Tag, depth: usize) -> R<()> {
         if depth + self.stack.len() >= self.max_depth {
             return Err(GiveUp);
         }
@@ -765,7 +765,7 @@ impl<'a> Scanner<'a> {
         self.pos = q + 1;
         let close = if map { b'}' } else { b']' };
         loop {
-            self.flow_space(owner)?;
+            self.flow_space()?;
             if self.at(self.pos) == Some(close) {
                 let at = self.span(self.pos, 1);
                 self.push(if map { Ev::MapEnd } else { Ev::SeqEnd }, at);
@@ -794,17 +794,17 @@ impl<'a> Scanner<'a> {
                     return Err(GiveUp);
                 }
                 self.pos += 1;
-                self.flow_space(owner)?;
-                self.flow_node(owner, depth)?;
+                self.flow_space()?;
+                self.flow_node(depth)?;
             } else {
-                self.flow_node(owner, depth)?;
-                self.flow_space(owner)?;
+                self.flow_node(depth)?;
+                self.flow_space()?;
                 // `[a: b]` is a mapping in a sequence: granit-parser's.
                 if self.at(self.pos) == Some(b':') {
                     return Err(GiveUp);
                 }
             }
-            self.flow_space(owner)?;
+            self.flow_space()?;
             match self.at(self.pos) {
                 Some(b',') => self.pos += 1,
                 Some(c) if c == close => {}
@@ -814,10 +814,10 @@ impl<'a> Scanner<'a> {
     }
 
     /// One node inside a flow collection, at the position.
-    fn flow_node(&mut self, owner: usize, depth: usize) -> R<()> {
+    fn flow_node(&mut self, depth: usize) -> R<()> {
         let q = self.pos;
         match self.at(q) {
-            Some(b'[' | b'{') => self.flow(q, 0, Tag::None, owner, depth + 1),
+            Some(b'[' | b'{') => self.flow(q, 0, Tag::None, depth + 1),
             Some(b'*') => {
                 self.pos = self.alias(q)?;
                 Ok(())
@@ -864,7 +864,7 @@ impl<'a> Scanner<'a> {
     /// Spaces, line breaks and comments inside a flow collection. granit-parser does not hold
     /// its lines to the block's indentation; a line at column 0 (where `---` would end the
     /// document) is left to it.
-    fn flow_space(&mut self, _owner: usize) -> R<()> {
+    fn flow_space(&mut self) -> R<()> {
         loop {
             match self.at(self.pos) {
                 Some(b' ') => self.pos += 1,
