@@ -328,7 +328,7 @@ impl<'a, S: Events<'a>> Builder<S> {
             }
             let (ev, pos) = self.next()?;
             if is_merge {
-                self.merge(ev, pos, depth, &mut merged)?;
+                self.merge(ev, pos, &mut merged)?;
                 continue;
             }
             let (mut value, tag) = self.node(ev, pos, depth + 1)?;
@@ -343,7 +343,25 @@ impl<'a, S: Events<'a>> Builder<S> {
         let mut entries = Vec::with_capacity(self.entries.len() - start + merged.len());
         entries.extend(self.entries.drain(start..));
         if !merged.is_empty() {
+            // Keys whose bits are not among the written keys' are not written: most merged
+            // keys are placed without comparing texts.
+            let mut bits = 0u64;
+            let mut all_text = true;
+            for (k, _) in &entries {
+                match key_bit(k) {
+                    Some(b) => bits |= b,
+                    None => all_text = false,
+                }
+            }
             for (k, v) in merged {
+                let bit = key_bit(&k);
+                if let (true, Some(b)) = (all_text, bit) {
+                    if bits & b == 0 {
+                        bits |= b;
+                        entries.push((k, v));
+                        continue;
+                    }
+                }
                 let mut seen = false;
                 for (ek, _) in &entries {
                     if same_text(ek, &k) {
@@ -355,6 +373,10 @@ impl<'a, S: Events<'a>> Builder<S> {
                     }
                 }
                 if !seen {
+                    match bit {
+                        Some(b) => bits |= b,
+                        None => all_text = false,
+                    }
                     entries.push((k, v));
                 }
             }
@@ -362,31 +384,46 @@ impl<'a, S: Events<'a>> Builder<S> {
         Ok(entries)
     }
 
-    /// The value of a `<<` key: an alias of a mapping, a sequence of them, or null.
-    fn merge(
-        &mut self,
-        ev: Ev<'a>,
-        pos: Span,
-        depth: usize,
-        merged: &mut Vec<(Node, Node)>,
-    ) -> R<()> {
-        let mut take = |node: Node, tag: Tag| -> R<()> {
-            if tag != Tag::None {
-                return Err(GiveUp);
-            }
-            match node.value {
-                Value::Map(m) => {
-                    merged.extend(m);
-                    Ok(())
-                }
-                _ => Err(GiveUp),
-            }
+    /// The entries of the mapping anchor `id` names, as an alias at `pos` brings them: copied
+    /// straight into `merged` (the anchor's own node is not copied as a whole first).
+    fn merge_alias(&mut self, id: usize, pos: Span, merged: &mut Vec<(Node, Node)>) -> R<()> {
+        let Some(Some((node, count))) = self.anchors.get(id) else {
+            return Err(GiveUp);
         };
+        // Only an untagged mapping merges (as `take` did for a whole alias).
+        if node.tag != Tag::None || !matches!(node.value, Value::Map(_)) {
+            return Err(GiveUp);
+        }
+        let count = *count;
+        self.replayed += count;
+        self.events += count;
+        if self.replayed > self.max_replayed {
+            return Err(GiveUp);
+        }
+        let Some(Some((
+            Node {
+                value: Value::Map(m),
+                ..
+            },
+            _,
+        ))) = self.anchors.get(id)
+        else {
+            return Err(GiveUp);
+        };
+        merged.reserve(m.len());
+        for (k, v) in m {
+            let (mut k, mut v) = (k.clone(), v.clone());
+            relocate(&mut k, pos);
+            relocate(&mut v, pos);
+            merged.push((k, v));
+        }
+        Ok(())
+    }
+
+    /// The value of a `<<` key: an alias of a mapping, a sequence of them, or null.
+    fn merge(&mut self, ev: Ev<'a>, pos: Span, merged: &mut Vec<(Node, Node)>) -> R<()> {
         match ev {
-            Ev::Alias(_) => {
-                let (node, tag) = self.node(ev, pos, depth + 1)?;
-                take(node, tag)
-            }
+            Ev::Alias(id) => self.merge_alias(id, pos, merged),
             Ev::Scalar(ref v, ScalarStyle::Plain, 0, Tag::None)
                 if matches!(v.as_ref(), "" | "~" | "null" | "Null" | "NULL") =>
             {
@@ -402,10 +439,7 @@ impl<'a, S: Events<'a>> Builder<S> {
                             self.events += 1;
                             return Ok(());
                         }
-                        Ev::Alias(_) => {
-                            let (node, tag) = self.node(ev, pos, depth + 2)?;
-                            take(node, tag)?;
-                        }
+                        Ev::Alias(id) => self.merge_alias(id, pos, &mut *merged)?,
                         _ => return Err(GiveUp),
                     }
                 }
@@ -519,8 +553,37 @@ fn same_text(a: &Node, b: &Node) -> bool {
     }
 }
 
+/// One bit of 64 for a text key, from its length and first and last bytes: equal texts have
+/// equal bits, so keys with different bits differ. `None` for numbers (whose text is the same
+/// as a string key's, `1` and `"1"`): those are compared the slow way.
+fn key_bit(k: &Node) -> Option<u64> {
+    let Value::Str(s) = &k.value else {
+        return None;
+    };
+    let b = s.as_bytes();
+    let first = u64::from(b.first().copied().unwrap_or(0));
+    let last = u64::from(b.last().copied().unwrap_or(0));
+    let h = (b.len() as u64)
+        .wrapping_mul(0x9E37_79B9)
+        .wrapping_add(first.wrapping_mul(0x85EB_CA6B))
+        .wrapping_add(last.wrapping_mul(0xC2B2_AE35));
+    Some(1 << ((h >> 7) % 64))
+}
+
 fn has_duplicates(entries: &[(Node, Node)]) -> bool {
     if entries.len() <= 16 {
+        // Distinct bits: no two keys are the same (the common case, no text compared).
+        let mut bits = 0u64;
+        let distinct = entries.iter().all(|(k, _)| match key_bit(k) {
+            Some(b) if bits & b == 0 => {
+                bits |= b;
+                true
+            }
+            _ => false,
+        });
+        if distinct {
+            return false;
+        }
         return entries
             .iter()
             .enumerate()

@@ -667,9 +667,19 @@ impl<'a> Scanner<'a> {
             }
             _ => {}
         }
+        let b = self.b;
+        let table = if flow { &FLOW_STOPS } else { &BLOCK_STOPS };
         let mut i = p;
         let mut end = p;
         let stop = loop {
+            // Ordinary bytes, most of a scalar, in a tight loop.
+            let from = i;
+            while i < b.len() && !table[usize::from(b[i])] {
+                i += 1;
+            }
+            if i > from {
+                end = i;
+            }
             let Some(c) = self.at(i) else {
                 break Stop::Eol;
             };
@@ -1004,6 +1014,20 @@ impl<'a> Scanner<'a> {
         }
         Ok(())
     }
+}
+
+/// The bytes a plain scalar's scan stops at to look closer, in a block and in a flow collection.
+const BLOCK_STOPS: [bool; 256] = stops(b" \n\t:");
+const FLOW_STOPS: [bool; 256] = stops(b" \n\t:,[]{}");
+
+const fn stops(bytes: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
 }
 
 /// What stopped a plain scalar.
