@@ -1592,4 +1592,49 @@ mod tests {
             panic!("{e}");
         }
     }
+
+    /// The whole fast path (our scanner's events through the builder: anchors, `<<` merges,
+    /// tags) gives serde-saphyr's tree for every generated document it takes.
+    #[test]
+    fn fast_path_matches_serde_saphyr_on_generated_documents() {
+        use proptest::test_runner::{Config, TestRunner};
+        const CASES: u32 = 1000;
+        let mut runner = TestRunner::new(Config {
+            cases: CASES,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let limits = Limits::default();
+        let lookahead = super::super::options(&limits)
+            .budget
+            .unwrap_or_default()
+            .simple_key_max_lookahead;
+        let file: Arc<str> = Arc::from("generated.yaml");
+        let taken = std::cell::Cell::new(0usize);
+        let result = runner.run(&document(), |text| {
+            let fast = super::super::fast::parse(
+                &file,
+                &text,
+                limits.get_usize(Limit::Depth),
+                limits.get_usize(Limit::AliasEvents),
+                lookahead,
+            );
+            if let Some(tree) = fast {
+                taken.set(taken.get() + 1);
+                match super::super::parse_serde(&file, &text, &limits) {
+                    Ok(reference) => prop_assert_eq!(tree, reference, "{}", text),
+                    Err(e) => prop_assert!(false, "serde-saphyr rejects {text}: {e:?}"),
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        println!(
+            "the fast path took {} of {CASES} generated documents",
+            taken.get()
+        );
+        assert!(taken.get() > 200, "only {} taken", taken.get());
+    }
 }
