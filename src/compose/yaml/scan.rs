@@ -116,7 +116,7 @@ impl<'a> Events<'a> for Scanner<'a> {
 }
 
 fn is_space_or_end(c: Option<u8>) -> bool {
-    matches!(c, None | Some(b' ' | b'\n'))
+    matches!(c, None | Some(b' ' | b'\n' | b'\r'))
 }
 
 fn is_flow_indicator(c: u8) -> bool {
@@ -194,8 +194,12 @@ impl<'a> Scanner<'a> {
 
     /// The stream's start, an optional `---` line, the document's start.
     fn start(&mut self) -> R<()> {
-        // Carriage returns (line breaks or not) and a byte-order mark: granit-parser decides.
-        if self.b.contains(&b'\r') || self.text.starts_with('\u{feff}') {
+        // A carriage return that is not part of a CRLF line break, and a byte-order mark:
+        // granit-parser decides. (A `\r` is then always followed by `\n`, which ends the line.)
+        let lone_cr = |(i, &c): (usize, &u8)| c == b'\r' && self.b.get(i + 1) != Some(&b'\n');
+        if (self.b.contains(&b'\r') && self.b.iter().enumerate().any(lone_cr))
+            || self.text.starts_with('\u{feff}')
+        {
             return Err(GiveUp);
         }
         self.push_boundary(Ev::Boundary);
@@ -230,7 +234,7 @@ impl<'a> Scanner<'a> {
                     self.pos = i;
                     return Ok(None);
                 }
-                Some(b' ') => i += 1,
+                Some(b' ' | b'\r') => i += 1,
                 Some(b'\n') => {
                     i += 1;
                     self.line += 1;
@@ -266,6 +270,10 @@ impl<'a> Scanner<'a> {
                 self.newline(i);
                 Ok(())
             }
+            Some(b'\r') => {
+                self.newline(i + 1);
+                Ok(())
+            }
             Some(b'#') if i == self.line_start || self.b[i - 1] == b' ' => {
                 let end = self.b[i..]
                     .iter()
@@ -299,7 +307,7 @@ impl<'a> Scanner<'a> {
         if self.at(i) == Some(b'#') {
             i = self.b[i..]
                 .iter()
-                .position(|&c| c == b'\n')
+                .position(|&c| c == b'\n' || c == b'\r')
                 .map_or(self.b.len(), |n| i + n);
         }
         i
@@ -437,7 +445,7 @@ impl<'a> Scanner<'a> {
         while self.at(q) == Some(b' ') {
             q += 1;
         }
-        if matches!(self.at(q), None | Some(b'\n' | b'#')) {
+        if matches!(self.at(q), None | Some(b'\n' | b'\r' | b'#')) {
             self.pending = Some(Pending {
                 owner: Some(indent),
                 map_value: true,
@@ -457,7 +465,7 @@ impl<'a> Scanner<'a> {
         while self.at(q) == Some(b' ') {
             q += 1;
         }
-        if matches!(self.at(q), None | Some(b'\n' | b'#')) {
+        if matches!(self.at(q), None | Some(b'\n' | b'\r' | b'#')) {
             self.pending = Some(Pending {
                 owner: Some(indent),
                 map_value: false,
@@ -530,7 +538,7 @@ impl<'a> Scanner<'a> {
             }
         }
         if let Some(end) = props_end {
-            if matches!(self.at(q), None | Some(b'\n' | b'#')) {
+            if matches!(self.at(q), None | Some(b'\n' | b'\r' | b'#')) {
                 self.pending = Some(Pending {
                     owner: Some(owner),
                     map_value,
@@ -619,7 +627,7 @@ impl<'a> Scanner<'a> {
     /// The end of an anchor's or alias's name (or a tag's) starting at `i`.
     fn name_end(&self, mut i: usize, flow: bool) -> usize {
         while let Some(c) = self.at(i) {
-            if c == b' ' || c == b'\n' || c == b'\t' || (flow && is_flow_indicator(c)) {
+            if matches!(c, b' ' | b'\n' | b'\r' | b'\t') || (flow && is_flow_indicator(c)) {
                 break;
             }
             i += 1;
@@ -662,7 +670,7 @@ impl<'a> Scanner<'a> {
                 }
             }
             b'?' | b':' | b',' | b'[' | b']' | b'{' | b'}' | b'#' | b'&' | b'*' | b'!' | b'|'
-            | b'>' | b'\'' | b'"' | b'%' | b'@' | b'`' | b' ' | b'\t' | b'\n' => {
+            | b'>' | b'\'' | b'"' | b'%' | b'@' | b'`' | b' ' | b'\t' | b'\n' | b'\r' => {
                 return Err(GiveUp)
             }
             _ => {}
@@ -684,7 +692,7 @@ impl<'a> Scanner<'a> {
                 break Stop::Eol;
             };
             match c {
-                b'\n' => break Stop::Eol,
+                b'\n' | b'\r' => break Stop::Eol,
                 b'\t' => return Err(GiveUp),
                 b' ' => {
                     if self.at(i + 1) == Some(b'#') {
@@ -718,7 +726,7 @@ impl<'a> Scanner<'a> {
                 return Err(GiveUp);
             };
             match c {
-                b'\n' => return Err(GiveUp),
+                b'\n' | b'\r' => return Err(GiveUp),
                 b'\'' if single => {
                     if self.at(i + 1) == Some(b'\'') {
                         let s = owned.get_or_insert_with(String::new);
@@ -864,7 +872,7 @@ impl<'a> Scanner<'a> {
     fn flow_scalar_ends_at_eol(&self, mut i: usize) -> bool {
         loop {
             match self.at(i) {
-                Some(b' ' | b'\n') => i += 1,
+                Some(b' ' | b'\n' | b'\r') => i += 1,
                 Some(b',' | b']' | b'}' | b'#') => return true,
                 _ => return false,
             }
@@ -877,7 +885,7 @@ impl<'a> Scanner<'a> {
     fn flow_space(&mut self) -> R<()> {
         loop {
             match self.at(self.pos) {
-                Some(b' ') => self.pos += 1,
+                Some(b' ' | b'\r') => self.pos += 1,
                 Some(b'\n') => {
                     self.newline(self.pos);
                     let mut i = self.pos;
@@ -951,7 +959,13 @@ impl<'a> Scanner<'a> {
                 // A last line without a line break: granit-parser's.
                 .ok_or(GiveUp)?
                 + self.pos;
-            out.push_str(&self.text[self.pos..eol]);
+            // A CRLF line break is not part of the line.
+            let end = if eol > self.pos && self.b[eol - 1] == b'\r' {
+                eol - 1
+            } else {
+                eol
+            };
+            out.push_str(&self.text[self.pos..end]);
             self.newline(eol);
             leading_break = true;
             self.block_breaks(&mut indent, &mut trailing, owner)?;
@@ -998,6 +1012,9 @@ impl<'a> Scanner<'a> {
             if (*indent == 0 || col < *indent) && self.at(self.pos) == Some(b'\t') {
                 return Err(GiveUp);
             }
+            if self.at(self.pos) == Some(b'\r') && self.at(self.pos + 1) == Some(b'\n') {
+                self.pos += 1;
+            }
             if self.at(self.pos) != Some(b'\n') {
                 break;
             }
@@ -1017,8 +1034,8 @@ impl<'a> Scanner<'a> {
 }
 
 /// The bytes a plain scalar's scan stops at to look closer, in a block and in a flow collection.
-const BLOCK_STOPS: [bool; 256] = stops(b" \n\t:");
-const FLOW_STOPS: [bool; 256] = stops(b" \n\t:,[]{}");
+const BLOCK_STOPS: [bool; 256] = stops(b" \n\r\t:");
+const FLOW_STOPS: [bool; 256] = stops(b" \n\r\t:,[]{}");
 
 const fn stops(bytes: &[u8]) -> [bool; 256] {
     let mut t = [false; 256];
@@ -1179,6 +1196,7 @@ mod tests {
             "a: [x,\n  y, # c\n  z]\nb: 1\n",
             "a: -1\nb: --flag\nc: ~\nd: null\ne: true\n",
             "\"quoted key\": 1\n'single': 2\n",
+            "a: 1\r\nb:\r\n  - x  \r\n  -\r\n  - |\r\n    t\r\n\r\n    u \r\n  - [p,\r\n    q] # c\r\nc: # c\r\n",
         ];
         for text in taken {
             assert!(takes(text), "our scanner gave up on:\n{text}");
@@ -1191,7 +1209,6 @@ mod tests {
             "? a\n: b\n",
             "a: plain\n  continued\n",
             "a: \"two\n  lines\"\n",
-            "a: 1\r\nb: 2\r\n",
             "\u{feff}a: 1\n",
             "&x a: 1\n",
             "a: !custom 1\n",
@@ -1200,6 +1217,8 @@ mod tests {
             "a: [unclosed\n",
             "a: *nothing\n",
             "a: |\n  no final break",
+            "a: 1\rb: 2\r",
+            "a: 1\r\nb: x\ry\r\n",
             // Cut short anywhere.
             "a: {b: 1, ",
             "a: [x, ",
@@ -1526,7 +1545,7 @@ mod tests {
     }
 
     fn document() -> impl Strategy<Value = String> {
-        (node(), 0u8..4).prop_map(|(y, head)| {
+        (node(), 0u8..4, 0u8..5).prop_map(|(y, head, crlf)| {
             let mut out = String::new();
             match head {
                 1 => out.push_str("---\n"),
@@ -1539,6 +1558,10 @@ mod tests {
                 leaf => Y::Map(vec![("root".into(), String::new(), leaf, 0)], 2),
             };
             block(&mut out, &root, 0, false);
+            // Some documents with CRLF line breaks, as written on Windows.
+            if crlf == 0 {
+                out = out.replace('\n', "\r\n");
+            }
             out
         })
     }
@@ -1581,7 +1604,7 @@ mod tests {
             failure_persistence: None,
             ..Config::default()
         });
-        let noise = "(a|b|k: |- |: |:|-|#| #|'|\"|\\\\|\\[|\\]|\\{|\\}|, |&a |\\*a|!reset |\\||>|\n|  |\t|é|1){0,40}";
+        let noise = "(a|b|k: |- |: |:|-|#| #|'|\"|\\\\|\\[|\\]|\\{|\\}|, |&a |\\*a|!reset |\\||>|\n|\r\n|\r|  |\t|é|1){0,40}";
         let result = runner.run(&noise, |text| {
             if let Err(e) = check("noise.yaml", &text) {
                 prop_assert!(false, "{}", e);
