@@ -280,7 +280,8 @@ impl<'a, S: Events<'a>> Builder<S> {
                     item.tag = item_tag;
                     self.items.push(item);
                 }
-                let items: Vec<Node> = self.items.drain(start..).collect();
+                // One exact-size block, copied in one go.
+                let items: Vec<Node> = self.items.split_off(start);
                 (Node::new(Value::Seq(items), loc), tag, anchor)
             }
             Ev::Map(anchor, tag) => {
@@ -339,46 +340,48 @@ impl<'a, S: Events<'a>> Builder<S> {
         if has_duplicates(&self.entries[start..]) {
             return Err(GiveUp);
         }
+        if merged.is_empty() {
+            // One exact-size block, copied in one go.
+            return Ok(self.entries.split_off(start));
+        }
         // Room for what the merges bring too: the vector is not grown again.
         let mut entries = Vec::with_capacity(self.entries.len() - start + merged.len());
         entries.extend(self.entries.drain(start..));
-        if !merged.is_empty() {
-            // Keys whose bits are not among the written keys' are not written: most merged
-            // keys are placed without comparing texts.
-            let mut bits = 0u64;
-            let mut all_text = true;
-            for (k, _) in &entries {
-                match key_bit(k) {
+        // Keys whose bits are not among the written keys' are not written: most merged
+        // keys are placed without comparing texts.
+        let mut bits = 0u64;
+        let mut all_text = true;
+        for (k, _) in &entries {
+            match key_bit(k) {
+                Some(b) => bits |= b,
+                None => all_text = false,
+            }
+        }
+        for (k, v) in merged {
+            let bit = key_bit(&k);
+            if let (true, Some(b)) = (all_text, bit) {
+                if bits & b == 0 {
+                    bits |= b;
+                    entries.push((k, v));
+                    continue;
+                }
+            }
+            let mut seen = false;
+            for (ek, _) in &entries {
+                if same_text(ek, &k) {
+                    if ek.value != k.value {
+                        return Err(GiveUp);
+                    }
+                    seen = true;
+                    break;
+                }
+            }
+            if !seen {
+                match bit {
                     Some(b) => bits |= b,
                     None => all_text = false,
                 }
-            }
-            for (k, v) in merged {
-                let bit = key_bit(&k);
-                if let (true, Some(b)) = (all_text, bit) {
-                    if bits & b == 0 {
-                        bits |= b;
-                        entries.push((k, v));
-                        continue;
-                    }
-                }
-                let mut seen = false;
-                for (ek, _) in &entries {
-                    if same_text(ek, &k) {
-                        if ek.value != k.value {
-                            return Err(GiveUp);
-                        }
-                        seen = true;
-                        break;
-                    }
-                }
-                if !seen {
-                    match bit {
-                        Some(b) => bits |= b,
-                        None => all_text = false,
-                    }
-                    entries.push((k, v));
-                }
+                entries.push((k, v));
             }
         }
         Ok(entries)
