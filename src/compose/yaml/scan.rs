@@ -10,11 +10,11 @@
 //! part in one pass over the bytes.
 //!
 //! It does not replace the YAML library: merging (`<<`), anchors and limits stay in the builder,
-//! and the scanner gives up ([`GiveUp`]) on anything it is not sure of — tabs in indentation,
-//! directives, several documents, `?` keys, multi-line plain or quoted scalars, a carriage
-//! return outside a CRLF line break, a byte-order mark, properties on keys, unusual indentation, every error. Giving up
-//! is always safe: the builder then reads granit-parser's events for the whole file, exactly as
-//! before. The lead's decision for the speed target (issue 8) was a fast scanner with that
+//! and the scanner gives up ([`GiveUp`]) on anything it is not sure of — a tab outside quoted
+//! and block scalars and comments, directives, several documents, `?` keys, multi-line plain or
+//! quoted scalars, a carriage return outside a CRLF line break, a byte-order mark, properties
+//! on keys, tags other than those two, unusual indentation, every error. Giving up is always
+//! safe: the builder then reads granit-parser's events for the whole file, exactly as before. The lead's decision for the speed target (issue 8) was a fast scanner with that
 //! complete fallback and an event-for-event differential test against granit-parser
 //! (`yaml::scan::tests`, and the file corpus test in `yaml::tests`); DESIGN.md's "never
 //! hand-write YAML merging" still holds: nothing here merges.
