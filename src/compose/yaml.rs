@@ -3,8 +3,10 @@
 //! This is the one place that knows the YAML library (`serde-saphyr`): anchors, aliases, merge keys
 //! (`<<`, also a sequence of mappings), duplicate-key errors and the alias-bomb budget all happen
 //! here. Everything after works on [`Node`]s, so swapping the library means rewriting this file only
-//! (and its fast path, `yaml/fast.rs`, which reads the library's parser events directly for
-//! speed and hands every case it is not sure of back to serde-saphyr).
+//! (and its fast path, `yaml/fast.rs`, which builds nodes from parser events directly for
+//! speed and hands every case it is not sure of back to serde-saphyr; the events come from our
+//! own scanner for block-style YAML, `yaml/scan.rs`, or from the library's parser where the
+//! scanner gives up).
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use crate::diag::Diagnostic;
 use crate::limits::{Limit, Limits};
 
 mod fast;
+mod scan;
 mod text;
 
 pub use text::Text;

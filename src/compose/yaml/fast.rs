@@ -1,12 +1,16 @@
-//! The fast path of [`super::parse_with`]: the parser's events turned straight into [`Node`]s,
-//! one pass, no serde in between.
+//! The fast path of [`super::parse_with`]: YAML events turned straight into [`Node`]s, one
+//! pass, no serde in between.
 //!
 //! serde-saphyr's `Spanned<Tagged<T>>` costs two locations, each deserialized as a struct, and a
-//! tag wrapper for every node: most of the loader's time on large files. This builder reads the
-//! same parser (`granit-parser`, which serde-saphyr re-exports) with the same options and gives
-//! the same tree with the same locations, for the documents compose files are made of: plain and
-//! quoted scalars, block and flow collections, anchors, aliases, `<<` merges of aliases, and the
-//! `!reset`/`!override` tags.
+//! tag wrapper for every node: most of the loader's time on large files. This builder reads
+//! parser events ([`Events`]) and gives the same tree with the same locations, for the
+//! documents compose files are made of: plain and quoted scalars, block and flow collections,
+//! anchors, aliases, `<<` merges of aliases, and the `!reset`/`!override` tags.
+//!
+//! The events come from our own scanner (`yaml/scan.rs`, for the block-style subset compose files
+//! are written in) or, for any file it gives up on, from the parser serde-saphyr uses
+//! (`granit-parser`, which serde-saphyr re-exports) with the same options ([`Granit`]). Both give
+//! the same events: `yaml::scan::tests` holds them to it.
 //!
 //! Whatever it is not sure to read exactly as serde-saphyr does (any parse error, a duplicate
 //! key, other tags, an inline `<<` mapping, complex keys, limits being approached) it gives up on
@@ -23,12 +27,17 @@ use serde_saphyr::granit_parser::{self, Event, Parser, ScalarStyle, StrInput, Ta
 use super::{FileId, Node, Span, Tag, Text, Value};
 
 /// Why the fast path stopped: the caller parses the file the established way.
+#[derive(Debug)]
 pub(super) struct GiveUp;
 
 type R<T> = Result<T, GiveUp>;
 
 /// Builds the tree of `text`, or gives up. `depth` and `replayed` are the limits in force
 /// ([`crate::limits::Limit::Depth`], [`crate::limits::Limit::AliasEvents`]).
+///
+/// The events come from our own scanner ([`super::scan`]) first; where it is not sure (it gives
+/// up on anything outside the block-style subset compose files are written in), the same builder
+/// reads `granit-parser`'s events for the whole file again.
 pub(super) fn parse(
     file: &Arc<str>,
     text: &str,
@@ -36,34 +45,121 @@ pub(super) fn parse(
     replayed: usize,
     lookahead: usize,
 ) -> Option<Node> {
-    let mut options = serde_saphyr::granit_parser::Options::default();
-    // As serde-saphyr configures the parser for the budget `parse_with` gives it.
-    options.block_nesting_limit = options.block_nesting_limit.max(depth.saturating_add(1));
-    options.flow_nesting_limit = depth;
-    options.simple_key_max_lookahead = lookahead;
-    options.emit_comments = false;
-    let mut b = Builder {
-        parser: Parser::new_from_str_with_options(text, options),
-        file: FileId::of(file),
-        text,
-        anchors: Vec::new(),
-        events: 0,
-        replayed: 0,
-        // Stay well inside the limits: near them, the established path decides (and words the
-        // error).
-        max_replayed: replayed / 2,
-        max_depth: depth.saturating_sub(2),
-        recorded: 0,
-        items: Vec::new(),
-        entries: Vec::new(),
-    };
+    let id = FileId::of(file);
+    let mut b = Builder::new(
+        super::scan::Scanner::new(text, id, depth, lookahead),
+        depth,
+        replayed,
+    );
+    match b.document() {
+        Ok(node) => return Some(node),
+        // The builder itself gave up: granit-parser's events would not change its mind.
+        Err(GiveUp) if !b.source.gave_up() => return None,
+        Err(GiveUp) => {}
+    }
+    let mut b = Builder::new(Granit::new(text, id, depth, lookahead), depth, replayed);
     b.document().ok()
 }
 
-struct Builder<'a> {
+/// Where the builder's events come from: our scanner, or granit-parser (the reference).
+pub(super) trait Events<'a> {
+    /// The next event and where its node starts (boundaries and ends carry a span the builder
+    /// does not read).
+    fn next(&mut self) -> R<(Ev<'a>, Span)>;
+    /// Whether an `Err` came from this source (rather than from the builder's own checks).
+    fn gave_up(&self) -> bool;
+}
+
+/// granit-parser's events, configured as serde-saphyr configures it.
+pub(super) struct Granit<'a> {
     parser: Parser<'a, StrInput<'a>>,
     file: FileId,
     text: &'a str,
+    gave_up: bool,
+}
+
+impl<'a> Granit<'a> {
+    pub(super) fn new(text: &'a str, file: FileId, depth: usize, lookahead: usize) -> Granit<'a> {
+        let mut options = serde_saphyr::granit_parser::Options::default();
+        // As serde-saphyr configures the parser for the budget `parse_with` gives it.
+        options.block_nesting_limit = options.block_nesting_limit.max(depth.saturating_add(1));
+        options.flow_nesting_limit = depth;
+        options.simple_key_max_lookahead = lookahead;
+        options.emit_comments = false;
+        Granit {
+            parser: Parser::new_from_str_with_options(text, options),
+            file,
+            text,
+            gave_up: false,
+        }
+    }
+
+    fn pos(&self, span: &granit_parser::Span) -> Span {
+        let text = self.text;
+        let offset = span
+            .start
+            .byte_offset()
+            .unwrap_or_else(|| super::char_to_byte(text, span.start.index()))
+            .min(text.len());
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Span {
+            file: self.file,
+            line: clamp(span.start.line()),
+            column: clamp(span.start.col() + 1),
+            offset: clamp(offset),
+            len: clamp(span.len().min(text.len() - offset)),
+        }
+    }
+}
+
+impl<'a> Events<'a> for Granit<'a> {
+    fn next(&mut self) -> R<(Ev<'a>, Span)> {
+        let Some(Ok((ev, span))) = self.parser.next_event() else {
+            self.gave_up = true;
+            return Err(GiveUp);
+        };
+        let ev = match ev {
+            Event::Scalar(v, style, anchor, tag) => match tag_of(tag.as_deref()) {
+                Ok(tag) => Ev::Scalar(v, style, anchor, tag),
+                Err(g) => {
+                    self.gave_up = true;
+                    return Err(g);
+                }
+            },
+            Event::SequenceStart(_, anchor, tag) => match tag_of(tag.as_deref()) {
+                Ok(t) => Ev::Seq(anchor, t),
+                Err(g) => {
+                    self.gave_up = true;
+                    return Err(g);
+                }
+            },
+            Event::MappingStart(_, anchor, tag) => match tag_of(tag.as_deref()) {
+                Ok(t) => Ev::Map(anchor, t),
+                Err(g) => {
+                    self.gave_up = true;
+                    return Err(g);
+                }
+            },
+            Event::SequenceEnd => Ev::SeqEnd,
+            Event::MappingEnd => Ev::MapEnd,
+            Event::Alias(id) => Ev::Alias(id),
+            Event::StreamStart | Event::DocumentStart(..) | Event::DocumentEnd => Ev::Boundary,
+            Event::StreamEnd => Ev::StreamEnd,
+            _ => {
+                self.gave_up = true;
+                return Err(GiveUp);
+            }
+        };
+        Ok((ev, self.pos(&span)))
+    }
+
+    fn gave_up(&self) -> bool {
+        self.gave_up
+    }
+}
+
+struct Builder<S> {
+    source: S,
     /// Each anchor's node and how many events serde-saphyr records (and replays) for it.
     anchors: Vec<Option<(Node, usize)>>,
     /// Events read or replayed so far (an anchor's count is the difference across it).
@@ -83,7 +179,9 @@ struct Builder<'a> {
 
 /// An event as the builder needs it: small (the parser's events and spans are large, and
 /// moving them around cost a tenth of the parse), tags already read.
-enum Ev<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Ev<'a> {
+    /// Text, style, anchor id (0: none), tag.
     Scalar(Cow<'a, str>, ScalarStyle, usize, Tag),
     Seq(usize, Tag),
     Map(usize, Tag),
@@ -95,42 +193,25 @@ enum Ev<'a> {
     StreamEnd,
 }
 
-impl<'a> Builder<'a> {
-    fn next(&mut self) -> R<(Ev<'a>, Span)> {
-        let Some(Ok((ev, span))) = self.parser.next_event() else {
-            return Err(GiveUp);
-        };
-        let ev = match ev {
-            Event::Scalar(v, style, anchor, tag) => {
-                Ev::Scalar(v, style, anchor, tag_of(tag.as_deref())?)
-            }
-            Event::SequenceStart(_, anchor, tag) => Ev::Seq(anchor, tag_of(tag.as_deref())?),
-            Event::MappingStart(_, anchor, tag) => Ev::Map(anchor, tag_of(tag.as_deref())?),
-            Event::SequenceEnd => Ev::SeqEnd,
-            Event::MappingEnd => Ev::MapEnd,
-            Event::Alias(id) => Ev::Alias(id),
-            Event::StreamStart | Event::DocumentStart(..) | Event::DocumentEnd => Ev::Boundary,
-            Event::StreamEnd => Ev::StreamEnd,
-            _ => return Err(GiveUp),
-        };
-        Ok((ev, self.pos(&span)))
+impl<'a, S: Events<'a>> Builder<S> {
+    fn new(source: S, depth: usize, replayed: usize) -> Builder<S> {
+        Builder {
+            source,
+            anchors: Vec::new(),
+            events: 0,
+            replayed: 0,
+            // Stay well inside the limits: near them, the established path decides (and words
+            // the error).
+            max_replayed: replayed / 2,
+            max_depth: depth.saturating_sub(2),
+            recorded: 0,
+            items: Vec::new(),
+            entries: Vec::new(),
+        }
     }
 
-    fn pos(&self, span: &granit_parser::Span) -> Span {
-        let text = self.text;
-        let offset = span
-            .start
-            .byte_offset()
-            .unwrap_or_else(|| super::char_to_byte(text, span.start.index()))
-            .min(text.len());
-        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Span {
-            file: self.file,
-            line: clamp(span.start.line()),
-            column: clamp(span.start.col() + 1),
-            offset: clamp(offset),
-            len: clamp(span.len().min(text.len() - offset)),
-        }
+    fn next(&mut self) -> R<(Ev<'a>, Span)> {
+        self.source.next()
     }
 
     fn document(&mut self) -> R<Node> {
@@ -199,7 +280,8 @@ impl<'a> Builder<'a> {
                     item.tag = item_tag;
                     self.items.push(item);
                 }
-                let items: Vec<Node> = self.items.drain(start..).collect();
+                // One exact-size block, copied in one go.
+                let items: Vec<Node> = self.items.split_off(start);
                 (Node::new(Value::Seq(items), loc), tag, anchor)
             }
             Ev::Map(anchor, tag) => {
@@ -247,7 +329,7 @@ impl<'a> Builder<'a> {
             }
             let (ev, pos) = self.next()?;
             if is_merge {
-                self.merge(ev, pos, depth, &mut merged)?;
+                self.merge(ev, pos, &mut merged)?;
                 continue;
             }
             let (mut value, tag) = self.node(ev, pos, depth + 1)?;
@@ -258,54 +340,93 @@ impl<'a> Builder<'a> {
         if has_duplicates(&self.entries[start..]) {
             return Err(GiveUp);
         }
+        if merged.is_empty() {
+            // One exact-size block, copied in one go.
+            return Ok(self.entries.split_off(start));
+        }
         // Room for what the merges bring too: the vector is not grown again.
         let mut entries = Vec::with_capacity(self.entries.len() - start + merged.len());
         entries.extend(self.entries.drain(start..));
-        if !merged.is_empty() {
-            for (k, v) in merged {
-                let mut seen = false;
-                for (ek, _) in &entries {
-                    if same_text(ek, &k) {
-                        if ek.value != k.value {
-                            return Err(GiveUp);
-                        }
-                        seen = true;
-                        break;
-                    }
-                }
-                if !seen {
+        // Keys whose bits are not among the written keys' are not written: most merged
+        // keys are placed without comparing texts.
+        let mut bits = 0u64;
+        let mut all_text = true;
+        for (k, _) in &entries {
+            match key_bit(k) {
+                Some(b) => bits |= b,
+                None => all_text = false,
+            }
+        }
+        for (k, v) in merged {
+            let bit = key_bit(&k);
+            if let (true, Some(b)) = (all_text, bit) {
+                if bits & b == 0 {
+                    bits |= b;
                     entries.push((k, v));
+                    continue;
                 }
+            }
+            let mut seen = false;
+            for (ek, _) in &entries {
+                if same_text(ek, &k) {
+                    if ek.value != k.value {
+                        return Err(GiveUp);
+                    }
+                    seen = true;
+                    break;
+                }
+            }
+            if !seen {
+                match bit {
+                    Some(b) => bits |= b,
+                    None => all_text = false,
+                }
+                entries.push((k, v));
             }
         }
         Ok(entries)
     }
 
-    /// The value of a `<<` key: an alias of a mapping, a sequence of them, or null.
-    fn merge(
-        &mut self,
-        ev: Ev<'a>,
-        pos: Span,
-        depth: usize,
-        merged: &mut Vec<(Node, Node)>,
-    ) -> R<()> {
-        let mut take = |node: Node, tag: Tag| -> R<()> {
-            if tag != Tag::None {
-                return Err(GiveUp);
-            }
-            match node.value {
-                Value::Map(m) => {
-                    merged.extend(m);
-                    Ok(())
-                }
-                _ => Err(GiveUp),
-            }
+    /// The entries of the mapping anchor `id` names, as an alias at `pos` brings them: copied
+    /// straight into `merged` (the anchor's own node is not copied as a whole first).
+    fn merge_alias(&mut self, id: usize, pos: Span, merged: &mut Vec<(Node, Node)>) -> R<()> {
+        let Some(Some((node, count))) = self.anchors.get(id) else {
+            return Err(GiveUp);
         };
+        // Only an untagged mapping merges (as `take` did for a whole alias).
+        if node.tag != Tag::None || !matches!(node.value, Value::Map(_)) {
+            return Err(GiveUp);
+        }
+        let count = *count;
+        self.replayed += count;
+        self.events += count;
+        if self.replayed > self.max_replayed {
+            return Err(GiveUp);
+        }
+        let Some(Some((
+            Node {
+                value: Value::Map(m),
+                ..
+            },
+            _,
+        ))) = self.anchors.get(id)
+        else {
+            return Err(GiveUp);
+        };
+        merged.reserve(m.len());
+        for (k, v) in m {
+            let (mut k, mut v) = (k.clone(), v.clone());
+            relocate(&mut k, pos);
+            relocate(&mut v, pos);
+            merged.push((k, v));
+        }
+        Ok(())
+    }
+
+    /// The value of a `<<` key: an alias of a mapping, a sequence of them, or null.
+    fn merge(&mut self, ev: Ev<'a>, pos: Span, merged: &mut Vec<(Node, Node)>) -> R<()> {
         match ev {
-            Ev::Alias(_) => {
-                let (node, tag) = self.node(ev, pos, depth + 1)?;
-                take(node, tag)
-            }
+            Ev::Alias(id) => self.merge_alias(id, pos, merged),
             Ev::Scalar(ref v, ScalarStyle::Plain, 0, Tag::None)
                 if matches!(v.as_ref(), "" | "~" | "null" | "Null" | "NULL") =>
             {
@@ -321,10 +442,7 @@ impl<'a> Builder<'a> {
                             self.events += 1;
                             return Ok(());
                         }
-                        Ev::Alias(_) => {
-                            let (node, tag) = self.node(ev, pos, depth + 2)?;
-                            take(node, tag)?;
-                        }
+                        Ev::Alias(id) => self.merge_alias(id, pos, &mut *merged)?,
                         _ => return Err(GiveUp),
                     }
                 }
@@ -438,8 +556,37 @@ fn same_text(a: &Node, b: &Node) -> bool {
     }
 }
 
+/// One bit of 64 for a text key, from its length and first and last bytes: equal texts have
+/// equal bits, so keys with different bits differ. `None` for numbers (whose text is the same
+/// as a string key's, `1` and `"1"`): those are compared the slow way.
+fn key_bit(k: &Node) -> Option<u64> {
+    let Value::Str(s) = &k.value else {
+        return None;
+    };
+    let b = s.as_bytes();
+    let first = u64::from(b.first().copied().unwrap_or(0));
+    let last = u64::from(b.last().copied().unwrap_or(0));
+    let h = (b.len() as u64)
+        .wrapping_mul(0x9E37_79B9)
+        .wrapping_add(first.wrapping_mul(0x85EB_CA6B))
+        .wrapping_add(last.wrapping_mul(0xC2B2_AE35));
+    Some(1 << ((h >> 7) % 64))
+}
+
 fn has_duplicates(entries: &[(Node, Node)]) -> bool {
     if entries.len() <= 16 {
+        // Distinct bits: no two keys are the same (the common case, no text compared).
+        let mut bits = 0u64;
+        let distinct = entries.iter().all(|(k, _)| match key_bit(k) {
+            Some(b) if bits & b == 0 => {
+                bits |= b;
+                true
+            }
+            _ => false,
+        });
+        if distinct {
+            return false;
+        }
         return entries
             .iter()
             .enumerate()
