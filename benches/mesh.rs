@@ -2,8 +2,9 @@
 //! one link — host to host (bare), pod to pod through a hand-made veth and bridge per host with
 //! no rules at all (the ceiling for any bridged pod network on this kernel), the same with a
 //! minimal conntrack table loaded during its runs (what tracking the forward path costs), pod to
-//! pod routed by the agent (host-gw; plain pod-to-pod traffic is untracked there), and pod to pod
-//! through the WireGuard mesh (forced with `mode: wireguard` on the same link, so only the path
+//! pod routed by the agent (host-gw; plain pod-to-pod traffic is untracked there), the same pods
+//! with the server on a port of the range the agent reserves for NATed connections (so tracked:
+//! what host-gw cost before), and pod to pod through the WireGuard mesh (forced with `mode: wireguard` on the same link, so only the path
 //! differs). The client and server are this program's own threads, entered into the hosts' or
 //! the pods' network namespaces (`setns`): the same code, socket buffers and direction on every
 //! path. Each run sends `MESH_BENCH_MIB` MiB (default 512) one way, then 2,000 one-byte round
@@ -83,14 +84,18 @@ fn run(mib: u64, runs: usize) -> Result<(), String> {
         let paths: Vec<(&str, Path3)> = vec![
             (
                 "host to host (bare)",
-                (host_ns(2), host_ns(3), hosts[2].address.clone()),
+                (
+                    host_ns(2),
+                    host_ns(3),
+                    format!("{}:{PORT}", hosts[2].address),
+                ),
             ),
             (
                 "pod to pod, hand-made",
                 (
                     std::path::Path::new("/run/netns").join(&raw.0[0]),
                     std::path::Path::new("/run/netns").join(&raw.0[1]),
-                    raw.1.clone(),
+                    format!("{}:{PORT}", raw.1),
                 ),
             ),
             (
@@ -98,19 +103,33 @@ fn run(mib: u64, runs: usize) -> Result<(), String> {
                 (
                     std::path::Path::new("/run/netns").join(&raw.0[0]),
                     std::path::Path::new("/run/netns").join(&raw.0[1]),
-                    raw.1.clone(),
+                    format!("{}:{PORT}", raw.1),
                 ),
             ),
             (
                 "host to host, our rules",
-                (host_ns(0), host_ns(1), hosts[0].address.clone()),
+                (
+                    host_ns(0),
+                    host_ns(1),
+                    format!("{}:{PORT}", hosts[0].address),
+                ),
             ),
             (
                 "pod to pod, host-gw",
                 (
                     pods.server_ns.clone(),
                     pods.client_ns.clone(),
-                    pods.server.clone(),
+                    format!("{}:{PORT}", pods.server),
+                ),
+            ),
+            // The same pods, the server on a port of the range reserved for NATed connections:
+            // tracked, as every pod-to-pod connection was before `prerouting_raw`.
+            (
+                "host-gw, tracked port",
+                (
+                    pods.server_ns.clone(),
+                    pods.client_ns.clone(),
+                    format!("{}:{TRACKED_PORT}", pods.server),
                 ),
             ),
         ];
@@ -156,7 +175,7 @@ fn run(mib: u64, runs: usize) -> Result<(), String> {
         // The mesh runs after the rounds: medians only.
         print_row("pod to pod, mesh", &mesh, bare, false);
         println!(
-            "conntrack entries of the host-gw pods' flows on the server's host: {}",
+            "conntrack entries of the host-gw pods' flows (port {PORT}) on the server's host: {}",
             tracked.map_or_else(|e| format!("unknown ({e})"), |n| n.to_string())
         );
         // Which WireGuard the mesh row measured: kernel WireGuard where the kernel has it.
@@ -300,7 +319,8 @@ fn nft_in(host: &str, script: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// How many conntrack entries of lab host `host` are flows between addresses `a` and `b`.
+/// How many conntrack entries of lab host `host` are flows between addresses `a` and `b` on
+/// [`PORT`].
 fn conntrack_between(host: &str, a: &str, b: &str) -> Result<usize, String> {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", host, "cat", "/proc/net/nf_conntrack"])
@@ -310,9 +330,11 @@ fn conntrack_between(host: &str, a: &str, b: &str) -> Result<usize, String> {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
     let (ab, ba) = (format!(" src={a} dst={b} "), format!(" src={b} dst={a} "));
+    // The flows to the server's usual port (those to the tracked port are tracked by design).
+    let port = format!("port={PORT} ");
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&ab) || l.contains(&ba))
+        .filter(|l| (l.contains(&ab) || l.contains(&ba)) && l.contains(&port))
         .count())
 }
 
@@ -408,18 +430,24 @@ fn in_netns<T: Send + 'static>(
     })
 }
 
-/// One transfer and the round trips, between a server in `server_ns` on `server_ip` and a client
-/// in `client_ns`.
+/// The benchmark's server port, and one in the range the agent reserves for NATed pod-to-pod
+/// connections (61000-65535), whose flows its `prerouting_raw` chain leaves tracked.
+const PORT: u16 = 5001;
+const TRACKED_PORT: u16 = 61001;
+
+/// One transfer and the round trips, between a server in `server_ns` at `server` (address and
+/// port) and a client in `client_ns`.
 fn measure(
     server_ns: std::path::PathBuf,
     client_ns: std::path::PathBuf,
-    server_ip: &str,
+    server: &str,
     mib: u64,
 ) -> Result<Figures, String> {
     use std::io::{Read, Write};
     const ROUND_TRIPS: usize = 2000;
+    let addr: std::net::SocketAddr = server.parse().map_err(|e| format!("{server}: {e}"))?;
     let server = in_netns(server_ns, move || {
-        let listener = std::net::TcpListener::bind("0.0.0.0:5001")?;
+        let listener = std::net::TcpListener::bind(("0.0.0.0", addr.port()))?;
         // Bulk: read to the end, answer one byte.
         let (mut c, _) = listener.accept()?;
         let cpu = thread_cpu();
@@ -437,9 +465,6 @@ fn measure(
         Ok(cpu)
     });
     std::thread::sleep(Duration::from_millis(300));
-    let addr: std::net::SocketAddr = format!("{server_ip}:5001")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
     let client = in_netns(client_ns, move || {
         let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
         let chunk = vec![0u8; 1 << 20];
@@ -613,7 +638,7 @@ async fn pods_figures(
     let (s, c, ip) = (
         pods.server_ns.clone(),
         pods.client_ns.clone(),
-        pods.server.clone(),
+        format!("{}:{PORT}", pods.server),
     );
     let figures = tokio::task::spawn_blocking(move || {
         // Warm up (ARP, the mesh's handshake), then measure.
