@@ -1,15 +1,19 @@
 //! `cargo bench --bench mesh`: TCP throughput and request/response latency between lab hosts on
 //! one link — host to host (bare), pod to pod through a hand-made veth and bridge per host with
-//! no rules at all (the ceiling for any bridged pod network on this kernel), pod to pod routed by
-//! the agent (host-gw), and pod to pod through the WireGuard mesh (forced with `mode: wireguard`
-//! on the same link, so only the path differs). The client and server are this program's own
-//! threads, entered into the hosts' or the pods' network namespaces (`setns`): the same code,
-//! socket buffers and direction on every path. Each run sends `MESH_BENCH_MIB` MiB (default 512)
-//! one way, then 2,000 one-byte round trips; `MESH_BENCH_RUNS` runs (default 5) of every path
-//! but the mesh are interleaved, and the median is printed. The bare and hand-made paths use two
-//! lab hosts the agent never touched (no nftables table, so no conntrack there); the host-gw
-//! pods two others, whose host-to-host figure (our table loaded) is printed too. Needs root
-//! (the lab); prints figures, asserts nothing about time.
+//! no rules at all (the ceiling for any bridged pod network on this kernel), the same with a
+//! minimal conntrack table loaded during its runs (what tracking the forward path costs), pod to
+//! pod routed by the agent (host-gw; plain pod-to-pod traffic is untracked there), the same pods
+//! with the server on a port of the range the agent reserves for NATed connections (so tracked:
+//! what host-gw cost before), and pod to pod through the WireGuard mesh (forced with `mode: wireguard` on the same link, so only the path
+//! differs). The client and server are this program's own threads, entered into the hosts' or
+//! the pods' network namespaces (`setns`): the same code, socket buffers and direction on every
+//! path. Each run sends `MESH_BENCH_MIB` MiB (default 512) one way, then 2,000 one-byte round
+//! trips; `MESH_BENCH_RUNS` runs (default 5) of every path but the mesh are interleaved, and the
+//! median is printed, with the median of each run's share of the bare run of its round (less
+//! moved by other load on the machine than the ratio of medians). The bare and hand-made paths
+//! use two lab hosts the agent never touched; the host-gw pods two others, whose host-to-host
+//! figure (our table loaded) is printed too, and whose conntrack entries for the pods' flows are
+//! counted afterwards. Needs root (the lab); prints figures, asserts nothing about time.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -80,26 +84,52 @@ fn run(mib: u64, runs: usize) -> Result<(), String> {
         let paths: Vec<(&str, Path3)> = vec![
             (
                 "host to host (bare)",
-                (host_ns(2), host_ns(3), hosts[2].address.clone()),
+                (
+                    host_ns(2),
+                    host_ns(3),
+                    format!("{}:{PORT}", hosts[2].address),
+                ),
             ),
             (
                 "pod to pod, hand-made",
                 (
                     std::path::Path::new("/run/netns").join(&raw.0[0]),
                     std::path::Path::new("/run/netns").join(&raw.0[1]),
-                    raw.1.clone(),
+                    format!("{}:{PORT}", raw.1),
+                ),
+            ),
+            (
+                "hand-made + conntrack",
+                (
+                    std::path::Path::new("/run/netns").join(&raw.0[0]),
+                    std::path::Path::new("/run/netns").join(&raw.0[1]),
+                    format!("{}:{PORT}", raw.1),
                 ),
             ),
             (
                 "host to host, our rules",
-                (host_ns(0), host_ns(1), hosts[0].address.clone()),
+                (
+                    host_ns(0),
+                    host_ns(1),
+                    format!("{}:{PORT}", hosts[0].address),
+                ),
             ),
             (
                 "pod to pod, host-gw",
                 (
                     pods.server_ns.clone(),
                     pods.client_ns.clone(),
-                    pods.server.clone(),
+                    format!("{}:{PORT}", pods.server),
+                ),
+            ),
+            // The same pods, the server on a port of the range reserved for NATed connections:
+            // tracked, as every pod-to-pod connection was before `prerouting_raw`.
+            (
+                "host-gw, tracked port",
+                (
+                    pods.server_ns.clone(),
+                    pods.client_ns.clone(),
+                    format!("{}:{TRACKED_PORT}", pods.server),
                 ),
             ),
         ];
@@ -109,22 +139,45 @@ fn run(mib: u64, runs: usize) -> Result<(), String> {
             measure(s.clone(), c.clone(), ip, 8)?;
         }
         let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); paths.len()];
+        let tracked_hosts = [hosts[2].name.as_str(), hosts[3].name.as_str()];
         for _ in 0..runs {
-            for (i, (_, (s, c, ip))) in paths.iter().enumerate() {
-                figures[i].push(measure(s.clone(), c.clone(), ip, mib)?);
+            for (i, (name, (s, c, ip))) in paths.iter().enumerate() {
+                let with_conntrack = name.ends_with("+ conntrack");
+                if with_conntrack {
+                    for h in tracked_hosts {
+                        nft_in(h, CONNTRACK_TABLE)?;
+                    }
+                }
+                let f = measure(s.clone(), c.clone(), ip, mib);
+                if with_conntrack {
+                    for h in tracked_hosts {
+                        nft_in(h, "delete table ip bench_conntrack")?;
+                    }
+                }
+                figures[i].push(f?);
             }
         }
+        // Every flow between the two pods, on the server's host (none if untracked).
+        let tracked = conntrack_between(&hosts[0].name, &pods.server, &pods.client);
         rt.block_on(pods.remove())?;
         let mesh = rt.block_on(pods_figures(&lab, Mode::Wireguard, mib, runs))?;
         println!(
-            "{:<24} {:>10} {:>9} {:>12} {:>12}   ({runs} runs of {mib} MiB, median; all runs MiB/s)",
-            "path (one link)", "TCP MiB/s", "% bare", "RTT p50 us", "RTT p99 us"
+            "{:<24} {:>10} {:>9} {:>8} {:>10} {:>8} {:>10} {:>10}   ({runs} runs of {mib} MiB, median; all runs MiB/s)",
+            "path (one link)", "TCP MiB/s", "% bare", "paired", "CPU us/MiB", "CPU %", "RTT p50 us", "RTT p99 us"
         );
-        let bare = median(&figures[0]);
+        println!(
+            "(paired: median over the rounds of each run against that round's bare run; CPU %: bare's CPU per MiB over the path's)"
+        );
+        let bare = &figures[0];
         for (i, (name, _)) in paths.iter().enumerate() {
-            print_row(name, &figures[i], bare);
+            print_row(name, &figures[i], bare, i > 0);
         }
-        print_row("pod to pod, mesh", &mesh, bare);
+        // The mesh runs after the rounds: medians only.
+        print_row("pod to pod, mesh", &mesh, bare, false);
+        println!(
+            "conntrack entries of the host-gw pods' flows (port {PORT}) on the server's host: {}",
+            tracked.map_or_else(|e| format!("unknown ({e})"), |n| n.to_string())
+        );
         // Which WireGuard the mesh row measured: kernel WireGuard where the kernel has it.
         let device = std::fs::read_to_string(
             lab.dir()
@@ -154,6 +207,7 @@ fn median(runs: &[Figures]) -> Figures {
     };
     Figures {
         mibps: mid(|f| f.mibps),
+        cpu_us_per_mib: mid(|f| f.cpu_us_per_mib),
         p50_us: mid(|f| f.p50_us),
         p99_us: mid(|f| f.p99_us),
     }
@@ -236,22 +290,126 @@ fn handmade(h1: &str, h2: &str, a1: &str, a2: &str) -> Result<(Vec<String>, Stri
     Ok((names, "10.212.1.2".into()))
 }
 
-fn print_row(name: &str, runs: &[Figures], bare: Figures) {
+/// A table that turns conntrack on for everything a host forwards, receives and sends, as the
+/// smallest stateful firewall would.
+const CONNTRACK_TABLE: &str = "table ip bench_conntrack {
+  chain forward { type filter hook forward priority filter; ct state established,related accept; }
+  chain input { type filter hook input priority filter; ct state established,related accept; }
+  chain output { type filter hook output priority filter; ct state established,related accept; }
+}";
+
+/// Runs `nft -f -` with `script` in lab host `host`'s namespace.
+fn nft_in(host: &str, script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", host, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("nft: no stdin")?
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("nft: {e}"))?;
+    let status = child.wait().map_err(|e| format!("nft: {e}"))?;
+    if !status.success() {
+        return Err(format!("nft -f in {host} failed: {script}"));
+    }
+    Ok(())
+}
+
+/// How many conntrack entries of lab host `host` are flows between addresses `a` and `b` on
+/// [`PORT`].
+fn conntrack_between(host: &str, a: &str, b: &str) -> Result<usize, String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", host, "cat", "/proc/net/nf_conntrack"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let (ab, ba) = (format!(" src={a} dst={b} "), format!(" src={b} dst={a} "));
+    // The flows to the server's usual port (those to the tracked port are tracked by design).
+    let port = format!("port={PORT} ");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| (l.contains(&ab) || l.contains(&ba)) && l.contains(&port))
+        .count())
+}
+
+/// One path's row; `paired`: its runs were interleaved with the bare ones, so each is also
+/// compared with the bare run of its round (throughput, and bare's CPU per MiB over this path's:
+/// the share of the bare link this path would reach where the CPU is the limit).
+fn print_row(name: &str, runs: &[Figures], bare: &[Figures], paired: bool) {
     let f = median(runs);
     let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.mibps)).collect();
+    let share = |of: fn(&Figures, &Figures) -> f64| {
+        if !paired || runs.len() != bare.len() {
+            return format!("{:>8}", "-");
+        }
+        let mut shares: Vec<f64> = runs.iter().zip(bare).map(|(r, b)| of(r, b)).collect();
+        shares.sort_by(f64::total_cmp);
+        format!("{:>7.0}%", 100.0 * shares[shares.len() / 2])
+    };
     println!(
-        "{name:<24} {:>10.1} {:>8.0}% {:>12.1} {:>12.1}   [{}]",
+        "{name:<24} {:>10.1} {:>8.0}% {} {:>10.0} {} {:>10.1} {:>10.1}   [{}]",
         f.mibps,
-        100.0 * f.mibps / bare.mibps,
+        100.0 * f.mibps / median(bare).mibps,
+        share(|r, b| r.mibps / b.mibps),
+        f.cpu_us_per_mib,
+        share(|r, b| b.cpu_us_per_mib / r.cpu_us_per_mib),
         f.p50_us,
         f.p99_us,
         all.join(" ")
     );
 }
 
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The CPU time of every `ksoftirqd/N` thread so far (`/proc/PID/schedstat`, nanoseconds).
+fn softirq_cpu() -> Duration {
+    static PIDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let pids = PIDS.get_or_init(|| {
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|pid| {
+                        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    let ns: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Figures {
     mibps: f64,
+    /// CPU time per MiB moved: the sending and receiving threads (which run the whole path's
+    /// softirq work in their own context when the machine is not too busy) and the ksoftirqd
+    /// threads (where it goes when it is). Unlike throughput it hardly moves with other load on
+    /// the machine.
+    cpu_us_per_mib: f64,
     p50_us: f64,
     p99_us: f64,
 }
@@ -272,22 +430,30 @@ fn in_netns<T: Send + 'static>(
     })
 }
 
-/// One transfer and the round trips, between a server in `server_ns` on `server_ip` and a client
-/// in `client_ns`.
+/// The benchmark's server port, and one in the range the agent reserves for NATed pod-to-pod
+/// connections (61000-65535), whose flows its `prerouting_raw` chain leaves tracked.
+const PORT: u16 = 5001;
+const TRACKED_PORT: u16 = 61001;
+
+/// One transfer and the round trips, between a server in `server_ns` at `server` (address and
+/// port) and a client in `client_ns`.
 fn measure(
     server_ns: std::path::PathBuf,
     client_ns: std::path::PathBuf,
-    server_ip: &str,
+    server: &str,
     mib: u64,
 ) -> Result<Figures, String> {
     use std::io::{Read, Write};
     const ROUND_TRIPS: usize = 2000;
+    let addr: std::net::SocketAddr = server.parse().map_err(|e| format!("{server}: {e}"))?;
     let server = in_netns(server_ns, move || {
-        let listener = std::net::TcpListener::bind("0.0.0.0:5001")?;
+        let listener = std::net::TcpListener::bind(("0.0.0.0", addr.port()))?;
         // Bulk: read to the end, answer one byte.
         let (mut c, _) = listener.accept()?;
+        let cpu = thread_cpu();
         let mut buf = vec![0u8; 1 << 16];
         while c.read(&mut buf)? > 0 {}
+        let cpu = thread_cpu() - cpu;
         c.write_all(b"k")?;
         // Round trips: echo each byte.
         let (mut c, _) = listener.accept()?;
@@ -296,15 +462,13 @@ fn measure(
         while c.read(&mut b)? == 1 {
             c.write_all(&b)?;
         }
-        Ok(())
+        Ok(cpu)
     });
     std::thread::sleep(Duration::from_millis(300));
-    let addr: std::net::SocketAddr = format!("{server_ip}:5001")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
     let client = in_netns(client_ns, move || {
         let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
         let chunk = vec![0u8; 1 << 20];
+        let (cpu, softirq) = (thread_cpu(), softirq_cpu());
         let started = Instant::now();
         for _ in 0..mib {
             c.write_all(&chunk)?;
@@ -313,6 +477,7 @@ fn measure(
         let mut k = [0u8; 1];
         c.read_exact(&mut k)?;
         let secs = started.elapsed().as_secs_f64();
+        let cpu = (thread_cpu() - cpu) + softirq_cpu().saturating_sub(softirq);
         let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
         c.set_nodelay(true)?;
         let mut times = Vec::with_capacity(ROUND_TRIPS);
@@ -324,19 +489,20 @@ fn measure(
             times.push(t.elapsed());
         }
         times.sort();
-        Ok((secs, times))
+        Ok((secs, cpu, times))
     });
-    let (secs, times) = client
+    let (secs, client_cpu, times) = client
         .join()
         .map_err(|_| "the client panicked".to_string())?
         .map_err(|e| format!("client: {e}"))?;
-    server
+    let server_cpu = server
         .join()
         .map_err(|_| "the server panicked".to_string())?
         .map_err(|e| format!("server: {e}"))?;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     Ok(Figures {
         mibps: mib as f64 / secs,
+        cpu_us_per_mib: us(client_cpu + server_cpu) / mib as f64,
         p50_us: us(times[times.len() / 2]),
         p99_us: us(times[times.len() * 99 / 100]),
     })
@@ -445,6 +611,7 @@ struct Pods {
     server_ns: std::path::PathBuf,
     client_ns: std::path::PathBuf,
     server: String,
+    client: String,
     targets: Vec<SshTarget>,
     agent: AgentBinary,
     remove: Vec<Request>,
@@ -471,7 +638,7 @@ async fn pods_figures(
     let (s, c, ip) = (
         pods.server_ns.clone(),
         pods.client_ns.clone(),
-        pods.server.clone(),
+        format!("{}:{PORT}", pods.server),
     );
     let figures = tokio::task::spawn_blocking(move || {
         // Warm up (ARP, the mesh's handshake), then measure.
@@ -578,6 +745,7 @@ async fn pods(lab: &Lab, mode: Mode) -> Result<Pods, String> {
         server_ns,
         client_ns,
         server,
+        client,
         targets: targets.clone(),
         agent,
         remove,

@@ -288,6 +288,28 @@ fn pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind() {
         )
         .await;
         assert_eq!((page.as_str(), code), (HTTPD_INDEX, 0));
+        // Plain pod-to-pod traffic is not tracked on either host.
+        for host in &hosts {
+            let out = lab
+                .faults()
+                .exec(
+                    host,
+                    &[
+                        "busybox".into(),
+                        "cat".into(),
+                        "/proc/net/nf_conntrack".into(),
+                    ],
+                )
+                .unwrap()
+                .output()
+                .unwrap();
+            let table = String::from_utf8_lossy(&out.stdout);
+            let between = format!(" src={client_ip} dst={web_ip} ");
+            assert!(
+                out.status.success() && !table.contains(&between),
+                "{host} tracks the pods' connection:\n{table}"
+            );
+        }
 
         // The published port from the root namespace and from the other host.
         let addr1 = lab.address(&hosts[0]);

@@ -278,7 +278,7 @@ fn pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind() 
         // Our table, as nft decodes what we encoded.
         let ruleset = json(&["nft", "-j", "list", "ruleset"]);
         let postrouting = nft_rules(&ruleset, "postrouting");
-        assert_eq!(postrouting.len(), 2, "{ruleset:#}");
+        assert_eq!(postrouting.len(), 4, "{ruleset:#}");
         assert_eq!(
             postrouting[..1],
             [serde_json::json!([
@@ -302,8 +302,50 @@ fn pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind() 
             "ip daddr 10.99.0.1 udp dport 5353 dnat to 10.213.1.3:53",
             "ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade",
             "ct status dnat ip saddr 10.213.1.0/24 ip daddr 10.213.1.0/24 masquerade",
+            "ct status dnat ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 meta l4proto tcp snat to :61000-65535",
+            "ct status dnat ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 meta l4proto udp snat to :61000-65535",
+            "type filter hook prerouting priority raw; policy accept;",
+            "ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 ip daddr != 10.213.1.1 tcp sport < 61000 tcp dport < 61000 notrack",
+            "ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 ip daddr != 10.213.1.1 udp sport < 61000 udp dport < 61000 notrack",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+        // The port-only SNAT and the notrack rule, as the kernel holds them.
+        let prefix = serde_json::json!({"prefix": {"addr": "10.213.0.0", "len": 16}});
+        let ip = |field: &str, op: &str, right: &serde_json::Value| {
+            serde_json::json!({"match": {"op": op,
+                "left": {"payload": {"protocol": "ip", "field": field}}, "right": right}})
+        };
+        assert_eq!(
+            postrouting[2],
+            serde_json::json!([
+                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                ip("saddr", "==", &prefix),
+                ip("daddr", "==", &prefix),
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                {"snat": {"port": {"range": [61000, 65535]}}}
+            ]),
+            "{ruleset:#}"
+        );
+        let raw = nft_rules(&ruleset, "prerouting_raw");
+        assert_eq!(raw.len(), 2, "{ruleset:#}");
+        let port_below = |proto: &str, field: &str| {
+            serde_json::json!({"match": {"op": "<",
+                "left": {"payload": {"protocol": proto, "field": field}}, "right": 61000}})
+        };
+        for (rule, proto) in raw.iter().zip(["tcp", "udp"]) {
+            assert_eq!(
+                *rule,
+                serde_json::json!([
+                    ip("saddr", "==", &prefix),
+                    ip("daddr", "==", &prefix),
+                    ip("daddr", "!=", &serde_json::json!("10.213.1.1")),
+                    port_below(proto, "sport"),
+                    port_below(proto, "dport"),
+                    {"notrack": null}
+                ]),
+                "{ruleset:#}"
+            );
         }
 
         // Traffic. Pod to pod on the bridge:
@@ -1017,6 +1059,356 @@ fn isolation_scenario(br_netfilter: bool) {
     });
     assert_eq!(host_state(), before, "the host's network is as before");
     drop(sandboxes);
+}
+
+/// The host's conntrack table (the calling thread's namespace), one entry a line: from
+/// `/proc/net/nf_conntrack`, or over ctnetlink where the kernel has no such file
+/// (`CONFIG_NF_CONNTRACK_PROCFS` off).
+fn conntrack_entries() -> Vec<String> {
+    match std::fs::read_to_string("/proc/thread-self/net/nf_conntrack") {
+        Ok(text) => text.lines().map(str::to_string).collect(),
+        Err(_) => conntrack_over_netlink().expect("dumps conntrack over netlink"),
+    }
+}
+
+/// The conntrack table over ctnetlink (an `IPCTNL_MSG_CT_GET` dump of `AF_INET`), each entry
+/// with the fields of `/proc/net/nf_conntrack` read here: ` tcp src= dst= sport= dport= src=
+/// dst= sport= dport= ` (original direction, then reply).
+fn conntrack_over_netlink() -> std::io::Result<Vec<String>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const NETLINK_NETFILTER: i32 = 12;
+    const CT_GET: u16 = (1 << 8) | 1; // NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET
+                                      // SAFETY: plain socket(2); the descriptor is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = Vec::new();
+    req.extend(20u32.to_ne_bytes());
+    req.extend(CT_GET.to_ne_bytes());
+    req.extend(((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend([1, 0, 0, 0, 0, 0, 0, 0]); // sequence, port id
+    req.extend([libc::AF_INET as u8, 0, 0, 0]); // nfgenmsg: family, version, resource id
+                                                // SAFETY: sends `req` from memory we own; an unconnected netlink socket sends to the kernel.
+    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Netlink attributes: (type without flags, payload).
+    fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+        let mut out = Vec::new();
+        while b.len() >= 4 {
+            let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
+            let kind = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+            if len < 4 || len > b.len() {
+                break;
+            }
+            out.push((kind, &b[4..len]));
+            b = &b[((len + 3) & !3).min(b.len())..];
+        }
+        out
+    }
+    fn get(a: &[(u16, &[u8])], kind: u16) -> Vec<u8> {
+        a.iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(Vec::new(), |(_, v)| v.to_vec())
+    }
+    // CTA_TUPLE_IP (CTA_IP_V4_SRC, _DST) and CTA_TUPLE_PROTO (CTA_PROTO_NUM, _SRC_PORT, _DST_PORT).
+    fn tuple(t: &[u8]) -> (u8, String) {
+        let t = attrs(t);
+        let (ip, proto) = (get(&t, 1), get(&t, 2));
+        let (ip, proto) = (attrs(&ip), attrs(&proto));
+        let addr = |k| {
+            let v = get(&ip, k);
+            <[u8; 4]>::try_from(v.as_slice()).map_or("?".into(), |a| Ipv4Addr::from(a).to_string())
+        };
+        let port = |k| {
+            let v = get(&proto, k);
+            <[u8; 2]>::try_from(v.as_slice()).map_or(0, u16::from_be_bytes)
+        };
+        let number = get(&proto, 1).first().copied().unwrap_or(0);
+        let text = format!(
+            "src={} dst={} sport={} dport={}",
+            addr(1),
+            addr(2),
+            port(2),
+            port(3)
+        );
+        (number, text)
+    }
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: receives into memory we own, at most its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut msgs = &buf[..n as usize];
+        while msgs.len() >= 16 {
+            let len = u32::from_ne_bytes(msgs[0..4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
+            if len < 16 || len > msgs.len() {
+                break;
+            }
+            match kind {
+                3 => return Ok(entries), // NLMSG_DONE
+                2 => {
+                    // NLMSG_ERROR
+                    let code = i32::from_ne_bytes(msgs[16..20].try_into().unwrap());
+                    if code != 0 {
+                        return Err(std::io::Error::from_raw_os_error(-code));
+                    }
+                }
+                CT_GET | 0x100 => {
+                    let a = attrs(&msgs[20..len]);
+                    let ((proto, orig), (_, reply)) = (tuple(&get(&a, 1)), tuple(&get(&a, 2)));
+                    let name = match proto {
+                        6 => "tcp".to_string(),
+                        17 => "udp".to_string(),
+                        p => p.to_string(),
+                    };
+                    entries.push(format!("ipv4 {name} {orig} {reply} "));
+                }
+                _ => {}
+            }
+            msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
+        }
+    }
+}
+
+/// The entries whose original direction goes from `src` to `dst`.
+fn tracked(entries: &[String], src: &str, dst: &str) -> Vec<String> {
+    let needle = format!(" src={src} dst={dst} ");
+    entries
+        .iter()
+        .filter(|e| e.contains(&needle))
+        .cloned()
+        .collect()
+}
+
+/// A UDP echo in namespace `netns` for one datagram; sends back the peer's address it saw.
+fn echo_udp_once(netns: PathBuf, port: u16) -> std::sync::mpsc::Receiver<SocketAddr> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (peer_tx, peer_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        in_ns(&netns, move || {
+            let s = UdpSocket::bind(("0.0.0.0", port)).expect("binds in the namespace");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+                let _ = peer_tx.send(from);
+            }
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    peer_rx
+}
+
+/// What `addr` answers a connection from namespace `netns`.
+fn fetch_in(netns: &Path, addr: String) -> String {
+    in_ns(netns, move || fetch(&addr))
+}
+
+/// What a UDP echo at `addr` sends back to `ping` from namespace `netns`.
+fn udp_answer(netns: &Path, addr: &str, ping: &'static str) -> Option<String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_ns(netns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.send_to(ping.as_bytes(), addr).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf).ok()?;
+        // The answer must come from the address asked, VIP included (un-DNAT'ed).
+        assert_eq!(from, addr, "the answer's source");
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+/// Plain pod-to-pod TCP and UDP, on one host and to a pod of another host, leaves no conntrack
+/// entry on the host; a connection through a VIP to a pod of another host leaves with a source
+/// port from the reserved range, is tracked, and its answers are un-NAT'ed; a pod whose own
+/// ports reach into the reserved range is tracked on them and still gets through.
+#[test]
+fn plain_pod_to_pod_flows_are_untracked_and_vip_flows_take_a_reserved_port() {
+    use compose_fleet_agent::network::notrack::RESERVED_PORTS;
+    use compose_fleet_agent::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
+    let test = "plain_pod_to_pod_flows_are_untracked_and_vip_flows_take_a_reserved_port";
+    if !is_root(test) || !have("ip", test) {
+        return;
+    }
+    in_fresh_host(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let sandboxes = Sandboxes(
+            ["a", "b", "neighbour"]
+                .iter()
+                .map(|n| tmp.path().join("pods").join(n))
+                .collect(),
+        );
+        let ns: Vec<PathBuf> = sandboxes
+            .0
+            .iter()
+            .map(|d| pod::create(d, "p").expect("creates a pod sandbox").net)
+            .collect();
+        let (a, b, neighbour) = (&ns[0], &ns[1], &ns[2]);
+        // The LAN with a neighbour host that holds a pod address of "host 2" (10.213.2.5).
+        let lan: compose_fleet_agent::proto::net::Ipv4Net = "10.99.0.0/24".parse().unwrap();
+        Netlink
+            .ensure_bridge("lan0", "10.99.0.1".parse().unwrap(), lan)
+            .expect("LAN bridge");
+        Netlink
+            .attach_pod(&PodLink {
+                netns: neighbour.clone(),
+                host_if: "lan-nb".into(),
+                pod_if: "eth0".into(),
+                bridge: "lan0".into(),
+                addr: "10.99.0.2".parse().unwrap(),
+                subnet: lan,
+                gateway: "10.99.0.1".parse().unwrap(),
+                alias: None,
+            })
+            .expect("neighbour link");
+        in_ns(neighbour, || {
+            run(&["ip", "addr", "add", "10.213.2.5/32", "dev", "eth0"]);
+            run(&[
+                "ip",
+                "route",
+                "add",
+                "10.213.1.0/24",
+                "via",
+                "10.99.0.1",
+                "src",
+                "10.213.2.5",
+            ]);
+        });
+        let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
+        net.configure(&HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![PeerSubnet {
+                host: "h2".into(),
+                subnet: "10.213.2.0/24".parse().unwrap(),
+                via: "10.99.0.2".parse().unwrap(),
+            }],
+            mesh: None,
+        })
+        .expect("configures");
+        let ip_a = net.attach("p", "a-1", a, &[]).unwrap().unwrap().to_string();
+        let ip_b = net.attach("p", "b-1", b, &[]).unwrap().unwrap().to_string();
+        // `api` has a VIP and its one replica on host 2.
+        net.set_services(ServiceMap {
+            project: "p".into(),
+            services: vec![Service {
+                name: "api".into(),
+                endpoint_mode: EndpointMode::Vip,
+                vip: Some("10.214.0.7".parse().unwrap()),
+                networks: vec![],
+                aliases: vec![],
+                container_name: None,
+                replicas: vec![Endpoint {
+                    replica: 1,
+                    pod: "api-1".into(),
+                    host: "h2".into(),
+                    addr: "10.213.2.5".parse().unwrap(),
+                    healthy: true,
+                }],
+            }],
+        })
+        .expect("takes the map");
+        let reserved = RESERVED_PORTS.0..=RESERVED_PORTS.1;
+
+        // Pod to pod on this host, TCP and UDP: answered, never tracked.
+        let peer = serve_tcp(b.clone(), "0.0.0.0:7000", "b");
+        assert_eq!(fetch_in(a, format!("{ip_b}:7000")), "b");
+        assert!(!reserved.contains(&peer.recv().unwrap().port()));
+        let peer = echo_udp_once(b.clone(), 7001);
+        assert_eq!(
+            udp_answer(a, &format!("{ip_b}:7001"), "ping b").as_deref(),
+            Some("ping b")
+        );
+        assert!(!reserved.contains(&peer.recv().unwrap().port()));
+        // To a pod of the other host, TCP and UDP: the same.
+        let peer = serve_tcp(neighbour.clone(), "0.0.0.0:7002", "remote");
+        assert_eq!(in_ns(a, || fetch("10.213.2.5:7002")), "remote");
+        let seen = peer.recv().unwrap();
+        assert_eq!(seen.ip().to_string(), ip_a, "no address rewritten");
+        assert!(!reserved.contains(&seen.port()), "{seen}");
+        let peer = echo_udp_once(neighbour.clone(), 7003);
+        assert_eq!(
+            udp_answer(a, "10.213.2.5:7003", "ping remote").as_deref(),
+            Some("ping remote")
+        );
+        assert!(!reserved.contains(&peer.recv().unwrap().port()));
+        let entries = conntrack_entries();
+        for (from, to) in [(&ip_a, &ip_b), (&ip_a, &"10.213.2.5".to_string())] {
+            assert_eq!(
+                tracked(&entries, from, to),
+                Vec::<String>::new(),
+                "pod-to-pod flows left conntrack entries"
+            );
+        }
+
+        // Through the VIP to the pod of host 2: the client's address is kept, its port is one of
+        // the reserved range, the connection is tracked and the answer un-DNAT'ed.
+        let peer = serve_tcp(neighbour.clone(), "0.0.0.0:7004", "api over the VIP");
+        assert_eq!(in_ns(a, || fetch("10.214.0.7:7004")), "api over the VIP");
+        let seen = peer.recv().unwrap();
+        assert_eq!(seen.ip().to_string(), ip_a);
+        assert!(reserved.contains(&seen.port()), "{seen}");
+        let peer = echo_udp_once(neighbour.clone(), 7005);
+        assert_eq!(
+            udp_answer(a, "10.214.0.7:7005", "ping api").as_deref(),
+            Some("ping api")
+        );
+        let seen_udp = peer.recv().unwrap();
+        assert!(reserved.contains(&seen_udp.port()), "{seen_udp}");
+        // Read both ways where /proc has the table, so the netlink reader is checked too.
+        let mut readings = vec![conntrack_over_netlink().expect("dumps conntrack over netlink")];
+        readings.push(conntrack_entries());
+        for entries in readings {
+            let vip = tracked(&entries, &ip_a, "10.214.0.7");
+            for (proto, port) in [("tcp", seen.port()), ("udp", seen_udp.port())] {
+                let reply = format!(" src=10.213.2.5 dst={ip_a} ");
+                assert!(
+                    vip.iter().any(|e| e.contains(&format!(" {proto} "))
+                        && e.contains(&reply)
+                        && e.contains(&format!(" dport={port} "))),
+                    "no {proto} entry for the VIP flow answered to port {port}: {vip:#?}"
+                );
+            }
+        }
+
+        // A pod whose own ports are in the reserved range: tracked there, and it still works.
+        in_ns(a, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "62000\t62100")
+                .expect("sets the pod's port range")
+        });
+        let peer = serve_tcp(b.clone(), "0.0.0.0:7006", "b on a reserved port");
+        assert_eq!(fetch_in(a, format!("{ip_b}:7006")), "b on a reserved port");
+        let seen = peer.recv().unwrap();
+        assert!((62000..=62100).contains(&seen.port()), "{seen}");
+        let entries = conntrack_entries();
+        assert_eq!(
+            tracked(&entries, &ip_a, &ip_b).len(),
+            1,
+            "the reserved-port flow is tracked: {entries:#?}"
+        );
+
+        net.detach("p", "a-1").unwrap();
+        net.detach("p", "b-1").unwrap();
+        drop(sandboxes);
+    });
 }
 
 /// Benchmark (ignored; run with `--ignored --nocapture` as root): connection set-up between two

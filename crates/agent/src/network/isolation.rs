@@ -29,7 +29,10 @@
 //! the client. Members of a network come from the pods of this host (their `Apply`) and from the
 //! service map of the project (pods of other hosts): a pod of another host that no pushed map
 //! names is on no network here, and cannot reach this host's pods (nor they it) until `up` pushes
-//! the map. Each rule is two hash lookups; only the first packet of a connection walks the chain.
+//! the map. Each rule is two hash lookups. A tracked connection walks the chain with its first
+//! packet only; plain pod-to-pod TCP and UDP is untracked ([`super::notrack`]), so each of its
+//! packets walks it, in either direction: `ct state` and `ct status` match no untracked packet,
+//! and the set rules are symmetric, so a reply passes exactly when its request did.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

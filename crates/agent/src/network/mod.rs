@@ -12,6 +12,8 @@
 //! - [`service`]: the pushed service map and local replica health; [`vip`]: its nftables rules;
 //!   [`dns`]: the DNS server on the bridge address and the pods' `resolv.conf`/`hosts`.
 //! - [`isolation`]: which pods may reach which (compose networks, projects, `internal`).
+//! - [`notrack`]: plain pod-to-pod TCP and UDP kept out of conntrack; NATed pod-to-pod
+//!   connections on reserved source ports, so that their replies stay tracked.
 //! - [`mesh`], [`wg`]: host-gw or WireGuard per pair of hosts, and the userspace WireGuard device.
 //!
 //! ```text
@@ -30,6 +32,7 @@ pub mod kernel;
 pub mod mesh;
 pub mod netlink;
 pub mod nft;
+pub mod notrack;
 mod persist;
 mod reap;
 pub mod service;

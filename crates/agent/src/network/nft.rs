@@ -1,7 +1,8 @@
 //! Our nf_tables rules as netlink messages: one `ip compose_fleet` table holding masquerade for
-//! pod traffic leaving the fleet CIDR, DNAT for published ports and service VIPs ([`super::vip`])
-//! and the `forward` chain that keeps compose networks and projects apart
-//! ([`super::isolation`]). Pure: builds messages, sends nothing.
+//! pod traffic leaving the fleet CIDR, DNAT for published ports and service VIPs ([`super::vip`]),
+//! the `forward` chain that keeps compose networks and projects apart ([`super::isolation`]) and
+//! the `prerouting_raw` chain that keeps plain pod-to-pod traffic out of conntrack
+//! ([`super::notrack`]). Pure: builds messages, sends nothing.
 //!
 //! `netlink-packet-netfilter` types tables, chains, rules and the payload/cmp/meta/immediate
 //! expressions; `nat`, `masq`, `ct`, `bitwise` and `fib` it does not know (or not fully), so they are encoded here from the
@@ -15,8 +16,10 @@
 //!   chain published   { fib daddr type local tcp dport 8080 dnat to 10.213.1.2:80 ... }
 //!   chain postrouting { type nat hook postrouting priority srcnat;
 //!                       ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade
-//!                       ct status dnat ip saddr 10.213.1.0/24 ip daddr 10.213.1.0/24 masquerade }
+//!                       ct status dnat ip saddr 10.213.1.0/24 ip daddr 10.213.1.0/24 masquerade
+//!                       ct status dnat ... snat to :61000-65535 }
 //!   set net0 { ... }  chain forward { type filter hook forward priority filter; ... }
+//!   chain prerouting_raw { type filter hook prerouting priority raw; ... notrack }
 //! }
 //! ```
 //!
@@ -43,6 +46,8 @@ pub const TABLE: &str = "compose_fleet";
 /// `NF_IP_PRI_NAT_DST`, `NF_IP_PRI_NAT_SRC` and `NF_IP_PRI_FILTER`: nft's `dstnat`, `srcnat`
 /// and `filter`.
 const PRIORITY_DSTNAT: i32 = -100;
+/// `NF_IP_PRI_RAW`: nft's `raw`, before conntrack (`NF_IP_PRI_CONNTRACK`, -200).
+const PRIORITY_RAW: i32 = -300;
 const PRIORITY_SRCNAT: i32 = 100;
 const PRIORITY_FILTER: i32 = 0;
 
@@ -52,7 +57,9 @@ pub(super) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 pub(super) const NFTA_NAT_TYPE: u16 = 1;
 pub(super) const NFTA_NAT_FAMILY: u16 = 2;
 pub(super) const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
-const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+pub(super) const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+pub(super) const NFTA_NAT_REG_PROTO_MAX: u16 = 6;
+pub(super) const NFT_NAT_SNAT: u32 = 0;
 pub(super) const NFT_NAT_DNAT: u32 = 1;
 pub(super) const NFPROTO_IPV4: u32 = 2;
 const NFTA_FIB_DREG: u16 = 1;
@@ -63,7 +70,7 @@ const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 /// `RTN_LOCAL`: the address is one of this host's.
 const RTN_LOCAL: u32 = 2;
 pub(super) const NFT_REG_1: u32 = 1;
-const NFT_REG_2: u32 = 2;
+pub(super) const NFT_REG_2: u32 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_BITWISE_SREG: u16 = 1;
 const NFTA_BITWISE_DREG: u16 = 2;
@@ -232,6 +239,10 @@ pub fn sync_batch(rules: &Ruleset, previous: Option<&Ruleset>) -> Vec<Step> {
         super::isolation::CHAIN,
         Some((InetHookNumber::Forward, PRIORITY_FILTER, "filter")),
     ));
+    steps.push(chain(
+        super::notrack::CHAIN,
+        Some((InetHookNumber::PreRouting, PRIORITY_RAW, "filter")),
+    ));
     for name in [
         "prerouting",
         "output",
@@ -239,6 +250,7 @@ pub fn sync_batch(rules: &Ruleset, previous: Option<&Ruleset>) -> Vec<Step> {
         super::vip::CHAIN,
         "postrouting",
         super::isolation::CHAIN,
+        super::notrack::CHAIN,
     ] {
         steps.push(flush(name));
     }
@@ -302,7 +314,11 @@ pub fn sync_batch(rules: &Ruleset, previous: Option<&Ruleset>) -> Vec<Step> {
             rules.subnet
         ),
     ));
+    // After the hairpin masquerade: a connection of a local pod to a local pod through a
+    // published port or a VIP is answered to the bridge address, which stays tracked anyway.
+    steps.extend(super::notrack::snat_rules(rules.fleet));
     steps.extend(super::isolation::rules(&rules.isolation, rules.fleet));
+    steps.extend(super::notrack::rules(rules.fleet, rules.subnet.gateway()));
     steps
 }
 
@@ -645,12 +661,14 @@ mod tests {
                 "creating chain services",
                 "creating chain postrouting",
                 "creating chain forward",
+                "creating chain prerouting_raw",
                 "flushing chain prerouting",
                 "flushing chain output",
                 "flushing chain published",
                 "flushing chain services",
                 "flushing chain postrouting",
                 "flushing chain forward",
+                "flushing chain prerouting_raw",
                 "creating set net1",
                 "deleting set net1",
                 "creating set net0",
@@ -662,12 +680,16 @@ mod tests {
                 "adding rule `ip daddr 10.250.0.11 udp dport 53 dnat to 10.213.1.3:5353` to chain published",
                 "adding rule `ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 masquerade` to chain postrouting",
                 "adding rule `ct status dnat ip saddr 10.213.1.0/24 ip daddr 10.213.1.0/24 masquerade` to chain postrouting",
+                "adding rule `ct status dnat ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 meta l4proto tcp snat to :61000-65535` to chain postrouting",
+                "adding rule `ct status dnat ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 meta l4proto udp snat to :61000-65535` to chain postrouting",
                 "adding rule `ct state established,related accept` to chain forward",
                 "adding rule `ip daddr != 10.213.0.0/16 accept` to chain forward",
                 "adding rule `ip saddr != 10.213.0.0/16 accept` to chain forward",
                 "adding rule `ct status dnat ct original ip daddr != 10.214.0.0/16 accept` to chain forward",
                 "adding rule `ip saddr @net0 ip daddr @net0 accept` to chain forward",
                 "adding rule `drop` to chain forward",
+                "adding rule `ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 ip daddr != 10.213.1.1 tcp sport < 61000 tcp dport < 61000 notrack` to chain prerouting_raw",
+                "adding rule `ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 ip daddr != 10.213.1.1 udp sport < 61000 udp dport < 61000 notrack` to chain prerouting_raw",
             ]
         );
     }
