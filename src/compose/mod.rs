@@ -369,9 +369,16 @@ impl Loader<'_> {
         base: &Path,
         stack: &mut Vec<PathBuf>,
     ) -> Node {
-        self.interpolate(&mut root, text);
+        // One walk interpolates and types; the typing errors follow the interpolation ones, as
+        // when these were two walks.
         let mut typed = Vec::new();
-        cast::cast(&mut root, &mut typed);
+        self.interpolate_typed(
+            &mut root,
+            text,
+            Some(cast::Typed::root()),
+            &cast::At::Root,
+            &mut typed,
+        );
         for d in typed {
             self.diags.push(d);
         }
@@ -383,6 +390,20 @@ impl Loader<'_> {
     }
 
     fn interpolate(&mut self, node: &mut Node, text: &str) {
+        self.interpolate_typed(node, text, None, &cast::At::Root, &mut Vec::new());
+    }
+
+    /// Interpolates `node` and, at the typed fields below `typed` ([`cast`]), types the
+    /// result. Returns whether `node` is a typed field whose text is not of its type (the
+    /// caller removes it, with its error in `cast_errors`).
+    fn interpolate_typed(
+        &mut self,
+        node: &mut Node,
+        text: &str,
+        typed: Option<cast::Typed>,
+        at: &cast::At<'_>,
+        cast_errors: &mut Vec<Diagnostic>,
+    ) -> bool {
         if node.tag == yaml::Tag::Reset {
             self.saw_reset = true;
         }
@@ -433,17 +454,61 @@ impl Loader<'_> {
                 }
             }
             Value::Seq(items) => {
-                for i in items {
-                    self.interpolate(i, text);
+                match typed.and_then(cast::Typed::item) {
+                    None => {
+                        for i in items {
+                            self.interpolate_typed(i, text, None, at, cast_errors);
+                        }
+                    }
+                    Some(item) => {
+                        let mut i = 0;
+                        items.retain_mut(|n| {
+                            let bad = self.interpolate_typed(
+                                n,
+                                text,
+                                Some(item),
+                                &cast::At::Item(at, i),
+                                cast_errors,
+                            );
+                            i += 1;
+                            !bad
+                        });
+                    }
                 }
+                return false;
             }
             Value::Map(entries) => {
-                for (_, v) in entries {
-                    self.interpolate(v, text);
-                }
+                let Some(typed) = typed else {
+                    for (_, v) in entries {
+                        self.interpolate_typed(v, text, None, at, cast_errors);
+                    }
+                    return false;
+                };
+                entries.retain_mut(|(k, v)| match k.as_str() {
+                    Some(name) => match typed.key(name) {
+                        Some(next) => !self.interpolate_typed(
+                            v,
+                            text,
+                            Some(next),
+                            &cast::At::Key(at, name),
+                            cast_errors,
+                        ),
+                        None => {
+                            self.interpolate_typed(v, text, None, at, cast_errors);
+                            true
+                        }
+                    },
+                    None => {
+                        self.interpolate_typed(v, text, None, at, cast_errors);
+                        true
+                    }
+                });
+                return false;
             }
             _ => {}
         }
+        // A scalar, interpolated: typed if its field has a type.
+        typed.is_some_and(|t| t.cast(node, at, cast_errors))
     }
 
     fn splice_includes(&mut self, mut root: Node, path: &Path, stack: &mut Vec<PathBuf>) -> Node {
