@@ -484,9 +484,9 @@ impl Loader<'_> {
                     }
                     return false;
                 };
-                entries.retain_mut(|(k, v)| match k.as_str() {
-                    Some(name) => match typed.key(name) {
-                        Some(next) => !self.interpolate_typed(
+                entries.retain_mut(|(k, v)| {
+                    match k.as_str().and_then(|n| Some((n, typed.key(n)?))) {
+                        Some((name, next)) => !self.interpolate_typed(
                             v,
                             text,
                             Some(next),
@@ -497,10 +497,6 @@ impl Loader<'_> {
                             self.interpolate_typed(v, text, None, at, cast_errors);
                             true
                         }
-                    },
-                    None => {
-                        self.interpolate_typed(v, text, None, at, cast_errors);
-                        true
                     }
                 });
                 return false;
@@ -852,9 +848,14 @@ impl Loader<'_> {
             limits: &opts.limits,
             unrunnable: Vec::new(),
         };
-        let mut enabled_services = Vec::with_capacity(services.len());
+        // Each service is normalized into its own place in the map, made for it beforehand in
+        // name order: a `Service` is large (~1.8 KB), and so it is moved once, where building
+        // the map from a vector of them moved each several times more (a fifth of the load
+        // after the YAML parse, at 10,000 services).
+        let mut placed = placeholders(&services);
+        let mut normalized = vec![false; services.len()];
         let mut disabled_services = Vec::new();
-        for ((name, key), tree) in services.iter().zip(service_trees) {
+        for (i, ((name, key), tree)) in services.iter().zip(service_trees).enumerate() {
             let own = match tree {
                 Some(t) => Some(t),
                 None => trees.remove(name),
@@ -883,12 +884,22 @@ impl Loader<'_> {
             if enabled {
                 // As compose: only the services that run must find their models.
                 undefined_models(ctx.diags, name, node, &models);
-                enabled_services.push((name.clone(), Box::new(svc)));
+                if let Some(place) = placed.get_mut(name) {
+                    *place = svc;
+                    normalized[i] = true;
+                }
             } else {
                 disabled_services.push((name.clone(), Box::new(svc)));
             }
         }
-        project.services = by_name(enabled_services);
+        // Services disabled by profiles, or whose `extends` failed, leave their places (a
+        // place still empty: no other service of that name filled it).
+        for ((name, _), done) in services.iter().zip(normalized) {
+            if !done && placed.get(name).is_some_and(|s| s.name.is_empty()) {
+                placed.remove(name);
+            }
+        }
+        project.services = placed;
         project.disabled = by_name(disabled_services);
         bounds::total_replicas(&project, &opts.limits, ctx.diags);
         for (section, v) in sections {
@@ -1318,11 +1329,19 @@ fn is_valid_project_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// The map of `entries` (names distinct). A `Service` is large (~1.8 KB): it waits in a box
-/// and is moved once, into the map, in name order, so that each insert appends to the map's
-/// last leaf and never shifts the values already there. (Collecting into the map instead
-/// gathered every value into one more vector first, 18 MB at 10,000 services, and moved each
-/// value three more times: a fifth of the load after the YAML parse.)
+/// An empty service for each name, the map built in name order: each insert appends to the
+/// map's last leaf.
+fn placeholders(services: &[(String, Node)]) -> BTreeMap<String, model::Service> {
+    let mut names: Vec<&String> = services.iter().map(|(name, _)| name).collect();
+    names.sort();
+    let mut map = BTreeMap::new();
+    for name in names {
+        map.insert(name.clone(), model::Service::default());
+    }
+    map
+}
+
+/// The map of `entries` (the few services disabled by profiles), moved in in name order.
 fn by_name<T>(mut entries: Vec<(String, Box<T>)>) -> BTreeMap<String, T> {
     // Sorting moves a name and a pointer, not the value.
     entries.sort_by(|a, b| a.0.cmp(&b.0));
