@@ -720,7 +720,7 @@ impl Loader<'_> {
                 self.diags.push(d);
                 continue;
             };
-            ledger.record(key, None, rule, &Location::from(k.loc));
+            ledger.record(key, None, rule, Location::from(k.loc));
             if rule.status == ledger::Status::Accepted && key != "version" {
                 self.diags.push(
                     Diagnostic::warning(format!(
@@ -847,6 +847,7 @@ impl Loader<'_> {
             refs: Vec::new(),
             limits: &opts.limits,
             unrunnable: Vec::new(),
+            last_file: None,
         };
         // Each service is normalized into its own place in the map, made for it beforehand in
         // name order: a `Service` is large (~1.8 KB), and so it is moved once, where building
