@@ -167,7 +167,7 @@ impl Hasher for Fnv {
 }
 
 /// Where the walk is, for messages: built into text only when there is an error.
-enum At<'p> {
+pub(super) enum At<'p> {
     Root,
     Key(&'p At<'p>, &'p str),
     Item(&'p At<'p>, usize),
@@ -201,16 +201,41 @@ fn trie() -> &'static Trie {
     })
 }
 
-/// Types every string at a typed field of `root` (one file's tree, interpolated).
-pub fn cast(root: &mut Node, diags: &mut Vec<Diagnostic>) {
-    walk(root, trie(), &At::Root, diags);
-}
+/// A place in the table of typed fields: the loader follows it down a file's tree while it
+/// interpolates, so that one walk both interpolates and types (a second walk over a tree of
+/// 10,000 services, no longer in the caches, cost as much as the typing itself).
+#[derive(Clone, Copy)]
+pub(super) struct Typed(&'static Trie);
 
-/// Returns whether `node` is a typed field whose text is not of its type: the caller removes
-/// it, so that the one error about it is not followed by others from normalization.
-fn walk(node: &mut Node, t: &Trie, at: &At<'_>, diags: &mut Vec<Diagnostic>) -> bool {
-    if let (Some(kind), Value::Str(s)) = (t.kind, &node.value) {
-        return match convert(s, kind) {
+impl Typed {
+    /// The file's root.
+    pub(super) fn root() -> Typed {
+        Typed(trie())
+    }
+
+    /// Below the mapping key `name`.
+    pub(super) fn key(self, name: &str) -> Option<Typed> {
+        // A path names either one key or any key at a level, never both.
+        self.0
+            .children
+            .get(name)
+            .or_else(|| self.0.children.get("*"))
+            .map(Typed)
+    }
+
+    /// Below a sequence's items.
+    pub(super) fn item(self) -> Option<Typed> {
+        self.0.children.get("[]").map(Typed)
+    }
+
+    /// Types the interpolated string `node` when this place is a typed field. Returns whether
+    /// its text is not of the field's type: the caller removes it, so that the one error about
+    /// it is not followed by others from normalization.
+    pub(super) fn cast(self, node: &mut Node, at: &At<'_>, diags: &mut Vec<Diagnostic>) -> bool {
+        let (Some(kind), Value::Str(s)) = (self.0.kind, &node.value) else {
+            return false;
+        };
+        match convert(s, kind) {
             Ok(Some(v)) => {
                 node.value = v;
                 false
@@ -227,37 +252,8 @@ fn walk(node: &mut Node, t: &Trie, at: &At<'_>, diags: &mut Vec<Diagnostic>) -> 
                 );
                 true
             }
-        };
-    }
-    if t.children.is_empty() {
-        return false;
-    }
-    match &mut node.value {
-        Value::Seq(items) => {
-            let Some(item_trie) = t.children.get("[]") else {
-                return false;
-            };
-            let mut i = 0;
-            items.retain_mut(|item| {
-                let bad = walk(item, item_trie, &At::Item(at, i), diags);
-                i += 1;
-                !bad
-            });
         }
-        Value::Map(entries) => {
-            let any = t.children.get("*");
-            entries.retain_mut(|(k, v)| {
-                let Some(name) = k.as_str() else { return true };
-                // A path names either one key or any key at a level, never both.
-                let Some(next) = t.children.get(name).or(any) else {
-                    return true;
-                };
-                !walk(v, next, &At::Key(at, name), diags)
-            });
-        }
-        _ => {}
     }
-    false
 }
 
 /// The typed value, `None` to keep the text, or what was expected.

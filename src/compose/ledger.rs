@@ -84,13 +84,13 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn record(&mut self, key: &str, service: Option<&str>, rule: Rule, location: &Location) {
+    pub fn record(&mut self, key: &str, service: Option<&str>, rule: Rule, location: Location) {
         self.entries.push(Entry {
             key: key.to_string(),
             service: service.map(String::from),
             status: rule.status,
             reason: rule.reason.to_string(),
-            location: location.clone(),
+            location,
         });
     }
 
@@ -162,6 +162,22 @@ pub fn deploy_key(key: &str) -> Option<Rule> {
         "rollback_config" | "update_config" => honoured(),
         "endpoint_mode" => accepted("service names resolve to every healthy replica (dnsrr)"),
         "labels" => accepted("service labels have no meaning without a Swarm manager"),
+        _ => return None,
+    })
+}
+
+/// The ledger's name of a key of `deploy` ([`deploy_key`]): `deploy.replicas`.
+pub fn deploy_path(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "mode" => "deploy.mode",
+        "replicas" => "deploy.replicas",
+        "resources" => "deploy.resources",
+        "placement" => "deploy.placement",
+        "restart_policy" => "deploy.restart_policy",
+        "rollback_config" => "deploy.rollback_config",
+        "update_config" => "deploy.update_config",
+        "endpoint_mode" => "deploy.endpoint_mode",
+        "labels" => "deploy.labels",
         _ => return None,
     })
 }
@@ -309,6 +325,7 @@ mod tests {
         }
         for k in DEPLOY_KEYS {
             assert!(deploy_key(k).is_some(), "deploy key {k}");
+            assert_eq!(deploy_path(k), Some(format!("deploy.{k}")).as_deref());
         }
         assert_eq!(suggest("imgae", SERVICE_KEYS), Some("image"));
         assert_eq!(suggest("zzzz", SERVICE_KEYS), None);

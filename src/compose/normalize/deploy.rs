@@ -25,7 +25,8 @@ pub(super) fn deploy(
             ctx.unknown_key(k, name, &place, ledger::DEPLOY_KEYS);
             continue;
         };
-        record(ctx, &format!("deploy.{name}"), service, rule, k);
+        let path = ledger::deploy_path(name).unwrap_or("deploy");
+        record(ctx, path, service, rule, k);
         match name {
             "mode" => {
                 if let Some(m) = ctx.string(dv, "`deploy.mode`") {
@@ -47,7 +48,7 @@ pub(super) fn deploy(
                 d.replicas = ctx.u32(dv, "`deploy.replicas`").and_then(|n| {
                     crate::compose::bounds::replicas(ctx, dv, n, "`deploy.replicas`")
                 });
-                spans.replicas = Some(Location::from(dv.loc));
+                spans.replicas = Some(ctx.loc(dv.loc));
             }
             "resources" => {
                 for (rk, rname, rv) in ctx.entries(dv, "`deploy.resources`") {

@@ -9,11 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::ledger::{self, Ledger, Rule, Status};
 use super::model::{self, *};
 use super::source::FileSource;
-use super::yaml::{Node, Value};
+use super::yaml::{FileId, Node, Span, Value};
 use super::Environment;
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
 
@@ -48,9 +49,33 @@ pub struct Ctx<'a> {
     pub limits: &'a crate::limits::Limits,
     /// What compose accepts but the fleet cannot run (see [`Ctx::cannot_run`]).
     pub unrunnable: Vec<Diagnostic>,
+    /// The last file name a span was turned into a location with ([`Ctx::loc`]).
+    pub last_file: Option<(FileId, Arc<str>)>,
 }
 
 impl Ctx<'_> {
+    /// The location of `span`, as `Location::from` gives it. A service's tree comes from one
+    /// file: the file's name is remembered here rather than looked up in the process-wide table
+    /// of names (a lock) for each of the ~20 locations a service keeps (the ledger's, the
+    /// spans later stages report at).
+    fn loc(&mut self, span: Span) -> Location {
+        let file = match &self.last_file {
+            Some((id, name)) if *id == span.file => name.clone(),
+            _ => {
+                let name = span.file.name();
+                self.last_file = Some((span.file, name.clone()));
+                name
+            }
+        };
+        Location {
+            file,
+            line: span.line,
+            column: span.column,
+            offset: span.offset as usize,
+            len: span.len as usize,
+        }
+    }
+
     fn error(&mut self, at: &Node, msg: impl Into<String>) {
         self.diags.push(Diagnostic::error(msg).at(at.loc));
     }
@@ -337,8 +362,8 @@ pub(super) fn shown(node: &Node) -> String {
 }
 
 fn record(ctx: &mut Ctx<'_>, key: &str, service: &str, rule: Rule, at: &Node) {
-    ctx.ledger
-        .record(key, Some(service), rule, &Location::from(at.loc));
+    let loc = ctx.loc(at.loc);
+    ctx.ledger.record(key, Some(service), rule, loc);
     match rule.status {
         Status::Honoured => {}
         Status::Accepted => {

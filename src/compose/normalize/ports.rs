@@ -55,7 +55,8 @@ pub(super) fn ports(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                 );
             }
             svc.ports.push(p);
-            svc.spans.ports.push(Location::from(item.loc));
+            let at = ctx.loc(item.loc);
+            svc.spans.ports.push(at);
         }
     }
 }

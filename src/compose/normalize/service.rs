@@ -34,7 +34,7 @@ pub fn service(ctx: &mut Ctx<'_>, name: &str, key: &Node, node: &Node) -> Servic
         name: name.to_string(),
         ..Service::default()
     };
-    svc.spans.name = Location::from(key.loc);
+    svc.spans.name = ctx.loc(key.loc);
     let place = format!("service `{name}`");
     let mut later = Deferred::default();
     for (k, kname, v) in ctx.entries(node, &place) {
@@ -123,11 +123,11 @@ fn key_value<'n>(
     match kname {
         "image" => {
             svc.image = ctx.opt_string(v, "`image`");
-            svc.spans.image = Some(Location::from(v.loc));
+            svc.spans.image = Some(ctx.loc(v.loc));
         }
         "build" => {
             svc.build = build(ctx, v);
-            svc.spans.build = Some(Location::from(v.loc));
+            svc.spans.build = Some(ctx.loc(v.loc));
         }
         "command" => svc.command = ctx.command(v, "`command`"),
         "entrypoint" => svc.entrypoint = ctx.command(v, "`entrypoint`"),
@@ -620,9 +620,8 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
         Value::Seq(items) => {
             for item in items {
                 if let Some(s) = ctx.string(item, "a `depends_on` entry") {
-                    svc.spans
-                        .dependencies
-                        .insert(s.clone(), Location::from(item.loc));
+                    let at = ctx.loc(item.loc);
+                    svc.spans.dependencies.insert(s.clone(), at);
                     svc.depends_on.insert(
                         s,
                         Dependency {
@@ -683,9 +682,8 @@ fn depends_on(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                         other => ctx.unknown_key(fk, other, "a `depends_on` entry", &["condition", "required", "restart"]),
                     }
                 }
-                svc.spans
-                    .dependencies
-                    .insert(name.to_string(), Location::from(k.loc));
+                let at = ctx.loc(k.loc);
+                svc.spans.dependencies.insert(name.to_string(), at);
                 svc.depends_on.insert(name.to_string(), dep);
             }
         }
@@ -757,18 +755,16 @@ fn service_networks(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
         Value::Seq(items) => {
             for item in items {
                 if let Some(n) = ctx.string(item, "a network name") {
-                    svc.spans
-                        .networks
-                        .insert(n.clone(), Location::from(item.loc));
+                    let at = ctx.loc(item.loc);
+                    svc.spans.networks.insert(n.clone(), at);
                     svc.networks.insert(n, None);
                 }
             }
         }
         _ => {
             for (key, name, nv) in ctx.entries(v, "`networks`") {
-                svc.spans
-                    .networks
-                    .insert(name.to_string(), Location::from(key.loc));
+                let at = ctx.loc(key.loc);
+                svc.spans.networks.insert(name.to_string(), at);
                 if nv.is_null() {
                     svc.networks.insert(name.to_string(), None);
                     continue;

@@ -77,7 +77,8 @@ pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                     vol.source = vol.source.map(|s| host_path(ctx, &s));
                 }
                 svc.volumes.push(vol);
-                svc.spans.volumes.push(Location::from(item.loc));
+                let at = ctx.loc(item.loc);
+                svc.spans.volumes.push(at);
             }
             _ => {
                 let Some(s) = ctx.string(item, "a volume") else {
@@ -86,7 +87,8 @@ pub(super) fn volumes(ctx: &mut Ctx<'_>, svc: &mut Service, v: &Node) {
                 match parse_volume(ctx, &s) {
                     Ok(vol) => {
                         svc.volumes.push(vol);
-                        svc.spans.volumes.push(Location::from(item.loc));
+                        let at = ctx.loc(item.loc);
+                        svc.spans.volumes.push(at);
                     }
                     Err(m) => ctx.error_hint(
                         item,
