@@ -70,6 +70,42 @@ fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The host's LAN: bridge `lan0` holding the host's own address 10.99.0.1, and a neighbour host
+/// (10.99.0.2) whose end is in `neighbour`.
+fn lan_with_neighbour(neighbour: &Path) {
+    let lan: compose_fleet_agent::proto::net::Ipv4Net = "10.99.0.0/24".parse().unwrap();
+    Netlink
+        .ensure_bridge("lan0", "10.99.0.1".parse().unwrap(), lan)
+        .expect("LAN bridge");
+    Netlink
+        .attach_pod(&PodLink {
+            netns: neighbour.to_path_buf(),
+            host_if: "lan-nb".into(),
+            pod_if: "eth0".into(),
+            bridge: "lan0".into(),
+            addr: "10.99.0.2".parse().unwrap(),
+            subnet: lan,
+            gateway: "10.99.0.1".parse().unwrap(),
+            alias: None,
+        })
+        .expect("neighbour link");
+}
+
+/// [`lan_with_neighbour`], and the neighbour also holds 10.213.2.5, a pod address of "host 2",
+/// sending from it to this host's pods as a pod of host 2 would.
+fn lan_with_a_remote_pod(neighbour: &Path) {
+    lan_with_neighbour(neighbour);
+    in_ns(neighbour, || {
+        run(&["ip", "addr", "add", "10.213.2.5/32", "dev", "eth0"]);
+        let route = "10.213.1.0/24 via 10.99.0.1 src 10.213.2.5";
+        run(&[
+            &["ip", "route", "add"][..],
+            &route.split(' ').collect::<Vec<_>>(),
+        ]
+        .concat());
+    });
+}
+
 fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&run(args)).unwrap_or_else(|e| panic!("{args:?} is not JSON: {e}"))
 }
@@ -187,24 +223,8 @@ fn pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind() 
         };
         let (web_ns, dns_ns, neighbour_ns) = (ns(0), ns(1), ns(2));
 
-        // The host's LAN: a bridge with the host's own address and a neighbour (another "host").
-        let kernel = Netlink;
-        let lan: compose_fleet_agent::proto::net::Ipv4Net = "10.99.0.0/24".parse().unwrap();
-        kernel
-            .ensure_bridge("lan0", "10.99.0.1".parse().unwrap(), lan)
-            .expect("LAN bridge");
-        kernel
-            .attach_pod(&PodLink {
-                netns: neighbour_ns.clone(),
-                host_if: "lan-nb".into(),
-                pod_if: "eth0".into(),
-                bridge: "lan0".into(),
-                addr: "10.99.0.2".parse().unwrap(),
-                subnet: lan,
-                gateway: "10.99.0.1".parse().unwrap(),
-                alias: None,
-            })
-            .expect("neighbour link");
+        // The host's LAN, with a neighbour (another "host").
+        lan_with_neighbour(&neighbour_ns);
         let before = host_state();
 
         let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
@@ -841,38 +861,7 @@ fn isolation_scenario(br_netfilter: bool) {
         .collect();
     let (a, b, c, d, e, f, neighbour) = (&ns[0], &ns[1], &ns[2], &ns[3], &ns[4], &ns[5], &ns[6]);
 
-    // The LAN with a neighbour host that also holds a pod address of "host 2" (10.213.2.5).
-    let kernel = Netlink;
-    let lan: compose_fleet_agent::proto::net::Ipv4Net = "10.99.0.0/24".parse().unwrap();
-    kernel
-        .ensure_bridge("lan0", "10.99.0.1".parse().unwrap(), lan)
-        .expect("LAN bridge");
-    kernel
-        .attach_pod(&PodLink {
-            netns: neighbour.clone(),
-            host_if: "lan-nb".into(),
-            pod_if: "eth0".into(),
-            bridge: "lan0".into(),
-            addr: "10.99.0.2".parse().unwrap(),
-            subnet: lan,
-            gateway: "10.99.0.1".parse().unwrap(),
-            alias: None,
-        })
-        .expect("neighbour link");
-    in_ns(neighbour, || {
-        run(&["ip", "addr", "add", "10.213.2.5/32", "dev", "eth0"]);
-        // From the "remote pod"'s address, as a pod of host 2 would send it.
-        run(&[
-            "ip",
-            "route",
-            "add",
-            "10.213.1.0/24",
-            "via",
-            "10.99.0.1",
-            "src",
-            "10.213.2.5",
-        ]);
-    });
+    lan_with_a_remote_pod(neighbour);
     let before = host_state();
 
     let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
@@ -1262,36 +1251,7 @@ fn plain_pod_to_pod_flows_are_untracked_and_vip_flows_take_a_reserved_port() {
             .map(|d| pod::create(d, "p").expect("creates a pod sandbox").net)
             .collect();
         let (a, b, neighbour) = (&ns[0], &ns[1], &ns[2]);
-        // The LAN with a neighbour host that holds a pod address of "host 2" (10.213.2.5).
-        let lan: compose_fleet_agent::proto::net::Ipv4Net = "10.99.0.0/24".parse().unwrap();
-        Netlink
-            .ensure_bridge("lan0", "10.99.0.1".parse().unwrap(), lan)
-            .expect("LAN bridge");
-        Netlink
-            .attach_pod(&PodLink {
-                netns: neighbour.clone(),
-                host_if: "lan-nb".into(),
-                pod_if: "eth0".into(),
-                bridge: "lan0".into(),
-                addr: "10.99.0.2".parse().unwrap(),
-                subnet: lan,
-                gateway: "10.99.0.1".parse().unwrap(),
-                alias: None,
-            })
-            .expect("neighbour link");
-        in_ns(neighbour, || {
-            run(&["ip", "addr", "add", "10.213.2.5/32", "dev", "eth0"]);
-            run(&[
-                "ip",
-                "route",
-                "add",
-                "10.213.1.0/24",
-                "via",
-                "10.99.0.1",
-                "src",
-                "10.213.2.5",
-            ]);
-        });
+        lan_with_a_remote_pod(neighbour);
         let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
         net.configure(&HostNetwork {
             fleet: "10.213.0.0/16".parse().unwrap(),
