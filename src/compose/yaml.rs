@@ -690,6 +690,28 @@ fn yaml_error(file: &Arc<str>, text: &str, e: &serde_saphyr::Error, limits: &Lim
 
 #[cfg(test)]
 mod tests {
+
+    /// The shared compose corpus, found as the integration tests find it
+    /// (`tests/it/support::shared`): `$COMPOSE_FLEET_SHARED/compose-corpus`, else `../shared`
+    /// beside the repository, else `../../shared` (a worktree one level deeper). `None` when
+    /// absent: the caller says it skips, or fails when `COMPOSE_FLEET_REQUIRE_SHARED=1`.
+    pub(super) fn shared_corpus() -> Option<std::path::PathBuf> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let found = std::env::var_os("COMPOSE_FLEET_SHARED")
+            .map(std::path::PathBuf::from)
+            .into_iter()
+            .chain([root.join("../shared"), root.join("../../shared")])
+            .map(|d| d.join("compose-corpus"))
+            .find(|d| d.is_dir());
+        if found.is_none() {
+            assert!(
+                std::env::var("COMPOSE_FLEET_REQUIRE_SHARED").as_deref() != Ok("1"),
+                "COMPOSE_FLEET_REQUIRE_SHARED=1 but no shared compose corpus: set COMPOSE_FLEET_SHARED or clone `shared/` beside the repository"
+            );
+            println!("skipping the shared compose corpus: not found beside the repository (set COMPOSE_FLEET_SHARED)");
+        }
+        found
+    }
     use super::*;
 
     fn p(text: &str) -> Result<Node, Box<Diagnostic>> {
@@ -847,13 +869,7 @@ mod tests {
     fn fast_path_matches_serde_saphyr_on_every_compose_file() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut dirs = vec![root.join("tests"), root.join("examples")];
-        let shared = root.join("../shared/compose-corpus");
-        let shared = if shared.is_dir() {
-            shared
-        } else {
-            std::path::PathBuf::from("/work/shared/compose-corpus")
-        };
-        dirs.push(shared);
+        dirs.extend(shared_corpus());
         let mut files = Vec::new();
         while let Some(d) = dirs.pop() {
             let Ok(rd) = std::fs::read_dir(&d) else {

@@ -1244,14 +1244,7 @@ mod tests {
     fn yaml_files() -> Vec<std::path::PathBuf> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut dirs = vec![root.join("tests"), root.join("examples"), root.join("fuzz")];
-        let shared = std::path::Path::new("/work/shared/compose-corpus");
-        if shared.is_dir() {
-            dirs.push(shared.to_path_buf());
-        } else if std::env::var("COMPOSE_FLEET_REQUIRE_SHARED").as_deref() == Ok("1") {
-            panic!("COMPOSE_FLEET_REQUIRE_SHARED=1 but /work/shared/compose-corpus is missing");
-        } else {
-            println!("skipping the shared compose corpus: /work/shared/compose-corpus is missing");
-        }
+        dirs.extend(crate::compose::yaml::tests::shared_corpus());
         let mut files = Vec::new();
         while let Some(d) = dirs.pop() {
             let Ok(rd) = std::fs::read_dir(&d) else {
@@ -1276,12 +1269,13 @@ mod tests {
     fn scanner_matches_granit_parser_on_every_yaml_file() {
         let (mut taken, mut total, mut corpus, mut corpus_taken) = (0, 0, 0, 0);
         let mut errors = Vec::new();
+        let shared_root = crate::compose::yaml::tests::shared_corpus();
         for f in yaml_files() {
             let Ok(text) = std::fs::read_to_string(&f) else {
                 continue;
             };
             total += 1;
-            let in_corpus = f.starts_with("/work/shared");
+            let in_corpus = shared_root.as_ref().is_some_and(|d| f.starts_with(d));
             corpus += usize::from(in_corpus);
             match check(&f.display().to_string(), &text) {
                 Ok(true) => {
