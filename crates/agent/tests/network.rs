@@ -110,7 +110,7 @@ fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&run(args)).unwrap_or_else(|e| panic!("{args:?} is not JSON: {e}"))
 }
 
-/// What `ip` and `nft` show of the host namespace, for before/after comparisons.
+/// What `ip`, `nft` and `tc` show of the host namespace, for before/after comparisons.
 fn host_state() -> String {
     let links: Vec<String> = json(&["ip", "-j", "link", "show"])
         .as_array()
@@ -127,9 +127,10 @@ fn host_state() -> String {
         })
         .collect();
     format!(
-        "links {links:?}\naddrs {addrs:?}\nroutes {}\nnft {}",
+        "links {links:?}\naddrs {addrs:?}\nroutes {}\nnft {}\nqdiscs {}",
         run(&["ip", "-4", "route", "show"]),
-        run(&["nft", "list", "ruleset"])
+        run(&["nft", "list", "ruleset"]),
+        run(&["tc", "qdisc", "show"])
     )
 }
 
@@ -1804,6 +1805,219 @@ fn a_pod_of_an_older_agent_gets_a_32_and_an_isolated_port_in_place() {
         assert!(net.refresh_pods(move |_, _| Some(ns[0].clone())).is_empty());
         net.detach("p", "a-1").unwrap();
         net.detach("p", "b-1").unwrap();
+        drop(sandboxes);
+    });
+}
+
+/// A neighbour host on a point-to-point uplink (`up0` here, 10.99.1.1; `nb0` there, 10.99.1.2)
+/// that also holds 10.213.2.5, a pod address of "host 2": an uplink that is not a bridge, so the
+/// fast path also takes packets coming in from it.
+fn p2p_with_a_remote_pod(neighbour: &Path) {
+    let ns = neighbour.to_str().expect("a UTF-8 path");
+    run(&[
+        "ip", "link", "add", "up0", "type", "veth", "peer", "name", "nb0",
+    ]);
+    run(&["ip", "link", "set", "nb0", "netns", ns]);
+    run(&["ip", "addr", "add", "10.99.1.1/24", "dev", "up0"]);
+    run(&["ip", "link", "set", "up0", "up"]);
+    in_ns(neighbour, || {
+        for cmd in [
+            "ip link set lo up",
+            "ip addr add 10.99.1.2/24 dev nb0",
+            "ip addr add 10.213.2.5/32 dev nb0",
+            "ip link set nb0 up",
+            "ip route add 10.213.1.0/24 via 10.99.1.1 src 10.213.2.5",
+        ] {
+            run(&cmd.split(' ').collect::<Vec<_>>());
+        }
+    });
+}
+
+/// Sends `bytes` from namespace `from` to a server at `to` in namespace `server`; the number of
+/// bytes the server read.
+fn send_bulk(from: &Path, server: &Path, to: &'static str, bytes: usize) -> usize {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = server.to_path_buf();
+    let port = to.rsplit_once(':').expect("addr:port").1.to_string();
+    let reader = std::thread::spawn(move || {
+        in_ns(&server, move || {
+            let listener = TcpListener::bind(format!("0.0.0.0:{port}")).expect("binds");
+            ready_tx.send(()).unwrap();
+            let (mut s, _) = listener.accept().expect("accepts");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut sink = Vec::new();
+            s.read_to_end(&mut sink).map(|_| sink.len()).unwrap_or(0)
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    in_ns(from, move || {
+        let mut s = TcpStream::connect_timeout(&to.parse().unwrap(), Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
+        let chunk = vec![7u8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n]).expect("sends");
+            left -= n;
+        }
+    });
+    reader.join().expect("the server thread")
+}
+
+/// Packets and bytes the probe chain counted (the last `counter` of table `probe`).
+fn probe_count() -> (u64, u64) {
+    let rules = json(&["nft", "-j", "list", "table", "ip", "probe"]);
+    let counter = rules["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .flatten()
+        .find_map(|e| e.get("counter").cloned())
+        .expect("the probe's counter");
+    (
+        counter["packets"].as_u64().unwrap(),
+        counter["bytes"].as_u64().unwrap(),
+    )
+}
+
+/// Pod-to-pod packets between pods that share a network take the fast path: once the host has
+/// resolved the neighbour, they skip the host's IP layer (no forward hook sees them), between two
+/// pods of this host and both ways between a pod here and a pod of another host behind a plain
+/// uplink. Pods on different networks still do not reach each other, a VIP (NAT: the kernel's
+/// path) still answers, and with the last pod the filters and the qdiscs they needed are gone.
+#[test]
+fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
+    use compose_fleet_agent::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
+    let test = "pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds";
+    if !is_root(test) || !have("ip", test) || !have("nft", test) || !have("tc", test) {
+        return;
+    }
+    in_fresh_host(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let sandboxes = Sandboxes(
+            ["a", "b", "c", "neighbour"]
+                .iter()
+                .map(|n| tmp.path().join("pods").join(n))
+                .collect(),
+        );
+        let ns: Vec<PathBuf> = sandboxes
+            .0
+            .iter()
+            .map(|d| pod::create(d, "p").expect("creates a pod sandbox").net)
+            .collect();
+        let (a, b, c, neighbour) = (&ns[0], &ns[1], &ns[2], &ns[3]);
+        p2p_with_a_remote_pod(neighbour);
+        let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
+        net.configure(&HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![PeerSubnet {
+                host: "h2".into(),
+                subnet: "10.213.2.0/24".parse().unwrap(),
+                via: "10.99.1.2".parse().unwrap(),
+            }],
+            mesh: None,
+        })
+        .expect("configures");
+        // The host's routes to host 2 stay: the pods' links, rules, filters and qdiscs go.
+        let before = host_state();
+        let ip_a = net.attach("p", "a-1", a, &[]).unwrap().unwrap();
+        let ip_b = net.attach("p", "b-1", b, &[]).unwrap().unwrap();
+        let ip_c = net
+            .attach_to("p", "c-1", c, &[], &on(&["back"], &[]))
+            .unwrap()
+            .unwrap();
+        // `api`: a VIP, its replica the pod of host 2, on the default network.
+        net.set_services(ServiceMap {
+            project: "p".into(),
+            services: vec![Service {
+                name: "api".into(),
+                endpoint_mode: EndpointMode::Vip,
+                vip: Some("10.214.0.7".parse().unwrap()),
+                networks: vec![],
+                aliases: vec![],
+                container_name: None,
+                replicas: vec![Endpoint {
+                    replica: 1,
+                    pod: "api-1".into(),
+                    host: "h2".into(),
+                    addr: "10.213.2.5".parse().unwrap(),
+                    healthy: true,
+                }],
+            }],
+        })
+        .expect("takes the map");
+        let filters = run(&["tc", "filter", "show", "dev", "up0", "ingress"]);
+        assert!(filters.contains("compose_fleet"), "up0: {filters}");
+        // Every forwarded pod-to-pod packet, counted before our forward chain decides.
+        run(&[
+            "nft",
+            "add table ip probe; \
+             add chain ip probe fw { type filter hook forward priority -10; }; \
+             add rule ip probe fw ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 counter",
+        ]);
+        // Neighbours resolved the kernel's way (the fast path needs them), then counted afresh.
+        let target = |ip: Ipv4Addr, port: u16| -> &'static str {
+            Box::leak(format!("{ip}:{port}").into_boxed_str())
+        };
+        let remote: Ipv4Addr = "10.213.2.5".parse().unwrap();
+        for (from, server, to) in [
+            (a, b, target(ip_b, 7100)),
+            (a, neighbour, target(remote, 7101)),
+        ] {
+            assert_eq!(send_bulk(from, server, to, 1000), 1000);
+        }
+        let (_, warm) = probe_count();
+
+        let mib = 16 << 20;
+        assert_eq!(send_bulk(a, b, target(ip_b, 7102), mib), mib, "a to b");
+        assert_eq!(
+            send_bulk(a, neighbour, target(remote, 7103), mib),
+            mib,
+            "a to host 2"
+        );
+        assert_eq!(
+            send_bulk(neighbour, a, target(ip_a, 7104), mib),
+            mib,
+            "host 2 to a"
+        );
+        let (packets, bytes) = probe_count();
+        assert!(
+            bytes - warm < (3 * mib as u64) / 100,
+            "{} of {} bytes crossed the forward hook ({packets} packets in all)",
+            bytes - warm,
+            3 * mib
+        );
+
+        // Isolation: c (network `back`) reaches neither a nor the pod of host 2, nor they it.
+        for (from, to) in [(a, ip_c), (c, ip_a), (c, remote)] {
+            let r = in_ns(from, move || {
+                TcpStream::connect_timeout(
+                    &SocketAddr::new(to.into(), 7105),
+                    Duration::from_millis(700),
+                )
+            });
+            assert!(
+                matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+                "a connection across networks to {to}: {r:?}"
+            );
+        }
+        // Through the VIP (NAT, tracked): answered from the VIP.
+        let _peer = serve_tcp(neighbour.clone(), "0.0.0.0:7106", "api over the VIP");
+        assert_eq!(in_ns(a, || fetch("10.214.0.7:7106")), "api over the VIP");
+
+        run(&["nft", "delete", "table", "ip", "probe"]);
+        for pod in ["a-1", "b-1", "c-1"] {
+            net.detach("p", pod).unwrap();
+        }
+        assert_eq!(
+            host_state(),
+            before,
+            "the host's own networking (tc included) as it was"
+        );
         drop(sandboxes);
     });
 }

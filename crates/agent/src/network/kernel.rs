@@ -25,6 +25,7 @@ use rtnetlink::{
     RouteMessageBuilder,
 };
 
+use super::fastpath;
 use super::netlink::{is_errno, Netlink as Socket};
 use super::nft::{self, ForwardDrop, Ruleset};
 use crate::proto::net::Ipv4Net;
@@ -105,6 +106,73 @@ pub trait NetKernel: Send + Sync {
 
 /// Routes we install carry this protocol number, so ours are told from the host's own.
 pub const ROUTE_PROTOCOL: u8 = 213;
+
+/// The links the fast path uses: pods' host ends, the Ethernet links our host-gw routes leave
+/// by (never the mesh's device: it has no MACs), and the bridge. Uplinks that are bridges are
+/// only sent to, never hooked on ingress.
+fn fast_path_devices() -> io::Result<fastpath::Devices> {
+    use rtnetlink::packet_route::link::LinkLayerType;
+    let mut sock = route_socket()?;
+    let mut devices = fastpath::Devices::default();
+    // Ethernet links, and whether each is a bridge.
+    let mut ethernet = std::collections::BTreeMap::new();
+    for m in sock.dump(
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        "listing the host's links",
+    )? {
+        let RouteNetlinkMessage::NewLink(link) = m else {
+            continue;
+        };
+        let index = link.header.index;
+        let name = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.as_str()),
+            _ => None,
+        });
+        match name {
+            Some(n) if n.starts_with("cfp") => {
+                devices.pods.insert(index);
+            }
+            Some(n) if n == super::BRIDGE => devices.bridge = Some(index),
+            _ if link.header.link_layer_type == LinkLayerType::Ether => {
+                let bridge = link.attributes.iter().any(|a| match a {
+                    LinkAttribute::LinkInfo(info) => info.iter().any(|i| {
+                        matches!(
+                            i,
+                            rtnetlink::packet_route::link::LinkInfo::Kind(
+                                rtnetlink::packet_route::link::InfoKind::Bridge
+                            )
+                        )
+                    }),
+                    _ => false,
+                });
+                ethernet.insert(index, bridge);
+            }
+            _ => {}
+        }
+    }
+    let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    for m in sock.dump(RouteNetlinkMessage::GetRoute(dump), "listing routes")? {
+        let RouteNetlinkMessage::NewRoute(r) = m else {
+            continue;
+        };
+        if r.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+            continue;
+        }
+        for a in &r.attributes {
+            if let RouteAttribute::Oif(index) = a {
+                if let Some(bridge) = ethernet.get(index) {
+                    devices.uplinks.insert(*index);
+                    // On a bridge, `br_netfilter` may have run the IPv4 hooks (conntrack, NAT)
+                    // before its ingress hook: a reply un-NATed there must not skip the rest.
+                    if !bridge {
+                        devices.ingress.insert(*index);
+                    }
+                }
+            }
+        }
+    }
+    Ok(devices)
+}
 
 /// The real kernel, over netlink.
 #[derive(Debug, Default)]
@@ -365,10 +433,20 @@ impl NetKernel for Netlink {
     }
 
     fn replace_rules(&self, rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<()> {
-        nft_batch(nft::sync_batch(rules, previous))
+        nft_batch(nft::sync_batch(rules, previous))?;
+        // The fast path only ever takes what these rules accept untracked, so it follows them.
+        if let Some(gateway) = rules.subnet.gateway() {
+            let params = fastpath::Params {
+                fleet: rules.fleet,
+                gateway,
+            };
+            fastpath::sync(Some((params, &rules.isolation)), fast_path_devices);
+        }
+        Ok(())
     }
 
     fn remove_rules(&self) -> io::Result<()> {
+        fastpath::sync(None, fast_path_devices);
         nft_batch(nft::delete_batch())
     }
 
@@ -423,6 +501,7 @@ impl NetKernel for Netlink {
                 }
             }
         }
+        fastpath::refresh(fast_path_devices);
         Ok(())
     }
 

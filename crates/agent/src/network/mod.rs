@@ -26,6 +26,7 @@
 //! The supervisor knows none of this beyond those calls.
 
 pub mod dns;
+pub mod fastpath;
 pub mod ipam;
 pub mod isolation;
 pub mod kernel;
