@@ -2,9 +2,10 @@
 //! one link — host to host (bare), pod to pod through a hand-made veth and bridge per host with
 //! no rules at all (the ceiling for any bridged pod network on this kernel), the same with a
 //! minimal conntrack table loaded during its runs (what tracking the forward path costs), pod to
-//! pod routed by the agent (host-gw; plain pod-to-pod traffic is untracked there), the same pods
-//! with the server on a port of the range the agent reserves for NATed connections (so tracked:
-//! what host-gw cost before), and pod to pod through the WireGuard mesh (forced with `mode: wireguard` on the same link, so only the path
+//! pod routed by the agent (host-gw: plain pod-to-pod packets take the agent's eBPF fast path,
+//! past the hosts' IP layer), the same pods with the server on a port of the range the agent
+//! reserves for NATed connections (neither untracked nor on the fast path: the kernel's path
+//! with conntrack, what host-gw cost before both), and pod to pod through the WireGuard mesh (forced with `mode: wireguard` on the same link, so only the path
 //! differs). The client and server are this program's own threads, entered into the hosts' or
 //! the pods' network namespaces (`setns`): the same code, socket buffers and direction on every
 //! path. Each run sends `MESH_BENCH_MIB` MiB (default 512) one way, then 2,000 one-byte round

@@ -19,8 +19,12 @@
 //!   same [`Isolation`] the forward chain is made from, so a pair the chain would drop is never
 //!   taken here (an address missing from the map, or more than 64 networks, only means the
 //!   slower path decides);
-//! - the FIB gives a resolved neighbour on an allowed egress device (the bridge or an uplink
-//!   of a host-gw route: never the mesh's L3 device).
+//! - the FIB gives a resolved neighbour on an allowed egress device (the bridge, or an uplink
+//!   of a host-gw route whose MTU is not under the bridge's: never the mesh's L3 device, and
+//!   never a link where the kernel would have had to tell the pod its packets are too big);
+//! - and one packet in 256, at random, is not taken: only the kernel's path has a stale
+//!   neighbour entry verified again, so a peer whose MAC changed is found out. A pod's address
+//!   given to a new pod has its old entry deleted when the new pod's link is made.
 //!
 //! ```text
 //! pod ─veth─▶ [tc ingress: fast path] ──redirect──▶ uplink ─▶ [tc ingress: fast path] ──redirect──▶ bridge ─▶ pod
@@ -207,7 +211,10 @@ impl Asm {
 
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 const HELPER_MAP_LOOKUP: i32 = 1;
+const HELPER_GET_PRANDOM_U32: i32 = 7;
 const HELPER_REDIRECT: i32 = 23;
+/// One packet in this many is left to the kernel's path (a power of two).
+const KERNEL_SHARE: i32 = 256;
 const HELPER_FIB_LOOKUP: i32 = 69;
 const TC_ACT_UNSPEC: i32 = -1;
 const PACKET_HOST: i32 = 0;
@@ -335,6 +342,12 @@ pub fn program(p: &Params, addresses: i32, egress: i32, from_pods: bool) -> Vec<
     a.jmp_imm(Jmp::Eq, R0, 0, pass);
     a.ldx(Size::Dw, R0, R0, 0);
     a.and64(R0, R7);
+    a.jmp_imm(Jmp::Eq, R0, 0, pass);
+    // One packet in 256, at random, goes the kernel's way all the same: only the kernel's path
+    // has neighbour entries verified again once stale (a peer host whose MAC changed with its
+    // address kept fails its probe there, and the fast path stops using the entry).
+    a.call(HELPER_GET_PRANDOM_U32);
+    a.and32_imm(R0, KERNEL_SHARE - 1);
     a.jmp_imm(Jmp::Eq, R0, 0, pass);
     // Route it: success means a resolved neighbour (else the kernel's path resolves it).
     a.mov64(R1, R6);
@@ -593,8 +606,9 @@ struct State {
     egress: BTreeSet<u32>,
     /// Interfaces whose ingress filter runs `loaded`'s program.
     attached: BTreeSet<u32>,
-    /// The kernel refused the program here: said once, not tried again by this process.
-    refused: bool,
+    /// Why the fast path is off here (the kernel refused the program, or a filter): said once
+    /// in the log and in [`off`], not tried again by this process.
+    refused: Option<String>,
 }
 
 /// Per network namespace (by its cookie): one agent serves one host, but the tests run several
@@ -651,6 +665,9 @@ pub fn sync(want: Option<(Params, &Isolation)>, devices: impl FnOnce() -> io::Re
     let mut states = STATES.lock().unwrap_or_else(|p| p.into_inner());
     let state = states.entry(id).or_default();
     let Some((params, isolation)) = want else {
+        // The uplinks too: filters an earlier agent process attached are ours to take away.
+        let uplinks = devices().map(|d| d.ingress).unwrap_or_default();
+        state.attached.extend(uplinks);
         if let Err(e) = remove(state) {
             eprintln!("network fast path: {e}");
         }
@@ -672,7 +689,7 @@ pub fn refresh(devices: impl FnOnce() -> io::Result<Devices>) {
 }
 
 fn run(state: &mut State, devices: impl FnOnce() -> io::Result<Devices>) {
-    if state.refused {
+    if state.refused.is_some() {
         return;
     }
     let Some((params, bits)) = state.want.clone() else {
@@ -681,8 +698,15 @@ fn run(state: &mut State, devices: impl FnOnce() -> io::Result<Devices>) {
     if let Err(e) = devices().and_then(|d| apply(state, params, bits, &d)) {
         eprintln!("network fast path: {e}; pod-to-pod packets take the nftables path");
         let _ = remove(state);
-        state.refused = true;
+        state.refused = Some(e.to_string());
     }
+}
+
+/// Why this network namespace has no fast path although pods asked for one, if it failed.
+pub fn off() -> Option<String> {
+    let id = netns_id().ok()?;
+    let states = STATES.lock().unwrap_or_else(|p| p.into_inner());
+    states.get(&id)?.refused.clone()
 }
 
 fn apply(
@@ -741,7 +765,8 @@ fn apply(
 }
 
 fn remove(state: &mut State) -> io::Result<()> {
-    if state.loaded.take().is_some() {
+    state.loaded = None;
+    if !state.attached.is_empty() {
         let mut sock = super::kernel::route_socket()?;
         for index in std::mem::take(&mut state.attached) {
             let _ = detach(&mut sock, index);

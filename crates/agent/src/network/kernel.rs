@@ -107,6 +107,30 @@ pub trait NetKernel: Send + Sync {
 /// Routes we install carry this protocol number, so ours are told from the host's own.
 pub const ROUTE_PROTOCOL: u8 = 213;
 
+/// Deletes the neighbour entry for `addr` on link `index`, if any. The fast path routes with the
+/// entry as it finds it (it never has the kernel confirm it), so an address given again to a new
+/// pod, whose MAC is new, must not find the old pod's entry.
+fn forget_neighbour(sock: &mut Socket, index: u32, addr: Ipv4Addr) -> io::Result<()> {
+    use rtnetlink::packet_route::neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+    };
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = rtnetlink::packet_route::AddressFamily::Inet;
+    msg.header.ifindex = index;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            addr,
+        )));
+    match sock.request(
+        RouteNetlinkMessage::DelNeighbour(msg),
+        0,
+        &format!("forgetting the old neighbour entry of {addr}"),
+    ) {
+        Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
 /// The links the fast path uses: pods' host ends, the Ethernet links our host-gw routes leave
 /// by (never the mesh's device: it has no MACs), and the bridge. Uplinks that are bridges are
 /// only sent to, never hooked on ingress.
@@ -114,8 +138,9 @@ fn fast_path_devices() -> io::Result<fastpath::Devices> {
     use rtnetlink::packet_route::link::LinkLayerType;
     let mut sock = route_socket()?;
     let mut devices = fastpath::Devices::default();
-    // Ethernet links, and whether each is a bridge.
+    // Ethernet links: whether each is a bridge, and its MTU.
     let mut ethernet = std::collections::BTreeMap::new();
+    let mut bridge_mtu = None;
     for m in sock.dump(
         RouteNetlinkMessage::GetLink(LinkMessage::default()),
         "listing the host's links",
@@ -132,7 +157,13 @@ fn fast_path_devices() -> io::Result<fastpath::Devices> {
             Some(n) if n.starts_with("cfp") => {
                 devices.pods.insert(index);
             }
-            Some(n) if n == super::BRIDGE => devices.bridge = Some(index),
+            Some(n) if n == super::BRIDGE => {
+                devices.bridge = Some(index);
+                bridge_mtu = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                });
+            }
             _ if link.header.link_layer_type == LinkLayerType::Ether => {
                 let bridge = link.attributes.iter().any(|a| match a {
                     LinkAttribute::LinkInfo(info) => info.iter().any(|i| {
@@ -145,7 +176,11 @@ fn fast_path_devices() -> io::Result<fastpath::Devices> {
                     }),
                     _ => false,
                 });
-                ethernet.insert(index, bridge);
+                let mtu = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                });
+                ethernet.insert(index, (bridge, mtu.unwrap_or(0)));
             }
             _ => {}
         }
@@ -160,8 +195,12 @@ fn fast_path_devices() -> io::Result<fastpath::Devices> {
         }
         for a in &r.attributes {
             if let RouteAttribute::Oif(index) = a {
-                if let Some(bridge) = ethernet.get(index) {
-                    devices.uplinks.insert(*index);
+                if let Some(&(bridge, mtu)) = ethernet.get(index) {
+                    // The kernel's path tells a pod whose packets are too big for the uplink
+                    // (ICMP "fragmentation needed"); redirected GSO packets would just be cut.
+                    if mtu >= bridge_mtu.unwrap_or(1500) {
+                        devices.uplinks.insert(*index);
+                    }
                     // On a bridge, `br_netfilter` may have run the IPv4 hooks (conntrack, NAT)
                     // before its ingress hook: a reply un-NATed there must not skip the rest.
                     if !bridge {
@@ -394,6 +433,7 @@ impl NetKernel for Netlink {
             ))
         })?;
         set_port_flags(&mut sock, port, &link.host_if)?;
+        forget_neighbour(&mut sock, bridge, link.addr)?;
         if let Some(alias) = &link.alias {
             // Before the pod's end has the address: a link whose address is in use always
             // names its pod, for an agent that restarts before `network.json` is written.

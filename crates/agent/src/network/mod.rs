@@ -388,9 +388,9 @@ impl Network {
         self.warnings()
     }
 
-    /// Forward-chain drops by other firewalls, as sentences.
+    /// Forward-chain drops by other firewalls, and a fast path the kernel refused, as sentences.
     pub fn warnings(&self) -> Result<Vec<String>, NetError> {
-        Ok(self
+        let mut warnings: Vec<String> = self
             .kernel
             .forward_drops()?
             .into_iter()
@@ -400,7 +400,14 @@ impl Network {
                      hosts or reach them until it accepts traffic to and from the pod network"
                 )
             })
-            .collect())
+            .collect();
+        if let Some(why) = fastpath::off() {
+            warnings.push(format!(
+                "the network fast path is off ({why}): pod-to-pod traffic takes the slower \
+                 nftables path"
+            ));
+        }
+        Ok(warnings)
     }
 
     /// [`attach_to`](Self::attach_to) the project's default network.
