@@ -1898,7 +1898,7 @@ fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
     in_fresh_host(|| {
         let tmp = tempfile::tempdir().unwrap();
         let sandboxes = Sandboxes(
-            ["a", "b", "c", "neighbour"]
+            ["a", "b", "c", "neighbour", "d"]
                 .iter()
                 .map(|n| tmp.path().join("pods").join(n))
                 .collect(),
@@ -2009,8 +2009,72 @@ fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
         let _peer = serve_tcp(neighbour.clone(), "0.0.0.0:7106", "api over the VIP");
         assert_eq!(in_ns(a, || fetch("10.214.0.7:7106")), "api over the VIP");
 
+        // An address given again to a new pod: the old pod's neighbour entry (a MAC nobody has
+        // now) goes when the new pod's link is made, or the fast path would send to it.
+        let next: Ipv4Addr = "10.213.1.5".parse().unwrap();
+        run(&[
+            "ip",
+            "neigh",
+            "replace",
+            "10.213.1.5",
+            "dev",
+            BRIDGE,
+            "lladdr",
+            "02:00:00:00:00:01",
+            "nud",
+            "stale",
+        ]);
+        let ns_d = &ns[4];
+        let ip_d = net.attach("p", "d-1", ns_d, &[]).unwrap().unwrap();
+        assert_eq!(ip_d, next, "the address the old entry names");
+        // The bridge keeps its own fixed MAC as ports come and go (else it takes the lowest
+        // port's, flushing the host's neighbours and leaving pods a gateway MAC that dies with
+        // that port): a's gateway entry is still it.
+        let mac = "02:cf:0a:d5:01:01";
+        assert!(run(&["ip", "-br", "link", "show", BRIDGE]).contains(mac));
+        assert!(in_ns(a, || run(&["ip", "neigh", "show", "10.213.1.1"])).contains(mac));
+        let (_, before_d) = probe_count();
+        assert_eq!(send_bulk(a, ns_d, target(ip_d, 7107), mib), mib, "a to d");
+        let (_, after_d) = probe_count();
+        assert!(
+            after_d - before_d < (mib as u64) / 10,
+            "a to d crossed the forward hook: {} bytes",
+            after_d - before_d
+        );
+
+        // An uplink whose MTU is under the pods': the kernel's path takes pod packets out of it
+        // (and tells the pod the size that fits), the data arrives whole.
+        run(&["ip", "link", "set", "up0", "mtu", "1400"]);
+        in_ns(neighbour, || {
+            run(&["ip", "link", "set", "nb0", "mtu", "1400"])
+        });
+        net.configure(&HostNetwork {
+            fleet: "10.213.0.0/16".parse().unwrap(),
+            subnet: "10.213.1.0/24".parse().unwrap(),
+            peers: vec![PeerSubnet {
+                host: "h2".into(),
+                subnet: "10.213.2.0/24".parse().unwrap(),
+                via: "10.99.1.2".parse().unwrap(),
+            }],
+            mesh: None,
+        })
+        .expect("configures again");
+        let (_, small_before) = probe_count();
+        assert_eq!(
+            send_bulk(a, neighbour, target(remote, 7108), mib),
+            mib,
+            "a to host 2, MTU 1400"
+        );
+        let (_, small_after) = probe_count();
+        assert!(
+            small_after - small_before > (mib as u64) * 9 / 10,
+            "a to host 2 over the small uplink skipped the kernel: {} bytes seen",
+            small_after - small_before
+        );
+        run(&["ip", "link", "set", "up0", "mtu", "1500"]);
+
         run(&["nft", "delete", "table", "ip", "probe"]);
-        for pod in ["a-1", "b-1", "c-1"] {
+        for pod in ["a-1", "b-1", "c-1", "d-1"] {
             net.detach("p", pod).unwrap();
         }
         assert_eq!(

@@ -107,6 +107,47 @@ pub trait NetKernel: Send + Sync {
 /// Routes we install carry this protocol number, so ours are told from the host's own.
 pub const ROUTE_PROTOCOL: u8 = 213;
 
+/// The bridge's MAC, fixed and made from its address (locally administered: `02:cf:` and the
+/// four octets). Left to itself a bridge takes the lowest MAC of its ports, so it changes as
+/// pods come and go: each change flushes the host's neighbour entries on it, and pods keep the
+/// old MAC as their gateway's, which reaches the host only while the port that had it exists
+/// (then their packets are lost until their entry is found stale, several seconds).
+pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let o = gateway.octets();
+    [0x02, 0xcf, o[0], o[1], o[2], o[3]]
+}
+
+/// Gives bridge `index` its fixed MAC ([`bridge_mac`]) unless it has it already (a change is
+/// one flush of the neighbour entries on it: done once).
+fn set_bridge_mac(sock: &mut Socket, index: u32, name: &str, gateway: Ipv4Addr) -> io::Result<()> {
+    let want = bridge_mac(gateway).to_vec();
+    let current = match sock.get(
+        RouteNetlinkMessage::GetLink(LinkUnspec::new_with_index(index).build()),
+        &format!("reading bridge {name}"),
+    )? {
+        Some(RouteNetlinkMessage::NewLink(link)) => {
+            link.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::Address(mac) => Some(mac),
+                _ => None,
+            })
+        }
+        _ => None,
+    };
+    if current.as_ref() == Some(&want) {
+        return Ok(());
+    }
+    // A bridge an older agent made, with pods on it: the kernel announces the new MAC to them
+    // (gratuitous ARP) so they do not wait for their old entry to go stale.
+    let _ = write_sysctl(&format!("/proc/sys/net/ipv4/conf/{name}/arp_notify"), "1");
+    let mut msg = LinkUnspec::new_with_index(index).build();
+    msg.attributes.push(LinkAttribute::Address(want));
+    sock.request(
+        RouteNetlinkMessage::SetLink(msg),
+        0,
+        &format!("fixing bridge {name}'s MAC"),
+    )
+}
+
 /// Deletes the neighbour entry for `addr` on link `index`, if any. The fast path routes with the
 /// entry as it finds it (it never has the kernel confirm it), so an address given again to a new
 /// pod, whose MAC is new, must not find the old pod's entry.
@@ -379,6 +420,7 @@ impl NetKernel for Netlink {
                 })?
             }
         };
+        set_bridge_mac(&mut sock, index, name, gateway)?;
         // The bridge's own link-local address needs no DAD either.
         let _ = write_sysctl(&format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
         add_address(&mut sock, index, gateway, subnet.prefix(), name)?;
