@@ -606,6 +606,8 @@ struct State {
     egress: BTreeSet<u32>,
     /// Interfaces whose ingress filter runs `loaded`'s program.
     attached: BTreeSet<u32>,
+    /// The uplinks as last read (egress, ingress): read again when our routes change.
+    uplinks: Option<(BTreeSet<u32>, BTreeSet<u32>)>,
     /// Why the fast path is off here (the kernel refused the program, or a filter): said once
     /// in the log and in [`off`], not tried again by this process.
     refused: Option<String>,
@@ -660,13 +662,13 @@ pub struct Devices {
 /// Brings the fast path of this network namespace to `want` (`None`: remove it). Never fails a
 /// deploy: the nftables path carries everything the fast path does not, so a kernel that
 /// refuses the program gets one line in the agent's log and the slower path.
-pub fn sync(want: Option<(Params, &Isolation)>, devices: impl FnOnce() -> io::Result<Devices>) {
+pub fn sync(want: Option<(Params, &Isolation)>, devices: impl FnOnce(bool) -> io::Result<Devices>) {
     let Ok(id) = netns_id() else { return };
     let mut states = STATES.lock().unwrap_or_else(|p| p.into_inner());
     let state = states.entry(id).or_default();
     let Some((params, isolation)) = want else {
         // The uplinks too: filters an earlier agent process attached are ours to take away.
-        let uplinks = devices().map(|d| d.ingress).unwrap_or_default();
+        let uplinks = devices(true).map(|d| d.ingress).unwrap_or_default();
         state.attached.extend(uplinks);
         if let Err(e) = remove(state) {
             eprintln!("network fast path: {e}");
@@ -675,27 +677,39 @@ pub fn sync(want: Option<(Params, &Isolation)>, devices: impl FnOnce() -> io::Re
         return;
     };
     state.want = Some((params, address_bits(isolation)));
-    run(state, devices);
+    run(state, devices, false);
 }
 
-/// Applies what [`sync`] last asked for again, with the devices as they are now (a route to a
+/// Applies what [`sync`] last asked for again, with the uplinks read again (a route to a
 /// host-gw peer appeared or went). Nothing when the fast path is off here.
-pub fn refresh(devices: impl FnOnce() -> io::Result<Devices>) {
+pub fn refresh(devices: impl FnOnce(bool) -> io::Result<Devices>) {
     let Ok(id) = netns_id() else { return };
     let mut states = STATES.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(state) = states.get_mut(&id) {
-        run(state, devices);
+        run(state, devices, true);
     }
 }
 
-fn run(state: &mut State, devices: impl FnOnce() -> io::Result<Devices>) {
+/// `devices(with_uplinks)`: the devices, uplinks included when asked.
+fn run(state: &mut State, devices: impl FnOnce(bool) -> io::Result<Devices>, reread: bool) {
     if state.refused.is_some() {
         return;
     }
     let Some((params, bits)) = state.want.clone() else {
         return;
     };
-    if let Err(e) = devices().and_then(|d| apply(state, params, bits, &d)) {
+    let fresh = reread || state.uplinks.is_none();
+    let result = devices(fresh).and_then(|mut d| {
+        match &state.uplinks {
+            Some((egress, ingress)) if !fresh => {
+                d.uplinks = egress.clone();
+                d.ingress = ingress.clone();
+            }
+            _ => state.uplinks = Some((d.uplinks.clone(), d.ingress.clone())),
+        }
+        apply(state, params, bits, &d)
+    });
+    if let Err(e) = result {
         eprintln!("network fast path: {e}; pod-to-pod packets take the nftables path");
         let _ = remove(state);
         state.refused = Some(e.to_string());

@@ -174,8 +174,9 @@ fn forget_neighbour(sock: &mut Socket, index: u32, addr: Ipv4Addr) -> io::Result
 
 /// The links the fast path uses: pods' host ends, the Ethernet links our host-gw routes leave
 /// by (never the mesh's device: it has no MACs), and the bridge. Uplinks that are bridges are
-/// only sent to, never hooked on ingress.
-fn fast_path_devices() -> io::Result<fastpath::Devices> {
+/// only sent to, never hooked on ingress. The uplinks (a dump of every route of the host, which
+/// may be many) only `with_uplinks`: they change with our routes, not with each pod.
+fn fast_path_devices(with_uplinks: bool) -> io::Result<fastpath::Devices> {
     use rtnetlink::packet_route::link::LinkLayerType;
     let mut sock = route_socket()?;
     let mut devices = fastpath::Devices::default();
@@ -225,6 +226,9 @@ fn fast_path_devices() -> io::Result<fastpath::Devices> {
             }
             _ => {}
         }
+    }
+    if !with_uplinks {
+        return Ok(devices);
     }
     let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
     for m in sock.dump(RouteNetlinkMessage::GetRoute(dump), "listing routes")? {
