@@ -1226,6 +1226,45 @@ fn udp_answer(netns: &Path, addr: &str, ping: &'static str) -> Option<String> {
     })
 }
 
+/// Host 1 of the fleet 10.213.0.0/16 (subnet 10.213.1.0/24), with host 2 (10.213.2.0/24)
+/// reached via `via`.
+fn host_1_with_host_2_via(via: &str) -> HostNetwork {
+    HostNetwork {
+        fleet: "10.213.0.0/16".parse().unwrap(),
+        subnet: "10.213.1.0/24".parse().unwrap(),
+        peers: vec![PeerSubnet {
+            host: "h2".into(),
+            subnet: "10.213.2.0/24".parse().unwrap(),
+            via: via.parse().unwrap(),
+        }],
+        mesh: None,
+    }
+}
+
+/// Project `p`'s service map: `api`, VIP 10.214.0.7, one replica on host 2 at 10.213.2.5, on
+/// the default network.
+fn api_on_host_2() -> compose_fleet_agent::proto::service::ServiceMap {
+    use compose_fleet_agent::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
+    ServiceMap {
+        project: "p".into(),
+        services: vec![Service {
+            name: "api".into(),
+            endpoint_mode: EndpointMode::Vip,
+            vip: Some("10.214.0.7".parse().unwrap()),
+            networks: vec![],
+            aliases: vec![],
+            container_name: None,
+            replicas: vec![Endpoint {
+                replica: 1,
+                pod: "api-1".into(),
+                host: "h2".into(),
+                addr: "10.213.2.5".parse().unwrap(),
+                healthy: true,
+            }],
+        }],
+    }
+}
+
 /// Plain pod-to-pod TCP and UDP, on one host and to a pod of another host, leaves no conntrack
 /// entry on the host; a connection through a VIP to a pod of another host leaves with a source
 /// port from the reserved range, is tracked, and its answers are un-NAT'ed; a pod whose own
@@ -1233,7 +1272,6 @@ fn udp_answer(netns: &Path, addr: &str, ping: &'static str) -> Option<String> {
 #[test]
 fn plain_pod_to_pod_flows_are_untracked_and_vip_flows_take_a_reserved_port() {
     use compose_fleet_agent::network::notrack::RESERVED_PORTS;
-    use compose_fleet_agent::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
     let test = "plain_pod_to_pod_flows_are_untracked_and_vip_flows_take_a_reserved_port";
     if !is_root(test) || !have("ip", test) {
         return;
@@ -1254,39 +1292,12 @@ fn plain_pod_to_pod_flows_are_untracked_and_vip_flows_take_a_reserved_port() {
         let (a, b, neighbour) = (&ns[0], &ns[1], &ns[2]);
         lan_with_a_remote_pod(neighbour);
         let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
-        net.configure(&HostNetwork {
-            fleet: "10.213.0.0/16".parse().unwrap(),
-            subnet: "10.213.1.0/24".parse().unwrap(),
-            peers: vec![PeerSubnet {
-                host: "h2".into(),
-                subnet: "10.213.2.0/24".parse().unwrap(),
-                via: "10.99.0.2".parse().unwrap(),
-            }],
-            mesh: None,
-        })
-        .expect("configures");
+        net.configure(&host_1_with_host_2_via("10.99.0.2"))
+            .expect("configures");
         let ip_a = net.attach("p", "a-1", a, &[]).unwrap().unwrap().to_string();
         let ip_b = net.attach("p", "b-1", b, &[]).unwrap().unwrap().to_string();
         // `api` has a VIP and its one replica on host 2.
-        net.set_services(ServiceMap {
-            project: "p".into(),
-            services: vec![Service {
-                name: "api".into(),
-                endpoint_mode: EndpointMode::Vip,
-                vip: Some("10.214.0.7".parse().unwrap()),
-                networks: vec![],
-                aliases: vec![],
-                container_name: None,
-                replicas: vec![Endpoint {
-                    replica: 1,
-                    pod: "api-1".into(),
-                    host: "h2".into(),
-                    addr: "10.213.2.5".parse().unwrap(),
-                    healthy: true,
-                }],
-            }],
-        })
-        .expect("takes the map");
+        net.set_services(api_on_host_2()).expect("takes the map");
         let reserved = RESERVED_PORTS.0..=RESERVED_PORTS.1;
 
         // Pod to pod on this host, TCP and UDP: answered, never tracked.
@@ -1890,7 +1901,6 @@ fn probe_count() -> (u64, u64) {
 /// path) still answers, and with the last pod the filters and the qdiscs they needed are gone.
 #[test]
 fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
-    use compose_fleet_agent::proto::service::{Endpoint, EndpointMode, Service, ServiceMap};
     let test = "pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds";
     if !is_root(test) || !have("ip", test) || !have("nft", test) || !have("tc", test) {
         return;
@@ -1911,17 +1921,8 @@ fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
         let (a, b, c, neighbour) = (&ns[0], &ns[1], &ns[2], &ns[3]);
         p2p_with_a_remote_pod(neighbour);
         let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
-        net.configure(&HostNetwork {
-            fleet: "10.213.0.0/16".parse().unwrap(),
-            subnet: "10.213.1.0/24".parse().unwrap(),
-            peers: vec![PeerSubnet {
-                host: "h2".into(),
-                subnet: "10.213.2.0/24".parse().unwrap(),
-                via: "10.99.1.2".parse().unwrap(),
-            }],
-            mesh: None,
-        })
-        .expect("configures");
+        net.configure(&host_1_with_host_2_via("10.99.1.2"))
+            .expect("configures");
         // The host's routes to host 2 stay: the pods' links, rules, filters and qdiscs go.
         let before = host_state();
         let ip_a = net.attach("p", "a-1", a, &[]).unwrap().unwrap();
@@ -1931,25 +1932,7 @@ fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
             .unwrap()
             .unwrap();
         // `api`: a VIP, its replica the pod of host 2, on the default network.
-        net.set_services(ServiceMap {
-            project: "p".into(),
-            services: vec![Service {
-                name: "api".into(),
-                endpoint_mode: EndpointMode::Vip,
-                vip: Some("10.214.0.7".parse().unwrap()),
-                networks: vec![],
-                aliases: vec![],
-                container_name: None,
-                replicas: vec![Endpoint {
-                    replica: 1,
-                    pod: "api-1".into(),
-                    host: "h2".into(),
-                    addr: "10.213.2.5".parse().unwrap(),
-                    healthy: true,
-                }],
-            }],
-        })
-        .expect("takes the map");
+        net.set_services(api_on_host_2()).expect("takes the map");
         let filters = run(&["tc", "filter", "show", "dev", "up0", "ingress"]);
         assert!(filters.contains("compose_fleet"), "up0: {filters}");
         // Every forwarded pod-to-pod packet, counted before our forward chain decides.
@@ -2048,17 +2031,8 @@ fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
         in_ns(neighbour, || {
             run(&["ip", "link", "set", "nb0", "mtu", "1400"])
         });
-        net.configure(&HostNetwork {
-            fleet: "10.213.0.0/16".parse().unwrap(),
-            subnet: "10.213.1.0/24".parse().unwrap(),
-            peers: vec![PeerSubnet {
-                host: "h2".into(),
-                subnet: "10.213.2.0/24".parse().unwrap(),
-                via: "10.99.1.2".parse().unwrap(),
-            }],
-            mesh: None,
-        })
-        .expect("configures again");
+        net.configure(&host_1_with_host_2_via("10.99.1.2"))
+            .expect("configures again");
         let (_, small_before) = probe_count();
         assert_eq!(
             send_bulk(a, neighbour, target(remote, 7108), mib),
