@@ -213,9 +213,9 @@ const BPF_PSEUDO_MAP_FD: u8 = 1;
 const HELPER_MAP_LOOKUP: i32 = 1;
 const HELPER_GET_PRANDOM_U32: i32 = 7;
 const HELPER_REDIRECT: i32 = 23;
+const HELPER_FIB_LOOKUP: i32 = 69;
 /// One packet in this many is left to the kernel's path (a power of two).
 const KERNEL_SHARE: i32 = 256;
-const HELPER_FIB_LOOKUP: i32 = 69;
 const TC_ACT_UNSPEC: i32 = -1;
 const PACKET_HOST: i32 = 0;
 const PACKET_OTHERHOST: i32 = 3;
