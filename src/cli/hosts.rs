@@ -73,6 +73,9 @@ struct Row {
     rtt_ms: Option<f64>,
     /// The host's pod subnet, once an `up` gave it one.
     pod_subnet: Option<String>,
+    /// `on` when pod-to-pod packets take the agent's eBPF fast path, `off` when the host's
+    /// kernel refused it; `null` without pods.
+    fast_path: Option<String>,
     /// How this host reaches each other host's pods, and the health of that link.
     peers: Vec<PeerRow>,
 }
@@ -190,6 +193,7 @@ fn rows(
                 cgroup: None,
                 rtt_ms: None,
                 pod_subnet: None,
+                fast_path: None,
                 peers: Vec::new(),
             };
             match reports.get(&t.name) {
@@ -203,6 +207,7 @@ fn rows(
                     row.cgroup = Some(r.facts.cgroup.clone());
                     row.rtt_ms = Some((r.rtt.as_secs_f64() * 10_000.0).round() / 10.0);
                     row.pod_subnet = r.facts.pod_subnet.map(|s| s.to_string());
+                    row.fast_path = r.facts.fast_path.clone();
                     if let Some(mesh) = &r.facts.mesh {
                         row.peers = mesh
                             .peers
@@ -240,6 +245,7 @@ fn table(rows: &[Row]) -> String {
         "CGROUP",
         "RTT",
         "POD SUBNET",
+        "FAST PATH",
         "PEERS",
     ];
     let dash = || "-".to_string();
@@ -261,6 +267,7 @@ fn table(rows: &[Row]) -> String {
             r.cgroup.clone().unwrap_or_else(dash),
             r.rtt_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_else(dash),
             r.pod_subnet.clone().unwrap_or_else(dash),
+            r.fast_path.clone().unwrap_or_else(dash),
             peers_cell(&r.peers),
         ]);
     }

@@ -485,6 +485,7 @@ mod tests {
                     free_disk: 1 << 30,
                     pod_subnet: None,
                     mesh: None,
+                    fast_path: None,
                     capabilities: Vec::new(),
                 };
                 format!(

@@ -105,6 +105,7 @@ fn hosts_reports_every_lab_host_and_pushes_the_agent_only_when_missing_or_wrong(
             "cgroup",
             "rtt_ms",
             "pod_subnet",
+            "fast_path",
             "peers",
         ];
         expected.sort_unstable();

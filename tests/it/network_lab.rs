@@ -278,6 +278,8 @@ fn pods_reach_each_other_across_hosts_publish_ports_and_leave_nothing_behind() {
             .await
             .unwrap();
         assert_eq!(facts.facts.pod_subnet, Some(subnets[&hosts[0]]));
+        // ...and that its pods' packets take the fast path.
+        assert_eq!(facts.facts.fast_path.as_deref(), Some("on"));
 
         // Pod to pod across hosts, by address (host-gw).
         let (page, code) = exec(

@@ -32,6 +32,7 @@ pub fn collect(state_dir: &Path) -> HostFacts {
         free_disk: free_disk(state_dir),
         pod_subnet: crate::network::recorded_subnet(state_dir),
         mesh: crate::network::mesh::facts(state_dir),
+        fast_path: crate::network::fastpath::status(),
         capabilities: vec![crate::proto::CAPABILITY_WATCH.to_string()],
     }
 }

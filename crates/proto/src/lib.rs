@@ -399,6 +399,11 @@ pub struct HostFacts {
     /// The host's WireGuard public key and how it reaches each other host (the mesh work).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<mesh::MeshFacts>,
+    /// Whether plain pod-to-pod packets take the agent's eBPF fast path on this host: `on` (its
+    /// filter is on the pods' links) or `off` (pods without it: the kernel refused it, see the
+    /// agent's log); absent without pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<String>,
     /// Requests this agent serves beyond its protocol version's, by name (e.g.
     /// [`CAPABILITY_WATCH`]): a client uses them only when listed, and falls back otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -716,6 +716,54 @@ fn run(state: &mut State, devices: impl FnOnce(bool) -> io::Result<Devices>, rer
     }
 }
 
+/// What the kernel shows of the fast path here: `None` without pods, `on` when a pod's link runs
+/// our filter, `off` when it does not. Read from the kernel, so any process can tell (the
+/// agent that answers `Hello` is not always the one that set the filters).
+pub fn status() -> Option<String> {
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+    let mut sock = super::kernel::route_socket().ok()?;
+    let links = sock
+        .dump(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            "listing the host's links",
+        )
+        .ok()?;
+    let pod = links.into_iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewLink(link) => link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::IfName(n) if n.starts_with("cfp")))
+            .then_some(link.header.index),
+        _ => None,
+    })?;
+    let dump = tc_message(
+        pod,
+        TcHandle::UNSPEC,
+        TcHandle {
+            major: 0xffff,
+            minor: TcHandle::MIN_INGRESS,
+        },
+        0,
+    );
+    let ours = sock
+        .dump(
+            RouteNetlinkMessage::GetTrafficFilter(dump),
+            "listing a pod link's filters",
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .any(|m| match m {
+            RouteNetlinkMessage::NewTrafficFilter(f) => f.attributes.iter().any(|a| match a {
+                TcAttribute::Options(options) => options.iter().any(
+                    |o| matches!(o, TcOption::Bpf(TcFilterBpfOption::ProgName(n)) if n == NAME),
+                ),
+                _ => false,
+            }),
+            _ => false,
+        });
+    Some(if ours { "on" } else { "off" }.to_string())
+}
+
 /// Why this network namespace has no fast path although pods asked for one, if it failed.
 pub fn off() -> Option<String> {
     let id = netns_id().ok()?;
