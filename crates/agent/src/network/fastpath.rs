@@ -33,8 +33,9 @@
 //! The program is ours, generated here instruction by instruction (there is no BPF toolchain on
 //! the hosts or the build machine), and loaded through `bpf(2)`; the filters are set over
 //! rtnetlink. `bpf_fib_lookup` is a GPL-only helper, so the program (only it) is declared
-//! `Dual MIT/GPL` to the kernel. A kernel that refuses it (no BPF, a locked-down host) leaves
-//! every packet to the nftables path, with one warning in the agent's log.
+//! `Dual MIT/GPL` to the kernel. A kernel that refuses it (no BPF, a locked-down host, Linux
+//! before 5.1 and its 32-bit jumps) leaves every packet to the nftables path, with one line in
+//! the agent's log, a warning for `up` and `off` in `hosts`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -290,44 +291,52 @@ pub fn program(p: &Params, addresses: i32, egress: i32, from_pods: bool) -> Vec<
     a.and32_imm(R0, ne16([0x3f, 0xff])); // more fragments, fragment offset
     a.jmp_imm(Jmp::Ne, R0, 0, pass);
     a.ldx(Size::B, R0, R2, 22);
-    a.jmp_imm(Jmp::Le, R0, 1, pass); // TTL: the kernel answers those
-                                     // The FIB lookup's arguments, zeroed first (the verifier wants all 64 bytes written).
-    for i in 0..8 {
-        a.st_imm(Size::Dw, FP, FIB + 8 * i, 0);
-    }
-    a.st_imm(Size::B, FP, FIB_FAMILY, libc::AF_INET);
+    // TTL 1: the kernel answers those.
+    a.jmp_imm(Jmp::Le, R0, 1, pass);
     let l4 = a.label();
     a.ldx(Size::B, R0, R2, 23);
-    a.stx(Size::B, FP, FIB_L4, R0);
     a.jmp_imm(Jmp::Eq, R0, libc::IPPROTO_TCP, l4);
     a.jmp_imm(Jmp::Ne, R0, libc::IPPROTO_UDP, pass);
     a.bind(l4);
+    // Checks first, so the host's own traffic (an uplink sees all of it) leaves early.
     let reserved = i32::from(super::notrack::RESERVED_PORTS.0);
-    for (at, to) in [(34, FIB_SPORT), (36, FIB_DPORT)] {
+    for at in [34, 36] {
         a.ldx(Size::H, R0, R2, at);
-        a.stx(Size::H, FP, to, R0);
         a.be16(R0);
         a.jmp_imm(Jmp::Ge, R0, reserved, pass);
     }
-    // No `tot_len`: the kernel then checks the packet itself against the egress MTU, which is
-    // right for GSO packets too (their header's length is the whole unsegmented packet's).
-    a.ldx(Size::B, R0, R2, 15);
-    a.stx(Size::B, FP, FIB_TOS, R0);
-    a.ldx(Size::W, R0, R6, SKB_IFINDEX);
-    a.stx(Size::W, FP, FIB_IFINDEX, R0);
-    a.ldx(Size::W, R0, R6, SKB_MARK);
-    a.stx(Size::W, FP, FIB_MARK, R0);
     let prefix = u32::from(p.fleet.prefix());
     let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0)).octets();
     let net = p.fleet.network().octets();
-    for (at, to) in [(26, FIB_SRC), (30, FIB_DST)] {
+    for at in [26, 30] {
         a.ldx(Size::W, R0, R2, at);
-        a.stx(Size::W, FP, to, R0);
         a.and32_imm(R0, ne32(mask));
         a.jmp32_imm(Jmp::Ne, R0, ne32(net), pass);
     }
     a.ldx(Size::W, R0, R2, 30);
     a.jmp32_imm(Jmp::Eq, R0, ne32(p.gateway.octets()), pass);
+    // The FIB lookup's arguments, zeroed first (the verifier wants all 64 bytes written). No
+    // `tot_len`: the kernel then checks the packet itself against the egress MTU, which is right
+    // for GSO packets too (their header's length is the whole unsegmented packet's).
+    for i in 0..8 {
+        a.st_imm(Size::Dw, FP, FIB + 8 * i, 0);
+    }
+    a.st_imm(Size::B, FP, FIB_FAMILY, libc::AF_INET);
+    for (size, at, to) in [
+        (Size::B, 23, FIB_L4),
+        (Size::H, 34, FIB_SPORT),
+        (Size::H, 36, FIB_DPORT),
+        (Size::B, 15, FIB_TOS),
+        (Size::W, 26, FIB_SRC),
+        (Size::W, 30, FIB_DST),
+    ] {
+        a.ldx(size, R0, R2, at);
+        a.stx(size, FP, to, R0);
+    }
+    a.ldx(Size::W, R0, R6, SKB_IFINDEX);
+    a.stx(Size::W, FP, FIB_IFINDEX, R0);
+    a.ldx(Size::W, R0, R6, SKB_MARK);
+    a.stx(Size::W, FP, FIB_MARK, R0);
     // A compose network in common.
     a.ld_map(R1, addresses);
     a.mov64(R2, FP);
