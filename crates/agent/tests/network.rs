@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compose_fleet_agent::network::kernel::{NetKernel, Netlink, PodLink};
-use compose_fleet_agent::network::{Network, BRIDGE};
+use compose_fleet_agent::network::{fastpath, Network, BRIDGE};
 use compose_fleet_agent::proto::{HostNetwork, PeerSubnet, PortMapping};
 use compose_fleet_agent::runtime::pod;
 
@@ -203,6 +203,18 @@ impl Drop for Sandboxes {
     }
 }
 
+/// Pod sandboxes named `names` under `dir` (removed when the guard drops), and their network
+/// namespaces, in order.
+fn pod_sandboxes(dir: &Path, names: &[&str]) -> (Sandboxes, Vec<PathBuf>) {
+    let sandboxes = Sandboxes(names.iter().map(|n| dir.join("pods").join(n)).collect());
+    let ns = sandboxes
+        .0
+        .iter()
+        .map(|d| pod::create(d, "p").expect("creates a pod sandbox").net)
+        .collect();
+    (sandboxes, ns)
+}
+
 #[test]
 fn pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind() {
     let test = "pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind";
@@ -211,18 +223,8 @@ fn pods_get_addresses_routes_nat_and_published_ports_and_leave_nothing_behind() 
     }
     in_fresh_host(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let sandboxes = Sandboxes(
-            ["web", "dns", "neighbour"]
-                .iter()
-                .map(|n| tmp.path().join("pods").join(n))
-                .collect(),
-        );
-        let ns = |i: usize| -> PathBuf {
-            pod::create(&sandboxes.0[i], "p")
-                .expect("creates a pod sandbox")
-                .net
-        };
-        let (web_ns, dns_ns, neighbour_ns) = (ns(0), ns(1), ns(2));
+        let (sandboxes, ns) = pod_sandboxes(tmp.path(), &["web", "dns", "neighbour"]);
+        let (web_ns, dns_ns, neighbour_ns) = (ns[0].clone(), ns[1].clone(), ns[2].clone());
 
         // The host's LAN, with a neighbour (another "host").
         lan_with_neighbour(&neighbour_ns);
@@ -617,16 +619,9 @@ fn bench_attach_and_detach() {
     in_fresh_host(|| {
         const PODS: usize = 50;
         let tmp = tempfile::tempdir().unwrap();
-        let sandboxes = Sandboxes(
-            (0..PODS)
-                .map(|i| tmp.path().join(format!("pods/p{i}")))
-                .collect(),
-        );
-        let netns: Vec<PathBuf> = sandboxes
-            .0
-            .iter()
-            .map(|d| pod::create(d, "p").unwrap().net)
-            .collect();
+        let names: Vec<String> = (0..PODS).map(|i| format!("p{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (sandboxes, netns) = pod_sandboxes(tmp.path(), &names);
         let kernel = Arc::new(Timed::new());
         let net = Network::open(tmp.path(), kernel.clone()).unwrap();
         net.configure(&HostNetwork {
@@ -682,17 +677,7 @@ fn an_attach_whose_write_was_lost_never_yields_a_duplicate_address_after_a_resta
     }
     in_fresh_host(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let sandboxes = Sandboxes(
-            ["a", "b"]
-                .iter()
-                .map(|n| tmp.path().join("pods").join(n))
-                .collect(),
-        );
-        let ns: Vec<PathBuf> = sandboxes
-            .0
-            .iter()
-            .map(|d| pod::create(d, "p").unwrap().net)
-            .collect();
+        let (sandboxes, ns) = pod_sandboxes(tmp.path(), &["a", "b"]);
         let state = tmp.path().join("state");
         let net = Network::open(&state, Arc::new(Netlink)).unwrap();
         net.configure(&HostNetwork {
@@ -849,17 +834,7 @@ fn isolation_scenario(br_netfilter: bool) {
     );
     let tmp = tempfile::tempdir().unwrap();
     let names = ["a", "b", "c", "d", "e", "f", "neighbour"];
-    let sandboxes = Sandboxes(
-        names
-            .iter()
-            .map(|n| tmp.path().join("pods").join(n))
-            .collect(),
-    );
-    let ns: Vec<PathBuf> = sandboxes
-        .0
-        .iter()
-        .map(|d| pod::create(d, "p").expect("creates a pod sandbox").net)
-        .collect();
+    let (sandboxes, ns) = pod_sandboxes(tmp.path(), &names);
     let (a, b, c, d, e, f, neighbour) = (&ns[0], &ns[1], &ns[2], &ns[3], &ns[4], &ns[5], &ns[6]);
 
     lan_with_a_remote_pod(neighbour);
@@ -1278,17 +1253,7 @@ fn plain_pod_to_pod_flows_are_untracked_and_vip_flows_take_a_reserved_port() {
     }
     in_fresh_host(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let sandboxes = Sandboxes(
-            ["a", "b", "neighbour"]
-                .iter()
-                .map(|n| tmp.path().join("pods").join(n))
-                .collect(),
-        );
-        let ns: Vec<PathBuf> = sandboxes
-            .0
-            .iter()
-            .map(|d| pod::create(d, "p").expect("creates a pod sandbox").net)
-            .collect();
+        let (sandboxes, ns) = pod_sandboxes(tmp.path(), &["a", "b", "neighbour"]);
         let (a, b, neighbour) = (&ns[0], &ns[1], &ns[2]);
         lan_with_a_remote_pod(neighbour);
         let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
@@ -1399,17 +1364,7 @@ fn bench_isolation_connection_setup_and_rule_counts() {
     }
     in_fresh_host(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let sandboxes = Sandboxes(
-            ["client", "server"]
-                .iter()
-                .map(|n| tmp.path().join("pods").join(n))
-                .collect(),
-        );
-        let ns: Vec<PathBuf> = sandboxes
-            .0
-            .iter()
-            .map(|d| pod::create(d, "p").unwrap().net)
-            .collect();
+        let (sandboxes, ns) = pod_sandboxes(tmp.path(), &["client", "server"]);
         let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
         net.configure(&HostNetwork {
             fleet: "10.213.0.0/16".parse().unwrap(),
@@ -1660,12 +1615,7 @@ fn hidden_tools_child() {
         }
     }
     let tmp = tempfile::tempdir().unwrap();
-    let sandboxes = Sandboxes(vec![tmp.path().join("pods/a"), tmp.path().join("pods/b")]);
-    let netns: Vec<PathBuf> = sandboxes
-        .0
-        .iter()
-        .map(|d| pod::create(d, "p").unwrap().net)
-        .collect();
+    let (sandboxes, netns) = pod_sandboxes(tmp.path(), &["a", "b"]);
     let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
     let warnings = net
         .configure(&HostNetwork {
@@ -1741,12 +1691,7 @@ fn a_pod_of_an_older_agent_gets_a_32_and_an_isolated_port_in_place() {
     }
     in_fresh_host(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let sandboxes = Sandboxes(vec![tmp.path().join("pods/a"), tmp.path().join("pods/b")]);
-        let netns: Vec<PathBuf> = sandboxes
-            .0
-            .iter()
-            .map(|d| pod::create(d, "p").unwrap().net)
-            .collect();
+        let (sandboxes, netns) = pod_sandboxes(tmp.path(), &["a", "b"]);
         let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
         net.configure(&HostNetwork {
             fleet: "10.213.0.0/16".parse().unwrap(),
@@ -1907,17 +1852,7 @@ fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
     }
     in_fresh_host(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let sandboxes = Sandboxes(
-            ["a", "b", "c", "neighbour", "d"]
-                .iter()
-                .map(|n| tmp.path().join("pods").join(n))
-                .collect(),
-        );
-        let ns: Vec<PathBuf> = sandboxes
-            .0
-            .iter()
-            .map(|d| pod::create(d, "p").expect("creates a pod sandbox").net)
-            .collect();
+        let (sandboxes, ns) = pod_sandboxes(tmp.path(), &["a", "b", "c", "neighbour", "d"]);
         let (a, b, c, neighbour) = (&ns[0], &ns[1], &ns[2], &ns[3]);
         p2p_with_a_remote_pod(neighbour);
         let net = Network::open(tmp.path(), Arc::new(Netlink)).unwrap();
@@ -1935,6 +1870,8 @@ fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
         net.set_services(api_on_host_2()).expect("takes the map");
         let filters = run(&["tc", "filter", "show", "dev", "up0", "ingress"]);
         assert!(filters.contains("compose_fleet"), "up0: {filters}");
+        // What `hosts` reports, read from the kernel.
+        assert_eq!(fastpath::status().as_deref(), Some("on"));
         // Every forwarded pod-to-pod packet, counted before our forward chain decides.
         run(&[
             "nft",
@@ -2056,6 +1993,7 @@ fn pod_to_pod_packets_take_the_fast_path_and_isolation_still_holds() {
             before,
             "the host's own networking (tc included) as it was"
         );
+        assert_eq!(fastpath::status(), None, "no pods, no fast path to report");
         drop(sandboxes);
     });
 }

@@ -1096,6 +1096,32 @@ mod tests {
     }
 
     #[test]
+    fn a_fast_path_that_fails_is_off_with_its_reason_until_the_last_pod_goes() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a network namespace of its own needs root");
+            return;
+        }
+        // In a namespace of its own: the state is per namespace, other tests share this one.
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            assert_eq!(off(), None);
+            let isolation = Isolation::default();
+            let refused = || Err(io::Error::other("no BPF here"));
+            sync(Some((params(), &isolation)), |_| refused());
+            assert_eq!(off().as_deref(), Some("no BPF here"));
+            // Not tried again by this process: later syncs leave it off, saying why.
+            sync(Some((params(), &isolation)), |_| Ok(Devices::default()));
+            assert_eq!(off().as_deref(), Some("no BPF here"));
+            sync(None, |_| Ok(Devices::default()));
+            assert_eq!(off(), None);
+            // Without pods the kernel shows no fast path either way.
+            assert_eq!(status(), None);
+        })
+        .join()
+        .expect("the test thread");
+    }
+
+    #[test]
     fn networks_past_the_64th_get_no_bit() {
         let mut iso = Isolation::default();
         for i in 0..70u8 {

@@ -195,16 +195,17 @@ fn fast_path_devices(with_uplinks: bool) -> io::Result<fastpath::Devices> {
             LinkAttribute::IfName(n) => Some(n.as_str()),
             _ => None,
         });
+        let mtu = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        });
         match name {
             Some(n) if n.starts_with("cfp") => {
                 devices.pods.insert(index);
             }
             Some(n) if n == super::BRIDGE => {
                 devices.bridge = Some(index);
-                bridge_mtu = link.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::Mtu(m) => Some(*m),
-                    _ => None,
-                });
+                bridge_mtu = mtu;
             }
             _ if link.header.link_layer_type == LinkLayerType::Ether => {
                 let bridge = link.attributes.iter().any(|a| match a {
@@ -217,10 +218,6 @@ fn fast_path_devices(with_uplinks: bool) -> io::Result<fastpath::Devices> {
                         )
                     }),
                     _ => false,
-                });
-                let mtu = link.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::Mtu(m) => Some(*m),
-                    _ => None,
                 });
                 ethernet.insert(index, (bridge, mtu.unwrap_or(0)));
             }
